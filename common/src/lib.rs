@@ -1,0 +1,22 @@
+//! Everything the XDP program and the loader must agree on byte for byte: map names,
+//! sizes, and the `#[repr(C)]` layouts of keys and values.
+//!
+//! Layouts use explicit padding fields and integer flags (never `bool`), so the
+//! `Pod` impls below are sound and the kernel and user views cannot drift.
+#![no_std]
+
+pub mod maps;
+pub mod reason;
+
+pub use maps::*;
+pub use reason::Reason;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers and
+    // has no implicit padding, so any byte pattern is a valid value.
+    unsafe impl aya::Pod for super::SourceEntry {}
+    unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::PolicyMeta {}
+}

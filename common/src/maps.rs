@@ -1,0 +1,110 @@
+//! Map names, sizes and value layouts.
+//!
+//! Every policy map exists twice, once per generation (suffix `_0`/`_1`). The program
+//! reads [`ACTIVE_GEN`] once per packet and uses only that generation's maps, so a
+//! loader that fills the inactive copy and then flips the word never exposes half a
+//! policy.
+
+/// Number of policy copies: the one in force and the one being written.
+pub const GENERATIONS: u32 = 2;
+
+/// Rules are bits in a `u64` mask: one lookup per map answers for every rule at once.
+pub const MAX_RULES: usize = 64;
+
+/// Largest number of source prefixes per family per generation. LPM tries are
+/// created with `BPF_F_NO_PREALLOC`, so unused capacity costs no kernel memory.
+pub const MAX_PREFIXES_V4: u32 = 1 << 21;
+pub const MAX_PREFIXES_V6: u32 = 1 << 21;
+
+/// Every 16-bit port, indexed directly: one array lookup per packet.
+pub const PORT_SLOTS: u32 = 1 << 16;
+
+/// Size of the serialized policy summary kept beside the maps (see [`PolicyMeta`]).
+pub const META_BYTES: usize = 64 * 1024 - 8;
+
+/// Bumped whenever a map layout changes, so a loader never writes maps it does not
+/// understand into an older pinned program.
+pub const LAYOUT_VERSION: u32 = 1;
+
+// Map names (the kernel keeps at most 15 bytes of a map name).
+pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_SRC_V4: [&str; 2] = ["SRC_V4_0", "SRC_V4_1"];
+pub const MAP_SRC_V6: [&str; 2] = ["SRC_V6_0", "SRC_V6_1"];
+pub const MAP_PORTS_TCP: [&str; 2] = ["PORTS_TCP_0", "PORTS_TCP_1"];
+pub const MAP_PORTS_UDP: [&str; 2] = ["PORTS_UDP_0", "PORTS_UDP_1"];
+pub const MAP_REASON_STATS: &str = "REASON_STATS";
+pub const MAP_RULE_STATS: &str = "RULE_STATS";
+pub const MAP_META: &str = "META";
+
+/// Name of the XDP program in the object.
+pub const PROGRAM_NAME: &str = "airlock_xdp";
+
+/// The source is in the `management` set: pass, whatever else says.
+pub const SRC_MANAGEMENT: u32 = 1 << 0;
+/// The source is in the `deny` set: drop unless management.
+pub const SRC_DENY: u32 = 1 << 1;
+
+/// Value of the source LPM tries: what the longest matching prefix says about a
+/// source, with covering prefixes and `except` holes already folded in by the
+/// compiler.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceEntry {
+    /// Bit `i` set: rule `i` lists this source in its `from`.
+    pub rules: u64,
+    /// `SRC_MANAGEMENT` | `SRC_DENY`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// What a port no rule covers gets.
+pub const DEFAULT_PASS: u32 = 0;
+pub const DEFAULT_DROP: u32 = 1;
+
+pub const MODE_ENFORCE: u32 = 0;
+/// Compute and count the verdict, then pass the packet anyway.
+pub const MODE_MONITOR: u32 = 1;
+
+/// Per-generation settings, `CONFIG[gen]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GenConfig {
+    /// `DEFAULT_PASS` or `DEFAULT_DROP`.
+    pub default_action: u32,
+    /// `MODE_ENFORCE` or `MODE_MONITOR`.
+    pub mode: u32,
+    /// Number of rules in this generation (bits above it are never set).
+    pub rule_count: u32,
+    /// Nonzero once the generation has been completely written.
+    pub valid: u32,
+}
+
+/// A per-CPU packet and byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Index into `RULE_STATS`: counters per generation, outcome and rule, so the counters
+/// of the policy in force always belong to its rules, whatever the previous policy was.
+#[inline(always)]
+pub const fn rule_stat_index(generation: u32, allowed: bool, rule: u32) -> u32 {
+    let outcome = if allowed { 0 } else { 1 };
+    (generation * 2 + outcome) * MAX_RULES as u32 + rule
+}
+
+pub const RULE_STAT_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
+
+/// Opaque summary of the policy a generation holds (JSON written by the loader, read
+/// by `status`, `diff` and the agent). Kept in a pinned map so the state lives and
+/// dies with the filter itself, not in a file that could disagree with it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PolicyMeta {
+    pub layout_version: u32,
+    pub len: u32,
+    pub bytes: [u8; META_BYTES],
+}

@@ -1,0 +1,92 @@
+//! The program's maps. Names are the ABI with the loader: they come from
+//! `airlock_common::maps` and the tests check the loader finds every one.
+
+use airlock_common::{
+    Counter, GENERATIONS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta,
+    RULE_STAT_SLOTS, SourceEntry, reason::REASON_COUNT,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+};
+
+#[map]
+pub static ACTIVE_GEN: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
+
+#[map]
+pub static SRC_V4_0: LpmTrie<[u8; 4], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V4, 0);
+#[map]
+pub static SRC_V4_1: LpmTrie<[u8; 4], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V4, 0);
+#[map]
+pub static SRC_V6_0: LpmTrie<[u8; 16], SourceEntry> =
+    LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
+#[map]
+pub static SRC_V6_1: LpmTrie<[u8; 16], SourceEntry> =
+    LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
+
+#[map]
+pub static PORTS_TCP_0: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
+#[map]
+pub static PORTS_TCP_1: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
+#[map]
+pub static PORTS_UDP_0: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
+#[map]
+pub static PORTS_UDP_1: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
+
+#[map]
+pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+#[map]
+pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);
+
+/// Written and read only by user space; lives here so it is created, pinned and
+/// removed together with the rest of the filter.
+#[map]
+pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Source entry for an IPv4 address in generation `generation`.
+#[inline(always)]
+pub fn source_v4(generation: u32, addr: [u8; 4]) -> SourceEntry {
+    let key = Key::new(32, addr);
+    let hit = if generation == 0 {
+        SRC_V4_0.get(&key)
+    } else {
+        SRC_V4_1.get(&key)
+    };
+    hit.copied().unwrap_or_default()
+}
+
+#[inline(always)]
+pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
+    let key = Key::new(128, addr);
+    let hit = if generation == 0 {
+        SRC_V6_0.get(&key)
+    } else {
+        SRC_V6_1.get(&key)
+    };
+    hit.copied().unwrap_or_default()
+}
+
+/// Mask of rules covering `port` for TCP (`tcp == true`) or UDP.
+#[inline(always)]
+pub fn port_rules(generation: u32, tcp: bool, port: u16) -> u64 {
+    let map = match (tcp, generation == 0) {
+        (true, true) => &PORTS_TCP_0,
+        (true, false) => &PORTS_TCP_1,
+        (false, true) => &PORTS_UDP_0,
+        (false, false) => &PORTS_UDP_1,
+    };
+    map.get(u32::from(port)).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+    if let Some(counter) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Command definitions (clap derive: the doc comments are the help text) and the
+//! dispatch to one module per verb.
+
+mod apply;
+mod explain;
+mod interfaces;
+mod output;
+mod regions;
+mod remove;
+mod status;
+mod validate;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use airlock::{compile::CompileError, loader::DEFAULT_PIN_ROOT, policy::PolicyError};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Airlock: an IP allowlist enforced in the kernel with XDP.
+#[derive(Parser, Debug)]
+#[command(name = "airlock", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PinRootArg {
+    /// Directory on a bpffs where filters are pinned (mounted there if needed).
+    #[arg(long, env = "AIRLOCK_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compile a policy, load it into the kernel and attach it; the filter keeps
+    /// enforcing after this command exits. On an interface that already has Airlock,
+    /// swaps the policy atomically without detaching.
+    ///
+    /// Example: airlock apply -f /etc/airlock/policy.yaml
+    Apply(apply::Args),
+    /// Show the filters in force: interfaces, policy, counters per rule and reason.
+    Status(status::Args),
+    /// Detach and unpin Airlock from interfaces.
+    Remove(remove::Args),
+    /// Check a policy without touching the kernel (no root needed).
+    Validate(validate::Args),
+    /// Say what a policy decides for one packet, and which rule or set decided it.
+    ///
+    /// Example: airlock explain -f policy.yaml --src 34.106.109.131 --port 5432/tcp
+    Explain(explain::Args),
+    /// List the built-in region sets, with their source and date.
+    Regions(regions::Args),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Apply(args) => apply::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Remove(args) => remove::run(args),
+        Command::Validate(args) => validate::run(args),
+        Command::Explain(args) => explain::run(args),
+        Command::Regions(args) => regions::run(args),
+    }
+}
+
+/// A usage problem found after argument parsing (clap's own exit with 2 as well).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// 2 for an invalid policy or bad usage, 1 for everything else.
+pub fn exit_code_for(error: &anyhow::Error) -> u8 {
+    let invalid = error.chain().any(|cause| {
+        cause.is::<PolicyError>() || cause.is::<CompileError>() || cause.is::<UsageError>()
+    });
+    if invalid { 2 } else { 1 }
+}
+
+pub fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,89 @@
+//! Human and JSON renderings shared by several verbs.
+
+use airlock::{compile::Compiled, loader::ApplyOutcome, policy::Policy};
+use serde_json::json;
+
+use super::OutputFormat;
+
+pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn dry_run(
+    policy: &Policy,
+    compiled: &Compiled,
+    ifaces: &[String],
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let stats = compiled.stats();
+    if format == OutputFormat::Json {
+        return print_json(&json!({
+            "policy": policy.origin.display().to_string(),
+            "interfaces": ifaces,
+            "mode": policy.mode.name(),
+            "default": policy.default.name(),
+            "stats": stats,
+        }));
+    }
+    println!("dry run: nothing was loaded");
+    println!("policy:     {}", policy.origin.display());
+    println!("interfaces: {}", ifaces.join(", "));
+    println!("mode:       {}    default: {}", policy.mode.name(), policy.default.name());
+    println!(
+        "map entries: {} IPv4, {} IPv6 (from {} / {} distinct prefixes); port segments: {} tcp, {} udp",
+        stats.entries.v4,
+        stats.entries.v6,
+        stats.distinct_prefixes.v4,
+        stats.distinct_prefixes.v6,
+        stats.tcp_segments,
+        stats.udp_segments
+    );
+    println!(
+        "management: {} IPv4, {} IPv6 prefixes; deny: {} IPv4, {} IPv6 prefixes",
+        stats.management.v4, stats.management.v6, stats.deny.v4, stats.deny.v6
+    );
+    println!("{:<4} {:<28} {:>8} {:>8}  ports", "#", "rule", "IPv4", "IPv6");
+    for (index, rule) in stats.per_rule.iter().enumerate() {
+        println!(
+            "{:<4} {:<28} {:>8} {:>8}  {}",
+            index,
+            rule.name,
+            rule.prefixes.v4,
+            rule.prefixes.v6,
+            rule.ports.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn applied(done: &[ApplyOutcome], compiled: &Compiled, format: OutputFormat) -> anyhow::Result<()> {
+    let stats = compiled.stats();
+    if format == OutputFormat::Json {
+        let items: Vec<_> = done
+            .iter()
+            .map(|o| {
+                json!({
+                    "iface": o.iface,
+                    "attached": o.attached,
+                    "attach_mode": o.attach_mode.as_str(),
+                    "generation": o.generation,
+                    "serial": o.serial,
+                })
+            })
+            .collect();
+        return print_json(&json!({ "applied": items, "stats": stats }));
+    }
+    for o in done {
+        let action = if o.attached {
+            format!("attached ({} mode)", o.attach_mode.as_str())
+        } else {
+            "policy swapped atomically".to_owned()
+        };
+        println!(
+            "{}: {action}; {} rules, {} IPv4 + {} IPv6 prefixes (apply #{})",
+            o.iface, stats.rules, stats.entries.v4, stats.entries.v6, o.serial
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! `airlock regions`: the built-in region sets, where they come from and as of when.
+
+use std::process::ExitCode;
+
+use airlock::regions;
+use serde_json::json;
+
+use super::{OutputFormat, output};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let all = regions::all();
+    if args.output == OutputFormat::Json {
+        output::print_json(&json!({ "regions": all }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for region in all {
+        println!(
+            "{}: {} ({} {}), {} addresses, as of {}",
+            region.name,
+            region.description,
+            region.provider,
+            region.provider_region,
+            region.cidrs.len(),
+            region.as_of
+        );
+        println!("  source: {}", region.source);
+        for cidr in &region.cidrs {
+            println!("  {cidr}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

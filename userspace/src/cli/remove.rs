@@ -1,0 +1,38 @@
+//! `airlock remove`: detach and unpin.
+
+use std::process::ExitCode;
+
+use airlock::loader::{self, PinRoot};
+
+use super::{PinRootArg, UsageError};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Interface to remove the filter from (repeatable).
+    #[arg(long = "iface", conflicts_with = "all")]
+    ifaces: Vec<String>,
+    /// Remove every Airlock filter under the pin root.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    pin_root: PinRootArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    let ifaces = if args.all {
+        root.interfaces()?
+    } else if args.ifaces.is_empty() {
+        return Err(UsageError("say which filters to remove: --iface IF or --all".into()).into());
+    } else {
+        args.ifaces
+    };
+    for iface in &ifaces {
+        loader::remove(&root, iface)?;
+        println!("{iface}: filter removed");
+    }
+    if ifaces.is_empty() {
+        println!("no Airlock filter is pinned under {}", root.path().display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

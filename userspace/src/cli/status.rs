@@ -1,0 +1,146 @@
+//! `airlock status`: what is in force, read back from the kernel.
+
+use std::process::ExitCode;
+
+use airlock::loader::{self, LINK_PIN, PinRoot, PolicyMaps};
+use airlock_common::{Counter, Reason};
+use serde_json::{Value, json};
+
+use super::{OutputFormat, PinRootArg, output};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pin_root: PinRootArg,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+fn counter_json(c: Counter) -> Value {
+    json!({ "packets": c.packets, "bytes": c.bytes })
+}
+
+/// Everything `status` knows about one interface's filter, as JSON (the human
+/// output is rendered from the same value, so the two never disagree).
+fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
+    let dir = root.interface_dir(iface);
+    let link = loader::pinned_link_state(&dir.join(LINK_PIN));
+    let current_index = loader::interface_index(iface);
+    // The link's interface index is 0 once the interface is gone. An interface of
+    // another network namespace cannot be looked up by name from here.
+    let attachment = match (&link, current_index) {
+        (Ok(l), Some(i)) if l.ifindex == i => "attached",
+        (Ok(l), None) if l.ifindex != 0 => "attached_other_netns",
+        _ => "detached",
+    };
+    let maps = PolicyMaps::open_pinned(&dir)?;
+    let summary = maps.active_summary()?;
+    let counters = maps.counters()?;
+    let reasons: serde_json::Map<String, Value> = Reason::ALL
+        .iter()
+        .map(|r| (r.name().to_owned(), counter_json(counters.reason(*r))))
+        .collect();
+    let rules: Vec<Value> = counters
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(index, (allowed, refused))| {
+            let rule = summary.as_ref().and_then(|s| s.rules.get(index));
+            json!({
+                "name": rule.map(|r| r.name.clone()),
+                "ports": rule.map(|r| r.ports.clone()),
+                "from": rule.map(|r| r.from.clone()),
+                "allowed": counter_json(*allowed),
+                "refused": counter_json(*refused),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "iface": iface,
+        "attachment": attachment,
+        "link": link.ok().map(|l| json!({"id": l.link_id, "program_id": l.program_id, "ifindex": l.ifindex})),
+        "generation": maps.active_generation()?,
+        "policy": summary,
+        "reasons": reasons,
+        "rules": rules,
+    }))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    let mut all = Vec::new();
+    for iface in root.interfaces()? {
+        all.push(interface_status(&root, &iface)?);
+    }
+    if args.output == OutputFormat::Json {
+        output::print_json(&json!({ "pin_root": root.path().display().to_string(), "interfaces": all }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!("no Airlock filter is pinned under {}", root.path().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    for status in &all {
+        print_human(status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_human(s: &Value) {
+    let policy = &s["policy"];
+    let mode = policy["attach_mode"].as_str().unwrap_or("?");
+    let attached = match s["attachment"].as_str() {
+        Some("attached") => format!("attached ({mode} mode)"),
+        Some("attached_other_netns") => format!(
+            "attached ({mode} mode, ifindex {}, in another network namespace)",
+            s["link"]["ifindex"]
+        ),
+        _ => "NOT ATTACHED (interface gone or link removed; apply again)".to_owned(),
+    };
+    println!("{}: {attached}", s["iface"].as_str().unwrap_or("?"));
+    if policy.is_null() {
+        println!("  no policy recorded");
+        return;
+    }
+    println!(
+        "  policy {} (apply #{}, generation {}, applied at unix {})",
+        policy["policy_path"].as_str().unwrap_or("?"),
+        policy["serial"],
+        s["generation"],
+        policy["applied_at"]
+    );
+    println!(
+        "  mode {}, default {}, {} IPv4 + {} IPv6 prefixes",
+        policy["mode"].as_str().unwrap_or("?"),
+        policy["default"].as_str().unwrap_or("?"),
+        policy["prefixes_v4"],
+        policy["prefixes_v6"]
+    );
+    println!(
+        "  {:<28} {:<24} {:>12} {:>12}",
+        "rule", "ports", "allowed", "refused"
+    );
+    for rule in s["rules"].as_array().into_iter().flatten() {
+        let ports: Vec<&str> = rule["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "  {:<28} {:<24} {:>12} {:>12}",
+            rule["name"].as_str().unwrap_or("?"),
+            ports.join(","),
+            rule["allowed"]["packets"].as_u64().unwrap_or(0),
+            rule["refused"]["packets"].as_u64().unwrap_or(0)
+        );
+    }
+    let reasons: Vec<String> = Reason::ALL
+        .iter()
+        .filter_map(|r| {
+            let packets = s["reasons"][r.name()]["packets"].as_u64().unwrap_or(0);
+            (packets > 0).then(|| format!("{} {packets}", r.name()))
+        })
+        .collect();
+    println!("  packets by reason: {}", if reasons.is_empty() { "none yet".to_owned() } else { reasons.join(", ") });
+}

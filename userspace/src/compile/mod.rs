@@ -1,0 +1,285 @@
+//! The compiler: a validated [`Policy`] in, the exact contents of the kernel maps
+//! out. One longest-prefix lookup per family gives a source's membership in every
+//! rule and in management/deny; one array lookup per protocol gives the rules
+//! covering a port. The datapath's verdict is then a couple of mask operations.
+
+mod ports;
+mod prefixes;
+
+use std::net::IpAddr;
+
+use airlock_common::maps::{
+    DEFAULT_DROP, DEFAULT_PASS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_RULES,
+    MODE_ENFORCE, MODE_MONITOR, SourceEntry,
+};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::policy::{DefaultAction, Mode, Policy, Proto, SourceGroup};
+pub use ports::PortMap;
+
+/// One LPM trie entry: `addr/prefix_len` → `value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixEntry<const N: usize> {
+    /// Network address, network byte order, host bits zero.
+    pub addr: [u8; N],
+    /// Prefix length in bits.
+    pub prefix_len: u8,
+    /// What the prefix says about a source.
+    pub value: SourceEntry,
+}
+
+impl<const N: usize> PrefixEntry<N> {
+    /// Whether `addr` (network byte order) falls inside this prefix.
+    fn matches(&self, addr: &[u8; N]) -> bool {
+        let full = usize::from(self.prefix_len / 8);
+        let rest = self.prefix_len % 8;
+        if self.addr[..full] != addr[..full] {
+            return false;
+        }
+        if rest == 0 {
+            return true;
+        }
+        let m = 0xffu8 << (8 - rest);
+        self.addr[full] & m == addr[full] & m
+    }
+}
+
+/// A compiled policy: the values of every map of one generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    /// IPv4 source trie entries, sorted by address then prefix length.
+    pub v4: Vec<PrefixEntry<4>>,
+    /// IPv6 source trie entries, sorted by address then prefix length.
+    pub v6: Vec<PrefixEntry<16>>,
+    /// TCP destination port → rule mask.
+    pub tcp_ports: PortMap,
+    /// UDP destination port → rule mask.
+    pub udp_ports: PortMap,
+    /// The generation's config (`valid` = 1).
+    pub config: GenConfig,
+    /// Rule names by bit index.
+    pub rule_names: Vec<String>,
+    stats: CompileStats,
+}
+
+/// Why a policy does not fit the kernel maps.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    /// More rules than bits in the rule mask.
+    #[error("too many rules: {count} (the limit is {limit})")]
+    TooManyRules {
+        /// Rules in the policy.
+        count: usize,
+        /// [`MAX_RULES`].
+        limit: usize,
+    },
+    /// More trie entries than the map holds.
+    #[error("the policy compiles to {count} {family} prefixes, more than the limit of {limit}")]
+    TooManyPrefixes {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// Compiled entries.
+        count: usize,
+        /// Map capacity.
+        limit: usize,
+    },
+}
+
+/// Prefix counts of one source group, per family, as written (before folding).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FamilyCounts {
+    /// IPv4 cidrs and excepts.
+    pub v4: usize,
+    /// IPv6 cidrs and excepts.
+    pub v6: usize,
+}
+
+impl FamilyCounts {
+    fn of(group: &SourceGroup) -> FamilyCounts {
+        let mut c = FamilyCounts::default();
+        for net in group.sets.iter().flat_map(|s| s.cidrs.iter().chain(&s.except)) {
+            match net {
+                IpNet::V4(_) => c.v4 += 1,
+                IpNet::V6(_) => c.v6 += 1,
+            }
+        }
+        c
+    }
+}
+
+/// Per-rule figures for `apply --dry-run`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleStats {
+    /// Rule name.
+    pub name: String,
+    /// Ports, as written in the policy syntax.
+    pub ports: Vec<String>,
+    /// Source prefixes of the rule's `from` (before folding).
+    pub prefixes: FamilyCounts,
+}
+
+/// What the compiler produced, for `apply --dry-run` and `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CompileStats {
+    /// Number of rules.
+    pub rules: usize,
+    /// Trie entries actually written, per family.
+    pub entries: FamilyCounts,
+    /// Distinct prefixes before redundant entries were pruned, per family.
+    pub distinct_prefixes: FamilyCounts,
+    /// Prefixes of `management` (before folding).
+    pub management: FamilyCounts,
+    /// Prefixes of `deny` (before folding).
+    pub deny: FamilyCounts,
+    /// Per-rule figures, in rule order.
+    pub per_rule: Vec<RuleStats>,
+    /// Port map segments per protocol.
+    pub tcp_segments: usize,
+    /// Port map segments per protocol.
+    pub udp_segments: usize,
+}
+
+/// Compiles a validated policy into map contents.
+pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+    if policy.rules.len() > MAX_RULES {
+        return Err(CompileError::TooManyRules {
+            count: policy.rules.len(),
+            limit: MAX_RULES,
+        });
+    }
+    let folded = prefixes::fold(policy);
+    check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
+    check_limit("IPv6", folded.v6.len(), MAX_PREFIXES_V6)?;
+    let v4: Vec<PrefixEntry<4>> = folded
+        .v4
+        .iter()
+        .map(|&(a, len, value)| PrefixEntry {
+            addr: (a as u32).to_be_bytes(),
+            prefix_len: len,
+            value,
+        })
+        .collect();
+    let v6: Vec<PrefixEntry<16>> = folded
+        .v6
+        .iter()
+        .map(|&(a, len, value)| PrefixEntry {
+            addr: a.to_be_bytes(),
+            prefix_len: len,
+            value,
+        })
+        .collect();
+    let ports_of = |proto: Proto| {
+        PortMap::build(policy.rules.iter().enumerate().flat_map(move |(i, r)| {
+            r.ports
+                .iter()
+                .filter(move |p| p.proto == proto)
+                .map(move |p| (p.first, p.last, i as u32))
+        }))
+    };
+    let tcp_ports = ports_of(Proto::Tcp);
+    let udp_ports = ports_of(Proto::Udp);
+    let config = GenConfig {
+        default_action: match policy.default {
+            DefaultAction::Pass => DEFAULT_PASS,
+            DefaultAction::Drop => DEFAULT_DROP,
+        },
+        mode: match policy.mode {
+            Mode::Enforce => MODE_ENFORCE,
+            Mode::Monitor => MODE_MONITOR,
+        },
+        rule_count: policy.rules.len() as u32,
+        valid: 1,
+    };
+    let stats = CompileStats {
+        rules: policy.rules.len(),
+        entries: FamilyCounts {
+            v4: v4.len(),
+            v6: v6.len(),
+        },
+        distinct_prefixes: FamilyCounts {
+            v4: folded.distinct_v4,
+            v6: folded.distinct_v6,
+        },
+        management: FamilyCounts::of(&policy.management),
+        deny: FamilyCounts::of(&policy.deny),
+        per_rule: policy
+            .rules
+            .iter()
+            .map(|r| RuleStats {
+                name: r.name.clone(),
+                ports: r.ports.iter().map(ToString::to_string).collect(),
+                prefixes: FamilyCounts::of(&r.from),
+            })
+            .collect(),
+        tcp_segments: tcp_ports.segments().len(),
+        udp_segments: udp_ports.segments().len(),
+    };
+    Ok(Compiled {
+        v4,
+        v6,
+        tcp_ports,
+        udp_ports,
+        config,
+        rule_names: policy.rules.iter().map(|r| r.name.clone()).collect(),
+        stats,
+    })
+}
+
+fn check_limit(family: &'static str, count: usize, limit: u32) -> Result<(), CompileError> {
+    if count > limit as usize {
+        return Err(CompileError::TooManyPrefixes {
+            family,
+            count,
+            limit: limit as usize,
+        });
+    }
+    Ok(())
+}
+
+/// Trie sizes for validation's limit check: a cheap upper bound when that is
+/// already within the limits, the exact folded counts otherwise.
+pub(crate) fn prefix_counts(policy: &Policy) -> (usize, usize) {
+    let (v4, v6) = prefixes::upper_bound(policy);
+    if v4 <= MAX_PREFIXES_V4 as usize && v6 <= MAX_PREFIXES_V6 as usize {
+        return (v4, v6);
+    }
+    let folded = prefixes::fold(policy);
+    (folded.v4.len(), folded.v6.len())
+}
+
+impl Compiled {
+    /// The source entry the kernel's LPM trie returns for `ip`: the value of the
+    /// longest matching prefix, or all-zero when nothing matches. A linear scan,
+    /// obviously equivalent to the trie; fine for `explain` and tests.
+    pub fn lookup(&self, ip: IpAddr) -> SourceEntry {
+        fn longest<const N: usize>(entries: &[PrefixEntry<N>], addr: [u8; N]) -> SourceEntry {
+            entries
+                .iter()
+                .filter(|e| e.matches(&addr))
+                .max_by_key(|e| e.prefix_len)
+                .map(|e| e.value)
+                .unwrap_or_default()
+        }
+        match ip {
+            IpAddr::V4(a) => longest(&self.v4, a.octets()),
+            IpAddr::V6(a) => longest(&self.v6, a.octets()),
+        }
+    }
+
+    /// The mask of rules covering destination `port` of `proto`.
+    pub fn port_mask(&self, proto: Proto, port: u16) -> u64 {
+        match proto {
+            Proto::Tcp => self.tcp_ports.mask_at(port),
+            Proto::Udp => self.udp_ports.mask_at(port),
+        }
+    }
+
+    /// Figures about the compiled policy.
+    pub fn stats(&self) -> CompileStats {
+        self.stats.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,9 @@
+//! Airlock's library: the policy language, its compiler to BPF map entries, a
+//! reference model of the verdict rules, and the loader that puts a compiled policy
+//! into the kernel. The `airlock` binary (and the agent) are thin fronts over it.
+
+pub mod compile;
+pub mod policy;
+pub mod reference;
+pub mod regions;
+pub mod loader;

@@ -1,0 +1,82 @@
+use std::{io, path::PathBuf};
+
+/// Failures putting a policy into the kernel or reading it back. Each names the
+/// object (interface, map, path) it was working on.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("this airlock binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild it")]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the eBPF object has no map {0} (binary and object out of step?)")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("XDP link on {iface} cannot be pinned (kernel without bpf_link for XDP?): {source}")]
+    Link {
+        iface: String,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error(
+        "{path} is not a bpffs mount in this mount namespace, and mounting one here would vanish \
+         when this process exits (taking the filter with it); mount it in the host namespace \
+         first: mount -t bpf bpf {path}"
+    )]
+    BpffsPrivateNamespace { path: PathBuf },
+    #[error("mounting bpffs at {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error(
+        "the filter pinned at {path} has map layout {found}, this airlock writes layout {expected}; \
+         run `airlock remove --iface {iface}` and apply again"
+    )]
+    LayoutMismatch {
+        path: PathBuf,
+        iface: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("policy summary does not fit the META map ({len} bytes, at most {max})")]
+    MetaTooLarge { len: usize, max: usize },
+    #[error("no Airlock filter is pinned for interface {0}")]
+    NotInstalled(String),
+}
+
+impl LoaderError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

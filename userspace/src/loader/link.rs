@@ -1,0 +1,133 @@
+//! Attaching the program and asking the kernel about a pinned XDP link.
+
+use std::{
+    ffi::CString,
+    os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+    path::Path,
+};
+
+use aya::programs::{Xdp, XdpMode, links::FdLink};
+
+use super::LoaderError;
+
+/// How the program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native XDP in the driver: before any socket buffer is allocated.
+    Driver,
+    /// Generic XDP, for drivers without native support: still before the stack's
+    /// protocol handlers, but after the skb is built.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+/// Attaches in native mode, falling back to generic with a warning. The link is
+/// returned as an `FdLink` so the caller can pin it; until pinned, dropping it detaches.
+pub(crate) fn attach(program: &mut Xdp, iface: &str) -> Result<(FdLink, AttachMode), LoaderError> {
+    let program_err = |source| LoaderError::Program {
+        name: airlock_common::PROGRAM_NAME,
+        source: Box::new(source),
+    };
+    let (link_id, mode) = match program.attach(iface, XdpMode::Driver) {
+        Ok(id) => (id, AttachMode::Driver),
+        Err(native) => {
+            tracing::warn!(
+                iface,
+                error = %native,
+                "native XDP attach failed; falling back to generic (skb) mode, which filters later and slower"
+            );
+            let id = program.attach(iface, XdpMode::Skb).map_err(program_err)?;
+            (id, AttachMode::Skb)
+        }
+    };
+    let link = program.take_link(link_id).map_err(program_err)?;
+    let link = FdLink::try_from(link).map_err(|e| LoaderError::Link {
+        iface: iface.to_owned(),
+        source: e,
+    })?;
+    Ok((link, mode))
+}
+
+/// What the kernel says about a pinned XDP link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub link_id: u32,
+    pub program_id: u32,
+    /// 0 once the interface it was attached to is gone.
+    pub ifindex: u32,
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// Reads a pinned link's id, program and interface. aya's `LinkInfo` does not expose
+/// the XDP interface index, so this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD;
+/// `struct bpf_link_info` keeps `xdp.ifindex` at byte 16).
+pub fn pinned_link_state(path: &Path) -> Result<LinkState, LoaderError> {
+    let io = |e| LoaderError::io("reading link", path, e);
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr large enough for BPF_OBJ_GET.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel returned a fresh descriptor we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = [0u8; 64];
+    // info_by_fd: bpf_fd (u32), info_len (u32), info (u64).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32) | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: info is writable for info_len bytes; attr is a zeroed bpf_attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
+    if word(0) != BPF_LINK_TYPE_XDP {
+        return Err(io(std::io::Error::other(format!(
+            "pinned link is of type {}, not XDP",
+            word(0)
+        ))));
+    }
+    Ok(LinkState {
+        link_id: word(4),
+        program_id: word(8),
+        ifindex: word(16),
+    })
+}
+
+/// The interface's index in this network namespace, or `None` if it does not exist.
+pub fn interface_index(iface: &str) -> Option<u32> {
+    let name = CString::new(iface).ok()?;
+    // SAFETY: name is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}

@@ -1,0 +1,240 @@
+//! Puts a compiled policy into the kernel and reads it back: load the embedded
+//! object, fill its maps, attach to an interface, pin everything under the pin root
+//! so the filter outlives the process; or, when a filter is already there, swap the
+//! policy in place (atomically, without detaching).
+
+mod error;
+mod link;
+mod meta;
+mod object;
+mod pins;
+mod policy_maps;
+
+use std::{fs, path::Path};
+
+use airlock_common::{LAYOUT_VERSION, MAP_META, PROGRAM_NAME};
+use aya::{Ebpf, programs::Xdp};
+
+pub use error::LoaderError;
+pub use link::{AttachMode, LinkState, interface_index, pinned_link_state};
+pub use meta::{PolicySummary, RuleSummary};
+pub use object::{load_object, object_bytes};
+pub use pins::{DEFAULT_PIN_ROOT, LINK_PIN, PROGRAM_PIN, PinRoot};
+pub use policy_maps::{Counters, PolicyMaps};
+
+use crate::compile::Compiled;
+
+/// What `apply` did on one interface.
+#[derive(Clone, Debug)]
+pub struct ApplyOutcome {
+    pub iface: String,
+    /// True when the filter was attached by this apply, false when an existing filter
+    /// had its policy swapped.
+    pub attached: bool,
+    pub attach_mode: AttachMode,
+    pub generation: u32,
+    pub serial: u64,
+}
+
+/// A freshly loaded filter that is not attached or pinned: for BPF_PROG_TEST_RUN
+/// (tests, `explain --live`) and as the first step of an install.
+pub struct LoadedFilter {
+    pub ebpf: Ebpf,
+    pub maps: PolicyMaps,
+}
+
+impl LoadedFilter {
+    pub fn load() -> Result<Self, LoaderError> {
+        let mut ebpf = load_object()?;
+        let maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
+        let program = xdp_program(&mut ebpf)?;
+        program.load().map_err(program_error)?;
+        Ok(Self { ebpf, maps })
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp, LoaderError> {
+        xdp_program(&mut self.ebpf)
+    }
+}
+
+fn program_error(source: aya::programs::ProgramError) -> LoaderError {
+    LoaderError::Program {
+        name: PROGRAM_NAME,
+        source: Box::new(source),
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
+    let missing = || {
+        program_error(aya::programs::ProgramError::UnexpectedProgramType)
+    };
+    let program = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
+    program.try_into().map_err(program_error)
+}
+
+/// Applies `compiled` to `iface`: swaps the policy of the filter already there, or
+/// installs and pins a new one. On error nothing changes: a swap is only visible
+/// after its final one-word flip, and an install is only visible once its staging
+/// directory is renamed into place.
+pub fn apply(
+    root: &PinRoot,
+    iface: &str,
+    compiled: &Compiled,
+    mut summary: PolicySummary,
+) -> Result<ApplyOutcome, LoaderError> {
+    let ifindex =
+        interface_index(iface).ok_or_else(|| LoaderError::NoSuchInterface(iface.to_owned()))?;
+    root.ensure_mounted()?;
+    let dir = root.interface_dir(iface);
+    if dir.exists() {
+        match pinned_link_state(&dir.join(LINK_PIN)) {
+            Ok(state) if state.ifindex == ifindex => {
+                return swap_policy(&dir, iface, compiled, summary);
+            }
+            state => {
+                // The interface was deleted (and maybe recreated) or the link was
+                // removed behind our back: nothing is filtering, so start afresh.
+                tracing::warn!(iface, ?state, "pinned filter is no longer attached; reinstalling");
+                pins::remove_dir(&dir)?;
+            }
+        }
+    }
+    summary.serial = 1;
+    install(root, iface, compiled, summary)
+}
+
+fn swap_policy(
+    dir: &Path,
+    iface: &str,
+    compiled: &Compiled,
+    mut summary: PolicySummary,
+) -> Result<ApplyOutcome, LoaderError> {
+    let mut maps = PolicyMaps::open_pinned(dir)?;
+    check_layout(&maps, dir, iface)?;
+    let previous = maps.active_summary()?;
+    let attach_mode = match previous.as_ref().map(|p| p.attach_mode.as_str()) {
+        Some("skb") => AttachMode::Skb,
+        _ => AttachMode::Driver,
+    };
+    summary.serial = previous.map_or(1, |p| p.serial + 1);
+    summary.attach_mode = attach_mode.as_str().to_owned();
+    let generation = maps.apply(compiled, &summary)?;
+    Ok(ApplyOutcome {
+        iface: iface.to_owned(),
+        attached: false,
+        attach_mode,
+        generation,
+        serial: summary.serial,
+    })
+}
+
+/// A pinned filter from an airlock with a different map layout must not be written
+/// with ours: the bytes would mean something else to its program.
+fn check_layout(maps: &PolicyMaps, dir: &Path, iface: &str) -> Result<(), LoaderError> {
+    let found = maps.layout_version().map_err(|source| LoaderError::Map {
+        name: MAP_META,
+        source,
+    })?;
+    if found != 0 && found != LAYOUT_VERSION {
+        return Err(LoaderError::LayoutMismatch {
+            path: dir.to_owned(),
+            iface: iface.to_owned(),
+            found,
+            expected: LAYOUT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn install(
+    root: &PinRoot,
+    iface: &str,
+    compiled: &Compiled,
+    mut summary: PolicySummary,
+) -> Result<ApplyOutcome, LoaderError> {
+    let staging = root.staging_dir(iface);
+    fs::create_dir_all(&staging).map_err(|e| LoaderError::io("creating", &staging, e))?;
+    let result = install_staged(&staging, iface, compiled, &mut summary);
+    match result {
+        Ok(outcome) => {
+            let dir = root.interface_dir(iface);
+            if let Err(e) = fs::rename(&staging, &dir) {
+                let _ = pins::remove_dir(&staging);
+                return Err(LoaderError::io("renaming into place", &dir, e));
+            }
+            Ok(outcome)
+        }
+        Err(e) => {
+            // Unpinning the staged link detaches the half-installed filter.
+            if let Err(cleanup) = pins::remove_dir(&staging) {
+                tracing::error!(error = %cleanup, "cleaning up after a failed install");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn install_staged(
+    staging: &Path,
+    iface: &str,
+    compiled: &Compiled,
+    summary: &mut PolicySummary,
+) -> Result<ApplyOutcome, LoaderError> {
+    let mut ebpf = load_object()?;
+    for (name, map) in ebpf.maps() {
+        let path = staging.join(name);
+        map.pin(&path)
+            .map_err(|source| LoaderError::Pin { path, source })?;
+    }
+    let mut maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
+    let program = xdp_program(&mut ebpf)?;
+    program.load().map_err(program_error)?;
+    let program_pin = staging.join(PROGRAM_PIN);
+    program
+        .pin(&program_pin)
+        .map_err(|source| LoaderError::Pin {
+            path: program_pin,
+            source,
+        })?;
+    // The policy goes in before the program sees its first packet.
+    // Attach mode is only known after attaching; record the likely one and fix it up.
+    summary.attach_mode = AttachMode::Driver.as_str().to_owned();
+    let generation = maps.apply(compiled, summary)?;
+    let (link, attach_mode) = link::attach(program, iface)?;
+    if attach_mode != AttachMode::Driver {
+        summary.attach_mode = attach_mode.as_str().to_owned();
+        maps.rewrite_active_summary(summary)?;
+    }
+    let link_pin = staging.join(LINK_PIN);
+    link.pin(&link_pin).map_err(|source| LoaderError::Pin {
+        path: link_pin,
+        source,
+    })?;
+    Ok(ApplyOutcome {
+        iface: iface.to_owned(),
+        attached: true,
+        attach_mode,
+        generation,
+        serial: summary.serial,
+    })
+}
+
+/// Detaches and unpins the filter on `iface`.
+pub fn remove(root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
+    let dir = root.interface_dir(iface);
+    if !dir.exists() {
+        return Err(LoaderError::NotInstalled(iface.to_owned()));
+    }
+    pins::remove_dir(&dir)
+}
+
+/// Reverts one interface's successful apply (used when a later interface of the same
+/// apply fails, so a policy is in force on all of them or on none): a fresh install
+/// is removed; a swap is undone by flipping back to the untouched previous copy.
+pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
+    if outcome.attached {
+        return remove(root, &outcome.iface);
+    }
+    let mut maps = PolicyMaps::open_pinned(&root.interface_dir(&outcome.iface))?;
+    maps.set_active_generation(1 - outcome.generation)
+}

@@ -1,0 +1,150 @@
+//! Where a filter lives in bpffs. Every path is named here and nowhere else:
+//! `<root>/<ifname>/{prog,link,<MAP_NAME>...}`.
+//!
+//! bpffs refuses names containing a dot, and interface names may have one
+//! (`eth0.100`), so directory names escape `%` and `.` as `%25` and `%2e`. Staging
+//! directories start with `%staging-`, which no escaped interface name can.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+};
+
+use super::LoaderError;
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/airlock";
+pub const PROGRAM_PIN: &str = "prog";
+pub const LINK_PIN: &str = "link";
+
+#[derive(Clone, Debug)]
+pub struct PinRoot {
+    root: PathBuf,
+}
+
+impl PinRoot {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn interface_dir(&self, iface: &str) -> PathBuf {
+        self.root.join(escape(iface))
+    }
+
+    pub(crate) fn staging_dir(&self, iface: &str) -> PathBuf {
+        self.root
+            .join(format!("{STAGING_PREFIX}{}-{}", escape(iface), std::process::id()))
+    }
+
+    /// Makes sure the root is on a bpffs, mounting one there if needed.
+    ///
+    /// Mounting is refused outside the host's mount namespace (as under
+    /// `ip netns exec`): a mount made there disappears with the process, and the
+    /// pinned link, and with it the filter, would go too.
+    pub fn ensure_mounted(&self) -> Result<(), LoaderError> {
+        let root = &self.root;
+        if is_bpffs(root) {
+            return Ok(());
+        }
+        // The root may sit below an existing bpffs (the default, /sys/fs/bpf/airlock).
+        if let Some(parent) = root.parent()
+            && is_bpffs(parent)
+        {
+            fs::create_dir_all(root).map_err(|e| LoaderError::io("creating", root, e))?;
+            return Ok(());
+        }
+        if !in_host_mount_namespace() {
+            return Err(LoaderError::BpffsPrivateNamespace { path: root.clone() });
+        }
+        fs::create_dir_all(root).map_err(|e| LoaderError::io("creating", root, e))?;
+        mount(Some("bpf"), root, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(
+            |source| LoaderError::Mount {
+                path: root.clone(),
+                source,
+            },
+        )?;
+        tracing::info!(path = %root.display(), "mounted bpffs");
+        Ok(())
+    }
+
+    /// Interfaces that have a filter pinned, sorted.
+    pub fn interfaces(&self) -> Result<Vec<String>, LoaderError> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(LoaderError::io("listing", &self.root, e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| !name.starts_with(STAGING_PREFIX))
+            .map(|name| unescape(&name))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+const STAGING_PREFIX: &str = "%staging-";
+
+fn escape(iface: &str) -> String {
+    iface.replace('%', "%25").replace('.', "%2e")
+}
+
+fn unescape(name: &str) -> String {
+    name.replace("%2e", ".").replace("%25", "%")
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
+}
+
+fn in_host_mount_namespace() -> bool {
+    match (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")) {
+        (Ok(own), Ok(init)) => own == init,
+        // Without /proc we cannot tell; assume the common case.
+        _ => true,
+    }
+}
+
+/// Unpins everything in `dir` and removes it. Unpinning the link detaches the
+/// program once no process holds it any more.
+pub(crate) fn remove_dir(dir: &Path) -> Result<(), LoaderError> {
+    let entries = fs::read_dir(dir).map_err(|e| LoaderError::io("listing", dir, e))?;
+    // The link first, so the program stops filtering before its maps go away.
+    let link = dir.join(LINK_PIN);
+    if link.exists() {
+        fs::remove_file(&link).map_err(|e| LoaderError::io("unpinning", &link, e))?;
+    }
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.exists() {
+            fs::remove_file(&path).map_err(|e| LoaderError::io("unpinning", &path, e))?;
+        }
+    }
+    fs::remove_dir(dir).map_err(|e| LoaderError::io("removing", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_with_dots_round_trip_without_dots() {
+        for name in ["eth0", "eth0.100", "a%2e.b", "%staging-x"] {
+            let escaped = escape(name);
+            assert!(!escaped.contains('.'), "{escaped}");
+            assert!(!escaped.starts_with(STAGING_PREFIX), "{escaped}");
+            assert_eq!(unescape(&escaped), name);
+        }
+    }
+}

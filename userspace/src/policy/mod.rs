@@ -1,0 +1,180 @@
+//! The policy language (YAML, `version: 1`): parsed with positions, validated in
+//! full (every problem reported, each with file, line, column and field), and turned
+//! into a checked [`Policy`] that the compiler and the reference model consume.
+//!
+//! A `Policy` can only be made here, by validation, so everything downstream can
+//! rely on its invariants: at most [`MAX_RULES`](airlock_common::maps::MAX_RULES)
+//! rules, unique rule names, non-empty `from` and `ports`, no host bits, every
+//! `except` inside one of its set's `cidrs`.
+
+mod addr;
+mod error;
+mod imports;
+mod ports;
+mod raw;
+mod sets;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+pub use error::{Diagnostic, PolicyError};
+pub use ports::{PortRange, Proto};
+
+/// Reads the policy at `path` (and any files it imports) and validates it.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text, path)
+}
+
+/// Validates policy text. `origin` names the file in messages and is the base for
+/// relative `file:` imports (which are read from disk).
+pub fn parse_str(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
+    validate::validate(text, origin).map_err(PolicyError::Invalid)
+}
+
+/// A validated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// The file it came from (as given to [`load`] or [`parse_str`]).
+    pub origin: PathBuf,
+    /// Interfaces to attach to.
+    pub interfaces: Interfaces,
+    /// Enforce or only monitor.
+    pub mode: Mode,
+    /// What traffic to a port no rule covers gets.
+    pub default: DefaultAction,
+    /// Sources that always pass.
+    pub management: SourceGroup,
+    /// Sources that are always dropped (management still wins).
+    pub deny: SourceGroup,
+    /// Rules in policy order; a rule's index is its bit in the compiled maps.
+    pub rules: Vec<Rule>,
+    /// Named sets as defined under `sets` (imports included).
+    pub sets: BTreeMap<String, AddrSet>,
+}
+
+impl Policy {
+    /// Index of the rule called `name`.
+    pub fn rule_index(&self, name: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r.name == name)
+    }
+}
+
+/// Where to attach.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Interfaces {
+    /// The interface of the default route, resolved when applying.
+    Auto,
+    /// These interfaces (valid Linux names, no duplicates).
+    Named(Vec<String>),
+}
+
+/// `mode:`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Drop what the policy says to drop.
+    #[default]
+    Enforce,
+    /// Compute and count verdicts, pass everything.
+    Monitor,
+}
+
+impl Mode {
+    /// `enforce` or `monitor`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
+/// `default:`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultAction {
+    /// Traffic to ports no rule covers passes.
+    #[default]
+    Pass,
+    /// Traffic to ports no rule covers is dropped.
+    Drop,
+}
+
+impl DefaultAction {
+    /// `pass` or `drop`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DefaultAction::Pass => "pass",
+            DefaultAction::Drop => "drop",
+        }
+    }
+}
+
+/// A set of addresses: the union of `cidrs` minus the union of `except`
+/// (Kubernetes `ipBlock` semantics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrSet {
+    /// The set's name, the region's name, or the inline CIDR as written.
+    pub name: String,
+    /// Networks in the set (imported ones included).
+    pub cidrs: Vec<IpNet>,
+    /// Holes; each lies inside at least one of `cidrs`.
+    pub except: Vec<IpNet>,
+}
+
+impl AddrSet {
+    /// Whether `ip` is in at least one of `cidrs` and in none of `except`.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.cidrs.iter().any(|c| c.contains(&ip)) && !self.except.iter().any(|e| e.contains(&ip))
+    }
+}
+
+/// A list of set references (`management`, `deny`, or a rule's `from`): an address is
+/// in the group iff it is in any of the sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceGroup {
+    /// The referenced sets, in the order written.
+    pub sets: Vec<AddrSet>,
+}
+
+impl SourceGroup {
+    /// The first set (in policy order) containing `ip`.
+    pub fn first_containing(&self, ip: IpAddr) -> Option<&AddrSet> {
+        self.sets.iter().find(|s| s.contains(ip))
+    }
+
+    /// Whether any set contains `ip`.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.first_containing(ip).is_some()
+    }
+}
+
+/// One rule: these ports, from these sources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Unique name ([A-Za-z0-9_.-], at most 63 bytes).
+    pub name: String,
+    /// Covered destination ports (non-empty).
+    pub ports: Vec<PortRange>,
+    /// Allowed sources (non-empty).
+    pub from: SourceGroup,
+    /// Line of the rule in the policy file.
+    pub line: usize,
+}
+
+impl Rule {
+    /// Whether the rule covers destination `port` of `proto`.
+    pub fn covers(&self, proto: Proto, port: u16) -> bool {
+        self.ports.iter().any(|r| r.contains(proto, port))
+    }
+}
+
+#[cfg(test)]
+mod tests;

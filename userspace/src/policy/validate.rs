@@ -1,0 +1,349 @@
+//! Top-level validation: walks the document, records every problem, and builds the
+//! [`Policy`] only if there were none.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use airlock_common::maps::{MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_RULES};
+use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::{LoadError, LoaderOptions, Node};
+
+use super::error::Diagnostic;
+use super::ports::parse_port_range;
+use super::raw::{self, Ctx, Pos};
+use super::sets::{self, SetTable};
+use super::{DefaultAction, Interfaces, Mode, Policy, Rule, SourceGroup};
+
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "interfaces",
+    "mode",
+    "default",
+    "management",
+    "sets",
+    "deny",
+    "rules",
+];
+const RULE_KEYS: &[&str] = &["name", "ports", "from"];
+
+/// Parses and validates `text`; all problems, or the policy.
+pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnostic>> {
+    let mut ctx = Ctx::new(origin);
+    let root = match parse_yaml(text) {
+        Ok(n) => n,
+        Err((pos, message, hint)) => {
+            ctx.error(pos, "", None, message, hint);
+            return Err(ctx.diags);
+        }
+    };
+    let Some(top) = root.as_mapping() else {
+        ctx.error(Pos::of(&root), "", None, "the policy must be a YAML mapping", None);
+        return Err(ctx.diags);
+    };
+    raw::check_keys(&mut ctx, top, "", TOP_KEYS);
+    check_version(&mut ctx, top);
+    let interfaces = parse_interfaces(&mut ctx, top);
+    let mode = parse_choice(&mut ctx, top, "mode", &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)]);
+    let default = parse_choice(
+        &mut ctx,
+        top,
+        "default",
+        &[("pass", DefaultAction::Pass), ("drop", DefaultAction::Drop)],
+    );
+    let table = match top.get_node("sets") {
+        Some(n) => sets::parse_sets(&mut ctx, n, origin),
+        None => SetTable::default(),
+    };
+    let management = optional_group(&mut ctx, top, "management", &table);
+    let deny = optional_group(&mut ctx, top, "deny", &table);
+    let rules = parse_rules(&mut ctx, top, &table);
+
+    if !ctx.diags.is_empty() {
+        return Err(ctx.diags);
+    }
+    let (Some(interfaces), Some(mode), Some(default), Some(management), Some(deny), Some(rules)) =
+        (interfaces, mode, default, management, deny, rules)
+    else {
+        // Every None above comes with a diagnostic; this is only a safety net.
+        ctx.error(Pos::of(&root), "", None, "invalid policy", None);
+        return Err(ctx.diags);
+    };
+    let policy = Policy {
+        origin: origin.to_path_buf(),
+        interfaces,
+        mode,
+        default,
+        management,
+        deny,
+        rules,
+        sets: table.defined,
+    };
+    check_prefix_limits(&mut ctx, &policy, Pos::of(&root));
+    if ctx.diags.is_empty() { Ok(policy) } else { Err(ctx.diags) }
+}
+
+/// YAML syntax problems stop everything: there is no tree to walk.
+fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    // marked-yaml has `unreachable!()`s on some odd inputs; a policy typo must never
+    // take down the agent, so treat a panic as a syntax error.
+    let result = std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
+    let pos = |m: &marked_yaml::Marker| Pos {
+        line: m.line(),
+        column: m.column(),
+    };
+    match result {
+        Ok(Ok(node)) => Ok(node),
+        Err(_) => Err((Pos { line: 1, column: 1 }, "unparseable YAML".into(), None)),
+        Ok(Err(e)) => Err(match e {
+            LoadError::ScanError(m, se) => (pos(&m), format!("YAML syntax error: {}", se.info()), None),
+            LoadError::DuplicateKey(inner) => {
+                let first = Pos::of_span(inner.prev_key.span());
+                (
+                    Pos::of_span(inner.key.span()),
+                    format!("duplicate key {:?}", inner.key.as_str()),
+                    Some(format!("first given at line {}", first.line)),
+                )
+            }
+            LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => (
+                pos(&m),
+                "the policy must be a YAML mapping (version: 1, interfaces: ..., rules: ...)".into(),
+                None,
+            ),
+            LoadError::UnexpectedAnchor(m) => (pos(&m), "YAML anchors and aliases are not supported".into(), None),
+            LoadError::MappingKeyMustBeScalar(m) => (pos(&m), "mapping keys must be plain strings".into(), None),
+            LoadError::UnexpectedTag(m) => (pos(&m), "YAML tags are not supported".into(), None),
+        }),
+    }
+}
+
+fn check_version(ctx: &mut Ctx, top: &MarkedMappingNode) {
+    let Some(node) = top.get_node("version") else {
+        ctx.error(
+            Pos::of_span(top.span()),
+            "version",
+            None,
+            "missing required key \"version\"",
+            Some("start the policy with `version: 1`".into()),
+        );
+        return;
+    };
+    if let Some(s) = raw::scalar(ctx, node, "version", "a version number") {
+        if s.as_str() != "1" {
+            ctx.error(
+                Pos::of(node),
+                "version",
+                Some(s.as_str()),
+                format!("unsupported policy version {:?}", s.as_str()),
+                Some("this airlock understands version 1".into()),
+            );
+        }
+    }
+}
+
+/// Linux `dev_valid_name`: 1..=15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces> {
+    let Some(node) = top.get_node("interfaces") else {
+        ctx.error(
+            Pos::of_span(top.span()),
+            "interfaces",
+            None,
+            "missing required key \"interfaces\"",
+            Some("e.g. `interfaces: [eth0]`, or `[auto]` for the default route's interface".into()),
+        );
+        return None;
+    };
+    let s = raw::seq(ctx, node, "interfaces", "interface names", "[eth0]")?;
+    if s.is_empty() {
+        ctx.error(Pos::of(node), "interfaces", None, "no interfaces listed", Some("e.g. [eth0], or [auto]".into()));
+        return None;
+    }
+    let errors_before = ctx.diags.len();
+    let mut names: Vec<String> = Vec::new();
+    let mut first_line: HashMap<String, usize> = HashMap::new();
+    for (i, item) in s.iter().enumerate() {
+        let f = format!("interfaces[{i}]");
+        let Some(sc) = raw::scalar(ctx, item, &f, "an interface name") else { continue };
+        let name = sc.as_str();
+        let pos = Pos::of(item);
+        if name == "auto" && s.len() > 1 {
+            ctx.error(
+                pos,
+                &f,
+                Some(name),
+                "\"auto\" cannot be combined with interface names",
+                Some("use either [auto] or a list of names".into()),
+            );
+        } else if !valid_ifname(name) {
+            ctx.error(
+                pos,
+                &f,
+                Some(name),
+                format!("invalid interface name {name:?}"),
+                Some("Linux interface names are 1-15 bytes without '/', ':' or spaces".into()),
+            );
+        } else if let Some(line) = first_line.get(name) {
+            ctx.error(pos, &f, Some(name), format!("interface {name:?} listed twice"), Some(format!("first at line {line}")));
+        } else {
+            first_line.insert(name.to_string(), pos.line);
+            names.push(name.to_string());
+        }
+    }
+    if ctx.diags.len() != errors_before {
+        None
+    } else if names == ["auto"] {
+        Some(Interfaces::Auto)
+    } else {
+        Some(Interfaces::Named(names))
+    }
+}
+
+fn parse_choice<T: Copy + Default>(ctx: &mut Ctx, top: &MarkedMappingNode, key: &str, choices: &[(&str, T)]) -> Option<T> {
+    let Some(node) = top.get_node(key) else { return Some(T::default()) };
+    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+    let s = raw::scalar(ctx, node, key, &format!("one of {}", names.join(", ")))?;
+    match choices.iter().find(|(n, _)| *n == s.as_str()) {
+        Some((_, v)) => Some(*v),
+        None => {
+            ctx.error(
+                Pos::of(node),
+                key,
+                Some(s.as_str()),
+                format!("invalid {key} {:?} (expected {})", s.as_str(), names.join(" or ")),
+                None,
+            );
+            None
+        }
+    }
+}
+
+fn optional_group(ctx: &mut Ctx, top: &MarkedMappingNode, key: &str, table: &SetTable) -> Option<SourceGroup> {
+    match top.get_node(key) {
+        None => Some(SourceGroup::default()),
+        Some(n) => sets::resolve_group(ctx, n, key, table, false),
+    }
+}
+
+fn parse_rules(ctx: &mut Ctx, top: &MarkedMappingNode, table: &SetTable) -> Option<Vec<Rule>> {
+    let Some(node) = top.get_node("rules") else { return Some(Vec::new()) };
+    let s = raw::seq(ctx, node, "rules", "rules", "[{name: db, ports: [5432/tcp], from: [office]}]")?;
+    let errors_before = ctx.diags.len();
+    if s.len() > MAX_RULES {
+        let extra = &s[MAX_RULES];
+        ctx.error(
+            Pos::of(extra),
+            &format!("rules[{MAX_RULES}]"),
+            None,
+            format!("too many rules: {} (the limit is {MAX_RULES})", s.len()),
+            Some("merge rules that share sources, or ports that share rules".into()),
+        );
+    }
+    let mut rules = Vec::with_capacity(s.len());
+    let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, item) in s.iter().enumerate() {
+        let field = format!("rules[{i}]");
+        let Some(m) = raw::map(ctx, item, &field, "a rule (a mapping with name, ports and from)") else { continue };
+        if let Some(rule) = parse_rule(ctx, m, &field, table, &mut first_line) {
+            rules.push(rule);
+        }
+    }
+    (ctx.diags.len() == errors_before).then_some(rules)
+}
+
+fn parse_rule(
+    ctx: &mut Ctx,
+    m: &MarkedMappingNode,
+    field: &str,
+    table: &SetTable,
+    first_line: &mut BTreeMap<String, usize>,
+) -> Option<Rule> {
+    raw::check_keys(ctx, m, field, RULE_KEYS);
+    let line = Pos::of_span(m.span()).line;
+    let missing = |ctx: &mut Ctx, key: &str| {
+        ctx.error(Pos::of_span(m.span()), &format!("{field}.{key}"), None, format!("missing required key {key:?}"), None);
+    };
+    let name = match m.get_node("name") {
+        None => {
+            missing(ctx, "name");
+            None
+        }
+        Some(n) => {
+            let f = format!("{field}.name");
+            raw::scalar(ctx, n, &f, "a rule name").and_then(|s| {
+                let name = s.as_str();
+                let pos = Pos::of(n);
+                if !sets::valid_name(name) {
+                    ctx.error(pos, &f, Some(name), format!("invalid rule name {name:?}"), Some("use 1 to 63 of A-Z a-z 0-9 _ . -".into()));
+                    None
+                } else if let Some(first) = first_line.get(name) {
+                    ctx.error(pos, &f, Some(name), format!("duplicate rule name {name:?}"), Some(format!("first used at line {first}")));
+                    None
+                } else {
+                    first_line.insert(name.to_string(), pos.line);
+                    Some(name.to_string())
+                }
+            })
+        }
+    };
+    let ports = match m.get_node("ports") {
+        None => {
+            missing(ctx, "ports");
+            None
+        }
+        Some(n) => parse_ports(ctx, n, &format!("{field}.ports")),
+    };
+    let from = match m.get_node("from") {
+        None => {
+            missing(ctx, "from");
+            None
+        }
+        Some(n) => sets::resolve_group(ctx, n, &format!("{field}.from"), table, true),
+    };
+    Some(Rule { name: name?, ports: ports?, from: from?, line })
+}
+
+fn parse_ports(ctx: &mut Ctx, node: &Node, field: &str) -> Option<Vec<super::PortRange>> {
+    let s = raw::seq(ctx, node, field, "ports", "[5432/tcp]")?;
+    if s.is_empty() {
+        ctx.error(Pos::of(node), field, None, "empty list: a rule must cover at least one port", Some("e.g. [5432/tcp]".into()));
+        return None;
+    }
+    let errors_before = ctx.diags.len();
+    let mut out = Vec::with_capacity(s.len());
+    for (i, item) in s.iter().enumerate() {
+        let f = format!("{field}[{i}]");
+        let Some(sc) = raw::scalar(ctx, item, &f, "a port like 5432/tcp") else { continue };
+        match parse_port_range(sc.as_str()) {
+            Ok(r) => out.push(r),
+            Err((message, hint)) => ctx.error(Pos::of(item), &f, Some(sc.as_str()), message, hint),
+        }
+    }
+    (ctx.diags.len() == errors_before).then_some(out)
+}
+
+/// The kernel maps have a fixed capacity; say so now rather than fail half-way
+/// through a load.
+fn check_prefix_limits(ctx: &mut Ctx, policy: &Policy, pos: Pos) {
+    let (v4, v6) = crate::compile::prefix_counts(policy);
+    for (family, count, limit) in [("IPv4", v4, MAX_PREFIXES_V4), ("IPv6", v6, MAX_PREFIXES_V6)] {
+        if count > limit as usize {
+            ctx.error(
+                pos,
+                "sets",
+                None,
+                format!("the policy compiles to {count} {family} prefixes, more than the limit of {limit}"),
+                Some("aggregate adjacent ranges or drop unused sets".into()),
+            );
+        }
+    }
+}

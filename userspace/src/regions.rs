@@ -1,0 +1,149 @@
+//! Built-in source sets ("regions"): provider egress address lists a policy can name
+//! in `from`, `management` or `deny` without copying addresses by hand.
+//!
+//! The lists live in `userspace/data/regions.yaml`, embedded at build time, so they
+//! are reviewed as data (with their source and date) rather than buried in code.
+
+use std::sync::OnceLock;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The embedded region file.
+pub const REGIONS_YAML: &str = include_str!("../data/regions.yaml");
+
+/// One built-in source set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Region {
+    /// Name a policy uses to refer to it, e.g. `airbyte-us`.
+    pub name: String,
+    /// What the addresses are.
+    pub description: String,
+    /// Cloud provider the addresses belong to (`gcp`, `aws`, ...).
+    pub provider: String,
+    /// The provider's region, e.g. `us-west3`.
+    pub provider_region: String,
+    /// Document and section the list was copied from.
+    pub source: String,
+    /// Date (YYYY-MM-DD) the list was taken from `source`.
+    pub as_of: String,
+    /// The addresses, as networks (single addresses are /32 or /128).
+    #[serde(serialize_with = "serialize_cidrs")]
+    pub cidrs: Vec<IpNet>,
+}
+
+fn serialize_cidrs<S: Serializer>(cidrs: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(cidrs.iter().map(ToString::to_string))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionFile {
+    regions: Vec<RawRegion>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: String,
+    description: String,
+    provider: String,
+    provider_region: String,
+    source: String,
+    as_of: String,
+    cidrs: Vec<String>,
+}
+
+/// Parses a region file; errors are strings because the only file is embedded and
+/// checked by a unit test, so they are programming errors, not user errors.
+fn parse(text: &str) -> Result<Vec<Region>, String> {
+    let file: RegionFile = marked_yaml::from_yaml(0, text).map_err(|e| e.to_string())?;
+    let mut out: Vec<Region> = Vec::with_capacity(file.regions.len());
+    for raw in file.regions {
+        if out.iter().any(|r| r.name == raw.name) {
+            return Err(format!("region {} defined twice", raw.name));
+        }
+        let mut cidrs = Vec::with_capacity(raw.cidrs.len());
+        for text in &raw.cidrs {
+            let net: IpNet = text
+                .parse()
+                .map_err(|e| format!("region {}: {text:?}: {e}", raw.name))?;
+            if net.trunc() != net {
+                return Err(format!("region {}: {text} has host bits set", raw.name));
+            }
+            cidrs.push(net);
+        }
+        out.push(Region {
+            name: raw.name,
+            description: raw.description,
+            provider: raw.provider,
+            provider_region: raw.provider_region,
+            source: raw.source,
+            as_of: raw.as_of,
+            cidrs,
+        });
+    }
+    Ok(out)
+}
+
+/// All built-in regions, or why the embedded file did not parse.
+pub fn try_all() -> Result<&'static [Region], &'static str> {
+    static REGIONS: OnceLock<Result<Vec<Region>, String>> = OnceLock::new();
+    match REGIONS.get_or_init(|| parse(REGIONS_YAML)) {
+        Ok(v) => Ok(v.as_slice()),
+        Err(e) => Err(e.as_str()),
+    }
+}
+
+/// All built-in regions, in file order. Empty only if the embedded file is broken,
+/// which the unit tests rule out.
+pub fn all() -> &'static [Region] {
+    try_all().unwrap_or(&[])
+}
+
+/// The built-in region called `name`.
+pub fn find(name: &str) -> Option<&'static Region> {
+    all().iter().find(|r| r.name == name)
+}
+
+/// Names of all built-in regions, sorted (for messages).
+pub fn names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = all().iter().map(|r| r.name.as_str()).collect();
+    v.sort_unstable();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_file_parses() {
+        let all = try_all().expect("regions.yaml parses");
+        assert_eq!(all.len(), 2);
+        let us = find("airbyte-us").unwrap();
+        assert_eq!(us.cidrs.len(), 8);
+        assert_eq!(us.provider, "gcp");
+        assert_eq!(us.provider_region, "us-west3");
+        assert_eq!(us.as_of, "2026-11-29");
+        assert!(us.cidrs.contains(&"34.106.60.246/32".parse().unwrap()));
+        let eu = find("airbyte-eu").unwrap();
+        assert_eq!(eu.cidrs.len(), 3);
+        assert_eq!(eu.provider_region, "eu-west-3");
+        assert!(eu.cidrs.contains(&"35.181.124.238/32".parse().unwrap()));
+        assert!(find("airbyte-asia").is_none());
+        assert_eq!(names(), vec!["airbyte-eu", "airbyte-us"]);
+    }
+
+    #[test]
+    fn serializes_cidrs_as_strings() {
+        let json = serde_json::to_value(find("airbyte-eu").unwrap()).unwrap();
+        assert_eq!(json["cidrs"][0], "13.37.4.46/32");
+    }
+
+    #[test]
+    fn rejects_bad_data() {
+        assert!(parse("regions: [{name: a, description: d, provider: p, provider_region: r, source: s, as_of: x, cidrs: [10.0.0.1/8]}]").is_err());
+        assert!(parse("regions: [{name: a}]").is_err());
+    }
+}
