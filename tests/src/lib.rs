@@ -1,1 +1,6 @@
 //! Shared fixtures for the root-only tests.
+pub mod cli;
+pub mod netns;
+
+pub mod kernel;
+pub mod packet;

@@ -103,11 +103,14 @@ fn print_human(s: &Value) {
         return;
     }
     println!(
-        "  policy {} (apply #{}, generation {}, applied at unix {})",
+        "  policy {} (apply #{}, generation {}, applied {})",
         policy["policy_path"].as_str().unwrap_or("?"),
         policy["serial"],
         s["generation"],
-        policy["applied_at"]
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(policy["applied_at"].as_u64().unwrap_or(0))
+        )
     );
     println!(
         "  mode {}, default {}, {} IPv4 + {} IPv6 prefixes",

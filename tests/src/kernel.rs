@@ -1,0 +1,271 @@
+//! Harness for running frames through the real XDP program with
+//! `BPF_PROG_TEST_RUN`: the embedded object loaded with fresh (unpinned) maps, the
+//! policy compiled and written by the real loader, and every verdict read back from
+//! the program's own counters so the reason and the deciding rule are the kernel's,
+//! not inferred from the action.
+
+use std::fmt;
+use std::path::Path;
+
+use airlock::compile;
+use airlock::loader::{Counters, LoadedFilter, PolicySummary};
+use airlock::policy::{self, Policy};
+use airlock::reference::{self, Verdict};
+use airlock_common::{Counter, PROGRAM_NAME, Reason};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
+
+use crate::packet::Frame;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// These tests need root (BPF_PROG_LOAD, BPF_PROG_TEST_RUN). Without it they must
+/// fail loudly: a suite that silently skips its kernel tests proves nothing.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "the kernel verdict tests need root to load and test-run the XDP program \
+         (running as uid {euid}); run them with sudo or as root, e.g. \
+         `sudo -E cargo test -p airlock-integration --test kernel_verdicts`"
+    );
+}
+
+/// Name of an XDP action, for messages.
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "XDP_?",
+    }
+}
+
+/// What the kernel did with one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The XDP action returned.
+    pub action: u32,
+    /// The one reason counter that moved.
+    pub reason: Reason,
+    /// The rule whose counter moved, if any.
+    pub rule: Option<usize>,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} reason={} rule={:?}",
+            action_name(self.action),
+            self.reason.name(),
+            self.rule
+        )
+    }
+}
+
+/// The reference model's verdict, in the kernel's terms.
+pub fn expected_outcome(verdict: &Verdict) -> Outcome {
+    Outcome {
+        action: if verdict.pass { XDP_PASS } else { XDP_DROP },
+        reason: verdict.reason,
+        rule: verdict.rule,
+    }
+}
+
+/// A kernel outcome that differs from the reference model's, with everything needed
+/// to reproduce it.
+#[derive(Clone, Debug)]
+pub struct Disagreement {
+    pub frame: Frame,
+    pub kernel: Outcome,
+    pub reference: Verdict,
+}
+
+impl fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "frame: {:?}", self.frame.spec)?;
+        writeln!(f, "class: {:?}", self.frame.class)?;
+        writeln!(f, "kernel:    {}", self.kernel)?;
+        writeln!(
+            f,
+            "reference: {} (set {:?})",
+            expected_outcome(&self.reference),
+            self.reference.set
+        )?;
+        write!(f, "bytes ({}):\n{}", self.frame.bytes.len(), self.frame.hex())
+    }
+}
+
+/// One loaded filter (program + its own maps), with the policy last applied.
+pub struct Harness {
+    pub filter: LoadedFilter,
+    pub policy: Option<Policy>,
+    /// The YAML of `policy`, for failure messages.
+    pub policy_text: String,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    /// Loads the real embedded object: the verifier sees exactly what ships.
+    pub fn new() -> Self {
+        require_root();
+        let filter = LoadedFilter::load()
+            .unwrap_or_else(|e| panic!("loading the XDP program failed: {e:?}"));
+        Harness {
+            filter,
+            policy: None,
+            policy_text: String::new(),
+        }
+    }
+
+    /// Validates, compiles and applies `yaml` (flipping to the other generation);
+    /// returns the validated policy, which is also kept for [`Harness::check`].
+    pub fn apply(&mut self, yaml: &str) -> Policy {
+        let policy = parse_policy(yaml);
+        let compiled = compile::compile(&policy)
+            .unwrap_or_else(|e| panic!("compiling failed: {e}\npolicy:\n{yaml}"));
+        self.filter
+            .maps
+            .apply(&compiled, &PolicySummary::default())
+            .unwrap_or_else(|e| panic!("applying failed: {e:?}\npolicy:\n{yaml}"));
+        self.policy = Some(policy.clone());
+        self.policy_text = yaml.to_owned();
+        policy
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        self.filter
+            .program()
+            .unwrap_or_else(|e| panic!("no XDP program {PROGRAM_NAME}: {e:?}"))
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.filter
+            .maps
+            .counters()
+            .unwrap_or_else(|e| panic!("reading counters failed: {e:?}"))
+    }
+
+    /// Runs `bytes` once; the raw syscall result (the kernel refuses some inputs,
+    /// e.g. frames shorter than an Ethernet header).
+    pub fn try_run(&mut self, bytes: &[u8]) -> Result<Outcome, ProgramError> {
+        let before = self.counters();
+        let result = self.program().test_run(TestRunOptions {
+            data_in: Some(bytes),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        let after = self.counters();
+        let (reason, rule) = attribute(&before, &after, bytes.len());
+        Ok(Outcome {
+            action: result.return_value,
+            reason,
+            rule,
+        })
+    }
+
+    /// Runs `bytes` once through the program and reads back what it decided.
+    pub fn run(&mut self, bytes: &[u8]) -> Outcome {
+        self.try_run(bytes)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:?}\n{}", crate::packet::hex(bytes)))
+    }
+
+    /// Runs `frame` and compares with the reference verdict for its class under the
+    /// applied policy: action, reason and rule.
+    pub fn compare(&mut self, frame: &Frame) -> Result<Outcome, Box<Disagreement>> {
+        let policy = self
+            .policy
+            .as_ref()
+            .expect("apply a policy before running frames");
+        let verdict = reference::verdict(policy, &frame.class);
+        let kernel = self.run(&frame.bytes);
+        if kernel == expected_outcome(&verdict) {
+            Ok(kernel)
+        } else {
+            Err(Box::new(Disagreement {
+                frame: frame.clone(),
+                kernel,
+                reference: verdict,
+            }))
+        }
+    }
+
+    /// [`Harness::compare`], panicking with the policy and frame on a disagreement.
+    pub fn check(&mut self, frame: &Frame) -> Outcome {
+        match self.compare(frame) {
+            Ok(outcome) => outcome,
+            Err(d) => panic!(
+                "kernel and reference model disagree\n{d}\npolicy:\n{}",
+                self.policy_text
+            ),
+        }
+    }
+}
+
+/// Parses policy text the tests wrote; a test policy that does not validate is a bug
+/// in the test.
+pub fn parse_policy(yaml: &str) -> Policy {
+    policy::parse_str(yaml, Path::new("test-policy.yaml"))
+        .unwrap_or_else(|e| panic!("test policy does not validate: {e}\n{yaml}"))
+}
+
+fn delta(before: Counter, after: Counter) -> Counter {
+    Counter {
+        packets: after.packets - before.packets,
+        bytes: after.bytes - before.bytes,
+    }
+}
+
+/// The reason and rule of one run, from the counter deltas. Exactly one reason
+/// counter moves by one packet of `len` bytes; at most one rule counter moves, on
+/// the side (allowed/refused) the reason says.
+fn attribute(before: &Counters, after: &Counters, len: usize) -> (Reason, Option<usize>) {
+    let one = Counter {
+        packets: 1,
+        bytes: len as u64,
+    };
+    let moved: Vec<(Reason, Counter)> = Reason::ALL
+        .iter()
+        .map(|&r| (r, delta(before.reason(r), after.reason(r))))
+        .filter(|(_, d)| *d != Counter::default())
+        .collect();
+    let [(reason, d)] = moved[..] else {
+        panic!("expected exactly one reason counter to move, got {moved:?}");
+    };
+    assert_eq!(d, one, "reason counter {} moved by {d:?}", reason.name());
+    assert_eq!(
+        before.rules.len(),
+        after.rules.len(),
+        "rule count changed during a run"
+    );
+    let mut rule = None;
+    for (i, (b, a)) in before.rules.iter().zip(&after.rules).enumerate() {
+        for (allowed, db) in [(true, delta(b.0, a.0)), (false, delta(b.1, a.1))] {
+            if db == Counter::default() {
+                continue;
+            }
+            assert_eq!(db, one, "rule {i} counter moved by {db:?}");
+            assert!(
+                rule.is_none(),
+                "more than one rule counter moved ({rule:?} and {i})"
+            );
+            assert_eq!(
+                allowed,
+                reason.passes(),
+                "rule {i} counted as allowed={allowed} for reason {}",
+                reason.name()
+            );
+            rule = Some(i);
+        }
+    }
+    (reason, rule)
+}

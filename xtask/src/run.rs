@@ -1,0 +1,77 @@
+//! Building, testing and the demo.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+pub fn cmd(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn output_of(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+pub fn build_release() -> Result<()> {
+    cmd(cargo().args(["build", "--release", "-p", "airlock", "-p", "airlock-integration", "--bins"]))?;
+    eprintln!("xtask: built {}", workspace_root().join("target/release/airlock").display());
+    Ok(())
+}
+
+pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
+    if lint {
+        cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+        cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    if !crate::setup::is_root() {
+        bail!(
+            "the kernel and network tests need root (BPF, network namespaces); run as root, e.g. sudo -E cargo xtask test"
+        );
+    }
+    // The tests drive the real binary, as a user would.
+    build_release()?;
+    let airlock = workspace_root().join("target/release/airlock");
+    let mut command = cargo();
+    command
+        .args(["test", "--release", "--workspace"])
+        .env("AIRLOCK_BIN", &airlock);
+    if !test_args.is_empty() {
+        command.arg("--").args(test_args);
+    }
+    cmd(&mut command)
+}
+
+pub fn demo() -> Result<()> {
+    if !crate::setup::is_root() {
+        bail!("the demo creates network namespaces and loads BPF: run it as root");
+    }
+    build_release()?;
+    let root = workspace_root();
+    cmd(Command::new(root.join("target/release/airlock-demo"))
+        .env("AIRLOCK_BIN", root.join("target/release/airlock")))
+}

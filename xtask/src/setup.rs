@@ -1,0 +1,143 @@
+//! Toolchain and machine set-up (see ../shared/toolchain.md for why each step).
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run::{cmd, output_of};
+
+pub fn setup() -> Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_packages()?;
+    ensure_bpffs()?;
+    Ok(())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let sysroot = output_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]));
+    match sysroot {
+        Ok(s) => Ok(PathBuf::from(s.trim())),
+        Err(_) => {
+            eprintln!("xtask: installing the nightly toolchain");
+            cmd(Command::new("rustup").args([
+                "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+            ]))?;
+            let s = output_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+            Ok(PathBuf::from(s.trim()))
+        }
+    }
+}
+
+/// The eBPF target has no prebuilt core library: it is built from source
+/// (`-Z build-std=core`), which needs rust-src.
+fn ensure_rust_src() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to nightly");
+    cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+/// bpf-linker must use the LLVM that rustc itself uses. No LLVM dev package of that
+/// version exists here, but nightly ships its libLLVM; bpf-linker's build only needs
+/// a prefix with `bin/llvm-config` and `lib/libLLVM.so`, so we make one that points
+/// at nightly's library. The linker keeps an rpath to that prefix, so it lives in a
+/// fixed place, and a stamp records which LLVM it was built for.
+fn ensure_bpf_linker() -> Result<()> {
+    let verbose = output_of(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm_version = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("rustc +nightly -vV printed no LLVM version")?
+        .trim()
+        .to_owned();
+    let major = llvm_version.split('.').next().unwrap_or_default().to_owned();
+    let prefix = cargo_home().join(format!("airlock-llvm-{major}"));
+    let stamp = prefix.join("stamp");
+    let linker = cargo_home().join("bin/bpf-linker");
+    let want_stamp = format!("llvm {llvm_version}\n");
+    if linker.exists()
+        && fs::read_to_string(&stamp).is_ok_and(|s| s == want_stamp)
+        && Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    let sysroot = nightly_sysroot()?;
+    let libllvm = find_libllvm(&sysroot.join("lib"))?;
+    fs::create_dir_all(prefix.join("bin"))?;
+    fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link)?;
+    let config = prefix.join("bin/llvm-config");
+    fs::write(&config, format!("#!/bin/sh\necho {llvm_version}\n"))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o755))?;
+    eprintln!("xtask: building bpf-linker against nightly's LLVM {llvm_version} (about a minute)");
+    cmd(Command::new("cargo")
+        .args(["+nightly", "install", "bpf-linker", "--locked", "--force", "--no-default-features"])
+        .args(["--features", &format!("llvm-{major}")])
+        .arg("--root")
+        .arg(cargo_home())
+        .env("LLVM_PREFIX", &prefix))?;
+    fs::write(&stamp, want_stamp)?;
+    Ok(())
+}
+
+fn find_libllvm(lib: &Path) -> Result<PathBuf> {
+    for entry in fs::read_dir(lib).with_context(|| format!("listing {}", lib.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("libLLVM") && name.contains(".so") {
+            return Ok(path);
+        }
+    }
+    bail!("no libLLVM in {}; is the nightly toolchain complete?", lib.display())
+}
+
+/// Tools the tests and demo shell out to, by Debian package.
+const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+
+fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(tool, _)| !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
+    cmd(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The default pin root lives on /sys/fs/bpf, which is not mounted at boot here.
+fn ensure_bpffs() -> Result<()> {
+    if !is_root() {
+        eprintln!("xtask: not root; skipping the bpffs mount (kernel tests and the demo need root)");
+        return Ok(());
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+        return Ok(());
+    }
+    fs::create_dir_all("/sys/fs/bpf").ok();
+    cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+pub fn is_root() -> bool {
+    output_of(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
