@@ -3,7 +3,7 @@
 //! into the kernel. The `airlock` binary (and the agent) are thin fronts over it.
 
 pub mod compile;
+pub mod loader;
 pub mod policy;
 pub mod reference;
 pub mod regions;
-pub mod loader;

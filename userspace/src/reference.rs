@@ -189,7 +189,13 @@ rules:
 "#;
 
     fn v(p: &Policy, src: &str, l4: L4) -> Verdict {
-        verdict(p, &PacketClass::Ip { src: src.parse().unwrap(), l4 })
+        verdict(
+            p,
+            &PacketClass::Ip {
+                src: src.parse().unwrap(),
+                l4,
+            },
+        )
     }
 
     #[test]
@@ -197,28 +203,75 @@ rules:
         let p = parse_str(POLICY, Path::new("p.yaml")).unwrap();
         let tcp = |port| L4::Tcp { dst_port: port };
         assert_eq!(verdict(&p, &PacketClass::NonIp).reason, Reason::NonIp);
-        assert_eq!(verdict(&p, &PacketClass::Malformed { src: None }).reason, Reason::Malformed);
-        let m = verdict(&p, &PacketClass::Malformed { src: Some("203.0.113.7".parse().unwrap()) });
-        assert_eq!((m.reason, m.set.as_deref(), m.pass), (Reason::Management, Some("203.0.113.7"), true));
+        assert_eq!(
+            verdict(&p, &PacketClass::Malformed { src: None }).reason,
+            Reason::Malformed
+        );
+        let m = verdict(
+            &p,
+            &PacketClass::Malformed {
+                src: Some("203.0.113.7".parse().unwrap()),
+            },
+        );
+        assert_eq!(
+            (m.reason, m.set.as_deref(), m.pass),
+            (Reason::Management, Some("203.0.113.7"), true)
+        );
         assert_eq!(v(&p, "203.0.113.7", tcp(22)).reason, Reason::Management);
         let d = v(&p, "198.51.100.66", tcp(5432));
         assert_eq!((d.reason, d.pass), (Reason::Deny, false));
-        assert_eq!(v(&p, "198.51.100.66", L4::Icmp { icmp_type: 3 }).reason, Reason::Deny);
-        assert_eq!(v(&p, "8.8.8.8", L4::Icmp { icmp_type: 3 }).reason, Reason::EssentialIcmp);
-        assert_eq!(v(&p, "8.8.8.8", L4::Icmpv6 { icmp_type: 135 }).reason, Reason::EssentialIcmp);
-        assert_eq!(v(&p, "8.8.8.8", L4::Icmp { icmp_type: 8 }).reason, Reason::DefaultDrop);
+        assert_eq!(
+            v(&p, "198.51.100.66", L4::Icmp { icmp_type: 3 }).reason,
+            Reason::Deny
+        );
+        assert_eq!(
+            v(&p, "8.8.8.8", L4::Icmp { icmp_type: 3 }).reason,
+            Reason::EssentialIcmp
+        );
+        assert_eq!(
+            v(&p, "8.8.8.8", L4::Icmpv6 { icmp_type: 135 }).reason,
+            Reason::EssentialIcmp
+        );
+        assert_eq!(
+            v(&p, "8.8.8.8", L4::Icmp { icmp_type: 8 }).reason,
+            Reason::DefaultDrop
+        );
         let a = v(&p, "34.106.60.246", tcp(5432));
-        assert_eq!((a.reason, a.rule, a.set.as_deref()), (Reason::RuleAllowed, Some(0), Some("airbyte-us")));
+        assert_eq!(
+            (a.reason, a.rule, a.set.as_deref()),
+            (Reason::RuleAllowed, Some(0), Some("airbyte-us"))
+        );
         let a = v(&p, "10.1.2.3", tcp(5432));
-        assert_eq!((a.reason, a.rule, a.set.as_deref()), (Reason::RuleAllowed, Some(1), Some("10.0.0.0/8")));
+        assert_eq!(
+            (a.reason, a.rule, a.set.as_deref()),
+            (Reason::RuleAllowed, Some(1), Some("10.0.0.0/8"))
+        );
         let r = v(&p, "192.0.2.200", tcp(5432));
-        assert_eq!((r.reason, r.rule, r.pass), (Reason::RuleRefused, Some(0), false));
-        assert_eq!(v(&p, "192.0.2.100", L4::Udp { dst_port: 60050 }).reason, Reason::RuleAllowed);
-        assert_eq!(v(&p, "2001:db8:100::9", tcp(5432)).reason, Reason::RuleAllowed);
+        assert_eq!(
+            (r.reason, r.rule, r.pass),
+            (Reason::RuleRefused, Some(0), false)
+        );
+        assert_eq!(
+            v(&p, "192.0.2.100", L4::Udp { dst_port: 60050 }).reason,
+            Reason::RuleAllowed
+        );
+        assert_eq!(
+            v(&p, "2001:db8:100::9", tcp(5432)).reason,
+            Reason::RuleAllowed
+        );
         assert_eq!(v(&p, "192.0.2.100", tcp(22)).reason, Reason::DefaultDrop);
-        assert_eq!(v(&p, "192.0.2.100", L4::NonFirstFragment).reason, Reason::FragmentPass);
-        assert_eq!(v(&p, "192.0.2.200", L4::NonFirstFragment).reason, Reason::FragmentDrop);
-        assert_eq!(v(&p, "192.0.2.200", L4::Other { protocol: 47 }).reason, Reason::DefaultDrop);
+        assert_eq!(
+            v(&p, "192.0.2.100", L4::NonFirstFragment).reason,
+            Reason::FragmentPass
+        );
+        assert_eq!(
+            v(&p, "192.0.2.200", L4::NonFirstFragment).reason,
+            Reason::FragmentDrop
+        );
+        assert_eq!(
+            v(&p, "192.0.2.200", L4::Other { protocol: 47 }).reason,
+            Reason::DefaultDrop
+        );
     }
 
     #[test]
@@ -226,7 +279,10 @@ rules:
         let text = POLICY.replace("default: drop", "default: drop\nmode: monitor");
         let p = parse_str(&text, Path::new("p.yaml")).unwrap();
         let r = v(&p, "192.0.2.200", L4::Tcp { dst_port: 5432 });
-        assert_eq!((r.reason, r.rule, r.pass), (Reason::RuleRefused, Some(0), true));
+        assert_eq!(
+            (r.reason, r.rule, r.pass),
+            (Reason::RuleRefused, Some(0), true)
+        );
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         tracing::error!(iface = outcome.iface, error = %undo, "could not undo apply");
                     }
                 }
-                return Err(error).with_context(|| format!("applying to {iface} (nothing changed)"));
+                return Err(error)
+                    .with_context(|| format!("applying to {iface} (nothing changed)"));
             }
         }
     }

@@ -32,7 +32,11 @@ pub struct Args {
 }
 
 fn parse_port(spec: &str) -> Result<L4, UsageError> {
-    let bad = || UsageError(format!("--port {spec:?}: expected PORT/tcp or PORT/udp, e.g. 5432/tcp"));
+    let bad = || {
+        UsageError(format!(
+            "--port {spec:?}: expected PORT/tcp or PORT/udp, e.g. 5432/tcp"
+        ))
+    };
     let (port, proto) = spec.split_once('/').ok_or_else(bad)?;
     let dst_port: u16 = port.parse().map_err(|_| bad())?;
     match proto {
@@ -50,11 +54,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, Some(icmp_type), _) => L4::Icmpv6 { icmp_type },
         (None, None, true) => L4::NonFirstFragment,
         (None, None, false) => {
-            return Err(UsageError("say what packet: --port PORT/PROTO, --icmp-type N or --fragment".into()).into());
+            return Err(UsageError(
+                "say what packet: --port PORT/PROTO, --icmp-type N or --fragment".into(),
+            )
+            .into());
         }
     };
     let verdict = reference::verdict(&policy, &PacketClass::Ip { src: args.src, l4 });
-    let rule = verdict.rule.and_then(|i| policy.rules.get(i)).map(|r| r.name.clone());
+    let rule = verdict
+        .rule
+        .and_then(|i| policy.rules.get(i))
+        .map(|r| r.name.clone());
     if args.output == OutputFormat::Json {
         output::print_json(&json!({
             "src": args.src.to_string(),

@@ -48,7 +48,9 @@ pub fn default_route_interfaces() -> anyhow::Result<Vec<String>> {
     found.sort();
     found.dedup();
     if found.is_empty() {
-        bail!("interfaces: [auto] but this network namespace has no default route; name the interface with --iface");
+        bail!(
+            "interfaces: [auto] but this network namespace has no default route; name the interface with --iface"
+        );
     }
     Ok(found)
 }
@@ -56,8 +58,9 @@ pub fn default_route_interfaces() -> anyhow::Result<Vec<String>> {
 /// Fails (before anything is applied) if any interface does not exist.
 pub fn check_exist(names: &[String]) -> anyhow::Result<()> {
     for name in names {
-        airlock::loader::interface_index(name)
-            .with_context(|| format!("interface {name} does not exist in this network namespace"))?;
+        airlock::loader::interface_index(name).with_context(|| {
+            format!("interface {name} does not exist in this network namespace")
+        })?;
     }
     Ok(())
 }

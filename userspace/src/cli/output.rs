@@ -29,7 +29,11 @@ pub fn dry_run(
     println!("dry run: nothing was loaded");
     println!("policy:     {}", policy.origin.display());
     println!("interfaces: {}", ifaces.join(", "));
-    println!("mode:       {}    default: {}", policy.mode.name(), policy.default.name());
+    println!(
+        "mode:       {}    default: {}",
+        policy.mode.name(),
+        policy.default.name()
+    );
     println!(
         "map entries: {} IPv4, {} IPv6 (from {} / {} distinct prefixes); port segments: {} tcp, {} udp",
         stats.entries.v4,
@@ -43,7 +47,10 @@ pub fn dry_run(
         "management: {} IPv4, {} IPv6 prefixes; deny: {} IPv4, {} IPv6 prefixes",
         stats.management.v4, stats.management.v6, stats.deny.v4, stats.deny.v6
     );
-    println!("{:<4} {:<28} {:>8} {:>8}  ports", "#", "rule", "IPv4", "IPv6");
+    println!(
+        "{:<4} {:<28} {:>8} {:>8}  ports",
+        "#", "rule", "IPv4", "IPv6"
+    );
     for (index, rule) in stats.per_rule.iter().enumerate() {
         println!(
             "{:<4} {:<28} {:>8} {:>8}  {}",
@@ -57,7 +64,11 @@ pub fn dry_run(
     Ok(())
 }
 
-pub fn applied(done: &[ApplyOutcome], compiled: &Compiled, format: OutputFormat) -> anyhow::Result<()> {
+pub fn applied(
+    done: &[ApplyOutcome],
+    compiled: &Compiled,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
     let stats = compiled.stats();
     if format == OutputFormat::Json {
         let items: Vec<_> = done

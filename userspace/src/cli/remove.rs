@@ -32,7 +32,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{iface}: filter removed");
     }
     if ifaces.is_empty() {
-        println!("no Airlock filter is pinned under {}", root.path().display());
+        println!(
+            "no Airlock filter is pinned under {}",
+            root.path().display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

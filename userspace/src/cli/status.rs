@@ -73,11 +73,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         all.push(interface_status(&root, &iface)?);
     }
     if args.output == OutputFormat::Json {
-        output::print_json(&json!({ "pin_root": root.path().display().to_string(), "interfaces": all }))?;
+        output::print_json(
+            &json!({ "pin_root": root.path().display().to_string(), "interfaces": all }),
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
     if all.is_empty() {
-        println!("no Airlock filter is pinned under {}", root.path().display());
+        println!(
+            "no Airlock filter is pinned under {}",
+            root.path().display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for status in &all {
@@ -145,5 +150,12 @@ fn print_human(s: &Value) {
             (packets > 0).then(|| format!("{} {packets}", r.name()))
         })
         .collect();
-    println!("  packets by reason: {}", if reasons.is_empty() { "none yet".to_owned() } else { reasons.join(", ") });
+    println!(
+        "  packets by reason: {}",
+        if reasons.is_empty() {
+            "none yet".to_owned()
+        } else {
+            reasons.join(", ")
+        }
+    );
 }

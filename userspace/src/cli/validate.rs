@@ -17,13 +17,17 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let result = policy::load(&args.policy).map_err(anyhow::Error::from).and_then(|p| {
-        let compiled = compile::compile(&p)?;
-        Ok((p, compiled))
-    });
+    let result = policy::load(&args.policy)
+        .map_err(anyhow::Error::from)
+        .and_then(|p| {
+            let compiled = compile::compile(&p)?;
+            Ok((p, compiled))
+        });
     if args.output == OutputFormat::Json {
         let value = match &result {
-            Ok((p, compiled)) => json!({ "valid": true, "policy": p.origin.display().to_string(), "stats": compiled.stats() }),
+            Ok((p, compiled)) => {
+                json!({ "valid": true, "policy": p.origin.display().to_string(), "stats": compiled.stats() })
+            }
             Err(e) => {
                 let diagnostics = e
                     .downcast_ref::<policy::PolicyError>()
@@ -33,7 +37,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         output::print_json(&value)?;
-        return Ok(if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(2) });
+        return Ok(if result.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
     }
     let (p, compiled) = result?;
     let stats = compiled.stats();

@@ -98,7 +98,11 @@ pub struct FamilyCounts {
 impl FamilyCounts {
     fn of(group: &SourceGroup) -> FamilyCounts {
         let mut c = FamilyCounts::default();
-        for net in group.sets.iter().flat_map(|s| s.cidrs.iter().chain(&s.except)) {
+        for net in group
+            .sets
+            .iter()
+            .flat_map(|s| s.cidrs.iter().chain(&s.except))
+        {
             match net {
                 IpNet::V4(_) => c.v4 += 1,
                 IpNet::V6(_) => c.v6 += 1,
@@ -142,13 +146,24 @@ pub struct CompileStats {
 
 /// Compiles a validated policy into map contents.
 pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
+    compile_with(policy, true)
+}
+
+/// Like [`compile`], but keeps one trie entry per distinct prefix instead of
+/// pruning entries that repeat their nearest ancestor's value. Lookups give the
+/// same answers; tests use it to check exactly that.
+pub fn compile_unpruned(policy: &Policy) -> Result<Compiled, CompileError> {
+    compile_with(policy, false)
+}
+
+fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> {
     if policy.rules.len() > MAX_RULES {
         return Err(CompileError::TooManyRules {
             count: policy.rules.len(),
             limit: MAX_RULES,
         });
     }
-    let folded = prefixes::fold(policy);
+    let folded = prefixes::fold(policy, prune);
     check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
     check_limit("IPv6", folded.v6.len(), MAX_PREFIXES_V6)?;
     let v4: Vec<PrefixEntry<4>> = folded
@@ -244,7 +259,7 @@ pub(crate) fn prefix_counts(policy: &Policy) -> (usize, usize) {
     if v4 <= MAX_PREFIXES_V4 as usize && v6 <= MAX_PREFIXES_V6 as usize {
         return (v4, v6);
     }
-    let folded = prefixes::fold(policy);
+    let folded = prefixes::fold(policy, true);
     (folded.v4.len(), folded.v6.len())
 }
 

@@ -42,7 +42,9 @@ impl PortMap {
                 i += 1;
             }
             // The segment [pos, next event) has `mask`; ports are <= 65535 inside.
-            let Some(&(next, _, _)) = events.get(i) else { break };
+            let Some(&(next, _, _)) = events.get(i) else {
+                break;
+            };
             if mask == 0 || pos > u32::from(u16::MAX) {
                 continue;
             }
@@ -85,8 +87,17 @@ mod tests {
 
     #[test]
     fn segments_merge_and_split() {
-        let m = PortMap::build([(10, 20, 0), (15, 30, 1), (31, 40, 1), (7000, 9000, 2), (8000, 8000, 2)]);
-        assert_eq!(m.segments(), &[(10, 14, 1), (15, 20, 3), (21, 40, 2), (7000, 9000, 4)]);
+        let m = PortMap::build([
+            (10, 20, 0),
+            (15, 30, 1),
+            (31, 40, 1),
+            (7000, 9000, 2),
+            (8000, 8000, 2),
+        ]);
+        assert_eq!(
+            m.segments(),
+            &[(10, 14, 1), (15, 20, 3), (21, 40, 2), (7000, 9000, 4)]
+        );
         assert_eq!(m.mask_at(9), 0);
         assert_eq!(m.mask_at(10), 1);
         assert_eq!(m.mask_at(20), 3);

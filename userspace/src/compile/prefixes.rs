@@ -50,7 +50,10 @@ fn sets_in_use(policy: &Policy) -> Vec<(&AddrSet, u128)> {
         .iter()
         .enumerate()
         .map(|(i, r)| (i as u32, &r.from))
-        .chain([(BIT_MANAGEMENT, &policy.management), (BIT_DENY, &policy.deny)]);
+        .chain([
+            (BIT_MANAGEMENT, &policy.management),
+            (BIT_DENY, &policy.deny),
+        ]);
     for (bit, group) in groups {
         for set in &group.sets {
             let id = *index.entry(set.name.as_str()).or_insert_with(|| {
@@ -79,14 +82,20 @@ pub(crate) fn upper_bound(policy: &Policy) -> (usize, usize) {
     (v4, v6)
 }
 
-/// Folds the policy's sets into per-family LPM entries.
-pub(crate) fn fold(policy: &Policy) -> Folded {
+/// Folds the policy's sets into per-family LPM entries. `prune` drops entries that
+/// repeat their nearest ancestor's answer (always on outside tests, which compare
+/// both forms).
+pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
     let sets = sets_in_use(policy);
     let masks: Vec<u128> = sets.iter().map(|(_, m)| *m).collect();
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for (id, (set, _)) in sets.iter().enumerate() {
-        let tagged = set.cidrs.iter().map(|n| (n, false)).chain(set.except.iter().map(|n| (n, true)));
+        let tagged = set
+            .cidrs
+            .iter()
+            .map(|n| (n, false))
+            .chain(set.except.iter().map(|n| (n, true)));
         for (net, except) in tagged {
             let set = id as u32;
             match net {
@@ -105,8 +114,8 @@ pub(crate) fn fold(policy: &Policy) -> Folded {
             }
         }
     }
-    let (v4, distinct_v4) = fold_family(v4, 32, &masks);
-    let (v6, distinct_v6) = fold_family(v6, 128, &masks);
+    let (v4, distinct_v4) = fold_family(v4, 32, &masks, prune);
+    let (v6, distinct_v6) = fold_family(v6, 128, &masks, prune);
     Folded {
         v4,
         v6,
@@ -117,8 +126,16 @@ pub(crate) fn fold(policy: &Policy) -> Folded {
 
 /// Network mask of a `len`-bit prefix in a `width`-bit family, right-aligned.
 fn mask(len: u8, width: u32) -> u128 {
-    let full = if width == 128 { u128::MAX } else { (1u128 << width) - 1 };
-    if len == 0 { 0 } else { (u128::MAX << (width - u32::from(len))) & full }
+    let full = if width == 128 {
+        u128::MAX
+    } else {
+        (1u128 << width) - 1
+    };
+    if len == 0 {
+        0
+    } else {
+        (u128::MAX << (width - u32::from(len))) & full
+    }
 }
 
 /// Running membership state along the current ancestor chain.
@@ -140,7 +157,11 @@ impl State<'_> {
         for t in tags {
             let s = t.set as usize;
             let before = self.active(s);
-            let counter = if t.except { &mut self.except_count[s] } else { &mut self.cidr_count[s] };
+            let counter = if t.except {
+                &mut self.except_count[s]
+            } else {
+                &mut self.cidr_count[s]
+            };
             if add {
                 *counter += 1;
             } else {
@@ -177,7 +198,11 @@ impl State<'_> {
         if self.bit_count[BIT_DENY as usize] > 0 {
             flags |= SRC_DENY;
         }
-        SourceEntry { rules, flags, _pad: 0 }
+        SourceEntry {
+            rules,
+            flags,
+            _pad: 0,
+        }
     }
 }
 
@@ -190,7 +215,12 @@ struct Frame {
 
 /// Folds one family; returns the pruned entries (sorted by address, then length)
 /// and the number of distinct prefixes.
-fn fold_family(mut tags: Vec<Tag>, width: u32, masks: &[u128]) -> (Vec<(u128, u8, SourceEntry)>, usize) {
+fn fold_family(
+    mut tags: Vec<Tag>,
+    width: u32,
+    masks: &[u128],
+    prune: bool,
+) -> (Vec<(u128, u8, SourceEntry)>, usize) {
     // Sorting by (address, length) puts every ancestor before its descendants.
     tags.sort_unstable_by_key(|t| (t.addr, t.len));
     let mut state = State {
@@ -222,10 +252,15 @@ fn fold_family(mut tags: Vec<Tag>, width: u32, masks: &[u128]) -> (Vec<(u128, u8
         // An entry equal to what its nearest ancestor already answers is redundant:
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
-        if value != inherited {
+        if value != inherited || !prune {
             out.push((addr, len, value));
         }
-        stack.push(Frame { addr, len, tags: i..j, value });
+        stack.push(Frame {
+            addr,
+            len,
+            tags: i..j,
+            value,
+        });
         distinct += 1;
         i = j;
     }

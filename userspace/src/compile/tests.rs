@@ -12,7 +12,11 @@ fn compile_text(body: &str) -> Compiled {
 }
 
 fn entry(rules: u64, flags: u32) -> SourceEntry {
-    SourceEntry { rules, flags, _pad: 0 }
+    SourceEntry {
+        rules,
+        flags,
+        _pad: 0,
+    }
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -38,11 +42,16 @@ rules:
     assert_eq!(c.lookup(ip("2001:db8::1")), entry(1, 0));
     assert_eq!(c.lookup(ip("2001:db8:1::1")), entry(0, 0));
     // The hole is an explicit zero entry; nothing else is redundant.
-    let v4: Vec<(String, u8, u64)> = c
-        .v4
-        .iter()
-        .map(|e| (std::net::Ipv4Addr::from(e.addr).to_string(), e.prefix_len, e.value.rules))
-        .collect();
+    let v4: Vec<(String, u8, u64)> =
+        c.v4.iter()
+            .map(|e| {
+                (
+                    std::net::Ipv4Addr::from(e.addr).to_string(),
+                    e.prefix_len,
+                    e.value.rules,
+                )
+            })
+            .collect();
     assert_eq!(
         v4,
         [
@@ -88,14 +97,20 @@ rules:
   - {name: b, ports: [22, 1500/udp], from: [airbyte-eu]}
 ",
     );
-    assert_eq!(c.lookup(ip("10.0.0.5")), entry(1, SRC_MANAGEMENT | SRC_DENY));
+    assert_eq!(
+        c.lookup(ip("10.0.0.5")),
+        entry(1, SRC_MANAGEMENT | SRC_DENY)
+    );
     assert_eq!(c.lookup(ip("10.0.0.6")), entry(1, SRC_DENY));
     assert_eq!(c.lookup(ip("13.37.4.46")), entry(2, 0));
     assert_eq!(c.port_mask(Proto::Tcp, 22), 3);
     assert_eq!(c.port_mask(Proto::Udp, 22), 0);
     assert_eq!(c.port_mask(Proto::Udp, 1500), 3);
     assert_eq!(c.port_mask(Proto::Udp, 1501), 1);
-    assert_eq!(c.udp_ports.segments(), &[(1000, 1499, 1), (1500, 1500, 3), (1501, 2000, 1)]);
+    assert_eq!(
+        c.udp_ports.segments(),
+        &[(1000, 1499, 1), (1500, 1500, 3), (1501, 2000, 1)]
+    );
     assert_eq!(
         c.config,
         GenConfig {
@@ -119,7 +134,12 @@ fn default_route_prefixes() {
 #[test]
 fn limits_are_errors() {
     assert_eq!(
-        CompileError::TooManyPrefixes { family: "IPv4", count: 3, limit: 2 }.to_string(),
+        CompileError::TooManyPrefixes {
+            family: "IPv4",
+            count: 3,
+            limit: 2
+        }
+        .to_string(),
         "the policy compiles to 3 IPv4 prefixes, more than the limit of 2"
     );
     assert!(check_limit("IPv6", MAX_PREFIXES_V6 as usize + 1, MAX_PREFIXES_V6).is_err());
@@ -152,5 +172,9 @@ fn million_prefixes() {
     let loaded = t.elapsed();
     let t = std::time::Instant::now();
     let c = compile(&policy).unwrap();
-    println!("load {loaded:?}, compile {:?}, entries {}", t.elapsed(), c.v4.len());
+    println!(
+        "load {loaded:?}, compile {:?}, entries {}",
+        t.elapsed(),
+        c.v4.len()
+    );
 }

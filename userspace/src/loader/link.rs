@@ -2,7 +2,7 @@
 
 use std::{
     ffi::CString,
-    os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
 };
 

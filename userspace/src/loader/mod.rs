@@ -65,9 +65,7 @@ fn program_error(source: aya::programs::ProgramError) -> LoaderError {
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
-    let missing = || {
-        program_error(aya::programs::ProgramError::UnexpectedProgramType)
-    };
+    let missing = || program_error(aya::programs::ProgramError::UnexpectedProgramType);
     let program = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
     program.try_into().map_err(program_error)
 }
@@ -94,7 +92,11 @@ pub fn apply(
             state => {
                 // The interface was deleted (and maybe recreated) or the link was
                 // removed behind our back: nothing is filtering, so start afresh.
-                tracing::warn!(iface, ?state, "pinned filter is no longer attached; reinstalling");
+                tracing::warn!(
+                    iface,
+                    ?state,
+                    "pinned filter is no longer attached; reinstalling"
+                );
                 pins::remove_dir(&dir)?;
             }
         }

@@ -40,8 +40,11 @@ impl PinRoot {
     }
 
     pub(crate) fn staging_dir(&self, iface: &str) -> PathBuf {
-        self.root
-            .join(format!("{STAGING_PREFIX}{}-{}", escape(iface), std::process::id()))
+        self.root.join(format!(
+            "{STAGING_PREFIX}{}-{}",
+            escape(iface),
+            std::process::id()
+        ))
     }
 
     /// Makes sure the root is on a bpffs, mounting one there if needed.
@@ -65,12 +68,17 @@ impl PinRoot {
             return Err(LoaderError::BpffsPrivateNamespace { path: root.clone() });
         }
         fs::create_dir_all(root).map_err(|e| LoaderError::io("creating", root, e))?;
-        mount(Some("bpf"), root, Some("bpf"), MsFlags::empty(), None::<&str>).map_err(
-            |source| LoaderError::Mount {
-                path: root.clone(),
-                source,
-            },
-        )?;
+        mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| LoaderError::Mount {
+            path: root.clone(),
+            source,
+        })?;
         tracing::info!(path = %root.display(), "mounted bpffs");
         Ok(())
     }
@@ -109,7 +117,10 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 fn in_host_mount_namespace() -> bool {
-    match (fs::read_link("/proc/self/ns/mnt"), fs::read_link("/proc/1/ns/mnt")) {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
         (Ok(own), Ok(init)) => own == init,
         // Without /proc we cannot tell; assume the common case.
         _ => true,

@@ -11,9 +11,9 @@
 use std::{collections::HashMap, path::Path};
 
 use airlock_common::{
-    Counter, GenConfig, MAX_RULES, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META, MAP_PORTS_TCP,
-    MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RULE_STATS, MAP_SRC_V4, MAP_SRC_V6, PORT_SLOTS,
-    PolicyMeta, Reason, SourceEntry, rule_stat_index,
+    Counter, GenConfig, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP,
+    MAP_REASON_STATS, MAP_RULE_STATS, MAP_SRC_V4, MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta,
+    Reason, SourceEntry, rule_stat_index,
 };
 use aya::{
     Ebpf,
@@ -89,8 +89,14 @@ impl PolicyMaps {
             config: source.take(MAP_CONFIG)?,
             src_v4: [source.take(MAP_SRC_V4[0])?, source.take(MAP_SRC_V4[1])?],
             src_v6: [source.take(MAP_SRC_V6[0])?, source.take(MAP_SRC_V6[1])?],
-            ports_tcp: [source.take(MAP_PORTS_TCP[0])?, source.take(MAP_PORTS_TCP[1])?],
-            ports_udp: [source.take(MAP_PORTS_UDP[0])?, source.take(MAP_PORTS_UDP[1])?],
+            ports_tcp: [
+                source.take(MAP_PORTS_TCP[0])?,
+                source.take(MAP_PORTS_TCP[1])?,
+            ],
+            ports_udp: [
+                source.take(MAP_PORTS_UDP[0])?,
+                source.take(MAP_PORTS_UDP[1])?,
+            ],
             reason_stats: source.take(MAP_REASON_STATS)?,
             rule_stats: source.take(MAP_RULE_STATS)?,
             meta: source.take(MAP_META)?,
@@ -109,7 +115,10 @@ impl PolicyMaps {
     /// The summary of the policy in force, if one was ever applied.
     pub fn active_summary(&self) -> Result<Option<PolicySummary>, LoaderError> {
         let generation = self.active_generation()?;
-        let config = self.config.get(&generation, 0).map_err(map_err(MAP_CONFIG))?;
+        let config = self
+            .config
+            .get(&generation, 0)
+            .map_err(map_err(MAP_CONFIG))?;
         if config.valid == 0 {
             return Ok(None);
         }
@@ -128,7 +137,9 @@ impl PolicyMaps {
         // Encode first: a summary that does not fit must fail before anything changes.
         let meta = summary.encode()?;
         self.write_generation(next, compiled, &meta)?;
-        self.active.set(0, next, 0).map_err(map_err(MAP_ACTIVE_GEN))?;
+        self.active
+            .set(0, next, 0)
+            .map_err(map_err(MAP_ACTIVE_GEN))?;
         Ok(next)
     }
 
@@ -141,10 +152,20 @@ impl PolicyMaps {
         let slot = generation as usize;
         sync_trie(&mut self.src_v4[slot], &compiled.v4, MAP_SRC_V4[slot])?;
         sync_trie(&mut self.src_v6[slot], &compiled.v6, MAP_SRC_V6[slot])?;
-        write_ports(&mut self.ports_tcp[slot], &compiled.tcp_ports, MAP_PORTS_TCP[slot])?;
-        write_ports(&mut self.ports_udp[slot], &compiled.udp_ports, MAP_PORTS_UDP[slot])?;
+        write_ports(
+            &mut self.ports_tcp[slot],
+            &compiled.tcp_ports,
+            MAP_PORTS_TCP[slot],
+        )?;
+        write_ports(
+            &mut self.ports_udp[slot],
+            &compiled.udp_ports,
+            MAP_PORTS_UDP[slot],
+        )?;
         self.reset_rule_counters(generation)?;
-        self.meta.set(generation, meta, 0).map_err(map_err(MAP_META))?;
+        self.meta
+            .set(generation, meta, 0)
+            .map_err(map_err(MAP_META))?;
         // Last: the copy only claims to be valid once everything else is in place.
         self.config
             .set(generation, compiled.config, 0)
@@ -154,9 +175,8 @@ impl PolicyMaps {
     /// Rule counters are per generation, so the counters of the policy in force belong
     /// to its rules; a generation about to be reused starts from zero.
     fn reset_rule_counters(&mut self, generation: u32) -> Result<(), LoaderError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
-            LoaderError::io("reading", "/sys/devices/system/cpu/possible", e)
-        })?;
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| LoaderError::io("reading", "/sys/devices/system/cpu/possible", e))?;
         for allowed in [true, false] {
             for rule in 0..MAX_RULES as u32 {
                 let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])
@@ -219,7 +239,10 @@ fn sync_trie<const N: usize>(
         .iter()
         .map(|e| ((e.prefix_len, e.addr), e.value))
         .collect();
-    let existing: Vec<Key<[u8; N]>> = trie.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+    let existing: Vec<Key<[u8; N]>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
     for key in existing {
         let prefix_len = key.prefix_len() as u8;
         if !wanted.contains_key(&(prefix_len, key.data())) {
@@ -261,7 +284,9 @@ impl PolicyMaps {
     ) -> Result<(), LoaderError> {
         let generation = self.active_generation()?;
         let meta = summary.encode()?;
-        self.meta.set(generation, meta, 0).map_err(map_err(MAP_META))
+        self.meta
+            .set(generation, meta, 0)
+            .map_err(map_err(MAP_META))
     }
 }
 

@@ -83,8 +83,14 @@ mod tests {
     fn parses_networks_and_bare_addresses() {
         assert_eq!(parse_cidr("10.0.0.0/8").unwrap().to_string(), "10.0.0.0/8");
         assert_eq!(parse_cidr("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
-        assert_eq!(parse_cidr("2001:db8::/32").unwrap().to_string(), "2001:db8::/32");
-        assert_eq!(parse_cidr("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
+        assert_eq!(
+            parse_cidr("2001:db8::/32").unwrap().to_string(),
+            "2001:db8::/32"
+        );
+        assert_eq!(
+            parse_cidr("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
         assert_eq!(parse_cidr("0.0.0.0/0").unwrap().prefix_len(), 0);
     }
 

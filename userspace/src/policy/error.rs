@@ -136,7 +136,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("ofice", ["office", "partners"]), Some("office"));
+        assert_eq!(
+            did_you_mean("ofice", ["office", "partners"]),
+            Some("office")
+        );
         assert_eq!(did_you_mean("xyz", ["office", "partners"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }

@@ -75,7 +75,14 @@ pub(crate) fn parse_list(ctx: &mut Ctx, path: &Path, text: &str, field: &str) ->
         }
         match parse_cidr(word) {
             Ok(net) => out.push(net),
-            Err(p) => ctx.error_in(path.to_path_buf(), pos, field, Some(word), p.message, p.hint),
+            Err(p) => ctx.error_in(
+                path.to_path_buf(),
+                pos,
+                field,
+                Some(word),
+                p.message,
+                p.hint,
+            ),
         }
     }
     out
@@ -106,7 +113,13 @@ mod tests {
             resolve(Path::new("/etc/airlock/policy.yaml"), "r.txt"),
             PathBuf::from("/etc/airlock/r.txt")
         );
-        assert_eq!(resolve(Path::new("policy.yaml"), "r.txt"), PathBuf::from("r.txt"));
-        assert_eq!(resolve(Path::new("a/p.yaml"), "/abs.txt"), PathBuf::from("/abs.txt"));
+        assert_eq!(
+            resolve(Path::new("policy.yaml"), "r.txt"),
+            PathBuf::from("r.txt")
+        );
+        assert_eq!(
+            resolve(Path::new("a/p.yaml"), "/abs.txt"),
+            PathBuf::from("/abs.txt")
+        );
     }
 }

@@ -65,8 +65,7 @@ impl std::str::FromStr for PortRange {
     }
 }
 
-const FORMAT_HINT: &str =
-    "write PORT[/PROTO] or FIRST-LAST[/PROTO] with PROTO tcp or udp, e.g. 5432/tcp or 60000-60100/udp";
+const FORMAT_HINT: &str = "write PORT[/PROTO] or FIRST-LAST[/PROTO] with PROTO tcp or udp, e.g. 5432/tcp or 60000-60100/udp";
 
 /// Parses one port spec; errors are (message, hint).
 pub(crate) fn parse_port_range(text: &str) -> Result<PortRange, (String, Option<String>)> {
@@ -86,7 +85,9 @@ pub(crate) fn parse_port_range(text: &str) -> Result<PortRange, (String, Option<
     let last = parse_port(text, last_text)?;
     if first > last {
         return Err((
-            format!("port range {text:?} is reversed (first port {first} is above last port {last})"),
+            format!(
+                "port range {text:?} is reversed (first port {first} is above last port {last})"
+            ),
             Some(format!("did you mean {last}-{first}/{proto}?")),
         ));
     }

@@ -61,7 +61,9 @@ fn check_set_name(ctx: &mut Ctx, key: &MarkedScalarNode, field: &str) -> bool {
             field,
             Some(name),
             format!("set name {name:?} looks like an address"),
-            Some("set names must not be addresses, or references to them would be ambiguous".into()),
+            Some(
+                "set names must not be addresses, or references to them would be ambiguous".into(),
+            ),
         );
         false
     } else if !valid_name(name) {
@@ -233,7 +235,13 @@ pub(crate) fn resolve_group(
     table: &SetTable,
     require_non_empty: bool,
 ) -> Option<SourceGroup> {
-    let s = raw::seq(ctx, node, field, "sets, regions or CIDRs", "[office, airbyte-us]")?;
+    let s = raw::seq(
+        ctx,
+        node,
+        field,
+        "sets, regions or CIDRs",
+        "[office, airbyte-us]",
+    )?;
     if require_non_empty && s.is_empty() {
         ctx.error(
             Pos::of(node),
@@ -300,8 +308,11 @@ fn resolve_ref(
     } else {
         known.join(", ")
     };
-    let hint = did_you_mean(text, known.iter().copied().chain(region_names.iter().copied()))
-        .map(|s| format!("did you mean {s:?}?"));
+    let hint = did_you_mean(
+        text,
+        known.iter().copied().chain(region_names.iter().copied()),
+    )
+    .map(|s| format!("did you mean {s:?}?"));
     ctx.error(
         pos,
         field,

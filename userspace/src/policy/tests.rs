@@ -57,12 +57,21 @@ const BASE: &str = "version: 1\ninterfaces: [eth0]\n";
 fn parses_every_feature() {
     let p = parse(FULL).unwrap();
     assert_eq!(p.origin, Path::new("policy.yaml"));
-    assert_eq!(p.interfaces, Interfaces::Named(vec!["eth0".into(), "eth1.100".into()]));
+    assert_eq!(
+        p.interfaces,
+        Interfaces::Named(vec!["eth0".into(), "eth1.100".into()])
+    );
     assert_eq!(p.mode, Mode::Monitor);
     assert_eq!(p.default, DefaultAction::Drop);
     assert_eq!(p.management.sets.len(), 2);
     assert_eq!(p.management.sets[0].name, "203.0.113.7/32");
-    assert_eq!(p.management.first_containing(ip("203.0.113.3")).unwrap().name, "ops");
+    assert_eq!(
+        p.management
+            .first_containing(ip("203.0.113.3"))
+            .unwrap()
+            .name,
+        "ops"
+    );
     assert_eq!(p.deny.sets[0].name, "bad-actors");
     assert_eq!(p.sets.len(), 4);
     assert_eq!(p.sets["office"].cidrs[2].to_string(), "192.0.2.9/32");
@@ -74,7 +83,16 @@ fn parses_every_feature() {
     assert_eq!(r0.from.sets[1].cidrs.len(), 3);
     let r1 = &p.rules[1];
     let ports: Vec<String> = r1.ports.iter().map(ToString::to_string).collect();
-    assert_eq!(ports, ["8000/tcp", "443/tcp", "60000-60100/udp", "53/udp", "8443/tcp"]);
+    assert_eq!(
+        ports,
+        [
+            "8000/tcp",
+            "443/tcp",
+            "60000-60100/udp",
+            "53/udp",
+            "8443/tcp"
+        ]
+    );
     assert!(r1.covers(Proto::Udp, 60000) && !r1.covers(Proto::Tcp, 60000));
     assert_eq!(r1.from.sets[2].cidrs[0].to_string(), "2001:db8::1/128");
     // except semantics
@@ -122,7 +140,9 @@ fn host_bits_message_and_suggestion() {
     );
     assert_eq!(d.value.as_deref(), Some("192.0.2.1/24"));
     // Inline in a rule, too.
-    let d = one_error(&format!("{BASE}rules: [{{name: a, ports: [22], from: [10.0.0.1/8]}}]\n"));
+    let d = one_error(&format!(
+        "{BASE}rules: [{{name: a, ports: [22], from: [10.0.0.1/8]}}]\n"
+    ));
     assert_eq!(d.field, "rules[0].from[0]");
     assert!(d.message.contains("0.0.0.1 outside the /8 mask"), "{d}");
     assert_eq!(d.hint.as_deref(), Some("did you mean 10.0.0.0/8?"));
@@ -133,13 +153,29 @@ fn unknown_key_wrong_version_and_missing() {
     let d = one_error("version: 1\ninterfaces: [eth0]\nrulez: []\n");
     assert_eq!((d.line, d.column, d.field.as_str()), (3, 1, "rulez"));
     assert!(d.message.contains("unknown key \"rulez\""));
-    assert!(d.hint.as_deref().unwrap().contains("did you mean \"rules\"?"));
-    let e = errors(&format!("{BASE}rules: [{{name: a, port: [22], from: [office]}}]\n"));
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap()
+            .contains("did you mean \"rules\"?")
+    );
+    let e = errors(&format!(
+        "{BASE}rules: [{{name: a, port: [22], from: [office]}}]\n"
+    ));
     let shown: Vec<String> = e.iter().map(ToString::to_string).collect();
-    assert!(shown[0].contains("rules[0].port: unknown key \"port\""), "{shown:?}");
+    assert!(
+        shown[0].contains("rules[0].port: unknown key \"port\""),
+        "{shown:?}"
+    );
     assert!(shown[0].contains("did you mean \"ports\"?"), "{shown:?}");
-    assert!(shown[1].contains("rules[0].ports: missing required key"), "{shown:?}");
-    assert!(shown[2].contains("unknown set or region \"office\""), "{shown:?}");
+    assert!(
+        shown[1].contains("rules[0].ports: missing required key"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[2].contains("unknown set or region \"office\""),
+        "{shown:?}"
+    );
 
     let d = one_error("version: 2\ninterfaces: [eth0]\n");
     assert_eq!((d.line, d.column, d.field.as_str()), (1, 10, "version"));
@@ -173,24 +209,37 @@ fn collects_all_errors() {
         "{e:#?}"
     );
     // A broken set is not reported again as unknown where it is used.
-    let e = errors(&format!("{BASE}sets:\n  s: [10.0.0.1/8]\nrules: [{{name: a, ports: [22], from: [s]}}]\n"));
+    let e = errors(&format!(
+        "{BASE}sets:\n  s: [10.0.0.1/8]\nrules: [{{name: a, ports: [22], from: [s]}}]\n"
+    ));
     assert_eq!(e.len(), 1);
 }
 
 #[test]
 fn malformed_cidr() {
     let d = one_error(&format!("{BASE}management: [10.0.0.0/33]\n"));
-    assert_eq!((d.line, d.column, d.field.as_str()), (3, 14, "management[0]"));
-    assert_eq!(d.message, "malformed CIDR \"10.0.0.0/33\": prefix length 33 is longer than 32");
+    assert_eq!(
+        (d.line, d.column, d.field.as_str()),
+        (3, 14, "management[0]")
+    );
+    assert_eq!(
+        d.message,
+        "malformed CIDR \"10.0.0.0/33\": prefix length 33 is longer than 32"
+    );
     let d = one_error(&format!("{BASE}deny: [300.1.2.3]\n"));
     assert!(d.message.starts_with("malformed CIDR \"300.1.2.3\""), "{d}");
 }
 
 #[test]
 fn port_errors() {
-    let rule = |ports: &str| format!("{BASE}rules:\n  - name: r\n    ports: {ports}\n    from: [10.0.0.0/8]\n");
+    let rule = |ports: &str| {
+        format!("{BASE}rules:\n  - name: r\n    ports: {ports}\n    from: [10.0.0.0/8]\n")
+    };
     let d = one_error(&rule("[54x2/tcp]"));
-    assert_eq!((d.line, d.column, d.field.as_str()), (5, 13, "rules[0].ports[0]"));
+    assert_eq!(
+        (d.line, d.column, d.field.as_str()),
+        (5, 13, "rules[0].ports[0]")
+    );
     assert_eq!(d.value.as_deref(), Some("54x2/tcp"));
     assert!(d.message.contains("malformed port \"54x2/tcp\""));
     let d = one_error(&rule("[22, 60100-60000/udp]"));
@@ -205,18 +254,30 @@ fn port_errors() {
     assert!(d.message.contains("unknown protocol \"sctp\""), "{d}");
     let d = one_error(&rule("5432"));
     assert_eq!(d.field, "rules[0].ports");
-    assert_eq!(d.message, "expected a list of ports, found the value \"5432\"");
-    assert!(d.hint.as_deref().unwrap().contains("rules[0].ports: [5432/tcp]"));
+    assert_eq!(
+        d.message,
+        "expected a list of ports, found the value \"5432\""
+    );
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap()
+            .contains("rules[0].ports: [5432/tcp]")
+    );
     let d = one_error(&rule("[]"));
     assert!(d.message.contains("at least one port"));
 }
 
 #[test]
 fn empty_and_missing_from() {
-    let d = one_error(&format!("{BASE}rules:\n  - name: r\n    ports: [22]\n    from: []\n"));
+    let d = one_error(&format!(
+        "{BASE}rules:\n  - name: r\n    ports: [22]\n    from: []\n"
+    ));
     assert_eq!((d.line, d.field.as_str()), (6, "rules[0].from"));
     assert!(d.message.contains("at least one source"));
-    let d = one_error(&format!("{BASE}rules:\n  - name: r\n    ports: [22]\n    from:\n"));
+    let d = one_error(&format!(
+        "{BASE}rules:\n  - name: r\n    ports: [22]\n    from:\n"
+    ));
     assert_eq!(d.field, "rules[0].from");
     assert!(d.message.contains("found nothing"), "{d}");
     let d = one_error(&format!("{BASE}rules:\n  - name: r\n    ports: [22]\n"));
@@ -226,15 +287,24 @@ fn empty_and_missing_from() {
 
 #[test]
 fn duplicate_rule_and_bad_names() {
-    let text = format!("{BASE}rules:\n  - name: db\n    ports: [22]\n    from: [10.0.0.0/8]\n  - name: db\n    ports: [23]\n    from: [10.0.0.0/8]\n");
+    let text = format!(
+        "{BASE}rules:\n  - name: db\n    ports: [22]\n    from: [10.0.0.0/8]\n  - name: db\n    ports: [23]\n    from: [10.0.0.0/8]\n"
+    );
     let d = one_error(&text);
-    assert_eq!((d.line, d.column, d.field.as_str()), (7, 11, "rules[1].name"));
+    assert_eq!(
+        (d.line, d.column, d.field.as_str()),
+        (7, 11, "rules[1].name")
+    );
     assert_eq!(d.message, "duplicate rule name \"db\"");
     assert_eq!(d.hint.as_deref(), Some("first used at line 4"));
-    let d = one_error(&format!("{BASE}rules: [{{name: \"a b\", ports: [22], from: [10.0.0.0/8]}}]\n"));
+    let d = one_error(&format!(
+        "{BASE}rules: [{{name: \"a b\", ports: [22], from: [10.0.0.0/8]}}]\n"
+    ));
     assert!(d.message.contains("invalid rule name \"a b\""));
     let long = "x".repeat(64);
-    let d = one_error(&format!("{BASE}rules: [{{name: {long}, ports: [22], from: [10.0.0.0/8]}}]\n"));
+    let d = one_error(&format!(
+        "{BASE}rules: [{{name: {long}, ports: [22], from: [10.0.0.0/8]}}]\n"
+    ));
     assert!(d.message.contains("invalid rule name"));
 }
 
@@ -242,7 +312,10 @@ fn duplicate_rule_and_bad_names() {
 fn too_many_rules() {
     let mut text = format!("{BASE}rules:\n");
     for i in 0..64 {
-        text.push_str(&format!("  - {{name: r{i}, ports: [{}], from: [10.0.0.0/8]}}\n", i + 1));
+        text.push_str(&format!(
+            "  - {{name: r{i}, ports: [{}], from: [10.0.0.0/8]}}\n",
+            i + 1
+        ));
     }
     assert_eq!(parse(&text).unwrap().rules.len(), 64);
     text.push_str("  - {name: r64, ports: [65], from: [10.0.0.0/8]}\n");
@@ -253,19 +326,30 @@ fn too_many_rules() {
 
 #[test]
 fn except_outside_cidrs() {
-    let text = format!("{BASE}sets:\n  partners:\n    cidrs: [192.0.2.0/24]\n    except: [192.0.2.128/25, 198.51.100.0/25]\n");
+    let text = format!(
+        "{BASE}sets:\n  partners:\n    cidrs: [192.0.2.0/24]\n    except: [192.0.2.128/25, 198.51.100.0/25]\n"
+    );
     let d = one_error(&text);
-    assert_eq!((d.line, d.column, d.field.as_str()), (6, 30, "sets.partners.except[1]"));
+    assert_eq!(
+        (d.line, d.column, d.field.as_str()),
+        (6, 30, "sets.partners.except[1]")
+    );
     assert_eq!(d.value.as_deref(), Some("198.51.100.0/25"));
     assert!(d.message.contains("not inside any of the set's cidrs"));
     // An except equal to a cidr is inside it.
-    parse(&format!("{BASE}sets:\n  s: {{cidrs: [10.0.0.0/8], except: [10.0.0.0/8]}}\n")).unwrap();
+    parse(&format!(
+        "{BASE}sets:\n  s: {{cidrs: [10.0.0.0/8], except: [10.0.0.0/8]}}\n"
+    ))
+    .unwrap();
 }
 
 #[test]
 fn set_name_rules() {
     let d = one_error(&format!("{BASE}sets:\n  airbyte-us: [10.0.0.0/8]\n"));
-    assert_eq!((d.line, d.column, d.field.as_str()), (4, 3, "sets.airbyte-us"));
+    assert_eq!(
+        (d.line, d.column, d.field.as_str()),
+        (4, 3, "sets.airbyte-us")
+    );
     assert!(d.message.contains("shadows the built-in region"));
     let d = one_error(&format!("{BASE}sets:\n  10.0.0.1: [10.0.0.0/8]\n"));
     assert!(d.message.contains("looks like an address"));
@@ -273,15 +357,24 @@ fn set_name_rules() {
     assert!(d.message.contains("has no addresses"));
     let e = errors(&format!("{BASE}sets:\n  s: {{cidr: [10.0.0.0/8]}}\n"));
     assert!(e[0].message.contains("unknown key \"cidr\""), "{e:?}");
-    assert_eq!(e[0].hint.as_deref(), Some("did you mean \"cidrs\"? (known keys here: cidrs, except, file)"));
+    assert_eq!(
+        e[0].hint.as_deref(),
+        Some("did you mean \"cidrs\"? (known keys here: cidrs, except, file)")
+    );
     let e = errors(&format!("{BASE}sets:\n  s: 10.0.0.0/8\n"));
-    assert!(e[0].message.contains("expected a list of CIDRs or a mapping"));
+    assert!(
+        e[0].message
+            .contains("expected a list of CIDRs or a mapping")
+    );
 }
 
 #[test]
 fn interfaces() {
     let d = one_error("version: 1\ninterfaces: [auto, eth0]\n");
-    assert_eq!((d.line, d.column, d.field.as_str()), (2, 14, "interfaces[0]"));
+    assert_eq!(
+        (d.line, d.column, d.field.as_str()),
+        (2, 14, "interfaces[0]")
+    );
     assert!(d.message.contains("\"auto\" cannot be combined"));
     let d = one_error("version: 1\ninterfaces: [averyveryverylongname]\n");
     assert!(d.message.contains("invalid interface name"));
@@ -312,8 +405,16 @@ fn yaml_errors() {
 #[test]
 fn imports() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("good.txt"), "# ranges\n10.0.0.0/8\n\n2001:db8::/32  # v6\n").unwrap();
-    std::fs::write(dir.path().join("bad.txt"), "10.0.0.0/8\n# c\n  10.1.2.3/16\n").unwrap();
+    std::fs::write(
+        dir.path().join("good.txt"),
+        "# ranges\n10.0.0.0/8\n\n2001:db8::/32  # v6\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.txt"),
+        "10.0.0.0/8\n# c\n  10.1.2.3/16\n",
+    )
+    .unwrap();
     let policy = dir.path().join("policy.yaml");
     let text = format!("{BASE}sets:\n  prov:\n    file: good.txt\n    except: [10.1.0.0/16]\n");
     std::fs::write(&policy, &text).unwrap();
@@ -326,7 +427,10 @@ fn imports() {
     let d = e.diagnostics();
     assert_eq!(d.len(), 2);
     assert_eq!(d[0].file, dir.path().join("bad.txt"));
-    assert_eq!((d[0].line, d[0].column, d[0].field.as_str()), (3, 3, "sets.prov.file"));
+    assert_eq!(
+        (d[0].line, d[0].column, d[0].field.as_str()),
+        (3, 3, "sets.prov.file")
+    );
     assert!(d[0].message.contains("10.1.2.3/16 has host bits set"));
     assert_eq!(d[1].file, policy);
     assert_eq!((d[1].line, d[1].field.as_str()), (5, "sets.gone.file"));

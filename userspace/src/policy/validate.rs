@@ -37,20 +37,31 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
         }
     };
     let Some(top) = root.as_mapping() else {
-        ctx.error(Pos::of(&root), "", None, "the policy must be a YAML mapping", None);
+        ctx.error(
+            Pos::of(&root),
+            "",
+            None,
+            "the policy must be a YAML mapping",
+            None,
+        );
         return Err(ctx.diags);
     };
     raw::check_keys(&mut ctx, top, "", TOP_KEYS);
     check_version(&mut ctx, top);
     let interfaces = parse_interfaces(&mut ctx, top);
-    let mode = parse_choice(&mut ctx, top, "mode", &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)]);
+    let mode = parse_choice(
+        &mut ctx,
+        top,
+        "mode",
+        &[("enforce", Mode::Enforce), ("monitor", Mode::Monitor)],
+    );
     let default = parse_choice(
         &mut ctx,
         top,
         "default",
         &[("pass", DefaultAction::Pass), ("drop", DefaultAction::Drop)],
     );
-    let table = match top.get_node("sets") {
+    let table = match present(top, "sets") {
         Some(n) => sets::parse_sets(&mut ctx, n, origin),
         None => SetTable::default(),
     };
@@ -79,7 +90,11 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
         sets: table.defined,
     };
     check_prefix_limits(&mut ctx, &policy, Pos::of(&root));
-    if ctx.diags.is_empty() { Ok(policy) } else { Err(ctx.diags) }
+    if ctx.diags.is_empty() {
+        Ok(policy)
+    } else {
+        Err(ctx.diags)
+    }
 }
 
 /// YAML syntax problems stop everything: there is no tree to walk.
@@ -89,7 +104,8 @@ fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
         .prevent_coercion(true);
     // marked-yaml has `unreachable!()`s on some odd inputs; a policy typo must never
     // take down the agent, so treat a panic as a syntax error.
-    let result = std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
+    let result =
+        std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
     let pos = |m: &marked_yaml::Marker| Pos {
         line: m.line(),
         column: m.column(),
@@ -98,7 +114,9 @@ fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
         Ok(Ok(node)) => Ok(node),
         Err(_) => Err((Pos { line: 1, column: 1 }, "unparseable YAML".into(), None)),
         Ok(Err(e)) => Err(match e {
-            LoadError::ScanError(m, se) => (pos(&m), format!("YAML syntax error: {}", se.info()), None),
+            LoadError::ScanError(m, se) => {
+                (pos(&m), format!("YAML syntax error: {}", se.info()), None)
+            }
             LoadError::DuplicateKey(inner) => {
                 let first = Pos::of_span(inner.prev_key.span());
                 (
@@ -109,14 +127,28 @@ fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
             }
             LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => (
                 pos(&m),
-                "the policy must be a YAML mapping (version: 1, interfaces: ..., rules: ...)".into(),
+                "the policy must be a YAML mapping (version: 1, interfaces: ..., rules: ...)"
+                    .into(),
                 None,
             ),
-            LoadError::UnexpectedAnchor(m) => (pos(&m), "YAML anchors and aliases are not supported".into(), None),
-            LoadError::MappingKeyMustBeScalar(m) => (pos(&m), "mapping keys must be plain strings".into(), None),
+            LoadError::UnexpectedAnchor(m) => (
+                pos(&m),
+                "YAML anchors and aliases are not supported".into(),
+                None,
+            ),
+            LoadError::MappingKeyMustBeScalar(m) => {
+                (pos(&m), "mapping keys must be plain strings".into(), None)
+            }
             LoadError::UnexpectedTag(m) => (pos(&m), "YAML tags are not supported".into(), None),
         }),
     }
+}
+
+/// An optional key's value; a key with no value (`rules:` with everything below it
+/// commented out) counts as absent.
+fn present<'n>(top: &'n MarkedMappingNode, key: &str) -> Option<&'n Node> {
+    top.get_node(key)
+        .filter(|n| !matches!(n, Node::Scalar(s) if raw::is_null(s)))
 }
 
 fn check_version(ctx: &mut Ctx, top: &MarkedMappingNode) {
@@ -149,7 +181,9 @@ fn valid_ifname(name: &str) -> bool {
         && name.len() <= 15
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
 }
 
 fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces> {
@@ -165,7 +199,13 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
     };
     let s = raw::seq(ctx, node, "interfaces", "interface names", "[eth0]")?;
     if s.is_empty() {
-        ctx.error(Pos::of(node), "interfaces", None, "no interfaces listed", Some("e.g. [eth0], or [auto]".into()));
+        ctx.error(
+            Pos::of(node),
+            "interfaces",
+            None,
+            "no interfaces listed",
+            Some("e.g. [eth0], or [auto]".into()),
+        );
         return None;
     }
     let errors_before = ctx.diags.len();
@@ -173,7 +213,9 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
     let mut first_line: HashMap<String, usize> = HashMap::new();
     for (i, item) in s.iter().enumerate() {
         let f = format!("interfaces[{i}]");
-        let Some(sc) = raw::scalar(ctx, item, &f, "an interface name") else { continue };
+        let Some(sc) = raw::scalar(ctx, item, &f, "an interface name") else {
+            continue;
+        };
         let name = sc.as_str();
         let pos = Pos::of(item);
         if name == "auto" && s.len() > 1 {
@@ -193,7 +235,13 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
                 Some("Linux interface names are 1-15 bytes without '/', ':' or spaces".into()),
             );
         } else if let Some(line) = first_line.get(name) {
-            ctx.error(pos, &f, Some(name), format!("interface {name:?} listed twice"), Some(format!("first at line {line}")));
+            ctx.error(
+                pos,
+                &f,
+                Some(name),
+                format!("interface {name:?} listed twice"),
+                Some(format!("first at line {line}")),
+            );
         } else {
             first_line.insert(name.to_string(), pos.line);
             names.push(name.to_string());
@@ -208,8 +256,15 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
     }
 }
 
-fn parse_choice<T: Copy + Default>(ctx: &mut Ctx, top: &MarkedMappingNode, key: &str, choices: &[(&str, T)]) -> Option<T> {
-    let Some(node) = top.get_node(key) else { return Some(T::default()) };
+fn parse_choice<T: Copy + Default>(
+    ctx: &mut Ctx,
+    top: &MarkedMappingNode,
+    key: &str,
+    choices: &[(&str, T)],
+) -> Option<T> {
+    let Some(node) = top.get_node(key) else {
+        return Some(T::default());
+    };
     let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
     let s = raw::scalar(ctx, node, key, &format!("one of {}", names.join(", ")))?;
     match choices.iter().find(|(n, _)| *n == s.as_str()) {
@@ -219,7 +274,11 @@ fn parse_choice<T: Copy + Default>(ctx: &mut Ctx, top: &MarkedMappingNode, key: 
                 Pos::of(node),
                 key,
                 Some(s.as_str()),
-                format!("invalid {key} {:?} (expected {})", s.as_str(), names.join(" or ")),
+                format!(
+                    "invalid {key} {:?} (expected {})",
+                    s.as_str(),
+                    names.join(" or ")
+                ),
                 None,
             );
             None
@@ -227,16 +286,29 @@ fn parse_choice<T: Copy + Default>(ctx: &mut Ctx, top: &MarkedMappingNode, key: 
     }
 }
 
-fn optional_group(ctx: &mut Ctx, top: &MarkedMappingNode, key: &str, table: &SetTable) -> Option<SourceGroup> {
-    match top.get_node(key) {
+fn optional_group(
+    ctx: &mut Ctx,
+    top: &MarkedMappingNode,
+    key: &str,
+    table: &SetTable,
+) -> Option<SourceGroup> {
+    match present(top, key) {
         None => Some(SourceGroup::default()),
         Some(n) => sets::resolve_group(ctx, n, key, table, false),
     }
 }
 
 fn parse_rules(ctx: &mut Ctx, top: &MarkedMappingNode, table: &SetTable) -> Option<Vec<Rule>> {
-    let Some(node) = top.get_node("rules") else { return Some(Vec::new()) };
-    let s = raw::seq(ctx, node, "rules", "rules", "[{name: db, ports: [5432/tcp], from: [office]}]")?;
+    let Some(node) = present(top, "rules") else {
+        return Some(Vec::new());
+    };
+    let s = raw::seq(
+        ctx,
+        node,
+        "rules",
+        "rules",
+        "[{name: db, ports: [5432/tcp], from: [office]}]",
+    )?;
     let errors_before = ctx.diags.len();
     if s.len() > MAX_RULES {
         let extra = &s[MAX_RULES];
@@ -252,7 +324,14 @@ fn parse_rules(ctx: &mut Ctx, top: &MarkedMappingNode, table: &SetTable) -> Opti
     let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
     for (i, item) in s.iter().enumerate() {
         let field = format!("rules[{i}]");
-        let Some(m) = raw::map(ctx, item, &field, "a rule (a mapping with name, ports and from)") else { continue };
+        let Some(m) = raw::map(
+            ctx,
+            item,
+            &field,
+            "a rule (a mapping with name, ports and from)",
+        ) else {
+            continue;
+        };
         if let Some(rule) = parse_rule(ctx, m, &field, table, &mut first_line) {
             rules.push(rule);
         }
@@ -270,7 +349,13 @@ fn parse_rule(
     raw::check_keys(ctx, m, field, RULE_KEYS);
     let line = Pos::of_span(m.span()).line;
     let missing = |ctx: &mut Ctx, key: &str| {
-        ctx.error(Pos::of_span(m.span()), &format!("{field}.{key}"), None, format!("missing required key {key:?}"), None);
+        ctx.error(
+            Pos::of_span(m.span()),
+            &format!("{field}.{key}"),
+            None,
+            format!("missing required key {key:?}"),
+            None,
+        );
     };
     let name = match m.get_node("name") {
         None => {
@@ -283,10 +368,22 @@ fn parse_rule(
                 let name = s.as_str();
                 let pos = Pos::of(n);
                 if !sets::valid_name(name) {
-                    ctx.error(pos, &f, Some(name), format!("invalid rule name {name:?}"), Some("use 1 to 63 of A-Z a-z 0-9 _ . -".into()));
+                    ctx.error(
+                        pos,
+                        &f,
+                        Some(name),
+                        format!("invalid rule name {name:?}"),
+                        Some("use 1 to 63 of A-Z a-z 0-9 _ . -".into()),
+                    );
                     None
                 } else if let Some(first) = first_line.get(name) {
-                    ctx.error(pos, &f, Some(name), format!("duplicate rule name {name:?}"), Some(format!("first used at line {first}")));
+                    ctx.error(
+                        pos,
+                        &f,
+                        Some(name),
+                        format!("duplicate rule name {name:?}"),
+                        Some(format!("first used at line {first}")),
+                    );
                     None
                 } else {
                     first_line.insert(name.to_string(), pos.line);
@@ -309,20 +406,33 @@ fn parse_rule(
         }
         Some(n) => sets::resolve_group(ctx, n, &format!("{field}.from"), table, true),
     };
-    Some(Rule { name: name?, ports: ports?, from: from?, line })
+    Some(Rule {
+        name: name?,
+        ports: ports?,
+        from: from?,
+        line,
+    })
 }
 
 fn parse_ports(ctx: &mut Ctx, node: &Node, field: &str) -> Option<Vec<super::PortRange>> {
     let s = raw::seq(ctx, node, field, "ports", "[5432/tcp]")?;
     if s.is_empty() {
-        ctx.error(Pos::of(node), field, None, "empty list: a rule must cover at least one port", Some("e.g. [5432/tcp]".into()));
+        ctx.error(
+            Pos::of(node),
+            field,
+            None,
+            "empty list: a rule must cover at least one port",
+            Some("e.g. [5432/tcp]".into()),
+        );
         return None;
     }
     let errors_before = ctx.diags.len();
     let mut out = Vec::with_capacity(s.len());
     for (i, item) in s.iter().enumerate() {
         let f = format!("{field}[{i}]");
-        let Some(sc) = raw::scalar(ctx, item, &f, "a port like 5432/tcp") else { continue };
+        let Some(sc) = raw::scalar(ctx, item, &f, "a port like 5432/tcp") else {
+            continue;
+        };
         match parse_port_range(sc.as_str()) {
             Ok(r) => out.push(r),
             Err((message, hint)) => ctx.error(Pos::of(item), &f, Some(sc.as_str()), message, hint),

@@ -1,0 +1,236 @@
+//! Network tests: the real `airlock` binary applied to a veth in a namespace the
+//! test creates, judged by real TCP connections from the other namespace, over IPv4
+//! and IPv6. Needs root; fails (never skips) without it.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use airlock_integration::{
+    cli::{Run, airlock_in},
+    netns::{Server, Testbed, addr, require_root},
+};
+
+const PORT: u16 = 5432;
+/// Longer than any connect on a veth, shorter than TCP's first SYN retransmission
+/// (1 s): a connect that needs longer had a packet dropped.
+const ALLOWED: Duration = Duration::from_millis(900);
+/// How long a refused connect is given to (wrongly) succeed.
+const REFUSED: Duration = Duration::from_millis(300);
+
+struct Fixture {
+    bed: Testbed,
+    _server: Server,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(prefix: &str) -> Self {
+        require_root();
+        let bed = Testbed::new(prefix);
+        let server = Server::start(&bed.server, PORT);
+        Self {
+            bed,
+            _server: server,
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Writes a policy allowing `from` (set names or CIDRs) to PORT/tcp.
+    fn policy(&self, file: &str, default: &str, mode: &str, from: &[&str]) -> PathBuf {
+        let text = format!(
+            "version: 1\ninterfaces: [{iface}]\nmode: {mode}\ndefault: {default}\nsets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\n  partners: [192.0.2.0/24, \"2001:db8:1::/48\"]\nrules:\n  - name: db\n    ports: [{PORT}/tcp]\n    from: [{from}]\n",
+            iface = self.bed.server_if,
+            from = from.join(", "),
+        );
+        self.write(file, &text)
+    }
+
+    fn write(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, text).expect("write policy");
+        path
+    }
+
+    fn airlock(&self, args: &[&str]) -> Run {
+        airlock_in(&self.bed.server, self.bed.bpffs.path(), args)
+    }
+
+    fn apply(&self, policy: &Path) {
+        let run = self.airlock(&["apply", "-f", policy.to_str().expect("utf-8")]);
+        assert_eq!(run.code, 0, "apply failed: {}", run.stderr);
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let run = self.airlock(&["status", "-o", "json"]);
+        assert_eq!(run.code, 0, "status failed: {}", run.stderr);
+        serde_json::from_str(&run.stdout).expect("status JSON")
+    }
+
+    fn gets_in(&self, source: &str) -> bool {
+        self.bed.connects(source, PORT, ALLOWED)
+    }
+
+    fn kept_out(&self, source: &str) -> bool {
+        !self.bed.connects(source, PORT, REFUSED)
+    }
+}
+
+#[test]
+fn applied_filter_enforces_over_ipv4_and_ipv6_after_the_cli_has_exited() {
+    let f = Fixture::new("net");
+    let policy = f.policy("p.yaml", "pass", "enforce", &["office"]);
+    f.apply(&policy);
+    // `airlock apply` has exited: whatever happens now is the pinned filter alone.
+    assert!(f.gets_in(addr::OFFICE_V4), "office over IPv4 must get in");
+    assert!(f.gets_in(addr::OFFICE_V6), "office over IPv6 must get in");
+    assert!(f.kept_out(addr::STRANGER_V4), "stranger over IPv4 must be kept out");
+    assert!(f.kept_out(addr::STRANGER_V6), "stranger over IPv6 must be kept out");
+    assert!(f.kept_out(addr::PARTNER_V4), "partners are not in this rule");
+
+    let status = f.status_json();
+    let iface = &status["interfaces"][0];
+    assert_eq!(iface["iface"], f.bed.server_if.as_str());
+    assert_eq!(iface["attachment"], "attached");
+    assert_eq!(iface["rules"][0]["name"], "db");
+    // Two accepted connections: at least their SYN and final ACK each passed rule db.
+    assert!(iface["rules"][0]["allowed"]["packets"].as_u64().unwrap_or(0) >= 4);
+    // Three refused sources, one SYN each at least (retransmits may add more).
+    assert!(iface["rules"][0]["refused"]["packets"].as_u64().unwrap_or(0) >= 3);
+    assert!(iface["reasons"]["rule_refused"]["packets"].as_u64().unwrap_or(0) >= 3);
+}
+
+#[test]
+fn default_drop_still_lets_allowed_peers_resolve_and_connect() {
+    // ARP and neighbour discovery must pass under default: drop, or nothing works.
+    let f = Fixture::new("dd");
+    let policy = f.policy("p.yaml", "drop", "enforce", &["office"]);
+    f.apply(&policy);
+    assert!(f.gets_in(addr::OFFICE_V4));
+    assert!(f.gets_in(addr::OFFICE_V6));
+    assert!(f.kept_out(addr::STRANGER_V4));
+    assert!(!f.bed.connects(addr::STRANGER_V4, 8080, REFUSED), "uncovered port under default: drop");
+}
+
+#[test]
+fn monitor_mode_counts_would_be_drops_and_passes_them() {
+    let f = Fixture::new("mon");
+    let policy = f.policy("p.yaml", "pass", "monitor", &["office"]);
+    f.apply(&policy);
+    assert!(f.gets_in(addr::STRANGER_V4), "monitor mode drops nothing");
+    let status = f.status_json();
+    let refused = status["interfaces"][0]["rules"][0]["refused"]["packets"].as_u64().unwrap_or(0);
+    assert!(refused >= 1, "the would-be drop is counted: {status}");
+}
+
+#[test]
+fn reapply_under_continuous_traffic_never_gives_a_wrong_verdict() {
+    let f = Fixture::new("swap");
+    // Office is allowed by both policies, the stranger by neither; partners flip.
+    let with_partners = f.policy("a.yaml", "pass", "enforce", &["office", "partners"]);
+    let without_partners = f.policy("b.yaml", "pass", "enforce", &["office"]);
+    f.apply(&with_partners);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let tries = Arc::new(AtomicUsize::new(0));
+    let bed = Arc::new(&f.bed);
+    thread::scope(|scope| {
+        for (source, should_get_in) in [
+            (addr::OFFICE_V4, true),
+            (addr::OFFICE_V6, true),
+            (addr::STRANGER_V4, false),
+            (addr::STRANGER_V6, false),
+        ] {
+            let (stop, wrong, tries, bed) = (&stop, &wrong, &tries, Arc::clone(&bed));
+            scope.spawn(move || {
+                // Bounded: the applies below end the loop; the cap is a safety net.
+                for _ in 0..2_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let timeout = if should_get_in { ALLOWED } else { REFUSED };
+                    if bed.connects(source, PORT, timeout) != should_get_in {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("wrong verdict for {source} during re-apply");
+                    }
+                    tries.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        for round in 0..10 {
+            let (policy, partners_in) = if round % 2 == 0 {
+                (&without_partners, false)
+            } else {
+                (&with_partners, true)
+            };
+            f.apply(policy);
+            // The new verdict is in force as soon as apply returns.
+            assert_eq!(
+                f.bed.connects(addr::PARTNER_V4, PORT, if partners_in { ALLOWED } else { REFUSED }),
+                partners_in,
+                "round {round}: partner verdict must follow the policy just applied"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let tries = tries.load(Ordering::Relaxed);
+    assert!(tries >= 20, "only {tries} connections were tried during the re-applies");
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "{tries} connections, some with a wrong verdict");
+    let status = f.status_json();
+    assert_eq!(status["interfaces"][0]["policy"]["serial"], 11);
+    assert_eq!(status["interfaces"][0]["attachment"], "attached", "re-apply never detaches");
+}
+
+#[test]
+fn invalid_reapply_is_refused_and_the_policy_in_force_stays() {
+    let f = Fixture::new("inv");
+    let good = f.policy("good.yaml", "pass", "enforce", &["office"]);
+    f.apply(&good);
+    let bad = f.write(
+        "bad.yaml",
+        &format!(
+            "version: 1\ninterfaces: [{}]\nrules:\n  - name: db\n    ports: [5432/tcp]\n    from: [198.51.100.7/24]\n",
+            f.bed.server_if
+        ),
+    );
+    let run = f.airlock(&["apply", "-f", bad.to_str().expect("utf-8")]);
+    assert_eq!(run.code, 2, "an invalid policy exits 2: {}", run.stderr);
+    assert!(run.stderr.contains("bad.yaml:6:"), "names file and line: {}", run.stderr);
+    assert!(run.stderr.contains("rules[0].from[0]"), "names the field: {}", run.stderr);
+    assert!(run.stderr.contains("198.51.100.0/24"), "suggests the fix: {}", run.stderr);
+
+    assert_eq!(f.status_json()["interfaces"][0]["policy"]["serial"], 1, "nothing was applied");
+    assert!(f.gets_in(addr::OFFICE_V4), "the old policy still lets the office in");
+    assert!(f.kept_out(addr::STRANGER_V4), "and still keeps the stranger out");
+}
+
+#[test]
+fn remove_restores_full_connectivity_and_unpins_everything() {
+    let f = Fixture::new("rm");
+    let policy = f.policy("p.yaml", "drop", "enforce", &["office"]);
+    f.apply(&policy);
+    assert!(f.kept_out(addr::STRANGER_V4));
+    let run = f.airlock(&["remove", "--iface", &f.bed.server_if]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(f.bed.connects(addr::STRANGER_V4, PORT, ALLOWED), "IPv4 open again");
+    assert!(f.bed.connects(addr::STRANGER_V6, PORT, ALLOWED), "IPv6 open again");
+    // A bpffs root holds the kernel's own `maps.debug` and `progs.debug`; a dot can
+    // never be in a name Airlock pins.
+    let left: Vec<_> = std::fs::read_dir(f.bed.bpffs.path())
+        .expect("pin root")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|name| !name.to_string_lossy().contains('.'))
+        .collect();
+    assert!(left.is_empty(), "pins left behind: {left:?}");
+    assert_eq!(f.status_json()["interfaces"].as_array().map(Vec::len), Some(0));
+    let again = f.airlock(&["remove", "--iface", &f.bed.server_if]);
+    assert_eq!(again.code, 1, "removing what is not there is a runtime error");
+}
