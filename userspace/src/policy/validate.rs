@@ -162,16 +162,16 @@ fn check_version(ctx: &mut Ctx, top: &MarkedMappingNode) {
         );
         return;
     };
-    if let Some(s) = raw::scalar(ctx, node, "version", "a version number") {
-        if s.as_str() != "1" {
-            ctx.error(
-                Pos::of(node),
-                "version",
-                Some(s.as_str()),
-                format!("unsupported policy version {:?}", s.as_str()),
-                Some("this airlock understands version 1".into()),
-            );
-        }
+    if let Some(s) = raw::scalar(ctx, node, "version", "a version number")
+        && s.as_str() != "1"
+    {
+        ctx.error(
+            Pos::of(node),
+            "version",
+            Some(s.as_str()),
+            format!("unsupported policy version {:?}", s.as_str()),
+            Some("this airlock understands version 1".into()),
+        );
     }
 }
 
