@@ -20,11 +20,9 @@ pub static SRC_V4_0: LpmTrie<[u8; 4], SourceEntry> = LpmTrie::with_max_entries(M
 #[map]
 pub static SRC_V4_1: LpmTrie<[u8; 4], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V4, 0);
 #[map]
-pub static SRC_V6_0: LpmTrie<[u8; 16], SourceEntry> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
+pub static SRC_V6_0: LpmTrie<[u8; 16], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
 #[map]
-pub static SRC_V6_1: LpmTrie<[u8; 16], SourceEntry> =
-    LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
+pub static SRC_V6_1: LpmTrie<[u8; 16], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
 
 #[map]
 pub static PORTS_TCP_0: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);

@@ -134,7 +134,7 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
     let source = Source::V4([header[12], header[13], header[14], header[15]]);
     let total_len = usize::from(be16([header[2], header[3]]));
     // Options must be present in full, and the stated length must cover the header.
-    if total_len < header_len || read::<1>(ctx, offset + header_len - 1).is_none() {
+    if total_len < header_len || !present(ctx, offset + header_len) {
         return Packet::MalformedFrom(source);
     }
     let protocol = header[9];
@@ -172,6 +172,9 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
                 };
                 next = ext[0];
                 cursor += (usize::from(ext[1]) + 1) * 8;
+                if !present(ctx, cursor) {
+                    return Packet::MalformedFrom(source);
+                }
             }
             IPPROTO_AH => {
                 let Some(ext) = read::<2>(ctx, cursor) else {
@@ -179,6 +182,9 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
                 };
                 next = ext[0];
                 cursor += (usize::from(ext[1]) + 2) * 4;
+                if !present(ctx, cursor) {
+                    return Packet::MalformedFrom(source);
+                }
             }
             IPPROTO_FRAGMENT => {
                 let Some(fragment) = read::<8>(ctx, cursor) else {
@@ -201,7 +207,33 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
             return Packet::MalformedFrom(source);
         }
     }
-    Packet::MalformedFrom(source)
+    // Exactly IPV6_MAX_EXT_HEADERS headers is fine; only a longer chain is malformed.
+    if is_extension_header(next) {
+        return Packet::MalformedFrom(source);
+    }
+    parse_l4(ctx, cursor, next, source, true)
+}
+
+#[inline(always)]
+fn is_extension_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MH
+            | IPPROTO_HIP
+            | IPPROTO_SHIM6
+            | IPPROTO_AH
+            | IPPROTO_FRAGMENT
+    )
+}
+
+/// Whether the header that ends just before `end` is entirely in the packet: a
+/// header cut short is malformed even when nothing after it would be read.
+#[inline(always)]
+fn present(ctx: &XdpContext, end: usize) -> bool {
+    end == 0 || read::<1>(ctx, end - 1).is_some()
 }
 
 #[inline(always)]

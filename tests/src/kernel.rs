@@ -96,7 +96,12 @@ impl fmt::Display for Disagreement {
             expected_outcome(&self.reference),
             self.reference.set
         )?;
-        write!(f, "bytes ({}):\n{}", self.frame.bytes.len(), self.frame.hex())
+        write!(
+            f,
+            "bytes ({}):\n{}",
+            self.frame.bytes.len(),
+            self.frame.hex()
+        )
     }
 }
 
@@ -175,8 +180,12 @@ impl Harness {
 
     /// Runs `bytes` once through the program and reads back what it decided.
     pub fn run(&mut self, bytes: &[u8]) -> Outcome {
-        self.try_run(bytes)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:?}\n{}", crate::packet::hex(bytes)))
+        self.try_run(bytes).unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN failed: {e:?}\n{}",
+                crate::packet::hex(bytes)
+            )
+        })
     }
 
     /// Runs `frame` and compares with the reference verdict for its class under the

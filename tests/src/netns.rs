@@ -97,7 +97,9 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -114,7 +116,13 @@ impl PrivateBpffs {
             .prefix("airlock-bpffs-")
             .tempdir()
             .expect("temp dir");
-        run(&["mount", "-t", "bpf", "bpf", dir.path().to_str().expect("utf-8 path")]);
+        run(&[
+            "mount",
+            "-t",
+            "bpf",
+            "bpf",
+            dir.path().to_str().expect("utf-8 path"),
+        ]);
         Self { dir }
     }
 
@@ -167,8 +175,19 @@ impl Testbed {
         let server_if = unique_name("alsrv");
         let client_if = unique_name("alcli");
         run(&[
-            "ip", "link", "add", &client_if, "netns", client.name(), "type", "veth", "peer",
-            "name", &server_if, "netns", server.name(),
+            "ip",
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            client.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &server_if,
+            "netns",
+            server.name(),
         ]);
         let client_v4 = [addr::PARTNER_V4, addr::OFFICE_V4, addr::STRANGER_V4];
         let client_v6 = [addr::PARTNER_V6, addr::OFFICE_V6, addr::STRANGER_V6];
@@ -247,8 +266,8 @@ impl Server {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             threads.push(ns.spawn(move || {
                 let address: SocketAddr = bind.parse().expect("bind address");
-                let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)
-                    .expect("socket");
+                let socket =
+                    Socket::new(Domain::for_address(address), Type::STREAM, None).expect("socket");
                 if address.is_ipv6() {
                     socket.set_only_v6(true).expect("v6only");
                 }

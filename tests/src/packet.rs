@@ -84,14 +84,25 @@ impl Tag {
 /// What follows the IP header (and extension headers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Transport {
-    Tcp { dst_port: u16 },
-    Udp { dst_port: u16 },
+    Tcp {
+        dst_port: u16,
+    },
+    Udp {
+        dst_port: u16,
+    },
     /// ICMP (protocol 1) with this type; under IPv6 it is just an unknown protocol.
-    Icmp { icmp_type: u8 },
+    Icmp {
+        icmp_type: u8,
+    },
     /// ICMPv6 (protocol 58) with this type; under IPv4 it is just an unknown protocol.
-    Icmpv6 { icmp_type: u8 },
+    Icmpv6 {
+        icmp_type: u8,
+    },
     /// Any other protocol, `payload` bytes of zeros.
-    Other { protocol: u8, payload: usize },
+    Other {
+        protocol: u8,
+        payload: usize,
+    },
 }
 
 impl Transport {
@@ -246,7 +257,10 @@ pub enum L3 {
     /// An ARP request.
     Arp,
     /// Some other ethertype with `payload` zero bytes (LLDP, ...).
-    Raw { ethertype: u16, payload: usize },
+    Raw {
+        ethertype: u16,
+        payload: usize,
+    },
 }
 
 /// A frame, as a test describes it.
@@ -617,9 +631,7 @@ fn encode_v4(v4: &Ipv4Spec, out: &mut Vec<u8>) {
     assert!(v4.option_words <= 10, "IPv4 options are at most 40 bytes");
     let start = out.len();
     let ihl = v4.ihl_override.unwrap_or(5 + v4.option_words);
-    let total_len = v4
-        .total_len_override
-        .unwrap_or(true_v4_len(v4) as u16);
+    let total_len = v4.total_len_override.unwrap_or(true_v4_len(v4) as u16);
     out.push((v4.version << 4) | (ihl & 0x0f));
     out.push(0); // DSCP/ECN
     out.extend_from_slice(&total_len.to_be_bytes());
@@ -724,10 +736,19 @@ mod tests {
     fn truncation_classes_follow_the_layers() {
         let spec = FrameSpec::tcp("198.51.100.7", 22).tag(Tag::Dot1Q);
         let src = Some("198.51.100.7".parse().unwrap());
-        assert_eq!(spec.expected_class(13), PacketClass::Malformed { src: None });
-        assert_eq!(spec.expected_class(18 + 19), PacketClass::Malformed { src: None });
+        assert_eq!(
+            spec.expected_class(13),
+            PacketClass::Malformed { src: None }
+        );
+        assert_eq!(
+            spec.expected_class(18 + 19),
+            PacketClass::Malformed { src: None }
+        );
         assert_eq!(spec.expected_class(18 + 20), PacketClass::Malformed { src });
         assert_eq!(spec.expected_class(18 + 39), PacketClass::Malformed { src });
-        assert!(matches!(spec.expected_class(18 + 40), PacketClass::Ip { .. }));
+        assert!(matches!(
+            spec.expected_class(18 + 40),
+            PacketClass::Ip { .. }
+        ));
     }
 }

@@ -61,7 +61,10 @@ rules:
 "#;
 
 fn matrix(default: &str, mode: &str) -> String {
-    MATRIX.replace("default: drop", &format!("default: {default}\nmode: {mode}"))
+    MATRIX.replace(
+        "default: drop",
+        &format!("default: {default}\nmode: {mode}"),
+    )
 }
 
 /// Checks `spec` against the reference model (action, reason, rule), then against
@@ -88,8 +91,18 @@ fn non_ip_frames_pass_whatever_the_policy() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
     verify(&mut h, FrameSpec::arp(), XDP_PASS, Reason::NonIp);
-    verify(&mut h, FrameSpec::arp().tag(Tag::Dot1Q), XDP_PASS, Reason::NonIp);
-    verify(&mut h, FrameSpec::raw(ETH_P_LLDP, 46), XDP_PASS, Reason::NonIp);
+    verify(
+        &mut h,
+        FrameSpec::arp().tag(Tag::Dot1Q),
+        XDP_PASS,
+        Reason::NonIp,
+    );
+    verify(
+        &mut h,
+        FrameSpec::raw(ETH_P_LLDP, 46),
+        XDP_PASS,
+        Reason::NonIp,
+    );
     verify(&mut h, FrameSpec::raw(0x88b5, 0), XDP_PASS, Reason::NonIp);
 }
 
@@ -110,7 +123,12 @@ fn management_passes_even_when_denied_or_on_a_refused_port() {
         assert_eq!(out.rule, None);
     }
     // Its neighbour in the deny list is dropped.
-    verify(&mut h, FrameSpec::tcp("203.0.113.8", 5432), XDP_DROP, Reason::Deny);
+    verify(
+        &mut h,
+        FrameSpec::tcp("203.0.113.8", 5432),
+        XDP_DROP,
+        Reason::Deny,
+    );
     // Management also rescues a frame whose transport header is cut short: the
     // source is known, and management must never be locked out.
     verify(
@@ -126,13 +144,43 @@ fn denied_sources_are_dropped_before_any_rule_or_icmp() {
     let mut h = Harness::new();
     h.apply(&matrix("pass", "enforce"));
     // 198.51.100.66 is in office (pg allows it) and in the deny list.
-    verify(&mut h, FrameSpec::tcp("198.51.100.66", 5432), XDP_DROP, Reason::Deny);
-    verify(&mut h, FrameSpec::icmp("198.51.100.66", 3), XDP_DROP, Reason::Deny);
-    verify(&mut h, FrameSpec::tcp("203.0.113.9", 22), XDP_DROP, Reason::Deny);
-    verify(&mut h, FrameSpec::tcp("2001:db8:100:bad::1", 5432), XDP_DROP, Reason::Deny);
-    verify(&mut h, FrameSpec::icmp("2001:db8:100:bad::1", 135), XDP_DROP, Reason::Deny);
+    verify(
+        &mut h,
+        FrameSpec::tcp("198.51.100.66", 5432),
+        XDP_DROP,
+        Reason::Deny,
+    );
+    verify(
+        &mut h,
+        FrameSpec::icmp("198.51.100.66", 3),
+        XDP_DROP,
+        Reason::Deny,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("203.0.113.9", 22),
+        XDP_DROP,
+        Reason::Deny,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:100:bad::1", 5432),
+        XDP_DROP,
+        Reason::Deny,
+    );
+    verify(
+        &mut h,
+        FrameSpec::icmp("2001:db8:100:bad::1", 135),
+        XDP_DROP,
+        Reason::Deny,
+    );
     // Next door, outside the /64, office still gets in.
-    verify(&mut h, FrameSpec::tcp("2001:db8:100:bae::1", 5432), XDP_PASS, Reason::RuleAllowed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:100:bae::1", 5432),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
 }
 
 #[test]
@@ -140,28 +188,54 @@ fn essential_icmp_passes_under_default_drop_from_unlisted_sources() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
     for icmp_type in [3, 11, 12] {
-        verify(&mut h, FrameSpec::icmp("8.8.8.8", icmp_type), XDP_PASS, Reason::EssentialIcmp);
+        verify(
+            &mut h,
+            FrameSpec::icmp("8.8.8.8", icmp_type),
+            XDP_PASS,
+            Reason::EssentialIcmp,
+        );
     }
     for icmp_type in [1, 2, 3, 4, 130, 131, 132, 133, 134, 135, 136, 137, 143] {
-        verify(&mut h, FrameSpec::icmp("2001:4860::8888", icmp_type), XDP_PASS, Reason::EssentialIcmp);
+        verify(
+            &mut h,
+            FrameSpec::icmp("2001:4860::8888", icmp_type),
+            XDP_PASS,
+            Reason::EssentialIcmp,
+        );
     }
     // Not essential: redirect, timestamp, and ICMPv6 types just outside the ranges.
     for icmp_type in [0, 5, 13, 4 + 2] {
-        verify(&mut h, FrameSpec::icmp("8.8.8.8", icmp_type), XDP_DROP, Reason::DefaultDrop);
+        verify(
+            &mut h,
+            FrameSpec::icmp("8.8.8.8", icmp_type),
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
     }
     for icmp_type in [0, 5, 127, 128, 129, 138, 142, 144, 255] {
-        verify(&mut h, FrameSpec::icmp("2001:4860::8888", icmp_type), XDP_DROP, Reason::DefaultDrop);
+        verify(
+            &mut h,
+            FrameSpec::icmp("2001:4860::8888", icmp_type),
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
     }
     // An ICMP type number in the wrong family's protocol is just another protocol.
     verify(
         &mut h,
-        FrameSpec::v4("8.8.8.8".parse().unwrap(), Transport::Icmpv6 { icmp_type: 135 }),
+        FrameSpec::v4(
+            "8.8.8.8".parse().unwrap(),
+            Transport::Icmpv6 { icmp_type: 135 },
+        ),
         XDP_DROP,
         Reason::DefaultDrop,
     );
     verify(
         &mut h,
-        FrameSpec::v6("2001:4860::8888".parse().unwrap(), Transport::Icmp { icmp_type: 3 }),
+        FrameSpec::v6(
+            "2001:4860::8888".parse().unwrap(),
+            Transport::Icmp { icmp_type: 3 },
+        ),
         XDP_DROP,
         Reason::DefaultDrop,
     );
@@ -171,13 +245,38 @@ fn essential_icmp_passes_under_default_drop_from_unlisted_sources() {
 fn icmp_echo_follows_the_default() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
-    verify(&mut h, FrameSpec::icmp("8.8.8.8", 8), XDP_DROP, Reason::DefaultDrop);
-    verify(&mut h, FrameSpec::icmp("2001:4860::8888", 128), XDP_DROP, Reason::DefaultDrop);
+    verify(
+        &mut h,
+        FrameSpec::icmp("8.8.8.8", 8),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
+    verify(
+        &mut h,
+        FrameSpec::icmp("2001:4860::8888", 128),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
     // Listed in a rule's from, but echo has no port a rule could cover.
-    verify(&mut h, FrameSpec::icmp("10.2.3.4", 8), XDP_DROP, Reason::DefaultDrop);
+    verify(
+        &mut h,
+        FrameSpec::icmp("10.2.3.4", 8),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
     h.apply(&matrix("pass", "enforce"));
-    verify(&mut h, FrameSpec::icmp("8.8.8.8", 8), XDP_PASS, Reason::DefaultPass);
-    verify(&mut h, FrameSpec::icmp("2001:4860::8888", 128), XDP_PASS, Reason::DefaultPass);
+    verify(
+        &mut h,
+        FrameSpec::icmp("8.8.8.8", 8),
+        XDP_PASS,
+        Reason::DefaultPass,
+    );
+    verify(
+        &mut h,
+        FrameSpec::icmp("2001:4860::8888", 128),
+        XDP_PASS,
+        Reason::DefaultPass,
+    );
 }
 
 #[test]
@@ -185,20 +284,25 @@ fn listed_source_on_a_covered_port_passes_with_the_first_listing_rule() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
     let cases = [
-        ("34.106.60.246", 5432, "pg"),   // airbyte-us
-        ("13.37.142.60", 5432, "pg"),    // airbyte-eu
-        ("198.51.100.200", 5432, "pg"),  // office
+        ("34.106.60.246", 5432, "pg"),  // airbyte-us
+        ("13.37.142.60", 5432, "pg"),   // airbyte-eu
+        ("198.51.100.200", 5432, "pg"), // office
         ("2001:db8:100:1::1", 5432, "pg"),
         ("10.200.0.1", 8000, "web"),
         ("10.200.0.1", 443, "web"),
-        ("192.0.2.127", 8000, "web"),    // partners, last address before the hole
+        ("192.0.2.127", 8000, "web"), // partners, last address before the hole
         ("2001:db8:2fe:ffff::1", 443, "web"),
-        ("10.1.0.1", 53, "dns"),         // 10.1/16 is inside web's 10/8 too, web does not cover 53
+        ("10.1.0.1", 53, "dns"), // 10.1/16 is inside web's 10/8 too, web does not cover 53
         ("2001:db8:53::35", 53, "dns"),
     ];
     for (src, port, rule) in cases {
         let policy = h.policy.clone().unwrap();
-        let out = verify(&mut h, FrameSpec::tcp(src, port), XDP_PASS, Reason::RuleAllowed);
+        let out = verify(
+            &mut h,
+            FrameSpec::tcp(src, port),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
         assert_eq!(out.rule, policy.rule_index(rule), "{src} to {port}/tcp");
     }
 }
@@ -208,15 +312,35 @@ fn unlisted_source_on_a_covered_port_is_refused_by_the_lowest_covering_rule() {
     let mut h = Harness::new();
     let policy = h.apply(&matrix("pass", "enforce"));
     // 5432/tcp is covered by pg only.
-    let out = verify(&mut h, FrameSpec::tcp("192.0.2.10", 5432), XDP_DROP, Reason::RuleRefused);
+    let out = verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.10", 5432),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     assert_eq!(out.rule, policy.rule_index("pg"));
     // 8000/tcp is covered by web and web-hole: refusals are attributed to web.
-    let out = verify(&mut h, FrameSpec::tcp("8.8.8.8", 8000), XDP_DROP, Reason::RuleRefused);
+    let out = verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 8000),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     assert_eq!(out.rule, policy.rule_index("web"));
-    let out = verify(&mut h, FrameSpec::tcp("2001:4860::1", 8000), XDP_DROP, Reason::RuleRefused);
+    let out = verify(
+        &mut h,
+        FrameSpec::tcp("2001:4860::1", 8000),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     assert_eq!(out.rule, policy.rule_index("web"));
     // 53/udp from inside 10/8 but outside 10.1/16: dns covers it, web does not.
-    let out = verify(&mut h, FrameSpec::udp("10.2.0.1", 53), XDP_DROP, Reason::RuleRefused);
+    let out = verify(
+        &mut h,
+        FrameSpec::udp("10.2.0.1", 53),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     assert_eq!(out.rule, policy.rule_index("dns"));
 }
 
@@ -224,15 +348,55 @@ fn unlisted_source_on_a_covered_port_is_refused_by_the_lowest_covering_rule() {
 fn uncovered_port_gets_the_default() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
-    verify(&mut h, FrameSpec::tcp("34.106.60.246", 22), XDP_DROP, Reason::DefaultDrop);
-    verify(&mut h, FrameSpec::udp("34.106.60.246", 5432), XDP_DROP, Reason::DefaultDrop);
-    verify(&mut h, FrameSpec::other("10.0.0.1", IPPROTO_SCTP), XDP_DROP, Reason::DefaultDrop);
-    verify(&mut h, FrameSpec::tcp("2001:4860::1", 22), XDP_DROP, Reason::DefaultDrop);
+    verify(
+        &mut h,
+        FrameSpec::tcp("34.106.60.246", 22),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
+    verify(
+        &mut h,
+        FrameSpec::udp("34.106.60.246", 5432),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
+    verify(
+        &mut h,
+        FrameSpec::other("10.0.0.1", IPPROTO_SCTP),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:4860::1", 22),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
     h.apply(&matrix("pass", "enforce"));
-    verify(&mut h, FrameSpec::tcp("34.106.60.246", 22), XDP_PASS, Reason::DefaultPass);
-    verify(&mut h, FrameSpec::udp("8.8.8.8", 5432), XDP_PASS, Reason::DefaultPass);
-    verify(&mut h, FrameSpec::other("2001:4860::1", IPPROTO_ESP), XDP_PASS, Reason::DefaultPass);
-    verify(&mut h, FrameSpec::tcp("2001:4860::1", 65535), XDP_PASS, Reason::DefaultPass);
+    verify(
+        &mut h,
+        FrameSpec::tcp("34.106.60.246", 22),
+        XDP_PASS,
+        Reason::DefaultPass,
+    );
+    verify(
+        &mut h,
+        FrameSpec::udp("8.8.8.8", 5432),
+        XDP_PASS,
+        Reason::DefaultPass,
+    );
+    verify(
+        &mut h,
+        FrameSpec::other("2001:4860::1", IPPROTO_ESP),
+        XDP_PASS,
+        Reason::DefaultPass,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:4860::1", 65535),
+        XDP_PASS,
+        Reason::DefaultPass,
+    );
 }
 
 #[test]
@@ -240,14 +404,39 @@ fn udp_port_ranges_are_inclusive_and_udp_only() {
     let mut h = Harness::new();
     h.apply(&matrix("pass", "enforce"));
     for port in [60000, 60001, 60050, 60099, 60100] {
-        verify(&mut h, FrameSpec::udp("192.0.2.5", port), XDP_PASS, Reason::RuleAllowed);
-        verify(&mut h, FrameSpec::udp("8.8.8.8", port), XDP_DROP, Reason::RuleRefused);
-        verify(&mut h, FrameSpec::udp("2001:db8:200::5", port), XDP_PASS, Reason::RuleAllowed);
+        verify(
+            &mut h,
+            FrameSpec::udp("192.0.2.5", port),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
+        verify(
+            &mut h,
+            FrameSpec::udp("8.8.8.8", port),
+            XDP_DROP,
+            Reason::RuleRefused,
+        );
+        verify(
+            &mut h,
+            FrameSpec::udp("2001:db8:200::5", port),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
         // The same numbers over TCP are not covered.
-        verify(&mut h, FrameSpec::tcp("8.8.8.8", port), XDP_PASS, Reason::DefaultPass);
+        verify(
+            &mut h,
+            FrameSpec::tcp("8.8.8.8", port),
+            XDP_PASS,
+            Reason::DefaultPass,
+        );
     }
     for port in [59999, 60101] {
-        verify(&mut h, FrameSpec::udp("8.8.8.8", port), XDP_PASS, Reason::DefaultPass);
+        verify(
+            &mut h,
+            FrameSpec::udp("8.8.8.8", port),
+            XDP_PASS,
+            Reason::DefaultPass,
+        );
     }
 }
 
@@ -256,27 +445,102 @@ fn except_holes_refuse_and_a_set_inside_the_hole_reopens_it() {
     let mut h = Harness::new();
     let policy = h.apply(&matrix("drop", "enforce"));
     // partners = 192.0.2.0/24 except 192.0.2.128/25; inside-hole = 192.0.2.192/26.
-    verify(&mut h, FrameSpec::tcp("192.0.2.0", 443), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, FrameSpec::tcp("192.0.2.127", 443), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, FrameSpec::tcp("192.0.2.128", 443), XDP_DROP, Reason::RuleRefused);
-    verify(&mut h, FrameSpec::tcp("192.0.2.191", 443), XDP_DROP, Reason::RuleRefused);
+    verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.0", 443),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.127", 443),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.128", 443),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.191", 443),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     // 443 is web's only: the nested set does not help there...
-    verify(&mut h, FrameSpec::tcp("192.0.2.200", 443), XDP_DROP, Reason::RuleRefused);
+    verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.200", 443),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     // ...but on 8000 web-hole lists it.
-    let out = verify(&mut h, FrameSpec::tcp("192.0.2.200", 8000), XDP_PASS, Reason::RuleAllowed);
+    let out = verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.200", 8000),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
     assert_eq!(out.rule, policy.rule_index("web-hole"));
-    verify(&mut h, FrameSpec::tcp("192.0.2.255", 8000), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, FrameSpec::tcp("192.0.2.150", 8000), XDP_DROP, Reason::RuleRefused);
+    verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.255", 8000),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("192.0.2.150", 8000),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     // IPv6: 2001:db8:200::/40 except 2001:db8:2ff::/48, reopened by 2001:db8:2ff:1::/64.
-    verify(&mut h, FrameSpec::tcp("2001:db8:2fe::1", 8000), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, FrameSpec::tcp("2001:db8:2ff::1", 8000), XDP_DROP, Reason::RuleRefused);
-    let out = verify(&mut h, FrameSpec::tcp("2001:db8:2ff:1::1", 8000), XDP_PASS, Reason::RuleAllowed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:2fe::1", 8000),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:2ff::1", 8000),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
+    let out = verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:2ff:1::1", 8000),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
     assert_eq!(out.rule, policy.rule_index("web-hole"));
-    verify(&mut h, FrameSpec::tcp("2001:db8:2ff:2::1", 8000), XDP_DROP, Reason::RuleRefused);
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:2ff:2::1", 8000),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
     // Edges of the /40.
-    verify(&mut h, FrameSpec::tcp("2001:db8:2ff:ffff:ffff:ffff:ffff:ffff", 443), XDP_DROP, Reason::RuleRefused);
-    verify(&mut h, FrameSpec::tcp("2001:db8:300::", 443), XDP_DROP, Reason::RuleRefused);
-    verify(&mut h, FrameSpec::tcp("2001:db8:1ff:ffff::1", 443), XDP_DROP, Reason::RuleRefused);
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:2ff:ffff:ffff:ffff:ffff:ffff", 443),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:300::", 443),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:1ff:ffff::1", 443),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
 }
 
 #[test]
@@ -308,7 +572,9 @@ rules:
 "#;
     let mut h = Harness::new();
     let policy = h.apply(yaml);
-    let pg = |h: &mut Harness, src: &str, action, reason| verify(h, FrameSpec::tcp(src, 5432), action, reason);
+    let pg = |h: &mut Harness, src: &str, action, reason| {
+        verify(h, FrameSpec::tcp(src, 5432), action, reason)
+    };
     pg(&mut h, "10.1.2.3", XDP_PASS, Reason::Management);
     pg(&mut h, "10.1.2.4", XDP_DROP, Reason::Deny);
     pg(&mut h, "10.1.3.4", XDP_PASS, Reason::RuleAllowed);
@@ -318,9 +584,24 @@ rules:
     assert_eq!(out.rule, policy.rule_index("narrow-pg"));
     pg(&mut h, "10.1.200.32", XDP_DROP, Reason::RuleRefused);
     pg(&mut h, "10.2.0.1", XDP_DROP, Reason::RuleRefused);
-    verify(&mut h, FrameSpec::tcp("10.2.0.1", 22), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, FrameSpec::tcp("10.1.200.17", 22), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, FrameSpec::tcp("10.1.2.4", 22), XDP_DROP, Reason::Deny);
+    verify(
+        &mut h,
+        FrameSpec::tcp("10.2.0.1", 22),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("10.1.200.17", 22),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("10.1.2.4", 22),
+        XDP_DROP,
+        Reason::Deny,
+    );
     pg(&mut h, "2001:db8:1:2::3", XDP_PASS, Reason::Management);
     pg(&mut h, "2001:db8:1:2::4", XDP_DROP, Reason::Deny);
     pg(&mut h, "2001:db8:1:3::4", XDP_PASS, Reason::RuleAllowed);
@@ -328,20 +609,55 @@ rules:
     let out = pg(&mut h, "2001:db8:1:c000::99", XDP_PASS, Reason::RuleAllowed);
     assert_eq!(out.rule, policy.rule_index("narrow-pg"));
     pg(&mut h, "2001:db8:2::1", XDP_DROP, Reason::RuleRefused);
-    verify(&mut h, FrameSpec::tcp("2001:db8:2::1", 22), XDP_PASS, Reason::RuleAllowed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:2::1", 22),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
 }
 
 #[test]
 fn monitor_mode_passes_everything_but_counts_the_would_be_verdict() {
     let mut h = Harness::new();
     let policy = h.apply(&matrix("drop", "monitor"));
-    let out = verify(&mut h, FrameSpec::tcp("8.8.8.8", 5432), XDP_PASS, Reason::RuleRefused);
+    let out = verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 5432),
+        XDP_PASS,
+        Reason::RuleRefused,
+    );
     assert_eq!(out.rule, policy.rule_index("pg"));
-    verify(&mut h, FrameSpec::tcp("203.0.113.9", 5432), XDP_PASS, Reason::Deny);
-    verify(&mut h, FrameSpec::tcp("8.8.8.8", 22), XDP_PASS, Reason::DefaultDrop);
-    verify(&mut h, FrameSpec::tcp("8.8.8.8", 5432).truncate(40), XDP_PASS, Reason::Malformed);
-    verify(&mut h, FrameSpec::tcp("8.8.8.8", 80).fragment(3, false), XDP_PASS, Reason::FragmentDrop);
-    let out = verify(&mut h, FrameSpec::tcp("34.106.60.246", 5432), XDP_PASS, Reason::RuleAllowed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("203.0.113.9", 5432),
+        XDP_PASS,
+        Reason::Deny,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 22),
+        XDP_PASS,
+        Reason::DefaultDrop,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 5432).truncate(40),
+        XDP_PASS,
+        Reason::Malformed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 80).fragment(3, false),
+        XDP_PASS,
+        Reason::FragmentDrop,
+    );
+    let out = verify(
+        &mut h,
+        FrameSpec::tcp("34.106.60.246", 5432),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
     assert_eq!(out.rule, policy.rule_index("pg"));
 }
 
@@ -366,10 +682,30 @@ fn vlan_and_qinq_tags_are_looked_through() {
             spec.tags = tags.to_vec();
             spec
         };
-        verify(&mut h, tagged(FrameSpec::tcp("34.106.60.246", 5432)), XDP_PASS, Reason::RuleAllowed);
-        verify(&mut h, tagged(FrameSpec::tcp("8.8.8.8", 5432)), XDP_DROP, Reason::RuleRefused);
-        verify(&mut h, tagged(FrameSpec::tcp("2001:db8:100::1", 5432)), XDP_PASS, Reason::RuleAllowed);
-        verify(&mut h, tagged(FrameSpec::udp("2001:4860::1", 60000)), XDP_DROP, Reason::RuleRefused);
+        verify(
+            &mut h,
+            tagged(FrameSpec::tcp("34.106.60.246", 5432)),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
+        verify(
+            &mut h,
+            tagged(FrameSpec::tcp("8.8.8.8", 5432)),
+            XDP_DROP,
+            Reason::RuleRefused,
+        );
+        verify(
+            &mut h,
+            tagged(FrameSpec::tcp("2001:db8:100::1", 5432)),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
+        verify(
+            &mut h,
+            tagged(FrameSpec::udp("2001:4860::1", 60000)),
+            XDP_DROP,
+            Reason::RuleRefused,
+        );
         verify(&mut h, tagged(FrameSpec::arp()), XDP_PASS, Reason::NonIp);
     }
 }
@@ -383,7 +719,10 @@ fn a_third_vlan_tag_is_malformed_not_non_ip() {
         .tag(Tag::Dot1Q)
         .tag(Tag::Dot1Q);
     verify(&mut h, spec, XDP_DROP, Reason::Malformed);
-    let spec = FrameSpec::arp().tag(Tag::Dot1Q).tag(Tag::Dot1Q).tag(Tag::Dot1Q);
+    let spec = FrameSpec::arp()
+        .tag(Tag::Dot1Q)
+        .tag(Tag::Dot1Q)
+        .tag(Tag::Dot1Q);
     verify(&mut h, spec, XDP_DROP, Reason::Malformed);
 }
 
@@ -393,10 +732,30 @@ fn ipv4_options_move_the_transport_header() {
     h.apply(&matrix("drop", "enforce"));
     for words in 1..=10u8 {
         // IHL 6..15: the ports are found after the options, whatever their length.
-        verify(&mut h, FrameSpec::tcp("34.106.60.246", 5432).options(words), XDP_PASS, Reason::RuleAllowed);
-        verify(&mut h, FrameSpec::tcp("8.8.8.8", 5432).options(words), XDP_DROP, Reason::RuleRefused);
-        verify(&mut h, FrameSpec::udp("10.9.9.9", 60100).options(words), XDP_PASS, Reason::RuleAllowed);
-        verify(&mut h, FrameSpec::icmp("8.8.8.8", 3).options(words), XDP_PASS, Reason::EssentialIcmp);
+        verify(
+            &mut h,
+            FrameSpec::tcp("34.106.60.246", 5432).options(words),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
+        verify(
+            &mut h,
+            FrameSpec::tcp("8.8.8.8", 5432).options(words),
+            XDP_DROP,
+            Reason::RuleRefused,
+        );
+        verify(
+            &mut h,
+            FrameSpec::udp("10.9.9.9", 60100).options(words),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
+        verify(
+            &mut h,
+            FrameSpec::icmp("8.8.8.8", 3).options(words),
+            XDP_PASS,
+            Reason::EssentialIcmp,
+        );
         // Options cut short: the source is known, the header is not whole.
         let full = FrameSpec::tcp("8.8.8.8", 22).options(words);
         let cut = 14 + 20 + 4 * usize::from(words) - 1;
@@ -409,23 +768,68 @@ fn malformed_ipv4_headers_are_dropped() {
     let mut h = Harness::new();
     h.apply(&matrix("pass", "enforce"));
     for ihl in 0..5 {
-        verify(&mut h, FrameSpec::tcp("34.106.60.246", 5432).ihl(ihl), XDP_DROP, Reason::Malformed);
+        verify(
+            &mut h,
+            FrameSpec::tcp("34.106.60.246", 5432).ihl(ihl),
+            XDP_DROP,
+            Reason::Malformed,
+        );
     }
     // Version 6 behind an IPv4 ethertype, and the reverse.
-    verify(&mut h, FrameSpec::tcp("34.106.60.246", 5432).version(6), XDP_DROP, Reason::Malformed);
-    verify(&mut h, FrameSpec::tcp("2001:db8:100::1", 5432).version(4), XDP_DROP, Reason::Malformed);
-    verify(&mut h, FrameSpec::tcp("34.106.60.246", 5432).version(0), XDP_DROP, Reason::Malformed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("34.106.60.246", 5432).version(6),
+        XDP_DROP,
+        Reason::Malformed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:db8:100::1", 5432).version(4),
+        XDP_DROP,
+        Reason::Malformed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("34.106.60.246", 5432).version(0),
+        XDP_DROP,
+        Reason::Malformed,
+    );
     // A total length shorter than the header itself.
     for total in [0, 19] {
-        verify(&mut h, FrameSpec::tcp("8.8.8.8", 22).total_len(total), XDP_DROP, Reason::Malformed);
+        verify(
+            &mut h,
+            FrameSpec::tcp("8.8.8.8", 22).total_len(total),
+            XDP_DROP,
+            Reason::Malformed,
+        );
     }
-    verify(&mut h, FrameSpec::tcp("8.8.8.8", 22).options(2).total_len(27), XDP_DROP, Reason::Malformed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 22).options(2).total_len(27),
+        XDP_DROP,
+        Reason::Malformed,
+    );
     // ...but from management it still passes (the source is known).
-    verify(&mut h, FrameSpec::tcp("203.0.113.7", 22).total_len(12), XDP_PASS, Reason::Management);
+    verify(
+        &mut h,
+        FrameSpec::tcp("203.0.113.7", 22).total_len(12),
+        XDP_PASS,
+        Reason::Management,
+    );
     // Without a readable source there is no management exception.
-    verify(&mut h, FrameSpec::tcp("203.0.113.7", 22).ihl(4), XDP_DROP, Reason::Malformed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("203.0.113.7", 22).ihl(4),
+        XDP_DROP,
+        Reason::Malformed,
+    );
     // An IHL pointing past the data: options missing.
-    verify(&mut h, FrameSpec::tcp("8.8.8.8", 22).ihl(15), XDP_DROP, Reason::Malformed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 22).ihl(15),
+        XDP_DROP,
+        Reason::Malformed,
+    );
 }
 
 #[test]
@@ -433,18 +837,48 @@ fn first_fragments_are_filtered_on_their_ports() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
     let first = |spec: FrameSpec| spec.fragment(0, true);
-    verify(&mut h, first(FrameSpec::tcp("34.106.60.246", 5432)), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, first(FrameSpec::tcp("8.8.8.8", 5432)), XDP_DROP, Reason::RuleRefused);
-    verify(&mut h, first(FrameSpec::udp("10.0.0.1", 60000)), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, first(FrameSpec::tcp("10.0.0.1", 22)), XDP_DROP, Reason::DefaultDrop);
+    verify(
+        &mut h,
+        first(FrameSpec::tcp("34.106.60.246", 5432)),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        first(FrameSpec::tcp("8.8.8.8", 5432)),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
+    verify(
+        &mut h,
+        first(FrameSpec::udp("10.0.0.1", 60000)),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        first(FrameSpec::tcp("10.0.0.1", 22)),
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
     let v6_first = |src: &str, port| {
         FrameSpec::tcp(src, port).ext(Ext::Fragment {
             offset: 0,
             more: true,
         })
     };
-    verify(&mut h, v6_first("2001:db8:100::1", 5432), XDP_PASS, Reason::RuleAllowed);
-    verify(&mut h, v6_first("2001:4860::1", 5432), XDP_DROP, Reason::RuleRefused);
+    verify(
+        &mut h,
+        v6_first("2001:db8:100::1", 5432),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
+    verify(
+        &mut h,
+        v6_first("2001:4860::1", 5432),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
 }
 
 #[test]
@@ -454,19 +888,51 @@ fn non_first_fragments_pass_only_for_listed_sources_or_under_default_pass() {
     let later = |src: &str, offset| FrameSpec::udp(src, 9).fragment(offset, true);
     for offset in [1, 2, 185, 0x1fff] {
         // Listed in some rule's from (web's 10/8): passes, whatever the port was.
-        verify(&mut h, later("10.0.0.1", offset), XDP_PASS, Reason::FragmentPass);
-        verify(&mut h, later("8.8.8.8", offset), XDP_DROP, Reason::FragmentDrop);
-        verify(&mut h, later("192.0.2.150", offset), XDP_DROP, Reason::FragmentDrop);
+        verify(
+            &mut h,
+            later("10.0.0.1", offset),
+            XDP_PASS,
+            Reason::FragmentPass,
+        );
+        verify(
+            &mut h,
+            later("8.8.8.8", offset),
+            XDP_DROP,
+            Reason::FragmentDrop,
+        );
+        verify(
+            &mut h,
+            later("192.0.2.150", offset),
+            XDP_DROP,
+            Reason::FragmentDrop,
+        );
         verify(&mut h, later("203.0.113.9", offset), XDP_DROP, Reason::Deny);
-        verify(&mut h, later("203.0.113.7", offset), XDP_PASS, Reason::Management);
+        verify(
+            &mut h,
+            later("203.0.113.7", offset),
+            XDP_PASS,
+            Reason::Management,
+        );
     }
     // The last fragment (MF clear) too, and any protocol.
-    verify(&mut h, FrameSpec::other("8.8.8.8", IPPROTO_GRE).fragment(100, false), XDP_DROP, Reason::FragmentDrop);
-    verify(&mut h, FrameSpec::tcp("34.106.60.246", 22).fragment(100, false), XDP_PASS, Reason::FragmentPass);
+    verify(
+        &mut h,
+        FrameSpec::other("8.8.8.8", IPPROTO_GRE).fragment(100, false),
+        XDP_DROP,
+        Reason::FragmentDrop,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("34.106.60.246", 22).fragment(100, false),
+        XDP_PASS,
+        Reason::FragmentPass,
+    );
     // No transport header is needed: a fragment that is all IP header is fine.
     verify(
         &mut h,
-        FrameSpec::tcp("10.0.0.1", 22).fragment(100, false).truncate(14 + 20),
+        FrameSpec::tcp("10.0.0.1", 22)
+            .fragment(100, false)
+            .truncate(14 + 20),
         XDP_PASS,
         Reason::FragmentPass,
     );
@@ -476,11 +942,26 @@ fn non_first_fragments_pass_only_for_listed_sources_or_under_default_pass() {
             more: false,
         })
     };
-    verify(&mut h, v6_later("2001:db8:100::1", 7), XDP_PASS, Reason::FragmentPass);
-    verify(&mut h, v6_later("2001:4860::1", 7), XDP_DROP, Reason::FragmentDrop);
+    verify(
+        &mut h,
+        v6_later("2001:db8:100::1", 7),
+        XDP_PASS,
+        Reason::FragmentPass,
+    );
+    verify(
+        &mut h,
+        v6_later("2001:4860::1", 7),
+        XDP_DROP,
+        Reason::FragmentDrop,
+    );
     h.apply(&matrix("pass", "enforce"));
     verify(&mut h, later("8.8.8.8", 3), XDP_PASS, Reason::FragmentPass);
-    verify(&mut h, v6_later("2001:4860::1", 7), XDP_PASS, Reason::FragmentPass);
+    verify(
+        &mut h,
+        v6_later("2001:4860::1", 7),
+        XDP_PASS,
+        Reason::FragmentPass,
+    );
 }
 
 #[test]
@@ -488,11 +969,31 @@ fn tcp_fragment_at_offset_8_bytes_is_malformed() {
     // RFC 1858: it can only be an attempt to rewrite the first fragment's ports.
     let mut h = Harness::new();
     h.apply(&matrix("pass", "enforce"));
-    verify(&mut h, FrameSpec::tcp("34.106.60.246", 5432).fragment(1, true), XDP_DROP, Reason::Malformed);
-    verify(&mut h, FrameSpec::tcp("203.0.113.7", 5432).fragment(1, true), XDP_PASS, Reason::Management);
+    verify(
+        &mut h,
+        FrameSpec::tcp("34.106.60.246", 5432).fragment(1, true),
+        XDP_DROP,
+        Reason::Malformed,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("203.0.113.7", 5432).fragment(1, true),
+        XDP_PASS,
+        Reason::Management,
+    );
     // UDP at offset 1, TCP at offset 2: ordinary non-first fragments.
-    verify(&mut h, FrameSpec::udp("8.8.8.8", 53).fragment(1, true), XDP_PASS, Reason::FragmentPass);
-    verify(&mut h, FrameSpec::tcp("8.8.8.8", 53).fragment(2, true), XDP_PASS, Reason::FragmentPass);
+    verify(
+        &mut h,
+        FrameSpec::udp("8.8.8.8", 53).fragment(1, true),
+        XDP_PASS,
+        Reason::FragmentPass,
+    );
+    verify(
+        &mut h,
+        FrameSpec::tcp("8.8.8.8", 53).fragment(2, true),
+        XDP_PASS,
+        Reason::FragmentPass,
+    );
     let v6 = FrameSpec::tcp("2001:db8:100::1", 5432).ext(Ext::Fragment {
         offset: 1,
         more: true,
@@ -519,15 +1020,45 @@ fn ipv6_extension_headers_of_each_kind_are_walked() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
     for ext in ext_kinds() {
-        verify(&mut h, FrameSpec::tcp("2001:db8:100::1", 5432).ext(ext), XDP_PASS, Reason::RuleAllowed);
-        verify(&mut h, FrameSpec::tcp("2001:4860::1", 5432).ext(ext), XDP_DROP, Reason::RuleRefused);
-        verify(&mut h, FrameSpec::udp("2001:db8:200::1", 60000).ext(ext), XDP_PASS, Reason::RuleAllowed);
-        verify(&mut h, FrameSpec::icmp("2001:4860::1", 135).ext(ext), XDP_PASS, Reason::EssentialIcmp);
-        verify(&mut h, FrameSpec::icmp("2001:4860::1", 128).ext(ext), XDP_DROP, Reason::DefaultDrop);
+        verify(
+            &mut h,
+            FrameSpec::tcp("2001:db8:100::1", 5432).ext(ext),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
+        verify(
+            &mut h,
+            FrameSpec::tcp("2001:4860::1", 5432).ext(ext),
+            XDP_DROP,
+            Reason::RuleRefused,
+        );
+        verify(
+            &mut h,
+            FrameSpec::udp("2001:db8:200::1", 60000).ext(ext),
+            XDP_PASS,
+            Reason::RuleAllowed,
+        );
+        verify(
+            &mut h,
+            FrameSpec::icmp("2001:4860::1", 135).ext(ext),
+            XDP_PASS,
+            Reason::EssentialIcmp,
+        );
+        verify(
+            &mut h,
+            FrameSpec::icmp("2001:4860::1", 128).ext(ext),
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
     }
     // The longest an 8-bit length allows (2 KiB), still inside one buffer.
     let longest = Ext::DestOpts { len: 255 };
-    verify(&mut h, FrameSpec::tcp("2001:4860::1", 5432).ext(longest), XDP_DROP, Reason::RuleRefused);
+    verify(
+        &mut h,
+        FrameSpec::tcp("2001:4860::1", 5432).ext(longest),
+        XDP_DROP,
+        Reason::RuleRefused,
+    );
 }
 
 #[test]
@@ -641,7 +1172,9 @@ fn truncation_at_every_length_has_the_defined_verdict() {
     let frames = [
         FrameSpec::tcp("34.106.60.246", 5432),
         FrameSpec::tcp("34.106.60.246", 5432).options(3),
-        FrameSpec::tcp("34.106.60.246", 5432).tag(Tag::Dot1Ad).tag(Tag::Dot1Q),
+        FrameSpec::tcp("34.106.60.246", 5432)
+            .tag(Tag::Dot1Ad)
+            .tag(Tag::Dot1Q),
         FrameSpec::udp("10.0.0.1", 60000),
         FrameSpec::icmp("8.8.8.8", 3),
         FrameSpec::tcp("203.0.113.7", 22), // management: passes once its source is readable
@@ -693,7 +1226,10 @@ fn truncation_at_every_length_has_the_defined_verdict() {
             classes.insert(format!("{:?}", frame.class));
             runs += 1;
         }
-        assert!(classes.len() >= 2, "{spec:?} never changed class: {classes:?}");
+        assert!(
+            classes.len() >= 2,
+            "{spec:?} never changed class: {classes:?}"
+        );
     }
     println!("{runs} truncated frames checked");
 }
@@ -706,7 +1242,12 @@ fn neighbour_discovery_and_router_advertisements_pass() {
     // redirect; from link-local, unspecified (DAD) and global sources.
     for src in ["fe80::1", "::", "2001:4860::1"] {
         for icmp_type in [133, 134, 135, 136, 137] {
-            verify(&mut h, FrameSpec::icmp(src, icmp_type), XDP_PASS, Reason::EssentialIcmp);
+            verify(
+                &mut h,
+                FrameSpec::icmp(src, icmp_type),
+                XDP_PASS,
+                Reason::EssentialIcmp,
+            );
         }
     }
     // MLD reports behind a hop-by-hop router alert.
@@ -714,7 +1255,12 @@ fn neighbour_discovery_and_router_advertisements_pass() {
     verify(&mut h, mld, XDP_PASS, Reason::EssentialIcmp);
     verify(&mut h, FrameSpec::arp(), XDP_PASS, Reason::NonIp);
     // A neighbour solicitation from a denied source is still denied.
-    verify(&mut h, FrameSpec::icmp("2001:db8:100:bad::1", 135), XDP_DROP, Reason::Deny);
+    verify(
+        &mut h,
+        FrameSpec::icmp("2001:db8:100:bad::1", 135),
+        XDP_DROP,
+        Reason::Deny,
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -753,13 +1299,19 @@ fn random_policies_and_packets_agree_with_the_reference_model() {
             match h.compare(&frame) {
                 Ok(outcome) => *by_reason.entry(outcome.reason.name()).or_default() += 1,
                 Err(d) => disagreements.push((
-                    format!("{} vs {}", d.kernel.reason.name(), d.reference.reason.name()),
+                    format!(
+                        "{} vs {}",
+                        d.kernel.reason.name(),
+                        d.reference.reason.name()
+                    ),
                     format!("round {round}:\n{d}\npolicy:\n{yaml}"),
                 )),
             }
         }
     }
-    println!("{packets} packets over {RANDOM_POLICIES} policies; verdicts by reason: {by_reason:?}");
+    println!(
+        "{packets} packets over {RANDOM_POLICIES} policies; verdicts by reason: {by_reason:?}"
+    );
     let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     for d in &disagreements {
         *kinds.entry(d.0.clone()).or_default() += 1;
@@ -779,7 +1331,11 @@ fn random_policies_and_packets_agree_with_the_reference_model() {
     // The generator must actually reach the interesting verdicts.
     for reason in Reason::ALL {
         if reason != Reason::NoPolicy {
-            assert!(by_reason.contains_key(reason.name()), "no packet got {}", reason.name());
+            assert!(
+                by_reason.contains_key(reason.name()),
+                "no packet got {}",
+                reason.name()
+            );
         }
     }
 }
@@ -855,7 +1411,11 @@ fn random_policy(rng: &mut StdRng) -> String {
     yaml += &format!(
         "default: {}\nmode: {}\n",
         if rng.random_bool(0.5) { "drop" } else { "pass" },
-        if rng.random_bool(0.2) { "monitor" } else { "enforce" },
+        if rng.random_bool(0.2) {
+            "monitor"
+        } else {
+            "enforce"
+        },
     );
     // Sets: cidrs from the pool, sometimes with except holes, which may in turn
     // contain a cidr of the same or another set.
@@ -911,7 +1471,10 @@ fn random_policy(rng: &mut StdRng) -> String {
             let r = if pick < 4 && !set_names.is_empty() {
                 set_names.choose(rng).unwrap().clone()
             } else if pick == 4 {
-                ["airbyte-us", "airbyte-eu"].choose(rng).unwrap().to_string()
+                ["airbyte-us", "airbyte-eu"]
+                    .choose(rng)
+                    .unwrap()
+                    .to_string()
             } else {
                 quoted(pool.choose(rng).unwrap())
             };
@@ -930,9 +1493,20 @@ fn random_policy(rng: &mut StdRng) -> String {
     // Ports from a small per-policy pool, so rules overlap.
     let port_pool: Vec<u16> = (0..6)
         .map(|_| {
-            *[22, 53, 80, 443, 5432, 8000, 60000, 1, 65535, rng.random_range(1..=65535)]
-                .choose(rng)
-                .unwrap()
+            *[
+                22,
+                53,
+                80,
+                443,
+                5432,
+                8000,
+                60000,
+                1,
+                65535,
+                rng.random_range(1..=65535),
+            ]
+            .choose(rng)
+            .unwrap()
         })
         .collect();
     yaml += "rules:\n";
@@ -976,7 +1550,11 @@ fn policy_nets(policy: &Policy) -> Vec<IpNet> {
 }
 
 fn policy_ports(policy: &Policy) -> Vec<PortRange> {
-    policy.rules.iter().flat_map(|r| r.ports.iter().copied()).collect()
+    policy
+        .rules
+        .iter()
+        .flat_map(|r| r.ports.iter().copied())
+        .collect()
 }
 
 /// A source aimed at the policy's prefixes: their first and last addresses, the
@@ -1001,8 +1579,12 @@ fn random_source(rng: &mut StdRng, nets: &[IpNet]) -> IpAddr {
 
 fn step(addr: IpAddr, by: i8) -> IpAddr {
     match addr {
-        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add_signed(i32::from(by)))),
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a).wrapping_add_signed(i128::from(by)))),
+        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
+            u32::from(a).wrapping_add_signed(i32::from(by)),
+        )),
+        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(a).wrapping_add_signed(i128::from(by)),
+        )),
     }
 }
 
@@ -1082,7 +1664,11 @@ fn random_frame(rng: &mut StdRng, nets: &[IpNet], ranges: &[PortRange]) -> Frame
     };
     let mut spec = FrameSpec::ip(src, transport);
     spec.tags = match rng.random_range(0..100) {
-        0..10 => vec![*[Tag::Dot1Q, Tag::Dot1Ad, Tag::QinQLegacy].choose(rng).unwrap()],
+        0..10 => vec![
+            *[Tag::Dot1Q, Tag::Dot1Ad, Tag::QinQLegacy]
+                .choose(rng)
+                .unwrap(),
+        ],
         10..15 => vec![Tag::Dot1Ad, Tag::Dot1Q],
         15 => vec![Tag::Dot1Q; 3],
         _ => Vec::new(),
@@ -1177,7 +1763,10 @@ fn a_new_policy_is_in_force_as_soon_as_apply_returns() {
         // Rule counters belong to the generation in force.
         let counters = h.counters();
         assert_eq!(counters.rules.len(), 3);
-        assert_eq!(counters.rules[0].0.packets, 1, "A's pg counted once since its apply");
+        assert_eq!(
+            counters.rules[0].0.packets, 1,
+            "A's pg counted once since its apply"
+        );
         assert_eq!(counters.rules[2].0.packets, 1);
 
         let b = h.apply(SWAP_B);
@@ -1187,7 +1776,10 @@ fn a_new_policy_is_in_force_as_soon_as_apply_returns() {
         verify(&mut h, only_a.clone(), XDP_DROP, Reason::DefaultDrop);
         let counters = h.counters();
         assert_eq!(counters.rules.len(), 2);
-        assert_eq!(counters.rules[1].0.packets, 1, "B's pg counted once since its apply");
+        assert_eq!(
+            counters.rules[1].0.packets, 1,
+            "B's pg counted once since its apply"
+        );
         assert_eq!(counters.rules[0], Default::default());
     }
 }
@@ -1296,7 +1888,10 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
     // The counters agree: every probe was decided by A or by B, never otherwise.
     let after = h.counters();
     let moved = |r: Reason| (after.reason(r).packets - before.reason(r).packets) as usize;
-    assert_eq!(moved(Reason::RuleAllowed), counts.both_pass + counts.only_a_pass);
+    assert_eq!(
+        moved(Reason::RuleAllowed),
+        counts.both_pass + counts.only_a_pass
+    );
     assert_eq!(moved(Reason::DefaultDrop), counts.only_a_drop);
     for reason in Reason::ALL {
         if reason != Reason::RuleAllowed && reason != Reason::DefaultDrop {
@@ -1305,7 +1900,12 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
     }
     // An even number of flips from A leaves A in force.
     h.policy = Some(parse_policy(SWAP_A));
-    verify(&mut h, FrameSpec::tcp("198.51.100.30", 7000), XDP_PASS, Reason::RuleAllowed);
+    verify(
+        &mut h,
+        FrameSpec::tcp("198.51.100.30", 7000),
+        XDP_PASS,
+        Reason::RuleAllowed,
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1347,9 +1947,17 @@ fn report_nanoseconds_per_packet() {
             })
             .expect("BPF_PROG_TEST_RUN");
         let after = h.counters();
-        assert_eq!(result.return_value, expected_outcome(&verdict).action, "{name}");
+        assert_eq!(
+            result.return_value,
+            expected_outcome(&verdict).action,
+            "{name}"
+        );
         let counted = after.reason(verdict.reason).packets - before.reason(verdict.reason).packets;
-        assert_eq!(counted, u64::from(BENCH_REPEAT), "{name}: every repetition counted");
+        assert_eq!(
+            counted,
+            u64::from(BENCH_REPEAT),
+            "{name}: every repetition counted"
+        );
         // The kernel reports the mean time of one repetition.
         println!(
             "{name}: {} ns/packet ({} over {BENCH_REPEAT} runs)",

@@ -90,9 +90,18 @@ fn applied_filter_enforces_over_ipv4_and_ipv6_after_the_cli_has_exited() {
     // `airlock apply` has exited: whatever happens now is the pinned filter alone.
     assert!(f.gets_in(addr::OFFICE_V4), "office over IPv4 must get in");
     assert!(f.gets_in(addr::OFFICE_V6), "office over IPv6 must get in");
-    assert!(f.kept_out(addr::STRANGER_V4), "stranger over IPv4 must be kept out");
-    assert!(f.kept_out(addr::STRANGER_V6), "stranger over IPv6 must be kept out");
-    assert!(f.kept_out(addr::PARTNER_V4), "partners are not in this rule");
+    assert!(
+        f.kept_out(addr::STRANGER_V4),
+        "stranger over IPv4 must be kept out"
+    );
+    assert!(
+        f.kept_out(addr::STRANGER_V6),
+        "stranger over IPv6 must be kept out"
+    );
+    assert!(
+        f.kept_out(addr::PARTNER_V4),
+        "partners are not in this rule"
+    );
 
     let status = f.status_json();
     let iface = &status["interfaces"][0];
@@ -100,10 +109,25 @@ fn applied_filter_enforces_over_ipv4_and_ipv6_after_the_cli_has_exited() {
     assert_eq!(iface["attachment"], "attached");
     assert_eq!(iface["rules"][0]["name"], "db");
     // Two accepted connections: at least their SYN and final ACK each passed rule db.
-    assert!(iface["rules"][0]["allowed"]["packets"].as_u64().unwrap_or(0) >= 4);
+    assert!(
+        iface["rules"][0]["allowed"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4
+    );
     // Three refused sources, one SYN each at least (retransmits may add more).
-    assert!(iface["rules"][0]["refused"]["packets"].as_u64().unwrap_or(0) >= 3);
-    assert!(iface["reasons"]["rule_refused"]["packets"].as_u64().unwrap_or(0) >= 3);
+    assert!(
+        iface["rules"][0]["refused"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+    );
+    assert!(
+        iface["reasons"]["rule_refused"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+    );
 }
 
 #[test]
@@ -115,7 +139,10 @@ fn default_drop_still_lets_allowed_peers_resolve_and_connect() {
     assert!(f.gets_in(addr::OFFICE_V4));
     assert!(f.gets_in(addr::OFFICE_V6));
     assert!(f.kept_out(addr::STRANGER_V4));
-    assert!(!f.bed.connects(addr::STRANGER_V4, 8080, REFUSED), "uncovered port under default: drop");
+    assert!(
+        !f.bed.connects(addr::STRANGER_V4, 8080, REFUSED),
+        "uncovered port under default: drop"
+    );
 }
 
 #[test]
@@ -125,7 +152,9 @@ fn monitor_mode_counts_would_be_drops_and_passes_them() {
     f.apply(&policy);
     assert!(f.gets_in(addr::STRANGER_V4), "monitor mode drops nothing");
     let status = f.status_json();
-    let refused = status["interfaces"][0]["rules"][0]["refused"]["packets"].as_u64().unwrap_or(0);
+    let refused = status["interfaces"][0]["rules"][0]["refused"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(refused >= 1, "the would-be drop is counted: {status}");
 }
 
@@ -173,7 +202,11 @@ fn reapply_under_continuous_traffic_never_gives_a_wrong_verdict() {
             f.apply(policy);
             // The new verdict is in force as soon as apply returns.
             assert_eq!(
-                f.bed.connects(addr::PARTNER_V4, PORT, if partners_in { ALLOWED } else { REFUSED }),
+                f.bed.connects(
+                    addr::PARTNER_V4,
+                    PORT,
+                    if partners_in { ALLOWED } else { REFUSED }
+                ),
                 partners_in,
                 "round {round}: partner verdict must follow the policy just applied"
             );
@@ -181,11 +214,21 @@ fn reapply_under_continuous_traffic_never_gives_a_wrong_verdict() {
         stop.store(true, Ordering::Relaxed);
     });
     let tries = tries.load(Ordering::Relaxed);
-    assert!(tries >= 20, "only {tries} connections were tried during the re-applies");
-    assert_eq!(wrong.load(Ordering::Relaxed), 0, "{tries} connections, some with a wrong verdict");
+    assert!(
+        tries >= 20,
+        "only {tries} connections were tried during the re-applies"
+    );
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "{tries} connections, some with a wrong verdict"
+    );
     let status = f.status_json();
     assert_eq!(status["interfaces"][0]["policy"]["serial"], 11);
-    assert_eq!(status["interfaces"][0]["attachment"], "attached", "re-apply never detaches");
+    assert_eq!(
+        status["interfaces"][0]["attachment"], "attached",
+        "re-apply never detaches"
+    );
 }
 
 #[test]
@@ -202,13 +245,35 @@ fn invalid_reapply_is_refused_and_the_policy_in_force_stays() {
     );
     let run = f.airlock(&["apply", "-f", bad.to_str().expect("utf-8")]);
     assert_eq!(run.code, 2, "an invalid policy exits 2: {}", run.stderr);
-    assert!(run.stderr.contains("bad.yaml:6:"), "names file and line: {}", run.stderr);
-    assert!(run.stderr.contains("rules[0].from[0]"), "names the field: {}", run.stderr);
-    assert!(run.stderr.contains("198.51.100.0/24"), "suggests the fix: {}", run.stderr);
+    assert!(
+        run.stderr.contains("bad.yaml:6:"),
+        "names file and line: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rules[0].from[0]"),
+        "names the field: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("198.51.100.0/24"),
+        "suggests the fix: {}",
+        run.stderr
+    );
 
-    assert_eq!(f.status_json()["interfaces"][0]["policy"]["serial"], 1, "nothing was applied");
-    assert!(f.gets_in(addr::OFFICE_V4), "the old policy still lets the office in");
-    assert!(f.kept_out(addr::STRANGER_V4), "and still keeps the stranger out");
+    assert_eq!(
+        f.status_json()["interfaces"][0]["policy"]["serial"],
+        1,
+        "nothing was applied"
+    );
+    assert!(
+        f.gets_in(addr::OFFICE_V4),
+        "the old policy still lets the office in"
+    );
+    assert!(
+        f.kept_out(addr::STRANGER_V4),
+        "and still keeps the stranger out"
+    );
 }
 
 #[test]
@@ -219,8 +284,14 @@ fn remove_restores_full_connectivity_and_unpins_everything() {
     assert!(f.kept_out(addr::STRANGER_V4));
     let run = f.airlock(&["remove", "--iface", &f.bed.server_if]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(f.bed.connects(addr::STRANGER_V4, PORT, ALLOWED), "IPv4 open again");
-    assert!(f.bed.connects(addr::STRANGER_V6, PORT, ALLOWED), "IPv6 open again");
+    assert!(
+        f.bed.connects(addr::STRANGER_V4, PORT, ALLOWED),
+        "IPv4 open again"
+    );
+    assert!(
+        f.bed.connects(addr::STRANGER_V6, PORT, ALLOWED),
+        "IPv6 open again"
+    );
     // A bpffs root holds the kernel's own `maps.debug` and `progs.debug`; a dot can
     // never be in a name Airlock pins.
     let left: Vec<_> = std::fs::read_dir(f.bed.bpffs.path())
@@ -230,7 +301,13 @@ fn remove_restores_full_connectivity_and_unpins_everything() {
         .filter(|name| !name.to_string_lossy().contains('.'))
         .collect();
     assert!(left.is_empty(), "pins left behind: {left:?}");
-    assert_eq!(f.status_json()["interfaces"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        f.status_json()["interfaces"].as_array().map(Vec::len),
+        Some(0)
+    );
     let again = f.airlock(&["remove", "--iface", &f.bed.server_if]);
-    assert_eq!(again.code, 1, "removing what is not there is a runtime error");
+    assert_eq!(
+        again.code, 1,
+        "removing what is not there is a runtime error"
+    );
 }

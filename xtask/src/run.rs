@@ -19,7 +19,10 @@ pub fn output_of(command: &mut Command) -> Result<String> {
         .output()
         .with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
-        bail!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8(output.stdout)?)
 }
@@ -38,15 +41,33 @@ fn cargo() -> Command {
 }
 
 pub fn build_release() -> Result<()> {
-    cmd(cargo().args(["build", "--release", "-p", "airlock", "-p", "airlock-integration", "--bins"]))?;
-    eprintln!("xtask: built {}", workspace_root().join("target/release/airlock").display());
+    cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "airlock",
+        "-p",
+        "airlock-integration",
+        "--bins",
+    ]))?;
+    eprintln!(
+        "xtask: built {}",
+        workspace_root().join("target/release/airlock").display()
+    );
     Ok(())
 }
 
 pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
     if lint {
         cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
-        cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        cmd(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
     }
     if !crate::setup::is_root() {
         bail!(

@@ -25,7 +25,13 @@ fn nightly_sysroot() -> Result<PathBuf> {
         Err(_) => {
             eprintln!("xtask: installing the nightly toolchain");
             cmd(Command::new("rustup").args([
-                "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
             ]))?;
             let s = output_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
             Ok(PathBuf::from(s.trim()))
@@ -47,7 +53,9 @@ fn ensure_rust_src() -> Result<()> {
 fn cargo_home() -> PathBuf {
     env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
 }
 
 /// bpf-linker must use the LLVM that rustc itself uses. No LLVM dev package of that
@@ -63,14 +71,21 @@ fn ensure_bpf_linker() -> Result<()> {
         .context("rustc +nightly -vV printed no LLVM version")?
         .trim()
         .to_owned();
-    let major = llvm_version.split('.').next().unwrap_or_default().to_owned();
+    let major = llvm_version
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let prefix = cargo_home().join(format!("airlock-llvm-{major}"));
     let stamp = prefix.join("stamp");
     let linker = cargo_home().join("bin/bpf-linker");
     let want_stamp = format!("llvm {llvm_version}\n");
     if linker.exists()
         && fs::read_to_string(&stamp).is_ok_and(|s| s == want_stamp)
-        && Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success())
+        && Command::new(&linker)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
     {
         return Ok(());
     }
@@ -87,7 +102,14 @@ fn ensure_bpf_linker() -> Result<()> {
     fs::set_permissions(&config, fs::Permissions::from_mode(0o755))?;
     eprintln!("xtask: building bpf-linker against nightly's LLVM {llvm_version} (about a minute)");
     cmd(Command::new("cargo")
-        .args(["+nightly", "install", "bpf-linker", "--locked", "--force", "--no-default-features"])
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--force",
+            "--no-default-features",
+        ])
         .args(["--features", &format!("llvm-{major}")])
         .arg("--root")
         .arg(cargo_home())
@@ -99,12 +121,18 @@ fn ensure_bpf_linker() -> Result<()> {
 fn find_libllvm(lib: &Path) -> Result<PathBuf> {
     for entry in fs::read_dir(lib).with_context(|| format!("listing {}", lib.display()))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.starts_with("libLLVM") && name.contains(".so") {
             return Ok(path);
         }
     }
-    bail!("no libLLVM in {}; is the nightly toolchain complete?", lib.display())
+    bail!(
+        "no libLLVM in {}; is the nightly toolchain complete?",
+        lib.display()
+    )
 }
 
 /// Tools the tests and demo shell out to, by Debian package.
@@ -113,7 +141,12 @@ const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
 fn ensure_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(tool, _)| !Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()))
+        .filter(|(tool, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -121,17 +154,25 @@ fn ensure_packages() -> Result<()> {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
-    cmd(Command::new("apt-get").args(["install", "-y", "-qq"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    cmd(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// The default pin root lives on /sys/fs/bpf, which is not mounted at boot here.
 fn ensure_bpffs() -> Result<()> {
     if !is_root() {
-        eprintln!("xtask: not root; skipping the bpffs mount (kernel tests and the demo need root)");
+        eprintln!(
+            "xtask: not root; skipping the bpffs mount (kernel tests and the demo need root)"
+        );
         return Ok(());
     }
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
         return Ok(());
     }
     fs::create_dir_all("/sys/fs/bpf").ok();

@@ -38,7 +38,12 @@ fn main() -> ExitCode {
     let policy_path = workdir.path().join("policy.yaml");
     let text = policy(&bed.server_if);
     std::fs::write(&policy_path, &text).expect("write policy");
-    println!("\nserver namespace {} (interface {}), client namespace {}", bed.server.name(), bed.server_if, bed.client.name());
+    println!(
+        "\nserver namespace {} (interface {}), client namespace {}",
+        bed.server.name(),
+        bed.server_if,
+        bed.client.name()
+    );
     println!("\npolicy ({}):\n{text}", policy_path.display());
 
     let _postgres = Server::start(&bed.server, POSTGRES);
@@ -60,27 +65,49 @@ fn main() -> ExitCode {
         ("stranger", addr::STRANGER_V4, POSTGRES, false),
         ("stranger", addr::STRANGER_V6, POSTGRES, false),
         ("partner (in no set)", addr::PARTNER_V4, POSTGRES, false),
-        ("stranger, port no rule covers", addr::STRANGER_V4, OTHER_PORT, true),
+        (
+            "stranger, port no rule covers",
+            addr::STRANGER_V4,
+            OTHER_PORT,
+            true,
+        ),
     ];
     println!("{:<32} {:<18} {:>6}  result", "who", "source", "port");
     let mut surprises = 0;
     for (who, source, port, expected) in attempts {
         let timeout = Duration::from_millis(if expected { 2000 } else { 500 });
         let got_in = bed.connects(source, port, timeout);
-        let result = if got_in { "GOT IN" } else { "kept out (SYN dropped by XDP)" };
-        let flag = if got_in == expected { "" } else { "   <-- unexpected!" };
+        let result = if got_in {
+            "GOT IN"
+        } else {
+            "kept out (SYN dropped by XDP)"
+        };
+        let flag = if got_in == expected {
+            ""
+        } else {
+            "   <-- unexpected!"
+        };
         surprises += usize::from(got_in != expected);
         println!("{who:<32} {source:<18} {port:>6}  {result}{flag}");
     }
     println!("(Airbyte Cloud's own addresses are in the policy but are not documentation");
-    println!(" addresses, so the demo sends no traffic from them; the kernel tests do, as synthetic packets.)\n");
+    println!(
+        " addresses, so the demo sends no traffic from them; the kernel tests do, as synthetic packets.)\n"
+    );
 
     let status = airlock_in(&bed.server, pin_root, &["status"]);
     print!("$ airlock status\n{}", status.stdout);
     let removed = airlock_in(&bed.server, pin_root, &["remove", "--all"]);
     print!("\n$ airlock remove --all\n{}", removed.stdout);
     let back = bed.connects(addr::STRANGER_V4, POSTGRES, Duration::from_secs(2));
-    println!("stranger to {POSTGRES} after remove: {}", if back { "GOT IN (filter gone)" } else { "still kept out?!" });
+    println!(
+        "stranger to {POSTGRES} after remove: {}",
+        if back {
+            "GOT IN (filter gone)"
+        } else {
+            "still kept out?!"
+        }
+    );
     surprises += usize::from(!back);
     println!("\ncleaning up namespaces and bpffs");
     if surprises == 0 && status.code == 0 && removed.code == 0 {

@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for iface in &ifaces {
         match loader::apply(&root, iface, &compiled, summary.clone()) {
             Ok(outcome) => {
-                tracing::info!(
+                tracing::debug!(
                     iface,
                     attached = outcome.attached,
                     mode = outcome.attach_mode.as_str(),

@@ -253,10 +253,10 @@ fn check_limit(family: &'static str, count: usize, limit: u32) -> Result<(), Com
 }
 
 /// Trie sizes for validation's limit check: a cheap upper bound when that is
-/// already within the limits, the exact folded counts otherwise.
-pub(crate) fn prefix_counts(policy: &Policy) -> (usize, usize) {
+/// already within `limits` (v4, v6), the exact folded counts otherwise.
+pub(crate) fn prefix_counts(policy: &Policy, limits: (usize, usize)) -> (usize, usize) {
     let (v4, v6) = prefixes::upper_bound(policy);
-    if v4 <= MAX_PREFIXES_V4 as usize && v6 <= MAX_PREFIXES_V6 as usize {
+    if v4 <= limits.0 && v6 <= limits.1 {
         return (v4, v6);
     }
     let folded = prefixes::fold(policy, true);

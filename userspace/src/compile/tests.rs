@@ -147,7 +147,8 @@ fn limits_are_errors() {
 }
 
 /// `cargo test --release -p airlock --lib -- --ignored million --nocapture`
-/// Last measured: about 0.5 s to compile 1,000,000 random IPv4 prefixes in release.
+/// Last measured (release): ~0.27 s to load and ~0.22 s to compile 1,000,000 random
+/// IPv4 prefixes (198,012 entries after pruning).
 #[test]
 #[ignore]
 fn million_prefixes() {

@@ -3,6 +3,7 @@
 //! so the filter outlives the process; or, when a filter is already there, swap the
 //! policy in place (atomically, without detaching).
 
+mod batch;
 mod error;
 mod link;
 mod meta;

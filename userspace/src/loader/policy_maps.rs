@@ -17,7 +17,10 @@ use airlock_common::{
 };
 use aya::{
     Ebpf,
-    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::Key,
+    },
 };
 
 use super::{LoaderError, meta::PolicySummary};
@@ -262,11 +265,17 @@ fn write_ports(
     ports: &PortMap,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    for port in 0..PORT_SLOTS {
-        let mask = u16::try_from(port).map_or(0, |p| ports.mask_at(p));
-        array.set(port, mask, 0).map_err(map_err(name))?;
+    let dense = ports.dense();
+    match super::batch::update_u64_array(array.map(), &dense) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            tracing::debug!(map = name, %error, "batch update unavailable; writing slot by slot");
+            for (port, mask) in (0..PORT_SLOTS).zip(dense) {
+                array.set(port, mask, 0).map_err(map_err(name))?;
+            }
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 impl PolicyMaps {

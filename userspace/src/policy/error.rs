@@ -87,7 +87,7 @@ pub(crate) fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).clamp(1, 3);
+    let limit = ((word.chars().count() + 1) / 3).clamp(1, 3);
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))

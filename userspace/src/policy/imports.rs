@@ -41,11 +41,17 @@ pub(crate) fn import(
             return Vec::new();
         }
     };
-    parse_list(ctx, &path, &text, field)
+    parse_list(ctx, pos, &path, &text, field)
 }
 
 /// Parses the text of a range list read from `path`.
-pub(crate) fn parse_list(ctx: &mut Ctx, path: &Path, text: &str, field: &str) -> Vec<IpNet> {
+pub(crate) fn parse_list(
+    ctx: &mut Ctx,
+    anchor: Pos,
+    path: &Path,
+    text: &str,
+    field: &str,
+) -> Vec<IpNet> {
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let content = line.split_once('#').map_or(line, |(before, _)| before);
@@ -61,6 +67,7 @@ pub(crate) fn parse_list(ctx: &mut Ctx, path: &Path, text: &str, field: &str) ->
         };
         if let Some(extra) = words.next() {
             ctx.error_in(
+                anchor,
                 path.to_path_buf(),
                 Pos {
                     line: index + 1,
@@ -76,6 +83,7 @@ pub(crate) fn parse_list(ctx: &mut Ctx, path: &Path, text: &str, field: &str) ->
         match parse_cidr(word) {
             Ok(net) => out.push(net),
             Err(p) => ctx.error_in(
+                anchor,
                 path.to_path_buf(),
                 pos,
                 field,
@@ -96,7 +104,13 @@ mod tests {
     fn parses_comments_blank_lines_and_reports_positions() {
         let mut ctx = Ctx::new(Path::new("p.yaml"));
         let text = "# provider ranges\n\n10.0.0.0/8   # main\n  192.0.2.1/24\n2001:db8::/32\n1.2.3.4 5.6.7.8\n";
-        let nets = parse_list(&mut ctx, Path::new("ranges.txt"), text, "sets.p.file");
+        let nets = parse_list(
+            &mut ctx,
+            Pos::default(),
+            Path::new("ranges.txt"),
+            text,
+            "sets.p.file",
+        );
         assert_eq!(nets.len(), 2);
         assert_eq!(ctx.diags.len(), 2);
         let d = &ctx.diags[0];

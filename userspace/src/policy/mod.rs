@@ -12,6 +12,7 @@ mod error;
 mod imports;
 mod ports;
 mod raw;
+mod rules;
 mod sets;
 mod validate;
 

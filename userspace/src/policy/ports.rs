@@ -95,6 +95,12 @@ pub(crate) fn parse_port_range(text: &str) -> Result<PortRange, (String, Option<
 }
 
 fn parse_port(whole: &str, text: &str) -> Result<u16, (String, Option<String>)> {
+    // Name the whole spec only when it says more than the number itself.
+    let within = if whole == text {
+        String::new()
+    } else {
+        format!(" in {whole:?}")
+    };
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err((
             format!("malformed port {whole:?}"),
@@ -103,12 +109,12 @@ fn parse_port(whole: &str, text: &str) -> Result<u16, (String, Option<String>)> 
     }
     match text.parse::<u32>() {
         Ok(0) => Err((
-            format!("port 0 in {whole:?} is not a valid port (ports are 1-65535)"),
+            format!("port 0{within} is not a valid port (ports are 1-65535)"),
             None,
         )),
         Ok(p) if p <= u32::from(u16::MAX) => Ok(p as u16),
         _ => Err((
-            format!("port {text} in {whole:?} is out of range (ports are 1-65535)"),
+            format!("port {text}{within} is out of range (ports are 1-65535)"),
             None,
         )),
     }

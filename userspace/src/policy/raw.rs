@@ -36,6 +36,9 @@ pub(crate) struct Ctx {
     /// The policy file, as given.
     pub file: PathBuf,
     pub diags: Vec<Diagnostic>,
+    /// For each diagnostic, the position in the policy file it belongs to (for an
+    /// imported file: where the import is written), so they can be put in file order.
+    anchors: Vec<Pos>,
 }
 
 impl Ctx {
@@ -43,7 +46,16 @@ impl Ctx {
         Ctx {
             file: file.to_path_buf(),
             diags: Vec::new(),
+            anchors: Vec::new(),
         }
+    }
+
+    /// The diagnostics in policy-file order (the walk visits some keys out of order,
+    /// e.g. `version` after unknown keys); ties keep the order they were found in.
+    pub(crate) fn finish(self) -> Vec<Diagnostic> {
+        let mut pairs: Vec<(Pos, Diagnostic)> = self.anchors.into_iter().zip(self.diags).collect();
+        pairs.sort_by_key(|(p, _)| (p.line, p.column));
+        pairs.into_iter().map(|(_, d)| d).collect()
     }
 
     /// Records a problem in the policy file itself.
@@ -56,12 +68,15 @@ impl Ctx {
         hint: Option<String>,
     ) {
         let file = self.file.clone();
-        self.error_in(file, pos, field, value, message, hint);
+        self.error_in(pos, file, pos, field, value, message, hint);
     }
 
-    /// Records a problem in another file (an imported range list).
+    /// Records a problem in another file (an imported range list) imported at
+    /// `anchor` of the policy.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn error_in(
         &mut self,
+        anchor: Pos,
         file: PathBuf,
         pos: Pos,
         field: &str,
@@ -69,6 +84,7 @@ impl Ctx {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
+        self.anchors.push(anchor);
         self.diags.push(Diagnostic {
             file,
             line: pos.line,
@@ -193,6 +209,15 @@ pub(crate) fn check_keys(ctx: &mut Ctx, m: &MarkedMappingNode, prefix: &str, all
             Some(hint),
         );
     }
+}
+
+/// Where a mapping starts, for "missing key" errors: its first key (the mapping's
+/// own start mark can point past it).
+pub(crate) fn map_pos(m: &MarkedMappingNode) -> Pos {
+    m.keys()
+        .next()
+        .map(|k| Pos::of_span(k.span()))
+        .unwrap_or_else(|| Pos::of_span(m.span()))
 }
 
 /// `prefix.key`, or just `key` at the top level.

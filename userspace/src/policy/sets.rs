@@ -162,7 +162,7 @@ fn parse_set_mapping(
         }
     }
     if cidrs_node.is_none() && file_node.is_none() {
-        empty_set(ctx, Pos::of_span(m.span()), field, &set.name);
+        empty_set(ctx, raw::map_pos(m), field, &set.name);
     }
     if let Some(n) = m.get_node("except") {
         let f = format!("{field}.except");

@@ -164,12 +164,12 @@ fn unknown_key_wrong_version_and_missing() {
     ));
     let shown: Vec<String> = e.iter().map(ToString::to_string).collect();
     assert!(
-        shown[0].contains("rules[0].port: unknown key \"port\""),
+        shown[1].contains("rules[0].port: unknown key \"port\""),
         "{shown:?}"
     );
-    assert!(shown[0].contains("did you mean \"ports\"?"), "{shown:?}");
+    assert!(shown[1].contains("did you mean \"ports\"?"), "{shown:?}");
     assert!(
-        shown[1].contains("rules[0].ports: missing required key"),
+        shown[0].contains("rules[0].ports: missing required key"),
         "{shown:?}"
     );
     assert!(
@@ -398,6 +398,14 @@ fn yaml_errors() {
     assert!(d.message.contains("must be a YAML mapping"));
     let d = one_error("version: 1\ninterfaces: &x [eth0]\n");
     assert!(d.message.contains("anchors"));
+    let d = one_error("---\nversion: 1\ninterfaces: [eth0]\n---\nversion: 2\n");
+    assert_eq!((d.line, d.column), (4, 1));
+    assert!(d.message.contains("second YAML document"), "{d}");
+    // A leading marker is fine.
+    parse("--- # policy\nversion: 1\ninterfaces: [eth0]\n").unwrap();
+    // Unquoted IPv6 works in block and flow lists.
+    let p = parse("version: 1\ninterfaces: [eth0]\nmanagement: [2001:db8::/32, ::1]\n").unwrap();
+    assert_eq!(p.management.sets[1].cidrs[0].to_string(), "::1/128");
     // Empty document: missing keys, not a crash.
     assert_eq!(errors("").len(), 2);
 }
@@ -442,4 +450,25 @@ fn read_error() {
     let e = load(Path::new("/nonexistent/airlock.yaml")).unwrap_err();
     assert!(matches!(e, PolicyError::Read { .. }));
     assert!(e.to_string().contains("/nonexistent/airlock.yaml"));
+}
+
+#[test]
+fn prefix_limit_counts_folded_entries() {
+    // Nested prefixes of one set fold to one entry: only a real excess is an error.
+    let text = format!(
+        "{BASE}sets:\n  s: [10.0.0.0/8, 10.1.0.0/16, 10.2.0.0/16, \"2001:db8::/32\"]\nrules: [{{name: a, ports: [22], from: [s]}}]\n"
+    );
+    let policy = parse(&text).unwrap();
+    let mut ctx = raw::Ctx::new(Path::new("policy.yaml"));
+    validate::check_prefix_limits(&mut ctx, &policy, raw::Pos::default(), (1, 1));
+    assert!(ctx.diags.is_empty(), "{:?}", ctx.diags);
+    let text = text.replace("10.1.0.0/16, 10.2.0.0/16", "11.0.0.0/8");
+    let policy = parse(&text).unwrap();
+    validate::check_prefix_limits(&mut ctx, &policy, raw::Pos::default(), (1, 1));
+    assert_eq!(ctx.diags.len(), 1);
+    assert_eq!(
+        ctx.diags[0].message,
+        "the policy compiles to 2 IPv4 prefixes, more than the limit of 1"
+    );
+    assert_eq!(ctx.diags[0].field, "sets");
 }

@@ -1,18 +1,18 @@
 //! Top-level validation: walks the document, records every problem, and builds the
 //! [`Policy`] only if there were none.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
-use airlock_common::maps::{MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_RULES};
+use airlock_common::maps::{MAX_PREFIXES_V4, MAX_PREFIXES_V6};
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{LoadError, LoaderOptions, Node};
 
 use super::error::Diagnostic;
-use super::ports::parse_port_range;
 use super::raw::{self, Ctx, Pos};
+use super::rules::parse_rules;
 use super::sets::{self, SetTable};
-use super::{DefaultAction, Interfaces, Mode, Policy, Rule, SourceGroup};
+use super::{DefaultAction, Interfaces, Mode, Policy, SourceGroup};
 
 const TOP_KEYS: &[&str] = &[
     "version",
@@ -24,7 +24,6 @@ const TOP_KEYS: &[&str] = &[
     "deny",
     "rules",
 ];
-const RULE_KEYS: &[&str] = &["name", "ports", "from"];
 
 /// Parses and validates `text`; all problems, or the policy.
 pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnostic>> {
@@ -33,7 +32,7 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
         Ok(n) => n,
         Err((pos, message, hint)) => {
             ctx.error(pos, "", None, message, hint);
-            return Err(ctx.diags);
+            return Err(ctx.finish());
         }
     };
     let Some(top) = root.as_mapping() else {
@@ -44,7 +43,7 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
             "the policy must be a YAML mapping",
             None,
         );
-        return Err(ctx.diags);
+        return Err(ctx.finish());
     };
     raw::check_keys(&mut ctx, top, "", TOP_KEYS);
     check_version(&mut ctx, top);
@@ -70,14 +69,14 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
     let rules = parse_rules(&mut ctx, top, &table);
 
     if !ctx.diags.is_empty() {
-        return Err(ctx.diags);
+        return Err(ctx.finish());
     }
     let (Some(interfaces), Some(mode), Some(default), Some(management), Some(deny), Some(rules)) =
         (interfaces, mode, default, management, deny, rules)
     else {
         // Every None above comes with a diagnostic; this is only a safety net.
         ctx.error(Pos::of(&root), "", None, "invalid policy", None);
-        return Err(ctx.diags);
+        return Err(ctx.finish());
     };
     let policy = Policy {
         origin: origin.to_path_buf(),
@@ -89,16 +88,26 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
         rules,
         sets: table.defined,
     };
-    check_prefix_limits(&mut ctx, &policy, Pos::of(&root));
+    let limits = (MAX_PREFIXES_V4 as usize, MAX_PREFIXES_V6 as usize);
+    check_prefix_limits(&mut ctx, &policy, Pos::of(&root), limits);
     if ctx.diags.is_empty() {
         Ok(policy)
     } else {
-        Err(ctx.diags)
+        Err(ctx.finish())
     }
 }
 
 /// YAML syntax problems stop everything: there is no tree to walk.
 fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
+    if let Some(line) = second_document(text) {
+        // The loader reads only the first document; a second one would be ignored
+        // silently, which is never what the author meant.
+        return Err((
+            Pos { line, column: 1 },
+            "a second YAML document starts here; a policy file holds exactly one".into(),
+            Some("remove the `---` separator and merge the documents".into()),
+        ));
+    }
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
         .prevent_coercion(true);
@@ -144,9 +153,26 @@ fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
     }
 }
 
+/// The line of a `---` (or `...`) marker that follows content, if any.
+fn second_document(text: &str) -> Option<usize> {
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker =
+            line == "---" || line.starts_with("--- ") || line == "..." || line.starts_with("... ");
+        if is_marker && seen_content {
+            return Some(i + 1);
+        }
+        let t = line.trim();
+        if !is_marker && !t.is_empty() && !t.starts_with('#') {
+            seen_content = true;
+        }
+    }
+    None
+}
+
 /// An optional key's value; a key with no value (`rules:` with everything below it
 /// commented out) counts as absent.
-fn present<'n>(top: &'n MarkedMappingNode, key: &str) -> Option<&'n Node> {
+pub(crate) fn present<'n>(top: &'n MarkedMappingNode, key: &str) -> Option<&'n Node> {
     top.get_node(key)
         .filter(|n| !matches!(n, Node::Scalar(s) if raw::is_null(s)))
 }
@@ -154,7 +180,7 @@ fn present<'n>(top: &'n MarkedMappingNode, key: &str) -> Option<&'n Node> {
 fn check_version(ctx: &mut Ctx, top: &MarkedMappingNode) {
     let Some(node) = top.get_node("version") else {
         ctx.error(
-            Pos::of_span(top.span()),
+            raw::map_pos(top),
             "version",
             None,
             "missing required key \"version\"",
@@ -189,7 +215,7 @@ fn valid_ifname(name: &str) -> bool {
 fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces> {
     let Some(node) = top.get_node("interfaces") else {
         ctx.error(
-            Pos::of_span(top.span()),
+            raw::map_pos(top),
             "interfaces",
             None,
             "missing required key \"interfaces\"",
@@ -298,155 +324,17 @@ fn optional_group(
     }
 }
 
-fn parse_rules(ctx: &mut Ctx, top: &MarkedMappingNode, table: &SetTable) -> Option<Vec<Rule>> {
-    let Some(node) = present(top, "rules") else {
-        return Some(Vec::new());
-    };
-    let s = raw::seq(
-        ctx,
-        node,
-        "rules",
-        "rules",
-        "[{name: db, ports: [5432/tcp], from: [office]}]",
-    )?;
-    let errors_before = ctx.diags.len();
-    if s.len() > MAX_RULES {
-        let extra = &s[MAX_RULES];
-        ctx.error(
-            Pos::of(extra),
-            &format!("rules[{MAX_RULES}]"),
-            None,
-            format!("too many rules: {} (the limit is {MAX_RULES})", s.len()),
-            Some("merge rules that share sources, or ports that share rules".into()),
-        );
-    }
-    let mut rules = Vec::with_capacity(s.len());
-    let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, item) in s.iter().enumerate() {
-        let field = format!("rules[{i}]");
-        let Some(m) = raw::map(
-            ctx,
-            item,
-            &field,
-            "a rule (a mapping with name, ports and from)",
-        ) else {
-            continue;
-        };
-        if let Some(rule) = parse_rule(ctx, m, &field, table, &mut first_line) {
-            rules.push(rule);
-        }
-    }
-    (ctx.diags.len() == errors_before).then_some(rules)
-}
-
-fn parse_rule(
-    ctx: &mut Ctx,
-    m: &MarkedMappingNode,
-    field: &str,
-    table: &SetTable,
-    first_line: &mut BTreeMap<String, usize>,
-) -> Option<Rule> {
-    raw::check_keys(ctx, m, field, RULE_KEYS);
-    let line = Pos::of_span(m.span()).line;
-    let missing = |ctx: &mut Ctx, key: &str| {
-        ctx.error(
-            Pos::of_span(m.span()),
-            &format!("{field}.{key}"),
-            None,
-            format!("missing required key {key:?}"),
-            None,
-        );
-    };
-    let name = match m.get_node("name") {
-        None => {
-            missing(ctx, "name");
-            None
-        }
-        Some(n) => {
-            let f = format!("{field}.name");
-            raw::scalar(ctx, n, &f, "a rule name").and_then(|s| {
-                let name = s.as_str();
-                let pos = Pos::of(n);
-                if !sets::valid_name(name) {
-                    ctx.error(
-                        pos,
-                        &f,
-                        Some(name),
-                        format!("invalid rule name {name:?}"),
-                        Some("use 1 to 63 of A-Z a-z 0-9 _ . -".into()),
-                    );
-                    None
-                } else if let Some(first) = first_line.get(name) {
-                    ctx.error(
-                        pos,
-                        &f,
-                        Some(name),
-                        format!("duplicate rule name {name:?}"),
-                        Some(format!("first used at line {first}")),
-                    );
-                    None
-                } else {
-                    first_line.insert(name.to_string(), pos.line);
-                    Some(name.to_string())
-                }
-            })
-        }
-    };
-    let ports = match m.get_node("ports") {
-        None => {
-            missing(ctx, "ports");
-            None
-        }
-        Some(n) => parse_ports(ctx, n, &format!("{field}.ports")),
-    };
-    let from = match m.get_node("from") {
-        None => {
-            missing(ctx, "from");
-            None
-        }
-        Some(n) => sets::resolve_group(ctx, n, &format!("{field}.from"), table, true),
-    };
-    Some(Rule {
-        name: name?,
-        ports: ports?,
-        from: from?,
-        line,
-    })
-}
-
-fn parse_ports(ctx: &mut Ctx, node: &Node, field: &str) -> Option<Vec<super::PortRange>> {
-    let s = raw::seq(ctx, node, field, "ports", "[5432/tcp]")?;
-    if s.is_empty() {
-        ctx.error(
-            Pos::of(node),
-            field,
-            None,
-            "empty list: a rule must cover at least one port",
-            Some("e.g. [5432/tcp]".into()),
-        );
-        return None;
-    }
-    let errors_before = ctx.diags.len();
-    let mut out = Vec::with_capacity(s.len());
-    for (i, item) in s.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let Some(sc) = raw::scalar(ctx, item, &f, "a port like 5432/tcp") else {
-            continue;
-        };
-        match parse_port_range(sc.as_str()) {
-            Ok(r) => out.push(r),
-            Err((message, hint)) => ctx.error(Pos::of(item), &f, Some(sc.as_str()), message, hint),
-        }
-    }
-    (ctx.diags.len() == errors_before).then_some(out)
-}
-
 /// The kernel maps have a fixed capacity; say so now rather than fail half-way
 /// through a load.
-fn check_prefix_limits(ctx: &mut Ctx, policy: &Policy, pos: Pos) {
-    let (v4, v6) = crate::compile::prefix_counts(policy);
-    for (family, count, limit) in [("IPv4", v4, MAX_PREFIXES_V4), ("IPv6", v6, MAX_PREFIXES_V6)] {
-        if count > limit as usize {
+pub(crate) fn check_prefix_limits(
+    ctx: &mut Ctx,
+    policy: &Policy,
+    pos: Pos,
+    (limit_v4, limit_v6): (usize, usize),
+) {
+    let (v4, v6) = crate::compile::prefix_counts(policy, (limit_v4, limit_v6));
+    for (family, count, limit) in [("IPv4", v4, limit_v4), ("IPv6", v6, limit_v6)] {
+        if count > limit {
             ctx.error(
                 pos,
                 "sets",
