@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run::{cmd, output_of};
+use crate::run::{cmd, nightly, output_of};
 
 pub fn setup() -> Result<()> {
     ensure_rust_src()?;
@@ -19,7 +19,7 @@ pub fn setup() -> Result<()> {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    let sysroot = output_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]));
+    let sysroot = output_of(nightly("rustc").args(["--print", "sysroot"]));
     match sysroot {
         Ok(s) => Ok(PathBuf::from(s.trim())),
         Err(_) => {
@@ -33,7 +33,7 @@ fn nightly_sysroot() -> Result<PathBuf> {
                 "--component",
                 "rust-src",
             ]))?;
-            let s = output_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+            let s = output_of(nightly("rustc").args(["--print", "sysroot"]))?;
             Ok(PathBuf::from(s.trim()))
         }
     }
@@ -64,7 +64,7 @@ fn cargo_home() -> PathBuf {
 /// at nightly's library. The linker keeps an rpath to that prefix, so it lives in a
 /// fixed place, and a stamp records which LLVM it was built for.
 fn ensure_bpf_linker() -> Result<()> {
-    let verbose = output_of(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let verbose = output_of(nightly("rustc").arg("-vV"))?;
     let llvm_version = verbose
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -101,9 +101,8 @@ fn ensure_bpf_linker() -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(&config, fs::Permissions::from_mode(0o755))?;
     eprintln!("xtask: building bpf-linker against nightly's LLVM {llvm_version} (about a minute)");
-    cmd(Command::new("cargo")
+    cmd(nightly("cargo")
         .args([
-            "+nightly",
             "install",
             "bpf-linker",
             "--locked",
