@@ -19,4 +19,7 @@ mod pod {
     unsafe impl aya::Pod for super::GenConfig {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PolicyMeta {}
+    unsafe impl aya::Pod for super::SamplingConfig {}
+    unsafe impl aya::Pod for super::SampleWindow {}
+    unsafe impl aya::Pod for super::DropSample {}
 }

@@ -36,6 +36,10 @@ pub const MAP_PORTS_UDP: [&str; 2] = ["PORTS_UDP_0", "PORTS_UDP_1"];
 pub const MAP_REASON_STATS: &str = "REASON_STATS";
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
 pub const MAP_META: &str = "META";
+pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
+pub const MAP_SAMPLE_STATE: &str = "SAMPLE_STATE";
+pub const MAP_SAMPLE_STATS: &str = "SAMPLE_STATS";
+pub const MAP_SAMPLING: &str = "SAMPLING";
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "airlock_xdp";
@@ -86,6 +90,73 @@ pub struct GenConfig {
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+}
+
+/// `REASON_STATS` is indexed by reason, and again by reason + `REASON_COUNT` for
+/// packets judged in monitor mode, so "would drop" is told apart from "dropped".
+#[inline(always)]
+pub const fn reason_stat_index(reason: u32, monitor: bool) -> u32 {
+    if monitor {
+        reason + crate::reason::REASON_COUNT
+    } else {
+        reason
+    }
+}
+
+pub const REASON_STAT_SLOTS: u32 = 2 * crate::reason::REASON_COUNT;
+
+/// Bytes of the drop-sample ring buffer shared by all CPUs.
+pub const DROP_SAMPLE_RING_BYTES: u32 = 256 * 1024;
+
+/// Default cap on drop samples per second per CPU; the rest are counted, not sent.
+pub const DEFAULT_SAMPLE_RATE: u32 = 200;
+
+/// `SAMPLING[0]`: how many drop samples each CPU may send per second (0: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplingConfig {
+    pub per_cpu_per_second: u32,
+    pub _pad: u32,
+}
+
+/// `SAMPLE_STATE[0]`, per CPU: the current one-second window of the rate limit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleWindow {
+    pub started_ns: u64,
+    pub sent: u64,
+}
+
+/// Slots of `SAMPLE_STATS` (per-CPU `u64`).
+pub const SAMPLES_SENT: u32 = 0;
+/// Not sent: over the per-CPU rate.
+pub const SAMPLES_RATE_LIMITED: u32 = 1;
+/// Not sent: the ring buffer was full (nobody reading, or reading too slowly).
+pub const SAMPLES_RING_FULL: u32 = 2;
+pub const SAMPLE_STAT_SLOTS: u32 = 3;
+
+pub const NO_RULE: u32 = u32::MAX;
+
+/// One dropped (or, in monitor mode, would-be dropped) packet, as sent to user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSample {
+    /// `bpf_ktime_get_ns()`: monotonic, since boot.
+    pub timestamp_ns: u64,
+    /// IPv4 in the first 4 bytes, or IPv6; zero when the source was unreadable.
+    pub source: [u8; 16],
+    pub ifindex: u32,
+    /// Deciding rule, or [`NO_RULE`].
+    pub rule: u32,
+    pub dst_port: u16,
+    pub protocol: u8,
+    /// 4, 6, or 0 when the IP header was unreadable.
+    pub family: u8,
+    /// A [`crate::Reason`] number.
+    pub reason: u8,
+    /// 1 when judged in monitor mode (the packet passed).
+    pub monitor: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Index into `RULE_STATS`: counters per generation, outcome and rule, so the counters

@@ -49,6 +49,15 @@ impl Reason {
         Reason::NoPolicy,
     ];
 
+    /// The reason with this number, if any.
+    pub const fn from_number(number: u32) -> Option<Reason> {
+        if number < REASON_COUNT {
+            Some(Self::ALL[number as usize])
+        } else {
+            None
+        }
+    }
+
     /// Whether the policy says to pass (before monitor mode is applied).
     pub const fn passes(self) -> bool {
         !matches!(

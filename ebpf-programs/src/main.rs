@@ -7,9 +7,11 @@
 
 mod maps;
 mod parse;
+mod sample;
 
 use airlock_common::{
-    DEFAULT_DROP, MODE_MONITOR, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, rule_stat_index,
+    DEFAULT_DROP, MODE_MONITOR, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, reason_stat_index,
+    rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{L4, Packet, Source};
@@ -23,12 +25,19 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     let Some(config) = maps::CONFIG.get(generation) else {
         return xdp_action::XDP_PASS;
     };
-    let (reason, rule) = if config.valid == 0 {
-        (Reason::NoPolicy, None)
-    } else {
-        decide(generation, config.default_action, parse::parse(&ctx))
-    };
-    maps::count(&maps::REASON_STATS, reason as u32, bytes);
+    let monitor = config.mode == MODE_MONITOR;
+    if config.valid == 0 {
+        maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, bytes);
+        return xdp_action::XDP_PASS;
+    }
+    let packet = parse::parse(&ctx);
+    let sample_info = sample::SampleInfo::of(&packet);
+    let (reason, rule) = decide(generation, config.default_action, packet);
+    maps::count(
+        &maps::REASON_STATS,
+        reason_stat_index(reason as u32, monitor),
+        bytes,
+    );
     let passes = reason.passes();
     if let Some(rule) = rule {
         maps::count(
@@ -37,7 +46,11 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
             bytes,
         );
     }
-    if passes || config.mode == MODE_MONITOR {
+    if passes {
+        return xdp_action::XDP_PASS;
+    }
+    sample::sample_drop(&ctx, sample_info, reason, rule, monitor);
+    if monitor {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP

@@ -2,12 +2,13 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    Counter, GENERATIONS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta,
-    RULE_STAT_SLOTS, SourceEntry, reason::REASON_COUNT,
+    Counter, DROP_SAMPLE_RING_BYTES, GENERATIONS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
+    PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SampleWindow,
+    SamplingConfig, SourceEntry,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 
 #[map]
@@ -34,9 +35,18 @@ pub static PORTS_UDP_0: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
 pub static PORTS_UDP_1: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map]
-pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STAT_SLOTS, 0);
 #[map]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);
+
+#[map]
+pub static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(DROP_SAMPLE_RING_BYTES, 0);
+#[map]
+pub static SAMPLING: Array<SamplingConfig> = Array::with_max_entries(1, 0);
+#[map]
+pub static SAMPLE_STATE: PerCpuArray<SampleWindow> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SAMPLE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SAMPLE_STAT_SLOTS, 0);
 
 /// Written and read only by user space; lives here so it is created, pinned and
 /// removed together with the rest of the filter.
@@ -86,5 +96,13 @@ pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
             (*counter).packets += 1;
             (*counter).bytes += bytes;
         }
+    }
+}
+
+#[inline(always)]
+pub fn bump(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
     }
 }

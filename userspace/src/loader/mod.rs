@@ -19,7 +19,7 @@ use aya::{Ebpf, programs::Xdp};
 pub use error::LoaderError;
 pub use link::{AttachMode, LinkState, interface_index, pinned_link_state};
 pub use meta::{PolicySummary, RuleSummary};
-pub use object::{load_object, object_bytes};
+pub use object::{floor_object_bytes, load_object, object_bytes};
 pub use pins::{DEFAULT_PIN_ROOT, LINK_PIN, PROGRAM_PIN, PinRoot};
 pub use policy_maps::{Counters, PolicyMaps};
 
@@ -199,6 +199,7 @@ fn install_staged(
             path: program_pin,
             source,
         })?;
+    maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
     // The policy goes in before the program sees its first packet.
     // Attach mode is only known after attaching; record the likely one and fix it up.
     summary.attach_mode = AttachMode::Driver.as_str().to_owned();

@@ -12,8 +12,9 @@ use std::{collections::HashMap, path::Path};
 
 use airlock_common::{
     Counter, GenConfig, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP,
-    MAP_REASON_STATS, MAP_RULE_STATS, MAP_SRC_V4, MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta,
-    Reason, SourceEntry, rule_stat_index,
+    MAP_REASON_STATS, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6,
+    MAX_RULES, PORT_SLOTS, PolicyMeta, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, SourceEntry,
+    reason_stat_index, rule_stat_index,
 };
 use aya::{
     Ebpf,
@@ -54,8 +55,13 @@ type SrcTrie<const N: usize> = LpmTrie<MapData, [u8; N], SourceEntry>;
 /// Per-CPU counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Indexed by `Reason as usize`.
+    /// Indexed by `Reason as usize`: every packet, whatever the mode.
     pub reasons: Vec<Counter>,
+    /// The part of `reasons` judged in monitor mode (a drop reason there means
+    /// "would have dropped"; the packet passed).
+    pub reasons_in_monitor: Vec<Counter>,
+    /// Drop samples sent, held back by the rate limit, lost to a full ring.
+    pub samples: [u64; SAMPLE_STAT_SLOTS as usize],
     /// For the active generation: (allowed, refused) per rule index.
     pub rules: Vec<(Counter, Counter)>,
 }
@@ -79,6 +85,8 @@ pub struct PolicyMaps {
     reason_stats: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, Counter>,
     meta: Array<MapData, PolicyMeta>,
+    sampling: Array<MapData, SamplingConfig>,
+    sample_stats: PerCpuArray<MapData, u64>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> LoaderError {
@@ -103,6 +111,8 @@ impl PolicyMaps {
             reason_stats: source.take(MAP_REASON_STATS)?,
             rule_stats: source.take(MAP_RULE_STATS)?,
             meta: source.take(MAP_META)?,
+            sampling: source.take(MAP_SAMPLING)?,
+            sample_stats: source.take(MAP_SAMPLE_STATS)?,
         })
     }
 
@@ -201,12 +211,28 @@ impl PolicyMaps {
             })
         };
         let mut reasons = Vec::with_capacity(Reason::ALL.len());
+        let mut reasons_in_monitor = Vec::with_capacity(Reason::ALL.len());
         for reason in Reason::ALL {
+            let mut read = |monitor| {
+                self.reason_stats
+                    .get(&reason_stat_index(reason as u32, monitor), 0)
+                    .map(sum)
+                    .map_err(map_err(MAP_REASON_STATS))
+            };
+            let (enforced, monitored) = (read(false)?, read(true)?);
+            reasons.push(Counter {
+                packets: enforced.packets + monitored.packets,
+                bytes: enforced.bytes + monitored.bytes,
+            });
+            reasons_in_monitor.push(monitored);
+        }
+        let mut samples = [0u64; SAMPLE_STAT_SLOTS as usize];
+        for (slot, total) in (0..SAMPLE_STAT_SLOTS).zip(samples.iter_mut()) {
             let values = self
-                .reason_stats
-                .get(&(reason as u32), 0)
-                .map_err(map_err(MAP_REASON_STATS))?;
-            reasons.push(sum(values));
+                .sample_stats
+                .get(&slot, 0)
+                .map_err(map_err(MAP_SAMPLE_STATS))?;
+            *total = values.iter().sum();
         }
         let generation = self.active_generation()?;
         let rule_count = self
@@ -227,7 +253,12 @@ impl PolicyMaps {
             }
             rules.push((pair[0], pair[1]));
         }
-        Ok(Counters { reasons, rules })
+        Ok(Counters {
+            reasons,
+            reasons_in_monitor,
+            samples,
+            rules,
+        })
     }
 }
 
@@ -305,5 +336,18 @@ impl PolicyMaps {
         self.active
             .set(0, generation & 1, 0)
             .map_err(map_err(MAP_ACTIVE_GEN))
+    }
+}
+
+impl PolicyMaps {
+    /// Caps drop samples per second per CPU (0 turns sampling off).
+    pub fn set_sample_rate(&mut self, per_cpu_per_second: u32) -> Result<(), LoaderError> {
+        let config = SamplingConfig {
+            per_cpu_per_second,
+            _pad: 0,
+        };
+        self.sampling
+            .set(0, config, 0)
+            .map_err(map_err(MAP_SAMPLING))
     }
 }
