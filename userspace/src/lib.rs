@@ -2,8 +2,11 @@
 //! reference model of the verdict rules, and the loader that puts a compiled policy
 //! into the kernel. The `airlock` binary (and the agent) are thin fronts over it.
 
+pub mod agent;
 pub mod compile;
+pub mod interfaces;
 pub mod loader;
 pub mod policy;
 pub mod reference;
 pub mod regions;
+pub mod samples;

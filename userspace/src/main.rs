@@ -10,7 +10,7 @@ use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose);
+    cli::init_logging(args.verbose, args.log_format);
     match cli::run(args) {
         Ok(code) => code,
         Err(error) => {

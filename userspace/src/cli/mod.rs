@@ -1,14 +1,15 @@
 //! Command definitions (clap derive: the doc comments are the help text) and the
 //! dispatch to one module per verb.
 
+mod agent;
 mod apply;
 mod explain;
-mod interfaces;
 mod output;
 mod regions;
 mod remove;
 mod status;
 mod validate;
+mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -24,6 +25,16 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log format on stderr: human (default) or json (one JSON object per line).
+    #[arg(long, value_enum, default_value_t, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -60,6 +71,13 @@ enum Command {
     Explain(explain::Args),
     /// List the built-in region sets, with their source and date.
     Regions(regions::Args),
+    /// Run the host agent: enforce the policy file and keep enforcing it (reload on
+    /// change and SIGHUP, repair drift, serve /metrics, log sampled drops).
+    ///
+    /// Example: airlock agent -f /etc/airlock/policy.yaml --log-format json
+    Agent(agent::Args),
+    /// Show sampled drops live.
+    Watch(watch::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -70,6 +88,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Regions(args) => regions::run(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Watch(args) => watch::run(args),
     }
 }
 
@@ -86,7 +106,7 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     if invalid { 2 } else { 1 }
 }
 
-pub fn init_logging(verbose: u8) {
+pub fn init_logging(verbose: u8, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "info",
@@ -95,10 +115,18 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .with_target(false)
+            .init(),
+    }
 }

@@ -2,10 +2,16 @@
 //! `status` shows and what a later apply compares against. Kept in bpffs rather than
 //! a state file so it can never outlive, or disagree with, the filter it describes.
 
+use std::{
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
 use airlock_common::{LAYOUT_VERSION, META_BYTES, PolicyMeta};
 use serde::{Deserialize, Serialize};
 
 use super::LoaderError;
+use crate::{compile::Compiled, policy::Policy};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSummary {
@@ -32,6 +38,35 @@ pub struct PolicySummary {
 }
 
 impl PolicySummary {
+    /// The summary of `policy` as compiled, for recording beside it in the kernel.
+    pub fn describe(policy: &Policy, compiled: &Compiled, path: &Path) -> Self {
+        let stats = compiled.stats();
+        PolicySummary {
+            policy_path: std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_owned())
+                .display()
+                .to_string(),
+            applied_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            serial: 0,
+            mode: policy.mode.name().to_owned(),
+            default: policy.default.name().to_owned(),
+            rules: policy
+                .rules
+                .iter()
+                .map(|rule| RuleSummary {
+                    name: rule.name.clone(),
+                    ports: rule.ports.iter().map(ToString::to_string).collect(),
+                    from: rule.from.sets.iter().map(|s| s.name.clone()).collect(),
+                })
+                .collect(),
+            prefixes_v4: stats.entries.v4,
+            prefixes_v6: stats.entries.v6,
+            attach_mode: String::new(),
+        }
+    }
+
     pub(crate) fn encode(&self) -> Result<PolicyMeta, LoaderError> {
         let json = serde_json::to_vec(self).unwrap_or_default();
         if json.len() > META_BYTES {

@@ -242,3 +242,41 @@ pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
     let mut maps = PolicyMaps::open_pinned(&root.interface_dir(&outcome.iface))?;
     maps.set_active_generation(1 - outcome.generation)
 }
+
+/// An apply to several interfaces that failed on one of them (and was undone on the
+/// ones already done).
+#[derive(Debug, thiserror::Error)]
+#[error("applying to {iface} (nothing changed): {source}")]
+pub struct ApplyAllError {
+    pub iface: String,
+    #[source]
+    pub source: LoaderError,
+}
+
+/// Applies to every interface or to none: if one fails, the ones already done are
+/// undone (a fresh install removed, a swap flipped back).
+pub fn apply_all(
+    root: &PinRoot,
+    ifaces: &[String],
+    compiled: &Compiled,
+    summary: &PolicySummary,
+) -> Result<Vec<ApplyOutcome>, ApplyAllError> {
+    let mut done = Vec::with_capacity(ifaces.len());
+    for iface in ifaces {
+        match apply(root, iface, compiled, summary.clone()) {
+            Ok(outcome) => done.push(outcome),
+            Err(source) => {
+                for outcome in done.iter().rev() {
+                    if let Err(error) = undo(root, outcome) {
+                        tracing::error!(iface = outcome.iface, %error, "could not undo apply");
+                    }
+                }
+                return Err(ApplyAllError {
+                    iface: iface.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(done)
+}

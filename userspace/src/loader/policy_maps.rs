@@ -213,7 +213,7 @@ impl PolicyMaps {
         let mut reasons = Vec::with_capacity(Reason::ALL.len());
         let mut reasons_in_monitor = Vec::with_capacity(Reason::ALL.len());
         for reason in Reason::ALL {
-            let mut read = |monitor| {
+            let read = |monitor| {
                 self.reason_stats
                     .get(&reason_stat_index(reason as u32, monitor), 0)
                     .map(sum)

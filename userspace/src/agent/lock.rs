@@ -1,0 +1,71 @@
+//! One agent per pin root: an advisory lock on a file in the state directory. The
+//! kernel drops the lock when the process dies (even by SIGKILL), so a crashed agent
+//! never blocks its successor.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::AgentError;
+
+pub struct InstanceLock {
+    _lock: Flock<File>,
+}
+
+/// The lock file for `pin_root`: its path with `/` spelled `_`, so two agents with
+/// different pin roots (tests, several namespaces) don't exclude each other.
+fn lock_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
+    let key: String = pin_root
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    state_dir.join(format!("agent{key}.lock"))
+}
+
+pub fn acquire(state_dir: &Path, pin_root: &Path) -> Result<InstanceLock, AgentError> {
+    let path = lock_path(state_dir, pin_root);
+    fs::create_dir_all(state_dir).map_err(|source| AgentError::Io {
+        op: "creating",
+        path: state_dir.to_owned(),
+        source,
+    })?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::Io {
+            op: "opening",
+            path: path.clone(),
+            source,
+        })?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, _)) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            drop(file);
+            return Err(AgentError::AlreadyRunning {
+                pin_root: pin_root.to_owned(),
+                lock: path,
+                holder: holder.trim().to_owned(),
+            });
+        }
+    };
+    // Record who holds it, for the message a second agent prints.
+    let _ = lock.set_len(0);
+    let _ = writeln!(lock, "pid {}", std::process::id());
+    Ok(InstanceLock { _lock: lock })
+}

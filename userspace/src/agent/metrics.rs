@@ -1,0 +1,319 @@
+//! `/metrics` (Prometheus/OpenMetrics text from prometheus-client), `/healthz` and
+//! `/readyz`. Kernel counters are read from the pinned maps at scrape time, so a
+//! scrape always shows what the kernel counted, even for packets judged while no
+//! agent was running.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use airlock_common::{
+    Counter as KernelCounter, Reason, SAMPLES_RATE_LIMITED, SAMPLES_RING_FULL, SAMPLES_SENT,
+};
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use super::state::AgentState;
+use crate::loader::{PinRoot, PolicyMaps};
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug)]
+struct AirlockCollector {
+    root: PinRoot,
+    state: Arc<AgentState>,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn encode_family<M>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    family: &Family<Labels, M>,
+) -> Result<(), std::fmt::Error>
+where
+    M: prometheus_client::encoding::EncodeMetric + prometheus_client::metrics::TypedMetric,
+{
+    family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)
+}
+
+/// The verdict label: what happened to the packet.
+fn verdict(reason: Reason, monitor: bool) -> &'static str {
+    match (reason.passes(), monitor) {
+        (true, _) => "passed",
+        (false, false) => "dropped",
+        (false, true) => "would_drop",
+    }
+}
+
+impl Collector for AirlockCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let packets = Family::<Labels, Counter>::default();
+        let bytes = Family::<Labels, Counter>::default();
+        let rule_packets = Family::<Labels, Counter>::default();
+        let rule_bytes = Family::<Labels, Counter>::default();
+        let samples = Family::<Labels, Counter>::default();
+        let serial = Family::<Labels, Gauge>::default();
+        let state = self.state.lock().clone();
+        for iface in self.root.interfaces().unwrap_or_default() {
+            let Ok(maps) = PolicyMaps::open_pinned(&self.root.interface_dir(&iface)) else {
+                continue;
+            };
+            let Ok(counters) = maps.counters() else {
+                continue;
+            };
+            for reason in Reason::ALL {
+                let all = counters.reason(reason);
+                let monitored = counters
+                    .reasons_in_monitor
+                    .get(reason as usize)
+                    .copied()
+                    .unwrap_or_default();
+                for (monitor, count) in [
+                    (
+                        false,
+                        KernelCounter {
+                            packets: all.packets - monitored.packets,
+                            bytes: all.bytes - monitored.bytes,
+                        },
+                    ),
+                    (true, monitored),
+                ] {
+                    if count.packets == 0 && monitor {
+                        continue;
+                    }
+                    let l = labels(&[
+                        ("interface", &iface),
+                        ("reason", reason.name()),
+                        ("verdict", verdict(reason, monitor)),
+                    ]);
+                    packets.get_or_create(&l).inc_by(count.packets);
+                    bytes.get_or_create(&l).inc_by(count.bytes);
+                }
+            }
+            let summary = maps.active_summary().ok().flatten();
+            let names: Vec<String> = summary
+                .as_ref()
+                .map(|s| s.rules.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default();
+            for (name, (allowed, refused)) in names.iter().zip(&counters.rules) {
+                for (is_allowed, count) in [(true, allowed), (false, refused)] {
+                    let carried = state
+                        .carried
+                        .get(&(iface.clone(), name.clone(), is_allowed))
+                        .copied()
+                        .unwrap_or_default();
+                    let l = labels(&[
+                        ("interface", &iface),
+                        ("rule", name),
+                        ("verdict", if is_allowed { "allowed" } else { "refused" }),
+                    ]);
+                    rule_packets
+                        .get_or_create(&l)
+                        .inc_by(count.packets + carried.packets);
+                    rule_bytes
+                        .get_or_create(&l)
+                        .inc_by(count.bytes + carried.bytes);
+                }
+            }
+            for (slot, outcome) in [
+                (SAMPLES_SENT, "sent"),
+                (SAMPLES_RATE_LIMITED, "rate_limited"),
+                (SAMPLES_RING_FULL, "ring_full"),
+            ] {
+                samples
+                    .get_or_create(&labels(&[("interface", &iface), ("outcome", outcome)]))
+                    .inc_by(counters.samples[slot as usize]);
+            }
+            if let Some(summary) = summary {
+                serial
+                    .get_or_create(&labels(&[("interface", &iface)]))
+                    .set(i64::try_from(summary.serial).unwrap_or(i64::MAX));
+            }
+        }
+        encode_family(
+            &mut encoder,
+            "airlock_packets",
+            "Packets judged, by interface, verdict reason and outcome.",
+            &packets,
+        )?;
+        encode_family(
+            &mut encoder,
+            "airlock_bytes",
+            "Bytes judged, by interface, verdict reason and outcome.",
+            &bytes,
+        )?;
+        encode_family(
+            &mut encoder,
+            "airlock_rule_packets",
+            "Packets a rule decided, by interface, rule and verdict.",
+            &rule_packets,
+        )?;
+        encode_family(
+            &mut encoder,
+            "airlock_rule_bytes",
+            "Bytes a rule decided, by interface, rule and verdict.",
+            &rule_bytes,
+        )?;
+        encode_family(
+            &mut encoder,
+            "airlock_drop_samples",
+            "Drop samples by outcome (sent to user space, held back by the in-kernel rate limit, lost to a full ring).",
+            &samples,
+        )?;
+        encode_family(
+            &mut encoder,
+            "airlock_policy_generation",
+            "Apply serial of the policy in force on the interface.",
+            &serial,
+        )?;
+
+        let simple: [(&str, &str, u64); 3] = [
+            (
+                "airlock_policy_reloads",
+                "Successful policy reloads.",
+                state.reloads,
+            ),
+            (
+                "airlock_policy_reload_failures",
+                "Policy reloads rejected (invalid policy or failed apply); the previous policy stayed in force.",
+                state.reload_failures,
+            ),
+            (
+                "airlock_attach_repairs",
+                "Interfaces re-attached or re-synced after drifting from the policy.",
+                state.repairs,
+            ),
+        ];
+        for (name, help, value) in simple {
+            let counter = Counter::<u64>::default();
+            counter.inc_by(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let gauges: [(&str, &str, f64); 3] = [
+            (
+                "airlock_policy_last_reload_timestamp_seconds",
+                "Unix time of the last successful reload.",
+                state.last_reload,
+            ),
+            (
+                "airlock_ready",
+                "1 when the policy is applied on every selected interface.",
+                f64::from(u8::from(state.ready)),
+            ),
+            (
+                "airlock_mode_monitor",
+                "1 when the policy in force is in monitor mode.",
+                f64::from(u8::from(state.mode == "monitor")),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+            gauge.set(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let prefixes = Family::<Labels, Gauge>::default();
+        for (family, count) in [("ipv4", state.prefixes_v4), ("ipv6", state.prefixes_v6)] {
+            prefixes
+                .get_or_create(&labels(&[("family", family)]))
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        encode_family(
+            &mut encoder,
+            "airlock_prefixes_loaded",
+            "Source prefixes in the compiled policy, by address family.",
+            &prefixes,
+        )?;
+        let info = Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))]));
+        info.encode(encoder.encode_descriptor(
+            "airlock_build",
+            "Build information.",
+            None,
+            info.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Http {
+    registry: Arc<Registry>,
+    state: Arc<AgentState>,
+}
+
+async fn metrics(State(http): State<Http>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &http.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain")],
+            "encoding metrics failed\n".to_owned(),
+        ),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(http): State<Http>) -> (StatusCode, &'static str) {
+    if http.state.lock().ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: policy not applied on every selected interface\n",
+        )
+    }
+}
+
+/// Binds `addr` now (so a port clash fails start-up) and serves in the background.
+pub async fn serve(
+    addr: SocketAddr,
+    root: PinRoot,
+    state: Arc<AgentState>,
+) -> std::io::Result<SocketAddr> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(AirlockCollector {
+        root,
+        state: Arc::clone(&state),
+    }));
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Http {
+            registry: Arc::new(registry),
+            state,
+        });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "metrics server stopped");
+        }
+    });
+    Ok(bound)
+}

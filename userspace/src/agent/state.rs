@@ -1,0 +1,42 @@
+//! What the agent knows about itself, shared with the HTTP server: readiness and the
+//! figures `/metrics` reports besides the kernel's own counters.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use airlock_common::Counter;
+
+#[derive(Debug, Default)]
+pub struct AgentState {
+    inner: Mutex<StateInner>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct StateInner {
+    /// The policy is applied on every selected interface.
+    pub ready: bool,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub repairs: u64,
+    /// Unix seconds of the last successful reload (0: none yet).
+    pub last_reload: f64,
+    pub prefixes_v4: usize,
+    pub prefixes_v6: usize,
+    pub mode: String,
+    /// Interfaces the policy selects, with the apply serial in force on each.
+    pub interfaces: BTreeMap<String, u64>,
+    /// Rule counters of generations already replaced, by (interface, rule, allowed),
+    /// so the exported counters stay monotonic across reloads.
+    pub carried: BTreeMap<(String, String, bool), Counter>,
+}
+
+impl AgentState {
+    pub fn lock(&self) -> MutexGuard<'_, StateInner> {
+        // A panic while holding the lock leaves plain numbers behind: still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

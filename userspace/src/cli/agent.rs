@@ -1,0 +1,55 @@
+//! `airlock agent`: the long-running host agent (see `airlock::agent`).
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use airlock::agent::{self, AgentConfig};
+use airlock_common::DEFAULT_SAMPLE_RATE;
+
+use super::PinRootArg;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Policy file; watched, and reloaded on every change and on SIGHUP.
+    #[arg(short = 'f', long = "file")]
+    policy: PathBuf,
+    #[command(flatten)]
+    pin_root: PinRootArg,
+    /// Where to serve /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    metrics_addr: SocketAddr,
+    /// Interface name or glob (e.g. `eth*`) to filter, overriding the policy (repeatable).
+    #[arg(long = "iface")]
+    ifaces: Vec<String>,
+    /// Remove the filters on exit instead of leaving them enforcing.
+    #[arg(long)]
+    detach_on_exit: bool,
+    /// Directory for the single-instance lock.
+    #[arg(long, default_value = "/run/airlock")]
+    state_dir: PathBuf,
+    /// Seconds between checks that every interface still runs the current policy
+    /// (interface events trigger a check at once as well).
+    #[arg(long, default_value_t = 10)]
+    reconcile_interval: u64,
+    /// Drop samples per second per CPU sent by the kernel (0: none).
+    #[arg(long, default_value_t = DEFAULT_SAMPLE_RATE)]
+    sample_rate: u32,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = AgentConfig {
+        policy_path: args.policy,
+        pin_root: args.pin_root.pin_root,
+        metrics_addr: args.metrics_addr,
+        iface_overrides: args.ifaces,
+        detach_on_exit: args.detach_on_exit,
+        state_dir: args.state_dir,
+        reconcile_interval: Duration::from_secs(args.reconcile_interval.max(1)),
+        sample_rate: args.sample_rate,
+    };
+    // One thread is plenty: the work is a few system calls per event.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(agent::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}

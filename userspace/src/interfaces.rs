@@ -1,0 +1,139 @@
+//! Which interfaces a policy applies to: explicit names (or shell globs such as
+//! `eth*`) win over the policy's list; `auto` means the interface(s) of the default
+//! route.
+
+use std::fs;
+
+use crate::policy::{Interfaces, Policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    #[error(
+        "interfaces: [auto] but this network namespace has no default route; name the interface with --iface"
+    )]
+    NoDefaultRoute,
+    #[error("--iface {pattern:?} is not a valid glob: {source}")]
+    BadPattern {
+        pattern: String,
+        #[source]
+        source: glob::PatternError,
+    },
+    #[error("interface {0} does not exist in this network namespace")]
+    Missing(String),
+}
+
+/// The interfaces to filter, sorted. Globs are matched against the interfaces that
+/// exist now (`lo` excepted); a glob that matches nothing contributes nothing.
+pub fn resolve(policy: &Policy, overrides: &[String]) -> Result<Vec<String>, InterfaceError> {
+    let mut names = if overrides.is_empty() {
+        match &policy.interfaces {
+            Interfaces::Named(names) => names.clone(),
+            Interfaces::Auto => default_route_interfaces()?,
+        }
+    } else {
+        expand(overrides)?
+    };
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn is_glob(name: &str) -> bool {
+    name.contains(['*', '?', '['])
+}
+
+fn expand(requested: &[String]) -> Result<Vec<String>, InterfaceError> {
+    let mut names = Vec::new();
+    let present = existing_interfaces();
+    for request in requested {
+        if !is_glob(request) {
+            names.push(request.clone());
+            continue;
+        }
+        let pattern = glob::Pattern::new(request).map_err(|source| InterfaceError::BadPattern {
+            pattern: request.clone(),
+            source,
+        })?;
+        names.extend(
+            present
+                .iter()
+                .filter(|name| name.as_str() != "lo" && pattern.matches(name))
+                .cloned(),
+        );
+    }
+    Ok(names)
+}
+
+/// Interfaces of this network namespace.
+pub fn existing_interfaces() -> Vec<String> {
+    fs::read_dir("/sys/class/net")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Interfaces of the IPv4 and IPv6 default routes, from the kernel's route tables.
+pub fn default_route_interfaces() -> Result<Vec<String>, InterfaceError> {
+    let mut found = Vec::new();
+    if let Ok(table) = fs::read_to_string("/proc/net/route") {
+        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 7 && fields[1] == "00000000" && fields[7] == "00000000" {
+                found.push(fields[0].to_owned());
+            }
+        }
+    }
+    if let Ok(table) = fs::read_to_string("/proc/net/ipv6_route") {
+        // dest plen src plen nexthop metric refcnt use flags iface
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() == 10
+                && fields[0].bytes().all(|b| b == b'0')
+                && fields[1] == "00"
+                && fields[9] != "lo"
+            {
+                found.push(fields[9].to_owned());
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    if found.is_empty() {
+        return Err(InterfaceError::NoDefaultRoute);
+    }
+    Ok(found)
+}
+
+/// Fails if any interface does not exist (checked before anything is applied).
+pub fn check_exist(names: &[String]) -> Result<(), InterfaceError> {
+    match names
+        .iter()
+        .find(|name| crate::loader::interface_index(name).is_none())
+    {
+        Some(missing) => Err(InterfaceError::Missing(missing.clone())),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_are_recognised_and_plain_names_are_not() {
+        assert!(is_glob("eth*"));
+        assert!(is_glob("ens[0-9]"));
+        assert!(!is_glob("eth0.100"));
+    }
+
+    #[test]
+    fn plain_names_pass_through_even_if_absent() {
+        let names = expand(&["nonexistent0".to_owned()]).expect("expand");
+        assert_eq!(names, ["nonexistent0"]);
+    }
+}
