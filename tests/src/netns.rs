@@ -165,6 +165,7 @@ pub struct Testbed {
     pub server: Namespace,
     pub client: Namespace,
     pub server_if: String,
+    pub client_if: String,
     pub bpffs: PrivateBpffs,
 }
 
@@ -174,26 +175,41 @@ impl Testbed {
         let client = Namespace::new(unique_name(&format!("{prefix}c")));
         let server_if = unique_name("alsrv");
         let client_if = unique_name("alcli");
+        let bed = Self {
+            server,
+            client,
+            server_if,
+            client_if,
+            bpffs: PrivateBpffs::new(),
+        };
+        bed.recreate_link();
+        bed
+    }
+
+    /// Creates the veth pair and its addresses (again, after a test deleted it).
+    pub fn recreate_link(&self) {
+        let (server, client) = (&self.server, &self.client);
+        let (server_if, client_if) = (&self.server_if, &self.client_if);
         run(&[
             "ip",
             "link",
             "add",
-            &client_if,
+            client_if,
             "netns",
             client.name(),
             "type",
             "veth",
             "peer",
             "name",
-            &server_if,
+            server_if,
             "netns",
             server.name(),
         ]);
         let client_v4 = [addr::PARTNER_V4, addr::OFFICE_V4, addr::STRANGER_V4];
         let client_v6 = [addr::PARTNER_V6, addr::OFFICE_V6, addr::STRANGER_V6];
         for (ns, dev, v4, v6) in [
-            (&server, &server_if, addr::SERVER_V4, addr::SERVER_V6),
-            (&client, &client_if, client_v4, client_v6),
+            (server, server_if, addr::SERVER_V4, addr::SERVER_V6),
+            (client, client_if, client_v4, client_v6),
         ] {
             for a in v4 {
                 ns.ip(&["addr", "add", &format!("{a}/24"), "dev", dev]);
@@ -203,12 +219,6 @@ impl Testbed {
                 ns.ip(&["addr", "add", &format!("{a}/64"), "dev", dev, "nodad"]);
             }
             ns.ip(&["link", "set", dev, "up"]);
-        }
-        Self {
-            server,
-            client,
-            server_if,
-            bpffs: PrivateBpffs::new(),
         }
     }
 
@@ -300,5 +310,57 @@ impl Drop for Server {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+impl Testbed {
+    /// Sends `count` UDP datagrams from `source` to `port` on the server (no reply
+    /// expected): for counting exactly what the filter saw.
+    pub fn send_udp(&self, source: &str, port: u16, count: usize) {
+        let source: IpAddr = source.parse().expect("address");
+        let target = SocketAddr::new(Self::server_addr_for(source), port);
+        self.client
+            .spawn(move || {
+                let socket =
+                    std::net::UdpSocket::bind(SocketAddr::new(source, 0)).expect("bind udp");
+                for _ in 0..count {
+                    socket.send_to(b"airlock", target).expect("send udp");
+                }
+            })
+            .join()
+            .expect("udp thread");
+    }
+
+    /// An HTTP GET from inside the server namespace (where the agent's loopback-bound
+    /// metrics server lives). Returns (status code, body).
+    pub fn http_get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        self.server
+            .spawn(move || {
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                stream.write_all(request.as_bytes()).ok()?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response).ok()?;
+                let status = response.split_whitespace().nth(1)?.parse().ok()?;
+                let body = response.split_once("\r\n\r\n")?.1.to_owned();
+                Some((status, body))
+            })
+            .join()
+            .expect("http thread")
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
