@@ -68,7 +68,7 @@ impl Fixture {
     }
 
     fn start_agent(&self, policy: &Path, extra: &[&str]) -> Agent {
-        Agent::start(self, policy, extra)
+        Agent::start(self, &[], policy, extra)
     }
 
     fn metrics(&self) -> String {
@@ -114,13 +114,19 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(f: &Fixture, policy: &Path, extra: &[&str]) -> Self {
+    /// Starts the agent in the server namespace, behind `wrapper` (e.g. setpriv).
+    fn start(f: &Fixture, wrapper: &[&str], policy: &Path, extra: &[&str]) -> Self {
         let log = f.dir.path().join(format!("agent-{}.log", rand_suffix()));
         let log_file = fs::File::create(&log).expect("log file");
-        let child = f
-            .bed
-            .server
-            .command(airlock_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = f.bed.server.command(program);
+                command.args(args).arg(airlock_bin());
+                command
+            }
+            None => f.bed.server.command(airlock_bin()),
+        };
+        let child = command
             .args(["agent", "-f"])
             .arg(policy)
             .arg("--pin-root")
@@ -447,4 +453,56 @@ fn agent_binary_is_the_one_under_test() {
     ] {
         assert!(help.contains(flag), "agent --help lacks {flag}:\n{help}");
     }
+}
+
+/// The capabilities deploy/systemd/airlock.service grants, as setpriv spells them.
+fn unit_capabilities() -> Vec<String> {
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/systemd/airlock.service"
+    ))
+    .expect("systemd unit");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet in the unit");
+    line.split_whitespace()
+        .map(|cap| cap.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+#[test]
+fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
+    let caps = unit_capabilities();
+    assert_eq!(
+        caps,
+        ["bpf", "net_admin", "perfmon"],
+        "the unit's capability set changed: update this test and the docs"
+    );
+    let f = Fixture::new("acap");
+    f.write_policy(&f.policy_text("office"));
+    let bounding = format!(
+        "--bounding-set=-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let agent = Agent::start(
+        &f,
+        &["setpriv", "--no-new-privs", "--inh-caps=-all", &bounding],
+        &f.policy_path(),
+        &[],
+    );
+    assert!(
+        f.kept_out(addr::STRANGER_V4),
+        "enforcing with only {caps:?}"
+    );
+    assert!(f.gets_in(addr::OFFICE_V4));
+    f.rename_policy(&f.policy_text("office, 203.0.113.0/24"));
+    assert!(
+        wait_until(RELOAD, || f.gets_in(addr::STRANGER_V4)),
+        "reloading with only {caps:?}; log:\n{}",
+        agent.log()
+    );
 }
