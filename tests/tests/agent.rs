@@ -13,86 +13,56 @@ use std::{
 
 use airlock_integration::{
     cli::{airlock_bin, airlock_in},
-    netns::{Server, Testbed, addr, require_root, wait_until},
+    fixture::{ALLOWED, Fixture, PORT, REFUSED},
+    netns::{addr, wait_until},
 };
 
-const PORT: u16 = 5432;
 const UDP_PORT: u16 = 5353;
 const METRICS: u16 = 9477;
-const ALLOWED: Duration = Duration::from_millis(900);
-const REFUSED: Duration = Duration::from_millis(300);
 /// How long a policy change may take to be in force.
 const RELOAD: Duration = Duration::from_secs(2);
 
-struct Fixture {
-    bed: Testbed,
-    _server: Server,
-    dir: tempfile::TempDir,
-    state: tempfile::TempDir,
+/// A policy letting `from` reach PORT/tcp and UDP_PORT/udp.
+fn policy_text(f: &Fixture, from: &str) -> String {
+    format!(
+        "version: 1\ninterfaces: [{}]\nsets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\nrules:\n  - name: db\n    ports: [{PORT}/tcp]\n    from: [{from}]\n  - name: dns\n    ports: [{UDP_PORT}/udp]\n    from: [{from}]\n",
+        f.bed.server_if
+    )
 }
 
-impl Fixture {
-    fn new(prefix: &str) -> Self {
-        require_root();
-        let bed = Testbed::new(prefix);
-        let server = Server::start(&bed.server, PORT);
-        Self {
-            bed,
-            _server: server,
-            dir: tempfile::tempdir().expect("temp dir"),
-            state: tempfile::tempdir().expect("state dir"),
-        }
-    }
+fn policy_path(f: &Fixture) -> PathBuf {
+    f.dir.path().join("policy.yaml")
+}
 
-    /// A policy letting `from` reach PORT/tcp and UDP_PORT/udp.
-    fn policy_text(&self, from: &str) -> String {
-        format!(
-            "version: 1\ninterfaces: [{}]\nsets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\nrules:\n  - name: db\n    ports: [{PORT}/tcp]\n    from: [{from}]\n  - name: dns\n    ports: [{UDP_PORT}/udp]\n    from: [{from}]\n",
-            self.bed.server_if
-        )
-    }
+fn write_policy(f: &Fixture, text: &str) {
+    fs::write(policy_path(f), text).expect("write policy");
+}
 
-    fn policy_path(&self) -> PathBuf {
-        self.dir.path().join("policy.yaml")
-    }
+/// Replaces the policy the way editors do: write a temporary file, rename it over.
+fn rename_policy(f: &Fixture, text: &str) {
+    let temp = f.dir.path().join(".policy.yaml.swp");
+    fs::write(&temp, text).expect("write temp");
+    fs::rename(&temp, policy_path(f)).expect("rename");
+}
 
-    fn write_policy(&self, text: &str) {
-        fs::write(self.policy_path(), text).expect("write policy");
+fn metrics(f: &Fixture) -> String {
+    match f.bed.http_get(METRICS, "/metrics") {
+        Some((200, body)) => body,
+        other => panic!("scraping /metrics: {other:?}"),
     }
+}
 
-    /// Replaces the policy the way editors do: write a temporary file, rename it over.
-    fn rename_policy(&self, text: &str) {
-        let temp = self.dir.path().join(".policy.yaml.swp");
-        fs::write(&temp, text).expect("write temp");
-        fs::rename(&temp, self.policy_path()).expect("rename");
-    }
+fn metric(f: &Fixture, series: &str) -> f64 {
+    metric_value(&metrics(f), series)
+}
 
-    fn start_agent(&self, policy: &Path, extra: &[&str]) -> Agent {
-        Agent::start(self, &[], policy, extra)
-    }
+fn ready(f: &Fixture) -> bool {
+    matches!(f.bed.http_get(METRICS, "/readyz"), Some((200, _)))
+}
 
-    fn metrics(&self) -> String {
-        match self.bed.http_get(METRICS, "/metrics") {
-            Some((200, body)) => body,
-            other => panic!("scraping /metrics: {other:?}"),
-        }
-    }
-
-    fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.metrics(), series)
-    }
-
-    fn ready(&self) -> bool {
-        matches!(self.bed.http_get(METRICS, "/readyz"), Some((200, _)))
-    }
-
-    fn gets_in(&self, source: &str) -> bool {
-        self.bed.connects(source, PORT, ALLOWED)
-    }
-
-    fn kept_out(&self, source: &str) -> bool {
-        !self.bed.connects(source, PORT, REFUSED)
-    }
+/// The agent's lock directory lives in the fixture's scratch directory.
+fn state_dir(f: &Fixture) -> PathBuf {
+    f.dir.path().join("state")
 }
 
 /// The value of one series in Prometheus text (0 when absent).
@@ -132,7 +102,7 @@ impl Agent {
             .arg("--pin-root")
             .arg(f.bed.bpffs.path())
             .arg("--state-dir")
-            .arg(f.state.path())
+            .arg(state_dir(&f))
             .args(["--metrics-addr", &format!("127.0.0.1:{METRICS}")])
             .args(["--log-format", "json", "--reconcile-interval", "1"])
             .args(extra)
@@ -142,7 +112,7 @@ impl Agent {
             .expect("start agent");
         let agent = Self { child, log };
         assert!(
-            wait_until(Duration::from_secs(10), || f.ready()),
+            wait_until(Duration::from_secs(10), || ready(&f)),
             "agent not ready within 10 s; log:\n{}",
             agent.log()
         );
@@ -183,20 +153,20 @@ fn rand_suffix() -> u64 {
 #[test]
 fn agent_enforces_and_follows_in_place_edits_renames_and_sighup() {
     let f = Fixture::new("ag");
-    f.write_policy(&f.policy_text("office"));
-    let agent = f.start_agent(&f.policy_path(), &[]);
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
     assert!(f.gets_in(addr::OFFICE_V4));
     assert!(f.kept_out(addr::STRANGER_V4));
 
     // Edited in place: the stranger's network joins the rule.
-    f.write_policy(&f.policy_text("office, 203.0.113.0/24"));
+    write_policy(&f, &policy_text(&f, "office, 203.0.113.0/24"));
     assert!(
         wait_until(RELOAD, || f.gets_in(addr::STRANGER_V4)),
         "in-place edit not in force; log:\n{}",
         agent.log()
     );
     // Replaced by rename, as editors do: the stranger is out again.
-    f.rename_policy(&f.policy_text("office"));
+    rename_policy(&f, &policy_text(&f, "office"));
     assert!(
         wait_until(RELOAD, || f.kept_out(addr::STRANGER_V4)),
         "renamed policy not in force; log:\n{}",
@@ -204,24 +174,27 @@ fn agent_enforces_and_follows_in_place_edits_renames_and_sighup() {
     );
     assert!(f.gets_in(addr::OFFICE_V4));
 
-    let before = f.metric("airlock_policy_reloads_total");
+    let before = metric(&f, "airlock_policy_reloads_total");
     agent.signal(nix::sys::signal::Signal::SIGHUP);
     assert!(
-        wait_until(RELOAD, || f.metric("airlock_policy_reloads_total") > before),
+        wait_until(RELOAD, || metric(&f, "airlock_policy_reloads_total")
+            > before),
         "SIGHUP did not reload"
     );
-    assert_eq!(f.metric("airlock_policy_reload_failures_total"), 0.0);
+    assert_eq!(metric(&f, "airlock_policy_reload_failures_total"), 0.0);
 }
 
 #[test]
 fn invalid_policy_is_rejected_logged_counted_and_the_old_one_stays() {
     let f = Fixture::new("ai");
-    f.write_policy(&f.policy_text("office"));
-    let agent = f.start_agent(&f.policy_path(), &[]);
-    f.rename_policy(&f.policy_text("office, 203.0.113.7/24"));
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
+    rename_policy(&f, &policy_text(&f, "office, 203.0.113.7/24"));
     assert!(
-        wait_until(RELOAD, || f.metric("airlock_policy_reload_failures_total")
-            >= 1.0),
+        wait_until(RELOAD, || metric(
+            &f,
+            "airlock_policy_reload_failures_total"
+        ) >= 1.0),
         "failure not counted; log:\n{}",
         agent.log()
     );
@@ -238,7 +211,7 @@ fn invalid_policy_is_rejected_logged_counted_and_the_old_one_stays() {
         f.kept_out(addr::STRANGER_V4),
         "and still keeps the stranger out"
     );
-    assert!(f.ready(), "the old policy is still applied everywhere");
+    assert!(ready(&f), "the old policy is still applied everywhere");
 }
 
 #[test]
@@ -251,15 +224,15 @@ fn configmap_symlink_swap_is_picked_up_when_started_like_the_daemonset() {
         fs::create_dir_all(&dir).expect("mkdir");
         fs::write(dir.join("policy.yaml"), text).expect("write");
     };
-    version("..2026_11_29_00_00_00.1", &f.policy_text("office"));
+    version("..2026_11_29_00_00_00.1", &policy_text(&f, "office"));
     std::os::unix::fs::symlink("..2026_11_29_00_00_00.1", root.join("..data")).expect("link");
     std::os::unix::fs::symlink("..data/policy.yaml", root.join("policy.yaml")).expect("link");
-    let agent = f.start_agent(&root.join("policy.yaml"), &[]);
+    let agent = Agent::start(&f, &[], &root.join("policy.yaml"), &[]);
     assert!(f.kept_out(addr::STRANGER_V4));
 
     version(
         "..2026_11_29_00_01_00.2",
-        &f.policy_text("office, 203.0.113.0/24"),
+        &policy_text(&f, "office, 203.0.113.0/24"),
     );
     std::os::unix::fs::symlink("..2026_11_29_00_01_00.2", root.join("..data_tmp")).expect("link");
     fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap ..data");
@@ -274,8 +247,8 @@ fn configmap_symlink_swap_is_picked_up_when_started_like_the_daemonset() {
 #[test]
 fn killed_agent_restarts_and_adopts_the_filter_with_no_wrong_verdict_in_between() {
     let f = Fixture::new("ak");
-    f.write_policy(&f.policy_text("office"));
-    let agent = f.start_agent(&f.policy_path(), &[]);
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
 
     let stop = AtomicBool::new(false);
     let wrong = AtomicUsize::new(0);
@@ -300,7 +273,7 @@ fn killed_agent_restarts_and_adopts_the_filter_with_no_wrong_verdict_in_between(
         // kill -9: no chance to clean up; the pinned filter must carry on alone.
         agent.stop(nix::sys::signal::Signal::SIGKILL);
         thread::sleep(Duration::from_millis(800));
-        let restarted = f.start_agent(&f.policy_path(), &[]);
+        let restarted = Agent::start(&f, &[], &policy_path(&f), &[]);
         thread::sleep(Duration::from_millis(500));
         stop.store(true, Ordering::Relaxed);
         assert!(restarted.log().contains("policy in force"));
@@ -317,20 +290,21 @@ fn killed_agent_restarts_and_adopts_the_filter_with_no_wrong_verdict_in_between(
 #[test]
 fn recreated_interface_gets_the_filter_back() {
     let f = Fixture::new("ar");
-    f.write_policy(&f.policy_text("office"));
-    let agent = f.start_agent(&f.policy_path(), &[]);
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
     // Delete the server's veth end (which deletes the pair) and make it anew.
     let iface = f.bed.server_if.clone();
     f.bed.server.ip(&["link", "del", &iface]);
     f.bed.recreate_link();
     assert!(
-        wait_until(Duration::from_secs(5), || f
-            .metric("airlock_attach_repairs_total")
-            >= 1.0),
+        wait_until(Duration::from_secs(5), || metric(
+            &f,
+            "airlock_attach_repairs_total"
+        ) >= 1.0),
         "no repair counted; log:\n{}",
         agent.log()
     );
-    assert!(wait_until(RELOAD, || f.ready()));
+    assert!(wait_until(RELOAD, || ready(&f)));
     assert!(
         f.kept_out(addr::STRANGER_V4),
         "the filter is back on the new interface"
@@ -341,8 +315,8 @@ fn recreated_interface_gets_the_filter_back() {
 #[test]
 fn metrics_count_the_packets_sent_and_drops_are_sampled_in_the_json_log() {
     let f = Fixture::new("am");
-    f.write_policy(&f.policy_text("office"));
-    let agent = f.start_agent(&f.policy_path(), &[]);
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
     f.bed.send_udp(addr::STRANGER_V4, UDP_PORT, 20);
     f.bed.send_udp(addr::OFFICE_V4, UDP_PORT, 10);
     let iface = &f.bed.server_if;
@@ -353,15 +327,15 @@ fn metrics_count_the_packets_sent_and_drops_are_sampled_in_the_json_log() {
         "airlock_rule_packets_total{{interface=\"{iface}\",rule=\"dns\",verdict=\"allowed\"}}"
     );
     assert!(
-        wait_until(RELOAD, || f.metric(&refused) == 20.0
-            && f.metric(&allowed) == 10.0),
+        wait_until(RELOAD, || metric(&f, &refused) == 20.0
+            && metric(&f, &allowed) == 10.0),
         "rule counters do not match the 20 refused and 10 allowed datagrams:\n{}",
-        f.metrics()
+        metrics(&f)
     );
     let dropped = format!(
         "airlock_packets_total{{interface=\"{iface}\",reason=\"rule_refused\",verdict=\"dropped\"}}"
     );
-    assert!(f.metric(&dropped) >= 20.0);
+    assert!(metric(&f, &dropped) >= 20.0);
     assert!(
         wait_until(RELOAD, || agent
             .log()
@@ -376,9 +350,10 @@ fn metrics_count_the_packets_sent_and_drops_are_sampled_in_the_json_log() {
         agent.log()
     );
     assert_eq!(
-        f.metric(&format!(
-            "airlock_drop_samples_total{{interface=\"{iface}\",outcome=\"sent\"}}"
-        )),
+        metric(
+            &f,
+            &format!("airlock_drop_samples_total{{interface=\"{iface}\",outcome=\"sent\"}}")
+        ),
         20.0
     );
 }
@@ -386,18 +361,18 @@ fn metrics_count_the_packets_sent_and_drops_are_sampled_in_the_json_log() {
 #[test]
 fn a_second_agent_on_the_same_pin_root_refuses_to_start() {
     let f = Fixture::new("a2");
-    f.write_policy(&f.policy_text("office"));
-    let _agent = f.start_agent(&f.policy_path(), &[]);
+    write_policy(&f, &policy_text(&f, "office"));
+    let _agent = Agent::start(&f, &[], &policy_path(&f), &[]);
     let output = f
         .bed
         .server
         .command(airlock_bin())
         .args(["agent", "-f"])
-        .arg(f.policy_path())
+        .arg(policy_path(&f))
         .arg("--pin-root")
         .arg(f.bed.bpffs.path())
         .arg("--state-dir")
-        .arg(f.state.path())
+        .arg(state_dir(&f))
         .args(["--metrics-addr", "127.0.0.1:9478"])
         .output()
         .expect("second agent");
@@ -412,8 +387,8 @@ fn a_second_agent_on_the_same_pin_root_refuses_to_start() {
 #[test]
 fn sigterm_leaves_the_filter_enforcing_and_detach_on_exit_removes_it() {
     let f = Fixture::new("at");
-    f.write_policy(&f.policy_text("office"));
-    let agent = f.start_agent(&f.policy_path(), &[]);
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
     agent.stop(nix::sys::signal::Signal::SIGTERM);
     assert!(
         f.kept_out(addr::STRANGER_V4),
@@ -426,7 +401,7 @@ fn sigterm_leaves_the_filter_enforcing_and_detach_on_exit_removes_it() {
         status.stdout
     );
 
-    let agent = f.start_agent(&f.policy_path(), &["--detach-on-exit"]);
+    let agent = Agent::start(&f, &[], &policy_path(&f), &["--detach-on-exit"]);
     agent.stop(nix::sys::signal::Signal::SIGTERM);
     assert!(
         f.bed.connects(addr::STRANGER_V4, PORT, ALLOWED),
@@ -480,7 +455,7 @@ fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
         "the unit's capability set changed: update this test and the docs"
     );
     let f = Fixture::new("acap");
-    f.write_policy(&f.policy_text("office"));
+    write_policy(&f, &policy_text(&f, "office"));
     let bounding = format!(
         "--bounding-set=-all,{}",
         caps.iter()
@@ -491,7 +466,7 @@ fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
     let agent = Agent::start(
         &f,
         &["setpriv", "--no-new-privs", "--inh-caps=-all", &bounding],
-        &f.policy_path(),
+        &policy_path(&f),
         &[],
     );
     assert!(
@@ -499,7 +474,7 @@ fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
         "enforcing with only {caps:?}"
     );
     assert!(f.gets_in(addr::OFFICE_V4));
-    f.rename_policy(&f.policy_text("office, 203.0.113.0/24"));
+    rename_policy(&f, &policy_text(&f, "office, 203.0.113.0/24"));
     assert!(
         wait_until(RELOAD, || f.gets_in(addr::STRANGER_V4)),
         "reloading with only {caps:?}; log:\n{}",

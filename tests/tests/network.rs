@@ -3,89 +3,33 @@
 //! and IPv6. Needs root; fails (never skips) without it.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
-    time::Duration,
 };
 
 use airlock_integration::{
-    cli::{Run, airlock_in},
-    netns::{Server, Testbed, addr, require_root},
+    fixture::{ALLOWED, Fixture, PORT, REFUSED},
+    netns::addr,
 };
 
-const PORT: u16 = 5432;
-/// Longer than any connect on a veth, shorter than TCP's first SYN retransmission
-/// (1 s): a connect that needs longer had a packet dropped.
-const ALLOWED: Duration = Duration::from_millis(900);
-/// How long a refused connect is given to (wrongly) succeed.
-const REFUSED: Duration = Duration::from_millis(300);
-
-struct Fixture {
-    bed: Testbed,
-    _server: Server,
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new(prefix: &str) -> Self {
-        require_root();
-        let bed = Testbed::new(prefix);
-        let server = Server::start(&bed.server, PORT);
-        Self {
-            bed,
-            _server: server,
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    /// Writes a policy allowing `from` (set names or CIDRs) to PORT/tcp.
-    fn policy(&self, file: &str, default: &str, mode: &str, from: &[&str]) -> PathBuf {
-        let text = format!(
-            "version: 1\ninterfaces: [{iface}]\nmode: {mode}\ndefault: {default}\nsets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\n  partners: [192.0.2.0/24, \"2001:db8:1::/48\"]\nrules:\n  - name: db\n    ports: [{PORT}/tcp]\n    from: [{from}]\n",
-            iface = self.bed.server_if,
-            from = from.join(", "),
-        );
-        self.write(file, &text)
-    }
-
-    fn write(&self, file: &str, text: &str) -> PathBuf {
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, text).expect("write policy");
-        path
-    }
-
-    fn airlock(&self, args: &[&str]) -> Run {
-        airlock_in(&self.bed.server, self.bed.bpffs.path(), args)
-    }
-
-    fn apply(&self, policy: &Path) {
-        let run = self.airlock(&["apply", "-f", policy.to_str().expect("utf-8")]);
-        assert_eq!(run.code, 0, "apply failed: {}", run.stderr);
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        let run = self.airlock(&["status", "-o", "json"]);
-        assert_eq!(run.code, 0, "status failed: {}", run.stderr);
-        serde_json::from_str(&run.stdout).expect("status JSON")
-    }
-
-    fn gets_in(&self, source: &str) -> bool {
-        self.bed.connects(source, PORT, ALLOWED)
-    }
-
-    fn kept_out(&self, source: &str) -> bool {
-        !self.bed.connects(source, PORT, REFUSED)
-    }
+/// Writes a policy allowing `from` (set names or CIDRs) to PORT/tcp.
+fn write_policy(f: &Fixture, file: &str, default: &str, mode: &str, from: &[&str]) -> PathBuf {
+    let text = format!(
+        "version: 1\ninterfaces: [{iface}]\nmode: {mode}\ndefault: {default}\nsets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\n  partners: [192.0.2.0/24, \"2001:db8:1::/48\"]\nrules:\n  - name: db\n    ports: [{PORT}/tcp]\n    from: [{from}]\n",
+        iface = f.bed.server_if,
+        from = from.join(", "),
+    );
+    f.write(file, &text)
 }
 
 #[test]
 fn applied_filter_enforces_over_ipv4_and_ipv6_after_the_cli_has_exited() {
     let f = Fixture::new("net");
-    let policy = f.policy("p.yaml", "pass", "enforce", &["office"]);
+    let policy = write_policy(&f, "p.yaml", "pass", "enforce", &["office"]);
     f.apply(&policy);
     // `airlock apply` has exited: whatever happens now is the pinned filter alone.
     assert!(f.gets_in(addr::OFFICE_V4), "office over IPv4 must get in");
@@ -134,7 +78,7 @@ fn applied_filter_enforces_over_ipv4_and_ipv6_after_the_cli_has_exited() {
 fn default_drop_still_lets_allowed_peers_resolve_and_connect() {
     // ARP and neighbour discovery must pass under default: drop, or nothing works.
     let f = Fixture::new("dd");
-    let policy = f.policy("p.yaml", "drop", "enforce", &["office"]);
+    let policy = write_policy(&f, "p.yaml", "drop", "enforce", &["office"]);
     f.apply(&policy);
     assert!(f.gets_in(addr::OFFICE_V4));
     assert!(f.gets_in(addr::OFFICE_V6));
@@ -148,7 +92,7 @@ fn default_drop_still_lets_allowed_peers_resolve_and_connect() {
 #[test]
 fn monitor_mode_counts_would_be_drops_and_passes_them() {
     let f = Fixture::new("mon");
-    let policy = f.policy("p.yaml", "pass", "monitor", &["office"]);
+    let policy = write_policy(&f, "p.yaml", "pass", "monitor", &["office"]);
     f.apply(&policy);
     assert!(f.gets_in(addr::STRANGER_V4), "monitor mode drops nothing");
     let status = f.status_json();
@@ -162,8 +106,8 @@ fn monitor_mode_counts_would_be_drops_and_passes_them() {
 fn reapply_under_continuous_traffic_never_gives_a_wrong_verdict() {
     let f = Fixture::new("swap");
     // Office is allowed by both policies, the stranger by neither; partners flip.
-    let with_partners = f.policy("a.yaml", "pass", "enforce", &["office", "partners"]);
-    let without_partners = f.policy("b.yaml", "pass", "enforce", &["office"]);
+    let with_partners = write_policy(&f, "a.yaml", "pass", "enforce", &["office", "partners"]);
+    let without_partners = write_policy(&f, "b.yaml", "pass", "enforce", &["office"]);
     f.apply(&with_partners);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -234,7 +178,7 @@ fn reapply_under_continuous_traffic_never_gives_a_wrong_verdict() {
 #[test]
 fn invalid_reapply_is_refused_and_the_policy_in_force_stays() {
     let f = Fixture::new("inv");
-    let good = f.policy("good.yaml", "pass", "enforce", &["office"]);
+    let good = write_policy(&f, "good.yaml", "pass", "enforce", &["office"]);
     f.apply(&good);
     let bad = f.write(
         "bad.yaml",
@@ -279,7 +223,7 @@ fn invalid_reapply_is_refused_and_the_policy_in_force_stays() {
 #[test]
 fn remove_restores_full_connectivity_and_unpins_everything() {
     let f = Fixture::new("rm");
-    let policy = f.policy("p.yaml", "drop", "enforce", &["office"]);
+    let policy = write_policy(&f, "p.yaml", "drop", "enforce", &["office"]);
     f.apply(&policy);
     assert!(f.kept_out(addr::STRANGER_V4));
     let run = f.airlock(&["remove", "--iface", &f.bed.server_if]);
