@@ -69,7 +69,13 @@ impl SampleInfo {
 }
 
 #[inline(always)]
-pub fn sample_drop(ctx: &XdpContext, info: SampleInfo, reason: Reason, rule: Option<u32>, monitor: bool) {
+pub fn sample_drop(
+    ctx: &XdpContext,
+    info: SampleInfo,
+    reason: Reason,
+    rule: Option<u32>,
+    monitor: bool,
+) {
     let rate = SAMPLING.get(0).map_or(0, |s| s.per_cpu_per_second);
     if rate == 0 {
         return;

@@ -3,5 +3,6 @@ pub mod cli;
 pub mod fixture;
 pub mod netns;
 
+pub mod bench;
 pub mod kernel;
 pub mod packet;

@@ -102,7 +102,7 @@ impl Agent {
             .arg("--pin-root")
             .arg(f.bed.bpffs.path())
             .arg("--state-dir")
-            .arg(state_dir(&f))
+            .arg(state_dir(f))
             .args(["--metrics-addr", &format!("127.0.0.1:{METRICS}")])
             .args(["--log-format", "json", "--reconcile-interval", "1"])
             .args(extra)
@@ -112,7 +112,7 @@ impl Agent {
             .expect("start agent");
         let agent = Self { child, log };
         assert!(
-            wait_until(Duration::from_secs(10), || ready(&f)),
+            wait_until(Duration::from_secs(10), || ready(f)),
             "agent not ready within 10 s; log:\n{}",
             agent.log()
         );

@@ -2,6 +2,8 @@
 //! other task calls it first, so `cargo xtask test` and `cargo xtask demo` work on a
 //! clean clone with nothing installed by hand.
 
+mod bench;
+mod k8s_tools;
 mod run;
 mod setup;
 
@@ -33,6 +35,19 @@ enum Task {
     },
     /// Show Airlock at work in two throwaway network namespaces (needs root).
     Demo,
+    /// Check the Helm chart and Kubernetes manifests offline (helm lint/template,
+    /// kubernetes-validate, the chart's policy through `airlock validate`). No root.
+    K8sCheck,
+    /// Benchmark against the kernel's floor, xdp-filter and nftables (needs root):
+    /// writes bench-results/latest.{md,json} and ns-per-packet.png.
+    Bench {
+        /// Policies up to 10,000 prefixes only: a quick try of the suite.
+        #[arg(long)]
+        quick: bool,
+        /// Only redraw the plot from bench-results/latest.json.
+        #[arg(long)]
+        plot_only: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,9 +61,20 @@ fn main() -> Result<()> {
             setup::setup()?;
             run::test(!no_lint, &test_args)
         }
+        Task::K8sCheck => {
+            setup::setup()?;
+            k8s_tools::k8s_check()
+        }
         Task::Demo => {
             setup::setup()?;
             run::demo()
+        }
+        Task::Bench { quick, plot_only } => {
+            if plot_only {
+                return bench::replot();
+            }
+            setup::setup()?;
+            bench::bench(quick)
         }
     }
 }

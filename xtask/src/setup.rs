@@ -14,7 +14,8 @@ pub fn setup() -> Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     ensure_packages()?;
-    ensure_bpffs()?;
+    ensure_bpffs();
+    crate::k8s_tools::ensure_k8s_tools()?;
     Ok(())
 }
 
@@ -93,9 +94,22 @@ fn ensure_bpf_linker() -> Result<()> {
     let libllvm = find_libllvm(&sysroot.join("lib"))?;
     fs::create_dir_all(prefix.join("bin"))?;
     fs::create_dir_all(prefix.join("lib"))?;
-    let link = prefix.join("lib/libLLVM.so");
-    let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(&libllvm, &link)?;
+    // Under the plain name for the build, and every libLLVM file under its own name
+    // (one is the soname) so bpf-linker also runs outside `rustup run`.
+    let mut links = vec![(libllvm.clone(), prefix.join("lib/libLLVM.so"))];
+    for entry in fs::read_dir(sysroot.join("lib"))? {
+        let path = entry?.path();
+        if let Some(name) = path
+            .file_name()
+            .filter(|n| n.to_string_lossy().starts_with("libLLVM"))
+        {
+            links.push((path.clone(), prefix.join("lib").join(name)));
+        }
+    }
+    for (target, link) in links {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link)?;
+    }
     let config = prefix.join("bin/llvm-config");
     fs::write(&config, format!("#!/bin/sh\necho {llvm_version}\n"))?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -134,48 +148,74 @@ fn find_libllvm(lib: &Path) -> Result<PathBuf> {
     )
 }
 
-/// Tools the tests and demo shell out to, by Debian package.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2")];
+/// Tools the tests and demo shell out to, by Debian package: iproute2 for namespaces,
+/// systemd-analyze for the unit tests, setpriv for running the agent with only the
+/// unit's capabilities.
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
+];
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    ensure_tools(PACKAGES)
+}
+
+fn on_path(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        return Path::new(tool).exists();
+    }
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs, with apt-get, the Debian packages of those `(tool, package)` pairs whose
+/// tool (a name on PATH, or an absolute path) is missing. Quick when nothing is.
+pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = tools
         .iter()
-        .filter(|(tool, _)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
+        .filter(|(tool, _)| !on_path(tool))
         .map(|(_, package)| *package)
         .collect();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// `apt-get install` (after an index update: a fresh machine has none).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    eprintln!("xtask: installing {}", packages.join(" "));
     cmd(Command::new("apt-get").arg("update").arg("-qq"))?;
     cmd(Command::new("apt-get")
-        .args(["install", "-y", "-qq"])
-        .args(&missing)
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// The default pin root lives on /sys/fs/bpf, which is not mounted at boot here.
-fn ensure_bpffs() -> Result<()> {
+/// The default pin root lives on /sys/fs/bpf, which is not mounted at boot here. A
+/// failure only warns: builds (e.g. in a container image) need no bpffs.
+fn ensure_bpffs() {
     if !is_root() {
         eprintln!(
             "xtask: not root; skipping the bpffs mount (kernel tests and the demo need root)"
         );
-        return Ok(());
+        return;
     }
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     if mounts
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
     {
-        return Ok(());
+        return;
     }
     fs::create_dir_all("/sys/fs/bpf").ok();
-    cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+    if let Err(error) = cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"])) {
+        eprintln!("xtask: warning: could not mount bpffs at /sys/fs/bpf: {error:#}");
+    }
 }
 
 pub fn is_root() -> bool {

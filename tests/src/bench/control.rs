@@ -1,0 +1,283 @@
+//! The control plane, driven as a user would: the real `airlock` binary applies a
+//! policy that imports N prefixes from a file (`file:`), inside a namespace, with
+//! its own bpffs; then re-applies it with 1% of the prefixes changed, twice. Wall
+//! time of each run, and its peak resident memory from GNU time (`ip netns exec`
+//! execs the binary in place, so that is airlock's own). The kernel memory of the
+//! maps is what the kernel charges for them (`memlock` in their fdinfo).
+
+use std::{
+    os::unix::process::ExitStatusExt as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    policies::{SEED, Workload, mutate},
+    progress,
+};
+use crate::{
+    cli::airlock_bin,
+    netns::{Namespace, PrivateBpffs},
+};
+
+/// One CLI run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CliRun {
+    pub seconds: f64,
+    pub max_rss_kib: u64,
+}
+
+/// Runs `command` to completion (killing it after `limit`), returning its wall
+/// time and peak RSS. The RSS comes from GNU time (`/usr/bin/time -f %M`), not from
+/// our own `wait4`: a child spawned by this process inherits, through
+/// vfork and exec, a peak RSS that includes this (large) process's.
+pub fn run_measured(command: &mut Command, limit: Duration) -> Result<CliRun> {
+    let rss_file = tempfile::NamedTempFile::new()?;
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%M", "-o"])
+        .arg(rss_file.path())
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => timed.env(key, value),
+            None => timed.env_remove(key),
+        };
+    }
+    let command = &mut timed;
+    let started = Instant::now();
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // Bounded: poll with WNOHANG until the limit, then kill.
+    loop {
+        // SAFETY: pid is our child; status and usage are valid to write.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        if started.elapsed() > limit {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: as above.
+            unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            bail!("{command:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let exit = std::process::ExitStatus::from_raw(status);
+    if !exit.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            use std::io::Read as _;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("{command:?} failed ({exit}): {}", err.trim());
+    }
+    let max_rss_kib = std::fs::read_to_string(rss_file.path())?
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .context("no peak RSS from /usr/bin/time")?;
+    Ok(CliRun {
+        seconds,
+        max_rss_kib,
+    })
+}
+
+/// The control-plane figures for one policy size.
+#[derive(Clone, Debug, Default)]
+pub struct ControlRow {
+    pub label: String,
+    pub prefixes: usize,
+    /// `airlock validate`: parse and check only.
+    pub validate: CliRun,
+    /// First `airlock apply`: load, fill, attach, pin.
+    pub first: CliRun,
+    /// `apply` with 1% of the prefixes changed (into the empty second copy).
+    pub change_1: CliRun,
+    /// The same again (into a copy that holds the policy before last: steady state).
+    pub change_2: CliRun,
+    /// Bytes the kernel charges for the filter's maps.
+    pub map_bytes: u64,
+    /// Trie entries the policy compiled to (v4, v6), from `status -o json`.
+    pub entries: Option<(u64, u64)>,
+}
+
+/// Runs the CLI on `workload` against `iface` in `ns`.
+pub fn measure(
+    ns: &Namespace,
+    iface: &str,
+    workload: &Workload,
+    dir: &Path,
+    limit: Duration,
+) -> Result<ControlRow> {
+    let bpffs = PrivateBpffs::new();
+    let list = dir.join(format!("bulk-{}.txt", workload.prefixes));
+    let policy = dir.join(format!("policy-{}.yaml", workload.prefixes));
+    std::fs::write(&list, workload.list_text())?;
+    std::fs::write(
+        &policy,
+        workload.policy_yaml(iface, Path::new(list.file_name().context("name")?)),
+    )?;
+    let policy_arg = policy.to_str().context("utf-8 path")?;
+    let airlock = |args: &[&str]| {
+        let mut command = ns.command(airlock_bin());
+        command
+            .args(args)
+            .env("AIRLOCK_PIN_ROOT", bpffs.path())
+            .env("NO_COLOR", "1");
+        command
+    };
+    let mut row = ControlRow {
+        label: super::policies::size_label(workload.prefixes - 11),
+        prefixes: workload.prefixes,
+        ..Default::default()
+    };
+    row.validate = run_measured(&mut airlock(&["validate", "-f", policy_arg]), limit)?;
+    let result = (|| -> Result<()> {
+        row.first = run_measured(&mut airlock(&["apply", "-f", policy_arg]), limit)?;
+        row.map_bytes = map_bytes(&bpffs.path().join(iface));
+        row.entries = entries(airlock(&["status", "-o", "json"]));
+        for (i, slot) in [&mut row.change_1, &mut row.change_2]
+            .into_iter()
+            .enumerate()
+        {
+            let changed = mutate(&workload.bulk, 1, SEED + 1 + i as u64);
+            let text: String = changed.iter().map(|n| format!("{n}\n")).collect();
+            std::fs::write(&list, text)?;
+            *slot = run_measured(&mut airlock(&["apply", "-f", policy_arg]), limit)?;
+        }
+        Ok(())
+    })();
+    let _ = airlock(&["remove", "--all"]).output();
+    result?;
+    Ok(row)
+}
+
+/// Sum of `memlock` over the maps pinned in `dir` (the kernel's charge for each:
+/// for the LPM tries, the memory of their allocated nodes).
+pub fn map_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(out) = Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(&path)
+            .output()
+        else {
+            progress("bpftool not found: map memory not measured");
+            return 0;
+        };
+        if let Ok(info) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            total += info["bytes_memlock"].as_u64().unwrap_or(0);
+        }
+    }
+    total
+}
+
+fn entries(mut status: Command) -> Option<(u64, u64)> {
+    let out = status.output().ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let find = |key: &str| -> Option<u64> { find_key(&json, key) };
+    Some((find("prefixes_v4")?, find("prefixes_v6")?))
+}
+
+fn find_key(value: &serde_json::Value, key: &str) -> Option<u64> {
+    match value {
+        serde_json::Value::Object(map) => map
+            .get(key)
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| map.values().find_map(|v| find_key(v, key))),
+        serde_json::Value::Array(items) => items.iter().find_map(|v| find_key(v, key)),
+        _ => None,
+    }
+}
+
+/// Resident memory of the agent at `workload`'s size, if this airlock has one:
+/// started under `ip netns exec`, given `settle` to load the policy, then read
+/// from /proc and stopped.
+pub fn agent_rss(
+    ns: &Namespace,
+    iface: &str,
+    workload: &Workload,
+    dir: &Path,
+    settle: Duration,
+) -> Result<Option<u64>> {
+    let help = Command::new(airlock_bin())
+        .args(["agent", "--help"])
+        .output()?;
+    if !help.status.success() {
+        return Ok(None);
+    }
+    let bpffs = PrivateBpffs::new();
+    let list = dir.join("agent-bulk.txt");
+    let policy = dir.join("agent-policy.yaml");
+    std::fs::write(&list, workload.list_text())?;
+    std::fs::write(
+        &policy,
+        workload.policy_yaml(iface, Path::new("agent-bulk.txt")),
+    )?;
+    let port = 19_000 + (std::process::id() % 1000) as u16;
+    let mut child = ns
+        .command(airlock_bin())
+        .args(["agent", "-f"])
+        .arg(&policy)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("AIRLOCK_PIN_ROOT", bpffs.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    // Bounded wait for the policy to be in force, then read the RSS once more.
+    let deadline = Instant::now() + settle;
+    let mut rss = None;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        rss = vm_rss_kib(pid).or(rss);
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let stop = Instant::now();
+    while child.try_wait()?.is_none() && stop.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait()?.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = ns
+        .command(airlock_bin())
+        .args(["remove", "--all"])
+        .env("AIRLOCK_PIN_ROOT", bpffs.path())
+        .output();
+    Ok(rss)
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}

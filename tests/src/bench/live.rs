@@ -1,0 +1,254 @@
+//! Live throughput on a veth pair between two namespaces. The receiver runs the
+//! program under test in native (driver) mode; the generator is the kernel's own
+//! XDP live-frames mode (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) running
+//! an `XDP_TX` program on the client's end, which sends every test frame out of the
+//! veth. The receiver's NAPI runs in its own kernel thread (threaded NAPI) pinned
+//! to the other CPU, so generator and receiver each have a core, and the rate the
+//! receiver processes frames at (its `rx_packets`) is the figure.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+
+use super::{Stats, in_namespace, online_cpus, per_packet::Floor, pin_to_cpu, progress};
+use crate::netns::{Namespace, Testbed};
+
+/// Frames per generator call (BPF_PROG_TEST_RUN's `repeat`) and per batch.
+const GEN_REPEAT: u32 = 1 << 18;
+const GEN_BATCH: u32 = 64;
+/// Before each measured window: lets the NAPI thread start and caches fill.
+const WARMUP: Duration = Duration::from_millis(200);
+
+pub struct LiveBed {
+    pub bed: Testbed,
+    generator: Floor,
+    client_ifindex: u32,
+    pub server_mac: [u8; 6],
+    pub threaded_napi: bool,
+}
+
+/// The receiver's counters (`ip -s link`): for veth, `rx_packets` counts frames
+/// its XDP program saw; `rx_dropped` frames the generator could not enqueue.
+#[derive(Clone, Copy, Debug, Default)]
+struct RxStats {
+    packets: u64,
+    dropped: u64,
+}
+
+/// One measured window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Window {
+    /// Frames per second the receiver processed.
+    pub rx_pps: f64,
+    /// Frames per second the generator sent.
+    pub tx_pps: f64,
+    /// Frames per second lost because the receiver's ring was full.
+    pub overflow_pps: f64,
+}
+
+/// Several windows: min/median/max of each figure.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rate {
+    pub rx_pps: Stats,
+    pub tx_pps: Stats,
+    pub overflow_pps: Stats,
+}
+
+impl Rate {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rx_pps": self.rx_pps.json(),
+            "tx_pps": self.tx_pps.json(),
+            "overflow_pps": self.overflow_pps.json(),
+        })
+    }
+}
+
+impl LiveBed {
+    pub fn new() -> Result<Self> {
+        let bed = Testbed::new("bl");
+        let client_if = client_interface(&bed.client)?;
+        let client_ifindex =
+            in_namespace(&bed.client, || airlock::loader::interface_index(&client_if))
+                .context("client veth has no index")?;
+        let server_mac = mac_of(&bed.server, &bed.server_if)?;
+        let generator = Floor::load("xdp-tx")?;
+        Ok(Self {
+            bed,
+            generator,
+            client_ifindex,
+            server_mac,
+            threaded_napi: false,
+        })
+    }
+
+    /// Frame with the receiver's MAC as destination (so passed frames are for it).
+    pub fn addressed(&self, frame: &[u8]) -> Vec<u8> {
+        let mut frame = frame.to_vec();
+        frame[..6].copy_from_slice(&self.server_mac);
+        frame
+    }
+
+    /// Attaches `receiver` natively to the server's veth, sends `frame` for
+    /// `window` each of `runs` times, detaches.
+    pub fn measure(
+        &mut self,
+        receiver: &mut Xdp,
+        frame: &[u8],
+        window: Duration,
+        runs: usize,
+    ) -> Result<Rate> {
+        let iface = self.bed.server_if.clone();
+        let link = in_namespace(&self.bed.server, || {
+            receiver.attach(&iface, XdpMode::Driver)
+        })
+        .with_context(|| format!("attaching natively to {iface}"))?;
+        let result = self.windows(frame, window, runs);
+        receiver.detach(link)?;
+        result
+    }
+
+    fn windows(&mut self, frame: &[u8], window: Duration, runs: usize) -> Result<Rate> {
+        // Threaded NAPI: the receiver's poll loop becomes a kernel thread we can put
+        // on its own CPU, instead of running in the generator's softirq. veth only
+        // has a NAPI instance while an XDP program is attached, so this is set (and
+        // the thread pinned) after every attach.
+        self.threaded_napi = self
+            .bed
+            .server
+            .command("sh")
+            .args([
+                "-c",
+                &format!("echo 1 > /sys/class/net/{}/threaded", self.bed.server_if),
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        self.pin_napi_thread();
+        self.send(frame, WARMUP)?;
+        let mut windows = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let before = rx_stats(&self.bed.server, &self.bed.server_if)?;
+            let started = Instant::now();
+            let sent = self.send(frame, window)?;
+            // The last batch may still be in the receiver's ring.
+            std::thread::sleep(Duration::from_millis(20));
+            let after = rx_stats(&self.bed.server, &self.bed.server_if)?;
+            let secs = started.elapsed().as_secs_f64() - 0.020;
+            windows.push(Window {
+                rx_pps: (after.packets - before.packets) as f64 / secs,
+                tx_pps: sent as f64 / secs,
+                overflow_pps: (after.dropped - before.dropped) as f64 / secs,
+            });
+        }
+        let pick = |f: fn(&Window) -> f64| Stats::of(&windows.iter().map(f).collect::<Vec<_>>());
+        Ok(Rate {
+            rx_pps: pick(|w| w.rx_pps),
+            tx_pps: pick(|w| w.tx_pps),
+            overflow_pps: pick(|w| w.overflow_pps),
+        })
+    }
+
+    /// Sends `frame` out of the client veth for `duration`; returns frames sent.
+    fn send(&mut self, frame: &[u8], duration: Duration) -> Result<u64> {
+        let ifindex = self.client_ifindex;
+        let program = self.generator.program()?;
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The frame is "received" on the client veth, so XDP_TX
+        // sends it back out of it, towards the server.
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        md[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let client = &self.bed.client;
+        in_namespace(client, || {
+            pin_to_cpu(0);
+            let deadline = Instant::now() + duration;
+            let mut sent = 0u64;
+            // Bounded by the deadline; each call sends GEN_REPEAT frames.
+            while Instant::now() < deadline {
+                program.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&md),
+                    repeat: GEN_REPEAT,
+                    attrs: TestRunAttrs::new().xdp_live_frames(GEN_BATCH),
+                    ..Default::default()
+                })?;
+                sent += u64::from(GEN_REPEAT);
+            }
+            Ok(sent)
+        })
+    }
+
+    /// Puts the receiver's NAPI thread (created anew on every attach) on the last
+    /// CPU, away from the generator on CPU 0.
+    fn pin_napi_thread(&self) {
+        if !self.threaded_napi || online_cpus() < 2 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let wanted = format!("napi/{}", self.bed.server_if);
+        let wanted = &wanted[..wanted.len().min(15)];
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let mut set = nix::sched::CpuSet::new();
+        if set.set(online_cpus() - 1).is_err() {
+            return;
+        }
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim_end().starts_with(wanted)
+                && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
+            {
+                progress(format!("could not pin NAPI thread {pid}: {e}"));
+            }
+        }
+    }
+}
+
+fn client_interface(ns: &Namespace) -> Result<String> {
+    let out = ns.command("ip").args(["-j", "link", "show"]).output()?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str())
+        .find(|n| *n != "lo")
+        .map(str::to_owned)
+        .context("client namespace has no veth")
+}
+
+fn mac_of(ns: &Namespace, iface: &str) -> Result<[u8; 6]> {
+    let out = ns
+        .command("ip")
+        .args(["-j", "link", "show", "dev", iface])
+        .output()?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let text = links[0]["address"].as_str().context("no MAC address")?;
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16)?;
+    }
+    Ok(mac)
+}
+
+fn rx_stats(ns: &Namespace, iface: &str) -> Result<RxStats> {
+    let out = ns
+        .command("ip")
+        .args(["-s", "-j", "link", "show", "dev", iface])
+        .output()?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let rx = &links[0]["stats64"]["rx"];
+    Ok(RxStats {
+        packets: rx["packets"].as_u64().context("no rx packets")?,
+        dropped: rx["dropped"].as_u64().unwrap_or(0),
+    })
+}

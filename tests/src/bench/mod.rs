@@ -1,0 +1,115 @@
+//! `airlock-bench`: what Airlock costs per packet as its policy grows, how fast it
+//! drops live traffic, how that compares with the kernel's floor and with peers
+//! (xdp-filter, nftables), and how long a policy takes to load. Every figure is
+//! also given as a ratio against a baseline measured in the same run, because
+//! absolute times on shared machines move from run to run.
+//!
+//! Everything runs in throwaway namespaces with its own bpffs, and every loop is
+//! bounded in time or count. `cargo xtask bench` builds and runs it.
+
+pub mod control;
+pub mod live;
+pub mod peers;
+pub mod per_packet;
+pub mod policies;
+pub mod report;
+
+use std::{fs::File, path::PathBuf, time::Duration};
+
+use nix::sched::{CloneFlags, CpuSet, sched_setaffinity, setns};
+use nix::unistd::Pid;
+
+use crate::netns::Namespace;
+
+/// Runs of every measurement; figures are min/median/max over these.
+pub const RUNS: usize = 3;
+
+/// min / median / max of a few runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub min: f64,
+    pub median: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    /// Of a non-empty sample (an empty one gives all zeros).
+    pub fn of(values: &[f64]) -> Self {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return Self::default();
+        }
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Self {
+            min: sorted[0],
+            median,
+            max: sorted[n - 1],
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "min": self.min, "median": self.median, "max": self.max })
+    }
+}
+
+/// Runs `f` on a thread that has entered `ns`'s network namespace (scoped, so `f`
+/// may borrow): interface indices, XDP attachment and BPF_PROG_TEST_RUN's
+/// `ingress_ifindex` are all resolved in the calling thread's namespace.
+pub fn in_namespace<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> T {
+    let path = PathBuf::from("/var/run/netns").join(ns.name());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                setns(&file, CloneFlags::CLONE_NEWNET).expect("setns into bench namespace");
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
+    })
+}
+
+/// Pins the calling thread to `cpu` (best effort: on a one-CPU machine it stays put).
+pub fn pin_to_cpu(cpu: usize) {
+    let mut set = CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = sched_setaffinity(Pid::from_raw(0), &set);
+    }
+}
+
+/// Lets the calling thread run anywhere again.
+pub fn unpin() {
+    let mut set = CpuSet::new();
+    for cpu in 0..online_cpus() {
+        let _ = set.set(cpu);
+    }
+    let _ = sched_setaffinity(Pid::from_raw(0), &set);
+}
+
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPU time the calling thread has used: unlike wall time it stops while the
+/// thread is preempted, and unlike BPF_PROG_TEST_RUN's own figure it is not
+/// rounded to whole nanoseconds per run.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Prints a progress line to stderr (the report goes to files).
+pub fn progress(message: impl AsRef<str>) {
+    eprintln!("airlock-bench: {}", message.as_ref());
+}

@@ -1,0 +1,308 @@
+//! Per-packet cost through BPF_PROG_TEST_RUN: the same frame run a million times
+//! through Airlock, through the do-nothing floor and through xdp-filter, each
+//! timed by the CPU time of the calling thread (the kernel's own per-run figure is
+//! rounded to whole nanoseconds, too coarse for a 10 ns floor), runs interleaved
+//! so every ratio compares programs measured side by side.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+
+use super::{
+    RUNS, Stats,
+    policies::{DROP_V4, DROP_V6, PORT, Workload},
+    thread_cpu_time,
+};
+use crate::packet::{FrameSpec, Tag, Transport};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+/// Runs per measurement: at ~10-100 ns a run, 10-100 ms of CPU each.
+pub const REPEAT: u32 = 1_000_000;
+
+/// A frame measured on every policy.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: &'static str,
+    pub bytes: Vec<u8>,
+    /// Airlock's verdict for it under the workload's policy.
+    pub pass: bool,
+    /// Airlock's verdict rule for it: what a peer must do to express the policy.
+    pub family: Family,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+    NonIp,
+}
+
+/// Allowed and refused TCP to the covered port in both families, an allowed
+/// frame behind an 802.1Q tag, and an ARP request.
+pub fn cases(workload: &Workload) -> Vec<Case> {
+    let tcp = Transport::Tcp { dst_port: PORT };
+    let mut out = vec![
+        Case {
+            name: "allowed IPv4 TCP",
+            bytes: FrameSpec::ip(workload.allowed_v4.into(), tcp.clone())
+                .build()
+                .bytes,
+            pass: true,
+            family: Family::V4,
+        },
+        Case {
+            name: "dropped IPv4 TCP",
+            bytes: FrameSpec::ip(DROP_V4.into(), tcp.clone()).build().bytes,
+            pass: false,
+            family: Family::V4,
+        },
+    ];
+    if let Some(v6) = workload.allowed_v6 {
+        out.push(Case {
+            name: "allowed IPv6 TCP",
+            bytes: FrameSpec::ip(v6.into(), tcp.clone()).build().bytes,
+            pass: true,
+            family: Family::V6,
+        });
+    }
+    out.extend([
+        Case {
+            name: "dropped IPv6 TCP",
+            bytes: FrameSpec::ip(DROP_V6.into(), tcp.clone()).build().bytes,
+            pass: false,
+            family: Family::V6,
+        },
+        Case {
+            name: "allowed IPv4 TCP, VLAN",
+            bytes: FrameSpec::ip(workload.allowed_v4.into(), tcp)
+                .tag(Tag::Dot1Q)
+                .build()
+                .bytes,
+            pass: true,
+            family: Family::V4,
+        },
+        Case {
+            name: "non-IP (ARP)",
+            bytes: FrameSpec::arp().build().bytes,
+            pass: true,
+            family: Family::NonIp,
+        },
+    ]);
+    out
+}
+
+/// One timed batch: the action and the mean CPU nanoseconds per run (and the
+/// kernel's own, rounded, figure).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub action: u32,
+    pub ns: f64,
+    pub kernel_ns: f64,
+}
+
+pub fn time(program: &mut Xdp, bytes: &[u8], repeat: u32) -> Result<Timing> {
+    let before = thread_cpu_time();
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(bytes),
+        repeat,
+        ..Default::default()
+    })?;
+    let cpu = thread_cpu_time() - before;
+    Ok(Timing {
+        action: result.return_value,
+        ns: cpu.as_nanos() as f64 / f64::from(repeat),
+        kernel_ns: result.duration.as_nanos() as f64,
+    })
+}
+
+/// One of the embedded do-nothing programs, loaded.
+pub struct Floor {
+    ebpf: Ebpf,
+    program: &'static str,
+}
+
+impl Floor {
+    /// `name`: `xdp-pass`, `xdp-drop` or `xdp-tx`.
+    pub fn load(name: &'static str) -> Result<Self> {
+        let bytes = airlock::loader::floor_object_bytes(name)
+            .with_context(|| format!("no embedded floor object {name}"))?;
+        anyhow::ensure!(
+            !bytes.is_empty(),
+            "{name} was built without its eBPF object"
+        );
+        let program = match name {
+            "xdp-pass" => "xdp_pass",
+            "xdp-drop" => "xdp_drop",
+            _ => "xdp_tx",
+        };
+        let mut floor = Self {
+            ebpf: EbpfLoader::new().load(bytes)?,
+            program,
+        };
+        floor.program()?.load()?;
+        Ok(floor)
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        let program = self
+            .ebpf
+            .program_mut(self.program)
+            .with_context(|| format!("no program {}", self.program))?;
+        Ok(program.try_into()?)
+    }
+}
+
+/// A subject's figures for one case: ns per run and the ratio to the floor.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub ns: Stats,
+    pub ratio: Stats,
+    pub action: u32,
+}
+
+/// One row of the per-packet table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub workload: String,
+    pub prefixes: usize,
+    pub port_ranges: usize,
+    pub case: &'static str,
+    pub family: Family,
+    pub expected_pass: bool,
+    pub floor: Stats,
+    pub airlock: Measured,
+    /// xdp-filter, where it was run (policies with a single port range).
+    pub xdp_filter: Option<Measured>,
+    /// Experimental builds of Airlock's program (`--variant`), by name.
+    pub variants: Vec<(String, Measured)>,
+}
+
+/// Measures every case: for each run, the floor, Airlock and (if given)
+/// xdp-filter back to back, so each ratio compares programs seen under the same
+/// machine conditions.
+pub fn measure(
+    workload: &Workload,
+    floor: &mut Xdp,
+    airlock: &mut Xdp,
+    mut xdp_filter: Option<&mut Xdp>,
+    variants: &mut [(String, &mut Xdp)],
+    repeat: u32,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for case in cases(workload) {
+        // Warm caches and the trie path once before timing.
+        time(floor, &case.bytes, repeat / 10)?;
+        time(airlock, &case.bytes, repeat / 10)?;
+        let mut floor_ns = Vec::new();
+        let (mut a_ns, mut a_ratio, mut a_action) = (Vec::new(), Vec::new(), 0);
+        let (mut x_ns, mut x_ratio, mut x_action) = (Vec::new(), Vec::new(), 0);
+        let mut v_figures = vec![(Vec::new(), Vec::new(), 0); variants.len()];
+        for _ in 0..RUNS {
+            let f = time(floor, &case.bytes, repeat)?;
+            let a = time(airlock, &case.bytes, repeat)?;
+            floor_ns.push(f.ns);
+            a_ns.push(a.ns);
+            a_ratio.push(a.ns / f.ns);
+            a_action = a.action;
+            if let Some(x) = xdp_filter.as_deref_mut() {
+                let t = time(x, &case.bytes, repeat)?;
+                x_ns.push(t.ns);
+                x_ratio.push(t.ns / f.ns);
+                x_action = t.action;
+            }
+            for ((_, program), figures) in variants.iter_mut().zip(&mut v_figures) {
+                let t = time(program, &case.bytes, repeat)?;
+                figures.0.push(t.ns);
+                figures.1.push(t.ns / f.ns);
+                figures.2 = t.action;
+            }
+        }
+        rows.push(Row {
+            workload: workload.label.clone(),
+            prefixes: workload.prefixes,
+            port_ranges: workload.port_ranges,
+            case: case.name,
+            family: case.family,
+            expected_pass: case.pass,
+            floor: Stats::of(&floor_ns),
+            airlock: Measured {
+                ns: Stats::of(&a_ns),
+                ratio: Stats::of(&a_ratio),
+                action: a_action,
+            },
+            xdp_filter: xdp_filter.is_some().then(|| Measured {
+                ns: Stats::of(&x_ns),
+                ratio: Stats::of(&x_ratio),
+                action: x_action,
+            }),
+            variants: variants
+                .iter()
+                .zip(&v_figures)
+                .map(|((name, _), (ns, ratio, action))| {
+                    (
+                        name.clone(),
+                        Measured {
+                            ns: Stats::of(ns),
+                            ratio: Stats::of(ratio),
+                            action: *action,
+                        },
+                    )
+                })
+                .collect(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Wall time of `f`, in seconds, with its result.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let started = Instant::now();
+    let value = f();
+    (value, started.elapsed().as_secs_f64())
+}
+
+/// An experimental build of Airlock's program (same maps, same loader), for
+/// finding where the time goes: `airlock-bench --variant NAME=OBJECT`.
+pub struct Variant {
+    pub name: String,
+    ebpf: Ebpf,
+    pub maps: airlock::loader::PolicyMaps,
+}
+
+impl Variant {
+    /// Loads `object`, pins its maps under `pin_dir` (a bpffs directory) and opens
+    /// them with the real loader's handles, so `maps.apply` fills them as it
+    /// fills Airlock's.
+    pub fn load(name: &str, object: &std::path::Path, pin_dir: &std::path::Path) -> Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .load_file(object)
+            .with_context(|| format!("loading variant {}", object.display()))?;
+        std::fs::create_dir_all(pin_dir)?;
+        for (map_name, map) in ebpf.maps() {
+            map.pin(pin_dir.join(map_name))?;
+        }
+        let maps = airlock::loader::PolicyMaps::open_pinned(pin_dir)
+            .map_err(|e| anyhow::anyhow!("opening the variant's maps: {e:?}"))?;
+        let mut variant = Self {
+            name: name.to_owned(),
+            ebpf,
+            maps,
+        };
+        variant.program()?.load()?;
+        Ok(variant)
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        let program = self
+            .ebpf
+            .program_mut(airlock_common::PROGRAM_NAME)
+            .context("variant has no airlock_xdp program")?;
+        Ok(program.try_into()?)
+    }
+}

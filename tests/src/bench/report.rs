@@ -1,0 +1,530 @@
+//! The results: a Markdown table for people, a JSON file with every figure for
+//! machines (and the plot), and the issue's targets judged met or not met.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::{
+    Stats,
+    control::ControlRow,
+    live::Rate,
+    per_packet::{Family, Measured, Row, XDP_DROP, XDP_PASS},
+    policies::size_label,
+};
+
+/// In-process control-plane figures (the library, without the CLI around it).
+#[derive(Clone, Debug, Default)]
+pub struct LibraryRow {
+    pub label: String,
+    pub prefixes: usize,
+    pub parse_s: f64,
+    pub compile_s: f64,
+    pub apply_s: f64,
+    pub entries_v4: usize,
+    pub entries_v6: usize,
+}
+
+/// Live rates for one policy size and kind of traffic.
+#[derive(Clone, Debug)]
+pub struct LiveRow {
+    pub label: String,
+    pub prefixes: usize,
+    pub traffic: &'static str,
+    /// `xdp-drop` for refused traffic, `xdp-pass` for allowed.
+    pub floor_name: &'static str,
+    pub floor: Rate,
+    pub airlock: Rate,
+    pub xdp_filter: Option<Rate>,
+    pub nft: Result<Rate, String>,
+    pub nft_load_s: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Results {
+    pub machine: Value,
+    pub per_packet: Vec<Row>,
+    pub library: Vec<LibraryRow>,
+    pub live: Vec<LiveRow>,
+    pub control: Vec<ControlRow>,
+    /// Agent resident memory at 100k prefixes, KiB, or why not measured.
+    pub agent_rss: Result<u64, String>,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+/// One target of issue 4, judged.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+fn action(a: u32) -> &'static str {
+    match a {
+        XDP_DROP => "drop",
+        XDP_PASS => "pass",
+        0 => "aborted",
+        3 => "tx",
+        _ => "?",
+    }
+}
+
+fn mpps(pps: f64) -> String {
+    format!("{:.2}", pps / 1e6)
+}
+
+fn ratio(s: &Stats) -> String {
+    format!("{:.2} ({:.2}–{:.2})", s.median, s.min, s.max)
+}
+
+fn secs(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.0} ms", s * 1000.0)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+impl Results {
+    pub fn targets(&self) -> Vec<Target> {
+        let mut out = Vec::new();
+        let ip_rows = |prefixes: usize| {
+            self.per_packet.iter().filter(move |r| {
+                r.prefixes == prefixes
+                    && r.port_ranges == 1
+                    && r.family != Family::NonIp
+                    && !r.case.contains("VLAN")
+            })
+        };
+        for (generated, limit) in [(100_000usize, 1.7), (1_000_000, 2.0)] {
+            let rows: Vec<&Row> = ip_rows(generated + 11).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let worst = rows
+                .iter()
+                .map(|r| (r.airlock.ratio.median, r.case))
+                .fold((0.0, ""), |a, b| if b.0 > a.0 { b } else { a });
+            out.push(Target {
+                name: format!(
+                    "per-packet ≤ {limit}× floor at {} prefixes (allowed/dropped, v4/v6)",
+                    size_label(generated)
+                ),
+                met: Some(worst.0 <= limit),
+                detail: format!("worst {:.2}× ({})", worst.0, worst.1),
+            });
+        }
+        let mut beaten = 0;
+        let mut total = 0;
+        let mut worst = String::new();
+        for r in &self.per_packet {
+            if let Some(x) = &r.xdp_filter {
+                total += 1;
+                if r.airlock.ns.median < x.ns.median {
+                    beaten += 1;
+                } else if worst.is_empty() {
+                    worst = format!("{} {}", r.workload, r.case);
+                }
+            }
+        }
+        if total > 0 {
+            out.push(Target {
+                name: "per-packet lower than xdp-filter on every row".into(),
+                met: Some(beaten == total),
+                detail: format!(
+                    "{beaten} of {total} rows{}",
+                    if worst.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; first miss: {worst}")
+                    }
+                ),
+            });
+        }
+        for r in self
+            .live
+            .iter()
+            .filter(|r| r.prefixes == 100_011 && r.floor_name == "xdp-drop")
+        {
+            let share = r.airlock.rx_pps.median / r.floor.rx_pps.median;
+            out.push(Target {
+                name: format!("live drop ≥ 90% of XDP_DROP at 100k ({})", r.traffic),
+                met: Some(share >= 0.9),
+                detail: format!("{:.0}%", share * 100.0),
+            });
+            match &r.nft {
+                Ok(nft) => {
+                    let x = r.airlock.rx_pps.median / nft.rx_pps.median;
+                    out.push(Target {
+                        name: format!("live drop ≥ 5× nftables at 100k ({})", r.traffic),
+                        met: Some(x >= 5.0),
+                        detail: format!("{x:.1}×"),
+                    });
+                }
+                Err(e) => out.push(Target {
+                    name: format!("live drop ≥ 5× nftables at 100k ({})", r.traffic),
+                    met: None,
+                    detail: format!("nftables not measured: {e}"),
+                }),
+            }
+        }
+        for c in &self.control {
+            let generated = c.prefixes - 11;
+            let limit = match generated {
+                100_000 => 1.0,
+                1_000_000 => 10.0,
+                _ => f64::NAN,
+            };
+            if limit.is_finite() {
+                out.push(Target {
+                    name: format!("apply {} prefixes < {limit} s", size_label(generated)),
+                    met: Some(c.first.seconds < limit),
+                    detail: secs(c.first.seconds),
+                });
+            }
+            if generated >= 100_000 {
+                let share = c.change_2.seconds / c.first.seconds;
+                out.push(Target {
+                    name: format!(
+                        "1% change re-applied < 10% of a full apply ({})",
+                        size_label(generated)
+                    ),
+                    met: Some(share < 0.1),
+                    detail: format!(
+                        "{:.0}% (into the empty copy: {:.0}%)",
+                        share * 100.0,
+                        c.change_1.seconds / c.first.seconds * 100.0
+                    ),
+                });
+            }
+            if generated == 1_000_000 {
+                let peak = [c.validate, c.first, c.change_1, c.change_2]
+                    .iter()
+                    .map(|r| r.max_rss_kib)
+                    .max()
+                    .unwrap_or(0);
+                out.push(Target {
+                    name: "CLI peak memory < 200 MiB at 1M".into(),
+                    met: Some(peak < 200 * 1024),
+                    detail: mib(peak),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let m = &self.machine;
+        let _ = writeln!(md, "# Airlock benchmark\n");
+        let _ = writeln!(
+            md,
+            "Kernel {}, {} ({} CPUs), commit {}, {}, load average at start {}. Suite took {:.0} s. Every ratio is against a baseline measured in the same run; ranges are min–max of {} runs.\n",
+            m["kernel"].as_str().unwrap_or("?"),
+            m["cpu"].as_str().unwrap_or("?"),
+            m["cpus"],
+            m["commit"].as_str().unwrap_or("?"),
+            m["date"].as_str().unwrap_or("?"),
+            m["load_average"].as_str().unwrap_or("?"),
+            self.seconds,
+            super::RUNS,
+        );
+        let _ = writeln!(md, "## Targets\n\n| target | result | |\n|---|---|---|");
+        for t in self.targets() {
+            let verdict = match t.met {
+                Some(true) => "met",
+                Some(false) => "**not met**",
+                None => "not measured",
+            };
+            let _ = writeln!(md, "| {} | {verdict} | {} |", t.name, t.detail);
+        }
+        let _ = writeln!(
+            md,
+            "\n## Per-packet cost (BPF_PROG_TEST_RUN, {} runs of each frame)\n\nns per packet (median); ratio = program ÷ do-nothing XDP_PASS program, median (min–max). xdp-filter holds each prefix as one exact address (it cannot express prefixes or ports).\n",
+            super::per_packet::REPEAT
+        );
+        let _ = writeln!(
+            md,
+            "| policy (prefixes/port ranges) | frame | floor ns | Airlock ns | Airlock ratio | verdict | xdp-filter ns | xdp-filter ratio | verdict |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in &self.per_packet {
+            let (xn, xr, xa) = match &r.xdp_filter {
+                Some(Measured {
+                    ns,
+                    ratio: rt,
+                    action: a,
+                }) => (
+                    format!("{:.1}", ns.median),
+                    ratio(rt),
+                    action(*a).to_owned(),
+                ),
+                None => ("–".into(), "–".into(), "–".into()),
+            };
+            let verdict = action(r.airlock.action);
+            let expected = if r.expected_pass { "pass" } else { "drop" };
+            let verdict = if verdict == expected {
+                verdict.to_owned()
+            } else {
+                format!("{verdict} (expected {expected}!)")
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.1} | {} | {verdict} | {xn} | {xr} | {xa} |",
+                r.workload,
+                r.case,
+                r.floor.median,
+                r.airlock.ns.median,
+                ratio(&r.airlock.ratio),
+            );
+        }
+        let variant_names: Vec<&String> = self
+            .per_packet
+            .first()
+            .map(|r| r.variants.iter().map(|(n, _)| n).collect())
+            .unwrap_or_default();
+        if !variant_names.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### Experimental builds of Airlock's program (not shipped)\n\nns per packet (median), ratio to the floor in brackets.\n"
+            );
+            let mut header = String::from("| policy | frame | floor | Airlock |");
+            let mut rule = String::from("|---|---|---|---|");
+            for n in &variant_names {
+                let _ = write!(header, " {n} |");
+                rule.push_str("---|");
+            }
+            let _ = writeln!(md, "{header}\n{rule}");
+            for r in &self.per_packet {
+                let mut line = format!(
+                    "| {} | {} | {:.1} | {:.1} ({:.2}) |",
+                    r.workload, r.case, r.floor.median, r.airlock.ns.median, r.airlock.ratio.median
+                );
+                for (_, m) in &r.variants {
+                    let _ = write!(line, " {:.1} ({:.2}) |", m.ns.median, m.ratio.median);
+                }
+                let _ = writeln!(md, "{line}");
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\n## Live throughput (veth, native XDP on the receiver)\n\nMpps the receiver processed (median of {} windows); ratio = Airlock ÷ the do-nothing program (XDP_DROP for refused traffic, XDP_PASS for allowed) measured in the same run. nftables: a netdev ingress chain with interval sets (behind an XDP_PASS program, which keeps the veth in NAPI mode). gen = the generator's send rate; overflow = frames lost because the receiver's ring was full (it, not the generator, was the bottleneck).\n",
+            super::RUNS
+        );
+        let _ = writeln!(
+            md,
+            "| policy | traffic | floor Mpps | Airlock Mpps | Airlock ÷ floor | xdp-filter Mpps | xdp-filter ÷ floor | nftables Mpps | Airlock ÷ nftables | gen Mpps | overflow Mpps |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in &self.live {
+            let floor = r.floor.rx_pps.median;
+            let (xm, xr) = match &r.xdp_filter {
+                Some(x) => (
+                    mpps(x.rx_pps.median),
+                    format!("{:.2}", x.rx_pps.median / floor),
+                ),
+                None => ("–".into(), "–".into()),
+            };
+            let (nm, nr) = match &r.nft {
+                Ok(n) => (
+                    mpps(n.rx_pps.median),
+                    format!("{:.1}", r.airlock.rx_pps.median / n.rx_pps.median),
+                ),
+                Err(e) => (format!("n/a ({e})"), "–".into()),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} ({}) | {} | {:.2} | {xm} | {xr} | {nm} | {nr} | {} | {} |",
+                r.label,
+                r.traffic,
+                mpps(floor),
+                r.floor_name,
+                mpps(r.airlock.rx_pps.median),
+                r.airlock.rx_pps.median / floor,
+                mpps(r.airlock.tx_pps.median),
+                mpps(r.airlock.overflow_pps.median),
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n## Control plane\n\nThe real `airlock` CLI in a namespace, policy importing the prefixes with `file:`. Re-applies change 1% of the prefixes: the first writes the empty second copy, the second a copy holding the policy before last (steady state). Peak RSS from GNU time. Map memory: the kernel's `memlock` charge for the filter's maps.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| prefixes | trie entries v4/v6 | validate | first apply | re-apply 1% (empty copy) | re-apply 1% (steady) | CLI peak RSS | map memory |\n|---|---|---|---|---|---|---|---|"
+        );
+        for c in &self.control {
+            let peak = [c.validate, c.first, c.change_1, c.change_2]
+                .iter()
+                .map(|r| r.max_rss_kib)
+                .max()
+                .unwrap_or(0);
+            let entries = c.entries.map_or("?".into(), |(a, b)| format!("{a}/{b}"));
+            let _ = writeln!(
+                md,
+                "| {} | {entries} | {} | {} | {} | {} | {} | {} |",
+                c.label,
+                secs(c.validate.seconds),
+                secs(c.first.seconds),
+                secs(c.change_1.seconds),
+                secs(c.change_2.seconds),
+                mib(peak),
+                mib(c.map_bytes / 1024),
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nAgent resident memory at 100k prefixes: {}.\n",
+            match &self.agent_rss {
+                Ok(kib) => mib(*kib),
+                Err(e) => format!("n/a ({e})"),
+            }
+        );
+        let _ = writeln!(
+            md,
+            "In-process breakdown (library: parse+validate with the import, compile, write both tries and port arrays into fresh maps):\n\n| prefixes/port ranges | parse | compile | apply (maps) | trie entries v4/v6 |\n|---|---|---|---|---|"
+        );
+        for l in &self.library {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {}/{} |",
+                l.label,
+                secs(l.parse_s),
+                secs(l.compile_s),
+                secs(l.apply_s),
+                l.entries_v4,
+                l.entries_v6
+            );
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(md, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+        }
+        md
+    }
+
+    pub fn json(&self) -> Value {
+        let per_packet: Vec<Value> = self
+            .per_packet
+            .iter()
+            .map(|r| {
+                json!({
+                    "policy": r.workload, "prefixes": r.prefixes, "port_ranges": r.port_ranges,
+                    "frame": r.case, "expected": if r.expected_pass { "pass" } else { "drop" },
+                    "floor_ns": r.floor.json(),
+                    "airlock": { "ns": r.airlock.ns.json(), "ratio": r.airlock.ratio.json(), "action": action(r.airlock.action) },
+                    "xdp_filter": r.xdp_filter.as_ref().map(|x| json!({ "ns": x.ns.json(), "ratio": x.ratio.json(), "action": action(x.action) })),
+                    "variants": r.variants.iter().map(|(n, x)| json!({ "name": n, "ns": x.ns.json(), "ratio": x.ratio.json(), "action": action(x.action) })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let live: Vec<Value> = self
+            .live
+            .iter()
+            .map(|r| {
+                json!({
+                    "policy": r.label, "prefixes": r.prefixes, "traffic": r.traffic,
+                    "floor": { "program": r.floor_name, "rate": r.floor.json() },
+                    "airlock": r.airlock.json(),
+                    "airlock_over_floor": r.airlock.rx_pps.median / r.floor.rx_pps.median,
+                    "xdp_filter": r.xdp_filter.as_ref().map(Rate::json),
+                    "nftables": match &r.nft { Ok(n) => n.json(), Err(e) => json!({ "error": e }) },
+                    "nftables_load_s": r.nft_load_s,
+                })
+            })
+            .collect();
+        let run = |c: &super::control::CliRun| json!({ "seconds": c.seconds, "max_rss_kib": c.max_rss_kib });
+        let control: Vec<Value> = self
+            .control
+            .iter()
+            .map(|c| {
+                json!({
+                    "prefixes": c.prefixes, "validate": run(&c.validate), "first_apply": run(&c.first),
+                    "reapply_1pct_empty_copy": run(&c.change_1), "reapply_1pct_steady": run(&c.change_2),
+                    "map_memlock_bytes": c.map_bytes, "trie_entries": c.entries,
+                })
+            })
+            .collect();
+        let library: Vec<Value> = self
+            .library
+            .iter()
+            .map(|l| {
+                json!({ "policy": l.label, "prefixes": l.prefixes, "parse_s": l.parse_s, "compile_s": l.compile_s,
+                        "apply_s": l.apply_s, "entries_v4": l.entries_v4, "entries_v6": l.entries_v6 })
+            })
+            .collect();
+        let targets: Vec<Value> = self
+            .targets()
+            .iter()
+            .map(|t| json!({ "target": t.name, "met": t.met, "detail": t.detail }))
+            .collect();
+        json!({
+            "machine": self.machine,
+            "seconds": self.seconds,
+            "targets": targets,
+            "per_packet": per_packet,
+            "live": live,
+            "control_plane": control,
+            "library": library,
+            "agent_rss_kib": match &self.agent_rss { Ok(k) => json!(k), Err(e) => json!({ "error": e }) },
+            "notes": self.notes,
+            "plot": self.plot(),
+        })
+    }
+
+    /// What `cargo xtask bench` draws: ns per packet against policy size.
+    fn plot(&self) -> Value {
+        let series = |name: &str, pick: &dyn Fn(&Row) -> Option<f64>, case: &str| {
+            let points: Vec<Value> = self
+                .per_packet
+                .iter()
+                .filter(|r| r.port_ranges == 1 && r.case == case)
+                .filter_map(|r| pick(r).map(|y| json!([r.prefixes, y])))
+                .collect();
+            json!({ "name": name, "points": points })
+        };
+        let live_series = |name: &str, pick: &dyn Fn(&LiveRow) -> Option<f64>| {
+            let points: Vec<Value> = self
+                .live
+                .iter()
+                .filter(|r| r.traffic == "refused IPv4 TCP")
+                .filter_map(|r| {
+                    pick(r)
+                        .filter(|p| *p > 0.0)
+                        .map(|pps| json!([r.prefixes, 1e9 / pps]))
+                })
+                .collect();
+            json!({ "name": name, "points": points })
+        };
+        json!({
+            "x_label": "source prefixes in the policy",
+            "panels": [
+                {
+                    "title": "BPF_PROG_TEST_RUN: ns per packet",
+                    "series": [
+                        series("floor (XDP_PASS)", &|r| Some(r.floor.median), "dropped IPv4 TCP"),
+                        series("Airlock, dropped IPv4", &|r| Some(r.airlock.ns.median), "dropped IPv4 TCP"),
+                        series("Airlock, allowed IPv4", &|r| Some(r.airlock.ns.median), "allowed IPv4 TCP"),
+                        series("Airlock, dropped IPv6", &|r| Some(r.airlock.ns.median), "dropped IPv6 TCP"),
+                        series("xdp-filter, dropped IPv4", &|r| r.xdp_filter.as_ref().map(|x| x.ns.median), "dropped IPv4 TCP"),
+                    ],
+                },
+                {
+                    "title": "live veth, refused IPv4: ns per packet at the receiver",
+                    "series": [
+                        live_series("floor (XDP_DROP)", &|r| Some(r.floor.rx_pps.median)),
+                        live_series("Airlock", &|r| Some(r.airlock.rx_pps.median)),
+                        live_series("xdp-filter", &|r| r.xdp_filter.as_ref().map(|x| x.rx_pps.median)),
+                        live_series("nftables", &|r| r.nft.as_ref().ok().map(|n| n.rx_pps.median)),
+                    ],
+                },
+            ],
+        })
+    }
+}

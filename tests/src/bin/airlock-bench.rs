@@ -1,0 +1,388 @@
+//! `cargo xtask bench`: Airlock's per-packet cost, live drop rate and policy load
+//! times against the kernel's floor and against xdp-filter and nftables, written
+//! to `<out>/latest.md` and `<out>/latest.json`. Needs root; everything happens in
+//! throwaway namespaces with private bpffs mounts, and every loop is bounded.
+//!
+//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only] [--variant NAME=OBJECT]...
+//! (`--quick`: sizes up to 10,000 prefixes only, for trying the suite out;
+//! `--variant`: also time an experimental build of the XDP program, same maps.)
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use airlock::{compile, loader::LoadedFilter, loader::PolicySummary, policy};
+use airlock_integration::{
+    bench::{
+        RUNS, control,
+        live::LiveBed,
+        peers::{self, Nftables, XdpFilter},
+        per_packet::{self, Floor, timed},
+        pin_to_cpu,
+        policies::{self, Workload},
+        progress,
+        report::{LibraryRow, LiveRow, Results},
+        unpin,
+    },
+    netns::{PrivateBpffs, require_root},
+};
+use anyhow::{Context as _, Result};
+use serde_json::json;
+
+/// Each live measurement window.
+const WINDOW: Duration = Duration::from_millis(1000);
+/// Longest any one external load (nft -f, an airlock run) may take.
+const LOAD_LIMIT: Duration = Duration::from_secs(90);
+const PORT_RANGES: [usize; 3] = [1, 10, 60];
+
+fn main() -> ExitCode {
+    require_root();
+    let mut out = PathBuf::from("bench-results");
+    let mut quick = false;
+    let mut options = Options::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--quick" => quick = true,
+            "--per-packet-only" => options.per_packet_only = true,
+            "--variant" => {
+                let Some((name, path)) = args.next().and_then(|v| {
+                    v.split_once('=')
+                        .map(|(n, p)| (n.to_owned(), PathBuf::from(p)))
+                }) else {
+                    eprintln!("--variant takes NAME=OBJECT");
+                    return ExitCode::from(2);
+                };
+                options.variants.push((name, path));
+            }
+            other => {
+                eprintln!(
+                    "usage: airlock-bench [--out DIR] [--quick] (unknown argument {other:?})"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(&out, quick, &options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("airlock-bench: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Default)]
+struct Options {
+    per_packet_only: bool,
+    variants: Vec<(String, PathBuf)>,
+}
+
+fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
+    let started = Instant::now();
+    let sizes: &[usize] = if quick {
+        &[0, 1000, 10_000]
+    } else {
+        &[0, 1000, 100_000, 1_000_000]
+    };
+    let mut results = Results {
+        machine: machine(),
+        per_packet: Vec::new(),
+        library: Vec::new(),
+        live: Vec::new(),
+        control: Vec::new(),
+        agent_rss: Err("not measured".into()),
+        notes: Vec::new(),
+        seconds: 0.0,
+    };
+    let mut floor_pass = Floor::load("xdp-pass")?;
+    let mut floor_drop = Floor::load("xdp-drop")?;
+    let mut filter = LoadedFilter::load().context("loading Airlock's XDP program")?;
+    let mut live = LiveBed::new()?;
+    let bpffs = PrivateBpffs::new();
+    let workdir = tempfile::tempdir()?;
+    let xdp_filter_object = peers::find_xdp_filter_object();
+    if xdp_filter_object.is_none() {
+        results.notes.push(format!(
+            "xdp-filter not measured: {} not found (apt-get install xdp-tools)",
+            peers::XDP_FILTER_OBJECT
+        ));
+    }
+    let have_nft = peers::have("nft");
+    let mut variants = Vec::new();
+    for (name, path) in &options.variants {
+        let dir = bpffs.path().join(format!("variant-{name}"));
+        variants.push(per_packet::Variant::load(name, path, &dir)?);
+    }
+    results.notes.push(
+        "xdp-filter (deny mode, IP features) matches exact addresses only: every prefix of the policy is loaded as its network address, so it enforces a looser policy (no prefixes, no ports) and its maps are sized to fit (its own limit is 10,000 per family). In deny mode it also drops ARP from unlisted senders, where Airlock passes all non-IP frames.".into(),
+    );
+    for &generated in sizes {
+        let bulk = policies::generate(generated, policies::SEED);
+        for ranges in PORT_RANGES {
+            let workload = Workload::with_bulk(bulk.clone(), ranges);
+            progress(format!("policy {}", workload.label));
+            let (library, compiled) = apply_policy(&mut filter, &workload, workdir.path())?;
+            results.library.push(library);
+            // Twice: both generations hold this policy, so a variant that reads
+            // one generation's maps only still sees it.
+            for variant in &mut variants {
+                for _ in 0..2 {
+                    variant
+                        .maps
+                        .apply(&compiled, &PolicySummary::default())
+                        .map_err(|e| {
+                            anyhow::anyhow!("applying to variant {}: {e:?}", variant.name)
+                        })?;
+                }
+            }
+            let mut xdp_filter = match (&xdp_filter_object, ranges) {
+                (Some(object), 1) => {
+                    let dir = bpffs.path().join(format!("xdpf-{generated}"));
+                    match XdpFilter::load(object, &workload, &dir) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            results
+                                .notes
+                                .push(format!("xdp-filter failed to load: {e:#}"));
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let mut variant_programs = Vec::new();
+            for variant in &mut variants {
+                let name = variant.name.clone();
+                variant_programs.push((name, variant.program()?));
+            }
+            pin_to_cpu(last_cpu());
+            let rows = per_packet::measure(
+                &workload,
+                floor_pass.program()?,
+                filter.program()?,
+                match xdp_filter.as_mut() {
+                    Some(x) => Some(x.program()?),
+                    None => None,
+                },
+                &mut variant_programs,
+                per_packet::REPEAT,
+            )?;
+            unpin();
+            results.per_packet.extend(rows);
+            if ranges == 1 && !options.per_packet_only {
+                live_rows(
+                    &mut results,
+                    &mut live,
+                    &workload,
+                    &mut filter,
+                    &mut floor_pass,
+                    &mut floor_drop,
+                    xdp_filter.as_mut(),
+                    have_nft,
+                )?;
+            }
+        }
+    }
+    if !options.per_packet_only && !live.threaded_napi {
+        results.notes.push(
+            "threaded NAPI unavailable: generator and receiver shared a CPU in the live test"
+                .into(),
+        );
+    }
+    // The in-process filter's maps hold two 1M-prefix policies; free them first.
+    drop(filter);
+    drop(variants);
+    let control_sizes: &[usize] = if options.per_packet_only { &[] } else { sizes };
+    for &generated in control_sizes.iter().filter(|&&n| n >= 1000) {
+        let workload = Workload::new(generated, 1);
+        progress(format!("control plane, {} prefixes", workload.prefixes));
+        match control::measure(
+            &live.bed.server,
+            &live.bed.server_if,
+            &workload,
+            workdir.path(),
+            LOAD_LIMIT,
+        ) {
+            Ok(row) => results.control.push(row),
+            Err(e) => results.notes.push(format!(
+                "control plane at {generated} prefixes failed: {e:#}"
+            )),
+        }
+    }
+    let agent_size = if quick { 10_000 } else { 100_000 };
+    progress("agent memory");
+    results.agent_rss = if options.per_packet_only {
+        Err("not measured (--per-packet-only)".into())
+    } else {
+        match control::agent_rss(
+            &live.bed.server,
+            &live.bed.server_if,
+            &Workload::new(agent_size, 1),
+            workdir.path(),
+            Duration::from_secs(8),
+        ) {
+            Ok(Some(kib)) => Ok(kib),
+            Ok(None) => Err("agent pending: this airlock has no `agent` command yet".into()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    };
+    results.seconds = started.elapsed().as_secs_f64();
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("latest.md"), results.markdown())?;
+    std::fs::write(
+        out.join("latest.json"),
+        serde_json::to_string_pretty(&results.json())?,
+    )?;
+    progress(format!(
+        "wrote {} and latest.json in {:.0} s",
+        out.join("latest.md").display(),
+        results.seconds
+    ));
+    Ok(())
+}
+
+fn last_cpu() -> usize {
+    airlock_integration::bench::online_cpus().saturating_sub(1)
+}
+
+/// Parses, compiles and writes `workload`'s policy into `filter`'s maps, timing each.
+fn apply_policy(
+    filter: &mut LoadedFilter,
+    workload: &Workload,
+    dir: &Path,
+) -> Result<(LibraryRow, compile::Compiled)> {
+    let list = dir.join("lib-bulk.txt");
+    std::fs::write(&list, workload.list_text())?;
+    let yaml = workload.policy_yaml("eth0", Path::new("lib-bulk.txt"));
+    let (policy, parse_s) = timed(|| policy::parse_str(&yaml, &dir.join("lib-policy.yaml")));
+    let policy = policy.map_err(|e| anyhow::anyhow!("generated policy is invalid: {e}"))?;
+    let (compiled, compile_s) = timed(|| compile::compile(&policy));
+    let compiled = compiled?;
+    let (applied, apply_s) = timed(|| filter.maps.apply(&compiled, &PolicySummary::default()));
+    applied.map_err(|e| anyhow::anyhow!("applying: {e:?}"))?;
+    let row = LibraryRow {
+        label: workload.label.clone(),
+        prefixes: workload.prefixes,
+        parse_s,
+        compile_s,
+        apply_s,
+        entries_v4: compiled.v4.len(),
+        entries_v6: compiled.v6.len(),
+    };
+    Ok((row, compiled))
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the bench's loaded programs"
+)]
+fn live_rows(
+    results: &mut Results,
+    live: &mut LiveBed,
+    workload: &Workload,
+    filter: &mut LoadedFilter,
+    floor_pass: &mut Floor,
+    floor_drop: &mut Floor,
+    mut xdp_filter: Option<&mut XdpFilter>,
+    have_nft: bool,
+) -> Result<()> {
+    let cases = per_packet::cases(workload);
+    let mut traffic: Vec<(&'static str, bool, Vec<u8>)> = vec![
+        ("refused IPv4 TCP", false, find(&cases, "dropped IPv4 TCP")?),
+        ("refused IPv6 TCP", false, find(&cases, "dropped IPv6 TCP")?),
+    ];
+    if workload.prefixes == 100_011 || workload.prefixes == 10_011 {
+        traffic.push(("allowed IPv4 TCP", true, find(&cases, "allowed IPv4 TCP")?));
+    }
+    let mut nft = if have_nft {
+        Some(Nftables::load(
+            &live.bed.server,
+            &live.bed.server_if.clone(),
+            workload,
+            LOAD_LIMIT,
+        ))
+    } else {
+        None
+    };
+    // Loaded once, unloaded between measurements: the chain only runs while the
+    // XDP_PASS program lets frames through, so measure it last for each traffic.
+    let nft_load_s = nft
+        .as_ref()
+        .and_then(|n| n.as_ref().ok())
+        .map(|n| n.load_time.as_secs_f64());
+    for (name, pass, frame) in traffic {
+        progress(format!("live {} {name}", workload.label));
+        let frame = live.addressed(&frame);
+        let (floor_name, floor) = if pass {
+            ("xdp-pass", floor_pass.program()?)
+        } else {
+            ("xdp-drop", floor_drop.program()?)
+        };
+        let floor_rate = live.measure(floor, &frame, WINDOW, RUNS)?;
+        let airlock = live.measure(filter.program()?, &frame, WINDOW, RUNS)?;
+        let xdpf = match xdp_filter.as_deref_mut() {
+            Some(x) => Some(live.measure(x.program()?, &frame, WINDOW, RUNS)?),
+            None => None,
+        };
+        let nft_rate = match &nft {
+            Some(Ok(_)) => Ok(live.measure(floor_pass.program()?, &frame, WINDOW, RUNS)?),
+            Some(Err(e)) => Err(format!("{e:#}")),
+            None => Err("nft not installed".into()),
+        };
+        results.live.push(LiveRow {
+            label: workload.label.clone(),
+            prefixes: workload.prefixes,
+            traffic: name,
+            floor_name,
+            floor: floor_rate,
+            airlock,
+            xdp_filter: xdpf,
+            nft: nft_rate,
+            nft_load_s,
+        });
+    }
+    // Removing a large table takes a while; do it now rather than at exit.
+    nft.take();
+    Ok(())
+}
+
+fn find(cases: &[per_packet::Case], name: &str) -> Result<Vec<u8>> {
+    cases
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.bytes.clone())
+        .with_context(|| format!("no case {name}"))
+}
+
+fn machine() -> serde_json::Value {
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    json!({
+        "kernel": sh("uname -r"),
+        "cpu": cpu,
+        "cpus": airlock_integration::bench::online_cpus(),
+        "commit": sh("git rev-parse --short HEAD 2>/dev/null; git diff --quiet HEAD 2>/dev/null || echo '(modified)'").replace('\n', " "),
+        "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
+        "load_average": sh("cut -d' ' -f1-3 /proc/loadavg"),
+        "nft": sh("nft --version"),
+        "xdp_filter": sh("xdp-filter --version 2>&1 | head -1"),
+    })
+}
