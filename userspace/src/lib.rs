@@ -9,4 +9,5 @@ pub mod loader;
 pub mod policy;
 pub mod reference;
 pub mod regions;
+pub mod safety;
 pub mod samples;

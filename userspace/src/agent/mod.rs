@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     /// Drop samples per second per CPU (0: none).
     pub sample_rate: u32,
+    /// Apply policies the anti-lockout check refuses.
+    pub force: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.sample_rate,
         Arc::clone(&state),
     );
+    reconciler.set_force(config.force);
     let names = samples::RuleNames::default();
     let mut samplers = samples::Samplers::default();
     let mut notified = false;

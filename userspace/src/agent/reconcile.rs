@@ -37,6 +37,8 @@ pub struct Reconciler {
     sample_rate: u32,
     state: std::sync::Arc<AgentState>,
     applied: Option<Applied>,
+    /// Apply policies the anti-lockout check refuses (`agent --force`).
+    force: bool,
 }
 
 impl Reconciler {
@@ -54,7 +56,13 @@ impl Reconciler {
             sample_rate,
             state,
             applied: None,
+            force: false,
         }
+    }
+
+    /// `agent --force`: apply policies that the anti-lockout check refuses.
+    pub fn set_force(&mut self, force: bool) {
+        self.force = force;
     }
 
     /// Rule names of the policy in force on an interface, for drop samples.
@@ -95,6 +103,11 @@ impl Reconciler {
                 return;
             }
         };
+        let ifaces = self.selected(&policy).unwrap_or_default();
+        if let Err(error) = crate::safety::lockout::check_for_agent(&policy, &ifaces, self.force) {
+            self.fail(why, &error);
+            return;
+        }
         let summary = PolicySummary::describe(&policy, &compiled, &self.policy_path);
         let applied = Applied {
             text,
@@ -205,6 +218,8 @@ impl Reconciler {
 
     /// Checks every selected interface and repairs what drifted. Sets readiness.
     pub fn reconcile(&mut self) {
+        // An expired `apply --confirm` of the CLI whose watchdog died: finish it.
+        crate::safety::confirm::expire_due(&self.root);
         let Some(applied) = &self.applied else {
             self.state.lock().ready = false;
             return;

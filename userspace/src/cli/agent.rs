@@ -33,6 +33,10 @@ pub struct Args {
     /// Drop samples per second per CPU sent by the kernel (0: none).
     #[arg(long, default_value_t = DEFAULT_SAMPLE_RATE)]
     sample_rate: u32,
+    /// Apply policies that would cut an SSH session, the default gateway or neighbour
+    /// discovery (by default such a policy is rejected like an invalid one).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -45,6 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         state_dir: args.state_dir,
         reconcile_interval: Duration::from_secs(args.reconcile_interval.max(1)),
         sample_rate: args.sample_rate,
+        force: args.force,
     };
     // One thread is plenty: the work is a few system calls per event.
     let runtime = tokio::runtime::Builder::new_current_thread()

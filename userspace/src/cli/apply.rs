@@ -11,7 +11,7 @@ use airlock::{
 
 use airlock::interfaces;
 
-use super::{OutputFormat, PinRootArg, output};
+use super::{OutputFormat, PinRootArg, output, safe};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,6 +31,15 @@ pub struct Args {
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
     output: OutputFormat,
+    /// Apply even if the policy would cut your SSH session, the default gateway or
+    /// neighbour discovery (the anti-lockout check refuses it otherwise).
+    #[arg(long)]
+    force: bool,
+    /// Roll back to the previous policy (or remove the filter if there was none)
+    /// unless `airlock confirm` is run within this time, e.g. 60s or 5m. The rollback
+    /// happens even if this process dies.
+    #[arg(long, value_name = "DURATION")]
+    confirm: Option<humantime::Duration>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -54,9 +63,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     interfaces::check_exist(&ifaces)?;
+    safe::check_lockout(&policy, &ifaces, args.force)?;
     let root = PinRoot::new(&args.pin_root.pin_root);
+    safe::finish_expired(&root);
     let summary = PolicySummary::describe(&policy, &compiled, &args.policy);
-    let done = loader::apply_all(&root, &ifaces, &compiled, &summary)?;
+    let done = match args.confirm {
+        Some(within) => safe::apply_confirmed(&root, &ifaces, &compiled, &summary, *within)?,
+        None => {
+            airlock::safety::confirm::check_no_pending(&root, &ifaces)?;
+            loader::apply_all(&root, &ifaces, &compiled, &summary)?
+        }
+    };
     output::applied(&done, &compiled, args.output)?;
     Ok(ExitCode::SUCCESS)
 }

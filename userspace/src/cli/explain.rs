@@ -8,7 +8,7 @@ use airlock::{
 };
 use serde_json::json;
 
-use super::{OutputFormat, UsageError, output};
+use super::{OutputFormat, PinRootArg, UsageError, explain_live, output};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -29,6 +29,15 @@ pub struct Args {
     fragment: bool,
     #[arg(short, long, value_enum, default_value_t)]
     output: OutputFormat,
+    /// Also run the packet through the attached kernel program (BPF_PROG_TEST_RUN)
+    /// and compare; exit 1 if they disagree.
+    #[arg(long)]
+    live: bool,
+    /// With --live: the interface whose filter to run (default: the only one pinned).
+    #[arg(long, requires = "live")]
+    iface: Option<String>,
+    #[command(flatten)]
+    pin_root: PinRootArg,
 }
 
 fn parse_port(spec: &str) -> Result<L4, UsageError> {
@@ -65,6 +74,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .rule
         .and_then(|i| policy.rules.get(i))
         .map(|r| r.name.clone());
+    if args.live {
+        return explain_live::run(explain_live::Live {
+            policy: &policy,
+            src: args.src,
+            l4,
+            verdict: &verdict,
+            rule,
+            iface: args.iface,
+            root: airlock::loader::PinRoot::new(&args.pin_root.pin_root),
+            output: args.output,
+        });
+    }
     if args.output == OutputFormat::Json {
         output::print_json(&json!({
             "src": args.src.to_string(),

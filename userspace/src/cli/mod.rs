@@ -3,10 +3,14 @@
 
 mod agent;
 mod apply;
+mod confirm;
+mod diff;
 mod explain;
+mod explain_live;
 mod output;
 mod regions;
 mod remove;
+mod safe;
 mod status;
 mod validate;
 mod watch;
@@ -78,6 +82,17 @@ enum Command {
     Agent(agent::Args),
     /// Show sampled drops live.
     Watch(watch::Args),
+    /// Keep the policy applied with `apply --confirm` (otherwise it is rolled back
+    /// at the deadline).
+    Confirm(confirm::Args),
+    /// What a new policy would change against the one in force: rules, ports, sets
+    /// and the source prefixes each gains or loses.
+    ///
+    /// Example: airlock diff -f new-policy.yaml
+    Diff(diff::Args),
+    /// Started by `apply --confirm`: rolls back at the deadline unless confirmed.
+    #[command(hide = true)]
+    ConfirmWatchdog(confirm::WatchdogArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -90,6 +105,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Regions(args) => regions::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Watch(args) => watch::run(args),
+        Command::Confirm(args) => confirm::run(args),
+        Command::Diff(args) => diff::run(args),
+        Command::ConfirmWatchdog(args) => confirm::run_watchdog(args),
     }
 }
 
@@ -101,7 +119,11 @@ pub struct UsageError(pub String);
 /// 2 for an invalid policy or bad usage, 1 for everything else.
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     let invalid = error.chain().any(|cause| {
-        cause.is::<PolicyError>() || cause.is::<CompileError>() || cause.is::<UsageError>()
+        cause.is::<PolicyError>()
+            || cause.is::<CompileError>()
+            || cause.is::<UsageError>()
+            || cause.is::<airlock::safety::lockout::LockoutError>()
+            || cause.is::<airlock::safety::confirm::PendingConflict>()
     });
     if invalid { 2 } else { 1 }
 }

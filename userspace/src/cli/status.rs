@@ -6,7 +6,7 @@ use airlock::loader::{self, LINK_PIN, PinRoot, PolicyMaps};
 use airlock_common::{Counter, Reason};
 use serde_json::{Value, json};
 
-use super::{OutputFormat, PinRootArg, output};
+use super::{OutputFormat, PinRootArg, output, safe};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -63,11 +63,13 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         "policy": summary,
         "reasons": reasons,
         "rules": rules,
+        "confirm": safe::pending_json(root, iface),
     }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    safe::finish_expired(&root);
     let mut all = Vec::new();
     for iface in root.interfaces()? {
         all.push(interface_status(&root, &iface)?);
@@ -106,6 +108,12 @@ fn print_human(s: &Value) {
     if policy.is_null() {
         println!("  no policy recorded");
         return;
+    }
+    if let Some(left) = s["confirm"]["seconds_left"].as_u64() {
+        println!(
+            "  PENDING CONFIRMATION: run `airlock confirm` within {left}s, or it rolls back to {}",
+            s["confirm"]["rollback_to"].as_str().unwrap_or("?")
+        );
     }
     println!(
         "  policy {} (apply #{}, generation {}, applied {})",

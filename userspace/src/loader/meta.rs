@@ -35,6 +35,25 @@ pub struct PolicySummary {
     pub prefixes_v6: usize,
     /// `driver` (native) or `skb` (generic).
     pub attach_mode: String,
+    /// Set names of `management` and `deny`, for `airlock diff` (absent in summaries
+    /// written before they were recorded).
+    #[serde(default)]
+    pub management: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Set by `apply --confirm`: this policy is on probation and is rolled back at the
+    /// deadline unless `airlock confirm` clears it (see `crate::safety::confirm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_confirm: Option<PendingConfirm>,
+}
+
+/// A commit-confirm in progress, recorded with the policy it guards.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingConfirm {
+    /// Seconds since the Unix epoch after which the policy is rolled back.
+    pub deadline_unix: u64,
+    /// Ties the policy to the watchdog armed for it (one token per `apply`).
+    pub token: u64,
 }
 
 impl PolicySummary {
@@ -64,6 +83,14 @@ impl PolicySummary {
             prefixes_v4: stats.entries.v4,
             prefixes_v6: stats.entries.v6,
             attach_mode: String::new(),
+            management: policy
+                .management
+                .sets
+                .iter()
+                .map(|s| s.name.clone())
+                .collect(),
+            deny: policy.deny.sets.iter().map(|s| s.name.clone()).collect(),
+            pending_confirm: None,
         }
     }
 

@@ -18,7 +18,7 @@ use aya::{Ebpf, programs::Xdp};
 
 pub use error::LoaderError;
 pub use link::{AttachMode, LinkState, interface_index, pinned_link_state};
-pub use meta::{PolicySummary, RuleSummary};
+pub use meta::{PendingConfirm, PolicySummary, RuleSummary};
 pub use object::{floor_object_bytes, load_object, object_bytes};
 pub use pins::{DEFAULT_PIN_ROOT, LINK_PIN, PROGRAM_PIN, PinRoot};
 pub use policy_maps::{Counters, PolicyMaps};

@@ -351,3 +351,54 @@ impl PolicyMaps {
             .map_err(map_err(MAP_SAMPLING))
     }
 }
+
+impl PolicyMaps {
+    /// The summary recorded with `generation`, if that copy holds a complete policy
+    /// (for a rollback to it, and to say what it would return to).
+    pub fn generation_summary(
+        &self,
+        generation: u32,
+    ) -> Result<Option<PolicySummary>, LoaderError> {
+        let generation = generation & 1;
+        let config = self
+            .config
+            .get(&generation, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        if config.valid == 0 {
+            return Ok(None);
+        }
+        let meta = self.meta.get(&generation, 0).map_err(map_err(MAP_META))?;
+        Ok(PolicySummary::decode(&meta))
+    }
+
+    /// The source trie entries of the generation in force, read back from the kernel
+    /// (for `airlock diff`), sorted by address then prefix length.
+    pub fn active_prefixes(
+        &self,
+    ) -> Result<(Vec<PrefixEntry<4>>, Vec<PrefixEntry<16>>), LoaderError> {
+        let slot = self.active_generation()? as usize;
+        Ok((
+            read_trie(&self.src_v4[slot], MAP_SRC_V4[slot])?,
+            read_trie(&self.src_v6[slot], MAP_SRC_V6[slot])?,
+        ))
+    }
+}
+
+fn read_trie<const N: usize>(
+    trie: &SrcTrie<N>,
+    name: &'static str,
+) -> Result<Vec<PrefixEntry<N>>, LoaderError> {
+    let mut entries = trie
+        .iter()
+        .map(|item| {
+            item.map(|(key, value)| PrefixEntry {
+                addr: key.data(),
+                prefix_len: key.prefix_len() as u8,
+                value,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err(name))?;
+    entries.sort_by_key(|e| (e.addr, e.prefix_len));
+    Ok(entries)
+}

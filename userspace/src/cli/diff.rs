@@ -1,0 +1,181 @@
+//! `airlock diff -f NEW`: what NEW would change against the policy in force, per
+//! interface: mode, default, management and deny, rules (ports, `from` sets) and the
+//! source prefixes each gains or loses (read back from the kernel's tries).
+
+use std::{path::PathBuf, process::ExitCode};
+
+use airlock::{
+    compile, interfaces,
+    loader::{PinRoot, PolicyMaps, PolicySummary},
+    policy,
+    safety::diff::{self, GroupDiff, PolicyDiff, PrefixChanges, PrefixList, Side},
+};
+use serde_json::json;
+
+use super::{OutputFormat, PinRootArg, output};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The new policy.
+    #[arg(short = 'f', long = "file")]
+    policy: PathBuf,
+    /// Compare with the filter on this interface (repeatable; default: every pinned
+    /// filter, or the policy's interfaces if none is pinned).
+    #[arg(long = "iface")]
+    ifaces: Vec<String>,
+    /// List at most this many prefixes per family in each list.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[command(flatten)]
+    pin_root: PinRootArg,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let policy = policy::load(&args.policy)?;
+    let compiled = compile::compile(&policy)?;
+    let new = Side {
+        summary: PolicySummary::describe(&policy, &compiled, &args.policy),
+        v4: compiled.v4.clone(),
+        v6: compiled.v6.clone(),
+    };
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    let mut ifaces = args.ifaces.clone();
+    if ifaces.is_empty() {
+        ifaces = root.interfaces()?;
+    }
+    if ifaces.is_empty() {
+        ifaces = interfaces::resolve(&policy, &[]).unwrap_or_default();
+    }
+    let mut results = Vec::new();
+    for iface in &ifaces {
+        let dir = root.interface_dir(iface);
+        let old = if dir.exists() {
+            let maps = PolicyMaps::open_pinned(&dir)?;
+            match maps.active_summary()? {
+                Some(summary) => {
+                    let (v4, v6) = maps.active_prefixes()?;
+                    Some(Side { summary, v4, v6 })
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let d = diff::diff(old.as_ref(), &new, args.limit);
+        results.push((iface.clone(), old.map(|o| o.summary), d));
+    }
+    if args.output == OutputFormat::Json {
+        let list: Vec<_> = results
+            .iter()
+            .map(|(iface, in_force, d)| {
+                json!({
+                    "iface": iface,
+                    "in_force": in_force.as_ref().map(|s| json!({
+                        "policy_path": s.policy_path, "serial": s.serial,
+                    })),
+                    "diff": d,
+                })
+            })
+            .collect();
+        output::print_json(&json!({
+            "policy": args.policy.display().to_string(),
+            "interfaces": list,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (iface, in_force, d) in &results {
+        match in_force {
+            Some(s) => println!(
+                "{iface}: {} against apply #{} of {}",
+                args.policy.display(),
+                s.serial,
+                s.policy_path
+            ),
+            None => println!(
+                "{iface}: no Airlock policy in force; {} would add everything below",
+                args.policy.display()
+            ),
+        }
+        print_human(d);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(prefix: &str, l: &PrefixList) -> Option<String> {
+    if l.count == 0 {
+        return None;
+    }
+    let shown: Vec<String> = l.shown.iter().map(|p| format!("{prefix}{p}")).collect();
+    let more = l.count - l.shown.len();
+    Some(if more > 0 {
+        format!("{} (+{more} more)", shown.join(" "))
+    } else {
+        shown.join(" ")
+    })
+}
+
+fn print_prefixes(indent: &str, p: &PrefixChanges) {
+    let lines = [
+        ("IPv4 sources added:  ", list("+", &p.added_v4)),
+        ("IPv6 sources added:  ", list("+", &p.added_v6)),
+        ("IPv4 sources removed:", list("-", &p.removed_v4)),
+        ("IPv6 sources removed:", list("-", &p.removed_v6)),
+    ];
+    for (label, line) in lines {
+        if let Some(line) = line {
+            println!("{indent}{label} {line}");
+        }
+    }
+}
+
+fn signed(added: &[String], removed: &[String]) -> String {
+    added
+        .iter()
+        .map(|a| format!("+{a}"))
+        .chain(removed.iter().map(|r| format!("-{r}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn print_group(name: &str, g: &GroupDiff) {
+    if g.is_empty() {
+        return;
+    }
+    println!("  {name}: {}", signed(&g.sets_added, &g.sets_removed));
+    print_prefixes("    ", &g.prefixes);
+}
+
+fn print_human(d: &PolicyDiff) {
+    if !d.changed {
+        println!("  no changes");
+        return;
+    }
+    if let Some(c) = &d.mode {
+        println!("  mode: {} -> {}", c.from, c.to);
+    }
+    if let Some(c) = &d.default {
+        println!("  default: {} -> {}", c.from, c.to);
+    }
+    print_group("management", &d.management);
+    print_group("deny", &d.deny);
+    for (mark, rules) in [
+        ("+ rule", &d.rules_added),
+        ("- rule", &d.rules_removed),
+        ("~ rule", &d.rules_changed),
+    ] {
+        for r in rules {
+            println!("  {mark} {}", r.name);
+            let ports = signed(&r.ports_added, &r.ports_removed);
+            if !ports.is_empty() {
+                println!("      ports: {ports}");
+            }
+            let from = signed(&r.from_added, &r.from_removed);
+            if !from.is_empty() {
+                println!("      from:  {from}");
+            }
+            print_prefixes("      ", &r.prefixes);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The safe-apply steps `apply` and `status` share: the anti-lockout check, finishing
+//! expired commit-confirms, and pending confirmations as JSON.
+
+use airlock::{
+    loader::PinRoot,
+    policy::Policy,
+    safety::{
+        confirm,
+        lockout::{self, Facts, LockoutError},
+    },
+};
+use serde_json::{Value, json};
+
+/// Refuses (a [`LockoutError`], exit 2) a policy that would cut the SSH session, the
+/// gateway or neighbour discovery on `ifaces`, unless `force`. Warnings go to stderr.
+pub fn check_lockout(policy: &Policy, ifaces: &[String], force: bool) -> anyhow::Result<()> {
+    let assessment = lockout::assess(policy, &Facts::from_system(), ifaces);
+    lockout::log_findings(&assessment, force);
+    if assessment.is_lockout() && !force {
+        return Err(LockoutError { assessment }.into());
+    }
+    Ok(())
+}
+
+/// Rolls back expired commit-confirms (the watchdog should have; it may have been
+/// killed) and says so on stderr.
+pub fn finish_expired(root: &PinRoot) {
+    for rolled in confirm::expire_due(root) {
+        match rolled.result {
+            Ok(target) => eprintln!(
+                "{}: apply #{} was not confirmed in time: rolled back to {target}",
+                rolled.iface, rolled.serial
+            ),
+            Err(error) => eprintln!(
+                "{}: apply #{} was not confirmed in time, and rolling it back failed: {error}",
+                rolled.iface, rolled.serial
+            ),
+        }
+    }
+}
+
+/// The confirmation pending on `iface`, for `status -o json` (null if none).
+pub fn pending_json(root: &PinRoot, iface: &str) -> Value {
+    match confirm::pending(root, iface, confirm::now_unix()) {
+        Ok(Some(p)) => json!({
+            "deadline_unix": p.deadline_unix,
+            "seconds_left": p.seconds_left.max(0),
+            "rollback": p.rollback,
+            "rollback_to": p.rollback.to_string(),
+        }),
+        _ => Value::Null,
+    }
+}
+
+/// `apply --confirm`: applies on probation, arms the watchdog, says what happens next.
+pub fn apply_confirmed(
+    root: &PinRoot,
+    ifaces: &[String],
+    compiled: &airlock::compile::Compiled,
+    summary: &airlock::loader::PolicySummary,
+    within: std::time::Duration,
+) -> anyhow::Result<Vec<airlock::loader::ApplyOutcome>> {
+    if within > confirm::MAX_CONFIRM {
+        return Err(super::UsageError(format!(
+            "--confirm {}: at most {}",
+            humantime::format_duration(within),
+            humantime::format_duration(confirm::MAX_CONFIRM)
+        ))
+        .into());
+    }
+    let (done, pending) = match confirm::apply_confirmed(root, ifaces, compiled, summary, within) {
+        Ok(ok) => ok,
+        // Unwrapped so the exit code sees what it is (2: refused, nothing changed).
+        Err(confirm::ConfirmApplyError::Pending(conflict)) => return Err(conflict.into()),
+        Err(error) => return Err(error.into()),
+    };
+    let left = pending.deadline_unix.saturating_sub(confirm::now_unix());
+    eprintln!(
+        "PENDING CONFIRMATION on {}: run `airlock confirm` within {left}s, or this apply is rolled back (even if this shell is gone)",
+        ifaces.join(", ")
+    );
+    Ok(done)
+}

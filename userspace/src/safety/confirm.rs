@@ -1,0 +1,429 @@
+//! Commit-confirm: `apply --confirm 60s` puts a policy in force on probation; unless
+//! `airlock confirm` clears it before the deadline, it is rolled back: to the previous
+//! policy (a one-word flip back to the other generation, which still holds it) or,
+//! when there was none, by removing the filter.
+//!
+//! Why it survives the applying process: the pending state is not kept in any
+//! process. It is written, with the policy, into the `META` JSON of the new
+//! generation in the same apply that puts the policy in force (so there is no moment
+//! when the policy is in force without its deadline), and lives in bpffs as long as
+//! the filter does. Two things finish it:
+//! - a watchdog armed by the apply: `airlock confirm-watchdog`, started with setsid in
+//!   its own session, stdio on /dev/null, so neither the death of `apply`, its process
+//!   group, nor the terminal going away reaches it. It polls the pending state once a
+//!   second (exits as soon as it is confirmed or superseded) and rolls back at the
+//!   deadline;
+//! - any later `airlock status`, `airlock apply` and the agent's reconcile, which roll
+//!   back whatever expired pending state they find (if the watchdog was killed too).
+//!
+//! The rollback target is not recorded but read when it is needed: the other
+//! generation holds the previous policy if it holds a valid one (an apply always
+//! writes the inactive copy and flips), and a freshly installed filter has never
+//! written it. All interfaces of one apply share a token and a deadline and roll back
+//! together. Every read-check-write of the pending state holds an exclusive `flock`
+//! on the pin root directory, so `confirm` and a rollback cannot interleave.
+
+use std::{
+    fs::File,
+    io,
+    process::{Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+
+use crate::{
+    compile::Compiled,
+    loader::{self, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicyMaps, PolicySummary},
+};
+
+/// The longest probation `--confirm` accepts.
+pub const MAX_CONFIRM: Duration = Duration::from_secs(24 * 3600);
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What a rollback returns to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum RollbackTarget {
+    /// Flip back to `generation`, which holds apply #`serial` of `policy_path`.
+    Previous {
+        generation: u32,
+        serial: u64,
+        policy_path: String,
+    },
+    /// No previous policy: the filter is removed.
+    Remove,
+}
+
+impl std::fmt::Display for RollbackTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RollbackTarget::Previous {
+                serial,
+                policy_path,
+                ..
+            } => write!(f, "the previous policy (apply #{serial}, {policy_path})"),
+            RollbackTarget::Remove => write!(f, "no filter (there was none before)"),
+        }
+    }
+}
+
+/// A confirmation pending on one interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    pub iface: String,
+    pub deadline_unix: u64,
+    pub token: u64,
+    /// Negative once the deadline has passed.
+    pub seconds_left: i64,
+    pub serial: u64,
+    pub rollback: RollbackTarget,
+}
+
+/// An exclusive lock on the pin root, held while pending state is read and changed.
+pub struct RootLock {
+    _lock: Flock<File>,
+}
+
+impl RootLock {
+    pub fn acquire(root: &PinRoot) -> Result<Self, LoaderError> {
+        let path = root.path();
+        let file = File::open(path).map_err(|e| LoaderError::io("opening", path, e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+            LoaderError::io("locking", path, io::Error::from_raw_os_error(errno as i32))
+        })?;
+        Ok(Self { _lock: lock })
+    }
+}
+
+fn target_of(maps: &PolicyMaps) -> Result<RollbackTarget, LoaderError> {
+    let other = 1 - maps.active_generation()?;
+    Ok(match maps.generation_summary(other)? {
+        Some(previous) => RollbackTarget::Previous {
+            generation: other,
+            serial: previous.serial,
+            policy_path: previous.policy_path,
+        },
+        None => RollbackTarget::Remove,
+    })
+}
+
+/// The confirmation pending on `iface`, if any.
+pub fn pending(root: &PinRoot, iface: &str, now: u64) -> Result<Option<Pending>, LoaderError> {
+    let maps = PolicyMaps::open_pinned(&root.interface_dir(iface))?;
+    let Some(summary) = maps.active_summary()? else {
+        return Ok(None);
+    };
+    let Some(confirm) = summary.pending_confirm else {
+        return Ok(None);
+    };
+    Ok(Some(Pending {
+        iface: iface.to_owned(),
+        deadline_unix: confirm.deadline_unix,
+        token: confirm.token,
+        seconds_left: confirm.deadline_unix as i64 - now as i64,
+        serial: summary.serial,
+        rollback: target_of(&maps)?,
+    }))
+}
+
+/// Every pending confirmation under `root` (interfaces whose maps cannot be read are
+/// skipped).
+pub fn pending_all(root: &PinRoot, now: u64) -> Vec<Pending> {
+    root.interfaces()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|iface| pending(root, iface, now).ok().flatten())
+        .collect()
+}
+
+/// Rolls `iface` back (the caller holds the [`RootLock`] and has checked that a
+/// confirmation is pending there).
+fn roll_back(root: &PinRoot, iface: &str) -> Result<RollbackTarget, LoaderError> {
+    let mut maps = PolicyMaps::open_pinned(&root.interface_dir(iface))?;
+    let target = target_of(&maps)?;
+    match &target {
+        RollbackTarget::Previous { generation, .. } => maps.set_active_generation(*generation)?,
+        RollbackTarget::Remove => {
+            drop(maps);
+            loader::remove(root, iface)?;
+        }
+    }
+    Ok(target)
+}
+
+/// One interface rolled back (or not: `result` says).
+#[derive(Debug)]
+pub struct RolledBack {
+    pub iface: String,
+    pub serial: u64,
+    pub result: Result<RollbackTarget, LoaderError>,
+}
+
+/// Rolls back every interface whose pending confirmation has expired, and with them
+/// every other interface of the same apply (same token). Cheap when nothing is
+/// pending: one META read per interface.
+pub fn expire_due(root: &PinRoot) -> Vec<RolledBack> {
+    let now = now_unix();
+    let tokens: Vec<u64> = pending_all(root, now)
+        .into_iter()
+        .filter(|p| p.seconds_left <= 0)
+        .map(|p| p.token)
+        .collect();
+    if tokens.is_empty() {
+        return Vec::new();
+    }
+    let Ok(_lock) = RootLock::acquire(root) else {
+        return Vec::new();
+    };
+    roll_back_tokens(root, &tokens, now)
+}
+
+fn roll_back_tokens(root: &PinRoot, tokens: &[u64], now: u64) -> Vec<RolledBack> {
+    // Read again under the lock: a `confirm` may have won the race.
+    pending_all(root, now)
+        .into_iter()
+        .filter(|p| tokens.contains(&p.token))
+        .map(|p| {
+            let result = roll_back(root, &p.iface);
+            match &result {
+                Ok(target) => tracing::warn!(
+                    iface = p.iface,
+                    serial = p.serial,
+                    %target,
+                    "apply was not confirmed in time; rolled back"
+                ),
+                Err(error) => tracing::error!(iface = p.iface, %error, "rollback failed"),
+            }
+            RolledBack {
+                iface: p.iface,
+                serial: p.serial,
+                result,
+            }
+        })
+        .collect()
+}
+
+/// Why an apply was refused while a confirmation is pending.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a confirmation is pending on {iface} ({seconds_left}s left): run `airlock confirm` to keep that policy (then apply), or wait for its rollback"
+)]
+pub struct PendingConflict {
+    pub iface: String,
+    pub seconds_left: i64,
+}
+
+/// Refuses an apply to `ifaces` while one of them has a confirmation pending (a
+/// second probation would make the unconfirmed policy the rollback target).
+pub fn check_no_pending(root: &PinRoot, ifaces: &[String]) -> Result<(), PendingConflict> {
+    let now = now_unix();
+    match pending_all(root, now)
+        .into_iter()
+        .find(|p| ifaces.contains(&p.iface))
+    {
+        Some(p) => Err(PendingConflict {
+            iface: p.iface,
+            seconds_left: p.seconds_left.max(0),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Errors of [`apply_confirmed`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmApplyError {
+    #[error(transparent)]
+    Apply(#[from] loader::ApplyAllError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Pending(#[from] PendingConflict),
+    #[error("arming the rollback watchdog: {0} (the apply was rolled back)")]
+    Watchdog(#[source] io::Error),
+}
+
+/// Applies on probation: the policy goes in with its deadline in its summary, then a
+/// detached watchdog is armed. If the watchdog cannot be started, the apply is rolled
+/// back at once.
+pub fn apply_confirmed(
+    root: &PinRoot,
+    ifaces: &[String],
+    compiled: &Compiled,
+    summary: &PolicySummary,
+    within: Duration,
+) -> Result<(Vec<ApplyOutcome>, PendingConfirm), ConfirmApplyError> {
+    root.ensure_mounted()?;
+    let _lock = RootLock::acquire(root)?;
+    check_no_pending(root, ifaces)?;
+    let pending = PendingConfirm {
+        deadline_unix: now_unix() + within.as_secs().max(1),
+        token: new_token(),
+    };
+    let mut summary = summary.clone();
+    summary.pending_confirm = Some(pending.clone());
+    let done = loader::apply_all(root, ifaces, compiled, &summary)?;
+    if let Err(error) = arm_watchdog(root, &pending) {
+        roll_back_tokens(root, &[pending.token], 0);
+        return Err(ConfirmApplyError::Watchdog(error));
+    }
+    Ok((done, pending))
+}
+
+fn new_token() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
+/// Starts `airlock confirm-watchdog` as its own session leader with stdio on
+/// /dev/null: it shares nothing with the applying process that could end it.
+fn arm_watchdog(root: &PinRoot, pending: &PendingConfirm) -> io::Result<u32> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(exe);
+    command
+        .arg("confirm-watchdog")
+        .arg("--pin-root")
+        .arg(root.path())
+        .arg("--token")
+        .arg(pending.token.to_string())
+        .arg("--deadline")
+        .arg(pending.deadline_unix.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Not waited for: when `apply` exits, init (or the subreaper) adopts it.
+    let child = command.spawn()?;
+    Ok(child.id())
+}
+
+/// The watchdog's loop: returns once the apply identified by `token` was confirmed,
+/// superseded or removed, or at `deadline` after rolling it back. Bounded by the
+/// deadline (and by [`MAX_CONFIRM`] in any case).
+pub fn watchdog(root: &PinRoot, token: u64, deadline: u64) -> Vec<RolledBack> {
+    let give_up = now_unix() + MAX_CONFIRM.as_secs() + 60;
+    loop {
+        let now = now_unix();
+        let ours: Vec<Pending> = pending_all(root, now)
+            .into_iter()
+            .filter(|p| p.token == token)
+            .collect();
+        if ours.is_empty() || now > give_up {
+            return Vec::new();
+        }
+        if now >= deadline {
+            let Ok(_lock) = RootLock::acquire(root) else {
+                return Vec::new();
+            };
+            return roll_back_tokens(root, &[token], now);
+        }
+        // Wake on the second the deadline falls on, or once a second to notice a
+        // confirmation and exit early.
+        let until = UNIX_EPOCH + Duration::from_secs(deadline);
+        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        std::thread::sleep(left.min(Duration::from_secs(1)) + Duration::from_millis(10));
+    }
+}
+
+/// What `confirm` did on one interface.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Confirmed {
+    /// The policy stays; its deadline is gone.
+    Kept { iface: String, serial: u64 },
+    /// Too late: the deadline had passed, so it was rolled back instead.
+    RolledBack {
+        iface: String,
+        serial: u64,
+        to: RollbackTarget,
+    },
+}
+
+/// Confirms the pending applies on `ifaces` (every interface when empty). Returns
+/// what happened on each interface that had one.
+pub fn confirm(root: &PinRoot, ifaces: &[String]) -> Result<Vec<Confirmed>, LoaderError> {
+    if !root.path().exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = RootLock::acquire(root)?;
+    let now = now_unix();
+    let mut out = Vec::new();
+    for p in pending_all(root, now) {
+        if !ifaces.is_empty() && !ifaces.contains(&p.iface) {
+            continue;
+        }
+        if p.seconds_left <= 0 {
+            let to = roll_back(root, &p.iface)?;
+            out.push(Confirmed::RolledBack {
+                iface: p.iface,
+                serial: p.serial,
+                to,
+            });
+            continue;
+        }
+        let mut maps = PolicyMaps::open_pinned(&root.interface_dir(&p.iface))?;
+        if let Some(mut summary) = maps.active_summary()? {
+            summary.pending_confirm = None;
+            maps.rewrite_active_summary(&summary)?;
+        }
+        out.push(Confirmed::Kept {
+            iface: p.iface,
+            serial: p.serial,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_state_round_trips_and_old_summaries_still_decode() {
+        let mut summary = PolicySummary {
+            policy_path: "/etc/airlock/p.yaml".into(),
+            serial: 3,
+            ..PolicySummary::default()
+        };
+        let json = serde_json::to_string(&summary).unwrap();
+        assert!(!json.contains("pending_confirm"), "{json}");
+        summary.pending_confirm = Some(PendingConfirm {
+            deadline_unix: 1_700_000_000,
+            token: 42,
+        });
+        let json = serde_json::to_string(&summary).unwrap();
+        let back: PolicySummary = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, summary);
+        // A summary written before these fields existed.
+        let old = r#"{"policy_path":"p","applied_at":1,"serial":1,"mode":"enforce","default":"pass","rules":[],"prefixes_v4":0,"prefixes_v6":0,"attach_mode":"driver"}"#;
+        let old: PolicySummary = serde_json::from_str(old).unwrap();
+        assert_eq!(old.pending_confirm, None);
+        assert!(old.management.is_empty());
+    }
+
+    #[test]
+    fn tokens_differ_and_are_never_zero() {
+        let a = new_token();
+        std::thread::sleep(Duration::from_millis(1));
+        assert_ne!(a, new_token());
+        assert_ne!(a, 0);
+    }
+}

@@ -1,0 +1,776 @@
+//! Computed anti-lockout: would this policy cut the SSH session we run in, the
+//! default gateway, or neighbour discovery? Every answer comes from
+//! [`reference::verdict`], the same model `explain` reports and the kernel is tested
+//! against, so a refusal names the rule or set that would do it.
+//!
+//! What is looked at ([`Facts`], injectable so tests cover every case):
+//! - SSH sessions: the peer of `SSH_CONNECTION` (`client_ip client_port server_ip
+//!   server_port`) and every ESTABLISHED TCP connection in `/proc/net/tcp{,6}` whose
+//!   local port is 22 or the `SSH_CONNECTION` server port. A session counts when its
+//!   local address is on a filtered interface (or when we cannot tell); one whose
+//!   local address is not on this host at all is an inherited, stale variable.
+//! - default gateways (`/proc/net/route`, `/proc/net/ipv6_route`) on filtered
+//!   interfaces. Traffic *through* a gateway carries remote sources, so what comes
+//!   *from* the gateway is ARP/ND (always pass, rule 1 and 4) and essential ICMP
+//!   (unreachable/fragmentation-needed, packet-too-big, router advertisements): those
+//!   only drop when the gateway is in `deny`, which would break path-MTU discovery
+//!   and IPv6 routing, so it blocks. `default: drop` refusing the gateway's
+//!   unsolicited traffic (e.g. its pings) is reported as a warning.
+//! - neighbour discovery from link-local addresses (a `deny` covering fe80::/10).
+//! - `management`: an empty one under `default: drop` is a warning (nothing
+//!   guarantees a way back in); its prefixes always pass by rule 2.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use serde::Serialize;
+
+use crate::{
+    policy::{DefaultAction, Mode, Policy},
+    reference::{self, L4, PacketClass, Verdict},
+};
+
+/// Where an SSH peer was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerOrigin {
+    /// The `SSH_CONNECTION` environment variable: the session this command runs in.
+    SshConnection,
+    /// An ESTABLISHED connection in the socket table.
+    SocketTable,
+}
+
+/// One SSH session: `peer` talks to `local:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SshPeer {
+    pub peer: IpAddr,
+    pub peer_port: u16,
+    pub local: IpAddr,
+    pub port: u16,
+    pub origin: PeerOrigin,
+}
+
+/// A default route's next hop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Gateway {
+    pub addr: IpAddr,
+    pub iface: String,
+}
+
+/// What the check looks at. [`Facts::from_system`] reads it from this host (this
+/// network namespace); tests build it by hand.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub ssh: Vec<SshPeer>,
+    pub gateways: Vec<Gateway>,
+    /// The host's addresses and the interface holding each. `None`: unknown (every
+    /// session is then assumed to arrive on a filtered interface).
+    pub local_addrs: Option<Vec<(IpAddr, String)>>,
+}
+
+impl Facts {
+    /// Reads `SSH_CONNECTION`, the socket tables, the routing tables and the
+    /// interface addresses. Unreadable sources are skipped (with a debug log).
+    pub fn from_system() -> Facts {
+        let env = std::env::var("SSH_CONNECTION").ok();
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .inspect_err(|error| tracing::debug!(path, %error, "anti-lockout: not read"))
+                .unwrap_or_default()
+        };
+        let mut ssh = Vec::new();
+        let env_peer = env.as_deref().and_then(parse_ssh_connection);
+        let mut ports = BTreeSet::from([22u16]);
+        if let Some(peer) = &env_peer {
+            ports.insert(peer.port);
+            ssh.push(peer.clone());
+        }
+        for text in [read("/proc/net/tcp"), read("/proc/net/tcp6")] {
+            ssh.extend(
+                parse_proc_net_tcp(&text)
+                    .into_iter()
+                    .filter(|p| ports.contains(&p.port)),
+            );
+        }
+        let mut gateways = parse_proc_net_route(&read("/proc/net/route"));
+        gateways.extend(parse_proc_net_ipv6_route(&read("/proc/net/ipv6_route")));
+        let local_addrs = nix::ifaddrs::getifaddrs().ok().map(|addrs| {
+            addrs
+                .filter_map(|a| {
+                    let address = a.address?;
+                    let ip = if let Some(v4) = address.as_sockaddr_in() {
+                        IpAddr::V4(v4.ip())
+                    } else {
+                        IpAddr::V6(address.as_sockaddr_in6()?.ip())
+                    };
+                    Some((ip, a.interface_name))
+                })
+                .collect()
+        });
+        Facts {
+            ssh,
+            gateways,
+            local_addrs,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (as in tcp6 and dual-stack sshd) as plain IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// `client_ip client_port server_ip server_port`.
+pub fn parse_ssh_connection(text: &str) -> Option<SshPeer> {
+    let mut words = text.split_whitespace();
+    let peer: IpAddr = words.next()?.parse().ok()?;
+    let peer_port: u16 = words.next()?.parse().ok()?;
+    let local: IpAddr = words.next()?.parse().ok()?;
+    let port: u16 = words.next()?.parse().ok()?;
+    Some(SshPeer {
+        peer: canonical(peer),
+        peer_port,
+        local: canonical(local),
+        port,
+        origin: PeerOrigin::SshConnection,
+    })
+}
+
+/// `ADDR:PORT` as the kernel prints it in /proc/net/tcp{,6}: the address as 32-bit
+/// words in host byte order, the port in hex.
+fn parse_proc_endpoint(text: &str) -> Option<(IpAddr, u16)> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let hex = addr.get(i * 8..i * 8 + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
+    };
+    let ip = match addr.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        }
+        _ => return None,
+    };
+    Some((canonical(ip), port))
+}
+
+/// ESTABLISHED connections of /proc/net/tcp or tcp6 (state 01), as peers of their
+/// local port.
+pub fn parse_proc_net_tcp(text: &str) -> Vec<SshPeer> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&"01") {
+                return None;
+            }
+            let (local, port) = parse_proc_endpoint(fields.get(1)?)?;
+            let (peer, peer_port) = parse_proc_endpoint(fields.get(2)?)?;
+            Some(SshPeer {
+                peer,
+                peer_port,
+                local,
+                port,
+                origin: PeerOrigin::SocketTable,
+            })
+        })
+        .collect()
+}
+
+const RTF_UP: u32 = 0x1;
+const RTF_GATEWAY: u32 = 0x2;
+
+/// Default routes with a gateway in /proc/net/route.
+pub fn parse_proc_net_route(text: &str) -> Vec<Gateway> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let hex = |i: usize| u32::from_str_radix(f.get(i)?, 16).ok();
+            let (dest, gateway, flags, mask) = (hex(1)?, hex(2)?, hex(3)?, hex(7)?);
+            let default = dest == 0 && mask == 0 && gateway != 0;
+            (default && flags & (RTF_UP | RTF_GATEWAY) == RTF_UP | RTF_GATEWAY).then(|| Gateway {
+                addr: IpAddr::V4(Ipv4Addr::from(gateway.to_ne_bytes())),
+                iface: f[0].to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Default routes with a next hop in /proc/net/ipv6_route (addresses as 32 hex
+/// digits in network order).
+pub fn parse_proc_net_ipv6_route(text: &str) -> Vec<Gateway> {
+    let addr = |hex: &str| -> Option<Ipv6Addr> {
+        if hex.len() != 32 {
+            return None;
+        }
+        u128::from_str_radix(hex, 16).ok().map(Ipv6Addr::from)
+    };
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dest, dest_len, next_hop, iface) = (f.first()?, f.get(1)?, f.get(4)?, f.get(9)?);
+            let next_hop = addr(next_hop)?;
+            let default = addr(dest)?.is_unspecified() && *dest_len == "00";
+            (default && !next_hop.is_unspecified() && *iface != "lo").then(|| Gateway {
+                addr: IpAddr::V6(next_hop),
+                iface: (*iface).to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// How bad a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Said for the record.
+    Info,
+    /// Worth knowing; does not stop the apply.
+    Warn,
+    /// Would lock you out: the apply is refused without `--force`.
+    Block,
+}
+
+/// One conclusion of the check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub message: String,
+}
+
+/// Everything the check concluded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Assessment {
+    pub findings: Vec<Finding>,
+}
+
+impl Assessment {
+    pub fn blocks(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Block)
+    }
+
+    pub fn is_lockout(&self) -> bool {
+        self.blocks().next().is_some()
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warn)
+    }
+
+    fn push(&mut self, severity: Severity, message: String) {
+        self.findings.push(Finding { severity, message });
+    }
+}
+
+/// A policy refused because it would lock the operator out.
+#[derive(Debug, thiserror::Error)]
+pub struct LockoutError {
+    pub assessment: Assessment,
+}
+
+impl fmt::Display for LockoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "refusing to apply: the policy would lock you out")?;
+        for finding in self.assessment.blocks() {
+            writeln!(f, "  - {}", finding.message)?;
+        }
+        write!(
+            f,
+            "fix the policy (add the source to `management` or to a rule's `from`), or apply anyway with --force"
+        )
+    }
+}
+
+/// "rule db refuses", "deny set blocklist refuses", "`default: drop` refuses".
+fn who_refuses(policy: &Policy, verdict: &Verdict) -> String {
+    use airlock_common::Reason;
+    match verdict.reason {
+        Reason::RuleRefused => match verdict.rule.and_then(|i| policy.rules.get(i)) {
+            Some(rule) => format!("rule {} refuses", rule.name),
+            None => "a rule refuses".to_owned(),
+        },
+        Reason::Deny => format!("deny set {} refuses", verdict.set.as_deref().unwrap_or("?")),
+        Reason::DefaultDrop => "`default: drop` refuses".to_owned(),
+        other => format!("the verdict {} refuses", other.name()),
+    }
+}
+
+/// Who lets it in, for the record: "rule ssh (set office)", "management set ...".
+fn who_passes(policy: &Policy, verdict: &Verdict) -> String {
+    let mut text = verdict.reason.name().to_owned();
+    if let Some(rule) = verdict.rule.and_then(|i| policy.rules.get(i)) {
+        text = format!("rule {}", rule.name);
+    }
+    if let Some(set) = &verdict.set {
+        text.push_str(&format!(", set {set}"));
+    }
+    text
+}
+
+fn judge(policy: &Policy, src: IpAddr, l4: L4) -> Verdict {
+    reference::verdict(policy, &PacketClass::Ip { src, l4 })
+}
+
+/// Does `policy`, applied to `ifaces`, cut any of `facts`?
+pub fn assess(policy: &Policy, facts: &Facts, ifaces: &[String]) -> Assessment {
+    let mut out = Assessment::default();
+    let filtered = |iface: &str| ifaces.iter().any(|i| i == iface);
+    // Sessions: one check per (peer, port), the environment's first.
+    let mut seen = BTreeSet::new();
+    for peer in &facts.ssh {
+        if !seen.insert((peer.peer, peer.port)) {
+            continue;
+        }
+        let what = match peer.origin {
+            PeerOrigin::SshConnection => "your SSH session (SSH_CONNECTION)".to_owned(),
+            PeerOrigin::SocketTable => format!(
+                "an established SSH session ({} port {} → {} port {}, socket table)",
+                peer.peer, peer.peer_port, peer.local, peer.port
+            ),
+        };
+        if let Some(addrs) = &facts.local_addrs {
+            let holders: Vec<&str> = addrs
+                .iter()
+                .filter(|(ip, _)| *ip == peer.local)
+                .map(|(_, iface)| iface.as_str())
+                .collect();
+            if holders.is_empty() {
+                out.push(
+                    Severity::Info,
+                    format!(
+                        "{what}: {} is not an address of this host (variable inherited from elsewhere?); not checked",
+                        peer.local
+                    ),
+                );
+                continue;
+            }
+            if !holders.iter().any(|i| filtered(i)) {
+                out.push(
+                    Severity::Info,
+                    format!(
+                        "{what} arrives on {} (not filtered by this apply)",
+                        holders.join(",")
+                    ),
+                );
+                continue;
+            }
+        }
+        let verdict = judge(
+            policy,
+            peer.peer,
+            L4::Tcp {
+                dst_port: peer.port,
+            },
+        );
+        if verdict.pass {
+            out.push(
+                Severity::Info,
+                format!(
+                    "{what}: {} → port {}/tcp passes ({})",
+                    peer.peer,
+                    peer.port,
+                    who_passes(policy, &verdict)
+                ),
+            );
+        } else {
+            out.push(
+                Severity::Block,
+                format!(
+                    "{} {} → port {}/tcp: {what}",
+                    who_refuses(policy, &verdict),
+                    peer.peer,
+                    peer.port
+                ),
+            );
+        }
+    }
+    // ARP and other non-IP frames pass by rule 1 whatever the policy says.
+    debug_assert!(reference::verdict(policy, &PacketClass::NonIp).pass);
+    // Gateways: their essential ICMP (and, for IPv6, router advertisements and
+    // neighbour discovery) must pass; only `deny` can drop it.
+    for gateway in facts.gateways.iter().filter(|g| filtered(&g.iface)) {
+        let essentials: &[(L4, &str)] = match gateway.addr {
+            IpAddr::V4(_) => &[
+                (
+                    L4::Icmp { icmp_type: 3 },
+                    "destination unreachable / fragmentation needed",
+                ),
+                (L4::Icmp { icmp_type: 11 }, "time exceeded"),
+            ],
+            IpAddr::V6(_) => &[
+                (L4::Icmpv6 { icmp_type: 2 }, "packet too big"),
+                (L4::Icmpv6 { icmp_type: 134 }, "router advertisement"),
+                (L4::Icmpv6 { icmp_type: 136 }, "neighbour advertisement"),
+            ],
+        };
+        let mut cut = Vec::new();
+        for (l4, name) in essentials {
+            let verdict = judge(policy, gateway.addr, *l4);
+            if !verdict.pass {
+                cut.push((name, verdict));
+            }
+        }
+        if let Some((_, verdict)) = cut.first() {
+            let names: Vec<&str> = cut.iter().map(|(n, _)| **n).collect();
+            out.push(
+                Severity::Block,
+                format!(
+                    "{} the default gateway {} on {}: its {} would be dropped (path MTU discovery{} breaks)",
+                    who_refuses(policy, verdict),
+                    gateway.addr,
+                    gateway.iface,
+                    names.join(", "),
+                    if gateway.addr.is_ipv6() {
+                        ", routing and neighbour discovery"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            continue;
+        }
+        let echo = match gateway.addr {
+            IpAddr::V4(_) => L4::Icmp { icmp_type: 8 },
+            IpAddr::V6(_) => L4::Icmpv6 { icmp_type: 128 },
+        };
+        let verdict = judge(policy, gateway.addr, echo);
+        if !verdict.pass {
+            out.push(
+                Severity::Warn,
+                format!(
+                    "{} unsolicited traffic from the default gateway {} on {} (e.g. its echo requests); its ARP/ND and essential ICMP still pass",
+                    who_refuses(policy, &verdict),
+                    gateway.addr,
+                    gateway.iface
+                ),
+            );
+        }
+    }
+    // Neighbour discovery from link-local neighbours and duplicate address detection.
+    let mut nd_cut = BTreeSet::new();
+    for src in [
+        Ipv6Addr::UNSPECIFIED,
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+    ] {
+        for icmp_type in [135, 136] {
+            let verdict = judge(policy, IpAddr::V6(src), L4::Icmpv6 { icmp_type });
+            if !verdict.pass {
+                nd_cut.insert((src, who_refuses(policy, &verdict)));
+            }
+        }
+    }
+    for (src, who) in nd_cut {
+        out.push(
+            Severity::Block,
+            format!(
+                "{who} neighbour discovery from {src}: IPv6 stops working on {}",
+                ifaces.join(", ")
+            ),
+        );
+    }
+    if policy.management.sets.is_empty()
+        && policy.default == DefaultAction::Drop
+        && policy.mode == Mode::Enforce
+    {
+        out.push(
+            Severity::Warn,
+            "`management` is empty under `default: drop`: no source is guaranteed a way back in"
+                .to_owned(),
+        );
+    }
+    out
+}
+
+/// Logs the findings: blocks as warnings when `force` overrides them, warnings as
+/// warnings, the rest at debug level.
+pub fn log_findings(assessment: &Assessment, force: bool) {
+    for finding in &assessment.findings {
+        match finding.severity {
+            Severity::Info => tracing::debug!("anti-lockout: {}", finding.message),
+            Severity::Warn => tracing::warn!("{}", finding.message),
+            Severity::Block if force => {
+                tracing::warn!("--force: applying although {}", finding.message)
+            }
+            Severity::Block => {}
+        }
+    }
+}
+
+/// The agent's check: logs warnings; `Err(explanation)` when the policy would lock
+/// out and `force` is not set (the reload is then rejected like an invalid policy).
+pub fn check_for_agent(policy: &Policy, ifaces: &[String], force: bool) -> Result<(), String> {
+    let assessment = assess(policy, &Facts::from_system(), ifaces);
+    log_findings(&assessment, force);
+    if assessment.is_lockout() && !force {
+        let reasons: Vec<&str> = assessment.blocks().map(|f| f.message.as_str()).collect();
+        return Err(format!(
+            "the policy would lock you out: {} (start the agent with --force to apply such a policy)",
+            reasons.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_str;
+    use std::path::Path;
+
+    fn policy(extra: &str) -> Policy {
+        let text = format!(
+            "version: 1\ninterfaces: [eth0]\ndefault: drop\nsets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\n{extra}rules:\n  - name: db\n    ports: [5432/tcp, 22/tcp]\n    from: [office]\n"
+        );
+        parse_str(&text, Path::new("p.yaml")).unwrap()
+    }
+
+    fn eth0() -> Vec<String> {
+        vec!["eth0".to_owned()]
+    }
+
+    fn local(addrs: &[(&str, &str)]) -> Option<Vec<(IpAddr, String)>> {
+        Some(
+            addrs
+                .iter()
+                .map(|(a, i)| (a.parse().unwrap(), (*i).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn env_peer(text: &str) -> SshPeer {
+        parse_ssh_connection(text).unwrap()
+    }
+
+    #[test]
+    fn ssh_connection_parses_and_maps_v4_in_v6() {
+        let p = env_peer("::ffff:192.0.2.5 50000 ::ffff:192.0.2.1 2222");
+        assert_eq!(p.peer, "192.0.2.5".parse::<IpAddr>().unwrap());
+        assert_eq!(p.local, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!((p.peer_port, p.port), (50000, 2222));
+        assert!(parse_ssh_connection("garbage").is_none());
+        assert!(parse_ssh_connection("1.2.3.4 5 6.7.8.9").is_none());
+    }
+
+    #[test]
+    fn proc_net_tcp_established_only() {
+        // 192.0.2.1:22 <- 192.0.2.5:50000 ESTABLISHED; a LISTEN line; IPv6 line.
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 010200C0:0016 050200C0:C350 01 00000000:00000000 00:00000000 00000000     0        0 1\n\
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2\n";
+        let peers = parse_proc_net_tcp(v4);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].peer, "192.0.2.5".parse::<IpAddr>().unwrap());
+        assert_eq!(peers[0].local, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!((peers[0].port, peers[0].peer_port), (22, 50000));
+        // 2001:db8::1 as four host-order (little-endian) words.
+        let v6 = "  sl  local_address remote_address st\n\
+   0: B80D0120000000000000000001000000:0016 B80D0120000000000000000005000000:C350 01 0\n\
+   1: 0000000000000000FFFF0000010200C0:0016 0000000000000000FFFF0000050200C0:C351 01 0\n";
+        let peers = parse_proc_net_tcp(v6);
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0].peer, "2001:db8::5".parse::<IpAddr>().unwrap());
+        assert_eq!(peers[0].local, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(peers[1].peer, "192.0.2.5".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn routes_give_default_gateways() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t00000000\t010200C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+eth0\t000200C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(
+            parse_proc_net_route(v4),
+            vec![Gateway {
+                addr: "192.0.2.1".parse().unwrap(),
+                iface: "eth0".into()
+            }]
+        );
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00450003 eth0\n\
+20010db8000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0\n\
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
+        assert_eq!(
+            parse_proc_net_ipv6_route(v6),
+            vec![Gateway {
+                addr: "fe80::1".parse().unwrap(),
+                iface: "eth0".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn ssh_peer_refused_by_default_drop_blocks_and_names_the_rule() {
+        let p = policy("");
+        let facts = Facts {
+            ssh: vec![env_peer("203.0.113.10 50000 192.0.2.1 22")],
+            gateways: vec![],
+            local_addrs: local(&[("192.0.2.1", "eth0")]),
+        };
+        let a = assess(&p, &facts, &eth0());
+        let blocks: Vec<_> = a.blocks().collect();
+        assert_eq!(blocks.len(), 1, "{a:?}");
+        assert_eq!(
+            blocks[0].message,
+            "rule db refuses 203.0.113.10 → port 22/tcp: your SSH session (SSH_CONNECTION)"
+        );
+        // The same peer from the office passes.
+        let facts = Facts {
+            ssh: vec![env_peer("198.51.100.7 50000 192.0.2.1 22")],
+            ..facts
+        };
+        let a = assess(&p, &facts, &eth0());
+        assert!(!a.is_lockout(), "{a:?}");
+        assert!(
+            a.findings
+                .iter()
+                .any(|f| f.message.contains("passes (rule db, set office)"))
+        );
+    }
+
+    #[test]
+    fn ssh_on_an_uncovered_port_is_refused_by_default_and_by_deny() {
+        let p = policy("deny: [203.0.113.0/24]\n");
+        let facts = Facts {
+            ssh: vec![
+                env_peer("198.51.100.7 50000 192.0.2.1 2222"),
+                env_peer("203.0.113.9 50000 192.0.2.1 22"),
+            ],
+            gateways: vec![],
+            local_addrs: None,
+        };
+        let a = assess(&p, &facts, &eth0());
+        let messages: Vec<&str> = a.blocks().map(|f| f.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "`default: drop` refuses 198.51.100.7 → port 2222/tcp: your SSH session (SSH_CONNECTION)",
+                "deny set 203.0.113.0/24 refuses 203.0.113.9 → port 22/tcp: your SSH session (SSH_CONNECTION)",
+            ]
+        );
+    }
+
+    #[test]
+    fn management_rescues_and_monitor_never_blocks() {
+        let facts = Facts {
+            ssh: vec![env_peer("203.0.113.10 50000 192.0.2.1 22")],
+            ..Facts::default()
+        };
+        assert!(!assess(&policy("management: [203.0.113.10]\n"), &facts, &eth0()).is_lockout());
+        assert!(!assess(&policy("mode: monitor\n"), &facts, &eth0()).is_lockout());
+    }
+
+    #[test]
+    fn sessions_on_other_interfaces_or_stale_env_are_not_checked() {
+        let p = policy("");
+        let mut facts = Facts {
+            ssh: vec![env_peer("203.0.113.10 50000 192.0.2.1 22")],
+            gateways: vec![],
+            local_addrs: local(&[("192.0.2.1", "eth1")]),
+        };
+        assert!(!assess(&p, &facts, &eth0()).is_lockout());
+        facts.local_addrs = local(&[("10.0.0.1", "eth0")]);
+        let a = assess(&p, &facts, &eth0());
+        assert!(!a.is_lockout());
+        assert!(
+            a.findings[0]
+                .message
+                .contains("not an address of this host")
+        );
+    }
+
+    #[test]
+    fn socket_table_peers_are_checked_and_deduplicated() {
+        let p = policy("");
+        let mut socket = env_peer("203.0.113.10 50000 192.0.2.1 22");
+        socket.origin = PeerOrigin::SocketTable;
+        let facts = Facts {
+            ssh: vec![socket.clone(), socket],
+            ..Facts::default()
+        };
+        let a = assess(&p, &facts, &eth0());
+        let blocks: Vec<_> = a.blocks().collect();
+        assert_eq!(blocks.len(), 1);
+        assert!(
+            blocks[0].message.contains("socket table"),
+            "{}",
+            blocks[0].message
+        );
+    }
+
+    #[test]
+    fn gateway_in_deny_blocks_default_drop_only_warns() {
+        let gw = |a: &str| Gateway {
+            addr: a.parse().unwrap(),
+            iface: "eth0".into(),
+        };
+        let facts = Facts {
+            gateways: vec![gw("192.0.2.254"), gw("fe80::1")],
+            ..Facts::default()
+        };
+        let a = assess(&policy("management: [198.51.100.1]\n"), &facts, &eth0());
+        assert!(!a.is_lockout(), "{a:?}");
+        assert_eq!(a.warnings().count(), 2, "{a:?}");
+        let a = assess(&policy("deny: [192.0.2.254]\n"), &facts, &eth0());
+        let blocks: Vec<_> = a.blocks().collect();
+        assert_eq!(blocks.len(), 1, "{a:?}");
+        assert!(
+            blocks[0].message.starts_with(
+                "deny set 192.0.2.254 refuses the default gateway 192.0.2.254 on eth0"
+            )
+        );
+        // A gateway on an interface this apply does not filter is not affected.
+        let a = assess(&policy("deny: [192.0.2.254]\n"), &facts, &["eth1".into()]);
+        assert!(!a.is_lockout());
+        // Default pass: nothing to say about the gateway.
+        let p = parse_str(
+            "version: 1\ninterfaces: [eth0]\nrules:\n  - name: db\n    ports: [5432]\n    from: [10.0.0.0/8]\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert!(assess(&p, &facts, &eth0()).findings.is_empty());
+    }
+
+    #[test]
+    fn denying_link_local_cuts_neighbour_discovery() {
+        let a = assess(
+            &policy("deny: [\"fe80::/10\"]\n"),
+            &Facts::default(),
+            &eth0(),
+        );
+        let blocks: Vec<_> = a.blocks().collect();
+        assert_eq!(blocks.len(), 1, "{a:?}");
+        assert!(
+            blocks[0]
+                .message
+                .contains("neighbour discovery from fe80::1")
+        );
+    }
+
+    #[test]
+    fn empty_management_under_default_drop_warns() {
+        let a = assess(&policy(""), &Facts::default(), &eth0());
+        assert_eq!(a.warnings().count(), 1);
+        assert!(!a.is_lockout());
+        let a = assess(
+            &policy("management: [198.51.100.1]\n"),
+            &Facts::default(),
+            &eth0(),
+        );
+        assert_eq!(a.warnings().count(), 0);
+    }
+}
