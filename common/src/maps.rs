@@ -1,9 +1,12 @@
 //! Map names, sizes and value layouts.
 //!
-//! Every policy map exists twice, once per generation (suffix `_0`/`_1`). The program
-//! reads [`ACTIVE_GEN`] once per packet and uses only that generation's maps, so a
-//! loader that fills the inactive copy and then flips the word never exposes half a
-//! policy.
+//! Every policy map holds two generations of the policy. The program reads
+//! `ACTIVE_GEN` once per packet and looks only at that generation's entries, so a
+//! loader that fills the inactive generation and then flips the word never exposes
+//! half a policy. The generation is part of the key (the first byte of a trie key,
+//! bit 16 of a port index) rather than a choice between two maps: each lookup then
+//! has one map at its call site, which the kernel can call directly (tries) or inline
+//! (arrays); with two maps per call site it made every lookup an indirect call.
 
 /// Number of policy copies: the one in force and the one being written.
 pub const GENERATIONS: u32 = 2;
@@ -11,28 +14,39 @@ pub const GENERATIONS: u32 = 2;
 /// Rules are bits in a `u64` mask: one lookup per map answers for every rule at once.
 pub const MAX_RULES: usize = 64;
 
-/// Largest number of source prefixes per family per generation. LPM tries are
-/// created with `BPF_F_NO_PREALLOC`, so unused capacity costs no kernel memory.
+/// Largest number of source prefixes per family per generation (the tries hold
+/// twice this). LPM tries are created with `BPF_F_NO_PREALLOC`, so unused capacity
+/// costs no kernel memory.
 pub const MAX_PREFIXES_V4: u32 = 1 << 21;
 pub const MAX_PREFIXES_V6: u32 = 1 << 21;
 
-/// Every 16-bit port, indexed directly: one array lookup per packet.
+/// Every 16-bit port, indexed directly: one array lookup per packet. The port
+/// arrays hold `GENERATIONS * PORT_SLOTS` entries, generation in bit 16.
 pub const PORT_SLOTS: u32 = 1 << 16;
+
+/// Bits of a trie key before the address: the generation byte.
+pub const GENERATION_KEY_BITS: u32 = 8;
+
+/// Index of `port` in generation `generation` of a port array.
+#[inline(always)]
+pub const fn port_index(generation: u32, port: u16) -> u32 {
+    (generation << 16) | port as u32
+}
 
 /// Size of the serialized policy summary kept beside the maps (see [`PolicyMeta`]).
 pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
 pub const MAP_CONFIG: &str = "CONFIG";
-pub const MAP_SRC_V4: [&str; 2] = ["SRC_V4_0", "SRC_V4_1"];
-pub const MAP_SRC_V6: [&str; 2] = ["SRC_V6_0", "SRC_V6_1"];
-pub const MAP_PORTS_TCP: [&str; 2] = ["PORTS_TCP_0", "PORTS_TCP_1"];
-pub const MAP_PORTS_UDP: [&str; 2] = ["PORTS_UDP_0", "PORTS_UDP_1"];
+pub const MAP_SRC_V4: &str = "SRC_V4";
+pub const MAP_SRC_V6: &str = "SRC_V6";
+pub const MAP_PORTS_TCP: &str = "PORTS_TCP";
+pub const MAP_PORTS_UDP: &str = "PORTS_UDP";
 pub const MAP_REASON_STATS: &str = "REASON_STATS";
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
 pub const MAP_META: &str = "META";

@@ -2,9 +2,9 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    Counter, DROP_SAMPLE_RING_BYTES, GENERATIONS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
-    PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SampleWindow,
-    SamplingConfig, SourceEntry,
+    Counter, DROP_SAMPLE_RING_BYTES, GENERATION_KEY_BITS, GENERATIONS, GenConfig, MAX_PREFIXES_V4,
+    MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS,
+    SampleWindow, SamplingConfig, SourceEntry, port_index,
 };
 use aya_ebpf::{
     macros::map,
@@ -16,23 +16,18 @@ pub static ACTIVE_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
 
+// Keys: the generation byte, then the address (see airlock_common::maps).
 #[map]
-pub static SRC_V4_0: LpmTrie<[u8; 4], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V4, 0);
+pub static SRC_V4: LpmTrie<[u8; 5], SourceEntry> =
+    LpmTrie::with_max_entries(GENERATIONS * MAX_PREFIXES_V4, 0);
 #[map]
-pub static SRC_V4_1: LpmTrie<[u8; 4], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V4, 0);
-#[map]
-pub static SRC_V6_0: LpmTrie<[u8; 16], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
-#[map]
-pub static SRC_V6_1: LpmTrie<[u8; 16], SourceEntry> = LpmTrie::with_max_entries(MAX_PREFIXES_V6, 0);
+pub static SRC_V6: LpmTrie<[u8; 17], SourceEntry> =
+    LpmTrie::with_max_entries(GENERATIONS * MAX_PREFIXES_V6, 0);
 
 #[map]
-pub static PORTS_TCP_0: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
+pub static PORTS_TCP: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SLOTS, 0);
 #[map]
-pub static PORTS_TCP_1: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
-#[map]
-pub static PORTS_UDP_0: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
-#[map]
-pub static PORTS_UDP_1: Array<u64> = Array::with_max_entries(PORT_SLOTS, 0);
+pub static PORTS_UDP: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SLOTS, 0);
 
 #[map]
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STAT_SLOTS, 0);
@@ -56,36 +51,38 @@ pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
 /// Source entry for an IPv4 address in generation `generation`.
 #[inline(always)]
 pub fn source_v4(generation: u32, addr: [u8; 4]) -> SourceEntry {
-    let key = Key::new(32, addr);
-    let hit = if generation == 0 {
-        SRC_V4_0.get(&key)
-    } else {
-        SRC_V4_1.get(&key)
-    };
-    hit.copied().unwrap_or_default()
+    let key = Key::new(
+        GENERATION_KEY_BITS + 32,
+        [generation as u8, addr[0], addr[1], addr[2], addr[3]],
+    );
+    SRC_V4.get(&key).copied().unwrap_or_default()
 }
 
 #[inline(always)]
 pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
-    let key = Key::new(128, addr);
-    let hit = if generation == 0 {
-        SRC_V6_0.get(&key)
-    } else {
-        SRC_V6_1.get(&key)
-    };
-    hit.copied().unwrap_or_default()
+    let mut data = [0u8; 17];
+    data[0] = generation as u8;
+    let mut i = 0;
+    while i < 16 {
+        data[i + 1] = addr[i];
+        i += 1;
+    }
+    SRC_V6
+        .get(&Key::new(GENERATION_KEY_BITS + 128, data))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Mask of rules covering `port` for TCP (`tcp == true`) or UDP.
 #[inline(always)]
 pub fn port_rules(generation: u32, tcp: bool, port: u16) -> u64 {
-    let map = match (tcp, generation == 0) {
-        (true, true) => &PORTS_TCP_0,
-        (true, false) => &PORTS_TCP_1,
-        (false, true) => &PORTS_UDP_0,
-        (false, false) => &PORTS_UDP_1,
+    let index = port_index(generation, port);
+    let hit = if tcp {
+        PORTS_TCP.get(index)
+    } else {
+        PORTS_UDP.get(index)
     };
-    map.get(u32::from(port)).copied().unwrap_or(0)
+    hit.copied().unwrap_or(0)
 }
 
 #[inline(always)]

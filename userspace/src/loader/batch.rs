@@ -8,9 +8,9 @@ use aya::maps::MapData;
 
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
-/// Writes `values[i]` to slot `i` of an array map of `u64`, in one call.
-pub(crate) fn update_u64_array(map: &MapData, values: &[u64]) -> std::io::Result<()> {
-    let keys: Vec<u32> = (0..values.len() as u32).collect();
+/// Writes `values[i]` to slot `first + i` of an array map of `u64`, in one call.
+pub(crate) fn update_u64_array(map: &MapData, first: u32, values: &[u64]) -> std::io::Result<()> {
+    let keys: Vec<u32> = (first..first + values.len() as u32).collect();
     let fd = map.fd().as_fd().as_raw_fd();
     // The `batch` member of union bpf_attr: in_batch, out_batch, keys, values (u64 each),
     // count (u32), map_fd (u32), elem_flags (u64), flags (u64).

@@ -11,10 +11,10 @@
 use std::{collections::HashMap, path::Path};
 
 use airlock_common::{
-    Counter, GenConfig, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP,
-    MAP_REASON_STATS, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6,
-    MAX_RULES, PORT_SLOTS, PolicyMeta, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, SourceEntry,
-    reason_stat_index, rule_stat_index,
+    Counter, GENERATION_KEY_BITS, GenConfig, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META, MAP_PORTS_TCP,
+    MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4,
+    MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta, Reason, SAMPLE_STAT_SLOTS, SamplingConfig,
+    SourceEntry, port_index, reason_stat_index, rule_stat_index,
 };
 use aya::{
     Ebpf,
@@ -50,7 +50,8 @@ impl MapSource<'_> {
     }
 }
 
-type SrcTrie<const N: usize> = LpmTrie<MapData, [u8; N], SourceEntry>;
+/// A source trie; `K` is the key size: the generation byte and the address.
+type SrcTrie<const K: usize> = LpmTrie<MapData, [u8; K], SourceEntry>;
 
 /// Per-CPU counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,10 +79,10 @@ impl Counters {
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
     config: Array<MapData, GenConfig>,
-    src_v4: [SrcTrie<4>; 2],
-    src_v6: [SrcTrie<16>; 2],
-    ports_tcp: [Array<MapData, u64>; 2],
-    ports_udp: [Array<MapData, u64>; 2],
+    src_v4: SrcTrie<5>,
+    src_v6: SrcTrie<17>,
+    ports_tcp: Array<MapData, u64>,
+    ports_udp: Array<MapData, u64>,
     reason_stats: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, Counter>,
     meta: Array<MapData, PolicyMeta>,
@@ -98,16 +99,10 @@ impl PolicyMaps {
         Ok(Self {
             active: source.take(MAP_ACTIVE_GEN)?,
             config: source.take(MAP_CONFIG)?,
-            src_v4: [source.take(MAP_SRC_V4[0])?, source.take(MAP_SRC_V4[1])?],
-            src_v6: [source.take(MAP_SRC_V6[0])?, source.take(MAP_SRC_V6[1])?],
-            ports_tcp: [
-                source.take(MAP_PORTS_TCP[0])?,
-                source.take(MAP_PORTS_TCP[1])?,
-            ],
-            ports_udp: [
-                source.take(MAP_PORTS_UDP[0])?,
-                source.take(MAP_PORTS_UDP[1])?,
-            ],
+            src_v4: source.take(MAP_SRC_V4)?,
+            src_v6: source.take(MAP_SRC_V6)?,
+            ports_tcp: source.take(MAP_PORTS_TCP)?,
+            ports_udp: source.take(MAP_PORTS_UDP)?,
             reason_stats: source.take(MAP_REASON_STATS)?,
             rule_stats: source.take(MAP_RULE_STATS)?,
             meta: source.take(MAP_META)?,
@@ -162,18 +157,19 @@ impl PolicyMaps {
         compiled: &Compiled,
         meta: &PolicyMeta,
     ) -> Result<(), LoaderError> {
-        let slot = generation as usize;
-        sync_trie(&mut self.src_v4[slot], &compiled.v4, MAP_SRC_V4[slot])?;
-        sync_trie(&mut self.src_v6[slot], &compiled.v6, MAP_SRC_V6[slot])?;
+        sync_trie(&mut self.src_v4, generation, &compiled.v4, MAP_SRC_V4)?;
+        sync_trie(&mut self.src_v6, generation, &compiled.v6, MAP_SRC_V6)?;
         write_ports(
-            &mut self.ports_tcp[slot],
+            &mut self.ports_tcp,
+            generation,
             &compiled.tcp_ports,
-            MAP_PORTS_TCP[slot],
+            MAP_PORTS_TCP,
         )?;
         write_ports(
-            &mut self.ports_udp[slot],
+            &mut self.ports_udp,
+            generation,
             &compiled.udp_ports,
-            MAP_PORTS_UDP[slot],
+            MAP_PORTS_UDP,
         )?;
         self.reset_rule_counters(generation)?;
         self.meta
@@ -262,47 +258,64 @@ impl PolicyMaps {
     }
 }
 
-/// Makes `trie` hold exactly `entries`: removes keys that are not wanted, writes the
-/// rest. Only ever called on the inactive copy.
-fn sync_trie<const N: usize>(
-    trie: &mut SrcTrie<N>,
+/// The trie key of `entry` in `generation`: the generation byte, then the address.
+fn generation_key<const N: usize, const K: usize>(
+    generation: u32,
+    entry: &PrefixEntry<N>,
+) -> Key<[u8; K]> {
+    let mut data = [0u8; K];
+    data[0] = generation as u8;
+    data[1..].copy_from_slice(&entry.addr);
+    Key::new(GENERATION_KEY_BITS + u32::from(entry.prefix_len), data)
+}
+
+/// Makes `generation`'s part of `trie` hold exactly `entries`: removes its keys that
+/// are not wanted, writes the rest. Only ever called on the inactive generation.
+fn sync_trie<const N: usize, const K: usize>(
+    trie: &mut SrcTrie<K>,
+    generation: u32,
     entries: &[PrefixEntry<N>],
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let wanted: HashMap<(u8, [u8; N]), SourceEntry> = entries
+    let wanted: HashMap<(u32, [u8; K]), SourceEntry> = entries
         .iter()
-        .map(|e| ((e.prefix_len, e.addr), e.value))
+        .map(|e| {
+            let key = generation_key::<N, K>(generation, e);
+            ((key.prefix_len(), key.data()), e.value)
+        })
         .collect();
-    let existing: Vec<Key<[u8; N]>> = trie
+    let existing: Vec<Key<[u8; K]>> = trie
         .keys()
         .collect::<Result<_, _>>()
         .map_err(map_err(name))?;
     for key in existing {
-        let prefix_len = key.prefix_len() as u8;
-        if !wanted.contains_key(&(prefix_len, key.data())) {
+        let data = key.data();
+        if u32::from(data[0]) == generation && !wanted.contains_key(&(key.prefix_len(), data)) {
             trie.remove(&key).map_err(map_err(name))?;
         }
     }
     for entry in entries {
-        let key = Key::new(u32::from(entry.prefix_len), entry.addr);
+        let key = generation_key::<N, K>(generation, entry);
         trie.insert(&key, entry.value, 0).map_err(map_err(name))?;
     }
     Ok(())
 }
 
-/// Writes the rule mask of every port (zero where no rule covers it).
+/// Writes the rule mask of every port of `generation` (zero where no rule covers it).
 fn write_ports(
     array: &mut Array<MapData, u64>,
+    generation: u32,
     ports: &PortMap,
     name: &'static str,
 ) -> Result<(), LoaderError> {
     let dense = ports.dense();
-    match super::batch::update_u64_array(array.map(), &dense) {
+    let first = port_index(generation, 0);
+    match super::batch::update_u64_array(array.map(), first, &dense) {
         Ok(()) => Ok(()),
         Err(error) => {
             tracing::debug!(map = name, %error, "batch update unavailable; writing slot by slot");
-            for (port, mask) in (0..PORT_SLOTS).zip(dense) {
-                array.set(port, mask, 0).map_err(map_err(name))?;
+            for (index, mask) in (first..first + PORT_SLOTS).zip(dense) {
+                array.set(index, mask, 0).map_err(map_err(name))?;
             }
             Ok(())
         }
@@ -376,29 +389,34 @@ impl PolicyMaps {
     pub fn active_prefixes(
         &self,
     ) -> Result<(Vec<PrefixEntry<4>>, Vec<PrefixEntry<16>>), LoaderError> {
-        let slot = self.active_generation()? as usize;
+        let generation = self.active_generation()?;
         Ok((
-            read_trie(&self.src_v4[slot], MAP_SRC_V4[slot])?,
-            read_trie(&self.src_v6[slot], MAP_SRC_V6[slot])?,
+            read_trie(&self.src_v4, generation, MAP_SRC_V4)?,
+            read_trie(&self.src_v6, generation, MAP_SRC_V6)?,
         ))
     }
 }
 
-fn read_trie<const N: usize>(
-    trie: &SrcTrie<N>,
+fn read_trie<const N: usize, const K: usize>(
+    trie: &SrcTrie<K>,
+    generation: u32,
     name: &'static str,
 ) -> Result<Vec<PrefixEntry<N>>, LoaderError> {
-    let mut entries = trie
-        .iter()
-        .map(|item| {
-            item.map(|(key, value)| PrefixEntry {
-                addr: key.data(),
-                prefix_len: key.prefix_len() as u8,
-                value,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(map_err(name))?;
+    let mut entries = Vec::new();
+    for item in trie.iter() {
+        let (key, value) = item.map_err(map_err(name))?;
+        let data = key.data();
+        if u32::from(data[0]) != generation {
+            continue;
+        }
+        let mut addr = [0u8; N];
+        addr.copy_from_slice(&data[1..]);
+        entries.push(PrefixEntry {
+            addr,
+            prefix_len: (key.prefix_len() - GENERATION_KEY_BITS) as u8,
+            value,
+        });
+    }
     entries.sort_by_key(|e| (e.addr, e.prefix_len));
     Ok(entries)
 }
