@@ -68,7 +68,7 @@ pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
         i += 1;
     }
     SRC_V6
-        .get(&Key::new(GENERATION_KEY_BITS + 128, data))
+        .get(Key::new(GENERATION_KEY_BITS + 128, data))
         .copied()
         .unwrap_or_default()
 }
