@@ -17,30 +17,25 @@ use std::{
 
 use airlock_integration::{
     cli::{Run, airlock_bin},
-    netns::{Server, Testbed, addr, require_root, wait_until},
+    fixture::{Fixture, PORT},
+    netns::{addr, wait_until},
 };
 use socket2::{Domain, Socket, Type};
 
-const PORT: u16 = 5432;
-const ALLOWED: Duration = Duration::from_millis(900);
-const REFUSED: Duration = Duration::from_millis(300);
+/// The shared fixture, plus what these tests need on top of it.
+struct SafeFixture(Fixture);
 
-struct Fixture {
-    bed: Testbed,
-    _server: Server,
-    dir: tempfile::TempDir,
+impl std::ops::Deref for SafeFixture {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
 }
 
-impl Fixture {
+impl SafeFixture {
     fn new(prefix: &str) -> Self {
-        require_root();
-        let bed = Testbed::new(prefix);
-        let server = Server::start(&bed.server, PORT);
-        Self {
-            bed,
-            _server: server,
-            dir: tempfile::tempdir().expect("temp dir"),
-        }
+        Self(Fixture::new(prefix))
     }
 
     /// `default: drop`; rule db (PORT/tcp) and rule ssh (22/tcp) from `from`.
@@ -65,35 +60,12 @@ impl Fixture {
         command
     }
 
-    fn airlock(&self, args: &[&str]) -> Run {
-        self.command(args).output().expect("running airlock").into()
-    }
-
     fn airlock_env(&self, args: &[&str], key: &str, value: &str) -> Run {
         self.command(args)
             .env(key, value)
             .output()
             .expect("running airlock")
             .into()
-    }
-
-    fn apply(&self, policy: &Path) {
-        let run = self.airlock(&["apply", "-f", s(policy)]);
-        assert_eq!(run.code, 0, "apply failed: {}", run.stderr);
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        let run = self.airlock(&["status", "-o", "json"]);
-        assert_eq!(run.code, 0, "status failed: {}", run.stderr);
-        serde_json::from_str(&run.stdout).expect("status JSON")
-    }
-
-    fn gets_in(&self, source: &str) -> bool {
-        self.bed.connects(source, PORT, ALLOWED)
-    }
-
-    fn kept_out(&self, source: &str) -> bool {
-        !self.bed.connects(source, PORT, REFUSED)
     }
 
     /// Office (and not partners) is let in, over IPv4 and IPv6.
@@ -169,7 +141,7 @@ fn s(path: &Path) -> &str {
 
 #[test]
 fn lockout_of_the_ssh_session_is_refused_without_force() {
-    let f = Fixture::new("lk");
+    let f = SafeFixture::new("lk");
     let office = f.policy("office.yaml", "office");
     // The SSH session comes from the stranger, to the server's 203.0.113.1:22.
     let stranger_session = format!("{} 50022 203.0.113.1 22", addr::STRANGER_V4);
@@ -232,7 +204,7 @@ fn lockout_of_the_ssh_session_is_refused_without_force() {
 
 #[test]
 fn lockout_of_an_established_ssh_connection_is_found_in_the_socket_table() {
-    let f = Fixture::new("lks");
+    let f = SafeFixture::new("lks");
     // A real connection from the stranger to port 22 on the server, held open.
     let (ready_tx, ready_rx) = mpsc::channel();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -289,7 +261,7 @@ fn lockout_of_an_established_ssh_connection_is_found_in_the_socket_table() {
 
 #[test]
 fn unconfirmed_apply_rolls_back_after_the_applying_session_is_killed() {
-    let f = Fixture::new("cr");
+    let f = SafeFixture::new("cr");
     let office = f.policy("office.yaml", "office");
     let partners = f.policy("partners.yaml", "partners");
     f.apply(&office);
@@ -329,7 +301,7 @@ fn unconfirmed_apply_rolls_back_after_the_applying_session_is_killed() {
 
 #[test]
 fn unconfirmed_fresh_install_is_removed() {
-    let f = Fixture::new("cf");
+    let f = SafeFixture::new("cf");
     let office = f.policy("office.yaml", "office");
     f.apply_confirm_then_kill_the_session(&office, "2s");
     assert!(
@@ -353,7 +325,7 @@ fn unconfirmed_fresh_install_is_removed() {
 
 #[test]
 fn confirm_keeps_the_policy_and_status_shows_the_time_left() {
-    let f = Fixture::new("ck");
+    let f = SafeFixture::new("ck");
     let office = f.policy("office.yaml", "office");
     let partners = f.policy("partners.yaml", "partners");
     f.apply(&office);
@@ -393,7 +365,7 @@ fn confirm_keeps_the_policy_and_status_shows_the_time_left() {
 
 #[test]
 fn an_expired_confirmation_is_finished_by_status_when_the_watchdog_is_gone_too() {
-    let f = Fixture::new("cs");
+    let f = SafeFixture::new("cs");
     let office = f.policy("office.yaml", "office");
     let partners = f.policy("partners.yaml", "partners");
     f.apply(&office);
@@ -423,7 +395,7 @@ fn an_expired_confirmation_is_finished_by_status_when_the_watchdog_is_gone_too()
 
 #[test]
 fn diff_against_the_pinned_filter() {
-    let f = Fixture::new("df");
+    let f = SafeFixture::new("df");
     let office = f.policy("office.yaml", "office");
     f.apply(&office);
     let run = f.airlock(&["diff", "-f", s(&office)]);
@@ -500,7 +472,7 @@ fn diff_against_the_pinned_filter() {
 
 #[test]
 fn explain_live_runs_the_attached_program_and_agrees_with_the_reference() {
-    let f = Fixture::new("ex");
+    let f = SafeFixture::new("ex");
     let office = f.policy("office.yaml", "office");
     f.apply(&office);
     let explain = |policy: &Path, src: &str, packet: &[&str]| {
@@ -637,7 +609,7 @@ fn explain_live_runs_the_attached_program_and_agrees_with_the_reference() {
 /// policy in force stays), unless started with --force.
 #[test]
 fn agent_rejects_a_policy_that_would_lock_out_the_session_unless_forced() {
-    let f = Fixture::new("ag");
+    let f = SafeFixture::new("ag");
     let policy = f.dir.path().join("agent.yaml");
     let write = |from: &str| {
         let staged = f.policy("staged.yaml", from);

@@ -122,16 +122,7 @@ impl PolicyMaps {
 
     /// The summary of the policy in force, if one was ever applied.
     pub fn active_summary(&self) -> Result<Option<PolicySummary>, LoaderError> {
-        let generation = self.active_generation()?;
-        let config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        if config.valid == 0 {
-            return Ok(None);
-        }
-        let meta = self.meta.get(&generation, 0).map_err(map_err(MAP_META))?;
-        Ok(PolicySummary::decode(&meta))
+        self.generation_summary(self.active_generation()?)
     }
 
     /// Writes `compiled` into the inactive copy, then makes it the active one in a
