@@ -32,17 +32,8 @@ pub fn require_root() {
     );
 }
 
-/// Name of an XDP action, for messages.
-pub fn action_name(action: u32) -> &'static str {
-    match action {
-        0 => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        3 => "XDP_TX",
-        4 => "XDP_REDIRECT",
-        _ => "XDP_?",
-    }
-}
+/// Name of an XDP action, for messages (the library's, as `explain --live` prints it).
+pub use airlock::safety::probe::action_name;
 
 /// What the kernel did with one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
