@@ -5,9 +5,11 @@
 //! `Pod` impls below are sound and the kernel and user views cannot drift.
 #![no_std]
 
+pub mod flows;
 pub mod maps;
 pub mod reason;
 
+pub use flows::*;
 pub use maps::*;
 pub use reason::Reason;
 
@@ -22,4 +24,6 @@ mod pod {
     unsafe impl aya::Pod for super::SamplingConfig {}
     unsafe impl aya::Pod for super::SampleWindow {}
     unsafe impl aya::Pod for super::DropSample {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
 }

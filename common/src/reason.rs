@@ -29,9 +29,12 @@ pub enum Reason {
     Malformed = 10,
     /// No complete policy is loaded (never seen after a successful apply): passed.
     NoPolicy = 11,
+    /// No rule covers the port, `default: drop`, but the packet answers a flow the
+    /// host itself opened (seen leaving through the egress program): passed.
+    ReturnTraffic = 12,
 }
 
-pub const REASON_COUNT: u32 = 12;
+pub const REASON_COUNT: u32 = 13;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -47,6 +50,7 @@ impl Reason {
         Reason::FragmentDrop,
         Reason::Malformed,
         Reason::NoPolicy,
+        Reason::ReturnTraffic,
     ];
 
     /// The reason with this number, if any.
@@ -85,6 +89,7 @@ impl Reason {
             Reason::FragmentDrop => "fragment_drop",
             Reason::Malformed => "malformed",
             Reason::NoPolicy => "no_policy",
+            Reason::ReturnTraffic => "return_traffic",
         }
     }
 }

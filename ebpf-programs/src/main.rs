@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod flows;
 mod maps;
 mod parse;
 mod sample;
@@ -13,8 +14,12 @@ use airlock_common::{
     DEFAULT_DROP, MODE_MONITOR, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, reason_stat_index,
     rule_stat_index,
 };
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use parse::{L4, Packet, Source};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use parse::{Bytes, Egress, Ingress, L4, Packet, Peer};
 
 #[xdp]
 pub fn airlock_xdp(ctx: XdpContext) -> u32 {
@@ -30,7 +35,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
         maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, bytes);
         return xdp_action::XDP_PASS;
     }
-    let packet = parse::parse(&ctx);
+    let packet = parse::parse::<Ingress>(&Bytes::new(ctx.data(), ctx.data_end()));
     let sample_info = sample::SampleInfo::of(&packet);
     let (reason, rule) = decide(generation, config.default_action, packet);
     maps::count(
@@ -86,12 +91,12 @@ fn decide(generation: u32, default_action: u32, packet: Packet) -> (Reason, Opti
         Reason::DefaultPass
     };
     let port_rules = match l4 {
-        L4::Tcp(port) => maps::port_rules(generation, true, port),
-        L4::Udp(port) => maps::port_rules(generation, false, port),
-        L4::Icmp(icmp_type) if essential_icmpv4(icmp_type) => {
+        L4::Tcp(ports, _) => maps::port_rules(generation, true, ports.local),
+        L4::Udp(ports) => maps::port_rules(generation, false, ports.local),
+        L4::Icmp(icmp) if essential_icmpv4(icmp.icmp_type) => {
             return (Reason::EssentialIcmp, None);
         }
-        L4::Icmpv6(icmp_type) if essential_icmpv6(icmp_type) => {
+        L4::Icmpv6(icmp) if essential_icmpv6(icmp.icmp_type) => {
             return (Reason::EssentialIcmp, None);
         }
         // Safe to pass: the first fragment carried the ports and was filtered on
@@ -105,6 +110,11 @@ fn decide(generation: u32, default_action: u32, packet: Packet) -> (Reason, Opti
         L4::Icmp(_) | L4::Icmpv6(_) | L4::Other => 0,
     };
     if port_rules == 0 {
+        // Rule 6: under `default: drop`, replies to flows the host opened pass.
+        // Looked up only here, so allowlisted and default-pass traffic never pays.
+        if default_action == DEFAULT_DROP && flows::is_reply(source, l4) {
+            return (Reason::ReturnTraffic, None);
+        }
         return (default, None);
     }
     let allowed = entry.rules & port_rules;
@@ -116,12 +126,34 @@ fn decide(generation: u32, default_action: u32, packet: Packet) -> (Reason, Opti
 }
 
 #[inline(always)]
-fn lookup(generation: u32, source: Source) -> SourceEntry {
+fn lookup(generation: u32, source: Peer) -> SourceEntry {
     match source {
-        Source::V4(address) => maps::source_v4(generation, address),
-        Source::V6(address) => maps::source_v6(generation, address),
+        Peer::V4(address) => maps::source_v4(generation, address),
+        Peer::V6(address) => maps::source_v6(generation, address),
     }
 }
+
+/// The host's outgoing packets, seen at TC egress on the same interface: records
+/// the flows it opens so their replies pass the XDP program (flows.rs says why this
+/// and not the kernel's conntrack). Never drops or changes a packet.
+#[classifier]
+pub fn airlock_egress(ctx: TcContext) -> i32 {
+    // Headers may sit in paged data; the verdict only needs them in the linear part.
+    if ctx.data_end() - ctx.data() < EGRESS_HEADER_BYTES {
+        let _ = ctx.pull_data(core::cmp::min(ctx.len(), EGRESS_HEADER_BYTES as u32));
+    }
+    if let Packet::Ip(peer, l4) = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end())) {
+        flows::record(peer, l4);
+    }
+    // TCX_NEXT: let any program after ours (another tool's) decide as usual.
+    TCX_NEXT
+}
+
+const TCX_NEXT: i32 = -1;
+
+/// Enough for Ethernet, two VLAN tags, IPv6 with a few extension headers and the
+/// ports.
+const EGRESS_HEADER_BYTES: usize = 256;
 
 /// Destination unreachable (incl. fragmentation needed), time exceeded, parameter
 /// problem: dropping these breaks path MTU discovery and error reporting.

@@ -2,13 +2,14 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    Counter, DROP_SAMPLE_RING_BYTES, GENERATION_KEY_BITS, GENERATIONS, GenConfig, MAX_PREFIXES_V4,
-    MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS,
-    SampleWindow, SamplingConfig, SourceEntry, port_index,
+    Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATION_KEY_BITS,
+    GENERATIONS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta,
+    REASON_STAT_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SampleWindow, SamplingConfig,
+    SourceEntry, port_index,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 
 #[map]
@@ -42,6 +43,11 @@ pub static SAMPLING: Array<SamplingConfig> = Array::with_max_entries(1, 0);
 pub static SAMPLE_STATE: PerCpuArray<SampleWindow> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SAMPLE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SAMPLE_STAT_SLOTS, 0);
+
+/// Flows the host opened: written by the egress program, read by XDP (flows.rs).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
 
 /// Written and read only by user space; lives here so it is created, pinned and
 /// removed together with the rest of the filter.

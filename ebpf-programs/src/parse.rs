@@ -1,11 +1,11 @@
 //! Header parsing: Ethernet (up to two VLAN tags), IPv4 (options, fragments), IPv6
 //! (a bounded walk of extension headers), then TCP/UDP/ICMP/ICMPv6.
 //!
-//! Every read goes through [`read`], which bounds-checks against `data_end`; every
-//! loop has a named bound. The result is a [`Packet`] the verdict code can use
-//! without touching packet memory again.
-
-use aya_ebpf::programs::XdpContext;
+//! Every read goes through [`read`], which bounds-checks against the end of the
+//! packet; every loop has a named bound. The result is a [`Packet`] the verdict code
+//! can use without touching packet memory again. The same walk serves the XDP
+//! program (ingress: the peer is the source) and the TC egress program (the peer is
+//! the destination), so both sides of a flow are read by one parser.
 
 const ETH_HDR_LEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -38,18 +38,79 @@ const TCP_MIN_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 const ICMP_MIN_LEN: usize = 8;
 
+/// The packet bytes a program may read: `[start, end)` from its context.
 #[derive(Clone, Copy)]
-pub enum Source {
+pub struct Bytes {
+    start: usize,
+    end: usize,
+}
+
+impl Bytes {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+}
+
+/// Which way a packet travels, and so which of its addresses and ports belong to
+/// the remote peer and which to this host.
+pub trait Direction {
+    /// Offset of the peer's address in the IPv4 header.
+    const PEER_V4: usize;
+    /// Offset of the peer's address in the IPv6 header.
+    const PEER_V6: usize;
+    /// Whether the host's port is the transport header's source port.
+    const LOCAL_IS_SOURCE: bool;
+}
+
+/// Arriving: the peer is the source, the host's port the destination port.
+pub struct Ingress;
+/// Leaving: the peer is the destination, the host's port the source port.
+pub struct Egress;
+
+impl Direction for Ingress {
+    const PEER_V4: usize = 12;
+    const PEER_V6: usize = 8;
+    const LOCAL_IS_SOURCE: bool = false;
+}
+
+impl Direction for Egress {
+    const PEER_V4: usize = 16;
+    const PEER_V6: usize = 24;
+    const LOCAL_IS_SOURCE: bool = true;
+}
+
+/// The remote end's address (on ingress, the source).
+#[derive(Clone, Copy)]
+pub enum Peer {
     V4([u8; 4]),
     V6([u8; 16]),
 }
 
 #[derive(Clone, Copy)]
+pub struct Ports {
+    /// This host's port (on ingress, the destination port the rules match).
+    pub local: u16,
+    pub peer: u16,
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+#[derive(Clone, Copy)]
+pub struct Icmp {
+    pub icmp_type: u8,
+    /// The echo identifier (bytes 4-5; meaningless for other types).
+    pub echo_id: u16,
+}
+
+#[derive(Clone, Copy)]
 pub enum L4 {
-    Tcp(u16),
-    Udp(u16),
-    Icmp(u8),
-    Icmpv6(u8),
+    /// Ports and the flags byte.
+    Tcp(Ports, u8),
+    Udp(Ports),
+    Icmp(Icmp),
+    Icmpv6(Icmp),
     /// A protocol without ports Airlock knows of (ESP, GRE, SCTP, ...).
     Other,
     /// A non-first fragment: it carries no transport header.
@@ -62,19 +123,17 @@ pub enum Packet {
     /// Headers too short or inconsistent to know even the source.
     Malformed,
     /// The IP header is sound, so the source is known, but what follows is not.
-    MalformedFrom(Source),
-    Ip(Source, L4),
+    MalformedFrom(Peer),
+    Ip(Peer, L4),
 }
 
 #[inline(always)]
-fn read<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + N > end {
+fn read<const N: usize>(ctx: &Bytes, offset: usize) -> Option<[u8; N]> {
+    if ctx.start + offset + N > ctx.end {
         return None;
     }
-    // SAFETY: bounds checked against data_end just above.
-    Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+    // SAFETY: bounds checked against the end of the packet just above.
+    Some(unsafe { core::ptr::read_unaligned((ctx.start + offset) as *const [u8; N]) })
 }
 
 #[inline(always)]
@@ -88,7 +147,7 @@ fn is_vlan(ethertype: u16) -> bool {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Packet {
+pub fn parse<D: Direction>(ctx: &Bytes) -> Packet {
     let Some(ethertype) = read::<2>(ctx, 12) else {
         return Packet::Malformed;
     };
@@ -116,14 +175,14 @@ pub fn parse(ctx: &XdpContext) -> Packet {
         }
     }
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset),
+        ETH_P_IPV4 => parse_ipv4::<D>(ctx, offset),
+        ETH_P_IPV6 => parse_ipv6::<D>(ctx, offset),
         _ => Packet::NonIp,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
+fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize) -> Packet {
     let Some(header) = read::<20>(ctx, offset) else {
         return Packet::Malformed;
     };
@@ -131,7 +190,8 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
     if header[0] >> 4 != 4 || header_len < 20 {
         return Packet::Malformed;
     }
-    let source = Source::V4([header[12], header[13], header[14], header[15]]);
+    let at = D::PEER_V4;
+    let source = Peer::V4([header[at], header[at + 1], header[at + 2], header[at + 3]]);
     let total_len = usize::from(be16([header[2], header[3]]));
     // Options must be present in full, and the stated length must cover the header.
     if total_len < header_len || !present(ctx, offset + header_len) {
@@ -147,11 +207,11 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Packet {
         }
         return Packet::Ip(source, L4::NonFirstFragment);
     }
-    parse_l4(ctx, offset + header_len, protocol, source, false)
+    parse_l4::<D>(ctx, offset + header_len, protocol, source, false)
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
+fn parse_ipv6<D: Direction>(ctx: &Bytes, offset: usize) -> Packet {
     let Some(header) = read::<40>(ctx, offset) else {
         return Packet::Malformed;
     };
@@ -159,8 +219,8 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
         return Packet::Malformed;
     }
     let mut address = [0u8; 16];
-    address.copy_from_slice(&header[8..24]);
-    let source = Source::V6(address);
+    address.copy_from_slice(&header[D::PEER_V6..D::PEER_V6 + 16]);
+    let source = Peer::V6(address);
     let mut next = header[6];
     let mut cursor = offset + 40;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
@@ -200,7 +260,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
                 }
                 cursor += 8;
             }
-            _ => return parse_l4(ctx, cursor, next, source, true),
+            _ => return parse_l4::<D>(ctx, cursor, next, source, true),
         }
         // Keeps the offset provably small for the verifier; no real chain comes close.
         if cursor > 0x3fff {
@@ -211,7 +271,7 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Packet {
     if is_extension_header(next) {
         return Packet::MalformedFrom(source);
     }
-    parse_l4(ctx, cursor, next, source, true)
+    parse_l4::<D>(ctx, cursor, next, source, true)
 }
 
 #[inline(always)]
@@ -232,27 +292,59 @@ fn is_extension_header(next: u8) -> bool {
 /// Whether the header that ends just before `end` is entirely in the packet: a
 /// header cut short is malformed even when nothing after it would be read.
 #[inline(always)]
-fn present(ctx: &XdpContext, end: usize) -> bool {
+fn present(ctx: &Bytes, end: usize) -> bool {
     end == 0 || read::<1>(ctx, end - 1).is_some()
 }
 
+/// Host and peer ports from a transport header's first four bytes.
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, offset: usize, protocol: u8, source: Source, ipv6: bool) -> Packet {
+fn ports<D: Direction>(header: &[u8]) -> Ports {
+    let source = be16([header[0], header[1]]);
+    let destination = be16([header[2], header[3]]);
+    if D::LOCAL_IS_SOURCE {
+        Ports {
+            local: source,
+            peer: destination,
+        }
+    } else {
+        Ports {
+            local: destination,
+            peer: source,
+        }
+    }
+}
+
+#[inline(always)]
+fn icmp(header: [u8; ICMP_MIN_LEN]) -> Icmp {
+    Icmp {
+        icmp_type: header[0],
+        echo_id: be16([header[4], header[5]]),
+    }
+}
+
+#[inline(always)]
+fn parse_l4<D: Direction>(
+    ctx: &Bytes,
+    offset: usize,
+    protocol: u8,
+    source: Peer,
+    ipv6: bool,
+) -> Packet {
     let l4 = match protocol {
         IPPROTO_TCP => match read::<TCP_MIN_LEN>(ctx, offset) {
-            Some(tcp) => L4::Tcp(be16([tcp[2], tcp[3]])),
+            Some(tcp) => L4::Tcp(ports::<D>(&tcp), tcp[13]),
             None => return Packet::MalformedFrom(source),
         },
         IPPROTO_UDP => match read::<UDP_LEN>(ctx, offset) {
-            Some(udp) => L4::Udp(be16([udp[2], udp[3]])),
+            Some(udp) => L4::Udp(ports::<D>(&udp)),
             None => return Packet::MalformedFrom(source),
         },
         IPPROTO_ICMP if !ipv6 => match read::<ICMP_MIN_LEN>(ctx, offset) {
-            Some(icmp) => L4::Icmp(icmp[0]),
+            Some(header) => L4::Icmp(icmp(header)),
             None => return Packet::MalformedFrom(source),
         },
         IPPROTO_ICMPV6 if ipv6 => match read::<ICMP_MIN_LEN>(ctx, offset) {
-            Some(icmp) => L4::Icmpv6(icmp[0]),
+            Some(header) => L4::Icmpv6(icmp(header)),
             None => return Packet::MalformedFrom(source),
         },
         _ => L4::Other,

@@ -10,7 +10,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 
 use crate::{
     maps::{DROP_SAMPLES, SAMPLE_STATE, SAMPLE_STATS, SAMPLING, bump},
-    parse::{L4, Packet, Source},
+    parse::{L4, Packet, Peer},
 };
 
 const WINDOW_NS: u64 = 1_000_000_000;
@@ -42,24 +42,24 @@ impl SampleInfo {
             Packet::NonIp | Packet::Malformed => (None, None),
         };
         match source {
-            Some(Source::V4(address)) => {
+            Some(Peer::V4(address)) => {
                 info.family = 4;
                 info.source[0] = address[0];
                 info.source[1] = address[1];
                 info.source[2] = address[2];
                 info.source[3] = address[3];
             }
-            Some(Source::V6(address)) => {
+            Some(Peer::V6(address)) => {
                 info.family = 6;
                 info.source = address;
             }
             None => {}
         }
         let (protocol, dst_port) = match l4 {
-            Some(L4::Tcp(port)) => (6, port),
-            Some(L4::Udp(port)) => (17, port),
-            Some(L4::Icmp(icmp_type)) => (1, u16::from(icmp_type)),
-            Some(L4::Icmpv6(icmp_type)) => (58, u16::from(icmp_type)),
+            Some(L4::Tcp(ports, _)) => (6, ports.local),
+            Some(L4::Udp(ports)) => (17, ports.local),
+            Some(L4::Icmp(icmp)) => (1, u16::from(icmp.icmp_type)),
+            Some(L4::Icmpv6(icmp)) => (58, u16::from(icmp.icmp_type)),
             Some(L4::Other) | Some(L4::NonFirstFragment) | None => (0, 0),
         };
         info.protocol = protocol;

@@ -4,17 +4,19 @@
 //! the program's own counters so the reason and the deciding rule are the kernel's,
 //! not inferred from the action.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use airlock::compile;
-use airlock::loader::{Counters, LoadedFilter, PolicySummary};
+use airlock::loader::{Counters, Flow, FlowTable, LoadedFilter, PolicySummary, monotonic_ns};
 use airlock::policy::{self, Policy};
-use airlock::reference::{self, Verdict};
-use airlock_common::{Counter, PROGRAM_NAME, Reason};
+use airlock::reference::{self, L4, PacketClass, Verdict};
+use airlock_common::{Counter, FlowKey, PROGRAM_NAME, Reason};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, Xdp};
 
-use crate::packet::Frame;
+use crate::packet::{Frame, SOURCE_PORT};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -99,9 +101,37 @@ impl fmt::Display for Disagreement {
 /// One loaded filter (program + its own maps), with the policy last applied.
 pub struct Harness {
     pub filter: LoadedFilter,
+    /// The filter's return-traffic flow table.
+    pub flows: FlowTable,
+    /// Flows written live into `flows` by the test (the model's view of the table).
+    pub open_flows: HashSet<FlowKey>,
     pub policy: Option<Policy>,
     /// The YAML of `policy`, for failure messages.
     pub policy_text: String,
+}
+
+/// The flow a built frame answers, if it can answer one: the builder's frames come
+/// from port [`SOURCE_PORT`] and carry echo identifier 0.
+pub fn answered_flow(class: &PacketClass) -> Option<Flow> {
+    if !reference::can_answer_flow(class) {
+        return None;
+    }
+    let PacketClass::Ip { src, l4 } = *class else {
+        return None;
+    };
+    let (protocol, local_port, peer_port) = match l4 {
+        L4::Tcp { dst_port } => (6, dst_port, SOURCE_PORT),
+        L4::Udp { dst_port } => (17, dst_port, SOURCE_PORT),
+        L4::Icmp { .. } => (1, 0, 0),
+        L4::Icmpv6 { .. } => (58, 0, 0),
+        _ => return None,
+    };
+    Some(Flow {
+        peer: src,
+        protocol,
+        local_port,
+        peer_port,
+    })
 }
 
 impl Default for Harness {
@@ -114,10 +144,14 @@ impl Harness {
     /// Loads the real embedded object: the verifier sees exactly what ships.
     pub fn new() -> Self {
         require_root();
-        let filter = LoadedFilter::load()
+        let mut filter = LoadedFilter::load()
             .unwrap_or_else(|e| panic!("loading the XDP program failed: {e:?}"));
+        let flows = FlowTable::of(&mut filter.ebpf)
+            .unwrap_or_else(|e| panic!("no flow table in the object: {e:?}"));
         Harness {
             filter,
+            flows,
+            open_flows: HashSet::new(),
             policy: None,
             policy_text: String::new(),
         }
@@ -136,6 +170,51 @@ impl Harness {
         self.policy = Some(policy.clone());
         self.policy_text = yaml.to_owned();
         policy
+    }
+
+    /// Writes `flow` into the table as open for another hour, as the egress
+    /// program would have after the host sent on it.
+    pub fn open_flow(&mut self, flow: &Flow) {
+        let expires = monotonic_ns() + Duration::from_secs(3600).as_nanos() as u64;
+        self.flows
+            .insert(flow, expires)
+            .unwrap_or_else(|e| panic!("writing flow {flow:?}: {e:?}"));
+        self.open_flows.insert(flow.key());
+    }
+
+    /// Writes `flow` as an entry whose timeout has passed.
+    pub fn expired_flow(&mut self, flow: &Flow) {
+        self.flows
+            .insert(flow, monotonic_ns().saturating_sub(1))
+            .unwrap_or_else(|e| panic!("writing flow {flow:?}: {e:?}"));
+        self.open_flows.remove(&flow.key());
+    }
+
+    /// Whether the model holds `class`'s flow open.
+    pub fn answers_open_flow(&self, class: &PacketClass) -> bool {
+        answered_flow(class).is_some_and(|flow| self.open_flows.contains(&flow.key()))
+    }
+
+    /// Runs `bytes` through the TC egress program (it only records flows; its
+    /// return value is TCX_NEXT, -1, for every packet).
+    pub fn run_egress(&mut self, bytes: &[u8]) -> i32 {
+        let program = self
+            .filter
+            .egress_program()
+            .unwrap_or_else(|e| panic!("loading the egress program failed: {e:?}"));
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(bytes),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "BPF_PROG_TEST_RUN (egress) failed: {e:?}\n{}",
+                    crate::packet::hex(bytes)
+                )
+            });
+        result.return_value as i32
     }
 
     pub fn program(&mut self) -> &mut Xdp {
@@ -186,7 +265,8 @@ impl Harness {
             .policy
             .as_ref()
             .expect("apply a policy before running frames");
-        let verdict = reference::verdict(policy, &frame.class);
+        let verdict =
+            reference::verdict_for(policy, &frame.class, self.answers_open_flow(&frame.class));
         let kernel = self.run(&frame.bytes);
         if kernel == expected_outcome(&verdict) {
             Ok(kernel)

@@ -136,7 +136,7 @@ impl Transport {
     fn encode(&self, out: &mut Vec<u8>) {
         match *self {
             Transport::Tcp { dst_port } => {
-                out.extend_from_slice(&40000u16.to_be_bytes());
+                out.extend_from_slice(&SOURCE_PORT.to_be_bytes());
                 out.extend_from_slice(&dst_port.to_be_bytes());
                 out.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // sequence
                 out.extend_from_slice(&0u32.to_be_bytes()); // acknowledgment
@@ -146,7 +146,7 @@ impl Transport {
                 out.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
             }
             Transport::Udp { dst_port } => {
-                out.extend_from_slice(&40000u16.to_be_bytes());
+                out.extend_from_slice(&SOURCE_PORT.to_be_bytes());
                 out.extend_from_slice(&dst_port.to_be_bytes());
                 out.extend_from_slice(&(UDP_HDR_LEN as u16 + 4).to_be_bytes());
                 out.extend_from_slice(&[0, 0]); // checksum
@@ -298,6 +298,37 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// Source port of every TCP and UDP frame built here (the peer's port).
+pub const SOURCE_PORT: u16 = 40000;
+/// Offset of the TCP flags byte in the TCP header.
+pub const TCP_FLAGS_OFFSET: usize = 13;
+
+/// Turns a built frame around, as the host's own packet to that peer: addresses and
+/// MACs swapped, and TCP/UDP ports swapped. So `mirror(spec.build())` is the
+/// packet the host sends that `spec` answers. Only for untagged frames without IPv4
+/// options or IPv6 extension headers; returns the transport header's offset.
+pub fn mirror(bytes: &mut [u8]) -> usize {
+    let (src, dst, len, protocol, l4) = match u16::from_be_bytes([bytes[12], bytes[13]]) {
+        0x0800 => {
+            assert_eq!(bytes[14], 0x45, "mirror: IPv4 without options only");
+            (14 + 12, 14 + 16, 4, bytes[14 + 9], 14 + IPV4_HDR_LEN)
+        }
+        0x86dd => (14 + 8, 14 + 24, 16, bytes[14 + 6], 14 + IPV6_HDR_LEN),
+        other => panic!("mirror: not an untagged IP frame (ethertype {other:#06x})"),
+    };
+    for i in 0..6 {
+        bytes.swap(i, 6 + i);
+    }
+    for i in 0..len {
+        bytes.swap(src + i, dst + i);
+    }
+    if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
+        bytes.swap(l4, l4 + 2);
+        bytes.swap(l4 + 1, l4 + 3);
+    }
+    l4
 }
 
 const DST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];

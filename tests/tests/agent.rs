@@ -313,6 +313,38 @@ fn recreated_interface_gets_the_filter_back() {
 }
 
 #[test]
+fn a_detached_egress_program_is_put_back_without_pausing_the_filter() {
+    let f = Fixture::new("ae");
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
+    let dir = f.bed.bpffs.path().join(&f.bed.server_if);
+    let xdp_link = || {
+        airlock::loader::pinned_link_state(&dir.join("link"), airlock::loader::LinkKind::Xdp)
+            .expect("xdp link")
+            .link_id
+    };
+    let xdp_link_before = xdp_link();
+    fs::remove_file(dir.join(airlock::loader::EGRESS_LINK_PIN)).expect("unpin egress link");
+    assert!(
+        wait_until(Duration::from_secs(5), || metric(
+            &f,
+            "airlock_attach_repairs_total"
+        ) >= 1.0),
+        "no repair counted; log:\n{}",
+        agent.log()
+    );
+    let status = f.status_json();
+    assert_eq!(
+        status["interfaces"][0]["return_traffic"]["egress"], "attached",
+        "{status}"
+    );
+    // Only the egress link was replaced: the XDP link (and its filtering) never went.
+    assert_eq!(xdp_link(), xdp_link_before);
+    assert!(f.kept_out(addr::STRANGER_V4));
+    assert!(f.gets_in(addr::OFFICE_V4));
+}
+
+#[test]
 fn metrics_count_the_packets_sent_and_drops_are_sampled_in_the_json_log() {
     let f = Fixture::new("am");
     write_policy(&f, &policy_text(&f, "office"));

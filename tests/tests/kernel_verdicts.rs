@@ -18,7 +18,8 @@ use airlock::policy::{Policy, PortRange, Proto};
 use airlock::reference::{self, PacketClass};
 use airlock_common::{PROGRAM_NAME, Reason};
 use airlock_integration::kernel::{
-    Harness, Outcome, XDP_DROP, XDP_PASS, action_name, expected_outcome, parse_policy,
+    Harness, Outcome, XDP_DROP, XDP_PASS, action_name, answered_flow, expected_outcome,
+    parse_policy,
 };
 use airlock_integration::packet::{
     ETH_P_LLDP, Ext, Frame, FrameSpec, IPPROTO_ESP, IPPROTO_GRE, IPPROTO_NONE, IPPROTO_SCTP,
@@ -1294,6 +1295,15 @@ fn random_policies_and_packets_agree_with_the_reference_model() {
             let frame = spec.build();
             if frame.bytes.len() < 14 {
                 continue;
+            }
+            // Some packets answer a flow the host opened (or one that expired):
+            // rule 6's return traffic is judged on the same random policies.
+            if let Some(flow) = answered_flow(&frame.class) {
+                match rng.random_range(0..8) {
+                    0 | 1 => h.open_flow(&flow),
+                    2 => h.expired_flow(&flow),
+                    _ => {}
+                }
             }
             packets += 1;
             match h.compare(&frame) {

@@ -87,9 +87,21 @@ pub fn is_essential_icmp(l4: &L4) -> bool {
     }
 }
 
-/// The verdict for `packet` under `policy`, by the rules of the design, in order.
+/// The verdict for `packet` under `policy`, by the rules of the design, in order,
+/// for a packet that answers no flow the host opened.
 pub fn verdict(policy: &Policy, packet: &PacketClass) -> Verdict {
-    let (reason, rule, set) = decide(policy, packet);
+    verdict_for(policy, packet, false)
+}
+
+/// The verdict when whether the packet answers a flow the host itself opened is
+/// known (`answers_host_flow`: its source, protocol and ports, or echo identifier,
+/// match a live entry of the flow table). That only matters in rule 6, under
+/// `default: drop`, and only for TCP, UDP and echo replies.
+pub fn verdict_for(policy: &Policy, packet: &PacketClass, answers_host_flow: bool) -> Verdict {
+    let (mut reason, rule, set) = decide(policy, packet);
+    if reason == Reason::DefaultDrop && answers_host_flow && can_answer_flow(packet) {
+        reason = Reason::ReturnTraffic;
+    }
     let pass = policy.mode == Mode::Monitor || reason.passes();
     Verdict {
         reason,
@@ -97,6 +109,20 @@ pub fn verdict(policy: &Policy, packet: &PacketClass) -> Verdict {
         set,
         pass,
     }
+}
+
+/// Packets that can be a reply to a flow: TCP, UDP, ICMP echo replies.
+pub fn can_answer_flow(packet: &PacketClass) -> bool {
+    matches!(
+        packet,
+        PacketClass::Ip {
+            l4: L4::Tcp { .. }
+                | L4::Udp { .. }
+                | L4::Icmp { icmp_type: 0 }
+                | L4::Icmpv6 { icmp_type: 129 },
+            ..
+        }
+    )
 }
 
 fn decide(policy: &Policy, packet: &PacketClass) -> (Reason, Option<usize>, Option<String>) {

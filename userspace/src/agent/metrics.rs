@@ -17,7 +17,7 @@ use prometheus_client::{
 };
 
 use super::state::AgentState;
-use crate::loader::{PinRoot, PolicyMaps};
+use crate::loader::{FlowTable, PinRoot, PolicyMaps};
 
 type Labels = Vec<(String, String)>;
 
@@ -63,6 +63,7 @@ impl Collector for AirlockCollector {
         let rule_bytes = Family::<Labels, Counter>::default();
         let samples = Family::<Labels, Counter>::default();
         let serial = Family::<Labels, Gauge>::default();
+        let flows = Family::<Labels, Gauge>::default();
         let state = self.state.lock().clone();
         for iface in self.root.interfaces().unwrap_or_default() {
             let Ok(maps) = PolicyMaps::open_pinned(&self.root.interface_dir(&iface)) else {
@@ -134,6 +135,21 @@ impl Collector for AirlockCollector {
                     .get_or_create(&labels(&[("interface", &iface), ("outcome", outcome)]))
                     .inc_by(counters.samples[slot as usize]);
             }
+            // Reading the table walks it (at most FLOW_TABLE_ENTRIES keys): a few
+            // milliseconds per scrape, and it tells an operator when it runs full.
+            if let Ok(table) = FlowTable::open_pinned(&self.root.interface_dir(&iface))
+                && let Ok(occupancy) = table.occupancy()
+            {
+                for (kind, value) in [
+                    ("live", occupancy.live),
+                    ("present", occupancy.present),
+                    ("capacity", occupancy.capacity),
+                ] {
+                    flows
+                        .get_or_create(&labels(&[("interface", &iface), ("kind", kind)]))
+                        .set(i64::from(value));
+                }
+            }
             if let Some(summary) = summary {
                 serial
                     .get_or_create(&labels(&[("interface", &iface)]))
@@ -169,6 +185,12 @@ impl Collector for AirlockCollector {
             "airlock_drop_samples",
             "Drop samples by outcome (sent to user space, held back by the in-kernel rate limit, lost to a full ring).",
             &samples,
+        )?;
+        encode_family(
+            &mut encoder,
+            "airlock_return_flows",
+            "Return-traffic flow table: flows opened by the host still in their timeout (live), entries present, and the table's size (capacity).",
+            &flows,
         )?;
         encode_family(
             &mut encoder,

@@ -272,9 +272,17 @@ impl Reconciler {
     /// now and its maps hold the policy this agent last put there.
     fn check(&self, iface: &str, index: u32, expected: Option<u64>) -> Result<(), &'static str> {
         let dir = self.root.interface_dir(iface);
-        let link = loader::pinned_link_state(&dir.join(LINK_PIN)).map_err(|_| "no pinned link")?;
+        let link = loader::pinned_link_state(&dir.join(LINK_PIN), loader::LinkKind::Xdp)
+            .map_err(|_| "no pinned link")?;
         if link.ifindex != index {
             return Err("link not attached to the interface (deleted and recreated?)");
+        }
+        let egress = loader::pinned_link_state(
+            &dir.join(loader::EGRESS_LINK_PIN),
+            loader::LinkKind::TcxEgress,
+        );
+        if !egress.is_ok_and(|egress| egress.ifindex == index) {
+            return Err("egress program detached (replies to the host's flows would drop)");
         }
         let maps = PolicyMaps::open_pinned(&dir).map_err(|_| "maps unreadable")?;
         let serial = maps.active_summary().ok().flatten().map(|s| s.serial);

@@ -9,7 +9,7 @@ use std::{
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 
 use crate::{
-    loader::{LINK_PIN, PinRoot, pinned_link_state},
+    loader::{LINK_PIN, LinkKind, PinRoot, pinned_link_state},
     samples::{DropEvent, open_ring},
 };
 
@@ -35,7 +35,7 @@ impl Samplers {
         });
         for iface in interfaces {
             let dir = root.interface_dir(&iface);
-            let Ok(link) = pinned_link_state(&dir.join(LINK_PIN)) else {
+            let Ok(link) = pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) else {
                 continue;
             };
             if self

@@ -112,5 +112,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ""
     };
     println!("{action}{monitor}: {} ({})", args.src, because.join(", "));
+    let packet = airlock::reference::PacketClass::Ip { src: args.src, l4 };
+    if verdict.reason == airlock_common::Reason::DefaultDrop
+        && airlock::reference::can_answer_flow(&packet)
+    {
+        println!(
+            "  unless it is a reply to a flow this host opened (return traffic), which passes"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

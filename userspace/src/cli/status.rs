@@ -24,7 +24,7 @@ fn counter_json(c: Counter) -> Value {
 /// output is rendered from the same value, so the two never disagree).
 fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
     let dir = root.interface_dir(iface);
-    let link = loader::pinned_link_state(&dir.join(LINK_PIN));
+    let link = loader::pinned_link_state(&dir.join(LINK_PIN), loader::LinkKind::Xdp);
     let current_index = loader::interface_index(iface);
     // The link's interface index is 0 once the interface is gone. An interface of
     // another network namespace cannot be looked up by name from here.
@@ -33,6 +33,15 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         (Ok(l), None) if l.ifindex != 0 => "attached_other_netns",
         _ => "detached",
     };
+    let egress = loader::pinned_link_state(
+        &dir.join(loader::EGRESS_LINK_PIN),
+        loader::LinkKind::TcxEgress,
+    );
+    let egress_attached = matches!((&egress, current_index), (Ok(l), Some(i)) if l.ifindex == i)
+        || matches!((&egress, current_index), (Ok(l), None) if l.ifindex != 0);
+    let flows = loader::FlowTable::open_pinned(&dir)
+        .and_then(|t| t.occupancy())
+        .ok();
     let maps = PolicyMaps::open_pinned(&dir)?;
     let summary = maps.active_summary()?;
     let counters = maps.counters()?;
@@ -64,6 +73,12 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         "reasons": reasons,
         "rules": rules,
         "confirm": safe::pending_json(root, iface),
+        "return_traffic": {
+            "egress": if egress_attached { "attached" } else { "detached" },
+            "flows_live": flows.map(|f| f.live),
+            "flows_present": flows.map(|f| f.present),
+            "capacity": flows.map(|f| f.capacity),
+        },
     }))
 }
 
@@ -132,6 +147,17 @@ fn print_human(s: &Value) {
         policy["prefixes_v4"],
         policy["prefixes_v6"]
     );
+    let flows = &s["return_traffic"];
+    if flows["egress"] == "attached" {
+        println!(
+            "  return traffic: {} flows opened by this host tracked ({} entries of {})",
+            flows["flows_live"], flows["flows_present"], flows["capacity"]
+        );
+    } else {
+        println!(
+            "  return traffic: EGRESS PROGRAM NOT ATTACHED: replies to this host's own connections hit `default` (apply again to repair)"
+        );
+    }
     println!(
         "  {:<28} {:<24} {:>12} {:>12}",
         "rule", "ports", "allowed", "refused"

@@ -1,4 +1,4 @@
-//! Attaching the program and asking the kernel about a pinned XDP link.
+//! Attaching the programs and asking the kernel about their pinned links.
 
 use std::{
     ffi::CString,
@@ -6,7 +6,9 @@ use std::{
     path::Path,
 };
 
-use aya::programs::{Xdp, XdpMode, links::FdLink};
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::TcAttachOptions,
+};
 
 use super::LoaderError;
 
@@ -56,7 +58,53 @@ pub(crate) fn attach(program: &mut Xdp, iface: &str) -> Result<(FdLink, AttachMo
     Ok((link, mode))
 }
 
-/// What the kernel says about a pinned XDP link.
+/// Attaches the egress program with tcx, first in the interface's egress chain:
+/// it only records flows and passes the packet on (TCX_NEXT), and going first means
+/// no other tcx program can end the chain before the host's packet is seen.
+/// tcx links need Linux 6.6; they are what makes the attachment pinnable and
+/// owned (nobody's `tc filter del` removes it by accident).
+pub(crate) fn attach_egress(
+    program: &mut SchedClassifier,
+    iface: &str,
+) -> Result<FdLink, LoaderError> {
+    let program_err = |source| LoaderError::Program {
+        name: airlock_common::EGRESS_PROGRAM_NAME,
+        source: Box::new(source),
+    };
+    let link_id = program
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .map_err(program_err)?;
+    let link = program.take_link(link_id).map_err(program_err)?;
+    FdLink::try_from(link).map_err(|e| LoaderError::Link {
+        iface: iface.to_owned(),
+        source: e,
+    })
+}
+
+/// The kinds of link Airlock pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// The XDP program on ingress.
+    Xdp,
+    /// The flow-recording program on tcx egress.
+    TcxEgress,
+}
+
+impl LinkKind {
+    /// `enum bpf_link_type` value.
+    fn kernel_type(self) -> u32 {
+        match self {
+            LinkKind::Xdp => 6,
+            LinkKind::TcxEgress => 11,
+        }
+    }
+}
+
+/// What the kernel says about a pinned link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkState {
     pub link_id: u32,
@@ -67,12 +115,11 @@ pub struct LinkState {
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_TYPE_XDP: u32 = 6;
 
 /// Reads a pinned link's id, program and interface. aya's `LinkInfo` does not expose
-/// the XDP interface index, so this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD;
-/// `struct bpf_link_info` keeps `xdp.ifindex` at byte 16).
-pub fn pinned_link_state(path: &Path) -> Result<LinkState, LoaderError> {
+/// the interface index, so this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD;
+/// `struct bpf_link_info` keeps `xdp.ifindex` and `tcx.ifindex` at byte 16).
+pub fn pinned_link_state(path: &Path, kind: LinkKind) -> Result<LinkState, LoaderError> {
     let io = |e| LoaderError::io("reading link", path, e);
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
@@ -111,9 +158,9 @@ pub fn pinned_link_state(path: &Path) -> Result<LinkState, LoaderError> {
         return Err(io(std::io::Error::last_os_error()));
     }
     let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
-    if word(0) != BPF_LINK_TYPE_XDP {
+    if word(0) != kind.kernel_type() {
         return Err(io(std::io::Error::other(format!(
-            "pinned link is of type {}, not XDP",
+            "pinned link is of type {}, not {kind:?}",
             word(0)
         ))));
     }

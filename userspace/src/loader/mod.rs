@@ -5,6 +5,7 @@
 
 mod batch;
 mod error;
+mod flows;
 mod link;
 mod meta;
 mod object;
@@ -13,14 +14,20 @@ mod policy_maps;
 
 use std::{fs, path::Path};
 
-use airlock_common::{LAYOUT_VERSION, MAP_META, PROGRAM_NAME};
-use aya::{Ebpf, programs::Xdp};
+use airlock_common::{EGRESS_PROGRAM_NAME, LAYOUT_VERSION, MAP_META, PROGRAM_NAME};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, Xdp},
+};
 
 pub use error::LoaderError;
-pub use link::{AttachMode, LinkState, interface_index, pinned_link_state};
+pub use flows::{Flow, FlowOccupancy, FlowTable, monotonic_ns};
+pub use link::{AttachMode, LinkKind, LinkState, interface_index, pinned_link_state};
 pub use meta::{PendingConfirm, PolicySummary, RuleSummary};
 pub use object::{floor_object_bytes, load_object, object_bytes};
-pub use pins::{DEFAULT_PIN_ROOT, LINK_PIN, PROGRAM_PIN, PinRoot};
+pub use pins::{
+    DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,
+};
 pub use policy_maps::{Counters, PolicyMaps};
 
 use crate::compile::Compiled;
@@ -56,11 +63,26 @@ impl LoadedFilter {
     pub fn program(&mut self) -> Result<&mut Xdp, LoaderError> {
         xdp_program(&mut self.ebpf)
     }
+
+    /// The egress program, loaded on first use (tests run it with BPF_PROG_TEST_RUN).
+    pub fn egress_program(&mut self) -> Result<&mut SchedClassifier, LoaderError> {
+        let program = egress_program(&mut self.ebpf)?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
+        }
+        Ok(program)
+    }
 }
 
 fn program_error(source: aya::programs::ProgramError) -> LoaderError {
+    named_program_error(PROGRAM_NAME, source)
+}
+
+fn named_program_error(name: &'static str, source: aya::programs::ProgramError) -> LoaderError {
     LoaderError::Program {
-        name: PROGRAM_NAME,
+        name,
         source: Box::new(source),
     }
 }
@@ -69,6 +91,14 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
     let missing = || program_error(aya::programs::ProgramError::UnexpectedProgramType);
     let program = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
     program.try_into().map_err(program_error)
+}
+
+fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, LoaderError> {
+    let error = |source| named_program_error(EGRESS_PROGRAM_NAME, source);
+    let program = ebpf
+        .program_mut(EGRESS_PROGRAM_NAME)
+        .ok_or_else(|| error(aya::programs::ProgramError::UnexpectedProgramType))?;
+    program.try_into().map_err(error)
 }
 
 /// Applies `compiled` to `iface`: swaps the policy of the filter already there, or
@@ -86,8 +116,9 @@ pub fn apply(
     root.ensure_mounted()?;
     let dir = root.interface_dir(iface);
     if dir.exists() {
-        match pinned_link_state(&dir.join(LINK_PIN)) {
+        match pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) {
             Ok(state) if state.ifindex == ifindex => {
+                ensure_egress(&dir, iface, ifindex)?;
                 return swap_policy(&dir, iface, compiled, summary);
             }
             state => {
@@ -104,6 +135,33 @@ pub fn apply(
     }
     summary.serial = 1;
     install(root, iface, compiled, summary)
+}
+
+/// Re-attaches the pinned egress program if its link is gone (someone detached it)
+/// while the XDP program still filters: replies to the host's flows would otherwise
+/// stop passing. The XDP link is left alone, so filtering never pauses.
+fn ensure_egress(dir: &Path, iface: &str, ifindex: u32) -> Result<(), LoaderError> {
+    let link_pin = dir.join(EGRESS_LINK_PIN);
+    if let Ok(state) = pinned_link_state(&link_pin, LinkKind::TcxEgress)
+        && state.ifindex == ifindex
+    {
+        return Ok(());
+    }
+    tracing::warn!(
+        iface,
+        "egress program not attached (return traffic would be dropped); re-attaching"
+    );
+    let mut program = SchedClassifier::from_pin(dir.join(EGRESS_PROGRAM_PIN))
+        .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
+    let link = link::attach_egress(&mut program, iface)?;
+    if link_pin.exists() {
+        fs::remove_file(&link_pin).map_err(|e| LoaderError::io("unpinning", &link_pin, e))?;
+    }
+    link.pin(&link_pin).map_err(|source| LoaderError::Pin {
+        path: link_pin,
+        source,
+    })?;
+    Ok(())
 }
 
 fn swap_policy(
@@ -199,6 +257,26 @@ fn install_staged(
             path: program_pin,
             source,
         })?;
+    let egress = egress_program(&mut ebpf)?;
+    egress
+        .load()
+        .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
+    let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
+    egress.pin(&egress_pin).map_err(|source| LoaderError::Pin {
+        path: egress_pin,
+        source,
+    })?;
+    // Flows are recorded before the filter starts dropping, so a connection the
+    // host opens while this install runs still gets its replies.
+    let egress_link = link::attach_egress(egress, iface)?;
+    let egress_link_pin = staging.join(EGRESS_LINK_PIN);
+    egress_link
+        .pin(&egress_link_pin)
+        .map_err(|source| LoaderError::Pin {
+            path: egress_link_pin,
+            source,
+        })?;
+    let program = xdp_program(&mut ebpf)?;
     maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
     // The policy goes in before the program sees its first packet.
     // Attach mode is only known after attaching; record the likely one and fix it up.

@@ -1,5 +1,5 @@
 //! Where a filter lives in bpffs. Every path is named here and nowhere else:
-//! `<root>/<ifname>/{prog,link,<MAP_NAME>...}`.
+//! `<root>/<ifname>/{prog,link,egress_prog,egress_link,<MAP_NAME>...}`.
 //!
 //! bpffs refuses names containing a dot, and interface names may have one
 //! (`eth0.100`), so directory names escape `%` and `.` as `%25` and `%2e`. Staging
@@ -20,6 +20,8 @@ use super::LoaderError;
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/airlock";
 pub const PROGRAM_PIN: &str = "prog";
 pub const LINK_PIN: &str = "link";
+pub const EGRESS_PROGRAM_PIN: &str = "egress_prog";
+pub const EGRESS_LINK_PIN: &str = "egress_link";
 
 #[derive(Clone, Debug)]
 pub struct PinRoot {
@@ -131,10 +133,12 @@ fn in_host_mount_namespace() -> bool {
 /// program once no process holds it any more.
 pub(crate) fn remove_dir(dir: &Path) -> Result<(), LoaderError> {
     let entries = fs::read_dir(dir).map_err(|e| LoaderError::io("listing", dir, e))?;
-    // The link first, so the program stops filtering before its maps go away.
-    let link = dir.join(LINK_PIN);
-    if link.exists() {
-        fs::remove_file(&link).map_err(|e| LoaderError::io("unpinning", &link, e))?;
+    // The links first, so the programs stop before their maps go away.
+    for link in [LINK_PIN, EGRESS_LINK_PIN] {
+        let link = dir.join(link);
+        if link.exists() {
+            fs::remove_file(&link).map_err(|e| LoaderError::io("unpinning", &link, e))?;
+        }
     }
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();

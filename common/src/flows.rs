@@ -1,0 +1,67 @@
+//! The return-traffic flow table: which flows the host itself has opened, so that
+//! under `default: drop` their replies pass (design.md, verdict rule 6).
+//!
+//! Written only by the TC egress program, from packets the host sends; the XDP
+//! program only reads it. A flood of spoofed "replies" therefore cannot add a
+//! single entry, and the table is an LRU hash of fixed size, so memory is bounded
+//! whatever the traffic: when it is full, the least recently used flow is evicted
+//! (and comes back with the host's next packet on it).
+
+/// Flows tracked per interface. Preallocated by the kernel (about 100 bytes each
+/// with the LRU's bookkeeping, so ~6.5 MiB per interface).
+pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
+
+pub const MAP_FLOWS: &str = "FLOWS";
+
+/// Name of the TC egress program in the object.
+pub const EGRESS_PROGRAM_NAME: &str = "airlock_egress";
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// How long after the host's last packet on an open TCP connection replies still
+/// pass: Linux's default `tcp_keepalive_time`, so a connection with keepalive on is
+/// refreshed before it expires however quiet it is.
+pub const TCP_TIMEOUT_NS: u64 = 7_200 * SECOND_NS;
+/// After the host sent a FIN: long enough for the peer's FIN and the last ACKs
+/// (conntrack's TIME_WAIT is also 120 s).
+pub const TCP_CLOSING_TIMEOUT_NS: u64 = 120 * SECOND_NS;
+/// UDP has no end: conntrack's timeout for a UDP flow that has seen replies.
+pub const UDP_TIMEOUT_NS: u64 = 120 * SECOND_NS;
+/// An echo request's replies.
+pub const ICMP_ECHO_TIMEOUT_NS: u64 = 30 * SECOND_NS;
+/// The egress program rewrites an entry only when its deadline would move by more
+/// than this, so a busy flow costs a lookup per packet, not a write.
+pub const FLOW_REFRESH_SLACK_NS: u64 = SECOND_NS;
+
+pub const FLOW_FAMILY_V4: u8 = 4;
+pub const FLOW_FAMILY_V6: u8 = 6;
+
+/// A flow seen from the host: the remote peer's address and port, the host's port,
+/// the protocol. ICMP echo uses the echo identifier as `local_port` and 0 as
+/// `peer_port`. The host's own address is left out: a reply must come back on the
+/// interface the flow left by, and that interface's table is the one consulted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// IPv4 in the first 4 bytes (the rest zero), or IPv6.
+    pub peer: [u8; 16],
+    pub local_port: u16,
+    pub peer_port: u16,
+    /// IP protocol number (6, 17, 1, 58).
+    pub protocol: u8,
+    /// [`FLOW_FAMILY_V4`] or [`FLOW_FAMILY_V6`].
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `FLOWS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// `bpf_ktime_get_ns()` after which replies no longer pass.
+    pub expires_ns: u64,
+    /// Nonzero once the host sent a FIN on this TCP flow: it stays on the short
+    /// timeout even as the last ACKs go out.
+    pub closing: u32,
+    pub _pad: u32,
+}

@@ -1,0 +1,630 @@
+//! Stateful return traffic under `default: drop` (design.md, verdict rule 6): the
+//! host's own connections get their replies; nobody else's packets get in by
+//! pretending to be replies.
+//!
+//! First the two real programs through BPF_PROG_TEST_RUN (the egress program
+//! records a flow from a packet the host sends, the XDP program passes its reply),
+//! then real TCP and UDP between two namespaces with the CLI-applied filter.
+//! Needs root; fails (never skips) without it.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use airlock::loader::{Flow, monotonic_ns};
+use airlock::reference;
+use airlock_common::{FLOW_TABLE_ENTRIES, Reason, TCP_CLOSING_TIMEOUT_NS};
+use airlock_integration::{
+    fixture::{Fixture, PORT, REFUSED},
+    kernel::{Harness, XDP_DROP, XDP_PASS, action_name},
+    netns::{Namespace, Server, Testbed, addr},
+    packet::{FrameSpec, SOURCE_PORT, TCP_FLAGS_OFFSET, mirror},
+};
+use socket2::{Domain, Socket, Type};
+
+const STRANGER: &str = "203.0.113.10";
+const STRANGER_V6: &str = "2001:db8:bad::10";
+const DENIED: &str = "203.0.113.66";
+
+/// Default drop; one rule on 5432/tcp for the office; a denied address.
+fn policy(default: &str, mode: &str) -> String {
+    format!(
+        "version: 1\ninterfaces: [eth0]\ndefault: {default}\nmode: {mode}\n\
+         deny: [{DENIED}]\nsets:\n  office: [198.51.100.0/24]\n\
+         rules:\n  - name: db\n    ports: [5432/tcp]\n    from: [office]\n"
+    )
+}
+
+/// Runs `spec` through XDP and checks the kernel against both the obvious
+/// expectation and the reference model told whether the packet answers an open
+/// flow (`answers`).
+fn expect(h: &mut Harness, spec: FrameSpec, answers: bool, action: u32, reason: Reason) {
+    let frame = spec.build();
+    let policy = h.policy.as_ref().expect("policy applied");
+    let model = reference::verdict_for(policy, &frame.class, answers);
+    let kernel = h.run(&frame.bytes);
+    assert_eq!(
+        (action_name(kernel.action), kernel.reason),
+        (action_name(action), reason),
+        "kernel, for {:?}",
+        frame.spec
+    );
+    assert_eq!(
+        (model.pass, model.reason),
+        (action == XDP_PASS, reason),
+        "reference model, for {:?}",
+        frame.spec
+    );
+}
+
+/// The host sends the packet that `reply` answers; returns the egress program's
+/// return value.
+fn host_sends_what_answers(h: &mut Harness, reply: &FrameSpec) -> i32 {
+    let mut bytes = reply.build().bytes;
+    mirror(&mut bytes);
+    h.run_egress(&bytes)
+}
+
+/// The host sends a TCP segment with `flags` on the flow `reply` answers.
+fn host_sends_tcp_flags(h: &mut Harness, reply: &FrameSpec, flags: u8) -> i32 {
+    let mut bytes = reply.build().bytes;
+    let l4 = mirror(&mut bytes);
+    bytes[l4 + TCP_FLAGS_OFFSET] = flags;
+    h.run_egress(&bytes)
+}
+
+const TCX_NEXT: i32 = -1;
+
+#[test]
+fn replies_to_flows_the_host_opened_pass_and_nothing_else_does() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    for peer in [STRANGER, STRANGER_V6] {
+        let tcp_reply = FrameSpec::tcp(peer, 33000);
+        let udp_reply = FrameSpec::udp(peer, 33001);
+        // Before the host sent anything, the "replies" are unsolicited.
+        expect(
+            &mut h,
+            tcp_reply.clone(),
+            false,
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
+        expect(
+            &mut h,
+            udp_reply.clone(),
+            false,
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
+
+        assert_eq!(host_sends_what_answers(&mut h, &tcp_reply), TCX_NEXT);
+        assert_eq!(host_sends_what_answers(&mut h, &udp_reply), TCX_NEXT);
+        expect(&mut h, tcp_reply, true, XDP_PASS, Reason::ReturnTraffic);
+        expect(&mut h, udp_reply, true, XDP_PASS, Reason::ReturnTraffic);
+
+        // The same peer to another port, or over the other protocol: not a reply.
+        expect(
+            &mut h,
+            FrameSpec::tcp(peer, 33002),
+            false,
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
+        expect(
+            &mut h,
+            FrameSpec::udp(peer, 33000),
+            false,
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
+    }
+    // Another peer to the same port.
+    expect(
+        &mut h,
+        FrameSpec::tcp("203.0.113.11", 33000),
+        false,
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
+    // The same peer from another source port.
+    h.open_flow(&Flow {
+        peer: STRANGER.parse().unwrap(),
+        protocol: 6,
+        local_port: 34000,
+        peer_port: SOURCE_PORT + 1,
+    });
+    expect(
+        &mut h,
+        FrameSpec::tcp(STRANGER, 34000),
+        false,
+        XDP_DROP,
+        Reason::DefaultDrop,
+    );
+
+    // Echo: the host's echo request lets its reply in; the peer's own request is not.
+    for (peer, request, reply) in [(STRANGER, 8, 0), (STRANGER_V6, 128, 129)] {
+        expect(
+            &mut h,
+            FrameSpec::icmp(peer, reply),
+            false,
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
+        assert_eq!(
+            host_sends_what_answers(&mut h, &FrameSpec::icmp(peer, request)),
+            TCX_NEXT
+        );
+        expect(
+            &mut h,
+            FrameSpec::icmp(peer, reply),
+            true,
+            XDP_PASS,
+            Reason::ReturnTraffic,
+        );
+        expect(
+            &mut h,
+            FrameSpec::icmp(peer, request),
+            true,
+            XDP_DROP,
+            Reason::DefaultDrop,
+        );
+    }
+
+    let flows = h.flows.flows().expect("read flows");
+    let tcp = Flow {
+        peer: STRANGER.parse().unwrap(),
+        protocol: 6,
+        local_port: 33000,
+        peer_port: SOURCE_PORT,
+    };
+    assert!(
+        flows.iter().any(|(flow, _)| *flow == tcp),
+        "the egress program recorded {tcp:?}: {flows:?}"
+    );
+}
+
+#[test]
+fn rules_deny_and_default_pass_come_before_return_traffic() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    // The host talked to a stranger from the covered port: the rule still decides.
+    let covered = FrameSpec::tcp(STRANGER, PORT);
+    host_sends_what_answers(&mut h, &covered);
+    expect(&mut h, covered, true, XDP_DROP, Reason::RuleRefused);
+    // A denied source stays denied even when the host talked to it.
+    let denied = FrameSpec::tcp(DENIED, 33000);
+    host_sends_what_answers(&mut h, &denied);
+    expect(&mut h, denied, true, XDP_DROP, Reason::Deny);
+    // Under default: pass there is nothing to decide.
+    let reply = FrameSpec::udp(STRANGER, 33003);
+    host_sends_what_answers(&mut h, &reply);
+    h.apply(&policy("pass", "enforce"));
+    expect(&mut h, reply.clone(), true, XDP_PASS, Reason::DefaultPass);
+    // Monitor mode judges (and counts) exactly as enforce mode.
+    h.apply(&policy("drop", "monitor"));
+    expect(&mut h, reply, true, XDP_PASS, Reason::ReturnTraffic);
+    expect(
+        &mut h,
+        FrameSpec::udp(STRANGER, 33004),
+        false,
+        XDP_PASS,
+        Reason::DefaultDrop,
+    );
+}
+
+#[test]
+fn a_flow_ends_when_the_host_resets_it_and_winds_down_after_its_fin() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    let reply = FrameSpec::tcp(STRANGER, 33010);
+    host_sends_what_answers(&mut h, &reply);
+    expect(&mut h, reply.clone(), true, XDP_PASS, Reason::ReturnTraffic);
+    assert_eq!(host_sends_tcp_flags(&mut h, &reply, 0x04), TCX_NEXT); // RST
+    expect(&mut h, reply.clone(), false, XDP_DROP, Reason::DefaultDrop);
+
+    // FIN|ACK: still open, but on the short closing timeout, and the last ACK the
+    // host sends afterwards does not put it back on the long one.
+    host_sends_what_answers(&mut h, &reply);
+    assert_eq!(host_sends_tcp_flags(&mut h, &reply, 0x11), TCX_NEXT);
+    assert_eq!(host_sends_tcp_flags(&mut h, &reply, 0x10), TCX_NEXT);
+    expect(&mut h, reply, true, XDP_PASS, Reason::ReturnTraffic);
+    let flows = h.flows.flows().expect("read flows");
+    let (_, state) = flows
+        .iter()
+        .find(|(flow, _)| flow.local_port == 33010)
+        .expect("flow present");
+    assert_eq!(state.closing, 1);
+    assert!(
+        state.expires_ns <= monotonic_ns() + TCP_CLOSING_TIMEOUT_NS,
+        "closing flow expires within the closing timeout"
+    );
+}
+
+#[test]
+fn an_expired_flow_lets_nothing_in() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    let reply = FrameSpec::udp(STRANGER, 33020);
+    h.open_flow(&answered(&reply));
+    expect(&mut h, reply.clone(), true, XDP_PASS, Reason::ReturnTraffic);
+    h.expired_flow(&answered(&reply));
+    expect(&mut h, reply, false, XDP_DROP, Reason::DefaultDrop);
+}
+
+fn answered(spec: &FrameSpec) -> Flow {
+    airlock_integration::kernel::answered_flow(&spec.build().class).expect("can answer a flow")
+}
+
+#[test]
+fn a_flood_of_fake_replies_is_dropped_and_adds_nothing_to_the_table() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    let genuine = FrameSpec::udp(STRANGER, 40_000);
+    host_sends_what_answers(&mut h, &genuine);
+    let before = h.flows.flows().expect("read flows").len();
+    let mut passed = 0;
+    for i in 0..2_000u32 {
+        let port = 1024 + (i * 7919 % 60_000) as u16;
+        if port == 40_000 {
+            continue;
+        }
+        let peer = format!("203.0.113.{}", 1 + i % 250);
+        for spec in [FrameSpec::udp(&peer, port), FrameSpec::tcp(&peer, port)] {
+            if h.run(&spec.build().bytes).action == XDP_PASS {
+                passed += 1;
+            }
+        }
+    }
+    assert_eq!(passed, 0, "fake replies got through");
+    assert_eq!(h.flows.flows().expect("read flows").len(), before);
+    expect(&mut h, genuine, true, XDP_PASS, Reason::ReturnTraffic);
+}
+
+#[test]
+fn a_full_table_still_records_new_flows_by_evicting_old_ones() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    let far = monotonic_ns() + 3_600_000_000_000;
+    for i in 0..FLOW_TABLE_ENTRIES {
+        let flow = Flow {
+            peer: IpAddr::from([198, 18, (i >> 8) as u8, i as u8]),
+            protocol: 17,
+            local_port: 50_000,
+            peer_port: 53,
+        };
+        h.flows.insert(&flow, far).expect("fill flow table");
+    }
+    let reply = FrameSpec::tcp(STRANGER, 33030);
+    host_sends_what_answers(&mut h, &reply);
+    expect(&mut h, reply, true, XDP_PASS, Reason::ReturnTraffic);
+    let present = h.flows.flows().expect("read flows").len();
+    assert!(
+        present <= FLOW_TABLE_ENTRIES as usize,
+        "the table never grows past its size ({present})"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Real traffic between two namespaces.
+// ---------------------------------------------------------------------------
+
+const PEER_TCP_PORT: u16 = 7000;
+const PEER_UDP_PORT: u16 = 7053;
+/// A port on the host that no rule covers, with listeners behind it.
+const HOST_OPEN_PORT: u16 = 7100;
+/// For the host's own connections: generous, because the first IPv6 exchange on a
+/// fresh link can wait on neighbour discovery. A reply the filter drops is dropped
+/// on every retransmission too, so waiting longer cannot hide a wrong verdict.
+const HOST_SIDE: Duration = Duration::from_secs(3);
+
+/// A UDP echo responder on the client side (the remote peer), on every address.
+struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start(ns: &Namespace, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = ["0.0.0.0", "::"]
+            .into_iter()
+            .map(|ip| {
+                let stop = Arc::clone(&stop);
+                let bind = SocketAddr::new(ip.parse().unwrap(), port);
+                let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+                let thread = ns.spawn(move || {
+                    let socket = reusable_udp(bind);
+                    socket
+                        .set_read_timeout(Some(Duration::from_millis(20)))
+                        .unwrap();
+                    ready_tx.send(()).ok();
+                    let mut buf = [0u8; 512];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                            let _ = socket.send_to(&buf[..n], from);
+                        }
+                    }
+                });
+                ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+                thread
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A UDP socket others may bind too (the fake-reply flood sends from the echo
+/// responder's own address and port).
+fn reusable_udp(bind: SocketAddr) -> UdpSocket {
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, None).unwrap();
+    if bind.is_ipv6() {
+        socket.set_only_v6(true).unwrap();
+    }
+    socket.set_reuse_address(true).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket.bind(&bind.into()).unwrap();
+    socket.into()
+}
+
+/// From the server (the filtered host): TCP connect to the peer and read its
+/// greeting byte.
+fn host_connects_out(bed: &Testbed, peer: &str, port: u16) -> std::io::Result<()> {
+    let peer: IpAddr = peer.parse().unwrap();
+    let local = Testbed::server_addr_for(peer);
+    bed.server
+        .spawn(move || {
+            use std::io::Read as _;
+            let socket = Socket::new(
+                Domain::for_address(SocketAddr::new(peer, 0)),
+                Type::STREAM,
+                None,
+            )?;
+            socket.bind(&SocketAddr::new(local, 0).into())?;
+            socket.connect_timeout(&SocketAddr::new(peer, port).into(), HOST_SIDE)?;
+            let mut stream: std::net::TcpStream = socket.into();
+            stream.set_read_timeout(Some(HOST_SIDE))?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte)
+        })
+        .join()
+        .unwrap()
+}
+
+/// From the server: a UDP query to the peer; returns the local port used and the
+/// answer, if one came back.
+fn host_queries(bed: &Testbed, peer: &str, port: u16) -> (u16, Option<Vec<u8>>) {
+    let peer: IpAddr = peer.parse().unwrap();
+    let local = Testbed::server_addr_for(peer);
+    bed.server
+        .spawn(move || {
+            let socket = UdpSocket::bind(SocketAddr::new(local, 0)).unwrap();
+            socket.set_read_timeout(Some(HOST_SIDE)).unwrap();
+            socket
+                .send_to(b"query", SocketAddr::new(peer, port))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let answer = socket
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(n, _)| buf[..n].to_vec());
+            (socket.local_addr().unwrap().port(), answer)
+        })
+        .join()
+        .unwrap()
+}
+
+/// Counts UDP datagrams arriving on the server's `port` until dropped.
+struct UdpSink {
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl UdpSink {
+    fn start(ns: &Namespace, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicUsize::new(0));
+        let (s, r) = (Arc::clone(&stop), Arc::clone(&received));
+        let thread = ns.spawn(move || {
+            let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let mut buf = [0u8; 512];
+            while !s.load(Ordering::Relaxed) {
+                if socket.recv_from(&mut buf).is_ok() {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Self {
+            stop,
+            received,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn reason_packets(status: &serde_json::Value, reason: Reason) -> u64 {
+    status["interfaces"][0]["reasons"][reason.name()]["packets"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn under_default_drop_the_host_gets_its_replies_and_strangers_stay_out() {
+    let f = Fixture::new("rt");
+    let text = policy("drop", "enforce").replace("eth0", &f.bed.server_if);
+    let policy = f.write("p.yaml", &text);
+    let _peer_tcp = Server::start(&f.bed.client, PEER_TCP_PORT);
+    let _peer_udp = UdpEcho::start(&f.bed.client, PEER_UDP_PORT);
+    let _host_tcp = Server::start(&f.bed.server, HOST_OPEN_PORT);
+    let host_udp = UdpSink::start(&f.bed.server, HOST_OPEN_PORT);
+    f.apply(&policy);
+    let status = f.status_json();
+    assert_eq!(
+        status["interfaces"][0]["return_traffic"]["egress"], "attached",
+        "{status}"
+    );
+
+    // The host opens connections to a peer in no allowed set, and gets its replies.
+    for peer in [STRANGER, STRANGER_V6] {
+        host_connects_out(&f.bed, peer, PEER_TCP_PORT)
+            .unwrap_or_else(|e| panic!("TCP to {peer} from the filtered host: {e}"));
+        let (_, answer) = host_queries(&f.bed, peer, PEER_UDP_PORT);
+        assert_eq!(
+            answer.as_deref(),
+            Some(&b"query"[..]),
+            "UDP answer from {peer}"
+        );
+        // A closed port answers with a RST, which is a reply too: refused at once,
+        // not a timeout.
+        let closed =
+            host_connects_out(&f.bed, peer, PEER_TCP_PORT + 1).expect_err("nothing listens there");
+        assert_eq!(
+            closed.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "the peer's RST reached the host ({peer}): {closed}"
+        );
+    }
+    let status = f.status_json();
+    assert!(
+        reason_packets(&status, Reason::ReturnTraffic) >= 8,
+        "{status}"
+    );
+    assert!(
+        status["interfaces"][0]["return_traffic"]["flows_live"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4,
+        "{status}"
+    );
+
+    // The same peer's unsolicited SYNs and datagrams are dropped.
+    assert!(
+        !f.bed.connects(addr::STRANGER_V4, HOST_OPEN_PORT, REFUSED),
+        "unsolicited TCP from the stranger got in"
+    );
+    assert!(
+        !f.bed.connects(addr::STRANGER_V6, HOST_OPEN_PORT, REFUSED),
+        "unsolicited TCP (IPv6) from the stranger got in"
+    );
+    f.bed.send_udp(addr::STRANGER_V4, HOST_OPEN_PORT, 20);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(host_udp.received.load(Ordering::Relaxed), 0);
+    // The office still reaches the database, as before.
+    assert!(f.gets_in(addr::OFFICE_V4));
+    assert!(f.kept_out(addr::STRANGER_V4));
+}
+
+#[test]
+fn a_flood_of_fake_udp_replies_from_a_real_peer_gets_nothing_through() {
+    let f = Fixture::new("rf");
+    let text = policy("drop", "enforce").replace("eth0", &f.bed.server_if);
+    let policy = f.write("p.yaml", &text);
+    let _peer_udp = UdpEcho::start(&f.bed.client, PEER_UDP_PORT);
+    f.apply(&policy);
+    // A genuine exchange first: the peer's address and port now have an open flow.
+    let (query_port, answer) = host_queries(&f.bed, STRANGER, PEER_UDP_PORT);
+    assert!(answer.is_some(), "the genuine answer must arrive");
+    let before = f.status_json();
+    let flows_before = before["interfaces"][0]["return_traffic"]["flows_present"].clone();
+
+    // Then 2,000 "replies" from that same address and port to every other port.
+    const FLOOD: u16 = 2_000;
+    let target: IpAddr = Testbed::server_addr_for(STRANGER.parse().unwrap());
+    f.bed
+        .client
+        .spawn(move || {
+            let socket = reusable_udp(SocketAddr::new(STRANGER.parse().unwrap(), PEER_UDP_PORT));
+            let mut sent = 0;
+            let mut port = 20_000;
+            while sent < FLOOD {
+                port += 1;
+                if port == query_port {
+                    continue;
+                }
+                socket
+                    .send_to(b"fake answer", SocketAddr::new(target, port))
+                    .unwrap();
+                sent += 1;
+            }
+        })
+        .join()
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let after = f.status_json();
+    assert_eq!(
+        reason_packets(&after, Reason::ReturnTraffic),
+        reason_packets(&before, Reason::ReturnTraffic),
+        "no fake reply passed as return traffic"
+    );
+    assert!(
+        reason_packets(&after, Reason::DefaultDrop) - reason_packets(&before, Reason::DefaultDrop)
+            >= u64::from(FLOOD),
+        "every fake reply was dropped: {after}"
+    );
+    assert_eq!(
+        after["interfaces"][0]["return_traffic"]["flows_present"], flows_before,
+        "fake replies added nothing to the flow table"
+    );
+}
+
+#[test]
+fn detaching_the_egress_program_is_repaired_by_the_next_apply() {
+    let f = Fixture::new("re");
+    let text = policy("drop", "enforce").replace("eth0", &f.bed.server_if);
+    let policy = f.write("p.yaml", &text);
+    let _peer_tcp = Server::start(&f.bed.client, PEER_TCP_PORT);
+    f.apply(&policy);
+    let link = f
+        .bed
+        .bpffs
+        .path()
+        .join(&f.bed.server_if)
+        .join(airlock::loader::EGRESS_LINK_PIN);
+    std::fs::remove_file(&link).expect("unpin the egress link");
+    let status = f.status_json();
+    assert_eq!(
+        status["interfaces"][0]["return_traffic"]["egress"],
+        "detached"
+    );
+    let started = std::time::Instant::now();
+    assert!(
+        host_connects_out(&f.bed, STRANGER, PEER_TCP_PORT).is_err(),
+        "without the egress program the replies are dropped"
+    );
+    assert!(started.elapsed() >= HOST_SIDE, "a timeout, not a refusal");
+    f.apply(&policy);
+    let status = f.status_json();
+    assert_eq!(
+        status["interfaces"][0]["return_traffic"]["egress"],
+        "attached"
+    );
+    host_connects_out(&f.bed, STRANGER, PEER_TCP_PORT).expect("replies pass again");
+}
