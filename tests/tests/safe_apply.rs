@@ -145,6 +145,18 @@ fn lockout_of_the_ssh_session_is_refused_without_force() {
     let office = f.policy("office.yaml", "office");
     // The SSH session comes from the stranger, to the server's 203.0.113.1:22.
     let stranger_session = format!("{} 50022 203.0.113.1 22", addr::STRANGER_V4);
+    // A dry run is refused the same way, so it can be asked first.
+    let dry = f.airlock_env(
+        &["apply", "-f", s(&office), "--dry-run"],
+        "SSH_CONNECTION",
+        &stranger_session,
+    );
+    assert_eq!(
+        dry.code, 2,
+        "a dry run of a lockout exits 2: {}",
+        dry.stderr
+    );
+    assert!(dry.stderr.contains("rule ssh refuses"), "{}", dry.stderr);
     let run = f.airlock_env(
         &["apply", "-f", s(&office)],
         "SSH_CONNECTION",

@@ -60,6 +60,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     if args.dry_run {
         output::dry_run(&policy, &compiled, &ifaces, args.output)?;
+        // A dry run answers "would this apply go through?": the lockout check
+        // refuses it the same way (same message, same exit code).
+        safe::check_lockout(&policy, &ifaces, args.force)?;
         return Ok(ExitCode::SUCCESS);
     }
     interfaces::check_exist(&ifaces)?;
