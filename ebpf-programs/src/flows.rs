@@ -80,53 +80,96 @@ pub fn is_reply(peer: Peer, l4: L4) -> bool {
     }
 }
 
+/// What a packet the host sends means for the table, as plain always-initialized
+/// integers: handing the `L4` enum itself through several functions let LLVM move
+/// its undefined payload bytes around, which the verifier refuses (see sample.rs).
+pub struct Outgoing {
+    pub key: FlowKey,
+    /// How long its replies may come after this packet.
+    pub timeout_ns: u64,
+    /// 1: the host sent a FIN; 2: a RST (the flow is over); 0 otherwise.
+    pub ending: u8,
+}
+
+const ENDING_FIN: u8 = 1;
+const ENDING_RST: u8 = 2;
+
+impl Outgoing {
+    /// `None` for what opens no flow (other protocols, ICMP other than echo).
+    #[inline(always)]
+    pub fn of(peer: Peer, l4: L4) -> Option<Self> {
+        let (key, timeout_ns, ending) = match l4 {
+            L4::Tcp(ports, flags) => {
+                let ending = if flags & TCP_RST != 0 {
+                    ENDING_RST
+                } else if flags & TCP_FIN != 0 {
+                    ENDING_FIN
+                } else {
+                    0
+                };
+                (
+                    key(peer, IPPROTO_TCP, ports.local, ports.peer),
+                    TCP_TIMEOUT_NS,
+                    ending,
+                )
+            }
+            L4::Udp(ports) => (
+                key(peer, IPPROTO_UDP, ports.local, ports.peer),
+                UDP_TIMEOUT_NS,
+                0,
+            ),
+            L4::Icmp(Icmp {
+                icmp_type: ICMP_ECHO_REQUEST,
+                echo_id,
+            }) => (key(peer, IPPROTO_ICMP, echo_id, 0), ICMP_ECHO_TIMEOUT_NS, 0),
+            L4::Icmpv6(Icmp {
+                icmp_type: ICMPV6_ECHO_REQUEST,
+                echo_id,
+            }) => (
+                key(peer, IPPROTO_ICMPV6, echo_id, 0),
+                ICMP_ECHO_TIMEOUT_NS,
+                0,
+            ),
+            _ => return None,
+        };
+        Some(Outgoing {
+            key,
+            timeout_ns,
+            ending,
+        })
+    }
+
+    /// TCP (`Some(true)`) or UDP (`Some(false)`): the protocols rules cover.
+    #[inline(always)]
+    pub fn ported(&self) -> Option<bool> {
+        match self.key.protocol {
+            IPPROTO_TCP => Some(true),
+            IPPROTO_UDP => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// Records (or refreshes, or forgets) the flow of a packet the host is sending.
 #[inline(always)]
-pub fn record(peer: Peer, l4: L4) {
-    let (key, timeout, closing) = match l4 {
-        L4::Tcp(ports, flags) => {
-            let key = key(peer, IPPROTO_TCP, ports.local, ports.peer);
-            if flags & TCP_RST != 0 {
-                // The host aborted the connection: nothing more should come back.
-                let _ = FLOWS.remove(key);
-                return;
-            }
-            (key, TCP_TIMEOUT_NS, flags & TCP_FIN != 0)
-        }
-        L4::Udp(ports) => (
-            key(peer, IPPROTO_UDP, ports.local, ports.peer),
-            UDP_TIMEOUT_NS,
-            false,
-        ),
-        L4::Icmp(Icmp {
-            icmp_type: ICMP_ECHO_REQUEST,
-            echo_id,
-        }) => (
-            key(peer, IPPROTO_ICMP, echo_id, 0),
-            ICMP_ECHO_TIMEOUT_NS,
-            false,
-        ),
-        L4::Icmpv6(Icmp {
-            icmp_type: ICMPV6_ECHO_REQUEST,
-            echo_id,
-        }) => (
-            key(peer, IPPROTO_ICMPV6, echo_id, 0),
-            ICMP_ECHO_TIMEOUT_NS,
-            false,
-        ),
-        _ => return,
-    };
+pub fn record(outgoing: &Outgoing) {
+    let key = outgoing.key;
+    if outgoing.ending == ENDING_RST {
+        // The host aborted the connection: nothing more should come back.
+        let _ = FLOWS.remove(key);
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let (was_closing, old_expiry) = match FLOWS.get_ptr(key) {
         // SAFETY: a map value pointer the kernel returned.
         Some(state) => unsafe { ((*state).closing != 0, (*state).expires_ns) },
         None => (false, 0),
     };
-    let closing = closing || was_closing;
+    let closing = outgoing.ending == ENDING_FIN || was_closing;
     let timeout = if closing {
         TCP_CLOSING_TIMEOUT_NS
     } else {
-        timeout
+        outgoing.timeout_ns
     };
     let expires_ns = now + timeout;
     // Skip the write when nothing would change by more than the slack: a busy flow

@@ -142,14 +142,36 @@ pub fn airlock_egress(ctx: TcContext) -> i32 {
     if ctx.data_end() - ctx.data() < EGRESS_HEADER_BYTES {
         let _ = ctx.pull_data(core::cmp::min(ctx.len(), EGRESS_HEADER_BYTES as u32));
     }
-    if let Packet::Ip(peer, l4) = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end())) {
-        flows::record(peer, l4);
+    if let Packet::Ip(peer, l4) = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end()))
+        && let Some(outgoing) = flows::Outgoing::of(peer, l4)
+        && !served_by_rules(&outgoing)
+    {
+        flows::record(&outgoing);
     }
     // TCX_NEXT: let any program after ours (another tool's) decide as usual.
     TCX_NEXT
 }
 
 const TCX_NEXT: i32 = -1;
+
+/// Whether the host sends this from a port some rule of the policy in force covers
+/// (a service it offers): the rules decide what its peers send back (rule 5 comes
+/// before rule 6), so recording it would only let a busy server's own connections
+/// crowd the host's outgoing flows out of the table.
+#[inline(always)]
+fn served_by_rules(outgoing: &flows::Outgoing) -> bool {
+    let Some(tcp) = outgoing.ported() else {
+        return false;
+    };
+    let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
+    if maps::CONFIG
+        .get(generation)
+        .is_none_or(|config| config.valid == 0)
+    {
+        return false;
+    }
+    maps::port_rules(generation, tcp, outgoing.key.local_port) != 0
+}
 
 /// Enough for Ethernet, two VLAN tags, IPv6 with a few extension headers and the
 /// ports.

@@ -198,6 +198,13 @@ fn rules_deny_and_default_pass_come_before_return_traffic() {
     let covered = FrameSpec::tcp(STRANGER, PORT);
     host_sends_what_answers(&mut h, &covered);
     expect(&mut h, covered, true, XDP_DROP, Reason::RuleRefused);
+    // ... and such packets are not even recorded: a busy service's connections must
+    // not crowd the host's own outgoing flows out of the table.
+    let flows = h.flows.flows().expect("read flows");
+    assert!(
+        flows.iter().all(|(flow, _)| flow.local_port != PORT),
+        "a flow from the covered port was recorded: {flows:?}"
+    );
     // A denied source stays denied even when the host talked to it.
     let denied = FrameSpec::tcp(DENIED, 33000);
     host_sends_what_answers(&mut h, &denied);
