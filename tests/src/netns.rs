@@ -259,6 +259,32 @@ impl Testbed {
     }
 }
 
+impl Testbed {
+    /// The other direction: the server (the filtered host) opens a TCP connection to
+    /// `peer` on the client side, from its address in the same subnet, and reads the
+    /// greeting byte of a [`Server`] there.
+    pub fn connects_out(&self, peer: &str, port: u16, timeout: Duration) -> std::io::Result<()> {
+        let peer: IpAddr = peer.parse().expect("address");
+        let local = Self::server_addr_for(peer);
+        self.server
+            .spawn(move || {
+                let socket = Socket::new(
+                    Domain::for_address(SocketAddr::new(peer, 0)),
+                    Type::STREAM,
+                    None,
+                )?;
+                socket.bind(&SocketAddr::new(local, 0).into())?;
+                socket.connect_timeout(&SocketAddr::new(peer, port).into(), timeout)?;
+                let mut stream: std::net::TcpStream = socket.into();
+                stream.set_read_timeout(Some(timeout))?;
+                let mut byte = [0u8; 1];
+                stream.read_exact(&mut byte)
+            })
+            .join()
+            .expect("client thread")
+    }
+}
+
 /// A TCP server in a namespace that greets every connection with one byte; stops
 /// when dropped.
 pub struct Server {

@@ -392,25 +392,7 @@ fn reusable_udp(bind: SocketAddr) -> UdpSocket {
 /// From the server (the filtered host): TCP connect to the peer and read its
 /// greeting byte.
 fn host_connects_out(bed: &Testbed, peer: &str, port: u16) -> std::io::Result<()> {
-    let peer: IpAddr = peer.parse().unwrap();
-    let local = Testbed::server_addr_for(peer);
-    bed.server
-        .spawn(move || {
-            use std::io::Read as _;
-            let socket = Socket::new(
-                Domain::for_address(SocketAddr::new(peer, 0)),
-                Type::STREAM,
-                None,
-            )?;
-            socket.bind(&SocketAddr::new(local, 0).into())?;
-            socket.connect_timeout(&SocketAddr::new(peer, port).into(), HOST_SIDE)?;
-            let mut stream: std::net::TcpStream = socket.into();
-            stream.set_read_timeout(Some(HOST_SIDE))?;
-            let mut byte = [0u8; 1];
-            stream.read_exact(&mut byte)
-        })
-        .join()
-        .unwrap()
+    bed.connects_out(peer, port, HOST_SIDE)
 }
 
 /// From the server: a UDP query to the peer; returns the local port used and the
