@@ -2,10 +2,11 @@
 //! under `default: drop` their replies pass (design.md, verdict rule 6).
 //!
 //! Written only by the TC egress program, from packets the host sends; the XDP
-//! program only reads it. A flood of spoofed "replies" therefore cannot add a
-//! single entry, and the table is an LRU hash of fixed size, so memory is bounded
-//! whatever the traffic: when it is full, the least recently used flow is evicted
-//! (and comes back with the host's next packet on it).
+//! program only reads it. Packets arriving from outside therefore never write it
+//! (a flood of spoofed "replies" cannot add an entry), a TCP flow is only created
+//! by the host's own SYN, and the table is an LRU hash of fixed size, so memory is
+//! bounded whatever the traffic: when it is full, the kernel evicts flows it has
+//! not seen used lately (they come back with the host's next packet on them).
 
 /// Flows tracked per interface. Preallocated by the kernel (about 100 bytes each
 /// with the LRU's bookkeeping, so ~6.5 MiB per interface).
@@ -22,6 +23,11 @@ const SECOND_NS: u64 = 1_000_000_000;
 /// pass: Linux's default `tcp_keepalive_time`, so a connection with keepalive on is
 /// refreshed before it expires however quiet it is.
 pub const TCP_TIMEOUT_NS: u64 = 7_200 * SECOND_NS;
+/// After the host's SYN, until the connection is established (the host's first
+/// ACK moves it to [`TCP_TIMEOUT_NS`]): as long as Linux keeps retrying a connect
+/// (`tcp_syn_retries` 6 is about 127 s), so scans and failing connects do not sit
+/// in the table for hours.
+pub const TCP_SYN_TIMEOUT_NS: u64 = 130 * SECOND_NS;
 /// After the host sent a FIN: long enough for the peer's FIN and the last ACKs
 /// (conntrack's TIME_WAIT is also 120 s).
 pub const TCP_CLOSING_TIMEOUT_NS: u64 = 120 * SECOND_NS;

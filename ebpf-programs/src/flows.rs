@@ -11,18 +11,19 @@
 
 use airlock_common::{
     FLOW_FAMILY_V4, FLOW_FAMILY_V6, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState,
-    ICMP_ECHO_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_TIMEOUT_NS, UDP_TIMEOUT_NS,
+    ICMP_ECHO_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS,
+    UDP_TIMEOUT_NS,
 };
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::{
     maps::FLOWS,
-    parse::{Icmp, L4, Peer, TCP_FIN, TCP_RST},
+    parse::{Icmp, L4, Peer, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -80,101 +81,127 @@ pub fn is_reply(peer: Peer, l4: L4) -> bool {
     }
 }
 
-/// What a packet the host sends means for the table, as plain always-initialized
-/// integers: handing the `L4` enum itself through several functions let LLVM move
-/// its undefined payload bytes around, which the verifier refuses (see sample.rs).
+/// What a packet the host sends does to the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Effect {
+    /// Opens (or refreshes) a flow: a TCP SYN without ACK, a UDP datagram, an echo
+    /// request.
+    Open,
+    /// Only keeps an open flow alive: any other TCP segment. Never creates one, so a
+    /// connection someone else opened to this host (its SYN-ACK, its data) is never
+    /// taken for one the host opened.
+    Refresh,
+    /// A TCP FIN: the flow winds down on the closing timeout.
+    Close,
+    /// A TCP RST: the flow is over.
+    Abort,
+}
+
+/// What a packet the host sends means for the table, as plain integers: handing
+/// the `L4` enum itself through several functions let LLVM move its undefined
+/// payload bytes around, which the verifier refuses (see sample.rs).
 pub struct Outgoing {
     pub key: FlowKey,
     /// How long its replies may come after this packet.
     pub timeout_ns: u64,
-    /// 1: the host sent a FIN; 2: a RST (the flow is over); 0 otherwise.
-    pub ending: u8,
+    pub effect: Effect,
 }
-
-const ENDING_FIN: u8 = 1;
-const ENDING_RST: u8 = 2;
 
 impl Outgoing {
     /// `None` for what opens no flow (other protocols, ICMP other than echo).
     #[inline(always)]
     pub fn of(peer: Peer, l4: L4) -> Option<Self> {
-        let (key, timeout_ns, ending) = match l4 {
+        let (key, timeout_ns, effect) = match l4 {
             L4::Tcp(ports, flags) => {
-                let ending = if flags & TCP_RST != 0 {
-                    ENDING_RST
+                let key = key(peer, IPPROTO_TCP, ports.local, ports.peer);
+                if flags & TCP_RST != 0 {
+                    (key, 0, Effect::Abort)
+                } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+                    (key, TCP_SYN_TIMEOUT_NS, Effect::Open)
                 } else if flags & TCP_FIN != 0 {
-                    ENDING_FIN
+                    (key, TCP_CLOSING_TIMEOUT_NS, Effect::Close)
                 } else {
-                    0
-                };
-                (
-                    key(peer, IPPROTO_TCP, ports.local, ports.peer),
-                    TCP_TIMEOUT_NS,
-                    ending,
-                )
+                    (key, TCP_TIMEOUT_NS, Effect::Refresh)
+                }
             }
             L4::Udp(ports) => (
                 key(peer, IPPROTO_UDP, ports.local, ports.peer),
                 UDP_TIMEOUT_NS,
-                0,
+                Effect::Open,
             ),
             L4::Icmp(Icmp {
                 icmp_type: ICMP_ECHO_REQUEST,
                 echo_id,
-            }) => (key(peer, IPPROTO_ICMP, echo_id, 0), ICMP_ECHO_TIMEOUT_NS, 0),
+            }) => (
+                key(peer, IPPROTO_ICMP, echo_id, 0),
+                ICMP_ECHO_TIMEOUT_NS,
+                Effect::Open,
+            ),
             L4::Icmpv6(Icmp {
                 icmp_type: ICMPV6_ECHO_REQUEST,
                 echo_id,
             }) => (
                 key(peer, IPPROTO_ICMPV6, echo_id, 0),
                 ICMP_ECHO_TIMEOUT_NS,
-                0,
+                Effect::Open,
             ),
             _ => return None,
         };
         Some(Outgoing {
             key,
             timeout_ns,
-            ending,
+            effect,
         })
     }
 
-    /// TCP (`Some(true)`) or UDP (`Some(false)`): the protocols rules cover.
+    /// The transport protocol number (6, 17, 1 or 58).
     #[inline(always)]
-    pub fn ported(&self) -> Option<bool> {
-        match self.key.protocol {
-            IPPROTO_TCP => Some(true),
-            IPPROTO_UDP => Some(false),
-            _ => None,
-        }
+    pub fn protocol(&self) -> u8 {
+        self.key.protocol
     }
 }
 
-/// Records (or refreshes, or forgets) the flow of a packet the host is sending.
+/// Records, refreshes or forgets the flow of a packet the host is sending.
 #[inline(always)]
 pub fn record(outgoing: &Outgoing) {
     let key = outgoing.key;
-    if outgoing.ending == ENDING_RST {
+    if outgoing.effect == Effect::Abort {
         // The host aborted the connection: nothing more should come back.
         let _ = FLOWS.remove(key);
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let (was_closing, old_expiry) = match FLOWS.get_ptr(key) {
+    // An entry past its timeout is as good as absent (the LRU evicts it in its own
+    // time): it neither keeps a flow going nor passes on its closing state.
+    let live = match FLOWS.get_ptr(key) {
         // SAFETY: a map value pointer the kernel returned.
-        Some(state) => unsafe { ((*state).closing != 0, (*state).expires_ns) },
-        None => (false, 0),
+        Some(state) => unsafe {
+            ((*state).expires_ns > now).then(|| ((*state).closing != 0, (*state).expires_ns))
+        },
+        None => None,
     };
-    let closing = outgoing.ending == ENDING_FIN || was_closing;
+    let (closing, old_expiry) = match (outgoing.effect, live) {
+        // A new connection (the port pair may be reused) starts afresh.
+        (Effect::Open, live) => (false, live.map_or(0, |(_, expiry)| expiry)),
+        // Handled above; and a segment that is not a SYN never creates a flow.
+        (Effect::Abort, _) | (Effect::Refresh | Effect::Close, None) => return,
+        (Effect::Close, Some((_, expiry))) => (true, expiry),
+        (Effect::Refresh, Some((closing, expiry))) => (closing, expiry),
+    };
     let timeout = if closing {
         TCP_CLOSING_TIMEOUT_NS
     } else {
         outgoing.timeout_ns
     };
     let expires_ns = now + timeout;
+    let was_closing = live.is_some_and(|(closing, _)| closing);
     // Skip the write when nothing would change by more than the slack: a busy flow
     // then costs one lookup per packet, and CPUs do not fight over the entry.
-    if closing == was_closing && old_expiry.abs_diff(expires_ns) < FLOW_REFRESH_SLACK_NS {
+    if live.is_some()
+        && closing == was_closing
+        && old_expiry.abs_diff(expires_ns) < FLOW_REFRESH_SLACK_NS
+    {
         return;
     }
     let state = FlowState {

@@ -1,10 +1,12 @@
 //! Airlock's XDP program: one per ingress interface, deciding every frame before the
-//! kernel's network stack sees it. The verdict rules are design.md's, in its order;
+//! kernel's network stack sees it (and, in egress.rs, its TC egress companion that
+//! records the flows the host opens). The verdict rules are design.md's, in its order;
 //! `userspace/src/reference.rs` states the same rules plainly and the kernel tests
 //! hold this program to it.
 #![no_std]
 #![no_main]
 
+mod egress;
 mod flows;
 mod maps;
 mod parse;
@@ -14,12 +16,8 @@ use airlock_common::{
     DEFAULT_DROP, MODE_MONITOR, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, reason_stat_index,
     rule_stat_index,
 };
-use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
-};
-use parse::{Bytes, Egress, Ingress, L4, Packet, Peer};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use parse::{Bytes, Ingress, L4, Packet, Peer};
 
 #[xdp]
 pub fn airlock_xdp(ctx: XdpContext) -> u32 {
@@ -132,50 +130,6 @@ fn lookup(generation: u32, source: Peer) -> SourceEntry {
         Peer::V6(address) => maps::source_v6(generation, address),
     }
 }
-
-/// The host's outgoing packets, seen at TC egress on the same interface: records
-/// the flows it opens so their replies pass the XDP program (flows.rs says why this
-/// and not the kernel's conntrack). Never drops or changes a packet.
-#[classifier]
-pub fn airlock_egress(ctx: TcContext) -> i32 {
-    // Headers may sit in paged data; the verdict only needs them in the linear part.
-    if ctx.data_end() - ctx.data() < EGRESS_HEADER_BYTES {
-        let _ = ctx.pull_data(core::cmp::min(ctx.len(), EGRESS_HEADER_BYTES as u32));
-    }
-    if let Packet::Ip(peer, l4) = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end()))
-        && let Some(outgoing) = flows::Outgoing::of(peer, l4)
-        && !served_by_rules(&outgoing)
-    {
-        flows::record(&outgoing);
-    }
-    // TCX_NEXT: let any program after ours (another tool's) decide as usual.
-    TCX_NEXT
-}
-
-const TCX_NEXT: i32 = -1;
-
-/// Whether the host sends this from a port some rule of the policy in force covers
-/// (a service it offers): the rules decide what its peers send back (rule 5 comes
-/// before rule 6), so recording it would only let a busy server's own connections
-/// crowd the host's outgoing flows out of the table.
-#[inline(always)]
-fn served_by_rules(outgoing: &flows::Outgoing) -> bool {
-    let Some(tcp) = outgoing.ported() else {
-        return false;
-    };
-    let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
-    if maps::CONFIG
-        .get(generation)
-        .is_none_or(|config| config.valid == 0)
-    {
-        return false;
-    }
-    maps::port_rules(generation, tcp, outgoing.key.local_port) != 0
-}
-
-/// Enough for Ethernet, two VLAN tags, IPv6 with a few extension headers and the
-/// ports.
-const EGRESS_HEADER_BYTES: usize = 256;
 
 /// Destination unreachable (incl. fragmentation needed), time exceeded, parameter
 /// problem: dropping these breaks path MTU discovery and error reporting.

@@ -177,7 +177,7 @@ impl Harness {
     pub fn open_flow(&mut self, flow: &Flow) {
         let expires = monotonic_ns() + Duration::from_secs(3600).as_nanos() as u64;
         self.flows
-            .insert(flow, expires)
+            .insert_open(flow, expires)
             .unwrap_or_else(|e| panic!("writing flow {flow:?}: {e:?}"));
         self.open_flows.insert(flow.key());
     }
@@ -185,7 +185,7 @@ impl Harness {
     /// Writes `flow` as an entry whose timeout has passed.
     pub fn expired_flow(&mut self, flow: &Flow) {
         self.flows
-            .insert(flow, monotonic_ns().saturating_sub(1))
+            .insert_open(flow, monotonic_ns().saturating_sub(1))
             .unwrap_or_else(|e| panic!("writing flow {flow:?}: {e:?}"));
         self.open_flows.remove(&flow.key());
     }

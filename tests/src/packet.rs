@@ -310,13 +310,10 @@ pub const TCP_FLAGS_OFFSET: usize = 13;
 /// packet the host sends that `spec` answers. Only for untagged frames without IPv4
 /// options or IPv6 extension headers; returns the transport header's offset.
 pub fn mirror(bytes: &mut [u8]) -> usize {
-    let (src, dst, len, protocol, l4) = match u16::from_be_bytes([bytes[12], bytes[13]]) {
-        0x0800 => {
-            assert_eq!(bytes[14], 0x45, "mirror: IPv4 without options only");
-            (14 + 12, 14 + 16, 4, bytes[14 + 9], 14 + IPV4_HDR_LEN)
-        }
-        0x86dd => (14 + 8, 14 + 24, 16, bytes[14 + 6], 14 + IPV6_HDR_LEN),
-        other => panic!("mirror: not an untagged IP frame (ethertype {other:#06x})"),
+    let l4 = transport_offset(bytes);
+    let (src, dst, len, protocol) = match l4 - 14 {
+        IPV4_HDR_LEN => (14 + 12, 14 + 16, 4, bytes[14 + 9]),
+        _ => (14 + 8, 14 + 24, 16, bytes[14 + 6]),
     };
     for i in 0..6 {
         bytes.swap(i, 6 + i);
@@ -329,6 +326,19 @@ pub fn mirror(bytes: &mut [u8]) -> usize {
         bytes.swap(l4 + 1, l4 + 3);
     }
     l4
+}
+
+/// Where the transport header starts in an untagged frame without IPv4 options or
+/// IPv6 extension headers.
+pub fn transport_offset(bytes: &[u8]) -> usize {
+    match u16::from_be_bytes([bytes[12], bytes[13]]) {
+        0x0800 => {
+            assert_eq!(bytes[14], 0x45, "IPv4 without options only");
+            14 + IPV4_HDR_LEN
+        }
+        0x86dd => 14 + IPV6_HDR_LEN,
+        other => panic!("not an untagged IP frame (ethertype {other:#06x})"),
+    }
 }
 
 const DST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];

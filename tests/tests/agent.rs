@@ -319,9 +319,12 @@ fn a_detached_egress_program_is_put_back_without_pausing_the_filter() {
     let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
     let dir = f.bed.bpffs.path().join(&f.bed.server_if);
     let xdp_link = || {
-        airlock::loader::pinned_link_state(&dir.join("link"), airlock::loader::LinkKind::Xdp)
-            .expect("xdp link")
-            .link_id
+        airlock::loader::pinned_link_state(
+            &dir.join(airlock::loader::LINK_PIN),
+            airlock::loader::LinkKind::Xdp,
+        )
+        .expect("xdp link")
+        .link_id
     };
     let xdp_link_before = xdp_link();
     fs::remove_file(dir.join(airlock::loader::EGRESS_LINK_PIN)).expect("unpin egress link");

@@ -19,17 +19,19 @@ use std::{
 
 use airlock::loader::{Flow, monotonic_ns};
 use airlock::reference;
-use airlock_common::{FLOW_TABLE_ENTRIES, Reason, TCP_CLOSING_TIMEOUT_NS};
+use airlock_common::{
+    FLOW_TABLE_ENTRIES, Reason, TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS,
+};
 use airlock_integration::{
     fixture::{Fixture, PORT, REFUSED},
     kernel::{Harness, XDP_DROP, XDP_PASS, action_name},
-    netns::{Namespace, Server, Testbed, addr},
-    packet::{FrameSpec, SOURCE_PORT, TCP_FLAGS_OFFSET, mirror},
+    netns::{Namespace, Server, Testbed, addr, wait_until},
+    packet::{FrameSpec, SOURCE_PORT, TCP_FLAGS_OFFSET, mirror, transport_offset},
 };
 use socket2::{Domain, Socket, Type};
 
-const STRANGER: &str = "203.0.113.10";
-const STRANGER_V6: &str = "2001:db8:bad::10";
+const STRANGER: &str = addr::STRANGER_V4;
+const STRANGER_V6: &str = addr::STRANGER_V6;
 const DENIED: &str = "203.0.113.66";
 
 /// Default drop; one rule on 5432/tcp for the office; a denied address.
@@ -175,6 +177,16 @@ fn replies_to_flows_the_host_opened_pass_and_nothing_else_does() {
             XDP_DROP,
             Reason::DefaultDrop,
         );
+        // A reply carrying another echo identifier answers nothing the host sent.
+        let mut other_id = FrameSpec::icmp(peer, reply).build().bytes;
+        let l4 = transport_offset(&other_id);
+        other_id[l4 + 4..l4 + 6].copy_from_slice(&7u16.to_be_bytes());
+        let outcome = h.run(&other_id);
+        assert_eq!(
+            (outcome.action, outcome.reason),
+            (XDP_DROP, Reason::DefaultDrop),
+            "echo reply with another identifier from {peer}"
+        );
     }
 
     let flows = h.flows.flows().expect("read flows");
@@ -255,6 +267,54 @@ fn a_flow_ends_when_the_host_resets_it_and_winds_down_after_its_fin() {
 }
 
 #[test]
+fn connections_a_peer_opened_are_never_taken_for_ones_the_host_opened() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    let reply = FrameSpec::tcp(STRANGER, 33040);
+    // The host answering someone else's SYN (SYN-ACK), or any segment of a
+    // connection it did not open: nothing is recorded.
+    assert_eq!(host_sends_tcp_flags(&mut h, &reply, 0x12), TCX_NEXT);
+    expect(&mut h, reply.clone(), false, XDP_DROP, Reason::DefaultDrop);
+    assert_eq!(host_sends_tcp_flags(&mut h, &reply, 0x18), TCX_NEXT); // PSH|ACK
+    assert_eq!(host_sends_tcp_flags(&mut h, &reply, 0x11), TCX_NEXT); // FIN|ACK
+    expect(&mut h, reply.clone(), false, XDP_DROP, Reason::DefaultDrop);
+    assert!(h.flows.flows().expect("read flows").is_empty());
+
+    // The host's own SYN opens it on the short connect timeout; its first ACK
+    // (the connection is up) moves it to the long one.
+    host_sends_what_answers(&mut h, &reply);
+    expect(&mut h, reply.clone(), true, XDP_PASS, Reason::ReturnTraffic);
+    let expiry =
+        |h: &Harness| h.flows.flows().expect("read flows")[0].1.expires_ns - monotonic_ns();
+    assert!(
+        expiry(&h) <= TCP_SYN_TIMEOUT_NS,
+        "connecting: short timeout"
+    );
+    assert_eq!(host_sends_tcp_flags(&mut h, &reply, 0x10), TCX_NEXT); // ACK
+    assert!(
+        expiry(&h) > TCP_TIMEOUT_NS - 60_000_000_000,
+        "established: long timeout"
+    );
+}
+
+#[test]
+fn a_reused_port_pair_starts_afresh_after_the_old_connection_closed() {
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    let reply = FrameSpec::tcp(STRANGER, 33050);
+    host_sends_what_answers(&mut h, &reply);
+    host_sends_tcp_flags(&mut h, &reply, 0x11); // FIN|ACK
+    assert_eq!(h.flows.flows().expect("read flows")[0].1.closing, 1);
+    // A new connection from the same port to the same peer: SYN, then ACK.
+    host_sends_what_answers(&mut h, &reply);
+    host_sends_tcp_flags(&mut h, &reply, 0x10);
+    let (_, state) = h.flows.flows().expect("read flows")[0];
+    assert_eq!(state.closing, 0, "the new connection is not closing");
+    assert!(state.expires_ns > monotonic_ns() + TCP_CLOSING_TIMEOUT_NS);
+    expect(&mut h, reply, true, XDP_PASS, Reason::ReturnTraffic);
+}
+
+#[test]
 fn an_expired_flow_lets_nothing_in() {
     let mut h = Harness::new();
     h.apply(&policy("drop", "enforce"));
@@ -299,22 +359,29 @@ fn a_full_table_still_records_new_flows_by_evicting_old_ones() {
     let mut h = Harness::new();
     h.apply(&policy("drop", "enforce"));
     let far = monotonic_ns() + 3_600_000_000_000;
+    let filler = |i: u32| Flow {
+        peer: IpAddr::from(std::net::Ipv6Addr::new(
+            0x2001, 0xdb8, 0xf10, 0, 0, 0, 0, i as u16,
+        )),
+        protocol: 17,
+        local_port: 50_000 + (i >> 16) as u16,
+        peer_port: 53,
+    };
     for i in 0..FLOW_TABLE_ENTRIES {
-        let flow = Flow {
-            peer: IpAddr::from([198, 18, (i >> 8) as u8, i as u8]),
-            protocol: 17,
-            local_port: 50_000,
-            peer_port: 53,
-        };
-        h.flows.insert(&flow, far).expect("fill flow table");
+        h.flows
+            .insert_open(&filler(i), far)
+            .expect("fill flow table");
     }
     let reply = FrameSpec::tcp(STRANGER, 33030);
     host_sends_what_answers(&mut h, &reply);
     expect(&mut h, reply, true, XDP_PASS, Reason::ReturnTraffic);
-    let present = h.flows.flows().expect("read flows").len();
+    // The new flow went in by evicting fillers, not by growing the table.
+    let flows = h.flows.flows().expect("read flows");
+    let fillers = flows.iter().filter(|(f, _)| f.peer_port == 53).count();
     assert!(
-        present <= FLOW_TABLE_ENTRIES as usize,
-        "the table never grows past its size ({present})"
+        fillers < FLOW_TABLE_ENTRIES as usize && flows.len() <= FLOW_TABLE_ENTRIES as usize,
+        "{fillers} fillers, {} entries",
+        flows.len()
     );
 }
 
@@ -474,6 +541,15 @@ fn under_default_drop_the_host_gets_its_replies_and_strangers_stay_out() {
     let _peer_udp = UdpEcho::start(&f.bed.client, PEER_UDP_PORT);
     let _host_tcp = Server::start(&f.bed.server, HOST_OPEN_PORT);
     let host_udp = UdpSink::start(&f.bed.server, HOST_OPEN_PORT);
+    // Positive control: without the filter the stranger's datagrams do arrive.
+    f.bed.send_udp(addr::STRANGER_V4, HOST_OPEN_PORT, 3);
+    assert!(
+        wait_until(Duration::from_secs(2), || host_udp
+            .received
+            .load(Ordering::Relaxed)
+            == 3),
+        "the UDP sink works"
+    );
     f.apply(&policy);
     let status = f.status_json();
     assert_eq!(
@@ -514,7 +590,9 @@ fn under_default_drop_the_host_gets_its_replies_and_strangers_stay_out() {
         "{status}"
     );
 
-    // The same peer's unsolicited SYNs and datagrams are dropped.
+    // The same peer's unsolicited SYNs and datagrams are dropped: by the filter
+    // (counted), not refused by the host.
+    let before = reason_packets(&f.status_json(), Reason::DefaultDrop);
     assert!(
         !f.bed.connects(addr::STRANGER_V4, HOST_OPEN_PORT, REFUSED),
         "unsolicited TCP from the stranger got in"
@@ -524,8 +602,13 @@ fn under_default_drop_the_host_gets_its_replies_and_strangers_stay_out() {
         "unsolicited TCP (IPv6) from the stranger got in"
     );
     f.bed.send_udp(addr::STRANGER_V4, HOST_OPEN_PORT, 20);
-    thread::sleep(Duration::from_millis(200));
-    assert_eq!(host_udp.received.load(Ordering::Relaxed), 0);
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            reason_packets(&f.status_json(), Reason::DefaultDrop) >= before + 2 + 20
+        }),
+        "two SYNs and 20 datagrams counted as default_drop"
+    );
+    assert_eq!(host_udp.received.load(Ordering::Relaxed), 3, "none arrived");
     // The office still reaches the database, as before.
     assert!(f.gets_in(addr::OFFICE_V4));
     assert!(f.kept_out(addr::STRANGER_V4));
@@ -566,22 +649,36 @@ fn a_flood_of_fake_udp_replies_from_a_real_peer_gets_nothing_through() {
         })
         .join()
         .unwrap();
-    thread::sleep(Duration::from_millis(200));
+    let dropped_before = reason_packets(&before, Reason::DefaultDrop);
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            reason_packets(&f.status_json(), Reason::DefaultDrop)
+                >= dropped_before + u64::from(FLOOD)
+        }),
+        "every fake reply was dropped by the filter"
+    );
     let after = f.status_json();
     assert_eq!(
         reason_packets(&after, Reason::ReturnTraffic),
         reason_packets(&before, Reason::ReturnTraffic),
         "no fake reply passed as return traffic"
     );
-    assert!(
-        reason_packets(&after, Reason::DefaultDrop) - reason_packets(&before, Reason::DefaultDrop)
-            >= u64::from(FLOOD),
-        "every fake reply was dropped: {after}"
-    );
     assert_eq!(
         after["interfaces"][0]["return_traffic"]["flows_present"], flows_before,
         "fake replies added nothing to the flow table"
     );
+}
+
+/// How many tcx egress programs the server's interface runs.
+fn egress_programs(bed: &Testbed) -> usize {
+    let iface = bed.server_if.clone();
+    bed.server
+        .spawn(move || {
+            aya::programs::SchedClassifier::query_tcx(&iface, aya::programs::TcAttachType::Egress)
+                .map_or(0, |(_, programs)| programs.len())
+        })
+        .join()
+        .unwrap()
 }
 
 #[test]
@@ -598,6 +695,11 @@ fn detaching_the_egress_program_is_repaired_by_the_next_apply() {
         .join(&f.bed.server_if)
         .join(airlock::loader::EGRESS_LINK_PIN);
     std::fs::remove_file(&link).expect("unpin the egress link");
+    // The kernel releases an unpinned link asynchronously: wait until it is gone.
+    assert!(
+        wait_until(Duration::from_secs(5), || egress_programs(&f.bed) == 0),
+        "the egress program is still attached after unpinning its link"
+    );
     let status = f.status_json();
     assert_eq!(
         status["interfaces"][0]["return_traffic"]["egress"],
@@ -616,4 +718,134 @@ fn detaching_the_egress_program_is_repaired_by_the_next_apply() {
         "attached"
     );
     host_connects_out(&f.bed, STRANGER, PEER_TCP_PORT).expect("replies pass again");
+    assert_eq!(egress_programs(&f.bed), 1, "exactly one egress program");
+}
+
+/// A TCP echo service that keeps each connection open; stops when dropped.
+struct TcpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TcpEcho {
+    fn start(ns: &Namespace, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = ns.spawn(move || {
+            let listener = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).ok();
+            let mut connections = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((stream, _)) = listener.accept() {
+                    stream.set_nonblocking(true).unwrap();
+                    connections.push(stream);
+                }
+                for stream in &mut connections {
+                    use std::io::{Read as _, Write as _};
+                    let mut buf = [0u8; 64];
+                    if let Ok(n @ 1..) = stream.read(&mut buf) {
+                        let _ = stream.write_all(&buf[..n]);
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `message` on `stream` and waits up to `timeout` for its echo.
+fn round_trip(stream: &mut std::net::TcpStream, message: &[u8], timeout: Duration) -> bool {
+    use std::io::{Read as _, Write as _};
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    if stream.write_all(message).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; message.len()];
+    stream.read_exact(&mut buf).is_ok() && buf == message
+}
+
+/// A TCP connection made from inside `ns` (from `source`, to `target:port`).
+fn connect_from(ns: &Namespace, source: IpAddr, target: IpAddr, port: u16) -> std::net::TcpStream {
+    ns.spawn(move || {
+        let socket = Socket::new(
+            Domain::for_address(SocketAddr::new(target, 0)),
+            Type::STREAM,
+            None,
+        )
+        .unwrap();
+        socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+        socket
+            .connect_timeout(&SocketAddr::new(target, port).into(), HOST_SIDE)
+            .unwrap();
+        socket.into()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn a_connection_the_host_opened_before_the_filter_keeps_its_replies() {
+    let f = Fixture::new("rs");
+    let _peer = TcpEcho::start(&f.bed.client, PEER_TCP_PORT);
+    let peer: IpAddr = STRANGER.parse().unwrap();
+    // Opened before Airlock was there: the egress program never saw its SYN.
+    let mut stream = connect_from(
+        &f.bed.server,
+        Testbed::server_addr_for(peer),
+        peer,
+        PEER_TCP_PORT,
+    );
+    assert!(round_trip(&mut stream, b"before", HOST_SIDE));
+    let text = policy("drop", "enforce").replace("eth0", &f.bed.server_if);
+    f.apply(&f.write("p.yaml", &text));
+    // The install learnt it from the socket table.
+    assert!(
+        round_trip(&mut stream, b"after", HOST_SIDE),
+        "the host's own earlier connection lost its replies"
+    );
+    assert!(reason_packets(&f.status_json(), Reason::ReturnTraffic) >= 1);
+}
+
+#[test]
+fn a_connection_a_peer_opened_is_cut_when_default_drop_comes_in() {
+    let f = Fixture::new("rp");
+    let _service = TcpEcho::start(&f.bed.server, HOST_OPEN_PORT);
+    let write = |default: &str| {
+        let text = policy(default, "enforce").replace("eth0", &f.bed.server_if);
+        f.write("p.yaml", &text)
+    };
+    // Under default: pass the stranger may use the port no rule covers...
+    f.apply(&write("pass"));
+    let server: IpAddr = Testbed::server_addr_for(STRANGER.parse().unwrap());
+    let mut stream = connect_from(
+        &f.bed.client,
+        STRANGER.parse().unwrap(),
+        server,
+        HOST_OPEN_PORT,
+    );
+    assert!(round_trip(&mut stream, b"open", HOST_SIDE));
+    // ...and once default: drop is in force, the host's answers on that
+    // connection do not make the stranger's packets "return traffic".
+    f.apply(&write("drop"));
+    assert!(
+        !round_trip(&mut stream, b"still?", Duration::from_millis(1500)),
+        "a connection the peer opened went on as return traffic"
+    );
+    assert_eq!(reason_packets(&f.status_json(), Reason::ReturnTraffic), 0);
 }

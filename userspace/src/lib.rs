@@ -11,3 +11,4 @@ pub mod reference;
 pub mod regions;
 pub mod safety;
 pub mod samples;
+pub mod sockets;

@@ -135,8 +135,9 @@ impl Collector for AirlockCollector {
                     .get_or_create(&labels(&[("interface", &iface), ("outcome", outcome)]))
                     .inc_by(counters.samples[slot as usize]);
             }
-            // Reading the table walks it (at most FLOW_TABLE_ENTRIES keys): a few
-            // milliseconds per scrape, and it tells an operator when it runs full.
+            // Reading the table walks it, two syscalls per entry (at most
+            // FLOW_TABLE_ENTRIES): up to some tens of milliseconds per interface and
+            // scrape when full, which is when an operator most needs to know.
             if let Ok(table) = FlowTable::open_pinned(&self.root.interface_dir(&iface))
                 && let Ok(occupancy) = table.occupancy()
             {

@@ -264,6 +264,9 @@ impl Reconciler {
                 }
             }
             self.set_sample_rate(iface);
+            // A TCP flow is only created by the host's SYN, so one the table lost
+            // (evicted when full) would stay lost; the socket table still knows it.
+            loader::seed_from_socket_table(&self.root.interface_dir(iface));
         }
         self.state.lock().ready = ready;
     }
@@ -281,7 +284,7 @@ impl Reconciler {
             &dir.join(loader::EGRESS_LINK_PIN),
             loader::LinkKind::TcxEgress,
         );
-        if !egress.is_ok_and(|egress| egress.ifindex == index) {
+        if loader::egress_supported() && !egress.is_ok_and(|egress| egress.ifindex == index) {
             return Err("egress program detached (replies to the host's flows would drop)");
         }
         let maps = PolicyMaps::open_pinned(&dir).map_err(|_| "maps unreadable")?;

@@ -59,10 +59,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let compiled = compile::compile(&policy)?;
     let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     if args.dry_run {
-        output::dry_run(&policy, &compiled, &ifaces, args.output)?;
         // A dry run answers "would this apply go through?": the lockout check
-        // refuses it the same way (same message, same exit code).
+        // refuses it the same way (same message, same exit code), before any
+        // output that would say it loads.
         safe::check_lockout(&policy, &ifaces, args.force)?;
+        output::dry_run(&policy, &compiled, &ifaces, args.output)?;
         return Ok(ExitCode::SUCCESS);
     }
     interfaces::check_exist(&ifaces)?;

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 pub fn check_lockout(policy: &Policy, ifaces: &[String], force: bool) -> anyhow::Result<()> {
     let assessment = lockout::assess(policy, &Facts::from_system(), ifaces);
     lockout::log_findings(&assessment, force);
+    airlock::safety::ephemeral::warn(policy);
     if assessment.is_lockout() && !force {
         return Err(LockoutError { assessment }.into());
     }

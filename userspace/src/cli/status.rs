@@ -74,7 +74,13 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         "rules": rules,
         "confirm": safe::pending_json(root, iface),
         "return_traffic": {
-            "egress": if egress_attached { "attached" } else { "detached" },
+            "egress": if egress_attached {
+                "attached"
+            } else if loader::egress_supported() {
+                "detached"
+            } else {
+                "unsupported"
+            },
             "flows_live": flows.map(|f| f.live),
             "flows_present": flows.map(|f| f.present),
             "capacity": flows.map(|f| f.capacity),
@@ -148,11 +154,18 @@ fn print_human(s: &Value) {
         policy["prefixes_v6"]
     );
     let flows = &s["return_traffic"];
-    if flows["egress"] == "attached" {
+    if flows["egress"] == "unsupported" {
         println!(
-            "  return traffic: {} flows opened by this host tracked ({} entries of {})",
-            flows["flows_live"], flows["flows_present"], flows["capacity"]
+            "  return traffic: not tracked (this kernel has no tcx, Linux 6.6+): under `default: drop` replies to the host's own connections are dropped"
         );
+    } else if flows["egress"] == "attached" {
+        match flows["flows_live"].as_u64() {
+            Some(live) => println!(
+                "  return traffic: {live} flows opened by this host tracked ({} entries of {})",
+                flows["flows_present"], flows["capacity"]
+            ),
+            None => println!("  return traffic: tracked (flow table unreadable)"),
+        }
     } else {
         println!(
             "  return traffic: EGRESS PROGRAM NOT ATTACHED: replies to this host's own connections hit `default` (apply again to repair)"

@@ -44,6 +44,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
     let (p, compiled) = result?;
+    airlock::safety::ephemeral::warn(&p);
     let stats = compiled.stats();
     println!(
         "{}: valid; {} rules, {} IPv4 + {} IPv6 map entries",

@@ -4,7 +4,9 @@
 
 use std::{net::IpAddr, path::Path};
 
-use airlock_common::{FLOW_FAMILY_V4, FLOW_TABLE_ENTRIES, FlowKey, FlowState, MAP_FLOWS};
+use airlock_common::{
+    FLOW_FAMILY_V4, FLOW_FAMILY_V6, FLOW_TABLE_ENTRIES, FlowKey, FlowState, MAP_FLOWS,
+};
 use aya::{
     Ebpf,
     maps::{HashMap, Map, MapData},
@@ -26,6 +28,8 @@ pub struct FlowOccupancy {
     pub capacity: u32,
 }
 
+const IPPROTO_TCP: u8 = 6;
+
 /// One flow, readably.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -43,7 +47,7 @@ impl Flow {
                 peer[..4].copy_from_slice(&v4.octets());
                 (peer, FLOW_FAMILY_V4)
             }
-            IpAddr::V6(v6) => (v6.octets(), airlock_common::FLOW_FAMILY_V6),
+            IpAddr::V6(v6) => (v6.octets(), FLOW_FAMILY_V6),
         };
         FlowKey {
             peer,
@@ -98,15 +102,20 @@ impl FlowTable {
 
     /// Flows present with their expiry (`CLOCK_MONOTONIC` nanoseconds, the clock
     /// of `bpf_ktime_get_ns`).
+    ///
+    /// A walk of the live table: an entry evicted or deleted while it runs is
+    /// skipped, and since the kernel restarts a walk whose current key vanished, it
+    /// stops after as many entries as the table holds.
     pub fn flows(&self) -> Result<Vec<(Flow, FlowState)>, LoaderError> {
-        self.map
-            .iter()
-            .map(|entry| {
-                entry
-                    .map(|(key, state)| (Flow::from_key(&key), state))
-                    .map_err(map_error)
-            })
-            .collect()
+        let mut flows = Vec::new();
+        for entry in self.map.iter().take(FLOW_TABLE_ENTRIES as usize) {
+            match entry {
+                Ok((key, state)) => flows.push((Flow::from_key(&key), state)),
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(error) => return Err(map_error(error)),
+            }
+        }
+        Ok(flows)
     }
 
     pub fn occupancy(&self) -> Result<FlowOccupancy, LoaderError> {
@@ -124,22 +133,15 @@ impl FlowTable {
         Ok(occupancy)
     }
 
-    /// Writes an entry as the egress program would (tests of the XDP side).
-    pub fn insert(&mut self, flow: &Flow, expires_ns: u64) -> Result<(), LoaderError> {
+    /// Writes `flow` as open until `expires_ns`, as the egress program does on the
+    /// host's SYN.
+    pub fn insert_open(&mut self, flow: &Flow, expires_ns: u64) -> Result<(), LoaderError> {
         let state = FlowState {
             expires_ns,
             closing: 0,
             _pad: 0,
         };
         self.map.insert(flow.key(), state, 0).map_err(map_error)
-    }
-
-    pub fn clear(&mut self) -> Result<(), LoaderError> {
-        let keys: Vec<FlowKey> = self.map.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            self.map.remove(&key).map_err(map_error)?;
-        }
-        Ok(())
     }
 }
 
@@ -149,4 +151,44 @@ pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
         now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
     })
+}
+
+/// Writes the TCP connections the host opened (from the socket table) into the
+/// flow table in `dir`, where absent: the egress program only creates a TCP flow
+/// from the host's SYN, so one opened before it could see the SYN, or evicted from
+/// a full table, is only known here. Best effort: a connection missed here loses
+/// its replies under `default: drop`, so failures are logged, not fatal.
+pub fn seed_from_socket_table(dir: &Path) {
+    let mut table = match FlowTable::open_pinned(dir) {
+        Ok(table) => table,
+        Err(error) => {
+            tracing::warn!(%error, "cannot open the flow table to seed it");
+            return;
+        }
+    };
+    let sockets = crate::sockets::read();
+    let expires = monotonic_ns() + airlock_common::TCP_TIMEOUT_NS;
+    let mut seeded = 0usize;
+    for socket in crate::sockets::opened_by_host(&sockets) {
+        let flow = Flow {
+            peer: socket.peer,
+            protocol: IPPROTO_TCP,
+            local_port: socket.local_port,
+            peer_port: socket.peer_port,
+        };
+        // Where the egress program already tracks it, its state is the better one.
+        if table.map.get(&flow.key(), 0).is_ok() {
+            continue;
+        }
+        match table.insert_open(&flow, expires) {
+            Ok(()) => seeded += 1,
+            Err(error) => tracing::warn!(%error, ?flow, "seeding the flow table"),
+        }
+    }
+    if seeded > 0 {
+        tracing::info!(
+            seeded,
+            "connections the host opened earlier keep their replies"
+        );
+    }
 }

@@ -85,6 +85,14 @@ pub(crate) fn attach_egress(
     })
 }
 
+/// Whether this kernel has tcx (Linux 6.6), which the egress program needs. Without
+/// it Airlock still filters; only return traffic under `default: drop` is missing.
+pub fn egress_supported() -> bool {
+    aya::util::KernelVersion::current().map_or(true, |version| {
+        version >= aya::util::KernelVersion::new(6, 6, 0)
+    })
+}
+
 /// The kinds of link Airlock pins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkKind {
@@ -98,8 +106,8 @@ impl LinkKind {
     /// `enum bpf_link_type` value.
     fn kernel_type(self) -> u32 {
         match self {
-            LinkKind::Xdp => 6,
-            LinkKind::TcxEgress => 11,
+            LinkKind::Xdp => BPF_LINK_TYPE_XDP,
+            LinkKind::TcxEgress => BPF_LINK_TYPE_TCX,
         }
     }
 }
@@ -115,6 +123,8 @@ pub struct LinkState {
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_XDP: u32 = 6;
+const BPF_LINK_TYPE_TCX: u32 = 11;
 
 /// Reads a pinned link's id, program and interface. aya's `LinkInfo` does not expose
 /// the interface index, so this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD;

@@ -21,8 +21,10 @@ use aya::{
 };
 
 pub use error::LoaderError;
-pub use flows::{Flow, FlowOccupancy, FlowTable, monotonic_ns};
-pub use link::{AttachMode, LinkKind, LinkState, interface_index, pinned_link_state};
+pub use flows::{Flow, FlowOccupancy, FlowTable, monotonic_ns, seed_from_socket_table};
+pub use link::{
+    AttachMode, LinkKind, LinkState, egress_supported, interface_index, pinned_link_state,
+};
 pub use meta::{PendingConfirm, PolicySummary, RuleSummary};
 pub use object::{floor_object_bytes, load_object, object_bytes};
 pub use pins::{
@@ -118,8 +120,7 @@ pub fn apply(
     if dir.exists() {
         match pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) {
             Ok(state) if state.ifindex == ifindex => {
-                ensure_egress(&dir, iface, ifindex)?;
-                return swap_policy(&dir, iface, compiled, summary);
+                return swap_policy(&dir, iface, ifindex, compiled, summary);
             }
             state => {
                 // The interface was deleted (and maybe recreated) or the link was
@@ -142,9 +143,9 @@ pub fn apply(
 /// stop passing. The XDP link is left alone, so filtering never pauses.
 fn ensure_egress(dir: &Path, iface: &str, ifindex: u32) -> Result<(), LoaderError> {
     let link_pin = dir.join(EGRESS_LINK_PIN);
-    if let Ok(state) = pinned_link_state(&link_pin, LinkKind::TcxEgress)
-        && state.ifindex == ifindex
-    {
+    let attached =
+        || pinned_link_state(&link_pin, LinkKind::TcxEgress).is_ok_and(|s| s.ifindex == ifindex);
+    if !link::egress_supported() || attached() {
         return Ok(());
     }
     tracing::warn!(
@@ -153,25 +154,36 @@ fn ensure_egress(dir: &Path, iface: &str, ifindex: u32) -> Result<(), LoaderErro
     );
     let mut program = SchedClassifier::from_pin(dir.join(EGRESS_PROGRAM_PIN))
         .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
-    let link = link::attach_egress(&mut program, iface)?;
-    if link_pin.exists() {
-        fs::remove_file(&link_pin).map_err(|e| LoaderError::io("unpinning", &link_pin, e))?;
-    }
-    link.pin(&link_pin).map_err(|source| LoaderError::Pin {
-        path: link_pin,
+    let link = match link::attach_egress(&mut program, iface) {
+        Ok(link) => link,
+        // Someone else (a concurrent apply, the agent) repaired it meanwhile.
+        Err(_) if attached() => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    // Pinned beside, then renamed over the stale pin: at no point is there no pin
+    // for a live link, or a pin missing after a crash.
+    let fresh = dir.join(format!("{EGRESS_LINK_PIN}_new"));
+    let _ = fs::remove_file(&fresh);
+    link.pin(&fresh).map_err(|source| LoaderError::Pin {
+        path: fresh.clone(),
         source,
     })?;
+    fs::rename(&fresh, &link_pin).map_err(|e| LoaderError::io("renaming", &link_pin, e))?;
+    // Connections opened while it was detached: their SYN went unseen.
+    flows::seed_from_socket_table(dir);
     Ok(())
 }
 
 fn swap_policy(
     dir: &Path,
     iface: &str,
+    ifindex: u32,
     compiled: &Compiled,
     mut summary: PolicySummary,
 ) -> Result<ApplyOutcome, LoaderError> {
     let mut maps = PolicyMaps::open_pinned(dir)?;
     check_layout(&maps, dir, iface)?;
+    ensure_egress(dir, iface, ifindex)?;
     let previous = maps.active_summary()?;
     let attach_mode = match previous.as_ref().map(|p| p.attach_mode.as_str()) {
         Some("skb") => AttachMode::Skb,
@@ -257,25 +269,14 @@ fn install_staged(
             path: program_pin,
             source,
         })?;
-    let egress = egress_program(&mut ebpf)?;
-    egress
-        .load()
-        .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
-    let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
-    egress.pin(&egress_pin).map_err(|source| LoaderError::Pin {
-        path: egress_pin,
-        source,
-    })?;
-    // Flows are recorded before the filter starts dropping, so a connection the
-    // host opens while this install runs still gets its replies.
-    let egress_link = link::attach_egress(egress, iface)?;
-    let egress_link_pin = staging.join(EGRESS_LINK_PIN);
-    egress_link
-        .pin(&egress_link_pin)
-        .map_err(|source| LoaderError::Pin {
-            path: egress_link_pin,
-            source,
-        })?;
+    if link::egress_supported() {
+        install_egress(&mut ebpf, staging, iface)?;
+    } else {
+        tracing::warn!(
+            iface,
+            "this kernel has no tcx (Linux 6.6+): filtering without return traffic; under `default: drop` replies to the host's own connections are dropped"
+        );
+    }
     let program = xdp_program(&mut ebpf)?;
     maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
     // The policy goes in before the program sees its first packet.
@@ -299,6 +300,31 @@ fn install_staged(
         generation,
         serial: summary.serial,
     })
+}
+
+/// Loads, pins and attaches the egress program. Flows are recorded before the
+/// XDP program starts dropping, so a connection the host opens while the install
+/// runs still gets its replies.
+fn install_egress(ebpf: &mut Ebpf, staging: &Path, iface: &str) -> Result<(), LoaderError> {
+    let egress = egress_program(ebpf)?;
+    egress
+        .load()
+        .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
+    let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
+    egress.pin(&egress_pin).map_err(|source| LoaderError::Pin {
+        path: egress_pin,
+        source,
+    })?;
+    let link = link::attach_egress(egress, iface)?;
+    let link_pin = staging.join(EGRESS_LINK_PIN);
+    link.pin(&link_pin).map_err(|source| LoaderError::Pin {
+        path: link_pin,
+        source,
+    })?;
+    // Connections the host opened before there was an egress program to see
+    // their SYN (before the first install, or while it was detached).
+    flows::seed_from_socket_table(staging);
+    Ok(())
 }
 
 /// Detaches and unpins the filter on `iface`.

@@ -31,6 +31,7 @@ use serde::Serialize;
 use crate::{
     policy::{DefaultAction, Mode, Policy},
     reference::{self, L4, PacketClass, Verdict},
+    sockets::{self, canonical},
 };
 
 /// Where an SSH peer was found.
@@ -118,14 +119,6 @@ impl Facts {
     }
 }
 
-/// IPv4-mapped IPv6 addresses (as in tcp6 and dual-stack sshd) as plain IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// `client_ip client_port server_ip server_port`.
 pub fn parse_ssh_connection(text: &str) -> Option<SshPeer> {
     let mut words = text.split_whitespace();
@@ -142,48 +135,18 @@ pub fn parse_ssh_connection(text: &str) -> Option<SshPeer> {
     })
 }
 
-/// `ADDR:PORT` as the kernel prints it in /proc/net/tcp{,6}: the address as 32-bit
-/// words in host byte order, the port in hex.
-fn parse_proc_endpoint(text: &str) -> Option<(IpAddr, u16)> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        let hex = addr.get(i * 8..i * 8 + 8)?;
-        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
-    };
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for i in 0..4 {
-                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        }
-        _ => return None,
-    };
-    Some((canonical(ip), port))
-}
-
 /// ESTABLISHED connections of /proc/net/tcp or tcp6 (state 01), as peers of their
 /// local port.
 pub fn parse_proc_net_tcp(text: &str) -> Vec<SshPeer> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(3) != Some(&"01") {
-                return None;
-            }
-            let (local, port) = parse_proc_endpoint(fields.get(1)?)?;
-            let (peer, peer_port) = parse_proc_endpoint(fields.get(2)?)?;
-            Some(SshPeer {
-                peer,
-                peer_port,
-                local,
-                port,
-                origin: PeerOrigin::SocketTable,
-            })
+    sockets::parse(text)
+        .into_iter()
+        .filter(|s| s.state == sockets::ESTABLISHED)
+        .map(|s| SshPeer {
+            peer: s.peer,
+            peer_port: s.peer_port,
+            local: s.local,
+            port: s.local_port,
+            origin: PeerOrigin::SocketTable,
         })
         .collect()
 }
@@ -517,6 +480,7 @@ pub fn log_findings(assessment: &Assessment, force: bool) {
 pub fn check_for_agent(policy: &Policy, ifaces: &[String], force: bool) -> Result<(), String> {
     let assessment = assess(policy, &Facts::from_system(), ifaces);
     log_findings(&assessment, force);
+    super::ephemeral::warn(policy);
     if assessment.is_lockout() && !force {
         let reasons: Vec<&str> = assessment.blocks().map(|f| f.message.as_str()).collect();
         return Err(format!(

@@ -5,5 +5,6 @@
 
 pub mod confirm;
 pub mod diff;
+pub mod ephemeral;
 pub mod lockout;
 pub mod probe;

@@ -1,0 +1,63 @@
+//! The host's outgoing packets, seen at TC egress on the same interface as the XDP
+//! program: records the flows the host opens so their replies pass rule 6
+//! (flows.rs says why this and not the kernel's conntrack). Never drops or changes
+//! a packet.
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+use crate::{
+    flows::{self, Outgoing},
+    maps,
+    parse::{self, Bytes, Egress, Packet},
+};
+
+/// tcx's "continue": any program after ours (another tool's) decides as usual.
+const TCX_NEXT: i32 = -1;
+
+/// Enough for Ethernet, two VLAN tags, IPv6 with a few extension headers and the
+/// ports.
+const HEADER_BYTES: u32 = 256;
+
+#[classifier]
+pub fn airlock_egress(ctx: TcContext) -> i32 {
+    let mut packet = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end()));
+    // The stack builds its headers in the linear part, so this is rare; pulling
+    // unconditionally would copy every cloned TCP segment's head.
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if matches!(packet, Packet::Malformed | Packet::MalformedFrom(_))
+        && linear < ctx.len()
+        && ctx
+            .pull_data(core::cmp::min(ctx.len(), HEADER_BYTES))
+            .is_ok()
+    {
+        packet = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end()));
+    }
+    if let Packet::Ip(peer, l4) = packet
+        && let Some(outgoing) = Outgoing::of(peer, l4)
+        && !served_by_rules(&outgoing)
+    {
+        flows::record(&outgoing);
+    }
+    TCX_NEXT
+}
+
+/// Whether the host sends this from a port some rule of the policy in force covers
+/// (a service it offers): the rules decide what its peers send back (rule 5 comes
+/// before rule 6), so recording it would only let a busy server's own connections
+/// crowd the host's outgoing flows out of the table.
+#[inline(always)]
+fn served_by_rules(outgoing: &Outgoing) -> bool {
+    let tcp = match outgoing.protocol() {
+        flows::IPPROTO_TCP => true,
+        flows::IPPROTO_UDP => false,
+        _ => return false,
+    };
+    let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
+    if maps::CONFIG
+        .get(generation)
+        .is_none_or(|config| config.valid == 0)
+    {
+        return false;
+    }
+    maps::port_rules(generation, tcp, outgoing.key.local_port) != 0
+}
