@@ -8,6 +8,7 @@
 //! bounded in time or count. `cargo xtask bench` builds and runs it.
 
 pub mod control;
+pub mod egress;
 pub mod live;
 pub mod peers;
 pub mod per_packet;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 
 use super::{
@@ -106,7 +106,10 @@ pub struct Timing {
     pub kernel_ns: f64,
 }
 
-pub fn time(program: &mut Xdp, bytes: &[u8], repeat: u32) -> Result<Timing> {
+pub fn time<P>(program: &mut P, bytes: &[u8], repeat: u32) -> Result<Timing>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let before = thread_cpu_time();
     let result = program.test_run(TestRunOptions {
         data_in: Some(bytes),
@@ -217,7 +220,7 @@ pub fn measure(
                 x_action = t.action;
             }
             for ((_, program), figures) in variants.iter_mut().zip(&mut v_figures) {
-                let t = time(program, &case.bytes, repeat)?;
+                let t = time(&mut **program, &case.bytes, repeat)?;
                 figures.0.push(t.ns);
                 figures.1.push(t.ns / f.ns);
                 figures.2 = t.action;

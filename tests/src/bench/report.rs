@@ -44,6 +44,8 @@ pub struct LiveRow {
 pub struct Results {
     pub machine: Value,
     pub per_packet: Vec<Row>,
+    /// The return-traffic egress program, per packet the host sends.
+    pub egress: Vec<super::egress::EgressRow>,
     pub library: Vec<LibraryRow>,
     pub live: Vec<LiveRow>,
     pub control: Vec<ControlRow>,
@@ -400,6 +402,25 @@ impl Results {
                 l.entries_v6
             );
         }
+        if !self.egress.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Egress: recording the host's flows (BPF_PROG_TEST_RUN, {} runs)\n\nThe return-traffic program on TC egress, per packet the host sends, in steady state (the flow already tracked); ratio = program ÷ do-nothing TC program.\n\n| frame the host sends | floor ns | egress ns | ratio |\n|---|---|---|---|",
+                super::per_packet::REPEAT
+            );
+            for r in &self.egress {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.1} | {:.1} | {:.2}× ({:.2}–{:.2}) |",
+                    r.case,
+                    r.floor_ns.median,
+                    r.egress_ns.median,
+                    r.ratio.median,
+                    r.ratio.min,
+                    r.ratio.max
+                );
+            }
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(md, "\n## Notes\n");
             for n in &self.notes {
@@ -469,6 +490,9 @@ impl Results {
             "seconds": self.seconds,
             "targets": targets,
             "per_packet": per_packet,
+            "egress": self.egress.iter().map(|r| json!({
+                "frame": r.case, "floor_ns": r.floor_ns.json(), "egress_ns": r.egress_ns.json(), "ratio": r.ratio.json(),
+            })).collect::<Vec<_>>(),
             "live": live,
             "control_plane": control,
             "library": library,

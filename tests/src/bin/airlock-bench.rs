@@ -16,7 +16,7 @@ use std::{
 use airlock::{compile, loader::LoadedFilter, loader::PolicySummary, policy};
 use airlock_integration::{
     bench::{
-        RUNS, control,
+        RUNS, control, egress,
         live::LiveBed,
         peers::{self, Nftables, XdpFilter},
         per_packet::{self, Floor, timed},
@@ -91,6 +91,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     let mut results = Results {
         machine: machine(),
         per_packet: Vec::new(),
+        egress: Vec::new(),
         library: Vec::new(),
         live: Vec::new(),
         control: Vec::new(),
@@ -171,6 +172,11 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                 &mut variant_programs,
                 per_packet::REPEAT,
             )?;
+            if results.egress.is_empty() {
+                // The egress program's cost does not depend on the policy's size
+                // (one port-array read, one flow lookup): measured once.
+                results.egress = egress::measure(&mut filter, policies::PORT)?;
+            }
             unpin();
             results.per_packet.extend(rows);
             if ranges == 1 && !options.per_packet_only {
