@@ -14,7 +14,7 @@ use airlock_common::{
     ICMP_ECHO_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS,
     UDP_TIMEOUT_NS,
 };
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 use crate::{
     maps::FLOWS,
@@ -171,7 +171,11 @@ pub fn record(outgoing: &Outgoing) {
         let _ = FLOWS.remove(key);
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (CLOCK_MONOTONIC_COARSE, a tick behind at most) is enough
+    // for timeouts of seconds and costs less on a path every packet the host sends
+    // takes; the XDP side compares against the precise clock, so a flow can only
+    // expire up to a tick early, never late.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // An entry past its timeout is as good as absent (the LRU evicts it in its own
     // time): it neither keeps a flow going nor passes on its closing state.
     let live = match FLOWS.get_ptr(key) {
