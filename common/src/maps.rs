@@ -38,7 +38,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -54,6 +54,7 @@ pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
 pub const MAP_SAMPLE_STATE: &str = "SAMPLE_STATE";
 pub const MAP_SAMPLE_STATS: &str = "SAMPLE_STATS";
 pub const MAP_SAMPLING: &str = "SAMPLING";
+pub const MAP_RECORD: &str = "RECORD";
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "airlock_xdp";
@@ -182,6 +183,23 @@ pub const fn rule_stat_index(generation: u32, allowed: bool, rule: u32) -> u32 {
 }
 
 pub const RULE_STAT_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
+
+/// Bytes of one `RECORD` value. `RECORD` is a hash map written and read only by user
+/// space: for each generation, a compact copy of exactly what the loader wrote into
+/// its tries and port arrays (a header, then chunks), so the next apply into that
+/// generation can write only the difference instead of reading the tries back.
+pub const RECORD_CHUNK_BYTES: usize = 4000;
+
+/// Key of chunk `index` of generation `generation`'s record (chunk 0: the header).
+#[inline(always)]
+pub const fn record_key(generation: u32, index: u32) -> u32 {
+    (generation << 24) | index
+}
+
+/// Largest number of `RECORD` values: both generations' headers and chunks at the
+/// largest policy the tries hold (about 30 bytes per prefix). The map is not
+/// preallocated, so this costs nothing until used.
+pub const RECORD_SLOTS: u32 = 1 << 16;
 
 /// Opaque summary of the policy a generation holds (JSON written by the loader, read
 /// by `status`, `diff` and the agent). Kept in a pinned map so the state lives and

@@ -3,12 +3,13 @@
 
 use airlock_common::{
     Counter, DROP_SAMPLE_RING_BYTES, GENERATION_KEY_BITS, GENERATIONS, GenConfig, MAX_PREFIXES_V4,
-    MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS,
-    SampleWindow, SamplingConfig, SourceEntry, port_index,
+    MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RECORD_CHUNK_BYTES, RECORD_SLOTS,
+    RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SampleWindow, SamplingConfig, SourceEntry, port_index,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 
 #[map]
@@ -47,6 +48,12 @@ pub static SAMPLE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SAMPLE
 /// removed together with the rest of the filter.
 #[map]
 pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
+
+/// User space only, like META: each generation's record of what it holds (see
+/// `airlock_common::maps::RECORD_CHUNK_BYTES`).
+#[map]
+pub static RECORD: HashMap<u32, [u8; RECORD_CHUNK_BYTES]> =
+    HashMap::with_max_entries(RECORD_SLOTS, BPF_F_NO_PREALLOC);
 
 /// Source entry for an IPv4 address in generation `generation`.
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! to `<out>/latest.md` and `<out>/latest.json`. Needs root; everything happens in
 //! throwaway namespaces with private bpffs mounts, and every loop is bounded.
 //!
-//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only] [--variant NAME=OBJECT]...
+//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only] [--variant NAME=OBJECT]...
 //! (`--quick`: sizes up to 10,000 prefixes only, for trying the suite out;
 //! `--variant`: also time an experimental build of the XDP program, same maps.)
 
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             "--quick" => quick = true,
             "--per-packet-only" => options.per_packet_only = true,
+            "--control-only" => options.control_only = true,
             "--variant" => {
                 let Some((name, path)) = args.next().and_then(|v| {
                     v.split_once('=')
@@ -78,6 +79,8 @@ fn main() -> ExitCode {
 #[derive(Default)]
 struct Options {
     per_packet_only: bool,
+    /// Only the control-plane rows (apply and re-apply times): for iterating on the loader.
+    control_only: bool,
     variants: Vec<(String, PathBuf)>,
 }
 
@@ -120,7 +123,8 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     results.notes.push(
         "xdp-filter (deny mode, IP features) matches exact addresses only: every prefix of the policy is loaded as its network address, so it enforces a looser policy (no prefixes, no ports) and its maps are sized to fit (its own limit is 10,000 per family). In deny mode it also drops ARP from unlisted senders, where Airlock passes all non-IP frames.".into(),
     );
-    for &generated in sizes {
+    let packet_sizes: &[usize] = if options.control_only { &[] } else { sizes };
+    for &generated in packet_sizes {
         let bulk = policies::generate(generated, policies::SEED);
         for ranges in PORT_RANGES {
             let workload = Workload::with_bulk(bulk.clone(), ranges);
@@ -187,7 +191,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             }
         }
     }
-    if !options.per_packet_only && !live.threaded_napi {
+    if !options.per_packet_only && !options.control_only && !live.threaded_napi {
         results.notes.push(
             "threaded NAPI unavailable: generator and receiver shared a CPU in the live test"
                 .into(),
@@ -215,8 +219,8 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     }
     let agent_size = if quick { 10_000 } else { 100_000 };
     progress("agent memory");
-    results.agent_rss = if options.per_packet_only {
-        Err("not measured (--per-packet-only)".into())
+    results.agent_rss = if options.per_packet_only || options.control_only {
+        Err("not measured (--per-packet-only or --control-only)".into())
     } else {
         match control::agent_rss(
             &live.bed.server,

@@ -10,6 +10,7 @@ mod meta;
 mod object;
 mod pins;
 mod policy_maps;
+mod record;
 
 use std::{fs, path::Path};
 
@@ -200,6 +201,9 @@ fn install_staged(
             source,
         })?;
     maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
+    // The maps were just created: both copies are known to be empty, so the first
+    // re-apply into the second copy need not read the tries to find that out.
+    maps.record_fresh()?;
     // The policy goes in before the program sees its first packet.
     // Attach mode is only known after attaching; record the likely one and fix it up.
     summary.attach_mode = AttachMode::Driver.as_str().to_owned();
