@@ -4,7 +4,8 @@
 use airlock_common::{
     Counter, DROP_SAMPLE_RING_BYTES, GENERATION_KEY_BITS, GENERATIONS, GenConfig, MAX_PREFIXES_V4,
     MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RECORD_CHUNK_BYTES, RECORD_SLOTS,
-    RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SampleWindow, SamplingConfig, SourceEntry, port_index,
+    RULE_BASE_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SampleWindow, SamplingConfig, SourceEntry,
+    port_index,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -34,6 +35,9 @@ pub static PORTS_UDP: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SL
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STAT_SLOTS, 0);
 #[map]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);
+/// User space only: see `airlock_common::maps::rule_base_index`.
+#[map]
+pub static RULE_BASE: Array<Counter> = Array::with_max_entries(RULE_BASE_SLOTS, 0);
 
 #[map]
 pub static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(DROP_SAMPLE_RING_BYTES, 0);

@@ -71,6 +71,18 @@ pub(crate) fn update_u32_keys(map: &MapData, keys: &[u32], values: &[u64]) -> st
     update(map, as_bytes(keys), as_bytes(values), values.len())
 }
 
+/// Writes `words`-word values (`values` holds `keys.len() * words` of them) to slots
+/// `keys` of an array map.
+pub(crate) fn update_u32_keys_u64s(
+    map: &MapData,
+    keys: &[u32],
+    values: &[u64],
+    words: usize,
+) -> std::io::Result<()> {
+    debug_assert_eq!(keys.len() * words, values.len());
+    update(map, as_bytes(keys), as_bytes(values), keys.len())
+}
+
 fn as_bytes<T: Copy>(items: &[T]) -> &[u8] {
     // SAFETY: plain integers, no padding; the slice covers exactly their bytes.
     unsafe { std::slice::from_raw_parts(items.as_ptr().cast(), std::mem::size_of_val(items)) }

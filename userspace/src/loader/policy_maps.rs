@@ -12,9 +12,10 @@ use std::path::Path;
 
 use airlock_common::{
     Counter, GENERATION_KEY_BITS, GENERATIONS, GenConfig, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META,
-    MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RECORD, MAP_RULE_STATS, MAP_SAMPLE_STATS,
-    MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta, Reason,
-    SAMPLE_STAT_SLOTS, SamplingConfig, SourceEntry, port_index, reason_stat_index, rule_stat_index,
+    MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RECORD, MAP_RULE_BASE, MAP_RULE_STATS,
+    MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta,
+    RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, SourceEntry, port_index,
+    reason_stat_index, rule_base_index, rule_stat_index,
 };
 use aya::{
     Ebpf,
@@ -85,6 +86,7 @@ pub struct PolicyMaps {
     ports_udp: Array<MapData, u64>,
     reason_stats: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, Counter>,
+    rule_base: Array<MapData, Counter>,
     meta: Array<MapData, PolicyMeta>,
     sampling: Array<MapData, SamplingConfig>,
     sample_stats: PerCpuArray<MapData, u64>,
@@ -106,6 +108,7 @@ impl PolicyMaps {
             ports_udp: source.take(MAP_PORTS_UDP)?,
             reason_stats: source.take(MAP_REASON_STATS)?,
             rule_stats: source.take(MAP_RULE_STATS)?,
+            rule_base: source.take(MAP_RULE_BASE)?,
             meta: source.take(MAP_META)?,
             sampling: source.take(MAP_SAMPLING)?,
             sample_stats: source.take(MAP_SAMPLE_STATS)?,
@@ -207,7 +210,7 @@ impl PolicyMaps {
             MAP_PORTS_UDP,
         )?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "ports written");
-        self.reset_rule_counters(generation)?;
+        self.snapshot_rule_base(generation)?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "rule counters reset"
@@ -233,29 +236,76 @@ impl PolicyMaps {
     }
 
     /// Rule counters are per generation, so the counters of the policy in force belong
-    /// to its rules; a generation about to be reused starts from zero.
-    fn reset_rule_counters(&mut self, generation: u32) -> Result<(), LoaderError> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| LoaderError::io("reading", "/sys/devices/system/cpu/possible", e))?;
+    /// to its rules. They are never reset (their sums are the `RuleAllowed` and
+    /// `RuleRefused` totals, which must only grow): a generation about to be reused
+    /// gets a snapshot of its counters instead, and the policy's counters are the
+    /// growth since.
+    fn snapshot_rule_base(&mut self, generation: u32) -> Result<(), LoaderError> {
+        let stats = self.rule_stats_summed()?;
+        let mut keys = Vec::with_capacity(2 * MAX_RULES);
+        let mut values = Vec::with_capacity(2 * MAX_RULES);
         for allowed in [true, false] {
             for rule in 0..MAX_RULES as u32 {
-                let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])
-                    .map_err(|e| LoaderError::io("sizing per-CPU values", "", e))?;
-                self.rule_stats
-                    .set(rule_stat_index(generation, allowed, rule), zeros, 0)
-                    .map_err(map_err(MAP_RULE_STATS))?;
+                let at =
+                    |monitor| stats[rule_stat_index(generation, monitor, allowed, rule) as usize];
+                keys.push(rule_base_index(generation, allowed, rule));
+                values.push(add(at(false), at(true)));
+            }
+        }
+        let raw: Vec<u64> = values.iter().flat_map(|c| [c.packets, c.bytes]).collect();
+        if super::batch::update_u32_keys_u64s(self.rule_base.map(), &keys, &raw, 2).is_err() {
+            for (&index, &value) in keys.iter().zip(&values) {
+                self.rule_base
+                    .set(index, value, 0)
+                    .map_err(map_err(MAP_RULE_BASE))?;
             }
         }
         Ok(())
     }
 
+    /// Every `RULE_STATS` slot, summed over CPUs.
+    fn rule_stats_summed(&self) -> Result<Vec<Counter>, LoaderError> {
+        let mut out = vec![Counter::default(); RULE_STAT_SLOTS as usize];
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| LoaderError::io("reading", "/sys/devices/system/cpu/possible", e))?;
+        let per_cpu = size_of::<Counter>();
+        let batch = super::batch::lookup_each(
+            self.rule_stats.map(),
+            size_of::<u32>(),
+            per_cpu * cpus,
+            |key, values| {
+                let index = u32::from_ne_bytes(key.try_into().unwrap_or_default()) as usize;
+                let word = |at: usize| {
+                    u64::from_ne_bytes(values[at..at + 8].try_into().unwrap_or_default())
+                };
+                if let Some(slot) = out.get_mut(index) {
+                    for cpu in 0..cpus {
+                        slot.packets += word(cpu * per_cpu);
+                        slot.bytes += word(cpu * per_cpu + 8);
+                    }
+                }
+            },
+        );
+        if batch.is_err() {
+            for (index, slot) in (0..RULE_STAT_SLOTS).zip(out.iter_mut()) {
+                let values = self
+                    .rule_stats
+                    .get(&index, 0)
+                    .map_err(map_err(MAP_RULE_STATS))?;
+                *slot = values
+                    .iter()
+                    .fold(Counter::default(), |acc, c| add(acc, *c));
+            }
+        }
+        Ok(out)
+    }
+
     /// Counters summed over CPUs; rule counters are those of the active generation.
     pub fn counters(&self) -> Result<Counters, LoaderError> {
         let sum = |values: PerCpuValues<Counter>| {
-            values.iter().fold(Counter::default(), |acc, c| Counter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            })
+            values
+                .iter()
+                .fold(Counter::default(), |acc, c| add(acc, *c))
         };
         let mut reasons = Vec::with_capacity(Reason::ALL.len());
         let mut reasons_in_monitor = Vec::with_capacity(Reason::ALL.len());
@@ -267,11 +317,27 @@ impl PolicyMaps {
                     .map_err(map_err(MAP_REASON_STATS))
             };
             let (enforced, monitored) = (read(false)?, read(true)?);
-            reasons.push(Counter {
-                packets: enforced.packets + monitored.packets,
-                bytes: enforced.bytes + monitored.bytes,
-            });
+            reasons.push(add(enforced, monitored));
             reasons_in_monitor.push(monitored);
+        }
+        // Packets a rule decided are counted only per rule (one counter update per
+        // packet in the kernel): their reason totals are the sums over every rule,
+        // outcome and generation, so they only grow, across any number of applies.
+        let stats = self.rule_stats_summed()?;
+        for generation in 0..GENERATIONS {
+            for monitor in [false, true] {
+                for (allowed, reason) in [(true, Reason::RuleAllowed), (false, Reason::RuleRefused)]
+                {
+                    for rule in 0..MAX_RULES as u32 {
+                        let c = stats[rule_stat_index(generation, monitor, allowed, rule) as usize];
+                        let at = reason as usize;
+                        reasons[at] = add(reasons[at], c);
+                        if monitor {
+                            reasons_in_monitor[at] = add(reasons_in_monitor[at], c);
+                        }
+                    }
+                }
+            }
         }
         let mut samples = [0u64; SAMPLE_STAT_SLOTS as usize];
         for (slot, total) in (0..SAMPLE_STAT_SLOTS).zip(samples.iter_mut()) {
@@ -291,12 +357,17 @@ impl PolicyMaps {
         for rule in 0..rule_count.min(MAX_RULES as u32) {
             let mut pair = [Counter::default(); 2];
             for (slot, allowed) in pair.iter_mut().zip([true, false]) {
-                let index = rule_stat_index(generation, allowed, rule);
-                let values = self
-                    .rule_stats
-                    .get(&index, 0)
-                    .map_err(map_err(MAP_RULE_STATS))?;
-                *slot = sum(values);
+                let at =
+                    |monitor| stats[rule_stat_index(generation, monitor, allowed, rule) as usize];
+                let base = self
+                    .rule_base
+                    .get(&rule_base_index(generation, allowed, rule), 0)
+                    .map_err(map_err(MAP_RULE_BASE))?;
+                let now = add(at(false), at(true));
+                *slot = Counter {
+                    packets: now.packets.saturating_sub(base.packets),
+                    bytes: now.bytes.saturating_sub(base.bytes),
+                };
             }
             rules.push((pair[0], pair[1]));
         }
@@ -306,6 +377,13 @@ impl PolicyMaps {
             samples,
             rules,
         })
+    }
+}
+
+fn add(a: Counter, b: Counter) -> Counter {
+    Counter {
+        packets: a.packets.wrapping_add(b.packets),
+        bytes: a.bytes.wrapping_add(b.bytes),
     }
 }
 
