@@ -1894,6 +1894,7 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
         .try_into()
         .expect("an XDP program");
     let done = AtomicBool::new(false);
+    let rounds_done = std::sync::atomic::AtomicUsize::new(0);
     let started = Barrier::new(2);
     let first_error = Mutex::new(None::<String>);
     let counts = std::thread::scope(|scope| {
@@ -1933,6 +1934,7 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
                     c.transitions += 1;
                 }
                 last = Some(action);
+                rounds_done.store(c.rounds, Ordering::Release);
             }
             c
         });
@@ -1949,6 +1951,16 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
             // Flip 0 applies B (A is in force), flip 1 A, and so on.
             maps.apply(&compiled[(flip + 1) % 2], &PolicySummary::default())
                 .expect("apply");
+            // An apply that writes only a difference takes well under a millisecond:
+            // let the prober see each policy in force (bounded wait) before the next.
+            let seen = rounds_done.load(Ordering::Acquire);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while rounds_done.load(Ordering::Acquire) < seen + 3
+                && std::time::Instant::now() < deadline
+                && !prober.is_finished()
+            {
+                std::thread::yield_now();
+            }
         }
         drop(stop);
         prober.join().expect("prober thread")

@@ -106,7 +106,13 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     let mut filter = LoadedFilter::load().context("loading Airlock's XDP program")?;
     let mut live = LiveBed::new()?;
     let bpffs = PrivateBpffs::new();
-    let workdir = tempfile::tempdir()?;
+    let tempdir = tempfile::tempdir()?;
+    // AIRLOCK_BENCH_WORKDIR: keep the generated policies and lists there (to profile
+    // the CLI on them afterwards).
+    let workdir = std::env::var_os("AIRLOCK_BENCH_WORKDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tempdir.path().to_owned());
+    std::fs::create_dir_all(&workdir)?;
     let xdp_filter_object = peers::find_xdp_filter_object();
     if xdp_filter_object.is_none() {
         results.notes.push(format!(
@@ -129,7 +135,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
         for ranges in PORT_RANGES {
             let workload = Workload::with_bulk(bulk.clone(), ranges);
             progress(format!("policy {}", workload.label));
-            let (library, compiled) = apply_policy(&mut filter, &workload, workdir.path())?;
+            let (library, compiled) = apply_policy(&mut filter, &workload, &workdir)?;
             results.library.push(library);
             // Twice: both generations hold this policy, so a variant that reads
             // one generation's maps only still sees it.
@@ -208,7 +214,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             &live.bed.server,
             &live.bed.server_if,
             &workload,
-            workdir.path(),
+            &workdir,
             LOAD_LIMIT,
         ) {
             Ok(row) => results.control.push(row),
@@ -226,7 +232,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             &live.bed.server,
             &live.bed.server_if,
             &Workload::new(agent_size, 1),
-            workdir.path(),
+            &workdir,
             Duration::from_secs(8),
         ) {
             Ok(Some(kib)) => Ok(kib),

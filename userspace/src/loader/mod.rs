@@ -48,7 +48,9 @@ pub struct LoadedFilter {
 impl LoadedFilter {
     pub fn load() -> Result<Self, LoaderError> {
         let mut ebpf = load_object()?;
-        let maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
+        let mut maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
+        // Fresh maps: both copies are known to be empty.
+        maps.record_fresh()?;
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(program_error)?;
         Ok(Self { ebpf, maps })
