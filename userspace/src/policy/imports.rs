@@ -61,11 +61,12 @@ pub(crate) fn parse_list(
             continue;
         }
         let plain = !line.bytes().any(|b| b == b'#' || b.is_ascii_whitespace());
-        if plain && !line.is_empty() {
-            if let Ok(net) = parse_cidr(line) {
-                out.push(net);
-                continue;
-            }
+        if plain
+            && !line.is_empty()
+            && let Ok(net) = parse_cidr(line)
+        {
+            out.push(net);
+            continue;
         }
         let content = line.split_once('#').map_or(line, |(before, _)| before);
         let mut words = content.split_whitespace();
