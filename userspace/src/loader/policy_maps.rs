@@ -11,11 +11,11 @@
 use std::path::Path;
 
 use airlock_common::{
-    Counter, GENERATION_KEY_BITS, GENERATIONS, GenConfig, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META,
-    MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RECORD, MAP_RULE_BASE, MAP_RULE_STATS,
-    MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta,
-    RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, SourceEntry, port_index,
-    reason_stat_index, rule_base_index, rule_stat_index,
+    Counter, GENERATION_KEY_BITS, GENERATIONS, GenConfig, LAYOUT_VERSION, MAP_ACTIVE_GEN,
+    MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RECORD,
+    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6,
+    MAX_RULES, PORT_SLOTS, PolicyMeta, RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig,
+    SourceEntry, port_index, reason_stat_index, rule_base_index, rule_stat_index,
 };
 use aya::{
     Ebpf,
@@ -49,6 +49,16 @@ impl MapSource<'_> {
         };
         T::try_from(map).map_err(|source| LoaderError::Map { name, source })
     }
+}
+
+/// The layout version recorded in the active META slot of the filter pinned in
+/// `dir`, read from the two maps every layout has.
+fn pinned_layout(dir: &Path) -> Option<u32> {
+    let mut source = MapSource::Pinned(dir);
+    let active: Array<MapData, u32> = source.take(MAP_ACTIVE_GEN).ok()?;
+    let meta: Array<MapData, PolicyMeta> = source.take(MAP_META).ok()?;
+    let generation = active.get(&0, 0).ok()? & 1;
+    Some(meta.get(&generation, 0).ok()?.layout_version)
 }
 
 /// A source trie; `K` is the key size: the generation byte and the address.
@@ -118,7 +128,24 @@ impl PolicyMaps {
 
     /// Opens the maps pinned in `dir` (an interface's pin directory).
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
-        Self::take(MapSource::Pinned(dir))
+        Self::take(MapSource::Pinned(dir)).map_err(|error| {
+            // A filter pinned by an airlock with another map layout may lack maps
+            // this one has: say that, rather than which map is missing.
+            match pinned_layout(dir) {
+                Some(found) if found != 0 && found != LAYOUT_VERSION => {
+                    LoaderError::LayoutMismatch {
+                        path: dir.to_owned(),
+                        iface: dir
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        found,
+                        expected: LAYOUT_VERSION,
+                    }
+                }
+                _ => error,
+            }
+        })
     }
 
     pub fn active_generation(&self) -> Result<u32, LoaderError> {

@@ -14,7 +14,7 @@
 //! does not match the bytes read is treated the same way. Only the loader writes
 //! these maps (a loader with another map layout refuses to, see `LAYOUT_VERSION`).
 
-use airlock_common::{RECORD_CHUNK_BYTES, SourceEntry, record_key};
+use airlock_common::{RECORD_CHUNK_BYTES, RECORD_SLOTS, SourceEntry, record_key};
 use aya::maps::{HashMap, MapData, MapError};
 
 use crate::compile::{Compiled, PrefixEntry};
@@ -112,6 +112,9 @@ pub(crate) fn read(map: &RecordMap, generation: u32) -> Result<Option<Held>, Map
     let Some(header) = header(map, generation)? else {
         return Ok(None);
     };
+    if header.len > u64::from(RECORD_SLOTS) * RECORD_CHUNK_BYTES as u64 {
+        return Ok(None);
+    }
     let mut payload = Vec::with_capacity(header.len as usize);
     for index in 1..=header.chunks() {
         match map.get(&record_key(generation, index), 0) {
