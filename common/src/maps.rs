@@ -49,11 +49,13 @@ pub const MAP_PORTS_TCP: &str = "PORTS_TCP";
 pub const MAP_PORTS_UDP: &str = "PORTS_UDP";
 pub const MAP_REASON_STATS: &str = "REASON_STATS";
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
+pub const MAP_RULE_BASE: &str = "RULE_BASE";
 pub const MAP_META: &str = "META";
 pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
 pub const MAP_SAMPLE_STATE: &str = "SAMPLE_STATE";
 pub const MAP_SAMPLE_STATS: &str = "SAMPLE_STATS";
 pub const MAP_SAMPLING: &str = "SAMPLING";
+pub const MAP_RECORD: &str = "RECORD";
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "airlock_xdp";
@@ -173,15 +175,49 @@ pub struct DropSample {
     pub _pad: [u8; 2],
 }
 
-/// Index into `RULE_STATS`: counters per generation, outcome and rule, so the counters
-/// of the policy in force always belong to its rules, whatever the previous policy was.
+/// Index into `RULE_STATS`: counters per generation, mode, outcome and rule. A packet
+/// a rule decided is counted here and only here (one counter update per packet): the
+/// `RuleAllowed`/`RuleRefused` totals of `REASON_STATS` are these summed by user space
+/// (those two `REASON_STATS` slots are never written). The kernel never has these
+/// reset, so the sums only grow; the counters of the policy in force are the growth
+/// since its apply, against the `RULE_BASE` snapshot the loader takes of its
+/// generation then.
 #[inline(always)]
-pub const fn rule_stat_index(generation: u32, allowed: bool, rule: u32) -> u32 {
+pub const fn rule_stat_index(generation: u32, monitor: bool, allowed: bool, rule: u32) -> u32 {
+    let outcome = if allowed { 0 } else { 1 };
+    let mode = if monitor { 1 } else { 0 };
+    ((generation * 2 + mode) * 2 + outcome) * MAX_RULES as u32 + rule
+}
+
+pub const RULE_STAT_SLOTS: u32 = GENERATIONS * 2 * 2 * MAX_RULES as u32;
+
+/// Index into `RULE_BASE` (user space only, summed over CPUs and modes): what
+/// `RULE_STATS` held for this generation, outcome and rule when the loader last
+/// wrote a policy into the generation.
+#[inline(always)]
+pub const fn rule_base_index(generation: u32, allowed: bool, rule: u32) -> u32 {
     let outcome = if allowed { 0 } else { 1 };
     (generation * 2 + outcome) * MAX_RULES as u32 + rule
 }
 
-pub const RULE_STAT_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
+pub const RULE_BASE_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
+
+/// Bytes of one `RECORD` value. `RECORD` is a hash map written and read only by user
+/// space: for each generation, a compact copy of exactly what the loader wrote into
+/// its tries and port arrays (a header, then chunks), so the next apply into that
+/// generation can write only the difference instead of reading the tries back.
+pub const RECORD_CHUNK_BYTES: usize = 4000;
+
+/// Key of chunk `index` of generation `generation`'s record (chunk 0: the header).
+#[inline(always)]
+pub const fn record_key(generation: u32, index: u32) -> u32 {
+    (generation << 24) | index
+}
+
+/// Largest number of `RECORD` values: both generations' headers and chunks at the
+/// largest policy the tries hold (about 30 bytes per prefix). The map is not
+/// preallocated, so this costs nothing until used.
+pub const RECORD_SLOTS: u32 = 1 << 16;
 
 /// Opaque summary of the policy a generation holds (JSON written by the loader, read
 /// by `status`, `diff` and the agent). Kept in a pinned map so the state lives and

@@ -34,20 +34,26 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let packet = parse::parse::<Ingress>(&Bytes::new(ctx.data(), ctx.data_end()));
+    // Taken before `decide`, on every path: built only on the drop path (after
+    // `decide`), the `Packet` enum stays live across the lookups and LLVM moves its
+    // bytes through a register that once held a packet pointer, which the verifier
+    // refuses ("pointer arithmetic with <<= operator prohibited"; see sample.rs).
     let sample_info = sample::SampleInfo::of(&packet);
     let (reason, rule) = decide(generation, config.default_action, packet);
-    maps::count(
-        &maps::REASON_STATS,
-        reason_stat_index(reason as u32, monitor),
-        bytes,
-    );
     let passes = reason.passes();
-    if let Some(rule) = rule {
-        maps::count(
+    // One counter per packet: a packet a rule decided is counted for that rule only
+    // (user space derives the reason totals from the rule counters).
+    match rule {
+        Some(rule) => maps::count(
             &maps::RULE_STATS,
-            rule_stat_index(generation, passes, rule),
+            rule_stat_index(generation, monitor, passes, rule),
             bytes,
-        );
+        ),
+        None => maps::count(
+            &maps::REASON_STATS,
+            reason_stat_index(reason as u32, monitor),
+            bytes,
+        ),
     }
     if passes {
         return xdp_action::XDP_PASS;

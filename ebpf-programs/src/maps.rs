@@ -4,12 +4,13 @@
 use airlock_common::{
     Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATION_KEY_BITS,
     GENERATIONS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta,
-    REASON_STAT_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SampleWindow, SamplingConfig,
-    SourceEntry, port_index,
+    REASON_STAT_SLOTS, RECORD_CHUNK_BYTES, RECORD_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS,
+    SAMPLE_STAT_SLOTS, SampleWindow, SamplingConfig, SourceEntry, port_index,
 };
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 
 #[map]
@@ -34,6 +35,9 @@ pub static PORTS_UDP: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SL
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STAT_SLOTS, 0);
 #[map]
 pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STAT_SLOTS, 0);
+/// User space only: see `airlock_common::maps::rule_base_index`.
+#[map]
+pub static RULE_BASE: Array<Counter> = Array::with_max_entries(RULE_BASE_SLOTS, 0);
 
 #[map]
 pub static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(DROP_SAMPLE_RING_BYTES, 0);
@@ -53,6 +57,12 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 /// removed together with the rest of the filter.
 #[map]
 pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
+
+/// User space only, like META: each generation's record of what it holds (see
+/// `airlock_common::maps::RECORD_CHUNK_BYTES`).
+#[map]
+pub static RECORD: HashMap<u32, [u8; RECORD_CHUNK_BYTES]> =
+    HashMap::with_max_entries(RECORD_SLOTS, BPF_F_NO_PREALLOC);
 
 /// Source entry for an IPv4 address in generation `generation`.
 #[inline(always)]

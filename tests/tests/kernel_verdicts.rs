@@ -1794,6 +1794,85 @@ fn a_new_policy_is_in_force_as_soon_as_apply_returns() {
     }
 }
 
+/// Rule-decided packets are counted once, per rule; the reason totals user space
+/// derives from those counters only grow across applies (both generations reused
+/// several times, enforce and monitor), and their monitor-mode part counts exactly
+/// the packets judged in monitor mode.
+#[test]
+fn rule_reason_totals_only_grow_across_applies_and_split_by_mode() {
+    let mut h = Harness::new();
+    let allowed = FrameSpec::tcp("198.51.100.10", 5432);
+    let refused = FrameSpec::tcp("198.51.100.99", 5432);
+    let (mut allowed_n, mut refused_n) = (0u64, 0u64);
+    let (mut allowed_mon, mut refused_mon) = (0u64, 0u64);
+    let mut last = h.counters();
+    for round in 0..6 {
+        let monitor = round % 3 == 2;
+        let mut yaml = if round % 2 == 0 { SWAP_A } else { SWAP_B }.to_owned();
+        if monitor {
+            yaml = yaml.replace("default: drop", "default: drop\nmode: monitor");
+        }
+        h.apply(&yaml);
+        let after_apply = h.counters();
+        assert!(
+            after_apply.rules.iter().all(|r| *r == Default::default()),
+            "round {round}: the new policy's rule counters start at zero"
+        );
+        for _ in 0..=round {
+            let action = if monitor { XDP_PASS } else { XDP_DROP };
+            verify(&mut h, allowed.clone(), XDP_PASS, Reason::RuleAllowed);
+            verify(&mut h, refused.clone(), action, Reason::RuleRefused);
+            allowed_n += 1;
+            refused_n += 1;
+            if monitor {
+                allowed_mon += 1;
+                refused_mon += 1;
+            }
+        }
+        let now = h.counters();
+        for reason in [Reason::RuleAllowed, Reason::RuleRefused] {
+            assert!(
+                now.reason(reason).packets >= last.reason(reason).packets,
+                "round {round}: {} went down",
+                reason.name()
+            );
+        }
+        assert_eq!(
+            now.reason(Reason::RuleAllowed).packets,
+            allowed_n,
+            "round {round}"
+        );
+        assert_eq!(
+            now.reason(Reason::RuleRefused).packets,
+            refused_n,
+            "round {round}"
+        );
+        let in_monitor = |r: Reason| now.reasons_in_monitor[r as usize].packets;
+        assert_eq!(
+            in_monitor(Reason::RuleAllowed),
+            allowed_mon,
+            "round {round}"
+        );
+        assert_eq!(
+            in_monitor(Reason::RuleRefused),
+            refused_mon,
+            "round {round}"
+        );
+        let pg = now
+            .rules
+            .iter()
+            .map(|(a, r)| (a.packets, r.packets))
+            .find(|&(a, _)| a > 0)
+            .expect("pg counted");
+        assert_eq!(
+            pg,
+            (round + 1, round + 1),
+            "round {round}: pg since its apply"
+        );
+        last = now;
+    }
+}
+
 const SWAP_FLIPS: usize = 12;
 /// Safety bound on the prober; it normally stops when the flips are done.
 const MAX_PROBE_ROUNDS: usize = 20_000_000;
@@ -1825,6 +1904,7 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
         .try_into()
         .expect("an XDP program");
     let done = AtomicBool::new(false);
+    let rounds_done = std::sync::atomic::AtomicUsize::new(0);
     let started = Barrier::new(2);
     let first_error = Mutex::new(None::<String>);
     let counts = std::thread::scope(|scope| {
@@ -1864,6 +1944,7 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
                     c.transitions += 1;
                 }
                 last = Some(action);
+                rounds_done.store(c.rounds, Ordering::Release);
             }
             c
         });
@@ -1880,6 +1961,16 @@ fn concurrent_probes_never_see_a_mix_of_two_policies() {
             // Flip 0 applies B (A is in force), flip 1 A, and so on.
             maps.apply(&compiled[(flip + 1) % 2], &PolicySummary::default())
                 .expect("apply");
+            // An apply that writes only a difference takes well under a millisecond:
+            // let the prober see each policy in force (bounded wait) before the next.
+            let seen = rounds_done.load(Ordering::Acquire);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while rounds_done.load(Ordering::Acquire) < seen + 3
+                && std::time::Instant::now() < deadline
+                && !prober.is_finished()
+            {
+                std::thread::yield_now();
+            }
         }
         drop(stop);
         prober.join().expect("prober thread")

@@ -88,6 +88,16 @@ pub fn run_measured(command: &mut Command, limit: Duration) -> Result<CliRun> {
         }
         bail!("{command:?} failed ({exit}): {}", err.trim());
     }
+    // AIRLOCK_BENCH_VERBOSE=1 (with e.g. AIRLOCK_LOG=airlock=debug): show what the
+    // CLI logged, for a breakdown of where its time goes.
+    if std::env::var_os("AIRLOCK_BENCH_VERBOSE").is_some()
+        && let Some(mut e) = child.stderr
+    {
+        use std::io::Read as _;
+        let mut err = String::new();
+        let _ = e.read_to_string(&mut err);
+        progress(format!("{:.0} ms: {}", seconds * 1000.0, err.trim()));
+    }
     let max_rss_kib = std::fs::read_to_string(rss_file.path())?
         .lines()
         .last()

@@ -3,7 +3,7 @@
 //! to `<out>/latest.md` and `<out>/latest.json`. Needs root; everything happens in
 //! throwaway namespaces with private bpffs mounts, and every loop is bounded.
 //!
-//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only] [--variant NAME=OBJECT]...
+//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only] [--variant NAME=OBJECT]...
 //! (`--quick`: sizes up to 10,000 prefixes only, for trying the suite out;
 //! `--variant`: also time an experimental build of the XDP program, same maps.)
 
@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             "--quick" => quick = true,
             "--per-packet-only" => options.per_packet_only = true,
+            "--control-only" => options.control_only = true,
             "--variant" => {
                 let Some((name, path)) = args.next().and_then(|v| {
                     v.split_once('=')
@@ -78,6 +79,8 @@ fn main() -> ExitCode {
 #[derive(Default)]
 struct Options {
     per_packet_only: bool,
+    /// Only the control-plane rows (apply and re-apply times): for iterating on the loader.
+    control_only: bool,
     variants: Vec<(String, PathBuf)>,
 }
 
@@ -104,7 +107,13 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     let mut filter = LoadedFilter::load().context("loading Airlock's XDP program")?;
     let mut live = LiveBed::new()?;
     let bpffs = PrivateBpffs::new();
-    let workdir = tempfile::tempdir()?;
+    let tempdir = tempfile::tempdir()?;
+    // AIRLOCK_BENCH_WORKDIR: keep the generated policies and lists there (to profile
+    // the CLI on them afterwards).
+    let workdir = std::env::var_os("AIRLOCK_BENCH_WORKDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| tempdir.path().to_owned());
+    std::fs::create_dir_all(&workdir)?;
     let xdp_filter_object = peers::find_xdp_filter_object();
     if xdp_filter_object.is_none() {
         results.notes.push(format!(
@@ -121,12 +130,13 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     results.notes.push(
         "xdp-filter (deny mode, IP features) matches exact addresses only: every prefix of the policy is loaded as its network address, so it enforces a looser policy (no prefixes, no ports) and its maps are sized to fit (its own limit is 10,000 per family). In deny mode it also drops ARP from unlisted senders, where Airlock passes all non-IP frames.".into(),
     );
-    for &generated in sizes {
+    let packet_sizes: &[usize] = if options.control_only { &[] } else { sizes };
+    for &generated in packet_sizes {
         let bulk = policies::generate(generated, policies::SEED);
         for ranges in PORT_RANGES {
             let workload = Workload::with_bulk(bulk.clone(), ranges);
             progress(format!("policy {}", workload.label));
-            let (library, compiled) = apply_policy(&mut filter, &workload, workdir.path())?;
+            let (library, compiled) = apply_policy(&mut filter, &workload, &workdir)?;
             results.library.push(library);
             // Twice: both generations hold this policy, so a variant that reads
             // one generation's maps only still sees it.
@@ -193,7 +203,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             }
         }
     }
-    if !options.per_packet_only && !live.threaded_napi {
+    if !options.per_packet_only && !options.control_only && !live.threaded_napi {
         results.notes.push(
             "threaded NAPI unavailable: generator and receiver shared a CPU in the live test"
                 .into(),
@@ -210,7 +220,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             &live.bed.server,
             &live.bed.server_if,
             &workload,
-            workdir.path(),
+            &workdir,
             LOAD_LIMIT,
         ) {
             Ok(row) => results.control.push(row),
@@ -221,14 +231,14 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     }
     let agent_size = if quick { 10_000 } else { 100_000 };
     progress("agent memory");
-    results.agent_rss = if options.per_packet_only {
-        Err("not measured (--per-packet-only)".into())
+    results.agent_rss = if options.per_packet_only || options.control_only {
+        Err("not measured (--per-packet-only or --control-only)".into())
     } else {
         match control::agent_rss(
             &live.bed.server,
             &live.bed.server_if,
             &Workload::new(agent_size, 1),
-            workdir.path(),
+            &workdir,
             Duration::from_secs(8),
         ) {
             Ok(Some(kib)) => Ok(kib),
@@ -270,16 +280,53 @@ fn apply_policy(
     let compiled = compiled?;
     let (applied, apply_s) = timed(|| filter.maps.apply(&compiled, &PolicySummary::default()));
     applied.map_err(|e| anyhow::anyhow!("applying: {e:?}"))?;
+    let reapply_s = if workload.bulk.is_empty() {
+        None
+    } else {
+        Some(reapply_1pct(filter, workload, &compiled, dir)?)
+    };
     let row = LibraryRow {
         label: workload.label.clone(),
         prefixes: workload.prefixes,
         parse_s,
         compile_s,
         apply_s,
+        reapply_s,
         entries_v4: compiled.v4.len(),
         entries_v6: compiled.v6.len(),
     };
     Ok((row, compiled))
+}
+
+/// The map update of a 1% change alone (no CLI, no parsing): with both copies holding
+/// `compiled`, the time to apply it with 1% of the prefixes replaced. Leaves
+/// `compiled` in force (and in the other copy the changed policy).
+fn reapply_1pct(
+    filter: &mut LoadedFilter,
+    workload: &Workload,
+    compiled: &compile::Compiled,
+    dir: &Path,
+) -> Result<f64> {
+    let apply = |filter: &mut LoadedFilter, c: &compile::Compiled| {
+        filter
+            .maps
+            .apply(c, &PolicySummary::default())
+            .map_err(|e| anyhow::anyhow!("applying: {e:?}"))
+    };
+    apply(filter, compiled)?;
+    let changed = Workload::with_bulk(
+        policies::mutate(&workload.bulk, 1, policies::SEED + 1),
+        workload.port_ranges,
+    );
+    std::fs::write(dir.join("lib-bulk-changed.txt"), changed.list_text())?;
+    let yaml = changed.policy_yaml("eth0", Path::new("lib-bulk-changed.txt"));
+    let policy = policy::parse_str(&yaml, &dir.join("lib-policy.yaml"))
+        .map_err(|e| anyhow::anyhow!("changed policy is invalid: {e}"))?;
+    let changed = compile::compile(&policy)?;
+    let (applied, seconds) = timed(|| apply(filter, &changed));
+    applied?;
+    apply(filter, compiled)?;
+    Ok(seconds)
 }
 
 #[allow(

@@ -49,7 +49,9 @@ enum ModeArg {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let mut policy = policy::load(&args.policy)?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy loaded");
     if let Some(mode) = args.mode {
         policy.mode = match mode {
             ModeArg::Enforce => Mode::Enforce,
@@ -57,6 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
     }
     let compiled = compile::compile(&policy)?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy compiled");
     let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     if args.dry_run {
         // A dry run answers "would this apply go through?": the lockout check
@@ -71,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
     safe::finish_expired(&root);
     let summary = PolicySummary::describe(&policy, &compiled, &args.policy);
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "checks done");
     let done = match args.confirm {
         Some(within) => safe::apply_confirmed(&root, &ifaces, &compiled, &summary, *within)?,
         None => {
@@ -78,6 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             loader::apply_all(&root, &ifaces, &compiled, &summary)?
         }
     };
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
     output::applied(&done, &compiled, args.output)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -114,8 +114,23 @@ pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
             }
         }
     }
-    let (v4, distinct_v4) = fold_family(v4, 32, &masks, prune);
-    let (v6, distinct_v6) = fold_family(v6, 128, &masks, prune);
+    // The families are independent: fold a large IPv6 table on a second thread.
+    let ((v4, distinct_v4), (v6, distinct_v6)) = if v6.len() < 10_000 {
+        (
+            fold_family(v4, 32, &masks, prune),
+            fold_family(v6, 128, &masks, prune),
+        )
+    } else {
+        std::thread::scope(|scope| {
+            let masks = &masks;
+            let v6 = scope.spawn(move || fold_family(v6, 128, masks, prune));
+            let v4 = fold_family(v4, 32, masks, prune);
+            let v6 = v6
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (v4, v6)
+        })
+    };
     Folded {
         v4,
         v6,
@@ -222,7 +237,12 @@ fn fold_family(
     prune: bool,
 ) -> (Vec<(u128, u8, SourceEntry)>, usize) {
     // Sorting by (address, length) puts every ancestor before its descendants.
-    tags.sort_unstable_by_key(|t| (t.addr, t.len));
+    if width <= 32 {
+        // One integer key: much cheaper to compare than the pair.
+        tags.sort_unstable_by_key(|t| ((t.addr as u64) << 8) | u64::from(t.len));
+    } else {
+        tags.sort_unstable_by_key(|t| (t.addr, t.len));
+    }
     let mut state = State {
         masks,
         cidr_count: vec![0; masks.len()],

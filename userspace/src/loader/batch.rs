@@ -1,41 +1,181 @@
-//! BPF_MAP_UPDATE_BATCH for the port arrays: 65,536 slots in one system call instead
-//! of 65,536 (aya 0.14 has no batch API). Arrays support batch updates since Linux
-//! 5.6; on an older kernel the caller falls back to one update per slot.
+//! BPF_MAP_{LOOKUP,UPDATE,DELETE}_BATCH: thousands of map elements per system call
+//! instead of one (aya 0.14 has no batch API). Arrays support batch operations since
+//! Linux 5.6 and LPM tries since 5.14 (they use the kernel's generic batch code, which
+//! walks the map with its own get_next_key and saves the system calls). On an older
+//! kernel (`EINVAL`/`ENOTSUPP`) the callers fall back to one element per call.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::MapData;
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
-/// Writes `values[i]` to slot `first + i` of an array map of `u64`, in one call.
-pub(crate) fn update_u64_array(map: &MapData, first: u32, values: &[u64]) -> std::io::Result<()> {
-    let keys: Vec<u32> = (first..first + values.len() as u32).collect();
-    let fd = map.fd().as_fd().as_raw_fd();
-    // The `batch` member of union bpf_attr: in_batch, out_batch, keys, values (u64 each),
-    // count (u32), map_fd (u32), elem_flags (u64), flags (u64).
-    let mut attr = [0u64; 8];
-    attr[2] = keys.as_ptr() as u64;
-    attr[3] = values.as_ptr() as u64;
-    attr[4] = u64::from(values.len() as u32) | (u64::from(fd as u32) << 32);
-    // SAFETY: keys and values outlive the call and hold `count` elements each.
+/// Elements per system call: large enough that the call overhead vanishes, small
+/// enough that one call's buffers stay in the cache.
+const CHUNK: usize = 4096;
+
+/// The `batch` member of union bpf_attr: in_batch, out_batch, keys, values (u64
+/// each), count (u32), map_fd (u32), elem_flags (u64), flags (u64).
+#[derive(Default)]
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn fd_of(map: &MapData) -> u32 {
+    map.fd().as_fd().as_raw_fd() as u32
+}
+
+/// One batch call; `Ok(true)` when the kernel said the map has no more elements.
+fn call(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
+    // SAFETY: every pointer in `attr` points at a buffer the caller keeps alive and
+    // sized for `count` elements (and one key for in_batch/out_batch).
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
+            command,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
         )
     };
     if rc < 0 {
-        return Err(std::io::Error::last_os_error());
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(true);
+        }
+        return Err(error);
     }
-    let written = attr[4] as u32 as usize;
-    if written != values.len() {
-        return Err(std::io::Error::other(format!(
-            "batch update wrote {written} of {} slots",
-            values.len()
-        )));
+    Ok(false)
+}
+
+/// Whether `error` says the kernel has no batch operation for this map type.
+pub(crate) fn unsupported(error: &std::io::Error) -> bool {
+    // ENOTSUPP (524) is the kernel-internal "not supported" some paths leak.
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    )
+}
+
+/// Writes `values[i]` to slot `keys[i]` of an array map of `u64`.
+pub(crate) fn update_u32_keys(map: &MapData, keys: &[u32], values: &[u64]) -> std::io::Result<()> {
+    update(map, as_bytes(keys), as_bytes(values), values.len())
+}
+
+/// Writes `words`-word values (`values` holds `keys.len() * words` of them) to slots
+/// `keys` of an array map.
+pub(crate) fn update_u32_keys_u64s(
+    map: &MapData,
+    keys: &[u32],
+    values: &[u64],
+    words: usize,
+) -> std::io::Result<()> {
+    debug_assert_eq!(keys.len() * words, values.len());
+    update(map, as_bytes(keys), as_bytes(values), keys.len())
+}
+
+fn as_bytes<T: Copy>(items: &[T]) -> &[u8] {
+    // SAFETY: plain integers, no padding; the slice covers exactly their bytes.
+    unsafe { std::slice::from_raw_parts(items.as_ptr().cast(), std::mem::size_of_val(items)) }
+}
+
+/// Updates `count` elements: `keys` and `values` are the packed keys and values.
+/// On error some elements may have been written (the caller only ever batches writes
+/// into a copy no packet reads).
+pub(crate) fn update(
+    map: &MapData,
+    keys: &[u8],
+    values: &[u8],
+    count: usize,
+) -> std::io::Result<()> {
+    chunked(map, BPF_MAP_UPDATE_BATCH, keys, Some(values), count)
+}
+
+/// Deletes `count` elements given as packed keys. Every key must exist.
+pub(crate) fn delete(map: &MapData, keys: &[u8], count: usize) -> std::io::Result<()> {
+    chunked(map, BPF_MAP_DELETE_BATCH, keys, None, count)
+}
+
+fn chunked(
+    map: &MapData,
+    command: libc::c_long,
+    keys: &[u8],
+    values: Option<&[u8]>,
+    count: usize,
+) -> std::io::Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let key_size = keys.len() / count;
+    let value_size = values.map_or(0, |v| v.len() / count);
+    let mut done = 0;
+    while done < count {
+        let n = (count - done).min(CHUNK);
+        let mut attr = BatchAttr {
+            keys: keys[done * key_size..].as_ptr() as u64,
+            values: values.map_or(0, |v| v[done * value_size..].as_ptr() as u64),
+            count: n as u32,
+            map_fd: fd_of(map),
+            ..Default::default()
+        };
+        let end = call(command, &mut attr)?;
+        let written = attr.count as usize;
+        if end || written != n {
+            return Err(std::io::Error::other(format!(
+                "batch operation did {written} of {n} elements"
+            )));
+        }
+        done += n;
     }
     Ok(())
+}
+
+/// Calls `each(key, value)` for every element of a map (`key_size`, `value_size`
+/// bytes each), in the map's own order, reading thousands per system call.
+pub(crate) fn lookup_each(
+    map: &MapData,
+    key_size: usize,
+    value_size: usize,
+    mut each: impl FnMut(&[u8], &[u8]),
+) -> std::io::Result<()> {
+    let mut keys = vec![0u8; CHUNK * key_size];
+    let mut values = vec![0u8; CHUNK * value_size];
+    // The position: the kernel's generic batch code resumes after the key it wrote
+    // to out_batch last time.
+    let mut position = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { position.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: fd_of(map),
+            ..Default::default()
+        };
+        let end = call(BPF_MAP_LOOKUP_BATCH, &mut attr)?;
+        let n = (attr.count as usize).min(CHUNK);
+        for i in 0..n {
+            each(
+                &keys[i * key_size..(i + 1) * key_size],
+                &values[i * value_size..(i + 1) * value_size],
+            );
+        }
+        if end || n == 0 {
+            return Ok(());
+        }
+        position.copy_from_slice(&next);
+        first = false;
+    }
 }

@@ -1,8 +1,9 @@
 //! `explain --live`: one synthetic frame through the attached program with
 //! BPF_PROG_TEST_RUN, and what the kernel decided.
 //!
-//! The XDP return value is the kernel's verdict. Its reason comes from the
-//! `REASON_STATS` counters: read before and after, the reason whose counter moved by
+//! The XDP return value is the kernel's verdict. Its reason comes from the reason
+//! counters (`REASON_STATS`, and for rule verdicts the sums of `RULE_STATS`): read
+//! before and after, the reason whose counter moved by
 //! exactly this one frame. Real traffic on the interface moves counters too, so a run
 //! where more than one reason moved is retried a few times and, failing that, the
 //! reason is reported as unknown (the verdict itself is never in doubt).
