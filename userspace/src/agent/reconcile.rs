@@ -162,10 +162,27 @@ impl Reconciler {
             .into_iter()
             .filter(|iface| loader::interface_index(iface).is_some())
             .collect();
-        self.carry_rule_counters(&present);
-        let outcomes = loader::apply_all(&self.root, &present, &applied.compiled, &applied.summary)
-            .map_err(|e| e.to_string())?;
+        let writer = loader::WriterLock::acquire(&self.root).map_err(|e| e.to_string())?;
+        // Read before the swap, folded in only once it succeeded: a failed (and
+        // undone) apply leaves the old counters running, and carrying them as well
+        // would count them twice.
+        let outgoing = self.rule_counters(&present);
+        let outcomes = loader::apply_all(
+            &writer,
+            &self.root,
+            &present,
+            &applied.compiled,
+            &applied.summary,
+        )
+        .map_err(|e| e.to_string())?;
         let mut state = self.state.lock();
+        for (key, counter) in outgoing {
+            let total = state.carried.entry(key).or_default();
+            *total = Counter {
+                packets: total.packets + counter.packets,
+                bytes: total.bytes + counter.bytes,
+            };
+        }
         for outcome in outcomes {
             state.interfaces.insert(outcome.iface, outcome.serial);
         }
@@ -176,30 +193,24 @@ impl Reconciler {
         interfaces::resolve(policy, &self.overrides)
     }
 
-    /// Folds the rule counters of the generation about to be replaced into the
-    /// carried totals, so `/metrics` counters never go backwards on a reload.
-    fn carry_rule_counters(&self, ifaces: &[String]) {
-        let mut carried = Vec::new();
+    /// The per-rule counters of the policy in force on `ifaces`, which a swap is
+    /// about to replace: carried into the totals so `/metrics` counters never go
+    /// backwards on a reload.
+    fn rule_counters(&self, ifaces: &[String]) -> Vec<((String, String, bool), Counter)> {
+        let mut counters = Vec::new();
         for iface in ifaces {
             let Ok(maps) = PolicyMaps::open_pinned(&self.root.interface_dir(iface)) else {
                 continue;
             };
-            let (Ok(Some(summary)), Ok(counters)) = (maps.active_summary(), maps.counters()) else {
+            let (Ok(Some(summary)), Ok(now)) = (maps.active_summary(), maps.counters()) else {
                 continue;
             };
-            for (rule, (allowed, refused)) in summary.rules.iter().zip(counters.rules) {
-                carried.push(((iface.clone(), rule.name.clone(), true), allowed));
-                carried.push(((iface.clone(), rule.name.clone(), false), refused));
+            for (rule, (allowed, refused)) in summary.rules.iter().zip(now.rules) {
+                counters.push(((iface.clone(), rule.name.clone(), true), allowed));
+                counters.push(((iface.clone(), rule.name.clone(), false), refused));
             }
         }
-        let mut state = self.state.lock();
-        for (key, counter) in carried {
-            let total = state.carried.entry(key).or_default();
-            *total = Counter {
-                packets: total.packets + counter.packets,
-                bytes: total.bytes + counter.bytes,
-            };
-        }
+        counters
     }
 
     /// Filters on interfaces the policy no longer selects are removed: the agent
@@ -249,12 +260,16 @@ impl Reconciler {
                 Ok(()) => {}
                 Err(drift) => {
                     tracing::warn!(iface, drift, "filter drifted from the policy; repairing");
-                    match loader::apply(
-                        &self.root,
-                        iface,
-                        &applied.compiled,
-                        applied.summary.clone(),
-                    ) {
+                    let repaired = loader::WriterLock::acquire(&self.root).and_then(|writer| {
+                        loader::apply(
+                            &writer,
+                            &self.root,
+                            iface,
+                            &applied.compiled,
+                            applied.summary.clone(),
+                        )
+                    });
+                    match repaired {
                         Ok(outcome) => {
                             let mut state = self.state.lock();
                             state.repairs += 1;

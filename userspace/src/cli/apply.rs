@@ -78,8 +78,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let done = match args.confirm {
         Some(within) => safe::apply_confirmed(&root, &ifaces, &compiled, &summary, *within)?,
         None => {
+            let writer = loader::WriterLock::acquire(&root)?;
             airlock::safety::confirm::check_no_pending(&root, &ifaces)?;
-            loader::apply_all(&root, &ifaces, &compiled, &summary)?
+            loader::apply_all(&writer, &root, &ifaces, &compiled, &summary)?
         }
     };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");

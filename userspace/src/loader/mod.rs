@@ -12,6 +12,7 @@ mod object;
 mod pins;
 mod policy_maps;
 mod record;
+mod writer;
 
 use std::{fs, path::Path};
 
@@ -32,6 +33,7 @@ pub use pins::{
     DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,
 };
 pub use policy_maps::{Counters, PolicyMaps};
+pub use writer::WriterLock;
 
 use crate::compile::Compiled;
 
@@ -111,6 +113,7 @@ fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, LoaderError> 
 /// after its final one-word flip, and an install is only visible once its staging
 /// directory is renamed into place.
 pub fn apply(
+    _writer: &WriterLock,
     root: &PinRoot,
     iface: &str,
     compiled: &Compiled,
@@ -356,7 +359,7 @@ pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
 /// An apply to several interfaces that failed on one of them (and was undone on the
 /// ones already done).
 #[derive(Debug, thiserror::Error)]
-#[error("applying to {iface} (nothing changed): {source}")]
+#[error("applying to {iface} (the policy in force stays in force): {source}")]
 pub struct ApplyAllError {
     pub iface: String,
     #[source]
@@ -366,6 +369,7 @@ pub struct ApplyAllError {
 /// Applies to every interface or to none: if one fails, the ones already done are
 /// undone (a fresh install removed, a swap flipped back).
 pub fn apply_all(
+    writer: &WriterLock,
     root: &PinRoot,
     ifaces: &[String],
     compiled: &Compiled,
@@ -373,7 +377,7 @@ pub fn apply_all(
 ) -> Result<Vec<ApplyOutcome>, ApplyAllError> {
     let mut done = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
-        match apply(root, iface, compiled, summary.clone()) {
+        match apply(writer, root, iface, compiled, summary.clone()) {
             Ok(outcome) => done.push(outcome),
             Err(source) => {
                 for outcome in done.iter().rev() {

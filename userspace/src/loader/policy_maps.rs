@@ -644,8 +644,13 @@ fn read_generation<const N: usize, const K: usize>(
         }
         Err(error) => return Err(LoaderError::io("reading", name, error)),
     }
-    // The kernel walks the trie in its own order.
+    // The kernel walks the trie in its own order. A walk can see a key twice (a
+    // one-by-one fallback after some batches, or a walk restarted because its
+    // position key vanished): a key is one entry, whatever the walk saw.
     entries.sort_unstable_by_key(|e| (e.addr, e.prefix_len));
+    entries.dedup_by_key(|e| (e.addr, e.prefix_len));
+    let mut seen = std::collections::HashSet::new();
+    stray.retain(|key| seen.insert((key.prefix_len(), key.data())));
     Ok((entries, stray))
 }
 

@@ -143,10 +143,13 @@ fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
     if text.len() < parallel {
         return part(text);
     }
-    // Split after the newline nearest the middle, so no line is cut.
-    let Some(split) = text[text.len() / 2..]
-        .find('\n')
-        .map(|i| text.len() / 2 + i + 1)
+    // Split after the newline nearest the middle, so no line is cut. Searched in
+    // bytes: the middle may fall inside a multi-byte character, and '\n' never does.
+    let middle = text.len() / 2;
+    let Some(split) = text.as_bytes()[middle..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| middle + i + 1)
     else {
         return part(text);
     };
@@ -323,6 +326,25 @@ mod tests {
         assert!(parse_clean_list(&big, 64).is_some());
         assert!(parse_clean_list(texts[3], 0).is_none());
         assert!(parse_clean_list(texts[4], 0).is_none());
+    }
+
+    #[test]
+    fn a_multibyte_character_at_the_middle_does_not_break_the_split() {
+        // Slide a comment with two-byte characters across the middle of the text.
+        for pad in 0..8 {
+            let text = format!(
+                "10.0.0.0/8\n{}# Zürich ©\n192.0.2.0/24\n",
+                "#\n".repeat(pad)
+            );
+            // Split always (parallel from 0 bytes); pad 3 puts the middle inside "ü".
+            if let Some(nets) = parse_clean_list(&text, 0) {
+                let expected: Vec<IpNet> = vec![
+                    "10.0.0.0/8".parse().unwrap(),
+                    "192.0.2.0/24".parse().unwrap(),
+                ];
+                assert_eq!(nets, expected, "{text:?}");
+            }
+        }
     }
 
     #[test]

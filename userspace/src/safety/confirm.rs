@@ -24,18 +24,19 @@
 //! on the pin root directory, so `confirm` and a rollback cannot interleave.
 
 use std::{
-    fs::File,
     io,
     process::{Command, Stdio},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 use crate::{
     compile::Compiled,
-    loader::{self, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicyMaps, PolicySummary},
+    loader::{
+        self, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicyMaps, PolicySummary,
+        WriterLock,
+    },
 };
 
 /// The longest probation `--confirm` accepts.
@@ -86,22 +87,6 @@ pub struct Pending {
     pub rollback: RollbackTarget,
 }
 
-/// An exclusive lock on the pin root, held while pending state is read and changed.
-pub struct RootLock {
-    _lock: Flock<File>,
-}
-
-impl RootLock {
-    pub fn acquire(root: &PinRoot) -> Result<Self, LoaderError> {
-        let path = root.path();
-        let file = File::open(path).map_err(|e| LoaderError::io("opening", path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-            LoaderError::io("locking", path, io::Error::from_raw_os_error(errno as i32))
-        })?;
-        Ok(Self { _lock: lock })
-    }
-}
-
 fn target_of(maps: &PolicyMaps) -> Result<RollbackTarget, LoaderError> {
     let other = 1 - maps.active_generation()?;
     Ok(match maps.generation_summary(other)? {
@@ -143,7 +128,7 @@ pub fn pending_all(root: &PinRoot, now: u64) -> Vec<Pending> {
         .collect()
 }
 
-/// Rolls `iface` back (the caller holds the [`RootLock`] and has checked that a
+/// Rolls `iface` back (the caller holds the [`WriterLock`] and has checked that a
 /// confirmation is pending there).
 fn roll_back(root: &PinRoot, iface: &str) -> Result<RollbackTarget, LoaderError> {
     let mut maps = PolicyMaps::open_pinned(&root.interface_dir(iface))?;
@@ -179,7 +164,7 @@ pub fn expire_due(root: &PinRoot) -> Vec<RolledBack> {
     if tokens.is_empty() {
         return Vec::new();
     }
-    let Ok(_lock) = RootLock::acquire(root) else {
+    let Ok(_lock) = WriterLock::acquire(root) else {
         return Vec::new();
     };
     roll_back_tokens(root, &tokens, now)
@@ -260,7 +245,7 @@ pub fn apply_confirmed(
     within: Duration,
 ) -> Result<(Vec<ApplyOutcome>, PendingConfirm), ConfirmApplyError> {
     root.ensure_mounted()?;
-    let _lock = RootLock::acquire(root)?;
+    let _lock = WriterLock::acquire(root)?;
     check_no_pending(root, ifaces)?;
     let pending = PendingConfirm {
         deadline_unix: now_unix() + within.as_secs().max(1),
@@ -268,7 +253,7 @@ pub fn apply_confirmed(
     };
     let mut summary = summary.clone();
     summary.pending_confirm = Some(pending.clone());
-    let done = loader::apply_all(root, ifaces, compiled, &summary)?;
+    let done = loader::apply_all(&_lock, root, ifaces, compiled, &summary)?;
     if let Err(error) = arm_watchdog(root, &pending) {
         roll_back_tokens(root, &[pending.token], 0);
         return Err(ConfirmApplyError::Watchdog(error));
@@ -330,7 +315,7 @@ pub fn watchdog(root: &PinRoot, token: u64, deadline: u64) -> Vec<RolledBack> {
             return Vec::new();
         }
         if now >= deadline {
-            let Ok(_lock) = RootLock::acquire(root) else {
+            let Ok(_lock) = WriterLock::acquire(root) else {
                 return Vec::new();
             };
             return roll_back_tokens(root, &[token], now);
@@ -363,7 +348,7 @@ pub fn confirm(root: &PinRoot, ifaces: &[String]) -> Result<Vec<Confirmed>, Load
     if !root.path().exists() {
         return Ok(Vec::new());
     }
-    let _lock = RootLock::acquire(root)?;
+    let _lock = WriterLock::acquire(root)?;
     let now = now_unix();
     let mut out = Vec::new();
     for p in pending_all(root, now) {
