@@ -155,9 +155,15 @@ fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
     };
     let (first, second) = text.split_at(split);
     std::thread::scope(|scope| {
-        let second = scope.spawn(|| part(second));
+        // A thread the OS refuses (a pid limit in a container) is no error: this
+        // thread then reads the second half too.
+        let other = std::thread::Builder::new().spawn_scoped(scope, || part(second));
         let mut nets = part(first)?;
-        nets.extend(second.join().ok()??);
+        let rest = match other {
+            Ok(handle) => handle.join().ok()?,
+            Err(_) => part(second),
+        };
+        nets.extend(rest?);
         Some(nets)
     })
 }
