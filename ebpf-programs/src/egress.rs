@@ -48,8 +48,8 @@ pub fn airlock_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn served_by_rules(outgoing: &Outgoing) -> bool {
     let tcp = match outgoing.protocol() {
-        flows::IPPROTO_TCP => true,
-        flows::IPPROTO_UDP => false,
+        parse::IPPROTO_TCP => true,
+        parse::IPPROTO_UDP => false,
         _ => return false,
     };
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;

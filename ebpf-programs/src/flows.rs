@@ -18,13 +18,11 @@ use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 use crate::{
     maps::FLOWS,
-    parse::{Icmp, L4, Peer, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{
+        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Icmp, L4, Peer, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
+    },
 };
-
-const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;

@@ -285,22 +285,57 @@ impl Testbed {
     }
 }
 
+/// Service threads running inside a namespace until dropped: each polls the stop
+/// flag it is given, and is joined on drop (also when a test panics).
+#[derive(Default)]
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Runs `serve` on a thread in `ns` and returns once it has called `ready`
+    /// (its socket is bound), or panics after 5 s.
+    pub fn spawn(
+        &mut self,
+        ns: &Namespace,
+        serve: impl FnOnce(&dyn Fn(), &AtomicBool) + Send + 'static,
+    ) {
+        let stop = Arc::clone(&self.stop);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        self.threads.push(ns.spawn(move || {
+            let ready = move || {
+                ready_tx.send(()).ok();
+            };
+            serve(&ready, &stop);
+        }));
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("service thread did not start");
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A TCP server in a namespace that greets every connection with one byte; stops
 /// when dropped.
 pub struct Server {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
+    _threads: Background,
 }
 
 impl Server {
     /// Listens on every address of the namespace, IPv4 and IPv6, on `port`.
     pub fn start(ns: &Namespace, port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
+        let mut threads = Background::default();
         for bind in [format!("0.0.0.0:{port}"), format!("[::]:{port}")] {
-            let stop = Arc::clone(&stop);
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            threads.push(ns.spawn(move || {
+            threads.spawn(ns, move |ready, stop| {
                 let address: SocketAddr = bind.parse().expect("bind address");
                 let socket =
                     Socket::new(Domain::for_address(address), Type::STREAM, None).expect("socket");
@@ -312,7 +347,7 @@ impl Server {
                 socket.listen(128).expect("listen");
                 let listener: TcpListener = socket.into();
                 listener.set_nonblocking(true).expect("nonblocking");
-                ready_tx.send(()).ok();
+                ready();
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((mut stream, _)) => {
@@ -321,21 +356,9 @@ impl Server {
                         Err(_) => thread::sleep(Duration::from_millis(2)),
                     }
                 }
-            }));
-            ready_rx
-                .recv_timeout(Duration::from_secs(5))
-                .expect("server did not start");
+            });
         }
-        Self { stop, threads }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        Self { _threads: threads }
     }
 }
 

@@ -119,6 +119,18 @@ impl Agent {
         agent
     }
 
+    /// Waits for the agent to count a repair (its reconcile runs every second here).
+    fn wait_for_repair(&self, f: &Fixture) {
+        assert!(
+            wait_until(Duration::from_secs(5), || metric(
+                f,
+                "airlock_attach_repairs_total"
+            ) >= 1.0),
+            "no repair counted; log:\n{}",
+            self.log()
+        );
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -296,14 +308,7 @@ fn recreated_interface_gets_the_filter_back() {
     let iface = f.bed.server_if.clone();
     f.bed.server.ip(&["link", "del", &iface]);
     f.bed.recreate_link();
-    assert!(
-        wait_until(Duration::from_secs(5), || metric(
-            &f,
-            "airlock_attach_repairs_total"
-        ) >= 1.0),
-        "no repair counted; log:\n{}",
-        agent.log()
-    );
+    agent.wait_for_repair(&f);
     assert!(wait_until(RELOAD, || ready(&f)));
     assert!(
         f.kept_out(addr::STRANGER_V4),
@@ -328,14 +333,7 @@ fn a_detached_egress_program_is_put_back_without_pausing_the_filter() {
     };
     let xdp_link_before = xdp_link();
     fs::remove_file(dir.join(airlock::loader::EGRESS_LINK_PIN)).expect("unpin egress link");
-    assert!(
-        wait_until(Duration::from_secs(5), || metric(
-            &f,
-            "airlock_attach_repairs_total"
-        ) >= 1.0),
-        "no repair counted; log:\n{}",
-        agent.log()
-    );
+    agent.wait_for_repair(&f);
     let status = f.status_json();
     assert_eq!(
         status["interfaces"][0]["return_traffic"]["egress"], "attached",

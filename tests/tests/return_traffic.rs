@@ -11,7 +11,7 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread,
     time::Duration,
@@ -25,7 +25,7 @@ use airlock_common::{
 use airlock_integration::{
     fixture::{Fixture, PORT, REFUSED},
     kernel::{Harness, XDP_DROP, XDP_PASS, action_name},
-    netns::{Namespace, Server, Testbed, addr, wait_until},
+    netns::{Background, Namespace, Server, Testbed, addr, wait_until},
     packet::{FrameSpec, SOURCE_PORT, TCP_FLAGS_OFFSET, mirror, transport_offset},
 };
 use socket2::{Domain, Socket, Type};
@@ -399,48 +399,25 @@ const HOST_OPEN_PORT: u16 = 7100;
 const HOST_SIDE: Duration = Duration::from_secs(3);
 
 /// A UDP echo responder on the client side (the remote peer), on every address.
-struct UdpEcho {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl UdpEcho {
-    fn start(ns: &Namespace, port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = ["0.0.0.0", "::"]
-            .into_iter()
-            .map(|ip| {
-                let stop = Arc::clone(&stop);
-                let bind = SocketAddr::new(ip.parse().unwrap(), port);
-                let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-                let thread = ns.spawn(move || {
-                    let socket = reusable_udp(bind);
-                    socket
-                        .set_read_timeout(Some(Duration::from_millis(20)))
-                        .unwrap();
-                    ready_tx.send(()).ok();
-                    let mut buf = [0u8; 512];
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                            let _ = socket.send_to(&buf[..n], from);
-                        }
-                    }
-                });
-                ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-                thread
-            })
-            .collect();
-        Self { stop, threads }
+fn udp_echo(ns: &Namespace, port: u16) -> Background {
+    let mut threads = Background::default();
+    for ip in ["0.0.0.0", "::"] {
+        let bind = SocketAddr::new(ip.parse().unwrap(), port);
+        threads.spawn(ns, move |ready, stop| {
+            let socket = reusable_udp(bind);
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            ready();
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
     }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
+    threads
 }
 
 /// A UDP socket others may bind too (the fake-reply flood sends from the echo
@@ -487,41 +464,31 @@ fn host_queries(bed: &Testbed, peer: &str, port: u16) -> (u16, Option<Vec<u8>>) 
 
 /// Counts UDP datagrams arriving on the server's `port` until dropped.
 struct UdpSink {
-    stop: Arc<AtomicBool>,
     received: Arc<AtomicUsize>,
-    thread: Option<thread::JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl UdpSink {
     fn start(ns: &Namespace, port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicUsize::new(0));
-        let (s, r) = (Arc::clone(&stop), Arc::clone(&received));
-        let thread = ns.spawn(move || {
+        let counter = Arc::clone(&received);
+        let mut thread = Background::default();
+        thread.spawn(ns, move |ready, stop| {
             let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
             socket
                 .set_read_timeout(Some(Duration::from_millis(20)))
                 .unwrap();
+            ready();
             let mut buf = [0u8; 512];
-            while !s.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 if socket.recv_from(&mut buf).is_ok() {
-                    r.fetch_add(1, Ordering::Relaxed);
+                    counter.fetch_add(1, Ordering::Relaxed);
                 }
             }
         });
         Self {
-            stop,
             received,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for UdpSink {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            _thread: thread,
         }
     }
 }
@@ -538,7 +505,7 @@ fn under_default_drop_the_host_gets_its_replies_and_strangers_stay_out() {
     let text = policy("drop", "enforce").replace("eth0", &f.bed.server_if);
     let policy = f.write("p.yaml", &text);
     let _peer_tcp = Server::start(&f.bed.client, PEER_TCP_PORT);
-    let _peer_udp = UdpEcho::start(&f.bed.client, PEER_UDP_PORT);
+    let _peer_udp = udp_echo(&f.bed.client, PEER_UDP_PORT);
     let _host_tcp = Server::start(&f.bed.server, HOST_OPEN_PORT);
     let host_udp = UdpSink::start(&f.bed.server, HOST_OPEN_PORT);
     // Positive control: without the filter the stranger's datagrams do arrive.
@@ -619,7 +586,7 @@ fn a_flood_of_fake_udp_replies_from_a_real_peer_gets_nothing_through() {
     let f = Fixture::new("rf");
     let text = policy("drop", "enforce").replace("eth0", &f.bed.server_if);
     let policy = f.write("p.yaml", &text);
-    let _peer_udp = UdpEcho::start(&f.bed.client, PEER_UDP_PORT);
+    let _peer_udp = udp_echo(&f.bed.client, PEER_UDP_PORT);
     f.apply(&policy);
     // A genuine exchange first: the peer's address and port now have an open flow.
     let (query_port, answer) = host_queries(&f.bed, STRANGER, PEER_UDP_PORT);
@@ -722,51 +689,29 @@ fn detaching_the_egress_program_is_repaired_by_the_next_apply() {
 }
 
 /// A TCP echo service that keeps each connection open; stops when dropped.
-struct TcpEcho {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl TcpEcho {
-    fn start(ns: &Namespace, port: u16) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = ns.spawn(move || {
-            let listener = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            ready_tx.send(()).ok();
-            let mut connections = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((stream, _)) = listener.accept() {
-                    stream.set_nonblocking(true).unwrap();
-                    connections.push(stream);
-                }
-                for stream in &mut connections {
-                    use std::io::{Read as _, Write as _};
-                    let mut buf = [0u8; 64];
-                    if let Ok(n @ 1..) = stream.read(&mut buf) {
-                        let _ = stream.write_all(&buf[..n]);
-                    }
-                }
-                thread::sleep(Duration::from_millis(5));
+fn tcp_echo(ns: &Namespace, port: u16) -> Background {
+    let mut thread = Background::default();
+    thread.spawn(ns, move |ready, stop| {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        ready();
+        let mut connections = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((stream, _)) = listener.accept() {
+                stream.set_nonblocking(true).unwrap();
+                connections.push(stream);
             }
-        });
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        Self {
-            stop,
-            thread: Some(thread),
+            for stream in &mut connections {
+                use std::io::{Read as _, Write as _};
+                let mut buf = [0u8; 64];
+                if let Ok(n @ 1..) = stream.read(&mut buf) {
+                    let _ = stream.write_all(&buf[..n]);
+                }
+            }
+            thread::sleep(Duration::from_millis(5));
         }
-    }
-}
-
-impl Drop for TcpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    });
+    thread
 }
 
 /// Sends `message` on `stream` and waits up to `timeout` for its echo.
@@ -802,7 +747,7 @@ fn connect_from(ns: &Namespace, source: IpAddr, target: IpAddr, port: u16) -> st
 #[test]
 fn a_connection_the_host_opened_before_the_filter_keeps_its_replies() {
     let f = Fixture::new("rs");
-    let _peer = TcpEcho::start(&f.bed.client, PEER_TCP_PORT);
+    let _peer = tcp_echo(&f.bed.client, PEER_TCP_PORT);
     let peer: IpAddr = STRANGER.parse().unwrap();
     // Opened before Airlock was there: the egress program never saw its SYN.
     let mut stream = connect_from(
@@ -825,7 +770,7 @@ fn a_connection_the_host_opened_before_the_filter_keeps_its_replies() {
 #[test]
 fn a_connection_a_peer_opened_is_cut_when_default_drop_comes_in() {
     let f = Fixture::new("rp");
-    let _service = TcpEcho::start(&f.bed.server, HOST_OPEN_PORT);
+    let _service = tcp_echo(&f.bed.server, HOST_OPEN_PORT);
     let write = |default: &str| {
         let text = policy(default, "enforce").replace("eth0", &f.bed.server_if);
         f.write("p.yaml", &text)
