@@ -19,6 +19,8 @@ mod pod {
     // has no implicit padding, so any byte pattern is a valid value.
     unsafe impl aya::Pod for super::SourceEntry {}
     unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for super::SourceRangeV4 {}
+    unsafe impl aya::Pod for super::SourceRangeV6 {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::PolicyMeta {}
     unsafe impl aya::Pod for super::SamplingConfig {}

@@ -3,10 +3,10 @@
 //! Every policy map holds two generations of the policy. The program reads
 //! `ACTIVE_GEN` once per packet and looks only at that generation's entries, so a
 //! loader that fills the inactive generation and then flips the word never exposes
-//! half a policy. The generation is part of the key (the first byte of a trie key,
-//! bit 16 of a port index) rather than a choice between two maps: each lookup then
-//! has one map at its call site, which the kernel can call directly (tries) or inline
-//! (arrays); with two maps per call site it made every lookup an indirect call.
+//! half a policy. The port arrays keep the generation in bit 16 of the index (one
+//! map per call site, which the kernel inlines); the source tables are one inner
+//! map per generation in an array of maps, built at each apply at exactly the
+//! policy's size (see [`SourceRangeV4`]).
 
 /// Number of policy copies: the one in force and the one being written.
 pub const GENERATIONS: u32 = 2;
@@ -14,18 +14,27 @@ pub const GENERATIONS: u32 = 2;
 /// Rules are bits in a `u64` mask: one lookup per map answers for every rule at once.
 pub const MAX_RULES: usize = 64;
 
-/// Largest number of source prefixes per family per generation (the tries hold
-/// twice this). LPM tries are created with `BPF_F_NO_PREALLOC`, so unused capacity
-/// costs no kernel memory.
+/// Largest number of compiled source prefixes per family per generation. A source
+/// table holds at most two ranges per prefix plus one, and its directory.
 pub const MAX_PREFIXES_V4: u32 = 1 << 21;
 pub const MAX_PREFIXES_V6: u32 = 1 << 21;
+
+/// Largest directory of a source table: the top 16 bits of the address.
+pub const MAX_DIRECTORY_BITS: u32 = 16;
+
+/// Halvings that always suffice to find an address's range within one directory
+/// slot: a slot never holds more ranges than a table (2 * 2^21 + 1 < 2^23).
+pub const RANGE_SEARCH_STEPS: u32 = 23;
+
+/// Flags of a source table (the inner maps of `SRC_V4`/`SRC_V6` and their
+/// template): any size may be swapped in (`BPF_F_INNER_MAP`, 1 << 12), and the
+/// loader fills a new one through a memory mapping (`BPF_F_MMAPABLE`, 1 << 10)
+/// instead of one system call per entry.
+pub const SOURCE_TABLE_FLAGS: u32 = (1 << 12) | (1 << 10);
 
 /// Every 16-bit port, indexed directly: one array lookup per packet. The port
 /// arrays hold `GENERATIONS * PORT_SLOTS` entries, generation in bit 16.
 pub const PORT_SLOTS: u32 = 1 << 16;
-
-/// Bits of a trie key before the address: the generation byte.
-pub const GENERATION_KEY_BITS: u32 = 8;
 
 /// Index of `port` in generation `generation` of a port array.
 #[inline(always)]
@@ -38,7 +47,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -55,7 +64,6 @@ pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
 pub const MAP_SAMPLE_STATE: &str = "SAMPLE_STATE";
 pub const MAP_SAMPLE_STATS: &str = "SAMPLE_STATS";
 pub const MAP_SAMPLING: &str = "SAMPLING";
-pub const MAP_RECORD: &str = "RECORD";
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "airlock_xdp";
@@ -65,9 +73,8 @@ pub const SRC_MANAGEMENT: u32 = 1 << 0;
 /// The source is in the `deny` set: drop unless management.
 pub const SRC_DENY: u32 = 1 << 1;
 
-/// Value of the source LPM tries: what the longest matching prefix says about a
-/// source, with covering prefixes and `except` holes already folded in by the
-/// compiler.
+/// What the longest matching prefix says about a source, with covering prefixes
+/// and `except` holes already folded in by the compiler.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceEntry {
@@ -98,6 +105,10 @@ pub struct GenConfig {
     pub rule_count: u32,
     /// Nonzero once the generation has been completely written.
     pub valid: u32,
+    /// Directory size of this generation's IPv4 and IPv6 source tables, in address
+    /// bits (see [`SourceRangeV4`]).
+    pub directory_bits_v4: u32,
+    pub directory_bits_v6: u32,
 }
 
 /// A per-CPU packet and byte counter.
@@ -202,22 +213,38 @@ pub const fn rule_base_index(generation: u32, allowed: bool, rule: u32) -> u32 {
 
 pub const RULE_BASE_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
 
-/// Bytes of one `RECORD` value. `RECORD` is a hash map written and read only by user
-/// space: for each generation, a compact copy of exactly what the loader wrote into
-/// its tries and port arrays (a header, then chunks), so the next apply into that
-/// generation can write only the difference instead of reading the tries back.
-pub const RECORD_CHUNK_BYTES: usize = 4000;
-
-/// Key of chunk `index` of generation `generation`'s record (chunk 0: the header).
-#[inline(always)]
-pub const fn record_key(generation: u32, index: u32) -> u32 {
-    (generation << 24) | index
+/// One element of a generation's IPv4 source table: an array that first holds a
+/// directory of `2^bits` slots (slot `i`: every address whose top `bits` bits are
+/// `i`), then the ranges. The ranges split the whole address space into runs of
+/// addresses with one longest-prefix answer, sorted by first address: the
+/// compiler's prefixes, covering prefixes and `except` holes become at most two
+/// boundaries each. A slot holds `start` = the index of the range its first
+/// address falls in and `flags` = how many ranges overlap the slot; the program
+/// binary-searches those for the last range starting at or before the address.
+/// The cost is a directory read and a few halvings, whatever the policy's size:
+/// the kernel's LPM trie walks one node per prefix bit that distinguishes entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeV4 {
+    /// Range: first address (host byte order). Slot: index of its first range.
+    pub start: u32,
+    /// Range: `SRC_MANAGEMENT` | `SRC_DENY`. Slot: number of ranges.
+    pub flags: u32,
+    /// Range: bit `i` set, rule `i` lists these sources in its `from`.
+    pub rules: u64,
 }
 
-/// Largest number of `RECORD` values: both generations' headers and chunks at the
-/// largest policy the tries hold (about 30 bytes per prefix). The map is not
-/// preallocated, so this costs nothing until used.
-pub const RECORD_SLOTS: u32 = 1 << 16;
+/// An element of an IPv6 source table, laid out like [`SourceRangeV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeV6 {
+    /// Range: first address, high and low 64 bits (host byte order). Slot: index of
+    /// its first range, and number of ranges.
+    pub start: [u64; 2],
+    pub rules: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
 
 /// Opaque summary of the policy a generation holds (JSON written by the loader, read
 /// by `status`, `diff` and the agent). Kept in a pinned map so the state lives and

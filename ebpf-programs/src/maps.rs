@@ -2,15 +2,15 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATION_KEY_BITS,
-    GENERATIONS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6, PORT_SLOTS, PolicyMeta,
-    REASON_STAT_SLOTS, RECORD_CHUNK_BYTES, RECORD_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS,
-    SAMPLE_STAT_SLOTS, SampleWindow, SamplingConfig, SourceEntry, port_index,
+    Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS,
+    GenConfig, PORT_SLOTS, PolicyMeta, RANGE_SEARCH_STEPS, REASON_STAT_SLOTS, RULE_BASE_SLOTS,
+    RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SOURCE_TABLE_FLAGS, SampleWindow, SamplingConfig,
+    SourceEntry, SourceRangeV4, SourceRangeV6, port_index,
 };
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    btf_maps::{self, ArrayOfMaps},
+    macros::{btf_map, map},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 
 #[map]
@@ -18,13 +18,15 @@ pub static ACTIVE_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
 
-// Keys: the generation byte, then the address (see airlock_common::maps).
-#[map]
-pub static SRC_V4: LpmTrie<[u8; 5], SourceEntry> =
-    LpmTrie::with_max_entries(GENERATIONS * MAX_PREFIXES_V4, 0);
-#[map]
-pub static SRC_V6: LpmTrie<[u8; 17], SourceEntry> =
-    LpmTrie::with_max_entries(GENERATIONS * MAX_PREFIXES_V6, 0);
+/// The inner maps' template: the loader swaps in tables of any size with these flags.
+type TableV4 = btf_maps::Array<SourceRangeV4, 1, { SOURCE_TABLE_FLAGS as usize }>;
+type TableV6 = btf_maps::Array<SourceRangeV6, 1, { SOURCE_TABLE_FLAGS as usize }>;
+
+/// One source table per generation (see `airlock_common::SourceRangeV4`).
+#[btf_map]
+pub static SRC_V4: ArrayOfMaps<TableV4, { GENERATIONS as usize }> = ArrayOfMaps::new();
+#[btf_map]
+pub static SRC_V6: ArrayOfMaps<TableV6, { GENERATIONS as usize }> = ArrayOfMaps::new();
 
 #[map]
 pub static PORTS_TCP: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SLOTS, 0);
@@ -58,35 +60,98 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 #[map]
 pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
 
-/// User space only, like META: each generation's record of what it holds (see
-/// `airlock_common::maps::RECORD_CHUNK_BYTES`).
-#[map]
-pub static RECORD: HashMap<u32, [u8; RECORD_CHUNK_BYTES]> =
-    HashMap::with_max_entries(RECORD_SLOTS, BPF_F_NO_PREALLOC);
-
-/// Source entry for an IPv4 address in generation `generation`.
+/// Source entry for an IPv4 address in generation `generation`: the directory
+/// slot of its top bits, then a binary search of the slot's ranges.
 #[inline(always)]
 pub fn source_v4(generation: u32, addr: [u8; 4]) -> SourceEntry {
-    let key = Key::new(
-        GENERATION_KEY_BITS + 32,
-        [generation as u8, addr[0], addr[1], addr[2], addr[3]],
-    );
-    SRC_V4.get(&key).copied().unwrap_or_default()
+    let (Some(config), Some(table)) = (CONFIG.get(generation), SRC_V4.get(generation)) else {
+        return SourceEntry::default();
+    };
+    let key = u32::from_be_bytes(addr);
+    let Some(slot) = table.get(directory_slot(
+        u64::from(key) << 32,
+        config.directory_bits_v4,
+    )) else {
+        return SourceEntry::default();
+    };
+    let (mut base, mut len) = (slot.start, slot.flags);
+    let mut step = 0;
+    while step < RANGE_SEARCH_STEPS && len > 1 {
+        let half = len / 2;
+        let Some(range) = table.get(base + half) else {
+            return SourceEntry::default();
+        };
+        // Branch-free (`key >= range.start` as a borrow): a branch here would double
+        // the verifier's paths at every step.
+        let borrow = (u64::from(key).wrapping_sub(u64::from(range.start)) >> 63) as u32;
+        base += half & borrow.wrapping_sub(1);
+        len -= half;
+        step += 1;
+    }
+    match table.get(base) {
+        Some(range) => SourceEntry {
+            rules: range.rules,
+            flags: range.flags,
+            _pad: 0,
+        },
+        None => SourceEntry::default(),
+    }
 }
 
 #[inline(always)]
 pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
-    let mut data = [0u8; 17];
-    data[0] = generation as u8;
-    let mut i = 0;
-    while i < 16 {
-        data[i + 1] = addr[i];
-        i += 1;
+    let (Some(config), Some(table)) = (CONFIG.get(generation), SRC_V6.get(generation)) else {
+        return SourceEntry::default();
+    };
+    let high = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let low = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let Some(slot) = table.get(directory_slot(high, config.directory_bits_v6)) else {
+        return SourceEntry::default();
+    };
+    let (mut base, mut len) = (slot.start[0] as u32, slot.start[1] as u32);
+    let mut step = 0;
+    while step < RANGE_SEARCH_STEPS && len > 1 {
+        let half = len / 2;
+        let Some(range) = table.get(base + half) else {
+            return SourceEntry::default();
+        };
+        // (high, low) - range.start as a 128-bit subtraction; its borrow out says
+        // the address lies before the range. Branch-free, as in `source_v4`.
+        let low_borrow = subtract_borrow(low, range.start[1], low.wrapping_sub(range.start[1]));
+        let high_diff = high.wrapping_sub(range.start[0]).wrapping_sub(low_borrow);
+        let borrow = subtract_borrow(high, range.start[0], high_diff) as u32;
+        base += half & borrow.wrapping_sub(1);
+        len -= half;
+        step += 1;
     }
-    SRC_V6
-        .get(Key::new(GENERATION_KEY_BITS + 128, data))
-        .copied()
-        .unwrap_or_default()
+    match table.get(base) {
+        Some(range) => SourceEntry {
+            rules: range.rules,
+            flags: range.flags,
+            _pad: 0,
+        },
+        None => SourceEntry::default(),
+    }
+}
+
+/// The directory slot of an address whose top 64 bits are `high`.
+#[inline(always)]
+fn directory_slot(high: u64, bits: u32) -> u32 {
+    if bits == 0 {
+        0
+    } else {
+        (high >> (64 - (bits & 63))) as u32
+    }
+}
+
+/// Borrow out of `a - b (- borrow in) = difference`, from the operands' top bits.
+#[inline(always)]
+fn subtract_borrow(a: u64, b: u64, difference: u64) -> u64 {
+    ((!a & b) | (!(a ^ b) & difference)) >> 63
 }
 
 /// Mask of rules covering `port` for TCP (`tcp == true`) or UDP.

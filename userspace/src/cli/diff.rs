@@ -1,6 +1,6 @@
 //! `airlock diff -f NEW`: what NEW would change against the policy in force, per
 //! interface: mode, default, management and deny, rules (ports, `from` sets) and the
-//! source prefixes each gains or loses (read back from the kernel's tries).
+//! source prefixes each gains or loses (read back from the kernel's source tables).
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -37,8 +37,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let compiled = compile::compile(&policy)?;
     let new = Side {
         summary: PolicySummary::describe(&policy, &compiled, &args.policy),
-        v4: compiled.v4.clone(),
-        v6: compiled.v6.clone(),
+        // The kernel's side is read back in canonical form: compare like with like.
+        v4: compile::ranges::canonical(&compiled.v4),
+        v6: compile::ranges::canonical(&compiled.v6),
     };
     let root = PinRoot::new(&args.pin_root.pin_root);
     let mut ifaces = args.ifaces.clone();

@@ -5,6 +5,7 @@
 
 mod ports;
 mod prefixes;
+pub mod ranges;
 
 use std::net::IpAddr;
 
@@ -205,6 +206,9 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
         },
         rule_count: policy.rules.len() as u32,
         valid: 1,
+        // Set by the loader from the tables it builds (compile::ranges).
+        directory_bits_v4: 0,
+        directory_bits_v6: 0,
     };
     let stats = CompileStats {
         rules: policy.rules.len(),

@@ -117,7 +117,9 @@ rules:
             default_action: DEFAULT_DROP,
             mode: MODE_MONITOR,
             rule_count: 2,
-            valid: 1
+            valid: 1,
+            directory_bits_v4: 0,
+            directory_bits_v6: 0,
         }
     );
     assert_eq!(c.rule_names, ["a", "b"]);

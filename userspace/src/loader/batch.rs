@@ -10,7 +10,6 @@ use aya::maps::MapData;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// Elements per system call: large enough that the call overhead vanishes, small
 /// enough that one call's buffers stay in the cache.
@@ -57,15 +56,6 @@ fn call(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
     Ok(false)
 }
 
-/// Whether `error` says the kernel has no batch operation for this map type.
-pub(crate) fn unsupported(error: &std::io::Error) -> bool {
-    // ENOTSUPP (524) is the kernel-internal "not supported" some paths leak.
-    matches!(
-        error.raw_os_error(),
-        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
-    )
-}
-
 /// Writes `values[i]` to slot `keys[i]` of an array map of `u64`.
 pub(crate) fn update_u32_keys(map: &MapData, keys: &[u32], values: &[u64]) -> std::io::Result<()> {
     update(map, as_bytes(keys), as_bytes(values), values.len())
@@ -98,11 +88,6 @@ pub(crate) fn update(
     count: usize,
 ) -> std::io::Result<()> {
     chunked(map, BPF_MAP_UPDATE_BATCH, keys, Some(values), count)
-}
-
-/// Deletes `count` elements given as packed keys. Every key must exist.
-pub(crate) fn delete(map: &MapData, keys: &[u8], count: usize) -> std::io::Result<()> {
-    chunked(map, BPF_MAP_DELETE_BATCH, keys, None, count)
 }
 
 fn chunked(

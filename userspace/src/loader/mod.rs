@@ -11,7 +11,7 @@ mod meta;
 mod object;
 mod pins;
 mod policy_maps;
-mod record;
+mod source_tables;
 mod writer;
 
 use std::{fs, path::Path};
@@ -32,7 +32,7 @@ pub use object::{floor_object_bytes, load_object, object_bytes};
 pub use pins::{
     DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,
 };
-pub use policy_maps::{Counters, PolicyMaps};
+pub use policy_maps::{Counters, PolicyMaps, SourcePrefixes};
 pub use writer::WriterLock;
 
 use crate::compile::Compiled;
@@ -59,9 +59,7 @@ pub struct LoadedFilter {
 impl LoadedFilter {
     pub fn load() -> Result<Self, LoaderError> {
         let mut ebpf = load_object()?;
-        let mut maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
-        // Fresh maps: both copies are known to be empty.
-        maps.record_fresh()?;
+        let maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
         let program = xdp_program(&mut ebpf)?;
         program.load().map_err(program_error)?;
         Ok(Self { ebpf, maps })
@@ -285,9 +283,6 @@ fn install_staged(
     }
     let program = xdp_program(&mut ebpf)?;
     maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
-    // The maps were just created: both copies are known to be empty, so the first
-    // re-apply into the second copy need not read the tries to find that out.
-    maps.record_fresh()?;
     // The policy goes in before the program sees its first packet.
     // Attach mode is only known after attaching; record the likely one and fix it up.
     summary.attach_mode = AttachMode::Driver.as_str().to_owned();

@@ -4,29 +4,31 @@
 //! packet is judged by exactly one complete policy.
 //!
 //! After the flip the old copy is left as it was: it still holds the previous
-//! policy, which a rollback can return to with another single flip, and the next
-//! apply rewrites it by difference (so a stale or half-written copy left by a crashed
-//! apply heals itself: it is never trusted, only compared and corrected).
+//! policy, which a rollback can return to with another single flip. The next apply
+//! rewrites it whole (a fresh source table per family, every port slot), so a copy
+//! left stale or half-written by a crashed apply is never trusted or patched: it is
+//! replaced, and it was marked invalid before its first write.
 
 use std::path::Path;
 
 use airlock_common::{
-    Counter, GENERATION_KEY_BITS, GENERATIONS, GenConfig, LAYOUT_VERSION, MAP_ACTIVE_GEN,
-    MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RECORD,
-    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6,
-    MAX_RULES, PORT_SLOTS, PolicyMeta, RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig,
-    SourceEntry, port_index, reason_stat_index, rule_base_index, rule_stat_index,
+    Counter, GENERATIONS, GenConfig, LAYOUT_VERSION, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META,
+    MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
+    MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta,
+    RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, port_index, reason_stat_index,
+    rule_base_index, rule_stat_index,
 };
 use aya::{
     Ebpf,
-    maps::{
-        Array, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuValues,
-        lpm_trie::Key,
-    },
+    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 
-use super::{LoaderError, meta::PolicySummary, record};
-use crate::compile::{Compiled, PortMap, PrefixEntry};
+use super::{
+    LoaderError,
+    meta::PolicySummary,
+    source_tables::{self, TablesV4, TablesV6},
+};
+use crate::compile::{Compiled, PortMap, PrefixEntry, ranges};
 
 /// Where typed map handles come from: a freshly loaded object or a pin directory.
 pub(crate) enum MapSource<'a> {
@@ -61,9 +63,6 @@ fn pinned_layout(dir: &Path) -> Option<u32> {
     Some(meta.get(&generation, 0).ok()?.layout_version)
 }
 
-/// A source trie; `K` is the key size: the generation byte and the address.
-type SrcTrie<const K: usize> = LpmTrie<MapData, [u8; K], SourceEntry>;
-
 /// Per-CPU counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -90,8 +89,8 @@ impl Counters {
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
     config: Array<MapData, GenConfig>,
-    src_v4: SrcTrie<5>,
-    src_v6: SrcTrie<17>,
+    src_v4: TablesV4,
+    src_v6: TablesV6,
     ports_tcp: Array<MapData, u64>,
     ports_udp: Array<MapData, u64>,
     reason_stats: PerCpuArray<MapData, Counter>,
@@ -100,7 +99,6 @@ pub struct PolicyMaps {
     meta: Array<MapData, PolicyMeta>,
     sampling: Array<MapData, SamplingConfig>,
     sample_stats: PerCpuArray<MapData, u64>,
-    record: record::RecordMap,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> LoaderError {
@@ -122,7 +120,6 @@ impl PolicyMaps {
             meta: source.take(MAP_META)?,
             sampling: source.take(MAP_SAMPLING)?,
             sample_stats: source.take(MAP_SAMPLE_STATS)?,
-            record: source.take(MAP_RECORD)?,
         })
     }
 
@@ -183,83 +180,64 @@ impl PolicyMaps {
         let started = std::time::Instant::now();
         // First: from here until the end the copy is not a complete policy, so nothing
         // (a rollback, `status`) may take it for one, even if this process dies.
-        let mut invalid = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        if invalid.valid != 0 {
-            invalid.valid = 0;
-            self.config
-                .set(generation, invalid, 0)
-                .map_err(map_err(MAP_CONFIG))?;
-        }
-        // What the copy holds now, from its record if it has a valid one (else the
-        // tries are read back). Then the record is made invalid, before the first
-        // write into the copy.
-        let held = record::read(&self.record, generation).unwrap_or_else(|error| {
-            tracing::debug!(%error, generation, "policy record unreadable");
-            None
-        });
+        self.invalidate(generation)?;
+        let (v4, v6) = (
+            ranges::table_v4(&compiled.v4),
+            ranges::table_v6(&compiled.v6),
+        );
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
-            generation,
-            from_record = held.is_some(),
-            "what the copy holds"
+            v4 = v4.elements.len(),
+            v6 = v6.elements.len(),
+            "source tables built"
         );
-        let old_chunks =
-            record::invalidate(&mut self.record, generation).map_err(map_err(MAP_RECORD))?;
-        sync_trie(
-            &mut self.src_v4,
-            generation,
-            &compiled.v4,
-            held.as_ref().map(|h| &h.v4[..]),
-            MAP_SRC_V4,
-        )?;
-        sync_trie(
-            &mut self.src_v6,
-            generation,
-            &compiled.v6,
-            held.as_ref().map(|h| &h.v6[..]),
-            MAP_SRC_V6,
-        )?;
+        source_tables::write(&mut self.src_v4, generation, &v4, MAP_SRC_V4)?;
+        source_tables::write(&mut self.src_v6, generation, &v6, MAP_SRC_V6)?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "source tables written"
+        );
         write_ports(
             &mut self.ports_tcp,
             generation,
             &compiled.tcp_ports,
-            held.as_ref().map(|h| &h.tcp[..]),
             MAP_PORTS_TCP,
         )?;
         write_ports(
             &mut self.ports_udp,
             generation,
             &compiled.udp_ports,
-            held.as_ref().map(|h| &h.udp[..]),
             MAP_PORTS_UDP,
         )?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "ports written");
         self.snapshot_rule_base(generation)?;
-        tracing::debug!(
-            ms = started.elapsed().as_millis() as u64,
-            "rule counters reset"
-        );
         self.meta
             .set(generation, meta, 0)
             .map_err(map_err(MAP_META))?;
-        // Every write into the copy succeeded: record what it holds. A failure here
-        // costs the next apply a read of the tries, nothing else.
-        if let Err(error) = record::write(
-            &mut self.record,
-            generation,
-            &record::Content::of(compiled),
-            old_chunks,
-        ) {
-            tracing::warn!(%error, generation, "could not record the policy written");
-        }
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "recorded");
         // Last: the copy only claims to be valid once everything else is in place.
+        let config = GenConfig {
+            directory_bits_v4: v4.directory_bits,
+            directory_bits_v6: v6.directory_bits,
+            ..compiled.config
+        };
         self.config
-            .set(generation, compiled.config, 0)
+            .set(generation, config, 0)
             .map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Marks `generation` as not holding a complete policy.
+    fn invalidate(&mut self, generation: u32) -> Result<(), LoaderError> {
+        let mut config = self
+            .config
+            .get(&generation, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        if config.valid != 0 {
+            config.valid = 0;
+            self.config
+                .set(generation, config, 0)
+                .map_err(map_err(MAP_CONFIG))?;
+        }
+        Ok(())
     }
 
     /// Rule counters are per generation, so the counters of the policy in force belong
@@ -414,272 +392,16 @@ fn add(a: Counter, b: Counter) -> Counter {
     }
 }
 
-/// The trie key of `entry` in `generation`: the generation byte, then the address.
-fn generation_key<const N: usize, const K: usize>(
-    generation: u32,
-    entry: &PrefixEntry<N>,
-) -> Key<[u8; K]> {
-    let mut data = [0u8; K];
-    data[0] = generation as u8;
-    data[1..].copy_from_slice(&entry.addr);
-    Key::new(GENERATION_KEY_BITS + u32::from(entry.prefix_len), data)
-}
-
-/// What a sync did to one generation of a trie.
-#[derive(Clone, Copy, Debug, Default)]
-struct SyncCount {
-    held: usize,
-    removed: usize,
-    written: usize,
-}
-
-/// Makes `generation`'s part of `trie` hold exactly `entries` (sorted by address,
-/// then length, as the compiler makes them): takes what it holds now from
-/// `recorded` (the generation's valid record) or else reads it back from the kernel,
-/// then removes the keys that are not wanted and writes the entries that are
-/// missing or hold another value; nothing else. The copy is never trusted, only
-/// compared, so one left stale or half-written by a crashed apply (which leaves no
-/// valid record) heals here. Only
-/// ever called on the inactive generation.
-fn sync_trie<const N: usize, const K: usize>(
-    trie: &mut SrcTrie<K>,
-    generation: u32,
-    entries: &[PrefixEntry<N>],
-    recorded: Option<&[PrefixEntry<N>]>,
-    name: &'static str,
-) -> Result<SyncCount, LoaderError> {
-    let started = std::time::Instant::now();
-    let sorted;
-    let entries = if entries.is_sorted_by_key(|e| (e.addr, e.prefix_len)) {
-        entries
-    } else {
-        let mut copy = entries.to_vec();
-        copy.sort_unstable_by_key(|e| (e.addr, e.prefix_len));
-        sorted = copy;
-        &sorted
-    };
-    let (held, mut stray) = match recorded {
-        Some(held) if held.is_sorted_by_key(|e| (e.addr, e.prefix_len)) => {
-            (std::borrow::Cow::Borrowed(held), Vec::new())
-        }
-        _ => {
-            let (held, stray) = read_generation::<N, K>(trie, generation, name)?;
-            (std::borrow::Cow::Owned(held), stray)
-        }
-    };
-    let read_ms = started.elapsed().as_millis() as u64;
-    // Merge the two sorted lists.
-    let mut remove: Vec<Key<[u8; K]>> = std::mem::take(&mut stray);
-    let mut write: Vec<&PrefixEntry<N>> = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < held.len() || j < entries.len() {
-        let order = match (held.get(i), entries.get(j)) {
-            (Some(h), Some(e)) => (h.addr, h.prefix_len).cmp(&(e.addr, e.prefix_len)),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, _) => std::cmp::Ordering::Greater,
-        };
-        match order {
-            std::cmp::Ordering::Less => {
-                remove.push(generation_key::<N, K>(generation, &held[i]));
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                write.push(&entries[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                if held[i].value != entries[j].value {
-                    write.push(&entries[j]);
-                }
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    remove_keys(trie, &remove, name)?;
-    write_entries(trie, generation, &write, name)?;
-    let count = SyncCount {
-        held: held.len(),
-        removed: remove.len(),
-        written: write.len(),
-    };
-    tracing::debug!(
-        map = name,
-        generation,
-        held = count.held,
-        removed = count.removed,
-        written = count.written,
-        read_ms,
-        ms = started.elapsed().as_millis() as u64,
-        "trie synced"
-    );
-    Ok(count)
-}
-
-/// Size of a trie key in the kernel: the prefix length (u32), then the data.
-const fn raw_key_size<const K: usize>() -> usize {
-    4 + K
-}
-
-fn raw_key<const K: usize>(key: &Key<[u8; K]>, out: &mut Vec<u8>) {
-    out.extend_from_slice(&key.prefix_len().to_ne_bytes());
-    out.extend_from_slice(&key.data());
-}
-
-fn raw_value(value: &SourceEntry, out: &mut Vec<u8>) {
-    out.extend_from_slice(&value.rules.to_ne_bytes());
-    out.extend_from_slice(&value.flags.to_ne_bytes());
-    out.extend_from_slice(&value._pad.to_ne_bytes());
-}
-
-fn remove_keys<const K: usize>(
-    trie: &mut SrcTrie<K>,
-    keys: &[Key<[u8; K]>],
-    name: &'static str,
-) -> Result<(), LoaderError> {
-    let mut raw = Vec::with_capacity(keys.len() * raw_key_size::<K>());
-    for key in keys {
-        raw_key(key, &mut raw);
-    }
-    match super::batch::delete(trie.map(), &raw, keys.len()) {
-        Ok(()) => return Ok(()),
-        Err(error) if super::batch::unsupported(&error) => {
-            tracing::debug!(map = name, %error, "batch delete unavailable; one by one");
-        }
-        // A batch may stop part way (e.g. at a key already gone); finish one by one.
-        Err(error) => tracing::debug!(map = name, %error, "batch delete stopped; one by one"),
-    }
-    for key in keys {
-        match trie.remove(key) {
-            Ok(()) => {}
-            Err(e) if record::not_found(&e) => {}
-            Err(e) => return Err(map_err(name)(e)),
-        }
-    }
-    Ok(())
-}
-
-fn write_entries<const N: usize, const K: usize>(
-    trie: &mut SrcTrie<K>,
-    generation: u32,
-    entries: &[&PrefixEntry<N>],
-    name: &'static str,
-) -> Result<(), LoaderError> {
-    let mut keys = Vec::with_capacity(entries.len() * raw_key_size::<K>());
-    let mut values = Vec::with_capacity(entries.len() * size_of::<SourceEntry>());
-    for entry in entries {
-        raw_key(&generation_key::<N, K>(generation, entry), &mut keys);
-        raw_value(&entry.value, &mut values);
-    }
-    match super::batch::update(trie.map(), &keys, &values, entries.len()) {
-        Ok(()) => return Ok(()),
-        Err(error) if super::batch::unsupported(&error) => {
-            tracing::debug!(map = name, %error, "batch update unavailable; one by one");
-        }
-        Err(error) => tracing::debug!(map = name, %error, "batch update stopped; one by one"),
-    }
-    for entry in entries {
-        let key = generation_key::<N, K>(generation, entry);
-        trie.insert(&key, entry.value, 0).map_err(map_err(name))?;
-    }
-    Ok(())
-}
-
-/// A generation read back from a trie: its entries and its stray keys.
-type ReadBack<const N: usize, const K: usize> = (Vec<PrefixEntry<N>>, Vec<Key<[u8; K]>>);
-
-/// The entries `trie` holds for `generation`, sorted by address then length, and
-/// the keys of that generation that no compiled policy would write (a prefix length
-/// outside the family's range), which a sync removes.
-fn read_generation<const N: usize, const K: usize>(
-    trie: &SrcTrie<K>,
-    generation: u32,
-    name: &'static str,
-) -> Result<ReadBack<N, K>, LoaderError> {
-    let mut entries = Vec::new();
-    let mut stray = Vec::new();
-    let mut take = |prefix_len: u32, data: [u8; K], value: SourceEntry| {
-        if u32::from(data[0]) != generation {
-            return;
-        }
-        let bits = prefix_len.wrapping_sub(GENERATION_KEY_BITS);
-        if prefix_len < GENERATION_KEY_BITS || bits > 8 * N as u32 {
-            stray.push(Key::new(prefix_len, data));
-            return;
-        }
-        let mut addr = [0u8; N];
-        addr.copy_from_slice(&data[1..]);
-        entries.push(PrefixEntry {
-            addr,
-            prefix_len: bits as u8,
-            value,
-        });
-    };
-    let batch = super::batch::lookup_each(
-        trie.map(),
-        raw_key_size::<K>(),
-        size_of::<SourceEntry>(),
-        |key, value| {
-            let prefix_len = u32::from_ne_bytes(key[..4].try_into().unwrap_or_default());
-            let mut data = [0u8; K];
-            data.copy_from_slice(&key[4..]);
-            let word =
-                |at: usize| u32::from_ne_bytes(value[at..at + 4].try_into().unwrap_or_default());
-            let entry = SourceEntry {
-                rules: u64::from_ne_bytes(value[..8].try_into().unwrap_or_default()),
-                flags: word(8),
-                _pad: word(12),
-            };
-            take(prefix_len, data, entry);
-        },
-    );
-    match batch {
-        Ok(()) => {}
-        Err(error) if super::batch::unsupported(&error) => {
-            tracing::debug!(map = name, %error, "batch lookup unavailable; one by one");
-            for item in trie.iter() {
-                let (key, value) = item.map_err(map_err(name))?;
-                take(key.prefix_len(), key.data(), value);
-            }
-        }
-        Err(error) => return Err(LoaderError::io("reading", name, error)),
-    }
-    // The kernel walks the trie in its own order. A walk can see a key twice (a
-    // one-by-one fallback after some batches, or a walk restarted because its
-    // position key vanished): a key is one entry, whatever the walk saw.
-    entries.sort_unstable_by_key(|e| (e.addr, e.prefix_len));
-    entries.dedup_by_key(|e| (e.addr, e.prefix_len));
-    let mut seen = std::collections::HashSet::new();
-    stray.retain(|key| seen.insert((key.prefix_len(), key.data())));
-    Ok((entries, stray))
-}
-
-/// Writes the rule mask of every port of `generation` (zero where no rule covers it):
-/// only the ports whose mask differs from `recorded` (the segments the copy holds,
-/// from its valid record), or every port when the copy's content is not known.
+/// Writes the rule mask of every port of `generation` (zero where no rule covers it).
 fn write_ports(
     array: &mut Array<MapData, u64>,
     generation: u32,
     ports: &PortMap,
-    recorded: Option<&[(u16, u16, u64)]>,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let dense = ports.dense();
     let first = port_index(generation, 0);
-    let (keys, values): (Vec<u32>, Vec<u64>) = match recorded {
-        Some(segments) => {
-            let mut old = vec![0u64; PORT_SLOTS as usize];
-            for &(from, to, mask) in segments {
-                old[usize::from(from)..=usize::from(to)].fill(mask);
-            }
-            (first..)
-                .zip(dense.iter().zip(&old))
-                .filter(|(_, (new, old))| new != old)
-                .map(|(index, (new, _))| (index, *new))
-                .unzip()
-        }
-        None => ((first..first + PORT_SLOTS).collect(), dense),
-    };
+    let keys: Vec<u32> = (first..first + PORT_SLOTS).collect();
+    let values = ports.dense();
     match super::batch::update_u32_keys(array.map(), &keys, &values) {
         Ok(()) => Ok(()),
         Err(error) => {
@@ -714,20 +436,6 @@ impl PolicyMaps {
 }
 
 impl PolicyMaps {
-    /// Records that both generations are empty: only for maps just created.
-    pub(crate) fn record_fresh(&mut self) -> Result<(), LoaderError> {
-        for generation in 0..GENERATIONS {
-            record::write(
-                &mut self.record,
-                generation,
-                &record::Content::EMPTY,
-                Some(0),
-            )
-            .map_err(map_err(MAP_RECORD))?;
-        }
-        Ok(())
-    }
-
     /// Makes `generation` the one in force (one word write).
     pub(crate) fn set_active_generation(&mut self, generation: u32) -> Result<(), LoaderError> {
         self.active
@@ -768,20 +476,43 @@ impl PolicyMaps {
         Ok(PolicySummary::decode(&meta))
     }
 
-    /// The source trie entries of the generation in force, read back from the kernel
-    /// (for `airlock diff`), sorted by address then prefix length.
-    pub fn active_prefixes(&self) -> Result<TrieEntries, LoaderError> {
+    /// The source prefixes of the generation in force, read back from the kernel
+    /// (for `airlock diff`) in canonical form (`compile::ranges::canonical`).
+    pub fn active_prefixes(&self) -> Result<SourcePrefixes, LoaderError> {
         self.generation_prefixes(self.active_generation()?)
     }
 
-    /// The source trie entries of `generation`, read back from the kernel, sorted by
-    /// address then prefix length.
-    pub fn generation_prefixes(&self, generation: u32) -> Result<TrieEntries, LoaderError> {
+    /// The source prefixes of `generation`, read back from its tables in canonical
+    /// form, sorted by address: empty for a table never written.
+    pub fn generation_prefixes(&self, generation: u32) -> Result<SourcePrefixes, LoaderError> {
         let generation = generation & 1;
-        Ok((
-            read_trie(&self.src_v4, generation, MAP_SRC_V4)?,
-            read_trie(&self.src_v6, generation, MAP_SRC_V6)?,
-        ))
+        let config = self
+            .config
+            .get(&generation, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        let malformed = |name: &'static str| LoaderError::Map {
+            name,
+            source: MapError::KeyNotFound,
+        };
+        let v4 = match source_tables::read(
+            &self.src_v4,
+            generation,
+            config.directory_bits_v4,
+            MAP_SRC_V4,
+        )? {
+            Some(table) => ranges::prefixes_v4(&table).ok_or_else(|| malformed(MAP_SRC_V4))?,
+            None => Vec::new(),
+        };
+        let v6 = match source_tables::read(
+            &self.src_v6,
+            generation,
+            config.directory_bits_v6,
+            MAP_SRC_V6,
+        )? {
+            Some(table) => ranges::prefixes_v6(&table).ok_or_else(|| malformed(MAP_SRC_V6))?,
+            None => Vec::new(),
+        };
+        Ok((v4, v6))
     }
 
     /// The TCP and UDP port arrays of `generation`, read back from the kernel (one
@@ -799,46 +530,27 @@ impl PolicyMaps {
         ))
     }
 
-    /// For tests: what an apply that died after writing the tries and port arrays of
-    /// the inactive copy leaves behind (no record, no valid config, no flip).
+    /// For tests: what an apply that died half way through writing the inactive copy
+    /// leaves behind: the copy marked invalid, `junk`'s source tables in place, its
+    /// ports not yet written, no flip.
     #[doc(hidden)]
-    pub fn interrupted_apply(&mut self, compiled: &Compiled) -> Result<(), LoaderError> {
+    pub fn interrupted_apply(&mut self, junk: &Compiled) -> Result<(), LoaderError> {
         let generation = 1 - self.active_generation()?;
-        let mut config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        config.valid = 0;
-        self.config
-            .set(generation, config, 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        record::invalidate(&mut self.record, generation).map_err(map_err(MAP_RECORD))?;
-        sync_trie(&mut self.src_v4, generation, &compiled.v4, None, MAP_SRC_V4)?;
-        sync_trie(&mut self.src_v6, generation, &compiled.v6, None, MAP_SRC_V6)?;
-        write_ports(
-            &mut self.ports_tcp,
+        self.invalidate(generation)?;
+        source_tables::write(
+            &mut self.src_v4,
             generation,
-            &compiled.tcp_ports,
-            None,
-            MAP_PORTS_TCP,
+            &ranges::table_v4(&junk.v4),
+            MAP_SRC_V4,
         )?;
-        write_ports(
-            &mut self.ports_udp,
+        source_tables::write(
+            &mut self.src_v6,
             generation,
-            &compiled.udp_ports,
-            None,
-            MAP_PORTS_UDP,
+            &ranges::table_v6(&junk.v6),
+            MAP_SRC_V6,
         )
     }
 }
 
-/// IPv4 and IPv6 source trie entries.
-pub type TrieEntries = (Vec<PrefixEntry<4>>, Vec<PrefixEntry<16>>);
-
-fn read_trie<const N: usize, const K: usize>(
-    trie: &SrcTrie<K>,
-    generation: u32,
-    name: &'static str,
-) -> Result<Vec<PrefixEntry<N>>, LoaderError> {
-    Ok(read_generation::<N, K>(trie, generation, name)?.0)
-}
+/// IPv4 and IPv6 source prefixes.
+pub type SourcePrefixes = (Vec<PrefixEntry<4>>, Vec<PrefixEntry<16>>);

@@ -1,7 +1,7 @@
 //! `airlock diff`: what a new policy changes against the one in force.
 //!
 //! Names (mode, default, rules, their ports and `from` sets, `management` and `deny`
-//! set names) come from the summaries. Addresses come from the source tries: the
+//! set names) come from the summaries. Addresses come from the source tables: the
 //! policy in force is read back from the kernel, the new one compiled, and the two
 //! compared by what they *mean*, not entry by entry (the compiler folds every set
 //! into one trie, so one new rule can split entries of rules it does not change).

@@ -1,0 +1,296 @@
+//! Lowers the compiled prefixes into the kernel's source tables: the address space
+//! cut into ranges that share one longest-prefix answer, behind a directory of the
+//! addresses' top bits (layout in `airlock_common::SourceRangeV4`). Also the
+//! inverse, for reading a table back as prefixes (`airlock diff`, tests).
+
+use airlock_common::{MAX_DIRECTORY_BITS, SourceEntry, SourceRangeV4, SourceRangeV6};
+
+use super::PrefixEntry;
+
+/// One generation's source table for one family, as written into its inner map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceTable<R> {
+    /// Address bits the directory is indexed by (its first `2^bits` elements).
+    pub directory_bits: u32,
+    pub elements: Vec<R>,
+}
+
+/// A range: its first address (the top `WIDTH` bits of a `u128`) and its answer.
+type Range = (u128, SourceEntry);
+
+/// The ranges of `entries` (prefixes sorted by address then length, as the
+/// compiler makes them): the address space from 0 to its end, split wherever the
+/// longest match changes, adjacent ranges with equal answers merged. Addresses with
+/// no matching prefix get the all-zero entry, as from an LPM trie miss.
+fn ranges<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<Range> {
+    let width = 8 * N as u32;
+    let mut out: Vec<Range> = vec![(0, SourceEntry::default())];
+    // Open prefixes, outermost first: (last address, answer). Prefixes nest or are
+    // disjoint, and sorted by address then length each one's parents come first.
+    let mut open: Vec<(u128, SourceEntry)> = Vec::new();
+    for entry in entries {
+        let first = address(&entry.addr);
+        let last = first | host_mask(width, entry.prefix_len);
+        close(&mut open, Some(first), width, &mut out);
+        set(&mut out, first, entry.value);
+        open.push((last, entry.value));
+    }
+    close(&mut open, None, width, &mut out);
+    out
+}
+
+/// From `start` on (never before the last range's start), the answer is `value`.
+fn set(out: &mut Vec<Range>, start: u128, value: SourceEntry) {
+    match out.last_mut() {
+        Some(last) if last.0 == start => {
+            last.1 = value;
+            // The range's new answer can equal the one before: merge.
+            if out.len() >= 2 && out[out.len() - 2].1 == value {
+                out.pop();
+            }
+        }
+        Some(last) if last.1 == value => {}
+        _ => out.push((start, value)),
+    }
+}
+
+/// Closes the open prefixes that end before `before` (all of them if `None`): after
+/// each, the prefix around it answers again.
+fn close(
+    open: &mut Vec<(u128, SourceEntry)>,
+    before: Option<u128>,
+    width: u32,
+    out: &mut Vec<Range>,
+) {
+    while let Some(&(last, _)) = open.last() {
+        if before.is_some_and(|first| last >= first) {
+            break;
+        }
+        open.pop();
+        if last < max_address(width) {
+            let outer = open.last().map(|o| o.1).unwrap_or_default();
+            set(out, last + 1, outer);
+        }
+    }
+}
+
+fn address<const N: usize>(bytes: &[u8; N]) -> u128 {
+    bytes.iter().fold(0u128, |a, &b| (a << 8) | u128::from(b))
+}
+
+fn max_address(width: u32) -> u128 {
+    u128::MAX >> (128 - width)
+}
+
+fn host_mask(width: u32, prefix_len: u8) -> u128 {
+    // `checked_shr`: a /128 shifts by the whole width, which `>>` may not.
+    max_address(width)
+        .checked_shr(u32::from(prefix_len).min(width))
+        .unwrap_or(0)
+}
+
+/// Directory bits for `ranges` ranges: about one range per slot, so a lookup's
+/// binary search is short however large the policy, and the directory never
+/// outgrows the ranges it indexes.
+fn directory_bits(ranges: usize) -> u32 {
+    let mut bits = 0;
+    while bits < MAX_DIRECTORY_BITS && (1usize << bits) < ranges {
+        bits += 1;
+    }
+    bits
+}
+
+/// For each directory slot: the index (among `ranges`) of the range its first
+/// address falls in, and how many ranges overlap it.
+fn directory(ranges: &[Range], width: u32, bits: u32) -> Vec<(usize, usize)> {
+    let slots = 1usize << bits;
+    let mut out = Vec::with_capacity(slots);
+    let mut first = 0;
+    for slot in 0..slots {
+        let slot_first = if bits == 0 {
+            0
+        } else {
+            (slot as u128) << (width - bits)
+        };
+        let slot_last = slot_first | (max_address(width) >> bits);
+        while first + 1 < ranges.len() && ranges[first + 1].0 <= slot_first {
+            first += 1;
+        }
+        let mut end = first + 1;
+        while end < ranges.len() && ranges[end].0 <= slot_last {
+            end += 1;
+        }
+        out.push((first, end - first));
+    }
+    out
+}
+
+/// The IPv4 source table of `entries`.
+pub fn table_v4(entries: &[PrefixEntry<4>]) -> SourceTable<SourceRangeV4> {
+    let ranges = ranges(entries);
+    let bits = directory_bits(ranges.len());
+    let base = 1usize << bits;
+    let mut elements: Vec<SourceRangeV4> = directory(&ranges, 32, bits)
+        .into_iter()
+        .map(|(first, count)| SourceRangeV4 {
+            start: (base + first) as u32,
+            flags: count as u32,
+            rules: 0,
+        })
+        .collect();
+    elements.extend(ranges.iter().map(|&(start, value)| SourceRangeV4 {
+        start: start as u32,
+        flags: value.flags,
+        rules: value.rules,
+    }));
+    SourceTable {
+        directory_bits: bits,
+        elements,
+    }
+}
+
+/// The IPv6 source table of `entries`.
+pub fn table_v6(entries: &[PrefixEntry<16>]) -> SourceTable<SourceRangeV6> {
+    let ranges = ranges(entries);
+    let bits = directory_bits(ranges.len());
+    let base = 1usize << bits;
+    let mut elements: Vec<SourceRangeV6> = directory(&ranges, 128, bits)
+        .into_iter()
+        .map(|(first, count)| SourceRangeV6 {
+            start: [(base + first) as u64, count as u64],
+            ..SourceRangeV6::default()
+        })
+        .collect();
+    elements.extend(ranges.iter().map(|&(start, value)| SourceRangeV6 {
+        start: [(start >> 64) as u64, start as u64],
+        rules: value.rules,
+        flags: value.flags,
+        _pad: 0,
+    }));
+    SourceTable {
+        directory_bits: bits,
+        elements,
+    }
+}
+
+/// The prefixes of a table read back: each range with a nonzero answer as the
+/// fewest prefixes that cover it exactly, sorted by address. The same function
+/// of the address as the prefixes the table was made from, in canonical form.
+fn prefixes_of<const N: usize>(ranges: &[Range]) -> Vec<PrefixEntry<N>> {
+    let width = 8 * N as u32;
+    let mut out = Vec::new();
+    for (i, &(start, value)) in ranges.iter().enumerate() {
+        if value == SourceEntry::default() {
+            continue;
+        }
+        let last = ranges
+            .get(i + 1)
+            .map(|next| next.0 - 1)
+            .unwrap_or(max_address(width));
+        let mut at = start;
+        loop {
+            // The largest aligned block starting at `at` that stays within the range.
+            let mut len = width;
+            while len > 0 {
+                let mask = host_mask(width, (len - 1) as u8);
+                if at & mask != 0 || at | mask > last {
+                    break;
+                }
+                len -= 1;
+            }
+            let bytes = at.to_be_bytes();
+            let mut addr = [0u8; N];
+            addr.copy_from_slice(&bytes[16 - N..]);
+            out.push(PrefixEntry {
+                addr,
+                prefix_len: len as u8,
+                value,
+            });
+            let block_last = at | host_mask(width, len as u8);
+            if block_last >= last {
+                break;
+            }
+            at = block_last + 1;
+        }
+    }
+    out
+}
+
+/// The ranges of a table's elements (after its directory), checked to be a table:
+/// sorted, starting at address 0.
+fn ranges_of<R>(
+    table: &SourceTable<R>,
+    start: impl Fn(&R) -> u128,
+    value: impl Fn(&R) -> SourceEntry,
+) -> Option<Vec<Range>> {
+    let ranges: Vec<Range> = table
+        .elements
+        .get(1usize.checked_shl(table.directory_bits)?..)?
+        .iter()
+        .map(|r| (start(r), value(r)))
+        .collect();
+    let sorted = ranges.windows(2).all(|w| w[0].0 < w[1].0);
+    (sorted && ranges.first().is_some_and(|r| r.0 == 0)).then_some(ranges)
+}
+
+/// The prefixes an IPv4 table holds (None: not a well-formed table).
+pub fn prefixes_v4(table: &SourceTable<SourceRangeV4>) -> Option<Vec<PrefixEntry<4>>> {
+    let ranges = ranges_of(
+        table,
+        |r| u128::from(r.start),
+        |r| SourceEntry {
+            rules: r.rules,
+            flags: r.flags,
+            _pad: 0,
+        },
+    )?;
+    Some(prefixes_of(&ranges))
+}
+
+/// The prefixes an IPv6 table holds (None: not a well-formed table).
+pub fn prefixes_v6(table: &SourceTable<SourceRangeV6>) -> Option<Vec<PrefixEntry<16>>> {
+    let ranges = ranges_of(
+        table,
+        |r| (u128::from(r.start[0]) << 64) | u128::from(r.start[1]),
+        |r| SourceEntry {
+            rules: r.rules,
+            flags: r.flags,
+            _pad: 0,
+        },
+    )?;
+    Some(prefixes_of(&ranges))
+}
+
+/// The canonical form of `entries`: what [`prefixes_v4`]/[`prefixes_v6`] read back
+/// from their table.
+pub fn canonical<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<PrefixEntry<N>> {
+    prefixes_of(&ranges(entries))
+}
+
+/// What the program finds in `table` for the address `key` (top `width` bits),
+/// step for step as ebpf-programs/src/maps.rs does: for tests of the layout.
+pub fn lookup<R>(
+    table: &SourceTable<R>,
+    width: u32,
+    key: u128,
+    slot_of: impl Fn(&R) -> (usize, usize),
+    start: impl Fn(&R) -> u128,
+) -> Option<&R> {
+    let slot = if table.directory_bits == 0 {
+        0
+    } else {
+        (key >> (width - table.directory_bits)) as usize
+    };
+    let (mut base, mut len) = slot_of(table.elements.get(slot)?);
+    while len > 1 {
+        let half = len / 2;
+        if start(table.elements.get(base + half)?) <= key {
+            base += half;
+        }
+        len -= half;
+    }
+    table.elements.get(base)
+}
+
+#[cfg(test)]
+mod tests;

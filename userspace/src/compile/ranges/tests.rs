@@ -1,0 +1,196 @@
+use airlock_common::{SourceEntry, SourceRangeV4, SourceRangeV6};
+use proptest::prelude::*;
+
+use super::*;
+
+fn entry<const N: usize>(addr: u128, len: u8, rules: u64, flags: u32) -> PrefixEntry<N> {
+    let width = 8 * N as u32;
+    let addr = addr & !host_mask(width, len) & max_address(width);
+    let mut bytes = [0u8; N];
+    bytes.copy_from_slice(&addr.to_be_bytes()[16 - N..]);
+    PrefixEntry {
+        addr: bytes,
+        prefix_len: len,
+        value: SourceEntry {
+            rules,
+            flags,
+            _pad: 0,
+        },
+    }
+}
+
+/// The longest match by brute force, as an LPM trie answers.
+fn longest<const N: usize>(entries: &[PrefixEntry<N>], key: u128) -> SourceEntry {
+    let width = 8 * N as u32;
+    entries
+        .iter()
+        .filter(|e| {
+            let first = address(&e.addr);
+            key >= first && key <= first | host_mask(width, e.prefix_len)
+        })
+        .max_by_key(|e| e.prefix_len)
+        .map(|e| e.value)
+        .unwrap_or_default()
+}
+
+fn sorted<const N: usize>(mut entries: Vec<PrefixEntry<N>>) -> Vec<PrefixEntry<N>> {
+    entries.sort_by_key(|e| (e.addr, e.prefix_len));
+    entries.dedup_by_key(|e| (e.addr, e.prefix_len));
+    entries
+}
+
+fn found_v4(table: &SourceTable<SourceRangeV4>, key: u128) -> SourceEntry {
+    let r = lookup(
+        table,
+        32,
+        key,
+        |r| (r.start as usize, r.flags as usize),
+        |r| u128::from(r.start),
+    )
+    .expect("every address has a range");
+    SourceEntry {
+        rules: r.rules,
+        flags: r.flags,
+        _pad: 0,
+    }
+}
+
+fn found_v6(table: &SourceTable<SourceRangeV6>, key: u128) -> SourceEntry {
+    let r = lookup(
+        table,
+        128,
+        key,
+        |r| (r.start[0] as usize, r.start[1] as usize),
+        |r| (u128::from(r.start[0]) << 64) | u128::from(r.start[1]),
+    )
+    .expect("every address has a range");
+    SourceEntry {
+        rules: r.rules,
+        flags: r.flags,
+        _pad: 0,
+    }
+}
+
+/// Addresses worth probing: each prefix's edges and their neighbours, plus `extra`.
+fn probes<const N: usize>(entries: &[PrefixEntry<N>], extra: &[u128]) -> Vec<u128> {
+    let width = 8 * N as u32;
+    let mut out = vec![0, max_address(width)];
+    for e in entries {
+        let first = address(&e.addr);
+        let last = first | host_mask(width, e.prefix_len);
+        out.extend([first, last, first.wrapping_sub(1), last.wrapping_add(1)]);
+    }
+    out.extend(extra.iter().map(|k| k & max_address(width)));
+    out.retain(|&k| k <= max_address(width));
+    out
+}
+
+/// Prefixes clustered in a few regions so that they nest and touch.
+fn v4_entries() -> impl Strategy<Value = Vec<PrefixEntry<4>>> {
+    prop::collection::vec((0u32..4, any::<u32>(), 0u8..=32, 0u64..4, 0u32..4), 0..60).prop_map(
+        |raw| {
+            sorted(
+                raw.into_iter()
+                    .map(|(region, low, len, rules, flags)| {
+                        let addr = (u128::from(region) << 30) | u128::from(low >> 6);
+                        entry::<4>(addr, len, rules, flags)
+                    })
+                    .collect(),
+            )
+        },
+    )
+}
+
+fn v6_entries() -> impl Strategy<Value = Vec<PrefixEntry<16>>> {
+    prop::collection::vec(
+        (0u128..4, any::<u128>(), 0u8..=128, 0u64..4, 0u32..4),
+        0..60,
+    )
+    .prop_map(|raw| {
+        sorted(
+            raw.into_iter()
+                .map(|(region, low, len, rules, flags)| {
+                    entry::<16>((region << 126) | (low >> 100), len, rules, flags)
+                })
+                .collect(),
+        )
+    })
+}
+
+proptest! {
+    #[test]
+    fn v4_table_answers_the_longest_match(
+        entries in v4_entries(),
+        extra in prop::collection::vec(any::<u32>(), 32),
+    ) {
+        let table = table_v4(&entries);
+        let extra: Vec<u128> = extra.into_iter().map(u128::from).collect();
+        for key in probes(&entries, &extra) {
+            prop_assert_eq!(found_v4(&table, key), longest(&entries, key), "address {:#x}", key);
+        }
+        let back = prefixes_v4(&table).expect("well-formed");
+        prop_assert_eq!(&back, &canonical(&entries));
+        for key in probes(&entries, &extra) {
+            prop_assert_eq!(longest(&back, key), longest(&entries, key));
+        }
+    }
+
+    #[test]
+    fn v6_table_answers_the_longest_match(
+        entries in v6_entries(),
+        extra in prop::collection::vec(any::<u128>(), 32),
+    ) {
+        let table = table_v6(&entries);
+        for key in probes(&entries, &extra) {
+            prop_assert_eq!(found_v6(&table, key), longest(&entries, key), "address {:#x}", key);
+        }
+        let back = prefixes_v6(&table).expect("well-formed");
+        for key in probes(&entries, &extra) {
+            prop_assert_eq!(longest(&back, key), longest(&entries, key));
+        }
+    }
+}
+
+#[test]
+fn empty_policy_is_one_range_and_no_prefixes() {
+    let table = table_v4(&[]);
+    assert_eq!(table.directory_bits, 0);
+    assert_eq!(table.elements.len(), 2);
+    assert_eq!(prefixes_v4(&table), Some(Vec::new()));
+}
+
+#[test]
+fn whole_space_and_host_routes() {
+    let all = entry::<4>(0, 0, 1, 0);
+    let host = entry::<4>(0xffff_ffff, 32, 2, 0);
+    let zero = entry::<4>(0, 32, 4, 0);
+    let entries = sorted(vec![all, host, zero]);
+    let table = table_v4(&entries);
+    for key in [0u128, 1, 0xffff_fffe, 0xffff_ffff, 0x8000_0000] {
+        assert_eq!(found_v4(&table, key), longest(&entries, key), "{key:#x}");
+    }
+    let v6 = sorted(vec![
+        entry::<16>(0, 0, 1, 0),
+        entry::<16>(u128::MAX, 128, 2, 0),
+    ]);
+    let table = table_v6(&v6);
+    for key in [0, 1, u128::MAX - 1, u128::MAX] {
+        assert_eq!(found_v6(&table, key), longest(&v6, key), "{key:#x}");
+    }
+}
+
+#[test]
+fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
+    assert_eq!(directory_bits(1), 0);
+    assert_eq!(directory_bits(2), 1);
+    assert_eq!(directory_bits(1000), 10);
+    assert_eq!(directory_bits(10_000_000), MAX_DIRECTORY_BITS);
+}
+
+#[test]
+fn a_malformed_table_reads_back_as_none() {
+    let mut table = table_v4(&[entry::<4>(0x0a00_0000, 8, 1, 0)]);
+    let base = 1usize << table.directory_bits;
+    table.elements.swap(base, base + 1);
+    assert_eq!(prefixes_v4(&table), None);
+}
