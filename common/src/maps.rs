@@ -26,6 +26,20 @@ pub const MAX_DIRECTORY_BITS: u32 = 16;
 /// slot: a slot never holds more ranges than a table (2 * 2^21 + 1 < 2^23).
 pub const RANGE_SEARCH_STEPS: u32 = 23;
 
+/// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
+/// `SRC_V6_INLINE`): 4 MiB per family and generation, 16 MiB in all. A policy's
+/// table that fits (about 100,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
+/// every read is inlined by the verifier; a larger one gets an inner map of its
+/// exact size, where every read is a call (on this class of machine, with return
+/// thunks, some 15 ns each: the reason for the preallocated tables).
+pub const INLINE_TABLE_V4: u32 = 1 << 18;
+pub const INLINE_TABLE_V6: u32 = 1 << 17;
+
+/// `GenConfig::inline_tables`: the generation's IPv4 / IPv6 table is in the
+/// preallocated map (else in its inner map).
+pub const TABLE_INLINE_V4: u32 = 1 << 0;
+pub const TABLE_INLINE_V6: u32 = 1 << 1;
+
 /// Flags of a source table (the inner maps of `SRC_V4`/`SRC_V6` and their
 /// template): any size may be swapped in (`BPF_F_INNER_MAP`, 1 << 12), and the
 /// loader fills a new one through a memory mapping (`BPF_F_MMAPABLE`, 1 << 10)
@@ -54,6 +68,8 @@ pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_SRC_V4: &str = "SRC_V4";
 pub const MAP_SRC_V6: &str = "SRC_V6";
+pub const MAP_SRC_V4_INLINE: &str = "SRC_V4_INLINE";
+pub const MAP_SRC_V6_INLINE: &str = "SRC_V6_INLINE";
 pub const MAP_PORTS_TCP: &str = "PORTS_TCP";
 pub const MAP_PORTS_UDP: &str = "PORTS_UDP";
 pub const MAP_REASON_STATS: &str = "REASON_STATS";
@@ -109,6 +125,12 @@ pub struct GenConfig {
     /// bits (see [`SourceRangeV4`]).
     pub directory_bits_v4: u32,
     pub directory_bits_v6: u32,
+    /// `TABLE_INLINE_V4` | `TABLE_INLINE_V6`: where the tables are.
+    pub inline_tables: u32,
+    /// Elements of the IPv4 and IPv6 tables (directory and ranges).
+    pub table_len_v4: u32,
+    pub table_len_v6: u32,
+    pub _pad: u32,
 }
 
 /// A per-CPU packet and byte counter.

@@ -3,11 +3,13 @@
 
 use airlock_common::{
     Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS,
-    GenConfig, PORT_SLOTS, PolicyMeta, RANGE_SEARCH_STEPS, REASON_STAT_SLOTS, RULE_BASE_SLOTS,
-    RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SOURCE_TABLE_FLAGS, SampleWindow, SamplingConfig,
-    SourceEntry, SourceRangeV4, SourceRangeV6, port_index,
+    GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta, RANGE_SEARCH_STEPS,
+    REASON_STAT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SOURCE_TABLE_FLAGS,
+    SampleWindow, SamplingConfig, SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4,
+    TABLE_INLINE_V6, port_index,
 };
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     btf_maps::{self, ArrayOfMaps},
     macros::{btf_map, map},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
@@ -22,7 +24,17 @@ pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
 type TableV4 = btf_maps::Array<SourceRangeV4, 1, { SOURCE_TABLE_FLAGS as usize }>;
 type TableV6 = btf_maps::Array<SourceRangeV6, 1, { SOURCE_TABLE_FLAGS as usize }>;
 
-/// One source table per generation (see `airlock_common::SourceRangeV4`).
+/// Preallocated source tables, generation `g` at elements `[g * INLINE_TABLE_V4, ...)`:
+/// the verifier inlines every read of these (see `airlock_common::INLINE_TABLE_V4`).
+#[map]
+pub static SRC_V4_INLINE: Array<SourceRangeV4> =
+    Array::with_max_entries(GENERATIONS * INLINE_TABLE_V4, BPF_F_MMAPABLE);
+#[map]
+pub static SRC_V6_INLINE: Array<SourceRangeV6> =
+    Array::with_max_entries(GENERATIONS * INLINE_TABLE_V6, BPF_F_MMAPABLE);
+
+/// One source table per generation for policies too large for the preallocated
+/// ones (see `airlock_common::SourceRangeV4`).
 #[btf_map]
 pub static SRC_V4: ArrayOfMaps<TableV4, { GENERATIONS as usize }> = ArrayOfMaps::new();
 #[btf_map]
@@ -64,31 +76,25 @@ pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
 /// slot of its top bits, then a binary search of the slot's ranges.
 #[inline(always)]
 pub fn source_v4(generation: u32, addr: [u8; 4]) -> SourceEntry {
-    let (Some(config), Some(table)) = (CONFIG.get(generation), SRC_V4.get(generation)) else {
+    let Some(config) = CONFIG.get(generation) else {
         return SourceEntry::default();
     };
     let key = u32::from_be_bytes(addr);
-    let Some(slot) = table.get(directory_slot(
-        u64::from(key) << 32,
-        config.directory_bits_v4,
-    )) else {
-        return SourceEntry::default();
-    };
-    let (mut base, mut len) = (slot.start, slot.flags);
-    let mut step = 0;
-    while step < RANGE_SEARCH_STEPS && len > 1 {
-        let half = len / 2;
-        let Some(range) = table.get(base + half) else {
+    let slot = directory_slot(u64::from(key) << 32, config.directory_bits_v4);
+    let found = if config.inline_tables & TABLE_INLINE_V4 != 0 {
+        let base = generation * INLINE_TABLE_V4;
+        search_v4(
+            |i| SRC_V4_INLINE.get(base + (i & (INLINE_TABLE_V4 - 1))),
+            slot,
+            key,
+        )
+    } else {
+        let Some(table) = SRC_V4.get(generation) else {
             return SourceEntry::default();
         };
-        // Branch-free (`key >= range.start` as a borrow): a branch here would double
-        // the verifier's paths at every step.
-        let borrow = (u64::from(key).wrapping_sub(u64::from(range.start)) >> 63) as u32;
-        base += half & borrow.wrapping_sub(1);
-        len -= half;
-        step += 1;
-    }
-    match table.get(base) {
+        search_v4(|i| table.get(i), slot, key)
+    };
+    match found {
         Some(range) => SourceEntry {
             rules: range.rules,
             flags: range.flags,
@@ -99,8 +105,30 @@ pub fn source_v4(generation: u32, addr: [u8; 4]) -> SourceEntry {
 }
 
 #[inline(always)]
+fn search_v4<'a>(
+    get: impl Fn(u32) -> Option<&'a SourceRangeV4>,
+    slot: u32,
+    key: u32,
+) -> Option<&'a SourceRangeV4> {
+    let directory = get(slot)?;
+    let (mut base, mut len) = (directory.start, directory.flags);
+    let mut step = 0;
+    while step < RANGE_SEARCH_STEPS && len > 1 {
+        let half = len / 2;
+        let range = get(base + half)?;
+        // Branch-free (`key >= range.start` as a borrow): a branch here would double
+        // the verifier's paths at every step.
+        let borrow = (u64::from(key).wrapping_sub(u64::from(range.start)) >> 63) as u32;
+        base += half & borrow.wrapping_sub(1);
+        len -= half;
+        step += 1;
+    }
+    get(base)
+}
+
+#[inline(always)]
 pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
-    let (Some(config), Some(table)) = (CONFIG.get(generation), SRC_V6.get(generation)) else {
+    let Some(config) = CONFIG.get(generation) else {
         return SourceEntry::default();
     };
     let high = u64::from_be_bytes([
@@ -109,26 +137,22 @@ pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
     let low = u64::from_be_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
-    let Some(slot) = table.get(directory_slot(high, config.directory_bits_v6)) else {
-        return SourceEntry::default();
-    };
-    let (mut base, mut len) = (slot.start[0] as u32, slot.start[1] as u32);
-    let mut step = 0;
-    while step < RANGE_SEARCH_STEPS && len > 1 {
-        let half = len / 2;
-        let Some(range) = table.get(base + half) else {
+    let slot = directory_slot(high, config.directory_bits_v6);
+    let found = if config.inline_tables & TABLE_INLINE_V6 != 0 {
+        let base = generation * INLINE_TABLE_V6;
+        search_v6(
+            |i| SRC_V6_INLINE.get(base + (i & (INLINE_TABLE_V6 - 1))),
+            slot,
+            high,
+            low,
+        )
+    } else {
+        let Some(table) = SRC_V6.get(generation) else {
             return SourceEntry::default();
         };
-        // (high, low) - range.start as a 128-bit subtraction; its borrow out says
-        // the address lies before the range. Branch-free, as in `source_v4`.
-        let low_borrow = subtract_borrow(low, range.start[1], low.wrapping_sub(range.start[1]));
-        let high_diff = high.wrapping_sub(range.start[0]).wrapping_sub(low_borrow);
-        let borrow = subtract_borrow(high, range.start[0], high_diff) as u32;
-        base += half & borrow.wrapping_sub(1);
-        len -= half;
-        step += 1;
-    }
-    match table.get(base) {
+        search_v6(|i| table.get(i), slot, high, low)
+    };
+    match found {
         Some(range) => SourceEntry {
             rules: range.rules,
             flags: range.flags,
@@ -136,6 +160,31 @@ pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
         },
         None => SourceEntry::default(),
     }
+}
+
+#[inline(always)]
+fn search_v6<'a>(
+    get: impl Fn(u32) -> Option<&'a SourceRangeV6>,
+    slot: u32,
+    high: u64,
+    low: u64,
+) -> Option<&'a SourceRangeV6> {
+    let directory = get(slot)?;
+    let (mut base, mut len) = (directory.start[0] as u32, directory.start[1] as u32);
+    let mut step = 0;
+    while step < RANGE_SEARCH_STEPS && len > 1 {
+        let half = len / 2;
+        let range = get(base + half)?;
+        // (high, low) - range.start as a 128-bit subtraction; its borrow out says
+        // the address lies before the range. Branch-free, as in `search_v4`.
+        let low_borrow = subtract_borrow(low, range.start[1], low.wrapping_sub(range.start[1]));
+        let high_diff = high.wrapping_sub(range.start[0]).wrapping_sub(low_borrow);
+        let borrow = subtract_borrow(high, range.start[0], high_diff) as u32;
+        base += half & borrow.wrapping_sub(1);
+        len -= half;
+        step += 1;
+    }
+    get(base)
 }
 
 /// The directory slot of an address whose top 64 bits are `high`.

@@ -3,7 +3,8 @@
 //! directory slot so the program's binary search takes its longest paths. Every
 //! prefix's first and last address and their neighbours, and random addresses, are
 //! run through the real program (BPF_PROG_TEST_RUN) and compared with the reference
-//! model, which knows nothing of tables (it loops over the policy's sets).
+//! model, which knows nothing of tables (it loops over the policy's sets). Both
+//! places a table can live are covered: the preallocated maps and sized inner maps.
 //!
 //! Needs root; fails (never skips) without it.
 
@@ -79,6 +80,17 @@ fn step(addr: IpAddr, by: i64) -> IpAddr {
 
 #[test]
 fn large_nested_policies_agree_with_the_reference_model_at_every_edge() {
+    agree_at_every_edge(false);
+}
+
+/// The same in exactly sized inner maps with a one-slot directory: what a policy
+/// too large for the preallocated tables gets, with the longest binary searches.
+#[test]
+fn tables_in_sized_inner_maps_agree_too() {
+    agree_at_every_edge(true);
+}
+
+fn agree_at_every_edge(sized_only: bool) {
     let mut rng = StdRng::seed_from_u64(0x5eed_7ab1e);
     let allowed = prefixes(&mut rng, 12_000, 4_000);
     let others = prefixes(&mut rng, 2_000, 1_000);
@@ -104,6 +116,9 @@ fn large_nested_policies_agree_with_the_reference_model_at_every_edge() {
         list(&denied),
     );
     let mut h = Harness::new();
+    if sized_only {
+        h.filter.maps.use_sized_tables_only();
+    }
     h.apply(&yaml);
 
     // The reference model loops over every set per source: probe the edges of one

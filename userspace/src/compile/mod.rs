@@ -207,8 +207,7 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
         rule_count: policy.rules.len() as u32,
         valid: 1,
         // Set by the loader from the tables it builds (compile::ranges).
-        directory_bits_v4: 0,
-        directory_bits_v6: 0,
+        ..GenConfig::default()
     };
     let stats = CompileStats {
         rules: policy.rules.len(),

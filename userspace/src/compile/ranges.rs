@@ -91,11 +91,16 @@ fn host_mask(width: u32, prefix_len: u8) -> u128 {
 
 /// Directory bits for `ranges` ranges: about one range per slot, so a lookup's
 /// binary search is short however large the policy, and the directory never
-/// outgrows the ranges it indexes.
-fn directory_bits(ranges: usize) -> u32 {
+/// outgrows the ranges it indexes. Fewer if that lets directory and ranges fit in
+/// `capacity` elements (the preallocated table): a longer search there still beats
+/// a table where every read is a call.
+fn directory_bits(ranges: usize, capacity: usize) -> u32 {
     let mut bits = 0;
     while bits < MAX_DIRECTORY_BITS && (1usize << bits) < ranges {
         bits += 1;
+    }
+    while bits > 0 && (1usize << bits) + ranges > capacity {
+        bits -= 1;
     }
     bits
 }
@@ -125,10 +130,10 @@ fn directory(ranges: &[Range], width: u32, bits: u32) -> Vec<(usize, usize)> {
     out
 }
 
-/// The IPv4 source table of `entries`.
-pub fn table_v4(entries: &[PrefixEntry<4>]) -> SourceTable<SourceRangeV4> {
+/// The IPv4 source table of `entries`, made to fit in `capacity` elements if it can.
+pub fn table_v4(entries: &[PrefixEntry<4>], capacity: usize) -> SourceTable<SourceRangeV4> {
     let ranges = ranges(entries);
-    let bits = directory_bits(ranges.len());
+    let bits = directory_bits(ranges.len(), capacity);
     let base = 1usize << bits;
     let mut elements: Vec<SourceRangeV4> = directory(&ranges, 32, bits)
         .into_iter()
@@ -149,10 +154,10 @@ pub fn table_v4(entries: &[PrefixEntry<4>]) -> SourceTable<SourceRangeV4> {
     }
 }
 
-/// The IPv6 source table of `entries`.
-pub fn table_v6(entries: &[PrefixEntry<16>]) -> SourceTable<SourceRangeV6> {
+/// The IPv6 source table of `entries`, made to fit in `capacity` elements if it can.
+pub fn table_v6(entries: &[PrefixEntry<16>], capacity: usize) -> SourceTable<SourceRangeV6> {
     let ranges = ranges(entries);
-    let bits = directory_bits(ranges.len());
+    let bits = directory_bits(ranges.len(), capacity);
     let base = 1usize << bits;
     let mut elements: Vec<SourceRangeV6> = directory(&ranges, 128, bits)
         .into_iter()

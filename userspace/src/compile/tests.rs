@@ -118,8 +118,7 @@ rules:
             mode: MODE_MONITOR,
             rule_count: 2,
             valid: 1,
-            directory_bits_v4: 0,
-            directory_bits_v6: 0,
+            ..GenConfig::default()
         }
     );
     assert_eq!(c.rule_names, ["a", "b"]);

@@ -12,11 +12,12 @@
 use std::path::Path;
 
 use airlock_common::{
-    Counter, GENERATIONS, GenConfig, LAYOUT_VERSION, MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META,
-    MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
-    MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V6, MAX_RULES, PORT_SLOTS, PolicyMeta,
-    RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, port_index, reason_stat_index,
-    rule_base_index, rule_stat_index,
+    Counter, GENERATIONS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION,
+    MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS,
+    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE,
+    MAP_SRC_V6, MAP_SRC_V6_INLINE, MAX_RULES, PORT_SLOTS, PolicyMeta, RULE_STAT_SLOTS, Reason,
+    SAMPLE_STAT_SLOTS, SamplingConfig, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4,
+    TABLE_INLINE_V6, port_index, reason_stat_index, rule_base_index, rule_stat_index,
 };
 use aya::{
     Ebpf,
@@ -26,7 +27,7 @@ use aya::{
 use super::{
     LoaderError,
     meta::PolicySummary,
-    source_tables::{self, TablesV4, TablesV6},
+    source_tables::{Placement, Tables},
 };
 use crate::compile::{Compiled, PortMap, PrefixEntry, ranges};
 
@@ -89,8 +90,8 @@ impl Counters {
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
     config: Array<MapData, GenConfig>,
-    src_v4: TablesV4,
-    src_v6: TablesV6,
+    src_v4: Tables<SourceRangeV4>,
+    src_v6: Tables<SourceRangeV6>,
     ports_tcp: Array<MapData, u64>,
     ports_udp: Array<MapData, u64>,
     reason_stats: PerCpuArray<MapData, Counter>,
@@ -110,8 +111,18 @@ impl PolicyMaps {
         Ok(Self {
             active: source.take(MAP_ACTIVE_GEN)?,
             config: source.take(MAP_CONFIG)?,
-            src_v4: source.take(MAP_SRC_V4)?,
-            src_v6: source.take(MAP_SRC_V6)?,
+            src_v4: Tables {
+                preallocated: source.take(MAP_SRC_V4_INLINE)?,
+                sized: source.take(MAP_SRC_V4)?,
+                capacity: INLINE_TABLE_V4,
+                names: (MAP_SRC_V4_INLINE, MAP_SRC_V4),
+            },
+            src_v6: Tables {
+                preallocated: source.take(MAP_SRC_V6_INLINE)?,
+                sized: source.take(MAP_SRC_V6)?,
+                capacity: INLINE_TABLE_V6,
+                names: (MAP_SRC_V6_INLINE, MAP_SRC_V6),
+            },
             ports_tcp: source.take(MAP_PORTS_TCP)?,
             ports_udp: source.take(MAP_PORTS_UDP)?,
             reason_stats: source.take(MAP_REASON_STATS)?,
@@ -182,8 +193,8 @@ impl PolicyMaps {
         // (a rollback, `status`) may take it for one, even if this process dies.
         self.invalidate(generation)?;
         let (v4, v6) = (
-            ranges::table_v4(&compiled.v4),
-            ranges::table_v6(&compiled.v6),
+            ranges::table_v4(&compiled.v4, self.src_v4.capacity as usize),
+            ranges::table_v6(&compiled.v6, self.src_v6.capacity as usize),
         );
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
@@ -191,8 +202,10 @@ impl PolicyMaps {
             v6 = v6.elements.len(),
             "source tables built"
         );
-        source_tables::write(&mut self.src_v4, generation, &v4, MAP_SRC_V4)?;
-        source_tables::write(&mut self.src_v6, generation, &v6, MAP_SRC_V6)?;
+        let placed = (
+            self.src_v4.write(generation, &v4)?,
+            self.src_v6.write(generation, &v6)?,
+        );
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "source tables written"
@@ -215,9 +228,19 @@ impl PolicyMaps {
             .set(generation, meta, 0)
             .map_err(map_err(MAP_META))?;
         // Last: the copy only claims to be valid once everything else is in place.
+        let inline = |placement, flag| {
+            if placement == Placement::Preallocated {
+                flag
+            } else {
+                0
+            }
+        };
         let config = GenConfig {
             directory_bits_v4: v4.directory_bits,
             directory_bits_v6: v6.directory_bits,
+            inline_tables: inline(placed.0, TABLE_INLINE_V4) | inline(placed.1, TABLE_INLINE_V6),
+            table_len_v4: v4.elements.len() as u32,
+            table_len_v6: v6.elements.len() as u32,
             ..compiled.config
         };
         self.config
@@ -494,20 +517,27 @@ impl PolicyMaps {
             name,
             source: MapError::KeyNotFound,
         };
-        let v4 = match source_tables::read(
-            &self.src_v4,
+        let placement = |flag| {
+            if config.inline_tables & flag != 0 {
+                Placement::Preallocated
+            } else {
+                Placement::Sized
+            }
+        };
+        let v4 = match self.src_v4.read(
             generation,
+            placement(TABLE_INLINE_V4),
             config.directory_bits_v4,
-            MAP_SRC_V4,
+            config.table_len_v4,
         )? {
             Some(table) => ranges::prefixes_v4(&table).ok_or_else(|| malformed(MAP_SRC_V4))?,
             None => Vec::new(),
         };
-        let v6 = match source_tables::read(
-            &self.src_v6,
+        let v6 = match self.src_v6.read(
             generation,
+            placement(TABLE_INLINE_V6),
             config.directory_bits_v6,
-            MAP_SRC_V6,
+            config.table_len_v6,
         )? {
             Some(table) => ranges::prefixes_v6(&table).ok_or_else(|| malformed(MAP_SRC_V6))?,
             None => Vec::new(),
@@ -530,6 +560,15 @@ impl PolicyMaps {
         ))
     }
 
+    /// For tests: every later apply puts its source tables in exactly sized inner
+    /// maps, with a one-slot directory (the longest binary searches), as only
+    /// policies larger than the preallocated tables otherwise would.
+    #[doc(hidden)]
+    pub fn use_sized_tables_only(&mut self) {
+        self.src_v4.capacity = 0;
+        self.src_v6.capacity = 0;
+    }
+
     /// For tests: what an apply that died half way through writing the inactive copy
     /// leaves behind: the copy marked invalid, `junk`'s source tables in place, its
     /// ports not yet written, no flip.
@@ -537,18 +576,15 @@ impl PolicyMaps {
     pub fn interrupted_apply(&mut self, junk: &Compiled) -> Result<(), LoaderError> {
         let generation = 1 - self.active_generation()?;
         self.invalidate(generation)?;
-        source_tables::write(
-            &mut self.src_v4,
+        self.src_v4.write(
             generation,
-            &ranges::table_v4(&junk.v4),
-            MAP_SRC_V4,
+            &ranges::table_v4(&junk.v4, INLINE_TABLE_V4 as usize),
         )?;
-        source_tables::write(
-            &mut self.src_v6,
+        self.src_v6.write(
             generation,
-            &ranges::table_v6(&junk.v6),
-            MAP_SRC_V6,
-        )
+            &ranges::table_v6(&junk.v6, INLINE_TABLE_V6 as usize),
+        )?;
+        Ok(())
     }
 }
 

@@ -1,8 +1,10 @@
-//! Writes and reads the kernel's source tables (`SRC_V4`, `SRC_V6`): per generation,
-//! one inner array map built at exactly the size of the policy's table. A new table
-//! is filled through a memory mapping (one copy, no system call per entry) and only
-//! then put in its generation's slot, so the program never sees a partial table;
-//! the table it replaces is freed by the kernel once no program holds it.
+//! Writes and reads the kernel's source tables. A generation's table goes into the
+//! preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`: reads inlined by the
+//! verifier) when it fits there, else into an inner map of the array of maps
+//! (`SRC_V4`, `SRC_V6`) built at exactly its size. Either is filled through a memory
+//! mapping (one copy, no system call per entry) while its generation is inactive;
+//! an inner map is put in its generation's slot only once full, and the one it
+//! replaces is freed by the kernel once no program holds it.
 
 use std::{
     num::NonZeroUsize,
@@ -10,7 +12,7 @@ use std::{
     ptr::NonNull,
 };
 
-use airlock_common::{SOURCE_TABLE_FLAGS, SourceRangeV4, SourceRangeV6};
+use airlock_common::{GENERATIONS, SOURCE_TABLE_FLAGS, SourceRangeV4, SourceRangeV6};
 use aya::{
     Pod,
     maps::{Array, ArrayOfMaps, IterableMap as _, MapData, MapError},
@@ -21,8 +23,130 @@ use super::LoaderError;
 use crate::compile::ranges::SourceTable;
 
 pub(crate) type TableMap<R> = ArrayOfMaps<MapData, Array<MapData, R>>;
-pub(crate) type TablesV4 = TableMap<SourceRangeV4>;
-pub(crate) type TablesV6 = TableMap<SourceRangeV6>;
+
+/// One family's tables: the preallocated map and the array of exactly sized maps.
+pub(crate) struct Tables<R: Pod> {
+    pub preallocated: Array<MapData, R>,
+    pub sized: TableMap<R>,
+    /// Elements per generation of `preallocated` used (its size, but for tests).
+    pub capacity: u32,
+    pub names: (&'static str, &'static str),
+}
+
+/// Where a generation's table was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Placement {
+    Preallocated,
+    Sized,
+}
+
+impl<R: Element> Tables<R> {
+    /// Writes `table` as `generation`'s (inactive) table: into the preallocated map
+    /// if it fits, else into a new inner map.
+    pub(crate) fn write(
+        &mut self,
+        generation: u32,
+        table: &SourceTable<R>,
+    ) -> Result<Placement, LoaderError> {
+        if table.elements.len() <= self.capacity as usize {
+            write_preallocated(&self.preallocated, generation, table, self.names.0)?;
+            // A large inner table left from an earlier policy would hold its memory
+            // until this generation next needed one: give it back now.
+            release(&mut self.sized, generation, self.names.1)?;
+            Ok(Placement::Preallocated)
+        } else {
+            write(&mut self.sized, generation, table, self.names.1)?;
+            Ok(Placement::Sized)
+        }
+    }
+
+    /// `generation`'s table, `len` elements with `directory_bits`, from where it was
+    /// placed (None: an inner slot never written).
+    pub(crate) fn read(
+        &self,
+        generation: u32,
+        placement: Placement,
+        directory_bits: u32,
+        len: u32,
+    ) -> Result<Option<SourceTable<R>>, LoaderError> {
+        match placement {
+            Placement::Sized => read(&self.sized, generation, directory_bits, self.names.1),
+            Placement::Preallocated => {
+                let stride = self.preallocated.len() as usize / GENERATIONS as usize;
+                let len = (len as usize).min(stride);
+                let mut elements = vec![R::default(); len];
+                let offset = generation as usize * stride * size_of::<R>();
+                let bytes = len * size_of::<R>();
+                let whole = self.preallocated.len() as usize * size_of::<R>();
+                with_mapping(
+                    self.preallocated.map().fd().as_fd(),
+                    whole,
+                    false,
+                    |memory| {
+                        // SAFETY: `offset + bytes` lies within the mapping of the whole
+                        // array (`len <= capacity`); any byte pattern is a valid `R`.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                memory.as_ptr().cast::<u8>().add(offset),
+                                elements.as_mut_ptr().cast::<u8>(),
+                                bytes,
+                            );
+                        }
+                    },
+                )
+                .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
+                Ok(Some(SourceTable {
+                    directory_bits,
+                    elements,
+                }))
+            }
+        }
+    }
+}
+
+/// Copies `table` into `generation`'s part of the preallocated map.
+fn write_preallocated<R: Element>(
+    map: &Array<MapData, R>,
+    generation: u32,
+    table: &SourceTable<R>,
+    name: &'static str,
+) -> Result<(), LoaderError> {
+    let stride = map.len() as usize / GENERATIONS as usize;
+    let offset = generation as usize * stride * size_of::<R>();
+    let bytes = table.elements.len() * size_of::<R>();
+    let whole = map.len() as usize * size_of::<R>();
+    with_mapping(map.map().fd().as_fd(), whole, true, |memory| {
+        // SAFETY: `offset + bytes` lies within the mapping (the caller checked the
+        // table fits one generation's part); only the inactive generation's part is
+        // written, which no packet reads.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                table.elements.as_ptr().cast::<u8>(),
+                memory.as_ptr().cast::<u8>().add(offset),
+                bytes,
+            );
+        }
+    })
+    .map_err(|e| LoaderError::io("filling a source table of", name, e))
+}
+
+/// Replaces a large inner table in `generation`'s slot by an empty one-element map.
+fn release<R: Element>(
+    tables: &mut TableMap<R>,
+    generation: u32,
+    name: &'static str,
+) -> Result<(), LoaderError> {
+    match tables.get(&generation, 0) {
+        Ok(inner) if inner.len() > 1 => {}
+        Ok(_) | Err(MapError::KeyNotFound) => return Ok(()),
+        Err(source) => return Err(LoaderError::Map { name, source }),
+    }
+    let empty = Array::<MapData, R>::create(1, SOURCE_TABLE_FLAGS)
+        .map_err(|source| LoaderError::Map { name, source })?;
+    tables
+        .set(generation, &empty, 0)
+        .map_err(|source| LoaderError::Map { name, source })
+}
 
 /// A table's elements are the layouts the program reads.
 pub(crate) trait Element: Pod + Default {}
@@ -30,7 +154,7 @@ impl Element for SourceRangeV4 {}
 impl Element for SourceRangeV6 {}
 
 /// Builds a table map holding `table` and puts it in `generation`'s slot.
-pub(crate) fn write<R: Element>(
+fn write<R: Element>(
     tables: &mut TableMap<R>,
     generation: u32,
     table: &SourceTable<R>,
@@ -63,7 +187,7 @@ pub(crate) fn write<R: Element>(
 
 /// The table in `generation`'s slot (None: the slot is empty), with `directory_bits`
 /// from the generation's config.
-pub(crate) fn read<R: Element>(
+fn read<R: Element>(
     tables: &TableMap<R>,
     generation: u32,
     directory_bits: u32,

@@ -123,7 +123,7 @@ proptest! {
         entries in v4_entries(),
         extra in prop::collection::vec(any::<u32>(), 32),
     ) {
-        let table = table_v4(&entries);
+        let table = table_v4(&entries, usize::MAX);
         let extra: Vec<u128> = extra.into_iter().map(u128::from).collect();
         for key in probes(&entries, &extra) {
             prop_assert_eq!(found_v4(&table, key), longest(&entries, key), "address {:#x}", key);
@@ -140,7 +140,7 @@ proptest! {
         entries in v6_entries(),
         extra in prop::collection::vec(any::<u128>(), 32),
     ) {
-        let table = table_v6(&entries);
+        let table = table_v6(&entries, usize::MAX);
         for key in probes(&entries, &extra) {
             prop_assert_eq!(found_v6(&table, key), longest(&entries, key), "address {:#x}", key);
         }
@@ -153,7 +153,7 @@ proptest! {
 
 #[test]
 fn empty_policy_is_one_range_and_no_prefixes() {
-    let table = table_v4(&[]);
+    let table = table_v4(&[], usize::MAX);
     assert_eq!(table.directory_bits, 0);
     assert_eq!(table.elements.len(), 2);
     assert_eq!(prefixes_v4(&table), Some(Vec::new()));
@@ -165,7 +165,7 @@ fn whole_space_and_host_routes() {
     let host = entry::<4>(0xffff_ffff, 32, 2, 0);
     let zero = entry::<4>(0, 32, 4, 0);
     let entries = sorted(vec![all, host, zero]);
-    let table = table_v4(&entries);
+    let table = table_v4(&entries, usize::MAX);
     for key in [0u128, 1, 0xffff_fffe, 0xffff_ffff, 0x8000_0000] {
         assert_eq!(found_v4(&table, key), longest(&entries, key), "{key:#x}");
     }
@@ -173,7 +173,7 @@ fn whole_space_and_host_routes() {
         entry::<16>(0, 0, 1, 0),
         entry::<16>(u128::MAX, 128, 2, 0),
     ]);
-    let table = table_v6(&v6);
+    let table = table_v6(&v6, usize::MAX);
     for key in [0, 1, u128::MAX - 1, u128::MAX] {
         assert_eq!(found_v6(&table, key), longest(&v6, key), "{key:#x}");
     }
@@ -181,15 +181,32 @@ fn whole_space_and_host_routes() {
 
 #[test]
 fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
-    assert_eq!(directory_bits(1), 0);
-    assert_eq!(directory_bits(2), 1);
-    assert_eq!(directory_bits(1000), 10);
-    assert_eq!(directory_bits(10_000_000), MAX_DIRECTORY_BITS);
+    assert_eq!(directory_bits(1, usize::MAX), 0);
+    assert_eq!(directory_bits(2, usize::MAX), 1);
+    assert_eq!(directory_bits(1000, usize::MAX), 10);
+    assert_eq!(directory_bits(10_000_000, usize::MAX), MAX_DIRECTORY_BITS);
+    // Shrunk to fit a capacity, down to a single slot.
+    assert_eq!(directory_bits(1000, 1500), 8);
+    assert_eq!(directory_bits(1000, 1001), 0);
+    assert_eq!(directory_bits(1000, 10), 0);
+}
+
+proptest! {
+    #[test]
+    fn a_directory_shrunk_to_fit_still_answers_the_longest_match(entries in v4_entries()) {
+        let wide = table_v4(&entries, usize::MAX);
+        let ranges = wide.elements.len() - (1 << wide.directory_bits);
+        let narrow = table_v4(&entries, ranges + 2);
+        prop_assert!(narrow.elements.len() <= ranges + 2);
+        for key in probes(&entries, &[]) {
+            prop_assert_eq!(found_v4(&narrow, key), longest(&entries, key));
+        }
+    }
 }
 
 #[test]
 fn a_malformed_table_reads_back_as_none() {
-    let mut table = table_v4(&[entry::<4>(0x0a00_0000, 8, 1, 0)]);
+    let mut table = table_v4(&[entry::<4>(0x0a00_0000, 8, 1, 0)], usize::MAX);
     let base = 1usize << table.directory_bits;
     table.elements.swap(base, base + 1);
     assert_eq!(prefixes_v4(&table), None);
