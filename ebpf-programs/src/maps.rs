@@ -81,26 +81,47 @@ pub fn source_v4(generation: u32, addr: [u8; 4]) -> SourceEntry {
     };
     let key = u32::from_be_bytes(addr);
     let slot = directory_slot(u64::from(key) << 32, config.directory_bits_v4);
-    let found = if config.inline_tables & TABLE_INLINE_V4 != 0 {
+    // The two places a table can be are searched by separate code: LLVM would
+    // otherwise merge their map reads into one call site reading either map, which
+    // the verifier can neither inline nor call directly.
+    if config.inline_tables & TABLE_INLINE_V4 != 0 {
         let base = generation * INLINE_TABLE_V4;
-        search_v4(
+        match search_v4(
             |i| SRC_V4_INLINE.get(base + (i & (INLINE_TABLE_V4 - 1))),
             slot,
             key,
-        )
+        ) {
+            Some(range) => SourceEntry {
+                rules: range.rules,
+                flags: range.flags,
+                _pad: 0,
+            },
+            None => SourceEntry::default(),
+        }
     } else {
-        let Some(table) = SRC_V4.get(generation) else {
-            return SourceEntry::default();
-        };
-        search_v4(|i| table.get(i), slot, key)
-    };
-    match found {
-        Some(range) => SourceEntry {
-            rules: range.rules,
-            flags: range.flags,
+        let mut flags = 0;
+        let rules = sized_v4(generation, slot, key, &mut flags);
+        SourceEntry {
+            rules,
+            flags,
             _pad: 0,
-        },
-        None => SourceEntry::default(),
+        }
+    }
+}
+
+/// The search in a sized inner table (policies too large for the preallocated
+/// one), kept out of line: see `source_v4`.
+#[inline(never)]
+fn sized_v4(generation: u32, slot: u32, key: u32, flags: &mut u32) -> u64 {
+    let Some(table) = SRC_V4.get(generation) else {
+        return 0;
+    };
+    match search_v4(|i| table.get(i), slot, key) {
+        Some(range) => {
+            *flags = range.flags;
+            range.rules
+        }
+        None => 0,
     }
 }
 
@@ -138,27 +159,44 @@ pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
     let slot = directory_slot(high, config.directory_bits_v6);
-    let found = if config.inline_tables & TABLE_INLINE_V6 != 0 {
+    if config.inline_tables & TABLE_INLINE_V6 != 0 {
         let base = generation * INLINE_TABLE_V6;
-        search_v6(
+        match search_v6(
             |i| SRC_V6_INLINE.get(base + (i & (INLINE_TABLE_V6 - 1))),
             slot,
             high,
             low,
-        )
+        ) {
+            Some(range) => SourceEntry {
+                rules: range.rules,
+                flags: range.flags,
+                _pad: 0,
+            },
+            None => SourceEntry::default(),
+        }
     } else {
-        let Some(table) = SRC_V6.get(generation) else {
-            return SourceEntry::default();
-        };
-        search_v6(|i| table.get(i), slot, high, low)
-    };
-    match found {
-        Some(range) => SourceEntry {
-            rules: range.rules,
-            flags: range.flags,
+        let mut flags = 0;
+        let rules = sized_v6(generation, slot, high, low, &mut flags);
+        SourceEntry {
+            rules,
+            flags,
             _pad: 0,
-        },
-        None => SourceEntry::default(),
+        }
+    }
+}
+
+/// As `sized_v4`.
+#[inline(never)]
+fn sized_v6(generation: u32, slot: u32, high: u64, low: u64, flags: &mut u32) -> u64 {
+    let Some(table) = SRC_V6.get(generation) else {
+        return 0;
+    };
+    match search_v6(|i| table.get(i), slot, high, low) {
+        Some(range) => {
+            *flags = range.flags;
+            range.rules
+        }
+        None => 0,
     }
 }
 
