@@ -7,8 +7,8 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use crate::{
     flows::{self, Outgoing},
-    maps,
-    parse::{self, Bytes, Egress, KIND_MALFORMED, KIND_MALFORMED_FROM},
+    maps, mem,
+    parse::{self, Bytes, Egress, Headers, KIND_MALFORMED, KIND_MALFORMED_FROM},
 };
 
 /// tcx's "continue": any program after ours (another tool's) decides as usual.
@@ -21,7 +21,9 @@ const HEADER_BYTES: u32 = 256;
 #[classifier]
 pub fn airlock_egress(ctx: TcContext) -> i32 {
     let mut packet = Bytes::new(ctx.data(), ctx.data_end());
-    let mut headers = parse::parse::<Egress>(&packet);
+    let mut slot = mem::Slot::<Headers>::new();
+    let mut headers = slot.zeroed();
+    parse::parse::<Egress>(&packet, headers);
     // The stack builds its headers in the linear part, so this is rare; pulling
     // unconditionally would copy every cloned TCP segment's head.
     let linear = (ctx.data_end() - ctx.data()) as u32;
@@ -32,9 +34,10 @@ pub fn airlock_egress(ctx: TcContext) -> i32 {
             .is_ok()
     {
         packet = Bytes::new(ctx.data(), ctx.data_end());
-        headers = parse::parse::<Egress>(&packet);
+        headers = slot.zeroed();
+        parse::parse::<Egress>(&packet, headers);
     }
-    if let Some(outgoing) = Outgoing::of(&packet, &headers)
+    if let Some(outgoing) = Outgoing::of(&packet, headers)
         && !served_by_rules(&outgoing)
     {
         flows::record(&outgoing);

@@ -18,6 +18,7 @@ use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 use crate::{
     maps::FLOWS,
+    mem::Slot,
     parse::{
         Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
         L4_ICMPV6, L4_TCP, L4_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -29,25 +30,24 @@ const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
-/// The flow key of an IP packet (`headers.kind == KIND_IP`).
+/// The flow key of an IP packet (`headers.kind == KIND_IP`), built in `slot`
+/// (cleared without a `memset` call; see `crate::mem`).
 #[inline(always)]
-fn key(
+fn key<'a>(
+    slot: &'a mut Slot<FlowKey>,
     packet: &Bytes,
     headers: &Headers,
     protocol: u8,
     local_port: u16,
     peer_port: u16,
-) -> FlowKey {
-    let mut key = FlowKey {
-        peer: [0; 16],
-        local_port,
-        peer_port,
-        protocol,
-        family: FLOW_FAMILY_V4,
-        _pad: [0; 2],
-    };
+) -> &'a FlowKey {
+    let key = slot.zeroed();
+    key.local_port = local_port;
+    key.peer_port = peer_port;
+    key.protocol = protocol;
     if headers.family == 4 {
         key.peer[..4].copy_from_slice(&headers.peer_v4(packet));
+        key.family = FLOW_FAMILY_V4;
     } else {
         key.peer = headers.peer_v6(packet);
         key.family = FLOW_FAMILY_V6;
@@ -63,8 +63,10 @@ pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
     if headers.kind != KIND_IP {
         return false;
     }
+    let mut slot = Slot::new();
     let key = match headers.l4 {
         L4_TCP => key(
+            &mut slot,
             packet,
             headers,
             IPPROTO_TCP,
@@ -72,18 +74,29 @@ pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
             headers.peer_port,
         ),
         L4_UDP => key(
+            &mut slot,
             packet,
             headers,
             IPPROTO_UDP,
             headers.local_port,
             headers.peer_port,
         ),
-        L4_ICMP if headers.icmp_type == ICMP_ECHO_REPLY => {
-            key(packet, headers, IPPROTO_ICMP, headers.local_port, 0)
-        }
-        L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REPLY => {
-            key(packet, headers, IPPROTO_ICMPV6, headers.local_port, 0)
-        }
+        L4_ICMP if headers.icmp_type == ICMP_ECHO_REPLY => key(
+            &mut slot,
+            packet,
+            headers,
+            IPPROTO_ICMP,
+            headers.local_port,
+            0,
+        ),
+        L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REPLY => key(
+            &mut slot,
+            packet,
+            headers,
+            IPPROTO_ICMPV6,
+            headers.local_port,
+            0,
+        ),
         _ => return false,
     };
     match FLOWS.get_ptr(key) {
@@ -126,9 +139,11 @@ impl Outgoing {
         if headers.kind != KIND_IP {
             return None;
         }
+        let mut slot = Slot::new();
         let (key, timeout_ns, effect) = match headers.l4 {
             L4_TCP => {
                 let key = key(
+                    &mut slot,
                     packet,
                     headers,
                     IPPROTO_TCP,
@@ -148,6 +163,7 @@ impl Outgoing {
             }
             L4_UDP => (
                 key(
+                    &mut slot,
                     packet,
                     headers,
                     IPPROTO_UDP,
@@ -158,19 +174,33 @@ impl Outgoing {
                 Effect::Open,
             ),
             L4_ICMP if headers.icmp_type == ICMP_ECHO_REQUEST => (
-                key(packet, headers, IPPROTO_ICMP, headers.local_port, 0),
+                key(
+                    &mut slot,
+                    packet,
+                    headers,
+                    IPPROTO_ICMP,
+                    headers.local_port,
+                    0,
+                ),
                 ICMP_ECHO_TIMEOUT_NS,
                 Effect::Open,
             ),
             L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REQUEST => (
-                key(packet, headers, IPPROTO_ICMPV6, headers.local_port, 0),
+                key(
+                    &mut slot,
+                    packet,
+                    headers,
+                    IPPROTO_ICMPV6,
+                    headers.local_port,
+                    0,
+                ),
                 ICMP_ECHO_TIMEOUT_NS,
                 Effect::Open,
             ),
             _ => return None,
         };
         Some(Outgoing {
-            key,
+            key: *key,
             timeout_ns,
             effect,
         })

@@ -9,6 +9,7 @@
 mod egress;
 mod flows;
 mod maps;
+mod mem;
 mod parse;
 mod sample;
 
@@ -37,8 +38,11 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     let packet = Bytes::new(ctx.data(), ctx.data_end());
-    let headers = parse::parse::<Ingress>(&packet);
-    let (reason, rule) = decide(generation, config.default_action, &packet, &headers);
+    let mut slot = mem::Slot::<Headers>::new();
+    let headers = slot.zeroed();
+    parse::parse::<Ingress>(&packet, headers);
+    let headers = &*headers;
+    let (reason, rule) = decide(generation, config.default_action, &packet, headers);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
@@ -57,7 +61,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     if passes {
         return xdp_action::XDP_PASS;
     }
-    sample::sample_drop(&ctx, &packet, &headers, reason, rule, monitor);
+    sample::sample_drop(&ctx, &packet, headers, reason, rule, monitor);
     if monitor {
         xdp_action::XDP_PASS
     } else {

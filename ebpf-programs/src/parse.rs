@@ -110,6 +110,9 @@ pub const L4_NON_FIRST_FRAGMENT: u8 = 5;
 /// through registers that once held packet pointers, which the verifier refuses
 /// ("pointer arithmetic with <<= operator prohibited"). Fields a packet does not
 /// have keep their zero.
+///
+/// Kept in memory (see `crate::mem`): made with `mem::Slot::zeroed`, it is written
+/// field by field as the parse finds them and read back by the verdict code.
 #[derive(Clone, Copy)]
 pub struct Headers {
     /// `KIND_*`.
@@ -131,34 +134,29 @@ pub struct Headers {
     /// packet: 4 bytes when `family` is 4, 16 when it is 6. Read again where it is
     /// needed ([`Headers::peer_v4`], [`Headers::peer_v6`]) rather than carried: 16
     /// bytes held from the parse to the lookups cost a spilled register each.
-    pub peer_at: usize,
+    pub peer_at: u16,
 }
 
 impl Headers {
+    /// `peer_at`, provably small: read back from the stack, where the verifier does
+    /// not track the value of a 2-byte store, it could otherwise be anything up to
+    /// 0xffff, and the verifier proves no packet range past an offset that large.
+    /// Never more than 22 + 24 (two tags, then the IPv6 destination).
     #[inline(always)]
-    const fn new(kind: u8) -> Self {
-        Headers {
-            kind,
-            family: 0,
-            l4: L4_OTHER,
-            tcp_flags: 0,
-            icmp_type: 0,
-            local_port: 0,
-            peer_port: 0,
-            peer_at: 0,
-        }
+    fn peer_offset(&self) -> usize {
+        usize::from(self.peer_at) & 0xff
     }
 
     /// The peer's IPv4 address (`family` is 4).
     #[inline(always)]
     pub fn peer_v4(&self, ctx: &Bytes) -> [u8; 4] {
-        read::<4>(ctx, self.peer_at).unwrap_or([0; 4])
+        read::<4>(ctx, self.peer_offset()).unwrap_or([0; 4])
     }
 
     /// The peer's IPv6 address (`family` is 6).
     #[inline(always)]
     pub fn peer_v6(&self, ctx: &Bytes) -> [u8; 16] {
-        read::<16>(ctx, self.peer_at).unwrap_or([0; 16])
+        read::<16>(ctx, self.peer_offset()).unwrap_or([0; 16])
     }
 }
 
@@ -181,16 +179,20 @@ fn is_vlan(ethertype: u16) -> bool {
     ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_LEGACY
 }
 
-/// Parses the frame in `ctx`.
+/// Parses the frame in `ctx` into `headers`, which must arrive all zero
+/// (`KIND_NON_IP`). Written in place: returned by value from the many exits of the
+/// parse, its fields became values merged from every path, which LLVM kept in
+/// spill slots it re-zeroed at every branch.
 #[inline(always)]
-pub fn parse<D: Direction>(ctx: &Bytes) -> Headers {
+pub fn parse<D: Direction>(ctx: &Bytes, headers: &mut Headers) {
     let Some((ethertype, offset)) = ethertype(ctx) else {
-        return Headers::new(KIND_MALFORMED);
+        headers.kind = KIND_MALFORMED;
+        return;
     };
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4::<D>(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6::<D>(ctx, offset),
-        _ => Headers::new(KIND_NON_IP),
+        ETH_P_IPV4 => parse_ipv4::<D>(ctx, offset, headers),
+        ETH_P_IPV6 => parse_ipv6::<D>(ctx, offset, headers),
+        _ => headers.kind = KIND_NON_IP,
     }
 }
 
@@ -217,21 +219,23 @@ fn ethertype(ctx: &Bytes) -> Option<(u16, usize)> {
 }
 
 #[inline(always)]
-fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize) -> Headers {
+fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize, headers: &mut Headers) {
+    headers.kind = KIND_MALFORMED;
     let Some(header) = read::<20>(ctx, offset) else {
-        return Headers::new(KIND_MALFORMED);
+        return;
     };
     let header_len = usize::from(header[0] & 0x0f) * 4;
     if header[0] >> 4 != 4 || header_len < 20 {
-        return Headers::new(KIND_MALFORMED);
+        return;
     }
-    let mut headers = Headers::new(KIND_MALFORMED_FROM);
+    headers.kind = KIND_MALFORMED_FROM;
     headers.family = 4;
-    headers.peer_at = offset + D::PEER_V4;
+    // At most 22 + 16: the offset of an IP header behind two tags.
+    headers.peer_at = (offset + D::PEER_V4) as u16;
     let total_len = usize::from(be16([header[2], header[3]]));
     // Options must be present in full, and the stated length must cover the header.
     if total_len < header_len || !present(ctx, offset + header_len) {
-        return headers;
+        return;
     }
     let protocol = header[9];
     let fragment_offset = be16([header[6], header[7]]) & 0x1fff;
@@ -239,26 +243,27 @@ fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize) -> Headers {
         // RFC 1858: a TCP fragment at offset 8 bytes can only be an attempt to
         // overwrite the ports of the first fragment, which was filtered on them.
         if protocol == IPPROTO_TCP && fragment_offset == 1 {
-            return headers;
+            return;
         }
         headers.kind = KIND_IP;
         headers.l4 = L4_NON_FIRST_FRAGMENT;
-        return headers;
+        return;
     }
-    parse_l4::<D>(ctx, offset + header_len, protocol, false, headers)
+    parse_l4::<D>(ctx, offset + header_len, protocol, false, headers);
 }
 
 #[inline(always)]
-fn parse_ipv6<D: Direction>(ctx: &Bytes, offset: usize) -> Headers {
+fn parse_ipv6<D: Direction>(ctx: &Bytes, offset: usize, headers: &mut Headers) {
+    headers.kind = KIND_MALFORMED;
     let Some(header) = read::<40>(ctx, offset) else {
-        return Headers::new(KIND_MALFORMED);
+        return;
     };
     if header[0] >> 4 != 6 {
-        return Headers::new(KIND_MALFORMED);
+        return;
     }
-    let mut headers = Headers::new(KIND_MALFORMED_FROM);
+    headers.kind = KIND_MALFORMED_FROM;
     headers.family = 6;
-    headers.peer_at = offset + D::PEER_V6;
+    headers.peer_at = (offset + D::PEER_V6) as u16;
     let mut next = header[6];
     let mut cursor = offset + 40;
     if is_extension_header(next) {
@@ -270,12 +275,12 @@ fn parse_ipv6<D: Direction>(ctx: &Bytes, offset: usize) -> Headers {
             Extensions::NonFirstFragment => {
                 headers.kind = KIND_IP;
                 headers.l4 = L4_NON_FIRST_FRAGMENT;
-                return headers;
+                return;
             }
-            Extensions::Malformed => return headers,
+            Extensions::Malformed => return,
         }
     }
-    parse_l4::<D>(ctx, cursor, next, true, headers)
+    parse_l4::<D>(ctx, cursor, next, true, headers);
 }
 
 /// Where a walk of IPv6 extension headers ended.
@@ -384,27 +389,27 @@ fn parse_l4<D: Direction>(
     offset: usize,
     protocol: u8,
     ipv6: bool,
-    mut headers: Headers,
-) -> Headers {
+    headers: &mut Headers,
+) {
     match protocol {
         IPPROTO_TCP => {
             let Some(tcp) = read::<TCP_MIN_LEN>(ctx, offset) else {
-                return headers;
+                return;
             };
             headers.l4 = L4_TCP;
-            set_ports::<D>(&mut headers, &tcp);
+            set_ports::<D>(headers, &tcp);
             headers.tcp_flags = tcp[13];
         }
         IPPROTO_UDP => {
             let Some(udp) = read::<UDP_LEN>(ctx, offset) else {
-                return headers;
+                return;
             };
             headers.l4 = L4_UDP;
-            set_ports::<D>(&mut headers, &udp);
+            set_ports::<D>(headers, &udp);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 if (protocol == IPPROTO_ICMPV6) == ipv6 => {
             let Some(icmp) = read::<ICMP_MIN_LEN>(ctx, offset) else {
-                return headers;
+                return;
             };
             headers.l4 = if ipv6 { L4_ICMPV6 } else { L4_ICMP };
             headers.icmp_type = icmp[0];
@@ -413,5 +418,4 @@ fn parse_l4<D: Direction>(
         _ => headers.l4 = L4_OTHER,
     }
     headers.kind = KIND_IP;
-    headers
 }

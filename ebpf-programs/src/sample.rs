@@ -13,6 +13,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{DROP_SAMPLES, SAMPLE_STATE, SAMPLE_STATS, SAMPLING, bump},
+    mem::Slot,
     parse::{
         Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
         L4_ICMPV6, L4_TCP, L4_UDP,
@@ -56,19 +57,15 @@ pub fn sample_drop(
         return;
     }
     window.sent += 1;
-    let mut sample = DropSample {
-        // The precise clock, as user space expects, in the samples actually sent.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        source: [0; 16],
-        ifindex: ctx.ingress_ifindex() as u32,
-        rule: rule.unwrap_or(NO_RULE),
-        dst_port: 0,
-        protocol: 0,
-        family: headers.family,
-        reason: reason as u8,
-        monitor: u8::from(monitor),
-        _pad: [0; 2],
-    };
+    let mut slot = Slot::<DropSample>::new();
+    let sample = slot.zeroed();
+    // The precise clock, as user space expects, in the samples actually sent.
+    sample.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    sample.ifindex = ctx.ingress_ifindex() as u32;
+    sample.rule = rule.unwrap_or(NO_RULE);
+    sample.family = headers.family;
+    sample.reason = reason as u8;
+    sample.monitor = u8::from(monitor);
     if headers.family == 4 {
         sample.source[..4].copy_from_slice(&headers.peer_v4(packet));
     } else if headers.family == 6 {
@@ -83,7 +80,7 @@ pub fn sample_drop(
             _ => (0, 0),
         };
     }
-    if DROP_SAMPLES.output::<DropSample>(&sample, 0).is_ok() {
+    if DROP_SAMPLES.output::<DropSample>(sample, 0).is_ok() {
         bump(&SAMPLE_STATS, SAMPLES_SENT);
     } else {
         bump(&SAMPLE_STATS, SAMPLES_RING_FULL);
