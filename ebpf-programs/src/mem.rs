@@ -1,7 +1,8 @@
 //! Zero-initialized stack values without `memset`.
 //!
-//! LLVM merges the zero stores of an aggregate of 16 bytes or more into a `memset`,
-//! which the BPF target lowers to a call of compiler_builtins' byte-at-a-time loop
+//! LLVM merges the zero stores of a larger aggregate (here the 12 zero bytes after
+//! an IPv4 address in a flow key, a drop sample's 16-byte address) into a `memset`,
+//! which this target turns into a call of compiler_builtins' byte-at-a-time loop
 //! (a BPF-to-BPF call and one iteration per byte). On a path every packet takes
 //! that costs more than the parse itself, so values that must start out zero are
 //! cleared here with 8-byte volatile stores, which LLVM neither merges nor removes.

@@ -132,8 +132,9 @@ pub struct Headers {
     pub peer_port: u16,
     /// Where the remote end's address (on ingress, the source) begins in the
     /// packet: 4 bytes when `family` is 4, 16 when it is 6. Read again where it is
-    /// needed ([`Headers::peer_v4`], [`Headers::peer_v6`]) rather than carried: 16
-    /// bytes held from the parse to the lookups cost a spilled register each.
+    /// needed ([`Headers::peer_v4`], [`Headers::peer_v6`]) rather than carried:
+    /// LLVM split a carried IPv6 address into 16 byte-sized values, each spilled
+    /// (and zeroed on the IPv4 paths).
     pub peer_at: u16,
 }
 
