@@ -7,8 +7,8 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use crate::{
     flows::{self, Outgoing},
-    maps,
-    parse::{self, Bytes, Egress, Packet},
+    maps, mem,
+    parse::{self, Bytes, Egress, Headers, KIND_MALFORMED, KIND_MALFORMED_FROM},
 };
 
 /// tcx's "continue": any program after ours (another tool's) decides as usual.
@@ -20,20 +20,24 @@ const HEADER_BYTES: u32 = 256;
 
 #[classifier]
 pub fn airlock_egress(ctx: TcContext) -> i32 {
-    let mut packet = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end()));
+    let mut packet = Bytes::new(ctx.data(), ctx.data_end());
+    let mut slot = mem::Slot::<Headers>::new();
+    let mut headers = slot.zeroed();
+    parse::parse::<Egress>(&packet, headers);
     // The stack builds its headers in the linear part, so this is rare; pulling
     // unconditionally would copy every cloned TCP segment's head.
     let linear = (ctx.data_end() - ctx.data()) as u32;
-    if matches!(packet, Packet::Malformed | Packet::MalformedFrom(_))
+    if (headers.kind == KIND_MALFORMED || headers.kind == KIND_MALFORMED_FROM)
         && linear < ctx.len()
         && ctx
             .pull_data(core::cmp::min(ctx.len(), HEADER_BYTES))
             .is_ok()
     {
-        packet = parse::parse::<Egress>(&Bytes::new(ctx.data(), ctx.data_end()));
+        packet = Bytes::new(ctx.data(), ctx.data_end());
+        headers = slot.zeroed();
+        parse::parse::<Egress>(&packet, headers);
     }
-    if let Packet::Ip(peer, l4) = packet
-        && let Some(outgoing) = Outgoing::of(peer, l4)
+    if let Some(outgoing) = Outgoing::of(&packet, headers)
         && !served_by_rules(&outgoing)
     {
         flows::record(&outgoing);

@@ -18,9 +18,10 @@ use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 
 use crate::{
     maps::FLOWS,
+    mem::Slot,
     parse::{
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Icmp, L4, Peer, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN,
+        Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
+        L4_ICMPV6, L4_TCP, L4_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
 };
 
@@ -29,27 +30,27 @@ const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 
+/// The flow key of an IP packet (`headers.kind == KIND_IP`), built in `slot`
+/// (cleared without a `memset` call; see `crate::mem`).
 #[inline(always)]
-fn key(peer: Peer, protocol: u8, local_port: u16, peer_port: u16) -> FlowKey {
-    let mut key = FlowKey {
-        peer: [0; 16],
-        local_port,
-        peer_port,
-        protocol,
-        family: FLOW_FAMILY_V4,
-        _pad: [0; 2],
-    };
-    match peer {
-        Peer::V4(address) => {
-            key.peer[0] = address[0];
-            key.peer[1] = address[1];
-            key.peer[2] = address[2];
-            key.peer[3] = address[3];
-        }
-        Peer::V6(address) => {
-            key.peer = address;
-            key.family = FLOW_FAMILY_V6;
-        }
+fn key<'a>(
+    slot: &'a mut Slot<FlowKey>,
+    packet: &Bytes,
+    headers: &Headers,
+    protocol: u8,
+    local_port: u16,
+    peer_port: u16,
+) -> &'a FlowKey {
+    let key = slot.zeroed();
+    key.local_port = local_port;
+    key.peer_port = peer_port;
+    key.protocol = protocol;
+    if headers.family == 4 {
+        key.peer[..4].copy_from_slice(&headers.peer_v4(packet));
+        key.family = FLOW_FAMILY_V4;
+    } else {
+        key.peer = headers.peer_v6(packet);
+        key.family = FLOW_FAMILY_V6;
     }
     key
 }
@@ -58,18 +59,44 @@ fn key(peer: Peer, protocol: u8, local_port: u16, peer_port: u16) -> FlowKey {
 /// expired. Only TCP, UDP and echo replies can: other ICMP the host needs is
 /// essential and passed before this (rule 4); other protocols have no flows.
 #[inline(always)]
-pub fn is_reply(peer: Peer, l4: L4) -> bool {
-    let key = match l4 {
-        L4::Tcp(ports, _) => key(peer, IPPROTO_TCP, ports.local, ports.peer),
-        L4::Udp(ports) => key(peer, IPPROTO_UDP, ports.local, ports.peer),
-        L4::Icmp(Icmp {
-            icmp_type: ICMP_ECHO_REPLY,
-            echo_id,
-        }) => key(peer, IPPROTO_ICMP, echo_id, 0),
-        L4::Icmpv6(Icmp {
-            icmp_type: ICMPV6_ECHO_REPLY,
-            echo_id,
-        }) => key(peer, IPPROTO_ICMPV6, echo_id, 0),
+pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
+    if headers.kind != KIND_IP {
+        return false;
+    }
+    let mut slot = Slot::new();
+    let key = match headers.l4 {
+        L4_TCP => key(
+            &mut slot,
+            packet,
+            headers,
+            IPPROTO_TCP,
+            headers.local_port,
+            headers.peer_port,
+        ),
+        L4_UDP => key(
+            &mut slot,
+            packet,
+            headers,
+            IPPROTO_UDP,
+            headers.local_port,
+            headers.peer_port,
+        ),
+        L4_ICMP if headers.icmp_type == ICMP_ECHO_REPLY => key(
+            &mut slot,
+            packet,
+            headers,
+            IPPROTO_ICMP,
+            headers.local_port,
+            0,
+        ),
+        L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REPLY => key(
+            &mut slot,
+            packet,
+            headers,
+            IPPROTO_ICMPV6,
+            headers.local_port,
+            0,
+        ),
         _ => return false,
     };
     match FLOWS.get_ptr(key) {
@@ -96,9 +123,7 @@ pub enum Effect {
     Abort,
 }
 
-/// What a packet the host sends means for the table, as plain integers: handing
-/// the `L4` enum itself through several functions let LLVM move its undefined
-/// payload bytes around, which the verifier refuses (see sample.rs).
+/// What a packet the host sends means for the table, as plain integers.
 pub struct Outgoing {
     pub key: FlowKey,
     /// How long its replies may come after this packet.
@@ -107,12 +132,25 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    /// `None` for what opens no flow (other protocols, ICMP other than echo).
+    /// `None` for what opens no flow (other protocols, ICMP other than echo, and
+    /// anything not a sound IP packet).
     #[inline(always)]
-    pub fn of(peer: Peer, l4: L4) -> Option<Self> {
-        let (key, timeout_ns, effect) = match l4 {
-            L4::Tcp(ports, flags) => {
-                let key = key(peer, IPPROTO_TCP, ports.local, ports.peer);
+    pub fn of(packet: &Bytes, headers: &Headers) -> Option<Self> {
+        if headers.kind != KIND_IP {
+            return None;
+        }
+        let mut slot = Slot::new();
+        let (key, timeout_ns, effect) = match headers.l4 {
+            L4_TCP => {
+                let key = key(
+                    &mut slot,
+                    packet,
+                    headers,
+                    IPPROTO_TCP,
+                    headers.local_port,
+                    headers.peer_port,
+                );
+                let flags = headers.tcp_flags;
                 if flags & TCP_RST != 0 {
                     (key, 0, Effect::Abort)
                 } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
@@ -123,31 +161,46 @@ impl Outgoing {
                     (key, TCP_TIMEOUT_NS, Effect::Refresh)
                 }
             }
-            L4::Udp(ports) => (
-                key(peer, IPPROTO_UDP, ports.local, ports.peer),
+            L4_UDP => (
+                key(
+                    &mut slot,
+                    packet,
+                    headers,
+                    IPPROTO_UDP,
+                    headers.local_port,
+                    headers.peer_port,
+                ),
                 UDP_TIMEOUT_NS,
                 Effect::Open,
             ),
-            L4::Icmp(Icmp {
-                icmp_type: ICMP_ECHO_REQUEST,
-                echo_id,
-            }) => (
-                key(peer, IPPROTO_ICMP, echo_id, 0),
+            L4_ICMP if headers.icmp_type == ICMP_ECHO_REQUEST => (
+                key(
+                    &mut slot,
+                    packet,
+                    headers,
+                    IPPROTO_ICMP,
+                    headers.local_port,
+                    0,
+                ),
                 ICMP_ECHO_TIMEOUT_NS,
                 Effect::Open,
             ),
-            L4::Icmpv6(Icmp {
-                icmp_type: ICMPV6_ECHO_REQUEST,
-                echo_id,
-            }) => (
-                key(peer, IPPROTO_ICMPV6, echo_id, 0),
+            L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REQUEST => (
+                key(
+                    &mut slot,
+                    packet,
+                    headers,
+                    IPPROTO_ICMPV6,
+                    headers.local_port,
+                    0,
+                ),
                 ICMP_ECHO_TIMEOUT_NS,
                 Effect::Open,
             ),
             _ => return None,
         };
         Some(Outgoing {
-            key,
+            key: *key,
             timeout_ns,
             effect,
         })

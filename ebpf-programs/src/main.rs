@@ -9,6 +9,7 @@
 mod egress;
 mod flows;
 mod maps;
+mod mem;
 mod parse;
 mod sample;
 
@@ -17,7 +18,10 @@ use airlock_common::{
     rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use parse::{Bytes, Ingress, L4, Packet, Peer};
+use parse::{
+    Bytes, Headers, Ingress, KIND_MALFORMED, KIND_MALFORMED_FROM, KIND_NON_IP, L4_ICMP, L4_ICMPV6,
+    L4_NON_FIRST_FRAGMENT, L4_TCP, L4_UDP,
+};
 
 #[xdp]
 pub fn airlock_xdp(ctx: XdpContext) -> u32 {
@@ -25,7 +29,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
-    let Some(config) = maps::CONFIG.get(generation) else {
+    let Some(config) = maps::CONFIG.get(generation).copied() else {
         return xdp_action::XDP_PASS;
     };
     let monitor = config.mode == MODE_MONITOR;
@@ -33,13 +37,12 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
         maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, bytes);
         return xdp_action::XDP_PASS;
     }
-    let packet = parse::parse::<Ingress>(&Bytes::new(ctx.data(), ctx.data_end()));
-    // Taken before `decide`, on every path: built only on the drop path (after
-    // `decide`), the `Packet` enum stays live across the lookups and LLVM moves its
-    // bytes through a register that once held a packet pointer, which the verifier
-    // refuses ("pointer arithmetic with <<= operator prohibited"; see sample.rs).
-    let sample_info = sample::SampleInfo::of(&packet);
-    let (reason, rule) = decide(generation, config.default_action, packet);
+    let packet = Bytes::new(ctx.data(), ctx.data_end());
+    let mut slot = mem::Slot::<Headers>::new();
+    let headers = slot.zeroed();
+    parse::parse::<Ingress>(&packet, headers);
+    let headers = &*headers;
+    let (reason, rule) = decide(generation, config.default_action, &packet, headers);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
@@ -58,7 +61,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     if passes {
         return xdp_action::XDP_PASS;
     }
-    sample::sample_drop(&ctx, sample_info, reason, rule, monitor);
+    sample::sample_drop(&ctx, &packet, headers, reason, rule, monitor);
     if monitor {
         xdp_action::XDP_PASS
     } else {
@@ -69,22 +72,23 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
 /// The verdict rules, in design.md's order. Returns the reason and, when a rule
 /// decided, its index.
 #[inline(always)]
-fn decide(generation: u32, default_action: u32, packet: Packet) -> (Reason, Option<u32>) {
-    let (source, l4) = match packet {
-        Packet::NonIp => return (Reason::NonIp, None),
-        Packet::Malformed => return (Reason::Malformed, None),
-        Packet::MalformedFrom(source) => {
-            let entry = lookup(generation, source);
-            if entry.flags & SRC_MANAGEMENT != 0 {
-                return (Reason::Management, None);
-            }
-            return (Reason::Malformed, None);
-        }
-        Packet::Ip(source, l4) => (source, l4),
-    };
-    let entry = lookup(generation, source);
+fn decide(
+    generation: u32,
+    default_action: u32,
+    packet: &Bytes,
+    headers: &Headers,
+) -> (Reason, Option<u32>) {
+    match headers.kind {
+        KIND_NON_IP => return (Reason::NonIp, None),
+        KIND_MALFORMED => return (Reason::Malformed, None),
+        _ => {}
+    }
+    let entry = lookup(generation, packet, headers);
     if entry.flags & SRC_MANAGEMENT != 0 {
         return (Reason::Management, None);
+    }
+    if headers.kind == KIND_MALFORMED_FROM {
+        return (Reason::Malformed, None);
     }
     if entry.flags & SRC_DENY != 0 {
         return (Reason::Deny, None);
@@ -94,29 +98,29 @@ fn decide(generation: u32, default_action: u32, packet: Packet) -> (Reason, Opti
     } else {
         Reason::DefaultPass
     };
-    let port_rules = match l4 {
-        L4::Tcp(ports, _) => maps::port_rules(generation, true, ports.local),
-        L4::Udp(ports) => maps::port_rules(generation, false, ports.local),
-        L4::Icmp(icmp) if essential_icmpv4(icmp.icmp_type) => {
+    let port_rules = match headers.l4 {
+        L4_TCP => maps::port_rules(generation, true, headers.local_port),
+        L4_UDP => maps::port_rules(generation, false, headers.local_port),
+        L4_ICMP if essential_icmpv4(headers.icmp_type) => {
             return (Reason::EssentialIcmp, None);
         }
-        L4::Icmpv6(icmp) if essential_icmpv6(icmp.icmp_type) => {
+        L4_ICMPV6 if essential_icmpv6(headers.icmp_type) => {
             return (Reason::EssentialIcmp, None);
         }
         // Safe to pass: the first fragment carried the ports and was filtered on
         // them, and the kernel cannot reassemble a datagram without it.
-        L4::NonFirstFragment => {
+        L4_NON_FIRST_FRAGMENT => {
             if entry.rules != 0 || default_action != DEFAULT_DROP {
                 return (Reason::FragmentPass, None);
             }
             return (Reason::FragmentDrop, None);
         }
-        L4::Icmp(_) | L4::Icmpv6(_) | L4::Other => 0,
+        _ => 0,
     };
     if port_rules == 0 {
         // Rule 6: under `default: drop`, replies to flows the host opened pass.
         // Looked up only here, so allowlisted and default-pass traffic never pays.
-        if default_action == DEFAULT_DROP && flows::is_reply(source, l4) {
+        if default_action == DEFAULT_DROP && flows::is_reply(packet, headers) {
             return (Reason::ReturnTraffic, None);
         }
         return (default, None);
@@ -129,11 +133,14 @@ fn decide(generation: u32, default_action: u32, packet: Packet) -> (Reason, Opti
     }
 }
 
+/// The peer's entry (`headers.kind` is `KIND_MALFORMED_FROM` or `KIND_IP`, so
+/// `family` is 4 or 6).
 #[inline(always)]
-fn lookup(generation: u32, source: Peer) -> SourceEntry {
-    match source {
-        Peer::V4(address) => maps::source_v4(generation, address),
-        Peer::V6(address) => maps::source_v6(generation, address),
+fn lookup(generation: u32, packet: &Bytes, headers: &Headers) -> SourceEntry {
+    if headers.family == 4 {
+        maps::source_v4(generation, headers.peer_v4(packet))
+    } else {
+        maps::source_v6(generation, headers.peer_v6(packet))
     }
 }
 

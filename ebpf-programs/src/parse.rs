@@ -2,7 +2,7 @@
 //! (a bounded walk of extension headers), then TCP/UDP/ICMP/ICMPv6.
 //!
 //! Every read goes through [`read`], which bounds-checks against the end of the
-//! packet; every loop has a named bound. The result is a [`Packet`] the verdict code
+//! packet; every loop has a named bound. The result is a [`Headers`] the verdict code
 //! can use without touching packet memory again. The same walk serves the XDP
 //! program (ingress: the peer is the source) and the TC egress program (the peer is
 //! the destination), so both sides of a flow are read by one parser.
@@ -80,53 +80,85 @@ impl Direction for Egress {
     const LOCAL_IS_SOURCE: bool = true;
 }
 
-/// The remote end's address (on ingress, the source).
-#[derive(Clone, Copy)]
-pub enum Peer {
-    V4([u8; 4]),
-    V6([u8; 16]),
-}
-
-#[derive(Clone, Copy)]
-pub struct Ports {
-    /// This host's port (on ingress, the destination port the rules match).
-    pub local: u16,
-    pub peer: u16,
-}
-
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// [`Headers::kind`]: not IPv4 or IPv6 (ARP, LLDP, ...).
+pub const KIND_NON_IP: u8 = 0;
+/// Headers too short or inconsistent to know even the source.
+pub const KIND_MALFORMED: u8 = 1;
+/// The IP header is sound, so the source is known, but what follows is not.
+pub const KIND_MALFORMED_FROM: u8 = 2;
+/// A sound IP packet: the peer and [`Headers::l4`] are known.
+pub const KIND_IP: u8 = 3;
+
+/// [`Headers::l4`]: a protocol without ports Airlock knows of (ESP, GRE, SCTP, ...).
+pub const L4_OTHER: u8 = 0;
+pub const L4_TCP: u8 = 1;
+pub const L4_UDP: u8 = 2;
+pub const L4_ICMP: u8 = 3;
+pub const L4_ICMPV6: u8 = 4;
+/// A non-first fragment: it carries no transport header.
+pub const L4_NON_FIRST_FRAGMENT: u8 = 5;
+
+/// What the parser found, as plain integers that are always initialized.
+///
+/// Deliberately not an enum with payloads: carried through several functions, those
+/// made LLVM zero big stack areas on every path and move undefined payload bytes
+/// through registers that once held packet pointers, which the verifier refuses
+/// ("pointer arithmetic with <<= operator prohibited"). Fields a packet does not
+/// have keep their zero.
+///
+/// Kept in memory (see `crate::mem`): made with `mem::Slot::zeroed`, it is written
+/// field by field as the parse finds them and read back by the verdict code.
 #[derive(Clone, Copy)]
-pub struct Icmp {
+pub struct Headers {
+    /// `KIND_*`.
+    pub kind: u8,
+    /// 4 or 6 once the IP header was read (`KIND_MALFORMED_FROM`, `KIND_IP`), else 0.
+    pub family: u8,
+    /// `L4_*` (only for `KIND_IP`).
+    pub l4: u8,
+    /// TCP: the flags byte.
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6: the type.
     pub icmp_type: u8,
-    /// The echo identifier (bytes 4-5; meaningless for other types).
-    pub echo_id: u16,
+    /// TCP/UDP: this host's port (on ingress, the destination port the rules match).
+    /// ICMP/ICMPv6: the echo identifier (bytes 4-5; meaningless for other types).
+    pub local_port: u16,
+    /// TCP/UDP: the peer's port.
+    pub peer_port: u16,
+    /// Where the remote end's address (on ingress, the source) begins in the
+    /// packet: 4 bytes when `family` is 4, 16 when it is 6. Read again where it is
+    /// needed ([`Headers::peer_v4`], [`Headers::peer_v6`]) rather than carried:
+    /// LLVM split a carried IPv6 address into 16 byte-sized values, each spilled
+    /// (and zeroed on the IPv4 paths).
+    pub peer_at: u16,
 }
 
-#[derive(Clone, Copy)]
-pub enum L4 {
-    /// Ports and the flags byte.
-    Tcp(Ports, u8),
-    Udp(Ports),
-    Icmp(Icmp),
-    Icmpv6(Icmp),
-    /// A protocol without ports Airlock knows of (ESP, GRE, SCTP, ...).
-    Other,
-    /// A non-first fragment: it carries no transport header.
-    NonFirstFragment,
-}
+impl Headers {
+    /// `peer_at`, provably small: read back from the stack, where the verifier does
+    /// not track the value of a 2-byte store, it could otherwise be anything up to
+    /// 0xffff, and the verifier proves no packet range past an offset that large.
+    /// Never more than 22 + 24 (two tags, then the IPv6 destination).
+    #[inline(always)]
+    fn peer_offset(&self) -> usize {
+        usize::from(self.peer_at) & 0xff
+    }
 
-#[derive(Clone, Copy)]
-pub enum Packet {
-    NonIp,
-    /// Headers too short or inconsistent to know even the source.
-    Malformed,
-    /// The IP header is sound, so the source is known, but what follows is not.
-    MalformedFrom(Peer),
-    Ip(Peer, L4),
+    /// The peer's IPv4 address (`family` is 4).
+    #[inline(always)]
+    pub fn peer_v4(&self, ctx: &Bytes) -> [u8; 4] {
+        read::<4>(ctx, self.peer_offset()).unwrap_or([0; 4])
+    }
+
+    /// The peer's IPv6 address (`family` is 6).
+    #[inline(always)]
+    pub fn peer_v6(&self, ctx: &Bytes) -> [u8; 16] {
+        read::<16>(ctx, self.peer_offset()).unwrap_or([0; 16])
+    }
 }
 
 #[inline(always)]
@@ -148,56 +180,63 @@ fn is_vlan(ethertype: u16) -> bool {
     ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_LEGACY
 }
 
+/// Parses the frame in `ctx` into `headers`, which must arrive all zero
+/// (`KIND_NON_IP`). Written in place: returned by value from the many exits of the
+/// parse, its fields became values merged from every path, which LLVM kept in
+/// spill slots it re-zeroed at every branch.
 #[inline(always)]
-pub fn parse<D: Direction>(ctx: &Bytes) -> Packet {
-    let Some(ethertype) = read::<2>(ctx, 12) else {
-        return Packet::Malformed;
+pub fn parse<D: Direction>(ctx: &Bytes, headers: &mut Headers) {
+    let Some((ethertype, offset)) = ethertype(ctx) else {
+        headers.kind = KIND_MALFORMED;
+        return;
     };
-    let mut ethertype = be16(ethertype);
-    let mut offset = ETH_HDR_LEN;
-    // Two tags: 802.1Q, or 802.1ad/QinQ outer + 802.1Q inner. Unrolled by hand so the
-    // verifier sees two fixed offsets instead of a loop.
-    if is_vlan(ethertype) {
-        let Some(inner) = read::<2>(ctx, offset + 2) else {
-            return Packet::Malformed;
-        };
-        ethertype = be16(inner);
-        offset += 4;
-        if is_vlan(ethertype) {
-            let Some(inner) = read::<2>(ctx, offset + 2) else {
-                return Packet::Malformed;
-            };
-            ethertype = be16(inner);
-            offset += 4;
-            // A third tag: nothing on a host decapsulates it, and passing it as
-            // "non-IP" would let a tagged IP packet skip the filter.
-            if is_vlan(ethertype) {
-                return Packet::Malformed;
-            }
-        }
-    }
     match ethertype {
-        ETH_P_IPV4 => parse_ipv4::<D>(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6::<D>(ctx, offset),
-        _ => Packet::NonIp,
+        ETH_P_IPV4 => parse_ipv4::<D>(ctx, offset, headers),
+        ETH_P_IPV6 => parse_ipv6::<D>(ctx, offset, headers),
+        _ => headers.kind = KIND_NON_IP,
     }
 }
 
+/// The ethertype of what the Ethernet header carries and where that begins,
+/// behind up to two tags: 802.1Q, or 802.1ad/QinQ outer + 802.1Q inner. Unrolled
+/// by hand so the verifier sees fixed offsets instead of a loop. `None`: malformed.
 #[inline(always)]
-fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize) -> Packet {
+fn ethertype(ctx: &Bytes) -> Option<(u16, usize)> {
+    let ethertype = be16(read::<2>(ctx, 12)?);
+    if !is_vlan(ethertype) {
+        return Some((ethertype, ETH_HDR_LEN));
+    }
+    let ethertype = be16(read::<2>(ctx, ETH_HDR_LEN + 2)?);
+    if !is_vlan(ethertype) {
+        return Some((ethertype, ETH_HDR_LEN + 4));
+    }
+    let ethertype = be16(read::<2>(ctx, ETH_HDR_LEN + 6)?);
+    // A third tag: nothing on a host decapsulates it, and passing it as "non-IP"
+    // would let a tagged IP packet skip the filter.
+    if is_vlan(ethertype) {
+        return None;
+    }
+    Some((ethertype, ETH_HDR_LEN + 8))
+}
+
+#[inline(always)]
+fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize, headers: &mut Headers) {
+    headers.kind = KIND_MALFORMED;
     let Some(header) = read::<20>(ctx, offset) else {
-        return Packet::Malformed;
+        return;
     };
     let header_len = usize::from(header[0] & 0x0f) * 4;
     if header[0] >> 4 != 4 || header_len < 20 {
-        return Packet::Malformed;
+        return;
     }
-    let at = D::PEER_V4;
-    let source = Peer::V4([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    headers.kind = KIND_MALFORMED_FROM;
+    headers.family = 4;
+    // At most 22 + 16: the offset of an IP header behind two tags.
+    headers.peer_at = (offset + D::PEER_V4) as u16;
     let total_len = usize::from(be16([header[2], header[3]]));
     // Options must be present in full, and the stated length must cover the header.
     if total_len < header_len || !present(ctx, offset + header_len) {
-        return Packet::MalformedFrom(source);
+        return;
     }
     let protocol = header[9];
     let fragment_offset = be16([header[6], header[7]]) & 0x1fff;
@@ -205,75 +244,106 @@ fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize) -> Packet {
         // RFC 1858: a TCP fragment at offset 8 bytes can only be an attempt to
         // overwrite the ports of the first fragment, which was filtered on them.
         if protocol == IPPROTO_TCP && fragment_offset == 1 {
-            return Packet::MalformedFrom(source);
+            return;
         }
-        return Packet::Ip(source, L4::NonFirstFragment);
+        headers.kind = KIND_IP;
+        headers.l4 = L4_NON_FIRST_FRAGMENT;
+        return;
     }
-    parse_l4::<D>(ctx, offset + header_len, protocol, source, false)
+    parse_l4::<D>(ctx, offset + header_len, protocol, false, headers);
 }
 
 #[inline(always)]
-fn parse_ipv6<D: Direction>(ctx: &Bytes, offset: usize) -> Packet {
+fn parse_ipv6<D: Direction>(ctx: &Bytes, offset: usize, headers: &mut Headers) {
+    headers.kind = KIND_MALFORMED;
     let Some(header) = read::<40>(ctx, offset) else {
-        return Packet::Malformed;
+        return;
     };
     if header[0] >> 4 != 6 {
-        return Packet::Malformed;
+        return;
     }
-    let mut address = [0u8; 16];
-    address.copy_from_slice(&header[D::PEER_V6..D::PEER_V6 + 16]);
-    let source = Peer::V6(address);
+    headers.kind = KIND_MALFORMED_FROM;
+    headers.family = 6;
+    headers.peer_at = (offset + D::PEER_V6) as u16;
     let mut next = header[6];
     let mut cursor = offset + 40;
+    if is_extension_header(next) {
+        match skip_extensions(ctx, cursor, next) {
+            Extensions::Transport(at, protocol) => {
+                cursor = at;
+                next = protocol;
+            }
+            Extensions::NonFirstFragment => {
+                headers.kind = KIND_IP;
+                headers.l4 = L4_NON_FIRST_FRAGMENT;
+                return;
+            }
+            Extensions::Malformed => return,
+        }
+    }
+    parse_l4::<D>(ctx, cursor, next, true, headers);
+}
+
+/// Where a walk of IPv6 extension headers ended.
+enum Extensions {
+    /// The transport header's offset and protocol.
+    Transport(usize, u8),
+    NonFirstFragment,
+    Malformed,
+}
+
+/// The bounded walk of IPv6 extension headers, off the common path.
+#[inline(always)]
+fn skip_extensions(ctx: &Bytes, mut cursor: usize, mut next: u8) -> Extensions {
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_HIP
             | IPPROTO_SHIM6 => {
                 let Some(ext) = read::<2>(ctx, cursor) else {
-                    return Packet::MalformedFrom(source);
+                    return Extensions::Malformed;
                 };
                 next = ext[0];
                 cursor += (usize::from(ext[1]) + 1) * 8;
                 if !present(ctx, cursor) {
-                    return Packet::MalformedFrom(source);
+                    return Extensions::Malformed;
                 }
             }
             IPPROTO_AH => {
                 let Some(ext) = read::<2>(ctx, cursor) else {
-                    return Packet::MalformedFrom(source);
+                    return Extensions::Malformed;
                 };
                 next = ext[0];
                 cursor += (usize::from(ext[1]) + 2) * 4;
                 if !present(ctx, cursor) {
-                    return Packet::MalformedFrom(source);
+                    return Extensions::Malformed;
                 }
             }
             IPPROTO_FRAGMENT => {
                 let Some(fragment) = read::<8>(ctx, cursor) else {
-                    return Packet::MalformedFrom(source);
+                    return Extensions::Malformed;
                 };
                 next = fragment[0];
                 let fragment_offset = be16([fragment[2], fragment[3]]) >> 3;
                 if fragment_offset != 0 {
                     if next == IPPROTO_TCP && fragment_offset == 1 {
-                        return Packet::MalformedFrom(source);
+                        return Extensions::Malformed;
                     }
-                    return Packet::Ip(source, L4::NonFirstFragment);
+                    return Extensions::NonFirstFragment;
                 }
                 cursor += 8;
             }
-            _ => return parse_l4::<D>(ctx, cursor, next, source, true),
+            _ => return Extensions::Transport(cursor, next),
         }
         // Keeps the offset provably small for the verifier; no real chain comes close.
         if cursor > 0x3fff {
-            return Packet::MalformedFrom(source);
+            return Extensions::Malformed;
         }
     }
     // Exactly IPV6_MAX_EXT_HEADERS headers is fine; only a longer chain is malformed.
     if is_extension_header(next) {
-        return Packet::MalformedFrom(source);
+        return Extensions::Malformed;
     }
-    parse_l4::<D>(ctx, cursor, next, source, true)
+    Extensions::Transport(cursor, next)
 }
 
 #[inline(always)]
@@ -300,56 +370,53 @@ fn present(ctx: &Bytes, end: usize) -> bool {
 
 /// Host and peer ports from a transport header's first four bytes.
 #[inline(always)]
-fn ports<D: Direction>(header: &[u8]) -> Ports {
+fn set_ports<D: Direction>(headers: &mut Headers, header: &[u8]) {
     let source = be16([header[0], header[1]]);
     let destination = be16([header[2], header[3]]);
     if D::LOCAL_IS_SOURCE {
-        Ports {
-            local: source,
-            peer: destination,
-        }
+        headers.local_port = source;
+        headers.peer_port = destination;
     } else {
-        Ports {
-            local: destination,
-            peer: source,
-        }
+        headers.local_port = destination;
+        headers.peer_port = source;
     }
 }
 
-#[inline(always)]
-fn icmp(header: [u8; ICMP_MIN_LEN]) -> Icmp {
-    Icmp {
-        icmp_type: header[0],
-        echo_id: be16([header[4], header[5]]),
-    }
-}
-
+/// The transport header at `offset`; `headers` arrives as `KIND_MALFORMED_FROM`
+/// with the peer set, and leaves as `KIND_IP` unless the header is cut short.
 #[inline(always)]
 fn parse_l4<D: Direction>(
     ctx: &Bytes,
     offset: usize,
     protocol: u8,
-    source: Peer,
     ipv6: bool,
-) -> Packet {
-    let l4 = match protocol {
-        IPPROTO_TCP => match read::<TCP_MIN_LEN>(ctx, offset) {
-            Some(tcp) => L4::Tcp(ports::<D>(&tcp), tcp[13]),
-            None => return Packet::MalformedFrom(source),
-        },
-        IPPROTO_UDP => match read::<UDP_LEN>(ctx, offset) {
-            Some(udp) => L4::Udp(ports::<D>(&udp)),
-            None => return Packet::MalformedFrom(source),
-        },
-        IPPROTO_ICMP if !ipv6 => match read::<ICMP_MIN_LEN>(ctx, offset) {
-            Some(header) => L4::Icmp(icmp(header)),
-            None => return Packet::MalformedFrom(source),
-        },
-        IPPROTO_ICMPV6 if ipv6 => match read::<ICMP_MIN_LEN>(ctx, offset) {
-            Some(header) => L4::Icmpv6(icmp(header)),
-            None => return Packet::MalformedFrom(source),
-        },
-        _ => L4::Other,
-    };
-    Packet::Ip(source, l4)
+    headers: &mut Headers,
+) {
+    match protocol {
+        IPPROTO_TCP => {
+            let Some(tcp) = read::<TCP_MIN_LEN>(ctx, offset) else {
+                return;
+            };
+            headers.l4 = L4_TCP;
+            set_ports::<D>(headers, &tcp);
+            headers.tcp_flags = tcp[13];
+        }
+        IPPROTO_UDP => {
+            let Some(udp) = read::<UDP_LEN>(ctx, offset) else {
+                return;
+            };
+            headers.l4 = L4_UDP;
+            set_ports::<D>(headers, &udp);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if (protocol == IPPROTO_ICMPV6) == ipv6 => {
+            let Some(icmp) = read::<ICMP_MIN_LEN>(ctx, offset) else {
+                return;
+            };
+            headers.l4 = if ipv6 { L4_ICMPV6 } else { L4_ICMP };
+            headers.icmp_type = icmp[0];
+            headers.local_port = be16([icmp[4], icmp[5]]);
+        }
+        _ => headers.l4 = L4_OTHER,
+    }
+    headers.kind = KIND_IP;
 }

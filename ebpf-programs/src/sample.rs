@@ -6,72 +6,29 @@
 use airlock_common::{
     DropSample, NO_RULE, Reason, SAMPLES_RATE_LIMITED, SAMPLES_RING_FULL, SAMPLES_SENT,
 };
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    programs::XdpContext,
+};
 
 use crate::{
     maps::{DROP_SAMPLES, SAMPLE_STATE, SAMPLE_STATS, SAMPLING, bump},
-    parse::{L4, Packet, Peer},
+    mem::Slot,
+    parse::{
+        Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
+        L4_ICMPV6, L4_TCP, L4_UDP,
+    },
 };
 
 const WINDOW_NS: u64 = 1_000_000_000;
 
-/// What a drop sample says about the packet, taken from the parse result as plain,
-/// always-initialized integers. Carrying the `Packet` enum itself to the sampling
-/// code let LLVM copy its unused (undefined) payload bytes in whatever register was
-/// free, once a packet pointer, which the verifier rightly refuses.
-#[derive(Clone, Copy)]
-pub struct SampleInfo {
-    family: u8,
-    protocol: u8,
-    dst_port: u16,
-    source: [u8; 16],
-}
-
-impl SampleInfo {
-    #[inline(always)]
-    pub fn of(packet: &Packet) -> Self {
-        let mut info = SampleInfo {
-            family: 0,
-            protocol: 0,
-            dst_port: 0,
-            source: [0; 16],
-        };
-        let (source, l4) = match *packet {
-            Packet::Ip(source, l4) => (Some(source), Some(l4)),
-            Packet::MalformedFrom(source) => (Some(source), None),
-            Packet::NonIp | Packet::Malformed => (None, None),
-        };
-        match source {
-            Some(Peer::V4(address)) => {
-                info.family = 4;
-                info.source[0] = address[0];
-                info.source[1] = address[1];
-                info.source[2] = address[2];
-                info.source[3] = address[3];
-            }
-            Some(Peer::V6(address)) => {
-                info.family = 6;
-                info.source = address;
-            }
-            None => {}
-        }
-        let (protocol, dst_port) = match l4 {
-            Some(L4::Tcp(ports, _)) => (6, ports.local),
-            Some(L4::Udp(ports)) => (17, ports.local),
-            Some(L4::Icmp(icmp)) => (1, u16::from(icmp.icmp_type)),
-            Some(L4::Icmpv6(icmp)) => (58, u16::from(icmp.icmp_type)),
-            Some(L4::Other) | Some(L4::NonFirstFragment) | None => (0, 0),
-        };
-        info.protocol = protocol;
-        info.dst_port = dst_port;
-        info
-    }
-}
-
+/// Called for dropped (or, in monitor mode, would-be dropped) packets only. The
+/// sample itself is built only once the rate limit lets it go.
 #[inline(always)]
 pub fn sample_drop(
     ctx: &XdpContext,
-    info: SampleInfo,
+    packet: &Bytes,
+    headers: &Headers,
     reason: Reason,
     rule: Option<u32>,
     monitor: bool,
@@ -85,9 +42,14 @@ pub fn sample_drop(
     };
     // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
     let window = unsafe { &mut *window };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now.wrapping_sub(window.started_ns) >= WINDOW_NS {
-        window.started_ns = now;
+    // The window runs on the coarse clock (CLOCK_MONOTONIC_COARSE, at most a tick
+    // behind the precise one, and cheaper to read on a path a flood takes): a
+    // one-second window may close up to a tick late. A window started by an older
+    // program on the precise clock can be ahead of it; the difference then wraps
+    // to a huge value and starts a new window, as it should.
+    let window_now = unsafe { bpf_ktime_get_coarse_ns() };
+    if window_now.wrapping_sub(window.started_ns) >= WINDOW_NS {
+        window.started_ns = window_now;
         window.sent = 0;
     }
     if window.sent >= u64::from(rate) {
@@ -95,19 +57,30 @@ pub fn sample_drop(
         return;
     }
     window.sent += 1;
-    let sample = DropSample {
-        timestamp_ns: now,
-        source: info.source,
-        ifindex: ctx.ingress_ifindex() as u32,
-        rule: rule.unwrap_or(NO_RULE),
-        dst_port: info.dst_port,
-        protocol: info.protocol,
-        family: info.family,
-        reason: reason as u8,
-        monitor: u8::from(monitor),
-        _pad: [0; 2],
-    };
-    if DROP_SAMPLES.output::<DropSample>(&sample, 0).is_ok() {
+    let mut slot = Slot::<DropSample>::new();
+    let sample = slot.zeroed();
+    // The precise clock, as user space expects, in the samples actually sent.
+    sample.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    sample.ifindex = ctx.ingress_ifindex() as u32;
+    sample.rule = rule.unwrap_or(NO_RULE);
+    sample.family = headers.family;
+    sample.reason = reason as u8;
+    sample.monitor = u8::from(monitor);
+    if headers.family == 4 {
+        sample.source[..4].copy_from_slice(&headers.peer_v4(packet));
+    } else if headers.family == 6 {
+        sample.source = headers.peer_v6(packet);
+    }
+    if headers.kind == KIND_IP {
+        (sample.protocol, sample.dst_port) = match headers.l4 {
+            L4_TCP => (IPPROTO_TCP, headers.local_port),
+            L4_UDP => (IPPROTO_UDP, headers.local_port),
+            L4_ICMP => (IPPROTO_ICMP, u16::from(headers.icmp_type)),
+            L4_ICMPV6 => (IPPROTO_ICMPV6, u16::from(headers.icmp_type)),
+            _ => (0, 0),
+        };
+    }
+    if DROP_SAMPLES.output::<DropSample>(sample, 0).is_ok() {
         bump(&SAMPLE_STATS, SAMPLES_SENT);
     } else {
         bump(&SAMPLE_STATS, SAMPLES_RING_FULL);
