@@ -27,7 +27,9 @@ pub const MAX_DIRECTORY_BITS: u32 = 16;
 pub const RANGE_SEARCH_STEPS: u32 = 23;
 
 /// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
-/// `SRC_V6_INLINE`): 4 MiB per family and generation, 16 MiB in all. A policy's
+/// `SRC_V6_INLINE`): 4 MiB per family and generation, 16 MiB in all. Each
+/// generation's table is one map value (4 MiB is the largest the kernel allows
+/// with 4 KiB pages: KMALLOC_MAX_SIZE). A policy's
 /// table that fits (about 100,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
 /// every read is inlined by the verifier; a larger one gets an inner map of its
 /// exact size, where every read is a call (on this class of machine, with return

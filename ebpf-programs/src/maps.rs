@@ -24,14 +24,16 @@ pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
 type TableV4 = btf_maps::Array<SourceRangeV4, 1, { SOURCE_TABLE_FLAGS as usize }>;
 type TableV6 = btf_maps::Array<SourceRangeV6, 1, { SOURCE_TABLE_FLAGS as usize }>;
 
-/// Preallocated source tables, generation `g` at elements `[g * INLINE_TABLE_V4, ...)`:
-/// the verifier inlines every read of these (see `airlock_common::INLINE_TABLE_V4`).
+/// Preallocated source tables: one map value per generation holding its whole
+/// table, so a search reads elements by offset from one pointer, the verifier
+/// checking each offset against the value's size (see
+/// `airlock_common::INLINE_TABLE_V4`).
 #[map]
-pub static SRC_V4_INLINE: Array<SourceRangeV4> =
-    Array::with_max_entries(GENERATIONS * INLINE_TABLE_V4, BPF_F_MMAPABLE);
+pub static SRC_V4_INLINE: Array<[SourceRangeV4; INLINE_TABLE_V4 as usize]> =
+    Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
 #[map]
-pub static SRC_V6_INLINE: Array<SourceRangeV6> =
-    Array::with_max_entries(GENERATIONS * INLINE_TABLE_V6, BPF_F_MMAPABLE);
+pub static SRC_V6_INLINE: Array<[SourceRangeV6; INLINE_TABLE_V6 as usize]> =
+    Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
 
 /// One source table per generation for policies too large for the preallocated
 /// ones (see `airlock_common::SourceRangeV4`).
@@ -85,9 +87,12 @@ pub fn source_v4(generation: u32, addr: [u8; 4]) -> SourceEntry {
     // otherwise merge their map reads into one call site reading either map, which
     // the verifier can neither inline nor call directly.
     if config.inline_tables & TABLE_INLINE_V4 != 0 {
-        let base = generation * INLINE_TABLE_V4;
+        let Some(table) = SRC_V4_INLINE.get(generation) else {
+            return SourceEntry::default();
+        };
+        // Masked, the index is in bounds by construction: no check, no branch.
         match search_v4(
-            |i| SRC_V4_INLINE.get(base + (i & (INLINE_TABLE_V4 - 1))),
+            |i| Some(&table[(i & (INLINE_TABLE_V4 - 1)) as usize]),
             slot,
             key,
         ) {
@@ -160,9 +165,11 @@ pub fn source_v6(generation: u32, addr: [u8; 16]) -> SourceEntry {
     ]);
     let slot = directory_slot(high, config.directory_bits_v6);
     if config.inline_tables & TABLE_INLINE_V6 != 0 {
-        let base = generation * INLINE_TABLE_V6;
+        let Some(table) = SRC_V6_INLINE.get(generation) else {
+            return SourceEntry::default();
+        };
         match search_v6(
-            |i| SRC_V6_INLINE.get(base + (i & (INLINE_TABLE_V6 - 1))),
+            |i| Some(&table[(i & (INLINE_TABLE_V6 - 1)) as usize]),
             slot,
             high,
             low,

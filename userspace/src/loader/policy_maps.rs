@@ -52,6 +52,18 @@ impl MapSource<'_> {
         };
         T::try_from(map).map_err(|source| LoaderError::Map { name, source })
     }
+
+    /// An array map untyped (its values are too large to hold as one).
+    fn take_array_data(&mut self, name: &'static str) -> Result<MapData, LoaderError> {
+        match self {
+            MapSource::Object(ebpf) => match ebpf.take_map(name) {
+                Some(Map::Array(data)) => Ok(data),
+                _ => Err(LoaderError::MissingMap(name)),
+            },
+            MapSource::Pinned(dir) => MapData::from_pin(dir.join(name))
+                .map_err(|source| LoaderError::Map { name, source }),
+        }
+    }
 }
 
 /// The layout version recorded in the active META slot of the filter pinned in
@@ -112,13 +124,13 @@ impl PolicyMaps {
             active: source.take(MAP_ACTIVE_GEN)?,
             config: source.take(MAP_CONFIG)?,
             src_v4: Tables {
-                preallocated: source.take(MAP_SRC_V4_INLINE)?,
+                preallocated: source.take_array_data(MAP_SRC_V4_INLINE)?,
                 sized: source.take(MAP_SRC_V4)?,
                 capacity: INLINE_TABLE_V4,
                 names: (MAP_SRC_V4_INLINE, MAP_SRC_V4),
             },
             src_v6: Tables {
-                preallocated: source.take(MAP_SRC_V6_INLINE)?,
+                preallocated: source.take_array_data(MAP_SRC_V6_INLINE)?,
                 sized: source.take(MAP_SRC_V6)?,
                 capacity: INLINE_TABLE_V6,
                 names: (MAP_SRC_V6_INLINE, MAP_SRC_V6),

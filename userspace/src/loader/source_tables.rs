@@ -24,9 +24,10 @@ use crate::compile::ranges::SourceTable;
 
 pub(crate) type TableMap<R> = ArrayOfMaps<MapData, Array<MapData, R>>;
 
-/// One family's tables: the preallocated map and the array of exactly sized maps.
+/// One family's tables: the preallocated map (one value per generation, holding
+/// `capacity` elements `R`) and the array of exactly sized maps.
 pub(crate) struct Tables<R: Pod> {
-    pub preallocated: Array<MapData, R>,
+    pub preallocated: MapData,
     pub sized: TableMap<R>,
     /// Elements per generation of `preallocated` used (its size, but for tests).
     pub capacity: u32,
@@ -72,28 +73,23 @@ impl<R: Element> Tables<R> {
         match placement {
             Placement::Sized => read(&self.sized, generation, directory_bits, self.names.1),
             Placement::Preallocated => {
-                let stride = self.preallocated.len() as usize / GENERATIONS as usize;
+                let stride = stride::<R>(&self.preallocated);
                 let len = (len as usize).min(stride);
                 let mut elements = vec![R::default(); len];
                 let offset = generation as usize * stride * size_of::<R>();
                 let bytes = len * size_of::<R>();
-                let whole = self.preallocated.len() as usize * size_of::<R>();
-                with_mapping(
-                    self.preallocated.map().fd().as_fd(),
-                    whole,
-                    false,
-                    |memory| {
-                        // SAFETY: `offset + bytes` lies within the mapping of the whole
-                        // array (`len <= capacity`); any byte pattern is a valid `R`.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                memory.as_ptr().cast::<u8>().add(offset),
-                                elements.as_mut_ptr().cast::<u8>(),
-                                bytes,
-                            );
-                        }
-                    },
-                )
+                let whole = GENERATIONS as usize * stride * size_of::<R>();
+                with_mapping(self.preallocated.fd().as_fd(), whole, false, |memory| {
+                    // SAFETY: `offset + bytes` lies within the mapping of the whole
+                    // array (`len <= capacity`); any byte pattern is a valid `R`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            memory.as_ptr().cast::<u8>().add(offset),
+                            elements.as_mut_ptr().cast::<u8>(),
+                            bytes,
+                        );
+                    }
+                })
                 .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
                 Ok(Some(SourceTable {
                     directory_bits,
@@ -106,16 +102,25 @@ impl<R: Element> Tables<R> {
 
 /// Copies `table` into `generation`'s part of the preallocated map.
 fn write_preallocated<R: Element>(
-    map: &Array<MapData, R>,
+    map: &MapData,
     generation: u32,
     table: &SourceTable<R>,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let stride = map.len() as usize / GENERATIONS as usize;
+    let stride = stride::<R>(map);
+    if table.elements.len() > stride {
+        return Err(LoaderError::Map {
+            name,
+            source: MapError::OutOfBounds {
+                index: table.elements.len() as u32,
+                max_entries: stride as u32,
+            },
+        });
+    }
     let offset = generation as usize * stride * size_of::<R>();
     let bytes = table.elements.len() * size_of::<R>();
-    let whole = map.len() as usize * size_of::<R>();
-    with_mapping(map.map().fd().as_fd(), whole, true, |memory| {
+    let whole = GENERATIONS as usize * stride * size_of::<R>();
+    with_mapping(map.fd().as_fd(), whole, true, |memory| {
         // SAFETY: `offset + bytes` lies within the mapping (the caller checked the
         // table fits one generation's part); only the inactive generation's part is
         // written, which no packet reads.
@@ -128,6 +133,13 @@ fn write_preallocated<R: Element>(
         }
     })
     .map_err(|e| LoaderError::io("filling a source table of", name, e))
+}
+
+/// Elements `R` per generation of a preallocated table map (its value size).
+fn stride<R>(map: &MapData) -> usize {
+    map.info()
+        .map(|info| info.value_size() as usize / size_of::<R>())
+        .unwrap_or(0)
 }
 
 /// Replaces a large inner table in `generation`'s slot by an empty one-element map.
