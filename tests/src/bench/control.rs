@@ -180,7 +180,7 @@ pub fn measure(
 }
 
 /// Sum of `memlock` over the maps pinned in `dir` (the kernel's charge for each:
-/// for the LPM tries, the memory of their allocated nodes).
+/// for the source tables, the preallocated maps and the inner maps of large policies).
 pub fn map_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;

@@ -368,7 +368,7 @@ impl Results {
         );
         let _ = writeln!(
             md,
-            "| prefixes | trie entries v4/v6 | validate | first apply | re-apply 1% (empty copy) | re-apply 1% (steady) | CLI peak RSS | map memory |\n|---|---|---|---|---|---|---|---|"
+            "| prefixes | compiled prefixes v4/v6 | validate | first apply | re-apply 1% (empty copy) | re-apply 1% (steady) | CLI peak RSS | map memory |\n|---|---|---|---|---|---|---|---|"
         );
         for c in &self.control {
             let peak = [c.validate, c.first, c.change_1, c.change_2]
@@ -399,7 +399,7 @@ impl Results {
         );
         let _ = writeln!(
             md,
-            "In-process breakdown (library: parse+validate with the import, compile, write the tries and port arrays of one copy, which held the previous row's policy; re-apply: the map update alone of a 1% change, into a copy that holds the unchanged policy):\n\n| prefixes/port ranges | parse | compile | apply (maps) | re-apply 1% (maps) | trie entries v4/v6 |\n|---|---|---|---|---|---|"
+            "In-process breakdown (library: parse+validate with the import, compile, write the source tables and port arrays of one copy, which held the previous row's policy; re-apply: the map update alone of a 1% change, into a copy that holds the unchanged policy):\n\n| prefixes/port ranges | parse | compile | apply (maps) | re-apply 1% (maps) | trie entries v4/v6 |\n|---|---|---|---|---|---|"
         );
         for l in &self.library {
             let _ = writeln!(

@@ -19,7 +19,8 @@ use serde::Serialize;
 use crate::policy::{DefaultAction, Mode, Policy, Proto, SourceGroup};
 pub use ports::PortMap;
 
-/// One LPM trie entry: `addr/prefix_len` → `value`.
+/// One compiled prefix: `addr/prefix_len` → `value`, matched longest-first (the
+/// loader lowers these into source tables, see [`ranges`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PrefixEntry<const N: usize> {
     /// Network address, network byte order, host bits zero.
@@ -49,9 +50,9 @@ impl<const N: usize> PrefixEntry<N> {
 /// A compiled policy: the values of every map of one generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compiled {
-    /// IPv4 source trie entries, sorted by address then prefix length.
+    /// IPv4 source prefixes, sorted by address then prefix length.
     pub v4: Vec<PrefixEntry<4>>,
-    /// IPv6 source trie entries, sorted by address then prefix length.
+    /// IPv6 source prefixes, sorted by address then prefix length.
     pub v6: Vec<PrefixEntry<16>>,
     /// TCP destination port → rule mask.
     pub tcp_ports: PortMap,
@@ -267,9 +268,9 @@ pub(crate) fn prefix_counts(policy: &Policy, limits: (usize, usize)) -> (usize, 
 }
 
 impl Compiled {
-    /// The source entry the kernel's LPM trie returns for `ip`: the value of the
+    /// The source entry the kernel's source table gives `ip`: the value of the
     /// longest matching prefix, or all-zero when nothing matches. A linear scan,
-    /// obviously equivalent to the trie; fine for `explain` and tests.
+    /// obviously a longest match; fine for `explain` and tests.
     pub fn lookup(&self, ip: IpAddr) -> SourceEntry {
         fn longest<const N: usize>(entries: &[PrefixEntry<N>], addr: [u8; N]) -> SourceEntry {
             entries

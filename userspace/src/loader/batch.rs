@@ -1,8 +1,7 @@
-//! BPF_MAP_{LOOKUP,UPDATE,DELETE}_BATCH: thousands of map elements per system call
-//! instead of one (aya 0.14 has no batch API). Arrays support batch operations since
-//! Linux 5.6 and LPM tries since 5.14 (they use the kernel's generic batch code, which
-//! walks the map with its own get_next_key and saves the system calls). On an older
-//! kernel (`EINVAL`/`ENOTSUPP`) the callers fall back to one element per call.
+//! BPF_MAP_{LOOKUP,UPDATE}_BATCH: thousands of map elements per system call instead
+//! of one (aya 0.14 has no batch API), for the port arrays and counters. Arrays
+//! support batch operations since Linux 5.6; on an older kernel (`EINVAL`/`ENOTSUPP`)
+//! the callers fall back to one element per call.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
