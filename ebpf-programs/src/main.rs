@@ -12,10 +12,11 @@ mod maps;
 mod mem;
 mod parse;
 mod sample;
+mod source;
 
 use airlock_common::{
-    DEFAULT_DROP, MODE_MONITOR, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, reason_stat_index,
-    rule_stat_index,
+    DEFAULT_DROP, GenConfig, MODE_MONITOR, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry,
+    reason_stat_index, rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
@@ -42,7 +43,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     let headers = slot.zeroed();
     parse::parse::<Ingress>(&packet, headers);
     let headers = &*headers;
-    let (reason, rule) = decide(generation, config.default_action, &packet, headers);
+    let (reason, rule) = decide(generation, &config, &packet, headers);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
@@ -74,16 +75,17 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn decide(
     generation: u32,
-    default_action: u32,
+    config: &GenConfig,
     packet: &Bytes,
     headers: &Headers,
 ) -> (Reason, Option<u32>) {
+    let default_action = config.default_action;
     match headers.kind {
         KIND_NON_IP => return (Reason::NonIp, None),
         KIND_MALFORMED => return (Reason::Malformed, None),
         _ => {}
     }
-    let entry = lookup(generation, packet, headers);
+    let entry = lookup(generation, config, packet, headers);
     if entry.flags & SRC_MANAGEMENT != 0 {
         return (Reason::Management, None);
     }
@@ -136,11 +138,11 @@ fn decide(
 /// The peer's entry (`headers.kind` is `KIND_MALFORMED_FROM` or `KIND_IP`, so
 /// `family` is 4 or 6).
 #[inline(always)]
-fn lookup(generation: u32, packet: &Bytes, headers: &Headers) -> SourceEntry {
+fn lookup(generation: u32, config: &GenConfig, packet: &Bytes, headers: &Headers) -> SourceEntry {
     if headers.family == 4 {
-        maps::source_v4(generation, headers.peer_v4(packet))
+        source::source_v4(generation, config, headers.peer_v4(packet))
     } else {
-        maps::source_v6(generation, headers.peer_v6(packet))
+        source::source_v6(generation, config, headers.peer_v6(packet))
     }
 }
 

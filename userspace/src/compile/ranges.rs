@@ -130,48 +130,108 @@ fn directory(ranges: &[Range], width: u32, bits: u32) -> Vec<(usize, usize)> {
     out
 }
 
-/// The IPv4 source table of `entries`, made to fit in `capacity` elements if it can.
-pub fn table_v4(entries: &[PrefixEntry<4>], capacity: usize) -> SourceTable<SourceRangeV4> {
-    let ranges = ranges(entries);
-    let bits = directory_bits(ranges.len(), capacity);
-    let base = 1usize << bits;
-    let mut elements: Vec<SourceRangeV4> = directory(&ranges, 32, bits)
-        .into_iter()
-        .map(|(first, count)| SourceRangeV4 {
-            start: (base + first) as u32,
+/// A source table element of one family, as the program reads it.
+pub trait Element: Copy + Default {
+    /// Address bits of the family.
+    const WIDTH: u32;
+    /// A directory slot: the index of its first range and how many ranges it has.
+    fn slot(first: usize, count: usize) -> Self;
+    /// A range from its first address (the low `WIDTH` bits) and its answer.
+    fn range(start: u128, value: SourceEntry) -> Self;
+    /// Of a slot: first range and count.
+    fn run(&self) -> (usize, usize);
+    /// Of a range: first address and answer.
+    fn start(&self) -> u128;
+    fn value(&self) -> SourceEntry;
+}
+
+impl Element for SourceRangeV4 {
+    const WIDTH: u32 = 32;
+
+    fn slot(first: usize, count: usize) -> Self {
+        Self {
+            start: first as u32,
             flags: count as u32,
             rules: 0,
-        })
-        .collect();
-    elements.extend(ranges.iter().map(|&(start, value)| SourceRangeV4 {
-        start: start as u32,
-        flags: value.flags,
-        rules: value.rules,
-    }));
-    SourceTable {
-        directory_bits: bits,
-        elements,
+        }
+    }
+
+    fn range(start: u128, value: SourceEntry) -> Self {
+        Self {
+            start: start as u32,
+            flags: value.flags,
+            rules: value.rules,
+        }
+    }
+
+    fn run(&self) -> (usize, usize) {
+        (self.start as usize, self.flags as usize)
+    }
+
+    fn start(&self) -> u128 {
+        u128::from(self.start)
+    }
+
+    fn value(&self) -> SourceEntry {
+        SourceEntry {
+            rules: self.rules,
+            flags: self.flags,
+            _pad: 0,
+        }
     }
 }
 
-/// The IPv6 source table of `entries`, made to fit in `capacity` elements if it can.
-pub fn table_v6(entries: &[PrefixEntry<16>], capacity: usize) -> SourceTable<SourceRangeV6> {
+impl Element for SourceRangeV6 {
+    const WIDTH: u32 = 128;
+
+    fn slot(first: usize, count: usize) -> Self {
+        Self {
+            start: [first as u64, count as u64],
+            ..Self::default()
+        }
+    }
+
+    fn range(start: u128, value: SourceEntry) -> Self {
+        Self {
+            start: [(start >> 64) as u64, start as u64],
+            rules: value.rules,
+            flags: value.flags,
+            _pad: 0,
+        }
+    }
+
+    fn run(&self) -> (usize, usize) {
+        (self.start[0] as usize, self.start[1] as usize)
+    }
+
+    fn start(&self) -> u128 {
+        (u128::from(self.start[0]) << 64) | u128::from(self.start[1])
+    }
+
+    fn value(&self) -> SourceEntry {
+        SourceEntry {
+            rules: self.rules,
+            flags: self.flags,
+            _pad: 0,
+        }
+    }
+}
+
+/// The source table of `entries` (`N`: address bytes, matching `R`'s family),
+/// made to fit in `capacity` elements if it can.
+pub fn table<R: Element, const N: usize>(
+    entries: &[PrefixEntry<N>],
+    capacity: usize,
+) -> SourceTable<R> {
+    debug_assert_eq!(8 * N as u32, R::WIDTH);
     let ranges = ranges(entries);
     let bits = directory_bits(ranges.len(), capacity);
     let base = 1usize << bits;
-    let mut elements: Vec<SourceRangeV6> = directory(&ranges, 128, bits)
+    let mut elements: Vec<R> = directory(&ranges, R::WIDTH, bits)
         .into_iter()
-        .map(|(first, count)| SourceRangeV6 {
-            start: [(base + first) as u64, count as u64],
-            ..SourceRangeV6::default()
-        })
+        .map(|(first, count)| R::slot(base + first, count))
         .collect();
-    elements.extend(ranges.iter().map(|&(start, value)| SourceRangeV6 {
-        start: [(start >> 64) as u64, start as u64],
-        rules: value.rules,
-        flags: value.flags,
-        _pad: 0,
-    }));
+    elements.extend(ranges.iter().map(|&(start, value)| R::range(start, value)));
     SourceTable {
         directory_bits: bits,
         elements,
@@ -221,75 +281,36 @@ fn prefixes_of<const N: usize>(ranges: &[Range]) -> Vec<PrefixEntry<N>> {
     out
 }
 
-/// The ranges of a table's elements (after its directory), checked to be a table:
-/// sorted, starting at address 0.
-fn ranges_of<R>(
-    table: &SourceTable<R>,
-    start: impl Fn(&R) -> u128,
-    value: impl Fn(&R) -> SourceEntry,
-) -> Option<Vec<Range>> {
+/// The prefixes a table holds (None: not a well-formed table: its ranges must be
+/// sorted and start at address 0).
+pub fn prefixes<R: Element, const N: usize>(table: &SourceTable<R>) -> Option<Vec<PrefixEntry<N>>> {
     let ranges: Vec<Range> = table
         .elements
         .get(1usize.checked_shl(table.directory_bits)?..)?
         .iter()
-        .map(|r| (start(r), value(r)))
+        .map(|r| (r.start(), r.value()))
         .collect();
     let sorted = ranges.windows(2).all(|w| w[0].0 < w[1].0);
-    (sorted && ranges.first().is_some_and(|r| r.0 == 0)).then_some(ranges)
+    (sorted && ranges.first().is_some_and(|r| r.0 == 0)).then(|| prefixes_of(&ranges))
 }
 
-/// The prefixes an IPv4 table holds (None: not a well-formed table).
-pub fn prefixes_v4(table: &SourceTable<SourceRangeV4>) -> Option<Vec<PrefixEntry<4>>> {
-    let ranges = ranges_of(
-        table,
-        |r| u128::from(r.start),
-        |r| SourceEntry {
-            rules: r.rules,
-            flags: r.flags,
-            _pad: 0,
-        },
-    )?;
-    Some(prefixes_of(&ranges))
-}
-
-/// The prefixes an IPv6 table holds (None: not a well-formed table).
-pub fn prefixes_v6(table: &SourceTable<SourceRangeV6>) -> Option<Vec<PrefixEntry<16>>> {
-    let ranges = ranges_of(
-        table,
-        |r| (u128::from(r.start[0]) << 64) | u128::from(r.start[1]),
-        |r| SourceEntry {
-            rules: r.rules,
-            flags: r.flags,
-            _pad: 0,
-        },
-    )?;
-    Some(prefixes_of(&ranges))
-}
-
-/// The canonical form of `entries`: what [`prefixes_v4`]/[`prefixes_v6`] read back
-/// from their table.
+/// The canonical form of `entries`: what [`prefixes`] reads back from their table.
 pub fn canonical<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<PrefixEntry<N>> {
     prefixes_of(&ranges(entries))
 }
 
-/// What the program finds in `table` for the address `key` (top `width` bits),
-/// step for step as ebpf-programs/src/maps.rs does: for tests of the layout.
-pub fn lookup<R>(
-    table: &SourceTable<R>,
-    width: u32,
-    key: u128,
-    slot_of: impl Fn(&R) -> (usize, usize),
-    start: impl Fn(&R) -> u128,
-) -> Option<&R> {
+/// What the program finds in `table` for the address `key`, step for step as
+/// ebpf-programs/src/source.rs does: for tests of the layout.
+pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<&R> {
     let slot = if table.directory_bits == 0 {
         0
     } else {
-        (key >> (width - table.directory_bits)) as usize
+        (key >> (R::WIDTH - table.directory_bits)) as usize
     };
-    let (mut base, mut len) = slot_of(table.elements.get(slot)?);
+    let (mut base, mut len) = table.elements.get(slot)?.run();
     while len > 1 {
         let half = len / 2;
-        if start(table.elements.get(base + half)?) <= key {
+        if table.elements.get(base + half)?.start() <= key {
             base += half;
         }
         len -= half;

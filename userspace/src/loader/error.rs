@@ -69,6 +69,8 @@ pub enum LoaderError {
     MetaTooLarge { len: usize, max: usize },
     #[error("no Airlock filter is pinned for interface {0}")]
     NotInstalled(String),
+    #[error("the source table in map {0} is not well formed (ranges unsorted or missing)")]
+    MalformedSourceTable(&'static str),
 }
 
 impl LoaderError {

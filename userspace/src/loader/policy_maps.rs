@@ -205,8 +205,8 @@ impl PolicyMaps {
         // (a rollback, `status`) may take it for one, even if this process dies.
         self.invalidate(generation)?;
         let (v4, v6) = (
-            ranges::table_v4(&compiled.v4, self.src_v4.capacity as usize),
-            ranges::table_v6(&compiled.v6, self.src_v6.capacity as usize),
+            ranges::table(&compiled.v4, self.src_v4.capacity as usize),
+            ranges::table(&compiled.v6, self.src_v6.capacity as usize),
         );
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
@@ -525,10 +525,6 @@ impl PolicyMaps {
             .config
             .get(&generation, 0)
             .map_err(map_err(MAP_CONFIG))?;
-        let malformed = |name: &'static str| LoaderError::Map {
-            name,
-            source: MapError::KeyNotFound,
-        };
         let placement = |flag| {
             if config.inline_tables & flag != 0 {
                 Placement::Preallocated
@@ -542,7 +538,9 @@ impl PolicyMaps {
             config.directory_bits_v4,
             config.table_len_v4,
         )? {
-            Some(table) => ranges::prefixes_v4(&table).ok_or_else(|| malformed(MAP_SRC_V4))?,
+            Some(table) => {
+                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V4))?
+            }
             None => Vec::new(),
         };
         let v6 = match self.src_v6.read(
@@ -551,7 +549,9 @@ impl PolicyMaps {
             config.directory_bits_v6,
             config.table_len_v6,
         )? {
-            Some(table) => ranges::prefixes_v6(&table).ok_or_else(|| malformed(MAP_SRC_V6))?,
+            Some(table) => {
+                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V6))?
+            }
             None => Vec::new(),
         };
         Ok((v4, v6))
@@ -590,11 +590,11 @@ impl PolicyMaps {
         self.invalidate(generation)?;
         self.src_v4.write(
             generation,
-            &ranges::table_v4(&junk.v4, INLINE_TABLE_V4 as usize),
+            &ranges::table(&junk.v4, INLINE_TABLE_V4 as usize),
         )?;
         self.src_v6.write(
             generation,
-            &ranges::table_v6(&junk.v6, INLINE_TABLE_V6 as usize),
+            &ranges::table(&junk.v6, INLINE_TABLE_V6 as usize),
         )?;
         Ok(())
     }

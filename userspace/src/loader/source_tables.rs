@@ -12,7 +12,7 @@ use std::{
     ptr::NonNull,
 };
 
-use airlock_common::{GENERATIONS, SOURCE_TABLE_FLAGS, SourceRangeV4, SourceRangeV6};
+use airlock_common::{GENERATIONS, SOURCE_TABLE_FLAGS};
 use aya::{
     Pod,
     maps::{Array, ArrayOfMaps, IterableMap as _, MapData, MapError},
@@ -20,7 +20,7 @@ use aya::{
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
 use super::LoaderError;
-use crate::compile::ranges::SourceTable;
+use crate::compile::ranges::{self, SourceTable};
 
 pub(crate) type TableMap<R> = ArrayOfMaps<MapData, Array<MapData, R>>;
 
@@ -160,10 +160,9 @@ fn release<R: Element>(
         .map_err(|source| LoaderError::Map { name, source })
 }
 
-/// A table's elements are the layouts the program reads.
-pub(crate) trait Element: Pod + Default {}
-impl Element for SourceRangeV4 {}
-impl Element for SourceRangeV6 {}
+/// A table's elements: the layouts the program reads, copied as bytes.
+pub(crate) trait Element: ranges::Element + Pod {}
+impl<T: ranges::Element + Pod> Element for T {}
 
 /// Builds a table map holding `table` and puts it in `generation`'s slot.
 fn write<R: Element>(

@@ -39,36 +39,18 @@ fn sorted<const N: usize>(mut entries: Vec<PrefixEntry<N>>) -> Vec<PrefixEntry<N
     entries
 }
 
-fn found_v4(table: &SourceTable<SourceRangeV4>, key: u128) -> SourceEntry {
-    let r = lookup(
-        table,
-        32,
-        key,
-        |r| (r.start as usize, r.flags as usize),
-        |r| u128::from(r.start),
-    )
-    .expect("every address has a range");
-    SourceEntry {
-        rules: r.rules,
-        flags: r.flags,
-        _pad: 0,
-    }
+fn found<R: Element>(table: &SourceTable<R>, key: u128) -> SourceEntry {
+    lookup(table, key)
+        .expect("every address has a range")
+        .value()
 }
 
-fn found_v6(table: &SourceTable<SourceRangeV6>, key: u128) -> SourceEntry {
-    let r = lookup(
-        table,
-        128,
-        key,
-        |r| (r.start[0] as usize, r.start[1] as usize),
-        |r| (u128::from(r.start[0]) << 64) | u128::from(r.start[1]),
-    )
-    .expect("every address has a range");
-    SourceEntry {
-        rules: r.rules,
-        flags: r.flags,
-        _pad: 0,
-    }
+fn table_v4(entries: &[PrefixEntry<4>], capacity: usize) -> SourceTable<SourceRangeV4> {
+    table(entries, capacity)
+}
+
+fn table_v6(entries: &[PrefixEntry<16>], capacity: usize) -> SourceTable<SourceRangeV6> {
+    table(entries, capacity)
 }
 
 /// Addresses worth probing: each prefix's edges and their neighbours, plus `extra`.
@@ -126,9 +108,9 @@ proptest! {
         let table = table_v4(&entries, usize::MAX);
         let extra: Vec<u128> = extra.into_iter().map(u128::from).collect();
         for key in probes(&entries, &extra) {
-            prop_assert_eq!(found_v4(&table, key), longest(&entries, key), "address {:#x}", key);
+            prop_assert_eq!(found(&table, key), longest(&entries, key), "address {:#x}", key);
         }
-        let back = prefixes_v4(&table).expect("well-formed");
+        let back = prefixes::<_, 4>(&table).expect("well-formed");
         prop_assert_eq!(&back, &canonical(&entries));
         for key in probes(&entries, &extra) {
             prop_assert_eq!(longest(&back, key), longest(&entries, key));
@@ -142,9 +124,9 @@ proptest! {
     ) {
         let table = table_v6(&entries, usize::MAX);
         for key in probes(&entries, &extra) {
-            prop_assert_eq!(found_v6(&table, key), longest(&entries, key), "address {:#x}", key);
+            prop_assert_eq!(found(&table, key), longest(&entries, key), "address {:#x}", key);
         }
-        let back = prefixes_v6(&table).expect("well-formed");
+        let back = prefixes::<_, 16>(&table).expect("well-formed");
         for key in probes(&entries, &extra) {
             prop_assert_eq!(longest(&back, key), longest(&entries, key));
         }
@@ -156,7 +138,7 @@ fn empty_policy_is_one_range_and_no_prefixes() {
     let table = table_v4(&[], usize::MAX);
     assert_eq!(table.directory_bits, 0);
     assert_eq!(table.elements.len(), 2);
-    assert_eq!(prefixes_v4(&table), Some(Vec::new()));
+    assert_eq!(prefixes::<_, 4>(&table), Some(Vec::new()));
 }
 
 #[test]
@@ -167,7 +149,7 @@ fn whole_space_and_host_routes() {
     let entries = sorted(vec![all, host, zero]);
     let table = table_v4(&entries, usize::MAX);
     for key in [0u128, 1, 0xffff_fffe, 0xffff_ffff, 0x8000_0000] {
-        assert_eq!(found_v4(&table, key), longest(&entries, key), "{key:#x}");
+        assert_eq!(found(&table, key), longest(&entries, key), "{key:#x}");
     }
     let v6 = sorted(vec![
         entry::<16>(0, 0, 1, 0),
@@ -175,7 +157,7 @@ fn whole_space_and_host_routes() {
     ]);
     let table = table_v6(&v6, usize::MAX);
     for key in [0, 1, u128::MAX - 1, u128::MAX] {
-        assert_eq!(found_v6(&table, key), longest(&v6, key), "{key:#x}");
+        assert_eq!(found(&table, key), longest(&v6, key), "{key:#x}");
     }
 }
 
@@ -199,7 +181,7 @@ proptest! {
         let narrow = table_v4(&entries, ranges + 2);
         prop_assert!(narrow.elements.len() <= ranges + 2);
         for key in probes(&entries, &[]) {
-            prop_assert_eq!(found_v4(&narrow, key), longest(&entries, key));
+            prop_assert_eq!(found(&narrow, key), longest(&entries, key));
         }
     }
 }
@@ -209,5 +191,5 @@ fn a_malformed_table_reads_back_as_none() {
     let mut table = table_v4(&[entry::<4>(0x0a00_0000, 8, 1, 0)], usize::MAX);
     let base = 1usize << table.directory_bits;
     table.elements.swap(base, base + 1);
-    assert_eq!(prefixes_v4(&table), None);
+    assert_eq!(prefixes::<_, 4>(&table), None);
 }

@@ -1,0 +1,204 @@
+//! A source address's entry from its generation's source table (layout in
+//! `airlock_common::SourceRangeV4`): the directory slot of its top bits, then a
+//! branch-free binary search of the slot's ranges, in the preallocated table or in
+//! the generation's sized inner map.
+
+use airlock_common::{
+    GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, RANGE_SEARCH_STEPS, SourceEntry, SourceRangeV4,
+    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+};
+
+use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
+
+/// What the search needs of a table element, per family.
+trait Range {
+    /// The address, as compared with a range's first address.
+    type Key: Copy;
+    /// A directory slot's first range and number of ranges.
+    fn run(&self) -> (u32, u32);
+    /// 1 if `key` lies before this range's first address, else 0 (a borrow, so
+    /// the search has no branch on it).
+    fn before(&self, key: Self::Key) -> u32;
+    fn entry(&self) -> SourceEntry;
+}
+
+impl Range for SourceRangeV4 {
+    type Key = u32;
+
+    #[inline(always)]
+    fn run(&self) -> (u32, u32) {
+        (self.start, self.flags)
+    }
+
+    #[inline(always)]
+    fn before(&self, key: u32) -> u32 {
+        (u64::from(key).wrapping_sub(u64::from(self.start)) >> 63) as u32
+    }
+
+    #[inline(always)]
+    fn entry(&self) -> SourceEntry {
+        SourceEntry {
+            rules: self.rules,
+            flags: self.flags,
+            _pad: 0,
+        }
+    }
+}
+
+impl Range for SourceRangeV6 {
+    /// The address's high and low 64 bits.
+    type Key = (u64, u64);
+
+    #[inline(always)]
+    fn run(&self) -> (u32, u32) {
+        (self.start[0] as u32, self.start[1] as u32)
+    }
+
+    /// `key - start` as a 128-bit subtraction; its borrow out.
+    #[inline(always)]
+    fn before(&self, (high, low): (u64, u64)) -> u32 {
+        let low_borrow = subtract_borrow(low, self.start[1], low.wrapping_sub(self.start[1]));
+        let high_diff = high.wrapping_sub(self.start[0]).wrapping_sub(low_borrow);
+        subtract_borrow(high, self.start[0], high_diff) as u32
+    }
+
+    #[inline(always)]
+    fn entry(&self) -> SourceEntry {
+        SourceEntry {
+            rules: self.rules,
+            flags: self.flags,
+            _pad: 0,
+        }
+    }
+}
+
+/// Source entry for an IPv4 address in generation `generation` (`config` is its
+/// `CONFIG` entry, read once per packet by the caller).
+#[inline(always)]
+pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEntry {
+    let key = u32::from_be_bytes(addr);
+    let slot = directory_slot(u64::from(key) << 32, config.directory_bits_v4);
+    // The two places a table can be are searched by separate code: LLVM would
+    // otherwise merge their map reads into one call site reading either map, which
+    // the verifier can neither inline nor call directly.
+    if config.inline_tables & TABLE_INLINE_V4 != 0 {
+        let Some(table) = SRC_V4_INLINE.get(generation) else {
+            return SourceEntry::default();
+        };
+        // Masked, the index is in bounds by construction: no check, no branch.
+        search(
+            |i| Some(&table[(i & (INLINE_TABLE_V4 - 1)) as usize]),
+            slot,
+            key,
+        )
+        .map(Range::entry)
+        .unwrap_or_default()
+    } else {
+        let mut flags = 0;
+        let rules = sized_v4(generation, slot, key, &mut flags);
+        SourceEntry {
+            rules,
+            flags,
+            _pad: 0,
+        }
+    }
+}
+
+/// The search in a sized inner table (policies too large for the preallocated
+/// one), kept out of line: see `source_v4`. Returns the rules, `flags` through the
+/// pointer (a BPF function returns one scalar).
+#[inline(never)]
+fn sized_v4(generation: u32, slot: u32, key: u32, flags: &mut u32) -> u64 {
+    let Some(table) = SRC_V4.get(generation) else {
+        return 0;
+    };
+    match search(|i| table.get(i), slot, key) {
+        Some(range) => {
+            *flags = range.flags;
+            range.rules
+        }
+        None => 0,
+    }
+}
+
+/// As `source_v4`, for IPv6.
+#[inline(always)]
+pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceEntry {
+    let high = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let low = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let slot = directory_slot(high, config.directory_bits_v6);
+    if config.inline_tables & TABLE_INLINE_V6 != 0 {
+        let Some(table) = SRC_V6_INLINE.get(generation) else {
+            return SourceEntry::default();
+        };
+        search(
+            |i| Some(&table[(i & (INLINE_TABLE_V6 - 1)) as usize]),
+            slot,
+            (high, low),
+        )
+        .map(Range::entry)
+        .unwrap_or_default()
+    } else {
+        let mut flags = 0;
+        let rules = sized_v6(generation, slot, high, low, &mut flags);
+        SourceEntry {
+            rules,
+            flags,
+            _pad: 0,
+        }
+    }
+}
+
+/// As `sized_v4`.
+#[inline(never)]
+fn sized_v6(generation: u32, slot: u32, high: u64, low: u64, flags: &mut u32) -> u64 {
+    let Some(table) = SRC_V6.get(generation) else {
+        return 0;
+    };
+    match search(|i| table.get(i), slot, (high, low)) {
+        Some(range) => {
+            *flags = range.flags;
+            range.rules
+        }
+        None => 0,
+    }
+}
+
+/// The last range of `slot`'s run that starts at or before `key`.
+#[inline(always)]
+fn search<'a, R: Range + 'a>(
+    get: impl Fn(u32) -> Option<&'a R>,
+    slot: u32,
+    key: R::Key,
+) -> Option<&'a R> {
+    let (mut base, mut len) = get(slot)?.run();
+    let mut step = 0;
+    while step < RANGE_SEARCH_STEPS && len > 1 {
+        let half = len / 2;
+        // Branch-free: a branch here would double the verifier's paths at every step.
+        base += half & get(base + half)?.before(key).wrapping_sub(1);
+        len -= half;
+        step += 1;
+    }
+    get(base)
+}
+
+/// The directory slot of an address whose top 64 bits are `high`.
+#[inline(always)]
+fn directory_slot(high: u64, bits: u32) -> u32 {
+    if bits == 0 {
+        0
+    } else {
+        (high >> (64 - (bits & 63))) as u32
+    }
+}
+
+/// Borrow out of `a - b (- borrow in) = difference`, from the operands' top bits.
+#[inline(always)]
+fn subtract_borrow(a: u64, b: u64, difference: u64) -> u64 {
+    ((!a & b) | (!(a ^ b) & difference)) >> 63
+}
