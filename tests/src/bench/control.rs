@@ -179,8 +179,9 @@ pub fn measure(
     Ok(row)
 }
 
-/// Sum of `memlock` over the maps pinned in `dir` (the kernel's charge for each:
-/// for the source tables, the preallocated maps and the inner maps of large policies).
+/// Sum of `memlock` over the maps pinned in `dir` (the kernel's charge for each),
+/// and over the inner maps of its arrays of maps (the source tables of a policy too
+/// large for the preallocated ones, which are not pinned themselves).
 pub fn map_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -198,9 +199,39 @@ pub fn map_bytes(dir: &Path) -> u64 {
         };
         if let Ok(info) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             total += info["bytes_memlock"].as_u64().unwrap_or(0);
+            if info["type"] == "array_of_maps" {
+                total += inner_map_bytes(&path);
+            }
         }
     }
     total
+}
+
+/// `memlock` of the maps an array of maps (pinned at `path`) holds.
+fn inner_map_bytes(path: &Path) -> u64 {
+    let bpftool = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = Command::new("bpftool").args(args).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let Some(path) = path.to_str() else {
+        return 0;
+    };
+    let Some(serde_json::Value::Array(slots)) = bpftool(&["-j", "map", "dump", "pinned", path])
+    else {
+        return 0;
+    };
+    slots
+        .iter()
+        .filter_map(|slot| {
+            // The value is the inner map's id, as bytes ("0xdb", ...), little-endian.
+            let bytes = slot["value"].as_array()?;
+            let id = bytes.iter().rev().try_fold(0u32, |id, byte| {
+                let byte = u32::from_str_radix(byte.as_str()?.trim_start_matches("0x"), 16).ok()?;
+                Some((id << 8) | byte)
+            })?;
+            bpftool(&["-j", "map", "show", "id", &id.to_string()])?["bytes_memlock"].as_u64()
+        })
+        .sum()
 }
 
 fn entries(mut status: Command) -> Option<(u64, u64)> {
