@@ -83,8 +83,8 @@ fn large_nested_policies_agree_with_the_reference_model_at_every_edge() {
     agree_at_every_edge(false);
 }
 
-/// The same in exactly sized inner maps with a one-slot directory: what a policy
-/// too large for the preallocated tables gets, with the longest binary searches.
+/// The same in exactly sized inner maps: what a policy too large for the
+/// preallocated tables gets (the clusters make searches of a dozen steps there).
 #[test]
 fn tables_in_sized_inner_maps_agree_too() {
     agree_at_every_edge(true);

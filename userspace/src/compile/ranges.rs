@@ -93,14 +93,18 @@ fn host_mask(width: u32, prefix_len: u8) -> u128 {
 /// binary search is short however large the policy, and the directory never
 /// outgrows the ranges it indexes. Fewer if that lets directory and ranges fit in
 /// `capacity` elements (the preallocated table): a longer search there still beats
-/// a table where every read is a call.
+/// a table where every read is a call. A table that cannot fit keeps its full
+/// directory.
 fn directory_bits(ranges: usize, capacity: usize) -> u32 {
+    let fits = |bits: u32| (1usize << bits) + ranges <= capacity;
     let mut bits = 0;
     while bits < MAX_DIRECTORY_BITS && (1usize << bits) < ranges {
         bits += 1;
     }
-    while bits > 0 && (1usize << bits) + ranges > capacity {
-        bits -= 1;
+    if fits(0) {
+        while !fits(bits) {
+            bits -= 1;
+        }
     }
     bits
 }

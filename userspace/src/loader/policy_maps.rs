@@ -573,8 +573,7 @@ impl PolicyMaps {
     }
 
     /// For tests: every later apply puts its source tables in exactly sized inner
-    /// maps, with a one-slot directory (the longest binary searches), as only
-    /// policies larger than the preallocated tables otherwise would.
+    /// maps, as only policies larger than the preallocated tables otherwise would.
     #[doc(hidden)]
     pub fn use_sized_tables_only(&mut self) {
         self.src_v4.capacity = 0;

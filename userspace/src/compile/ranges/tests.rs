@@ -167,10 +167,11 @@ fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
     assert_eq!(directory_bits(2, usize::MAX), 1);
     assert_eq!(directory_bits(1000, usize::MAX), 10);
     assert_eq!(directory_bits(10_000_000, usize::MAX), MAX_DIRECTORY_BITS);
-    // Shrunk to fit a capacity, down to a single slot.
+    // Shrunk to fit a capacity, down to a single slot; kept whole when nothing fits.
     assert_eq!(directory_bits(1000, 1500), 8);
     assert_eq!(directory_bits(1000, 1001), 0);
-    assert_eq!(directory_bits(1000, 10), 0);
+    assert_eq!(directory_bits(1000, 10), 10);
+    assert_eq!(directory_bits(10_000_000, 0), MAX_DIRECTORY_BITS);
 }
 
 proptest! {
