@@ -41,10 +41,14 @@ pub static SRC_V4: ArrayOfMaps<TableV4, { GENERATIONS as usize }> = ArrayOfMaps:
 #[btf_map]
 pub static SRC_V6: ArrayOfMaps<TableV6, { GENERATIONS as usize }> = ArrayOfMaps::new();
 
+/// Rule masks per port, one run of `PORT_SLOTS` per generation; mmapable so the
+/// loader writes a generation's run with one copy.
 #[map]
-pub static PORTS_TCP: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SLOTS, 0);
+pub static PORTS_TCP: Array<u64> =
+    Array::with_max_entries(GENERATIONS * PORT_SLOTS, BPF_F_MMAPABLE);
 #[map]
-pub static PORTS_UDP: Array<u64> = Array::with_max_entries(GENERATIONS * PORT_SLOTS, 0);
+pub static PORTS_UDP: Array<u64> =
+    Array::with_max_entries(GENERATIONS * PORT_SLOTS, BPF_F_MMAPABLE);
 
 #[map]
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STAT_SLOTS, 0);

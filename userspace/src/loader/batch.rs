@@ -1,5 +1,5 @@
 //! BPF_MAP_{LOOKUP,UPDATE}_BATCH: thousands of map elements per system call instead
-//! of one (aya 0.14 has no batch API), for the port arrays and counters. Arrays
+//! of one (aya 0.14 has no batch API), for the rule base and counters. Arrays
 //! support batch operations since Linux 5.6; on an older kernel (`EINVAL`/`ENOTSUPP`)
 //! the callers fall back to one element per call.
 
@@ -53,11 +53,6 @@ fn call(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
         return Err(error);
     }
     Ok(false)
-}
-
-/// Writes `values[i]` to slot `keys[i]` of an array map of `u64`.
-pub(crate) fn update_u32_keys(map: &MapData, keys: &[u32], values: &[u64]) -> std::io::Result<()> {
-    update(map, as_bytes(keys), as_bytes(values), values.len())
 }
 
 /// Writes `words`-word values (`values` holds `keys.len() * words` of them) to slots

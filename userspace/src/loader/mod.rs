@@ -7,6 +7,7 @@ mod batch;
 mod error;
 mod flows;
 mod link;
+mod mapping;
 mod meta;
 mod object;
 mod pins;

@@ -9,7 +9,7 @@
 //! left stale or half-written by a crashed apply is never trusted or patched: it is
 //! replaced, and it was marked invalid before its first write.
 
-use std::path::Path;
+use std::{os::fd::AsFd as _, path::Path};
 
 use airlock_common::{
     Counter, GENERATIONS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION,
@@ -26,6 +26,7 @@ use aya::{
 
 use super::{
     LoaderError,
+    mapping::{read_elements, write_elements},
     meta::PolicySummary,
     source_tables::{Placement, Tables},
 };
@@ -223,13 +224,13 @@ impl PolicyMaps {
             "source tables written"
         );
         write_ports(
-            &mut self.ports_tcp,
+            &self.ports_tcp,
             generation,
             &compiled.tcp_ports,
             MAP_PORTS_TCP,
         )?;
         write_ports(
-            &mut self.ports_udp,
+            &self.ports_udp,
             generation,
             &compiled.udp_ports,
             MAP_PORTS_UDP,
@@ -427,26 +428,19 @@ fn add(a: Counter, b: Counter) -> Counter {
     }
 }
 
-/// Writes the rule mask of every port of `generation` (zero where no rule covers it).
+/// Writes the rule mask of every port of `generation` (zero where no rule covers it),
+/// through a mapping of the array: one copy of 512 KiB instead of a batch update
+/// that copies each element in the kernel (a third of a re-apply's time at 100,000
+/// prefixes).
 fn write_ports(
-    array: &mut Array<MapData, u64>,
+    array: &Array<MapData, u64>,
     generation: u32,
     ports: &PortMap,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let first = port_index(generation, 0);
-    let keys: Vec<u32> = (first..first + PORT_SLOTS).collect();
-    let values = ports.dense();
-    match super::batch::update_u32_keys(array.map(), &keys, &values) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            tracing::debug!(map = name, %error, "batch update unavailable; writing slot by slot");
-            for (&index, &mask) in keys.iter().zip(&values) {
-                array.set(index, mask, 0).map_err(map_err(name))?;
-            }
-            Ok(())
-        }
-    }
+    let first = port_index(generation, 0) as usize;
+    write_elements(array.map().fd().as_fd(), first, &ports.dense())
+        .map_err(|e| LoaderError::io("writing the port masks of", name, e))
 }
 
 impl PolicyMaps {
@@ -560,11 +554,10 @@ impl PolicyMaps {
     /// The TCP and UDP port arrays of `generation`, read back from the kernel (one
     /// rule mask per port).
     pub fn generation_ports(&self, generation: u32) -> Result<(Vec<u64>, Vec<u64>), LoaderError> {
-        let first = port_index(generation & 1, 0);
+        let first = port_index(generation & 1, 0) as usize;
         let read = |array: &Array<MapData, u64>, name| {
-            (first..first + PORT_SLOTS)
-                .map(|index| array.get(&index, 0).map_err(map_err(name)))
-                .collect::<Result<Vec<u64>, _>>()
+            read_elements(array.map().fd().as_fd(), first, PORT_SLOTS as usize)
+                .map_err(|e| LoaderError::io("reading the port masks of", name, e))
         };
         Ok((
             read(&self.ports_tcp, MAP_PORTS_TCP)?,

@@ -6,21 +6,18 @@
 //! an inner map is put in its generation's slot only once full, and the one it
 //! replaces is freed by the kernel once no program holds it.
 
-use std::{
-    num::NonZeroUsize,
-    os::fd::{AsFd as _, BorrowedFd},
-    ptr::NonNull,
-};
+use std::os::fd::AsFd as _;
 
-use airlock_common::{GENERATIONS, SOURCE_TABLE_FLAGS};
+use super::{
+    LoaderError,
+    mapping::{read_elements, write_elements},
+};
+use crate::compile::ranges::{self, SourceTable};
+use airlock_common::SOURCE_TABLE_FLAGS;
 use aya::{
     Pod,
     maps::{Array, ArrayOfMaps, IterableMap as _, MapData, MapError},
 };
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
-
-use super::LoaderError;
-use crate::compile::ranges::{self, SourceTable};
 
 pub(crate) type TableMap<R> = ArrayOfMaps<MapData, Array<MapData, R>>;
 
@@ -75,21 +72,11 @@ impl<R: Element> Tables<R> {
             Placement::Preallocated => {
                 let stride = stride::<R>(&self.preallocated);
                 let len = (len as usize).min(stride);
-                let mut elements = vec![R::default(); len];
-                let offset = generation as usize * stride * size_of::<R>();
-                let bytes = len * size_of::<R>();
-                let whole = GENERATIONS as usize * stride * size_of::<R>();
-                with_mapping(self.preallocated.fd().as_fd(), whole, false, |memory| {
-                    // SAFETY: `offset + bytes` lies within the mapping of the whole
-                    // array (`len <= capacity`); any byte pattern is a valid `R`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            memory.as_ptr().cast::<u8>().add(offset),
-                            elements.as_mut_ptr().cast::<u8>(),
-                            bytes,
-                        );
-                    }
-                })
+                let elements = read_elements(
+                    self.preallocated.fd().as_fd(),
+                    generation as usize * stride,
+                    len,
+                )
                 .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
                 Ok(Some(SourceTable {
                     directory_bits,
@@ -117,21 +104,12 @@ fn write_preallocated<R: Element>(
             },
         });
     }
-    let offset = generation as usize * stride * size_of::<R>();
-    let bytes = table.elements.len() * size_of::<R>();
-    let whole = GENERATIONS as usize * stride * size_of::<R>();
-    with_mapping(map.fd().as_fd(), whole, true, |memory| {
-        // SAFETY: `offset + bytes` lies within the mapping (the caller checked the
-        // table fits one generation's part); only the inactive generation's part is
-        // written, which no packet reads.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                table.elements.as_ptr().cast::<u8>(),
-                memory.as_ptr().cast::<u8>().add(offset),
-                bytes,
-            );
-        }
-    })
+    // Only the inactive generation's part is written, which no packet reads.
+    write_elements(
+        map.fd().as_fd(),
+        generation as usize * stride,
+        &table.elements,
+    )
     .map_err(|e| LoaderError::io("filling a source table of", name, e))
 }
 
@@ -179,20 +157,9 @@ fn write<R: Element>(
         })
     })?;
     let inner = Array::<MapData, R>::create(len, SOURCE_TABLE_FLAGS).map_err(map_err)?;
-    let bytes = table.elements.len() * size_of::<R>();
-    with_mapping(inner.map().fd().as_fd(), bytes, true, |memory| {
-        // SAFETY: `memory` maps the array's `bytes` bytes, laid out as `[R]` (element
-        // sizes are multiples of 8, the kernel's element stride); nothing else
-        // writes the new map before it is published below.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                table.elements.as_ptr().cast::<u8>(),
-                memory.as_ptr().cast::<u8>(),
-                bytes,
-            );
-        }
-    })
-    .map_err(|e| LoaderError::io("filling a source table of", name, e))?;
+    // Nothing reads the new map before it is published below.
+    write_elements(inner.map().fd().as_fd(), 0, &table.elements)
+        .map_err(|e| LoaderError::io("filling a source table of", name, e))?;
     tables.set(generation, &inner, 0).map_err(map_err)
 }
 
@@ -209,46 +176,10 @@ fn read<R: Element>(
         Err(MapError::KeyNotFound) => return Ok(None),
         Err(source) => return Err(LoaderError::Map { name, source }),
     };
-    let len = inner.len() as usize;
-    let mut elements = vec![R::default(); len];
-    let bytes = len * size_of::<R>();
-    with_mapping(inner.map().fd().as_fd(), bytes, false, |memory| {
-        // SAFETY: as in `write`; any byte pattern is a valid `R` (`Pod`).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                memory.as_ptr().cast::<u8>(),
-                elements.as_mut_ptr().cast::<u8>(),
-                bytes,
-            );
-        }
-    })
-    .map_err(|e| LoaderError::io("reading a source table of", name, e))?;
+    let elements = read_elements(inner.map().fd().as_fd(), 0, inner.len() as usize)
+        .map_err(|e| LoaderError::io("reading a source table of", name, e))?;
     Ok(Some(SourceTable {
         directory_bits,
         elements,
     }))
-}
-
-/// Runs `f` on a shared mapping of the first `bytes` bytes of an mmapable array map.
-fn with_mapping(
-    fd: BorrowedFd<'_>,
-    bytes: usize,
-    writable: bool,
-    f: impl FnOnce(NonNull<std::ffi::c_void>),
-) -> std::io::Result<()> {
-    let Some(length) = NonZeroUsize::new(bytes) else {
-        return Ok(());
-    };
-    let prot = if writable {
-        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
-    } else {
-        ProtFlags::PROT_READ
-    };
-    // SAFETY: a fresh mapping of the map's memory, unmapped before returning; no
-    // reference to it outlives `f`.
-    let memory = unsafe { mmap(None, length, prot, MapFlags::MAP_SHARED, fd, 0) }?;
-    f(memory);
-    // SAFETY: `memory` was mapped above with this length and is no longer used.
-    unsafe { munmap(memory, bytes) }?;
-    Ok(())
 }

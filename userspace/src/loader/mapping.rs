@@ -1,0 +1,78 @@
+//! Shared memory mappings of mmapable array maps (`BPF_F_MMAPABLE`): the loader
+//! fills and reads the large per-generation arrays (source tables, port masks)
+//! with one copy instead of a system call per element.
+
+use std::{num::NonZeroUsize, os::fd::BorrowedFd, ptr::NonNull};
+
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+
+/// Runs `f` on a shared mapping of the first `bytes` bytes of an mmapable array map.
+pub(crate) fn with_mapping(
+    fd: BorrowedFd<'_>,
+    bytes: usize,
+    writable: bool,
+    f: impl FnOnce(NonNull<std::ffi::c_void>),
+) -> std::io::Result<()> {
+    let Some(length) = NonZeroUsize::new(bytes) else {
+        return Ok(());
+    };
+    let prot = if writable {
+        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+    } else {
+        ProtFlags::PROT_READ
+    };
+    // SAFETY: a fresh mapping of the map's memory, unmapped before returning; no
+    // reference to it outlives `f`.
+    let memory = unsafe { mmap(None, length, prot, MapFlags::MAP_SHARED, fd, 0) }?;
+    f(memory);
+    // SAFETY: `memory` was mapped above with this length and is no longer used.
+    unsafe { munmap(memory, bytes) }?;
+    Ok(())
+}
+
+/// Copies `values` into the array's elements from `first` on (an array of `T`
+/// whose element size is `size_of::<T>()`, a multiple of 8, so the kernel's
+/// stride), mapping only as far as the last one written.
+pub(crate) fn write_elements<T: Copy>(
+    fd: BorrowedFd<'_>,
+    first: usize,
+    values: &[T],
+) -> std::io::Result<()> {
+    let offset = first * size_of::<T>();
+    let bytes = size_of_val(values);
+    with_mapping(fd, offset + bytes, true, |memory| {
+        // SAFETY: `offset + bytes` is the mapping's length; the caller names
+        // elements of the map, which no program reads while they are written (an
+        // inactive generation or a map not yet published).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr().cast::<u8>(),
+                memory.as_ptr().cast::<u8>().add(offset),
+                bytes,
+            );
+        }
+    })
+}
+
+/// The array's `count` elements from `first` on (`T` as in `write_elements`; any
+/// byte pattern must be a valid `T`).
+pub(crate) fn read_elements<T: Copy + Default>(
+    fd: BorrowedFd<'_>,
+    first: usize,
+    count: usize,
+) -> std::io::Result<Vec<T>> {
+    let mut values = vec![T::default(); count];
+    let offset = first * size_of::<T>();
+    let bytes = count * size_of::<T>();
+    with_mapping(fd, offset + bytes, false, |memory| {
+        // SAFETY: as in `write_elements`; the caller's `T` accepts any bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                memory.as_ptr().cast::<u8>().add(offset),
+                values.as_mut_ptr().cast::<u8>(),
+                bytes,
+            );
+        }
+    })?;
+    Ok(values)
+}
