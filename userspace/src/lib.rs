@@ -6,6 +6,7 @@ pub mod agent;
 pub mod compile;
 pub mod interfaces;
 pub mod loader;
+pub mod parallel;
 pub mod policy;
 pub mod reference;
 pub mod regions;

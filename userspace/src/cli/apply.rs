@@ -7,6 +7,7 @@ use airlock::{
     compile,
     loader::{self, PinRoot, PolicySummary},
     policy::{self, Mode},
+    safety::lockout::Facts,
 };
 
 use airlock::interfaces;
@@ -58,19 +59,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
-    let compiled = compile::compile(&policy)?;
+    // The host facts the anti-lockout check needs (reading the socket tables is
+    // milliseconds on a busy host) are gathered while the policy compiles.
+    let (compiled, facts) =
+        airlock::parallel::join(|| compile::compile(&policy), Facts::from_system);
+    let compiled = compiled?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy compiled");
     let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     if args.dry_run {
         // A dry run answers "would this apply go through?": the lockout check
         // refuses it the same way (same message, same exit code), before any
         // output that would say it loads.
-        safe::check_lockout(&policy, &ifaces, args.force)?;
+        safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
         output::dry_run(&policy, &compiled, &ifaces, args.output)?;
         return Ok(ExitCode::SUCCESS);
     }
     interfaces::check_exist(&ifaces)?;
-    safe::check_lockout(&policy, &ifaces, args.force)?;
+    safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
     let root = PinRoot::new(&args.pin_root.pin_root);
     safe::finish_expired(&root);
     let summary = PolicySummary::describe(&policy, &compiled, &args.policy);

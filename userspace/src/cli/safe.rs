@@ -13,8 +13,14 @@ use serde_json::{Value, json};
 
 /// Refuses (a [`LockoutError`], exit 2) a policy that would cut the SSH session, the
 /// gateway or neighbour discovery on `ifaces`, unless `force`. Warnings go to stderr.
-pub fn check_lockout(policy: &Policy, ifaces: &[String], force: bool) -> anyhow::Result<()> {
-    let assessment = lockout::assess(policy, &Facts::from_system(), ifaces);
+/// `facts`: the host's sessions, routes and addresses (`Facts::from_system`).
+pub fn check_lockout(
+    policy: &Policy,
+    facts: &Facts,
+    ifaces: &[String],
+    force: bool,
+) -> anyhow::Result<()> {
+    let assessment = lockout::assess(policy, facts, ifaces);
     lockout::log_findings(&assessment, force);
     airlock::safety::ephemeral::warn(policy);
     if assessment.is_lockout() && !force {

@@ -121,28 +121,11 @@ pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
             fold_family(v6, 128, &masks, prune),
         )
     } else {
-        // Handed over through a slot so that, if the OS refuses the thread (a pid
-        // limit in a container), this thread can still take it and fold it itself.
-        let slot = std::sync::Mutex::new(Some(v6));
-        let take = || {
-            slot.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-        };
-        std::thread::scope(|scope| {
-            let masks = &masks;
-            let fold_v6 = || take().map(|v6| fold_family(v6, 128, masks, prune));
-            let other = std::thread::Builder::new().spawn_scoped(scope, fold_v6);
-            let v4 = fold_family(v4, 32, masks, prune);
-            let v6 = match other {
-                Ok(handle) => handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(_) => None,
-            };
-            // Exactly one of the two took the table out of the slot.
-            (v4, v6.or_else(fold_v6).unwrap_or_default())
-        })
+        let masks = &masks;
+        crate::parallel::join(
+            || fold_family(v4, 32, masks, prune),
+            || fold_family(v6, 128, masks, prune),
+        )
     };
     Folded {
         v4,

@@ -205,9 +205,10 @@ impl PolicyMaps {
         // First: from here until the end the copy is not a complete policy, so nothing
         // (a rollback, `status`) may take it for one, even if this process dies.
         self.invalidate(generation)?;
-        let (v4, v6) = (
-            ranges::table(&compiled.v4, self.src_v4.capacity as usize),
-            ranges::table(&compiled.v6, self.src_v6.capacity as usize),
+        let (v4_capacity, v6_capacity) = (self.src_v4.capacity, self.src_v6.capacity);
+        let (v4, v6) = crate::parallel::join(
+            || ranges::table(&compiled.v4, v4_capacity as usize),
+            || ranges::table(&compiled.v6, v6_capacity as usize),
         );
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,

@@ -154,18 +154,9 @@ fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
         return part(text);
     };
     let (first, second) = text.split_at(split);
-    std::thread::scope(|scope| {
-        // A thread the OS refuses (a pid limit in a container) is no error: this
-        // thread then reads the second half too.
-        let other = std::thread::Builder::new().spawn_scoped(scope, || part(second));
-        let mut nets = part(first)?;
-        let rest = match other {
-            Ok(handle) => handle.join().ok()?,
-            Err(_) => part(second),
-        };
-        nets.extend(rest?);
-        Some(nets)
-    })
+    let (mut nets, rest) = crate::parallel::join(|| part(first), || part(second));
+    nets.as_mut()?.extend(rest?);
+    nets
 }
 
 /// `a.b.c.d` or `a.b.c.d/len` written plainly (decimal octets without leading
