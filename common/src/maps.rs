@@ -4,9 +4,9 @@
 //! `ACTIVE_GEN` once per packet and looks only at that generation's entries, so a
 //! loader that fills the inactive generation and then flips the word never exposes
 //! half a policy. The port arrays keep the generation in bit 16 of the index (one
-//! map per call site, which the kernel inlines); the source tables are one inner
-//! map per generation in an array of maps, built at each apply at exactly the
-//! policy's size (see [`SourceRangeV4`]).
+//! map per call site, which the kernel inlines); a source table is one value of a
+//! preallocated map per generation, or for a policy too large for it a run of
+//! chunk maps in an array of maps (see [`SourceRangeV4`]).
 
 /// Number of policy copies: the one in force and the one being written.
 pub const GENERATIONS: u32 = 2;
@@ -31,22 +31,33 @@ pub const RANGE_SEARCH_STEPS: u32 = 23;
 /// generation's table is one map value (4 MiB is the largest the kernel allows
 /// with 4 KiB pages: KMALLOC_MAX_SIZE). A policy's
 /// table that fits (about 100,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
-/// every read is inlined by the verifier; a larger one gets an inner map of its
-/// exact size, where every read is a call (on this class of machine, with return
-/// thunks, some 15 ns each: the reason for the preallocated tables).
+/// every read is inlined by the verifier; a larger one is cut into chunks of the
+/// same size (see [`CHUNKS_PER_GENERATION`]).
 pub const INLINE_TABLE_V4: u32 = 1 << 18;
 pub const INLINE_TABLE_V6: u32 = 1 << 17;
 
 /// `GenConfig::inline_tables`: the generation's IPv4 / IPv6 table is in the
-/// preallocated map (else in its inner map).
+/// preallocated map (else in chunks).
 pub const TABLE_INLINE_V4: u32 = 1 << 0;
 pub const TABLE_INLINE_V6: u32 = 1 << 1;
 
-/// Flags of a source table (the inner maps of `SRC_V4`/`SRC_V6` and their
-/// template): any size may be swapped in (`BPF_F_INNER_MAP`, 1 << 12), and the
-/// loader fills a new one through a memory mapping (`BPF_F_MMAPABLE`, 1 << 10)
-/// instead of one system call per entry.
-pub const SOURCE_TABLE_FLAGS: u32 = (1 << 12) | (1 << 10);
+/// Chunk maps per generation and family for tables too large for the preallocated
+/// map (`SRC_V4`/`SRC_V6`, arrays of maps with `GENERATIONS *
+/// CHUNKS_PER_GENERATION` slots, generation `g`'s chunk `k` at `g *
+/// CHUNKS_PER_GENERATION + k`). Each chunk is a one-element array whose value holds
+/// `INLINE_TABLE_V4` (or `_V6`) elements, 4 MiB: every chunk has the template's
+/// exact shape, so the verifier inlines reads of it as it does the preallocated
+/// map's (an inner map that may differ in size, `BPF_F_INNER_MAP`, makes every read
+/// a call, 15 ns on return-thunk machines). 64 chunks hold the largest table:
+/// `MAX_PREFIXES_*` prefixes make at most 2^22 + 1 ranges plus a 2^16 directory.
+pub const CHUNKS_PER_GENERATION: u32 = 64;
+
+/// Bytes of one chunk's value (and of a preallocated map's value).
+pub const CHUNK_BYTES: usize = 4 << 20;
+
+/// Flags of the chunk maps and their template: filled through a memory mapping
+/// (`BPF_F_MMAPABLE`, 1 << 10) instead of one system call per element.
+pub const SOURCE_CHUNK_FLAGS: u32 = 1 << 10;
 
 /// Every 16-bit port, indexed directly: one array lookup per packet. The port
 /// arrays hold `GENERATIONS * PORT_SLOTS` entries, generation in bit 16.

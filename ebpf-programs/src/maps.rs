@@ -2,10 +2,10 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS,
-    GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS,
-    RULE_BASE_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SOURCE_TABLE_FLAGS, SampleWindow,
-    SamplingConfig, SourceRangeV4, SourceRangeV6, port_index,
+    CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState,
+    GENERATIONS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta,
+    REASON_STAT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS,
+    SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6, port_index,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -19,9 +19,12 @@ pub static ACTIVE_GEN: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
 
-/// The inner maps' template: the loader swaps in tables of any size with these flags.
-type TableV4 = btf_maps::Array<SourceRangeV4, 1, { SOURCE_TABLE_FLAGS as usize }>;
-type TableV6 = btf_maps::Array<SourceRangeV6, 1, { SOURCE_TABLE_FLAGS as usize }>;
+/// A chunk of a large source table: the inner maps' template, which every chunk
+/// matches exactly (see `airlock_common::CHUNKS_PER_GENERATION`).
+pub type ChunkV4 =
+    btf_maps::Array<[SourceRangeV4; INLINE_TABLE_V4 as usize], 1, { SOURCE_CHUNK_FLAGS as usize }>;
+pub type ChunkV6 =
+    btf_maps::Array<[SourceRangeV6; INLINE_TABLE_V6 as usize], 1, { SOURCE_CHUNK_FLAGS as usize }>;
 
 /// Preallocated source tables: one map value per generation holding its whole
 /// table, so a search reads elements by offset from one pointer, the verifier
@@ -34,12 +37,12 @@ pub static SRC_V4_INLINE: Array<[SourceRangeV4; INLINE_TABLE_V4 as usize]> =
 pub static SRC_V6_INLINE: Array<[SourceRangeV6; INLINE_TABLE_V6 as usize]> =
     Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
 
-/// One source table per generation for policies too large for the preallocated
-/// ones (see `airlock_common::SourceRangeV4`).
+/// The chunks of source tables too large for the preallocated maps.
 #[btf_map]
-pub static SRC_V4: ArrayOfMaps<TableV4, { GENERATIONS as usize }> = ArrayOfMaps::new();
+pub static SRC_V4: ArrayOfMaps<ChunkV4, { CHUNK_SLOTS }> = ArrayOfMaps::new();
 #[btf_map]
-pub static SRC_V6: ArrayOfMaps<TableV6, { GENERATIONS as usize }> = ArrayOfMaps::new();
+pub static SRC_V6: ArrayOfMaps<ChunkV6, { CHUNK_SLOTS }> = ArrayOfMaps::new();
+const CHUNK_SLOTS: usize = (GENERATIONS * CHUNKS_PER_GENERATION) as usize;
 
 /// Rule masks per port, one run of `PORT_SLOTS` per generation; mmapable so the
 /// loader writes a generation's run with one copy.

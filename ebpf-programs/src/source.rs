@@ -1,11 +1,11 @@
 //! A source address's entry from its generation's source table (layout in
 //! `airlock_common::SourceRangeV4`): the directory slot of its top bits, then a
 //! branch-free binary search of the slot's ranges, in the preallocated table or in
-//! the generation's sized inner map.
+//! the generation's chunks.
 
 use airlock_common::{
-    GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, RANGE_SEARCH_STEPS, SourceEntry, SourceRangeV4,
-    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    CHUNKS_PER_GENERATION, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, RANGE_SEARCH_STEPS,
+    SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -95,7 +95,7 @@ pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEn
         .unwrap_or_default()
     } else {
         let mut flags = 0;
-        let rules = sized_v4(generation, slot, key, &mut flags);
+        let rules = chunked_v4(generation, slot, key, &mut flags);
         SourceEntry {
             rules,
             flags,
@@ -104,15 +104,19 @@ pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEn
     }
 }
 
-/// The search in a sized inner table (policies too large for the preallocated
-/// one), kept out of line: see `source_v4`. Returns the rules, `flags` through the
-/// pointer (a BPF function returns one scalar).
+/// The search in a chunked table (policies too large for the preallocated one),
+/// kept out of line: see `source_v4`. Element `i` is in chunk `i / INLINE_TABLE_V4`.
+/// Returns the rules, `flags` through the pointer (a BPF function returns one
+/// scalar).
 #[inline(never)]
-fn sized_v4(generation: u32, slot: u32, key: u32, flags: &mut u32) -> u64 {
-    let Some(table) = SRC_V4.get(generation) else {
-        return 0;
+fn chunked_v4(generation: u32, slot: u32, key: u32, flags: &mut u32) -> u64 {
+    let first_chunk = generation * CHUNKS_PER_GENERATION;
+    let get = |i: u32| {
+        let chunk = (i / INLINE_TABLE_V4) & (CHUNKS_PER_GENERATION - 1);
+        let table = SRC_V4.get(first_chunk + chunk)?.get(0)?;
+        Some(&table[(i & (INLINE_TABLE_V4 - 1)) as usize])
     };
-    match search(|i| table.get(i), slot, key) {
+    match search(get, slot, key) {
         Some(range) => {
             *flags = range.flags;
             range.rules
@@ -144,7 +148,7 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
         .unwrap_or_default()
     } else {
         let mut flags = 0;
-        let rules = sized_v6(generation, slot, high, low, &mut flags);
+        let rules = chunked_v6(generation, slot, high, low, &mut flags);
         SourceEntry {
             rules,
             flags,
@@ -153,13 +157,16 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
     }
 }
 
-/// As `sized_v4`.
+/// As `chunked_v4`.
 #[inline(never)]
-fn sized_v6(generation: u32, slot: u32, high: u64, low: u64, flags: &mut u32) -> u64 {
-    let Some(table) = SRC_V6.get(generation) else {
-        return 0;
+fn chunked_v6(generation: u32, slot: u32, high: u64, low: u64, flags: &mut u32) -> u64 {
+    let first_chunk = generation * CHUNKS_PER_GENERATION;
+    let get = |i: u32| {
+        let chunk = (i / INLINE_TABLE_V6) & (CHUNKS_PER_GENERATION - 1);
+        let table = SRC_V6.get(first_chunk + chunk)?.get(0)?;
+        Some(&table[(i & (INLINE_TABLE_V6 - 1)) as usize])
     };
-    match search(|i| table.get(i), slot, (high, low)) {
+    match search(get, slot, (high, low)) {
         Some(range) => {
             *flags = range.flags;
             range.rules

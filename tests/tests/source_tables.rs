@@ -4,12 +4,18 @@
 //! prefix's first and last address and their neighbours, and random addresses, are
 //! run through the real program (BPF_PROG_TEST_RUN) and compared with the reference
 //! model, which knows nothing of tables (it loops over the policy's sets). Both
-//! places a table can live are covered: the preallocated maps and sized inner maps.
+//! places a table can live are covered: the preallocated maps and the chunk maps of
+//! larger tables, there also across the boundaries between chunks.
 //!
 //! Needs root; fails (never skips) without it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use airlock::compile::{
+    self,
+    ranges::{self, SourceTable},
+};
+use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6, SourceRangeV4, SourceRangeV6};
 use airlock_integration::kernel::Harness;
 use airlock_integration::packet::{FrameSpec, Transport};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -83,14 +89,14 @@ fn large_nested_policies_agree_with_the_reference_model_at_every_edge() {
     agree_at_every_edge(false);
 }
 
-/// The same in exactly sized inner maps: what a policy too large for the
-/// preallocated tables gets (the clusters make searches of a dozen steps there).
+/// The same in chunk maps: what a policy too large for the preallocated tables gets
+/// (the clusters make searches of a dozen steps there).
 #[test]
-fn tables_in_sized_inner_maps_agree_too() {
+fn tables_in_chunk_maps_agree_too() {
     agree_at_every_edge(true);
 }
 
-fn agree_at_every_edge(sized_only: bool) {
+fn agree_at_every_edge(chunked_only: bool) {
     let mut rng = StdRng::seed_from_u64(0x5eed_7ab1e);
     let allowed = prefixes(&mut rng, 12_000, 4_000);
     let others = prefixes(&mut rng, 2_000, 1_000);
@@ -116,8 +122,8 @@ fn agree_at_every_edge(sized_only: bool) {
         list(&denied),
     );
     let mut h = Harness::new();
-    if sized_only {
-        h.filter.maps.use_sized_tables_only();
+    if chunked_only {
+        h.filter.maps.use_chunked_tables_only();
     }
     h.apply(&yaml);
 
@@ -140,9 +146,88 @@ fn agree_at_every_edge(sized_only: bool) {
             ((rng.random::<u128>() >> 3) | (1 << 125)).into(),
         ));
     }
+    check_probes(&mut h, &probes);
+}
+
+/// A table of three IPv4 chunks and two IPv6 chunks: the addresses of the ranges on
+/// either side of every chunk boundary, and their neighbours, are judged as the
+/// reference model says, and the tables read back as the policy's prefixes.
+#[test]
+fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
+    let mut rng = StdRng::seed_from_u64(0xc4_0f_7ab1e);
+    // Disjoint hosts make two ranges each: 270k IPv4 hosts fill more than two
+    // chunks of 2^18 ranges, 75k IPv6 hosts more than one of 2^17.
+    let mut allowed: Vec<IpNet> = (0..270_000)
+        .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
+        .collect();
+    allowed.extend((0..75_000).map(|_| v6((rng.random::<u128>() >> 3) | (1 << 125), 128)));
+    let yaml = format!(
+        "version: 1\ninterfaces: [eth0]\nmode: enforce\ndefault: drop\n\
+         sets:\n  allowed: {}\n\
+         rules:\n  - name: wide\n    ports: [{PORT}/tcp]\n    from: [allowed]\n",
+        list(&allowed),
+    );
+    let policy = airlock_integration::kernel::parse_policy(&yaml);
+    let compiled = compile::compile(&policy).expect("compiles");
+    let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0);
+    let table_v6: SourceTable<SourceRangeV6> = ranges::table(&compiled.v6, 0);
+    let chunk_v4 = INLINE_TABLE_V4 as usize;
+    let chunk_v6 = INLINE_TABLE_V6 as usize;
+    assert!(
+        table_v4.elements.len() > 2 * chunk_v4,
+        "IPv4 table spans three chunks"
+    );
+    assert!(
+        table_v6.elements.len() > chunk_v6,
+        "IPv6 table spans two chunks"
+    );
+
+    let mut h = Harness::new();
+    h.filter.maps.use_chunked_tables_only();
+    h.apply(&yaml);
+
+    let near = |boundary: usize| boundary.saturating_sub(6)..boundary + 6;
+    let mut starts: Vec<IpAddr> = Vec::new();
+    for i in [chunk_v4, 2 * chunk_v4].into_iter().flat_map(near) {
+        starts.push(IpAddr::V4(table_v4.elements[i].start.into()));
+    }
+    for i in near(chunk_v6) {
+        let [high, low] = table_v6.elements[i].start;
+        starts.push(IpAddr::V6(
+            (u128::from(high) << 64 | u128::from(low)).into(),
+        ));
+    }
+    let mut probes: Vec<IpAddr> = starts
+        .iter()
+        .flat_map(|&start| [start, step(start, -1), step(start, 1)])
+        .collect();
+    // And a sample of hosts and their neighbours everywhere else.
+    for net in allowed.iter().step_by(1_000) {
+        probes.extend([
+            net.network(),
+            step(net.network(), -1),
+            step(net.network(), 1),
+        ]);
+    }
+    check_probes(&mut h, &probes);
+
+    let (v4, v6) = h.filter.maps.active_prefixes().expect("read back");
+    assert!(
+        v4 == ranges::canonical(&compiled.v4),
+        "IPv4 table reads back as the policy's prefixes"
+    );
+    assert!(
+        v6 == ranges::canonical(&compiled.v6),
+        "IPv6 table reads back as the policy's prefixes"
+    );
+}
+
+/// Runs every probe as a TCP SYN to the rule's port; all must agree with the
+/// reference model, with plenty of both verdicts.
+fn check_probes(h: &mut Harness, probes: &[IpAddr]) {
     let mut disagreements = Vec::new();
     let mut passed = 0usize;
-    for source in &probes {
+    for source in probes {
         let frame = FrameSpec::ip(*source, Transport::Tcp { dst_port: PORT }).build();
         match h.compare(&frame) {
             Ok(outcome) => passed += usize::from(outcome.reason.passes()),

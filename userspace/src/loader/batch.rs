@@ -1,7 +1,8 @@
 //! BPF_MAP_{LOOKUP,UPDATE}_BATCH: thousands of map elements per system call instead
-//! of one (aya 0.14 has no batch API), for the rule base and counters. Arrays
-//! support batch operations since Linux 5.6; on an older kernel (`EINVAL`/`ENOTSUPP`)
-//! the callers fall back to one element per call.
+//! of one (aya 0.14 has no batch API), for the rule base and counters; and the one
+//! single-element call aya lacks. Arrays support batch operations since Linux 5.6;
+//! on an older kernel (`EINVAL`/`ENOTSUPP`) the callers fall back to one element per
+//! call.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -9,6 +10,8 @@ use aya::maps::MapData;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 /// Elements per system call: large enough that the call overhead vanishes, small
 /// enough that one call's buffers stay in the cache.
@@ -157,4 +160,39 @@ pub(crate) fn lookup_each(
         position.copy_from_slice(&next);
         first = false;
     }
+}
+
+/// The `map_elem` member of union bpf_attr: map_fd, key, value, flags.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Deletes slot `key` of a map with `u32` keys (aya has no delete for arrays of
+/// maps, where it empties the slot).
+pub(crate) fn delete_u32_key(map: &MapData, key: u32) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd_of(map),
+        key: std::ptr::from_ref(&key) as u64,
+        ..Default::default()
+    };
+    // SAFETY: `attr.key` points at `key`, alive for the call; the kernel reads
+    // `size_of::<ElemAttr>()` bytes of `attr`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            std::ptr::from_mut(&mut attr),
+            size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@
 //! left stale or half-written by a crashed apply is never trusted or patched: it is
 //! replaced, and it was marked invalid before its first write.
 
-use std::{os::fd::AsFd as _, path::Path};
+use std::{marker::PhantomData, os::fd::AsFd as _, path::Path};
 
 use airlock_common::{
     Counter, GENERATIONS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION,
@@ -43,15 +43,19 @@ impl MapSource<'_> {
     where
         T: TryFrom<Map, Error = MapError>,
     {
-        let map = match self {
-            MapSource::Object(ebpf) => ebpf.take_map(name).ok_or(LoaderError::MissingMap(name))?,
+        T::try_from(self.take_map(name)?).map_err(|source| LoaderError::Map { name, source })
+    }
+
+    /// A map of any type, as the kernel has it.
+    fn take_map(&mut self, name: &'static str) -> Result<Map, LoaderError> {
+        match self {
+            MapSource::Object(ebpf) => ebpf.take_map(name).ok_or(LoaderError::MissingMap(name)),
             MapSource::Pinned(dir) => {
                 let data = MapData::from_pin(dir.join(name))
                     .map_err(|source| LoaderError::Map { name, source })?;
-                Map::from_map_data(data).map_err(|source| LoaderError::Map { name, source })?
+                Map::from_map_data(data).map_err(|source| LoaderError::Map { name, source })
             }
-        };
-        T::try_from(map).map_err(|source| LoaderError::Map { name, source })
+        }
     }
 
     /// An array map untyped (its values are too large to hold as one).
@@ -126,15 +130,17 @@ impl PolicyMaps {
             config: source.take(MAP_CONFIG)?,
             src_v4: Tables {
                 preallocated: source.take_array_data(MAP_SRC_V4_INLINE)?,
-                sized: source.take(MAP_SRC_V4)?,
+                chunks: source.take_map(MAP_SRC_V4)?,
                 capacity: INLINE_TABLE_V4,
                 names: (MAP_SRC_V4_INLINE, MAP_SRC_V4),
+                element: PhantomData,
             },
             src_v6: Tables {
                 preallocated: source.take_array_data(MAP_SRC_V6_INLINE)?,
-                sized: source.take(MAP_SRC_V6)?,
+                chunks: source.take_map(MAP_SRC_V6)?,
                 capacity: INLINE_TABLE_V6,
                 names: (MAP_SRC_V6_INLINE, MAP_SRC_V6),
+                element: PhantomData,
             },
             ports_tcp: source.take(MAP_PORTS_TCP)?,
             ports_udp: source.take(MAP_PORTS_UDP)?,
@@ -524,7 +530,7 @@ impl PolicyMaps {
             if config.inline_tables & flag != 0 {
                 Placement::Preallocated
             } else {
-                Placement::Sized
+                Placement::Chunked
             }
         };
         let v4 = match self.src_v4.read(
@@ -566,10 +572,10 @@ impl PolicyMaps {
         ))
     }
 
-    /// For tests: every later apply puts its source tables in exactly sized inner
-    /// maps, as only policies larger than the preallocated tables otherwise would.
+    /// For tests: every later apply puts its source tables in chunk maps, as only
+    /// policies larger than the preallocated tables otherwise would.
     #[doc(hidden)]
-    pub fn use_sized_tables_only(&mut self) {
+    pub fn use_chunked_tables_only(&mut self) {
         self.src_v4.capacity = 0;
         self.src_v6.capacity = 0;
     }

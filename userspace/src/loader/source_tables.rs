@@ -1,46 +1,51 @@
 //! Writes and reads the kernel's source tables. A generation's table goes into the
-//! preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`: reads inlined by the
-//! verifier) when it fits there, else into an inner map of the array of maps
-//! (`SRC_V4`, `SRC_V6`) built at exactly its size. Either is filled through a memory
-//! mapping (one copy, no system call per entry) while its generation is inactive;
-//! an inner map is put in its generation's slot only once full, and the one it
-//! replaces is freed by the kernel once no program holds it.
+//! preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`) when it fits there, else it
+//! is cut into 4 MiB chunk maps put in the generation's slots of an array of maps
+//! (`SRC_V4`, `SRC_V6`). The verifier inlines reads of both. Every map is filled
+//! through a memory mapping (one copy, no system call per entry) while its
+//! generation is inactive; a chunk is put in its slot only once full, and the ones
+//! it replaces are freed by the kernel once no program holds them.
 
 use std::os::fd::AsFd as _;
+
+use airlock_common::{CHUNK_BYTES, CHUNKS_PER_GENERATION, SOURCE_CHUNK_FLAGS};
+use aya::{
+    Pod,
+    maps::{Array, ArrayOfMaps, IterableMap as _, Map, MapData, MapError},
+};
 
 use super::{
     LoaderError,
     mapping::{read_elements, write_elements},
 };
 use crate::compile::ranges::{self, SourceTable};
-use airlock_common::SOURCE_TABLE_FLAGS;
-use aya::{
-    Pod,
-    maps::{Array, ArrayOfMaps, IterableMap as _, MapData, MapError},
-};
 
-pub(crate) type TableMap<R> = ArrayOfMaps<MapData, Array<MapData, R>>;
+/// A chunk map's one value, as bytes (the program sees `[R; 4 MiB / size_of R]`).
+type Chunk = [u8; CHUNK_BYTES];
+type ChunkSlots<T> = ArrayOfMaps<T, Array<MapData, Chunk>>;
 
 /// One family's tables: the preallocated map (one value per generation, holding
-/// `capacity` elements `R`) and the array of exactly sized maps.
+/// `capacity` elements `R`) and the array of chunk maps.
 pub(crate) struct Tables<R: Pod> {
     pub preallocated: MapData,
-    pub sized: TableMap<R>,
+    /// The array of chunk maps (`aya::maps::Map::ArrayOfMaps`).
+    pub chunks: Map,
     /// Elements per generation of `preallocated` used (its size, but for tests).
     pub capacity: u32,
     pub names: (&'static str, &'static str),
+    pub element: std::marker::PhantomData<R>,
 }
 
 /// Where a generation's table was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Placement {
     Preallocated,
-    Sized,
+    Chunked,
 }
 
 impl<R: Element> Tables<R> {
     /// Writes `table` as `generation`'s (inactive) table: into the preallocated map
-    /// if it fits, else into a new inner map.
+    /// if it fits, else into new chunk maps.
     pub(crate) fn write(
         &mut self,
         generation: u32,
@@ -48,18 +53,18 @@ impl<R: Element> Tables<R> {
     ) -> Result<Placement, LoaderError> {
         if table.elements.len() <= self.capacity as usize {
             write_preallocated(&self.preallocated, generation, table, self.names.0)?;
-            // A large inner table left from an earlier policy would hold its memory
-            // until this generation next needed one: give it back now.
-            release(&mut self.sized, generation, self.names.1)?;
+            // Chunks left from an earlier, larger policy would hold their memory
+            // until this generation next needed them: give them back now.
+            release(&self.chunks, generation, 0, self.names.1)?;
             Ok(Placement::Preallocated)
         } else {
-            write(&mut self.sized, generation, table, self.names.1)?;
-            Ok(Placement::Sized)
+            write_chunks(&mut self.chunks, generation, &table.elements, self.names.1)?;
+            Ok(Placement::Chunked)
         }
     }
 
     /// `generation`'s table, `len` elements with `directory_bits`, from where it was
-    /// placed (None: an inner slot never written).
+    /// placed (None: chunks never written).
     pub(crate) fn read(
         &self,
         generation: u32,
@@ -68,7 +73,11 @@ impl<R: Element> Tables<R> {
         len: u32,
     ) -> Result<Option<SourceTable<R>>, LoaderError> {
         match placement {
-            Placement::Sized => read(&self.sized, generation, directory_bits, self.names.1),
+            Placement::Chunked => Ok(read_chunks(&self.chunks, generation, len, self.names.1)?
+                .map(|elements| SourceTable {
+                    directory_bits,
+                    elements,
+                })),
             Placement::Preallocated => {
                 let stride = stride::<R>(&self.preallocated);
                 let len = (len as usize).min(stride);
@@ -120,66 +129,103 @@ fn stride<R>(map: &MapData) -> usize {
         .unwrap_or(0)
 }
 
-/// Replaces a large inner table in `generation`'s slot by an empty one-element map.
-fn release<R: Element>(
-    tables: &mut TableMap<R>,
+/// Elements `R` per chunk.
+const fn chunk_elements<R>() -> usize {
+    CHUNK_BYTES / size_of::<R>()
+}
+
+/// Slot of `generation`'s chunk `chunk` in the array of maps.
+fn slot(generation: u32, chunk: usize) -> u32 {
+    generation * CHUNKS_PER_GENERATION + chunk as u32
+}
+
+/// Empties `generation`'s chunk slots from `from` on. Only slots holding a map are
+/// touched: each change to an array of maps waits for running programs (an RCU
+/// grace period).
+fn release(
+    chunks: &Map,
     generation: u32,
+    from: usize,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    match tables.get(&generation, 0) {
-        Ok(inner) if inner.len() > 1 => {}
-        Ok(_) | Err(MapError::KeyNotFound) => return Ok(()),
-        Err(source) => return Err(LoaderError::Map { name, source }),
+    let map_err = |source| LoaderError::Map { name, source };
+    let slots = ChunkSlots::<&MapData>::try_from(chunks).map_err(map_err)?;
+    let Map::ArrayOfMaps(outer) = chunks else {
+        return Ok(()); // try_from above accepts nothing else
+    };
+    for chunk in from..CHUNKS_PER_GENERATION as usize {
+        let index = slot(generation, chunk);
+        match slots.get(&index, 0) {
+            Ok(_) => super::batch::delete_u32_key(outer, index)
+                .map_err(|e| LoaderError::io("releasing a source table chunk of", name, e))?,
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_err(source)),
+        }
     }
-    let empty = Array::<MapData, R>::create(1, SOURCE_TABLE_FLAGS)
-        .map_err(|source| LoaderError::Map { name, source })?;
-    tables
-        .set(generation, &empty, 0)
-        .map_err(|source| LoaderError::Map { name, source })
+    Ok(())
 }
 
 /// A table's elements: the layouts the program reads, copied as bytes.
 pub(crate) trait Element: ranges::Element + Pod {}
 impl<T: ranges::Element + Pod> Element for T {}
 
-/// Builds a table map holding `table` and puts it in `generation`'s slot.
-fn write<R: Element>(
-    tables: &mut TableMap<R>,
+/// Builds and fills the chunk maps holding `elements`, then puts them in
+/// `generation`'s slots and releases the slots after them.
+fn write_chunks<R: Element>(
+    chunks: &mut Map,
     generation: u32,
-    table: &SourceTable<R>,
+    elements: &[R],
     name: &'static str,
 ) -> Result<(), LoaderError> {
     let map_err = |source| LoaderError::Map { name, source };
-    let len = u32::try_from(table.elements.len()).map_err(|_| {
-        map_err(MapError::OutOfBounds {
-            index: u32::MAX,
-            max_entries: u32::MAX,
-        })
-    })?;
-    let inner = Array::<MapData, R>::create(len, SOURCE_TABLE_FLAGS).map_err(map_err)?;
-    // Nothing reads the new map before it is published below.
-    write_elements(inner.map().fd().as_fd(), 0, &table.elements)
-        .map_err(|e| LoaderError::io("filling a source table of", name, e))?;
-    tables.set(generation, &inner, 0).map_err(map_err)
+    let parts: Vec<&[R]> = elements.chunks(chunk_elements::<R>()).collect();
+    if parts.len() > CHUNKS_PER_GENERATION as usize {
+        return Err(map_err(MapError::OutOfBounds {
+            index: parts.len() as u32,
+            max_entries: CHUNKS_PER_GENERATION,
+        }));
+    }
+    let mut filled = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let chunk = Array::<MapData, Chunk>::create(1, SOURCE_CHUNK_FLAGS).map_err(map_err)?;
+        // Nothing reads the new map before it is published below.
+        write_elements(chunk.map().fd().as_fd(), 0, part)
+            .map_err(|e| LoaderError::io("filling a source table chunk of", name, e))?;
+        filled.push(chunk);
+    }
+    let mut slots = ChunkSlots::<&mut MapData>::try_from(&mut *chunks).map_err(map_err)?;
+    for (index, chunk) in filled.iter().enumerate() {
+        slots
+            .set(slot(generation, index), chunk, 0)
+            .map_err(map_err)?;
+    }
+    release(chunks, generation, filled.len(), name)
 }
 
-/// The table in `generation`'s slot (None: the slot is empty), with `directory_bits`
-/// from the generation's config.
-fn read<R: Element>(
-    tables: &TableMap<R>,
+/// The first `len` elements of `generation`'s chunked table (None: its first chunk
+/// was never written).
+fn read_chunks<R: Element>(
+    chunks: &Map,
     generation: u32,
-    directory_bits: u32,
+    len: u32,
     name: &'static str,
-) -> Result<Option<SourceTable<R>>, LoaderError> {
-    let inner = match tables.get(&generation, 0) {
-        Ok(inner) => inner,
-        Err(MapError::KeyNotFound) => return Ok(None),
-        Err(source) => return Err(LoaderError::Map { name, source }),
-    };
-    let elements = read_elements(inner.map().fd().as_fd(), 0, inner.len() as usize)
-        .map_err(|e| LoaderError::io("reading a source table of", name, e))?;
-    Ok(Some(SourceTable {
-        directory_bits,
-        elements,
-    }))
+) -> Result<Option<Vec<R>>, LoaderError> {
+    let slots = ChunkSlots::<&MapData>::try_from(chunks)
+        .map_err(|source| LoaderError::Map { name, source })?;
+    let per_chunk = chunk_elements::<R>();
+    let len = len as usize;
+    let mut elements = Vec::with_capacity(len);
+    for chunk in 0..len.div_ceil(per_chunk).max(1) {
+        let map = match slots.get(&slot(generation, chunk), 0) {
+            Ok(map) => map,
+            Err(MapError::KeyNotFound) if chunk == 0 => return Ok(None),
+            Err(source) => return Err(LoaderError::Map { name, source }),
+        };
+        let count = (len - elements.len()).min(per_chunk);
+        elements.extend(
+            read_elements::<R>(map.map().fd().as_fd(), 0, count)
+                .map_err(|e| LoaderError::io("reading a source table chunk of", name, e))?,
+        );
+    }
+    Ok(Some(elements))
 }
