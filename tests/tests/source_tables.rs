@@ -154,7 +154,7 @@ fn agree_at_every_edge(chunked_only: bool) {
 /// reference model says, and the tables read back as the policy's prefixes.
 #[test]
 fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
-    let mut rng = StdRng::seed_from_u64(0xc4_0f_7ab1e);
+    let mut rng = StdRng::seed_from_u64(0x0c40_f7ab_1e00);
     // Disjoint hosts make two ranges each: 270k IPv4 hosts fill more than two
     // chunks of 2^18 ranges, 75k IPv6 hosts more than one of 2^17.
     let mut allowed: Vec<IpNet> = (0..270_000)
