@@ -105,18 +105,17 @@ pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEn
 }
 
 /// The search in a chunked table (policies too large for the preallocated one),
-/// kept out of line: see `source_v4`. Element `i` is in chunk `i / INLINE_TABLE_V4`.
-/// Returns the rules, `flags` through the pointer (a BPF function returns one
-/// scalar).
+/// kept out of line: see `source_v4`. Returns the rules, `flags` through the pointer
+/// (a BPF function returns one scalar).
 #[inline(never)]
 fn chunked_v4(generation: u32, slot: u32, key: u32, flags: &mut u32) -> u64 {
     let first_chunk = generation * CHUNKS_PER_GENERATION;
-    let get = |i: u32| {
-        let chunk = (i / INLINE_TABLE_V4) & (CHUNKS_PER_GENERATION - 1);
-        let table = SRC_V4.get(first_chunk + chunk)?.get(0)?;
-        Some(&table[(i & (INLINE_TABLE_V4 - 1)) as usize])
+    let chunk = |index: u32| {
+        SRC_V4
+            .get(first_chunk + (index & (CHUNKS_PER_GENERATION - 1)))?
+            .get(0)
     };
-    match search(get, slot, key) {
+    match search_chunks::<_, { INLINE_TABLE_V4 as usize }>(chunk, slot, key) {
         Some(range) => {
             *flags = range.flags;
             range.rules
@@ -161,17 +160,43 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
 #[inline(never)]
 fn chunked_v6(generation: u32, slot: u32, high: u64, low: u64, flags: &mut u32) -> u64 {
     let first_chunk = generation * CHUNKS_PER_GENERATION;
-    let get = |i: u32| {
-        let chunk = (i / INLINE_TABLE_V6) & (CHUNKS_PER_GENERATION - 1);
-        let table = SRC_V6.get(first_chunk + chunk)?.get(0)?;
-        Some(&table[(i & (INLINE_TABLE_V6 - 1)) as usize])
+    let chunk = |index: u32| {
+        SRC_V6
+            .get(first_chunk + (index & (CHUNKS_PER_GENERATION - 1)))?
+            .get(0)
     };
-    match search(get, slot, (high, low)) {
+    match search_chunks::<_, { INLINE_TABLE_V6 as usize }>(chunk, slot, (high, low)) {
         Some(range) => {
             *flags = range.flags;
             range.rules
         }
         None => 0,
+    }
+}
+
+/// The search in a table cut into chunks of `N` elements (`chunk(k)` is chunk `k`).
+/// The directory lies in chunk 0 (it has at most 2^16 elements). A slot's run almost
+/// always lies in one chunk: it is then searched from that chunk's pointer, as the
+/// preallocated table is; a run that straddles a boundary resolves the chunk of
+/// every element it reads.
+#[inline(always)]
+fn search_chunks<'a, R: Range + 'a, const N: usize>(
+    chunk: impl Fn(u32) -> Option<&'a [R; N]>,
+    slot: u32,
+    key: R::Key,
+) -> Option<&'a R> {
+    // A power of two: `i / n` is the chunk of element `i`, `i & mask` its place.
+    let n = N as u32;
+    let mask = n - 1;
+    let directory = chunk(0)?;
+    let (first, count) = directory[(slot & mask) as usize].run();
+    let last = first.wrapping_add(count).wrapping_sub(1);
+    if first / n == last / n {
+        let table = chunk(first / n)?;
+        search_run(|i| Some(&table[(i & mask) as usize]), first, count, key)
+    } else {
+        let get = |i: u32| Some(&chunk(i / n)?[(i & mask) as usize]);
+        search_run(get, first, count, key)
     }
 }
 
@@ -182,7 +207,18 @@ fn search<'a, R: Range + 'a>(
     slot: u32,
     key: R::Key,
 ) -> Option<&'a R> {
-    let (mut base, mut len) = get(slot)?.run();
+    let (base, len) = get(slot)?.run();
+    search_run(get, base, len, key)
+}
+
+/// The last of the `len` ranges from `base` on that starts at or before `key`.
+#[inline(always)]
+fn search_run<'a, R: Range + 'a>(
+    get: impl Fn(u32) -> Option<&'a R>,
+    mut base: u32,
+    mut len: u32,
+    key: R::Key,
+) -> Option<&'a R> {
     let mut step = 0;
     while step < RANGE_SEARCH_STEPS && len > 1 {
         let half = len / 2;
