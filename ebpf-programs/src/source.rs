@@ -78,9 +78,10 @@ impl Range for SourceRangeV6 {
 pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEntry {
     let key = u32::from_be_bytes(addr);
     let slot = directory_slot(u64::from(key) << 32, config.directory_bits_v4);
-    // The two places a table can be are searched by separate code: LLVM would
-    // otherwise merge their map reads into one call site reading either map, which
-    // the verifier can neither inline nor call directly.
+    // The two places a table can be are searched by separate code, each reading its
+    // own maps. Should LLVM ever merge their reads into one call site reading either
+    // map, the verifier could no longer inline it (every read a helper call): check
+    // the xlated dump for `call` after changing this.
     if config.inline_tables & TABLE_INLINE_V4 != 0 {
         let Some(table) = SRC_V4_INLINE.get(generation) else {
             return SourceEntry::default();
@@ -104,10 +105,10 @@ pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEn
     }
 }
 
-/// The search in a chunked table (policies too large for the preallocated one),
-/// kept out of line: see `source_v4`. Returns the rules, `flags` through the pointer
-/// (a BPF function returns one scalar).
-#[inline(never)]
+/// The search in a chunked table (policies too large for the preallocated one).
+/// Returns the rules, and `flags` through the pointer (the shape of a BPF
+/// function's result, should it ever need to go out of line again).
+#[inline(always)]
 fn chunked_v4(generation: u32, slot: u32, key: u32, flags: &mut u32) -> u64 {
     let first_chunk = generation * CHUNKS_PER_GENERATION;
     let chunk = |index: u32| {
@@ -157,7 +158,7 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
 }
 
 /// As `chunked_v4`.
-#[inline(never)]
+#[inline(always)]
 fn chunked_v6(generation: u32, slot: u32, high: u64, low: u64, flags: &mut u32) -> u64 {
     let first_chunk = generation * CHUNKS_PER_GENERATION;
     let chunk = |index: u32| {
