@@ -87,13 +87,15 @@ fn decide(
         _ => {}
     }
     let entry = lookup(generation, config, packet, headers);
-    if entry.flags & SRC_MANAGEMENT != 0 {
-        return (Reason::Management, None);
-    }
-    if headers.kind == KIND_MALFORMED_FROM {
-        return (Reason::Malformed, None);
-    }
-    if entry.flags & SRC_DENY != 0 {
+    // One test on the common path: a source neither management nor denied, in a
+    // sound packet.
+    if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {
+        if entry.flags & SRC_MANAGEMENT != 0 {
+            return (Reason::Management, None);
+        }
+        if headers.kind == KIND_MALFORMED_FROM {
+            return (Reason::Malformed, None);
+        }
         return (Reason::Deny, None);
     }
     let default = if default_action == DEFAULT_DROP {
