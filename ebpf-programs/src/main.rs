@@ -5,6 +5,7 @@
 //! hold this program to it.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod egress;
 mod flows;
@@ -86,13 +87,15 @@ fn decide(
         _ => {}
     }
     let entry = lookup(generation, config, packet, headers);
-    if entry.flags & SRC_MANAGEMENT != 0 {
-        return (Reason::Management, None);
-    }
-    if headers.kind == KIND_MALFORMED_FROM {
-        return (Reason::Malformed, None);
-    }
-    if entry.flags & SRC_DENY != 0 {
+    // One test on the common path: a source neither management nor denied, in a
+    // sound packet.
+    if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {
+        if entry.flags & SRC_MANAGEMENT != 0 {
+            return (Reason::Management, None);
+        }
+        if headers.kind == KIND_MALFORMED_FROM {
+            return (Reason::Malformed, None);
+        }
         return (Reason::Deny, None);
     }
     let default = if default_action == DEFAULT_DROP {
@@ -160,36 +163,23 @@ fn essential_icmpv6(icmp_type: u8) -> bool {
     matches!(icmp_type, 1..=4 | 130..=137 | 143)
 }
 
-/// Index of the lowest set bit of a nonzero mask. Written out because BPF has no
-/// count-trailing-zeros instruction and LLVM would otherwise call a libgcc helper.
+/// Index of the lowest set bit of a nonzero mask: the number of bits below it,
+/// counted branch-free (SWAR popcount). Written out because BPF has no
+/// count-trailing-zeros instruction (LLVM would call a libgcc helper); a binary
+/// search of the halves cost some 50 instructions and 12 branches on every packet
+/// a rule decides.
 #[inline(always)]
 fn lowest_bit(mask: u64) -> u32 {
-    let mut mask = mask & mask.wrapping_neg();
-    let mut index = 0;
-    if mask & 0xffff_ffff == 0 {
-        index += 32;
-        mask >>= 32;
-    }
-    if mask & 0xffff == 0 {
-        index += 16;
-        mask >>= 16;
-    }
-    if mask & 0xff == 0 {
-        index += 8;
-        mask >>= 8;
-    }
-    if mask & 0xf == 0 {
-        index += 4;
-        mask >>= 4;
-    }
-    if mask & 0x3 == 0 {
-        index += 2;
-        mask >>= 2;
-    }
-    if mask & 0x1 == 0 {
-        index += 1;
-    }
-    index
+    let below = (mask & mask.wrapping_neg()).wrapping_sub(1);
+    let pairs = below - ((below >> 1) & 0x5555_5555_5555_5555);
+    let nibbles = (pairs & 0x3333_3333_3333_3333) + ((pairs >> 2) & 0x3333_3333_3333_3333);
+    let bytes = (nibbles + (nibbles >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // Summed by shifts, not the usual multiply: LLVM recognizes that form as a
+    // popcount, turns it back into count-trailing-zeros and lowers that to a table
+    // in .rodata, a map of its own the loader would pin.
+    let halves = bytes + (bytes >> 32);
+    let quarters = halves + (halves >> 16);
+    ((quarters + (quarters >> 8)) & 0x7f) as u32
 }
 
 #[cfg(not(test))]
