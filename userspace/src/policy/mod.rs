@@ -9,6 +9,7 @@
 
 mod addr;
 mod error;
+mod fast_cidr;
 mod imports;
 mod ports;
 mod raw;
