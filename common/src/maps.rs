@@ -143,7 +143,15 @@ pub struct GenConfig {
     /// Elements of the IPv4 and IPv6 tables (directory and ranges).
     pub table_len_v4: u32,
     pub table_len_v6: u32,
+    /// The directory's window, on an address's top 64 bits `high` (an IPv4 address
+    /// in the top 32): its slot is `(high - base) >> shift`, 0 below the window and
+    /// the last slot above it. The window is what every boundary of the table
+    /// shares, so a directory of IPv6 lists (all in 2000::/3) uses all its slots.
+    pub directory_shift_v4: u32,
+    pub directory_shift_v6: u32,
     pub _pad: u32,
+    pub directory_base_v4: u64,
+    pub directory_base_v6: u64,
 }
 
 /// A per-CPU packet and byte counter.

@@ -77,7 +77,12 @@ impl Range for SourceRangeV6 {
 #[inline(always)]
 pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEntry {
     let key = u32::from_be_bytes(addr);
-    let slot = directory_slot(u64::from(key) << 32, config.directory_bits_v4);
+    let slot = directory_slot(
+        u64::from(key) << 32,
+        config.directory_base_v4,
+        config.directory_shift_v4,
+        config.directory_bits_v4,
+    );
     // The two places a table can be are searched by separate code, each reading its
     // own maps. Should LLVM ever merge their reads into one call site reading either
     // map, the verifier could no longer inline it (every read a helper call): check
@@ -134,7 +139,12 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
     let low = u64::from_be_bytes([
         addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
     ]);
-    let slot = directory_slot(high, config.directory_bits_v6);
+    let slot = directory_slot(
+        high,
+        config.directory_base_v6,
+        config.directory_shift_v6,
+        config.directory_bits_v6,
+    );
     if config.inline_tables & TABLE_INLINE_V6 != 0 {
         let Some(table) = SRC_V6_INLINE.get(generation) else {
             return SourceEntry::default();
@@ -231,14 +241,17 @@ fn search_run<'a, R: Range + 'a>(
     get(base)
 }
 
-/// The directory slot of an address whose top 64 bits are `high`.
+/// The directory slot of an address whose top 64 bits are `high`: its place in the
+/// table's window (`base`, `shift`; see `airlock_common::GenConfig`), clamped to
+/// the `2^bits` slots.
 #[inline(always)]
-fn directory_slot(high: u64, bits: u32) -> u32 {
-    if bits == 0 {
-        0
-    } else {
-        (high >> (64 - (bits & 63))) as u32
+fn directory_slot(high: u64, base: u64, shift: u32, bits: u32) -> u32 {
+    if bits == 0 || high < base {
+        return 0;
     }
+    let slot = (high - base) >> (shift & 63);
+    let last = (1u64 << (bits & 63)) - 1;
+    (if slot > last { last } else { slot }) as u32
 }
 
 /// Borrow out of `a - b (- borrow in) = difference`, from the operands' top bits.

@@ -7,12 +7,57 @@ use airlock_common::{MAX_DIRECTORY_BITS, SourceEntry, SourceRangeV4, SourceRange
 
 use super::PrefixEntry;
 
-/// One generation's source table for one family, as written into its inner map.
+/// One generation's source table for one family, as written into its map.
+///
+/// The directory indexes `directory_bits` bits of the address, not its top ones but
+/// those after the prefix all the table's boundaries share (its window): IPv6
+/// lists all sit in 2000::/3 and often in far less, and a directory of the top bits
+/// would spend most of its slots on addresses no prefix is near. An address below
+/// the window takes slot 0 (whose run starts at the first range), one above it the
+/// last slot (whose run ends at the last range). In the kernel's terms, on the
+/// address's top 64 bits `high` (an IPv4 address in the top 32): the slot is
+/// `(high - directory_base) >> directory_shift`, clamped to the directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceTable<R> {
-    /// Address bits the directory is indexed by (its first `2^bits` elements).
-    pub directory_bits: u32,
+    pub directory: Directory,
     pub elements: Vec<R>,
+}
+
+/// How a table's directory is indexed (see [`SourceTable`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    /// Address bits the directory is indexed by (its first `2^bits` elements).
+    pub bits: u32,
+    /// The window's first address, as top 64 bits.
+    pub base: u64,
+    /// Where the slot's bits sit in the top 64 bits: `64 - shared - bits`.
+    pub shift: u32,
+}
+
+impl Directory {
+    /// The slot of an address whose top 64 bits are `high`.
+    pub fn slot(&self, high: u64) -> usize {
+        if self.bits == 0 || high < self.base {
+            return 0;
+        }
+        let last = (1u64 << self.bits) - 1;
+        ((high - self.base) >> self.shift).min(last) as usize
+    }
+}
+
+/// The directory's window over `ranges`: its first address (full width) and the
+/// number of leading bits every boundary shares, at most `width.min(64) - bits` so
+/// that the slot's bits lie in the address's top 64.
+fn window(ranges: &[Range], width: u32, bits: u32) -> (u128, u32) {
+    let (Some(first), Some(last)) = (ranges.get(1), ranges.last()) else {
+        return (0, 0);
+    };
+    if bits == 0 {
+        return (0, 0);
+    }
+    let shared = ((first.0 ^ last.0).leading_zeros() - (128 - width)).min(width.min(64) - bits);
+    let low_bits = max_address(width).checked_shr(shared).unwrap_or(0);
+    (first.0 & !low_bits & max_address(width), shared)
 }
 
 /// A range: its first address (the top `WIDTH` bits of a `u128`) and its answer.
@@ -110,18 +155,30 @@ fn directory_bits(ranges: usize, capacity: usize) -> u32 {
 }
 
 /// For each directory slot: the index (among `ranges`) of the range its first
-/// address falls in, and how many ranges overlap it.
-fn directory(ranges: &[Range], width: u32, bits: u32) -> Vec<(usize, usize)> {
+/// address falls in, and how many ranges overlap it. The slots split the window
+/// (`start`, `shared` leading bits) evenly; the first also covers everything below
+/// it, the last everything above.
+fn directory(
+    ranges: &[Range],
+    width: u32,
+    bits: u32,
+    (start, shared): (u128, u32),
+) -> Vec<(usize, usize)> {
     let slots = 1usize << bits;
+    let slot_shift = width - shared - bits;
     let mut out = Vec::with_capacity(slots);
     let mut first = 0;
     for slot in 0..slots {
-        let slot_first = if bits == 0 {
+        let slot_first = if slot == 0 {
             0
         } else {
-            (slot as u128) << (width - bits)
+            start + ((slot as u128) << slot_shift)
         };
-        let slot_last = slot_first | (max_address(width) >> bits);
+        let slot_last = if slot + 1 == slots {
+            max_address(width)
+        } else {
+            start + (((slot as u128 + 1) << slot_shift) - 1)
+        };
         while first + 1 < ranges.len() && ranges[first + 1].0 <= slot_first {
             first += 1;
         }
@@ -230,14 +287,19 @@ pub fn table<R: Element, const N: usize>(
     debug_assert_eq!(8 * N as u32, R::WIDTH);
     let ranges = ranges(entries);
     let bits = directory_bits(ranges.len(), capacity);
+    let (start, shared) = window(&ranges, R::WIDTH, bits);
     let base = 1usize << bits;
-    let mut elements: Vec<R> = directory(&ranges, R::WIDTH, bits)
+    let mut elements: Vec<R> = directory(&ranges, R::WIDTH, bits, (start, shared))
         .into_iter()
         .map(|(first, count)| R::slot(base + first, count))
         .collect();
     elements.extend(ranges.iter().map(|&(start, value)| R::range(start, value)));
     SourceTable {
-        directory_bits: bits,
+        directory: Directory {
+            bits,
+            base: top64(start, R::WIDTH),
+            shift: 64 - shared - bits,
+        },
         elements,
     }
 }
@@ -290,7 +352,7 @@ fn prefixes_of<const N: usize>(ranges: &[Range]) -> Vec<PrefixEntry<N>> {
 pub fn prefixes<R: Element, const N: usize>(table: &SourceTable<R>) -> Option<Vec<PrefixEntry<N>>> {
     let ranges: Vec<Range> = table
         .elements
-        .get(1usize.checked_shl(table.directory_bits)?..)?
+        .get(1usize.checked_shl(table.directory.bits)?..)?
         .iter()
         .map(|r| (r.start(), r.value()))
         .collect();
@@ -303,14 +365,15 @@ pub fn canonical<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<PrefixEntry<
     prefixes_of(&ranges(entries))
 }
 
+/// An address's top 64 bits, as the program keys the directory.
+fn top64(address: u128, width: u32) -> u64 {
+    ((address << (128 - width)) >> 64) as u64
+}
+
 /// What the program finds in `table` for the address `key`, step for step as
 /// ebpf-programs/src/source.rs does: for tests of the layout.
 pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<&R> {
-    let slot = if table.directory_bits == 0 {
-        0
-    } else {
-        (key >> (R::WIDTH - table.directory_bits)) as usize
-    };
+    let slot = table.directory.slot(top64(key, R::WIDTH));
     let (mut base, mut len) = table.elements.get(slot)?.run();
     while len > 1 {
         let half = len / 2;

@@ -30,7 +30,10 @@ use super::{
     meta::PolicySummary,
     source_tables::{Placement, Tables},
 };
-use crate::compile::{Compiled, PortMap, PrefixEntry, ranges};
+use crate::compile::{
+    Compiled, PortMap, PrefixEntry,
+    ranges::{self, Directory},
+};
 
 /// Where typed map handles come from: a freshly loaded object or a pin directory.
 pub(crate) enum MapSource<'a> {
@@ -256,8 +259,12 @@ impl PolicyMaps {
             }
         };
         let config = GenConfig {
-            directory_bits_v4: v4.directory_bits,
-            directory_bits_v6: v6.directory_bits,
+            directory_bits_v4: v4.directory.bits,
+            directory_bits_v6: v6.directory.bits,
+            directory_shift_v4: v4.directory.shift,
+            directory_shift_v6: v6.directory.shift,
+            directory_base_v4: v4.directory.base,
+            directory_base_v6: v6.directory.base,
             inline_tables: inline(placed.0, TABLE_INLINE_V4) | inline(placed.1, TABLE_INLINE_V6),
             table_len_v4: v4.elements.len() as u32,
             table_len_v6: v6.elements.len() as u32,
@@ -536,7 +543,11 @@ impl PolicyMaps {
         let v4 = match self.src_v4.read(
             generation,
             placement(TABLE_INLINE_V4),
-            config.directory_bits_v4,
+            Directory {
+                bits: config.directory_bits_v4,
+                base: config.directory_base_v4,
+                shift: config.directory_shift_v4,
+            },
             config.table_len_v4,
         )? {
             Some(table) => {
@@ -547,7 +558,11 @@ impl PolicyMaps {
         let v6 = match self.src_v6.read(
             generation,
             placement(TABLE_INLINE_V6),
-            config.directory_bits_v6,
+            Directory {
+                bits: config.directory_bits_v6,
+                base: config.directory_base_v6,
+                shift: config.directory_shift_v6,
+            },
             config.table_len_v6,
         )? {
             Some(table) => {

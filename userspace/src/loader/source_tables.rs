@@ -18,7 +18,7 @@ use super::{
     LoaderError,
     mapping::{read_elements, write_elements},
 };
-use crate::compile::ranges::{self, SourceTable};
+use crate::compile::ranges::{self, Directory, SourceTable};
 
 /// A chunk map's one value, as bytes (the program sees `[R; 4 MiB / size_of R]`).
 type Chunk = [u8; CHUNK_BYTES];
@@ -63,19 +63,19 @@ impl<R: Element> Tables<R> {
         }
     }
 
-    /// `generation`'s table, `len` elements with `directory_bits`, from where it was
-    /// placed (None: chunks never written).
+    /// `generation`'s table, `len` elements indexed by `directory`, from where it
+    /// was placed (None: chunks never written).
     pub(crate) fn read(
         &self,
         generation: u32,
         placement: Placement,
-        directory_bits: u32,
+        directory: Directory,
         len: u32,
     ) -> Result<Option<SourceTable<R>>, LoaderError> {
         match placement {
             Placement::Chunked => Ok(read_chunks(&self.chunks, generation, len, self.names.1)?
                 .map(|elements| SourceTable {
-                    directory_bits,
+                    directory,
                     elements,
                 })),
             Placement::Preallocated => {
@@ -88,7 +88,7 @@ impl<R: Element> Tables<R> {
                 )
                 .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
                 Ok(Some(SourceTable {
-                    directory_bits,
+                    directory,
                     elements,
                 }))
             }

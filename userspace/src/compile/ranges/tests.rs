@@ -136,7 +136,7 @@ proptest! {
 #[test]
 fn empty_policy_is_one_range_and_no_prefixes() {
     let table = table_v4(&[], usize::MAX);
-    assert_eq!(table.directory_bits, 0);
+    assert_eq!(table.directory.bits, 0);
     assert_eq!(table.elements.len(), 2);
     assert_eq!(prefixes::<_, 4>(&table), Some(Vec::new()));
 }
@@ -178,7 +178,7 @@ proptest! {
     #[test]
     fn a_directory_shrunk_to_fit_still_answers_the_longest_match(entries in v4_entries()) {
         let wide = table_v4(&entries, usize::MAX);
-        let ranges = wide.elements.len() - (1 << wide.directory_bits);
+        let ranges = wide.elements.len() - (1 << wide.directory.bits);
         let narrow = table_v4(&entries, ranges + 2);
         prop_assert!(narrow.elements.len() <= ranges + 2);
         for key in probes(&entries, &[]) {
@@ -190,7 +190,89 @@ proptest! {
 #[test]
 fn a_malformed_table_reads_back_as_none() {
     let mut table = table_v4(&[entry::<4>(0x0a00_0000, 8, 1, 0)], usize::MAX);
-    let base = 1usize << table.directory_bits;
+    let base = 1usize << table.directory.bits;
     table.elements.swap(base, base + 1);
     assert_eq!(prefixes::<_, 4>(&table), None);
+}
+
+/// Prefixes that all lie in one random window (`window` leading bits of `at`), as
+/// IPv6 lists all lie in 2000::/3: the directory indexes the bits after the window,
+/// and addresses outside it still find their range.
+fn windowed_v6() -> impl Strategy<Value = Vec<PrefixEntry<16>>> {
+    (
+        any::<u128>(),
+        0u32..=80,
+        prop::collection::vec((any::<u128>(), 0u8..=128, 1u64..4), 2..60),
+    )
+        .prop_map(|(at, window, raw)| {
+            let keep = u128::MAX.checked_shl(128 - window).unwrap_or(0);
+            sorted(
+                raw.into_iter()
+                    .map(|(low, len, rules)| {
+                        let addr = (at & keep) | (low & !keep);
+                        entry::<16>(addr, len.max(window as u8), rules, 0)
+                    })
+                    .collect(),
+            )
+        })
+}
+
+fn windowed_v4() -> impl Strategy<Value = Vec<PrefixEntry<4>>> {
+    (
+        any::<u32>(),
+        0u32..=30,
+        prop::collection::vec((any::<u32>(), 0u8..=32, 1u64..4), 2..60),
+    )
+        .prop_map(|(at, window, raw)| {
+            let keep = u32::MAX.checked_shl(32 - window).unwrap_or(0);
+            sorted(
+                raw.into_iter()
+                    .map(|(low, len, rules)| {
+                        let addr = (at & keep) | (low & !keep);
+                        entry::<4>(u128::from(addr), len.max(window as u8), rules, 0)
+                    })
+                    .collect(),
+            )
+        })
+}
+
+proptest! {
+    #[test]
+    fn a_directory_over_the_shared_window_answers_inside_and_outside_it(
+        v6 in windowed_v6(),
+        v4 in windowed_v4(),
+        extra in prop::collection::vec(any::<u128>(), 32),
+    ) {
+        let table = table_v6(&v6, usize::MAX);
+        for key in probes(&v6, &extra) {
+            prop_assert_eq!(found(&table, key), longest(&v6, key), "address {:#x}", key);
+        }
+        let table = table_v4(&v4, usize::MAX);
+        for key in probes(&v4, &extra) {
+            prop_assert_eq!(found(&table, key), longest(&v4, key), "address {:#x}", key);
+        }
+    }
+}
+
+#[test]
+fn ipv6_lists_in_2000_slash_3_get_the_directory_of_the_bits_after_it() {
+    let entries: Vec<PrefixEntry<16>> = sorted(
+        (0..4096u128)
+            .map(|i| {
+                // A /64 in 2000::/3: the top three bits fixed, the rest spread.
+                let high = (1u64 << 61) | ((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 3);
+                entry::<16>(u128::from(high) << 64, 64, 1, 0)
+            })
+            .collect(),
+    );
+    let table = table_v6(&entries, usize::MAX);
+    // The slot's bits follow the three every address shares.
+    assert_eq!(table.directory.shift, 64 - 3 - table.directory.bits);
+    assert_eq!(table.directory.base, 1 << 61);
+    let busiest = table.elements[..1 << table.directory.bits]
+        .iter()
+        .map(|slot| slot.run().1)
+        .max()
+        .unwrap_or(0);
+    assert!(busiest <= 8, "a slot holds {busiest} ranges");
 }
