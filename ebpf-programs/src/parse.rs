@@ -168,8 +168,8 @@ impl Headers {
         // SAFETY: a span of 16 bytes.
         let (high, low) = unsafe { (load64::<0>(at).to_ne_bytes(), load64::<8>(at).to_ne_bytes()) };
         [
-            high[0], high[1], high[2], high[3], high[4], high[5], high[6], high[7], low[0], low[1],
-            low[2], low[3], low[4], low[5], low[6], low[7],
+            high[0], high[1], high[2], high[3], high[4], high[5], high[6], high[7], low[0],
+            low[1], low[2], low[3], low[4], low[5], low[6], low[7],
         ]
     }
 }
