@@ -5,7 +5,6 @@
 //! hold this program to it.
 #![no_std]
 #![no_main]
-#![feature(asm_experimental_arch)]
 
 mod egress;
 mod flows;

@@ -151,26 +151,13 @@ impl Headers {
     /// The peer's IPv4 address (`family` is 4).
     #[inline(always)]
     pub fn peer_v4(&self, ctx: &Bytes) -> [u8; 4] {
-        match span(ctx, self.peer_offset(), 4) {
-            // SAFETY: a span of 4 bytes.
-            Some(at) => unsafe { load32::<0>(at) }.to_ne_bytes(),
-            None => [0; 4],
-        }
+        read::<4>(ctx, self.peer_offset()).unwrap_or([0; 4])
     }
 
     /// The peer's IPv6 address (`family` is 6).
     #[inline(always)]
     pub fn peer_v6(&self, ctx: &Bytes) -> [u8; 16] {
-        let Some(at) = span(ctx, self.peer_offset(), 16) else {
-            // Written out: `[0; 16]` here became a `memset` call.
-            return [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        };
-        // SAFETY: a span of 16 bytes.
-        let (high, low) = unsafe { (load64::<0>(at).to_ne_bytes(), load64::<8>(at).to_ne_bytes()) };
-        [
-            high[0], high[1], high[2], high[3], high[4], high[5], high[6], high[7], low[0],
-            low[1], low[2], low[3], low[4], low[5], low[6], low[7],
-        ]
+        read::<16>(ctx, self.peer_offset()).unwrap_or([0; 16])
     }
 }
 
@@ -183,68 +170,9 @@ fn read<const N: usize>(ctx: &Bytes, offset: usize) -> Option<[u8; N]> {
     Some(unsafe { core::ptr::read_unaligned((ctx.start + offset) as *const [u8; N]) })
 }
 
-/// Where `len` bytes at `offset` begin, if they are all in the packet: the
-/// loads below read at fixed offsets from it with no further check.
 #[inline(always)]
-fn span(ctx: &Bytes, offset: usize, len: usize) -> Option<usize> {
-    let at = ctx.start + offset;
-    if at + len > ctx.end {
-        return None;
-    }
-    Some(at)
-}
-
-/// The byte at `K` in a span.
-///
-/// # Safety
-/// `at` is from [`span`], with `K` inside its length.
-#[inline(always)]
-unsafe fn load8<const K: usize>(at: usize) -> u8 {
-    // SAFETY: in the packet (the caller's contract); a byte is always aligned.
-    unsafe { *((at + K) as *const u8) }
-}
-
-/// Loads of 2, 4 and 8 bytes at `K` in a span, as one instruction each, returning
-/// the bytes in packet order (read them with `u16::from_be` and the like, or
-/// `to_ne_bytes`). `read` of an array is split by LLVM into byte loads, shifts and
-/// ors (the BPF target assumes no misaligned access, and the flag that lifts that
-/// cannot be passed through aya-build): 16 loads and 30 more instructions for an
-/// IPv6 address. The kernel allows packet loads at any alignment on the machines
-/// this program is built for (x86_64, arm64: efficient unaligned access), so the
-/// load is written out.
-macro_rules! packet_load {
-    ($name:ident, $ty:ty, $width:literal) => {
-        /// # Safety
-        /// `at` is from [`span`], with the value inside its length.
-        #[inline(always)]
-        unsafe fn $name<const K: usize>(at: usize) -> $ty {
-            let value: u64;
-            // SAFETY: in the packet (the caller's contract); the instruction only
-            // reads.
-            unsafe {
-                core::arch::asm!(
-                    concat!("{0} = *(", $width, " *)({1} + {2})"),
-                    lateout(reg) value,
-                    in(reg) at,
-                    const K,
-                    options(nostack, readonly, preserves_flags),
-                );
-            }
-            value as $ty
-        }
-    };
-}
-
-packet_load!(load16, u16, "u16");
-packet_load!(load32, u32, "u32");
-packet_load!(load64, u64, "u64");
-
-/// The big-endian 16-bit value at `offset`.
-#[inline(always)]
-fn be16_at(ctx: &Bytes, offset: usize) -> Option<u16> {
-    let at = span(ctx, offset, 2)?;
-    // SAFETY: a span of 2 bytes.
-    Some(u16::from_be(unsafe { load16::<0>(at) }))
+fn be16(bytes: [u8; 2]) -> u16 {
+    u16::from_be_bytes(bytes)
 }
 
 #[inline(always)]
@@ -274,15 +202,15 @@ pub fn parse<D: Direction>(ctx: &Bytes, headers: &mut Headers) {
 /// by hand so the verifier sees fixed offsets instead of a loop. `None`: malformed.
 #[inline(always)]
 fn ethertype(ctx: &Bytes) -> Option<(u16, usize)> {
-    let ethertype = be16_at(ctx, 12)?;
+    let ethertype = be16(read::<2>(ctx, 12)?);
     if !is_vlan(ethertype) {
         return Some((ethertype, ETH_HDR_LEN));
     }
-    let ethertype = be16_at(ctx, ETH_HDR_LEN + 2)?;
+    let ethertype = be16(read::<2>(ctx, ETH_HDR_LEN + 2)?);
     if !is_vlan(ethertype) {
         return Some((ethertype, ETH_HDR_LEN + 4));
     }
-    let ethertype = be16_at(ctx, ETH_HDR_LEN + 6)?;
+    let ethertype = be16(read::<2>(ctx, ETH_HDR_LEN + 6)?);
     // A third tag: nothing on a host decapsulates it, and passing it as "non-IP"
     // would let a tagged IP packet skip the filter.
     if is_vlan(ethertype) {
@@ -294,26 +222,24 @@ fn ethertype(ctx: &Bytes) -> Option<(u16, usize)> {
 #[inline(always)]
 fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize, headers: &mut Headers) {
     headers.kind = KIND_MALFORMED;
-    let Some(header) = span(ctx, offset, 20) else {
+    let Some(header) = read::<20>(ctx, offset) else {
         return;
     };
-    // SAFETY (all loads from `header`): a span of 20 bytes.
-    let first = unsafe { load8::<0>(header) };
-    let header_len = usize::from(first & 0x0f) * 4;
-    if first >> 4 != 4 || header_len < 20 {
+    let header_len = usize::from(header[0] & 0x0f) * 4;
+    if header[0] >> 4 != 4 || header_len < 20 {
         return;
     }
     headers.kind = KIND_MALFORMED_FROM;
     headers.family = 4;
     // At most 22 + 16: the offset of an IP header behind two tags.
     headers.peer_at = (offset + D::PEER_V4) as u16;
-    let total_len = usize::from(u16::from_be(unsafe { load16::<2>(header) }));
+    let total_len = usize::from(be16([header[2], header[3]]));
     // Options must be present in full, and the stated length must cover the header.
     if total_len < header_len || !present(ctx, offset + header_len) {
         return;
     }
-    let protocol = unsafe { load8::<9>(header) };
-    let fragment_offset = u16::from_be(unsafe { load16::<6>(header) }) & 0x1fff;
+    let protocol = header[9];
+    let fragment_offset = be16([header[6], header[7]]) & 0x1fff;
     if fragment_offset != 0 {
         // RFC 1858: a TCP fragment at offset 8 bytes can only be an attempt to
         // overwrite the ports of the first fragment, which was filtered on them.
@@ -393,13 +319,11 @@ fn skip_extensions(ctx: &Bytes, mut cursor: usize, mut next: u8) -> Extensions {
                 }
             }
             IPPROTO_FRAGMENT => {
-                let Some(fragment) = span(ctx, cursor, 8) else {
+                let Some(fragment) = read::<8>(ctx, cursor) else {
                     return Extensions::Malformed;
                 };
-                // SAFETY: a span of 8 bytes.
-                let (header, offset) = unsafe { (load8::<0>(fragment), load16::<2>(fragment)) };
-                next = header;
-                let fragment_offset = u16::from_be(offset) >> 3;
+                next = fragment[0];
+                let fragment_offset = be16([fragment[2], fragment[3]]) >> 3;
                 if fragment_offset != 0 {
                     if next == IPPROTO_TCP && fragment_offset == 1 {
                         return Extensions::Malformed;
@@ -444,12 +368,11 @@ fn present(ctx: &Bytes, end: usize) -> bool {
     end == 0 || read::<1>(ctx, end - 1).is_some()
 }
 
-/// Host and peer ports from a transport header's first four bytes, loaded as one
-/// word (so in packet order).
+/// Host and peer ports from a transport header's first four bytes.
 #[inline(always)]
-fn set_ports<D: Direction>(headers: &mut Headers, ports: u32) {
-    let source = u16::from_be(ports as u16);
-    let destination = u16::from_be((ports >> 16) as u16);
+fn set_ports<D: Direction>(headers: &mut Headers, header: &[u8]) {
+    let source = be16([header[0], header[1]]);
+    let destination = be16([header[2], header[3]]);
     if D::LOCAL_IS_SOURCE {
         headers.local_port = source;
         headers.peer_port = destination;
@@ -471,30 +394,27 @@ fn parse_l4<D: Direction>(
 ) {
     match protocol {
         IPPROTO_TCP => {
-            let Some(tcp) = span(ctx, offset, TCP_MIN_LEN) else {
+            let Some(tcp) = read::<TCP_MIN_LEN>(ctx, offset) else {
                 return;
             };
             headers.l4 = L4_TCP;
-            // SAFETY: a span of 20 bytes.
-            set_ports::<D>(headers, unsafe { load32::<0>(tcp) });
-            headers.tcp_flags = unsafe { load8::<13>(tcp) };
+            set_ports::<D>(headers, &tcp);
+            headers.tcp_flags = tcp[13];
         }
         IPPROTO_UDP => {
-            let Some(udp) = span(ctx, offset, UDP_LEN) else {
+            let Some(udp) = read::<UDP_LEN>(ctx, offset) else {
                 return;
             };
             headers.l4 = L4_UDP;
-            // SAFETY: a span of 8 bytes.
-            set_ports::<D>(headers, unsafe { load32::<0>(udp) });
+            set_ports::<D>(headers, &udp);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 if (protocol == IPPROTO_ICMPV6) == ipv6 => {
-            let Some(icmp) = span(ctx, offset, ICMP_MIN_LEN) else {
+            let Some(icmp) = read::<ICMP_MIN_LEN>(ctx, offset) else {
                 return;
             };
             headers.l4 = if ipv6 { L4_ICMPV6 } else { L4_ICMP };
-            // SAFETY: a span of 8 bytes.
-            headers.icmp_type = unsafe { load8::<0>(icmp) };
-            headers.local_port = u16::from_be(unsafe { load16::<4>(icmp) });
+            headers.icmp_type = icmp[0];
+            headers.local_port = be16([icmp[4], icmp[5]]);
         }
         _ => headers.l4 = L4_OTHER,
     }
