@@ -673,11 +673,16 @@ fn detaching_the_egress_program_is_repaired_by_the_next_apply() {
         "detached"
     );
     let started = std::time::Instant::now();
+    let outcome = host_connects_out(&f.bed, STRANGER, PEER_TCP_PORT);
+    let waited = started.elapsed();
     assert!(
-        host_connects_out(&f.bed, STRANGER, PEER_TCP_PORT).is_err(),
+        outcome.is_err(),
         "without the egress program the replies are dropped"
     );
-    assert!(started.elapsed() >= HOST_SIDE, "a timeout, not a refusal");
+    assert!(
+        waited >= HOST_SIDE,
+        "a timeout, not a refusal: {outcome:?} after {waited:?}"
+    );
     f.apply(&policy);
     let status = f.status_json();
     assert_eq!(
