@@ -5,6 +5,8 @@
 //! hold this program to it.
 #![no_std]
 #![no_main]
+// Inline BPF assembly: one load per word of the peer address (parse.rs).
+#![feature(asm_experimental_arch)]
 
 mod egress;
 mod flows;

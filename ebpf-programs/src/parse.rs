@@ -151,13 +151,82 @@ impl Headers {
     /// The peer's IPv4 address (`family` is 4).
     #[inline(always)]
     pub fn peer_v4(&self, ctx: &Bytes) -> [u8; 4] {
-        read::<4>(ctx, self.peer_offset()).unwrap_or([0; 4])
+        let at = ctx.start + self.peer_offset();
+        if at + 4 > ctx.end {
+            return [0; 4];
+        }
+        // SAFETY: 4 bytes in the packet, checked just above.
+        unsafe { load::<u32>(at) }.to_ne_bytes()
     }
 
     /// The peer's IPv6 address (`family` is 6).
     #[inline(always)]
     pub fn peer_v6(&self, ctx: &Bytes) -> [u8; 16] {
-        read::<16>(ctx, self.peer_offset()).unwrap_or([0; 16])
+        let at = ctx.start + self.peer_offset();
+        if at + 16 > ctx.end {
+            // Written out: `[0; 16]` here becomes a `memset` call.
+            return [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        }
+        // SAFETY: 16 bytes in the packet, checked just above.
+        let (high, low) = unsafe { (load::<u64>(at), load::<u64>(at + 8)) };
+        let (high, low) = (high.to_ne_bytes(), low.to_ne_bytes());
+        [
+            high[0], high[1], high[2], high[3], high[4], high[5], high[6], high[7], low[0], low[1],
+            low[2], low[3], low[4], low[5], low[6], low[7],
+        ]
+    }
+}
+
+/// A word of the packet at `at`, in packet byte order, as one load instruction.
+/// Only for the peer's address, read on every packet: `read` of an array is split
+/// by LLVM into byte loads, shifts and ors (the BPF target assumes no misaligned
+/// access, and the flag that lifts it cannot be passed through aya-build), 16 loads
+/// and 30 more instructions for an IPv6 address; the kernel allows packet loads at
+/// any alignment where this program runs (x86_64, arm64). The header fields stay
+/// byte loads: written this way everywhere, the parse verified 40% slower.
+///
+/// # Safety
+/// `size_of::<T>()` bytes at `at` are in the packet (checked against its end).
+#[inline(always)]
+unsafe fn load<T: PacketWord>(at: usize) -> T {
+    let value: u64;
+    // SAFETY: in the packet (the caller's contract); the instruction only reads.
+    unsafe {
+        if size_of::<T>() == 8 {
+            core::arch::asm!(
+                "{0} = *(u64 *)({1} + 0)",
+                lateout(reg) value,
+                in(reg) at,
+                options(nostack, readonly, preserves_flags),
+            );
+        } else {
+            core::arch::asm!(
+                "{0} = *(u32 *)({1} + 0)",
+                lateout(reg) value,
+                in(reg) at,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+    }
+    T::from_u64(value)
+}
+
+/// The widths `load` reads.
+trait PacketWord {
+    fn from_u64(value: u64) -> Self;
+}
+
+impl PacketWord for u32 {
+    #[inline(always)]
+    fn from_u64(value: u64) -> Self {
+        value as u32
+    }
+}
+
+impl PacketWord for u64 {
+    #[inline(always)]
+    fn from_u64(value: u64) -> Self {
+        value
     }
 }
 
