@@ -134,14 +134,18 @@ fn host_mask(width: u32, prefix_len: u8) -> u128 {
         .unwrap_or(0)
 }
 
-/// Directory bits for `ranges` ranges: about one range per slot, so a lookup's
-/// binary search is short however large the policy, and the directory never
-/// outgrows the ranges it indexes. Fewer if that lets directory and ranges fit in
-/// `capacity` elements (the preallocated table): a longer search there still beats
-/// a table where every read is a call. A table that cannot fit keeps its full
-/// directory.
+/// Directory bits for `ranges` ranges. The full directory when it fits in
+/// `capacity` elements with the ranges: the preallocated table's memory is paid for
+/// whatever the policy, and every slot bit shortens the searches of clustered
+/// addresses (Airbyte's US egress addresses share one /16). Otherwise about one
+/// range per slot, so a lookup's binary search is short however large the policy,
+/// fewer if that lets directory and ranges fit in `capacity` (a longer search there
+/// still beats a table in chunks); a table that cannot fit keeps that directory.
 fn directory_bits(ranges: usize, capacity: usize) -> u32 {
     let fits = |bits: u32| (1usize << bits) + ranges <= capacity;
+    if fits(MAX_DIRECTORY_BITS) {
+        return MAX_DIRECTORY_BITS;
+    }
     let mut bits = 0;
     while bits < MAX_DIRECTORY_BITS && (1usize << bits) < ranges {
         bits += 1;

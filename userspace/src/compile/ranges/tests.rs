@@ -136,8 +136,9 @@ proptest! {
 #[test]
 fn empty_policy_is_one_range_and_no_prefixes() {
     let table = table_v4(&[], usize::MAX);
-    assert_eq!(table.directory.bits, 0);
-    assert_eq!(table.elements.len(), 2);
+    assert_eq!(table.elements.len(), (1 << table.directory.bits) + 1);
+    let range = &table.elements[1 << table.directory.bits];
+    assert_eq!((range.start(), range.value()), (0, SourceEntry::default()));
     assert_eq!(prefixes::<_, 4>(&table), Some(Vec::new()));
 }
 
@@ -163,10 +164,13 @@ fn whole_space_and_host_routes() {
 
 #[test]
 fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
-    assert_eq!(directory_bits(1, usize::MAX), 0);
-    assert_eq!(directory_bits(2, usize::MAX), 1);
-    assert_eq!(directory_bits(1000, usize::MAX), 10);
-    assert_eq!(directory_bits(10_000_000, usize::MAX), MAX_DIRECTORY_BITS);
+    // Whole where it fits with the ranges: a preallocated table has the room.
+    assert_eq!(directory_bits(1, usize::MAX), MAX_DIRECTORY_BITS);
+    assert_eq!(directory_bits(1000, 1 << 18), MAX_DIRECTORY_BITS);
+    // Otherwise about one range per slot.
+    assert_eq!(directory_bits(1, 0), 0);
+    assert_eq!(directory_bits(2, 0), 1);
+    assert_eq!(directory_bits(1000, 0), 10);
     // Shrunk to fit a capacity, down to a single slot; kept whole when nothing fits.
     assert_eq!(directory_bits(1000, 1500), 8);
     assert_eq!(directory_bits(1000, 1001), 0);
