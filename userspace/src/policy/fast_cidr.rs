@@ -198,7 +198,7 @@ mod tests {
             if len < 33 {
                 line = format!("{line}/{len}");
             }
-            if (r >> 50) % 7 == 0 {
+            if (r >> 50).is_multiple_of(7) {
                 // Truncate the address to the mask, so many lines are valid.
                 if let Ok(net) = line.parse::<IpNet>() {
                     line = net.trunc().to_string();
@@ -272,7 +272,7 @@ mod tests {
             } else {
                 text
             };
-            if next() % 3 == 0
+            if next().is_multiple_of(3)
                 && let Ok(net) = line.parse::<IpNet>()
             {
                 // Truncate to the mask, so many lines are valid; shorten with `::`.
