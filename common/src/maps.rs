@@ -257,8 +257,9 @@ pub const fn rule_base_index(generation: u32, allowed: bool, rule: u32) -> u32 {
 pub const RULE_BASE_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
 
 /// One element of a generation's IPv4 source table: an array that first holds a
-/// directory of `2^bits` slots (slot `i`: every address whose top `bits` bits are
-/// `i`), then the ranges. The ranges split the whole address space into runs of
+/// directory of `2^bits` slots (slot `i`: the addresses whose `bits` bits after
+/// the prefix all the table's boundaries share are `i`; see `GenConfig`), then the
+/// ranges. The ranges split the whole address space into runs of
 /// addresses with one longest-prefix answer, sorted by first address: the
 /// compiler's prefixes, covering prefixes and `except` holes become at most two
 /// boundaries each. A slot holds `start` = the index of the range its first

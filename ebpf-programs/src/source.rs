@@ -1,5 +1,5 @@
 //! A source address's entry from its generation's source table (layout in
-//! `airlock_common::SourceRangeV4`): the directory slot of its top bits, then a
+//! `airlock_common::SourceRangeV4`): its directory slot, then a
 //! branch-free binary search of the slot's ranges, in the preallocated table or in
 //! the generation's chunks.
 

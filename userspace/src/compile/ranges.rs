@@ -1,6 +1,6 @@
 //! Lowers the compiled prefixes into the kernel's source tables: the address space
 //! cut into ranges that share one longest-prefix answer, behind a directory of the
-//! addresses' top bits (layout in `airlock_common::SourceRangeV4`). Also the
+//! addresses' bits (layout in `airlock_common::SourceRangeV4`). Also the
 //! inverse, for reading a table back as prefixes (`airlock diff`, tests).
 
 use airlock_common::{MAX_DIRECTORY_BITS, SourceEntry, SourceRangeV4, SourceRangeV6};
