@@ -4,8 +4,8 @@
 //! the generation's chunks.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, RANGE_SEARCH_STEPS,
-    SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    CHUNKS_PER_GENERATION, GenConfig, RANGE_SEARCH_STEPS, SourceEntry, SourceRangeV4,
+    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -83,51 +83,13 @@ pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEn
         config.directory_shift_v4,
         config.directory_bits_v4,
     );
-    // The two places a table can be are searched by separate code, each reading its
-    // own maps. Should LLVM ever merge their reads into one call site reading either
-    // map, the verifier could no longer inline it (every read a helper call): check
-    // the xlated dump for `call` after changing this.
-    if config.inline_tables & TABLE_INLINE_V4 != 0 {
-        let Some(table) = SRC_V4_INLINE.get(generation) else {
-            return SourceEntry::default();
-        };
-        // Masked, the index is in bounds by construction: no check, no branch.
-        search(
-            |i| Some(&table[(i & (INLINE_TABLE_V4 - 1)) as usize]),
-            slot,
-            key,
-        )
-        .map(Range::entry)
-        .unwrap_or_default()
-    } else {
-        let mut flags = 0;
-        let rules = chunked_v4(generation, slot, key, &mut flags);
-        SourceEntry {
-            rules,
-            flags,
-            _pad: 0,
-        }
-    }
-}
-
-/// The search in a chunked table (policies too large for the preallocated one).
-/// Returns the rules, and `flags` through the pointer (the shape of a BPF
-/// function's result, should it ever need to go out of line again).
-#[inline(always)]
-fn chunked_v4(generation: u32, slot: u32, key: u32, flags: &mut u32) -> u64 {
-    let first_chunk = generation * CHUNKS_PER_GENERATION;
-    let chunk = |index: u32| {
-        SRC_V4
-            .get(first_chunk + (index & (CHUNKS_PER_GENERATION - 1)))?
-            .get(0)
-    };
-    match search_chunks::<_, { INLINE_TABLE_V4 as usize }>(chunk, slot, key) {
-        Some(range) => {
-            *flags = range.flags;
-            range.rules
-        }
-        None => 0,
-    }
+    find(
+        config.inline_tables & TABLE_INLINE_V4 != 0,
+        || SRC_V4_INLINE.get(generation),
+        |index| SRC_V4.get(chunk_slot(generation, index))?.get(0),
+        slot,
+        key,
+    )
 }
 
 /// As `source_v4`, for IPv6.
@@ -145,44 +107,45 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
         config.directory_shift_v6,
         config.directory_bits_v6,
     );
-    if config.inline_tables & TABLE_INLINE_V6 != 0 {
-        let Some(table) = SRC_V6_INLINE.get(generation) else {
-            return SourceEntry::default();
-        };
-        search(
-            |i| Some(&table[(i & (INLINE_TABLE_V6 - 1)) as usize]),
-            slot,
-            (high, low),
-        )
-        .map(Range::entry)
-        .unwrap_or_default()
-    } else {
-        let mut flags = 0;
-        let rules = chunked_v6(generation, slot, high, low, &mut flags);
-        SourceEntry {
-            rules,
-            flags,
-            _pad: 0,
-        }
-    }
+    find(
+        config.inline_tables & TABLE_INLINE_V6 != 0,
+        || SRC_V6_INLINE.get(generation),
+        |index| SRC_V6.get(chunk_slot(generation, index))?.get(0),
+        slot,
+        (high, low),
+    )
 }
 
-/// As `chunked_v4`.
+/// The entry of `key` (in directory slot `slot`) in the table wherever it is: the
+/// preallocated map's value (`preallocated`, from `table`) or chunks of the same
+/// size (`chunk(k)`: chunk `k`, for policies too large for it).
+///
+/// The two places are searched by separate code, each reading its own maps. Should
+/// LLVM ever merge their reads into one call site reading either map, the verifier
+/// could no longer inline it (every read a helper call): check the xlated dump for
+/// `call` after changing this.
 #[inline(always)]
-fn chunked_v6(generation: u32, slot: u32, high: u64, low: u64, flags: &mut u32) -> u64 {
-    let first_chunk = generation * CHUNKS_PER_GENERATION;
-    let chunk = |index: u32| {
-        SRC_V6
-            .get(first_chunk + (index & (CHUNKS_PER_GENERATION - 1)))?
-            .get(0)
+fn find<'a, R: Range + 'a, const N: usize>(
+    preallocated: bool,
+    table: impl FnOnce() -> Option<&'a [R; N]>,
+    chunk: impl Fn(u32) -> Option<&'a [R; N]>,
+    slot: u32,
+    key: R::Key,
+) -> SourceEntry {
+    let found = if preallocated {
+        let mask = N as u32 - 1;
+        // Masked, the index is in bounds by construction: no check, no branch.
+        table().and_then(|table| search(|i| Some(&table[(i & mask) as usize]), slot, key))
+    } else {
+        search_chunks(chunk, slot, key)
     };
-    match search_chunks::<_, { INLINE_TABLE_V6 as usize }>(chunk, slot, (high, low)) {
-        Some(range) => {
-            *flags = range.flags;
-            range.rules
-        }
-        None => 0,
-    }
+    found.map(Range::entry).unwrap_or_default()
+}
+
+/// Slot of generation `generation`'s chunk `index` in `SRC_V4`/`SRC_V6`.
+#[inline(always)]
+fn chunk_slot(generation: u32, index: u32) -> u32 {
+    generation * CHUNKS_PER_GENERATION + (index & (CHUNKS_PER_GENERATION - 1))
 }
 
 /// The search in a table cut into chunks of `N` elements (`chunk(k)` is chunk `k`).
