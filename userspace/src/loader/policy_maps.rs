@@ -61,6 +61,23 @@ impl MapSource<'_> {
         }
     }
 
+    /// One family's source tables: the preallocated map (`capacity` elements per
+    /// generation) and the array of chunk maps.
+    fn take_tables<R: aya::Pod>(
+        &mut self,
+        preallocated: &'static str,
+        chunks: &'static str,
+        capacity: u32,
+    ) -> Result<Tables<R>, LoaderError> {
+        Ok(Tables {
+            preallocated: self.take_array_data(preallocated)?,
+            chunks: self.take_map(chunks)?,
+            capacity,
+            names: (preallocated, chunks),
+            element: PhantomData,
+        })
+    }
+
     /// An array map untyped (its values are too large to hold as one).
     fn take_array_data(&mut self, name: &'static str) -> Result<MapData, LoaderError> {
         match self {
@@ -131,20 +148,8 @@ impl PolicyMaps {
         Ok(Self {
             active: source.take(MAP_ACTIVE_GEN)?,
             config: source.take(MAP_CONFIG)?,
-            src_v4: Tables {
-                preallocated: source.take_array_data(MAP_SRC_V4_INLINE)?,
-                chunks: source.take_map(MAP_SRC_V4)?,
-                capacity: INLINE_TABLE_V4,
-                names: (MAP_SRC_V4_INLINE, MAP_SRC_V4),
-                element: PhantomData,
-            },
-            src_v6: Tables {
-                preallocated: source.take_array_data(MAP_SRC_V6_INLINE)?,
-                chunks: source.take_map(MAP_SRC_V6)?,
-                capacity: INLINE_TABLE_V6,
-                names: (MAP_SRC_V6_INLINE, MAP_SRC_V6),
-                element: PhantomData,
-            },
+            src_v4: source.take_tables(MAP_SRC_V4_INLINE, MAP_SRC_V4, INLINE_TABLE_V4)?,
+            src_v6: source.take_tables(MAP_SRC_V6_INLINE, MAP_SRC_V6, INLINE_TABLE_V6)?,
             ports_tcp: source.take(MAP_PORTS_TCP)?,
             ports_udp: source.take(MAP_PORTS_UDP)?,
             reason_stats: source.take(MAP_REASON_STATS)?,
