@@ -6,6 +6,7 @@
 mod batch;
 mod error;
 mod flows;
+mod grace;
 mod link;
 mod mapping;
 mod meta;

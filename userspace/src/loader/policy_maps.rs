@@ -5,9 +5,10 @@
 //!
 //! After the flip the old copy is left as it was: it still holds the previous
 //! policy, which a rollback can return to with another single flip. The next apply
-//! rewrites it whole (a fresh source table per family, every port slot), so a copy
-//! left stale or half-written by a crashed apply is never trusted or patched: it is
-//! replaced, and it was marked invalid before its first write.
+//! waits until no packet still reads it, then rewrites it whole (every element of
+//! each source table, every port slot), so a copy left stale or half-written by a
+//! crashed apply is never trusted or patched: it is overwritten, and it was marked
+//! invalid before its first write.
 
 use std::{marker::PhantomData, os::fd::AsFd as _, path::Path};
 
@@ -220,9 +221,17 @@ impl PolicyMaps {
         // (a rollback, `status`) may take it for one, even if this process dies.
         self.invalidate(generation)?;
         let (v4_capacity, v6_capacity) = (self.src_v4.capacity, self.src_v6.capacity);
-        let (v4, v6) = crate::parallel::join(
-            || ranges::table(&compiled.v4, v4_capacity as usize),
-            || ranges::table(&compiled.v6, v6_capacity as usize),
+        // Packets that read the generation number before the last flip may still be
+        // searching this copy: wait them out (one RCU grace period, while the tables
+        // are built) before overwriting it.
+        let ((v4, v6), ()) = crate::parallel::join(
+            || {
+                crate::parallel::join(
+                    || ranges::table(&compiled.v4, v4_capacity as usize),
+                    || ranges::table(&compiled.v6, v6_capacity as usize),
+                )
+            },
+            super::grace::wait_for_running_programs,
         );
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,

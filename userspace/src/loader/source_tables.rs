@@ -3,8 +3,8 @@
 //! is cut into 4 MiB chunk maps put in the generation's slots of an array of maps
 //! (`SRC_V4`, `SRC_V6`). The verifier inlines reads of both. Every map is filled
 //! through a memory mapping (one copy, no system call per entry) while its
-//! generation is inactive; a chunk is put in its slot only once full, and the ones
-//! it replaces are freed by the kernel once no program holds them.
+//! generation is inactive and no packet still reads it; a new chunk is put in its
+//! slot only once full, and chunks a smaller table no longer needs are released.
 
 use std::os::fd::AsFd as _;
 
@@ -44,8 +44,8 @@ pub(crate) enum Placement {
 }
 
 impl<R: Element> Tables<R> {
-    /// Writes `table` as `generation`'s (inactive) table: into the preallocated map
-    /// if it fits, else into new chunk maps.
+    /// Writes `table` as `generation`'s (inactive, no longer read) table: into the
+    /// preallocated map if it fits, else into chunk maps.
     pub(crate) fn write(
         &mut self,
         generation: u32,
@@ -169,8 +169,11 @@ fn release(
 pub(crate) trait Element: ranges::Element + Pod {}
 impl<T: ranges::Element + Pod> Element for T {}
 
-/// Builds and fills the chunk maps holding `elements`, then puts them in
-/// `generation`'s slots and releases the slots after them.
+/// Puts `elements` in `generation`'s chunks, then releases the slots after them. A
+/// chunk the generation already holds (the policy before last) is overwritten in
+/// place: the caller has waited out the programs that read it, and publishing a
+/// fresh map instead would wait out an RCU grace period per slot. Only a slot left
+/// empty gets a new map, filled before it is published.
 fn write_chunks<R: Element>(
     chunks: &mut Map,
     generation: u32,
@@ -178,6 +181,7 @@ fn write_chunks<R: Element>(
     name: &'static str,
 ) -> Result<(), LoaderError> {
     let map_err = |source| LoaderError::Map { name, source };
+    let fill_err = |e| LoaderError::io("filling a source table chunk of", name, e);
     let parts: Vec<&[R]> = elements.chunks(chunk_elements::<R>()).collect();
     if parts.len() > CHUNKS_PER_GENERATION as usize {
         return Err(map_err(MapError::OutOfBounds {
@@ -185,21 +189,29 @@ fn write_chunks<R: Element>(
             max_entries: CHUNKS_PER_GENERATION,
         }));
     }
-    let mut filled = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let chunk = Array::<MapData, Chunk>::create(1, SOURCE_CHUNK_FLAGS).map_err(map_err)?;
-        // Nothing reads the new map before it is published below.
-        write_elements(chunk.map().fd().as_fd(), 0, part)
-            .map_err(|e| LoaderError::io("filling a source table chunk of", name, e))?;
-        filled.push(chunk);
+    let mut fresh = Vec::new();
+    {
+        let slots = ChunkSlots::<&MapData>::try_from(&*chunks).map_err(map_err)?;
+        for (index, part) in parts.iter().enumerate() {
+            match slots.get(&slot(generation, index), 0) {
+                Ok(held) => write_elements(held.map().fd().as_fd(), 0, part).map_err(fill_err)?,
+                Err(MapError::KeyNotFound) => {
+                    let chunk =
+                        Array::<MapData, Chunk>::create(1, SOURCE_CHUNK_FLAGS).map_err(map_err)?;
+                    write_elements(chunk.map().fd().as_fd(), 0, part).map_err(fill_err)?;
+                    fresh.push((index, chunk));
+                }
+                Err(source) => return Err(map_err(source)),
+            }
+        }
     }
     let mut slots = ChunkSlots::<&mut MapData>::try_from(&mut *chunks).map_err(map_err)?;
-    for (index, chunk) in filled.iter().enumerate() {
+    for (index, chunk) in &fresh {
         slots
-            .set(slot(generation, index), chunk, 0)
+            .set(slot(generation, *index), chunk, 0)
             .map_err(map_err)?;
     }
-    release(chunks, generation, filled.len(), name)
+    release(chunks, generation, parts.len(), name)
 }
 
 /// The first `len` elements of `generation`'s chunked table (None: its first chunk
