@@ -69,7 +69,9 @@ type Range = (u128, SourceEntry);
 /// no matching prefix get the all-zero entry, as from an LPM trie miss.
 fn ranges<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<Range> {
     let width = 8 * N as u32;
-    let mut out: Vec<Range> = vec![(0, SourceEntry::default())];
+    // A prefix starts at most one range and ends at most one.
+    let mut out: Vec<Range> = Vec::with_capacity(2 * entries.len() + 1);
+    out.push((0, SourceEntry::default()));
     // Open prefixes, outermost first: (last address, answer). Prefixes nest or are
     // disjoint, and sorted by address then length each one's parents come first.
     let mut open: Vec<(u128, SourceEntry)> = Vec::new();
@@ -293,10 +295,12 @@ pub fn table<R: Element, const N: usize>(
     let bits = directory_bits(ranges.len(), capacity);
     let (start, shared) = window(&ranges, R::WIDTH, bits);
     let base = 1usize << bits;
-    let mut elements: Vec<R> = directory(&ranges, R::WIDTH, bits, (start, shared))
-        .into_iter()
-        .map(|(first, count)| R::slot(base + first, count))
-        .collect();
+    let mut elements: Vec<R> = Vec::with_capacity(base + ranges.len());
+    elements.extend(
+        directory(&ranges, R::WIDTH, bits, (start, shared))
+            .into_iter()
+            .map(|(first, count)| R::slot(base + first, count)),
+    );
     elements.extend(ranges.iter().map(|&(start, value)| R::range(start, value)));
     SourceTable {
         directory: Directory {
