@@ -32,7 +32,9 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
-    let Some(config) = maps::CONFIG.get(generation).copied() else {
+    // Read in place, each field where it is needed: user space rewrites a
+    // generation's config only once no packet reads that generation any more.
+    let Some(config) = maps::CONFIG.get(generation) else {
         return xdp_action::XDP_PASS;
     };
     let monitor = config.mode == MODE_MONITOR;
@@ -45,7 +47,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     let headers = slot.zeroed();
     parse::parse::<Ingress>(&packet, headers);
     let headers = &*headers;
-    let (reason, rule) = decide(generation, &config, &packet, headers);
+    let (reason, rule) = decide(generation, config, &packet, headers);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).

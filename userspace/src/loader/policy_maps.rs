@@ -217,13 +217,11 @@ impl PolicyMaps {
         meta: &PolicyMeta,
     ) -> Result<(), LoaderError> {
         let started = std::time::Instant::now();
-        // First: from here until the end the copy is not a complete policy, so nothing
-        // (a rollback, `status`) may take it for one, even if this process dies.
-        self.invalidate(generation)?;
         let (v4_capacity, v6_capacity) = (self.src_v4.capacity, self.src_v6.capacity);
         // Packets that read the generation number before the last flip may still be
-        // searching this copy: wait them out (one RCU grace period, while the tables
-        // are built) before overwriting it.
+        // reading this copy (its config too, which the program reads in place): wait
+        // them out (one RCU grace period, while the tables are built) before
+        // changing any of it.
         let ((v4, v6), ()) = crate::parallel::join(
             || {
                 crate::parallel::join(
@@ -239,6 +237,9 @@ impl PolicyMaps {
             v6 = v6.elements.len(),
             "source tables built"
         );
+        // First write: from here until the end the copy is not a complete policy, so
+        // nothing (a rollback, `status`) may take it for one, even if this process dies.
+        self.invalidate(generation)?;
         let placed = (
             self.src_v4.write(generation, &v4)?,
             self.src_v6.write(generation, &v6)?,
