@@ -52,6 +52,14 @@ fn applied_filter_enforces_over_ipv4_and_ipv6_after_the_cli_has_exited() {
     assert_eq!(iface["iface"], f.bed.server_if.as_str());
     assert_eq!(iface["attachment"], "attached");
     assert_eq!(iface["rules"][0]["name"], "db");
+    for family in ["ipv4", "ipv6"] {
+        let table = &iface["source_tables"][family];
+        assert_eq!(table["placement"], "preallocated", "{family}: {table}");
+        assert!(
+            table["ranges"].as_u64().unwrap_or(0) >= 2,
+            "{family}: {table}"
+        );
+    }
     // Two accepted connections: at least their SYN and final ACK each passed rule db.
     assert!(
         iface["rules"][0]["allowed"]["packets"]

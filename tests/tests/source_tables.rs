@@ -257,6 +257,17 @@ fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
         let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0);
         let chunks = table_v4.elements.len().div_ceil(INLINE_TABLE_V4 as usize);
         assert_eq!(chunks, if hosts > 100_000 { 2 } else { 1 }, "policy {seed}");
+        let (shape_v4, _) = h
+            .filter
+            .maps
+            .active_table_shapes()
+            .expect("config readable")
+            .expect("a policy in force");
+        assert_eq!(
+            (shape_v4.placement, shape_v4.chunk_maps as usize),
+            ("chunks", chunks),
+            "policy {seed}: status reports the chunks"
+        );
 
         let mut probes: Vec<IpAddr> = Vec::new();
         for net in allowed.iter().step_by(hosts / 300) {

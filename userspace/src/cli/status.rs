@@ -44,6 +44,9 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         .ok();
     let maps = PolicyMaps::open_pinned(&dir)?;
     let summary = maps.active_summary()?;
+    let tables = maps
+        .active_table_shapes()?
+        .map(|(v4, v6)| json!({ "ipv4": v4, "ipv6": v6 }));
     let counters = maps.counters()?;
     let reasons: serde_json::Map<String, Value> = Reason::ALL
         .iter()
@@ -70,6 +73,7 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         "link": link.ok().map(|l| json!({"id": l.link_id, "program_id": l.program_id, "ifindex": l.ifindex})),
         "generation": maps.active_generation()?,
         "policy": summary,
+        "source_tables": tables,
         "reasons": reasons,
         "rules": rules,
         "confirm": safe::pending_json(root, iface),
@@ -153,6 +157,13 @@ fn print_human(s: &Value) {
         policy["prefixes_v4"],
         policy["prefixes_v6"]
     );
+    if let Some(tables) = s["source_tables"].as_object() {
+        let shapes: Vec<String> = [("IPv4", "ipv4"), ("IPv6", "ipv6")]
+            .iter()
+            .map(|(name, key)| table_line(name, &tables[*key]))
+            .collect();
+        println!("  source tables: {}", shapes.join("; "));
+    }
     let flows = &s["return_traffic"];
     if flows["egress"] == "unsupported" {
         println!(
@@ -205,4 +216,18 @@ fn print_human(s: &Value) {
             reasons.join(", ")
         }
     );
+}
+
+/// One family's source table for the human output, e.g. "IPv6 568369 ranges,
+/// 17.4 MiB in 5 chunk maps".
+fn table_line(family: &str, table: &Value) -> String {
+    let mib = table["bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1 << 20);
+    let place = match table["chunk_maps"].as_u64() {
+        Some(chunks) if chunks > 0 => format!("in {chunks} chunk maps"),
+        _ => "preallocated".to_owned(),
+    };
+    format!(
+        "{family} {} ranges, {mib:.1} MiB {place}",
+        table["ranges"].as_u64().unwrap_or(0)
+    )
 }

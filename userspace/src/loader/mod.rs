@@ -35,6 +35,7 @@ pub use pins::{
     DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,
 };
 pub use policy_maps::{Counters, PolicyMaps, SourcePrefixes};
+pub use source_tables::TableShape;
 pub use writer::WriterLock;
 
 use crate::compile::Compiled;

@@ -29,7 +29,7 @@ use super::{
     LoaderError,
     mapping::{read_elements, write_elements},
     meta::PolicySummary,
-    source_tables::{Placement, Tables},
+    source_tables::{Placement, TableShape, Tables},
 };
 use crate::compile::{
     Compiled, PortMap, PrefixEntry,
@@ -534,6 +534,31 @@ impl PolicyMaps {
         Ok(PolicySummary::decode(&meta))
     }
 
+    /// The shapes of the IPv4 and IPv6 source tables in force (None: no policy).
+    pub fn active_table_shapes(&self) -> Result<Option<(TableShape, TableShape)>, LoaderError> {
+        let generation = self.active_generation()?;
+        let config = self
+            .config
+            .get(&generation, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        if config.valid == 0 {
+            return Ok(None);
+        }
+        let placement = |flag| Placement::recorded(config.inline_tables, flag);
+        Ok(Some((
+            TableShape::of::<SourceRangeV4>(
+                config.table_len_v4,
+                config.directory_bits_v4,
+                placement(TABLE_INLINE_V4),
+            ),
+            TableShape::of::<SourceRangeV6>(
+                config.table_len_v6,
+                config.directory_bits_v6,
+                placement(TABLE_INLINE_V6),
+            ),
+        )))
+    }
+
     /// The source prefixes of the generation in force, read back from the kernel
     /// (for `airlock diff`) in canonical form (`compile::ranges::canonical`).
     pub fn active_prefixes(&self) -> Result<SourcePrefixes, LoaderError> {
@@ -548,13 +573,7 @@ impl PolicyMaps {
             .config
             .get(&generation, 0)
             .map_err(map_err(MAP_CONFIG))?;
-        let placement = |flag| {
-            if config.inline_tables & flag != 0 {
-                Placement::Preallocated
-            } else {
-                Placement::Chunked
-            }
-        };
+        let placement = |flag| Placement::recorded(config.inline_tables, flag);
         let v4 = match self.src_v4.read(
             generation,
             placement(TABLE_INLINE_V4),

@@ -43,6 +43,54 @@ pub(crate) enum Placement {
     Chunked,
 }
 
+impl Placement {
+    /// Where a generation's config (`inline_tables`) says the table of the family
+    /// `flag` (`TABLE_INLINE_V4`, `TABLE_INLINE_V6`) is.
+    pub(crate) fn recorded(inline_tables: u32, flag: u32) -> Self {
+        if inline_tables & flag != 0 {
+            Placement::Preallocated
+        } else {
+            Placement::Chunked
+        }
+    }
+}
+
+/// A table as the kernel holds it, for `status`: how large a policy became and
+/// where its memory went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TableShape {
+    /// Ranges of addresses sharing one answer (what a lookup searches).
+    pub ranges: u32,
+    /// Directory slots in front of them.
+    pub directory_slots: u32,
+    /// `preallocated` (the fixed per-generation map) or `chunks`.
+    pub placement: &'static str,
+    /// Chunk maps holding the table (0 when preallocated).
+    pub chunk_maps: u32,
+    /// Bytes of directory and ranges.
+    pub bytes: u64,
+}
+
+impl TableShape {
+    /// The shape of a table of `elements` elements `R`, `directory_bits` of them a
+    /// directory, placed as `placement` says.
+    pub(crate) fn of<R>(elements: u32, directory_bits: u32, placement: Placement) -> Self {
+        let directory_slots = 1u32.checked_shl(directory_bits).unwrap_or(0);
+        let chunked = placement == Placement::Chunked;
+        TableShape {
+            ranges: elements.saturating_sub(directory_slots),
+            directory_slots,
+            placement: if chunked { "chunks" } else { "preallocated" },
+            chunk_maps: if chunked {
+                (elements as usize).div_ceil(chunk_elements::<R>()) as u32
+            } else {
+                0
+            },
+            bytes: u64::from(elements) * size_of::<R>() as u64,
+        }
+    }
+}
+
 impl<R: Element> Tables<R> {
     /// Writes `table` as `generation`'s (inactive, no longer read) table: into the
     /// preallocated map if it fits, else into chunk maps.
