@@ -672,16 +672,14 @@ fn detaching_the_egress_program_is_repaired_by_the_next_apply() {
         status["interfaces"][0]["return_traffic"]["egress"],
         "detached"
     );
-    let started = std::time::Instant::now();
     let outcome = host_connects_out(&f.bed, STRANGER, PEER_TCP_PORT);
-    let waited = started.elapsed();
+    // Judged by the error's kind, not the time taken: poll(2) may end the connect a
+    // fraction of a millisecond short of its timeout.
     assert!(
-        outcome.is_err(),
-        "without the egress program the replies are dropped"
-    );
-    assert!(
-        waited >= HOST_SIDE,
-        "a timeout, not a refusal: {outcome:?} after {waited:?}"
+        outcome
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+        "without the egress program the replies are dropped (a timeout, not a refusal): {outcome:?}"
     );
     f.apply(&policy);
     let status = f.status_json();
