@@ -168,24 +168,7 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
     let folded = prefixes::fold(policy, prune);
     check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
     check_limit("IPv6", folded.v6.len(), MAX_PREFIXES_V6)?;
-    let v4: Vec<PrefixEntry<4>> = folded
-        .v4
-        .iter()
-        .map(|&(a, len, value)| PrefixEntry {
-            addr: (a as u32).to_be_bytes(),
-            prefix_len: len,
-            value,
-        })
-        .collect();
-    let v6: Vec<PrefixEntry<16>> = folded
-        .v6
-        .iter()
-        .map(|&(a, len, value)| PrefixEntry {
-            addr: a.to_be_bytes(),
-            prefix_len: len,
-            value,
-        })
-        .collect();
+    let (v4, v6) = (folded.v4, folded.v6);
     let ports_of = |proto: Proto| {
         PortMap::build(policy.rules.iter().enumerate().flat_map(move |(i, r)| {
             r.ports

@@ -6,13 +6,15 @@
 //! membership in every set: any other prefix of U either contains P or is disjoint
 //! from that region. So value(P) follows from P's ancestors in U (P included): set S
 //! contains the region iff some ancestor is a cidr of S and none is an except of S.
-//! One sorted pass with an ancestor stack computes that incrementally, O(|U| · 66).
+//! One sorted pass with an ancestor stack computes that incrementally, O(|U|) after
+//! the sort (times the groups a set is in, when it enters or leaves).
 
 use std::collections::HashMap;
 
 use airlock_common::maps::{SRC_DENY, SRC_MANAGEMENT, SourceEntry};
 use ipnet::IpNet;
 
+use super::PrefixEntry;
 use crate::policy::{AddrSet, Policy};
 
 /// Bits of a set's membership mask: 0..64 are rules, then management and deny.
@@ -20,20 +22,80 @@ const BIT_MANAGEMENT: u32 = 64;
 const BIT_DENY: u32 = 65;
 const BITS: usize = 66;
 
-/// One prefix occurrence: `set` lists it as a cidr or as an except.
-#[derive(Clone, Copy)]
-struct Tag {
-    addr: u128,
-    len: u8,
-    set: u32,
-    except: bool,
+/// One prefix occurrence (`set` lists it as a cidr or as an except), packed for
+/// sorting: keys order by (address, length) first, so a sort puts every ancestor
+/// before its descendants. The order among one prefix's occurrences is irrelevant.
+trait Key: Copy + Ord {
+    /// Right-aligned network address and prefix length.
+    fn prefix(self) -> (u128, u8);
+    /// The set's index and whether this is one of its excepts.
+    fn tag(self) -> (usize, bool);
+    /// A 64-bit digest that never decreases in key order (for bucketing).
+    fn high(self) -> u64;
 }
 
-/// The folded tables; addresses are right-aligned integers (a v4 address in the
-/// low 32 bits).
+/// IPv4 in one integer: address << 32 | length << 24 | set << 1 | except. Half the
+/// size of [`Wide`] and one comparison; used when set indices fit its 23 bits.
+impl Key for u64 {
+    fn prefix(self) -> (u128, u8) {
+        (u128::from((self >> 32) as u32), (self >> 24) as u8)
+    }
+    fn tag(self) -> (usize, bool) {
+        (((self >> 1) & V4_SET_MAX) as usize, self & 1 == 1)
+    }
+    fn high(self) -> u64 {
+        self
+    }
+}
+
+/// Largest set index a packed IPv4 key holds.
+const V4_SET_MAX: u64 = (1 << 23) - 1;
+
+fn v4_key(addr: u32, len: u8, set: usize, except: bool) -> u64 {
+    u64::from(addr) << 32 | u64::from(len) << 24 | (set as u64) << 1 | u64::from(except)
+}
+
+/// Any family, any set: the address in two words, then length << 56 | set << 1 |
+/// except. Derived ordering compares the fields in this order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Wide {
+    hi: u64,
+    lo: u64,
+    meta: u64,
+}
+
+impl Wide {
+    fn new(addr: u128, len: u8, set: usize, except: bool) -> Wide {
+        Wide {
+            hi: (addr >> 64) as u64,
+            lo: addr as u64,
+            meta: u64::from(len) << 56 | (set as u64) << 1 | u64::from(except),
+        }
+    }
+}
+
+impl Key for Wide {
+    fn prefix(self) -> (u128, u8) {
+        (
+            u128::from(self.hi) << 64 | u128::from(self.lo),
+            (self.meta >> 56) as u8,
+        )
+    }
+    fn tag(self) -> (usize, bool) {
+        (
+            ((self.meta >> 1) & u64::from(u32::MAX)) as usize,
+            self.meta & 1 == 1,
+        )
+    }
+    fn high(self) -> u64 {
+        self.hi
+    }
+}
+
+/// The folded tables, sorted by address then prefix length.
 pub(crate) struct Folded {
-    pub v4: Vec<(u128, u8, SourceEntry)>,
-    pub v6: Vec<(u128, u8, SourceEntry)>,
+    pub v4: Vec<PrefixEntry<4>>,
+    pub v6: Vec<PrefixEntry<16>>,
     /// Distinct prefixes before pruning, per family.
     pub distinct_v4: usize,
     pub distinct_v6: usize,
@@ -66,16 +128,48 @@ fn sets_in_use(policy: &Policy) -> Vec<(&AddrSet, u128)> {
     out
 }
 
-/// Sum of prefix counts per family over the sets in use: an upper bound of the
-/// folded table sizes, computed without sorting.
-pub(crate) fn upper_bound(policy: &Policy) -> (usize, usize) {
+/// Prefix counts per family over the given sets.
+fn count(sets: &[(&AddrSet, u128)]) -> (usize, usize) {
     let mut v4 = 0;
     let mut v6 = 0;
-    for (set, _) in sets_in_use(policy) {
+    for (set, _) in sets {
         for net in set.cidrs.iter().chain(&set.except) {
             match net {
                 IpNet::V4(_) => v4 += 1,
                 IpNet::V6(_) => v6 += 1,
+            }
+        }
+    }
+    (v4, v6)
+}
+
+/// Sum of prefix counts per family over the sets in use: an upper bound of the
+/// folded table sizes, computed without sorting.
+pub(crate) fn upper_bound(policy: &Policy) -> (usize, usize) {
+    count(&sets_in_use(policy))
+}
+
+/// Every (cidr or except) occurrence of the sets, as keys of both families.
+fn keys<K4: Key, K6: Key>(
+    sets: &[(&AddrSet, u128)],
+    v4_key: impl Fn(u32, u8, usize, bool) -> K4,
+    v6_key: impl Fn(u128, u8, usize, bool) -> K6,
+) -> (Vec<K4>, Vec<K6>) {
+    let (n4, n6) = count(sets);
+    let mut v4 = Vec::with_capacity(n4);
+    let mut v6 = Vec::with_capacity(n6);
+    for (id, (set, _)) in sets.iter().enumerate() {
+        let tagged = set
+            .cidrs
+            .iter()
+            .map(|n| (n, false))
+            .chain(set.except.iter().map(|n| (n, true)));
+        for (net, except) in tagged {
+            match net {
+                IpNet::V4(n) => v4.push(v4_key(u32::from(n.network()), n.prefix_len(), id, except)),
+                IpNet::V6(n) => {
+                    v6.push(v6_key(u128::from(n.network()), n.prefix_len(), id, except))
+                }
             }
         }
     }
@@ -88,43 +182,48 @@ pub(crate) fn upper_bound(policy: &Policy) -> (usize, usize) {
 pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
     let sets = sets_in_use(policy);
     let masks: Vec<u128> = sets.iter().map(|(_, m)| *m).collect();
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for (id, (set, _)) in sets.iter().enumerate() {
-        let tagged = set
-            .cidrs
-            .iter()
-            .map(|n| (n, false))
-            .chain(set.except.iter().map(|n| (n, true)));
-        for (net, except) in tagged {
-            let set = id as u32;
-            match net {
-                IpNet::V4(n) => v4.push(Tag {
-                    addr: u128::from(u32::from(n.network())),
-                    len: n.prefix_len(),
-                    set,
-                    except,
-                }),
-                IpNet::V6(n) => v6.push(Tag {
-                    addr: u128::from(n.network()),
-                    len: n.prefix_len(),
-                    set,
-                    except,
-                }),
-            }
-        }
-    }
+    let entry4 = |a: u128, len, value| PrefixEntry {
+        addr: (a as u32).to_be_bytes(),
+        prefix_len: len,
+        value,
+    };
+    let entry6 = |a: u128, len, value| PrefixEntry {
+        addr: a.to_be_bytes(),
+        prefix_len: len,
+        value,
+    };
+    let (v4, v6) = if sets.len() as u64 <= V4_SET_MAX {
+        keys(&sets, v4_key, Wide::new)
+    } else {
+        let (v4, v6) = keys(
+            &sets,
+            |a, len, set, except| Wide::new(u128::from(a), len, set, except),
+            Wide::new,
+        );
+        // Millions of sets: never in practice, but still correct.
+        let masks = &masks;
+        let ((v4, distinct_v4), (v6, distinct_v6)) = crate::parallel::join(
+            || fold_family(v4, 32, masks, prune, entry4),
+            || fold_family(v6, 128, masks, prune, entry6),
+        );
+        return Folded {
+            v4,
+            v6,
+            distinct_v4,
+            distinct_v6,
+        };
+    };
     // The families are independent: fold a large IPv6 table on a second thread.
     let ((v4, distinct_v4), (v6, distinct_v6)) = if v6.len() < 10_000 {
         (
-            fold_family(v4, 32, &masks, prune),
-            fold_family(v6, 128, &masks, prune),
+            fold_family(v4, 32, &masks, prune, entry4),
+            fold_family(v6, 128, &masks, prune, entry6),
         )
     } else {
         let masks = &masks;
         crate::parallel::join(
-            || fold_family(v4, 32, masks, prune),
-            || fold_family(v6, 128, masks, prune),
+            || fold_family(v4, 32, masks, prune, entry4),
+            || fold_family(v6, 128, masks, prune, entry6),
         )
     };
     Folded {
@@ -149,6 +248,49 @@ fn mask(len: u8, width: u32) -> u128 {
     }
 }
 
+/// Below this many keys a plain comparison sort is as fast as bucketing.
+const BUCKET_FROM: usize = 1 << 12;
+
+/// Sorts `keys`. Large inputs are first distributed by one counting pass into
+/// 2^13 buckets on the 13 bits of [`Key::high`] just below those all keys share,
+/// then each bucket (a handful of keys for a large random list) is sorted by
+/// comparison: a third of the time of sorting the whole at a million keys.
+fn sort_keys<K: Key>(mut keys: Vec<K>, bucket_from: usize) -> Vec<K> {
+    const DIGIT: u32 = 13;
+    let Some(first) = keys.first().map(|k| k.high()) else {
+        return keys;
+    };
+    let differ = keys.iter().fold(0, |acc, k| acc | (k.high() ^ first));
+    if keys.len() < bucket_from || differ == 0 {
+        keys.sort_unstable();
+        return keys;
+    }
+    // Bits above `top` are the same in every key, so the digit below them orders
+    // the buckets the way `high`, and hence the keys, are ordered.
+    let top = 64 - differ.leading_zeros();
+    let shift = top.saturating_sub(DIGIT);
+    let digit = |k: &K| ((k.high() >> shift) & ((1 << DIGIT) - 1)) as usize;
+    let mut starts = vec![0usize; (1 << DIGIT) + 1];
+    for k in &keys {
+        starts[digit(k) + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let mut next = starts.clone();
+    // Filler, every slot is overwritten.
+    let mut out = vec![keys[0]; keys.len()];
+    for k in keys {
+        let d = digit(&k);
+        out[next[d]] = k;
+        next[d] += 1;
+    }
+    for bucket in starts.windows(2) {
+        out[bucket[0]..bucket[1]].sort_unstable();
+    }
+    out
+}
+
 /// Running membership state along the current ancestor chain.
 struct State<'a> {
     masks: &'a [u128],
@@ -156,6 +298,9 @@ struct State<'a> {
     except_count: Vec<u32>,
     /// For each bit, how many active sets carry it.
     bit_count: [u32; BITS],
+    /// The bits whose count is non-zero, kept as counts cross zero so that
+    /// reading the value is not a pass over every count.
+    live: u128,
 }
 
 impl State<'_> {
@@ -164,11 +309,11 @@ impl State<'_> {
     }
 
     /// Enters (`add`) or leaves a prefix carrying `tags`.
-    fn apply(&mut self, tags: &[Tag], add: bool) {
+    fn apply<K: Key>(&mut self, tags: &[K], add: bool) {
         for t in tags {
-            let s = t.set as usize;
+            let (s, except) = t.tag();
             let before = self.active(s);
-            let counter = if t.except {
+            let counter = if except {
                 &mut self.except_count[s]
             } else {
                 &mut self.cidr_count[s]
@@ -187,8 +332,14 @@ impl State<'_> {
                     // left) or just stopped being active.
                     if !before {
                         self.bit_count[b] += 1;
+                        if self.bit_count[b] == 1 {
+                            self.live |= 1 << b;
+                        }
                     } else {
                         self.bit_count[b] -= 1;
+                        if self.bit_count[b] == 0 {
+                            self.live &= !(1 << b);
+                        }
                     }
                 }
             }
@@ -196,21 +347,15 @@ impl State<'_> {
     }
 
     fn value(&self) -> SourceEntry {
-        let mut rules = 0u64;
-        for (b, &c) in self.bit_count[..64].iter().enumerate() {
-            if c > 0 {
-                rules |= 1 << b;
-            }
-        }
         let mut flags = 0;
-        if self.bit_count[BIT_MANAGEMENT as usize] > 0 {
+        if self.live & (1 << BIT_MANAGEMENT) != 0 {
             flags |= SRC_MANAGEMENT;
         }
-        if self.bit_count[BIT_DENY as usize] > 0 {
+        if self.live & (1 << BIT_DENY) != 0 {
             flags |= SRC_DENY;
         }
         SourceEntry {
-            rules,
+            rules: self.live as u64,
             flags,
             _pad: 0,
         }
@@ -224,35 +369,32 @@ struct Frame {
     value: SourceEntry,
 }
 
-/// Folds one family; returns the pruned entries (sorted by address, then length)
-/// and the number of distinct prefixes.
-fn fold_family(
-    mut tags: Vec<Tag>,
+/// Folds one family; returns the pruned entries (sorted by address, then length,
+/// each made by `entry`) and the number of distinct prefixes.
+fn fold_family<K: Key, E>(
+    keys: Vec<K>,
     width: u32,
     masks: &[u128],
     prune: bool,
-) -> (Vec<(u128, u8, SourceEntry)>, usize) {
-    // Sorting by (address, length) puts every ancestor before its descendants.
-    if width <= 32 {
-        // One integer key: much cheaper to compare than the pair.
-        tags.sort_unstable_by_key(|t| ((t.addr as u64) << 8) | u64::from(t.len));
-    } else {
-        tags.sort_unstable_by_key(|t| (t.addr, t.len));
-    }
+    entry: impl Fn(u128, u8, SourceEntry) -> E,
+) -> (Vec<E>, usize) {
+    let tags = sort_keys(keys, BUCKET_FROM);
     let mut state = State {
         masks,
         cidr_count: vec![0; masks.len()],
         except_count: vec![0; masks.len()],
         bit_count: [0; BITS],
+        live: 0,
     };
     let mut stack: Vec<Frame> = Vec::new();
-    let mut out = Vec::new();
+    // At most one entry per key: reserving that avoids regrowing a large table.
+    let mut out = Vec::with_capacity(tags.len());
     let mut distinct = 0;
     let mut i = 0;
     while i < tags.len() {
-        let (addr, len) = (tags[i].addr, tags[i].len);
+        let (addr, len) = tags[i].prefix();
         let mut j = i + 1;
-        while j < tags.len() && tags[j].addr == addr && tags[j].len == len {
+        while j < tags.len() && tags[j].prefix() == (addr, len) {
             j += 1;
         }
         while let Some(top) = stack.last() {
@@ -269,7 +411,7 @@ fn fold_family(
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
         if value != inherited || !prune {
-            out.push((addr, len, value));
+            out.push(entry(addr, len, value));
         }
         stack.push(Frame {
             addr,
@@ -286,6 +428,122 @@ fn fold_family(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
+    #[test]
+    fn bucketed_sort_sorts() {
+        let mut next = xorshift(0x5eed_1234_abcd_0001);
+        // Random, clustered (few varying bits), all-equal high bits, tiny.
+        for (n, spread) in [(20_000, 64), (20_000, 20), (5_000, 3), (10_000, 0), (3, 64)] {
+            let high = |r: u64| if spread == 0 { 0 } else { r >> (64 - spread) };
+            let v4: Vec<u64> = (0..n).map(|_| high(next()) << 32 | next() >> 32).collect();
+            let wide: Vec<Wide> = (0..n)
+                .map(|_| Wide {
+                    hi: high(next()),
+                    lo: next() % 4,
+                    meta: next() % 8,
+                })
+                .collect();
+            let mut expected = v4.clone();
+            expected.sort_unstable();
+            assert_eq!(sort_keys(v4, 0), expected);
+            let mut expected = wide.clone();
+            expected.sort_unstable();
+            assert!(sort_keys(wide, 0) == expected);
+        }
+    }
+
+    /// Large random tables (past the bucketing threshold), both key forms, against
+    /// a direct evaluation of every distinct prefix's ancestors.
+    #[test]
+    fn large_folds_agree_with_a_direct_evaluation() {
+        let mut next = xorshift(0x0123_4567_89ab_cdef);
+        let masks: Vec<u128> = vec![1, 2 | 1 << BIT_DENY, 1 << BIT_MANAGEMENT, 5, 1 << 63];
+        let lens = [0u8, 8, 12, 16, 20, 24, 28, 30, 32, 32];
+        let mut tags: Vec<(u32, u8, usize, bool)> = Vec::new();
+        for _ in 0..30_000 {
+            let r = next();
+            let len = lens[(r % 10) as usize];
+            // Few varying bits under 10/8, so prefixes nest and repeat often.
+            let addr = 0x0a00_0000 | ((r >> 8) as u32 & 0x00f3_0c0f);
+            let addr = addr & (mask(len, 32) as u32);
+            tags.push((
+                addr,
+                len,
+                (r >> 40) as usize % masks.len(),
+                (r >> 50).is_multiple_of(5),
+            ));
+        }
+        let mut by_prefix: HashMap<(u32, u8), Vec<(usize, bool)>> = HashMap::new();
+        for &(a, l, s, e) in &tags {
+            by_prefix.entry((a, l)).or_default().push((s, e));
+        }
+        let mut expected: Vec<(u128, u8, SourceEntry)> = by_prefix
+            .keys()
+            .map(|&(addr, len)| {
+                let (mut cidr, mut except) = (vec![false; masks.len()], vec![false; masks.len()]);
+                for l in 0..=len {
+                    let up = (addr as u128 & mask(l, 32), l);
+                    for &(s, e) in by_prefix.get(&(up.0 as u32, l)).into_iter().flatten() {
+                        if e {
+                            except[s] = true;
+                        } else {
+                            cidr[s] = true;
+                        }
+                    }
+                }
+                let live = (0..masks.len())
+                    .filter(|&s| cidr[s] && !except[s])
+                    .fold(0, |acc, s| acc | masks[s]);
+                let state = State {
+                    masks: &masks,
+                    cidr_count: Vec::new(),
+                    except_count: Vec::new(),
+                    bit_count: [0; BITS],
+                    live,
+                };
+                (u128::from(addr), len, state.value())
+            })
+            .collect();
+        expected.sort_unstable_by_key(|&(a, l, _)| (a, l));
+        let entry = |a: u128, l: u8, v: SourceEntry| (a, l, v);
+        let packed: Vec<u64> = tags
+            .iter()
+            .map(|&(a, l, s, e)| v4_key(a, l, s, e))
+            .collect();
+        let wide: Vec<Wide> = tags
+            .iter()
+            .map(|&(a, l, s, e)| Wide::new(u128::from(a), l, s, e))
+            .collect();
+        let (unpruned, distinct) = fold_family(packed.clone(), 32, &masks, false, entry);
+        assert_eq!(distinct, expected.len());
+        assert!(unpruned == expected);
+        assert!(fold_family(wide.clone(), 32, &masks, false, entry).0 == expected);
+        // Pruned: exactly the entries whose nearest listed ancestor answers otherwise.
+        let kept: Vec<_> = expected
+            .iter()
+            .filter(|&&(a, l, v)| {
+                let parent = expected
+                    .iter()
+                    .filter(|&&(pa, pl, _)| pl < l && a & mask(pl, 32) == pa)
+                    .max_by_key(|&&(_, pl, _)| pl)
+                    .map(|&(_, _, pv)| pv)
+                    .unwrap_or_default();
+                parent != v
+            })
+            .copied()
+            .collect();
+        assert!(fold_family(packed, 32, &masks, true, entry).0 == kept);
+        assert!(fold_family(wide, 32, &masks, true, entry).0 == kept);
+    }
 
     #[test]
     fn masks() {

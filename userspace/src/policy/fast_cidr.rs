@@ -11,11 +11,30 @@ use super::addr::parse_cidr;
 
 /// The network on `line`, or None for the general path.
 pub(crate) fn fast_cidr(line: &[u8]) -> Option<IpNet> {
-    if line.contains(&b':') {
-        fast_ipv6(line)
-    } else {
-        fast_ipv4(line)
+    let (net, end) = fast_prefix(line)?;
+    (end == line.len()).then_some(net)
+}
+
+/// The network on the first line of `text` when the line is just that network,
+/// written as [`fast_cidr`] takes it, and the length of the line with its ending
+/// (where the next line starts). One pass: the
+/// line's end is found where the network ends instead of searched for first. The
+/// line ends as `str::lines` ends it: at '\n' (a '\r' before it is dropped) or at
+/// the end of the text. None sends the line the general way.
+pub(crate) fn fast_line(text: &[u8]) -> Option<(IpNet, usize)> {
+    let (net, end) = fast_prefix(text)?;
+    match text.get(end) {
+        None => Some((net, end)),
+        Some(b'\n') => Some((net, end + 1)),
+        Some(b'\r') if text.get(end + 1) == Some(&b'\n') => Some((net, end + 2)),
+        Some(_) => None,
     }
+}
+
+/// A plainly written network at the start of `text` and where it ends. The two
+/// forms never both apply: IPv4 takes only digits, '.' and '/', IPv6 needs a ':'.
+fn fast_prefix(text: &[u8]) -> Option<(IpNet, usize)> {
+    ipv4_prefix(text).or_else(|| ipv6_prefix(text))
 }
 
 /// A decimal number of at most `digits` digits and at most `max` at `*at`, without
@@ -35,96 +54,88 @@ fn number(line: &[u8], at: &mut usize, max: u32, digits: usize) -> Option<u32> {
 }
 
 /// `a.b.c.d` or `a.b.c.d/len` written plainly (decimal octets without leading
-/// zeros, a length of one or two digits, nothing else on the line) and without host
-/// bits: the same network `parse_cidr` returns for it. Anything else, including every
-/// malformed line, is `None` and goes the general way (which says what is wrong).
-fn fast_ipv4(line: &[u8]) -> Option<IpNet> {
+/// zeros, a length of one or two digits) and without host bits at the start of
+/// `text`: the network `parse_cidr` returns for it when nothing follows, and where
+/// it ends. Anything else, including every malformed line, is `None` and goes the
+/// general way (which says what is wrong).
+fn ipv4_prefix(text: &[u8]) -> Option<(IpNet, usize)> {
     let mut at = 0;
     let mut addr = 0u32;
     for i in 0..4 {
-        addr = addr << 8 | number(line, &mut at, 255, 3)?;
+        addr = addr << 8 | number(text, &mut at, 255, 3)?;
         if i < 3 {
-            if line.get(at) != Some(&b'.') {
+            if text.get(at) != Some(&b'.') {
                 return None;
             }
             at += 1;
         }
     }
-    let len = match line.get(at) {
-        None => 32,
-        Some(b'/') => {
-            at += 1;
-            let len = number(line, &mut at, 32, 2)?;
-            if at != line.len() {
-                return None;
-            }
-            len
-        }
-        Some(_) => return None,
+    let len = if text.get(at) == Some(&b'/') {
+        at += 1;
+        number(text, &mut at, 32, 2)?
+    } else {
+        32
     };
     let host = if len == 32 { 0 } else { u32::MAX >> len };
     if addr & host != 0 {
         return None;
     }
-    Some(IpNet::V4(ipnet::Ipv4Net::new(addr.into(), len as u8).ok()?))
+    let net = ipnet::Ipv4Net::new(addr.into(), len as u8).ok()?;
+    Some((IpNet::V4(net), at))
 }
 
 /// `x:x:x:x:x:x:x:x` with at most one `::`, each group one to four hex digits, and an
-/// optional `/len`: IPv6 as range lists write it (no embedded IPv4, no zone).
-fn fast_ipv6(line: &[u8]) -> Option<IpNet> {
-    let (addr, len) = match line.iter().position(|&b| b == b'/') {
-        Some(slash) => {
-            let mut at = slash + 1;
-            let len = number(line, &mut at, 128, 3)?;
-            if at != line.len() {
-                return None;
-            }
-            (&line[..slash], len)
-        }
-        None => (line, 128),
-    };
+/// optional `/len`, at the start of `text` (as [`ipv4_prefix`]): IPv6 as range lists
+/// write it (no embedded IPv4, no zone).
+fn ipv6_prefix(text: &[u8]) -> Option<(IpNet, usize)> {
+    let hex = |at: usize| text.get(at).and_then(|&b| (b as char).to_digit(16));
     let mut groups = [0u16; 8];
     let mut count = 0;
     // Where `::` stands: the number of groups before it.
     let mut gap = None;
     let mut at = 0;
-    if addr.starts_with(b"::") {
+    if text.starts_with(b"::") {
         gap = Some(0);
         at = 2;
     }
-    while at < addr.len() {
+    // A group must follow, except after `::` (which may end the address).
+    let mut need_group = gap.is_none();
+    loop {
         let start = at;
         let mut group = 0u32;
-        while at < addr.len() && at - start < 4 {
-            let Some(digit) = (addr[at] as char).to_digit(16) else {
-                break;
-            };
+        while at - start < 4
+            && let Some(digit) = hex(at)
+        {
             group = group << 4 | digit;
             at += 1;
         }
-        // No digits, a fifth one, or a ninth group.
-        if at == start || addr.get(at).is_some_and(u8::is_ascii_hexdigit) || count == 8 {
+        if at == start {
+            if need_group {
+                return None;
+            }
+            break;
+        }
+        // A fifth digit, or a ninth group.
+        if hex(at).is_some() || count == 8 {
             return None;
         }
         groups[count] = group as u16;
         count += 1;
-        if at == addr.len() {
+        // Anything but ':' ends the address; the caller checks what follows (an
+        // embedded IPv4 address's '.' or a zone's '%' is left to the general path).
+        if text.get(at) != Some(&b':') {
             break;
         }
-        // Anything but ':' (an embedded IPv4 address's '.', a zone's '%') is left
-        // to the general path.
-        if addr[at] != b':' {
-            return None;
-        }
         at += 1;
-        if addr.get(at) == Some(&b':') {
+        if text.get(at) == Some(&b':') {
             if gap.is_some() {
                 return None;
             }
             gap = Some(count);
             at += 1;
-        } else if at == addr.len() {
-            return None; // a trailing single ':'
+            need_group = false;
+        } else {
+            need_group = true; // no trailing single ':'
         }
     }
     let mut words = [0u16; 8];
@@ -138,6 +149,12 @@ fn fast_ipv6(line: &[u8]) -> Option<IpNet> {
         None if count == 8 => words = groups,
         _ => return None,
     }
+    let len = if text.get(at) == Some(&b'/') {
+        at += 1;
+        number(text, &mut at, 128, 3)?
+    } else {
+        128
+    };
     let value = words
         .iter()
         .fold(0u128, |acc, &word| acc << 16 | u128::from(word));
@@ -145,12 +162,18 @@ fn fast_ipv6(line: &[u8]) -> Option<IpNet> {
     if value & host != 0 {
         return None;
     }
-    Some(IpNet::V6(Ipv6Net::new(value.into(), len as u8).ok()?))
+    let net = Ipv6Net::new(value.into(), len as u8).ok()?;
+    Some((IpNet::V6(net), at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The IPv4 form alone, as the whole line.
+    fn fast_ipv4(line: &[u8]) -> Option<IpNet> {
+        ipv4_prefix(line).and_then(|(net, end)| (end == line.len()).then_some(net))
+    }
 
     fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
         move || {
@@ -299,5 +322,59 @@ mod tests {
         ] {
             assert!(fast_cidr(line.as_bytes()).is_some(), "{line:?}");
         }
+    }
+
+    #[test]
+    fn a_fast_line_ends_where_str_lines_ends_it() {
+        let mut next = xorshift(0x00c0_ffee_1234_5678);
+        let mut lines: Vec<String> = ["1.2.3.4", "10.0.0.0/8", "::", "2001:db8::/32", "1::", ""]
+            .map(String::from)
+            .to_vec();
+        for _ in 0..2_000 {
+            let r = next();
+            lines.push(match r % 3 {
+                0 => format!(
+                    "{}.{}.{}.0/24",
+                    r >> 8 & 0xff,
+                    r >> 16 & 0xff,
+                    r >> 24 & 0xff
+                ),
+                1 => std::net::Ipv4Addr::from((r >> 32) as u32).to_string(),
+                _ => format!("{:x}:{:x}::/32", r >> 48 & 0xffff, r >> 32 & 0xffff),
+            });
+        }
+        let endings = [
+            "", "\n", "\r\n", "\r", "\r\r\n", "\n\r", " \n", "\t\n", "#\n", "x\n", "/\n", "/8\n",
+            ":\n", "::\n", ".\n", "0\n", "%\n",
+        ];
+        let mut fast = 0;
+        for line in &lines {
+            for ending in endings {
+                let text = format!("{line}{ending}9.9.9.9\n");
+                let first = text.lines().next().unwrap_or("");
+                let rest = &text[text.find('\n').map_or(text.len(), |i| i + 1)..];
+                match fast_line(text.as_bytes()) {
+                    Some((net, next_line)) => {
+                        assert_eq!(fast_cidr(first.as_bytes()), Some(net), "{text:?}");
+                        assert_eq!(parse_cidr(first), Ok(net), "{text:?}");
+                        assert_eq!(&text[next_line..], rest, "{text:?}");
+                        fast += 1;
+                    }
+                    // Whatever the line-by-line fast path takes, this takes too.
+                    None => assert_eq!(fast_cidr(first.as_bytes()), None, "{text:?}"),
+                }
+                // Without a following line: the end of the text ends the line.
+                let text = format!("{line}{ending}");
+                let first = text.lines().next().unwrap_or("");
+                match fast_line(text.as_bytes()) {
+                    Some((net, end)) => {
+                        assert_eq!(fast_cidr(first.as_bytes()), Some(net), "{text:?}");
+                        assert_eq!(end, text.find('\n').map_or(text.len(), |i| i + 1));
+                    }
+                    None => assert_eq!(fast_cidr(first.as_bytes()), None, "{text:?}"),
+                }
+            }
+        }
+        assert!(fast > 3 * lines.len(), "only {fast} fast lines");
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use super::addr::parse_cidr;
-use super::fast_cidr::fast_cidr;
+use super::fast_cidr::{fast_cidr, fast_line};
 use super::raw::{Ctx, Pos};
 
 /// Where an imported path is resolved from: the policy file's directory.
@@ -123,13 +123,28 @@ const PARALLEL_BYTES: usize = 1 << 20;
 /// general way, which reports every problem in order (and accepts the few unusual
 /// but valid lines this does not, e.g. an address followed by a comment).
 fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
-    fn part(text: &str) -> Option<Vec<IpNet>> {
-        let mut out = Vec::with_capacity(text.len() / 16);
-        for line in text.lines() {
-            if let Some(net) = fast_cidr(line.as_bytes()) {
+    /// `capacity`: the expected number of networks, reserved up front.
+    fn part(text: &str, capacity: usize) -> Option<Vec<IpNet>> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(capacity);
+        let mut at = 0;
+        while at < bytes.len() {
+            // Most lines are a bare network: read it and the line's end in one pass.
+            if let Some((net, length)) = fast_line(&bytes[at..]) {
                 out.push(net);
+                at += length;
                 continue;
             }
+            // Any other line, cut as `str::lines` cuts it. `at` and the newline are
+            // both character boundaries ('\n' is never inside a character).
+            let (line, next) = match bytes[at..].iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let line = &text[at..at + i];
+                    (line.strip_suffix('\r').unwrap_or(line), at + i + 1)
+                }
+                None => (&text[at..], bytes.len()),
+            };
+            at = next;
             let trimmed = line.trim_start();
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
@@ -141,8 +156,11 @@ fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
         }
         Some(out)
     }
+    // A guess: provider lists' lines are mostly 10 to 45 bytes. Too low only costs
+    // the vector regrowing.
+    let capacity = text.len() / 16;
     if text.len() < parallel {
-        return part(text);
+        return part(text, capacity);
     }
     // Split after the newline nearest the middle, so no line is cut. Searched in
     // bytes: the middle may fall inside a multi-byte character, and '\n' never does.
@@ -152,10 +170,12 @@ fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
         .position(|&b| b == b'\n')
         .map(|i| middle + i + 1)
     else {
-        return part(text);
+        return part(text, capacity);
     };
     let (first, second) = text.split_at(split);
-    let (mut nets, rest) = crate::parallel::join(|| part(first), || part(second));
+    // The first part reserves room for both, so appending the second moves nothing.
+    let (mut nets, rest) =
+        crate::parallel::join(|| part(first, capacity), || part(second, second.len() / 16));
     nets.as_mut()?.extend(rest?);
     nets
 }
@@ -182,7 +202,41 @@ mod tests {
                 big.push_str(&format!("2001:db8:{i:x}::/48\n# note {i}\n\n"));
             }
         }
-        for text in texts.iter().copied().chain([big.as_str()]) {
+        // The same with CRLF endings; and with one line of each unusual kind in the
+        // middle (the whole list then goes the general way, or the line alone does).
+        let crlf = big.replace('\n', "\r\n");
+        let middle = big.len() / 2 + big[big.len() / 2..].find('\n').unwrap() + 1;
+        let odd: Vec<String> = [
+            "  10.9.0.0/16\n",
+            "10.9.0.0/16 # trailing\n",
+            "10.9.0.0/16\r\r\n",
+            "\t# indented comment\r\n",
+            "10.9.0.0/016\n",
+            "10.9.0.1/16\n",
+            "::ffff:10.9.0.0/120\n",
+            "2001:DB8:0::/48\n",
+            "\r\n",
+        ]
+        .iter()
+        .map(|line| format!("{}{line}{}", &big[..middle], &big[middle..]))
+        .collect();
+        let ends = [
+            "10.0.0.0/8\n1.2.3.4\r",
+            "10.0.0.0/8\n::1\r",
+            "10.0.0.0/8\n1.2.3.4\r\n",
+            "10.0.0.0/8\r\n\r",
+            "1.2.3.4",
+            "",
+            "\n",
+        ];
+        let larger = [big.as_str(), crlf.as_str()];
+        for text in texts
+            .iter()
+            .chain(&ends)
+            .chain(&larger)
+            .copied()
+            .chain(odd.iter().map(String::as_str))
+        {
             let mut problems = 0;
             let mut general = Vec::new();
             // The general path alone: what parse_list did before the clean-list reader.
@@ -207,6 +261,17 @@ mod tests {
             }
         }
         assert!(parse_clean_list(&big, 64).is_some());
+        assert!(parse_clean_list(&crlf, 64).is_some());
+        // Clean, the odd line taking the line-by-line way ("\t# ..", "/016",
+        // "::ffff:..", "\r\n") or the fast one ("2001:DB8:0::/48"); or not clean.
+        let clean: Vec<bool> = odd
+            .iter()
+            .map(|t| parse_clean_list(t, 64).is_some())
+            .collect();
+        assert_eq!(
+            clean,
+            [false, false, false, true, true, false, true, true, true]
+        );
         assert!(parse_clean_list(texts[3], 0).is_none());
         assert!(parse_clean_list(texts[4], 0).is_none());
     }

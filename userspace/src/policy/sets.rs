@@ -158,7 +158,13 @@ fn parse_set_mapping(
         let f = format!("{field}.file");
         if let Some(s) = raw::scalar(ctx, n, &f, "a file path") {
             let imported = imports::import(ctx, origin, s.as_str(), Pos::of(n), &f);
-            set.cidrs.extend(imported);
+            // Taken as is when it is the whole list: a million-line import is not
+            // copied again.
+            if set.cidrs.is_empty() {
+                set.cidrs = imported;
+            } else {
+                set.cidrs.extend(imported);
+            }
         }
     }
     if cidrs_node.is_none() && file_node.is_none() {
