@@ -20,6 +20,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -60,7 +61,7 @@ pub struct Policy {
     /// Rules in policy order; a rule's index is its bit in the compiled maps.
     pub rules: Vec<Rule>,
     /// Named sets as defined under `sets` (imports included).
-    pub sets: BTreeMap<String, AddrSet>,
+    pub sets: BTreeMap<String, Arc<AddrSet>>,
 }
 
 impl Policy {
@@ -142,14 +143,15 @@ impl AddrSet {
 /// in the group iff it is in any of the sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceGroup {
-    /// The referenced sets, in the order written.
-    pub sets: Vec<AddrSet>,
+    /// The referenced sets, in the order written. Shared with `Policy::sets`: a set of
+    /// a million imported prefixes is held once, however many rules name it.
+    pub sets: Vec<Arc<AddrSet>>,
 }
 
 impl SourceGroup {
     /// The first set (in policy order) containing `ip`.
     pub fn first_containing(&self, ip: IpAddr) -> Option<&AddrSet> {
-        self.sets.iter().find(|s| s.contains(ip))
+        self.sets.iter().find(|s| s.contains(ip)).map(Arc::as_ref)
     }
 
     /// Whether any set contains `ip`.

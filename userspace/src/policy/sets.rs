@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use marked_yaml::Node;
@@ -17,7 +18,7 @@ use crate::regions;
 #[derive(Default)]
 pub(crate) struct SetTable {
     /// Sets that validated.
-    pub defined: BTreeMap<String, AddrSet>,
+    pub defined: BTreeMap<String, Arc<AddrSet>>,
     /// Every name written under `sets`, valid or not: a reference to a broken set is
     /// not reported again as "unknown".
     pub names: BTreeSet<String>,
@@ -46,7 +47,7 @@ pub(crate) fn parse_sets(ctx: &mut Ctx, node: &Node, origin: &Path) -> SetTable 
             continue;
         }
         if let Some(set) = parse_set(ctx, name, value, &field, origin) {
-            table.defined.insert(name.to_string(), set);
+            table.defined.insert(name.to_string(), Arc::new(set));
         }
     }
     table
@@ -277,30 +278,30 @@ fn resolve_ref(
     sc: &MarkedScalarNode,
     field: &str,
     table: &SetTable,
-) -> Option<AddrSet> {
+) -> Option<Arc<AddrSet>> {
     let text = sc.as_str();
     let pos = Pos::of_span(sc.span());
     if let Some(set) = table.defined.get(text) {
-        return Some(set.clone());
+        return Some(Arc::clone(set));
     }
     if table.names.contains(text) {
         // Defined but invalid: its own errors say why.
         return None;
     }
     if let Some(region) = regions::find(text) {
-        return Some(AddrSet {
+        return Some(Arc::new(AddrSet {
             name: region.name.clone(),
             cidrs: region.cidrs.clone(),
             except: Vec::new(),
-        });
+        }));
     }
     if looks_like_address(text) {
         return match parse_cidr(text) {
-            Ok(net) => Some(AddrSet {
+            Ok(net) => Some(Arc::new(AddrSet {
                 name: text.to_string(),
                 cidrs: vec![net],
                 except: Vec::new(),
-            }),
+            })),
             Err(p) => {
                 ctx.error(pos, field, Some(text), p.message, p.hint);
                 None

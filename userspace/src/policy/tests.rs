@@ -105,6 +105,21 @@ fn parses_every_feature() {
     assert_eq!(p.rule_index("webapp"), Some(1));
 }
 
+/// A named set is held once: every reference to it shares the definition, so a set
+/// of a million imported prefixes costs its memory once, not once per rule.
+#[test]
+fn references_share_the_named_set() {
+    let text = FULL.replace(
+        "    from: [10.0.0.0/8, partners, \"2001:db8::1\"]",
+        "    from: [10.0.0.0/8, partners, office]",
+    );
+    let p = parse(&text).unwrap();
+    let office = &p.sets["office"];
+    assert!(Arc::ptr_eq(&p.rules[0].from.sets[2], office));
+    assert!(Arc::ptr_eq(&p.rules[1].from.sets[2], office));
+    assert!(Arc::ptr_eq(&p.management.sets[1], &p.sets["ops"]));
+}
+
 #[test]
 fn defaults_and_auto() {
     let p = parse("version: 1\ninterfaces: [auto]\n").unwrap();
