@@ -7,7 +7,8 @@
 //! from that region. So value(P) follows from P's ancestors in U (P included): set S
 //! contains the region iff some ancestor is a cidr of S and none is an except of S.
 //! One sorted pass with an ancestor stack computes that incrementally, O(|U|) after
-//! the sort (times the groups a set is in, when it enters or leaves).
+//! the sort (times the sets active at once, when one enters or leaves), however
+//! many rules name a set.
 
 use std::collections::HashMap;
 
@@ -20,7 +21,6 @@ use crate::policy::{AddrSet, Policy};
 /// Bits of a set's membership mask: 0..64 are rules, then management and deny.
 const BIT_MANAGEMENT: u32 = 64;
 const BIT_DENY: u32 = 65;
-const BITS: usize = 66;
 
 /// One prefix occurrence (`set` lists it as a cidr or as an except), packed for
 /// sorting: keys order by (address, length) first, so a sort puts every ancestor
@@ -296,20 +296,37 @@ struct State<'a> {
     masks: &'a [u128],
     cidr_count: Vec<u32>,
     except_count: Vec<u32>,
-    /// For each bit, how many active sets carry it.
-    bit_count: [u32; BITS],
-    /// The bits whose count is non-zero, kept as counts cross zero so that
-    /// reading the value is not a pass over every count.
+    /// The active sets, in no order, and each set's place among them (`NOT_ACTIVE`
+    /// if it is not): entering or leaving a set is O(1).
+    active_sets: Vec<usize>,
+    place: Vec<usize>,
+    /// The union of the active sets' masks. Recomputed from the few active sets
+    /// when one comes or goes, so the cost per prefix does not grow with the number
+    /// of rules that name a set.
     live: u128,
 }
 
-impl State<'_> {
+const NOT_ACTIVE: usize = usize::MAX;
+
+impl<'a> State<'a> {
+    fn new(masks: &'a [u128]) -> Self {
+        State {
+            masks,
+            cidr_count: vec![0; masks.len()],
+            except_count: vec![0; masks.len()],
+            active_sets: Vec::new(),
+            place: vec![NOT_ACTIVE; masks.len()],
+            live: 0,
+        }
+    }
+
     fn active(&self, set: usize) -> bool {
         self.cidr_count[set] > 0 && self.except_count[set] == 0
     }
 
     /// Enters (`add`) or leaves a prefix carrying `tags`.
     fn apply<K: Key>(&mut self, tags: &[K], add: bool) {
+        let mut changed = false;
         for t in tags {
             let (s, except) = t.tag();
             let before = self.active(s);
@@ -323,26 +340,26 @@ impl State<'_> {
             } else {
                 *counter -= 1;
             }
-            if before != self.active(s) {
-                let mut bits = self.masks[s];
-                while bits != 0 {
-                    let b = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    // The set just became active (a cidr entered or an except
-                    // left) or just stopped being active.
-                    if !before {
-                        self.bit_count[b] += 1;
-                        if self.bit_count[b] == 1 {
-                            self.live |= 1 << b;
-                        }
-                    } else {
-                        self.bit_count[b] -= 1;
-                        if self.bit_count[b] == 0 {
-                            self.live &= !(1 << b);
-                        }
+            let after = self.active(s);
+            if before != after {
+                changed = true;
+                if after {
+                    self.place[s] = self.active_sets.len();
+                    self.active_sets.push(s);
+                } else {
+                    let at = std::mem::replace(&mut self.place[s], NOT_ACTIVE);
+                    self.active_sets.swap_remove(at);
+                    if let Some(&moved) = self.active_sets.get(at) {
+                        self.place[moved] = at;
                     }
                 }
             }
+        }
+        if changed {
+            self.live = self
+                .active_sets
+                .iter()
+                .fold(0, |live, &set| live | self.masks[set]);
         }
     }
 
@@ -379,13 +396,7 @@ fn fold_family<K: Key, E>(
     entry: impl Fn(u128, u8, SourceEntry) -> E,
 ) -> (Vec<E>, usize) {
     let tags = sort_keys(keys, BUCKET_FROM);
-    let mut state = State {
-        masks,
-        cidr_count: vec![0; masks.len()],
-        except_count: vec![0; masks.len()],
-        bit_count: [0; BITS],
-        live: 0,
-    };
+    let mut state = State::new(masks);
     let mut stack: Vec<Frame> = Vec::new();
     // At most one entry per key: reserving that avoids regrowing a large table.
     let mut out = Vec::with_capacity(tags.len());
@@ -504,11 +515,8 @@ mod tests {
                     .filter(|&s| cidr[s] && !except[s])
                     .fold(0, |acc, s| acc | masks[s]);
                 let state = State {
-                    masks: &masks,
-                    cidr_count: Vec::new(),
-                    except_count: Vec::new(),
-                    bit_count: [0; BITS],
                     live,
+                    ..State::new(&masks)
                 };
                 (u128::from(addr), len, state.value())
             })
