@@ -48,75 +48,107 @@ impl Directory {
 /// The directory's window over `ranges`: its first address (full width) and the
 /// number of leading bits every boundary shares, at most `width.min(64) - bits` so
 /// that the slot's bits lie in the address's top 64.
-fn window(ranges: &[Range], width: u32, bits: u32) -> (u128, u32) {
+fn window<T: RangeItem>(ranges: &[T], width: u32, bits: u32) -> (u128, u32) {
     let (Some(first), Some(last)) = (ranges.get(1), ranges.last()) else {
         return (0, 0);
     };
     if bits == 0 {
         return (0, 0);
     }
-    let shared = ((first.0 ^ last.0).leading_zeros() - (128 - width)).min(width.min(64) - bits);
+    let (first, last) = (first.start(), last.start());
+    let shared = ((first ^ last).leading_zeros() - (128 - width)).min(width.min(64) - bits);
     let low_bits = max_address(width).checked_shr(shared).unwrap_or(0);
-    (first.0 & !low_bits & max_address(width), shared)
+    (first & !low_bits & max_address(width), shared)
 }
 
 /// A range: its first address (the top `WIDTH` bits of a `u128`) and its answer.
 type Range = (u128, SourceEntry);
 
-/// The ranges of `entries` (prefixes sorted by address then length, as the
-/// compiler makes them): the address space from 0 to its end, split wherever the
-/// longest match changes, adjacent ranges with equal answers merged. Addresses with
-/// no matching prefix get the all-zero entry, as from an LPM trie miss.
-fn ranges<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<Range> {
+/// A range as some table holds it.
+pub trait RangeItem: Copy {
+    /// A range from its first address (the low `WIDTH` bits) and its answer.
+    fn range(start: u128, value: SourceEntry) -> Self;
+    /// Of a range: first address and answer.
+    fn start(&self) -> u128;
+    fn value(&self) -> SourceEntry;
+}
+
+impl RangeItem for Range {
+    fn range(start: u128, value: SourceEntry) -> Self {
+        (start, value)
+    }
+
+    fn start(&self) -> u128 {
+        self.0
+    }
+
+    fn value(&self) -> SourceEntry {
+        self.1
+    }
+}
+
+/// Appends the ranges of `entries` (prefixes sorted by address then length, as the
+/// compiler makes them) to `out`: the address space from 0 to its end, split
+/// wherever the longest match changes, adjacent ranges with equal answers merged.
+/// Addresses with no matching prefix get the all-zero entry, as from an LPM trie
+/// miss. Made in the table's own element type, so a large table is written once.
+fn ranges<T: RangeItem, const N: usize>(entries: &[PrefixEntry<N>], out: &mut Vec<T>) {
     let width = 8 * N as u32;
     // A prefix starts at most one range and ends at most one.
-    let mut out: Vec<Range> = Vec::with_capacity(2 * entries.len() + 1);
-    out.push((0, SourceEntry::default()));
+    out.reserve(2 * entries.len() + 1);
+    let mut ranges = Ranges {
+        first: out.len(),
+        out,
+    };
+    ranges.out.push(T::range(0, SourceEntry::default()));
     // Open prefixes, outermost first: (last address, answer). Prefixes nest or are
     // disjoint, and sorted by address then length each one's parents come first.
     let mut open: Vec<(u128, SourceEntry)> = Vec::new();
     for entry in entries {
         let first = address(&entry.addr);
         let last = first | host_mask(width, entry.prefix_len);
-        close(&mut open, Some(first), width, &mut out);
-        set(&mut out, first, entry.value);
+        ranges.close(&mut open, Some(first), width);
+        ranges.set(first, entry.value);
         open.push((last, entry.value));
     }
-    close(&mut open, None, width, &mut out);
-    out
+    ranges.close(&mut open, None, width);
 }
 
-/// From `start` on (never before the last range's start), the answer is `value`.
-fn set(out: &mut Vec<Range>, start: u128, value: SourceEntry) {
-    match out.last_mut() {
-        Some(last) if last.0 == start => {
-            last.1 = value;
+/// The ranges being made: `out[first..]`.
+struct Ranges<'a, T> {
+    out: &'a mut Vec<T>,
+    first: usize,
+}
+
+impl<T: RangeItem> Ranges<'_, T> {
+    /// From `start` on (never before the last range's start), the answer is `value`.
+    fn set(&mut self, start: u128, value: SourceEntry) {
+        let len = self.out.len();
+        let last = self.out[len - 1];
+        if last.start() == start {
             // The range's new answer can equal the one before: merge.
-            if out.len() >= 2 && out[out.len() - 2].1 == value {
-                out.pop();
+            if len - self.first >= 2 && self.out[len - 2].value() == value {
+                self.out.pop();
+            } else {
+                self.out[len - 1] = T::range(start, value);
             }
+        } else if last.value() != value {
+            self.out.push(T::range(start, value));
         }
-        Some(last) if last.1 == value => {}
-        _ => out.push((start, value)),
     }
-}
 
-/// Closes the open prefixes that end before `before` (all of them if `None`): after
-/// each, the prefix around it answers again.
-fn close(
-    open: &mut Vec<(u128, SourceEntry)>,
-    before: Option<u128>,
-    width: u32,
-    out: &mut Vec<Range>,
-) {
-    while let Some(&(last, _)) = open.last() {
-        if before.is_some_and(|first| last >= first) {
-            break;
-        }
-        open.pop();
-        if last < max_address(width) {
-            let outer = open.last().map(|o| o.1).unwrap_or_default();
-            set(out, last + 1, outer);
+    /// Closes the open prefixes that end before `before` (all of them if `None`):
+    /// after each, the prefix around it answers again.
+    fn close(&mut self, open: &mut Vec<(u128, SourceEntry)>, before: Option<u128>, width: u32) {
+        while let Some(&(last, _)) = open.last() {
+            if before.is_some_and(|first| last >= first) {
+                break;
+            }
+            open.pop();
+            if last < max_address(width) {
+                let outer = open.last().map(|o| o.1).unwrap_or_default();
+                self.set(last + 1, outer);
+            }
         }
     }
 }
@@ -164,8 +196,8 @@ fn directory_bits(ranges: usize, capacity: usize) -> u32 {
 /// address falls in, and how many ranges overlap it. The slots split the window
 /// (`start`, `shared` leading bits) evenly; the first also covers everything below
 /// it, the last everything above.
-fn directory(
-    ranges: &[Range],
+fn directory<T: RangeItem>(
+    ranges: &[T],
     width: u32,
     bits: u32,
     (start, shared): (u128, u32),
@@ -185,11 +217,11 @@ fn directory(
         } else {
             start + (((slot as u128 + 1) << slot_shift) - 1)
         };
-        while first + 1 < ranges.len() && ranges[first + 1].0 <= slot_first {
+        while first + 1 < ranges.len() && ranges[first + 1].start() <= slot_first {
             first += 1;
         }
         let mut end = first + 1;
-        while end < ranges.len() && ranges[end].0 <= slot_last {
+        while end < ranges.len() && ranges[end].start() <= slot_last {
             end += 1;
         }
         out.push((first, end - first));
@@ -197,19 +229,37 @@ fn directory(
     out
 }
 
-/// A source table element of one family, as the program reads it.
-pub trait Element: Copy + Default {
+/// A source table element of one family, as the program reads it: a directory
+/// slot or a range.
+pub trait Element: RangeItem + Default {
     /// Address bits of the family.
     const WIDTH: u32;
     /// A directory slot: the index of its first range and how many ranges it has.
     fn slot(first: usize, count: usize) -> Self;
-    /// A range from its first address (the low `WIDTH` bits) and its answer.
-    fn range(start: u128, value: SourceEntry) -> Self;
     /// Of a slot: first range and count.
     fn run(&self) -> (usize, usize);
-    /// Of a range: first address and answer.
-    fn start(&self) -> u128;
-    fn value(&self) -> SourceEntry;
+}
+
+impl RangeItem for SourceRangeV4 {
+    fn range(start: u128, value: SourceEntry) -> Self {
+        Self {
+            start: start as u32,
+            flags: value.flags,
+            rules: value.rules,
+        }
+    }
+
+    fn start(&self) -> u128 {
+        u128::from(self.start)
+    }
+
+    fn value(&self) -> SourceEntry {
+        SourceEntry {
+            rules: self.rules,
+            flags: self.flags,
+            _pad: 0,
+        }
+    }
 }
 
 impl Element for SourceRangeV4 {
@@ -223,20 +273,23 @@ impl Element for SourceRangeV4 {
         }
     }
 
-    fn range(start: u128, value: SourceEntry) -> Self {
-        Self {
-            start: start as u32,
-            flags: value.flags,
-            rules: value.rules,
-        }
-    }
-
     fn run(&self) -> (usize, usize) {
         (self.start as usize, self.flags as usize)
     }
+}
+
+impl RangeItem for SourceRangeV6 {
+    fn range(start: u128, value: SourceEntry) -> Self {
+        Self {
+            start: [(start >> 64) as u64, start as u64],
+            rules: value.rules,
+            flags: value.flags,
+            _pad: 0,
+        }
+    }
 
     fn start(&self) -> u128 {
-        u128::from(self.start)
+        (u128::from(self.start[0]) << 64) | u128::from(self.start[1])
     }
 
     fn value(&self) -> SourceEntry {
@@ -258,29 +311,8 @@ impl Element for SourceRangeV6 {
         }
     }
 
-    fn range(start: u128, value: SourceEntry) -> Self {
-        Self {
-            start: [(start >> 64) as u64, start as u64],
-            rules: value.rules,
-            flags: value.flags,
-            _pad: 0,
-        }
-    }
-
     fn run(&self) -> (usize, usize) {
         (self.start[0] as usize, self.start[1] as usize)
-    }
-
-    fn start(&self) -> u128 {
-        (u128::from(self.start[0]) << 64) | u128::from(self.start[1])
-    }
-
-    fn value(&self) -> SourceEntry {
-        SourceEntry {
-            rules: self.rules,
-            flags: self.flags,
-            _pad: 0,
-        }
     }
 }
 
@@ -291,17 +323,24 @@ pub fn table<R: Element, const N: usize>(
     capacity: usize,
 ) -> SourceTable<R> {
     debug_assert_eq!(8 * N as u32, R::WIDTH);
-    let ranges = ranges(entries);
-    let bits = directory_bits(ranges.len(), capacity);
-    let (start, shared) = window(&ranges, R::WIDTH, bits);
+    // The ranges go in after room for the largest directory, which the smaller
+    // ones then shrink: the table is made in one vector, in its final form.
+    let room = 1usize << MAX_DIRECTORY_BITS;
+    let mut elements: Vec<R> = Vec::with_capacity(room + 2 * entries.len() + 1);
+    elements.resize(room, R::default());
+    ranges(entries, &mut elements);
+    let count = elements.len() - room;
+    let bits = directory_bits(count, capacity);
     let base = 1usize << bits;
-    let mut elements: Vec<R> = Vec::with_capacity(base + ranges.len());
-    elements.extend(
-        directory(&ranges, R::WIDTH, bits, (start, shared))
-            .into_iter()
-            .map(|(first, count)| R::slot(base + first, count)),
-    );
-    elements.extend(ranges.iter().map(|&(start, value)| R::range(start, value)));
+    if base < room {
+        elements.copy_within(room.., base);
+        elements.truncate(base + count);
+    }
+    let (start, shared) = window(&elements[base..], R::WIDTH, bits);
+    let slots = directory(&elements[base..], R::WIDTH, bits, (start, shared));
+    for (slot, (first, count)) in elements.iter_mut().zip(slots) {
+        *slot = R::slot(base + first, count);
+    }
     SourceTable {
         directory: Directory {
             bits,
@@ -370,7 +409,9 @@ pub fn prefixes<R: Element, const N: usize>(table: &SourceTable<R>) -> Option<Ve
 
 /// The canonical form of `entries`: what [`prefixes`] reads back from their table.
 pub fn canonical<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<PrefixEntry<N>> {
-    prefixes_of(&ranges(entries))
+    let mut out: Vec<Range> = Vec::new();
+    ranges(entries, &mut out);
+    prefixes_of(&out)
 }
 
 /// An address's top 64 bits, as the program keys the directory.
