@@ -1,6 +1,7 @@
 //! BPF_MAP_{LOOKUP,UPDATE}_BATCH: thousands of map elements per system call instead
-//! of one (aya 0.14 has no batch API), for the rule base and counters; and the one
-//! single-element call aya lacks. Arrays support batch operations since Linux 5.6;
+//! of one (aya 0.14 has no batch API), for the rule base and counters, and source
+//! table chunks published with one wait for running programs instead of one each;
+//! and the one single-element call aya lacks. Arrays support batch operations since Linux 5.6;
 //! on an older kernel (`EINVAL`/`ENOTSUPP`) the callers fall back to one element per
 //! call.
 
@@ -70,7 +71,18 @@ pub(crate) fn update_u32_keys_u64s(
     update(map, as_bytes(keys), as_bytes(values), keys.len())
 }
 
-fn as_bytes<T: Copy>(items: &[T]) -> &[u8] {
+/// Whether a batch call failed only because the kernel has no batch operation for
+/// this map type (the caller then goes one element at a time).
+pub(crate) fn unsupported(error: &std::io::Error) -> bool {
+    const ENOTSUPP: i32 = 524; // the kernel's own, not EOPNOTSUPP
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    )
+}
+
+/// The bytes of plain integers, as batch calls take keys and values.
+pub(crate) fn as_bytes<T: Copy>(items: &[T]) -> &[u8] {
     // SAFETY: plain integers, no padding; the slice covers exactly their bytes.
     unsafe { std::slice::from_raw_parts(items.as_ptr().cast(), std::mem::size_of_val(items)) }
 }

@@ -6,7 +6,7 @@
 //! generation is inactive and no packet still reads it; a new chunk is put in its
 //! slot only once full, and chunks a smaller table no longer needs are released.
 
-use std::os::fd::AsFd as _;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use airlock_common::{CHUNK_BYTES, CHUNKS_PER_GENERATION, SOURCE_CHUNK_FLAGS};
 use aya::{
@@ -15,7 +15,7 @@ use aya::{
 };
 
 use super::{
-    LoaderError,
+    LoaderError, batch,
     mapping::{read_elements, write_elements},
 };
 use crate::compile::ranges::{self, Directory, SourceTable};
@@ -253,13 +253,45 @@ fn write_chunks<R: Element>(
             }
         }
     }
+    publish(chunks, generation, &fresh, name)?;
+    release(chunks, generation, parts.len(), name)
+}
+
+/// Puts the new chunks `fresh` (index, map) in `generation`'s slots. One batch call:
+/// the kernel waits for running programs once per call to an array of maps, so
+/// slot by slot would wait once per chunk.
+fn publish(
+    chunks: &mut Map,
+    generation: u32,
+    fresh: &[(usize, Array<MapData, Chunk>)],
+    name: &'static str,
+) -> Result<(), LoaderError> {
+    let map_err = |source| LoaderError::Map { name, source };
+    if let Map::ArrayOfMaps(outer) = &*chunks {
+        let keys: Vec<u32> = fresh.iter().map(|(i, _)| slot(generation, *i)).collect();
+        let fds: Vec<u32> = fresh
+            .iter()
+            .map(|(_, chunk)| chunk.map().fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        match super::batch::update(
+            outer,
+            batch::as_bytes(&keys),
+            batch::as_bytes(&fds),
+            keys.len(),
+        ) {
+            Ok(()) => return Ok(()),
+            // Older kernels have no batch update for arrays of maps.
+            Err(e) if batch::unsupported(&e) => {}
+            Err(e) => return Err(LoaderError::io("publishing the chunks of", name, e)),
+        }
+    }
     let mut slots = ChunkSlots::<&mut MapData>::try_from(&mut *chunks).map_err(map_err)?;
-    for (index, chunk) in &fresh {
+    for (index, chunk) in fresh {
         slots
             .set(slot(generation, *index), chunk, 0)
             .map_err(map_err)?;
     }
-    release(chunks, generation, parts.len(), name)
+    Ok(())
 }
 
 /// The first `len` elements of `generation`'s chunked table (None: its first chunk
