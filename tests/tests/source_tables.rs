@@ -211,15 +211,7 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     }
     check_probes(&mut h, &probes);
 
-    let (v4, v6) = h.filter.maps.active_prefixes().expect("read back");
-    assert!(
-        v4 == ranges::canonical(&compiled.v4),
-        "IPv4 table reads back as the policy's prefixes"
-    );
-    assert!(
-        v6 == ranges::canonical(&compiled.v6),
-        "IPv6 table reads back as the policy's prefixes"
-    );
+    assert_tables_read_back(&h, &compiled, "the policy");
 }
 
 /// Re-applies overwrite the chunks their generation already holds: a generation's
@@ -282,17 +274,23 @@ fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
             probes.push(net.network());
         }
         check_probes(&mut h, &probes);
-        let (v4, v6) = h.filter.maps.active_prefixes().expect("read back");
-        assert!(
-            v4 == ranges::canonical(&compiled.v4),
-            "policy {seed}: IPv4 table reads back as its prefixes"
-        );
-        assert!(
-            v6 == ranges::canonical(&compiled.v6),
-            "policy {seed}: IPv6 table reads back as its prefixes"
-        );
+        assert_tables_read_back(&h, &compiled, &format!("policy {seed}"));
         previous = allowed;
     }
+}
+
+/// The tables in force read back as exactly `compiled`'s prefixes (`policy` names
+/// it in the failure).
+fn assert_tables_read_back(h: &Harness, compiled: &compile::Compiled, policy: &str) {
+    let (v4, v6) = h.filter.maps.active_prefixes().expect("read back");
+    assert!(
+        v4 == ranges::canonical(&compiled.v4),
+        "{policy}: the IPv4 table reads back as its prefixes"
+    );
+    assert!(
+        v6 == ranges::canonical(&compiled.v6),
+        "{policy}: the IPv6 table reads back as its prefixes"
+    );
 }
 
 /// Runs every probe as a TCP SYN to the rule's port; all must agree with the

@@ -13,3 +13,5 @@ pub mod regions;
 pub mod safety;
 pub mod samples;
 pub mod sockets;
+#[cfg(test)]
+mod test_rng;

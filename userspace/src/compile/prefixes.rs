@@ -439,15 +439,7 @@ fn fold_family<K: Key, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
-    }
+    use crate::test_rng::xorshift;
 
     #[test]
     fn bucketed_sort_sorts() {

@@ -523,27 +523,27 @@ impl PolicyMaps {
         generation: u32,
     ) -> Result<Option<PolicySummary>, LoaderError> {
         let generation = generation & 1;
-        let config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        if config.valid == 0 {
+        if self.complete_config(generation)?.is_none() {
             return Ok(None);
         }
         let meta = self.meta.get(&generation, 0).map_err(map_err(MAP_META))?;
         Ok(PolicySummary::decode(&meta))
     }
 
-    /// The shapes of the IPv4 and IPv6 source tables in force (None: no policy).
-    pub fn active_table_shapes(&self) -> Result<Option<(TableShape, TableShape)>, LoaderError> {
-        let generation = self.active_generation()?;
+    /// `generation`'s config if that copy holds a complete policy.
+    fn complete_config(&self, generation: u32) -> Result<Option<GenConfig>, LoaderError> {
         let config = self
             .config
             .get(&generation, 0)
             .map_err(map_err(MAP_CONFIG))?;
-        if config.valid == 0 {
+        Ok((config.valid != 0).then_some(config))
+    }
+
+    /// The shapes of the IPv4 and IPv6 source tables in force (None: no policy).
+    pub fn active_table_shapes(&self) -> Result<Option<(TableShape, TableShape)>, LoaderError> {
+        let Some(config) = self.complete_config(self.active_generation()?)? else {
             return Ok(None);
-        }
+        };
         let placement = |flag| Placement::recorded(config.inline_tables, flag);
         Ok(Some((
             TableShape::of::<SourceRangeV4>(

@@ -169,19 +169,11 @@ fn ipv6_prefix(text: &[u8]) -> Option<(IpNet, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::xorshift;
 
     /// The IPv4 form alone, as the whole line.
     fn fast_ipv4(line: &[u8]) -> Option<IpNet> {
         ipv4_prefix(line).and_then(|(net, end)| (end == line.len()).then_some(net))
-    }
-
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
     }
 
     #[test]
