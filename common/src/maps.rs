@@ -19,7 +19,10 @@ pub const MAX_RULES: usize = 64;
 pub const MAX_PREFIXES_V4: u32 = 1 << 21;
 pub const MAX_PREFIXES_V6: u32 = 1 << 21;
 
-/// Largest directory of a source table: the top 16 bits of the address.
+/// Directory bits of a source table in a preallocated map that has room for them
+/// beside its ranges. A table in chunks gets about one slot per range, up to as many
+/// slots as its first chunk holds (the program reads the directory there): 2^18 for
+/// IPv4, 2^17 for IPv6.
 pub const MAX_DIRECTORY_BITS: u32 = 16;
 
 /// Halvings that always suffice to find an address's range within one directory
@@ -49,7 +52,8 @@ pub const TABLE_INLINE_V6: u32 = 1 << 1;
 /// exact shape, so the verifier inlines reads of it as it does the preallocated
 /// map's (an inner map that may differ in size, `BPF_F_INNER_MAP`, makes every read
 /// a call, 15 ns on return-thunk machines). 64 chunks hold the largest table:
-/// `MAX_PREFIXES_*` prefixes make at most 2^22 + 1 ranges plus a 2^16 directory.
+/// `MAX_PREFIXES_*` prefixes make at most 2^22 + 1 ranges plus a directory of one
+/// chunk.
 pub const CHUNKS_PER_GENERATION: u32 = 64;
 
 /// Bytes of one chunk's value (and of a preallocated map's value).

@@ -149,7 +149,7 @@ fn chunk_slot(generation: u32, index: u32) -> u32 {
 }
 
 /// The search in a table cut into chunks of `N` elements (`chunk(k)` is chunk `k`).
-/// The directory lies in chunk 0 (it has at most 2^16 elements). A slot's run almost
+/// The directory lies in chunk 0 (it has at most a chunk's elements). A slot's run almost
 /// always lies in one chunk: it is then searched from that chunk's pointer, as the
 /// preallocated table is; a run that straddles a boundary resolves the chunk of
 /// every element it reads.

@@ -3,7 +3,9 @@
 //! addresses' bits (layout in `airlock_common::SourceRangeV4`). Also the
 //! inverse, for reading a table back as prefixes (`airlock diff`, tests).
 
-use airlock_common::{MAX_DIRECTORY_BITS, SourceEntry, SourceRangeV4, SourceRangeV6};
+use airlock_common::{
+    INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_DIRECTORY_BITS, SourceEntry, SourceRangeV4, SourceRangeV6,
+};
 
 use super::PrefixEntry;
 
@@ -174,14 +176,20 @@ fn host_mask(width: u32, prefix_len: u8) -> u128 {
 /// addresses (Airbyte's US egress addresses share one /16). Otherwise about one
 /// range per slot, so a lookup's binary search is short however large the policy,
 /// fewer if that lets directory and ranges fit in `capacity` (a longer search there
-/// still beats a table in chunks); a table that cannot fit keeps that directory.
-fn directory_bits(ranges: usize, capacity: usize) -> u32 {
+/// still beats a table in chunks); a table that cannot fit keeps that directory, up
+/// to `chunked_bits` (as many slots as its first chunk holds).
+fn directory_bits(ranges: usize, capacity: usize, chunked_bits: u32) -> u32 {
     let fits = |bits: u32| (1usize << bits) + ranges <= capacity;
     if fits(MAX_DIRECTORY_BITS) {
         return MAX_DIRECTORY_BITS;
     }
+    let limit = if fits(0) {
+        MAX_DIRECTORY_BITS
+    } else {
+        chunked_bits
+    };
     let mut bits = 0;
-    while bits < MAX_DIRECTORY_BITS && (1usize << bits) < ranges {
+    while bits < limit && (1usize << bits) < ranges {
         bits += 1;
     }
     if fits(0) {
@@ -234,6 +242,9 @@ fn directory<T: RangeItem>(
 pub trait Element: RangeItem + Default {
     /// Address bits of the family.
     const WIDTH: u32;
+    /// Largest directory of a table in chunks: the elements of one chunk, where the
+    /// program reads it.
+    const CHUNKED_DIRECTORY_BITS: u32;
     /// A directory slot: the index of its first range and how many ranges it has.
     fn slot(first: usize, count: usize) -> Self;
     /// Of a slot: first range and count.
@@ -264,6 +275,7 @@ impl RangeItem for SourceRangeV4 {
 
 impl Element for SourceRangeV4 {
     const WIDTH: u32 = 32;
+    const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V4.trailing_zeros();
 
     fn slot(first: usize, count: usize) -> Self {
         Self {
@@ -303,6 +315,7 @@ impl RangeItem for SourceRangeV6 {
 
 impl Element for SourceRangeV6 {
     const WIDTH: u32 = 128;
+    const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V6.trailing_zeros();
 
     fn slot(first: usize, count: usize) -> Self {
         Self {
@@ -323,14 +336,18 @@ pub fn table<R: Element, const N: usize>(
     capacity: usize,
 ) -> SourceTable<R> {
     debug_assert_eq!(8 * N as u32, R::WIDTH);
-    // The ranges go in after room for the largest directory, which the smaller
-    // ones then shrink: the table is made in one vector, in its final form.
-    let room = 1usize << MAX_DIRECTORY_BITS;
-    let mut elements: Vec<R> = Vec::with_capacity(room + 2 * entries.len() + 1);
+    // The ranges go in after room for the largest directory they can get, which
+    // a smaller one then shrinks: the table is made in one vector, in its final form.
+    let most_ranges = 2 * entries.len() + 1;
+    let room_bits = MAX_DIRECTORY_BITS
+        .max(most_ranges.next_power_of_two().trailing_zeros())
+        .min(R::CHUNKED_DIRECTORY_BITS);
+    let room = 1usize << room_bits;
+    let mut elements: Vec<R> = Vec::with_capacity(room + most_ranges);
     elements.resize(room, R::default());
     ranges(entries, &mut elements);
     let count = elements.len() - room;
-    let bits = directory_bits(count, capacity);
+    let bits = directory_bits(count, capacity, R::CHUNKED_DIRECTORY_BITS);
     let base = 1usize << bits;
     if base < room {
         elements.copy_within(room.., base);

@@ -165,17 +165,20 @@ fn whole_space_and_host_routes() {
 #[test]
 fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
     // Whole where it fits with the ranges: a preallocated table has the room.
-    assert_eq!(directory_bits(1, usize::MAX), MAX_DIRECTORY_BITS);
-    assert_eq!(directory_bits(1000, 1 << 18), MAX_DIRECTORY_BITS);
+    assert_eq!(directory_bits(1, usize::MAX, 18), MAX_DIRECTORY_BITS);
+    assert_eq!(directory_bits(1000, 1 << 18, 18), MAX_DIRECTORY_BITS);
     // Otherwise about one range per slot.
-    assert_eq!(directory_bits(1, 0), 0);
-    assert_eq!(directory_bits(2, 0), 1);
-    assert_eq!(directory_bits(1000, 0), 10);
-    // Shrunk to fit a capacity, down to a single slot; kept whole when nothing fits.
-    assert_eq!(directory_bits(1000, 1500), 8);
-    assert_eq!(directory_bits(1000, 1001), 0);
-    assert_eq!(directory_bits(1000, 10), 10);
-    assert_eq!(directory_bits(10_000_000, 0), MAX_DIRECTORY_BITS);
+    assert_eq!(directory_bits(1, 0, 18), 0);
+    assert_eq!(directory_bits(2, 0, 18), 1);
+    assert_eq!(directory_bits(1000, 0, 18), 10);
+    // Shrunk to fit a capacity, down to a single slot, and never past the full
+    // directory there; kept when nothing fits, up to a chunk's worth of slots.
+    assert_eq!(directory_bits(1000, 1500, 18), 8);
+    assert_eq!(directory_bits(1000, 1001, 18), 0);
+    assert_eq!(directory_bits(200_000, 1 << 18, 18), 15);
+    assert_eq!(directory_bits(1000, 10, 18), 10);
+    assert_eq!(directory_bits(10_000_000, 0, 18), 18);
+    assert_eq!(directory_bits(10_000_000, 0, 17), 17);
 }
 
 proptest! {
