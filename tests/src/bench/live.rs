@@ -56,6 +56,16 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// Min/median/max of each figure over `windows`.
+    pub fn of(windows: &[Window]) -> Self {
+        let pick = |f: fn(&Window) -> f64| Stats::of(&windows.iter().map(f).collect::<Vec<_>>());
+        Rate {
+            rx_pps: pick(|w| w.rx_pps),
+            tx_pps: pick(|w| w.tx_pps),
+            overflow_pps: pick(|w| w.overflow_pps),
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "rx_pps": self.rx_pps.json(),
@@ -90,26 +100,27 @@ impl LiveBed {
         frame
     }
 
-    /// Attaches `receiver` natively to the server's veth, sends `frame` for
-    /// `window` each of `runs` times, detaches.
+    /// Attaches `receiver` natively to the server's veth, sends `frame` for one
+    /// `window`, detaches. Callers take turns between the programs they compare,
+    /// window by window, so a drift of the machine (another guest, a CPU's clock)
+    /// falls on all of them alike.
     pub fn measure(
         &mut self,
         receiver: &mut Xdp,
         frame: &[u8],
         window: Duration,
-        runs: usize,
-    ) -> Result<Rate> {
+    ) -> Result<Window> {
         let iface = self.bed.server_if.clone();
         let link = in_namespace(&self.bed.server, || {
             receiver.attach(&iface, XdpMode::Driver)
         })
         .with_context(|| format!("attaching natively to {iface}"))?;
-        let result = self.windows(frame, window, runs);
+        let result = self.window(frame, window);
         receiver.detach(link)?;
         result
     }
 
-    fn windows(&mut self, frame: &[u8], window: Duration, runs: usize) -> Result<Rate> {
+    fn window(&mut self, frame: &[u8], window: Duration) -> Result<Window> {
         // Threaded NAPI: the receiver's poll loop becomes a kernel thread we can put
         // on its own CPU, instead of running in the generator's softirq. veth only
         // has a NAPI instance while an XDP program is attached, so this is set (and
@@ -126,26 +137,17 @@ impl LiveBed {
             .is_ok_and(|s| s.success());
         self.pin_napi_thread();
         self.send(frame, WARMUP)?;
-        let mut windows = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let before = rx_stats(&self.bed.server, &self.bed.server_if)?;
-            let started = Instant::now();
-            let sent = self.send(frame, window)?;
-            // The last batch may still be in the receiver's ring.
-            std::thread::sleep(Duration::from_millis(20));
-            let after = rx_stats(&self.bed.server, &self.bed.server_if)?;
-            let secs = started.elapsed().as_secs_f64() - 0.020;
-            windows.push(Window {
-                rx_pps: (after.packets - before.packets) as f64 / secs,
-                tx_pps: sent as f64 / secs,
-                overflow_pps: (after.dropped - before.dropped) as f64 / secs,
-            });
-        }
-        let pick = |f: fn(&Window) -> f64| Stats::of(&windows.iter().map(f).collect::<Vec<_>>());
-        Ok(Rate {
-            rx_pps: pick(|w| w.rx_pps),
-            tx_pps: pick(|w| w.tx_pps),
-            overflow_pps: pick(|w| w.overflow_pps),
+        let before = rx_stats(&self.bed.server, &self.bed.server_if)?;
+        let started = Instant::now();
+        let sent = self.send(frame, window)?;
+        // The last batch may still be in the receiver's ring.
+        std::thread::sleep(Duration::from_millis(20));
+        let after = rx_stats(&self.bed.server, &self.bed.server_if)?;
+        let secs = started.elapsed().as_secs_f64() - 0.020;
+        Ok(Window {
+            rx_pps: (after.packets - before.packets) as f64 / secs,
+            tx_pps: sent as f64 / secs,
+            overflow_pps: (after.dropped - before.dropped) as f64 / secs,
         })
     }
 

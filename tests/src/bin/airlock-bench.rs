@@ -17,7 +17,7 @@ use airlock::{compile, loader::LoadedFilter, loader::PolicySummary, policy};
 use airlock_integration::{
     bench::{
         RUNS, control, egress,
-        live::LiveBed,
+        live::{LiveBed, Rate, Window},
         peers::{self, Nftables, XdpFilter},
         per_packet::{self, Floor, timed},
         pin_to_cpu,
@@ -370,31 +370,38 @@ fn live_rows(
     for (name, pass, frame) in traffic {
         progress(format!("live {} {name}", workload.label));
         let frame = live.addressed(&frame);
-        let (floor_name, floor) = if pass {
-            ("xdp-pass", floor_pass.program()?)
-        } else {
-            ("xdp-drop", floor_drop.program()?)
-        };
-        let floor_rate = live.measure(floor, &frame, WINDOW, RUNS)?;
-        let airlock = live.measure(filter.program()?, &frame, WINDOW, RUNS)?;
-        let xdpf = match xdp_filter.as_deref_mut() {
-            Some(x) => Some(live.measure(x.program()?, &frame, WINDOW, RUNS)?),
-            None => None,
-        };
-        let nft_rate = match &nft {
-            Some(Ok(_)) => Ok(live.measure(floor_pass.program()?, &frame, WINDOW, RUNS)?),
-            Some(Err(e)) => Err(format!("{e:#}")),
-            None => Err("nft not installed".into()),
-        };
+        let floor_name = if pass { "xdp-pass" } else { "xdp-drop" };
+        // Round by round, one window of each program in turn (see LiveBed::measure).
+        let mut windows: [Vec<Window>; 4] = Default::default();
+        for _ in 0..RUNS {
+            let floor = if pass {
+                floor_pass.program()?
+            } else {
+                floor_drop.program()?
+            };
+            windows[0].push(live.measure(floor, &frame, WINDOW)?);
+            windows[1].push(live.measure(filter.program()?, &frame, WINDOW)?);
+            if let Some(x) = xdp_filter.as_deref_mut() {
+                windows[2].push(live.measure(x.program()?, &frame, WINDOW)?);
+            }
+            if let Some(Ok(_)) = &nft {
+                windows[3].push(live.measure(floor_pass.program()?, &frame, WINDOW)?);
+            }
+        }
+        let [floor, airlock, xdpf, nft_windows] = windows;
         results.live.push(LiveRow {
             label: workload.label.clone(),
             prefixes: workload.prefixes,
             traffic: name,
             floor_name,
-            floor: floor_rate,
-            airlock,
-            xdp_filter: xdpf,
-            nft: nft_rate,
+            floor: Rate::of(&floor),
+            airlock: Rate::of(&airlock),
+            xdp_filter: (!xdpf.is_empty()).then(|| Rate::of(&xdpf)),
+            nft: match &nft {
+                Some(Ok(_)) => Ok(Rate::of(&nft_windows)),
+                Some(Err(e)) => Err(format!("{e:#}")),
+                None => Err("nft not installed".into()),
+            },
             nft_load_s,
         });
     }
