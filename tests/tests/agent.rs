@@ -479,16 +479,14 @@ fn unit_capabilities() -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
+/// `setpriv` arguments that leave a process only the unit's capabilities.
+fn unit_capabilities_setpriv() -> Vec<String> {
     let caps = unit_capabilities();
     assert_eq!(
         caps,
         ["bpf", "net_admin", "perfmon"],
         "the unit's capability set changed: update this test and the docs"
     );
-    let f = Fixture::new("acap");
-    write_policy(&f, &policy_text(&f, "office"));
     let bounding = format!(
         "--bounding-set=-all,{}",
         caps.iter()
@@ -496,12 +494,19 @@ fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let agent = Agent::start(
-        &f,
-        &["setpriv", "--no-new-privs", "--inh-caps=-all", &bounding],
-        &policy_path(&f),
-        &[],
-    );
+    ["setpriv", "--no-new-privs", "--inh-caps=-all", &bounding]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+#[test]
+fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
+    let caps = unit_capabilities();
+    let f = Fixture::new("acap");
+    write_policy(&f, &policy_text(&f, "office"));
+    let setpriv = unit_capabilities_setpriv();
+    let wrapper: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    let agent = Agent::start(&f, &wrapper, &policy_path(&f), &[]);
     assert!(
         f.kept_out(addr::STRANGER_V4),
         "enforcing with only {caps:?}"
@@ -511,6 +516,70 @@ fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
     assert!(
         wait_until(RELOAD, || f.gets_in(addr::STRANGER_V4)),
         "reloading with only {caps:?}; log:\n{}",
+        agent.log()
+    );
+}
+
+/// A policy too large for the preallocated tables keeps its source tables in chunk
+/// maps, which a re-apply rewrites in place when it may open them by id (that takes
+/// CAP_SYS_ADMIN, which the unit does not grant). With the unit's capabilities only,
+/// reload after reload (each copy written twice, then the chunks released for a
+/// small policy and made again) keeps enforcing the policy of the moment.
+#[test]
+fn agent_reloads_a_policy_in_chunk_maps_with_only_the_units_capabilities() {
+    let f = Fixture::new("achk");
+    // 140,000 disjoint hosts (outside the test bed's addresses) make 280,000 ranges:
+    // more than the preallocated IPv4 table holds.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut hosts = String::new();
+    for _ in 0..140_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let host = 0x0a00_0000 | (state as u32 & 0x00ff_ffff);
+        hosts.push_str(&std::net::Ipv4Addr::from(host).to_string());
+        hosts.push('\n');
+    }
+    fs::write(f.dir.path().join("bulk.txt"), hosts).expect("write list");
+    let with_bulk = |from: &str| {
+        policy_text(&f, from).replace("sets:\n", "sets:\n  bulk:\n    file: bulk.txt\n")
+    };
+    write_policy(&f, &with_bulk("office, bulk"));
+    let setpriv = unit_capabilities_setpriv();
+    let wrapper: Vec<&str> = setpriv.iter().map(String::as_str).collect();
+    let agent = Agent::start(&f, &wrapper, &policy_path(&f), &[]);
+    assert!(f.gets_in(addr::OFFICE_V4), "log:\n{}", agent.log());
+    assert!(f.kept_out(addr::STRANGER_V4));
+    let chunked = |f: &Fixture| {
+        f.status_json()["interfaces"][0]["source_tables"]["ipv4"]["placement"] == "chunks"
+    };
+    assert!(chunked(&f), "the test needs a table in chunks");
+    // Stranger in, out, in (the third apply rewrites the first copy's chunks), then a
+    // policy without the list (chunks released), then the list again.
+    let steps = [
+        (with_bulk("office, bulk, 203.0.113.0/24"), true),
+        (with_bulk("office, bulk"), false),
+        (with_bulk("office, bulk, 203.0.113.0/24"), true),
+        (policy_text(&f, "office"), false),
+        (with_bulk("office, bulk, 203.0.113.0/24"), true),
+    ];
+    for (step, (text, stranger_in)) in steps.iter().enumerate() {
+        rename_policy(&f, text);
+        assert!(
+            wait_until(RELOAD * 3, || f.gets_in(addr::STRANGER_V4) == *stranger_in),
+            "step {step}: the stranger should be {}; log:\n{}",
+            if *stranger_in { "in" } else { "out" },
+            agent.log()
+        );
+        assert!(
+            f.gets_in(addr::OFFICE_V4),
+            "step {step}: office must stay in"
+        );
+    }
+    assert!(chunked(&f));
+    assert!(
+        !agent.log().contains("\"level\":\"ERROR\""),
+        "no apply failed; log:\n{}",
         agent.log()
     );
 }

@@ -12,6 +12,7 @@ use aya::maps::MapData;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 /// Elements per system call: large enough that the call overhead vanishes, small
@@ -207,4 +208,36 @@ pub(crate) fn delete_u32_key(map: &MapData, key: u32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The `u32` value at `key` of a map with `u32` keys and values (None: no element).
+/// For an array of maps that is the inner map's id: this tells whether a slot holds
+/// a map without opening it, which (BPF_MAP_GET_FD_BY_ID) takes CAP_SYS_ADMIN.
+pub(crate) fn lookup_u32_key(map: &MapData, key: u32) -> std::io::Result<Option<u32>> {
+    let mut value = 0u32;
+    let mut attr = ElemAttr {
+        map_fd: fd_of(map),
+        key: std::ptr::from_ref(&key) as u64,
+        value: std::ptr::from_mut(&mut value) as u64,
+        ..Default::default()
+    };
+    // SAFETY: `attr.key` and `attr.value` point at `key` and `value`, alive for the
+    // call and of the map's key and value size; the kernel reads
+    // `size_of::<ElemAttr>()` bytes of `attr`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            std::ptr::from_mut(&mut attr),
+            size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(error);
+    }
+    Ok(Some(value))
 }

@@ -12,6 +12,7 @@ use airlock_common::{CHUNK_BYTES, CHUNKS_PER_GENERATION, SOURCE_CHUNK_FLAGS};
 use aya::{
     Pod,
     maps::{Array, ArrayOfMaps, IterableMap as _, Map, MapData, MapError},
+    sys::SyscallError,
 };
 
 use super::{
@@ -196,21 +197,33 @@ fn release(
     from: usize,
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let map_err = |source| LoaderError::Map { name, source };
-    let slots = ChunkSlots::<&MapData>::try_from(chunks).map_err(map_err)?;
+    ChunkSlots::<&MapData>::try_from(chunks).map_err(|source| LoaderError::Map { name, source })?;
     let Map::ArrayOfMaps(outer) = chunks else {
         return Ok(()); // try_from above accepts nothing else
     };
+    let release_err = |e| LoaderError::io("releasing a source table chunk of", name, e);
     for chunk in from..CHUNKS_PER_GENERATION as usize {
         let index = slot(generation, chunk);
-        match slots.get(&index, 0) {
-            Ok(_) => super::batch::delete_u32_key(outer, index)
-                .map_err(|e| LoaderError::io("releasing a source table chunk of", name, e))?,
-            Err(MapError::KeyNotFound) => {}
-            Err(source) => return Err(map_err(source)),
+        if batch::lookup_u32_key(outer, index)
+            .map_err(release_err)?
+            .is_some()
+        {
+            batch::delete_u32_key(outer, index).map_err(release_err)?;
         }
     }
     Ok(())
+}
+
+/// Whether `get` on a chunk slot failed because the slot is empty, or because the map
+/// in it may not be opened by id (EPERM without CAP_SYS_ADMIN).
+fn empty_or_unopenable(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::EPERM)
+        }
+        _ => false,
+    }
 }
 
 /// A table's elements: the layouts the program reads, copied as bytes.
@@ -220,8 +233,8 @@ impl<T: ranges::Element + Pod> Element for T {}
 /// Puts `elements` in `generation`'s chunks, then releases the slots after them. A
 /// chunk the generation already holds (the policy before last) is overwritten in
 /// place: the caller has waited out the programs that read it, and publishing a
-/// fresh map instead would wait out an RCU grace period per slot. Only a slot left
-/// empty gets a new map, filled before it is published.
+/// fresh map instead waits out an RCU grace period. A slot left empty, or holding a
+/// map this process may not open, gets a new map, filled before it is published.
 fn write_chunks<R: Element>(
     chunks: &mut Map,
     generation: u32,
@@ -243,7 +256,10 @@ fn write_chunks<R: Element>(
         for (index, part) in parts.iter().enumerate() {
             match slots.get(&slot(generation, index), 0) {
                 Ok(held) => write_elements(held.map().fd().as_fd(), 0, part).map_err(fill_err)?,
-                Err(MapError::KeyNotFound) => {
+                // A slot that holds a map which cannot be opened (by id, which takes
+                // CAP_SYS_ADMIN; the agent's unit grants CAP_BPF) gets a new one,
+                // published below in its place.
+                Err(error) if empty_or_unopenable(&error) => {
                     let chunk =
                         Array::<MapData, Chunk>::create(1, SOURCE_CHUNK_FLAGS).map_err(map_err)?;
                     write_elements(chunk.map().fd().as_fd(), 0, part).map_err(fill_err)?;
