@@ -13,6 +13,7 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 /// Elements per system call: large enough that the call overhead vanishes, small
@@ -186,20 +187,27 @@ struct ElemAttr {
     flags: u64,
 }
 
-/// Deletes slot `key` of a map with `u32` keys (aya has no delete for arrays of
-/// maps, where it empties the slot).
-pub(crate) fn delete_u32_key(map: &MapData, key: u32) -> std::io::Result<()> {
+/// One single-element command on a map with `u32` keys and values: `value` is
+/// read (update), written (lookup) or ignored (delete).
+fn elem_call(
+    command: libc::c_long,
+    map: &MapData,
+    key: u32,
+    value: Option<&mut u32>,
+) -> std::io::Result<()> {
     let mut attr = ElemAttr {
         map_fd: fd_of(map),
         key: std::ptr::from_ref(&key) as u64,
+        value: value.map_or(0, |v| std::ptr::from_mut(v) as u64),
         ..Default::default()
     };
-    // SAFETY: `attr.key` points at `key`, alive for the call; the kernel reads
-    // `size_of::<ElemAttr>()` bytes of `attr`.
+    // SAFETY: `attr.key` and `attr.value` point at `key` and the caller's `value`
+    // (or are null), alive for the call and of the map's key and value size; the
+    // kernel reads `size_of::<ElemAttr>()` bytes of `attr`.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_DELETE_ELEM,
+            command,
             std::ptr::from_mut(&mut attr),
             size_of::<ElemAttr>(),
         )
@@ -210,34 +218,27 @@ pub(crate) fn delete_u32_key(map: &MapData, key: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Deletes slot `key` of a map with `u32` keys (aya has no delete for arrays of
+/// maps, where it empties the slot).
+pub(crate) fn delete_u32_key(map: &MapData, key: u32) -> std::io::Result<()> {
+    elem_call(BPF_MAP_DELETE_ELEM, map, key, None)
+}
+
 /// The `u32` value at `key` of a map with `u32` keys and values (None: no element).
 /// For an array of maps that is the inner map's id: this tells whether a slot holds
 /// a map without opening it, which (BPF_MAP_GET_FD_BY_ID) takes CAP_SYS_ADMIN.
 pub(crate) fn lookup_u32_key(map: &MapData, key: u32) -> std::io::Result<Option<u32>> {
     let mut value = 0u32;
-    let mut attr = ElemAttr {
-        map_fd: fd_of(map),
-        key: std::ptr::from_ref(&key) as u64,
-        value: std::ptr::from_mut(&mut value) as u64,
-        ..Default::default()
-    };
-    // SAFETY: `attr.key` and `attr.value` point at `key` and `value`, alive for the
-    // call and of the map's key and value size; the kernel reads
-    // `size_of::<ElemAttr>()` bytes of `attr`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
-            std::ptr::from_mut(&mut attr),
-            size_of::<ElemAttr>(),
-        )
-    };
-    if rc < 0 {
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(error);
+    match elem_call(BPF_MAP_LOOKUP_ELEM, map, key, Some(&mut value)) {
+        Ok(()) => Ok(Some(value)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(value))
+}
+
+/// Sets slot `key` of a map with `u32` keys and values (for an array of maps, the
+/// value is the inner map's file descriptor).
+pub(crate) fn update_u32_key(map: &MapData, key: u32, value: u32) -> std::io::Result<()> {
+    let mut value = value;
+    elem_call(BPF_MAP_UPDATE_ELEM, map, key, Some(&mut value))
 }

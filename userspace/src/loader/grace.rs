@@ -6,30 +6,39 @@
 //! programs run inside an RCU read-side section, so after one RCU grace period that
 //! follows the flip, no packet reads the old copy any more.
 
-use std::time::Duration;
+use aya::maps::Map;
+
+use super::{LoaderError, source_tables};
 
 /// `MEMBARRIER_CMD_GLOBAL` (linux/membarrier.h): returns once every CPU has passed
-/// through a quiescent state, implemented in the kernel as `synchronize_rcu()`.
+/// through a quiescent state, implemented in the kernel as `synchronize_rcu()` when
+/// more than one CPU is online.
 const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-
-/// Where the kernel offers no grace period to user space (`nohz_full` CPUs refuse
-/// `MEMBARRIER_CMD_GLOBAL`, a seccomp profile may forbid it): a program run lasts
-/// microseconds, so this is thousands of times longer, though no guarantee.
-const FALLBACK_WAIT: Duration = Duration::from_millis(50);
 
 /// Returns once programs that started before the call have finished: one RCU grace
 /// period, a few milliseconds. Call it after the last flip and before writing the
-/// copy that flip retired.
-pub(crate) fn wait_for_running_programs() {
-    // SAFETY: membarrier takes plain integers and touches no memory of ours.
-    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
+/// copy that flip retired (`generation`; `chunks` is an array of chunk maps, named
+/// `name`).
+///
+/// `membarrier` where it waits: not with one CPU online (where a program can still
+/// be mid-run on a preemptible kernel), nor where the kernel refuses it (`nohz_full`
+/// CPUs) or a seccomp profile forbids it. There, an update of the array of maps,
+/// which the kernel always makes wait, costs two grace periods and a 4 MiB map.
+pub(crate) fn wait_for_running_programs(
+    chunks: &Map,
+    generation: u32,
+    name: &'static str,
+) -> Result<(), LoaderError> {
+    // SAFETY: sysconf takes a constant and touches no memory of ours.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if online > 1 {
+        // SAFETY: membarrier takes plain integers and touches no memory of ours.
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        if rc == 0 {
+            return Ok(());
+        }
         let error = std::io::Error::last_os_error();
-        tracing::warn!(
-            %error,
-            wait_ms = FALLBACK_WAIT.as_millis() as u64,
-            "no RCU grace period from membarrier; waiting a fixed time before rewriting the inactive policy copy"
-        );
-        std::thread::sleep(FALLBACK_WAIT);
+        tracing::debug!(%error, "membarrier refused; waiting through the array of maps");
     }
+    source_tables::wait_through(chunks, generation, name)
 }

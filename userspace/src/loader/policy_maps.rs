@@ -222,15 +222,18 @@ impl PolicyMaps {
         // reading this copy (its config too, which the program reads in place): wait
         // them out (one RCU grace period, while the tables are built) before
         // changing any of it.
-        let ((v4, v6), ()) = crate::parallel::join(
+        let chunks = &self.src_v4.chunks;
+        let names = self.src_v4.names;
+        let ((v4, v6), waited) = crate::parallel::join(
             || {
                 crate::parallel::join(
                     || ranges::table(&compiled.v4, v4_capacity as usize),
                     || ranges::table(&compiled.v6, v6_capacity as usize),
                 )
             },
-            super::grace::wait_for_running_programs,
+            || super::grace::wait_for_running_programs(chunks, generation, names.1),
         );
+        waited?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             v4 = v4.elements.len(),
@@ -627,6 +630,14 @@ impl PolicyMaps {
     pub fn use_chunked_tables_only(&mut self) {
         self.src_v4.capacity = 0;
         self.src_v6.capacity = 0;
+    }
+
+    /// For tests: the wait for running programs used where `membarrier` does not
+    /// wait (through the inactive generation's last chunk slot).
+    #[doc(hidden)]
+    pub fn wait_through_chunks(&self) -> Result<(), LoaderError> {
+        let generation = 1 - self.active_generation()?;
+        super::source_tables::wait_through(&self.src_v4.chunks, generation, self.src_v4.names.1)
     }
 
     /// For tests: what an apply that died half way through writing the inactive copy

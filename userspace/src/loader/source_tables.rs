@@ -214,6 +214,31 @@ fn release(
     Ok(())
 }
 
+/// Returns once programs that started before the call have finished, by the array
+/// of maps' own guarantee: an update of one returns only after running programs are
+/// done (the kernel's `maybe_wait_bpf_programs`). A new, empty chunk goes into
+/// `generation`'s last slot, which no table reaches (the largest takes 34 chunks),
+/// and out again.
+pub(crate) fn wait_through(
+    chunks: &Map,
+    generation: u32,
+    name: &'static str,
+) -> Result<(), LoaderError> {
+    const { assert!(CHUNKS_PER_GENERATION >= 35) };
+    let Map::ArrayOfMaps(outer) = chunks else {
+        return ChunkSlots::<&MapData>::try_from(chunks)
+            .map(drop)
+            .map_err(|source| LoaderError::Map { name, source });
+    };
+    let chunk = Array::<MapData, Chunk>::create(1, SOURCE_CHUNK_FLAGS)
+        .map_err(|source| LoaderError::Map { name, source })?;
+    let index = slot(generation, CHUNKS_PER_GENERATION as usize - 1);
+    let fd = chunk.map().fd().as_fd().as_raw_fd() as u32;
+    let wait_err = |e| LoaderError::io("waiting for running programs through", name, e);
+    batch::update_u32_key(outer, index, fd).map_err(wait_err)?;
+    batch::delete_u32_key(outer, index).map_err(wait_err)
+}
+
 /// Whether `get` on a chunk slot failed because the slot is empty, or because the map
 /// in it may not be opened by id (EPERM without CAP_SYS_ADMIN).
 fn empty_or_unopenable(error: &MapError) -> bool {
