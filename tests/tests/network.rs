@@ -263,3 +263,35 @@ fn remove_restores_full_connectivity_and_unpins_everything() {
         "removing what is not there is a runtime error"
     );
 }
+
+/// The pin root may be a bpffs other tools use too (tc keeps `tc/globals` in the
+/// one it is given): `status` lists only Airlock's filters, and `remove --all`
+/// removes them and leaves the other tool's pins alone.
+#[test]
+fn remove_all_leaves_other_tools_pins_alone() {
+    use aya::maps::{Array, IterableMap as _, MapData};
+    let f = Fixture::new("fgn");
+    let foreign = f.bed.bpffs.path().join("tc").join("globals");
+    std::fs::create_dir_all(&foreign).expect("another tool's directory");
+    let map = Array::<MapData, u32>::create(1, 0).expect("a map of another tool");
+    map.map()
+        .pin(foreign.join("their_map"))
+        .expect("pinned beside Airlock's");
+    let policy = write_policy(&f, "p.yaml", "drop", "enforce", &["office"]);
+    f.apply(&policy);
+    let status = f.status_json();
+    let listed: Vec<&str> = status["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["iface"].as_str())
+        .collect();
+    assert_eq!(listed, [f.bed.server_if.as_str()], "{status}");
+    let run = f.airlock(&["remove", "--all"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(f.gets_in(addr::STRANGER_V4), "Airlock's filter is gone");
+    assert!(
+        foreign.join("their_map").exists(),
+        "the other tool's pin is still there"
+    );
+}

@@ -15,6 +15,8 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 
+use airlock_common::{MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META};
+
 use super::LoaderError;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/airlock";
@@ -85,7 +87,10 @@ impl PinRoot {
         Ok(())
     }
 
-    /// Interfaces that have a filter pinned, sorted.
+    /// Interfaces that have a filter pinned, sorted. A directory counts only if it
+    /// holds one of Airlock's pins: the root may be shared with other tools (tc
+    /// keeps `tc/globals` in the bpffs it uses), whose pins `remove --all` must leave
+    /// alone.
     pub fn interfaces(&self) -> Result<Vec<String>, LoaderError> {
         let entries = match fs::read_dir(&self.root) {
             Ok(entries) => entries,
@@ -95,6 +100,7 @@ impl PinRoot {
         let mut names: Vec<String> = entries
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| holds_our_pins(&e.path()))
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|name| !name.starts_with(STAGING_PREFIX))
             .map(|name| unescape(&name))
@@ -105,6 +111,23 @@ impl PinRoot {
 }
 
 const STAGING_PREFIX: &str = "%staging-";
+
+/// Names Airlock pins in an interface's directory: its programs and links, and the
+/// maps every layout has had. `remove_dir` removes them last, so a directory a crash
+/// left half removed still shows one.
+const OUR_PINS: [&str; 7] = [
+    PROGRAM_PIN,
+    LINK_PIN,
+    EGRESS_PROGRAM_PIN,
+    EGRESS_LINK_PIN,
+    MAP_ACTIVE_GEN,
+    MAP_CONFIG,
+    MAP_META,
+];
+
+fn holds_our_pins(dir: &Path) -> bool {
+    OUR_PINS.iter().any(|name| dir.join(name).exists())
+}
 
 fn escape(iface: &str) -> String {
     iface.replace('%', "%25").replace('.', "%2e")
@@ -133,18 +156,24 @@ fn in_host_mount_namespace() -> bool {
 /// program once no process holds it any more.
 pub(crate) fn remove_dir(dir: &Path) -> Result<(), LoaderError> {
     let entries = fs::read_dir(dir).map_err(|e| LoaderError::io("listing", dir, e))?;
-    // The links first, so the programs stop before their maps go away.
-    for link in [LINK_PIN, EGRESS_LINK_PIN] {
-        let link = dir.join(link);
-        if link.exists() {
-            fs::remove_file(&link).map_err(|e| LoaderError::io("unpinning", &link, e))?;
+    let unpin = |path: &Path| {
+        if path.exists() {
+            fs::remove_file(path).map_err(|e| LoaderError::io("unpinning", path, e))?;
         }
+        Ok::<(), LoaderError>(())
+    };
+    // The links first, so the programs stop before their maps go away; the pins
+    // that mark the directory as ours last (see `OUR_PINS`).
+    for link in [LINK_PIN, EGRESS_LINK_PIN] {
+        unpin(&dir.join(link))?;
     }
     for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        if path.exists() {
-            fs::remove_file(&path).map_err(|e| LoaderError::io("unpinning", &path, e))?;
+        if !OUR_PINS.iter().any(|name| entry.file_name() == *name) {
+            unpin(&entry.path())?;
         }
+    }
+    for name in OUR_PINS {
+        unpin(&dir.join(name))?;
     }
     fs::remove_dir(dir).map_err(|e| LoaderError::io("removing", dir, e))
 }
