@@ -4,6 +4,14 @@
 
 mod cli;
 
+/// A large policy's apply is a few passes over buffers of tens of MiB. glibc maps
+/// each fresh and unmaps it when freed, so every pass pays a page fault per 4 KiB
+/// (a fifth of the CPU time of a re-apply at a million prefixes); mimalloc reuses
+/// freed memory between the passes and backs large spans with huge pages. A 1%
+/// re-apply at a million prefixes: 212 to 159 ms (median of 10).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser as _;
