@@ -364,18 +364,23 @@ impl<'a> State<'a> {
     }
 
     fn value(&self) -> SourceEntry {
-        let mut flags = 0;
-        if self.live & (1 << BIT_MANAGEMENT) != 0 {
-            flags |= SRC_MANAGEMENT;
-        }
-        if self.live & (1 << BIT_DENY) != 0 {
-            flags |= SRC_DENY;
-        }
-        SourceEntry {
-            rules: self.live as u64,
-            flags,
-            _pad: 0,
-        }
+        entry_of(self.live)
+    }
+}
+
+/// The table value of addresses in exactly the groups of `live`.
+fn entry_of(live: u128) -> SourceEntry {
+    let mut flags = 0;
+    if live & (1 << BIT_MANAGEMENT) != 0 {
+        flags |= SRC_MANAGEMENT;
+    }
+    if live & (1 << BIT_DENY) != 0 {
+        flags |= SRC_DENY;
+    }
+    SourceEntry {
+        rules: live as u64,
+        flags,
+        _pad: 0,
     }
 }
 
@@ -384,6 +389,11 @@ struct Frame {
     len: u8,
     tags: std::ops::Range<usize>,
     value: SourceEntry,
+    /// Whether `tags` are counted in the state. Only the top frame may not be: a
+    /// lone prefix with no ancestor gets its value without the state, and is
+    /// counted only if a descendant follows. Most of a large list is such prefixes,
+    /// which then never touch the state.
+    counted: bool,
 }
 
 /// Folds one family; returns the pruned entries (sorted by address, then length,
@@ -412,12 +422,29 @@ fn fold_family<K: Key, E>(
             if top.len <= len && addr & mask(top.len, width) == top.addr {
                 break;
             }
-            let range = top.tags.clone();
+            let (range, counted) = (top.tags.clone(), top.counted);
             stack.pop();
-            state.apply(&tags[range], false);
+            if counted {
+                state.apply(&tags[range], false);
+            }
         }
-        state.apply(&tags[i..j], true);
-        let value = state.value();
+        if let Some(top) = stack.last_mut()
+            && !top.counted
+        {
+            state.apply(&tags[top.tags.clone()], true);
+            top.counted = true;
+        }
+        // With nothing above it the state is empty (every counted frame has been
+        // popped), so a prefix listed once answers its own set's mask.
+        let (value, counted) = if stack.is_empty() && j == i + 1 {
+            match tags[i].tag() {
+                (set, false) => (entry_of(masks[set]), false),
+                (_, true) => (SourceEntry::default(), false),
+            }
+        } else {
+            state.apply(&tags[i..j], true);
+            (state.value(), true)
+        };
         // An entry equal to what its nearest ancestor already answers is redundant:
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
@@ -429,6 +456,7 @@ fn fold_family<K: Key, E>(
             len,
             tags: i..j,
             value,
+            counted,
         });
         distinct += 1;
         i = j;
@@ -468,16 +496,23 @@ mod tests {
     /// a direct evaluation of every distinct prefix's ancestors.
     #[test]
     fn large_folds_agree_with_a_direct_evaluation() {
+        // Few varying bits under 10/8, so prefixes nest and repeat often; and
+        // addresses anywhere, so most prefixes stand alone (no ancestor, no
+        // descendant), with the odd short one over many.
+        let nested = |r: u64| 0x0a00_0000 | ((r >> 8) as u32 & 0x00f3_0c0f);
+        let anywhere = |r: u64| (r >> 8) as u32;
+        fold_agrees_with_a_direct_evaluation(&nested, [0, 8, 12, 16, 20, 24, 28, 30, 32, 32]);
+        fold_agrees_with_a_direct_evaluation(&anywhere, [12, 20, 24, 24, 28, 30, 31, 32, 32, 32]);
+    }
+
+    fn fold_agrees_with_a_direct_evaluation(address: &dyn Fn(u64) -> u32, lens: [u8; 10]) {
         let mut next = xorshift(0x0123_4567_89ab_cdef);
         let masks: Vec<u128> = vec![1, 2 | 1 << BIT_DENY, 1 << BIT_MANAGEMENT, 5, 1 << 63];
-        let lens = [0u8, 8, 12, 16, 20, 24, 28, 30, 32, 32];
         let mut tags: Vec<(u32, u8, usize, bool)> = Vec::new();
         for _ in 0..30_000 {
             let r = next();
             let len = lens[(r % 10) as usize];
-            // Few varying bits under 10/8, so prefixes nest and repeat often.
-            let addr = 0x0a00_0000 | ((r >> 8) as u32 & 0x00f3_0c0f);
-            let addr = addr & (mask(len, 32) as u32);
+            let addr = address(r) & (mask(len, 32) as u32);
             tags.push((
                 addr,
                 len,
