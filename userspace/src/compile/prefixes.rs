@@ -149,31 +149,54 @@ pub(crate) fn upper_bound(policy: &Policy) -> (usize, usize) {
     count(&sets_in_use(policy))
 }
 
-/// Every (cidr or except) occurrence of the sets, as keys of both families.
-fn keys<K4: Key, K6: Key>(
+/// Every (cidr or except) occurrence of the sets in one family, as keys: `key`
+/// makes one from a network of that family, and answers None for the other's.
+fn keys<K: Key>(
     sets: &[(&AddrSet, u128)],
-    v4_key: impl Fn(u32, u8, usize, bool) -> K4,
-    v6_key: impl Fn(u128, u8, usize, bool) -> K6,
-) -> (Vec<K4>, Vec<K6>) {
-    let (n4, n6) = count(sets);
-    let mut v4 = Vec::with_capacity(n4);
-    let mut v6 = Vec::with_capacity(n6);
+    capacity: usize,
+    key: impl Fn(&IpNet, usize, bool) -> Option<K>,
+) -> Vec<K> {
+    let mut out = Vec::with_capacity(capacity);
     for (id, (set, _)) in sets.iter().enumerate() {
         let tagged = set
             .cidrs
             .iter()
             .map(|n| (n, false))
             .chain(set.except.iter().map(|n| (n, true)));
-        for (net, except) in tagged {
-            match net {
-                IpNet::V4(n) => v4.push(v4_key(u32::from(n.network()), n.prefix_len(), id, except)),
-                IpNet::V6(n) => {
-                    v6.push(v6_key(u128::from(n.network()), n.prefix_len(), id, except))
-                }
-            }
-        }
+        out.extend(tagged.filter_map(|(net, except)| key(net, id, except)));
     }
-    (v4, v6)
+    out
+}
+
+fn packed_v4(net: &IpNet, set: usize, except: bool) -> Option<u64> {
+    match net {
+        IpNet::V4(n) => Some(v4_key(u32::from(n.network()), n.prefix_len(), set, except)),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn wide_v4(net: &IpNet, set: usize, except: bool) -> Option<Wide> {
+    match net {
+        IpNet::V4(n) => Some(Wide::new(
+            u128::from(u32::from(n.network())),
+            n.prefix_len(),
+            set,
+            except,
+        )),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn wide_v6(net: &IpNet, set: usize, except: bool) -> Option<Wide> {
+    match net {
+        IpNet::V6(n) => Some(Wide::new(
+            u128::from(n.network()),
+            n.prefix_len(),
+            set,
+            except,
+        )),
+        IpNet::V4(_) => None,
+    }
 }
 
 /// Folds the policy's sets into per-family LPM entries. `prune` drops entries that
@@ -182,49 +205,36 @@ fn keys<K4: Key, K6: Key>(
 pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
     let sets = sets_in_use(policy);
     let masks: Vec<u128> = sets.iter().map(|(_, m)| *m).collect();
-    let entry4 = |a: u128, len, value| PrefixEntry {
-        addr: (a as u32).to_be_bytes(),
-        prefix_len: len,
-        value,
-    };
-    let entry6 = |a: u128, len, value| PrefixEntry {
-        addr: a.to_be_bytes(),
-        prefix_len: len,
-        value,
-    };
-    let (v4, v6) = if sets.len() as u64 <= V4_SET_MAX {
-        keys(&sets, v4_key, Wide::new)
-    } else {
-        let (v4, v6) = keys(
-            &sets,
-            |a, len, set, except| Wide::new(u128::from(a), len, set, except),
-            Wide::new,
-        );
-        // Millions of sets: never in practice, but still correct.
-        let masks = &masks;
-        let ((v4, distinct_v4), (v6, distinct_v6)) = crate::parallel::join(
-            || fold_family(v4, 32, masks, prune, entry4),
-            || fold_family(v6, 128, masks, prune, entry6),
-        );
-        return Folded {
-            v4,
-            v6,
-            distinct_v4,
-            distinct_v6,
+    let (n4, n6) = count(&sets);
+    let (sets, masks) = (&sets, &masks);
+    // Each family's keys are made on the thread that folds them: one pass over the
+    // lists per family, but none ahead of both folds.
+    let fold_v4 = || {
+        let entry = |a: u128, len, value| PrefixEntry {
+            addr: (a as u32).to_be_bytes(),
+            prefix_len: len,
+            value,
         };
+        if sets.len() as u64 <= V4_SET_MAX {
+            fold_family(keys(sets, n4, packed_v4), 32, masks, prune, entry)
+        } else {
+            // Millions of sets: never in practice, but still correct.
+            fold_family(keys(sets, n4, wide_v4), 32, masks, prune, entry)
+        }
+    };
+    let fold_v6 = || {
+        let entry = |a: u128, len, value| PrefixEntry {
+            addr: a.to_be_bytes(),
+            prefix_len: len,
+            value,
+        };
+        fold_family(keys(sets, n6, wide_v6), 128, masks, prune, entry)
     };
     // The families are independent: fold a large IPv6 table on a second thread.
-    let ((v4, distinct_v4), (v6, distinct_v6)) = if v6.len() < 10_000 {
-        (
-            fold_family(v4, 32, &masks, prune, entry4),
-            fold_family(v6, 128, &masks, prune, entry6),
-        )
+    let ((v4, distinct_v4), (v6, distinct_v6)) = if n6 < 10_000 {
+        (fold_v4(), fold_v6())
     } else {
-        let masks = &masks;
-        crate::parallel::join(
-            || fold_family(v4, 32, masks, prune, entry4),
-            || fold_family(v6, 128, masks, prune, entry6),
-        )
+        crate::parallel::join(fold_v4, fold_v6)
     };
     Folded {
         v4,
