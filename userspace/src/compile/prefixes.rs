@@ -25,7 +25,7 @@ const BIT_DENY: u32 = 65;
 /// One prefix occurrence (`set` lists it as a cidr or as an except), packed for
 /// sorting: keys order by (address, length) first, so a sort puts every ancestor
 /// before its descendants. The order among one prefix's occurrences is irrelevant.
-trait Key: Copy + Ord {
+trait Key: Copy + Ord + Send {
     /// Right-aligned network address and prefix length.
     fn prefix(self) -> (u128, u8);
     /// The set's index and whether this is one of its excepts.
@@ -295,11 +295,29 @@ fn sort_keys<K: Key>(mut keys: Vec<K>, bucket_from: usize) -> Vec<K> {
         out[next[d]] = k;
         next[d] += 1;
     }
-    for bucket in starts.windows(2) {
-        out[bucket[0]..bucket[1]].sort_unstable();
+    // The buckets are independent: sort a large table's halves on two threads (the
+    // other family's fold may hold a core too; the scheduler shares them out).
+    let sort_buckets = |part: &mut [K], starts: &[usize]| {
+        let offset = starts[0];
+        for bucket in starts.windows(2) {
+            part[bucket[0] - offset..bucket[1] - offset].sort_unstable();
+        }
+    };
+    if out.len() < PARALLEL_SORT_FROM {
+        sort_buckets(&mut out, &starts);
+    } else {
+        let half = starts.partition_point(|&start| start < out.len() / 2);
+        let (low, high) = out.split_at_mut(starts[half]);
+        crate::parallel::join(
+            || sort_buckets(low, &starts[..=half]),
+            || sort_buckets(high, &starts[half..]),
+        );
     }
     out
 }
+
+/// From this many keys a bucketed sort sorts its buckets on two threads.
+const PARALLEL_SORT_FROM: usize = 1 << 16;
 
 /// Running membership state along the current ancestor chain.
 struct State<'a> {
@@ -483,7 +501,17 @@ mod tests {
     fn bucketed_sort_sorts() {
         let mut next = xorshift(0x5eed_1234_abcd_0001);
         // Random, clustered (few varying bits), all-equal high bits, tiny.
-        for (n, spread) in [(20_000, 64), (20_000, 20), (5_000, 3), (10_000, 0), (3, 64)] {
+        // From PARALLEL_SORT_FROM keys on, the buckets are sorted in two halves.
+        let parallel = PARALLEL_SORT_FROM + 1000;
+        for (n, spread) in [
+            (20_000, 64),
+            (20_000, 20),
+            (5_000, 3),
+            (10_000, 0),
+            (3, 64),
+            (parallel, 64),
+            (parallel, 10),
+        ] {
             let high = |r: u64| if spread == 0 { 0 } else { r >> (64 - spread) };
             let v4: Vec<u64> = (0..n).map(|_| high(next()) << 32 | next() >> 32).collect();
             let wide: Vec<Wide> = (0..n)

@@ -243,10 +243,13 @@ impl PolicyMaps {
         // First write: from here until the end the copy is not a complete policy, so
         // nothing (a rollback, `status`) may take it for one, even if this process dies.
         self.invalidate(generation)?;
-        let placed = (
-            self.src_v4.write(generation, &v4)?,
-            self.src_v6.write(generation, &v6)?,
+        // Separate maps: the families are written (and new chunks published, each
+        // publish waiting out a grace period) side by side.
+        let placed = crate::parallel::join(
+            || self.src_v4.write(generation, &v4),
+            || self.src_v6.write(generation, &v6),
         );
+        let placed = (placed.0?, placed.1?);
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "source tables written"
