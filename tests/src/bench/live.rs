@@ -4,14 +4,18 @@
 //! an `XDP_TX` program on the client's end, which sends every test frame out of the
 //! veth. The receiver's NAPI runs in its own kernel thread (threaded NAPI) pinned
 //! to the other CPU, so generator and receiver each have a core, and the rate the
-//! receiver processes frames at (its `rx_packets`) is the figure.
+//! receiver processes frames at (its `rx_packets`) is the figure. Beside it, the
+//! receiver's CPU time per frame (that thread's run time): the rate moves with
+//! whatever else the two CPUs and their host do, the time a frame costs far less.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 
-use super::{Stats, in_namespace, online_cpus, per_packet::Floor, pin_to_cpu, progress};
+use super::{
+    Stats, cpu_number, in_namespace, online_cpus, per_packet::Floor, pin_to_cpu, progress,
+};
 use crate::netns::{Namespace, Testbed};
 
 /// Frames per generator call (BPF_PROG_TEST_RUN's `repeat`) and per batch.
@@ -26,6 +30,8 @@ pub struct LiveBed {
     client_ifindex: u32,
     pub server_mac: [u8; 6],
     pub threaded_napi: bool,
+    /// The receiver's NAPI thread (threaded NAPI only).
+    napi_pid: Option<i32>,
 }
 
 /// The receiver's counters (`ip -s link`): for veth, `rx_packets` counts frames
@@ -45,6 +51,9 @@ pub struct Window {
     pub tx_pps: f64,
     /// Frames per second lost because the receiver's ring was full.
     pub overflow_pps: f64,
+    /// Nanoseconds of the receiver's NAPI thread's CPU time per frame it
+    /// processed (NaN without threaded NAPI).
+    pub rx_cpu_ns: f64,
 }
 
 /// Several windows: min/median/max of each figure.
@@ -53,6 +62,8 @@ pub struct Rate {
     pub rx_pps: Stats,
     pub tx_pps: Stats,
     pub overflow_pps: Stats,
+    /// All zero when not measured.
+    pub rx_cpu_ns: Stats,
 }
 
 impl Rate {
@@ -63,6 +74,7 @@ impl Rate {
             rx_pps: pick(|w| w.rx_pps),
             tx_pps: pick(|w| w.tx_pps),
             overflow_pps: pick(|w| w.overflow_pps),
+            rx_cpu_ns: pick(|w| w.rx_cpu_ns),
         }
     }
 
@@ -71,6 +83,7 @@ impl Rate {
             "rx_pps": self.rx_pps.json(),
             "tx_pps": self.tx_pps.json(),
             "overflow_pps": self.overflow_pps.json(),
+            "rx_cpu_ns_per_frame": self.rx_cpu_ns.json(),
         })
     }
 }
@@ -90,6 +103,7 @@ impl LiveBed {
             client_ifindex,
             server_mac,
             threaded_napi: false,
+            napi_pid: None,
         })
     }
 
@@ -138,16 +152,24 @@ impl LiveBed {
         self.pin_napi_thread();
         self.send(frame, WARMUP)?;
         let before = rx_stats(&self.bed.server, &self.bed.server_if)?;
+        let cpu_before = self.napi_pid.and_then(run_time_ns);
         let started = Instant::now();
         let sent = self.send(frame, window)?;
         // The last batch may still be in the receiver's ring.
         std::thread::sleep(Duration::from_millis(20));
         let after = rx_stats(&self.bed.server, &self.bed.server_if)?;
+        let cpu_after = self.napi_pid.and_then(run_time_ns);
         let secs = started.elapsed().as_secs_f64() - 0.020;
+        let frames = after.packets - before.packets;
+        let rx_cpu_ns = match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) if frames > 0 => (a - b) as f64 / frames as f64,
+            _ => f64::NAN,
+        };
         Ok(Window {
-            rx_pps: (after.packets - before.packets) as f64 / secs,
+            rx_pps: frames as f64 / secs,
             tx_pps: sent as f64 / secs,
             overflow_pps: (after.dropped - before.dropped) as f64 / secs,
+            rx_cpu_ns,
         })
     }
 
@@ -181,9 +203,10 @@ impl LiveBed {
         })
     }
 
-    /// Puts the receiver's NAPI thread (created anew on every attach) on the last
-    /// CPU, away from the generator on CPU 0.
-    fn pin_napi_thread(&self) {
+    /// Finds the receiver's NAPI thread (created anew on every attach) and puts it
+    /// on the last allowed CPU, away from the generator on the first.
+    fn pin_napi_thread(&mut self) {
+        self.napi_pid = None;
         if !self.threaded_napi || online_cpus() < 2 {
             return;
         }
@@ -194,7 +217,7 @@ impl LiveBed {
             return;
         };
         let mut set = nix::sched::CpuSet::new();
-        if set.set(online_cpus() - 1).is_err() {
+        if set.set(cpu_number(online_cpus() - 1)).is_err() {
             return;
         }
         for entry in entries.flatten() {
@@ -206,9 +229,11 @@ impl LiveBed {
                 continue;
             };
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if comm.trim_end().starts_with(wanted)
-                && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
-            {
+            if !comm.trim_end().starts_with(wanted) {
+                continue;
+            }
+            self.napi_pid = Some(pid);
+            if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set) {
                 progress(format!("could not pin NAPI thread {pid}: {e}"));
             }
         }
@@ -240,6 +265,17 @@ fn mac_of(ns: &Namespace, iface: &str) -> Result<[u8; 6]> {
         *byte = u8::from_str_radix(part, 16)?;
     }
     Ok(mac)
+}
+
+/// A thread's CPU time so far, in ns (the first field of its schedstat; on a guest
+/// with steal accounting, time the hypervisor ran something else is not in it).
+fn run_time_ns(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn rx_stats(ns: &Namespace, iface: &str) -> Result<RxStats> {

@@ -15,9 +15,9 @@ pub mod per_packet;
 pub mod policies;
 pub mod report;
 
-use std::{fs::File, path::PathBuf, time::Duration};
+use std::{fs::File, path::PathBuf, sync::OnceLock, time::Duration};
 
-use nix::sched::{CloneFlags, CpuSet, sched_setaffinity, setns};
+use nix::sched::{CloneFlags, CpuSet, sched_getaffinity, sched_setaffinity, setns};
 use nix::unistd::Pid;
 
 use crate::netns::Namespace;
@@ -76,25 +76,56 @@ pub fn in_namespace<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> T 
     })
 }
 
-/// Pins the calling thread to `cpu` (best effort: on a one-CPU machine it stays put).
-pub fn pin_to_cpu(cpu: usize) {
+/// The CPUs this process was allowed to run on when the bench started, in order.
+/// Read once, before any pinning: the calling thread's own mask (what
+/// `available_parallelism` counts) is a single CPU while it is pinned, and a count
+/// or an "unpin" taken from it then would keep it, and every process it starts (the
+/// CLI runs of the control-plane bench), on that one CPU.
+fn allowed_cpus() -> &'static [usize] {
+    static ALLOWED: OnceLock<Vec<usize>> = OnceLock::new();
+    ALLOWED.get_or_init(|| {
+        let set = sched_getaffinity(Pid::from_raw(0)).unwrap_or_else(|_| CpuSet::new());
+        let cpus: Vec<usize> = (0..CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .collect();
+        if cpus.is_empty() { vec![0] } else { cpus }
+    })
+}
+
+/// Records the CPUs the process may use; call first thing, before any thread pins
+/// itself (later calls are no-ops).
+pub fn remember_cpus() {
+    allowed_cpus();
+}
+
+/// Pins the calling thread to the `index`th allowed CPU, the last one if there are
+/// fewer (best effort: on a one-CPU machine it stays put).
+pub fn pin_to_cpu(index: usize) {
+    let cpus = allowed_cpus();
     let mut set = CpuSet::new();
-    if set.set(cpu).is_ok() {
+    if set.set(cpus[index.min(cpus.len() - 1)]).is_ok() {
         let _ = sched_setaffinity(Pid::from_raw(0), &set);
     }
 }
 
-/// Lets the calling thread run anywhere again.
+/// The `index`th allowed CPU, as [`pin_to_cpu`] picks it.
+pub fn cpu_number(index: usize) -> usize {
+    let cpus = allowed_cpus();
+    cpus[index.min(cpus.len() - 1)]
+}
+
+/// Lets the calling thread run on every CPU it was allowed at the start again.
 pub fn unpin() {
     let mut set = CpuSet::new();
-    for cpu in 0..online_cpus() {
+    for &cpu in allowed_cpus() {
         let _ = set.set(cpu);
     }
     let _ = sched_setaffinity(Pid::from_raw(0), &set);
 }
 
+/// CPUs the bench may use (see [`allowed_cpus`]).
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    allowed_cpus().len()
 }
 
 /// CPU time the calling thread has used: unlike wall time it stops while the

@@ -39,6 +39,7 @@ const PORT_RANGES: [usize; 3] = [1, 10, 60];
 
 fn main() -> ExitCode {
     require_root();
+    airlock_integration::bench::remember_cpus();
     let mut out = PathBuf::from("bench-results");
     let mut quick = false;
     let mut options = Options::default();
