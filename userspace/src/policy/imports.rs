@@ -130,8 +130,7 @@ fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
         let mut at = 0;
         while at < bytes.len() {
             // Most lines are a bare network: read it and the line's end in one pass.
-            if let Some((net, length)) = fast_line(&bytes[at..]) {
-                out.push(net);
+            if let Some(length) = fast_line(&bytes[at..], &mut out) {
                 at += length;
                 continue;
             }
@@ -183,6 +182,26 @@ fn parse_clean_list(text: &str, parallel: usize) -> Option<Vec<IpNet>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The general path alone, what parse_list did before the clean-list reader:
+    /// the networks of `text` and how many lines have problems.
+    fn general_path(text: &str) -> (Vec<IpNet>, usize) {
+        let (mut general, mut problems) = (Vec::new(), 0);
+        for line in text.lines() {
+            let content = line.split_once('#').map_or(line, |(before, _)| before);
+            let mut words = content.split_whitespace();
+            let Some(word) = words.next() else { continue };
+            if words.next().is_some() {
+                problems += 1;
+                continue;
+            }
+            match parse_cidr(word) {
+                Ok(net) => general.push(net),
+                Err(_) => problems += 1,
+            }
+        }
+        (general, problems)
+    }
 
     #[test]
     fn clean_lists_read_in_parallel_give_what_the_general_path_gives() {
@@ -237,22 +256,7 @@ mod tests {
             .copied()
             .chain(odd.iter().map(String::as_str))
         {
-            let mut problems = 0;
-            let mut general = Vec::new();
-            // The general path alone: what parse_list did before the clean-list reader.
-            for line in text.lines() {
-                let content = line.split_once('#').map_or(line, |(before, _)| before);
-                let mut words = content.split_whitespace();
-                let Some(word) = words.next() else { continue };
-                if words.next().is_some() {
-                    problems += 1;
-                    continue;
-                }
-                match parse_cidr(word) {
-                    Ok(net) => general.push(net),
-                    Err(_) => problems += 1,
-                }
-            }
+            let (general, problems) = general_path(text);
             for parallel in [0, 64, usize::MAX] {
                 if let Some(nets) = parse_clean_list(text, parallel) {
                     assert_eq!(problems, 0, "{text:?}: clean, but has problems");
@@ -274,6 +278,36 @@ mod tests {
         );
         assert!(parse_clean_list(texts[3], 0).is_none());
         assert!(parse_clean_list(texts[4], 0).is_none());
+    }
+
+    #[test]
+    fn the_last_lines_read_near_the_end_of_the_text_as_elsewhere() {
+        // The fast reader reads a window of bytes at once, and near the end of the
+        // text a padded copy: put the last line at every place around the window's
+        // size, the longest lines included.
+        let lasts = [
+            "10.0.0.0/8",
+            "192.0.2.1",
+            "2001:db8::/32",
+            "1111:2222:3333:4444:5555:6666:7777:8888/128",
+            "10.0.0.1/8",
+            "1.2.3.4 # note",
+            "2001:db8::/32\0",
+        ];
+        for pad in 0..80 {
+            for (i, last) in lasts.iter().enumerate() {
+                for ending in ["", "\n", "\r\n", "\r"] {
+                    let text = format!("{}\n{last}{ending}", "#".repeat(pad));
+                    let (general, problems) = general_path(&text);
+                    let clean = parse_clean_list(&text, usize::MAX);
+                    if let Some(nets) = &clean {
+                        assert_eq!((nets, problems), (&general, 0), "{text:?}");
+                    }
+                    // The plain ones are taken (a lone '\r' ends no line).
+                    assert_eq!(clean.is_some(), i < 4 && ending != "\r", "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]
