@@ -351,10 +351,19 @@ fn unix_now() -> f64 {
 /// glibc's adaptive mmap threshold up, after which its heap keeps such memory
 /// resident; the agent lives for months and should not (measured at 100,000 prefixes:
 /// 28 MiB resident without this, 16 MiB with it).
+///
+/// The binary allocates with mimalloc (see main.rs), which likewise keeps the
+/// freed pages of an apply for reuse: collected here too (57 MiB resident at
+/// 100,000 prefixes without it). Harmless where mimalloc is not the allocator: its
+/// heaps are then empty.
 fn release_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns memory the allocator holds free.
     unsafe {
         libc::malloc_trim(0);
+    }
+    // SAFETY: mi_collect only returns memory mimalloc holds free.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }
