@@ -5,8 +5,8 @@
 //! veth. The receiver's NAPI runs in its own kernel thread (threaded NAPI) pinned
 //! to the other CPU, so generator and receiver each have a core, and the rate the
 //! receiver processes frames at (its `rx_packets`) is the figure. Beside it, the
-//! receiver's CPU time per frame (that thread's run time): the rate moves with
-//! whatever else the two CPUs and their host do, the time a frame costs far less.
+//! receiver's CPU time per frame (that thread's run time), which does not count
+//! the time the thread waited for its CPU.
 
 use std::time::{Duration, Instant};
 

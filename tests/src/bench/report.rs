@@ -334,7 +334,7 @@ impl Results {
         }
         let _ = writeln!(
             md,
-            "\n## Live throughput (veth, native XDP on the receiver)\n\nMpps the receiver processed (median of {} windows); ratio = Airlock ÷ the do-nothing program (XDP_DROP for refused traffic, XDP_PASS for allowed) measured in the same run. nftables: a netdev ingress chain with interval sets (behind an XDP_PASS program, which keeps the veth in NAPI mode). gen = the generator's send rate; overflow = frames lost because the receiver's ring was full (it, not the generator, was the bottleneck). CPU ns/frame: the receiver's NAPI thread's CPU time per frame it processed, floor / Airlock (floor ÷ Airlock: the share of the floor's rate Airlock would reach with the receiver's core to itself); it moves far less than the rates with what else the machine runs.\n",
+            "\n## Live throughput (veth, native XDP on the receiver)\n\nMpps the receiver processed (median of {} windows); ratio = Airlock ÷ the do-nothing program (XDP_DROP for refused traffic, XDP_PASS for allowed) measured in the same run. nftables: a netdev ingress chain with interval sets (behind an XDP_PASS program, which keeps the veth in NAPI mode). gen = the generator's send rate; overflow = frames lost because the receiver's ring was full (it, not the generator, was the bottleneck). CPU ns/frame: the receiver's NAPI thread's CPU time per frame it processed, floor / Airlock (floor ÷ Airlock: the share of the floor's rate Airlock would reach with the receiver's core to itself).\n",
             super::RUNS
         );
         let _ = writeln!(
