@@ -4,6 +4,10 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
 /// A large policy's apply is a few passes over buffers of tens of MiB. glibc maps
 /// each fresh and unmaps it when freed, so every pass pays a page fault per 4 KiB
 /// (a fifth of the CPU time of a re-apply at a million prefixes); mimalloc reuses
@@ -11,10 +15,6 @@ mod cli;
 /// re-apply at a million prefixes: 212 to 159 ms (median of 10).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use std::process::ExitCode;
-
-use clap::Parser as _;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();

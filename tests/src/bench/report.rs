@@ -594,12 +594,12 @@ fn cpu_per_frame(r: &LiveRow) -> String {
 
 /// The steady re-apply cell: median, and min–max when there are several runs.
 fn steady(c: &ControlRow) -> String {
+    if c.steady_seconds.len() < 2 {
+        return secs(c.change_2.seconds);
+    }
     let (min, max) = c
         .steady_seconds
         .iter()
         .fold((f64::MAX, 0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
-    if c.steady_seconds.len() < 2 {
-        return secs(c.change_2.seconds);
-    }
     format!("{} ({}–{})", secs(c.change_2.seconds), secs(min), secs(max))
 }
