@@ -264,6 +264,45 @@ fn remove_restores_full_connectivity_and_unpins_everything() {
     );
 }
 
+/// `remove` detaches the programs, not just their pins: unpinning alone leaves a
+/// link attached for as long as anything else holds it open (here the test, as
+/// bpftool or a monitoring tool might), and otherwise until the kernel gets round
+/// to freeing the pin (an RCU callback, which lazy-RCU kernels delay by seconds).
+#[test]
+fn remove_has_detached_both_programs_when_it_returns() {
+    use airlock::loader::{EGRESS_LINK_PIN, LINK_PIN, LinkKind, link_state, pinned_link_state};
+    use aya::programs::links::PinnedLink;
+    let f = Fixture::new("rmd");
+    let policy = write_policy(&f, "p.yaml", "drop", "enforce", &["office"]);
+    let dir = f.bed.bpffs.path().join(&f.bed.server_if);
+    for round in 0..5 {
+        f.apply(&policy);
+        let links = [
+            (LINK_PIN, LinkKind::Xdp),
+            (EGRESS_LINK_PIN, LinkKind::TcxEgress),
+        ]
+        .map(|(pin, kind)| {
+            let state = pinned_link_state(&dir.join(pin), kind).expect("pinned link");
+            assert_ne!(state.ifindex, 0, "{pin} attached before remove");
+            let held = PinnedLink::from_pin(dir.join(pin)).expect("open the link");
+            (pin, kind, state.link_id, held)
+        });
+        let run = f.airlock(&["remove", "--iface", &f.bed.server_if]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        for (pin, kind, id, _held) in links {
+            let state = link_state(id, kind).expect("link by id");
+            assert!(
+                state.is_none_or(|s| s.ifindex == 0),
+                "round {round}: the {pin} link is still attached when remove returns: {state:?}"
+            );
+        }
+        assert!(
+            f.gets_in(addr::STRANGER_V4),
+            "round {round}: nothing filters"
+        );
+    }
+}
+
 /// The pin root may be a bpffs other tools use too (tc keeps `tc/globals` in the
 /// one it is given): `status` lists only Airlock's filters, and `remove --all`
 /// removes them and leaves the other tool's pins alone.

@@ -123,16 +123,15 @@ pub struct LinkState {
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_LINK_TYPE_TCX: u32 = 11;
 
-/// Reads a pinned link's id, program and interface. aya's `LinkInfo` does not expose
-/// the interface index, so this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD;
-/// `struct bpf_link_info` keeps `xdp.ifindex` and `tcx.ifindex` at byte 16).
-pub fn pinned_link_state(path: &Path, kind: LinkKind) -> Result<LinkState, LoaderError> {
-    let io = |e| LoaderError::io("reading link", path, e);
+/// Opens a pinned BPF object (BPF_OBJ_GET).
+fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
     let mut attr = [0u64; 16];
     attr[0] = c_path.as_ptr() as u64;
@@ -146,10 +145,72 @@ pub fn pinned_link_state(path: &Path, kind: LinkKind) -> Result<LinkState, Loade
         )
     };
     if fd < 0 {
-        return Err(io(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Detaches a pinned link from its hook now (BPF_LINK_DETACH). Unpinning alone
+/// also detaches it, but only once the kernel frees the pin's inode, after an RCU
+/// grace period and a workqueue run: a `remove` would return while the filter
+/// still decides packets for a moment.
+pub(crate) fn detach_pinned(path: &Path) -> std::io::Result<()> {
+    let fd = open_pinned(path)?;
+    // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32);
+    // SAFETY: attr is a zeroed bpf_attr large enough for BPF_LINK_DETACH.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads a pinned link's id, program and interface.
+pub fn pinned_link_state(path: &Path, kind: LinkKind) -> Result<LinkState, LoaderError> {
+    let io = |e| LoaderError::io("reading link", path, e);
+    state_of(&open_pinned(path).map_err(io)?, kind).map_err(io)
+}
+
+/// The state of the link with id `link_id`, or `None` once the kernel has freed it.
+pub fn link_state(link_id: u32, kind: LinkKind) -> std::io::Result<Option<LinkState>> {
+    // union bpf_attr for BPF_LINK_GET_FD_BY_ID: link_id (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(link_id);
+    // SAFETY: attr is a zeroed bpf_attr large enough for BPF_LINK_GET_FD_BY_ID.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ENOENT) {
+            return Ok(None);
+        }
+        return Err(error);
     }
     // SAFETY: the kernel returned a fresh descriptor we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    state_of(&fd, kind).map(Some)
+}
+
+/// A link's id, program and interface. aya's `LinkInfo` does not expose the
+/// interface index, so this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD;
+/// `struct bpf_link_info` keeps `xdp.ifindex` and `tcx.ifindex` at byte 16).
+fn state_of(fd: &OwnedFd, kind: LinkKind) -> std::io::Result<LinkState> {
     let mut info = [0u8; 64];
     // info_by_fd: bpf_fd (u32), info_len (u32), info (u64).
     let mut attr = [0u64; 16];
@@ -165,14 +226,14 @@ pub fn pinned_link_state(path: &Path, kind: LinkKind) -> Result<LinkState, Loade
         )
     };
     if rc < 0 {
-        return Err(io(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
     if word(0) != kind.kernel_type() {
-        return Err(io(std::io::Error::other(format!(
-            "pinned link is of type {}, not {kind:?}",
+        return Err(std::io::Error::other(format!(
+            "link is of type {}, not {kind:?}",
             word(0)
-        ))));
+        )));
     }
     Ok(LinkState {
         link_id: word(4),

@@ -27,7 +27,8 @@ use aya::{
 pub use error::LoaderError;
 pub use flows::{Flow, FlowOccupancy, FlowTable, monotonic_ns, seed_from_socket_table};
 pub use link::{
-    AttachMode, LinkKind, LinkState, egress_supported, interface_index, pinned_link_state,
+    AttachMode, LinkKind, LinkState, egress_supported, interface_index, link_state,
+    pinned_link_state,
 };
 pub use meta::{PendingConfirm, PolicySummary, RuleSummary};
 pub use object::{floor_object_bytes, load_object, object_bytes};

@@ -163,9 +163,18 @@ pub(crate) fn remove_dir(dir: &Path) -> Result<(), LoaderError> {
         Ok::<(), LoaderError>(())
     };
     // The links first, so the programs stop before their maps go away; the pins
-    // that mark the directory as ours last (see `OUR_PINS`).
+    // that mark the directory as ours last (see `OUR_PINS`). Each link is detached
+    // before it is unpinned, so the filter has stopped when this returns; should
+    // the kernel refuse (a link already detached), unpinning still detaches it,
+    // only a moment later.
     for link in [LINK_PIN, EGRESS_LINK_PIN] {
-        unpin(&dir.join(link))?;
+        let path = dir.join(link);
+        if path.exists()
+            && let Err(error) = super::link::detach_pinned(&path)
+        {
+            tracing::debug!(path = %path.display(), %error, "detaching before unpinning");
+        }
+        unpin(&path)?;
     }
     for entry in entries.filter_map(Result::ok) {
         if !OUR_PINS.iter().any(|name| entry.file_name() == *name) {
