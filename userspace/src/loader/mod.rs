@@ -268,8 +268,30 @@ fn install_staged(
             .map_err(|source| LoaderError::Pin { path, source })?;
     }
     let mut maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
+    let egress = link::egress_supported();
+    if !egress {
+        tracing::warn!(
+            iface,
+            "this kernel has no tcx (Linux 6.6+): filtering without return traffic; under `default: drop` replies to the host's own connections are dropped"
+        );
+    }
+    // Attach mode is only known after attaching; record the likely one and fix it up.
+    summary.attach_mode = AttachMode::Driver.as_str().to_owned();
+    // The kernel's verifier takes most of an install (a third of a second per
+    // program on a small VM): the programs are verified side by side while the
+    // policy goes into the maps, which need no program. It is in before the
+    // program sees its first packet: nothing is attached until both are done.
+    let policy: &PolicySummary = summary;
+    let (loaded, written) = crate::parallel::join(
+        || load_programs(&mut ebpf, egress),
+        || {
+            maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
+            maps.apply(compiled, policy)
+        },
+    );
+    loaded?;
+    let generation = written?;
     let program = xdp_program(&mut ebpf)?;
-    program.load().map_err(program_error)?;
     let program_pin = staging.join(PROGRAM_PIN);
     program
         .pin(&program_pin)
@@ -277,20 +299,10 @@ fn install_staged(
             path: program_pin,
             source,
         })?;
-    if link::egress_supported() {
+    if egress {
         install_egress(&mut ebpf, staging, iface)?;
-    } else {
-        tracing::warn!(
-            iface,
-            "this kernel has no tcx (Linux 6.6+): filtering without return traffic; under `default: drop` replies to the host's own connections are dropped"
-        );
     }
     let program = xdp_program(&mut ebpf)?;
-    maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
-    // The policy goes in before the program sees its first packet.
-    // Attach mode is only known after attaching; record the likely one and fix it up.
-    summary.attach_mode = AttachMode::Driver.as_str().to_owned();
-    let generation = maps.apply(compiled, summary)?;
     let (link, attach_mode) = link::attach(program, iface)?;
     if attach_mode != AttachMode::Driver {
         summary.attach_mode = attach_mode.as_str().to_owned();
@@ -310,14 +322,42 @@ fn install_staged(
     })
 }
 
-/// Loads, pins and attaches the egress program. Flows are recorded before the
+/// Loads (has the kernel verify) the XDP program and, with `egress`, the egress
+/// program, each on its own thread.
+fn load_programs(ebpf: &mut Ebpf, egress: bool) -> Result<(), LoaderError> {
+    let (mut xdp, mut tc) = (None, None);
+    for (name, program) in ebpf.programs_mut() {
+        match name {
+            PROGRAM_NAME => xdp = Some(program),
+            EGRESS_PROGRAM_NAME => tc = Some(program),
+            _ => {}
+        }
+    }
+    let unexpected = aya::programs::ProgramError::UnexpectedProgramType;
+    let xdp: &mut Xdp = xdp
+        .ok_or_else(|| program_error(unexpected))?
+        .try_into()
+        .map_err(program_error)?;
+    if !egress {
+        return xdp.load().map_err(program_error);
+    }
+    let egress_error = |source| named_program_error(EGRESS_PROGRAM_NAME, source);
+    let tc: &mut SchedClassifier = tc
+        .ok_or_else(|| egress_error(aya::programs::ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(egress_error)?;
+    let (xdp_loaded, tc_loaded) = crate::parallel::join(
+        || xdp.load().map_err(program_error),
+        || tc.load().map_err(egress_error),
+    );
+    xdp_loaded.and(tc_loaded)
+}
+
+/// Pins and attaches the (loaded) egress program. Flows are recorded before the
 /// XDP program starts dropping, so a connection the host opens while the install
 /// runs still gets its replies.
 fn install_egress(ebpf: &mut Ebpf, staging: &Path, iface: &str) -> Result<(), LoaderError> {
     let egress = egress_program(ebpf)?;
-    egress
-        .load()
-        .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
     let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
     egress.pin(&egress_pin).map_err(|source| LoaderError::Pin {
         path: egress_pin,
