@@ -5,7 +5,8 @@
 //! hold this program to it.
 #![no_std]
 #![no_main]
-// Inline BPF assembly: one load per word of the peer address (parse.rs).
+// Inline BPF assembly (parse.rs): one load per word of the peer address, and
+// a cursor the verifier treats as unknown.
 #![feature(asm_experimental_arch)]
 
 mod egress;
