@@ -59,6 +59,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    // A plain apply takes the writer lock before compiling, and the grace period
+    // its swap must wait out then passes while it compiles (see
+    // `WriterLock::acquire_early`). Expired confirmations are rolled back first
+    // (that takes the lock too).
+    let writer = if args.dry_run || args.confirm.is_some() {
+        None
+    } else {
+        safe::finish_expired(&root);
+        Some(loader::WriterLock::acquire_early(&root)?)
+    };
     // The host facts the anti-lockout check needs (reading the socket tables is
     // milliseconds on a busy host) are gathered while the policy compiles.
     let (compiled, facts) =
@@ -76,14 +87,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     interfaces::check_exist(&ifaces)?;
     safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
-    let root = PinRoot::new(&args.pin_root.pin_root);
-    safe::finish_expired(&root);
+    if writer.is_none() {
+        safe::finish_expired(&root);
+    }
     let summary = PolicySummary::describe(&policy, &compiled, &args.policy);
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "checks done");
     let done = match args.confirm {
         Some(within) => safe::apply_confirmed(&root, &ifaces, &compiled, &summary, *within)?,
         None => {
-            let writer = loader::WriterLock::acquire(&root)?;
+            let writer = match writer {
+                Some(writer) => writer,
+                None => loader::WriterLock::acquire(&root)?,
+            };
             airlock::safety::confirm::check_no_pending(&root, &ifaces)?;
             loader::apply_all(&writer, &root, &ifaces, &compiled, &summary)?
         }

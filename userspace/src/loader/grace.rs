@@ -29,16 +29,25 @@ pub(crate) fn wait_for_running_programs(
     generation: u32,
     name: &'static str,
 ) -> Result<(), LoaderError> {
+    if membarrier() {
+        return Ok(());
+    }
+    source_tables::wait_through(chunks, generation, name)
+}
+
+/// One RCU grace period through `membarrier`; false where it does not wait (see
+/// [`wait_for_running_programs`]).
+pub(crate) fn membarrier() -> bool {
     // SAFETY: sysconf takes a constant and touches no memory of ours.
     let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if online > 1 {
-        // SAFETY: membarrier takes plain integers and touches no memory of ours.
-        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        if rc == 0 {
-            return Ok(());
-        }
+    if online <= 1 {
+        return false;
+    }
+    // SAFETY: membarrier takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
         let error = std::io::Error::last_os_error();
         tracing::debug!(%error, "membarrier refused; waiting through the array of maps");
     }
-    source_tables::wait_through(chunks, generation, name)
+    rc == 0
 }

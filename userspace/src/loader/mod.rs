@@ -115,7 +115,7 @@ fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, LoaderError> 
 /// after its final one-word flip, and an install is only visible once its staging
 /// directory is renamed into place.
 pub fn apply(
-    _writer: &WriterLock,
+    writer: &WriterLock,
     root: &PinRoot,
     iface: &str,
     compiled: &Compiled,
@@ -128,7 +128,8 @@ pub fn apply(
     if dir.exists() {
         match pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) {
             Ok(state) if state.ifindex == ifindex => {
-                return swap_policy(&dir, iface, ifindex, compiled, summary);
+                let waited = writer.grace_covers(&dir);
+                return swap_policy(&dir, iface, ifindex, compiled, summary, waited);
             }
             state => {
                 // The interface was deleted (and maybe recreated) or the link was
@@ -188,6 +189,7 @@ fn swap_policy(
     ifindex: u32,
     compiled: &Compiled,
     mut summary: PolicySummary,
+    waited: bool,
 ) -> Result<ApplyOutcome, LoaderError> {
     let mut maps = PolicyMaps::open_pinned(dir)?;
     check_layout(&maps, dir, iface)?;
@@ -199,7 +201,11 @@ fn swap_policy(
     };
     summary.serial = previous.map_or(1, |p| p.serial + 1);
     summary.attach_mode = attach_mode.as_str().to_owned();
-    let generation = maps.apply(compiled, &summary)?;
+    let generation = if waited {
+        maps.apply_waited(compiled, &summary)?
+    } else {
+        maps.apply(compiled, &summary)?
+    };
     Ok(ApplyOutcome {
         iface: iface.to_owned(),
         attached: false,

@@ -200,10 +200,29 @@ impl PolicyMaps {
         compiled: &Compiled,
         summary: &PolicySummary,
     ) -> Result<u32, LoaderError> {
+        self.apply_inner(compiled, summary, false)
+    }
+
+    /// As [`apply`](Self::apply), for a caller that has waited out a grace period
+    /// since the last flip of these maps (`WriterLock::grace_covers`).
+    pub(crate) fn apply_waited(
+        &mut self,
+        compiled: &Compiled,
+        summary: &PolicySummary,
+    ) -> Result<u32, LoaderError> {
+        self.apply_inner(compiled, summary, true)
+    }
+
+    fn apply_inner(
+        &mut self,
+        compiled: &Compiled,
+        summary: &PolicySummary,
+        waited: bool,
+    ) -> Result<u32, LoaderError> {
         let next = 1 - self.active_generation()?;
         // Encode first: a summary that does not fit must fail before anything changes.
         let meta = summary.encode()?;
-        self.write_generation(next, compiled, &meta)?;
+        self.write_generation(next, compiled, &meta, waited)?;
         self.active
             .set(0, next, 0)
             .map_err(map_err(MAP_ACTIVE_GEN))?;
@@ -215,13 +234,14 @@ impl PolicyMaps {
         generation: u32,
         compiled: &Compiled,
         meta: &PolicyMeta,
+        waited: bool,
     ) -> Result<(), LoaderError> {
         let started = std::time::Instant::now();
         let (v4_capacity, v6_capacity) = (self.src_v4.capacity, self.src_v6.capacity);
         // Packets that read the generation number before the last flip may still be
         // reading this copy (its config too, which the program reads in place): wait
         // them out (one RCU grace period, while the tables are built) before
-        // changing any of it.
+        // changing any of it, unless the caller already has (`waited`).
         let chunks = &self.src_v4.chunks;
         let names = self.src_v4.names;
         let ((v4, v6), waited) = crate::parallel::join(
@@ -231,7 +251,12 @@ impl PolicyMaps {
                     || ranges::table(&compiled.v6, v6_capacity as usize),
                 )
             },
-            || super::grace::wait_for_running_programs(chunks, generation, names.1),
+            || {
+                if waited {
+                    return Ok(());
+                }
+                super::grace::wait_for_running_programs(chunks, generation, names.1)
+            },
         );
         waited?;
         tracing::debug!(

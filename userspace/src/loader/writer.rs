@@ -6,7 +6,14 @@
 //! root directory; the functions that need it take it as a parameter, so a caller
 //! cannot forget it.
 
-use std::{fs::File, io};
+use std::{
+    collections::HashSet,
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+    thread::JoinHandle,
+};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -14,6 +21,17 @@ use super::{LoaderError, PinRoot};
 
 pub struct WriterLock {
     _lock: Flock<File>,
+    grace: Mutex<EarlyGrace>,
+}
+
+/// An RCU grace period begun once the lock was held ([`WriterLock::acquire_early`]).
+#[derive(Default)]
+struct EarlyGrace {
+    waiting: Option<JoinHandle<bool>>,
+    /// Whether it ran to its end (membarrier waited).
+    elapsed: bool,
+    /// Filters swapped under this lock: their last flip is not covered.
+    swapped: HashSet<PathBuf>,
 }
 
 impl WriterLock {
@@ -26,6 +44,76 @@ impl WriterLock {
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
             LoaderError::io("locking", path, io::Error::from_raw_os_error(errno as i32))
         })?;
-        Ok(Self { _lock: lock })
+        Ok(Self {
+            _lock: lock,
+            grace: Mutex::new(EarlyGrace::default()),
+        })
+    }
+
+    /// As [`acquire`](Self::acquire), and begins an RCU grace period on a thread.
+    /// Every flip of every filter was made before the lock was taken, so once it
+    /// ends no packet reads a retired copy: a swap under this lock then rewrites it
+    /// without waiting again (once per filter). For a caller that compiles while
+    /// holding the lock: the wait, some 10-20 ms, passes meanwhile.
+    pub fn acquire_early(root: &PinRoot) -> Result<Self, LoaderError> {
+        let lock = Self::acquire(root)?;
+        lock.grace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .begin(super::grace::membarrier);
+        Ok(lock)
+    }
+
+    /// Whether the filter pinned at `dir` may be rewritten without a grace period of
+    /// its own: one begun under this lock has ended, and this is the filter's first
+    /// swap under it. Waits for that grace period to end.
+    pub(crate) fn grace_covers(&self, dir: &Path) -> bool {
+        self.grace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .covers(dir)
+    }
+}
+
+impl EarlyGrace {
+    /// Runs `wait` (true once a grace period has ended) on a thread of its own; if
+    /// the OS refuses one, nothing is covered and every swap waits for itself.
+    fn begin(&mut self, wait: impl FnOnce() -> bool + Send + 'static) {
+        self.waiting = std::thread::Builder::new()
+            .name("grace-period".into())
+            .spawn(wait)
+            .ok();
+    }
+
+    fn covers(&mut self, dir: &Path) -> bool {
+        if let Some(waiting) = self.waiting.take() {
+            self.elapsed = waiting.join().unwrap_or(false);
+        }
+        self.elapsed && self.swapped.insert(dir.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_early_grace_period_covers_each_filter_once() {
+        let mut grace = EarlyGrace::default();
+        grace.begin(|| true);
+        assert!(grace.covers(Path::new("/pins/eth0")));
+        assert!(
+            !grace.covers(Path::new("/pins/eth0")),
+            "its own flip came after the grace period began"
+        );
+        assert!(grace.covers(Path::new("/pins/eth1")));
+    }
+
+    #[test]
+    fn no_grace_period_or_a_refused_one_covers_nothing() {
+        assert!(!EarlyGrace::default().covers(Path::new("/pins/eth0")));
+        let mut refused = EarlyGrace::default();
+        refused.begin(|| false);
+        assert!(!refused.covers(Path::new("/pins/eth0")));
     }
 }
