@@ -27,8 +27,19 @@ pub struct TcpSocket {
 pub fn read() -> Vec<TcpSocket> {
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .into_iter()
-        .flat_map(|path| parse(&std::fs::read_to_string(path).unwrap_or_default()))
+        .flat_map(|path| parse(&read_proc(path).unwrap_or_default()))
         .collect()
+}
+
+/// A file of /proc/net, read with few system calls: the kernel walks its whole
+/// connection hash table (262,144 buckets on a small VM) on every read of
+/// /proc/net/tcp that runs out of buffered lines, and `read_to_string` on a file
+/// of unknown size starts with reads of a few dozen bytes.
+pub fn read_proc(path: &str) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::with_capacity(256 * 1024);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Parses one table; lines that do not parse are skipped.

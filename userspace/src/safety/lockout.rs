@@ -78,7 +78,7 @@ impl Facts {
     pub fn from_system() -> Facts {
         let env = std::env::var("SSH_CONNECTION").ok();
         let read = |path: &str| {
-            std::fs::read_to_string(path)
+            crate::sockets::read_proc(path)
                 .inspect_err(|error| tracing::debug!(path, %error, "anti-lockout: not read"))
                 .unwrap_or_default()
         };
