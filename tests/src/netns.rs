@@ -80,6 +80,28 @@ impl Namespace {
         command
     }
 
+    /// A command that joins the namespace (`setns`) just before it runs, the way
+    /// `nsenter --net` does: no `ip netns exec`, which also makes a mount namespace
+    /// and mounts a /sys of the namespace (some milliseconds the bench's timings
+    /// should not include). The program sees the host's /sys.
+    pub fn entered_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let path = PathBuf::from("/var/run/netns").join(&self.name);
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut command = Command::new(program);
+        // SAFETY: between fork and exec only setns(2) runs, which is
+        // async-signal-safe; `file` is moved into the closure and outlives the spawn.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
     /// Runs `f` on a thread that has entered this namespace: sockets it opens belong
     /// to the namespace for their whole life.
     pub fn spawn<T: Send + 'static>(

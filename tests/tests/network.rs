@@ -303,6 +303,40 @@ fn remove_has_detached_both_programs_when_it_returns() {
     }
 }
 
+/// `--iface` globs match the interfaces of the namespace airlock runs in, also when
+/// it joined that namespace with `setns` (as `nsenter --net` does) and /sys is still
+/// the host's, which lists the host's interfaces.
+#[test]
+fn interface_globs_match_the_namespace_airlock_entered() {
+    let f = Fixture::new("glb");
+    let policy = write_policy(&f, "p.yaml", "drop", "enforce", &["office"]);
+    let output = f
+        .bed
+        .server
+        .entered_command(airlock_integration::cli::airlock_bin())
+        .args([
+            "apply",
+            "-f",
+            policy.to_str().expect("utf-8"),
+            "--iface",
+            "alsrv*",
+        ])
+        .env("AIRLOCK_PIN_ROOT", f.bed.bpffs.path())
+        .env("NO_COLOR", "1")
+        .env_remove("SSH_CONNECTION")
+        .output()
+        .expect("running airlock");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(&f.bed.server_if), "{stdout}");
+    assert!(f.gets_in(addr::OFFICE_V4));
+    assert!(f.kept_out(addr::STRANGER_V4));
+}
+
 /// The pin root may be a bpffs other tools use too (tc keeps `tc/globals` in the
 /// one it is given): `status` lists only Airlock's filters, and `remove --all`
 /// removes them and leaves the other tool's pins alone.

@@ -64,13 +64,15 @@ fn expand(requested: &[String]) -> Result<Vec<String>, InterfaceError> {
     Ok(names)
 }
 
-/// Interfaces of this network namespace.
+/// Interfaces of this network namespace, asked of the kernel (`if_nameindex`):
+/// /sys/class/net lists those of the namespace sysfs was mounted in, which is not
+/// this one for a process that entered it with `nsenter --net` or `setns`.
 pub fn existing_interfaces() -> Vec<String> {
-    fs::read_dir("/sys/class/net")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().into_string().ok())
+    nix::net::if_::if_nameindex()
+        .map(|interfaces| {
+            interfaces
+                .iter()
+                .filter_map(|i| i.name().to_str().ok().map(str::to_owned))
                 .collect()
         })
         .unwrap_or_default()
