@@ -57,29 +57,21 @@ pub fn run_measured(command: &mut Command, limit: Duration) -> Result<CliRun> {
         .spawn()
         .with_context(|| format!("running {command:?}"))?;
     let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data the kernel fills.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // Bounded: poll with WNOHANG until the limit, then kill.
-    loop {
-        // SAFETY: pid is our child; status and usage are valid to write.
-        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if rc == pid {
-            break;
-        }
-        if rc < 0 {
-            bail!("wait4: {}", std::io::Error::last_os_error());
-        }
-        if started.elapsed() > limit {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            // SAFETY: as above.
-            unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            bail!("{command:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    // Bounded: wait for the exit on a pidfd (timed to the exit, not to a polling
+    // interval) until the limit, then kill.
+    if !exits_within(pid, limit)? {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     let seconds = started.elapsed().as_secs_f64();
+    let mut status = 0;
+    // SAFETY: pid is our child; status is valid to write.
+    if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        bail!("waitpid: {}", std::io::Error::last_os_error());
+    }
+    if seconds > limit.as_secs_f64() {
+        bail!("{command:?} did not finish within {limit:?}");
+    }
     let exit = std::process::ExitStatus::from_raw(status);
     if !exit.success() {
         let mut err = String::new();
@@ -108,6 +100,38 @@ pub fn run_measured(command: &mut Command, limit: Duration) -> Result<CliRun> {
         seconds,
         max_rss_kib,
     })
+}
+
+/// Whether process `pid` (our child, not yet reaped) exits within `limit`.
+fn exits_within(pid: libc::pid_t, limit: Duration) -> Result<bool> {
+    // SAFETY: pidfd_open takes plain integers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        bail!("pidfd_open: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor we now own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let mut poll = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut poll, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if rc > 0 {
+            return Ok(true);
+        }
+        if rc == 0 {
+            return Ok(false);
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            bail!("poll: {error}");
+        }
+    }
 }
 
 /// The control-plane figures for one policy size.
@@ -154,7 +178,7 @@ pub fn measure(
     )?;
     let policy_arg = policy.to_str().context("utf-8 path")?;
     let airlock = |args: &[&str]| {
-        let mut command = ns.command(airlock_bin());
+        let mut command = ns.entered_command(airlock_bin());
         command
             .args(args)
             .env("AIRLOCK_PIN_ROOT", bpffs.path())
