@@ -31,24 +31,27 @@ pub struct CliRun {
     pub max_rss_kib: u64,
 }
 
-/// Runs `command` to completion (killing it after `limit`), returning its wall
-/// time and peak RSS. The RSS comes from GNU time (`/usr/bin/time -f %M`), not from
-/// our own `wait4`: a child spawned by this process inherits, through
-/// vfork and exec, a peak RSS that includes this (large) process's.
-pub fn run_measured(command: &mut Command, limit: Duration) -> Result<CliRun> {
+/// Runs `airlock <args>` in `ns`, with `env` set, to completion (killing it after
+/// `limit`), returning its wall time and peak RSS. It joins the namespace by setns
+/// before it runs, as a user's `nsenter --net` would: `ip netns exec` would add a
+/// mount namespace and a /sys mount to every timing. The RSS comes from GNU time
+/// (`/usr/bin/time -f %M`), not from our own `wait4`: a child spawned by this
+/// process inherits, through vfork and exec, a peak RSS that includes this (large)
+/// process's.
+pub fn run_measured(
+    ns: &Namespace,
+    env: &[(&str, &std::ffi::OsStr)],
+    args: &[&str],
+    limit: Duration,
+) -> Result<CliRun> {
     let rss_file = tempfile::NamedTempFile::new()?;
-    let mut timed = Command::new("/usr/bin/time");
+    let mut timed = ns.entered_command("/usr/bin/time");
     timed
         .args(["-f", "%M", "-o"])
         .arg(rss_file.path())
-        .arg(command.get_program())
-        .args(command.get_args());
-    for (key, value) in command.get_envs() {
-        match value {
-            Some(value) => timed.env(key, value),
-            None => timed.env_remove(key),
-        };
-    }
+        .arg(airlock_bin())
+        .args(args)
+        .envs(env.iter().copied());
     let command = &mut timed;
     let started = Instant::now();
     let child = command
@@ -59,7 +62,8 @@ pub fn run_measured(command: &mut Command, limit: Duration) -> Result<CliRun> {
     let pid = child.id() as libc::pid_t;
     // Bounded: wait for the exit on a pidfd (timed to the exit, not to a polling
     // interval) until the limit, then kill.
-    if !exits_within(pid, limit)? {
+    let exited = exits_within(pid, limit)?;
+    if !exited {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -69,7 +73,7 @@ pub fn run_measured(command: &mut Command, limit: Duration) -> Result<CliRun> {
     if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
         bail!("waitpid: {}", std::io::Error::last_os_error());
     }
-    if seconds > limit.as_secs_f64() {
+    if !exited {
         bail!("{command:?} did not finish within {limit:?}");
     }
     let exit = std::process::ExitStatus::from_raw(status);
@@ -177,22 +181,24 @@ pub fn measure(
         workload.policy_yaml(iface, Path::new(list.file_name().context("name")?)),
     )?;
     let policy_arg = policy.to_str().context("utf-8 path")?;
+    let env = [
+        ("AIRLOCK_PIN_ROOT", bpffs.path().as_os_str()),
+        ("NO_COLOR", "1".as_ref()),
+    ];
     let airlock = |args: &[&str]| {
-        let mut command = ns.entered_command(airlock_bin());
-        command
-            .args(args)
-            .env("AIRLOCK_PIN_ROOT", bpffs.path())
-            .env("NO_COLOR", "1");
+        let mut command = ns.command(airlock_bin());
+        command.args(args).envs(env);
         command
     };
+    let measured = |args: &[&str]| run_measured(ns, &env, args, limit);
     let mut row = ControlRow {
         label: super::policies::size_label(workload.prefixes - 11),
         prefixes: workload.prefixes,
         ..Default::default()
     };
-    row.validate = run_measured(&mut airlock(&["validate", "-f", policy_arg]), limit)?;
+    row.validate = measured(&["validate", "-f", policy_arg])?;
     let result = (|| -> Result<()> {
-        row.first = run_measured(&mut airlock(&["apply", "-f", policy_arg]), limit)?;
+        row.first = measured(&["apply", "-f", policy_arg])?;
         row.map_bytes = map_bytes(&bpffs.path().join(iface));
         row.entries = entries(airlock(&["status", "-o", "json"]));
         // Each change replaces the same 1% of the lines with new prefixes, so every
@@ -202,7 +208,7 @@ pub fn measure(
             let changed = mutate(&workload.bulk, 1, SEED + 1 + i as u64);
             let text: String = changed.iter().map(|n| format!("{n}\n")).collect();
             std::fs::write(&list, text)?;
-            let run = run_measured(&mut airlock(&["apply", "-f", policy_arg]), limit)?;
+            let run = measured(&["apply", "-f", policy_arg])?;
             if i == 0 {
                 row.change_1 = run;
             } else {

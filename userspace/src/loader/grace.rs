@@ -47,7 +47,7 @@ pub(crate) fn membarrier() -> bool {
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
     if rc != 0 {
         let error = std::io::Error::last_os_error();
-        tracing::debug!(%error, "membarrier refused; waiting through the array of maps");
+        tracing::debug!(%error, "membarrier refused; a swap waits through the array of maps");
     }
     rc == 0
 }

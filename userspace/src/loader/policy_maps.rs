@@ -234,14 +234,14 @@ impl PolicyMaps {
         generation: u32,
         compiled: &Compiled,
         meta: &PolicyMeta,
-        waited: bool,
+        already_waited: bool,
     ) -> Result<(), LoaderError> {
         let started = std::time::Instant::now();
         let (v4_capacity, v6_capacity) = (self.src_v4.capacity, self.src_v6.capacity);
         // Packets that read the generation number before the last flip may still be
         // reading this copy (its config too, which the program reads in place): wait
         // them out (one RCU grace period, while the tables are built) before
-        // changing any of it, unless the caller already has (`waited`).
+        // changing any of it, unless the caller already has.
         let chunks = &self.src_v4.chunks;
         let names = self.src_v4.names;
         let ((v4, v6), waited) = crate::parallel::join(
@@ -252,7 +252,7 @@ impl PolicyMaps {
                 )
             },
             || {
-                if waited {
+                if already_waited {
                     return Ok(());
                 }
                 super::grace::wait_for_running_programs(chunks, generation, names.1)
