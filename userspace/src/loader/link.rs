@@ -128,51 +128,55 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_LINK_TYPE_TCX: u32 = 11;
 
-/// Opens a pinned BPF object (BPF_OBJ_GET).
-fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let mut attr = [0u64; 16];
-    attr[0] = c_path.as_ptr() as u64;
-    // SAFETY: attr is a zeroed bpf_attr large enough for BPF_OBJ_GET.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Detaches a pinned link from its hook now (BPF_LINK_DETACH). Unpinning alone
-/// also detaches it, but only once the kernel frees the pin's inode, after an RCU
-/// grace period and a workqueue run: a `remove` would return while the filter
-/// still decides packets for a moment.
-pub(crate) fn detach_pinned(path: &Path) -> std::io::Result<()> {
-    let fd = open_pinned(path)?;
-    // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(fd.as_raw_fd() as u32);
-    // SAFETY: attr is a zeroed bpf_attr large enough for BPF_LINK_DETACH.
+/// bpf(2) with `attr` as its `union bpf_attr`, zero past the fields the caller set.
+///
+/// # Safety
+/// Any pointer the caller put in `attr` is valid for what `command` does with it.
+unsafe fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is larger than what any command used here reads; the caller
+    // vouches for the pointers in it.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_LINK_DETACH,
+            command,
             attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
+            std::mem::size_of_val(attr),
         )
     };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(rc)
+}
+
+/// A descriptor the kernel just returned from `bpf`.
+fn owned(fd: libc::c_long) -> OwnedFd {
+    // SAFETY: a fresh descriptor nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Opens a pinned BPF object (BPF_OBJ_GET).
+fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
+    unsafe { bpf(BPF_OBJ_GET, &mut attr) }.map(owned)
+}
+
+/// Detaches a pinned link from its hook now (BPF_LINK_DETACH). Unpinning alone
+/// also detaches it, but only once nothing else holds the link and the kernel has
+/// freed the pin's inode (after an RCU grace period and a workqueue run): a
+/// `remove` would return while the filter still decides packets.
+pub(crate) fn detach_pinned(path: &Path) -> std::io::Result<()> {
+    let fd = open_pinned(path)?;
+    // BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32);
+    // SAFETY: no pointers in attr.
+    unsafe { bpf(BPF_LINK_DETACH, &mut attr) }.map(drop)
 }
 
 /// Reads a pinned link's id, program and interface.
@@ -183,28 +187,15 @@ pub fn pinned_link_state(path: &Path, kind: LinkKind) -> Result<LinkState, Loade
 
 /// The state of the link with id `link_id`, or `None` once the kernel has freed it.
 pub fn link_state(link_id: u32, kind: LinkKind) -> std::io::Result<Option<LinkState>> {
-    // union bpf_attr for BPF_LINK_GET_FD_BY_ID: link_id (u32).
+    // BPF_LINK_GET_FD_BY_ID: link_id (u32).
     let mut attr = [0u64; 16];
     attr[0] = u64::from(link_id);
-    // SAFETY: attr is a zeroed bpf_attr large enough for BPF_LINK_GET_FD_BY_ID.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_GET_FD_BY_ID,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(error);
+    // SAFETY: no pointers in attr.
+    match unsafe { bpf(BPF_LINK_GET_FD_BY_ID, &mut attr) } {
+        Ok(fd) => state_of(&owned(fd), kind).map(Some),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(error) => Err(error),
     }
-    // SAFETY: the kernel returned a fresh descriptor we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    state_of(&fd, kind).map(Some)
 }
 
 /// A link's id, program and interface. aya's `LinkInfo` does not expose the
@@ -212,22 +203,12 @@ pub fn link_state(link_id: u32, kind: LinkKind) -> std::io::Result<Option<LinkSt
 /// `struct bpf_link_info` keeps `xdp.ifindex` and `tcx.ifindex` at byte 16).
 fn state_of(fd: &OwnedFd, kind: LinkKind) -> std::io::Result<LinkState> {
     let mut info = [0u8; 64];
-    // info_by_fd: bpf_fd (u32), info_len (u32), info (u64).
+    // BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
     let mut attr = [0u64; 16];
     attr[0] = u64::from(fd.as_raw_fd() as u32) | ((info.len() as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
-    // SAFETY: info is writable for info_len bytes; attr is a zeroed bpf_attr.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: info is writable for info_len bytes and outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     let word = |at: usize| u32::from_ne_bytes([info[at], info[at + 1], info[at + 2], info[at + 3]]);
     if word(0) != kind.kernel_type() {
         return Err(std::io::Error::other(format!(
