@@ -53,6 +53,9 @@ pub struct Results {
     pub control: Vec<ControlRow>,
     /// Agent resident memory at 100k prefixes, KiB, or why not measured.
     pub agent_rss: Result<u64, String>,
+    /// Instructions the kernel's verifier processed loading the XDP and the egress
+    /// program (most of a first apply's time), where the kernel says.
+    pub verified: (Option<u32>, Option<u32>),
     pub notes: Vec<String>,
     pub seconds: f64,
 }
@@ -407,6 +410,13 @@ impl Results {
                 Err(e) => format!("n/a ({e})"),
             }
         );
+        let count = |n: Option<u32>| n.map_or("n/a".to_owned(), |n| n.to_string());
+        let _ = writeln!(
+            md,
+            "Instructions the kernel's verifier processed to load the programs (most of a first apply): XDP {}, egress {}.\n",
+            count(self.verified.0),
+            count(self.verified.1)
+        );
         let _ = writeln!(
             md,
             "In-process breakdown (library: parse+validate with the import, compile, write the source tables and port arrays of one copy, which held the previous row's policy; re-apply: the map update alone of a 1% change, into a copy that holds the unchanged policy):\n\n| prefixes/port ranges | parse | compile | apply (maps) | re-apply 1% (maps) | trie entries v4/v6 |\n|---|---|---|---|---|---|"
@@ -519,6 +529,7 @@ impl Results {
             "control_plane": control,
             "library": library,
             "agent_rss_kib": match &self.agent_rss { Ok(k) => json!(k), Err(e) => json!({ "error": e }) },
+            "verified_instructions": { "xdp": self.verified.0, "egress": self.verified.1 },
             "notes": self.notes,
             "plot": self.plot(),
         })

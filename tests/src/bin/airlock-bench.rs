@@ -100,12 +100,20 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
         live: Vec::new(),
         control: Vec::new(),
         agent_rss: Err("not measured".into()),
+        verified: (None, None),
         notes: Vec::new(),
         seconds: 0.0,
     };
     let mut floor_pass = Floor::load("xdp-pass")?;
     let mut floor_drop = Floor::load("xdp-drop")?;
     let mut filter = LoadedFilter::load().context("loading Airlock's XDP program")?;
+    results.verified = (
+        filter.program()?.info()?.verified_instruction_count(),
+        filter
+            .egress_program()?
+            .info()?
+            .verified_instruction_count(),
+    );
     let mut live = LiveBed::new()?;
     let bpffs = PrivateBpffs::new();
     let tempdir = tempfile::tempdir()?;
