@@ -40,6 +40,7 @@ pub use source_tables::TableShape;
 pub use writer::WriterLock;
 
 use crate::compile::Compiled;
+use policy_maps::Grace;
 
 /// What `apply` did on one interface.
 #[derive(Clone, Debug)]
@@ -128,8 +129,8 @@ pub fn apply(
     if dir.exists() {
         match pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) {
             Ok(state) if state.ifindex == ifindex => {
-                let waited = writer.grace_covers(&dir);
-                return swap_policy(&dir, iface, ifindex, compiled, summary, waited);
+                let grace = Grace::Early(writer, &dir);
+                return swap_policy(&dir, iface, ifindex, compiled, summary, grace);
             }
             state => {
                 // The interface was deleted (and maybe recreated) or the link was
@@ -189,7 +190,7 @@ fn swap_policy(
     ifindex: u32,
     compiled: &Compiled,
     mut summary: PolicySummary,
-    waited: bool,
+    grace: Grace<'_>,
 ) -> Result<ApplyOutcome, LoaderError> {
     let mut maps = PolicyMaps::open_pinned(dir)?;
     check_layout(&maps, dir, iface)?;
@@ -201,11 +202,7 @@ fn swap_policy(
     };
     summary.serial = previous.map_or(1, |p| p.serial + 1);
     summary.attach_mode = attach_mode.as_str().to_owned();
-    let generation = if waited {
-        maps.apply_waited(compiled, &summary)?
-    } else {
-        maps.apply(compiled, &summary)?
-    };
+    let generation = maps.apply_after(compiled, &summary, grace)?;
     Ok(ApplyOutcome {
         iface: iface.to_owned(),
         attached: false,

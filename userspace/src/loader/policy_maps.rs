@@ -125,6 +125,16 @@ impl Counters {
     }
 }
 
+/// How a swap makes sure no packet still reads the copy it is about to rewrite.
+pub(crate) enum Grace<'a> {
+    /// Waits out a grace period of its own.
+    Own,
+    /// Joins the one begun when the writer lock was taken
+    /// ([`WriterLock::grace_covers`](super::WriterLock::grace_covers) for the
+    /// filter pinned at this directory), or waits its own where that does not cover it.
+    Early(&'a super::WriterLock, &'a Path),
+}
+
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
     config: Array<MapData, GenConfig>,
@@ -200,29 +210,20 @@ impl PolicyMaps {
         compiled: &Compiled,
         summary: &PolicySummary,
     ) -> Result<u32, LoaderError> {
-        self.apply_inner(compiled, summary, false)
+        self.apply_after(compiled, summary, Grace::Own)
     }
 
-    /// As [`apply`](Self::apply), for a caller that has waited out a grace period
-    /// since the last flip of these maps (`WriterLock::grace_covers`).
-    pub(crate) fn apply_waited(
+    /// As [`apply`](Self::apply), with the grace period `grace` says to wait for.
+    pub(crate) fn apply_after(
         &mut self,
         compiled: &Compiled,
         summary: &PolicySummary,
-    ) -> Result<u32, LoaderError> {
-        self.apply_inner(compiled, summary, true)
-    }
-
-    fn apply_inner(
-        &mut self,
-        compiled: &Compiled,
-        summary: &PolicySummary,
-        waited: bool,
+        grace: Grace<'_>,
     ) -> Result<u32, LoaderError> {
         let next = 1 - self.active_generation()?;
         // Encode first: a summary that does not fit must fail before anything changes.
         let meta = summary.encode()?;
-        self.write_generation(next, compiled, &meta, waited)?;
+        self.write_generation(next, compiled, &meta, grace)?;
         self.active
             .set(0, next, 0)
             .map_err(map_err(MAP_ACTIVE_GEN))?;
@@ -234,14 +235,14 @@ impl PolicyMaps {
         generation: u32,
         compiled: &Compiled,
         meta: &PolicyMeta,
-        already_waited: bool,
+        grace: Grace<'_>,
     ) -> Result<(), LoaderError> {
         let started = std::time::Instant::now();
         let (v4_capacity, v6_capacity) = (self.src_v4.capacity, self.src_v6.capacity);
         // Packets that read the generation number before the last flip may still be
         // reading this copy (its config too, which the program reads in place): wait
-        // them out (one RCU grace period, while the tables are built) before
-        // changing any of it, unless the caller already has.
+        // them out (one RCU grace period, or the end of one begun under the
+        // writer lock, while the tables are built) before changing any of it.
         let chunks = &self.src_v4.chunks;
         let names = self.src_v4.names;
         let ((v4, v6), waited) = crate::parallel::join(
@@ -251,11 +252,9 @@ impl PolicyMaps {
                     || ranges::table(&compiled.v6, v6_capacity as usize),
                 )
             },
-            || {
-                if already_waited {
-                    return Ok(());
-                }
-                super::grace::wait_for_running_programs(chunks, generation, names.1)
+            || match grace {
+                Grace::Early(writer, dir) if writer.grace_covers(dir) => Ok(()),
+                _ => super::grace::wait_for_running_programs(chunks, generation, names.1),
             },
         );
         waited?;
