@@ -1873,6 +1873,42 @@ fn rule_reason_totals_only_grow_across_applies_and_split_by_mode() {
     }
 }
 
+/// Counters read just before an apply stay named by the policy that counted them:
+/// `/metrics`, `status` and the agent name rules from the copy the counters came
+/// from (`Counters::generation`), which keeps its summary after the flip. Named from
+/// the copy in force instead, SWAP_A's `pg` packets would go to SWAP_B's first
+/// rule, `pgbouncer`.
+#[test]
+fn counters_are_named_by_the_copy_they_were_read_from() {
+    let mut h = Harness::new();
+    let apply_named = |h: &mut Harness, yaml: &str| {
+        let policy = parse_policy(yaml);
+        let compiled = compile::compile(&policy).expect("compiles");
+        let summary =
+            PolicySummary::describe(&policy, &compiled, std::path::Path::new("policy.yaml"));
+        h.filter.maps.apply(&compiled, &summary).expect("applies");
+        h.policy = Some(policy);
+    };
+    apply_named(&mut h, SWAP_A);
+    let pg = FrameSpec::tcp("198.51.100.10", 5432);
+    verify(&mut h, pg, XDP_PASS, Reason::RuleAllowed);
+    let read = h.counters();
+    apply_named(&mut h, SWAP_B);
+    let summary = h
+        .filter
+        .maps
+        .generation_summary(read.generation)
+        .expect("readable")
+        .expect("the copy the counters came from is still complete");
+    let counted: Vec<(&str, u64)> = summary
+        .rules
+        .iter()
+        .zip(&read.rules)
+        .map(|(rule, (allowed, _))| (rule.name.as_str(), allowed.packets))
+        .collect();
+    assert_eq!(counted, [("pg", 1), ("pgbouncer", 0), ("app", 0)]);
+}
+
 const SWAP_FLIPS: usize = 12;
 /// Safety bound on the prober; it normally stops when the flips are done.
 const MAX_PROBE_ROUNDS: usize = 20_000_000;

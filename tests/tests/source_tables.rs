@@ -240,10 +240,9 @@ fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
         let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0);
         let chunks = table_v4.elements.len().div_ceil(INLINE_TABLE_V4 as usize);
         assert_eq!(chunks, if hosts > 100_000 { 3 } else { 1 }, "policy {seed}");
-        let (shape_v4, _) = h
-            .filter
-            .maps
-            .active_table_shapes()
+        let maps = &h.filter.maps;
+        let (shape_v4, _) = maps
+            .table_shapes(maps.active_generation().expect("readable"))
             .expect("config readable")
             .expect("a policy in force");
         assert_eq!(

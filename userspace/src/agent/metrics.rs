@@ -101,7 +101,8 @@ impl Collector for AirlockCollector {
                     bytes.get_or_create(&l).inc_by(count.bytes);
                 }
             }
-            let summary = maps.active_summary().ok().flatten();
+            // The rules' names from the copy their counters were read from.
+            let summary = maps.generation_summary(counters.generation).ok().flatten();
             let names: Vec<String> = summary
                 .as_ref()
                 .map(|s| s.rules.iter().map(|r| r.name.clone()).collect())

@@ -202,7 +202,8 @@ impl Reconciler {
             let Ok(maps) = PolicyMaps::open_pinned(&self.root.interface_dir(iface)) else {
                 continue;
             };
-            let (Ok(Some(summary)), Ok(now)) = (maps.active_summary(), maps.counters()) else {
+            let Ok(now) = maps.counters() else { continue };
+            let Ok(Some(summary)) = maps.generation_summary(now.generation) else {
                 continue;
             };
             for (rule, (allowed, refused)) in summary.rules.iter().zip(now.rules) {

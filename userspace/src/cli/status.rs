@@ -43,11 +43,14 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         .and_then(|t| t.occupancy())
         .ok();
     let maps = PolicyMaps::open_pinned(&dir)?;
-    let summary = maps.active_summary()?;
-    let tables = maps
-        .active_table_shapes()?
-        .map(|(v4, v6)| json!({ "ipv4": v4, "ipv6": v6 }));
+    // Everything below describes the copy in force when the counters were read,
+    // even if a policy is applied meanwhile.
     let counters = maps.counters()?;
+    let generation = counters.generation;
+    let summary = maps.generation_summary(generation)?;
+    let tables = maps
+        .table_shapes(generation)?
+        .map(|(v4, v6)| json!({ "ipv4": v4, "ipv6": v6 }));
     let reasons: serde_json::Map<String, Value> = Reason::ALL
         .iter()
         .map(|r| (r.name().to_owned(), counter_json(counters.reason(*r))))
@@ -71,7 +74,7 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
         "iface": iface,
         "attachment": attachment,
         "link": link.ok().map(|l| json!({"id": l.link_id, "program_id": l.program_id, "ifindex": l.ifindex})),
-        "generation": maps.active_generation()?,
+        "generation": generation,
         "policy": summary,
         "source_tables": tables,
         "reasons": reasons,

@@ -112,7 +112,11 @@ pub struct Counters {
     pub reasons_in_monitor: Vec<Counter>,
     /// Drop samples sent, held back by the rate limit, lost to a full ring.
     pub samples: [u64; SAMPLE_STAT_SLOTS as usize],
-    /// For the active generation: (allowed, refused) per rule index.
+    /// The generation that was active when `rules` were read: its summary
+    /// ([`PolicyMaps::generation_summary`]) names them. Asking for the active one
+    /// afterwards could name them after a policy applied in between.
+    pub generation: u32,
+    /// For `generation`: (allowed, refused) per rule index.
     pub rules: Vec<(Counter, Counter)>,
 }
 
@@ -475,6 +479,7 @@ impl PolicyMaps {
             reasons,
             reasons_in_monitor,
             samples,
+            generation,
             rules,
         })
     }
@@ -569,9 +574,13 @@ impl PolicyMaps {
         Ok((config.valid != 0).then_some(config))
     }
 
-    /// The shapes of the IPv4 and IPv6 source tables in force (None: no policy).
-    pub fn active_table_shapes(&self) -> Result<Option<(TableShape, TableShape)>, LoaderError> {
-        let Some(config) = self.complete_config(self.active_generation()?)? else {
+    /// The shapes of `generation`'s IPv4 and IPv6 source tables, if that copy holds
+    /// a complete policy.
+    pub fn table_shapes(
+        &self,
+        generation: u32,
+    ) -> Result<Option<(TableShape, TableShape)>, LoaderError> {
+        let Some(config) = self.complete_config(generation & 1)? else {
             return Ok(None);
         };
         let placement = |flag| Placement::recorded(config.inline_tables, flag);
