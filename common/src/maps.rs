@@ -97,6 +97,10 @@ pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
 pub const MAP_SAMPLE_STATE: &str = "SAMPLE_STATE";
 pub const MAP_SAMPLE_STATS: &str = "SAMPLE_STATS";
 pub const MAP_SAMPLING: &str = "SAMPLING";
+/// User space only: a grace period on record (see `userspace/src/loader/grace.rs`).
+/// Added within layout 6: a filter pinned without it is still written, always
+/// after a grace period of the writer's own.
+pub const MAP_GRACE_DONE: &str = "GRACE_DONE";
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "airlock_xdp";

@@ -79,6 +79,9 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 /// removed together with the rest of the filter.
 #[map]
 pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
+/// User space only, as `META` (see `airlock_common::MAP_GRACE_DONE`).
+#[map]
+pub static GRACE_DONE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Mask of rules covering `port` for TCP (`tcp == true`) or UDP.
 #[inline(always)]

@@ -9,11 +9,12 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 use airlock_integration::{
     fixture::{ALLOWED, Fixture, PORT, REFUSED},
-    netns::addr,
+    netns::{addr, wait_until},
 };
 
 /// Writes a policy allowing `from` (set names or CIDRs) to PORT/tcp.
@@ -366,5 +367,53 @@ fn remove_all_leaves_other_tools_pins_alone() {
     assert!(
         foreign.join("their_map").exists(),
         "the other tool's pin is still there"
+    );
+}
+
+/// The grace period after an apply's flip passes after `apply` has exited: its
+/// `grace-record` helper waits it out and records it beside the flip (the
+/// `ACTIVE_GEN` map's id and word), so the next apply rewrites the retired copy
+/// without waiting. A record that does not name the flip in force is ignored, so
+/// this checks the record the helper leaves names exactly that flip.
+#[test]
+fn apply_leaves_the_grace_period_after_its_flip_on_record() {
+    use airlock_common::{MAP_ACTIVE_GEN, MAP_GRACE_DONE};
+    use aya::maps::{Array, IterableMap as _, Map, MapData};
+
+    fn array<V: aya::Pod>(dir: &std::path::Path, name: &str) -> Array<MapData, V> {
+        let data = MapData::from_pin(dir.join(name)).expect("pinned map");
+        Array::try_from(Map::from_map_data(data).expect("map")).expect("an array")
+    }
+    let f = Fixture::new("grace");
+    let dir = f.bed.bpffs.path().join(&f.bed.server_if);
+    let mut flipped_words = Vec::new();
+    for (round, from) in [&["office"][..], &["office", "partners"]]
+        .iter()
+        .enumerate()
+    {
+        let policy = write_policy(&f, &format!("p{round}.yaml"), "pass", "enforce", from);
+        f.apply(&policy);
+        let active: Array<MapData, u32> = array(&dir, MAP_ACTIVE_GEN);
+        let word = active.get(&0, 0).expect("ACTIVE_GEN");
+        let id = active.map().info().expect("map info").id();
+        assert!(
+            word > 1,
+            "round {round}: a flip writes a counted word, not 0/1"
+        );
+        flipped_words.push(word);
+        let want = (u64::from(id) << 32) | u64::from(word);
+        let done: Array<MapData, u64> = array(&dir, MAP_GRACE_DONE);
+        let recorded = wait_until(Duration::from_secs(5), || {
+            done.get(&0, 0).is_ok_and(|record| record == want)
+        });
+        let found = done.get(&0, 0).ok();
+        assert!(
+            recorded,
+            "round {round}: no grace period recorded for flip {word:#x} of map {id} (found {found:x?})"
+        );
+    }
+    assert_ne!(
+        flipped_words[0], flipped_words[1],
+        "each flip writes a new word"
     );
 }

@@ -175,6 +175,12 @@ impl Reconciler {
             &applied.summary,
         )
         .map_err(|e| e.to_string())?;
+        // The grace period after these flips, on record for the next apply (which
+        // then need not wait for one; see `loader::record_grace_periods`).
+        let root = self.root.clone();
+        let _ = std::thread::Builder::new()
+            .name("grace-record".into())
+            .spawn(move || loader::record_grace_periods(&root));
         let mut state = self.state.lock();
         for (key, counter) in outgoing {
             let total = state.carried.entry(key).or_default();

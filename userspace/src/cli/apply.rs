@@ -104,6 +104,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
+    // The grace period after these flips passes after this process exits, and the
+    // next apply finds it on record instead of waiting for one itself.
+    if let Err(error) = super::grace_record::start(&root) {
+        tracing::debug!(%error, "grace-record not started; the next apply waits");
+    }
     output::applied(&done, &compiled, args.output)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod confirm;
 mod diff;
 mod explain;
 mod explain_live;
+mod grace_record;
 mod output;
 mod regions;
 mod remove;
@@ -93,6 +94,9 @@ enum Command {
     /// Started by `apply --confirm`: rolls back at the deadline unless confirmed.
     #[command(hide = true)]
     ConfirmWatchdog(confirm::WatchdogArgs),
+    /// Started by `apply`: records the grace period after its flips.
+    #[command(hide = true)]
+    GraceRecord(grace_record::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Confirm(args) => confirm::run(args),
         Command::Diff(args) => diff::run(args),
         Command::ConfirmWatchdog(args) => confirm::run_watchdog(args),
+        Command::GraceRecord(args) => grace_record::run(args),
     }
 }
 

@@ -26,6 +26,7 @@ use aya::{
 
 pub use error::LoaderError;
 pub use flows::{Flow, FlowOccupancy, FlowTable, monotonic_ns, seed_from_socket_table};
+pub use grace::record_grace_periods;
 pub use link::{
     AttachMode, LinkKind, LinkState, egress_supported, interface_index, link_state,
     pinned_link_state,

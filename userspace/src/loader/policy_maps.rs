@@ -14,11 +14,12 @@ use std::{marker::PhantomData, os::fd::AsFd as _, path::Path};
 
 use airlock_common::{
     Counter, GENERATIONS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION,
-    MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS,
-    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE,
-    MAP_SRC_V6, MAP_SRC_V6_INLINE, MAX_RULES, PORT_SLOTS, PolicyMeta, RULE_STAT_SLOTS, Reason,
-    SAMPLE_STAT_SLOTS, SamplingConfig, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4,
-    TABLE_INLINE_V6, port_index, reason_stat_index, rule_base_index, rule_stat_index,
+    MAP_ACTIVE_GEN, MAP_CONFIG, MAP_GRACE_DONE, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP,
+    MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4,
+    MAP_SRC_V4_INLINE, MAP_SRC_V6, MAP_SRC_V6_INLINE, MAX_RULES, PORT_SLOTS, PolicyMeta,
+    RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, SourceRangeV4, SourceRangeV6,
+    TABLE_INLINE_V4, TABLE_INLINE_V6, port_index, reason_stat_index, rule_base_index,
+    rule_stat_index,
 };
 use aya::{
     Ebpf,
@@ -26,7 +27,7 @@ use aya::{
 };
 
 use super::{
-    LoaderError,
+    LoaderError, grace,
     mapping::{read_elements, write_elements},
     meta::PolicySummary,
     source_tables::{Placement, TableShape, Tables},
@@ -152,6 +153,8 @@ pub struct PolicyMaps {
     meta: Array<MapData, PolicyMeta>,
     sampling: Array<MapData, SamplingConfig>,
     sample_stats: PerCpuArray<MapData, u64>,
+    /// Absent from filters pinned before it existed: their writers always wait.
+    grace_done: Option<Array<MapData, u64>>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> LoaderError {
@@ -173,6 +176,7 @@ impl PolicyMaps {
             meta: source.take(MAP_META)?,
             sampling: source.take(MAP_SAMPLING)?,
             sample_stats: source.take(MAP_SAMPLE_STATS)?,
+            grace_done: source.take(MAP_GRACE_DONE).ok(),
         })
     }
 
@@ -228,9 +232,7 @@ impl PolicyMaps {
         // Encode first: a summary that does not fit must fail before anything changes.
         let meta = summary.encode()?;
         self.write_generation(next, compiled, &meta, grace)?;
-        self.active
-            .set(0, next, 0)
-            .map_err(map_err(MAP_ACTIVE_GEN))?;
+        self.set_active_generation(next)?;
         Ok(next)
     }
 
@@ -246,9 +248,14 @@ impl PolicyMaps {
         // Packets that read the generation number before the last flip may still be
         // reading this copy (its config too, which the program reads in place): wait
         // them out (one RCU grace period, or the end of one begun under the
-        // writer lock, while the tables are built) before changing any of it.
+        // writer lock, while the tables are built) before changing any of it,
+        // unless one since that flip is on record.
         let chunks = &self.src_v4.chunks;
         let names = self.src_v4.names;
+        let on_record = self
+            .grace_done
+            .as_ref()
+            .is_some_and(|done| grace::passed_since_flip(&self.active, done));
         let ((v4, v6), waited) = crate::parallel::join(
             || {
                 crate::parallel::join(
@@ -257,8 +264,9 @@ impl PolicyMaps {
                 )
             },
             || match grace {
+                _ if on_record => Ok(()),
                 Grace::Early(writer, dir) if writer.grace_covers(dir) => Ok(()),
-                _ => super::grace::wait_for_running_programs(chunks, generation, names.1),
+                _ => grace::wait_for_running_programs(chunks, generation, names.1),
             },
         );
         waited?;
@@ -529,10 +537,12 @@ impl PolicyMaps {
 }
 
 impl PolicyMaps {
-    /// Makes `generation` the one in force (one word write).
+    /// Makes `generation` the one in force (one word write; see
+    /// [`grace::flipped_word`]).
     pub(crate) fn set_active_generation(&mut self, generation: u32) -> Result<(), LoaderError> {
+        let word = self.active.get(&0, 0).map_err(map_err(MAP_ACTIVE_GEN))?;
         self.active
-            .set(0, generation & 1, 0)
+            .set(0, grace::flipped_word(word, generation), 0)
             .map_err(map_err(MAP_ACTIVE_GEN))
     }
 }

@@ -55,12 +55,17 @@ impl WriterLock {
     /// ends no packet reads a retired copy: a swap under this lock then rewrites it
     /// without waiting again (once per filter). For a caller that compiles while
     /// holding the lock: the wait, some 10-20 ms, passes meanwhile.
+    ///
+    /// Not begun where every filter has one on record since its last flip: none is
+    /// needed, and a process cannot exit while a thread of it waits in `membarrier`.
     pub fn acquire_early(root: &PinRoot) -> Result<Self, LoaderError> {
         let lock = Self::acquire(root)?;
-        lock.grace
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .begin(super::grace::membarrier);
+        if !super::grace::passed_for_all(root) {
+            lock.grace
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .begin(super::grace::membarrier);
+        }
         Ok(lock)
     }
 

@@ -1,0 +1,52 @@
+//! `airlock grace-record` (hidden): started by `apply` as it exits, it waits out
+//! the RCU grace period that follows the apply's flips and records it in each
+//! filter's maps, so the next apply can rewrite the retired copies without waiting
+//! (see `loader::record_grace_periods`). Nothing depends on it finishing: without
+//! a record, the next apply waits for itself.
+
+use std::{
+    io,
+    process::{Command, ExitCode, Stdio},
+};
+
+use airlock::loader::{self, PinRoot};
+
+use super::PinRootArg;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pin_root: PinRootArg,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    let recorded = loader::record_grace_periods(&root);
+    tracing::debug!(recorded, "grace periods recorded");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `airlock grace-record` for `root`, detached (its own session, stdio on
+/// /dev/null) and not waited for: the apply that starts it exits at once.
+pub fn start(root: &PinRoot) -> io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("grace-record")
+        .arg("--pin-root")
+        .arg(root.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().map(drop)
+}
