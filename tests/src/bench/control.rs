@@ -2,9 +2,9 @@
 //! policy that imports N prefixes from a file (`file:`), inside a namespace, with
 //! its own bpffs; then re-applies it with 1% of the prefixes changed, once into the
 //! empty second copy and [`STEADY_RUNS`] times in steady state. Wall
-//! time of each run, and its peak resident memory from GNU time (`ip netns exec`
-//! execs the binary in place, so that is airlock's own). The kernel memory of the
-//! maps is what the kernel charges for them (`memlock` in their fdinfo).
+//! time of each run, and its peak resident memory from GNU time (see
+//! [`run_measured`]). The kernel memory of the maps is what the kernel charges for
+//! them (`memlock` in their fdinfo).
 
 use std::{
     os::unix::process::ExitStatusExt as _,
@@ -32,12 +32,16 @@ pub struct CliRun {
 }
 
 /// Runs `airlock <args>` in `ns`, with `env` set, to completion (killing it after
-/// `limit`), returning its wall time and peak RSS. It joins the namespace by setns
-/// before it runs, as a user's `nsenter --net` would: `ip netns exec` would add a
-/// mount namespace and a /sys mount to every timing. The RSS comes from GNU time
-/// (`/usr/bin/time -f %M`), not from our own `wait4`: a child spawned by this
-/// process inherits, through vfork and exec, a peak RSS that includes this (large)
-/// process's.
+/// `limit`), returning its wall time and peak RSS. It starts in the namespace as
+/// under `nsenter --net`, spawned from a thread of this process that joined it
+/// (`setns` moves only the calling thread, and a child starts in its parent
+/// thread's namespaces); `ip netns exec` would add a mount namespace and a /sys
+/// mount to every timing. Without a `pre_exec` hook std spawns through
+/// `posix_spawn` (vfork), which copies nothing of this process: a fork would copy
+/// its page tables, some milliseconds once it holds the 1M-prefix workloads, timed
+/// as the CLI's. The RSS comes from GNU time (`/usr/bin/time -f %M`), not from our
+/// own `wait4`: a child spawned by this process inherits, through vfork and exec, a
+/// peak RSS that includes this (large) process's.
 pub fn run_measured(
     ns: &Namespace,
     env: &[(&str, &std::ffi::OsStr)],
@@ -45,18 +49,35 @@ pub fn run_measured(
     limit: Duration,
 ) -> Result<CliRun> {
     let rss_file = tempfile::NamedTempFile::new()?;
-    let mut timed = ns.entered_command("/usr/bin/time");
-    timed
+    let mut command = Command::new("/usr/bin/time");
+    command
         .args(["-f", "%M", "-o"])
         .arg(rss_file.path())
         .arg(airlock_bin())
         .args(args)
-        .envs(env.iter().copied());
-    let command = &mut timed;
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let seconds = ns
+        .spawn(move || timed_run(command, limit))
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread timing the CLI panicked"))??;
+    let max_rss_kib = std::fs::read_to_string(rss_file.path())?
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .context("no peak RSS from /usr/bin/time")?;
+    Ok(CliRun {
+        seconds,
+        max_rss_kib,
+    })
+}
+
+/// Runs `command` to a successful exit within `limit` (killing it after that):
+/// its wall time in seconds.
+fn timed_run(mut command: Command, limit: Duration) -> Result<f64> {
     let started = Instant::now();
     let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {command:?}"))?;
     let pid = child.id() as libc::pid_t;
@@ -77,33 +98,20 @@ pub fn run_measured(
         bail!("{command:?} did not finish within {limit:?}");
     }
     let exit = std::process::ExitStatus::from_raw(status);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr {
+        use std::io::Read as _;
+        let _ = e.read_to_string(&mut err);
+    }
     if !exit.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr {
-            use std::io::Read as _;
-            let _ = e.read_to_string(&mut err);
-        }
         bail!("{command:?} failed ({exit}): {}", err.trim());
     }
     // AIRLOCK_BENCH_VERBOSE=1 (with e.g. AIRLOCK_LOG=airlock=debug): show what the
     // CLI logged, for a breakdown of where its time goes.
-    if std::env::var_os("AIRLOCK_BENCH_VERBOSE").is_some()
-        && let Some(mut e) = child.stderr
-    {
-        use std::io::Read as _;
-        let mut err = String::new();
-        let _ = e.read_to_string(&mut err);
+    if std::env::var_os("AIRLOCK_BENCH_VERBOSE").is_some() {
         progress(format!("{:.0} ms: {}", seconds * 1000.0, err.trim()));
     }
-    let max_rss_kib = std::fs::read_to_string(rss_file.path())?
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .context("no peak RSS from /usr/bin/time")?;
-    Ok(CliRun {
-        seconds,
-        max_rss_kib,
-    })
+    Ok(seconds)
 }
 
 /// Whether process `pid` (our child, not yet reaped) exits within `limit`.
