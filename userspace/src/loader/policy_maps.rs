@@ -130,7 +130,9 @@ impl Counters {
     }
 }
 
-/// How a swap makes sure no packet still reads the copy it is about to rewrite.
+/// How a swap makes sure no packet still reads the copy it is about to rewrite,
+/// where no grace period since the last flip is on record
+/// ([`grace::passed_since_flip`]).
 pub(crate) enum Grace<'a> {
     /// Waits out a grace period of its own.
     Own,
@@ -264,8 +266,8 @@ impl PolicyMaps {
                 )
             },
             || match grace {
-                _ if on_record => Ok(()),
-                Grace::Early(writer, dir) if writer.grace_covers(dir) => Ok(()),
+                Grace::Early(writer, dir) if writer.grace_covers(dir, on_record) => Ok(()),
+                Grace::Own if on_record => Ok(()),
                 _ => grace::wait_for_running_programs(chunks, generation, names.1),
             },
         );

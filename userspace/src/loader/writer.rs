@@ -70,13 +70,15 @@ impl WriterLock {
     }
 
     /// Whether the filter pinned at `dir` may be rewritten without a grace period of
-    /// its own: one begun under this lock has ended, and this is the filter's first
-    /// swap under it. Waits for that grace period to end.
-    pub(crate) fn grace_covers(&self, dir: &Path) -> bool {
+    /// its own: one since its last flip is on record (`on_record`), or one begun
+    /// under this lock has ended (this waits for it) and this is the filter's first
+    /// swap under it. The swap is noted either way: the flip it ends with comes
+    /// after every grace period begun so far.
+    pub(crate) fn grace_covers(&self, dir: &Path, on_record: bool) -> bool {
         self.grace
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .covers(dir)
+            .covers(dir, on_record)
     }
 }
 
@@ -90,11 +92,15 @@ impl EarlyGrace {
             .ok();
     }
 
-    fn covers(&mut self, dir: &Path) -> bool {
+    fn covers(&mut self, dir: &Path, on_record: bool) -> bool {
+        let first_swap = self.swapped.insert(dir.to_owned());
+        if on_record {
+            return true;
+        }
         if let Some(waiting) = self.waiting.take() {
             self.elapsed = waiting.join().unwrap_or(false);
         }
-        self.elapsed && self.swapped.insert(dir.to_owned())
+        self.elapsed && first_swap
     }
 }
 
@@ -106,19 +112,30 @@ mod tests {
     fn an_early_grace_period_covers_each_filter_once() {
         let mut grace = EarlyGrace::default();
         grace.begin(|| true);
-        assert!(grace.covers(Path::new("/pins/eth0")));
+        assert!(grace.covers(Path::new("/pins/eth0"), false));
         assert!(
-            !grace.covers(Path::new("/pins/eth0")),
+            !grace.covers(Path::new("/pins/eth0"), false),
             "its own flip came after the grace period began"
         );
-        assert!(grace.covers(Path::new("/pins/eth1")));
+        assert!(grace.covers(Path::new("/pins/eth1"), false));
+    }
+
+    #[test]
+    fn a_swap_covered_by_a_record_still_counts_as_the_filters_swap() {
+        let mut grace = EarlyGrace::default();
+        grace.begin(|| true);
+        assert!(grace.covers(Path::new("/pins/eth0"), true));
+        assert!(
+            !grace.covers(Path::new("/pins/eth0"), false),
+            "the first swap's flip came after the grace period began"
+        );
     }
 
     #[test]
     fn no_grace_period_or_a_refused_one_covers_nothing() {
-        assert!(!EarlyGrace::default().covers(Path::new("/pins/eth0")));
+        assert!(!EarlyGrace::default().covers(Path::new("/pins/eth0"), false));
         let mut refused = EarlyGrace::default();
         refused.begin(|| false);
-        assert!(!refused.covers(Path::new("/pins/eth0")));
+        assert!(!refused.covers(Path::new("/pins/eth0"), false));
     }
 }
