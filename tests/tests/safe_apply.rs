@@ -335,6 +335,43 @@ fn unconfirmed_fresh_install_is_removed() {
     );
 }
 
+/// A pin root given as a relative path names the same directory for the
+/// watchdog, which runs from `/`: the unconfirmed install is still removed at the
+/// deadline.
+#[test]
+fn a_relative_pin_root_is_the_same_directory_for_the_watchdog() {
+    let f = SafeFixture::new("cp");
+    let office = f.policy("office.yaml", "office");
+    let root = f.bed.bpffs.path();
+    let (parent, name) = (
+        root.parent().expect("the pin root's parent"),
+        root.file_name().and_then(|n| n.to_str()).expect("a name"),
+    );
+    let run: Run = f
+        .command(&[
+            "apply",
+            "-f",
+            s(&office),
+            "--confirm",
+            "2s",
+            "--pin-root",
+            name,
+        ])
+        .current_dir(parent)
+        .output()
+        .expect("running airlock")
+        .into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        f.kept_out(addr::STRANGER_V4),
+        "filter on probation enforces"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || f.gets_in(addr::STRANGER_V4)),
+        "the filter was not removed at the deadline"
+    );
+}
+
 #[test]
 fn confirm_keeps_the_policy_and_status_shows_the_time_left() {
     let f = SafeFixture::new("ck");

@@ -31,8 +31,14 @@ pub struct PinRoot {
 }
 
 impl PinRoot {
+    /// A relative `root` is made absolute against the current directory: the
+    /// processes an apply starts (the confirm watchdog, `grace-record`) run from
+    /// `/` and must find the same pins.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        let root = root.into();
+        Self {
+            root: std::path::absolute(&root).unwrap_or(root),
+        }
     }
 
     pub fn path(&self) -> &Path {
