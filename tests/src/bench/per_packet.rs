@@ -131,7 +131,7 @@ pub struct Floor {
 }
 
 impl Floor {
-    /// `name`: `xdp-pass`, `xdp-drop` or `xdp-tx`.
+    /// `name`: `xdp-pass`, `xdp-drop`, `xdp-peek-drop` or `xdp-tx`.
     pub fn load(name: &'static str) -> Result<Self> {
         let bytes = airlock::loader::floor_object_bytes(name)
             .with_context(|| format!("no embedded floor object {name}"))?;
@@ -142,6 +142,7 @@ impl Floor {
         let program = match name {
             "xdp-pass" => "xdp_pass",
             "xdp-drop" => "xdp_drop",
+            "xdp-peek-drop" => "xdp_peek_drop",
             _ => "xdp_tx",
         };
         let mut floor = Self {

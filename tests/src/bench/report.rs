@@ -36,6 +36,8 @@ pub struct LiveRow {
     /// `xdp-drop` for refused traffic, `xdp-pass` for allowed.
     pub floor_name: &'static str,
     pub floor: Rate,
+    /// Refused traffic: `xdp-peek-drop`, XDP_DROP after reading the headers.
+    pub peek_floor: Option<Rate>,
     pub airlock: Rate,
     pub xdp_filter: Option<Rate>,
     pub nft: Result<Rate, String>,
@@ -166,6 +168,14 @@ impl Results {
                     detail,
                     " (by the receiver's CPU time per frame: {:.0}%)",
                     cpu_share * 100.0
+                );
+            }
+            if let Some(peek) = &r.peek_floor {
+                let _ = write!(
+                    detail,
+                    "; XDP_DROP after reading the headers reaches {:.0}%, Airlock {:.0}% of that",
+                    peek.rx_pps.median / r.floor.rx_pps.median * 100.0,
+                    r.airlock.rx_pps.median / peek.rx_pps.median * 100.0
                 );
             }
             out.push(Target {
@@ -337,12 +347,12 @@ impl Results {
         }
         let _ = writeln!(
             md,
-            "\n## Live throughput (veth, native XDP on the receiver)\n\nMpps the receiver processed (median of {} windows); ratio = Airlock ÷ the do-nothing program (XDP_DROP for refused traffic, XDP_PASS for allowed) measured in the same run. nftables: a netdev ingress chain with interval sets (behind an XDP_PASS program, which keeps the veth in NAPI mode). gen = the generator's send rate; overflow = frames lost because the receiver's ring was full (it, not the generator, was the bottleneck). CPU ns/frame: the receiver's NAPI thread's CPU time per frame it processed, floor / Airlock (floor ÷ Airlock: the share of the floor's rate Airlock would reach with the receiver's core to itself).\n",
+            "\n## Live throughput (veth, native XDP on the receiver)\n\nMpps the receiver processed (median of {} windows); ratio = Airlock ÷ the do-nothing program (XDP_DROP for refused traffic, XDP_PASS for allowed) measured in the same run. nftables: a netdev ingress chain with interval sets (behind an XDP_PASS program, which keeps the veth in NAPI mode). gen = the generator's send rate; overflow = frames lost because the receiver's ring was full (it, not the generator, was the bottleneck). CPU ns/frame: the receiver's NAPI thread's CPU time per frame it processed, floor / Airlock (floor ÷ Airlock: the share of the floor's rate Airlock would reach with the receiver's core to itself). peek ÷ floor: `xdp-peek-drop`, which reads the Ethernet type and a word of the source address before XDP_DROP, against XDP_DROP, which reads nothing: the cost of touching the frame at all.\n",
             super::RUNS
         );
         let _ = writeln!(
             md,
-            "| policy | traffic | floor Mpps | Airlock Mpps | Airlock ÷ floor | xdp-filter Mpps | xdp-filter ÷ floor | nftables Mpps | Airlock ÷ nftables | gen Mpps | overflow Mpps | CPU ns/frame floor / Airlock (÷) |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| policy | traffic | floor Mpps | peek ÷ floor | Airlock Mpps | Airlock ÷ floor | xdp-filter Mpps | xdp-filter ÷ floor | nftables Mpps | Airlock ÷ nftables | gen Mpps | overflow Mpps | CPU ns/frame floor / Airlock (÷) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in &self.live {
             let floor = r.floor.rx_pps.median;
@@ -360,9 +370,13 @@ impl Results {
                 ),
                 Err(e) => (format!("n/a ({e})"), "–".into()),
             };
+            let peek = r
+                .peek_floor
+                .as_ref()
+                .map_or("–".into(), |p| format!("{:.2}", p.rx_pps.median / floor));
             let _ = writeln!(
                 md,
-                "| {} | {} | {} ({}) | {} | {:.2} | {xm} | {xr} | {nm} | {nr} | {} | {} | {} |",
+                "| {} | {} | {} ({}) | {peek} | {} | {:.2} | {xm} | {xr} | {nm} | {nr} | {} | {} | {} |",
                 r.label,
                 r.traffic,
                 mpps(floor),
@@ -484,6 +498,7 @@ impl Results {
                 json!({
                     "policy": r.label, "prefixes": r.prefixes, "traffic": r.traffic,
                     "floor": { "program": r.floor_name, "rate": r.floor.json() },
+                    "peek_floor": r.peek_floor.as_ref().map(|p| json!({ "program": "xdp-peek-drop", "rate": p.json() })),
                     "airlock": r.airlock.json(),
                     "airlock_over_floor": r.airlock.rx_pps.median / r.floor.rx_pps.median,
                     "xdp_filter": r.xdp_filter.as_ref().map(Rate::json),
@@ -576,6 +591,7 @@ impl Results {
                     "title": "live veth, refused IPv4: ns per packet at the receiver",
                     "series": [
                         live_series("floor (XDP_DROP)", &|r| Some(r.floor.rx_pps.median)),
+                        live_series("XDP_DROP after reading the headers", &|r| r.peek_floor.as_ref().map(|p| p.rx_pps.median)),
                         live_series("Airlock", &|r| Some(r.airlock.rx_pps.median)),
                         live_series("xdp-filter", &|r| r.xdp_filter.as_ref().map(|x| x.rx_pps.median)),
                         live_series("nftables", &|r| r.nft.as_ref().ok().map(|n| n.rx_pps.median)),

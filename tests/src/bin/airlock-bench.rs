@@ -106,6 +106,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     };
     let mut floor_pass = Floor::load("xdp-pass")?;
     let mut floor_drop = Floor::load("xdp-drop")?;
+    let mut floor_peek = Floor::load("xdp-peek-drop")?;
     let mut filter = LoadedFilter::load().context("loading Airlock's XDP program")?;
     results.verified = (
         filter.program()?.info()?.verified_instruction_count(),
@@ -206,6 +207,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                     &mut filter,
                     &mut floor_pass,
                     &mut floor_drop,
+                    &mut floor_peek,
                     xdp_filter.as_mut(),
                     have_nft,
                 )?;
@@ -349,6 +351,7 @@ fn live_rows(
     filter: &mut LoadedFilter,
     floor_pass: &mut Floor,
     floor_drop: &mut Floor,
+    floor_peek: &mut Floor,
     mut xdp_filter: Option<&mut XdpFilter>,
     have_nft: bool,
 ) -> Result<()> {
@@ -381,7 +384,7 @@ fn live_rows(
         let frame = live.addressed(&frame);
         let floor_name = if pass { "xdp-pass" } else { "xdp-drop" };
         // Round by round, one window of each program in turn (see LiveBed::measure).
-        let mut windows: [Vec<Window>; 4] = Default::default();
+        let mut windows: [Vec<Window>; 5] = Default::default();
         for _ in 0..RUNS {
             let floor = if pass {
                 floor_pass.program()?
@@ -389,6 +392,9 @@ fn live_rows(
                 floor_drop.program()?
             };
             windows[0].push(live.measure(floor, &frame, WINDOW)?);
+            if !pass {
+                windows[4].push(live.measure(floor_peek.program()?, &frame, WINDOW)?);
+            }
             windows[1].push(live.measure(filter.program()?, &frame, WINDOW)?);
             if let Some(x) = xdp_filter.as_deref_mut() {
                 windows[2].push(live.measure(x.program()?, &frame, WINDOW)?);
@@ -397,13 +403,14 @@ fn live_rows(
                 windows[3].push(live.measure(floor_pass.program()?, &frame, WINDOW)?);
             }
         }
-        let [floor, airlock, xdpf, nft_windows] = windows;
+        let [floor, airlock, xdpf, nft_windows, peek] = windows;
         results.live.push(LiveRow {
             label: workload.label.clone(),
             prefixes: workload.prefixes,
             traffic: name,
             floor_name,
             floor: Rate::of(&floor),
+            peek_floor: (!peek.is_empty()).then(|| Rate::of(&peek)),
             airlock: Rate::of(&airlock),
             xdp_filter: (!xdpf.is_empty()).then(|| Rate::of(&xdpf)),
             nft: match &nft {
