@@ -101,6 +101,8 @@ pub const MAP_SAMPLING: &str = "SAMPLING";
 /// Added within layout 6: a filter pinned without it is still written, always
 /// after a grace period of the writer's own.
 pub const MAP_GRACE_DONE: &str = "GRACE_DONE";
+/// `GRACE_DONE`'s slots: the record, and the highest word flipped to.
+pub const GRACE_DONE_SLOTS: u32 = 2;
 
 /// Name of the XDP program in the object.
 pub const PROGRAM_NAME: &str = "airlock_xdp";

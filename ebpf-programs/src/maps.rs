@@ -3,9 +3,9 @@
 
 use airlock_common::{
     CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState,
-    GENERATIONS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta,
-    REASON_STAT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS,
-    SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6, port_index,
+    GENERATIONS, GRACE_DONE_SLOTS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS,
+    PolicyMeta, REASON_STAT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS,
+    SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6, port_index,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -79,9 +79,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 /// removed together with the rest of the filter.
 #[map]
 pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
-/// User space only, as `META` (see `airlock_common::MAP_GRACE_DONE`).
+/// User space only, as `META` (see `airlock_common::MAP_GRACE_DONE`): the grace
+/// period on record, and the highest `ACTIVE_GEN` word flipped to.
 #[map]
-pub static GRACE_DONE: Array<u64> = Array::with_max_entries(1, 0);
+pub static GRACE_DONE: Array<u64> = Array::with_max_entries(GRACE_DONE_SLOTS, 0);
 
 /// Mask of rules covering `port` for TCP (`tcp == true`) or UDP.
 #[inline(always)]

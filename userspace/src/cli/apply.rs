@@ -60,6 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
     }
     let root = PinRoot::new(&args.pin_root.pin_root);
+    let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     // A plain apply takes the writer lock before compiling, and the grace period
     // its swap must wait out then passes while it compiles (see
     // `WriterLock::acquire_early`). Expired confirmations are rolled back first
@@ -68,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None
     } else {
         safe::finish_expired(&root);
-        Some(loader::WriterLock::acquire_early(&root)?)
+        Some(loader::WriterLock::acquire_early(&root, &ifaces)?)
     };
     // The host facts the anti-lockout check needs (reading the socket tables is
     // milliseconds on a busy host) are gathered while the policy compiles.
@@ -76,7 +77,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         airlock::parallel::join(|| compile::compile(&policy), Facts::from_system);
     let compiled = compiled?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy compiled");
-    let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     if args.dry_run {
         // A dry run answers "would this apply go through?": the lockout check
         // refuses it the same way (same message, same exit code), before any
@@ -104,11 +104,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
+    output::applied(&done, &compiled, args.output)?;
     // The grace period after these flips passes after this process exits, and the
     // next apply finds it on record instead of waiting for one itself.
     if let Err(error) = super::grace_record::start(&root) {
         tracing::debug!(%error, "grace-record not started; the next apply waits");
     }
-    output::applied(&done, &compiled, args.output)?;
     Ok(ExitCode::SUCCESS)
 }

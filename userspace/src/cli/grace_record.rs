@@ -26,27 +26,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts `airlock grace-record` for `root`, detached (its own session, stdio on
-/// /dev/null) and not waited for: the apply that starts it exits at once.
+/// Starts `airlock grace-record` for `root`, detached (a process group of its own,
+/// stdio on /dev/null) and not waited for. Spawned without a `pre_exec` hook, so
+/// through `posix_spawn`: a fork would copy the page tables of this process, which
+/// still holds the compiled policy. Nothing needs it to survive a hangup of the
+/// session (unlike the confirm watchdog, in a session of its own).
 pub fn start(root: &PinRoot) -> io::Result<()> {
     use std::os::unix::process::CommandExt as _;
-    let mut command = Command::new(std::env::current_exe()?);
-    command
+    Command::new(std::env::current_exe()?)
         .arg("grace-record")
         .arg("--pin-root")
         .arg(root.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .current_dir("/");
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command.spawn().map(drop)
+        .current_dir("/")
+        .process_group(0)
+        .spawn()
+        .map(drop)
 }

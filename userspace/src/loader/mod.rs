@@ -7,6 +7,7 @@ mod batch;
 mod error;
 mod flows;
 mod grace;
+mod grace_record;
 mod link;
 mod mapping;
 mod meta;
@@ -26,7 +27,7 @@ use aya::{
 
 pub use error::LoaderError;
 pub use flows::{Flow, FlowOccupancy, FlowTable, monotonic_ns, seed_from_socket_table};
-pub use grace::record_grace_periods;
+pub use grace_record::record_grace_periods;
 pub use link::{
     AttachMode, LinkKind, LinkState, egress_supported, interface_index, link_state,
     pinned_link_state,

@@ -27,7 +27,7 @@ use aya::{
 };
 
 use super::{
-    LoaderError, grace,
+    LoaderError, grace, grace_record,
     mapping::{read_elements, write_elements},
     meta::PolicySummary,
     source_tables::{Placement, TableShape, Tables},
@@ -132,7 +132,7 @@ impl Counters {
 
 /// How a swap makes sure no packet still reads the copy it is about to rewrite,
 /// where no grace period since the last flip is on record
-/// ([`grace::passed_since_flip`]).
+/// ([`grace_record::passed_since_flip`]).
 pub(crate) enum Grace<'a> {
     /// Waits out a grace period of its own.
     Own,
@@ -178,7 +178,10 @@ impl PolicyMaps {
             meta: source.take(MAP_META)?,
             sampling: source.take(MAP_SAMPLING)?,
             sample_stats: source.take(MAP_SAMPLE_STATS)?,
-            grace_done: source.take(MAP_GRACE_DONE).ok(),
+            grace_done: source
+                .take(MAP_GRACE_DONE)
+                .ok()
+                .and_then(grace_record::usable),
         })
     }
 
@@ -257,7 +260,11 @@ impl PolicyMaps {
         let on_record = self
             .grace_done
             .as_ref()
-            .is_some_and(|done| grace::passed_since_flip(&self.active, done));
+            .is_some_and(|done| grace_record::passed_since_flip(&self.active, done));
+        let word = self.active.get(&0, 0).ok();
+        if on_record {
+            tracing::debug!("a grace period since the last flip is on record: no wait");
+        }
         let ((v4, v6), waited) = crate::parallel::join(
             || {
                 crate::parallel::join(
@@ -266,7 +273,7 @@ impl PolicyMaps {
                 )
             },
             || match grace {
-                Grace::Early(writer, dir) if writer.grace_covers(dir, on_record) => Ok(()),
+                Grace::Early(writer, dir) if writer.grace_covers(dir, on_record, word) => Ok(()),
                 Grace::Own if on_record => Ok(()),
                 _ => grace::wait_for_running_programs(chunks, generation, names.1),
             },
@@ -539,13 +546,10 @@ impl PolicyMaps {
 }
 
 impl PolicyMaps {
-    /// Makes `generation` the one in force (one word write; see
-    /// [`grace::flipped_word`]).
+    /// Makes `generation` the one in force (one word write, which also counts the
+    /// flip: see `grace_record`).
     pub(crate) fn set_active_generation(&mut self, generation: u32) -> Result<(), LoaderError> {
-        let word = self.active.get(&0, 0).map_err(map_err(MAP_ACTIVE_GEN))?;
-        self.active
-            .set(0, grace::flipped_word(word, generation), 0)
-            .map_err(map_err(MAP_ACTIVE_GEN))
+        grace_record::flip(&mut self.active, self.grace_done.as_mut(), generation)
     }
 }
 

@@ -7,7 +7,7 @@
 //! cannot forget it.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     fs::File,
     io,
     path::{Path, PathBuf},
@@ -30,8 +30,10 @@ struct EarlyGrace {
     waiting: Option<JoinHandle<bool>>,
     /// Whether it ran to its end (membarrier waited).
     elapsed: bool,
-    /// Filters swapped under this lock: their last flip is not covered.
-    swapped: HashSet<PathBuf>,
+    /// The filters it was begun for (by pin directory), each with the
+    /// `ACTIVE_GEN` word in force then: it covers a filter only while that flip is
+    /// still the last one.
+    words: HashMap<PathBuf, u32>,
 }
 
 impl WriterLock {
@@ -50,57 +52,63 @@ impl WriterLock {
         })
     }
 
-    /// As [`acquire`](Self::acquire), and begins an RCU grace period on a thread.
-    /// Every flip of every filter was made before the lock was taken, so once it
-    /// ends no packet reads a retired copy: a swap under this lock then rewrites it
-    /// without waiting again (once per filter). For a caller that compiles while
-    /// holding the lock: the wait, some 10-20 ms, passes meanwhile.
-    ///
-    /// Not begun where every filter has one on record since its last flip: none is
-    /// needed, and a process cannot exit while a thread of it waits in `membarrier`.
-    pub fn acquire_early(root: &PinRoot) -> Result<Self, LoaderError> {
+    /// As [`acquire`](Self::acquire), and begins an RCU grace period on a thread
+    /// for the filters on `ifaces` that have none on record since their last flip
+    /// (none if all have, or none is installed yet: a process cannot exit while a
+    /// thread of it waits in `membarrier`). Every flip was made before the lock was
+    /// taken, so once it ends no packet reads those filters' retired copies, and a
+    /// swap under this lock rewrites one without waiting again, as long as no
+    /// other flip came since. For a caller that compiles while holding the lock:
+    /// the wait, some 10-20 ms, passes meanwhile.
+    pub fn acquire_early(root: &PinRoot, ifaces: &[String]) -> Result<Self, LoaderError> {
         let lock = Self::acquire(root)?;
-        if !super::grace::passed_for_all(root) {
+        let dirs: Vec<PathBuf> = ifaces.iter().map(|i| root.interface_dir(i)).collect();
+        let words = super::grace_record::words_not_on_record(&dirs);
+        if !words.is_empty() {
             lock.grace
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .begin(super::grace::membarrier);
+                .begin(words, super::grace::membarrier);
         }
         Ok(lock)
     }
 
     /// Whether the filter pinned at `dir` may be rewritten without a grace period of
     /// its own: one since its last flip is on record (`on_record`), or one begun
-    /// under this lock has ended (this waits for it) and this is the filter's first
-    /// swap under it. The swap is noted either way: the flip it ends with comes
-    /// after every grace period begun so far.
-    pub(crate) fn grace_covers(&self, dir: &Path, on_record: bool) -> bool {
+    /// under this lock has ended (this waits for it) and `word`, the word in force,
+    /// is the one it was begun with.
+    pub(crate) fn grace_covers(&self, dir: &Path, on_record: bool, word: Option<u32>) -> bool {
         self.grace
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .covers(dir, on_record)
+            .covers(dir, on_record, word)
     }
 }
 
 impl EarlyGrace {
-    /// Runs `wait` (true once a grace period has ended) on a thread of its own; if
-    /// the OS refuses one, nothing is covered and every swap waits for itself.
-    fn begin(&mut self, wait: impl FnOnce() -> bool + Send + 'static) {
+    /// Runs `wait` (true once a grace period has ended) on a thread of its own for
+    /// the filters in `words`; if the OS refuses one, nothing is covered and every
+    /// swap waits for itself.
+    fn begin(
+        &mut self,
+        words: HashMap<PathBuf, u32>,
+        wait: impl FnOnce() -> bool + Send + 'static,
+    ) {
+        self.words = words;
         self.waiting = std::thread::Builder::new()
             .name("grace-period".into())
             .spawn(wait)
             .ok();
     }
 
-    fn covers(&mut self, dir: &Path, on_record: bool) -> bool {
-        let first_swap = self.swapped.insert(dir.to_owned());
+    fn covers(&mut self, dir: &Path, on_record: bool, word: Option<u32>) -> bool {
         if on_record {
             return true;
         }
         if let Some(waiting) = self.waiting.take() {
             self.elapsed = waiting.join().unwrap_or(false);
         }
-        self.elapsed && first_swap
+        self.elapsed && word.is_some() && self.words.get(dir) == word.as_ref()
     }
 }
 
@@ -108,34 +116,41 @@ impl EarlyGrace {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_early_grace_period_covers_each_filter_once() {
+    fn begun(wait: impl FnOnce() -> bool + Send + 'static) -> EarlyGrace {
         let mut grace = EarlyGrace::default();
-        grace.begin(|| true);
-        assert!(grace.covers(Path::new("/pins/eth0"), false));
-        assert!(
-            !grace.covers(Path::new("/pins/eth0"), false),
-            "its own flip came after the grace period began"
-        );
-        assert!(grace.covers(Path::new("/pins/eth1"), false));
+        let words =
+            [("/pins/eth0", 5), ("/pins/eth1", 8)].map(|(dir, word)| (PathBuf::from(dir), word));
+        grace.begin(HashMap::from(words), wait);
+        grace
     }
 
     #[test]
-    fn a_swap_covered_by_a_record_still_counts_as_the_filters_swap() {
-        let mut grace = EarlyGrace::default();
-        grace.begin(|| true);
-        assert!(grace.covers(Path::new("/pins/eth0"), true));
+    fn an_early_grace_period_covers_a_filter_until_its_next_flip() {
+        let mut grace = begun(|| true);
+        assert!(grace.covers(Path::new("/pins/eth0"), false, Some(5)));
         assert!(
-            !grace.covers(Path::new("/pins/eth0"), false),
-            "the first swap's flip came after the grace period began"
+            !grace.covers(Path::new("/pins/eth0"), false, Some(7)),
+            "a flip since the grace period began"
         );
+        assert!(grace.covers(Path::new("/pins/eth1"), false, Some(8)));
+        assert!(
+            !grace.covers(Path::new("/pins/eth2"), false, Some(8)),
+            "not begun for it"
+        );
+        assert!(!grace.covers(Path::new("/pins/eth1"), false, None));
+    }
+
+    #[test]
+    fn a_record_covers_without_the_early_grace_period() {
+        let mut grace = begun(|| false);
+        assert!(grace.covers(Path::new("/pins/eth0"), true, Some(7)));
+        assert!(!grace.covers(Path::new("/pins/eth0"), false, Some(5)));
     }
 
     #[test]
     fn no_grace_period_or_a_refused_one_covers_nothing() {
-        assert!(!EarlyGrace::default().covers(Path::new("/pins/eth0"), false));
-        let mut refused = EarlyGrace::default();
-        refused.begin(|| false);
-        assert!(!refused.covers(Path::new("/pins/eth0"), false));
+        assert!(!EarlyGrace::default().covers(Path::new("/pins/eth0"), false, Some(0)));
+        let mut refused = begun(|| false);
+        assert!(!refused.covers(Path::new("/pins/eth0"), false, Some(5)));
     }
 }
