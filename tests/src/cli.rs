@@ -54,6 +54,8 @@ pub fn airlock_in(ns: &Namespace, pin_root: &std::path::Path, args: &[&str]) -> 
         .env("NO_COLOR", "1")
         // The session running the tests is not the one under test (anti-lockout).
         .env_remove("SSH_CONNECTION")
+        // Log levels come from the arguments (`-v`), whatever the caller's shell sets.
+        .env_remove("AIRLOCK_LOG")
         .output()
         .expect("running airlock");
     output.into()

@@ -26,11 +26,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts `airlock grace-record` for `root`, detached (a process group of its own,
-/// stdio on /dev/null) and not waited for. Spawned without a `pre_exec` hook, so
-/// through `posix_spawn`: a fork would copy the page tables of this process, which
-/// still holds the compiled policy. Nothing needs it to survive a hangup of the
-/// session (unlike the confirm watchdog, in a session of its own).
+/// Starts `airlock grace-record` for `root` (an absolute path), detached (a process
+/// group of its own, stdio on /dev/null) and not waited for. Spawned through
+/// `posix_spawn`, so without a `pre_exec` hook or a working directory to change to
+/// (glibc before 2.29 cannot spawn with one): a fork would copy the page tables of
+/// this process, which still holds the compiled policy. Nothing needs it to survive
+/// a hangup of the session (unlike the confirm watchdog, in a session of its own).
 pub fn start(root: &PinRoot) -> io::Result<()> {
     use std::os::unix::process::CommandExt as _;
     Command::new(std::env::current_exe()?)
@@ -40,7 +41,6 @@ pub fn start(root: &PinRoot) -> io::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .current_dir("/")
         .process_group(0)
         .spawn()
         .map(drop)

@@ -54,25 +54,35 @@ fn names_flip(found: u64, map_id: u32, word: u32) -> bool {
 
 /// Writes the flip to `generation` into `active`, counting on from the word in force
 /// and the highest one `done` (the filter's `GRACE_DONE`, absent from filters
-/// pinned before it existed) has seen; the highest word is written first.
+/// pinned before it existed) has seen; the highest word is written first. Where
+/// `done` cannot be read or written, the flip writes the bare generation, which no
+/// record names, rather than fail (an undo or a rollback must go through).
 pub(crate) fn flip(
     active: &mut Array<MapData, u32>,
     done: Option<&mut Array<MapData, u64>>,
     generation: u32,
 ) -> Result<(), LoaderError> {
-    let err = |name| move |source| LoaderError::Map { name, source };
-    let word = active.get(&0, 0).map_err(err(MAP_ACTIVE_GEN))?;
+    let word = active.get(&0, 0).map_err(|source| LoaderError::Map {
+        name: MAP_ACTIVE_GEN,
+        source,
+    })?;
     let next = match done {
-        Some(done) => {
-            let highest = done.get(&HIGHEST_WORD, 0).map_err(err(MAP_GRACE_DONE))? as u32;
-            let next = flipped_word(word, highest, generation);
-            done.set(HIGHEST_WORD, u64::from(next), 0)
-                .map_err(err(MAP_GRACE_DONE))?;
-            next
-        }
+        Some(done) => done
+            .get(&HIGHEST_WORD, 0)
+            .and_then(|highest| {
+                let next = flipped_word(word, highest as u32, generation);
+                done.set(HIGHEST_WORD, u64::from(next), 0).map(|()| next)
+            })
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "{MAP_GRACE_DONE} not usable; the next apply waits");
+                generation & 1
+            }),
         None => flipped_word(word, 0, generation),
     };
-    active.set(0, next, 0).map_err(err(MAP_ACTIVE_GEN))
+    active.set(0, next, 0).map_err(|source| LoaderError::Map {
+        name: MAP_ACTIVE_GEN,
+        source,
+    })
 }
 
 /// Whether a grace period is on record since the last flip of the filter whose maps
