@@ -221,9 +221,12 @@ impl Results {
                         size_label(generated)
                     ),
                     met: Some(share < 0.1),
+                    // One decimal: rounded to whole percent, 9.7% read as a met "10%".
                     detail: format!(
-                        "{:.0}% (into the empty copy: {:.0}%){}",
+                        "{:.1}% ({} of {}; into the empty copy: {:.1}%){}",
                         share * 100.0,
+                        secs(c.change_2.seconds),
+                        secs(c.first.seconds),
                         c.change_1.seconds / c.first.seconds * 100.0,
                         self.library
                             .iter()
