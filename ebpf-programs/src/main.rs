@@ -186,14 +186,4 @@ fn lowest_bit(mask: u64) -> u32 {
     ((quarters + (quarters >> 8)) & 0x7f) as u32
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable by construction: nothing above can panic, and the verifier would
-    // reject the program if it could (the handler's loop has no exit).
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+airlock_ebpf::program_object!();

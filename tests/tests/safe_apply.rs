@@ -103,6 +103,19 @@ impl SafeFixture {
         pids
     }
 
+    /// An unconfirmed fresh install: it enforces on probation, then it is removed at
+    /// the deadline.
+    fn assert_removed_at_the_deadline(&self) {
+        assert!(
+            self.kept_out(addr::STRANGER_V4),
+            "filter on probation enforces"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || self.gets_in(addr::STRANGER_V4)),
+            "the filter was not removed at the deadline"
+        );
+    }
+
     /// Runs `airlock apply ... --confirm` the way a dying SSH session would: inside
     /// a shell, in a process group of its own that is SIGKILLed as a whole once the
     /// policy is in force. Returns when the group is dead.
@@ -316,14 +329,7 @@ fn unconfirmed_fresh_install_is_removed() {
     let f = SafeFixture::new("cf");
     let office = f.policy("office.yaml", "office");
     f.apply_confirm_then_kill_the_session(&office, "2s");
-    assert!(
-        f.kept_out(addr::STRANGER_V4),
-        "filter on probation enforces"
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || f.gets_in(addr::STRANGER_V4)),
-        "the filter was not removed at the deadline"
-    );
+    f.assert_removed_at_the_deadline();
     assert!(
         wait_until(Duration::from_secs(5), || f.watchdogs().is_empty()),
         "the watchdog exits"
@@ -362,14 +368,7 @@ fn a_relative_pin_root_is_the_same_directory_for_the_watchdog() {
         .expect("running airlock")
         .into();
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        f.kept_out(addr::STRANGER_V4),
-        "filter on probation enforces"
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || f.gets_in(addr::STRANGER_V4)),
-        "the filter was not removed at the deadline"
-    );
+    f.assert_removed_at_the_deadline();
 }
 
 #[test]

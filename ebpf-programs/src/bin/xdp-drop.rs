@@ -11,12 +11,4 @@ pub fn xdp_drop(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+airlock_ebpf::program_object!();
