@@ -3,7 +3,7 @@
 //! to `<out>/latest.md` and `<out>/latest.json`. Needs root; everything happens in
 //! throwaway namespaces with private bpffs mounts, and every loop is bounded.
 //!
-//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only] [--variant NAME=OBJECT]...
+//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--variant NAME=OBJECT]...
 //! (`--quick`: sizes up to 10,000 prefixes only, for trying the suite out;
 //! `--variant`: also time an experimental build of the XDP program, same maps.)
 
@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             "--quick" => quick = true,
             "--per-packet-only" => options.per_packet_only = true,
             "--control-only" => options.control_only = true,
+            "--live-only" => options.live_only = true,
             "--variant" => {
                 let Some((name, path)) = args.next().and_then(|v| {
                     v.split_once('=')
@@ -82,6 +83,9 @@ struct Options {
     per_packet_only: bool,
     /// Only the control-plane rows (apply and re-apply times): for iterating on the loader.
     control_only: bool,
+    /// Only the live rows, the figures that move most from run to run: for
+    /// iterating on them (and profiling the receiver).
+    live_only: bool,
     variants: Vec<(String, PathBuf)>,
 }
 
@@ -180,25 +184,27 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                 let name = variant.name.clone();
                 variant_programs.push((name, variant.program()?));
             }
-            pin_to_cpu(last_cpu());
-            let rows = per_packet::measure(
-                &workload,
-                floor_pass.program()?,
-                filter.program()?,
-                match xdp_filter.as_mut() {
-                    Some(x) => Some(x.program()?),
-                    None => None,
-                },
-                &mut variant_programs,
-                per_packet::REPEAT,
-            )?;
-            if results.egress.is_empty() {
-                // The egress program's cost does not depend on the policy's size
-                // (one port-array read, one flow lookup): measured once.
-                results.egress = egress::measure(&mut filter, policies::PORT)?;
+            if !options.live_only {
+                pin_to_cpu(last_cpu());
+                let rows = per_packet::measure(
+                    &workload,
+                    floor_pass.program()?,
+                    filter.program()?,
+                    match xdp_filter.as_mut() {
+                        Some(x) => Some(x.program()?),
+                        None => None,
+                    },
+                    &mut variant_programs,
+                    per_packet::REPEAT,
+                )?;
+                if results.egress.is_empty() {
+                    // The egress program's cost does not depend on the policy's size
+                    // (one port-array read, one flow lookup): measured once.
+                    results.egress = egress::measure(&mut filter, policies::PORT)?;
+                }
+                unpin();
+                results.per_packet.extend(rows);
             }
-            unpin();
-            results.per_packet.extend(rows);
             if ranges == 1 && !options.per_packet_only {
                 live_rows(
                     &mut results,
@@ -223,7 +229,11 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     // The in-process filter's maps hold two 1M-prefix policies; free them first.
     drop(filter);
     drop(variants);
-    let control_sizes: &[usize] = if options.per_packet_only { &[] } else { sizes };
+    let control_sizes: &[usize] = if options.per_packet_only || options.live_only {
+        &[]
+    } else {
+        sizes
+    };
     for &generated in control_sizes.iter().filter(|&&n| n >= 1000) {
         let workload = Workload::new(generated, 1);
         progress(format!("control plane, {} prefixes", workload.prefixes));
@@ -242,8 +252,8 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     }
     let agent_size = if quick { 10_000 } else { 100_000 };
     progress("agent memory");
-    results.agent_rss = if options.per_packet_only || options.control_only {
-        Err("not measured (--per-packet-only or --control-only)".into())
+    results.agent_rss = if options.per_packet_only || options.control_only || options.live_only {
+        Err("not measured (--per-packet-only, --control-only or --live-only)".into())
     } else {
         match control::agent_rss(
             &live.bed.server,
