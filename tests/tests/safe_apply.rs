@@ -322,6 +322,23 @@ fn unconfirmed_apply_rolls_back_after_the_applying_session_is_killed() {
     let iface = &status["interfaces"][0];
     assert_eq!(iface["policy"]["serial"], before, "{status:#}");
     assert!(iface["confirm"].is_null(), "{status:#}");
+    // The watchdog logs nowhere: status says why the policy in force is not the
+    // one applied last.
+    let unconfirmed = before.as_u64().expect("a serial") + 1;
+    let restored = &iface["policy"]["restored"];
+    assert_eq!(restored["rolled_back_serial"], unconfirmed, "{status:#}");
+    assert!(
+        restored["at_unix"].as_u64() >= restored["deadline_unix"].as_u64(),
+        "{status:#}"
+    );
+    let human = f.airlock(&["status"]);
+    assert!(
+        human
+            .stdout
+            .contains(&format!("apply #{unconfirmed} was not confirmed by")),
+        "{}",
+        human.stdout
+    );
 }
 
 #[test]
@@ -438,6 +455,7 @@ fn an_expired_confirmation_is_finished_by_status_when_the_watchdog_is_gone_too()
         "{}",
         run.stderr
     );
+    assert!(run.stdout.contains("RESTORED"), "{}", run.stdout);
     assert!(f.office_policy_in_force());
 }
 

@@ -148,11 +148,17 @@ fn print_human(s: &Value) {
         policy["policy_path"].as_str().unwrap_or("?"),
         policy["serial"],
         s["generation"],
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH
-                + std::time::Duration::from_secs(policy["applied_at"].as_u64().unwrap_or(0))
-        )
+        unix_time(&policy["applied_at"])
     );
+    let restored = &policy["restored"];
+    if !restored.is_null() {
+        println!(
+            "  RESTORED {} by a rollback: apply #{} was not confirmed by {}",
+            unix_time(&restored["at_unix"]),
+            restored["rolled_back_serial"],
+            unix_time(&restored["deadline_unix"])
+        );
+    }
     println!(
         "  mode {}, default {}, {} IPv4 + {} IPv6 prefixes",
         policy["mode"].as_str().unwrap_or("?"),
@@ -219,6 +225,13 @@ fn print_human(s: &Value) {
             reasons.join(", ")
         }
     );
+}
+
+/// Seconds since the Unix epoch, as UTC.
+fn unix_time(seconds: &Value) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.as_u64().unwrap_or(0)),
+    )
 }
 
 /// One family's source table for the human output, e.g. "IPv6 568369 ranges,

@@ -45,6 +45,22 @@ pub struct PolicySummary {
     /// deadline unless `airlock confirm` clears it (see `crate::safety::confirm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_confirm: Option<PendingConfirm>,
+    /// Set when a rollback put this policy back in force: `status` then says why
+    /// the policy in force is not the one last applied (the watchdog that did it
+    /// runs detached, its log goes nowhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<Restored>,
+}
+
+/// How a policy came back into force: the apply after it was not confirmed in time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restored {
+    /// The apply that was rolled back.
+    pub rolled_back_serial: u64,
+    /// Its confirmation deadline, seconds since the Unix epoch.
+    pub deadline_unix: u64,
+    /// When the rollback happened, seconds since the Unix epoch.
+    pub at_unix: u64,
 }
 
 /// A commit-confirm in progress, recorded with the policy it guards.
@@ -91,6 +107,7 @@ impl PolicySummary {
                 .collect(),
             deny: policy.deny.sets.iter().map(|s| s.name.clone()).collect(),
             pending_confirm: None,
+            restored: None,
         }
     }
 

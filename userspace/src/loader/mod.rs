@@ -32,7 +32,7 @@ pub use link::{
     AttachMode, LinkKind, LinkState, egress_supported, interface_index, link_state,
     pinned_link_state,
 };
-pub use meta::{PendingConfirm, PolicySummary, RuleSummary};
+pub use meta::{PendingConfirm, PolicySummary, Restored, RuleSummary};
 pub use object::{floor_object_bytes, load_object, object_bytes};
 pub use pins::{
     DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,

@@ -538,9 +538,18 @@ impl PolicyMaps {
         summary: &PolicySummary,
     ) -> Result<(), LoaderError> {
         let generation = self.active_generation()?;
+        self.rewrite_summary(generation, summary)
+    }
+
+    /// Replaces `generation`'s summary (the policy itself is untouched).
+    pub(crate) fn rewrite_summary(
+        &mut self,
+        generation: u32,
+        summary: &PolicySummary,
+    ) -> Result<(), LoaderError> {
         let meta = summary.encode()?;
         self.meta
-            .set(generation, meta, 0)
+            .set(generation & 1, meta, 0)
             .map_err(map_err(MAP_META))
     }
 }

@@ -35,7 +35,7 @@ use crate::{
     compile::Compiled,
     loader::{
         self, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicyMaps, PolicySummary,
-        WriterLock,
+        Restored, WriterLock,
     },
 };
 
@@ -128,13 +128,45 @@ pub fn pending_all(root: &PinRoot, now: u64) -> Vec<Pending> {
         .collect()
 }
 
-/// Rolls `iface` back (the caller holds the [`WriterLock`] and has checked that a
-/// confirmation is pending there).
-fn roll_back(root: &PinRoot, iface: &str) -> Result<RollbackTarget, LoaderError> {
+/// Why a rollback happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// The deadline passed unconfirmed: the restored policy's summary records it.
+    Expired,
+    /// `apply --confirm` could not arm its watchdog, and fails saying so itself.
+    NotArmed,
+}
+
+/// Rolls back the apply `pending` describes (the caller holds the [`WriterLock`]
+/// and has checked that it is still pending).
+fn roll_back(
+    root: &PinRoot,
+    pending: &Pending,
+    cause: Cause,
+) -> Result<RollbackTarget, LoaderError> {
+    let iface = pending.iface.as_str();
     let mut maps = PolicyMaps::open_pinned(&root.interface_dir(iface))?;
     let target = target_of(&maps)?;
     match &target {
-        RollbackTarget::Previous { generation, .. } => maps.set_active_generation(*generation)?,
+        RollbackTarget::Previous { generation, .. } => {
+            // Written while that copy is not in force yet. Only a description:
+            // failing to write it must not keep the rollback from happening.
+            let noted = maps.generation_summary(*generation).and_then(|summary| {
+                let (Some(mut summary), Cause::Expired) = (summary, cause) else {
+                    return Ok(());
+                };
+                summary.restored = Some(Restored {
+                    rolled_back_serial: pending.serial,
+                    deadline_unix: pending.deadline_unix,
+                    at_unix: now_unix(),
+                });
+                maps.rewrite_summary(*generation, &summary)
+            });
+            if let Err(error) = noted {
+                tracing::warn!(iface, %error, "rollback not noted in the restored policy's summary");
+            }
+            maps.set_active_generation(*generation)?;
+        }
         RollbackTarget::Remove => {
             drop(maps);
             loader::remove(root, iface)?;
@@ -167,16 +199,16 @@ pub fn expire_due(root: &PinRoot) -> Vec<RolledBack> {
     let Ok(_lock) = WriterLock::acquire(root) else {
         return Vec::new();
     };
-    roll_back_tokens(root, &tokens, now)
+    roll_back_tokens(root, &tokens, now, Cause::Expired)
 }
 
-fn roll_back_tokens(root: &PinRoot, tokens: &[u64], now: u64) -> Vec<RolledBack> {
+fn roll_back_tokens(root: &PinRoot, tokens: &[u64], now: u64, cause: Cause) -> Vec<RolledBack> {
     // Read again under the lock: a `confirm` may have won the race.
     pending_all(root, now)
         .into_iter()
         .filter(|p| tokens.contains(&p.token))
         .map(|p| {
-            let result = roll_back(root, &p.iface);
+            let result = roll_back(root, &p, cause);
             match &result {
                 Ok(target) => tracing::warn!(
                     iface = p.iface,
@@ -255,7 +287,7 @@ pub fn apply_confirmed(
     summary.pending_confirm = Some(pending.clone());
     let done = loader::apply_all(&_lock, root, ifaces, compiled, &summary)?;
     if let Err(error) = arm_watchdog(root, &pending) {
-        roll_back_tokens(root, &[pending.token], 0);
+        roll_back_tokens(root, &[pending.token], 0, Cause::NotArmed);
         return Err(ConfirmApplyError::Watchdog(error));
     }
     Ok((done, pending))
@@ -318,7 +350,7 @@ pub fn watchdog(root: &PinRoot, token: u64, deadline: u64) -> Vec<RolledBack> {
             let Ok(_lock) = WriterLock::acquire(root) else {
                 return Vec::new();
             };
-            return roll_back_tokens(root, &[token], now);
+            return roll_back_tokens(root, &[token], now, Cause::Expired);
         }
         // Wake on the second the deadline falls on, or once a second to notice a
         // confirmation and exit early.
@@ -356,7 +388,7 @@ pub fn confirm(root: &PinRoot, ifaces: &[String]) -> Result<Vec<Confirmed>, Load
             continue;
         }
         if p.seconds_left <= 0 {
-            let to = roll_back(root, &p.iface)?;
+            let to = roll_back(root, &p, Cause::Expired)?;
             out.push(Confirmed::RolledBack {
                 iface: p.iface,
                 serial: p.serial,
