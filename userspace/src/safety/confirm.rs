@@ -149,21 +149,8 @@ fn roll_back(
     let target = target_of(&maps)?;
     match &target {
         RollbackTarget::Previous { generation, .. } => {
-            // Written while that copy is not in force yet. Only a description:
-            // failing to write it must not keep the rollback from happening.
-            let noted = maps.generation_summary(*generation).and_then(|summary| {
-                let (Some(mut summary), Cause::Expired) = (summary, cause) else {
-                    return Ok(());
-                };
-                summary.restored = Some(Restored {
-                    rolled_back_serial: pending.serial,
-                    deadline_unix: pending.deadline_unix,
-                    at_unix: now_unix(),
-                });
-                maps.rewrite_summary(*generation, &summary)
-            });
-            if let Err(error) = noted {
-                tracing::warn!(iface, %error, "rollback not noted in the restored policy's summary");
+            if cause == Cause::Expired {
+                note_restored(&mut maps, *generation, pending);
             }
             maps.set_active_generation(*generation)?;
         }
@@ -173,6 +160,26 @@ fn roll_back(
         }
     }
     Ok(target)
+}
+
+/// Notes in `generation`'s summary that the rollback of `pending` puts it back in
+/// force. Written while that copy is not in force yet, and only a description:
+/// failing to write it must not keep the rollback from happening.
+fn note_restored(maps: &mut PolicyMaps, generation: u32, pending: &Pending) {
+    let noted = maps.generation_summary(generation).and_then(|summary| {
+        let Some(mut summary) = summary else {
+            return Ok(());
+        };
+        summary.restored = Some(Restored {
+            rolled_back_serial: pending.serial,
+            deadline_unix: pending.deadline_unix,
+            at_unix: now_unix(),
+        });
+        maps.rewrite_summary(generation, &summary)
+    });
+    if let Err(error) = noted {
+        tracing::warn!(iface = pending.iface, %error, "rollback not noted in the restored policy's summary");
+    }
 }
 
 /// One interface rolled back (or not: `result` says).
@@ -422,9 +429,15 @@ mod tests {
         };
         let json = serde_json::to_string(&summary).unwrap();
         assert!(!json.contains("pending_confirm"), "{json}");
+        assert!(!json.contains("restored"), "{json}");
         summary.pending_confirm = Some(PendingConfirm {
             deadline_unix: 1_700_000_000,
             token: 42,
+        });
+        summary.restored = Some(Restored {
+            rolled_back_serial: 4,
+            deadline_unix: 1_700_000_000,
+            at_unix: 1_700_000_001,
         });
         let json = serde_json::to_string(&summary).unwrap();
         let back: PolicySummary = serde_json::from_str(&json).unwrap();
@@ -433,6 +446,7 @@ mod tests {
         let old = r#"{"policy_path":"p","applied_at":1,"serial":1,"mode":"enforce","default":"pass","rules":[],"prefixes_v4":0,"prefixes_v6":0,"attach_mode":"driver"}"#;
         let old: PolicySummary = serde_json::from_str(old).unwrap();
         assert_eq!(old.pending_confirm, None);
+        assert_eq!(old.restored, None);
         assert!(old.management.is_empty());
     }
 
