@@ -13,29 +13,30 @@
 use std::{marker::PhantomData, os::fd::AsFd as _, path::Path};
 
 use airlock_common::{
-    Counter, GENERATIONS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION,
-    MAP_ACTIVE_GEN, MAP_CONFIG, MAP_GRACE_DONE, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP,
-    MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4,
-    MAP_SRC_V4_INLINE, MAP_SRC_V6, MAP_SRC_V6_INLINE, MAX_RULES, PORT_SLOTS, PolicyMeta,
-    RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SamplingConfig, SourceRangeV4, SourceRangeV6,
-    TABLE_INLINE_V4, TABLE_INLINE_V6, port_index, reason_stat_index, rule_base_index,
-    rule_stat_index,
+    Counter, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION, MAP_ACTIVE_GEN,
+    MAP_CONFIG, MAP_GRACE_DONE, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS,
+    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE,
+    MAP_SRC_V6, MAP_SRC_V6_INLINE, PolicyMeta, SamplingConfig, SourceRangeV4, SourceRangeV6,
+    TABLE_INLINE_V4, TABLE_INLINE_V6, port_index,
 };
 use aya::{
     Ebpf,
-    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray},
 };
 
 use super::{
     LoaderError, grace, grace_record,
-    mapping::{read_elements, write_elements},
+    mapping::write_elements,
     meta::PolicySummary,
-    source_tables::{Placement, TableShape, Tables},
+    source_tables::{Placement, Tables},
 };
-use crate::compile::{
-    Compiled, PortMap, PrefixEntry,
-    ranges::{self, Directory},
-};
+use crate::compile::{Compiled, PortMap, ranges};
+
+mod counters;
+mod read_back;
+
+pub use counters::Counters;
+pub use read_back::SourcePrefixes;
 
 /// Where typed map handles come from: a freshly loaded object or a pin directory.
 pub(crate) enum MapSource<'a> {
@@ -101,33 +102,6 @@ fn pinned_layout(dir: &Path) -> Option<u32> {
     let meta: Array<MapData, PolicyMeta> = source.take(MAP_META).ok()?;
     let generation = active.get(&0, 0).ok()? & 1;
     Some(meta.get(&generation, 0).ok()?.layout_version)
-}
-
-/// Per-CPU counters summed over CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Indexed by `Reason as usize`: every packet, whatever the mode.
-    pub reasons: Vec<Counter>,
-    /// The part of `reasons` judged in monitor mode (a drop reason there means
-    /// "would have dropped"; the packet passed).
-    pub reasons_in_monitor: Vec<Counter>,
-    /// Drop samples sent, held back by the rate limit, lost to a full ring.
-    pub samples: [u64; SAMPLE_STAT_SLOTS as usize],
-    /// The generation that was active when `rules` were read: its summary
-    /// ([`PolicyMaps::generation_summary`]) names them. Asking for the active one
-    /// afterwards could name them after a policy applied in between.
-    pub generation: u32,
-    /// For `generation`: (allowed, refused) per rule index.
-    pub rules: Vec<(Counter, Counter)>,
-}
-
-impl Counters {
-    pub fn reason(&self, reason: Reason) -> Counter {
-        self.reasons
-            .get(reason as usize)
-            .copied()
-            .unwrap_or_default()
-    }
 }
 
 /// How a swap makes sure no packet still reads the copy it is about to rewrite,
@@ -355,158 +329,6 @@ impl PolicyMaps {
         }
         Ok(())
     }
-
-    /// Rule counters are per generation, so the counters of the policy in force belong
-    /// to its rules. They are never reset (their sums are the `RuleAllowed` and
-    /// `RuleRefused` totals, which must only grow): a generation about to be reused
-    /// gets a snapshot of its counters instead, and the policy's counters are the
-    /// growth since.
-    fn snapshot_rule_base(&mut self, generation: u32) -> Result<(), LoaderError> {
-        let stats = self.rule_stats_summed()?;
-        let mut keys = Vec::with_capacity(2 * MAX_RULES);
-        let mut values = Vec::with_capacity(2 * MAX_RULES);
-        for allowed in [true, false] {
-            for rule in 0..MAX_RULES as u32 {
-                let at =
-                    |monitor| stats[rule_stat_index(generation, monitor, allowed, rule) as usize];
-                keys.push(rule_base_index(generation, allowed, rule));
-                values.push(add(at(false), at(true)));
-            }
-        }
-        let raw: Vec<u64> = values.iter().flat_map(|c| [c.packets, c.bytes]).collect();
-        if super::batch::update_u32_keys_u64s(self.rule_base.map(), &keys, &raw, 2).is_err() {
-            for (&index, &value) in keys.iter().zip(&values) {
-                self.rule_base
-                    .set(index, value, 0)
-                    .map_err(map_err(MAP_RULE_BASE))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Every `RULE_STATS` slot, summed over CPUs.
-    fn rule_stats_summed(&self) -> Result<Vec<Counter>, LoaderError> {
-        let mut out = vec![Counter::default(); RULE_STAT_SLOTS as usize];
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(_, e)| LoaderError::io("reading", "/sys/devices/system/cpu/possible", e))?;
-        let per_cpu = size_of::<Counter>();
-        let batch = super::batch::lookup_each(
-            self.rule_stats.map(),
-            size_of::<u32>(),
-            per_cpu * cpus,
-            |key, values| {
-                let index = u32::from_ne_bytes(key.try_into().unwrap_or_default()) as usize;
-                let word = |at: usize| {
-                    u64::from_ne_bytes(values[at..at + 8].try_into().unwrap_or_default())
-                };
-                if let Some(slot) = out.get_mut(index) {
-                    for cpu in 0..cpus {
-                        slot.packets += word(cpu * per_cpu);
-                        slot.bytes += word(cpu * per_cpu + 8);
-                    }
-                }
-            },
-        );
-        if batch.is_err() {
-            for (index, slot) in (0..RULE_STAT_SLOTS).zip(out.iter_mut()) {
-                let values = self
-                    .rule_stats
-                    .get(&index, 0)
-                    .map_err(map_err(MAP_RULE_STATS))?;
-                *slot = values
-                    .iter()
-                    .fold(Counter::default(), |acc, c| add(acc, *c));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Counters summed over CPUs; rule counters are those of the active generation.
-    pub fn counters(&self) -> Result<Counters, LoaderError> {
-        let sum = |values: PerCpuValues<Counter>| {
-            values
-                .iter()
-                .fold(Counter::default(), |acc, c| add(acc, *c))
-        };
-        let mut reasons = Vec::with_capacity(Reason::ALL.len());
-        let mut reasons_in_monitor = Vec::with_capacity(Reason::ALL.len());
-        for reason in Reason::ALL {
-            let read = |monitor| {
-                self.reason_stats
-                    .get(&reason_stat_index(reason as u32, monitor), 0)
-                    .map(sum)
-                    .map_err(map_err(MAP_REASON_STATS))
-            };
-            let (enforced, monitored) = (read(false)?, read(true)?);
-            reasons.push(add(enforced, monitored));
-            reasons_in_monitor.push(monitored);
-        }
-        // Packets a rule decided are counted only per rule (one counter update per
-        // packet in the kernel): their reason totals are the sums over every rule,
-        // outcome and generation, so they only grow, across any number of applies.
-        let stats = self.rule_stats_summed()?;
-        for generation in 0..GENERATIONS {
-            for monitor in [false, true] {
-                for (allowed, reason) in [(true, Reason::RuleAllowed), (false, Reason::RuleRefused)]
-                {
-                    for rule in 0..MAX_RULES as u32 {
-                        let c = stats[rule_stat_index(generation, monitor, allowed, rule) as usize];
-                        let at = reason as usize;
-                        reasons[at] = add(reasons[at], c);
-                        if monitor {
-                            reasons_in_monitor[at] = add(reasons_in_monitor[at], c);
-                        }
-                    }
-                }
-            }
-        }
-        let mut samples = [0u64; SAMPLE_STAT_SLOTS as usize];
-        for (slot, total) in (0..SAMPLE_STAT_SLOTS).zip(samples.iter_mut()) {
-            let values = self
-                .sample_stats
-                .get(&slot, 0)
-                .map_err(map_err(MAP_SAMPLE_STATS))?;
-            *total = values.iter().sum();
-        }
-        let generation = self.active_generation()?;
-        let rule_count = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?
-            .rule_count;
-        let mut rules = Vec::with_capacity(rule_count as usize);
-        for rule in 0..rule_count.min(MAX_RULES as u32) {
-            let mut pair = [Counter::default(); 2];
-            for (slot, allowed) in pair.iter_mut().zip([true, false]) {
-                let at =
-                    |monitor| stats[rule_stat_index(generation, monitor, allowed, rule) as usize];
-                let base = self
-                    .rule_base
-                    .get(&rule_base_index(generation, allowed, rule), 0)
-                    .map_err(map_err(MAP_RULE_BASE))?;
-                let now = add(at(false), at(true));
-                *slot = Counter {
-                    packets: now.packets.saturating_sub(base.packets),
-                    bytes: now.bytes.saturating_sub(base.bytes),
-                };
-            }
-            rules.push((pair[0], pair[1]));
-        }
-        Ok(Counters {
-            reasons,
-            reasons_in_monitor,
-            samples,
-            generation,
-            rules,
-        })
-    }
-}
-
-fn add(a: Counter, b: Counter) -> Counter {
-    Counter {
-        packets: a.packets.wrapping_add(b.packets),
-        bytes: a.bytes.wrapping_add(b.bytes),
-    }
 }
 
 /// Writes the rule mask of every port of `generation` (zero where no rule covers it),
@@ -576,115 +398,6 @@ impl PolicyMaps {
 }
 
 impl PolicyMaps {
-    /// The summary recorded with `generation`, if that copy holds a complete policy
-    /// (for a rollback to it, and to say what it would return to).
-    pub fn generation_summary(
-        &self,
-        generation: u32,
-    ) -> Result<Option<PolicySummary>, LoaderError> {
-        let generation = generation & 1;
-        if self.complete_config(generation)?.is_none() {
-            return Ok(None);
-        }
-        let meta = self.meta.get(&generation, 0).map_err(map_err(MAP_META))?;
-        Ok(PolicySummary::decode(&meta))
-    }
-
-    /// `generation`'s config if that copy holds a complete policy.
-    fn complete_config(&self, generation: u32) -> Result<Option<GenConfig>, LoaderError> {
-        let config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        Ok((config.valid != 0).then_some(config))
-    }
-
-    /// The shapes of `generation`'s IPv4 and IPv6 source tables, if that copy holds
-    /// a complete policy.
-    pub fn table_shapes(
-        &self,
-        generation: u32,
-    ) -> Result<Option<(TableShape, TableShape)>, LoaderError> {
-        let Some(config) = self.complete_config(generation & 1)? else {
-            return Ok(None);
-        };
-        let placement = |flag| Placement::recorded(config.inline_tables, flag);
-        Ok(Some((
-            TableShape::of::<SourceRangeV4>(
-                config.table_len_v4,
-                config.directory_bits_v4,
-                placement(TABLE_INLINE_V4),
-            ),
-            TableShape::of::<SourceRangeV6>(
-                config.table_len_v6,
-                config.directory_bits_v6,
-                placement(TABLE_INLINE_V6),
-            ),
-        )))
-    }
-
-    /// The source prefixes of the generation in force, read back from the kernel
-    /// (for `airlock diff`) in canonical form (`compile::ranges::canonical`).
-    pub fn active_prefixes(&self) -> Result<SourcePrefixes, LoaderError> {
-        self.generation_prefixes(self.active_generation()?)
-    }
-
-    /// The source prefixes of `generation`, read back from its tables in canonical
-    /// form, sorted by address: empty for a table never written.
-    pub fn generation_prefixes(&self, generation: u32) -> Result<SourcePrefixes, LoaderError> {
-        let generation = generation & 1;
-        let config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
-        let placement = |flag| Placement::recorded(config.inline_tables, flag);
-        let v4 = match self.src_v4.read(
-            generation,
-            placement(TABLE_INLINE_V4),
-            Directory {
-                bits: config.directory_bits_v4,
-                base: config.directory_base_v4,
-                shift: config.directory_shift_v4,
-            },
-            config.table_len_v4,
-        )? {
-            Some(table) => {
-                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V4))?
-            }
-            None => Vec::new(),
-        };
-        let v6 = match self.src_v6.read(
-            generation,
-            placement(TABLE_INLINE_V6),
-            Directory {
-                bits: config.directory_bits_v6,
-                base: config.directory_base_v6,
-                shift: config.directory_shift_v6,
-            },
-            config.table_len_v6,
-        )? {
-            Some(table) => {
-                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V6))?
-            }
-            None => Vec::new(),
-        };
-        Ok((v4, v6))
-    }
-
-    /// The TCP and UDP port arrays of `generation`, read back from the kernel (one
-    /// rule mask per port).
-    pub fn generation_ports(&self, generation: u32) -> Result<(Vec<u64>, Vec<u64>), LoaderError> {
-        let first = port_index(generation & 1, 0) as usize;
-        let read = |array: &Array<MapData, u64>, name| {
-            read_elements(array.map().fd().as_fd(), first, PORT_SLOTS as usize)
-                .map_err(|e| LoaderError::io("reading the port masks of", name, e))
-        };
-        Ok((
-            read(&self.ports_tcp, MAP_PORTS_TCP)?,
-            read(&self.ports_udp, MAP_PORTS_UDP)?,
-        ))
-    }
-
     /// For tests: every later apply puts its source tables in chunk maps, as only
     /// policies larger than the preallocated tables otherwise would.
     #[doc(hidden)]
@@ -719,6 +432,3 @@ impl PolicyMaps {
         Ok(())
     }
 }
-
-/// IPv4 and IPv6 source prefixes.
-pub type SourcePrefixes = (Vec<PrefixEntry<4>>, Vec<PrefixEntry<16>>);

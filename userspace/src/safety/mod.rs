@@ -6,5 +6,6 @@
 pub mod confirm;
 pub mod diff;
 pub mod ephemeral;
+pub mod host_facts;
 pub mod lockout;
 pub mod probe;

@@ -1,0 +1,141 @@
+//! What a generation holds, read back from the kernel: its summary, the shape of
+//! its source tables, its prefixes and port masks (for `status`, `airlock diff`
+//! and rollbacks).
+
+use std::os::fd::AsFd as _;
+
+use airlock_common::{
+    GenConfig, MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_SRC_V4, MAP_SRC_V6,
+    PORT_SLOTS, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6, port_index,
+};
+use aya::maps::{Array, IterableMap as _, MapData};
+
+use super::{LoaderError, PolicyMaps, map_err};
+use crate::{
+    compile::{
+        PrefixEntry,
+        ranges::{self, Directory},
+    },
+    loader::{
+        mapping::read_elements,
+        meta::PolicySummary,
+        source_tables::{Placement, TableShape},
+    },
+};
+
+/// IPv4 and IPv6 source prefixes.
+pub type SourcePrefixes = (Vec<PrefixEntry<4>>, Vec<PrefixEntry<16>>);
+
+impl PolicyMaps {
+    /// The summary recorded with `generation`, if that copy holds a complete policy
+    /// (for a rollback to it, and to say what it would return to).
+    pub fn generation_summary(
+        &self,
+        generation: u32,
+    ) -> Result<Option<PolicySummary>, LoaderError> {
+        let generation = generation & 1;
+        if self.complete_config(generation)?.is_none() {
+            return Ok(None);
+        }
+        let meta = self.meta.get(&generation, 0).map_err(map_err(MAP_META))?;
+        Ok(PolicySummary::decode(&meta))
+    }
+
+    /// `generation`'s config if that copy holds a complete policy.
+    pub(super) fn complete_config(
+        &self,
+        generation: u32,
+    ) -> Result<Option<GenConfig>, LoaderError> {
+        let config = self
+            .config
+            .get(&generation, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        Ok((config.valid != 0).then_some(config))
+    }
+
+    /// The shapes of `generation`'s IPv4 and IPv6 source tables, if that copy holds
+    /// a complete policy.
+    pub fn table_shapes(
+        &self,
+        generation: u32,
+    ) -> Result<Option<(TableShape, TableShape)>, LoaderError> {
+        let Some(config) = self.complete_config(generation & 1)? else {
+            return Ok(None);
+        };
+        let placement = |flag| Placement::recorded(config.inline_tables, flag);
+        Ok(Some((
+            TableShape::of::<SourceRangeV4>(
+                config.table_len_v4,
+                config.directory_bits_v4,
+                placement(TABLE_INLINE_V4),
+            ),
+            TableShape::of::<SourceRangeV6>(
+                config.table_len_v6,
+                config.directory_bits_v6,
+                placement(TABLE_INLINE_V6),
+            ),
+        )))
+    }
+
+    /// The source prefixes of the generation in force, read back from the kernel
+    /// (for `airlock diff`) in canonical form (`compile::ranges::canonical`).
+    pub fn active_prefixes(&self) -> Result<SourcePrefixes, LoaderError> {
+        self.generation_prefixes(self.active_generation()?)
+    }
+
+    /// The source prefixes of `generation`, read back from its tables in canonical
+    /// form, sorted by address: empty for a table never written.
+    pub fn generation_prefixes(&self, generation: u32) -> Result<SourcePrefixes, LoaderError> {
+        let generation = generation & 1;
+        let config = self
+            .config
+            .get(&generation, 0)
+            .map_err(map_err(MAP_CONFIG))?;
+        let placement = |flag| Placement::recorded(config.inline_tables, flag);
+        let v4 = match self.src_v4.read(
+            generation,
+            placement(TABLE_INLINE_V4),
+            Directory {
+                bits: config.directory_bits_v4,
+                base: config.directory_base_v4,
+                shift: config.directory_shift_v4,
+            },
+            config.table_len_v4,
+        )? {
+            Some(table) => {
+                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V4))?
+            }
+            None => Vec::new(),
+        };
+        let v6 = match self.src_v6.read(
+            generation,
+            placement(TABLE_INLINE_V6),
+            Directory {
+                bits: config.directory_bits_v6,
+                base: config.directory_base_v6,
+                shift: config.directory_shift_v6,
+            },
+            config.table_len_v6,
+        )? {
+            Some(table) => {
+                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V6))?
+            }
+            None => Vec::new(),
+        };
+        Ok((v4, v6))
+    }
+
+    /// The TCP and UDP port arrays of `generation`, read back from the kernel (one
+    /// rule mask per port).
+    pub fn generation_ports(&self, generation: u32) -> Result<(Vec<u64>, Vec<u64>), LoaderError> {
+        let first = port_index(generation & 1, 0) as usize;
+        let read = |array: &Array<MapData, u64>, name| {
+            read_elements(array.map().fd().as_fd(), first, PORT_SLOTS as usize)
+                .map_err(|e| LoaderError::io("reading the port masks of", name, e))
+        };
+        Ok((
+            read(&self.ports_tcp, MAP_PORTS_TCP)?,
+            read(&self.ports_udp, MAP_PORTS_UDP)?,
+        ))
+    }
+}
