@@ -21,7 +21,9 @@
 //! writes the inactive copy and flips), and a freshly installed filter has never
 //! written it. All interfaces of one apply share a token and a deadline and roll back
 //! together. Every read-check-write of the pending state holds an exclusive `flock`
-//! on the pin root directory, so `confirm` and a rollback cannot interleave.
+//! on the pin root directory, so `confirm` and a rollback cannot interleave. A
+//! rollback to the previous policy notes itself in that policy's summary, which
+//! `status` shows: the watchdog's own log goes nowhere.
 
 use std::{
     io,
