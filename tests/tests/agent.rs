@@ -418,6 +418,39 @@ fn a_second_agent_on_the_same_pin_root_refuses_to_start() {
 }
 
 #[test]
+fn watch_says_when_an_agent_reads_the_same_samples() {
+    let f = Fixture::new("aw");
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
+    let watch = |state: &Path| {
+        let output = f
+            .bed
+            .server
+            .command(airlock_bin())
+            .args(["watch", "--seconds", "0", "--pin-root"])
+            .arg(f.bed.bpffs.path())
+            .arg("--state-dir")
+            .arg(state)
+            .output()
+            .expect("airlock watch");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let pid = format!("an airlock agent (pid {})", agent.child.id());
+    let stderr = watch(&state_dir(&f));
+    assert!(stderr.contains(&pid), "{stderr}");
+    // Another state directory holds no agent's lock.
+    let elsewhere = f.dir.path().join("no-agent");
+    assert!(!watch(&elsewhere).contains("agent"));
+    drop(agent);
+    // The lock file stays, but nobody holds it any more.
+    assert!(wait_until(Duration::from_secs(5), || !watch(&state_dir(
+        &f
+    ))
+    .contains("agent")));
+}
+
+#[test]
 fn sigterm_leaves_the_filter_enforcing_and_detach_on_exit_removes_it() {
     let f = Fixture::new("at");
     write_policy(&f, &policy_text(&f, "office"));

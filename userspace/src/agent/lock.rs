@@ -5,6 +5,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -68,4 +69,30 @@ pub fn acquire(state_dir: &Path, pin_root: &Path) -> Result<InstanceLock, AgentE
     let _ = lock.set_len(0);
     let _ = writeln!(lock, "pid {}", std::process::id());
     Ok(InstanceLock { _lock: lock })
+}
+
+/// Who holds the agent lock of `pin_root` ("pid N"), if an agent does. Looked up in
+/// /proc/locks rather than by trying the lock: taking it even for a moment could
+/// make an agent starting at that moment refuse to run.
+pub fn holder(state_dir: &Path, pin_root: &Path) -> Option<String> {
+    let path = lock_path(state_dir, pin_root);
+    let meta = fs::metadata(&path).ok()?;
+    // As the kernel prints a lock's file: device major:minor in hex, then inode.
+    let file = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let held = locks.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.nth(1) == Some("FLOCK") && words.any(|word| word == file)
+    });
+    held.then(|| {
+        fs::read_to_string(&path)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    })
 }

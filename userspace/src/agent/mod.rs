@@ -26,6 +26,11 @@ pub use state::AgentState;
 
 use crate::loader::{LoaderError, PinRoot};
 
+/// Where the agent keeps its single-instance lock unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/airlock";
+
+pub use lock::holder as agent_holding;
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub policy_path: PathBuf,
@@ -87,8 +92,9 @@ enum Trigger {
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let _lock = lock::acquire(&config.state_dir, &config.pin_root)?;
+    // Locked by the absolute path, so "bpf" and "/run/x/bpf" name the same filters.
     let root = PinRoot::new(&config.pin_root);
+    let _lock = lock::acquire(&config.state_dir, root.path())?;
     root.ensure_mounted()?;
     let state = Arc::new(AgentState::default());
     let (triggers, mut trigger_rx) = mpsc::channel(4);

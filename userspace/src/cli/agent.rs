@@ -24,7 +24,7 @@ pub struct Args {
     #[arg(long)]
     detach_on_exit: bool,
     /// Directory for the single-instance lock.
-    #[arg(long, default_value = "/run/airlock")]
+    #[arg(long, default_value = agent::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Seconds between checks that every interface still runs the current policy
     /// (interface events trigger a check at once as well).

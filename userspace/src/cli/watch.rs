@@ -1,8 +1,9 @@
 //! `airlock watch`: sampled drops, live, for a person at a terminal.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use airlock::{
+    agent,
     loader::{PinRoot, PolicyMaps},
     samples::{DropEvent, open_ring},
 };
@@ -16,6 +17,9 @@ pub struct Args {
     /// Stop after this many seconds (default: until interrupted).
     #[arg(long)]
     seconds: Option<u64>,
+    /// The agent's `--state-dir`, to tell whether an agent reads these samples too.
+    #[arg(long, default_value = agent::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 /// Reads every interface's sample ring directly. The ring has one consumer position:
@@ -38,6 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             root.path().display()
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(holder) = agent::agent_holding(&args.state_dir, root.path()) {
+        eprintln!(
+            "note: an airlock agent ({holder}) reads these drop samples too; the kernel's ring has one read position, so each sample shows either here or in the agent's log"
+        );
     }
     println!(
         "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} reason",
