@@ -418,36 +418,72 @@ fn a_second_agent_on_the_same_pin_root_refuses_to_start() {
 }
 
 #[test]
-fn watch_says_when_an_agent_reads_the_same_samples() {
+fn watch_beside_the_agent_shows_every_drop_and_the_log_keeps_them_all() {
     let f = Fixture::new("aw");
     write_policy(&f, &policy_text(&f, "office"));
     let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
-    let watch = |state: &Path| {
-        let output = f
-            .bed
-            .server
-            .command(airlock_bin())
-            .args(["watch", "--seconds", "0", "--pin-root"])
+    let watch_command = |state: &Path, seconds: &str| {
+        let mut command = f.bed.server.command(airlock_bin());
+        command
+            .args(["watch", "--seconds", seconds, "--pin-root"])
             .arg(f.bed.bpffs.path())
             .arg("--state-dir")
-            .arg(state)
-            .output()
-            .expect("airlock watch");
-        assert!(output.status.success(), "{output:?}");
-        String::from_utf8_lossy(&output.stderr).into_owned()
+            .arg(state);
+        command
     };
-    let pid = format!("an airlock agent (pid {})", agent.child.id());
-    let stderr = watch(&state_dir(&f));
-    assert!(stderr.contains(&pid), "{stderr}");
-    // Another state directory holds no agent's lock.
-    let elsewhere = f.dir.path().join("no-agent");
-    assert!(!watch(&elsewhere).contains("agent"));
-    drop(agent);
-    // The lock file stays, but nobody holds it any more.
-    assert!(wait_until(Duration::from_secs(5), || !watch(&state_dir(
-        &f
-    ))
-    .contains("agent")));
+    let out = f.dir.path().join("watch.out");
+    let mut watch = watch_command(&state_dir(&f), "8")
+        .stdout(fs::File::create(&out).expect("watch output"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("airlock watch");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .log()
+            .contains("a watch session reads the drop samples")),
+        "watch did not connect to the agent; log:\n{}",
+        agent.log()
+    );
+    f.bed.send_udp(addr::STRANGER_V4, UDP_PORT, 20);
+    // Both see all 20 (under the rate limit): neither takes samples from the other.
+    let drops = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("203.0.113.10") && l.contains("5353") && l.contains("dns"))
+            .count()
+    };
+    assert!(
+        wait_until(RELOAD, || drops(
+            &fs::read_to_string(&out).unwrap_or_default()
+        ) == 20),
+        "watch shows every drop:\n{}",
+        fs::read_to_string(&out).unwrap_or_default()
+    );
+    assert!(
+        wait_until(RELOAD, || agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("\"target\":\"airlock::drop\""))
+            .count()
+            == 20),
+        "the agent logs every drop too:\n{}",
+        agent.log()
+    );
+    let _ = watch.kill();
+    let output = watch.wait_with_output().expect("watch exits");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "reading the drop samples of the airlock agent (pid {})",
+            agent.child.id()
+        )),
+        "{stderr}"
+    );
+    // Another state directory holds no agent's lock: watch reads the rings itself.
+    let alone = watch_command(&f.dir.path().join("no-agent"), "0")
+        .output()
+        .expect("airlock watch");
+    assert!(alone.status.success(), "{alone:?}");
+    assert!(!String::from_utf8_lossy(&alone.stderr).contains("agent"));
 }
 
 #[test]

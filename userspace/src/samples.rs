@@ -7,6 +7,7 @@ use std::{
 
 use airlock_common::{DropSample, MAP_DROP_SAMPLES, NO_RULE, Reason};
 use aya::maps::{Map, MapData, RingBuf};
+use serde::{Deserialize, Serialize};
 
 /// Opens the pinned drop-sample ring buffer of one interface's filter.
 pub fn open_ring(dir: &Path) -> Result<RingBuf<MapData>, aya::maps::MapError> {
@@ -67,6 +68,42 @@ impl DropEvent {
             58 => "icmpv6",
             0 => "-",
             _ => "other",
+        }
+    }
+}
+
+/// One sampled drop as people read it: what the agent passes to `airlock watch`
+/// (one JSON line each), and the fields of its log event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropRecord {
+    pub interface: String,
+    pub source: String,
+    pub protocol: String,
+    /// Destination port (TCP/UDP) or ICMP type.
+    pub dst_port: u16,
+    /// The rule that refused it; empty when no rule did.
+    pub rule: String,
+    pub reason: String,
+    /// `dropped`, or `would_drop` in monitor mode (the packet passed).
+    pub verdict: String,
+}
+
+impl DropRecord {
+    /// `event` seen on `interface`, refused by the rule named `rule` (if any).
+    pub fn new(interface: &str, event: &DropEvent, rule: Option<String>) -> Self {
+        DropRecord {
+            interface: interface.to_owned(),
+            source: event.source_text(),
+            protocol: event.protocol_name().to_owned(),
+            dst_port: event.dst_port,
+            rule: rule.unwrap_or_default(),
+            reason: event.reason.name().to_owned(),
+            verdict: if event.monitor {
+                "would_drop"
+            } else {
+                "dropped"
+            }
+            .to_owned(),
         }
     }
 }

@@ -17,9 +17,10 @@ pub struct InstanceLock {
     _lock: Flock<File>,
 }
 
-/// The lock file for `pin_root`: its path with `/` spelled `_`, so two agents with
-/// different pin roots (tests, several namespaces) don't exclude each other.
-fn lock_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
+/// The agent's file `<kind>` for `pin_root`, keyed by the pin root's path with `/`
+/// spelled `_`, so two agents with different pin roots (tests, several namespaces)
+/// don't exclude each other.
+fn state_file(state_dir: &Path, pin_root: &Path, kind: &str) -> PathBuf {
     let key: String = pin_root
         .display()
         .to_string()
@@ -32,7 +33,16 @@ fn lock_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
             }
         })
         .collect();
-    state_dir.join(format!("agent{key}.lock"))
+    state_dir.join(format!("agent{key}.{kind}"))
+}
+
+fn lock_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
+    state_file(state_dir, pin_root, "lock")
+}
+
+/// Where the agent serves its drop samples to `airlock watch`.
+pub fn samples_socket_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
+    state_file(state_dir, pin_root, "samples")
 }
 
 pub fn acquire(state_dir: &Path, pin_root: &Path) -> Result<InstanceLock, AgentError> {

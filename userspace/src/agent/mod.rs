@@ -11,6 +11,7 @@ mod links;
 mod lock;
 mod metrics;
 mod reconcile;
+mod sample_socket;
 mod samples;
 mod state;
 mod watch;
@@ -29,7 +30,8 @@ use crate::loader::{LoaderError, PinRoot};
 /// Where the agent keeps its single-instance lock unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/airlock";
 
-pub use lock::holder as agent_holding;
+pub use lock::{holder as agent_holding, samples_socket_path};
+pub use sample_socket::Missed;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -122,7 +124,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
     reconciler.set_force(config.force);
     let names = samples::RuleNames::default();
-    let mut samplers = samples::Samplers::default();
+    // Samples come at most a few hundred a second per CPU (the kernel's limit).
+    let (feed, _) = tokio::sync::broadcast::channel(1024);
+    let socket = lock::samples_socket_path(&config.state_dir, root.path());
+    if let Err(error) = sample_socket::serve(socket.clone(), feed.clone()) {
+        tracing::warn!(%error, path = %socket.display(), "no drop samples for `airlock watch`");
+    }
+    let mut samplers = samples::Samplers::new(feed);
     let mut notified = false;
     reconciler.reload("start", true);
     let mut timer = tokio::time::interval(config.reconcile_interval);
@@ -155,6 +163,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket);
     if config.detach_on_exit {
         reconciler.detach_all();
     } else {

@@ -1,29 +1,42 @@
-//! Reads the drop samples the kernel sends (already rate limited there) and logs each
-//! as one structured event: with `--log-format json`, one JSON line per drop.
+//! Reads the drop samples the kernel sends (already rate limited there), logs each
+//! as one structured event (with `--log-format json`, one JSON line per drop), and
+//! passes each to `airlock watch` sessions on the agent's samples socket: the
+//! kernel's ring has one read position, so a `watch` reading it beside the agent
+//! would take samples from the log.
 
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 
-use tokio::{io::unix::AsyncFd, task::JoinHandle};
+use tokio::{io::unix::AsyncFd, sync::broadcast, task::JoinHandle};
 
 use crate::{
     loader::{LINK_PIN, LinkKind, PinRoot, pinned_link_state},
-    samples::{DropEvent, open_ring},
+    samples::{DropEvent, DropRecord, open_ring},
 };
+
+/// Each drop sample as a JSON line, for the samples socket's clients.
+pub type Feed = broadcast::Sender<Arc<str>>;
 
 /// Rule names by interface, as applied by the agent.
 pub type RuleNames = Arc<RwLock<BTreeMap<String, Vec<String>>>>;
 
 /// One reader task per interface, restarted when the interface's program changes
 /// (a re-install creates a new ring buffer).
-#[derive(Default)]
 pub struct Samplers {
     running: BTreeMap<String, (u32, JoinHandle<()>)>,
+    feed: Feed,
 }
 
 impl Samplers {
+    pub fn new(feed: Feed) -> Self {
+        Samplers {
+            running: BTreeMap::new(),
+            feed,
+        }
+    }
+
     pub fn refresh(&mut self, root: &PinRoot, names: &RuleNames) {
         let interfaces = root.interfaces().unwrap_or_default();
         self.running.retain(|iface, (_, task)| {
@@ -57,7 +70,9 @@ impl Samplers {
             };
             let names = Arc::clone(names);
             let task_iface = iface.clone();
-            let task = tokio::spawn(async move { read_samples(task_iface, ring, names).await });
+            let feed = self.feed.clone();
+            let task =
+                tokio::spawn(async move { read_samples(task_iface, ring, names, feed).await });
             self.running.insert(iface, (link.program_id, task));
         }
     }
@@ -67,6 +82,7 @@ async fn read_samples(
     iface: String,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     names: RuleNames,
+    feed: Feed,
 ) {
     // SAFETY: the ring buffer owns its descriptor, which stays open and unchanged
     // until the AsyncFd (which owns the ring) is dropped.
@@ -94,17 +110,24 @@ async fn read_samples(
                     .ok()
                     .and_then(|n| n.get(&iface).and_then(|r| r.get(index as usize).cloned()))
             });
+            let record = DropRecord::new(&iface, &event, rule);
             tracing::info!(
                 target: "airlock::drop",
-                interface = iface.as_str(),
-                source = %event.source_text(),
-                protocol = event.protocol_name(),
-                dst_port = event.dst_port,
-                rule = rule.as_deref().unwrap_or(""),
-                reason = event.reason.name(),
-                verdict = if event.monitor { "would_drop" } else { "dropped" },
+                interface = record.interface.as_str(),
+                source = record.source.as_str(),
+                protocol = record.protocol.as_str(),
+                dst_port = record.dst_port,
+                rule = record.rule.as_str(),
+                reason = record.reason.as_str(),
+                verdict = record.verdict.as_str(),
                 "drop"
             );
+            // Only while a `watch` is connected (sending to none is an error).
+            if feed.receiver_count() > 0
+                && let Ok(line) = serde_json::to_string(&record)
+            {
+                let _ = feed.send(line.into());
+            }
         }
         ready.clear_ready();
     }

@@ -1,11 +1,17 @@
 //! `airlock watch`: sampled drops, live, for a person at a terminal.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader, ErrorKind},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use airlock::{
     agent,
     loader::{PinRoot, PolicyMaps},
-    samples::{DropEvent, open_ring},
+    samples::{DropEvent, DropRecord, open_ring},
 };
 
 use super::PinRootArg;
@@ -17,15 +23,40 @@ pub struct Args {
     /// Stop after this many seconds (default: until interrupted).
     #[arg(long)]
     seconds: Option<u64>,
-    /// The agent's `--state-dir`, to tell whether an agent reads these samples too.
+    /// The agent's `--state-dir`: while an agent runs, the samples come through it.
     #[arg(long, default_value = agent::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 
-/// Reads every interface's sample ring directly. The ring has one consumer position:
-/// while an agent runs, each sample reaches either the agent's log or this view.
+/// Samples are rate limited in the kernel; looking 10 times a second is ample.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The kernel's sample ring has one read position, so while an agent runs (and
+/// reads it) the samples are taken from the agent, which passes every one on;
+/// without an agent, from every interface's ring directly.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs(s));
+    if let Some(holder) = agent::agent_holding(&args.state_dir, root.path()) {
+        let socket = agent::samples_socket_path(&args.state_dir, root.path());
+        match UnixStream::connect(&socket) {
+            Ok(stream) => {
+                eprintln!("reading the drop samples of the airlock agent ({holder})");
+                print_header();
+                return through_agent(stream, deadline);
+            }
+            Err(error) => eprintln!(
+                "note: an airlock agent ({holder}) reads these drop samples, and its socket {} does not answer ({error}): each sample shows either here or in its log",
+                socket.display()
+            ),
+        }
+    }
+    from_rings(&root, deadline)
+}
+
+fn from_rings(root: &PinRoot, deadline: Option<Instant>) -> anyhow::Result<ExitCode> {
     let mut rings = Vec::new();
     for iface in root.interfaces()? {
         let dir = root.interface_dir(&iface);
@@ -43,19 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(holder) = agent::agent_holding(&args.state_dir, root.path()) {
-        eprintln!(
-            "note: an airlock agent ({holder}) reads these drop samples too; the kernel's ring has one read position, so each sample shows either here or in the agent's log"
-        );
-    }
-    println!(
-        "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} reason",
-        "time", "interface", "source", "proto", "port", "rule"
-    );
-    let deadline = args
-        .seconds
-        .map(|s| std::time::Instant::now() + Duration::from_secs(s));
-    while deadline.is_none_or(|d| std::time::Instant::now() < d) {
+    print_header();
+    while deadline.is_none_or(|d| Instant::now() < d) {
         let mut quiet = true;
         for (iface, names, ring) in &mut rings {
             while let Some(item) = ring.next() {
@@ -63,34 +83,75 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let Some(event) = DropEvent::decode(&item) else {
                     continue;
                 };
-                let rule = event
-                    .rule
-                    .and_then(|i| names.get(i as usize).cloned())
-                    .unwrap_or_else(|| "-".to_owned());
-                let verdict = if event.monitor {
-                    " (monitor: passed)"
-                } else {
-                    ""
-                };
-                println!(
-                    "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} {}{verdict}",
-                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                        .to_string()
-                        .get(11..19)
-                        .unwrap_or(""),
-                    iface,
-                    event.source_text(),
-                    event.protocol_name(),
-                    event.dst_port,
-                    rule,
-                    event.reason.name(),
-                );
+                let rule = event.rule.and_then(|i| names.get(i as usize).cloned());
+                print_row(&DropRecord::new(iface, &event, rule));
             }
         }
         if quiet {
-            // Samples are rate limited in the kernel; polling 10 times a second is ample.
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the agent's samples (one JSON line each) until `deadline` or until the
+/// agent goes away.
+fn through_agent(stream: UnixStream, deadline: Option<Instant>) -> anyhow::Result<ExitCode> {
+    stream.set_read_timeout(Some(POLL))?;
+    let mut lines = BufReader::new(stream);
+    let mut line = String::new();
+    while deadline.is_none_or(|d| Instant::now() < d) {
+        match lines.read_line(&mut line) {
+            Ok(0) => {
+                eprintln!("the agent closed the sample stream (it stopped)");
+                break;
+            }
+            // A whole line: a timeout may have left a part of one in `line`.
+            Ok(_) if line.ends_with('\n') => {
+                if let Ok(record) = serde_json::from_str::<DropRecord>(&line) {
+                    print_row(&record);
+                } else if let Ok(missed) = serde_json::from_str::<agent::Missed>(&line) {
+                    eprintln!("({} samples skipped: this view fell behind)", missed.missed);
+                }
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_header() {
+    println!(
+        "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} reason",
+        "time", "interface", "source", "proto", "port", "rule"
+    );
+}
+
+fn print_row(record: &DropRecord) {
+    let verdict = if record.verdict == "would_drop" {
+        " (monitor: passed)"
+    } else {
+        ""
+    };
+    let rule = if record.rule.is_empty() {
+        "-"
+    } else {
+        &record.rule
+    };
+    println!(
+        "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} {}{verdict}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .get(11..19)
+            .unwrap_or(""),
+        record.interface,
+        record.source,
+        record.protocol,
+        record.dst_port,
+        rule,
+        record.reason,
+    );
 }

@@ -1,0 +1,62 @@
+//! The agent's drop samples for `airlock watch`: a Unix socket beside the agent's
+//! lock, for root only (mode 0600), one JSON line per sample to each client.
+
+use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{UnixListener, UnixStream},
+    sync::broadcast::{self, error::RecvError},
+};
+
+use super::samples::Feed;
+
+/// What a client reads when it fell behind and samples were skipped for it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Missed {
+    pub missed: u64,
+}
+
+/// Serves `feed` at `path` for as long as the agent runs. A socket file left by a
+/// killed agent is replaced; `watch` only connects while the agent's lock is held.
+pub fn serve(path: PathBuf, feed: Feed) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tracing::info!("a watch session reads the drop samples");
+                    tokio::spawn(send_samples(stream, feed.subscribe()));
+                }
+                Err(error) => {
+                    // EMFILE and the like: try again later rather than spin.
+                    tracing::warn!(%error, "accepting a watch session");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Writes every sample to `stream` until the client goes away.
+async fn send_samples(mut stream: UnixStream, mut samples: broadcast::Receiver<Arc<str>>) {
+    loop {
+        let line: Arc<str> = match samples.recv().await {
+            Ok(line) => line,
+            Err(RecvError::Lagged(missed)) => match serde_json::to_string(&Missed { missed }) {
+                Ok(line) => line.into(),
+                Err(_) => continue,
+            },
+            Err(RecvError::Closed) => return,
+        };
+        if stream.write_all(line.as_bytes()).await.is_err()
+            || stream.write_all(b"\n").await.is_err()
+        {
+            return;
+        }
+    }
+}
