@@ -478,12 +478,17 @@ fn watch_beside_the_agent_shows_every_drop_and_the_log_keeps_them_all() {
         )),
         "{stderr}"
     );
-    // Another state directory holds no agent's lock: watch reads the rings itself.
-    let alone = watch_command(&f.dir.path().join("no-agent"), "0")
-        .output()
-        .expect("airlock watch");
-    assert!(alone.status.success(), "{alone:?}");
-    assert!(!String::from_utf8_lossy(&alone.stderr).contains("agent"));
+    // Without an agent (another state directory; the agent killed, its socket
+    // file left behind), watch reads the rings itself.
+    let alone = |state: &Path| {
+        let run = watch_command(state, "0").output().expect("airlock watch");
+        assert!(run.status.success(), "{run:?}");
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    assert!(!alone(&f.dir.path().join("no-agent")).contains("agent"));
+    drop(agent);
+    let stderr = alone(&state_dir(&f));
+    assert!(!stderr.contains("agent"), "{stderr}");
 }
 
 #[test]

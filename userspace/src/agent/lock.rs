@@ -21,7 +21,10 @@ pub struct InstanceLock {
 /// spelled `_`, so two agents with different pin roots (tests, several namespaces)
 /// don't exclude each other.
 fn state_file(state_dir: &Path, pin_root: &Path, kind: &str) -> PathBuf {
+    // By components: "/a/b/" and "/a/b" are one pin root.
     let key: String = pin_root
+        .components()
+        .collect::<PathBuf>()
         .display()
         .to_string()
         .chars()

@@ -1,11 +1,13 @@
 //! The agent's drop samples for `airlock watch`: a Unix socket beside the agent's
-//! lock, for root only (mode 0600), one JSON line per sample to each client.
+//! lock, for root only (mode 0600, and a client's credentials checked, since the
+//! samples name the sources that were refused), one JSON line per sample to each
+//! client.
 
 use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::AsyncWriteExt as _,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{UnixListener, UnixStream},
     sync::broadcast::{self, error::RecvError},
 };
@@ -28,6 +30,14 @@ pub fn serve(path: PathBuf, feed: Feed) -> std::io::Result<()> {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
+                    // Root, or the user the agent runs as; never anyone else, even if
+                    // the file's mode let them in before it was set.
+                    let uid = stream.peer_cred().map(|c| c.uid());
+                    let ours = nix::unistd::geteuid().as_raw();
+                    if !matches!(uid, Ok(uid) if uid == 0 || uid == ours) {
+                        tracing::warn!(?uid, "refused a sample reader that is not root");
+                        continue;
+                    }
                     tracing::info!("a watch session reads the drop samples");
                     tokio::spawn(send_samples(stream, feed.subscribe()));
                 }
@@ -42,19 +52,29 @@ pub fn serve(path: PathBuf, feed: Feed) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes every sample to `stream` until the client goes away.
-async fn send_samples(mut stream: UnixStream, mut samples: broadcast::Receiver<Arc<str>>) {
+/// Writes every sample to `stream` until the client goes away (noticed when a
+/// write fails, or when it closes its end while no samples come).
+async fn send_samples(stream: UnixStream, mut samples: broadcast::Receiver<Arc<str>>) {
+    let (mut from_client, mut to_client) = stream.into_split();
+    let mut ignored = [0u8; 64];
     loop {
-        let line: Arc<str> = match samples.recv().await {
-            Ok(line) => line,
-            Err(RecvError::Lagged(missed)) => match serde_json::to_string(&Missed { missed }) {
-                Ok(line) => line.into(),
-                Err(_) => continue,
+        let line: Arc<str> = tokio::select! {
+            received = samples.recv() => match received {
+                Ok(line) => line,
+                Err(RecvError::Lagged(missed)) => match serde_json::to_string(&Missed { missed }) {
+                    Ok(line) => line.into(),
+                    Err(_) => continue,
+                },
+                Err(RecvError::Closed) => return,
             },
-            Err(RecvError::Closed) => return,
+            // The client sends nothing: end of stream or an error means it left.
+            read = from_client.read(&mut ignored) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
         };
-        if stream.write_all(line.as_bytes()).await.is_err()
-            || stream.write_all(b"\n").await.is_err()
+        if to_client.write_all(line.as_bytes()).await.is_err()
+            || to_client.write_all(b"\n").await.is_err()
         {
             return;
         }

@@ -39,18 +39,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let deadline = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));
-    if let Some(holder) = agent::agent_holding(&args.state_dir, root.path()) {
-        let socket = agent::samples_socket_path(&args.state_dir, root.path());
-        match UnixStream::connect(&socket) {
-            Ok(stream) => {
-                eprintln!("reading the drop samples of the airlock agent ({holder})");
-                print_header();
-                return through_agent(stream, deadline);
+    // Only a running agent answers on its socket (a killed one's file refuses).
+    let socket = agent::samples_socket_path(&args.state_dir, root.path());
+    let holder = || agent::agent_holding(&args.state_dir, root.path());
+    match UnixStream::connect(&socket) {
+        Ok(stream) => {
+            let who = holder().map(|h| format!(" ({h})")).unwrap_or_default();
+            eprintln!("reading the drop samples of the airlock agent{who}");
+            print_header();
+            return through_agent(stream, deadline);
+        }
+        Err(error) => {
+            if let Some(holder) = holder() {
+                eprintln!(
+                    "note: an airlock agent ({holder}) reads these drop samples, and its socket {} does not answer ({error}): each sample shows either here or in its log",
+                    socket.display()
+                );
             }
-            Err(error) => eprintln!(
-                "note: an airlock agent ({holder}) reads these drop samples, and its socket {} does not answer ({error}): each sample shows either here or in its log",
-                socket.display()
-            ),
         }
     }
     from_rings(&root, deadline)
@@ -99,18 +104,20 @@ fn from_rings(root: &PinRoot, deadline: Option<Instant>) -> anyhow::Result<ExitC
 fn through_agent(stream: UnixStream, deadline: Option<Instant>) -> anyhow::Result<ExitCode> {
     stream.set_read_timeout(Some(POLL))?;
     let mut lines = BufReader::new(stream);
-    let mut line = String::new();
+    // Bytes, not a String: a read that times out keeps what it read, even half of
+    // a character.
+    let mut line = Vec::new();
     while deadline.is_none_or(|d| Instant::now() < d) {
-        match lines.read_line(&mut line) {
+        match lines.read_until(b'\n', &mut line) {
             Ok(0) => {
                 eprintln!("the agent closed the sample stream (it stopped)");
                 break;
             }
             // A whole line: a timeout may have left a part of one in `line`.
-            Ok(_) if line.ends_with('\n') => {
-                if let Ok(record) = serde_json::from_str::<DropRecord>(&line) {
+            Ok(_) if line.ends_with(b"\n") => {
+                if let Ok(record) = serde_json::from_slice::<DropRecord>(&line) {
                     print_row(&record);
-                } else if let Ok(missed) = serde_json::from_str::<agent::Missed>(&line) {
+                } else if let Ok(missed) = serde_json::from_slice::<agent::Missed>(&line) {
                     eprintln!("({} samples skipped: this view fell behind)", missed.missed);
                 }
                 line.clear();
