@@ -27,7 +27,8 @@ pub use state::AgentState;
 
 use crate::loader::{LoaderError, PinRoot};
 
-/// Where the agent keeps its single-instance lock unless told otherwise.
+/// Where the agent keeps its single-instance lock and its drop-sample socket
+/// unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/airlock";
 
 pub use lock::{holder as agent_holding, samples_socket_path};

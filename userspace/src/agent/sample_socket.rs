@@ -21,7 +21,8 @@ pub struct Missed {
 }
 
 /// Serves `feed` at `path` for as long as the agent runs. A socket file left by a
-/// killed agent is replaced; `watch` only connects while the agent's lock is held.
+/// killed agent is replaced here; until then it refuses connections, and `watch`
+/// reads the rings itself.
 pub fn serve(path: PathBuf, feed: Feed) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;

@@ -23,7 +23,7 @@ pub struct Args {
     /// Remove the filters on exit instead of leaving them enforcing.
     #[arg(long)]
     detach_on_exit: bool,
-    /// Directory for the single-instance lock.
+    /// Directory for the single-instance lock and the drop-sample socket `watch` reads.
     #[arg(long, default_value = agent::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Seconds between checks that every interface still runs the current policy
