@@ -25,7 +25,10 @@ use tokio::{
 
 pub use state::AgentState;
 
-use crate::loader::{LoaderError, PinRoot};
+use crate::{
+    loader::{LoaderError, PinRoot},
+    policy::XdpMode,
+};
 
 /// Where the agent keeps its single-instance lock and its drop-sample socket
 /// unless told otherwise.
@@ -49,6 +52,8 @@ pub struct AgentConfig {
     pub sample_rate: u32,
     /// Apply policies the anti-lockout check refuses.
     pub force: bool,
+    /// Overrides the policy's `xdp_mode`.
+    pub xdp_mode: Option<XdpMode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +129,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         Arc::clone(&state),
     );
     reconciler.set_force(config.force);
+    reconciler.set_xdp_mode(config.xdp_mode);
     let names = samples::RuleNames::default();
     // Samples come at most a few hundred a second per CPU (the kernel's limit).
     let (feed, _) = tokio::sync::broadcast::channel(1024);

@@ -18,7 +18,7 @@ use super::state::AgentState;
 use crate::{
     compile::{self, Compiled},
     interfaces,
-    loader::{self, LINK_PIN, PinRoot, PolicyMaps, PolicySummary},
+    loader::{self, PinRoot, PolicyMaps, PolicySummary},
     policy,
 };
 
@@ -39,6 +39,8 @@ pub struct Reconciler {
     applied: Option<Applied>,
     /// Apply policies the anti-lockout check refuses (`agent --force`).
     force: bool,
+    /// `agent --xdp-mode`, over the policy's.
+    xdp_mode: Option<policy::XdpMode>,
 }
 
 impl Reconciler {
@@ -57,7 +59,13 @@ impl Reconciler {
             state,
             applied: None,
             force: false,
+            xdp_mode: None,
         }
+    }
+
+    /// `agent --xdp-mode`: overrides the policy's `xdp_mode`.
+    pub fn set_xdp_mode(&mut self, xdp_mode: Option<policy::XdpMode>) {
+        self.xdp_mode = xdp_mode;
     }
 
     /// `agent --force`: apply policies that the anti-lockout check refuses.
@@ -94,13 +102,16 @@ impl Reconciler {
             tracing::debug!(why, "policy file unchanged");
             return;
         }
-        let policy = match policy::parse_str(&text, &self.policy_path) {
+        let mut policy = match policy::parse_str(&text, &self.policy_path) {
             Ok(policy) => policy,
             Err(error) => {
                 self.fail(why, &error.to_string());
                 return;
             }
         };
+        if let Some(xdp_mode) = self.xdp_mode {
+            policy.xdp_mode = xdp_mode;
+        }
         let compiled = match compile::compile(&policy) {
             Ok(compiled) => compiled,
             Err(error) => {
@@ -303,11 +314,7 @@ impl Reconciler {
     /// now and its maps hold the policy this agent last put there.
     fn check(&self, iface: &str, index: u32, expected: Option<u64>) -> Result<(), &'static str> {
         let dir = self.root.interface_dir(iface);
-        let link = loader::pinned_link_state(&dir.join(LINK_PIN), loader::LinkKind::Xdp)
-            .map_err(|_| "no pinned link")?;
-        if link.ifindex != index {
-            return Err("link not attached to the interface (deleted and recreated?)");
-        }
+        loader::pinned_filter_fits(&dir, iface)?;
         let egress = loader::pinned_link_state(
             &dir.join(loader::EGRESS_LINK_PIN),
             loader::LinkKind::TcxEgress,

@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use airlock::agent::{self, AgentConfig};
+use airlock::{
+    agent::{self, AgentConfig},
+    policy::XdpMode,
+};
 use airlock_common::DEFAULT_SAMPLE_RATE;
 
 use super::PinRootArg;
@@ -37,6 +40,10 @@ pub struct Args {
     /// discovery (by default such a policy is rejected like an invalid one).
     #[arg(long)]
     force: bool,
+    /// How to attach the XDP program (overrides the policy's `xdp_mode`): auto
+    /// (native, or generic where the driver has no native XDP), native or generic.
+    #[arg(long, value_name = "MODE", value_parser = super::parse_xdp_mode)]
+    xdp_mode: Option<XdpMode>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -50,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         reconcile_interval: Duration::from_secs(args.reconcile_interval.max(1)),
         sample_rate: args.sample_rate,
         force: args.force,
+        xdp_mode: args.xdp_mode,
     };
     // One thread is plenty: the work is a few system calls per event.
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 use airlock::{
     compile,
     loader::{self, PinRoot, PolicySummary},
-    policy::{self, Mode},
+    policy::{self, Mode, XdpMode},
     safety::lockout::Facts,
 };
 
@@ -25,6 +25,10 @@ pub struct Args {
     /// Override the policy's mode.
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
+    /// How to attach the XDP program (overrides the policy's `xdp_mode`): auto
+    /// (native, or generic where the driver has no native XDP), native or generic.
+    #[arg(long, value_name = "MODE", value_parser = super::parse_xdp_mode)]
+    xdp_mode: Option<XdpMode>,
     /// Print what would be loaded and touch nothing.
     #[arg(long)]
     dry_run: bool,
@@ -59,6 +63,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
+    if let Some(xdp_mode) = args.xdp_mode {
+        policy.xdp_mode = xdp_mode;
+    }
     let root = PinRoot::new(&args.pin_root.pin_root);
     let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     // A plain apply takes the writer lock before compiling, and the grace period
@@ -86,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     interfaces::check_exist(&ifaces)?;
+    airlock::link_type::check_supported(&ifaces)?;
     safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
     if writer.is_none() {
         safe::finish_expired(&root);

@@ -71,9 +71,56 @@ pub enum LoaderError {
     NotInstalled(String),
     #[error("the source table in map {0} is not well formed (ranges unsorted or missing)")]
     MalformedSourceTable(&'static str),
+    #[error(transparent)]
+    LinkType(#[from] crate::link_type::LinkTypeError),
+    #[error(
+        "interface {iface} already has an XDP program: {programs}; Airlock does not attach \
+         beside another XDP program (one that redirects or drops packets would take them \
+         before Airlock sees them): detach it first (ip link set dev {iface} xdp off)"
+    )]
+    XdpOccupied { iface: String, programs: String },
+    #[error(
+        "native XDP on {iface}: its driver does not support native XDP ({source}); \
+         use --xdp-mode auto or generic (xdp_mode in the policy)"
+    )]
+    NativeUnsupported {
+        iface: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error(
+        "native XDP attach on {iface} failed: {source}; not falling back to generic mode \
+         (only a driver without native XDP gets that): fix the cause, or choose generic \
+         mode with --xdp-mode generic (xdp_mode: generic in the policy)"
+    )]
+    NativeFailed {
+        iface: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error(
+        "the filter on {iface} is attached in {attached} mode, and {requested} mode was asked \
+         for; an apply swaps the policy without re-attaching: run `airlock remove --iface \
+         {iface}` and apply again to change the mode (the interface is unfiltered in between)"
+    )]
+    ModeMismatch {
+        iface: String,
+        attached: &'static str,
+        requested: &'static str,
+    },
 }
 
 impl LoaderError {
+    /// Whether the request itself is wrong (an interface Airlock cannot filter, an
+    /// attach mode the filter in place does not have): exit code 2, like a bad policy.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            LoaderError::LinkType(crate::link_type::LinkTypeError::Unsupported { .. })
+                | LoaderError::ModeMismatch { .. }
+        )
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self::Io {
             op,

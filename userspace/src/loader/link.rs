@@ -6,9 +6,7 @@ use std::{
     path::Path,
 };
 
-use aya::programs::{
-    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::TcAttachOptions,
-};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 
 use super::LoaderError;
 
@@ -29,33 +27,6 @@ impl AttachMode {
             AttachMode::Skb => "skb",
         }
     }
-}
-
-/// Attaches in native mode, falling back to generic with a warning. The link is
-/// returned as an `FdLink` so the caller can pin it; until pinned, dropping it detaches.
-pub(crate) fn attach(program: &mut Xdp, iface: &str) -> Result<(FdLink, AttachMode), LoaderError> {
-    let program_err = |source| LoaderError::Program {
-        name: airlock_common::PROGRAM_NAME,
-        source: Box::new(source),
-    };
-    let (link_id, mode) = match program.attach(iface, XdpMode::Driver) {
-        Ok(id) => (id, AttachMode::Driver),
-        Err(native) => {
-            tracing::warn!(
-                iface,
-                error = %native,
-                "native XDP attach failed; falling back to generic (skb) mode, which filters later and slower"
-            );
-            let id = program.attach(iface, XdpMode::Skb).map_err(program_err)?;
-            (id, AttachMode::Skb)
-        }
-    };
-    let link = program.take_link(link_id).map_err(program_err)?;
-    let link = FdLink::try_from(link).map_err(|e| LoaderError::Link {
-        iface: iface.to_owned(),
-        source: e,
-    })?;
-    Ok((link, mode))
 }
 
 /// Attaches the egress program with tcx, first in the interface's egress chain:
@@ -122,6 +93,7 @@ pub struct LinkState {
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -221,6 +193,26 @@ fn state_of(fd: &OwnedFd, kind: LinkKind) -> std::io::Result<LinkState> {
         program_id: word(8),
         ifindex: word(16),
     })
+}
+
+/// The name of the loaded program with id `program_id` (the kernel keeps the first
+/// 15 bytes), or `None` if there is no such program any more.
+pub fn program_name(program_id: u32) -> Option<String> {
+    // BPF_PROG_GET_FD_BY_ID: prog_id (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(program_id);
+    // SAFETY: no pointers in attr.
+    let fd = owned(unsafe { bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) }.ok()?);
+    // `struct bpf_prog_info` up to and including `name[16]` at byte 64.
+    let mut info = [0u8; 80];
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd.as_raw_fd() as u32) | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    // SAFETY: info is writable for info_len bytes and outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }.ok()?;
+    let name = &info[64..80];
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..len]).into_owned())
 }
 
 /// The interface's index in this network namespace, or `None` if it does not exist.

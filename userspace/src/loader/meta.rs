@@ -11,7 +11,10 @@ use airlock_common::{LAYOUT_VERSION, META_BYTES, PolicyMeta};
 use serde::{Deserialize, Serialize};
 
 use super::LoaderError;
-use crate::{compile::Compiled, policy::Policy};
+use crate::{
+    compile::Compiled,
+    policy::{Policy, XdpMode},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleSummary {
@@ -35,6 +38,10 @@ pub struct PolicySummary {
     pub prefixes_v6: usize,
     /// `driver` (native) or `skb` (generic).
     pub attach_mode: String,
+    /// The attach mode asked for (policy `xdp_mode`, or `--xdp-mode`); `auto` in
+    /// summaries written before it was recorded.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
     /// Set names of `management` and `deny`, for `airlock diff` (absent in summaries
     /// written before they were recorded).
     #[serde(default)]
@@ -99,6 +106,7 @@ impl PolicySummary {
             prefixes_v4: stats.entries.v4,
             prefixes_v6: stats.entries.v6,
             attach_mode: String::new(),
+            xdp_mode: policy.xdp_mode,
             management: policy
                 .management
                 .sets

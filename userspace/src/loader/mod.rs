@@ -16,6 +16,7 @@ mod pins;
 mod policy_maps;
 mod source_tables;
 mod writer;
+mod xdp_attach;
 
 use std::{fs, path::Path};
 
@@ -30,7 +31,7 @@ pub use flows::{Flow, FlowOccupancy, FlowTable, monotonic_ns, seed_from_socket_t
 pub use grace_record::record_grace_periods;
 pub use link::{
     AttachMode, LinkKind, LinkState, egress_supported, interface_index, link_state,
-    pinned_link_state,
+    pinned_link_state, program_name,
 };
 pub use meta::{PendingConfirm, PolicySummary, Restored, RuleSummary};
 pub use object::{floor_object_bytes, load_object, object_bytes};
@@ -41,8 +42,25 @@ pub use policy_maps::{Counters, PolicyMaps, SourcePrefixes};
 pub use source_tables::TableShape;
 pub use writer::WriterLock;
 
-use crate::compile::Compiled;
+use crate::{
+    compile::Compiled,
+    link_type::{self, Framing, LinkFacts},
+    policy::XdpMode,
+};
 use policy_maps::Grace;
+
+/// The programs for interfaces whose frames start at the IP header (tun, WireGuard,
+/// PPP...): same maps, parsing from offset 0.
+pub const PROGRAM_NAME_L3: &str = "airlock_xdp_l3";
+pub const EGRESS_PROGRAM_NAME_L3: &str = "airlock_egress_l3";
+
+/// The XDP and egress programs that read `framing`'s frames.
+pub fn program_names(framing: Framing) -> (&'static str, &'static str) {
+    match framing {
+        Framing::Ethernet => (PROGRAM_NAME, EGRESS_PROGRAM_NAME),
+        Framing::Ip => (PROGRAM_NAME_L3, EGRESS_PROGRAM_NAME_L3),
+    }
+}
 
 /// What `apply` did on one interface.
 #[derive(Clone, Debug)]
@@ -61,35 +79,46 @@ pub struct ApplyOutcome {
 pub struct LoadedFilter {
     pub ebpf: Ebpf,
     pub maps: PolicyMaps,
+    framing: Framing,
 }
 
 impl LoadedFilter {
+    /// The programs for Ethernet frames.
     pub fn load() -> Result<Self, LoaderError> {
+        Self::load_for(Framing::Ethernet)
+    }
+
+    /// The programs for `framing`'s frames.
+    pub fn load_for(framing: Framing) -> Result<Self, LoaderError> {
         let mut ebpf = load_object()?;
         let maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
-        let program = xdp_program(&mut ebpf)?;
-        program.load().map_err(program_error)?;
-        Ok(Self { ebpf, maps })
+        let (name, _) = program_names(framing);
+        let program = xdp_program(&mut ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| named_program_error(name, source))?;
+        Ok(Self {
+            ebpf,
+            maps,
+            framing,
+        })
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, LoaderError> {
-        xdp_program(&mut self.ebpf)
+        xdp_program(&mut self.ebpf, program_names(self.framing).0)
     }
 
     /// The egress program, loaded on first use (tests run it with BPF_PROG_TEST_RUN).
     pub fn egress_program(&mut self) -> Result<&mut SchedClassifier, LoaderError> {
-        let program = egress_program(&mut self.ebpf)?;
+        let name = program_names(self.framing).1;
+        let program = egress_program(&mut self.ebpf, name)?;
         if program.fd().is_err() {
             program
                 .load()
-                .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
+                .map_err(|source| named_program_error(name, source))?;
         }
         Ok(program)
     }
-}
-
-fn program_error(source: aya::programs::ProgramError) -> LoaderError {
-    named_program_error(PROGRAM_NAME, source)
 }
 
 fn named_program_error(name: &'static str, source: aya::programs::ProgramError) -> LoaderError {
@@ -99,16 +128,21 @@ fn named_program_error(name: &'static str, source: aya::programs::ProgramError) 
     }
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoaderError> {
-    let missing = || program_error(aya::programs::ProgramError::UnexpectedProgramType);
-    let program = ebpf.program_mut(PROGRAM_NAME).ok_or_else(missing)?;
-    program.try_into().map_err(program_error)
+fn xdp_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp, LoaderError> {
+    let error = |source| named_program_error(name, source);
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| error(aya::programs::ProgramError::UnexpectedProgramType))?;
+    program.try_into().map_err(error)
 }
 
-fn egress_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, LoaderError> {
-    let error = |source| named_program_error(EGRESS_PROGRAM_NAME, source);
+fn egress_program<'e>(
+    ebpf: &'e mut Ebpf,
+    name: &'static str,
+) -> Result<&'e mut SchedClassifier, LoaderError> {
+    let error = |source| named_program_error(name, source);
     let program = ebpf
-        .program_mut(EGRESS_PROGRAM_NAME)
+        .program_mut(name)
         .ok_or_else(|| error(aya::programs::ProgramError::UnexpectedProgramType))?;
     program.try_into().map_err(error)
 }
@@ -124,15 +158,34 @@ pub fn apply(
     compiled: &Compiled,
     mut summary: PolicySummary,
 ) -> Result<ApplyOutcome, LoaderError> {
-    let ifindex =
-        interface_index(iface).ok_or_else(|| LoaderError::NoSuchInterface(iface.to_owned()))?;
+    // Refuses interfaces whose frames no program of ours reads (loopback, IP
+    // tunnels...), naming the interface and its type.
+    let (framing, facts) = link_type::framing_of(iface).map_err(|error| match error {
+        link_type::LinkTypeError::Missing(iface) => LoaderError::NoSuchInterface(iface),
+        other => LoaderError::from(other),
+    })?;
+    let ifindex = facts.ifindex;
     root.ensure_mounted()?;
     let dir = root.interface_dir(iface);
     if dir.exists() {
         match pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) {
-            Ok(state) if state.ifindex == ifindex => {
+            Ok(state) if state.ifindex == ifindex && runs_program_for(&state, framing) => {
                 let grace = Grace::Early(writer, &dir);
-                return swap_policy(&dir, iface, ifindex, compiled, summary, grace);
+                let mode = attached_mode(&facts, &state);
+                check_mode(iface, mode, summary.xdp_mode)?;
+                return swap_policy(&dir, iface, ifindex, mode, compiled, summary, grace);
+            }
+            Ok(state) if state.ifindex == ifindex => {
+                // Loaded for another link type (a filter from before Airlock told
+                // them apart, or a device recreated under the same index): it
+                // misreads every frame, so it must not stay.
+                tracing::warn!(
+                    iface,
+                    program = link::program_name(state.program_id).unwrap_or_default(),
+                    framing = framing.name(),
+                    "pinned filter reads the wrong frame layout for this interface; reinstalling"
+                );
+                pins::remove_dir(&dir)?;
             }
             state => {
                 // The interface was deleted (and maybe recreated) or the link was
@@ -147,7 +200,59 @@ pub fn apply(
         }
     }
     summary.serial = 1;
-    install(root, iface, compiled, summary)
+    install(root, iface, framing, compiled, summary)
+}
+
+/// Whether the pinned filter runs the program that reads `framing`'s frames.
+fn runs_program_for(state: &LinkState, framing: Framing) -> bool {
+    // The kernel keeps the first 15 bytes of a program's name.
+    let expected: String = program_names(framing).0.chars().take(15).collect();
+    link::program_name(state.program_id).is_some_and(|name| name == expected)
+}
+
+/// Whether the filter pinned in `dir` is attached to `iface` as it is now and runs
+/// the program for its link type (for the agent's drift check).
+pub fn pinned_filter_fits(dir: &Path, iface: &str) -> Result<(), &'static str> {
+    let state = pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp)
+        .map_err(|_| "no pinned link")?;
+    let (framing, facts) = link_type::framing_of(iface).map_err(|_| "link type not supported")?;
+    if state.ifindex != facts.ifindex {
+        return Err("link not attached to the interface (deleted and recreated?)");
+    }
+    if !runs_program_for(&state, framing) {
+        return Err("the program attached reads the wrong frame layout for this link type");
+    }
+    Ok(())
+}
+
+/// The mode our program runs in on the interface, as the kernel says.
+fn attached_mode(facts: &LinkFacts, state: &LinkState) -> AttachMode {
+    if facts.xdp.generic == state.program_id {
+        AttachMode::Skb
+    } else {
+        AttachMode::Driver
+    }
+}
+
+/// An explicit mode the filter in place does not have is refused: a swap does not
+/// re-attach.
+fn check_mode(iface: &str, attached: AttachMode, requested: XdpMode) -> Result<(), LoaderError> {
+    let fits = match requested {
+        XdpMode::Auto => true,
+        XdpMode::Native => attached == AttachMode::Driver,
+        XdpMode::Generic => attached == AttachMode::Skb,
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(LoaderError::ModeMismatch {
+        iface: iface.to_owned(),
+        attached: match attached {
+            AttachMode::Driver => "native",
+            AttachMode::Skb => "generic",
+        },
+        requested: requested.name(),
+    })
 }
 
 /// Re-attaches the pinned egress program if its link is gone (someone detached it)
@@ -190,6 +295,7 @@ fn swap_policy(
     dir: &Path,
     iface: &str,
     ifindex: u32,
+    attach_mode: AttachMode,
     compiled: &Compiled,
     mut summary: PolicySummary,
     grace: Grace<'_>,
@@ -198,10 +304,6 @@ fn swap_policy(
     check_layout(&maps, dir, iface)?;
     ensure_egress(dir, iface, ifindex)?;
     let previous = maps.active_summary()?;
-    let attach_mode = match previous.as_ref().map(|p| p.attach_mode.as_str()) {
-        Some("skb") => AttachMode::Skb,
-        _ => AttachMode::Driver,
-    };
     summary.serial = previous.map_or(1, |p| p.serial + 1);
     summary.attach_mode = attach_mode.as_str().to_owned();
     let generation = maps.apply_after(compiled, &summary, grace)?;
@@ -235,12 +337,13 @@ fn check_layout(maps: &PolicyMaps, dir: &Path, iface: &str) -> Result<(), Loader
 fn install(
     root: &PinRoot,
     iface: &str,
+    framing: Framing,
     compiled: &Compiled,
     mut summary: PolicySummary,
 ) -> Result<ApplyOutcome, LoaderError> {
     let staging = root.staging_dir(iface);
     fs::create_dir_all(&staging).map_err(|e| LoaderError::io("creating", &staging, e))?;
-    let result = install_staged(&staging, iface, compiled, &mut summary);
+    let result = install_staged(&staging, iface, framing, compiled, &mut summary);
     match result {
         Ok(outcome) => {
             let dir = root.interface_dir(iface);
@@ -263,9 +366,11 @@ fn install(
 fn install_staged(
     staging: &Path,
     iface: &str,
+    framing: Framing,
     compiled: &Compiled,
     summary: &mut PolicySummary,
 ) -> Result<ApplyOutcome, LoaderError> {
+    let (xdp_name, egress_name) = program_names(framing);
     let mut ebpf = load_object()?;
     for (name, map) in ebpf.maps() {
         let path = staging.join(name);
@@ -288,7 +393,7 @@ fn install_staged(
     // program sees its first packet: nothing is attached until all are done.
     let policy: &PolicySummary = summary;
     let (loaded, written) = crate::parallel::join(
-        || load_programs(&mut ebpf, egress),
+        || load_programs(&mut ebpf, xdp_name, egress.then_some(egress_name)),
         || {
             maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
             maps.apply(compiled, policy)
@@ -296,7 +401,7 @@ fn install_staged(
     );
     loaded?;
     let generation = written?;
-    let program = xdp_program(&mut ebpf)?;
+    let program = xdp_program(&mut ebpf, xdp_name)?;
     let program_pin = staging.join(PROGRAM_PIN);
     program
         .pin(&program_pin)
@@ -305,10 +410,10 @@ fn install_staged(
             source,
         })?;
     if egress {
-        install_egress(&mut ebpf, staging, iface)?;
+        install_egress(&mut ebpf, egress_name, staging, iface)?;
     }
-    let program = xdp_program(&mut ebpf)?;
-    let (link, attach_mode) = link::attach(program, iface)?;
+    let program = xdp_program(&mut ebpf, xdp_name)?;
+    let (link, attach_mode) = xdp_attach::attach(program, iface, summary.xdp_mode)?;
     if attach_mode != AttachMode::Driver {
         summary.attach_mode = attach_mode.as_str().to_owned();
         maps.rewrite_active_summary(summary)?;
@@ -327,25 +432,30 @@ fn install_staged(
     })
 }
 
-/// Loads (has the kernel verify) the XDP program and, with `egress`, the egress
-/// program, each on its own thread.
-fn load_programs(ebpf: &mut Ebpf, egress: bool) -> Result<(), LoaderError> {
+/// Loads (has the kernel verify) the XDP program `xdp_name` and the egress program
+/// `egress_name` if given, each on its own thread.
+fn load_programs(
+    ebpf: &mut Ebpf,
+    xdp_name: &'static str,
+    egress_name: Option<&'static str>,
+) -> Result<(), LoaderError> {
     let (mut xdp, mut tc) = (None, None);
     for (name, program) in ebpf.programs_mut() {
-        match name {
-            PROGRAM_NAME => xdp = Some(program),
-            EGRESS_PROGRAM_NAME => tc = Some(program),
-            _ => {}
+        if name == xdp_name {
+            xdp = Some(program);
+        } else if Some(name) == egress_name {
+            tc = Some(program);
         }
     }
+    let program_error = |source| named_program_error(xdp_name, source);
     let xdp: &mut Xdp = xdp
         .ok_or_else(|| program_error(aya::programs::ProgramError::UnexpectedProgramType))?
         .try_into()
         .map_err(program_error)?;
-    if !egress {
+    let Some(egress_name) = egress_name else {
         return xdp.load().map_err(program_error);
-    }
-    let egress_error = |source| named_program_error(EGRESS_PROGRAM_NAME, source);
+    };
+    let egress_error = |source| named_program_error(egress_name, source);
     let tc: &mut SchedClassifier = tc
         .ok_or_else(|| egress_error(aya::programs::ProgramError::UnexpectedProgramType))?
         .try_into()
@@ -360,8 +470,13 @@ fn load_programs(ebpf: &mut Ebpf, egress: bool) -> Result<(), LoaderError> {
 /// Pins and attaches the (loaded) egress program. Flows are recorded before the
 /// XDP program starts dropping, so a connection the host opens while the install
 /// runs still gets its replies.
-fn install_egress(ebpf: &mut Ebpf, staging: &Path, iface: &str) -> Result<(), LoaderError> {
-    let egress = egress_program(ebpf)?;
+fn install_egress(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    staging: &Path,
+    iface: &str,
+) -> Result<(), LoaderError> {
+    let egress = egress_program(ebpf, name)?;
     let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
     egress.pin(&egress_pin).map_err(|source| LoaderError::Pin {
         path: egress_pin,

@@ -54,6 +54,8 @@ pub struct Policy {
     pub mode: Mode,
     /// What traffic to a port no rule covers gets.
     pub default: DefaultAction,
+    /// How the XDP program is attached (`--xdp-mode` overrides it).
+    pub xdp_mode: XdpMode,
     /// Sources that always pass.
     pub management: SourceGroup,
     /// Sources that are always dropped (management still wins).
@@ -97,6 +99,39 @@ impl Mode {
             Mode::Enforce => "enforce",
             Mode::Monitor => "monitor",
         }
+    }
+}
+
+/// `xdp_mode:`: how the XDP program is attached to each interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (in the driver) where the driver supports it, else generic. Any other
+    /// failure of the native attach (another XDP program there, a driver limit) is
+    /// an error, never a quiet fallback.
+    #[default]
+    Auto,
+    /// Native only: fail where the driver has no native XDP.
+    Native,
+    /// Generic (skb) only.
+    Generic,
+}
+
+impl XdpMode {
+    /// `auto`, `native` or `generic`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+
+    /// The mode named `name`, as the policy and `--xdp-mode` spell it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [XdpMode::Auto, XdpMode::Native, XdpMode::Generic]
+            .into_iter()
+            .find(|mode| mode.name() == name)
     }
 }
 

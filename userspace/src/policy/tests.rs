@@ -126,6 +126,7 @@ fn defaults_and_auto() {
     assert_eq!(p.interfaces, Interfaces::Auto);
     assert_eq!(p.mode, Mode::Enforce);
     assert_eq!(p.default, DefaultAction::Pass);
+    assert_eq!(p.xdp_mode, XdpMode::Auto);
     assert!(p.rules.is_empty() && p.management.sets.is_empty() && p.deny.sets.is_empty());
     // Block-style lists and integer ports.
     let p = parse(&format!("{BASE}rules:\n  - name: a\n    ports:\n      - 22\n      - 80-81\n    from:\n      - 0.0.0.0/0\n      - ::/0\n")).unwrap();
@@ -486,4 +487,25 @@ fn prefix_limit_counts_folded_entries() {
         "the policy compiles to 2 IPv4 prefixes, more than the limit of 1"
     );
     assert_eq!(ctx.diags[0].field, "sets");
+}
+
+#[test]
+fn xdp_mode() {
+    for (name, mode) in [
+        ("auto", XdpMode::Auto),
+        ("native", XdpMode::Native),
+        ("generic", XdpMode::Generic),
+    ] {
+        let p = parse(&format!("{BASE}xdp_mode: {name}\n")).unwrap();
+        assert_eq!(p.xdp_mode, mode);
+        assert_eq!(XdpMode::from_name(name), Some(mode));
+    }
+    let d = one_error(&format!("{BASE}xdp_mode: skb\n"));
+    assert_eq!((d.line, d.column, d.field.as_str()), (3, 11, "xdp_mode"));
+    assert!(
+        d.message
+            .contains("invalid xdp_mode \"skb\" (expected auto or native or generic)"),
+        "{}",
+        d.message
+    );
 }

@@ -12,13 +12,14 @@ use super::error::Diagnostic;
 use super::raw::{self, Ctx, Pos};
 use super::rules::parse_rules;
 use super::sets::{self, SetTable};
-use super::{DefaultAction, Interfaces, Mode, Policy, SourceGroup};
+use super::{DefaultAction, Interfaces, Mode, Policy, SourceGroup, XdpMode};
 
 const TOP_KEYS: &[&str] = &[
     "version",
     "interfaces",
     "mode",
     "default",
+    "xdp_mode",
     "management",
     "sets",
     "deny",
@@ -60,6 +61,16 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
         "default",
         &[("pass", DefaultAction::Pass), ("drop", DefaultAction::Drop)],
     );
+    let xdp_mode = parse_choice(
+        &mut ctx,
+        top,
+        "xdp_mode",
+        &[
+            ("auto", XdpMode::Auto),
+            ("native", XdpMode::Native),
+            ("generic", XdpMode::Generic),
+        ],
+    );
     let table = match present(top, "sets") {
         Some(n) => sets::parse_sets(&mut ctx, n, origin),
         None => SetTable::default(),
@@ -71,8 +82,15 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
     if !ctx.diags.is_empty() {
         return Err(ctx.finish());
     }
-    let (Some(interfaces), Some(mode), Some(default), Some(management), Some(deny), Some(rules)) =
-        (interfaces, mode, default, management, deny, rules)
+    let (
+        Some(interfaces),
+        Some(mode),
+        Some(default),
+        Some(xdp_mode),
+        Some(management),
+        Some(deny),
+        Some(rules),
+    ) = (interfaces, mode, default, xdp_mode, management, deny, rules)
     else {
         // Every None above comes with a diagnostic; this is only a safety net.
         ctx.error(Pos::of(&root), "", None, "invalid policy", None);
@@ -83,6 +101,7 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
         interfaces,
         mode,
         default,
+        xdp_mode,
         management,
         deny,
         rules,
