@@ -79,7 +79,6 @@ pub struct ApplyOutcome {
 pub struct LoadedFilter {
     pub ebpf: Ebpf,
     pub maps: PolicyMaps,
-    framing: Framing,
 }
 
 impl LoadedFilter {
@@ -97,20 +96,26 @@ impl LoadedFilter {
         program
             .load()
             .map_err(|source| named_program_error(name, source))?;
-        Ok(Self {
-            ebpf,
-            maps,
-            framing,
-        })
+        Ok(Self { ebpf, maps })
+    }
+
+    /// The framing whose XDP program was loaded.
+    fn framing(&mut self) -> Framing {
+        let (l3, _) = program_names(Framing::Ip);
+        match xdp_program(&mut self.ebpf, l3) {
+            Ok(program) if program.fd().is_ok() => Framing::Ip,
+            _ => Framing::Ethernet,
+        }
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, LoaderError> {
-        xdp_program(&mut self.ebpf, program_names(self.framing).0)
+        let (name, _) = program_names(self.framing());
+        xdp_program(&mut self.ebpf, name)
     }
 
     /// The egress program, loaded on first use (tests run it with BPF_PROG_TEST_RUN).
     pub fn egress_program(&mut self) -> Result<&mut SchedClassifier, LoaderError> {
-        let name = program_names(self.framing).1;
+        let (_, name) = program_names(self.framing());
         let program = egress_program(&mut self.ebpf, name)?;
         if program.fd().is_err() {
             program
