@@ -933,9 +933,19 @@ fn non_first_fragments_pass_only_for_listed_sources_or_under_default_pass() {
         &mut h,
         FrameSpec::tcp("10.0.0.1", 22)
             .fragment(100, false)
+            .total_len(20)
             .truncate(14 + 20),
         XDP_PASS,
         Reason::FragmentPass,
+    );
+    // But a frame shorter than its total length is one the kernel drops.
+    verify(
+        &mut h,
+        FrameSpec::tcp("10.0.0.1", 22)
+            .fragment(100, false)
+            .truncate(14 + 20),
+        XDP_DROP,
+        Reason::Malformed,
     );
     let v6_later = |src: &str, offset| {
         FrameSpec::udp(src, 9).ext(Ext::Fragment {
