@@ -9,7 +9,8 @@ use crate::{
     flows::{self, Outgoing},
     maps, mem,
     parse::{
-        self, Bytes, Egress, Ethernet, Headers, KIND_MALFORMED, KIND_MALFORMED_FROM, LinkLayer, RawIp,
+        self, Bytes, Egress, Ethernet, Headers, KIND_MALFORMED, KIND_MALFORMED_FROM, LinkLayer,
+        RawIp,
     },
 };
 

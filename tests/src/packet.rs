@@ -194,7 +194,7 @@ impl Ext {
         }
     }
 
-    fn len(self) -> usize {
+    pub fn len(self) -> usize {
         match self {
             Ext::HopByHop { len } | Ext::Routing { len } | Ext::DestOpts { len } => {
                 (usize::from(len) + 1) * 8
