@@ -194,7 +194,8 @@ impl Ext {
         }
     }
 
-    pub fn len(self) -> usize {
+    /// Its length in bytes.
+    pub fn byte_len(self) -> usize {
         match self {
             Ext::HopByHop { len } | Ext::Routing { len } | Ext::DestOpts { len } => {
                 (usize::from(len) + 1) * 8
@@ -223,7 +224,7 @@ impl Ext {
                 out.extend_from_slice(&1u32.to_be_bytes()); // sequence number
             }
         }
-        out.resize(start + self.len(), 0);
+        out.resize(start + self.byte_len(), 0);
     }
 }
 
@@ -679,7 +680,7 @@ fn classify_v6(v6: &Ipv6Spec, len: usize) -> PacketClass {
         if i >= IPV6_MAX_EXT_HEADERS {
             return malformed;
         }
-        cursor += ext.len();
+        cursor += ext.byte_len();
         if len < cursor {
             return malformed;
         }
@@ -719,7 +720,7 @@ fn transport_len(transport: &Transport) -> usize {
 }
 
 fn true_v6_payload_len(v6: &Ipv6Spec) -> usize {
-    v6.ext.iter().map(|ext| ext.len()).sum::<usize>() + transport_len(&v6.transport)
+    v6.ext.iter().map(|ext| ext.byte_len()).sum::<usize>() + transport_len(&v6.transport)
 }
 
 fn true_v4_len(v4: &Ipv4Spec) -> usize {
