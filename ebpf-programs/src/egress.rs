@@ -8,7 +8,10 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use crate::{
     flows::{self, Outgoing},
     maps, mem,
-    parse::{self, Bytes, Egress, Headers, KIND_MALFORMED, KIND_MALFORMED_FROM},
+    parse::{
+        self, Bytes, Egress, Ethernet, Headers, KIND_MALFORMED, KIND_MALFORMED_FROM, LinkLayer,
+        RawIp,
+    },
 };
 
 /// tcx's "continue": any program after ours (another tool's) decides as usual.
@@ -18,12 +21,24 @@ const TCX_NEXT: i32 = -1;
 /// ports.
 const HEADER_BYTES: u32 = 256;
 
+/// For Ethernet devices; `airlock_egress_l3` for devices without a link-layer
+/// header (the loader picks, as for the XDP program).
 #[classifier]
 pub fn airlock_egress(ctx: TcContext) -> i32 {
+    record::<Ethernet>(ctx)
+}
+
+#[classifier]
+pub fn airlock_egress_l3(ctx: TcContext) -> i32 {
+    record::<RawIp>(ctx)
+}
+
+#[inline(always)]
+fn record<L: LinkLayer>(ctx: TcContext) -> i32 {
     let mut packet = Bytes::new(ctx.data(), ctx.data_end());
     let mut slot = mem::Slot::<Headers>::new();
     let mut headers = slot.zeroed();
-    parse::parse::<Egress>(&packet, headers);
+    parse::parse::<Egress, L>(&packet, headers);
     // The stack builds its headers in the linear part, so this is rare; pulling
     // unconditionally would copy every cloned TCP segment's head.
     let linear = (ctx.data_end() - ctx.data()) as u32;
@@ -35,7 +50,7 @@ pub fn airlock_egress(ctx: TcContext) -> i32 {
     {
         packet = Bytes::new(ctx.data(), ctx.data_end());
         headers = slot.zeroed();
-        parse::parse::<Egress>(&packet, headers);
+        parse::parse::<Egress, L>(&packet, headers);
     }
     if let Some(outgoing) = Outgoing::of(&packet, headers)
         && !served_by_rules(&outgoing)

@@ -23,12 +23,26 @@ use airlock_common::{
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
-    Bytes, Headers, Ingress, KIND_MALFORMED, KIND_MALFORMED_FROM, KIND_NON_IP, L4_ICMP, L4_ICMPV6,
-    L4_NON_FIRST_FRAGMENT, L4_TCP, L4_UDP,
+    Bytes, Ethernet, Headers, Ingress, KIND_MALFORMED, KIND_MALFORMED_FROM, KIND_NON_IP, L4_ICMP,
+    L4_ICMPV6, L4_NON_FIRST_FRAGMENT, L4_TCP, L4_UDP, LinkLayer, RawIp,
 };
 
+/// For Ethernet devices (and everything that looks like one: veth, bridges, bonds,
+/// VLAN devices, macvlan, tap).
 #[xdp]
 pub fn airlock_xdp(ctx: XdpContext) -> u32 {
+    filter::<Ethernet>(ctx)
+}
+
+/// For devices without a link-layer header (tun, WireGuard, PPP, IP-in-IP): the
+/// frame starts at the IP header. The loader picks by the device's link type.
+#[xdp]
+pub fn airlock_xdp_l3(ctx: XdpContext) -> u32 {
+    filter::<RawIp>(ctx)
+}
+
+#[inline(always)]
+fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
@@ -46,7 +60,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     let packet = Bytes::new(ctx.data(), ctx.data_end());
     let mut slot = mem::Slot::<Headers>::new();
     let headers = slot.zeroed();
-    parse::parse::<Ingress>(&packet, headers);
+    parse::parse::<Ingress, L>(&packet, headers);
     let headers = &*headers;
     let (reason, rule) = decide(generation, config, &packet, headers);
     let passes = reason.passes();

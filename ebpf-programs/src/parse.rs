@@ -2,7 +2,11 @@
 //! (a bounded walk of extension headers), then TCP/UDP/ICMP/ICMPv6.
 //!
 //! Every read goes through [`read`], which bounds-checks against the end of the
-//! packet; every loop has a named bound. The result is a [`Headers`] the verdict code
+//! frame and, once the IP header is read, against the end of the IP packet as its
+//! own length field states it (IPv4 total length, IPv6 40 + payload length): the
+//! kernel trims the bytes past that before it looks at the packet, so on ingress a
+//! header that only fits in those trailing bytes is one the kernel never sees, and
+//! judging by it would be judging another packet. Every loop has a named bound. The result is a [`Headers`] the verdict code
 //! can use without touching packet memory again. The same walk serves the XDP
 //! program (ingress: the peer is the source) and the TC egress program (the peer is
 //! the destination), so both sides of a flow are read by one parser.
@@ -38,17 +42,54 @@ const TCP_MIN_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 const ICMP_MIN_LEN: usize = 8;
 
-/// The packet bytes a program may read: `[start, end)` from its context.
+/// The packet bytes a program may read: `[start, end)` from its context, and of
+/// those only the first `limit` (the end of the IP packet, once it is known).
 #[derive(Clone, Copy)]
 pub struct Bytes {
     start: usize,
     end: usize,
+    /// Offset from `start` past which a read fails even inside the frame. A
+    /// constant `usize::MAX` until the IP header is read, so LLVM drops the check
+    /// from the link-layer reads.
+    limit: usize,
 }
 
 impl Bytes {
     #[inline(always)]
     pub fn new(start: usize, end: usize) -> Self {
-        Self { start, end }
+        Self {
+            start,
+            end,
+            limit: usize::MAX,
+        }
+    }
+
+    /// These bytes, cut at `ip_end` (an offset from `start`) where the direction
+    /// bounds reads by the IP length. `None` when the IP header claims more than
+    /// the frame holds: the kernel drops such a packet as truncated, and so does
+    /// the filter.
+    #[inline(always)]
+    fn bounded<D: Direction>(&self, ip_end: usize) -> Option<Self> {
+        if !D::BOUNDED_BY_IP_LENGTH {
+            return Some(*self);
+        }
+        if self.start + ip_end > self.end {
+            return None;
+        }
+        Some(Self {
+            start: self.start,
+            end: self.end,
+            // Hidden from LLVM: knowing `start + limit <= end`, it drops the frame
+            // check from later reads as redundant, and the verifier, which cannot
+            // follow that reasoning, then refuses the read.
+            limit: opaque_to_llvm(ip_end),
+        })
+    }
+
+    /// Whether the frame holds more than `len` bytes from `offset`.
+    #[inline(always)]
+    fn longer_than(&self, offset: usize, len: usize) -> bool {
+        self.start + offset + len < self.end
     }
 }
 
@@ -59,8 +100,12 @@ pub trait Direction {
     const PEER_V4: usize;
     /// Offset of the peer's address in the IPv6 header.
     const PEER_V6: usize;
-    /// Whether the host's port is the transport header's source port.
+    /// Whether the transport header's source port is the host's.
     const LOCAL_IS_SOURCE: bool;
+    /// Whether reads stop at the end of the IP packet as its header states it.
+    /// Ingress: yes, as the kernel bounds it. Egress: the host wrote the packet, and
+    /// a GSO packet's length field can be 0 (BIG TCP); the frame bounds it.
+    const BOUNDED_BY_IP_LENGTH: bool;
 }
 
 /// Arriving: the peer is the source, the host's port the destination port.
@@ -72,12 +117,48 @@ impl Direction for Ingress {
     const PEER_V4: usize = 12;
     const PEER_V6: usize = 8;
     const LOCAL_IS_SOURCE: bool = false;
+    const BOUNDED_BY_IP_LENGTH: bool = true;
 }
 
 impl Direction for Egress {
     const PEER_V4: usize = 16;
     const PEER_V6: usize = 24;
     const LOCAL_IS_SOURCE: bool = true;
+    const BOUNDED_BY_IP_LENGTH: bool = false;
+}
+
+/// What comes before the IP header.
+pub trait LinkLayer {
+    /// The ethertype of what the frame carries and where that begins. `None`:
+    /// malformed.
+    fn network(ctx: &Bytes) -> Option<(u16, usize)>;
+}
+
+/// Ethernet, behind up to two VLAN tags.
+pub struct Ethernet;
+/// No link-layer header: the IP header at offset 0 (tun, WireGuard, PPP, IP-in-IP
+/// devices). Read as Ethernet, its address bytes would be taken for an ethertype
+/// and the packet passed as non-IP.
+pub struct RawIp;
+
+impl LinkLayer for Ethernet {
+    #[inline(always)]
+    fn network(ctx: &Bytes) -> Option<(u16, usize)> {
+        ethertype(ctx)
+    }
+}
+
+impl LinkLayer for RawIp {
+    /// The version nibble says the family, as the kernel's tun driver decides it;
+    /// anything else cannot be delivered as IP and is malformed, not "non-IP".
+    #[inline(always)]
+    fn network(ctx: &Bytes) -> Option<(u16, usize)> {
+        match read::<1>(ctx, 0)?[0] >> 4 {
+            4 => Some((ETH_P_IPV4, 0)),
+            6 => Some((ETH_P_IPV6, 0)),
+            _ => None,
+        }
+    }
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -232,6 +313,10 @@ impl PacketWord for u64 {
 
 #[inline(always)]
 fn read<const N: usize>(ctx: &Bytes, offset: usize) -> Option<[u8; N]> {
+    // The IP length's bound, then the frame's (the one the verifier needs).
+    if offset + N > ctx.limit {
+        return None;
+    }
     if ctx.start + offset + N > ctx.end {
         return None;
     }
@@ -254,8 +339,8 @@ fn is_vlan(ethertype: u16) -> bool {
 /// parse, its fields became values merged from every path, which LLVM kept in
 /// spill slots it re-zeroed at every branch.
 #[inline(always)]
-pub fn parse<D: Direction>(ctx: &Bytes, headers: &mut Headers) {
-    let Some((ethertype, offset)) = ethertype(ctx) else {
+pub fn parse<D: Direction, L: LinkLayer>(ctx: &Bytes, headers: &mut Headers) {
+    let Some((ethertype, offset)) = L::network(ctx) else {
         headers.kind = KIND_MALFORMED;
         return;
     };
@@ -302,11 +387,19 @@ fn parse_ipv4<D: Direction>(ctx: &Bytes, offset: usize, headers: &mut Headers) {
     headers.family = 4;
     // At most 22 + 16: the offset of an IP header behind two tags.
     headers.peer_at = (offset + D::PEER_V4) as u16;
-    let total_len = usize::from(be16([header[2], header[3]]));
+    let mut total_len = usize::from(be16([header[2], header[3]]));
+    // GRO's merged packets over 64 KiB (BIG TCP, seen only in generic mode) carry
+    // 0, and the kernel then takes the frame's length, as here.
+    if total_len == 0 && ctx.longer_than(offset, 0xffff) {
+        total_len = 0x1_0000;
+    }
     // Options must be present in full, and the stated length must cover the header.
     if total_len < header_len || !present(ctx, offset + header_len) {
         return;
     }
+    let Some(ctx) = &ctx.bounded::<D>(offset + total_len) else {
+        return;
+    };
     let protocol = header[9];
     let fragment_offset = be16([header[6], header[7]]) & 0x1fff;
     if fragment_offset != 0 {
@@ -334,6 +427,15 @@ fn parse_ipv6<D: Direction>(ctx: &Bytes, offset: usize, headers: &mut Headers) {
     headers.kind = KIND_MALFORMED_FROM;
     headers.family = 6;
     headers.peer_at = (offset + D::PEER_V6) as u16;
+    let mut payload_len = usize::from(be16([header[4], header[5]]));
+    // A jumbogram or a GRO packet over 64 KiB (BIG TCP): only possible in a frame
+    // that long, where the kernel takes the frame's length.
+    if payload_len == 0 && ctx.longer_than(offset + 40, 0xffff) {
+        payload_len = 0x1_0000;
+    }
+    let Some(ctx) = &ctx.bounded::<D>(offset + 40 + payload_len) else {
+        return;
+    };
     let mut next = header[6];
     let mut cursor = offset + 40;
     if is_extension_header(next) {
@@ -436,6 +538,20 @@ fn unknown_to_verifier(value: u64, noise: u64) -> u64 {
             n = in(reg) noise,
             options(pure, nomem, nostack),
         );
+    }
+    value
+}
+
+/// `value`, through a register move LLVM cannot see into: it can no longer relate
+/// the result to anything it knew, while the verifier follows the move. (An empty
+/// block would do for LLVM, but leaves a line-info record on no instruction, which
+/// the kernel refuses.)
+#[inline(always)]
+fn opaque_to_llvm(value: usize) -> usize {
+    let mut value = value;
+    // SAFETY: a register move.
+    unsafe {
+        core::arch::asm!("{v} = {v}", v = inout(reg) value, options(pure, nomem, nostack));
     }
     value
 }

@@ -1,5 +1,6 @@
 //! Shared fixtures for the root-only tests.
 pub mod cli;
+pub mod differential;
 pub mod fixture;
 pub mod netns;
 

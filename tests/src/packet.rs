@@ -16,6 +16,11 @@
 //!   malformed, no source;
 //! - IPv4 options cut short, or a total length smaller than the header: malformed,
 //!   source known;
+//! - the packet is what the IP header's length says (IPv4 total length, IPv6 40 +
+//!   payload length), as the kernel sees it: it drops a frame shorter than that
+//!   (malformed, source known here) and trims the bytes past it, so nothing in
+//!   those trailing bytes counts, and every header below must end inside the
+//!   stated length (a length of 0 over 64 KiB of frame, BIG TCP, means the frame's);
 //! - a non-first fragment carries no transport header; but a TCP fragment at offset
 //!   8 bytes exists only to overwrite the ports of the first one (RFC 1858), so it is
 //!   malformed, source known;
@@ -189,7 +194,8 @@ impl Ext {
         }
     }
 
-    fn len(self) -> usize {
+    /// Its length in bytes.
+    pub fn byte_len(self) -> usize {
         match self {
             Ext::HopByHop { len } | Ext::Routing { len } | Ext::DestOpts { len } => {
                 (usize::from(len) + 1) * 8
@@ -218,7 +224,7 @@ impl Ext {
                 out.extend_from_slice(&1u32.to_be_bytes()); // sequence number
             }
         }
-        out.resize(start + self.len(), 0);
+        out.resize(start + self.byte_len(), 0);
     }
 }
 
@@ -248,6 +254,8 @@ pub struct Ipv6Spec {
     pub transport: Transport,
     /// Version nibble actually written (6 unless testing a mismatch).
     pub version: u8,
+    /// Payload length actually written, when it should not be the true length.
+    pub payload_len_override: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +277,9 @@ pub struct FrameSpec {
     /// VLAN tags, outermost first.
     pub tags: Vec<Tag>,
     pub l3: L3,
+    /// Bytes after the IP packet, inside the frame (Ethernet padding, or what an
+    /// attacker hides past the stated length).
+    pub trailer: Vec<u8>,
     /// Cut the frame to this many bytes (if shorter than its full length).
     pub truncate: Option<usize>,
 }
@@ -363,6 +374,7 @@ impl FrameSpec {
                 ihl_override: None,
                 total_len_override: None,
             }),
+            trailer: Vec::new(),
             truncate: None,
         }
     }
@@ -377,7 +389,9 @@ impl FrameSpec {
                 ext: Vec::new(),
                 transport,
                 version: 6,
+                payload_len_override: None,
             }),
+            trailer: Vec::new(),
             truncate: None,
         }
     }
@@ -422,6 +436,7 @@ impl FrameSpec {
         FrameSpec {
             tags: Vec::new(),
             l3: L3::Arp,
+            trailer: Vec::new(),
             truncate: None,
         }
     }
@@ -430,6 +445,7 @@ impl FrameSpec {
         FrameSpec {
             tags: Vec::new(),
             l3: L3::Raw { ethertype, payload },
+            trailer: Vec::new(),
             truncate: None,
         }
     }
@@ -466,6 +482,29 @@ impl FrameSpec {
     pub fn total_len(mut self, len: u16) -> Self {
         self.v4_mut().total_len_override = Some(len);
         self
+    }
+
+    /// Writes `len` as the IPv6 payload length. Panics on IPv4.
+    pub fn payload_len(mut self, len: u16) -> Self {
+        match &mut self.l3 {
+            L3::V6(v6) => v6.payload_len_override = Some(len),
+            _ => panic!("payload_len() on a non-IPv6 frame"),
+        }
+        self
+    }
+
+    /// Appends `bytes` after the IP packet.
+    pub fn trailer(mut self, bytes: &[u8]) -> Self {
+        self.trailer.extend_from_slice(bytes);
+        self
+    }
+
+    /// Length of the IP packet (header included) as built, before its length field
+    /// is overridden and before the trailer: where a length field that tells the
+    /// truth points.
+    pub fn true_ip_len(&self) -> usize {
+        let l3_start = ETH_HDR_LEN + VLAN_TAG_LEN * self.tags.len();
+        self.full_len() - self.trailer.len() - l3_start
     }
 
     /// Writes `version` in the IP header's version nibble (either family).
@@ -542,6 +581,7 @@ impl FrameSpec {
                 out.resize(out.len() + payload, 0);
             }
         }
+        out.extend_from_slice(&self.trailer);
         out
     }
 
@@ -591,12 +631,17 @@ fn classify_v4(v4: &Ipv4Spec, len: usize) -> PacketClass {
     let src = IpAddr::V4(v4.src);
     let malformed = PacketClass::Malformed { src: Some(src) };
     let header_len = ihl * 4;
-    let total_len = v4
+    let mut total_len = v4
         .total_len_override
         .map_or_else(|| true_v4_len(v4), usize::from);
-    if total_len < header_len || len < header_len {
+    if total_len == 0 && len > 0xffff {
+        total_len = 0x1_0000;
+    }
+    if total_len < header_len || len < header_len || len < total_len {
         return malformed;
     }
+    // What the kernel keeps: nothing past the stated length counts.
+    let len = total_len;
     if v4.frag_offset != 0 {
         if v4.transport.protocol() == IPPROTO_TCP && v4.frag_offset == 1 {
             return malformed;
@@ -620,12 +665,22 @@ fn classify_v6(v6: &Ipv6Spec, len: usize) -> PacketClass {
     }
     let src = IpAddr::V6(v6.src);
     let malformed = PacketClass::Malformed { src: Some(src) };
+    let mut payload_len = v6
+        .payload_len_override
+        .map_or_else(|| true_v6_payload_len(v6), usize::from);
+    if payload_len == 0 && len - IPV6_HDR_LEN > 0xffff {
+        payload_len = 0x1_0000;
+    }
+    if len < IPV6_HDR_LEN + payload_len {
+        return malformed;
+    }
+    let len = IPV6_HDR_LEN + payload_len;
     let mut cursor = IPV6_HDR_LEN;
     for (i, ext) in v6.ext.iter().enumerate() {
         if i >= IPV6_MAX_EXT_HEADERS {
             return malformed;
         }
-        cursor += ext.len();
+        cursor += ext.byte_len();
         if len < cursor {
             return malformed;
         }
@@ -662,6 +717,10 @@ fn transport_len(transport: &Transport) -> usize {
     let mut scratch = Vec::new();
     transport.encode(&mut scratch);
     scratch.len()
+}
+
+fn true_v6_payload_len(v6: &Ipv6Spec) -> usize {
+    v6.ext.iter().map(|ext| ext.byte_len()).sum::<usize>() + transport_len(&v6.transport)
 }
 
 fn true_v4_len(v4: &Ipv4Spec) -> usize {
@@ -716,7 +775,9 @@ fn encode_v6(v6: &Ipv6Spec, out: &mut Vec<u8>) {
         ext.encode(next, out);
     }
     v6.transport.encode(out);
-    let payload = (out.len() - start - IPV6_HDR_LEN) as u16;
+    let payload = v6
+        .payload_len_override
+        .unwrap_or((out.len() - start - IPV6_HDR_LEN) as u16);
     out[start + 4..start + 6].copy_from_slice(&payload.to_be_bytes());
 }
 

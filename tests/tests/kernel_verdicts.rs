@@ -8,28 +8,23 @@
 //!
 //! Needs root; fails (never skips) without it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 
 use airlock::compile;
 use airlock::loader::{LoadedFilter, PolicySummary};
-use airlock::policy::{Policy, PortRange, Proto};
+use airlock::policy::Proto;
 use airlock::reference::{self, PacketClass};
 use airlock_common::{PROGRAM_NAME, Reason};
+use airlock_integration::differential;
 use airlock_integration::kernel::{
-    Harness, Outcome, XDP_DROP, XDP_PASS, action_name, answered_flow, expected_outcome,
-    parse_policy,
+    Harness, Outcome, XDP_DROP, XDP_PASS, action_name, expected_outcome, parse_policy,
 };
 use airlock_integration::packet::{
     ETH_P_LLDP, Ext, Frame, FrameSpec, IPPROTO_ESP, IPPROTO_GRE, IPPROTO_NONE, IPPROTO_SCTP,
     IPV6_MAX_EXT_HEADERS, Tag, Transport,
 };
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
 
 /// The design's example, widened: both families, an `except` hole with a narrower
 /// set inside it, a deny list overlapping management, a port covered by two rules.
@@ -933,9 +928,19 @@ fn non_first_fragments_pass_only_for_listed_sources_or_under_default_pass() {
         &mut h,
         FrameSpec::tcp("10.0.0.1", 22)
             .fragment(100, false)
+            .total_len(20)
             .truncate(14 + 20),
         XDP_PASS,
         Reason::FragmentPass,
+    );
+    // But a frame shorter than its total length is one the kernel drops.
+    verify(
+        &mut h,
+        FrameSpec::tcp("10.0.0.1", 22)
+            .fragment(100, false)
+            .truncate(14 + 20),
+        XDP_DROP,
+        Reason::Malformed,
     );
     let v6_later = |src: &str, offset| {
         FrameSpec::udp(src, 9).ext(Ext::Fragment {
@@ -1265,464 +1270,54 @@ fn neighbour_discovery_and_router_advertisements_pass() {
 }
 
 // ---------------------------------------------------------------------------
-// 3. Randomized differential test.
+// 3. Randomized differential test (tests/src/differential.rs).
 // ---------------------------------------------------------------------------
 
-const RANDOM_POLICIES: usize = 60;
-const PACKETS_PER_POLICY: usize = 200;
-const DEFAULT_SEED: u64 = 0x0a1b_10c4_5eed;
+/// At least this many frames in the suite; `cargo xtask soak` runs more.
+const DIFFERENTIAL_FRAMES: usize = 100_000;
 
 #[test]
 fn random_policies_and_packets_agree_with_the_reference_model() {
-    let seed = std::env::var("AIRLOCK_TEST_SEED")
-        .ok()
-        .map(|s| parse_seed(&s))
-        .unwrap_or(DEFAULT_SEED);
+    let seed = differential::seed_from_env();
     println!("AIRLOCK_TEST_SEED={seed:#x}");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut h = Harness::new();
-    let mut disagreements = Vec::new();
-    let mut packets = 0usize;
-    let mut by_reason = std::collections::BTreeMap::<&str, usize>::new();
-    for round in 0..RANDOM_POLICIES {
-        let yaml = random_policy(&mut rng);
-        // One filter for every policy: each apply goes through the generation swap.
-        let policy = h.apply(&yaml);
-        let nets = policy_nets(&policy);
-        let ranges = policy_ports(&policy);
-        for _ in 0..PACKETS_PER_POLICY {
-            let spec = random_frame(&mut rng, &nets, &ranges);
-            let frame = spec.build();
-            if frame.bytes.len() < 14 {
-                continue;
-            }
-            // Some packets answer a flow the host opened (or one that expired):
-            // rule 6's return traffic is judged on the same random policies.
-            if let Some(flow) = answered_flow(&frame.class) {
-                match rng.random_range(0..8) {
-                    0 | 1 => h.open_flow(&flow),
-                    2 => h.expired_flow(&flow),
-                    _ => {}
-                }
-            }
-            packets += 1;
-            match h.compare(&frame) {
-                Ok(outcome) => *by_reason.entry(outcome.reason.name()).or_default() += 1,
-                Err(d) => disagreements.push((
-                    format!(
-                        "{} vs {}",
-                        d.kernel.reason.name(),
-                        d.reference.reason.name()
-                    ),
-                    format!("round {round}:\n{d}\npolicy:\n{yaml}"),
-                )),
-            }
-        }
-    }
+    let report = differential::run(seed, DIFFERENTIAL_FRAMES, |_| {});
     println!(
-        "{packets} packets over {RANDOM_POLICIES} policies; verdicts by reason: {by_reason:?}"
+        "{} frames over {} policies ({} with length fields varied, {} fragment pairs in both orders); verdicts by reason: {:?}",
+        report.frames,
+        report.policies,
+        report.length_varied,
+        report.fragment_pairs,
+        report.by_reason
     );
-    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
-    for d in &disagreements {
-        *kinds.entry(d.0.clone()).or_default() += 1;
+    if !report.disagreements.is_empty() {
+        println!(
+            "disagreements by (kernel reason, reference reason): {:?}",
+            report.kinds()
+        );
     }
-    if !kinds.is_empty() {
-        println!("disagreements by (kernel reason, reference reason): {kinds:?}");
-    }
-    for (_, d) in disagreements.iter().take(10) {
+    for (_, d) in report.disagreements.iter().take(10) {
         println!("---- disagreement ----\n{d}");
     }
     assert!(
-        disagreements.is_empty(),
-        "{} of {packets} packets disagree with the reference model (seed {seed:#x}); first ones printed above",
-        disagreements.len()
+        report.disagreements.is_empty(),
+        "{} of {} frames disagree with the reference model (seed {seed:#x}); first ones printed above",
+        report.disagreements.len(),
+        report.frames
     );
-    assert!(packets >= 10_000);
+    assert!(report.frames >= DIFFERENTIAL_FRAMES);
+    assert!(report.length_varied >= DIFFERENTIAL_FRAMES / 10);
+    assert!(report.fragment_pairs >= 1000);
     // The generator must actually reach the interesting verdicts.
     for reason in Reason::ALL {
         if reason != Reason::NoPolicy {
             assert!(
-                by_reason.contains_key(reason.name()),
+                report.by_reason.contains_key(reason.name()),
                 "no packet got {}",
                 reason.name()
             );
         }
     }
 }
-
-fn parse_seed(s: &str) -> u64 {
-    let s = s.trim();
-    let parsed = match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    parsed.unwrap_or_else(|e| panic!("AIRLOCK_TEST_SEED={s:?} is not a number: {e}"))
-}
-
-/// Prefixes for one random policy: a few roots and descendants of them, so sets
-/// nest and overlap in both families.
-fn random_prefix_pool(rng: &mut StdRng) -> Vec<IpNet> {
-    let mut pool: Vec<IpNet> = Vec::new();
-    for _ in 0..rng.random_range(2..=4) {
-        let len = rng.random_range(8..=28);
-        let addr = Ipv4Addr::from(rng.random::<u32>());
-        pool.push(IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc()));
-    }
-    for _ in 0..rng.random_range(1..=3) {
-        let len = rng.random_range(32..=64);
-        let low: u128 = rng.random::<u128>() & ((1u128 << 96) - 1);
-        let addr = Ipv6Addr::from((0x2001_0db8u128 << 96) | low);
-        pool.push(IpNet::V6(Ipv6Net::new(addr, len).unwrap().trunc()));
-    }
-    for _ in 0..rng.random_range(3..=10) {
-        let parent = *pool.choose(rng).unwrap();
-        if let Some(child) = random_subnet(rng, parent) {
-            pool.push(child);
-        }
-    }
-    pool.sort();
-    pool.dedup();
-    pool
-}
-
-/// A random prefix strictly inside `parent` (None for a host route).
-fn random_subnet(rng: &mut StdRng, parent: IpNet) -> Option<IpNet> {
-    if parent.prefix_len() == parent.max_prefix_len() {
-        return None;
-    }
-    let max = parent.max_prefix_len();
-    let len = rng.random_range(parent.prefix_len() + 1..=max.min(parent.prefix_len() + 12));
-    let addr = random_addr_in(rng, parent);
-    Some(IpNet::new(addr, len).unwrap().trunc())
-}
-
-fn random_addr_in(rng: &mut StdRng, net: IpNet) -> IpAddr {
-    match net {
-        IpNet::V4(n) => {
-            let host = u32::MAX.checked_shr(n.prefix_len().into()).unwrap_or(0);
-            let base = u32::from(n.network());
-            IpAddr::V4(Ipv4Addr::from(base | (rng.random::<u32>() & host)))
-        }
-        IpNet::V6(n) => {
-            let host = u128::MAX.checked_shr(n.prefix_len().into()).unwrap_or(0);
-            let base = u128::from(n.network());
-            IpAddr::V6(Ipv6Addr::from(base | (rng.random::<u128>() & host)))
-        }
-    }
-}
-
-fn quoted(net: &IpNet) -> String {
-    format!("\"{net}\"")
-}
-
-fn random_policy(rng: &mut StdRng) -> String {
-    let pool = random_prefix_pool(rng);
-    let mut yaml = String::from("version: 1\ninterfaces: [eth0]\n");
-    yaml += &format!(
-        "default: {}\nmode: {}\n",
-        if rng.random_bool(0.5) { "drop" } else { "pass" },
-        if rng.random_bool(0.2) {
-            "monitor"
-        } else {
-            "enforce"
-        },
-    );
-    // Sets: cidrs from the pool, sometimes with except holes, which may in turn
-    // contain a cidr of the same or another set.
-    let mut set_names = Vec::new();
-    let mut sets_yaml = String::new();
-    for i in 0..rng.random_range(0..=4) {
-        let name = format!("s{i}");
-        let mut cidrs: Vec<IpNet> = (0..rng.random_range(1..=3))
-            .map(|_| *pool.choose(rng).unwrap())
-            .collect();
-        cidrs.sort();
-        cidrs.dedup();
-        let mut except: Vec<IpNet> = Vec::new();
-        if rng.random_bool(0.4) {
-            for _ in 0..rng.random_range(1..=2) {
-                let outer = *cidrs.choose(rng).unwrap();
-                if let Some(hole) = random_subnet(rng, outer) {
-                    except.push(hole);
-                    // Sometimes the same set lists a cidr inside its own hole.
-                    if rng.random_bool(0.2)
-                        && let Some(inner) = random_subnet(rng, hole)
-                    {
-                        cidrs.push(inner);
-                    }
-                }
-            }
-        }
-        except.sort();
-        except.dedup();
-        cidrs.sort();
-        cidrs.dedup();
-        let list = |nets: &[IpNet]| nets.iter().map(quoted).collect::<Vec<_>>().join(", ");
-        if except.is_empty() && rng.random_bool(0.5) {
-            sets_yaml += &format!("  {name}: [{}]\n", list(&cidrs));
-        } else {
-            sets_yaml += &format!("  {name}:\n    cidrs: [{}]\n", list(&cidrs));
-            if !except.is_empty() {
-                sets_yaml += &format!("    except: [{}]\n", list(&except));
-            }
-        }
-        // Holes become interesting prefixes for sources too.
-        set_names.push(name);
-    }
-    if !sets_yaml.is_empty() {
-        yaml += "sets:\n";
-        yaml += &sets_yaml;
-    }
-    let group = |rng: &mut StdRng, max: usize| -> String {
-        let count = rng.random_range(1..=max);
-        let mut refs: Vec<String> = Vec::new();
-        for _ in 0..count {
-            let pick = rng.random_range(0..10);
-            let r = if pick < 4 && !set_names.is_empty() {
-                set_names.choose(rng).unwrap().clone()
-            } else if pick == 4 {
-                ["airbyte-us", "airbyte-eu"]
-                    .choose(rng)
-                    .unwrap()
-                    .to_string()
-            } else {
-                quoted(pool.choose(rng).unwrap())
-            };
-            if !refs.contains(&r) {
-                refs.push(r);
-            }
-        }
-        format!("[{}]", refs.join(", "))
-    };
-    if rng.random_bool(0.3) {
-        yaml += &format!("management: {}\n", group(rng, 2));
-    }
-    if rng.random_bool(0.4) {
-        yaml += &format!("deny: {}\n", group(rng, 2));
-    }
-    // Ports from a small per-policy pool, so rules overlap.
-    let port_pool: Vec<u16> = (0..6)
-        .map(|_| {
-            *[
-                22,
-                53,
-                80,
-                443,
-                5432,
-                8000,
-                60000,
-                1,
-                65535,
-                rng.random_range(1..=65535),
-            ]
-            .choose(rng)
-            .unwrap()
-        })
-        .collect();
-    yaml += "rules:\n";
-    for i in 0..rng.random_range(1..=10) {
-        let mut ports = Vec::new();
-        for _ in 0..rng.random_range(1..=3) {
-            let first = *port_pool.choose(rng).unwrap();
-            let proto = *["/tcp", "/udp", ""].choose(rng).unwrap();
-            let spec = if rng.random_bool(0.3) {
-                let last = first.saturating_add(rng.random_range(0..=300));
-                format!("{first}-{last}{proto}")
-            } else {
-                format!("{first}{proto}")
-            };
-            if !ports.contains(&spec) {
-                ports.push(spec);
-            }
-        }
-        yaml += &format!(
-            "  - name: r{i}\n    ports: [{}]\n    from: {}\n",
-            ports.join(", "),
-            group(rng, 3)
-        );
-    }
-    yaml
-}
-
-/// Every prefix the policy mentions (cidrs and excepts), to aim sources at.
-fn policy_nets(policy: &Policy) -> Vec<IpNet> {
-    let groups = std::iter::once(&policy.management)
-        .chain(std::iter::once(&policy.deny))
-        .chain(policy.rules.iter().map(|r| &r.from));
-    let mut nets: Vec<IpNet> = groups
-        .flat_map(|g| g.sets.iter())
-        .flat_map(|s| s.cidrs.iter().chain(&s.except))
-        .copied()
-        .collect();
-    nets.sort();
-    nets.dedup();
-    nets
-}
-
-fn policy_ports(policy: &Policy) -> Vec<PortRange> {
-    policy
-        .rules
-        .iter()
-        .flat_map(|r| r.ports.iter().copied())
-        .collect()
-}
-
-/// A source aimed at the policy's prefixes: their first and last addresses, the
-/// addresses just outside them, or anywhere inside; sometimes anywhere at all.
-fn random_source(rng: &mut StdRng, nets: &[IpNet]) -> IpAddr {
-    if nets.is_empty() || rng.random_bool(0.2) {
-        return if rng.random_bool(0.5) {
-            IpAddr::V4(Ipv4Addr::from(rng.random::<u32>()))
-        } else {
-            random_addr_in(rng, "2001:db8::/32".parse().unwrap())
-        };
-    }
-    let net = *nets.choose(rng).unwrap();
-    match rng.random_range(0..6) {
-        0 => net.network(),
-        1 => net.broadcast(),
-        2 => step(net.network(), -1),
-        3 => step(net.broadcast(), 1),
-        _ => random_addr_in(rng, net),
-    }
-}
-
-fn step(addr: IpAddr, by: i8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
-            u32::from(a).wrapping_add_signed(i32::from(by)),
-        )),
-        IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
-            u128::from(a).wrapping_add_signed(i128::from(by)),
-        )),
-    }
-}
-
-fn random_port(rng: &mut StdRng, ranges: &[PortRange]) -> u16 {
-    if ranges.is_empty() || rng.random_bool(0.3) {
-        return rng.random();
-    }
-    let range = ranges.choose(rng).unwrap();
-    match rng.random_range(0..5) {
-        0 => range.first,
-        1 => range.last,
-        2 => range.first.wrapping_sub(1),
-        3 => range.last.wrapping_add(1),
-        _ => rng.random_range(range.first..=range.last),
-    }
-}
-
-const ICMP_TYPES: [u8; 9] = [0, 3, 4, 5, 8, 11, 12, 13, 255];
-const ICMPV6_TYPES: [u8; 22] = [
-    0, 1, 2, 3, 4, 5, 127, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 142, 143, 144,
-    255,
-];
-
-fn random_ext(rng: &mut StdRng) -> Ext {
-    match rng.random_range(0..5) {
-        0 => Ext::HopByHop {
-            len: rng.random_range(0..=3),
-        },
-        1 => Ext::Routing {
-            len: rng.random_range(0..=4),
-        },
-        2 => Ext::DestOpts {
-            len: rng.random_range(0..=3),
-        },
-        3 => Ext::Fragment {
-            offset: if rng.random_bool(0.5) {
-                0
-            } else {
-                rng.random_range(1..=0x1fff)
-            },
-            more: rng.random_bool(0.5),
-        },
-        _ => Ext::Ah {
-            len: 2 * rng.random_range(1..=4),
-        },
-    }
-}
-
-fn random_frame(rng: &mut StdRng, nets: &[IpNet], ranges: &[PortRange]) -> FrameSpec {
-    if rng.random_bool(0.02) {
-        return if rng.random_bool(0.5) {
-            FrameSpec::arp()
-        } else {
-            FrameSpec::raw(ETH_P_LLDP, rng.random_range(0..64))
-        };
-    }
-    let src = random_source(rng, nets);
-    let v6 = src.is_ipv6();
-    let port = random_port(rng, ranges);
-    let transport = match rng.random_range(0..100) {
-        0..45 => Transport::Tcp { dst_port: port },
-        45..75 => Transport::Udp { dst_port: port },
-        75..90 if v6 => Transport::Icmpv6 {
-            icmp_type: *ICMPV6_TYPES.choose(rng).unwrap(),
-        },
-        75..90 => Transport::Icmp {
-            icmp_type: *ICMP_TYPES.choose(rng).unwrap(),
-        },
-        90..92 if v6 => Transport::Icmp { icmp_type: 3 },
-        90..92 => Transport::Icmpv6 { icmp_type: 135 },
-        _ => Transport::Other {
-            protocol: *[IPPROTO_GRE, IPPROTO_ESP, IPPROTO_SCTP, IPPROTO_NONE, 255]
-                .choose(rng)
-                .unwrap(),
-            payload: rng.random_range(0..32),
-        },
-    };
-    let mut spec = FrameSpec::ip(src, transport);
-    spec.tags = match rng.random_range(0..100) {
-        0..10 => vec![
-            *[Tag::Dot1Q, Tag::Dot1Ad, Tag::QinQLegacy]
-                .choose(rng)
-                .unwrap(),
-        ],
-        10..15 => vec![Tag::Dot1Ad, Tag::Dot1Q],
-        15 => vec![Tag::Dot1Q; 3],
-        _ => Vec::new(),
-    };
-    if v6 {
-        if rng.random_bool(0.25) {
-            let count = if rng.random_bool(0.9) {
-                rng.random_range(1..=4)
-            } else {
-                rng.random_range(5..=IPV6_MAX_EXT_HEADERS + 2)
-            };
-            for _ in 0..count {
-                spec = spec.ext(random_ext(rng));
-            }
-        }
-        if rng.random_bool(0.01) {
-            spec = spec.version(4);
-        }
-    } else {
-        if rng.random_bool(0.15) {
-            spec = spec.options(rng.random_range(1..=10));
-        }
-        if rng.random_bool(0.1) {
-            let offset = match rng.random_range(0..4) {
-                0 => 0,
-                1 => 1,
-                _ => rng.random_range(2..=0x1fff),
-            };
-            spec = spec.fragment(offset, rng.random_bool(0.5));
-        }
-        match rng.random_range(0..100) {
-            0 => spec = spec.ihl(rng.random_range(0..5)),
-            1 => spec = spec.version(6),
-            2 => spec = spec.total_len(rng.random_range(0..20)),
-            _ => {}
-        }
-    }
-    if rng.random_bool(0.06) {
-        let full = spec.full_len();
-        spec = spec.truncate(rng.random_range(14..full));
-    }
-    spec
-}
-
 // ---------------------------------------------------------------------------
 // 4. Atomic policy swap.
 // ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod compile;
 pub mod interfaces;
+pub mod kernel_hz;
 pub mod link_type;
 pub mod loader;
 pub mod parallel;

@@ -35,6 +35,17 @@ enum Task {
     },
     /// Show Airlock at work in two throwaway network namespaces (needs root).
     Demo,
+    /// The long randomized differential run (needs root): random policies and
+    /// frames (length fields, trailing bytes, fragment order varied) through the
+    /// real XDP program, each verdict compared with the reference model.
+    Soak {
+        /// How many frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// The seed (decimal or 0x-hex); a fresh one when not given.
+        #[arg(long)]
+        seed: Option<String>,
+    },
     /// Check the Helm chart and Kubernetes manifests offline (helm lint/template,
     /// kubernetes-validate, the chart's policy through `airlock validate`). No root.
     K8sCheck,
@@ -68,6 +79,10 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::setup()?;
             run::demo()
+        }
+        Task::Soak { frames, seed } => {
+            setup::setup()?;
+            run::soak(frames, seed.as_deref())
         }
         Task::Bench { quick, plot_only } => {
             if plot_only {

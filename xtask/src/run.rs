@@ -92,6 +92,19 @@ pub fn demo() -> Result<()> {
         .env("AIRLOCK_BIN", root.join("target/release/airlock")))
 }
 
+pub fn soak(frames: u64, seed: Option<&str>) -> Result<()> {
+    if !crate::setup::is_root() {
+        bail!("the soak run loads the XDP program into the kernel: run it as root");
+    }
+    build_release()?;
+    let mut command = Command::new(workspace_root().join("target/release/airlock-soak"));
+    command.arg(frames.to_string());
+    if let Some(seed) = seed {
+        command.arg(seed);
+    }
+    cmd(&mut command)
+}
+
 /// Clippy on the XDP program, for the target it really builds for.
 fn clippy_ebpf() -> Result<()> {
     cmd(nightly("cargo")

@@ -389,7 +389,7 @@ impl PolicyMaps {
     pub fn set_sample_rate(&mut self, per_cpu_per_second: u32) -> Result<(), LoaderError> {
         let config = SamplingConfig {
             per_cpu_per_second,
-            _pad: 0,
+            window_jiffies: crate::kernel_hz::kernel_hz(),
         };
         self.sampling
             .set(0, config, 0)
