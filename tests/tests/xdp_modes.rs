@@ -112,7 +112,8 @@ fn explicit_generic_mode_is_used_and_a_later_explicit_native_is_refused() {
     let run = f.airlock(&["apply", "-f", path, "--xdp-mode", "native"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stderr.contains("attached in generic mode, and native mode was asked for"),
+        run.stderr
+            .contains("attached in generic mode, and native mode was asked for"),
         "{}",
         run.stderr
     );
@@ -128,9 +129,7 @@ fn native_mode_fails_where_the_driver_has_none_and_auto_falls_back_to_generic() 
     let f = Fixture::new("xn");
     // A bridge has no native XDP (no ndo_bpf); the kernel says EOPNOTSUPP.
     let bridge = airlock_integration::netns::unique_name("albr");
-    f.bed
-        .server
-        .ip(&["link", "add", &bridge, "type", "bridge"]);
+    f.bed.server.ip(&["link", "add", &bridge, "type", "bridge"]);
     f.bed.server.ip(&["link", "set", &bridge, "up"]);
 
     // The policy's own xdp_mode, then the flag.
@@ -151,7 +150,8 @@ fn native_mode_fails_where_the_driver_has_none_and_auto_falls_back_to_generic() 
     let run = f.airlock(&["apply", "-f", p.to_str().expect("utf-8")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stderr.contains("no native XDP; attaching in generic (skb) mode"),
+        run.stderr
+            .contains("no native XDP; attaching in generic (skb) mode"),
         "the fallback is said: {}",
         run.stderr
     );

@@ -95,10 +95,7 @@ pub fn classify(facts: &LinkFacts) -> Result<Framing, (&'static str, &'static st
         // rmnet_deliver_skb sets the mac header at the IP header.
         (Some("rmnet"), ARPHRD_RAWIP) => Ok(Framing::Ip),
         (_, ARPHRD_ETHER) => Ok(Framing::Ethernet),
-        (_, ARPHRD_LOOPBACK) => Err((
-            "the loopback device",
-            "its traffic never leaves the host",
-        )),
+        (_, ARPHRD_LOOPBACK) => Err(("the loopback device", "its traffic never leaves the host")),
         (_, ARPHRD_NONE | ARPHRD_PPP | ARPHRD_RAWIP) => Err((
             "a device without a link-layer header",
             "its driver is not one known to hand XDP the IP header first",
@@ -159,13 +156,11 @@ fn link_type_name(arphrd: u16) -> String {
         libc::ARPHRD_IPGRE => "gre".to_owned(),
         ARPHRD_IP6GRE => "gre6".to_owned(),
         libc::ARPHRD_IEEE80211_RADIOTAP => "ieee802.11/radiotap".to_owned(),
-        other => {
-            format!(
-                "{:?}",
-                netlink_packet_route::link::LinkLayerType::from(other)
-            )
-            .to_lowercase()
-        }
+        other => format!(
+            "{:?}",
+            netlink_packet_route::link::LinkLayerType::from(other)
+        )
+        .to_lowercase(),
     };
     format!("{name} ({arphrd})")
 }
@@ -186,8 +181,17 @@ mod tests {
 
     #[test]
     fn ethernet_devices_get_the_ethernet_program() {
-        for kind in [None, Some("veth"), Some("bridge"), Some("vlan"), Some("bond")] {
-            assert_eq!(classify(&facts(kind, ARPHRD_ETHER, None)), Ok(Framing::Ethernet));
+        for kind in [
+            None,
+            Some("veth"),
+            Some("bridge"),
+            Some("vlan"),
+            Some("bond"),
+        ] {
+            assert_eq!(
+                classify(&facts(kind, ARPHRD_ETHER, None)),
+                Ok(Framing::Ethernet)
+            );
         }
         assert_eq!(
             classify(&facts(Some("tun"), ARPHRD_ETHER, Some(IFF_TAP))),
@@ -227,7 +231,10 @@ mod tests {
             (None, libc::ARPHRD_INFINIBAND),
             (None, libc::ARPHRD_IEEE80211_RADIOTAP),
         ] {
-            assert!(classify(&facts(kind, arphrd, None)).is_err(), "{kind:?} {arphrd}");
+            assert!(
+                classify(&facts(kind, arphrd, None)).is_err(),
+                "{kind:?} {arphrd}"
+            );
         }
         assert!(classify(&facts(Some("tun"), ARPHRD_NONE, None)).is_err());
     }

@@ -218,8 +218,8 @@ fn runs_program_for(state: &LinkState, framing: Framing) -> bool {
 /// Whether the filter pinned in `dir` is attached to `iface` as it is now and runs
 /// the program for its link type (for the agent's drift check).
 pub fn pinned_filter_fits(dir: &Path, iface: &str) -> Result<(), &'static str> {
-    let state = pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp)
-        .map_err(|_| "no pinned link")?;
+    let state =
+        pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp).map_err(|_| "no pinned link")?;
     let (framing, facts) = link_type::framing_of(iface).map_err(|_| "link type not supported")?;
     if state.ifindex != facts.ifindex {
         return Err("link not attached to the interface (deleted and recreated?)");

@@ -104,19 +104,22 @@ fn attach_in(
         AttachMode::Driver => AyaMode::Driver,
         AttachMode::Skb => AyaMode::Skb,
     };
-    program.attach(iface, flags).map(|id| (id, mode)).map_err(|error| {
-        match errno(&error) {
-            Some(libc::EOPNOTSUPP | ENOTSUPP) if mode == AttachMode::Driver => {
-                Failure::NotSupported(Box::new(error))
+    program
+        .attach(iface, flags)
+        .map(|id| (id, mode))
+        .map_err(|error| {
+            match errno(&error) {
+                Some(libc::EOPNOTSUPP | ENOTSUPP) if mode == AttachMode::Driver => {
+                    Failure::NotSupported(Box::new(error))
+                }
+                // Someone attached between our look and our attach.
+                Some(libc::EBUSY | libc::EEXIST) => match occupants(iface) {
+                    Some(programs) => Failure::Occupied(programs),
+                    None => Failure::Other(Box::new(error)),
+                },
+                _ => Failure::Other(Box::new(error)),
             }
-            // Someone attached between our look and our attach.
-            Some(libc::EBUSY | libc::EEXIST) => match occupants(iface) {
-                Some(programs) => Failure::Occupied(programs),
-                None => Failure::Other(Box::new(error)),
-            },
-            _ => Failure::Other(Box::new(error)),
-        }
-    })
+        })
 }
 
 /// Fails, naming them, if XDP programs are attached to `iface` (or to its upper
