@@ -426,3 +426,100 @@ fn an_unsupported_link_type_is_refused_by_apply_and_agent_and_nothing_is_attache
     assert_eq!(no_xdp, Default::default(), "nothing attached to lo");
     assert_eq!(status(&ns, &bpffs)["interfaces"], serde_json::json!([]));
 }
+
+/// The name of the XDP program the kernel runs on `iface` in `ns`.
+fn xdp_program_on(ns: &Namespace, iface: &str) -> Option<String> {
+    let iface = iface.to_owned();
+    ns.spawn(move || {
+        let xdp = airlock::link_type::query(&iface)
+            .expect("rtnetlink")
+            .expect("interface exists")
+            .xdp;
+        airlock::loader::program_name(xdp.driver.max(xdp.generic))
+    })
+    .join()
+    .expect("query thread")
+}
+
+#[test]
+fn each_device_gets_the_program_for_its_frames() {
+    require_root();
+    let ns = Namespace::new(unique_name("alty"));
+    let bpffs = PrivateBpffs::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let [tun, tap, veth, peer, bridge, macvlan] =
+        ["altu", "alta", "alve", "alpe", "albr", "almv"].map(unique_name);
+    ns.ip(&["tuntap", "add", "dev", &tun, "mode", "tun"]);
+    ns.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
+    ns.ip(&["link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+    ns.ip(&["link", "add", &bridge, "type", "bridge"]);
+    ns.ip(&["link", "add", &macvlan, "link", &peer, "type", "macvlan"]);
+    let devices = [&tun, &tap, &veth, &bridge, &macvlan];
+    for device in devices {
+        ns.ip(&["link", "set", device, "up"]);
+    }
+    let mut args = vec!["apply".to_owned(), "-f".to_owned()];
+    args.push(policy(dir.path(), "auto", "pass").display().to_string());
+    for device in devices {
+        args.extend(["--iface".to_owned(), device.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = airlock_in(&ns, bpffs.path(), &args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for (device, program) in [
+        (&tun, "airlock_xdp_l3"),
+        (&tap, "airlock_xdp"),
+        (&veth, "airlock_xdp"),
+        (&bridge, "airlock_xdp"),
+        (&macvlan, "airlock_xdp"),
+    ] {
+        assert_eq!(
+            xdp_program_on(&ns, device).as_deref(),
+            Some(program),
+            "{device}"
+        );
+    }
+}
+
+#[test]
+fn a_filter_pinned_for_the_wrong_frame_layout_is_replaced() {
+    require_root();
+    let ns = Namespace::new(unique_name("alwr"));
+    let bpffs = PrivateBpffs::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tun = unique_name("altu");
+    ns.ip(&["tuntap", "add", "dev", &tun, "mode", "tun"]);
+    ns.ip(&["link", "set", &tun, "up"]);
+    // What an Airlock from before link types were told apart left on a tun device:
+    // the Ethernet program, attached and pinned where apply looks for it.
+    let pin_dir = bpffs.path().join(&tun);
+    std::fs::create_dir(&pin_dir).expect("pin dir");
+    let (device, link_pin) = (tun.clone(), pin_dir.join(airlock::loader::LINK_PIN));
+    ns.spawn(move || {
+        let mut filter = airlock::loader::LoadedFilter::load().expect("load");
+        let program = filter.program().expect("program");
+        let id = program
+            .attach(&device, aya::programs::XdpMode::Skb)
+            .expect("attach");
+        let link = program.take_link(id).expect("link");
+        let link = aya::programs::links::FdLink::try_from(link).expect("fd link");
+        link.pin(&link_pin).expect("pin link");
+    })
+    .join()
+    .expect("attach thread");
+    assert_eq!(xdp_program_on(&ns, &tun).as_deref(), Some("airlock_xdp"));
+
+    let p = policy(dir.path(), &tun, "pass");
+    let run = airlock_in(
+        &ns,
+        bpffs.path(),
+        &["apply", "-f", p.to_str().expect("utf-8")],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reads the wrong frame layout"),
+        "the replacement is said: {}",
+        run.stderr
+    );
+    assert_eq!(xdp_program_on(&ns, &tun).as_deref(), Some("airlock_xdp_l3"));
+}

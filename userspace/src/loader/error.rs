@@ -72,7 +72,7 @@ pub enum LoaderError {
     #[error("the source table in map {0} is not well formed (ranges unsorted or missing)")]
     MalformedSourceTable(&'static str),
     #[error(transparent)]
-    LinkType(#[from] crate::link_type::LinkTypeError),
+    LinkType(Box<crate::link_type::LinkTypeError>),
     #[error(
         "interface {iface} already has an XDP program: {programs}; Airlock does not attach \
          beside another XDP program (one that redirects or drops packets would take them \
@@ -114,11 +114,14 @@ impl LoaderError {
     /// Whether the request itself is wrong (an interface Airlock cannot filter, an
     /// attach mode the filter in place does not have): exit code 2, like a bad policy.
     pub fn is_invalid_input(&self) -> bool {
-        matches!(
-            self,
-            LoaderError::LinkType(crate::link_type::LinkTypeError::Unsupported { .. })
-                | LoaderError::ModeMismatch { .. }
-        )
+        match self {
+            LoaderError::LinkType(error) => matches!(
+                **error,
+                crate::link_type::LinkTypeError::Unsupported { .. }
+            ),
+            LoaderError::ModeMismatch { .. } => true,
+            _ => false,
+        }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
@@ -127,5 +130,11 @@ impl LoaderError {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl From<crate::link_type::LinkTypeError> for LoaderError {
+    fn from(error: crate::link_type::LinkTypeError) -> Self {
+        LoaderError::LinkType(Box::new(error))
     }
 }
