@@ -311,6 +311,28 @@ fn a_tun_device_is_filtered_from_the_ip_header_and_counted_right() {
     assert_eq!(packets(&iface["reasons"]["non_ip"]), 0, "{status}");
     assert_eq!(packets(&iface["reasons"]["malformed"]), 0, "{status}");
 
+    // `explain --live` runs its probe through the IP-first program without an
+    // Ethernet header, as the tun delivers it: kernel and model agree.
+    for (source, verdict) in [(OFFICE_V4, "pass"), (STRANGER_V6, "drop")] {
+        let args = [
+            "explain",
+            "-f",
+            p.to_str().expect("utf-8"),
+            "--src",
+            source,
+            "--port",
+            "5432/tcp",
+            "--live",
+            "-o",
+            "json",
+        ];
+        let run = airlock_in(&ns, bpffs.path(), &args);
+        assert_eq!(run.code, 0, "explain --live: {}{}", run.stdout, run.stderr);
+        let answer: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        assert_eq!(answer["kernel"]["verdict"], verdict, "{answer}");
+        assert_eq!(answer["agree"], true, "{answer}");
+    }
+
     // The egress program is the IP-first one too: under `default: drop` a reply to
     // a connection the host opens through the tun still passes.
     let p = policy(dir.path(), &tun.name, "drop");

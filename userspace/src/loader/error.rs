@@ -115,10 +115,9 @@ impl LoaderError {
     /// attach mode the filter in place does not have): exit code 2, like a bad policy.
     pub fn is_invalid_input(&self) -> bool {
         match self {
-            LoaderError::LinkType(error) => matches!(
-                **error,
-                crate::link_type::LinkTypeError::Unsupported { .. }
-            ),
+            LoaderError::LinkType(error) => {
+                matches!(**error, crate::link_type::LinkTypeError::Unsupported { .. })
+            }
             LoaderError::ModeMismatch { .. } => true,
             _ => false,
         }

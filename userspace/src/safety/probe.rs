@@ -180,6 +180,12 @@ pub fn run_pinned(dir: &Path, frame: &[u8]) -> Result<KernelVerdict, ProbeError>
             source,
         })?;
     let maps = PolicyMaps::open_pinned(dir)?;
+    // The IP-first program (tun, WireGuard...) gets the packet without the
+    // Ethernet header, as on its interface.
+    let ip_first = program
+        .info()
+        .is_ok_and(|info| info.name_as_str() == Some(crate::loader::PROGRAM_NAME_L3));
+    let frame = if ip_first { &frame[14..] } else { frame };
     let one = Counter {
         packets: 1,
         bytes: frame.len() as u64,
