@@ -288,7 +288,7 @@ impl LiveBed {
             Source::LiveFrames => self.send_live_frames(frame, duration),
             Source::PacketSocket(socket) => {
                 // The socket belongs to the client's namespace already.
-                let sent = std::thread::scope(|scope| {
+                std::thread::scope(|scope| {
                     scope
                         .spawn(|| {
                             pin_to_cpu(0);
@@ -296,8 +296,7 @@ impl LiveBed {
                         })
                         .join()
                         .map_err(|_| anyhow::anyhow!("the sending thread panicked"))
-                })?;
-                sent
+                })?
             }
             Source::Unavailable => anyhow::bail!("no live traffic source on this kernel"),
         }

@@ -66,8 +66,10 @@ pub struct Results {
     pub library: Vec<LibraryRow>,
     pub live: Vec<LiveRow>,
     pub control: Vec<ControlRow>,
-    /// Agent resident memory at 100k prefixes, KiB, or why not measured.
+    /// Agent resident memory with a policy of `agent_prefixes`, KiB, or why not
+    /// measured.
     pub agent_rss: Result<u64, String>,
+    pub agent_prefixes: usize,
     /// Instructions the kernel's verifier processed loading the XDP and the egress
     /// program (most of a first apply's time), where the kernel says.
     pub verified: (Option<u32>, Option<u32>),
@@ -75,7 +77,7 @@ pub struct Results {
     pub seconds: f64,
 }
 
-/// One target of issue 4, judged.
+/// One target (issues 4 and 19), judged.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub name: String,
@@ -129,13 +131,12 @@ impl Results {
 
     pub fn targets(&self) -> Vec<Target> {
         let mut out = Vec::new();
+        // Issue 19's targets: every IP row (allowed, refused, replies; v4, v6; with
+        // and without a VLAN tag; every port-range count) against the floor.
         let ip_rows = |prefixes: usize| {
-            self.per_packet.iter().filter(move |r| {
-                r.prefixes == prefixes
-                    && r.port_ranges == 1
-                    && r.family != Family::NonIp
-                    && !r.case.contains("VLAN")
-            })
+            self.per_packet
+                .iter()
+                .filter(move |r| r.prefixes == prefixes && r.family != Family::NonIp)
         };
         for (generated, limit) in [(100_000usize, 1.7), (1_000_000, 2.0)] {
             let rows: Vec<&Row> = ip_rows(generated + 11).collect();
@@ -144,33 +145,47 @@ impl Results {
             }
             let worst = rows
                 .iter()
-                .map(|r| (r.airlock.ratio.median, r.case))
-                .fold((0.0, ""), |a, b| if b.0 > a.0 { b } else { a });
+                .map(|r| (r.airlock.ratio.median, r.case, r.port_ranges))
+                .fold((0.0, "", 0), |a, b| if b.0 > a.0 { b } else { a });
             out.push(Target {
                 name: format!(
-                    "per-packet ≤ {limit}× floor at {} prefixes (allowed/dropped, v4/v6)",
+                    "per-packet ≤ {limit}× floor at {} prefixes (every IP row)",
                     size_label(generated)
                 ),
                 met: Some(worst.0 <= limit),
-                detail: format!("worst {:.2}× ({})", worst.0, worst.1),
+                detail: format!(
+                    "worst {:.2}× ({}, {} port ranges)",
+                    worst.0, worst.1, worst.2
+                ),
             });
         }
+        // IP rows: faster than xdp-filter; non-IP (which it drops, Airlock passes):
+        // within 1 ns of it.
         let mut beaten = 0;
         let mut total = 0;
         let mut worst = String::new();
         for r in &self.per_packet {
             if let Some(x) = &r.xdp_filter {
                 total += 1;
-                if r.airlock.ns.median < x.ns.median {
+                let met = if r.family == Family::NonIp {
+                    r.airlock.ns.median <= x.ns.median + 1.0
+                } else {
+                    r.airlock.ns.median < x.ns.median
+                };
+                if met {
                     beaten += 1;
                 } else if worst.is_empty() {
-                    worst = format!("{} {}", r.workload, r.case);
+                    worst = format!(
+                        "{} {} ({:.1} ns against {:.1})",
+                        r.workload, r.case, r.airlock.ns.median, x.ns.median
+                    );
                 }
             }
         }
         if total > 0 {
             out.push(Target {
-                name: "per-packet lower than xdp-filter on every row".into(),
+                name: "per-packet lower than xdp-filter on every IP row, within 1 ns on non-IP"
+                    .into(),
                 met: Some(beaten == total),
                 detail: format!(
                     "{beaten} of {total} rows{}",
@@ -180,6 +195,22 @@ impl Results {
                         format!("; first miss: {worst}")
                     }
                 ),
+            });
+        }
+        let open_flow: Vec<_> = self
+            .egress
+            .iter()
+            .filter(|r| r.case.contains("open flow"))
+            .collect();
+        if !open_flow.is_empty() {
+            let worst = open_flow
+                .iter()
+                .map(|r| (r.ratio.median, r.case))
+                .fold((0.0, ""), |a, b| if b.0 > a.0 { b } else { a });
+            out.push(Target {
+                name: "egress ≤ 1.5× its floor on an open flow".into(),
+                met: Some(worst.0 <= 1.5),
+                detail: format!("worst {:.2}× ({})", worst.0, worst.1),
             });
         }
         for r in self
@@ -505,7 +536,8 @@ impl Results {
         }
         let _ = writeln!(
             md,
-            "\nAgent resident memory at 100k prefixes: {}.\n",
+            "\nAgent resident memory at {} prefixes: {}.\n",
+            size_label(self.agent_prefixes),
             match &self.agent_rss {
                 Ok(kib) => mib(*kib),
                 Err(e) => format!("n/a ({e})"),
@@ -636,6 +668,7 @@ impl Results {
             "control_plane": control,
             "library": library,
             "agent_rss_kib": match &self.agent_rss { Ok(k) => json!(k), Err(e) => json!({ "error": e }) },
+            "agent_prefixes": self.agent_prefixes,
             "verified_instructions": { "xdp": self.verified.0, "egress": self.verified.1 },
             "notes": self.notes,
             "plot": self.plot(),
@@ -695,10 +728,10 @@ impl Results {
                 },
             ],
         });
-        if self.live.is_empty() {
-            if let Some(panels) = plot["panels"].as_array_mut() {
-                panels.truncate(1);
-            }
+        if self.live.is_empty()
+            && let Some(panels) = plot["panels"].as_array_mut()
+        {
+            panels.truncate(1);
         }
         plot
     }

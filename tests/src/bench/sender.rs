@@ -98,7 +98,7 @@ impl PacketSocket {
                 Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ENETDOWN) => {
                     refused += 1;
                     // The receiver is behind; let it drain.
-                    if refused % 64 == 0 {
+                    if refused.is_multiple_of(64) {
                         std::thread::yield_now();
                     }
                 }

@@ -135,6 +135,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
         live: Vec::new(),
         control: Vec::new(),
         agent_rss: Err("not measured".into()),
+        agent_prefixes: if quick { 10_000 } else { 100_000 },
         verified,
         notes: Vec::new(),
         seconds: 0.0,
@@ -309,7 +310,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             )),
         }
     }
-    let agent_size = if quick { 10_000 } else { 100_000 };
+    let agent_size = results.agent_prefixes;
     progress("agent memory");
     results.agent_rss = if options.per_packet_only || options.control_only || options.live_only {
         Err("not measured (--per-packet-only, --control-only or --live-only)".into())
