@@ -196,14 +196,26 @@ pub(crate) fn present(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
 
-/// Checks the pin directory `dir` (an interface's or a staging one) and the pin
-/// root it is in, with every directory on the way: see `crate::trust`. Every
-/// reader of pins runs it before opening one.
+/// Checks the pin directory `dir` (an interface's or a staging one), everything in
+/// it, and the pin root it is in with every directory on the way: see
+/// `crate::trust`. Every reader of pins runs it before opening one, so a planted
+/// symlink (or anything else root did not put there) stops every command with
+/// the same clear error, not only the one that would follow it.
 pub(crate) fn check_filter_dir(dir: &Path) -> Result<(), LoaderError> {
     if let Some(root) = dir.parent() {
         trust::check_dir_and_parents(root)?;
     }
     trust::check_dir(dir)?;
+    let entries = fs::read_dir(dir).map_err(|e| LoaderError::io("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LoaderError::io("listing", dir, e))?;
+        let path = entry.path();
+        // Of the entry itself: DirEntry::metadata does not follow a symlink.
+        let meta = entry
+            .metadata()
+            .map_err(|e| LoaderError::io("checking", &path, e))?;
+        trust::check_entry(&path, &meta)?;
+    }
     Ok(())
 }
 
@@ -249,21 +261,13 @@ fn in_host_mount_namespace() -> bool {
 
 /// Unpins everything in `dir` and removes it. Unpinning the link detaches the
 /// program once no process holds it any more. Nothing is touched unless `dir`, its
-/// root and everything in `dir` pass `crate::trust`: a symlink planted as `link`
-/// would have the detach below act on a filter elsewhere.
+/// root and everything in `dir` pass [`check_filter_dir`]: a symlink planted as
+/// `link` would have the detach below act on a filter elsewhere.
 pub(crate) fn remove_dir(dir: &Path) -> Result<(), LoaderError> {
     check_filter_dir(dir)?;
     let entries = fs::read_dir(dir)
         .and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
         .map_err(|e| LoaderError::io("listing", dir, e))?;
-    for entry in &entries {
-        let path = entry.path();
-        // Of the entry itself: DirEntry::metadata does not follow a symlink.
-        let meta = entry
-            .metadata()
-            .map_err(|e| LoaderError::io("checking", &path, e))?;
-        trust::check_entry(&path, &meta)?;
-    }
     // unlink(2) removes a symlink, never what it points to.
     let unpin = |path: &Path| {
         if present(path) {
