@@ -56,7 +56,7 @@ pub fn samples_socket_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
 
 /// Makes the state directory (0700) if it is missing, and checks that only root
 /// can change it.
-pub fn prepare_state_dir(state_dir: &Path) -> Result<(), AgentError> {
+fn prepare_state_dir(state_dir: &Path) -> Result<(), AgentError> {
     let trusted =
         trust::create_dir_all(state_dir).and_then(|()| trust::check_dir_and_parents(state_dir));
     trusted.map_err(|e| AgentError::Loader(LoaderError::Trust(e)))
