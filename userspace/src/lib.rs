@@ -16,3 +16,4 @@ pub mod samples;
 pub mod sockets;
 #[cfg(test)]
 mod test_rng;
+pub mod trust;
