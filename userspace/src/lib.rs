@@ -15,3 +15,4 @@ pub mod samples;
 pub mod sockets;
 #[cfg(test)]
 mod test_rng;
+pub mod tunnels;
