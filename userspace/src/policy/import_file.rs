@@ -72,7 +72,7 @@ impl ReadError {
     pub(crate) fn hint(&self) -> Option<String> {
         Some(
             match self {
-                ReadError::Io(_) => "a relative path is relative to the policy file's directory",
+                ReadError::Io(_) => "the path is relative to the policy file's directory",
                 ReadError::NotRegular(_) => {
                     "an import must be a regular file (symlinks to one are followed)"
                 }
