@@ -17,3 +17,4 @@ pub mod sockets;
 #[cfg(test)]
 mod test_rng;
 pub mod trust;
+pub mod tunnels;
