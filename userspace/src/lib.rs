@@ -16,3 +16,5 @@ pub mod samples;
 pub mod sockets;
 #[cfg(test)]
 mod test_rng;
+pub mod trust;
+pub mod tunnels;

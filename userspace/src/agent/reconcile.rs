@@ -39,6 +39,9 @@ pub struct Reconciler {
     applied: Option<Applied>,
     /// Apply policies the anti-lockout check refuses (`agent --force`).
     force: bool,
+    /// Tunnel devices that bypass the filter, as last warned about (each is
+    /// logged when it first appears, not at every reconcile).
+    tunnels: Vec<crate::tunnels::TunnelWarning>,
 }
 
 impl Reconciler {
@@ -57,6 +60,7 @@ impl Reconciler {
             state,
             applied: None,
             force: false,
+            tunnels: Vec::new(),
         }
     }
 
@@ -255,6 +259,7 @@ impl Reconciler {
                 return;
             }
         };
+        let tunnels = crate::tunnels::uncovered(&applied.policy, &selected);
         let mut ready = !selected.is_empty();
         for iface in &selected {
             let Some(index) = loader::interface_index(iface) else {
@@ -297,6 +302,25 @@ impl Reconciler {
             loader::seed_from_socket_table(&self.root.interface_dir(iface));
         }
         self.state.lock().ready = ready;
+        self.warn_tunnels(tunnels);
+    }
+
+    /// Logs the tunnel devices that bypass the filter and were not warned about yet.
+    fn warn_tunnels(
+        &mut self,
+        found: Result<Vec<crate::tunnels::TunnelWarning>, crate::tunnels::TunnelError>,
+    ) {
+        match found {
+            Ok(found) => {
+                for warning in found.iter().filter(|w| !self.tunnels.contains(w)) {
+                    crate::tunnels::log(warning);
+                }
+                self.tunnels = found;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot check for tunnel devices that bypass the filter");
+            }
+        }
     }
 
     /// `Err(what drifted)` unless our program is attached to the interface as it is
