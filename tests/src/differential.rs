@@ -91,7 +91,7 @@ pub fn run(seed: u64, frames: usize, mut progress: impl FnMut(&Report)) -> Repor
         ..Report::default()
     };
     while report.frames < frames {
-        if report.policies > 0 && report.policies % POLICIES_PER_FILTER == 0 {
+        if report.policies > 0 && report.policies.is_multiple_of(POLICIES_PER_FILTER) {
             h = Harness::new();
         }
         let yaml = random_policy(&mut rng);

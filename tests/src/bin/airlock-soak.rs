@@ -27,7 +27,12 @@ fn main() -> ExitCode {
     let mut shown = 0;
     let report = differential::run(seed, frames, |r| {
         // Shown as found, so a long run that fails late has said why already.
-        for (_, d) in r.disagreements.iter().skip(shown).take(10usize.saturating_sub(shown)) {
+        for (_, d) in r
+            .disagreements
+            .iter()
+            .skip(shown)
+            .take(10usize.saturating_sub(shown))
+        {
             println!("---- disagreement ----\n{d}");
         }
         shown = r.disagreements.len().max(shown);
