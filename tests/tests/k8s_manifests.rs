@@ -672,7 +672,10 @@ fn daemonset_is_shaped_for_an_xdp_agent() {
     let init = &inits[0];
     assert_eq!(at(init, "securityContext.privileged").as_bool(), Some(true));
     let script = strings(at(init, "command")).join(" ");
-    assert!(script.contains("mount -t bpf bpf /sys/fs/bpf"), "{script}");
+    assert!(
+        script.contains("mount -t bpf -o mode=0700 bpf /sys/fs/bpf"),
+        "{script}"
+    );
     let mount = named(at(init, "volumeMounts"), "bpffs");
     assert_eq!(s(at(mount, "mountPath")), "/sys/fs/bpf");
     assert_eq!(s(at(mount, "mountPropagation")), "Bidirectional");

@@ -17,3 +17,5 @@ pub mod samples;
 pub mod sockets;
 #[cfg(test)]
 mod test_rng;
+pub mod trust;
+pub mod tunnels;

@@ -41,6 +41,9 @@ pub struct Reconciler {
     force: bool,
     /// `agent --xdp-mode`, over the policy's.
     xdp_mode: Option<policy::XdpMode>,
+    /// Tunnel devices that bypass the filter, as last warned about (each is
+    /// logged when it first appears, not at every reconcile).
+    tunnels: Vec<crate::tunnels::TunnelWarning>,
 }
 
 impl Reconciler {
@@ -60,6 +63,7 @@ impl Reconciler {
             applied: None,
             force: false,
             xdp_mode: None,
+            tunnels: Vec::new(),
         }
     }
 
@@ -266,6 +270,7 @@ impl Reconciler {
                 return;
             }
         };
+        let tunnels = crate::tunnels::uncovered(&applied.policy, &selected);
         let mut ready = !selected.is_empty();
         for iface in &selected {
             let Some(index) = loader::interface_index(iface) else {
@@ -308,6 +313,25 @@ impl Reconciler {
             loader::seed_from_socket_table(&self.root.interface_dir(iface));
         }
         self.state.lock().ready = ready;
+        self.warn_tunnels(tunnels);
+    }
+
+    /// Logs the tunnel devices that bypass the filter and were not warned about yet.
+    fn warn_tunnels(
+        &mut self,
+        found: Result<Vec<crate::tunnels::TunnelWarning>, crate::tunnels::TunnelError>,
+    ) {
+        match found {
+            Ok(found) => {
+                for warning in found.iter().filter(|w| !self.tunnels.contains(w)) {
+                    crate::tunnels::log(warning);
+                }
+                self.tunnels = found;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot check for tunnel devices that bypass the filter");
+            }
+        }
     }
 
     /// `Err(what drifted)` unless our program is attached to the interface as it is

@@ -68,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let root = PinRoot::new(&args.pin_root.pin_root);
     let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
+    let tunnels = airlock::tunnels::warn_uncovered(&policy, &ifaces);
     // A plain apply takes the writer lock before compiling, and the grace period
     // its swap must wait out then passes while it compiles (see
     // `WriterLock::acquire_early`). Expired confirmations are rolled back first
@@ -89,7 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // refuses it the same way (same message, same exit code), before any
         // output that would say it loads.
         safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
-        output::dry_run(&policy, &compiled, &ifaces, args.output)?;
+        output::dry_run(&policy, &compiled, &ifaces, &tunnels, args.output)?;
         return Ok(ExitCode::SUCCESS);
     }
     interfaces::check_exist(&ifaces)?;
@@ -112,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
-    output::applied(&done, &compiled, args.output)?;
+    output::applied(&done, &compiled, &tunnels, args.output)?;
     // The grace period after these flips passes after this process exits, and the
     // next apply finds it on record instead of waiting for one itself.
     if let Err(error) = super::grace_record::start(&root) {

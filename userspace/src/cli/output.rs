@@ -1,6 +1,6 @@
 //! Human and JSON renderings shared by several verbs.
 
-use airlock::{compile::Compiled, loader::ApplyOutcome, policy::Policy};
+use airlock::{compile::Compiled, loader::ApplyOutcome, policy::Policy, tunnels::TunnelWarning};
 use serde_json::json;
 
 use super::OutputFormat;
@@ -14,6 +14,7 @@ pub fn dry_run(
     policy: &Policy,
     compiled: &Compiled,
     ifaces: &[String],
+    tunnels: &[TunnelWarning],
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let stats = compiled.stats();
@@ -24,6 +25,7 @@ pub fn dry_run(
             "mode": policy.mode.name(),
             "default": policy.default.name(),
             "stats": stats,
+            "tunnel_warnings": tunnels,
         }));
     }
     println!("dry run: nothing was loaded");
@@ -61,12 +63,14 @@ pub fn dry_run(
             rule.ports.join(", ")
         );
     }
+    print_tunnel_warnings(tunnels);
     Ok(())
 }
 
 pub fn applied(
     done: &[ApplyOutcome],
     compiled: &Compiled,
+    tunnels: &[TunnelWarning],
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let stats = compiled.stats();
@@ -83,7 +87,11 @@ pub fn applied(
                 })
             })
             .collect();
-        return print_json(&json!({ "applied": items, "stats": stats }));
+        return print_json(&json!({
+            "applied": items,
+            "stats": stats,
+            "tunnel_warnings": tunnels,
+        }));
     }
     for o in done {
         let action = if o.attached {
@@ -96,5 +104,13 @@ pub fn applied(
             o.iface, stats.rules, stats.entries.v4, stats.entries.v6, o.serial
         );
     }
+    print_tunnel_warnings(tunnels);
     Ok(())
+}
+
+/// Tunnel devices that bypass the filter (also logged as warnings).
+fn print_tunnel_warnings(tunnels: &[TunnelWarning]) {
+    for warning in tunnels {
+        println!("warning: {warning}");
+    }
 }

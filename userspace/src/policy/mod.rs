@@ -10,6 +10,7 @@
 mod addr;
 mod error;
 mod fast_cidr;
+mod import_file;
 mod imports;
 mod ports;
 mod raw;
@@ -215,5 +216,7 @@ impl Rule {
     }
 }
 
+#[cfg(test)]
+mod import_tests;
 #[cfg(test)]
 mod tests;
