@@ -423,7 +423,7 @@ fn install_staged(
         install_egress(&mut ebpf, egress_name, staging, iface)?;
     }
     let program = xdp_program(&mut ebpf, xdp_name)?;
-    let (link, attach_mode) = xdp_attach::attach(program, iface, summary.xdp_mode)?;
+    let (link, attach_mode) = xdp_attach::attach(program, xdp_name, iface, summary.xdp_mode)?;
     if attach_mode != AttachMode::Driver {
         summary.attach_mode = attach_mode.as_str().to_owned();
         maps.rewrite_active_summary(summary)?;

@@ -20,12 +20,13 @@ const ENOTSUPP: i32 = 524;
 /// `FdLink` so the caller can pin it; until pinned, dropping it detaches.
 pub(crate) fn attach(
     program: &mut Xdp,
+    name: &'static str,
     iface: &str,
     request: XdpMode,
 ) -> Result<(FdLink, AttachMode), LoaderError> {
     refuse_occupied(iface)?;
     let generic = |program: &mut Xdp| {
-        attach_in(program, iface, AttachMode::Skb).map_err(|f| f.into_error(iface, false))
+        attach_in(program, iface, AttachMode::Skb).map_err(|f| f.into_error(name, iface, false))
     };
     let link_id = match request {
         XdpMode::Generic => generic(program)?,
@@ -37,7 +38,7 @@ pub(crate) fn attach(
                     source,
                 });
             }
-            Err(other) => return Err(other.into_error(iface, true)),
+            Err(other) => return Err(other.into_error(name, iface, true)),
         },
         XdpMode::Auto => match attach_in(program, iface, AttachMode::Driver) {
             Ok(id) => id,
@@ -49,12 +50,12 @@ pub(crate) fn attach(
                 );
                 generic(program)?
             }
-            Err(other) => return Err(other.into_error(iface, true)),
+            Err(other) => return Err(other.into_error(name, iface, true)),
         },
     };
     let (link_id, mode) = link_id;
     let program_err = |source| LoaderError::Program {
-        name: "XDP",
+        name,
         source: Box::new(source),
     };
     let link = program.take_link(link_id).map_err(program_err)?;
@@ -75,7 +76,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn into_error(self, iface: &str, native: bool) -> LoaderError {
+    fn into_error(self, name: &'static str, iface: &str, native: bool) -> LoaderError {
         match self {
             Failure::Occupied(programs) => LoaderError::XdpOccupied {
                 iface: iface.to_owned(),
@@ -87,10 +88,9 @@ impl Failure {
                     source,
                 }
             }
-            Failure::NotSupported(source) | Failure::Other(source) => LoaderError::Program {
-                name: "XDP",
-                source,
-            },
+            Failure::NotSupported(source) | Failure::Other(source) => {
+                LoaderError::Program { name, source }
+            }
         }
     }
 }
