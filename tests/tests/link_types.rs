@@ -517,9 +517,11 @@ fn a_filter_pinned_for_the_wrong_frame_layout_is_replaced() {
     let pin_dir = bpffs.path().join(&tun);
     std::fs::create_dir(&pin_dir).expect("pin dir");
     let (device, link_pin) = (tun.clone(), pin_dir.join(airlock::loader::LINK_PIN));
+    let program_pin = pin_dir.join(airlock::loader::PROGRAM_PIN);
     ns.spawn(move || {
         let mut filter = airlock::loader::LoadedFilter::load().expect("load");
         let program = filter.program().expect("program");
+        program.pin(&program_pin).expect("pin program");
         let id = program
             .attach(&device, aya::programs::XdpMode::Skb)
             .expect("attach");
@@ -539,7 +541,8 @@ fn a_filter_pinned_for_the_wrong_frame_layout_is_replaced() {
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stderr.contains("reads the wrong frame layout"),
+        run.stderr.contains("reads the wrong frame layout")
+            && run.stderr.contains("program=\"airlock_xdp\""),
         "the replacement is said: {}",
         run.stderr
     );

@@ -202,23 +202,36 @@ fn state_of(fd: &OwnedFd, kind: LinkKind) -> std::io::Result<LinkState> {
 }
 
 /// The name of the loaded program with id `program_id` (the kernel keeps the first
-/// 15 bytes), or `None` if there is no such program any more.
+/// 15 bytes), or `None` if there is no such program any more or we may not look
+/// (BPF_PROG_GET_FD_BY_ID needs CAP_SYS_ADMIN, which the systemd unit does not grant).
 pub fn program_name(program_id: u32) -> Option<String> {
     // BPF_PROG_GET_FD_BY_ID: prog_id (u32).
     let mut attr = [0u64; 16];
     attr[0] = u64::from(program_id);
     // SAFETY: no pointers in attr.
     let fd = owned(unsafe { bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) }.ok()?);
-    // `struct bpf_prog_info` up to and including `name[16]` at byte 64.
+    program_identity(&fd).ok().map(|(_, name)| name)
+}
+
+/// The id and name of the program pinned at `path` (needs no capability beyond
+/// access to the pin).
+pub fn pinned_program(path: &Path) -> std::io::Result<(u32, String)> {
+    program_identity(&open_pinned(path)?)
+}
+
+/// A program's id and name (BPF_OBJ_GET_INFO_BY_FD; `struct bpf_prog_info` keeps
+/// `id` at byte 4 and `name[16]` at byte 64).
+fn program_identity(fd: &OwnedFd) -> std::io::Result<(u32, String)> {
     let mut info = [0u8; 80];
     let mut attr = [0u64; 16];
     attr[0] = u64::from(fd.as_raw_fd() as u32) | ((info.len() as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
     // SAFETY: info is writable for info_len bytes and outlives the call.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }.ok()?;
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    let id = u32::from_ne_bytes([info[4], info[5], info[6], info[7]]);
     let name = &info[64..80];
     let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Some(String::from_utf8_lossy(&name[..len]).into_owned())
+    Ok((id, String::from_utf8_lossy(&name[..len]).into_owned()))
 }
 
 /// The interface's index in this network namespace, or `None` if it does not exist.

@@ -177,7 +177,7 @@ pub fn apply(
         // Refused as a whole, not "reinstalled" below: see `pins::remove_dir`.
         pins::check_filter_dir(&dir)?;
         match pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) {
-            Ok(state) if state.ifindex == ifindex && runs_program_for(&state, framing) => {
+            Ok(state) if state.ifindex == ifindex && runs_program_for(&dir, &state, framing) => {
                 let grace = Grace::Early(writer, &dir);
                 let mode = attached_mode(&facts, &state);
                 check_mode(iface, mode, summary.xdp_mode)?;
@@ -189,7 +189,7 @@ pub fn apply(
                 // misreads every frame, so it must not stay.
                 tracing::warn!(
                     iface,
-                    program = link::program_name(state.program_id).unwrap_or_default(),
+                    program = pinned_program_name(&dir),
                     framing = framing.name(),
                     "pinned filter reads the wrong frame layout for this interface; reinstalling"
                 );
@@ -211,11 +211,25 @@ pub fn apply(
     install(root, iface, framing, compiled, summary)
 }
 
-/// Whether the pinned filter runs the program that reads `framing`'s frames.
-fn runs_program_for(state: &LinkState, framing: Framing) -> bool {
+/// Whether the pinned link runs the pinned program and that program reads
+/// `framing`'s frames. Read through the program's pin: looking a program up by id
+/// needs CAP_SYS_ADMIN, which the systemd unit does not grant.
+fn runs_program_for(dir: &Path, state: &LinkState, framing: Framing) -> bool {
     // The kernel keeps the first 15 bytes of a program's name.
     let expected: String = program_names(framing).0.chars().take(15).collect();
-    link::program_name(state.program_id).is_some_and(|name| name == expected)
+    let Ok(path) = pinned_path(dir, PROGRAM_PIN) else {
+        return false;
+    };
+    link::pinned_program(&path).is_ok_and(|(id, name)| id == state.program_id && name == expected)
+}
+
+/// The name of the program pinned in `dir`, for messages.
+fn pinned_program_name(dir: &Path) -> String {
+    pinned_path(dir, PROGRAM_PIN)
+        .ok()
+        .and_then(|path| link::pinned_program(&path).ok())
+        .map(|(_, name)| name)
+        .unwrap_or_default()
 }
 
 /// Whether the filter pinned in `dir` is attached to `iface` as it is now and runs
@@ -227,7 +241,7 @@ pub fn pinned_filter_fits(dir: &Path, iface: &str) -> Result<(), &'static str> {
     if state.ifindex != facts.ifindex {
         return Err("link not attached to the interface (deleted and recreated?)");
     }
-    if !runs_program_for(&state, framing) {
+    if !runs_program_for(dir, &state, framing) {
         return Err("the program attached reads the wrong frame layout for this link type");
     }
     Ok(())

@@ -150,10 +150,15 @@ fn describe(xdp: &link_type::XdpPrograms, upper: Option<&str>) -> Vec<String> {
     xdp.attached()
         .into_iter()
         .map(|(id, mode)| {
-            let name = link::program_name(id).unwrap_or_else(|| "?".to_owned());
+            // Naming a program by id needs CAP_SYS_ADMIN; the id alone still finds it
+            // (`bpftool prog show id N`).
+            let name = link::program_name(id).map_or_else(
+                || "(name not readable without CAP_SYS_ADMIN)".to_owned(),
+                |name| format!("{name:?}"),
+            );
             match upper {
-                Some(upper) => format!("id {id} {name:?} ({mode}, on its upper device {upper})"),
-                None => format!("id {id} {name:?} ({mode})"),
+                Some(upper) => format!("id {id} {name} ({mode}, on its upper device {upper})"),
+                None => format!("id {id} {name} ({mode})"),
             }
         })
         .collect()
