@@ -7,6 +7,7 @@ pub mod compile;
 pub mod interfaces;
 pub mod loader;
 pub mod parallel;
+pub mod pipeline;
 pub mod policy;
 pub mod reference;
 pub mod regions;

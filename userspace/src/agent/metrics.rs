@@ -236,7 +236,7 @@ impl Collector for AirlockCollector {
             ),
             (
                 "airlock_ready",
-                "1 when the policy is applied on every selected interface.",
+                "1 when a valid policy is enforced on every selected interface.",
                 f64::from(u8::from(state.ready)),
             ),
             (
@@ -277,12 +277,28 @@ impl Collector for AirlockCollector {
 struct Http {
     registry: Arc<Registry>,
     state: Arc<AgentState>,
+    /// One scrape reads the maps at a time; the others wait their turn without a
+    /// thread each.
+    scraping: Arc<tokio::sync::Semaphore>,
 }
 
 async fn metrics(State(http): State<Http>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &http.registry) {
-        Ok(()) => (
+    // Reading the maps is system calls: off the runtime, so health never waits.
+    let encoded = match http.scraping.acquire().await {
+        Ok(_turn) => {
+            let registry = Arc::clone(&http.registry);
+            tokio::task::spawn_blocking(move || {
+                let mut body = String::new();
+                prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+        }
+        Err(_) => None,
+    };
+    match encoded {
+        Some(body) => (
             StatusCode::OK,
             [(
                 "content-type",
@@ -290,7 +306,7 @@ async fn metrics(State(http): State<Http>) -> impl IntoResponse {
             )],
             body,
         ),
-        Err(_) => (
+        None => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "text/plain")],
             "encoding metrics failed\n".to_owned(),
@@ -308,7 +324,7 @@ async fn readyz(State(http): State<Http>) -> (StatusCode, &'static str) {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: policy not applied on every selected interface\n",
+            "not ready: no valid policy is enforced on every selected interface\n",
         )
     }
 }
@@ -331,6 +347,7 @@ pub async fn serve(
         .with_state(Http {
             registry: Arc::new(registry),
             state,
+            scraping: Arc::new(tokio::sync::Semaphore::new(1)),
         });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
