@@ -516,3 +516,130 @@ fn agent_reloads_a_policy_in_chunk_maps_with_only_the_units_capabilities() {
         agent.log()
     );
 }
+
+/// Debug lines of the agent's log that say it looked at an unchanged policy file.
+fn looks(agent: &Agent) -> usize {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("policy file unchanged"))
+        .count()
+}
+
+/// Lines of the agent's log that report a rejected policy.
+fn rejections(agent: &Agent) -> usize {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("policy rejected"))
+        .count()
+}
+
+#[test]
+fn a_rejected_policy_is_logged_once_whatever_else_is_written_beside_it() {
+    let f = Fixture::new("a1x");
+    // The log is in the policy's directory (Agent puts it in the fixture's), so
+    // each log line is a change in that directory.
+    let invalid = policy_text(&f, "office, 203.0.113.7/24");
+    write_policy(&f, &invalid);
+    // -v: each look at the file is logged (at debug level), so a wake-up for
+    // nothing shows.
+    let agent = Agent::spawn(&f, &[], &policy_path(&f), &["-v"]);
+    assert!(
+        wait_until(RELOAD, || rejections(&agent) == 1),
+        "log:\n{}",
+        agent.log()
+    );
+    let stray = f.dir.path().join("notes.txt");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut sighup_sent = false;
+    while std::time::Instant::now() < deadline {
+        fs::write(&stray, format!("{:?}\n", std::time::Instant::now())).expect("write stray");
+        if !sighup_sent && deadline - std::time::Instant::now() < Duration::from_secs(10) {
+            // Asked to look again at the same content: nothing new to say.
+            agent.signal(nix::sys::signal::Signal::SIGHUP);
+            sighup_sent = true;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        rejections(&agent),
+        1,
+        "one rejection logged for one content; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        looks(&agent),
+        0,
+        "the log and the stray file woke the agent; log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("policy file still rejected (same content, same error)"),
+        "SIGHUP looked again, quietly; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(metric(&f, "airlock_policy_reload_failures_total"), 1.0);
+    assert!(!ready(&f), "nothing valid was ever enforced");
+
+    // Another invalid content is news; a valid one is enforced.
+    rename_policy(&f, &policy_text(&f, "office, 203.0.113.7/16"));
+    assert!(
+        wait_until(RELOAD, || rejections(&agent) == 2),
+        "log:\n{}",
+        agent.log()
+    );
+    rename_policy(&f, &policy_text(&f, "office"));
+    assert!(
+        wait_until(RELOAD, || ready(&f)),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(f.kept_out(addr::STRANGER_V4));
+    assert!(f.gets_in(addr::OFFICE_V4));
+}
+
+#[test]
+fn an_imported_file_is_watched_and_fixing_it_is_a_reload() {
+    let f = Fixture::new("aim");
+    let ranges = f.dir.path().join("ranges");
+    fs::create_dir(&ranges).expect("mkdir");
+    let list = ranges.join("partners.txt");
+    fs::write(&list, "198.51.100.0/24\n192.0.2.300\n").expect("write list");
+    let with_import = policy_text(&f, "partners").replace(
+        "sets:\n",
+        "sets:\n  partners:\n    file: ranges/partners.txt\n",
+    );
+    write_policy(&f, &with_import);
+    let agent = Agent::spawn(&f, &[], &policy_path(&f), &["-v"]);
+    assert!(
+        wait_until(RELOAD, || rejections(&agent) == 1),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("partners.txt:2:"), "{}", agent.log());
+    // Fixed in place: the policy's own text never changed.
+    fs::write(&list, "198.51.100.0/24\n").expect("fix list");
+    assert!(
+        wait_until(RELOAD, || ready(&f)),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(f.gets_in(addr::OFFICE_V4));
+    assert!(f.kept_out(addr::STRANGER_V4));
+    // Replaced by rename, as a download script would: the stranger joins.
+    let temp = ranges.join(".partners.txt.new");
+    fs::write(&temp, "198.51.100.0/24\n203.0.113.0/24\n").expect("write list");
+    fs::rename(&temp, &list).expect("rename list");
+    assert!(
+        wait_until(RELOAD, || f.gets_in(addr::STRANGER_V4)),
+        "log:\n{}",
+        agent.log()
+    );
+    // Another file in the list's directory wakes nothing.
+    let before = looks(&agent);
+    fs::write(ranges.join("other.txt"), "203.0.113.0/24\n").expect("write other");
+    thread::sleep(RELOAD);
+    assert_eq!(looks(&agent), before, "log:\n{}", agent.log());
+    assert_eq!(rejections(&agent), 1);
+}
