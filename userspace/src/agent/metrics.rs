@@ -228,7 +228,11 @@ impl Collector for AirlockCollector {
                 counter.metric_type(),
             )?)?;
         }
-        let gauges: [(&str, &str, f64); 3] = [
+        let last_rejection = state
+            .last_rejection
+            .as_ref()
+            .map_or(0.0, |r| r.at_unix as f64);
+        let gauges: [(&str, &str, f64); 5] = [
             (
                 "airlock_policy_last_reload_timestamp_seconds",
                 "Unix time of the last successful reload.",
@@ -243,6 +247,16 @@ impl Collector for AirlockCollector {
                 "airlock_mode_monitor",
                 "1 when the policy in force is in monitor mode.",
                 f64::from(u8::from(state.mode == "monitor")),
+            ),
+            (
+                "airlock_policy_in_sync",
+                "1 when the policy in force is the policy file as it is now; 0 after the file was rejected, until a version of it is applied.",
+                f64::from(u8::from(state.in_sync)),
+            ),
+            (
+                "airlock_policy_last_rejection_timestamp_seconds",
+                "Unix time the policy file was last rejected (0: never).",
+                last_rejection,
             ),
         ];
         for (name, help, value) in gauges {
