@@ -12,10 +12,12 @@ use std::{
     time::Duration,
 };
 
+use airlock::loader::{Flow, FlowTable, monotonic_ns};
+use airlock_common::FLOW_TABLE_ENTRIES;
 use airlock_integration::{
     agent::{
-        Agent, Answers, RELOAD, bulk_hosts, metric, policy_path, policy_text, poll, rename_policy,
-        write_policy,
+        Agent, Answers, RELOAD, bulk_hosts, metric, metrics, policy_path, policy_text, poll,
+        rename_policy, write_policy,
     },
     fixture::Fixture,
     netns::wait_until,
@@ -96,4 +98,63 @@ fn health_answers_at_once_while_large_reloads_and_concurrent_scrapes_run() {
         .sum();
     assert!(scrapes >= 20, "only {scrapes} scrapes");
     assert_all_fast(&health.join().expect("health poller"), 50, &agent);
+}
+
+#[test]
+fn twenty_concurrent_scrapes_of_a_full_flow_table_never_hold_up_health() {
+    let f = Fixture::new("ahf");
+    write_policy(&f, &policy_text(&f, "office"));
+    let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
+    // Filled as the egress program fills it (the host's own flows, an hour to go).
+    let dir = f.bed.bpffs.path().join(&f.bed.server_if);
+    let mut table = FlowTable::open_pinned(&dir).expect("flow table");
+    let until = monotonic_ns() + 3_600_000_000_000;
+    for i in 0..FLOW_TABLE_ENTRIES {
+        let flow = Flow {
+            peer: std::net::IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0xf10, 0, 0, 0, 0, i as u16,
+            )),
+            protocol: 17,
+            local_port: 50_000 + (i >> 16) as u16,
+            peer_port: 53,
+        };
+        table.insert_open(&flow, until).expect("fill flow table");
+    }
+    let present = format!(
+        "airlock_return_flows{{interface=\"{}\",kind=\"present\"}}",
+        f.bed.server_if
+    );
+    // The scrapes report the full table.
+    assert!(
+        metric(&f, &present) >= f64::from(FLOW_TABLE_ENTRIES) * 0.9,
+        "{}",
+        metrics(&f)
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let health = poll(&f, "/healthz", Duration::from_millis(10), Arc::clone(&stop));
+    let scrapers: Vec<_> = (0..20)
+        .map(|_| poll(&f, "/metrics", Duration::ZERO, Arc::clone(&stop)))
+        .collect();
+    thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let scrapes: Answers = scrapers
+        .into_iter()
+        .flat_map(|s| s.join().expect("scraper"))
+        .collect();
+    let failed = scrapes.iter().filter(|(status, _)| *status != 200).count();
+    assert_eq!(failed, 0, "scrapes without a 200 among {}", scrapes.len());
+    // A walk of the full table takes some 150 ms: twenty scrapes queued behind each
+    // other, each walking it, would take seconds apiece.
+    let slowest = scrapes
+        .iter()
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap_or_default();
+    eprintln!("{} scrapes, the slowest in {slowest:?}", scrapes.len());
+    assert!(
+        scrapes.len() >= 100 && slowest < Duration::from_secs(1),
+        "{} scrapes in 4 s, the slowest in {slowest:?}",
+        scrapes.len()
+    );
+    assert_all_fast(&health.join().expect("health poller"), 100, &agent);
 }

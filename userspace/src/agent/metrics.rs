@@ -1,7 +1,9 @@
 //! `/metrics` (Prometheus/OpenMetrics text from prometheus-client), `/healthz` and
 //! `/readyz`. Kernel counters are read from the pinned maps at scrape time, so a
 //! scrape always shows what the kernel counted, even for packets judged while no
-//! agent was running.
+//! agent was running; the flow tables' occupancy, which takes a walk of the table,
+//! comes from flow_census.rs. A scrape costs the same however full the tables are,
+//! runs off the async runtime, one at a time: health never waits for it.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -16,8 +18,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::state::AgentState;
-use crate::loader::{FlowTable, PinRoot, PolicyMaps};
+use super::{flow_census::FlowCensus, state::AgentState};
+use crate::loader::{PinRoot, PolicyMaps};
 
 type Labels = Vec<(String, String)>;
 
@@ -25,6 +27,7 @@ type Labels = Vec<(String, String)>;
 struct AirlockCollector {
     root: PinRoot,
     state: Arc<AgentState>,
+    census: Arc<FlowCensus>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -136,12 +139,9 @@ impl Collector for AirlockCollector {
                     .get_or_create(&labels(&[("interface", &iface), ("outcome", outcome)]))
                     .inc_by(counters.samples[slot as usize]);
             }
-            // Reading the table walks it, two syscalls per entry (at most
-            // FLOW_TABLE_ENTRIES): up to some tens of milliseconds per interface and
-            // scrape when full, which is when an operator most needs to know.
-            if let Ok(table) = FlowTable::open_pinned(&self.root.interface_dir(&iface))
-                && let Ok(occupancy) = table.occupancy()
-            {
+            // Counted at most once per flow_census::MAX_AGE: a walk of the table
+            // costs what it holds.
+            if let Some(occupancy) = self.census.get(&iface) {
                 for (kind, value) in [
                     ("live", occupancy.live),
                     ("present", occupancy.present),
@@ -191,7 +191,7 @@ impl Collector for AirlockCollector {
         encode_family(
             &mut encoder,
             "airlock_return_flows",
-            "Return-traffic flow table: flows opened by the host still in their timeout (live), entries present, and the table's size (capacity).",
+            "Return-traffic flow table: flows opened by the host still in their timeout (live), entries present, and the table's size (capacity); counted at most every 10 s.",
             &flows,
         )?;
         encode_family(
@@ -351,6 +351,7 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(AirlockCollector {
+        census: FlowCensus::new(root.clone()),
         root,
         state: Arc::clone(&state),
     }));
