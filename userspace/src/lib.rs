@@ -8,6 +8,7 @@ pub mod interfaces;
 pub mod kernel_hz;
 pub mod loader;
 pub mod parallel;
+pub mod pipeline;
 pub mod policy;
 pub mod reference;
 pub mod regions;

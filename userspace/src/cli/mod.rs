@@ -129,6 +129,9 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
             || cause.is::<UsageError>()
             || cause.is::<airlock::safety::lockout::LockoutError>()
             || cause.is::<airlock::safety::confirm::PendingConflict>()
+            || cause
+                .downcast_ref::<airlock::pipeline::Error>()
+                .is_some_and(airlock::pipeline::Error::is_refusal)
     });
     if invalid { 2 } else { 1 }
 }
