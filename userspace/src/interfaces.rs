@@ -38,6 +38,14 @@ pub fn resolve(policy: &Policy, overrides: &[String]) -> Result<Vec<String>, Int
     Ok(names)
 }
 
+/// The interfaces `--iface` names or globs select, sorted (none when empty).
+pub fn expand_overrides(overrides: &[String]) -> Result<Vec<String>, InterfaceError> {
+    let mut names = expand(overrides)?;
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 fn is_glob(name: &str) -> bool {
     name.contains(['*', '?', '['])
 }

@@ -9,6 +9,7 @@ pub mod kernel_hz;
 pub mod link_type;
 pub mod loader;
 pub mod parallel;
+pub mod pipeline;
 pub mod policy;
 pub mod reference;
 pub mod regions;

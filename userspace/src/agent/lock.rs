@@ -49,6 +49,11 @@ fn lock_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
     state_file(state_dir, pin_root, "lock")
 }
 
+/// Where the agent keeps its report for `airlock status`.
+pub fn report_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
+    state_file(state_dir, pin_root, "status")
+}
+
 /// Where the agent serves its drop samples to `airlock watch`.
 pub fn samples_socket_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
     state_file(state_dir, pin_root, "samples")

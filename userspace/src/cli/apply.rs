@@ -4,15 +4,13 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use airlock::{
-    compile,
-    loader::{self, PinRoot, PolicySummary},
+    loader::PinRoot,
+    pipeline,
     policy::{self, Mode, XdpMode},
-    safety::lockout::Facts,
+    safety::confirm,
 };
 
-use airlock::interfaces;
-
-use super::{OutputFormat, PinRootArg, output, safe};
+use super::{OutputFormat, PinRootArg, UsageError, output, safe};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -63,61 +61,56 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
-    if let Some(xdp_mode) = args.xdp_mode {
-        policy.xdp_mode = xdp_mode;
+    if let Some(within) = args.confirm
+        && *within > confirm::MAX_CONFIRM
+    {
+        return Err(UsageError(format!(
+            "--confirm {within}: at most {}",
+            humantime::format_duration(confirm::MAX_CONFIRM)
+        ))
+        .into());
     }
     let root = PinRoot::new(&args.pin_root.pin_root);
-    let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
-    let tunnels = airlock::tunnels::warn_uncovered(&policy, &ifaces);
-    // A plain apply takes the writer lock before compiling, and the grace period
-    // its swap must wait out then passes while it compiles (see
-    // `WriterLock::acquire_early`). Expired confirmations are rolled back first
-    // (that takes the lock too).
-    let writer = if args.dry_run || args.confirm.is_some() {
-        None
-    } else {
-        safe::finish_expired(&root);
-        Some(loader::WriterLock::acquire_early(&root, &ifaces)?)
+    let options = pipeline::Options {
+        iface_overrides: args.ifaces.clone(),
+        force: args.force,
+        dry_run: args.dry_run,
+        confirm: args.confirm.map(Into::into),
+        xdp_mode: args.xdp_mode,
+        ..pipeline::Options::default()
     };
-    // The host facts the anti-lockout check needs (reading the socket tables is
-    // milliseconds on a busy host) are gathered while the policy compiles.
-    let (compiled, facts) =
-        airlock::parallel::join(|| compile::compile(&policy), Facts::from_system);
-    let compiled = compiled?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy compiled");
+    // A dry run answers "would this apply go through?": the same checks refuse it
+    // the same way (same message, same exit code), before any output that would
+    // say it loads.
+    let prepared = pipeline::prepare(&root, policy, &options)?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "checks done");
+    safe::print_expired(&prepared.plan.expired);
+    let tunnels = airlock::tunnels::warn_uncovered(&prepared.plan.policy, &prepared.plan.ifaces);
     if args.dry_run {
-        // A dry run answers "would this apply go through?": the lockout check
-        // refuses it the same way (same message, same exit code), before any
-        // output that would say it loads.
-        safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
-        output::dry_run(&policy, &compiled, &ifaces, &tunnels, args.output)?;
+        let plan = &prepared.plan;
+        output::dry_run(
+            &plan.policy,
+            &plan.compiled,
+            &plan.ifaces,
+            &tunnels,
+            args.output,
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    interfaces::check_exist(&ifaces)?;
-    airlock::link_type::check_supported(&ifaces)?;
-    safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
-    if writer.is_none() {
-        safe::finish_expired(&root);
-    }
-    let summary = PolicySummary::describe(&policy, &compiled, &args.policy);
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "checks done");
-    let done = match args.confirm {
-        Some(within) => safe::apply_confirmed(&root, &ifaces, &compiled, &summary, *within)?,
-        None => {
-            let writer = match writer {
-                Some(writer) => writer,
-                None => loader::WriterLock::acquire(&root)?,
-            };
-            airlock::safety::confirm::check_no_pending(&root, &ifaces)?;
-            loader::apply_all(&writer, &root, &ifaces, &compiled, &summary)?
-        }
-    };
+    let applied = prepared.commit()?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
-    output::applied(&done, &compiled, &tunnels, args.output)?;
-    // The grace period after these flips passes after this process exits, and the
-    // next apply finds it on record instead of waiting for one itself.
-    if let Err(error) = super::grace_record::start(&root) {
-        tracing::debug!(%error, "grace-record not started; the next apply waits");
+    if let Some(pending) = &applied.pending {
+        let left = pending.deadline_unix.saturating_sub(confirm::now_unix());
+        eprintln!(
+            "PENDING CONFIRMATION on {}: run `airlock confirm` within {left}s, or this apply is rolled back (even if this shell is gone)",
+            applied.plan.ifaces.join(", ")
+        );
     }
+    output::applied(
+        &applied.outcomes,
+        &applied.plan.compiled,
+        &tunnels,
+        args.output,
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -18,12 +18,7 @@ mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use airlock::{
-    compile::CompileError,
-    link_type::LinkTypeError,
-    loader::{DEFAULT_PIN_ROOT, LoaderError},
-    policy::{PolicyError, XdpMode},
-};
+use airlock::{compile::CompileError, loader::DEFAULT_PIN_ROOT, policy::PolicyError};
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Airlock: an IP allowlist enforced in the kernel with XDP.
@@ -122,8 +117,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `--xdp-mode auto|native|generic`.
-fn parse_xdp_mode(value: &str) -> Result<XdpMode, String> {
-    XdpMode::from_name(value)
+fn parse_xdp_mode(value: &str) -> Result<airlock::policy::XdpMode, String> {
+    airlock::policy::XdpMode::from_name(value)
         .ok_or_else(|| format!("{value:?} is not one of auto, native, generic"))
 }
 
@@ -140,13 +135,9 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
             || cause.is::<UsageError>()
             || cause.is::<airlock::safety::lockout::LockoutError>()
             || cause.is::<airlock::safety::confirm::PendingConflict>()
-            || matches!(
-                cause.downcast_ref::<LinkTypeError>(),
-                Some(LinkTypeError::Unsupported { .. })
-            )
             || cause
-                .downcast_ref::<LoaderError>()
-                .is_some_and(LoaderError::is_invalid_input)
+                .downcast_ref::<airlock::pipeline::Error>()
+                .is_some_and(airlock::pipeline::Error::is_refusal)
     });
     if invalid { 2 } else { 1 }
 }
