@@ -18,13 +18,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_logging(args.verbose, args.log_format);
+    if args.exits_on_closed_pipe() {
+        // SAFETY: nothing else runs yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    cli::init_logging(args.verbose, args.quiet, args.log_format);
+    let json = args.json_output();
     match cli::run(args) {
         Ok(code) => code,
         Err(error) => {
             let code = cli::exit_code_for(&error);
-            // Invalid policies print their diagnostics one per line, nothing else.
-            eprintln!("airlock: {error:#}");
+            cli::report_error(&error, code, json);
             ExitCode::from(code)
         }
     }

@@ -31,7 +31,7 @@ pub struct Args {
     #[command(flatten)]
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
     /// Apply even if the policy would cut your SSH session, the default gateway or
     /// neighbour discovery (the anti-lockout check refuses it otherwise).
     #[arg(long)]

@@ -29,7 +29,7 @@ pub struct Args {
     #[command(flatten)]
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long)]
     fragment: bool,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
     /// Also run the packet through the attached kernel program (BPF_PROG_TEST_RUN)
     /// and compare; exit 1 if they disagree.
     #[arg(long)]

@@ -11,6 +11,7 @@ mod grace_record;
 mod output;
 mod regions;
 mod remove;
+mod report;
 mod safe;
 mod status;
 mod validate;
@@ -30,6 +31,10 @@ pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log errors only (no warnings or progress on stderr). What a command prints
+    /// on stdout, and its exit code, stay the same. `AIRLOCK_LOG` overrides -v/-q.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     /// Log format on stderr: human (default) or json (one JSON object per line).
     #[arg(long, value_enum, default_value_t, global = true)]
     pub log_format: LogFormat,
@@ -116,6 +121,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+impl Cli {
+    /// Whether the command was asked for JSON (`-o json`): its errors are JSON too.
+    pub fn json_output(&self) -> bool {
+        let output = match &self.command {
+            Command::Apply(a) => a.output,
+            Command::Status(a) => a.output,
+            Command::Validate(a) => a.output,
+            Command::Explain(a) => a.output,
+            Command::Regions(a) => a.output,
+            Command::Confirm(a) => a.output,
+            Command::Diff(a) => a.output,
+            _ => OutputFormat::Human,
+        };
+        output == OutputFormat::Json
+    }
+
+    /// The long-running agent keeps Rust's default of ignoring SIGPIPE (a `watch`
+    /// client that goes away must not kill it); every other command dies of it
+    /// quietly, as `cat` does, when its reader is gone (`airlock status | head`).
+    pub fn exits_on_closed_pipe(&self) -> bool {
+        !matches!(self.command, Command::Agent(_))
+    }
+}
+
 /// A usage problem found after argument parsing (clap's own exit with 2 as well).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -133,12 +162,15 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     if invalid { 2 } else { 1 }
 }
 
-pub fn init_logging(verbose: u8, format: LogFormat) {
+/// Logs go to stderr. `AIRLOCK_LOG` (a `tracing` filter: `debug`, or
+/// `airlock=trace,aya=info`) wins over -v and -q.
+pub fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal as _;
@@ -155,5 +187,14 @@ pub fn init_logging(verbose: u8, format: LogFormat) {
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .with_target(false)
             .init(),
+    }
+}
+
+/// Says what failed: on stderr for a person (an invalid policy's diagnostics one per
+/// line), and with `-o json` also as JSON on stdout.
+pub fn report_error(error: &anyhow::Error, code: u8, json: bool) {
+    eprintln!("airlock: {}", report::text(error));
+    if json {
+        let _ = output::print_json(&report::json(error, code));
     }
 }

@@ -5,8 +5,17 @@ use serde_json::json;
 
 use super::OutputFormat;
 
+/// The version of every command's JSON shape (docs/schemas/): raised when a field
+/// changes meaning or goes away; new fields may appear within a version.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Prints one command's JSON result, with its `schema_version`.
 pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("schema_version".into(), SCHEMA_VERSION.into());
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
 }
 

@@ -13,7 +13,7 @@ pub struct Args {
     #[command(flatten)]
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
 fn counter_json(c: Counter) -> Value {

@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(short = 'f', long = "file")]
     policy: PathBuf,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
