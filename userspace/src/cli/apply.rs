@@ -12,7 +12,7 @@ use airlock::{
 
 use airlock::interfaces;
 
-use super::{OutputFormat, PinRootArg, output, safe};
+use super::{OutputFormat, PinRootArg, agent_guard, output, preflight, safe};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,7 +33,8 @@ pub struct Args {
     #[arg(short, long, value_enum, default_value_t)]
     pub(super) output: OutputFormat,
     /// Apply even if the policy would cut your SSH session, the default gateway or
-    /// neighbour discovery (the anti-lockout check refuses it otherwise).
+    /// neighbour discovery (the anti-lockout check refuses it otherwise), or while an
+    /// agent manages the pin root (it will put its own policy back).
     #[arg(long)]
     force: bool,
     /// Roll back to the previous policy (or remove the filter if there was none)
@@ -50,6 +51,11 @@ enum ModeArg {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    if !args.dry_run {
+        preflight::kernel_access("apply", &root)?;
+        agent_guard::check(agent_guard::Guarded::Apply, &root, args.force)?;
+    }
     let started = std::time::Instant::now();
     let mut policy = policy::load(&args.policy)?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy loaded");
@@ -59,7 +65,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
-    let root = PinRoot::new(&args.pin_root.pin_root);
     let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
     // A plain apply takes the writer lock before compiling, and the grace period
     // its swap must wait out then passes while it compiles (see

@@ -12,7 +12,7 @@ use airlock::{
 };
 use serde_json::json;
 
-use super::{OutputFormat, PinRootArg, output};
+use super::{OutputFormat, PinRootArg, output, preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,6 +33,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    preflight::kernel_access("diff", &root)?;
     let policy = policy::load(&args.policy)?;
     let compiled = compile::compile(&policy)?;
     let new = Side {
@@ -41,7 +43,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         v4: compile::ranges::canonical(&compiled.v4),
         v6: compile::ranges::canonical(&compiled.v6),
     };
-    let root = PinRoot::new(&args.pin_root.pin_root);
     let mut ifaces = args.ifaces.clone();
     if ifaces.is_empty() {
         ifaces = root.interfaces()?;

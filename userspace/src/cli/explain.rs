@@ -56,6 +56,10 @@ fn parse_port(spec: &str) -> Result<L4, UsageError> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = airlock::loader::PinRoot::new(&args.pin_root.pin_root);
+    if args.live {
+        super::preflight::kernel_access("explain --live", &root)?;
+    }
     let policy = policy::load(&args.policy)?;
     let l4 = match (&args.port, args.icmp_type, args.fragment) {
         (Some(spec), _, _) => parse_port(spec)?,
@@ -82,7 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             verdict: &verdict,
             rule,
             iface: args.iface,
-            root: airlock::loader::PinRoot::new(&args.pin_root.pin_root),
+            root,
             output: args.output,
         });
     }

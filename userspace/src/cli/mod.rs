@@ -2,6 +2,7 @@
 //! dispatch to one module per verb.
 
 mod agent;
+mod agent_guard;
 mod apply;
 mod confirm;
 mod diff;
@@ -9,6 +10,7 @@ mod explain;
 mod explain_live;
 mod grace_record;
 mod output;
+mod preflight;
 mod regions;
 mod remove;
 mod report;
@@ -137,6 +139,14 @@ impl Cli {
         output == OutputFormat::Json
     }
 
+    /// The policy file of an `airlock agent` command line.
+    fn agent_policy(self) -> Option<PathBuf> {
+        match self.command {
+            Command::Agent(args) => Some(args.policy),
+            _ => None,
+        }
+    }
+
     /// The long-running agent keeps Rust's default of ignoring SIGPIPE (a `watch`
     /// client that goes away must not kill it); every other command dies of it
     /// quietly, as `cat` does, when its reader is gone (`airlock status | head`).
@@ -158,6 +168,7 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
             || cause.is::<UsageError>()
             || cause.is::<airlock::safety::lockout::LockoutError>()
             || cause.is::<airlock::safety::confirm::PendingConflict>()
+            || cause.is::<agent_guard::AgentManages>()
     });
     if invalid { 2 } else { 1 }
 }

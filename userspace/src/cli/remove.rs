@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use airlock::loader::{self, PinRoot};
 
-use super::{PinRootArg, UsageError};
+use super::{PinRootArg, UsageError, agent_guard, preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,10 +16,15 @@ pub struct Args {
     all: bool,
     #[command(flatten)]
     pin_root: PinRootArg,
+    /// Remove even while an agent manages the pin root (it will put its filters back).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    preflight::kernel_access("remove", &root)?;
+    agent_guard::check(agent_guard::Guarded::Remove, &root, args.force)?;
     let ifaces = if args.all {
         root.interfaces()?
     } else if args.ifaces.is_empty() {

@@ -6,7 +6,7 @@ use airlock::loader::{self, LINK_PIN, PinRoot, PolicyMaps};
 use airlock_common::{Counter, Reason};
 use serde_json::{Value, json};
 
-use super::{OutputFormat, PinRootArg, output, safe};
+use super::{OutputFormat, PinRootArg, output, preflight, safe};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -97,6 +97,7 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    preflight::kernel_access("status", &root)?;
     safe::finish_expired(&root);
     let mut all = Vec::new();
     for iface in root.interfaces()? {

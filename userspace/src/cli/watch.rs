@@ -36,6 +36,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// without an agent, from every interface's ring directly.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    super::preflight::kernel_access("watch", &root)?;
     let deadline = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));

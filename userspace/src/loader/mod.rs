@@ -134,6 +134,8 @@ pub fn apply(
                 let grace = Grace::Early(writer, &dir);
                 return swap_policy(&dir, iface, ifindex, compiled, summary, grace);
             }
+            // Not knowing is not "detached": reinstalling would tear down a live filter.
+            Err(error) if error.is_permission_denied() => return Err(error),
             state => {
                 // The interface was deleted (and maybe recreated) or the link was
                 // removed behind our back: nothing is filtering, so start afresh.
