@@ -19,7 +19,8 @@ pub struct Args {
     /// Policy file (YAML, version 1).
     #[arg(short = 'f', long = "file")]
     policy: PathBuf,
-    /// Interface to filter (repeatable); overrides the policy's `interfaces`.
+    /// Interface name or glob (e.g. `eth*`) to filter (repeatable); overrides the
+    /// policy's `interfaces`, which may then be left out. A glob must match.
     #[arg(long = "iface")]
     ifaces: Vec<String>,
     /// Override the policy's mode.
@@ -65,7 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
-    let ifaces = interfaces::resolve(&policy, &args.ifaces)?;
+    let ifaces = interfaces::resolve_all_matching(&policy, &args.ifaces)?;
     // A plain apply takes the writer lock before compiling, and the grace period
     // its swap must wait out then passes while it compiles (see
     // `WriterLock::acquire_early`). Expired confirmations are rolled back first

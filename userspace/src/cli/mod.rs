@@ -169,6 +169,9 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
             || cause.is::<airlock::safety::lockout::LockoutError>()
             || cause.is::<airlock::safety::confirm::PendingConflict>()
             || cause.is::<agent_guard::AgentManages>()
+            || cause
+                .downcast_ref::<airlock::interfaces::InterfaceError>()
+                .is_some_and(airlock::interfaces::InterfaceError::is_usage)
     });
     if invalid { 2 } else { 1 }
 }
