@@ -39,9 +39,9 @@ pub struct Args {
     #[arg(long)]
     force: bool,
     /// Roll back to the previous policy (or remove the filter if there was none)
-    /// unless `airlock confirm` is run within this time, e.g. 60s or 5m. The rollback
-    /// happens even if this process dies.
-    #[arg(long, value_name = "DURATION")]
+    /// unless `airlock confirm` is run within this time, e.g. 2m or 5m (10s to 24h).
+    /// The rollback happens even if this process dies.
+    #[arg(long, value_name = "DURATION", value_parser = safe::parse_confirm_window)]
     confirm: Option<humantime::Duration>,
 }
 
@@ -110,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
-    output::applied(&done, &compiled, args.output)?;
+    output::applied(&root, &done, &compiled, args.output)?;
     // The grace period after these flips passes after this process exits, and the
     // next apply finds it on record instead of waiting for one itself.
     if let Err(error) = super::grace_record::start(&root) {

@@ -134,6 +134,8 @@ impl Cli {
             Command::Regions(a) => a.output,
             Command::Confirm(a) => a.output,
             Command::Diff(a) => a.output,
+            Command::Remove(a) => a.output,
+            Command::Watch(a) => a.output,
             _ => OutputFormat::Human,
         };
         output == OutputFormat::Json
@@ -160,7 +162,8 @@ impl Cli {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// 2 for an invalid policy or bad usage, 1 for everything else.
+/// 2 for an invalid policy or bad usage, 1 for everything else (3 for
+/// `diff --exit-code`, where 1 means "changes").
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     let invalid = error.chain().any(|cause| {
         cause.is::<PolicyError>()
@@ -173,7 +176,13 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
                 .downcast_ref::<airlock::interfaces::InterfaceError>()
                 .is_some_and(airlock::interfaces::InterfaceError::is_usage)
     });
-    if invalid { 2 } else { 1 }
+    if invalid {
+        2
+    } else if error.chain().any(|cause| cause.is::<diff::DiffFailed>()) {
+        3
+    } else {
+        1
+    }
 }
 
 /// Logs go to stderr. `AIRLOCK_LOG` (a `tracing` filter: `debug`, or

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use airlock::loader::{self, PinRoot};
+use serde_json::json;
 
-use super::{PinRootArg, UsageError, agent_guard, preflight};
+use super::{OutputFormat, PinRootArg, UsageError, agent_guard, output, preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -19,6 +20,8 @@ pub struct Args {
     /// Remove even while an agent manages the pin root (it will put its filters back).
     #[arg(long)]
     force: bool,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(super) output: OutputFormat,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -32,11 +35,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         args.ifaces
     };
+    let json = args.output == OutputFormat::Json;
     for iface in &ifaces {
         loader::remove(&root, iface)?;
-        println!("{iface}: filter removed");
+        if !json {
+            println!("{iface}: filter removed");
+        }
     }
-    if ifaces.is_empty() {
+    if json {
+        output::print_json(&json!({
+            "pin_root": root.path().display().to_string(),
+            "removed": ifaces,
+        }))?;
+    } else if ifaces.is_empty() {
         println!(
             "no Airlock filter is pinned under {}",
             root.path().display()
