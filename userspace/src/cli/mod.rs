@@ -6,6 +6,7 @@ mod agent_guard;
 mod apply;
 mod confirm;
 mod diff;
+mod docs;
 mod explain;
 mod explain_live;
 mod grace_record;
@@ -17,6 +18,7 @@ mod report;
 mod safe;
 mod status;
 mod validate;
+pub mod version;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -26,7 +28,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Airlock: an IP allowlist enforced in the kernel with XDP.
 #[derive(Parser, Debug)]
-#[command(name = "airlock", version, about, propagate_version = true)]
+#[command(
+    name = "airlock",
+    version,
+    about,
+    propagate_version = true,
+    after_long_help = ENVIRONMENT_AND_EXIT_STATUS
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,6 +49,24 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t, global = true)]
     pub log_format: LogFormat,
 }
+
+/// The end of `airlock --help` and of airlock(1).
+const ENVIRONMENT_AND_EXIT_STATUS: &str = "\
+Environment:
+  AIRLOCK_LOG       what to log on stderr, a tracing filter (e.g. warn, debug,
+                    airlock=trace,aya=info); wins over -v and -q
+  AIRLOCK_PIN_ROOT  the pin root, as --pin-root (default /sys/fs/bpf/airlock)
+  NO_COLOR          no colour in human log lines
+
+Exit status:
+  0  success
+  1  runtime failure (diff --exit-code: changes; failures exit 3)
+  2  bad usage, an invalid policy, or a refusal that changed nothing (anti-lockout,
+     a pending confirmation, an agent managing the pin root)
+
+-o json: every command's JSON carries schema_version; its shape is documented in
+docs/schemas/<command>.schema.json, and a failure is one JSON object on stdout
+(docs/schemas/error.schema.json).";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -98,6 +124,14 @@ enum Command {
     ///
     /// Example: airlock diff -f new-policy.yaml
     Diff(diff::Args),
+    /// Print shell completions for SHELL on stdout.
+    ///
+    /// Example: airlock completions bash > /usr/share/bash-completion/completions/airlock
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page airlock(1) (roff), or write every page with --dir.
+    ///
+    /// Example: airlock man | man -l -
+    Man(docs::ManArgs),
     /// Started by `apply --confirm`: rolls back at the deadline unless confirmed.
     #[command(hide = true)]
     ConfirmWatchdog(confirm::WatchdogArgs),
@@ -118,6 +152,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(args),
         Command::Confirm(args) => confirm::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
         Command::ConfirmWatchdog(args) => confirm::run_watchdog(args),
         Command::GraceRecord(args) => grace_record::run(args),
     }
