@@ -10,7 +10,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -167,7 +167,7 @@ fn every_json_output_matches_its_schema() {
     assert_eq!(diff["interfaces"][0]["diff"]["changed"], true, "{diff:#}");
 
     // Drops read from the rings (no agent), one JSON line each.
-    let mut watch = f
+    let watch = f
         .bed
         .server
         .command(airlock_bin())

@@ -133,17 +133,14 @@ fn netns_exec_sysfs() -> Option<String> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
     // "... mount-point options [optional fields] - fstype source super-options";
     // the last mount on /sys is the one in sight.
-    let source = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            let mut fields = after.split_whitespace();
-            let fstype = fields.next()?;
-            let source = fields.next()?;
-            (mount_point == "/sys" && fstype == "sysfs").then(|| source.to_owned())
-        })
-        .last()?;
+    let source = mountinfo.lines().rev().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let mount_point = before.split_whitespace().nth(4)?;
+        let mut fields = after.split_whitespace();
+        let fstype = fields.next()?;
+        let source = fields.next()?;
+        (mount_point == "/sys" && fstype == "sysfs").then(|| source.to_owned())
+    })?;
     if source == "sysfs" || source == "none" {
         return None;
     }
