@@ -53,5 +53,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stats.entries.v4,
         stats.entries.v6
     );
+    if p.interfaces == policy::Interfaces::Unspecified {
+        println!("  it lists no interfaces: apply it with --iface IF (or add `interfaces: [...]`)");
+    }
     Ok(ExitCode::SUCCESS)
 }
