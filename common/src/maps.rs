@@ -196,14 +196,23 @@ pub const DEFAULT_SAMPLE_RATE: u32 = 200;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SamplingConfig {
     pub per_cpu_per_second: u32,
-    pub _pad: u32,
+    /// One second in jiffies (the kernel's HZ). The window is timed in jiffies
+    /// because `bpf_jiffies64` is one inlined load where a clock helper is a call
+    /// on every refused packet. 0 (written by an older loader, in what was padding):
+    /// [`FALLBACK_WINDOW_JIFFIES`].
+    pub window_jiffies: u32,
 }
+
+/// The window when user space did not say HZ: the largest HZ in use, so a window
+/// lasts at least a second and the rate is never exceeded.
+pub const FALLBACK_WINDOW_JIFFIES: u32 = 1000;
 
 /// `SAMPLE_STATE[0]`, per CPU: the current one-second window of the rate limit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SampleWindow {
-    pub started_ns: u64,
+    /// `bpf_jiffies64()` when the window began.
+    pub started_jiffies: u64,
     pub sent: u64,
 }
 

@@ -4,10 +4,11 @@
 //! never floods the ring or the logs; what the limit holds back is counted.
 
 use airlock_common::{
-    DropSample, NO_RULE, Reason, SAMPLES_RATE_LIMITED, SAMPLES_RING_FULL, SAMPLES_SENT,
+    DropSample, FALLBACK_WINDOW_JIFFIES, NO_RULE, Reason, SAMPLES_RATE_LIMITED, SAMPLES_RING_FULL,
+    SAMPLES_SENT,
 };
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 
@@ -20,8 +21,6 @@ use crate::{
     },
 };
 
-const WINDOW_NS: u64 = 1_000_000_000;
-
 /// Called for dropped (or, in monitor mode, would-be dropped) packets only. The
 /// sample itself is built only once the rate limit lets it go.
 #[inline(always)]
@@ -33,7 +32,10 @@ pub fn sample_drop(
     rule: Option<u32>,
     monitor: bool,
 ) {
-    let rate = SAMPLING.get(0).map_or(0, |s| s.per_cpu_per_second);
+    let Some(sampling) = SAMPLING.get(0) else {
+        return;
+    };
+    let rate = sampling.per_cpu_per_second;
     if rate == 0 {
         return;
     }
@@ -42,14 +44,17 @@ pub fn sample_drop(
     };
     // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
     let window = unsafe { &mut *window };
-    // The window runs on the coarse clock (CLOCK_MONOTONIC_COARSE, at most a tick
-    // behind the precise one, and cheaper to read on a path a flood takes): a
-    // one-second window may close up to a tick late. A window started by an older
-    // program on the precise clock can be ahead of it; the difference then wraps
-    // to a huge value and starts a new window, as it should.
-    let window_now = unsafe { bpf_ktime_get_coarse_ns() };
-    if window_now.wrapping_sub(window.started_ns) >= WINDOW_NS {
-        window.started_ns = window_now;
+    // Timed in jiffies: the verifier turns `bpf_jiffies64` into one load, where a
+    // clock helper is a call (12-15 ns) on every refused packet, the path a flood
+    // takes. A window started by an older program on a nanosecond clock is far
+    // ahead; the difference wraps to a huge value and starts a new window.
+    let now = unsafe { bpf_jiffies64() };
+    let window_jiffies = match sampling.window_jiffies {
+        0 => FALLBACK_WINDOW_JIFFIES,
+        hz => hz,
+    };
+    if now.wrapping_sub(window.started_jiffies) >= u64::from(window_jiffies) {
+        window.started_jiffies = now;
         window.sent = 0;
     }
     if window.sent >= u64::from(rate) {

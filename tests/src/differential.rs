@@ -32,6 +32,12 @@ pub const DEFAULT_SEED: u64 = 0x0a1b_10c4_5eed;
 /// through the generation swap, so swaps are exercised too).
 pub const FRAMES_PER_POLICY: usize = 1000;
 
+/// Policies judged by one loaded filter before a fresh one is loaded. The flow
+/// table is an LRU of 65,536 entries that the model does not model: the flows a
+/// run writes (about 250 a policy) must never fill it, or eviction, not the
+/// program, would decide some verdicts.
+pub const POLICIES_PER_FILTER: usize = 50;
+
 /// What a run found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -85,6 +91,9 @@ pub fn run(seed: u64, frames: usize, mut progress: impl FnMut(&Report)) -> Repor
         ..Report::default()
     };
     while report.frames < frames {
+        if report.policies > 0 && report.policies.is_multiple_of(POLICIES_PER_FILTER) {
+            h = Harness::new();
+        }
         let yaml = random_policy(&mut rng);
         let policy = h.apply(&yaml);
         report.policies += 1;

@@ -1,4 +1,5 @@
 //! Shared fixtures for the root-only tests.
+pub mod agent;
 pub mod cli;
 pub mod differential;
 pub mod fixture;

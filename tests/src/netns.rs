@@ -127,13 +127,20 @@ impl Drop for Namespace {
 
 /// A bpffs mounted on a fresh temporary directory in the host mount namespace, so
 /// filters pinned by commands run under `ip netns exec` outlive those commands.
-/// Unmounting it on drop releases every pin, and with them the filters.
+/// Unmounting it on drop releases every pin, and with them the filters. Mounted
+/// 0700, root's alone, as a pin root must be (Airlock refuses one others could
+/// write).
 pub struct PrivateBpffs {
     dir: tempfile::TempDir,
 }
 
 impl PrivateBpffs {
     pub fn new() -> Self {
+        Self::with_mode("0700")
+    }
+
+    /// With the root directory's mode `mode` (octal): bpffs's own default is 1777.
+    pub fn with_mode(mode: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("airlock-bpffs-")
             .tempdir()
@@ -142,6 +149,8 @@ impl PrivateBpffs {
             "mount",
             "-t",
             "bpf",
+            "-o",
+            &format!("mode={mode}"),
             "bpf",
             dir.path().to_str().expect("utf-8 path"),
         ]);

@@ -4,163 +4,22 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     thread,
     time::Duration,
 };
 
 use airlock_integration::{
+    agent::{
+        Agent, RELOAD, UDP_PORT, metric, metrics, policy_path, policy_text, ready, rename_policy,
+        state_dir, write_policy,
+    },
     cli::{airlock_bin, airlock_in},
     fixture::{ALLOWED, Fixture, PORT, REFUSED},
     netns::{addr, wait_until},
 };
-
-const UDP_PORT: u16 = 5353;
-const METRICS: u16 = 9477;
-/// How long a policy change may take to be in force.
-const RELOAD: Duration = Duration::from_secs(2);
-
-/// A policy letting `from` reach PORT/tcp and UDP_PORT/udp.
-fn policy_text(f: &Fixture, from: &str) -> String {
-    format!(
-        "version: 1\ninterfaces: [{}]\nsets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\nrules:\n  - name: db\n    ports: [{PORT}/tcp]\n    from: [{from}]\n  - name: dns\n    ports: [{UDP_PORT}/udp]\n    from: [{from}]\n",
-        f.bed.server_if
-    )
-}
-
-fn policy_path(f: &Fixture) -> PathBuf {
-    f.dir.path().join("policy.yaml")
-}
-
-fn write_policy(f: &Fixture, text: &str) {
-    fs::write(policy_path(f), text).expect("write policy");
-}
-
-/// Replaces the policy the way editors do: write a temporary file, rename it over.
-fn rename_policy(f: &Fixture, text: &str) {
-    let temp = f.dir.path().join(".policy.yaml.swp");
-    fs::write(&temp, text).expect("write temp");
-    fs::rename(&temp, policy_path(f)).expect("rename");
-}
-
-fn metrics(f: &Fixture) -> String {
-    match f.bed.http_get(METRICS, "/metrics") {
-        Some((200, body)) => body,
-        other => panic!("scraping /metrics: {other:?}"),
-    }
-}
-
-fn metric(f: &Fixture, series: &str) -> f64 {
-    metric_value(&metrics(f), series)
-}
-
-fn ready(f: &Fixture) -> bool {
-    matches!(f.bed.http_get(METRICS, "/readyz"), Some((200, _)))
-}
-
-/// The agent's lock directory lives in the fixture's scratch directory.
-fn state_dir(f: &Fixture) -> PathBuf {
-    f.dir.path().join("state")
-}
-
-/// The value of one series in Prometheus text (0 when absent).
-fn metric_value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    /// Starts the agent in the server namespace, behind `wrapper` (e.g. setpriv).
-    fn start(f: &Fixture, wrapper: &[&str], policy: &Path, extra: &[&str]) -> Self {
-        let log = f.dir.path().join(format!("agent-{}.log", rand_suffix()));
-        let log_file = fs::File::create(&log).expect("log file");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = f.bed.server.command(program);
-                command.args(args).arg(airlock_bin());
-                command
-            }
-            None => f.bed.server.command(airlock_bin()),
-        };
-        let child = command
-            .args(["agent", "-f"])
-            .arg(policy)
-            .arg("--pin-root")
-            .arg(f.bed.bpffs.path())
-            .arg("--state-dir")
-            .arg(state_dir(f))
-            .args(["--metrics-addr", &format!("127.0.0.1:{METRICS}")])
-            .args(["--log-format", "json", "--reconcile-interval", "1"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("start agent");
-        let agent = Self { child, log };
-        assert!(
-            wait_until(Duration::from_secs(10), || ready(f)),
-            "agent not ready within 10 s; log:\n{}",
-            agent.log()
-        );
-        agent
-    }
-
-    /// Waits for the agent to count a repair (its reconcile runs every second here).
-    fn wait_for_repair(&self, f: &Fixture) {
-        assert!(
-            wait_until(Duration::from_secs(5), || metric(
-                f,
-                "airlock_attach_repairs_total"
-            ) >= 1.0),
-            "no repair counted; log:\n{}",
-            self.log()
-        );
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("signal agent");
-    }
-
-    /// Sends `signal` and waits for the agent to exit.
-    fn stop(mut self, signal: nix::sys::signal::Signal) -> String {
-        self.signal(signal);
-        let _ = self.child.wait();
-        self.log()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn rand_suffix() -> u64 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed) as u64
-}
 
 #[test]
 fn agent_enforces_and_follows_in_place_edits_renames_and_sighup() {

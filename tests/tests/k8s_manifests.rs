@@ -415,6 +415,10 @@ fn schema_rejects_bad_values() {
         (&["--set", "metrics.listen=everywhere"], "/metrics/listen"),
         (&["--set", "metrics.port=70000"], "/metrics/port"),
         (
+            &["--set-json", "metrics.allowFrom=[7]"],
+            "/metrics/allowFrom",
+        ),
+        (
             &["--set", "image.pullPolicy=Sometimes"],
             "/image/pullPolicy",
         ),
@@ -572,6 +576,89 @@ fn default_policy_passes_airlock_validate_and_cannot_lock_anyone_out() {
     }
 }
 
+/// The verdict (`pass`/`drop`) `airlock explain` gives for `src` to `port` under
+/// the ConfigMap's policy.
+fn explain_configmap(configmap: &Value, src: &str, port: &str) -> String {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    for (name, content) in at(configmap, "data").as_mapping().expect("data") {
+        write(dir.path(), s(name), s(content));
+    }
+    let policy = dir.path().join("policy.yaml");
+    let policy = policy.to_str().expect("utf-8 path");
+    let run = airlock(&[
+        "explain", "-f", policy, "--src", src, "--port", port, "-o", "json",
+    ]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let answer: serde_json::Value = serde_json::from_str(&run.stdout).expect("explain JSON");
+    answer["verdict"].as_str().expect("verdict").to_owned()
+}
+
+#[test]
+fn the_metrics_port_is_open_only_to_metrics_allow_from_through_the_policy() {
+    let metrics_rule = |extra: &[&str]| {
+        let objects = parse_objects(&render("1.33.0", extra));
+        let configmap = find(&objects, "ConfigMap").clone();
+        let policy = validate_configmap_policy(&configmap, &format!("{extra:?}"));
+        let rule = seq(at(&policy, "rules"))
+            .iter()
+            .find(|r| s(at(r, "name")) == "airlock-metrics")
+            .cloned();
+        (configmap, rule)
+    };
+    // On by default: the private ranges a cluster's Prometheus scrapes from.
+    let (configmap, rule) = metrics_rule(&[]);
+    let rule = rule.expect("a rule for the metrics port by default");
+    assert_eq!(strings(at(&rule, "ports")), ["9477/tcp"]);
+    assert_eq!(
+        strings(at(&rule, "from")),
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
+    );
+    assert_eq!(
+        explain_configmap(&configmap, "10.244.1.7", "9477/tcp"),
+        "pass"
+    );
+    assert_eq!(explain_configmap(&configmap, "fd00::7", "9477/tcp"), "pass");
+    assert_eq!(
+        explain_configmap(&configmap, "203.0.113.10", "9477/tcp"),
+        "drop"
+    );
+    assert_eq!(
+        explain_configmap(&configmap, "203.0.113.10", "22/tcp"),
+        "pass"
+    );
+
+    // It follows the port and the list.
+    let (configmap, rule) = metrics_rule(&[
+        "--set",
+        "metrics.port=9500",
+        "--set-json",
+        r#"metrics.allowFrom=["10.244.0.0/16", "office"]"#,
+    ]);
+    let rule = rule.expect("metrics rule");
+    assert_eq!(strings(at(&rule, "ports")), ["9500/tcp"]);
+    assert_eq!(strings(at(&rule, "from")), ["10.244.0.0/16", "office"]);
+    assert_eq!(
+        explain_configmap(&configmap, "10.1.0.1", "9500/tcp"),
+        "drop"
+    );
+    assert_eq!(
+        explain_configmap(&configmap, "198.51.100.9", "9500/tcp"),
+        "pass"
+    );
+
+    // No rule when asked for none, or when nothing off the node can connect.
+    assert!(
+        metrics_rule(&["--set-json", "metrics.allowFrom=[]"])
+            .1
+            .is_none()
+    );
+    assert!(
+        metrics_rule(&["--set", "metrics.listen=loopback"])
+            .1
+            .is_none()
+    );
+}
+
 #[test]
 fn interface_values_reach_the_policy_and_the_agent() {
     let objects = parse_objects(&render("1.33.0", &["--set", "interfaces={eth0,eth1}"]));
@@ -672,7 +759,10 @@ fn daemonset_is_shaped_for_an_xdp_agent() {
     let init = &inits[0];
     assert_eq!(at(init, "securityContext.privileged").as_bool(), Some(true));
     let script = strings(at(init, "command")).join(" ");
-    assert!(script.contains("mount -t bpf bpf /sys/fs/bpf"), "{script}");
+    assert!(
+        script.contains("mount -t bpf -o mode=0700 bpf /sys/fs/bpf"),
+        "{script}"
+    );
     let mount = named(at(init, "volumeMounts"), "bpffs");
     assert_eq!(s(at(mount, "mountPath")), "/sys/fs/bpf");
     assert_eq!(s(at(mount, "mountPropagation")), "Bidirectional");

@@ -246,12 +246,18 @@ fn remove_restores_full_connectivity_and_unpins_everything() {
         "IPv6 open again"
     );
     // A bpffs root holds the kernel's own `maps.debug` and `progs.debug`; a dot can
-    // never be in a name Airlock pins.
+    // never be in a name Airlock pins. The writer lock `%lock` stays, empty:
+    // removed, two writers could each lock a directory of that name.
+    let lock = f.bed.bpffs.path().join("%lock");
+    assert!(
+        std::fs::read_dir(&lock).is_ok_and(|mut d| d.next().is_none()),
+        "the writer lock is an empty directory"
+    );
     let left: Vec<_> = std::fs::read_dir(f.bed.bpffs.path())
         .expect("pin root")
         .filter_map(Result::ok)
         .map(|e| e.file_name())
-        .filter(|name| !name.to_string_lossy().contains('.'))
+        .filter(|name| !name.to_string_lossy().contains('.') && *name != "%lock")
         .collect();
     assert!(left.is_empty(), "pins left behind: {left:?}");
     assert_eq!(

@@ -60,12 +60,9 @@ pub fn resolve(policy: &Policy, overrides: &[String]) -> Result<Vec<String>, Int
     Ok(names)
 }
 
-/// [`resolve`] for a one-shot command: a glob that matches no interface is an
-/// error (an apply that filters nothing while saying it succeeded is a lie).
-pub fn resolve_all_matching(
-    policy: &Policy,
-    overrides: &[String],
-) -> Result<Vec<String>, InterfaceError> {
+/// For a one-shot command: every glob in `overrides` must match an interface that
+/// exists now (`lo` excepted); the agent instead waits for one to appear.
+pub fn check_globs_match(overrides: &[String]) -> Result<(), InterfaceError> {
     let present = existing_interfaces();
     for pattern in overrides.iter().filter(|o| is_glob(o)) {
         let compiled =
@@ -93,7 +90,15 @@ pub fn resolve_all_matching(
             });
         }
     }
-    resolve(policy, overrides)
+    Ok(())
+}
+
+/// The interfaces `--iface` names or globs select, sorted (none when empty).
+pub fn expand_overrides(overrides: &[String]) -> Result<Vec<String>, InterfaceError> {
+    let mut names = expand(overrides)?;
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 fn is_glob(name: &str) -> bool {
@@ -210,8 +215,7 @@ mod tests {
 
     #[test]
     fn a_glob_that_matches_nothing_is_an_error() {
-        let p = policy("version: 1\n");
-        let error = resolve_all_matching(&p, &["nomatch-airlock*".into()]).unwrap_err();
+        let error = check_globs_match(&["nomatch-airlock*".into()]).unwrap_err();
         assert!(matches!(error, InterfaceError::NoMatch { .. }), "{error}");
         assert!(error.is_usage());
     }

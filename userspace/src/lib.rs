@@ -5,8 +5,10 @@
 pub mod agent;
 pub mod compile;
 pub mod interfaces;
+pub mod kernel_hz;
 pub mod loader;
 pub mod parallel;
+pub mod pipeline;
 pub mod policy;
 pub mod reference;
 pub mod regions;
@@ -15,3 +17,5 @@ pub mod samples;
 pub mod sockets;
 #[cfg(test)]
 mod test_rng;
+pub mod trust;
+pub mod tunnels;

@@ -9,10 +9,16 @@ use airlock_common::{DropSample, MAP_DROP_SAMPLES, NO_RULE, Reason};
 use aya::maps::{Map, MapData, RingBuf};
 use serde::{Deserialize, Serialize};
 
+use crate::loader::{LoaderError, pinned_path};
+
 /// Opens the pinned drop-sample ring buffer of one interface's filter.
-pub fn open_ring(dir: &Path) -> Result<RingBuf<MapData>, aya::maps::MapError> {
-    let data = MapData::from_pin(dir.join(MAP_DROP_SAMPLES))?;
-    RingBuf::try_from(Map::from_map_data(data)?)
+pub fn open_ring(dir: &Path) -> Result<RingBuf<MapData>, LoaderError> {
+    let map_error = |source| LoaderError::Map {
+        name: MAP_DROP_SAMPLES,
+        source,
+    };
+    let data = MapData::from_pin(pinned_path(dir, MAP_DROP_SAMPLES)?).map_err(map_error)?;
+    RingBuf::try_from(Map::from_map_data(data).map_err(map_error)?).map_err(map_error)
 }
 
 /// One sampled drop, decoded.

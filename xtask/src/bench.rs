@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: builds the release binaries, installs the peers it compares
 //! against (Debian's xdp-tools and nftables) when missing, runs `airlock-bench`,
-//! and draws its figures into `bench-results/ns-per-packet.png`.
+//! and draws its figures into `bench-results/ns-per-packet.png`. `--quick` runs
+//! the same suite on policies of up to 10,000 prefixes only (no 100k or 1M rows),
+//! for trying it out; its results overwrite the full run's.
 
 use std::{path::Path, process::Command};
 
@@ -43,6 +45,7 @@ pub fn bench(quick: bool) -> Result<()> {
     cmd(&mut command)?;
     let png = out.join("ns-per-packet.png");
     plot(&out.join("latest.json"), &png)?;
+    warn_if_busy(&out.join("latest.json"));
     eprintln!(
         "xtask: results in {}, {} and {}",
         out.join("latest.md").display(),
@@ -50,6 +53,23 @@ pub fn bench(quick: bool) -> Result<()> {
         png.display()
     );
     Ok(())
+}
+
+/// Says so when the run was taken on a busy machine (the report marks it too).
+fn warn_if_busy(json: &Path) {
+    let Some(results) = std::fs::read_to_string(json)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return;
+    };
+    if results["busy"] == true {
+        let load = &results["load_average"];
+        eprintln!(
+            "xtask: warning: busy machine (one-minute load average up to {} on {} cores): figures are noisy; run again when it is idle",
+            load["peak_1min"], load["cores"]
+        );
+    }
 }
 
 fn ensure_packages() -> Result<()> {

@@ -196,8 +196,9 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// The default pin root lives on /sys/fs/bpf, which is not mounted at boot here. A
-/// failure only warns: builds (e.g. in a container image) need no bpffs.
+/// The default pin root lives on /sys/fs/bpf, which is not mounted at boot here:
+/// mounted root's alone (0700), as systemd mounts it. A failure only warns: builds
+/// (e.g. in a container image) need no bpffs.
 fn ensure_bpffs() {
     if !is_root() {
         eprintln!(
@@ -213,7 +214,9 @@ fn ensure_bpffs() {
         return;
     }
     fs::create_dir_all("/sys/fs/bpf").ok();
-    if let Err(error) = cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"])) {
+    if let Err(error) =
+        cmd(Command::new("mount").args(["-t", "bpf", "-o", "mode=0700", "bpf", "/sys/fs/bpf"]))
+    {
         eprintln!("xtask: warning: could not mount bpffs at /sys/fs/bpf: {error:#}");
     }
 }

@@ -1,9 +1,9 @@
 //! The control plane, driven as a user would: the real `airlock` binary applies a
 //! policy that imports N prefixes from a file (`file:`), inside a namespace, with
-//! its own bpffs; then re-applies it with 1% of the prefixes changed, once into the
-//! empty second copy and [`STEADY_RUNS`] times in steady state. Wall
-//! time of each run, and its peak resident memory from GNU time (see
-//! [`run_measured`]). The kernel memory of the maps is what the kernel charges for
+//! its own bpffs; then re-applies it with 1% of the prefixes changed, into the
+//! empty second copy and in steady state. Every figure is the median of
+//! [`RUNS`] runs: wall time of each run, and its peak resident memory from GNU
+//! time (see [`run_measured`]). The kernel memory of the maps is what the kernel charges for
 //! them (`memlock` in their fdinfo).
 
 use std::{
@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
+    RUNS,
     policies::{SEED, Workload, mutate},
     progress,
 };
@@ -146,21 +147,25 @@ fn exits_within(pid: libc::pid_t, limit: Duration) -> Result<bool> {
     }
 }
 
-/// The control-plane figures for one policy size.
+/// The control-plane figures for one policy size. Each [`CliRun`] is the run of
+/// median time among [`RUNS`] (with the peak memory of them all); the `_seconds`
+/// fields hold every run's time.
 #[derive(Clone, Debug, Default)]
 pub struct ControlRow {
     pub label: String,
     pub prefixes: usize,
     /// `airlock validate`: parse and check only.
     pub validate: CliRun,
-    /// First `airlock apply`: load, fill, attach, pin.
+    pub validate_seconds: Vec<f64>,
+    /// First `airlock apply` (no filter on the interface): load, fill, attach, pin.
     pub first: CliRun,
-    /// `apply` with 1% of the prefixes changed (into the empty second copy).
+    pub first_seconds: Vec<f64>,
+    /// `apply` with 1% of the prefixes changed right after a first apply (into the
+    /// empty second copy).
     pub change_1: CliRun,
-    /// The same again (into a copy that holds the policy before last: steady
-    /// state): the run of median time among [`STEADY_RUNS`].
+    pub change_1_seconds: Vec<f64>,
+    /// The same again, into a copy that holds the policy before last (steady state).
     pub change_2: CliRun,
-    /// Wall seconds of every steady re-apply.
     pub steady_seconds: Vec<f64>,
     /// Bytes the kernel charges for the filter's maps.
     pub map_bytes: u64,
@@ -168,11 +173,19 @@ pub struct ControlRow {
     pub entries: Option<(u64, u64)>,
 }
 
-/// Steady-state re-applies per size: a single run of a ~100 ms command moves by
-/// half with the machine's other work.
-pub const STEADY_RUNS: usize = 5;
+/// The run of median time (its memory the peak of all), and every run's time.
+fn median_run(mut runs: Vec<CliRun>) -> (CliRun, Vec<f64>) {
+    let seconds = runs.iter().map(|r| r.seconds).collect();
+    let peak = runs.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mut median = runs.get(runs.len() / 2).copied().unwrap_or_default();
+    median.max_rss_kib = peak;
+    (median, seconds)
+}
 
-/// Runs the CLI on `workload` against `iface` in `ns`.
+/// Runs the CLI on `workload` against `iface` in `ns`: [`RUNS`] validations,
+/// [`RUNS`] times a first apply (after `remove --all`) followed by a 1% change,
+/// then [`RUNS`] steady-state 1% changes.
 pub fn measure(
     ns: &Namespace,
     iface: &str,
@@ -183,7 +196,6 @@ pub fn measure(
     let bpffs = PrivateBpffs::new();
     let list = dir.join(format!("bulk-{}.txt", workload.prefixes));
     let policy = dir.join(format!("policy-{}.yaml", workload.prefixes));
-    std::fs::write(&list, workload.list_text())?;
     std::fs::write(
         &policy,
         workload.policy_yaml(iface, Path::new(list.file_name().context("name")?)),
@@ -199,35 +211,53 @@ pub fn measure(
         command
     };
     let measured = |args: &[&str]| run_measured(ns, &env, args, limit);
+    // Each change replaces the same 1% of the lines with new prefixes, so every
+    // re-apply differs from the policy before it by exactly that.
+    let write_list = |bulk: &[ipnet::IpNet]| {
+        let text: String = bulk.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(&list, text)
+    };
     let mut row = ControlRow {
         label: super::policies::size_label(workload.prefixes - 11),
         prefixes: workload.prefixes,
         ..Default::default()
     };
-    row.validate = measured(&["validate", "-f", policy_arg])?;
+    write_list(&workload.bulk)?;
+    let mut validate = Vec::new();
+    for _ in 0..RUNS {
+        validate.push(measured(&["validate", "-f", policy_arg])?);
+    }
+    (row.validate, row.validate_seconds) = median_run(validate);
     let result = (|| -> Result<()> {
-        row.first = measured(&["apply", "-f", policy_arg])?;
-        row.map_bytes = map_bytes(&bpffs.path().join(iface));
-        row.entries = entries(airlock(&["status", "-o", "json"]));
-        // Each change replaces the same 1% of the lines with new prefixes, so every
-        // re-apply differs from the policy before it by exactly that.
-        let mut steady = Vec::new();
-        for i in 0..=STEADY_RUNS {
-            let changed = mutate(&workload.bulk, 1, SEED + 1 + i as u64);
-            let text: String = changed.iter().map(|n| format!("{n}\n")).collect();
-            std::fs::write(&list, text)?;
-            let run = measured(&["apply", "-f", policy_arg])?;
-            if i == 0 {
-                row.change_1 = run;
-            } else {
-                steady.push(run);
+        let (mut first, mut change_1, mut steady) = (Vec::new(), Vec::new(), Vec::new());
+        let mut seed = SEED + 1;
+        for i in 0..RUNS {
+            if i > 0 {
+                let removed = airlock(&["remove", "--all"]).output()?;
+                anyhow::ensure!(
+                    removed.status.success(),
+                    "airlock remove --all: {}",
+                    String::from_utf8_lossy(&removed.stderr).trim()
+                );
             }
+            write_list(&workload.bulk)?;
+            first.push(measured(&["apply", "-f", policy_arg])?);
+            if i == 0 {
+                row.map_bytes = map_bytes(&bpffs.path().join(iface));
+                row.entries = entries(airlock(&["status", "-o", "json"]));
+            }
+            write_list(&mutate(&workload.bulk, 1, seed))?;
+            seed += 1;
+            change_1.push(measured(&["apply", "-f", policy_arg])?);
         }
-        row.steady_seconds = steady.iter().map(|r| r.seconds).collect();
-        steady.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-        row.change_2 = steady[steady.len() / 2];
-        // Peak memory over all of them.
-        row.change_2.max_rss_kib = steady.iter().map(|r| r.max_rss_kib).max().unwrap_or(0);
+        for _ in 0..RUNS {
+            write_list(&mutate(&workload.bulk, 1, seed))?;
+            seed += 1;
+            steady.push(measured(&["apply", "-f", policy_arg])?);
+        }
+        (row.first, row.first_seconds) = median_run(first);
+        (row.change_1, row.change_1_seconds) = median_run(change_1);
+        (row.change_2, row.steady_seconds) = median_run(steady);
         Ok(())
     })();
     let _ = airlock(&["remove", "--all"]).output();
@@ -333,8 +363,21 @@ pub fn agent_rss(
         workload.policy_yaml(iface, Path::new("agent-bulk.txt")),
     )?;
     let port = 19_000 + (std::process::id() % 1000) as u16;
-    let mut child = ns
-        .command(airlock_bin())
+    let mut command = ns.command(airlock_bin());
+    // A long-running child would keep the bench's namespaces (see sandbox.rs)
+    // alive after the bench itself was killed: it dies with the bench. This
+    // thread (which forks it) lives until the agent is stopped below.
+    // SAFETY: only prctl(2), async-signal-safe, runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(["agent", "-f"])
         .arg(&policy)
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])

@@ -15,6 +15,7 @@ use airlock::loader::LoadedFilter;
 use super::{
     RUNS, Stats,
     per_packet::{REPEAT, time},
+    policies::{DROP_V4, FLOW_PORT},
 };
 use crate::packet::{FrameSpec, TCP_FLAGS_OFFSET, mirror};
 
@@ -37,6 +38,22 @@ fn outgoing(reply: FrameSpec, flags: Option<u8>) -> Vec<u8> {
     bytes
 }
 
+/// Opens the TCP flow the per-packet "reply" row answers, as the host's SYN and
+/// then its first ACK would (established: it stays open for hours, past any run).
+/// `filter` must hold a policy (the egress program consults its port arrays).
+pub fn open_flow(filter: &mut LoadedFilter) -> Result<()> {
+    let peer = DROP_V4.to_string();
+    let egress = filter.egress_program()?;
+    for flags in [None, Some(0x10)] {
+        egress.test_run(TestRunOptions {
+            data_in: Some(&outgoing(FrameSpec::tcp(&peer, FLOW_PORT), flags)),
+            repeat: 1,
+            ..Default::default()
+        })?;
+    }
+    Ok(())
+}
+
 /// `filter` must hold a policy (the egress program consults its port arrays).
 pub fn measure(filter: &mut LoadedFilter, covered_port: u16) -> Result<Vec<EgressRow>> {
     let bytes = airlock::loader::floor_object_bytes("tc-pass").context("no tc-pass object")?;
@@ -46,16 +63,16 @@ pub fn measure(filter: &mut LoadedFilter, covered_port: u16) -> Result<Vec<Egres
         .context("no program tc_pass")?
         .try_into()?;
     floor.load()?;
-    let peer = "203.0.113.10";
-    let syn = outgoing(FrameSpec::tcp(peer, 41000), None);
+    let peer = &DROP_V4.to_string();
+    let syn = outgoing(FrameSpec::tcp(peer, FLOW_PORT), None);
     let cases = [
         (
             "TCP segment on an open flow",
-            outgoing(FrameSpec::tcp(peer, 41000), Some(0x10)),
+            outgoing(FrameSpec::tcp(peer, FLOW_PORT), Some(0x10)),
         ),
         (
             "UDP datagram on an open flow",
-            outgoing(FrameSpec::udp(peer, 41001), None),
+            outgoing(FrameSpec::udp(peer, FLOW_PORT + 1), None),
         ),
         (
             "TCP from a port a rule covers (not recorded)",

@@ -7,6 +7,14 @@
 //! receiver processes frames at (its `rx_packets`) is the figure. Beside it, the
 //! receiver's CPU time per frame (that thread's run time), which does not count
 //! the time the thread waited for its CPU.
+//!
+//! Kernels may refuse the live-frames mode (EPERM on some builds). [`LiveBed::new`]
+//! tries it once up front; failing that, the live rows are left out, with the
+//! reason in the report, while the rest of the suite carries on. On request it
+//! sends through a raw packet socket instead ([`super::sender`]); not by default:
+//! on a 2-CPU guest that sender reached 0.1-0.2 Mpps and the receiver spent about
+//! 1 µs per frame turning skbs into XDP frames, against which the tens of
+//! nanoseconds that tell the programs apart were within the noise.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +23,7 @@ use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 
 use super::{
     Stats, cpu_number, in_namespace, online_cpus, per_packet::Floor, pin_to_cpu, progress,
+    sender::PacketSocket,
 };
 use crate::netns::{Namespace, Testbed};
 
@@ -24,9 +33,22 @@ const GEN_BATCH: u32 = 64;
 /// Before each measured window: lets the NAPI thread start and caches fill.
 const WARMUP: Duration = Duration::from_millis(200);
 
+/// What sends the live test's frames.
+pub enum Source {
+    /// BPF_PROG_TEST_RUN's live-frames mode on an XDP_TX program.
+    LiveFrames,
+    /// A raw packet socket on the client's veth.
+    PacketSocket(PacketSocket),
+    /// Nothing works on this kernel: no live rows.
+    Unavailable,
+}
+
 pub struct LiveBed {
     pub bed: Testbed,
     generator: Floor,
+    pub source: Source,
+    /// What the probe found, for the report (why a source was not used).
+    pub source_notes: Vec<String>,
     client_ifindex: u32,
     pub server_mac: [u8; 6],
     pub threaded_napi: bool,
@@ -89,7 +111,9 @@ impl Rate {
 }
 
 impl LiveBed {
-    pub fn new() -> Result<Self> {
+    /// `packet_socket`: when the kernel's generator is refused, send through a raw
+    /// packet socket rather than leave the live rows out.
+    pub fn new(packet_socket: bool) -> Result<Self> {
         let bed = Testbed::new("bl");
         let client_if = client_interface(&bed.client)?;
         let client_ifindex =
@@ -97,14 +121,99 @@ impl LiveBed {
                 .context("client veth has no index")?;
         let server_mac = mac_of(&bed.server, &bed.server_if)?;
         let generator = Floor::load("xdp-tx")?;
-        Ok(Self {
+        let mut live = Self {
             bed,
             generator,
+            source: Source::Unavailable,
+            source_notes: Vec::new(),
             client_ifindex,
             server_mac,
             threaded_napi: false,
             napi_pid: None,
-        })
+        };
+        live.probe(packet_socket);
+        Ok(live)
+    }
+
+    /// Picks the traffic source: the kernel's live-frames generator, else (if
+    /// asked) a packet socket, each checked to reach the receiver.
+    fn probe(&mut self, packet_socket: bool) {
+        // ARP: passes Airlock and every floor; any frame reaching the veth counts.
+        let frame = self.addressed(&crate::packet::FrameSpec::arp().build().bytes);
+        let window = Duration::from_millis(50);
+        self.source = Source::LiveFrames;
+        match self.reaches_receiver(&frame, window) {
+            Ok(()) => return,
+            Err(e) => {
+                let refused = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .and_then(std::io::Error::raw_os_error)
+                        == Some(libc::EPERM)
+                        || c.to_string().contains("Operation not permitted")
+                });
+                self.source_notes.push(if refused {
+                    format!("This kernel refuses BPF_F_TEST_XDP_LIVE_FRAMES (EPERM: {e:#}): the kernel's own generator cannot send")
+                } else {
+                    format!("The kernel's live-frames generator (BPF_F_TEST_XDP_LIVE_FRAMES) failed: {e:#}")
+                });
+            }
+        }
+        if !packet_socket {
+            self.source = Source::Unavailable;
+            self.source_notes.push(
+                "A raw packet socket in the client namespace can send instead (`airlock-bench --live-packet-socket`), but on this machine kind it sends too slowly, and costs the receiver too much per frame, to tell the programs apart: not run by default".into(),
+            );
+            return;
+        }
+        let ifindex = self.client_ifindex;
+        self.source = match in_namespace(&self.bed.client, || PacketSocket::open(ifindex)) {
+            Ok(socket) => Source::PacketSocket(socket),
+            Err(e) => {
+                self.source_notes
+                    .push(format!("No packet socket either: {e:#}"));
+                Source::Unavailable
+            }
+        };
+        if matches!(self.source, Source::Unavailable) {
+            return;
+        }
+        if let Err(e) = self.reaches_receiver(&frame, window) {
+            self.source_notes.push(format!(
+                "The packet socket's frames do not reach the receiver: {e:#}"
+            ));
+            self.source = Source::Unavailable;
+        }
+    }
+
+    /// Sends `frame` for `window` to the receiver running `xdp-pass` (veth takes
+    /// XDP frames only while its peer has a program); fails unless some arrived.
+    fn reaches_receiver(&mut self, frame: &[u8], window: Duration) -> Result<()> {
+        let mut pass = Floor::load("xdp-pass")?;
+        let seen = self.measure(pass.program()?, frame, window)?;
+        anyhow::ensure!(
+            seen.rx_pps > 0.0,
+            "{:.0} frames/s sent, none received",
+            seen.tx_pps
+        );
+        Ok(())
+    }
+
+    /// Whether live rows can be measured.
+    pub fn available(&self) -> bool {
+        !matches!(self.source, Source::Unavailable)
+    }
+
+    /// The traffic source, as the report names it.
+    pub fn source_name(&self) -> &'static str {
+        match self.source {
+            Source::LiveFrames => {
+                "the kernel's XDP live-frames generator (BPF_F_TEST_XDP_LIVE_FRAMES, XDP_TX)"
+            }
+            Source::PacketSocket(_) => {
+                "a raw packet socket (AF_PACKET, sendmmsg, qdisc bypass): the sender, not the receiver, sets the rate; compare the receiver's CPU time per frame"
+            }
+            Source::Unavailable => "none",
+        }
     }
 
     /// Frame with the receiver's MAC as destination (so passed frames are for it).
@@ -175,6 +284,25 @@ impl LiveBed {
 
     /// Sends `frame` out of the client veth for `duration`; returns frames sent.
     fn send(&mut self, frame: &[u8], duration: Duration) -> Result<u64> {
+        match &self.source {
+            Source::LiveFrames => self.send_live_frames(frame, duration),
+            Source::PacketSocket(socket) => {
+                // The socket belongs to the client's namespace already.
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| {
+                            pin_to_cpu(0);
+                            socket.send_for(frame, duration)
+                        })
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("the sending thread panicked"))
+                })?
+            }
+            Source::Unavailable => anyhow::bail!("no live traffic source on this kernel"),
+        }
+    }
+
+    fn send_live_frames(&mut self, frame: &[u8], duration: Duration) -> Result<u64> {
         let ifindex = self.client_ifindex;
         let program = self.generator.program()?;
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,

@@ -14,10 +14,10 @@ use aya::{
 
 use super::{
     RUNS, Stats,
-    policies::{DROP_V4, DROP_V6, PORT, Workload},
+    policies::{DROP_V4, DROP_V6, FLOW_PORT, PORT, UNCOVERED_PORT, Workload},
     thread_cpu_time,
 };
-use crate::packet::{FrameSpec, Tag, Transport};
+use crate::packet::{FrameSpec, TCP_FLAGS_OFFSET, Tag, Transport, transport_offset};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -34,6 +34,19 @@ pub struct Case {
     pub pass: bool,
     /// Airlock's verdict rule for it: what a peer must do to express the policy.
     pub family: Family,
+    /// Whether the peers can express Airlock's verdict on it (xdp-filter keeps no
+    /// flows: it cannot pass a reply): where not, they are not run on it.
+    pub peers: bool,
+}
+
+/// TCP flag bits.
+const TCP_ACK: u8 = 0x10;
+
+/// `bytes` (an untagged IP frame carrying TCP) with its TCP flags set to `flags`.
+fn with_tcp_flags(mut bytes: Vec<u8>, flags: u8) -> Vec<u8> {
+    let l4 = transport_offset(&bytes);
+    bytes[l4 + TCP_FLAGS_OFFSET] = flags;
+    bytes
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +56,20 @@ pub enum Family {
     NonIp,
 }
 
-/// Allowed and refused TCP to the covered port in both families, an allowed
-/// frame behind an 802.1Q tag, and an ARP request.
+/// Allowed and refused TCP (SYNs) to the covered port in both families, an allowed
+/// frame behind an 802.1Q tag, an ARP request, and the two paths `default: drop`
+/// adds: a segment to a port no rule covers (refused after a flow-table miss) and
+/// a reply on a flow the host opened (passed by the flow table; open it first with
+/// [`super::egress::open_flow`]). Those two are ACK segments: a pure SYN cannot be
+/// a reply, and a datapath may rightly refuse it without a lookup.
 pub fn cases(workload: &Workload) -> Vec<Case> {
     let tcp = Transport::Tcp { dst_port: PORT };
+    let uncovered = Transport::Tcp {
+        dst_port: UNCOVERED_PORT,
+    };
+    let reply = Transport::Tcp {
+        dst_port: FLOW_PORT,
+    };
     let mut out = vec![
         Case {
             name: "allowed IPv4 TCP",
@@ -55,12 +78,14 @@ pub fn cases(workload: &Workload) -> Vec<Case> {
                 .bytes,
             pass: true,
             family: Family::V4,
+            peers: true,
         },
         Case {
             name: "dropped IPv4 TCP",
             bytes: FrameSpec::ip(DROP_V4.into(), tcp.clone()).build().bytes,
             pass: false,
             family: Family::V4,
+            peers: true,
         },
     ];
     if let Some(v6) = workload.allowed_v6 {
@@ -69,6 +94,7 @@ pub fn cases(workload: &Workload) -> Vec<Case> {
             bytes: FrameSpec::ip(v6.into(), tcp.clone()).build().bytes,
             pass: true,
             family: Family::V6,
+            peers: true,
         });
     }
     out.extend([
@@ -77,6 +103,7 @@ pub fn cases(workload: &Workload) -> Vec<Case> {
             bytes: FrameSpec::ip(DROP_V6.into(), tcp.clone()).build().bytes,
             pass: false,
             family: Family::V6,
+            peers: true,
         },
         Case {
             name: "allowed IPv4 TCP, VLAN",
@@ -86,16 +113,40 @@ pub fn cases(workload: &Workload) -> Vec<Case> {
                 .bytes,
             pass: true,
             family: Family::V4,
+            peers: true,
         },
         Case {
             name: "non-IP (ARP)",
             bytes: FrameSpec::arp().build().bytes,
             pass: true,
             family: Family::NonIp,
+            peers: true,
+        },
+        Case {
+            name: REFUSED_UNCOVERED,
+            bytes: with_tcp_flags(
+                FrameSpec::ip(DROP_V4.into(), uncovered).build().bytes,
+                TCP_ACK,
+            ),
+            pass: false,
+            family: Family::V4,
+            peers: true,
+        },
+        Case {
+            name: REPLY,
+            bytes: with_tcp_flags(FrameSpec::ip(DROP_V4.into(), reply).build().bytes, TCP_ACK),
+            pass: true,
+            family: Family::V4,
+            peers: false,
         },
     ]);
     out
 }
+
+/// The case refused by `default: drop` after a flow-table miss.
+pub const REFUSED_UNCOVERED: &str = "dropped IPv4 TCP ACK, no rule's port (flow miss)";
+/// The case passed as return traffic.
+pub const REPLY: &str = "reply IPv4 TCP on an open flow";
 
 /// One timed batch: the action and the mean CPU nanoseconds per run (and the
 /// kernel's own, rounded, figure).
@@ -170,6 +221,37 @@ pub struct Measured {
     pub action: u32,
 }
 
+/// What Airlock's drop sampler did with the refused packets of a row's timed runs
+/// (SAMPLE_STATS before and after): how many it sampled (sent to the ring, or
+/// found it full) and how many it held back, the path a flood takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sampled {
+    pub sent: u64,
+    pub ring_full: u64,
+    pub rate_limited: u64,
+}
+
+impl Sampled {
+    /// Share of the refused packets that took the rate-limited path.
+    pub fn rate_limited_share(&self) -> f64 {
+        let total = self.sent + self.ring_full + self.rate_limited;
+        if total == 0 {
+            return 0.0;
+        }
+        self.rate_limited as f64 / total as f64
+    }
+
+    fn since(after: [u64; 3], before: [u64; 3]) -> Self {
+        use airlock_common::{SAMPLES_RATE_LIMITED, SAMPLES_RING_FULL, SAMPLES_SENT};
+        let d = |slot: u32| after[slot as usize].saturating_sub(before[slot as usize]);
+        Self {
+            sent: d(SAMPLES_SENT),
+            ring_full: d(SAMPLES_RING_FULL),
+            rate_limited: d(SAMPLES_RATE_LIMITED),
+        }
+    }
+}
+
 /// One row of the per-packet table.
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -181,25 +263,40 @@ pub struct Row {
     pub expected_pass: bool,
     pub floor: Stats,
     pub airlock: Measured,
+    /// Refused frames: the sampler's work over Airlock's timed runs.
+    pub sampled: Option<Sampled>,
     /// xdp-filter, where it was run (policies with a single port range).
     pub xdp_filter: Option<Measured>,
     /// Experimental builds of Airlock's program (`--variant`), by name.
     pub variants: Vec<(String, Measured)>,
 }
 
-/// Measures every case: for each run, the floor, Airlock and (if given)
-/// xdp-filter back to back, so each ratio compares programs seen under the same
-/// machine conditions.
+/// Airlock's program with a way to read its drop-sample counters
+/// (`PolicyMaps::counters().samples`).
+pub struct Subject<'a> {
+    pub program: &'a mut Xdp,
+    pub samples: &'a dyn Fn() -> Result<[u64; 3]>,
+}
+
+/// Measures every case: for each run, the floor, Airlock, xdp-filter (if given)
+/// and the variants back to back (A B C A B C ...), so each ratio compares
+/// programs seen under the same machine conditions; figures are over [`RUNS`]
+/// runs.
 pub fn measure(
     workload: &Workload,
     floor: &mut Xdp,
-    airlock: &mut Xdp,
+    airlock: Subject<'_>,
     mut xdp_filter: Option<&mut Xdp>,
     variants: &mut [(String, &mut Xdp)],
     repeat: u32,
 ) -> Result<Vec<Row>> {
+    let Subject {
+        program: airlock,
+        samples,
+    } = airlock;
     let mut rows = Vec::new();
     for case in cases(workload) {
+        let mut peer = xdp_filter.as_deref_mut().filter(|_| case.peers);
         // Warm caches and the trie path once before timing.
         time(floor, &case.bytes, repeat / 10)?;
         time(airlock, &case.bytes, repeat / 10)?;
@@ -207,6 +304,7 @@ pub fn measure(
         let (mut a_ns, mut a_ratio, mut a_action) = (Vec::new(), Vec::new(), 0);
         let (mut x_ns, mut x_ratio, mut x_action) = (Vec::new(), Vec::new(), 0);
         let mut v_figures = vec![(Vec::new(), Vec::new(), 0); variants.len()];
+        let samples_before = samples()?;
         for _ in 0..RUNS {
             let f = time(floor, &case.bytes, repeat)?;
             let a = time(airlock, &case.bytes, repeat)?;
@@ -214,7 +312,7 @@ pub fn measure(
             a_ns.push(a.ns);
             a_ratio.push(a.ns / f.ns);
             a_action = a.action;
-            if let Some(x) = xdp_filter.as_deref_mut() {
+            if let Some(x) = peer.as_deref_mut() {
                 let t = time(x, &case.bytes, repeat)?;
                 x_ns.push(t.ns);
                 x_ratio.push(t.ns / f.ns);
@@ -227,6 +325,7 @@ pub fn measure(
                 figures.2 = t.action;
             }
         }
+        let sampled = Sampled::since(samples()?, samples_before);
         rows.push(Row {
             workload: workload.label.clone(),
             prefixes: workload.prefixes,
@@ -240,7 +339,8 @@ pub fn measure(
                 ratio: Stats::of(&a_ratio),
                 action: a_action,
             },
-            xdp_filter: xdp_filter.is_some().then(|| Measured {
+            sampled: (!case.pass).then_some(sampled),
+            xdp_filter: peer.is_some().then(|| Measured {
                 ns: Stats::of(&x_ns),
                 ratio: Stats::of(&x_ratio),
                 action: x_action,
@@ -291,8 +391,9 @@ impl Variant {
         for (map_name, map) in ebpf.maps() {
             map.pin(pin_dir.join(map_name))?;
         }
-        let maps = airlock::loader::PolicyMaps::open_pinned(pin_dir)
+        let mut maps = airlock::loader::PolicyMaps::open_pinned(pin_dir)
             .map_err(|e| anyhow::anyhow!("opening the variant's maps: {e:?}"))?;
+        super::production::configure(&mut maps)?;
         let mut variant = Self {
             name: name.to_owned(),
             ebpf,

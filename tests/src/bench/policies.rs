@@ -18,6 +18,14 @@ pub const SEED: u64 = 0xA1A0_C0DE;
 /// Destination port of every TCP test frame; rule 0 covers it.
 pub const PORT: u16 = 5432;
 
+/// The host's own port of a TCP connection it opened to [`DROP_V4`] (the egress
+/// program records it): the peer's segments to it are replies. No rule covers it.
+pub const FLOW_PORT: u16 = 41000;
+
+/// A port no rule covers, with no flow open to it: under `default: drop`, traffic
+/// to it is refused after a flow-table miss.
+pub const UNCOVERED_PORT: u16 = 41999;
+
 /// A source in no set (documentation range): its frames are refused.
 pub const DROP_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const DROP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 0x10);
@@ -102,7 +110,9 @@ impl Workload {
     }
 
     /// The policy for `iface`, importing the generated set from `list` (a path
-    /// relative to the policy file) when there is one.
+    /// relative to the policy file) when there is one. `default: drop`, as a host
+    /// that only the rules may reach runs it: the return-traffic egress program is
+    /// in place, and traffic no rule covers consults its flow table.
     pub fn policy_yaml(&self, iface: &str, list: &Path) -> String {
         let mut from = String::from("[airbyte-us, airbyte-eu");
         let mut sets = String::new();
@@ -121,7 +131,7 @@ impl Workload {
                 first + 4
             );
         }
-        format!("version: 1\ninterfaces: [{iface}]\nmode: enforce\ndefault: pass\n{sets}{rules}")
+        format!("version: 1\ninterfaces: [{iface}]\nmode: enforce\ndefault: drop\n{sets}{rules}")
     }
 }
 

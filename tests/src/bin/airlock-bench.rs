@@ -3,9 +3,11 @@
 //! to `<out>/latest.md` and `<out>/latest.json`. Needs root; everything happens in
 //! throwaway namespaces with private bpffs mounts, and every loop is bounded.
 //!
-//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--variant NAME=OBJECT]...
+//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--live-packet-socket] [--variant NAME=OBJECT]...
 //! (`--quick`: sizes up to 10,000 prefixes only, for trying the suite out;
-//! `--variant`: also time an experimental build of the XDP program, same maps.)
+//! `--live-packet-socket`: live rows from a raw packet socket where the kernel
+//! refuses its own generator; `--variant`: also time an experimental build of
+//! the XDP program, same maps.)
 
 use std::{
     path::{Path, PathBuf},
@@ -16,15 +18,16 @@ use std::{
 use airlock::{compile, loader::LoadedFilter, loader::PolicySummary, policy};
 use airlock_integration::{
     bench::{
-        RUNS, control, egress,
-        live::{LiveBed, Rate, Window},
+        RUNS, Stats, control, egress,
+        live::{LiveBed, Rate, Source, Window},
+        load::LoadLog,
         peers::{self, Nftables, XdpFilter},
-        per_packet::{self, Floor, timed},
+        per_packet::{self, Floor, Subject, timed},
         pin_to_cpu,
         policies::{self, Workload},
-        progress,
+        production, progress,
         report::{LibraryRow, LiveRow, Results},
-        unpin,
+        sandbox, unpin,
     },
     netns::{PrivateBpffs, require_root},
 };
@@ -39,6 +42,12 @@ const PORT_RANGES: [usize; 3] = [1, 10, 60];
 
 fn main() -> ExitCode {
     require_root();
+    // Before any thread exists (the kernel requires it): from here on, every
+    // namespace the bench creates dies with it, however it ends.
+    if let Err(e) = sandbox::enter() {
+        eprintln!("airlock-bench: {e:#}");
+        return ExitCode::FAILURE;
+    }
     airlock_integration::bench::remember_cpus();
     let mut out = PathBuf::from("bench-results");
     let mut quick = false;
@@ -51,6 +60,7 @@ fn main() -> ExitCode {
             "--per-packet-only" => options.per_packet_only = true,
             "--control-only" => options.control_only = true,
             "--live-only" => options.live_only = true,
+            "--live-packet-socket" => options.live_packet_socket = true,
             "--variant" => {
                 let Some((name, path)) = args.next().and_then(|v| {
                     v.split_once('=')
@@ -63,7 +73,7 @@ fn main() -> ExitCode {
             }
             other => {
                 eprintln!(
-                    "usage: airlock-bench [--out DIR] [--quick] (unknown argument {other:?})"
+                    "usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--live-packet-socket] [--variant NAME=OBJECT]... (unknown argument {other:?})"
                 );
                 return ExitCode::from(2);
             }
@@ -86,6 +96,9 @@ struct Options {
     /// Only the live rows, the figures that move most from run to run: for
     /// iterating on them (and profiling the receiver).
     live_only: bool,
+    /// Live rows from a raw packet socket when the kernel refuses its own
+    /// generator (see live.rs for why not by default).
+    live_packet_socket: bool,
     variants: Vec<(String, PathBuf)>,
 }
 
@@ -96,30 +109,56 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     } else {
         &[0, 1000, 100_000, 1_000_000]
     };
-    let mut results = Results {
-        machine: machine(),
-        per_packet: Vec::new(),
-        egress: Vec::new(),
-        library: Vec::new(),
-        live: Vec::new(),
-        control: Vec::new(),
-        agent_rss: Err("not measured".into()),
-        verified: (None, None),
-        notes: Vec::new(),
-        seconds: 0.0,
-    };
+    let mut load = LoadLog::default();
+    load.sample("start");
     let mut floor_pass = Floor::load("xdp-pass")?;
     let mut floor_drop = Floor::load("xdp-drop")?;
     let mut floor_peek = Floor::load("xdp-peek-drop")?;
-    let mut filter = LoadedFilter::load().context("loading Airlock's XDP program")?;
-    results.verified = (
+    let (mut filter, settings) = production::load()?;
+    let verified = (
         filter.program()?.info()?.verified_instruction_count(),
         filter
             .egress_program()?
             .info()?
             .verified_instruction_count(),
     );
-    let mut live = LiveBed::new()?;
+    let mut results = Results {
+        machine: machine(),
+        settings,
+        load,
+        live_source: String::new(),
+        live_notes: Vec::new(),
+        live_by_cpu: false,
+        per_packet: Vec::new(),
+        egress: Vec::new(),
+        library: Vec::new(),
+        live: Vec::new(),
+        control: Vec::new(),
+        agent_rss: Err("not measured".into()),
+        agent_prefixes: if quick { 10_000 } else { 100_000 },
+        verified,
+        notes: Vec::new(),
+        seconds: 0.0,
+    };
+    let mut live = LiveBed::new(options.live_packet_socket)?;
+    results.live_source = live.source_name().to_owned();
+    results.live_notes = live.source_notes.clone();
+    results.live_by_cpu = matches!(live.source, Source::PacketSocket(_));
+    progress(format!("live traffic: {}", live.source_name()));
+    for note in &live.source_notes {
+        progress(note);
+    }
+    if !live.available() {
+        progress(format!(
+            "no live traffic source: {}; carrying on without the live rows",
+            live.source_notes.join("; ")
+        ));
+    }
+    // The policy the first row's apply replaces: none.
+    let mut previous = compile_yaml(
+        "version: 1\ninterfaces: [eth0]\ndefault: drop\n",
+        tempfile::tempdir()?.path(),
+    )?;
     let bpffs = PrivateBpffs::new();
     let tempdir = tempfile::tempdir()?;
     // AIRLOCK_BENCH_WORKDIR: keep the generated policies and lists there (to profile
@@ -150,7 +189,8 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
         for ranges in PORT_RANGES {
             let workload = Workload::with_bulk(bulk.clone(), ranges);
             progress(format!("policy {}", workload.label));
-            let (library, compiled) = apply_policy(&mut filter, &workload, &workdir)?;
+            results.load.sample(format!("policy {}", workload.label));
+            let (library, compiled) = apply_policy(&mut filter, &workload, &workdir, &previous)?;
             results.library.push(library);
             // Twice: both generations hold this policy, so a variant that reads
             // one generation's maps only still sees it.
@@ -185,11 +225,26 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                 variant_programs.push((name, variant.program()?));
             }
             if !options.live_only {
+                egress::open_flow(&mut filter)?;
                 pin_to_cpu(last_cpu());
+                let LoadedFilter { ebpf, maps } = &mut filter;
+                let samples = || -> Result<[u64; 3]> {
+                    Ok(maps
+                        .counters()
+                        .map_err(|e| anyhow::anyhow!("reading the counters: {e}"))?
+                        .samples)
+                };
+                let program: &mut aya::programs::Xdp = ebpf
+                    .program_mut(airlock_common::PROGRAM_NAME)
+                    .context("no XDP program")?
+                    .try_into()?;
                 let rows = per_packet::measure(
                     &workload,
                     floor_pass.program()?,
-                    filter.program()?,
+                    Subject {
+                        program,
+                        samples: &samples,
+                    },
                     match xdp_filter.as_mut() {
                         Some(x) => Some(x.program()?),
                         None => None,
@@ -205,7 +260,8 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                 unpin();
                 results.per_packet.extend(rows);
             }
-            if ranges == 1 && !options.per_packet_only {
+            previous = compiled;
+            if ranges == 1 && !options.per_packet_only && live.available() {
                 live_rows(
                     &mut results,
                     &mut live,
@@ -220,7 +276,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             }
         }
     }
-    if !options.per_packet_only && !options.control_only && !live.threaded_napi {
+    if !results.live.is_empty() && !live.threaded_napi {
         results.notes.push(
             "threaded NAPI unavailable: generator and receiver shared a CPU in the live test"
                 .into(),
@@ -229,6 +285,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     // The in-process filter's maps hold two 1M-prefix policies; free them first.
     drop(filter);
     drop(variants);
+    drop(previous);
     let control_sizes: &[usize] = if options.per_packet_only || options.live_only {
         &[]
     } else {
@@ -237,6 +294,9 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     for &generated in control_sizes.iter().filter(|&&n| n >= 1000) {
         let workload = Workload::new(generated, 1);
         progress(format!("control plane, {} prefixes", workload.prefixes));
+        results
+            .load
+            .sample(format!("control plane, {} prefixes", workload.prefixes));
         match control::measure(
             &live.bed.server,
             &live.bed.server_if,
@@ -250,7 +310,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             )),
         }
     }
-    let agent_size = if quick { 10_000 } else { 100_000 };
+    let agent_size = results.agent_prefixes;
     progress("agent memory");
     results.agent_rss = if options.per_packet_only || options.control_only || options.live_only {
         Err("not measured (--per-packet-only, --control-only or --live-only)".into())
@@ -267,6 +327,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             Err(e) => Err(format!("{e:#}")),
         }
     };
+    results.load.sample("end");
     results.seconds = started.elapsed().as_secs_f64();
     std::fs::create_dir_all(out)?;
     std::fs::write(out.join("latest.md"), results.markdown())?;
@@ -286,21 +347,43 @@ fn last_cpu() -> usize {
     airlock_integration::bench::online_cpus().saturating_sub(1)
 }
 
-/// Parses, compiles and writes `workload`'s policy into `filter`'s maps, timing each.
+/// Parses, compiles and writes `workload`'s policy into `filter`'s maps, timing
+/// each [`RUNS`] times. The map write is timed from `previous` (the policy of the
+/// row before) in both copies, as when an apply replaces it.
 fn apply_policy(
     filter: &mut LoadedFilter,
     workload: &Workload,
     dir: &Path,
+    previous: &compile::Compiled,
 ) -> Result<(LibraryRow, compile::Compiled)> {
     let list = dir.join("lib-bulk.txt");
     std::fs::write(&list, workload.list_text())?;
     let yaml = workload.policy_yaml("eth0", Path::new("lib-bulk.txt"));
-    let (policy, parse_s) = timed(|| policy::parse_str(&yaml, &dir.join("lib-policy.yaml")));
-    let policy = policy.map_err(|e| anyhow::anyhow!("generated policy is invalid: {e}"))?;
-    let (compiled, compile_s) = timed(|| compile::compile(&policy));
-    let compiled = compiled?;
-    let (applied, apply_s) = timed(|| filter.maps.apply(&compiled, &PolicySummary::default()));
-    applied.map_err(|e| anyhow::anyhow!("applying: {e:?}"))?;
+    let path = dir.join("lib-policy.yaml");
+    let mut parse_s = Vec::new();
+    let mut parsed = None;
+    for _ in 0..RUNS {
+        let (policy, seconds) = timed(|| policy::parse_str(&yaml, &path));
+        parse_s.push(seconds);
+        parsed = Some(policy.map_err(|e| anyhow::anyhow!("generated policy is invalid: {e}"))?);
+    }
+    let policy = parsed.context("no runs")?;
+    let mut compile_s = Vec::new();
+    let mut compiled = None;
+    for _ in 0..RUNS {
+        let (result, seconds) = timed(|| compile::compile(&policy));
+        compile_s.push(seconds);
+        compiled = Some(result?);
+    }
+    let compiled = compiled.context("no runs")?;
+    let mut apply_s = Vec::new();
+    for _ in 0..RUNS {
+        apply(filter, previous)?;
+        apply(filter, previous)?;
+        let (applied, seconds) = timed(|| apply(filter, &compiled));
+        applied?;
+        apply_s.push(seconds);
+    }
     let reapply_s = if workload.bulk.is_empty() {
         None
     } else {
@@ -309,9 +392,9 @@ fn apply_policy(
     let row = LibraryRow {
         label: workload.label.clone(),
         prefixes: workload.prefixes,
-        parse_s,
-        compile_s,
-        apply_s,
+        parse_s: Stats::of(&parse_s),
+        compile_s: Stats::of(&compile_s),
+        apply_s: Stats::of(&apply_s),
         reapply_s,
         entries_v4: compiled.v4.len(),
         entries_v6: compiled.v6.len(),
@@ -319,35 +402,50 @@ fn apply_policy(
     Ok((row, compiled))
 }
 
-/// The map update of a 1% change alone (no CLI, no parsing): with both copies holding
-/// `compiled`, the time to apply it with 1% of the prefixes replaced. Leaves
-/// `compiled` in force (and in the other copy the changed policy).
+/// Writes `compiled` into the filter's inactive copy and makes it the active one.
+fn apply(filter: &mut LoadedFilter, compiled: &compile::Compiled) -> Result<()> {
+    filter
+        .maps
+        .apply(compiled, &PolicySummary::default())
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("applying: {e:?}"))
+}
+
+/// A policy from its text (`dir`: where relative imports would be).
+fn compile_yaml(yaml: &str, dir: &Path) -> Result<compile::Compiled> {
+    let policy = policy::parse_str(yaml, &dir.join("policy.yaml"))
+        .map_err(|e| anyhow::anyhow!("policy is invalid: {e}"))?;
+    Ok(compile::compile(&policy)?)
+}
+
+/// The map update of a 1% change alone (no CLI, no parsing), [`RUNS`] times: with
+/// both copies holding `compiled`, the time to apply it with 1% of the prefixes
+/// replaced. Leaves `compiled` in force (and in the other copy the changed policy).
 fn reapply_1pct(
     filter: &mut LoadedFilter,
     workload: &Workload,
     compiled: &compile::Compiled,
     dir: &Path,
-) -> Result<f64> {
-    let apply = |filter: &mut LoadedFilter, c: &compile::Compiled| {
-        filter
-            .maps
-            .apply(c, &PolicySummary::default())
-            .map_err(|e| anyhow::anyhow!("applying: {e:?}"))
-    };
-    apply(filter, compiled)?;
+) -> Result<Stats> {
     let changed = Workload::with_bulk(
         policies::mutate(&workload.bulk, 1, policies::SEED + 1),
         workload.port_ranges,
     );
     std::fs::write(dir.join("lib-bulk-changed.txt"), changed.list_text())?;
-    let yaml = changed.policy_yaml("eth0", Path::new("lib-bulk-changed.txt"));
-    let policy = policy::parse_str(&yaml, &dir.join("lib-policy.yaml"))
-        .map_err(|e| anyhow::anyhow!("changed policy is invalid: {e}"))?;
-    let changed = compile::compile(&policy)?;
-    let (applied, seconds) = timed(|| apply(filter, &changed));
-    applied?;
+    let changed = compile_yaml(
+        &changed.policy_yaml("eth0", Path::new("lib-bulk-changed.txt")),
+        dir,
+    )?;
+    let mut seconds = Vec::new();
+    for _ in 0..RUNS {
+        apply(filter, compiled)?;
+        apply(filter, compiled)?;
+        let (applied, s) = timed(|| apply(filter, &changed));
+        applied?;
+        seconds.push(s);
+    }
     apply(filter, compiled)?;
-    Ok(seconds)
+    Ok(Stats::of(&seconds))
 }
 
 #[allow(
@@ -467,7 +565,6 @@ fn machine() -> serde_json::Value {
         "cpus": airlock_integration::bench::online_cpus(),
         "commit": sh("git rev-parse --short HEAD 2>/dev/null; git diff --quiet HEAD 2>/dev/null || echo '(modified)'").replace('\n', " "),
         "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
-        "load_average": sh("cut -d' ' -f1-3 /proc/loadavg"),
         "nft": sh("nft --version"),
         "xdp_filter": sh("xdp-filter --version 2>&1 | head -1"),
     })

@@ -24,7 +24,18 @@ fn main() -> ExitCode {
         "soak: {frames} frames, seed {seed:#x} (replay: cargo xtask soak --frames {frames} --seed {seed:#x})"
     );
     let started = Instant::now();
+    let mut shown = 0;
     let report = differential::run(seed, frames, |r| {
+        // Shown as found, so a long run that fails late has said why already.
+        for (_, d) in r
+            .disagreements
+            .iter()
+            .skip(shown)
+            .take(10usize.saturating_sub(shown))
+        {
+            println!("---- disagreement ----\n{d}");
+        }
+        shown = r.disagreements.len().max(shown);
         if r.policies % 50 == 0 {
             println!(
                 "soak: {} frames, {} policies, {} disagreements, {:.0?}",
@@ -44,9 +55,6 @@ fn main() -> ExitCode {
         report.fragment_pairs
     );
     println!("soak: verdicts by reason: {:?}", report.by_reason);
-    for (_, d) in report.disagreements.iter().take(10) {
-        println!("---- disagreement ----\n{d}");
-    }
     if report.disagreements.is_empty() {
         println!(
             "soak: seed {seed:#x}: 0 disagreements in {} frames",

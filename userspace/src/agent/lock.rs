@@ -1,17 +1,23 @@
 //! One agent per pin root: an advisory lock on a file in the state directory. The
 //! kernel drops the lock when the process dies (even by SIGKILL), so a crashed agent
 //! never blocks its successor.
+//!
+//! The state directory and the lock file are root's alone (`crate::trust`: made
+//! 0700 and 0600 whatever the umask, refused if another user could write them,
+//! never opened through a symlink): a user who could open the lock file could hold
+//! its lock and keep every agent from starting.
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::Write as _,
-    os::unix::fs::MetadataExt as _,
+    io::{Read as _, Write as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
 use nix::fcntl::{Flock, FlockArg};
 
 use super::AgentError;
+use crate::{loader::LoaderError, trust};
 
 pub struct InstanceLock {
     _lock: Flock<File>,
@@ -43,33 +49,33 @@ fn lock_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
     state_file(state_dir, pin_root, "lock")
 }
 
+/// Where the agent keeps its report for `airlock status`.
+pub fn report_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
+    state_file(state_dir, pin_root, "status")
+}
+
 /// Where the agent serves its drop samples to `airlock watch`.
 pub fn samples_socket_path(state_dir: &Path, pin_root: &Path) -> PathBuf {
     state_file(state_dir, pin_root, "samples")
 }
 
+/// Makes the state directory (0700) if it is missing, and checks that only root
+/// can change it.
+fn prepare_state_dir(state_dir: &Path) -> Result<(), AgentError> {
+    let trusted =
+        trust::create_dir_all(state_dir).and_then(|()| trust::check_dir_and_parents(state_dir));
+    trusted.map_err(|e| AgentError::Loader(LoaderError::Trust(e)))
+}
+
 pub fn acquire(state_dir: &Path, pin_root: &Path) -> Result<InstanceLock, AgentError> {
     let path = lock_path(state_dir, pin_root);
-    fs::create_dir_all(state_dir).map_err(|source| AgentError::Io {
-        op: "creating",
-        path: state_dir.to_owned(),
-        source,
-    })?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|source| AgentError::Io {
-            op: "opening",
-            path: path.clone(),
-            source,
-        })?;
+    prepare_state_dir(state_dir)?;
+    let file =
+        trust::open_private_file(&path).map_err(|e| AgentError::Loader(LoaderError::Trust(e)))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((file, _)) => {
-            let holder = fs::read_to_string(&path).unwrap_or_default();
+            let holder = read_holder(&path);
             drop(file);
             return Err(AgentError::AlreadyRunning {
                 pin_root: pin_root.to_owned(),
@@ -89,7 +95,7 @@ pub fn acquire(state_dir: &Path, pin_root: &Path) -> Result<InstanceLock, AgentE
 /// make an agent starting at that moment refuse to run.
 pub fn holder(state_dir: &Path, pin_root: &Path) -> Option<String> {
     let path = lock_path(state_dir, pin_root);
-    let meta = fs::metadata(&path).ok()?;
+    let meta = fs::symlink_metadata(&path).ok()?;
     // As the kernel prints a lock's file: device major:minor in hex, then inode.
     let file = format!(
         "{:02x}:{:02x}:{}",
@@ -102,10 +108,19 @@ pub fn holder(state_dir: &Path, pin_root: &Path) -> Option<String> {
         let mut words = line.split_whitespace();
         words.nth(1) == Some("FLOCK") && words.any(|word| word == file)
     });
-    held.then(|| {
-        fs::read_to_string(&path)
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    })
+    held.then(|| read_holder(&path))
+}
+
+/// What the lock file says about its holder ("pid N"), read without following a
+/// symlink, and only as much as that takes.
+fn read_holder(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        let _ = file.take(64).read_to_string(&mut text);
+    }
+    text.trim().to_owned()
 }

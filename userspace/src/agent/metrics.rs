@@ -1,7 +1,9 @@
 //! `/metrics` (Prometheus/OpenMetrics text from prometheus-client), `/healthz` and
 //! `/readyz`. Kernel counters are read from the pinned maps at scrape time, so a
 //! scrape always shows what the kernel counted, even for packets judged while no
-//! agent was running.
+//! agent was running; the flow tables' occupancy, which takes a walk of the table,
+//! comes from flow_census.rs. A scrape costs the same however full the tables are,
+//! runs off the async runtime, one at a time: health never waits for it.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -16,8 +18,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::state::AgentState;
-use crate::loader::{FlowTable, PinRoot, PolicyMaps};
+use super::{flow_census::FlowCensus, state::AgentState};
+use crate::loader::{PinRoot, PolicyMaps};
 
 type Labels = Vec<(String, String)>;
 
@@ -25,6 +27,7 @@ type Labels = Vec<(String, String)>;
 struct AirlockCollector {
     root: PinRoot,
     state: Arc<AgentState>,
+    census: Arc<FlowCensus>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -136,12 +139,9 @@ impl Collector for AirlockCollector {
                     .get_or_create(&labels(&[("interface", &iface), ("outcome", outcome)]))
                     .inc_by(counters.samples[slot as usize]);
             }
-            // Reading the table walks it, two syscalls per entry (at most
-            // FLOW_TABLE_ENTRIES): up to some tens of milliseconds per interface and
-            // scrape when full, which is when an operator most needs to know.
-            if let Ok(table) = FlowTable::open_pinned(&self.root.interface_dir(&iface))
-                && let Ok(occupancy) = table.occupancy()
-            {
+            // Counted at most once per flow_census::MAX_AGE: a walk of the table
+            // costs what it holds.
+            if let Some(occupancy) = self.census.get(&iface) {
                 for (kind, value) in [
                     ("live", occupancy.live),
                     ("present", occupancy.present),
@@ -191,7 +191,7 @@ impl Collector for AirlockCollector {
         encode_family(
             &mut encoder,
             "airlock_return_flows",
-            "Return-traffic flow table: flows opened by the host still in their timeout (live), entries present, and the table's size (capacity).",
+            "Return-traffic flow table: flows opened by the host still in their timeout (live), entries present, and the table's size (capacity); counted at most every 10 s.",
             &flows,
         )?;
         encode_family(
@@ -228,7 +228,11 @@ impl Collector for AirlockCollector {
                 counter.metric_type(),
             )?)?;
         }
-        let gauges: [(&str, &str, f64); 3] = [
+        let last_rejection = state
+            .last_rejection
+            .as_ref()
+            .map_or(0.0, |r| r.at_unix as f64);
+        let gauges: [(&str, &str, f64); 5] = [
             (
                 "airlock_policy_last_reload_timestamp_seconds",
                 "Unix time of the last successful reload.",
@@ -236,13 +240,23 @@ impl Collector for AirlockCollector {
             ),
             (
                 "airlock_ready",
-                "1 when the policy is applied on every selected interface.",
+                "1 when a valid policy is enforced on every selected interface.",
                 f64::from(u8::from(state.ready)),
             ),
             (
                 "airlock_mode_monitor",
                 "1 when the policy in force is in monitor mode.",
                 f64::from(u8::from(state.mode == "monitor")),
+            ),
+            (
+                "airlock_policy_in_sync",
+                "1 when the policy in force is the policy file as it is now; 0 after the file was rejected, until a version of it is applied.",
+                f64::from(u8::from(state.in_sync)),
+            ),
+            (
+                "airlock_policy_last_rejection_timestamp_seconds",
+                "Unix time the policy file was last rejected (0: never).",
+                last_rejection,
             ),
         ];
         for (name, help, value) in gauges {
@@ -277,12 +291,28 @@ impl Collector for AirlockCollector {
 struct Http {
     registry: Arc<Registry>,
     state: Arc<AgentState>,
+    /// One scrape reads the maps at a time; the others wait their turn without a
+    /// thread each.
+    scraping: Arc<tokio::sync::Semaphore>,
 }
 
 async fn metrics(State(http): State<Http>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &http.registry) {
-        Ok(()) => (
+    // Reading the maps is system calls: off the runtime, so health never waits.
+    let encoded = match http.scraping.acquire().await {
+        Ok(_turn) => {
+            let registry = Arc::clone(&http.registry);
+            tokio::task::spawn_blocking(move || {
+                let mut body = String::new();
+                prometheus_client::encoding::text::encode(&mut body, &registry).map(|()| body)
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+        }
+        Err(_) => None,
+    };
+    match encoded {
+        Some(body) => (
             StatusCode::OK,
             [(
                 "content-type",
@@ -290,7 +320,7 @@ async fn metrics(State(http): State<Http>) -> impl IntoResponse {
             )],
             body,
         ),
-        Err(_) => (
+        None => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "text/plain")],
             "encoding metrics failed\n".to_owned(),
@@ -308,7 +338,7 @@ async fn readyz(State(http): State<Http>) -> (StatusCode, &'static str) {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: policy not applied on every selected interface\n",
+            "not ready: no valid policy is enforced on every selected interface\n",
         )
     }
 }
@@ -321,6 +351,7 @@ pub async fn serve(
 ) -> std::io::Result<SocketAddr> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(AirlockCollector {
+        census: FlowCensus::new(root.clone()),
         root,
         state: Arc::clone(&state),
     }));
@@ -331,6 +362,7 @@ pub async fn serve(
         .with_state(Http {
             registry: Arc::new(registry),
             state,
+            scraping: Arc::new(tokio::sync::Semaphore::new(1)),
         });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

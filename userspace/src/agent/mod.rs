@@ -2,20 +2,26 @@
 //!
 //! It adopts whatever is pinned (an earlier agent's or a CLI apply's filter keeps
 //! enforcing until the new policy is swapped in: no gap), reloads on every change of
-//! the policy file and on SIGHUP (each reload one atomic swap; a bad policy is
-//! rejected and the one in force stays), repairs drift on interface events and on a
-//! timer, serves metrics and health, and logs sampled drops. On SIGTERM/SIGINT it
-//! exits leaving the filter pinned and enforcing (fail-closed), unless told to detach.
+//! the policy file or a file it imports and on SIGHUP (each reload one atomic swap
+//! through the apply pipeline; a bad policy is rejected and what is enforced stays),
+//! repairs drift on interface events and on a timer, serves metrics and health, and
+//! logs sampled drops. The kernel work runs on a thread of its own (worker.rs), so
+//! health and metrics answer whatever it does. On SIGTERM/SIGINT it exits leaving
+//! the filter pinned and enforcing (fail-closed), unless told to detach.
 
+mod flow_census;
 mod links;
 mod lock;
 mod metrics;
 mod reconcile;
+mod reload;
+pub mod report;
 mod root_lock;
 mod sample_socket;
 mod samples;
 mod state;
 mod watch;
+mod worker;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -24,7 +30,8 @@ use tokio::{
     sync::mpsc,
 };
 
-pub use state::AgentState;
+pub use report::AgentReport;
+pub use state::{AgentState, Rejection};
 
 use crate::loader::{LoaderError, PinRoot};
 
@@ -105,7 +112,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _root_lock = root_lock::acquire(&root)?;
     let state = Arc::new(AgentState::default());
     let (triggers, mut trigger_rx) = mpsc::channel(4);
-    let _watcher = watch::watch_policy(&config.policy_path, triggers.clone())?;
+    let watch = watch::PolicyWatch::new(&config.policy_path, triggers.clone())?;
     if let Err(error) = links::spawn_link_watcher(triggers.clone()) {
         tracing::warn!(%error, "no netlink link events; relying on the reconcile timer");
     }
@@ -136,53 +143,71 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         tracing::warn!(%error, path = %socket.display(), "no drop samples for `airlock watch`");
     }
     let mut samplers = samples::Samplers::new(feed);
+    let done = Arc::new(tokio::sync::Notify::new());
+    let report = report::path(&config.state_dir, root.path());
+    let worker = worker::Worker::spawn(
+        reconciler,
+        watch,
+        worker::Shared {
+            state: Arc::clone(&state),
+            names: Arc::clone(&names),
+            done: Arc::clone(&done),
+            report: report.clone(),
+        },
+    )
+    .map_err(|source| AgentError::Io {
+        op: "starting the apply thread for",
+        path: config.policy_path.clone(),
+        source,
+    })?;
     let mut notified = false;
-    reconciler.reload("start", true);
     let mut timer = tokio::time::interval(config.reconcile_interval);
-    timer.tick().await; // the first tick is immediate; start-up just reconciled
+    timer.tick().await; // the first tick is immediate; start-up reconciles anyway
     loop {
-        refresh_names(&reconciler, &names);
-        samplers.refresh(reconciler.root(), &names);
-        if !notified && state.lock().ready {
-            notified = true;
-            // Readiness only once the policy is enforced on every interface.
-            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        }
         tokio::select! {
+            () = done.notified() => {
+                samplers.refresh(&root, &names);
+                if !notified && state.lock().ready {
+                    notified = true;
+                    // Readiness only once the policy is enforced on every interface.
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                }
+            }
             Some(trigger) = trigger_rx.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 let mut file_changed = matches!(trigger, Trigger::PolicyFileChanged);
                 while let Ok(more) = trigger_rx.try_recv() {
                     file_changed |= matches!(more, Trigger::PolicyFileChanged);
                 }
-                if file_changed {
-                    reconciler.reload("policy file changed", false);
+                worker.send(if file_changed {
+                    worker::Job::Reload { why: "policy file changed", force: false }
                 } else {
-                    reconciler.reconcile();
-                }
+                    worker::Job::Reconcile
+                });
             }
-            _ = sighup.recv() => reconciler.reload("SIGHUP", true),
-            _ = timer.tick() => reconciler.reconcile(),
+            _ = sighup.recv() => worker.send(worker::Job::Reload { why: "SIGHUP", force: true }),
+            _ = timer.tick() => worker.send(worker::Job::Tick),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
-    if config.detach_on_exit {
-        reconciler.detach_all();
-    } else {
+    let _ = std::fs::remove_file(&report);
+    let detach = config.detach_on_exit;
+    // The job in progress finishes first: a swap is never cut short.
+    let finished = tokio::task::spawn_blocking(move || {
+        let reconciler = worker.finish();
+        if let Some(reconciler) = reconciler.as_ref().filter(|_| detach) {
+            reconciler.detach_all();
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::error!("the apply thread failed while stopping");
+    }
+    if !detach {
         tracing::info!("exiting; the filter stays pinned and enforcing");
     }
     Ok(())
-}
-
-fn refresh_names(reconciler: &reconcile::Reconciler, names: &samples::RuleNames) {
-    if let Ok(mut names) = names.write() {
-        names.clear();
-        let rules = reconciler.rule_names();
-        for iface in reconciler.root().interfaces().unwrap_or_default() {
-            names.insert(iface, rules.clone());
-        }
-    }
 }

@@ -1,10 +1,11 @@
 //! Making the kernel match the policy, and keeping it so.
 //!
-//! `reload` reads, validates and compiles the policy file and applies it to every
-//! selected interface as one atomic swap each (all or none). `reconcile` checks,
-//! on a timer and on interface events, that every interface still runs our program
-//! with our current policy, and repairs what is not: an interface deleted and
-//! recreated, a link removed by someone else, maps overwritten by another apply.
+//! `reload` (reload.rs) puts the policy file in force through the apply pipeline,
+//! one atomic swap per selected interface (all or none). `reconcile` checks, on a
+//! timer and on interface events, that every interface still runs our program with
+//! our current policy, and repairs what is not: an interface deleted and recreated,
+//! a link removed by someone else, maps overwritten by another apply. It also sets
+//! readiness: a valid policy enforced on every selected interface.
 
 use std::{
     collections::BTreeSet,
@@ -12,33 +13,41 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use airlock_common::Counter;
-
-use super::state::AgentState;
+use super::{reload::Fingerprint, state::AgentState};
 use crate::{
-    compile::{self, Compiled},
+    compile::Compiled,
     interfaces,
     loader::{self, LINK_PIN, PinRoot, PolicyMaps, PolicySummary},
     policy,
 };
 
 /// The policy in force, as last applied by this agent.
-struct Applied {
-    text: String,
-    compiled: Compiled,
-    summary: PolicySummary,
-    policy: policy::Policy,
+pub(super) struct Applied {
+    /// What it was applied from.
+    pub(super) fingerprint: Fingerprint,
+    pub(super) compiled: Compiled,
+    pub(super) summary: PolicySummary,
+    pub(super) policy: policy::Policy,
 }
 
 pub struct Reconciler {
-    root: PinRoot,
-    policy_path: PathBuf,
-    overrides: Vec<String>,
+    pub(super) root: PinRoot,
+    pub(super) policy_path: PathBuf,
+    pub(super) overrides: Vec<String>,
     sample_rate: u32,
-    state: std::sync::Arc<AgentState>,
-    applied: Option<Applied>,
+    pub(super) state: std::sync::Arc<AgentState>,
+    pub(super) applied: Option<Applied>,
+    /// The last rejection of the policy file, while it is not applied.
+    pub(super) rejected: Option<super::reload::Rejected>,
+    /// The files the policy imports (as last read), for the watcher.
+    pub(super) imports: Vec<PathBuf>,
     /// Apply policies the anti-lockout check refuses (`agent --force`).
-    force: bool,
+    pub(super) force: bool,
+    /// Tunnel devices that bypass the filter, as last warned about (each is
+    /// logged when it first appears, not at every reconcile).
+    tunnels: Vec<crate::tunnels::TunnelWarning>,
+    /// Why the filters adopted at start are not ready, as last logged.
+    adopted_problem: Option<String>,
 }
 
 impl Reconciler {
@@ -56,7 +65,11 @@ impl Reconciler {
             sample_rate,
             state,
             applied: None,
+            rejected: None,
+            imports: Vec::new(),
             force: false,
+            tunnels: Vec::new(),
+            adopted_problem: None,
         }
     }
 
@@ -73,156 +86,44 @@ impl Reconciler {
             .unwrap_or_default()
     }
 
+    /// The files the policy imports, as last read.
+    pub fn imports(&self) -> &[PathBuf] {
+        &self.imports
+    }
+
     /// Reads the policy file and applies it if it changed (or if `force`).
-    pub fn reload(&mut self, why: &str, force: bool) {
-        self.load_and_enforce(why, force);
+    /// Returns whether it reconciled as well (it does after an apply).
+    pub fn reload(&mut self, why: &str, force: bool) -> bool {
+        let reconciled = self.load_and_enforce(why, force);
         release_memory();
+        reconciled
     }
 
-    fn load_and_enforce(&mut self, why: &str, force: bool) {
-        let text = match std::fs::read_to_string(&self.policy_path) {
-            Ok(text) => text,
-            Err(error) => {
-                self.fail(
-                    why,
-                    &format!("cannot read {}: {error}", self.policy_path.display()),
-                );
-                return;
-            }
-        };
-        if !force && self.applied.as_ref().is_some_and(|a| a.text == text) {
-            tracing::debug!(why, "policy file unchanged");
-            return;
-        }
-        let policy = match policy::parse_str(&text, &self.policy_path) {
-            Ok(policy) => policy,
-            Err(error) => {
-                self.fail(why, &error.to_string());
-                return;
-            }
-        };
-        let compiled = match compile::compile(&policy) {
-            Ok(compiled) => compiled,
-            Err(error) => {
-                self.fail(why, &error.to_string());
-                return;
-            }
-        };
-        let ifaces = self.selected(&policy).unwrap_or_default();
-        if let Err(error) = crate::safety::lockout::check_for_agent(&policy, &ifaces, self.force) {
-            self.fail(why, &error);
-            return;
-        }
-        let summary = PolicySummary::describe(&policy, &compiled, &self.policy_path);
-        let applied = Applied {
-            text,
-            compiled,
-            summary,
-            policy,
-        };
-        match self.enforce(&applied) {
-            Ok(()) => {
-                let mut state = self.state.lock();
-                state.reloads += 1;
-                state.last_reload = unix_now();
-                state.prefixes_v4 = applied.summary.prefixes_v4;
-                state.prefixes_v6 = applied.summary.prefixes_v6;
-                state.mode = applied.summary.mode.clone();
-                drop(state);
-                tracing::info!(
-                    why,
-                    policy = %self.policy_path.display(),
-                    rules = applied.compiled.rule_names.len(),
-                    prefixes_v4 = applied.summary.prefixes_v4,
-                    prefixes_v6 = applied.summary.prefixes_v6,
-                    "policy in force"
-                );
-                self.applied = Some(applied);
-                self.remove_unselected();
-                self.reconcile();
-            }
-            Err(error) => self.fail(why, &error),
-        }
+    pub fn policy_path(&self) -> &std::path::Path {
+        &self.policy_path
     }
 
-    fn fail(&self, why: &str, error: &str) {
-        self.state.lock().reload_failures += 1;
-        tracing::error!(
-            why,
-            policy = %self.policy_path.display(),
-            error,
-            "policy rejected; the policy in force stays in force"
-        );
-    }
-
-    /// Applies to every selected interface that exists (all or none of them).
-    fn enforce(&self, applied: &Applied) -> Result<(), String> {
-        let selected = self.selected(&applied.policy).map_err(|e| e.to_string())?;
-        let present: Vec<String> = selected
-            .into_iter()
-            .filter(|iface| loader::interface_index(iface).is_some())
-            .collect();
-        let writer = loader::WriterLock::acquire(&self.root).map_err(|e| e.to_string())?;
-        // Read before the swap, folded in only once it succeeded: a failed (and
-        // undone) apply leaves the old counters running, and carrying them as well
-        // would count them twice.
-        let outgoing = self.rule_counters(&present);
-        let outcomes = loader::apply_all(
-            &writer,
-            &self.root,
-            &present,
-            &applied.compiled,
-            &applied.summary,
-        )
-        .map_err(|e| e.to_string())?;
-        // The grace period after these flips, on record for the next apply (which
-        // then need not wait for one; see `loader::record_grace_periods`).
-        let root = self.root.clone();
-        let _ = std::thread::Builder::new()
-            .name("grace-record".into())
-            .spawn(move || loader::record_grace_periods(&root));
-        let mut state = self.state.lock();
-        for (key, counter) in outgoing {
-            let total = state.carried.entry(key).or_default();
-            *total = Counter {
-                packets: total.packets + counter.packets,
-                bytes: total.bytes + counter.bytes,
-            };
+    /// The periodic check: a reload that failed for a reason other than the policy
+    /// (an interface, the kernel, a pending confirmation) is tried again, then
+    /// every interface is checked and repaired.
+    pub fn tick(&mut self) {
+        if self.rejected.as_ref().is_some_and(|r| r.transient) {
+            let reconciled = self.load_and_enforce("retrying a failed apply", true);
+            release_memory();
+            if reconciled {
+                return;
+            }
         }
-        for outcome in outcomes {
-            state.interfaces.insert(outcome.iface, outcome.serial);
-        }
-        Ok(())
+        self.reconcile();
     }
 
     fn selected(&self, policy: &policy::Policy) -> Result<Vec<String>, interfaces::InterfaceError> {
         interfaces::resolve(policy, &self.overrides)
     }
 
-    /// The per-rule counters of the policy in force on `ifaces`, which a swap is
-    /// about to replace: carried into the totals so `/metrics` counters never go
-    /// backwards on a reload.
-    fn rule_counters(&self, ifaces: &[String]) -> Vec<((String, String, bool), Counter)> {
-        let mut counters = Vec::new();
-        for iface in ifaces {
-            let Ok(maps) = PolicyMaps::open_pinned(&self.root.interface_dir(iface)) else {
-                continue;
-            };
-            let Ok(now) = maps.counters() else { continue };
-            let Ok(Some(summary)) = maps.generation_summary(now.generation) else {
-                continue;
-            };
-            for (rule, (allowed, refused)) in summary.rules.iter().zip(now.rules) {
-                counters.push(((iface.clone(), rule.name.clone(), true), allowed));
-                counters.push(((iface.clone(), rule.name.clone(), false), refused));
-            }
-        }
-        counters
-    }
-
     /// Filters on interfaces the policy no longer selects are removed: the agent
     /// owns its pin root, and the kernel must match the policy.
-    fn remove_unselected(&self) {
+    pub(super) fn remove_unselected(&self) {
         let Some(applied) = &self.applied else { return };
         let Ok(selected) = self.selected(&applied.policy) else {
             return;
@@ -244,7 +145,8 @@ impl Reconciler {
         // An expired `apply --confirm` of the CLI whose watchdog died: finish it.
         crate::safety::confirm::expire_due(&self.root);
         let Some(applied) = &self.applied else {
-            self.state.lock().ready = false;
+            let ready = self.check_adopted();
+            self.state.lock().ready = ready;
             return;
         };
         let selected = match self.selected(&applied.policy) {
@@ -255,6 +157,7 @@ impl Reconciler {
                 return;
             }
         };
+        let tunnels = crate::tunnels::uncovered(&applied.policy, &selected);
         let mut ready = !selected.is_empty();
         for iface in &selected {
             let Some(index) = loader::interface_index(iface) else {
@@ -263,7 +166,12 @@ impl Reconciler {
                 continue;
             };
             let expected = self.state.lock().interfaces.get(iface).copied();
-            match self.check(iface, index, expected) {
+            // Not applied by this agent yet (an interface that appeared since).
+            let checked = match expected {
+                Some(_) => self.check(iface, index, expected),
+                None => Err("not applied by this agent yet"),
+            };
+            match checked {
                 Ok(()) => {}
                 Err(drift) => {
                     tracing::warn!(iface, drift, "filter drifted from the policy; repairing");
@@ -297,10 +205,74 @@ impl Reconciler {
             loader::seed_from_socket_table(&self.root.interface_dir(iface));
         }
         self.state.lock().ready = ready;
+        self.warn_tunnels(tunnels);
+    }
+
+    /// Logs the tunnel devices that bypass the filter and were not warned about yet.
+    fn warn_tunnels(
+        &mut self,
+        found: Result<Vec<crate::tunnels::TunnelWarning>, crate::tunnels::TunnelError>,
+    ) {
+        match found {
+            Ok(found) => {
+                for warning in found.iter().filter(|w| !self.tunnels.contains(w)) {
+                    crate::tunnels::log(warning);
+                }
+                self.tunnels = found;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot check for tunnel devices that bypass the filter");
+            }
+        }
+    }
+
+    /// Without a policy of its own (the file was invalid since the agent started),
+    /// the agent is ready if the filters pinned before keep enforcing a valid
+    /// policy on every interface: those pinned, and those `--iface` names. It has
+    /// nothing to repair them with.
+    fn check_adopted(&mut self) -> bool {
+        let mut selected: BTreeSet<String> = self
+            .root
+            .interfaces()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        match interfaces::expand_overrides(&self.overrides) {
+            Ok(names) => selected.extend(names),
+            Err(error) => return self.adopted_not_ready(error.to_string()),
+        }
+        if selected.is_empty() {
+            return self.adopted_not_ready("no filter is pinned".into());
+        }
+        for iface in &selected {
+            let Some(index) = loader::interface_index(iface) else {
+                return self.adopted_not_ready(format!("{iface} does not exist"));
+            };
+            if let Err(drift) = self.check(iface, index, None) {
+                return self.adopted_not_ready(format!(
+                    "{iface}: {drift}, and there is no valid policy to put there until the policy file is fixed"
+                ));
+            }
+            self.set_sample_rate(iface);
+            loader::seed_from_socket_table(&self.root.interface_dir(iface));
+        }
+        if self.adopted_problem.take().is_some() {
+            tracing::info!("the filters pinned before keep enforcing on every interface");
+        }
+        true
+    }
+
+    fn adopted_not_ready(&mut self, problem: String) -> bool {
+        if self.adopted_problem.as_ref() != Some(&problem) {
+            tracing::warn!(problem, "not ready: no valid policy is enforced everywhere");
+            self.adopted_problem = Some(problem);
+        }
+        false
     }
 
     /// `Err(what drifted)` unless our program is attached to the interface as it is
-    /// now and its maps hold the policy this agent last put there.
+    /// now and its maps hold the policy this agent last put there (`expected`), or
+    /// any complete policy (`None`, for filters adopted without a policy).
     fn check(&self, iface: &str, index: u32, expected: Option<u64>) -> Result<(), &'static str> {
         let dir = self.root.interface_dir(iface);
         let link = loader::pinned_link_state(&dir.join(LINK_PIN), loader::LinkKind::Xdp)
@@ -317,10 +289,11 @@ impl Reconciler {
         }
         let maps = PolicyMaps::open_pinned(&dir).map_err(|_| "maps unreadable")?;
         let serial = maps.active_summary().ok().flatten().map(|s| s.serial);
-        match expected {
-            Some(expected) if serial == Some(expected) => Ok(()),
-            Some(_) => Err("maps hold another policy (applied by someone else?)"),
-            None => Err("not applied by this agent yet"),
+        match (expected, serial) {
+            (Some(expected), Some(serial)) if serial == expected => Ok(()),
+            (Some(_), _) => Err("maps hold another policy (applied by someone else?)"),
+            (None, Some(_)) => Ok(()),
+            (None, None) => Err("no complete policy in its maps"),
         }
     }
 
@@ -347,7 +320,7 @@ impl Reconciler {
     }
 }
 
-fn unix_now() -> f64 {
+pub(super) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -5,17 +5,15 @@
 //! say, and the CLI finds the agent from the pin root alone, even one in a container
 //! with a bpffs shared from the host. The kernel drops the lock when the agent dies.
 
-use std::{
-    fs::{DirBuilder, File, OpenOptions},
-    io::ErrorKind,
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
-    path::Path,
-};
+use std::{fs::File, os::unix::fs::MetadataExt as _, path::Path};
 
 use nix::fcntl::{Flock, FlockArg};
 
 use super::AgentError;
-use crate::loader::PinRoot;
+use crate::{
+    loader::{LoaderError, PinRoot},
+    trust,
+};
 
 const AGENT_LOCK_DIR: &str = "%agent";
 
@@ -23,24 +21,11 @@ pub struct RootLock {
     _lock: Flock<File>,
 }
 
-/// Takes the pin root's agent lock; the pin root must be mounted.
+/// Takes the pin root's agent lock; the pin root must be mounted (and so checked).
+/// Like the writer lock's `%lock`: 0700 and root's, so no other user can hold it.
 pub fn acquire(root: &PinRoot) -> Result<RootLock, AgentError> {
     let path = root.path().join(AGENT_LOCK_DIR);
-    let io = |op, source| AgentError::Io {
-        op,
-        path: path.clone(),
-        source,
-    };
-    match DirBuilder::new().mode(0o700).create(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io("creating", e)),
-    }
-    let dir = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| io("opening", e))?;
+    let dir = trust::open_lock_dir(&path).map_err(|e| AgentError::Loader(LoaderError::Trust(e)))?;
     Flock::lock(dir, FlockArg::LockExclusiveNonblock)
         .map(|lock| RootLock { _lock: lock })
         .map_err(|_| AgentError::AlreadyRunning {

@@ -20,13 +20,25 @@ pub struct Missed {
     pub missed: u64,
 }
 
-/// Serves `feed` at `path` for as long as the agent runs. A socket file left by a
-/// killed agent is replaced here; until then it refuses connections, and `watch`
-/// reads the rings itself.
+/// Serves `feed` at `path` (in the state directory, which `lock::acquire` checked)
+/// for as long as the agent runs. A socket file left by a killed agent is replaced
+/// here; until then it refuses connections, and `watch` reads the rings itself.
 pub fn serve(path: PathBuf, feed: Feed) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    // Bound under another name and made 0600 there, whatever the umask, then
+    // renamed into place: under its own name it is never open to others.
+    let mut fresh = path.clone().into_os_string();
+    fresh.push(format!(".new-{}", std::process::id()));
+    let fresh = PathBuf::from(fresh);
+    let _ = std::fs::remove_file(&fresh);
+    let listener = UnixListener::bind(&fresh)?;
+    std::fs::set_permissions(
+        &fresh,
+        std::fs::Permissions::from_mode(crate::trust::FILE_MODE),
+    )
+    .and_then(|()| std::fs::rename(&fresh, &path))
+    .inspect_err(|_| {
+        let _ = std::fs::remove_file(&fresh);
+    })?;
     tokio::spawn(async move {
         loop {
             match listener.accept().await {

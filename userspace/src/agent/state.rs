@@ -15,8 +15,13 @@ pub struct AgentState {
 
 #[derive(Debug, Default, Clone)]
 pub struct StateInner {
-    /// The policy is applied on every selected interface.
+    /// A valid policy is enforced on every selected interface.
     pub ready: bool,
+    /// The policy in force is the policy file as it is now (false once the file
+    /// was rejected, until a version of it is applied).
+    pub in_sync: bool,
+    /// The last time the policy file was rejected, and why.
+    pub last_rejection: Option<Rejection>,
     pub reloads: u64,
     pub reload_failures: u64,
     pub repairs: u64,
@@ -30,6 +35,14 @@ pub struct StateInner {
     /// Rule counters of generations already replaced, by (interface, rule, allowed),
     /// so the exported counters stay monotonic across reloads.
     pub carried: BTreeMap<(String, String, bool), Counter>,
+}
+
+/// A rejected policy file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejection {
+    /// Seconds since the Unix epoch.
+    pub at_unix: u64,
+    pub error: String,
 }
 
 impl AgentState {

@@ -4,13 +4,12 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use airlock::{
-    compile,
-    loader::{self, PinRoot, PolicySummary},
+    interfaces,
+    loader::PinRoot,
+    pipeline,
     policy::{self, Mode},
-    safety::lockout::Facts,
+    safety::confirm,
 };
-
-use airlock::interfaces;
 
 use super::{OutputFormat, PinRootArg, agent_guard, output, preflight, safe};
 
@@ -66,55 +65,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
-    let ifaces = interfaces::resolve_all_matching(&policy, &args.ifaces)?;
-    // A plain apply takes the writer lock before compiling, and the grace period
-    // its swap must wait out then passes while it compiles (see
-    // `WriterLock::acquire_early`). Expired confirmations are rolled back first
-    // (that takes the lock too).
-    let writer = if args.dry_run || args.confirm.is_some() {
-        None
-    } else {
-        safe::finish_expired(&root);
-        Some(loader::WriterLock::acquire_early(&root, &ifaces)?)
+    // An apply that filters nothing while saying it succeeded would be a lie.
+    interfaces::check_globs_match(&args.ifaces)?;
+    let options = pipeline::Options {
+        iface_overrides: args.ifaces.clone(),
+        force: args.force,
+        dry_run: args.dry_run,
+        confirm: args.confirm.map(Into::into),
+        ..pipeline::Options::default()
     };
-    // The host facts the anti-lockout check needs (reading the socket tables is
-    // milliseconds on a busy host) are gathered while the policy compiles.
-    let (compiled, facts) =
-        airlock::parallel::join(|| compile::compile(&policy), Facts::from_system);
-    let compiled = compiled?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy compiled");
+    // A dry run answers "would this apply go through?": the same checks refuse it
+    // the same way (same message, same exit code), before any output that would
+    // say it loads.
+    let prepared = pipeline::prepare(&root, policy, &options)?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "checks done");
+    safe::print_expired(&prepared.plan.expired);
+    let tunnels = airlock::tunnels::warn_uncovered(&prepared.plan.policy, &prepared.plan.ifaces);
     if args.dry_run {
-        // A dry run answers "would this apply go through?": the lockout check
-        // refuses it the same way (same message, same exit code), before any
-        // output that would say it loads.
-        safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
-        output::dry_run(&policy, &compiled, &ifaces, args.output)?;
+        let plan = &prepared.plan;
+        output::dry_run(
+            &plan.policy,
+            &plan.compiled,
+            &plan.ifaces,
+            &tunnels,
+            args.output,
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
-    interfaces::check_exist(&ifaces)?;
-    safe::check_lockout(&policy, &facts, &ifaces, args.force)?;
-    if writer.is_none() {
-        safe::finish_expired(&root);
-    }
-    let summary = PolicySummary::describe(&policy, &compiled, &args.policy);
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "checks done");
-    let done = match args.confirm {
-        Some(within) => safe::apply_confirmed(&root, &ifaces, &compiled, &summary, *within)?,
-        None => {
-            let writer = match writer {
-                Some(writer) => writer,
-                None => loader::WriterLock::acquire(&root)?,
-            };
-            airlock::safety::confirm::check_no_pending(&root, &ifaces)?;
-            loader::apply_all(&writer, &root, &ifaces, &compiled, &summary)?
-        }
-    };
+    let applied = prepared.commit()?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
-    output::applied(&root, &done, &compiled, args.output)?;
-    // The grace period after these flips passes after this process exits, and the
-    // next apply finds it on record instead of waiting for one itself.
-    if let Err(error) = super::grace_record::start(&root) {
-        tracing::debug!(%error, "grace-record not started; the next apply waits");
+    if let Some(pending) = &applied.pending {
+        let left = pending.deadline_unix.saturating_sub(confirm::now_unix());
+        eprintln!(
+            "PENDING CONFIRMATION on {}: run `airlock confirm` within {left}s, or this apply is rolled back (even if this shell is gone)",
+            applied.plan.ifaces.join(", ")
+        );
     }
+    output::applied(
+        &root,
+        &applied.outcomes,
+        &applied.plan.compiled,
+        &tunnels,
+        args.output,
+    )?;
     Ok(ExitCode::SUCCESS)
 }

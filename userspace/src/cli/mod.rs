@@ -211,6 +211,9 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<airlock::interfaces::InterfaceError>()
                 .is_some_and(airlock::interfaces::InterfaceError::is_usage)
+            || cause
+                .downcast_ref::<airlock::pipeline::Error>()
+                .is_some_and(airlock::pipeline::Error::is_refusal)
     });
     if invalid {
         2

@@ -5,6 +5,7 @@ use airlock::{
     loader::{self, ApplyOutcome, LINK_PIN, LinkKind, PinRoot},
     policy::Policy,
     reference::L4,
+    tunnels::TunnelWarning,
 };
 use serde_json::{Value, json};
 
@@ -41,6 +42,7 @@ pub fn dry_run(
     policy: &Policy,
     compiled: &Compiled,
     ifaces: &[String],
+    tunnels: &[TunnelWarning],
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let stats = compiled.stats();
@@ -51,6 +53,7 @@ pub fn dry_run(
             "mode": policy.mode.name(),
             "default": policy.default.name(),
             "stats": stats,
+            "tunnel_warnings": tunnels,
         }));
     }
     println!("dry run: nothing was loaded");
@@ -88,6 +91,7 @@ pub fn dry_run(
             rule.ports.join(", ")
         );
     }
+    print_tunnel_warnings(tunnels);
     Ok(())
 }
 
@@ -98,6 +102,7 @@ pub fn applied(
     root: &PinRoot,
     done: &[ApplyOutcome],
     compiled: &Compiled,
+    tunnels: &[TunnelWarning],
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let stats = compiled.stats();
@@ -118,7 +123,11 @@ pub fn applied(
                 })
             })
             .collect();
-        return print_json(&json!({ "applied": items, "stats": stats }));
+        return print_json(&json!({
+            "applied": items,
+            "stats": stats,
+            "tunnel_warnings": tunnels,
+        }));
     }
     for o in done {
         let action = if o.attached {
@@ -131,5 +140,13 @@ pub fn applied(
             o.iface, stats.rules, stats.entries.v4, stats.entries.v6, o.serial
         );
     }
+    print_tunnel_warnings(tunnels);
     Ok(())
+}
+
+/// Tunnel devices that bypass the filter (also logged as warnings).
+fn print_tunnel_warnings(tunnels: &[TunnelWarning]) {
+    for warning in tunnels {
+        println!("warning: {warning}");
+    }
 }

@@ -1,39 +1,19 @@
-//! The safe-apply steps `apply` and `status` share: the anti-lockout check, finishing
-//! expired commit-confirms, and pending confirmations as JSON.
+//! The safe-apply pieces `apply` and `status` share: finishing expired
+//! commit-confirms, and pending confirmations as JSON.
 
-use airlock::{
-    loader::PinRoot,
-    policy::Policy,
-    safety::{
-        confirm,
-        lockout::{self, Facts, LockoutError},
-    },
-};
+use airlock::{loader::PinRoot, safety::confirm};
 use serde_json::{Value, json};
-
-/// Refuses (a [`LockoutError`], exit 2) a policy that would cut the SSH session, the
-/// gateway or neighbour discovery on `ifaces`, unless `force`. Warnings go to stderr.
-/// `facts`: the host's sessions, routes and addresses (`Facts::from_system`).
-pub fn check_lockout(
-    policy: &Policy,
-    facts: &Facts,
-    ifaces: &[String],
-    force: bool,
-) -> anyhow::Result<()> {
-    let assessment = lockout::assess(policy, facts, ifaces);
-    lockout::log_findings(&assessment, force);
-    airlock::safety::ephemeral::warn(policy);
-    if assessment.is_lockout() && !force {
-        return Err(LockoutError { assessment }.into());
-    }
-    Ok(())
-}
 
 /// Rolls back expired commit-confirms (the watchdog should have; it may have been
 /// killed) and says so on stderr.
 pub fn finish_expired(root: &PinRoot) {
-    for rolled in confirm::expire_due(root) {
-        match rolled.result {
+    print_expired(&confirm::expire_due(root));
+}
+
+/// Says on stderr which expired commit-confirms were rolled back.
+pub fn print_expired(expired: &[confirm::RolledBack]) {
+    for rolled in expired {
+        match &rolled.result {
             Ok(target) => eprintln!(
                 "{}: apply #{} was not confirmed in time: rolled back to {target}",
                 rolled.iface, rolled.serial
@@ -81,26 +61,4 @@ pub fn parse_confirm_window(text: &str) -> Result<humantime::Duration, String> {
         ));
     }
     Ok(within)
-}
-
-/// `apply --confirm`: applies on probation, arms the watchdog, says what happens next.
-pub fn apply_confirmed(
-    root: &PinRoot,
-    ifaces: &[String],
-    compiled: &airlock::compile::Compiled,
-    summary: &airlock::loader::PolicySummary,
-    within: std::time::Duration,
-) -> anyhow::Result<Vec<airlock::loader::ApplyOutcome>> {
-    let (done, pending) = match confirm::apply_confirmed(root, ifaces, compiled, summary, within) {
-        Ok(ok) => ok,
-        // Unwrapped so the exit code sees what it is (2: refused, nothing changed).
-        Err(confirm::ConfirmApplyError::Pending(conflict)) => return Err(conflict.into()),
-        Err(error) => return Err(error.into()),
-    };
-    let left = pending.deadline_unix.saturating_sub(confirm::now_unix());
-    eprintln!(
-        "PENDING CONFIRMATION on {}: run `airlock confirm` within {left}s, or this apply is rolled back (even if this shell is gone)",
-        ifaces.join(", ")
-    );
-    Ok(done)
 }

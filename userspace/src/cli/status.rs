@@ -1,8 +1,11 @@
 //! `airlock status`: what is in force, read back from the kernel.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
-use airlock::loader::{self, LINK_PIN, PinRoot, PolicyMaps};
+use airlock::{
+    agent::{self, AgentReport},
+    loader::{self, LINK_PIN, PinRoot, PolicyMaps},
+};
 use airlock_common::{Counter, Reason};
 use serde_json::{Value, json};
 
@@ -14,6 +17,10 @@ pub struct Args {
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
     pub(super) output: OutputFormat,
+    /// The agent's `--state-dir`: while an agent manages the pin root, its own
+    /// report (is the policy file what is enforced? its last rejection) is read there.
+    #[arg(long, default_value = agent::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 fn counter_json(c: Counter) -> Value {
@@ -103,11 +110,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for iface in root.interfaces()? {
         all.push(interface_status(&root, &iface)?);
     }
+    let agent = agent::report::read(&args.state_dir, root.path());
     if args.output == OutputFormat::Json {
-        output::print_json(
-            &json!({ "pin_root": root.path().display().to_string(), "interfaces": all }),
-        )?;
+        output::print_json(&json!({
+            "pin_root": root.path().display().to_string(),
+            "agent": agent,
+            "interfaces": all,
+        }))?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(agent) = &agent {
+        print_agent(agent);
     }
     if all.is_empty() {
         println!(
@@ -120,6 +133,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print_human(status);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the agent says of the policy file against what is enforced.
+fn print_agent(agent: &AgentReport) {
+    println!(
+        "agent (pid {}), policy file {}: {}, {}",
+        agent.pid,
+        agent.policy_file,
+        if agent.ready {
+            "ready"
+        } else {
+            "NOT READY (no valid policy is enforced on every selected interface)"
+        },
+        if agent.in_sync {
+            "in sync"
+        } else {
+            "OUT OF SYNC"
+        }
+    );
+    if let Some(rejection) = agent.last_rejection.as_ref().filter(|_| !agent.in_sync) {
+        println!(
+            "  POLICY FILE REJECTED {}: what is enforced below is not the file as it is now",
+            unix_time(&json!(rejection.at_unix))
+        );
+        for line in rejection.error.lines() {
+            println!("    {line}");
+        }
+    }
 }
 
 fn print_human(s: &Value) {

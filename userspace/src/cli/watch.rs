@@ -46,7 +46,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Only a running agent answers on its socket (a killed one's file refuses).
     let socket = agent::samples_socket_path(&args.state_dir, root.path());
     let holder = || agent::agent_holding(&args.state_dir, root.path());
-    match UnixStream::connect(&socket) {
+    // Samples from a socket another user could have put there would be theirs.
+    let connected = match airlock::trust::check_dir_and_parents(&args.state_dir) {
+        Ok(()) => UnixStream::connect(&socket),
+        Err(error) => Err(std::io::Error::other(error)),
+    };
+    match connected {
         Ok(stream) => {
             let who = holder().map(|h| format!(" ({h})")).unwrap_or_default();
             eprintln!("reading the drop samples of the airlock agent{who}");

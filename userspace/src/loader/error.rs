@@ -46,9 +46,12 @@ pub enum LoaderError {
     #[error(
         "{path} is not a bpffs mount in this mount namespace, and mounting one here would vanish \
          when this process exits (taking the filter with it); mount it in the host namespace \
-         first: mount -t bpf bpf {path}"
+         first: mount -t bpf -o mode=0700 bpf {path}"
     )]
     BpffsPrivateNamespace { path: PathBuf },
+    /// The pin root, a pin directory or a pin that another user could change.
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     #[error("mounting bpffs at {path}: {source}")]
     Mount {
         path: PathBuf,

@@ -83,7 +83,8 @@ fn map_error(source: aya::maps::MapError) -> LoaderError {
 
 impl FlowTable {
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
-        let data = MapData::from_pin(dir.join(MAP_FLOWS)).map_err(map_error)?;
+        let data =
+            MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOWS)?).map_err(map_error)?;
         let map = Map::from_map_data(data).map_err(map_error)?;
         Ok(Self {
             map: map.try_into().map_err(map_error)?,

@@ -98,7 +98,7 @@ pub(crate) fn passed_since_flip(active: &Array<MapData, u32>, done: &Array<MapDa
 }
 
 fn open_array<V: aya::Pod>(dir: &Path, name: &str) -> Option<Array<MapData, V>> {
-    let data = MapData::from_pin(dir.join(name)).ok()?;
+    let data = MapData::from_pin(super::pins::pinned_path(dir, name).ok()?).ok()?;
     Array::try_from(Map::from_map_data(data).ok()?).ok()
 }
 

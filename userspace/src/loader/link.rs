@@ -155,8 +155,14 @@ fn owned(fd: libc::c_long) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
-/// Opens a pinned BPF object (BPF_OBJ_GET).
+/// Opens a pinned BPF object (BPF_OBJ_GET), once it and its directory pass
+/// `crate::trust`: BPF_OBJ_GET follows a symlink, and one planted as `link` would
+/// have `remove` detach a filter elsewhere.
 fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
+    if let Some(dir) = path.parent() {
+        super::pins::check_filter_dir(dir).map_err(std::io::Error::other)?;
+    }
+    crate::trust::check_entry_at(path).map_err(std::io::Error::other)?;
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).

@@ -36,6 +36,7 @@ pub use meta::{PendingConfirm, PolicySummary, Restored, RuleSummary};
 pub use object::{floor_object_bytes, load_object, object_bytes};
 pub use pins::{
     DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,
+    pinned_path,
 };
 pub use policy_maps::{Counters, PolicyMaps, SourcePrefixes};
 pub use source_tables::TableShape;
@@ -128,7 +129,9 @@ pub fn apply(
         interface_index(iface).ok_or_else(|| LoaderError::NoSuchInterface(iface.to_owned()))?;
     root.ensure_mounted()?;
     let dir = root.interface_dir(iface);
-    if dir.exists() {
+    if pins::present(&dir) {
+        // Refused as a whole, not "reinstalled" below: see `pins::remove_dir`.
+        pins::check_filter_dir(&dir)?;
         match pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) {
             Ok(state) if state.ifindex == ifindex => {
                 let grace = Grace::Early(writer, &dir);
@@ -166,7 +169,7 @@ fn ensure_egress(dir: &Path, iface: &str, ifindex: u32) -> Result<(), LoaderErro
         iface,
         "egress program not attached (return traffic would be dropped); re-attaching"
     );
-    let mut program = SchedClassifier::from_pin(dir.join(EGRESS_PROGRAM_PIN))
+    let mut program = SchedClassifier::from_pin(pinned_path(dir, EGRESS_PROGRAM_PIN)?)
         .map_err(|source| named_program_error(EGRESS_PROGRAM_NAME, source))?;
     let link = match link::attach_egress(&mut program, iface) {
         Ok(link) => link,
@@ -241,7 +244,9 @@ fn install(
     mut summary: PolicySummary,
 ) -> Result<ApplyOutcome, LoaderError> {
     let staging = root.staging_dir(iface);
-    fs::create_dir_all(&staging).map_err(|e| LoaderError::io("creating", &staging, e))?;
+    crate::trust::create_dir(&staging)?;
+    // One left by a crashed apply of the same pid is checked like any other.
+    pins::check_filter_dir(&staging)?;
     let result = install_staged(&staging, iface, compiled, &mut summary);
     match result {
         Ok(outcome) => {
@@ -383,8 +388,9 @@ fn install_egress(ebpf: &mut Ebpf, staging: &Path, iface: &str) -> Result<(), Lo
 
 /// Detaches and unpins the filter on `iface`.
 pub fn remove(root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
+    root.check()?;
     let dir = root.interface_dir(iface);
-    if !dir.exists() {
+    if !pins::present(&dir) {
         return Err(LoaderError::NotInstalled(iface.to_owned()));
     }
     pins::remove_dir(&dir)

@@ -57,7 +57,7 @@ impl MapSource<'_> {
         match self {
             MapSource::Object(ebpf) => ebpf.take_map(name).ok_or(LoaderError::MissingMap(name)),
             MapSource::Pinned(dir) => {
-                let data = MapData::from_pin(dir.join(name))
+                let data = MapData::from_pin(super::pins::entry(dir, name)?)
                     .map_err(|source| LoaderError::Map { name, source })?;
                 Map::from_map_data(data).map_err(|source| LoaderError::Map { name, source })
             }
@@ -88,7 +88,7 @@ impl MapSource<'_> {
                 Some(Map::Array(data)) => Ok(data),
                 _ => Err(LoaderError::MissingMap(name)),
             },
-            MapSource::Pinned(dir) => MapData::from_pin(dir.join(name))
+            MapSource::Pinned(dir) => MapData::from_pin(super::pins::entry(dir, name)?)
                 .map_err(|source| LoaderError::Map { name, source }),
         }
     }
@@ -161,6 +161,7 @@ impl PolicyMaps {
 
     /// Opens the maps pinned in `dir` (an interface's pin directory).
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
+        super::pins::check_filter_dir(dir)?;
         Self::take(MapSource::Pinned(dir)).map_err(|error| {
             // A filter pinned by an airlock with another map layout may lack maps
             // this one has: say that, rather than which map is missing.
@@ -389,7 +390,7 @@ impl PolicyMaps {
     pub fn set_sample_rate(&mut self, per_cpu_per_second: u32) -> Result<(), LoaderError> {
         let config = SamplingConfig {
             per_cpu_per_second,
-            _pad: 0,
+            window_jiffies: crate::kernel_hz::kernel_hz(),
         };
         self.sampling
             .set(0, config, 0)

@@ -2,9 +2,11 @@
 //! copy holds (record.rs) and a rollback flips to the other copy; two of them
 //! interleaving (a CLI apply beside the agent, a watchdog's rollback during an
 //! apply) would leave maps and record disagreeing for good. Every change of the
-//! maps or of the pending-confirm state holds this exclusive `flock` on the pin
-//! root directory; the functions that need it take it as a parameter, so a caller
-//! cannot forget it.
+//! maps or of the pending-confirm state holds this exclusive `flock` on `%lock`, a
+//! 0700 directory of root's in the pin root (bpffs holds no regular files); the
+//! functions that need it take it as a parameter, so a caller cannot forget it.
+//! Not on the pin root itself: an older airlock made that 0755, and any user who
+//! can open a file can hold a lock on it, stalling every apply and rollback.
 
 use std::{
     collections::HashMap,
@@ -42,7 +44,7 @@ impl WriterLock {
     pub fn acquire(root: &PinRoot) -> Result<Self, LoaderError> {
         root.ensure_mounted()?;
         let path = root.path();
-        let file = File::open(path).map_err(|e| LoaderError::io("opening", path, e))?;
+        let file = root.lock_dir()?;
         let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
             LoaderError::io("locking", path, io::Error::from_raw_os_error(errno as i32))
         })?;

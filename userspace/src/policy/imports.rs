@@ -1,6 +1,10 @@
 //! `file:` imports: a provider's range list, one CIDR or address per line, `#`
 //! comments and blank lines allowed. Errors name the imported file and its line,
 //! because that is the file the operator has to fix.
+//!
+//! A policy can name any file, and its errors go to the agent's logs: a file that is
+//! not a range list gets at most [`MAX_PROBLEMS`] errors, and only words that could
+//! be a mistyped address are quoted in them.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +12,15 @@ use ipnet::IpNet;
 
 use super::addr::parse_cidr;
 use super::fast_cidr::{fast_cidr, fast_line};
+use super::import_file::{self, ReadError};
 use super::raw::{Ctx, Pos};
+
+/// Problems reported per imported file; past them it is not a range list anyway.
+pub(crate) const MAX_PROBLEMS: usize = 10;
+
+/// Longest word quoted in a message: more than the longest address
+/// (`0000:0000:0000:0000:0000:ffff:255.255.255.255/128`).
+const MAX_SHOWN: usize = 64;
 
 /// Where an imported path is resolved from: the policy file's directory.
 pub(crate) fn resolve(origin: &Path, relative: &str) -> PathBuf {
@@ -18,31 +30,54 @@ pub(crate) fn resolve(origin: &Path, relative: &str) -> PathBuf {
     }
 }
 
-/// Reads and parses the list `relative` (as written at `pos` of field `field`).
-/// Problems are recorded in `ctx`; the good lines are returned either way so later
-/// checks (e.g. `except` containment) don't produce follow-on noise.
+/// Reads and parses the list `relative` (as written at `pos` of field `field`), at
+/// most `max_size` bytes of it. Problems are recorded in `ctx`; the good lines are
+/// returned either way so later checks (e.g. `except` containment) don't produce
+/// follow-on noise.
 pub(crate) fn import(
     ctx: &mut Ctx,
     origin: &Path,
     relative: &str,
     pos: Pos,
     field: &str,
+    max_size: u64,
 ) -> Vec<IpNet> {
     let path = resolve(origin, relative);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match import_file::read(&path, max_size) {
         Ok(t) => t,
+        Err(e @ ReadError::NotText { line, column }) => {
+            let message = e.message(&path);
+            let at = Pos { line, column };
+            ctx.error_in(pos, path, at, field, None, message, e.hint());
+            return Vec::new();
+        }
         Err(e) => {
-            ctx.error(
-                pos,
-                field,
-                Some(relative),
-                format!("cannot read imported file {}: {e}", path.display()),
-                Some("the path is relative to the policy file's directory".to_string()),
-            );
+            ctx.error(pos, field, Some(relative), e.message(&path), e.hint());
             return Vec::new();
         }
     };
     parse_list(ctx, pos, &path, &text, field)
+}
+
+/// `word` if it may be quoted in a message: short, and only characters an address
+/// has. Anything else could be a secret of whatever file the policy named, or
+/// terminal escapes: it is described, not shown.
+fn shown(word: &str) -> Option<&str> {
+    (word.len() <= MAX_SHOWN
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b'/')))
+    .then_some(word)
+}
+
+/// What is said of a word that is not shown.
+fn unshown(word: &str) -> String {
+    let why = if word.len() > MAX_SHOWN {
+        "longer than any address"
+    } else {
+        "it holds characters no address has"
+    };
+    format!("a {}-byte word (not shown: {why})", word.len())
 }
 
 /// Parses the text of a range list read from `path`.
@@ -57,6 +92,7 @@ pub(crate) fn parse_list(
         return nets;
     }
     let mut out = Vec::with_capacity(text.len() / 16);
+    let mut problems = 0;
     for (index, line) in text.lines().enumerate() {
         // Most lines of a large list are a bare network: take those without the
         // general path's searches and allocations.
@@ -79,37 +115,48 @@ pub(crate) fn parse_list(
             // Byte offset of the word inside the line (it is a subslice of it).
             w.as_ptr() as usize - line.as_ptr() as usize + 1
         };
-        let pos = Pos {
+        let mut pos = Pos {
             line: index + 1,
             column: column(word),
         };
-        if let Some(extra) = words.next() {
+        if problems == MAX_PROBLEMS {
             ctx.error_in(
-                anchor,
-                path.to_path_buf(),
-                Pos {
-                    line: index + 1,
-                    column: column(extra),
-                },
-                field,
-                Some(extra),
-                format!("unexpected {extra:?} after {word:?}: one CIDR or address per line"),
-                None,
-            );
-            continue;
-        }
-        match parse_cidr(word) {
-            Ok(net) => out.push(net),
-            Err(p) => ctx.error_in(
                 anchor,
                 path.to_path_buf(),
                 pos,
                 field,
-                Some(word),
-                p.message,
-                p.hint,
-            ),
+                None,
+                format!("stopped after {MAX_PROBLEMS} problems in this file"),
+                Some(
+                    "an import is a text file with one CIDR or address per line; is this one?"
+                        .into(),
+                ),
+            );
+            break;
         }
+        let (value, message, hint) = if let Some(extra) = words.next() {
+            pos.column = column(extra);
+            let message = match (shown(word), shown(extra)) {
+                (Some(word), Some(extra)) => {
+                    format!("unexpected {extra:?} after {word:?}: one CIDR or address per line")
+                }
+                _ => "more than one word on the line: one CIDR or address per line".to_string(),
+            };
+            (shown(extra), message, None)
+        } else if shown(word).is_none() {
+            let message = format!("not a CIDR or address: {}", unshown(word));
+            (None, message, Some("write an address (192.0.2.7, 2001:db8::7) or a network (192.0.2.0/24, 2001:db8::/32)".to_string()))
+        } else {
+            match parse_cidr(word) {
+                Ok(net) => {
+                    out.push(net);
+                    continue;
+                }
+                Err(p) => (Some(word), p.message, p.hint),
+            }
+        };
+        problems += 1;
+        ctx.error_in(anchor, path.to_path_buf(), pos, field, value, message, hint);
     }
     out
 }

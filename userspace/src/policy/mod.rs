@@ -10,6 +10,8 @@
 mod addr;
 mod error;
 mod fast_cidr;
+mod import_file;
+mod import_paths;
 mod imports;
 mod ports;
 mod raw;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 pub use error::{Diagnostic, PolicyError};
+pub use import_paths::imported_files;
 pub use ports::{PortRange, Proto};
 
 /// Reads the policy at `path` (and any files it imports) and validates it.
@@ -182,5 +185,7 @@ impl Rule {
     }
 }
 
+#[cfg(test)]
+mod import_tests;
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use super::ports::parse_port_range;
 use super::raw::{self, Ctx, Pos};
 use super::sets::{self, SetTable};
 use super::validate::present;
-use super::{PortRange, Rule};
+use super::{PortRange, Rule, SourceGroup};
 
 const RULE_KEYS: &[&str] = &["name", "ports", "from"];
 
@@ -125,7 +125,11 @@ fn parse_rule(
             missing(ctx, "from");
             None
         }
-        Some(n) => sets::resolve_group(ctx, n, &format!("{field}.from"), table, true),
+        Some(n) => {
+            let f = format!("{field}.from");
+            sets::resolve_group(ctx, n, &f, table, true)
+                .filter(|group| sources_present(ctx, n, &f, name.as_deref(), group, table))
+        }
     };
     Some(Rule {
         name: name?,
@@ -160,4 +164,43 @@ fn parse_ports(ctx: &mut Ctx, node: &Node, field: &str) -> Option<Vec<PortRange>
         }
     }
     (ctx.diags.len() == errors_before).then_some(out)
+}
+
+/// A rule all of whose sources are empty sets would silently close its ports: an
+/// error, naming the imports that came back empty (an empty or truncated download
+/// does exactly this). `false` if so (reported).
+fn sources_present(
+    ctx: &mut Ctx,
+    node: &Node,
+    field: &str,
+    rule: Option<&str>,
+    group: &SourceGroup,
+    table: &SetTable,
+) -> bool {
+    // A reference to a set that is itself broken resolves to nothing (its own errors
+    // say why): whether the rule would have had sources is then unknown.
+    let broken = node.as_sequence().map(|s| s.len()) != Some(group.sets.len());
+    if broken || group.sets.iter().any(|set| !set.cidrs.is_empty()) {
+        return true;
+    }
+    let rule = rule.map_or_else(|| field.to_string(), |name| format!("rule {name:?}"));
+    let empty: Vec<String> = group
+        .sets
+        .iter()
+        .map(|set| match table.imports.get(&set.name) {
+            Some(import) => format!(
+                "set {:?} imports {:?} (line {}), which holds no address",
+                set.name, import.path, import.pos.line
+            ),
+            None => format!("set {:?} holds no address", set.name),
+        })
+        .collect();
+    ctx.error(
+        Pos::of(node),
+        field,
+        None,
+        format!("{rule} would allow no source: {}", empty.join("; ")),
+        Some("its ports would be closed to everyone; check the imported file (an empty or truncated download?), or remove the rule".into()),
+    );
+    false
 }

@@ -11,7 +11,7 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode
 use super::addr::{looks_like_address, parse_cidr};
 use super::error::did_you_mean;
 use super::raw::{self, Ctx, Pos};
-use super::{AddrSet, SourceGroup, imports};
+use super::{AddrSet, SourceGroup, import_file, imports};
 use crate::regions;
 
 /// The named sets of a policy.
@@ -22,6 +22,16 @@ pub(crate) struct SetTable {
     /// Every name written under `sets`, valid or not: a reference to a broken set is
     /// not reported again as "unknown".
     pub names: BTreeSet<String>,
+    /// The `file:` import of each valid set that has one.
+    pub imports: BTreeMap<String, Import>,
+}
+
+/// A set's `file:` import, for errors about what it yielded.
+pub(crate) struct Import {
+    /// The path as written.
+    pub path: String,
+    /// Where `file:` is written.
+    pub pos: Pos,
 }
 
 /// Whether `name` is a valid rule or set name: [A-Za-z0-9_.-], 1..=63 bytes.
@@ -46,8 +56,12 @@ pub(crate) fn parse_sets(ctx: &mut Ctx, node: &Node, origin: &Path) -> SetTable 
         if !check_set_name(ctx, key, &field) {
             continue;
         }
-        if let Some(set) = parse_set(ctx, name, value, &field, origin) {
+        let mut import = None;
+        if let Some(set) = parse_set(ctx, name, value, &field, origin, &mut import) {
             table.defined.insert(name.to_string(), Arc::new(set));
+            if let Some(import) = import {
+                table.imports.insert(name.to_string(), import);
+            }
         }
     }
     table
@@ -90,13 +104,15 @@ fn check_set_name(ctx: &mut Ctx, key: &MarkedScalarNode, field: &str) -> bool {
     }
 }
 
-/// One set definition: a plain CIDR list, or `{cidrs, except, file}`.
+/// One set definition: a plain CIDR list, or `{cidrs, except, file, max_size}`.
+/// `import` receives its `file:` import, if it has one.
 fn parse_set(
     ctx: &mut Ctx,
     name: &str,
     node: &Node,
     field: &str,
     origin: &Path,
+    import: &mut Option<Import>,
 ) -> Option<AddrSet> {
     let errors_before = ctx.diags.len();
     let mut set = AddrSet {
@@ -111,14 +127,14 @@ fn parse_set(
             }
             set.cidrs = cidr_list(ctx, s, field);
         }
-        Node::Mapping(m) => parse_set_mapping(ctx, &mut set, m, field, origin),
+        Node::Mapping(m) => *import = parse_set_mapping(ctx, &mut set, m, field, origin),
         Node::Scalar(_) => {
             ctx.error(
                 Pos::of(node),
                 field,
                 node.as_scalar().map(|s| s.as_str()),
                 format!(
-                    "expected a list of CIDRs or a mapping with cidrs/except/file, found {}",
+                    "expected a list of CIDRs or a mapping with cidrs/except/file/max_size, found {}",
                     raw::describe(node)
                 ),
                 Some(format!("write it as {field}: [192.0.2.0/24]")),
@@ -144,21 +160,27 @@ fn parse_set_mapping(
     m: &MarkedMappingNode,
     field: &str,
     origin: &Path,
-) {
-    raw::check_keys(ctx, m, field, &["cidrs", "except", "file"]);
+) -> Option<Import> {
+    raw::check_keys(ctx, m, field, &["cidrs", "except", "file", "max_size"]);
     let errors_before = ctx.diags.len();
     let cidrs_node = m.get_node("cidrs");
     let file_node = m.get_node("file");
+    let mut import = None;
     if let Some(n) = cidrs_node {
         let f = format!("{field}.cidrs");
         if let Some(s) = raw::seq(ctx, n, &f, "CIDRs", "[192.0.2.0/24]") {
             set.cidrs = cidr_list(ctx, s, &f);
         }
     }
-    if let Some(n) = file_node {
+    let max_size = parse_max_size(ctx, m, field, file_node.is_some());
+    if let (Some(n), Some(max_size)) = (file_node, max_size) {
         let f = format!("{field}.file");
         if let Some(s) = raw::scalar(ctx, n, &f, "a file path") {
-            let imported = imports::import(ctx, origin, s.as_str(), Pos::of(n), &f);
+            let imported = imports::import(ctx, origin, s.as_str(), Pos::of(n), &f, max_size);
+            import = Some(Import {
+                path: s.as_str().to_string(),
+                pos: Pos::of(n),
+            });
             // Taken as is when it is the whole list: a million-line import is not
             // copied again.
             if set.cidrs.is_empty() {
@@ -180,6 +202,38 @@ fn parse_set_mapping(
                 check_except_inside(ctx, s, &f, &set.cidrs, &except);
             }
             set.except = except;
+        }
+    }
+    import
+}
+
+/// `max_size:` (the import's size limit), or the default; `None` if it is invalid.
+fn parse_max_size(
+    ctx: &mut Ctx,
+    m: &MarkedMappingNode,
+    field: &str,
+    has_file: bool,
+) -> Option<u64> {
+    let Some(n) = m.get_node("max_size") else {
+        return Some(import_file::DEFAULT_MAX_SIZE);
+    };
+    let f = format!("{field}.max_size");
+    let s = raw::scalar(ctx, n, &f, "a size such as 512MiB")?;
+    if !has_file {
+        ctx.error(
+            Pos::of(n),
+            &f,
+            Some(s.as_str()),
+            "max_size limits a `file:` import, and this set has none",
+            Some("remove max_size, or add file:".into()),
+        );
+        return None;
+    }
+    match import_file::parse_size(s.as_str()) {
+        Ok(size) => Some(size),
+        Err((message, hint)) => {
+            ctx.error(Pos::of(n), &f, Some(s.as_str()), message, hint);
+            None
         }
     }
 }

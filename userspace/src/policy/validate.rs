@@ -98,7 +98,7 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
 }
 
 /// YAML syntax problems stop everything: there is no tree to walk.
-fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
+pub(crate) fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String>)> {
     if let Some(line) = second_document(text) {
         // The loader reads only the first document; a second one would be ignored
         // silently, which is never what the author meant.

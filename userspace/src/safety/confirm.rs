@@ -33,13 +33,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{
-    compile::Compiled,
-    loader::{
-        self, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicyMaps, PolicySummary,
-        Restored, WriterLock,
-    },
-};
+use crate::loader::{self, LoaderError, PendingConfirm, PinRoot, PolicyMaps, Restored, WriterLock};
 
 /// The longest probation `--confirm` accepts.
 pub const MAX_CONFIRM: Duration = Duration::from_secs(24 * 3600);
@@ -276,44 +270,32 @@ pub fn check_no_pending(root: &PinRoot, ifaces: &[String]) -> Result<(), Pending
     }
 }
 
-/// Errors of [`apply_confirmed`].
-#[derive(Debug, thiserror::Error)]
-pub enum ConfirmApplyError {
-    #[error(transparent)]
-    Apply(#[from] loader::ApplyAllError),
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    Pending(#[from] PendingConflict),
-    #[error("arming the rollback watchdog: {0} (the apply was rolled back)")]
-    Watchdog(#[source] io::Error),
-}
-
-/// Applies on probation: the policy goes in with its deadline in its summary, then a
-/// detached watchdog is armed. If the watchdog cannot be started, the apply is rolled
-/// back at once.
-pub fn apply_confirmed(
-    root: &PinRoot,
-    ifaces: &[String],
-    compiled: &Compiled,
-    summary: &PolicySummary,
-    within: Duration,
-) -> Result<(Vec<ApplyOutcome>, PendingConfirm), ConfirmApplyError> {
-    root.ensure_mounted()?;
-    let _lock = WriterLock::acquire(root)?;
-    check_no_pending(root, ifaces)?;
-    let pending = PendingConfirm {
+/// The probation of an `apply --confirm` that ends `within` from now, to be written
+/// with the policy it guards (so the policy is never in force without its deadline).
+pub fn new_probation(within: Duration) -> PendingConfirm {
+    PendingConfirm {
         deadline_unix: now_unix() + within.as_secs().max(1),
         token: new_token(),
-    };
-    let mut summary = summary.clone();
-    summary.pending_confirm = Some(pending.clone());
-    let done = loader::apply_all(&_lock, root, ifaces, compiled, &summary)?;
-    if let Err(error) = arm_watchdog(root, &pending) {
-        roll_back_tokens(root, &[pending.token], 0, Cause::NotArmed);
-        return Err(ConfirmApplyError::Watchdog(error));
     }
-    Ok((done, pending))
+}
+
+/// Why a probation could not be guarded.
+#[derive(Debug, thiserror::Error)]
+#[error("arming the rollback watchdog: {0} (the apply was rolled back)")]
+pub struct WatchdogError(#[source] pub io::Error);
+
+/// Arms the watchdog of an apply just made on probation (the caller still holds
+/// the [`WriterLock`] of that apply). If it cannot be started, the apply is rolled
+/// back at once: nothing would roll it back at its deadline.
+pub fn arm_or_roll_back(
+    _writer: &WriterLock,
+    root: &PinRoot,
+    pending: &PendingConfirm,
+) -> Result<(), WatchdogError> {
+    arm_watchdog(root, pending).map(drop).map_err(|error| {
+        roll_back_tokens(root, &[pending.token], 0, Cause::NotArmed);
+        WatchdogError(error)
+    })
 }
 
 fn new_token() -> u64 {
@@ -438,6 +420,7 @@ pub fn confirm(root: &PinRoot, ifaces: &[String]) -> Result<Vec<Confirmed>, Load
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loader::PolicySummary;
 
     #[test]
     fn pending_state_round_trips_and_old_summaries_still_decode() {

@@ -316,22 +316,6 @@ pub fn log_findings(assessment: &Assessment, force: bool) {
     }
 }
 
-/// The agent's check: logs warnings; `Err(explanation)` when the policy would lock
-/// out and `force` is not set (the reload is then rejected like an invalid policy).
-pub fn check_for_agent(policy: &Policy, ifaces: &[String], force: bool) -> Result<(), String> {
-    let assessment = assess(policy, &Facts::from_system(), ifaces);
-    log_findings(&assessment, force);
-    super::ephemeral::warn(policy);
-    if assessment.is_lockout() && !force {
-        let reasons: Vec<&str> = assessment.blocks().map(|f| f.message.as_str()).collect();
-        return Err(format!(
-            "the policy would lock you out: {} (start the agent with --force to apply such a policy)",
-            reasons.join("; ")
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,7 +173,7 @@ const ATTEMPTS: u32 = 5;
 
 /// Runs `frame` through the program pinned in `dir` (an interface's pin directory).
 pub fn run_pinned(dir: &Path, frame: &[u8]) -> Result<KernelVerdict, ProbeError> {
-    let path = dir.join(PROGRAM_PIN);
+    let path = crate::loader::pinned_path(dir, PROGRAM_PIN)?;
     let program =
         Xdp::from_pin(&path, XdpAttachType::Interface).map_err(|source| ProbeError::Program {
             path: path.display().to_string(),

@@ -75,11 +75,13 @@ $(POD_IP) is expanded by the kubelet from the container's env.
 
 {{/*
 The policy file: the `policy` value, keys in the order the README documents them,
-with `interfaces` from the `interfaces` value.
+with `interfaces` from the `interfaces` value and, unless the endpoint listens on
+loopback only, a last rule letting metrics.allowFrom reach the metrics port.
 */}}
 {{- define "airlock.policy" -}}
 {{- $p := .Values.policy -}}
-# Rendered by the airlock Helm chart from its `interfaces` and `policy` values.
+# Rendered by the airlock Helm chart from its `interfaces`, `policy` and
+# `metrics.allowFrom` values.
 # The agent reloads this file when it changes (no restart): edit the values and
 # `helm upgrade`, or edit this ConfigMap. Check a policy with `airlock validate -f`.
 version: {{ $p.version }}
@@ -102,12 +104,19 @@ sets:
 deny:
 {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $p.rules }}
+{{- $metricsRule := and .Values.metrics.allowFrom (ne .Values.metrics.listen "loopback") }}
+{{- if or $p.rules $metricsRule }}
 rules:
-{{- range . }}
+{{- range $p.rules }}
   - name: {{ .name }}
     ports: {{ toJson .ports }}
     from: {{ toJson .from }}
+{{- end }}
+{{- if $metricsRule }}
+  # From the chart's metrics.allowFrom: who may read the agent's metrics.
+  - name: airlock-metrics
+    ports: [{{ printf "%d/tcp" (int .Values.metrics.port) | quote }}]
+    from: {{ toJson .Values.metrics.allowFrom }}
 {{- end }}
 {{- end }}
 {{- end -}}

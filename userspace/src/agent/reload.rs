@@ -1,0 +1,300 @@
+//! Reloads: the policy file read, checked and put in force through the one apply
+//! pipeline (`crate::pipeline`), or rejected. A rejection is logged and counted
+//! once per distinct content and error (a file rejected once and seen again, by a
+//! SIGHUP or a retry, is not news), says what stays enforced, and marks the file
+//! and the kernel out of sync until a version of the file is applied.
+
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use airlock_common::Counter;
+
+use super::{
+    reconcile::{Applied, Reconciler, unix_now},
+    state::Rejection,
+};
+use crate::{
+    loader::{PolicyMaps, PolicySummary},
+    pipeline::{self, GraceRecord, Missing},
+    policy,
+};
+
+/// What a reload read: the policy text and the identity of every file it imports
+/// (device, inode, size, modification time), so an edited import is a change even
+/// when the policy text is not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Fingerprint {
+    text: String,
+    imports: Vec<(PathBuf, Option<FileId>)>,
+}
+
+/// A file's device, inode, size and modification time (seconds, nanoseconds).
+type FileId = (u64, u64, u64, i64, i64);
+
+impl Fingerprint {
+    fn of(text: String, imports: &[PathBuf]) -> Self {
+        let imports = imports
+            .iter()
+            .map(|path| {
+                let id = std::fs::metadata(path)
+                    .ok()
+                    .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+                (path.clone(), id)
+            })
+            .collect();
+        Self { text, imports }
+    }
+}
+
+/// The last rejection, to tell a new one from the same one seen again.
+pub(super) struct Rejected {
+    fingerprint: Fingerprint,
+    error: String,
+    /// Worth trying again without a change of the file: the kernel or the host
+    /// failed it (a pending confirmation, an interface error), not the policy.
+    pub(super) transient: bool,
+}
+
+impl Reconciler {
+    /// Reads the policy file and applies it if it changed (or if `force`).
+    /// Returns whether it reconciled too (after a successful apply).
+    pub(super) fn load_and_enforce(&mut self, why: &str, force: bool) -> bool {
+        let text = match std::fs::read_to_string(&self.policy_path) {
+            Ok(text) => text,
+            Err(error) => {
+                let error = format!("cannot read {}: {error}", self.policy_path.display());
+                self.reject(why, Fingerprint::of(String::new(), &[]), error, true);
+                return false;
+            }
+        };
+        // An invalid policy's imports are watched too: fixing one is a change.
+        if let Some(files) = policy::imported_files(&text, &self.policy_path) {
+            self.imports = files;
+        }
+        let fingerprint = Fingerprint::of(text, &self.imports);
+        if !force {
+            if self
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.fingerprint == fingerprint)
+            {
+                tracing::debug!(why, "policy file unchanged");
+                self.mark_in_sync();
+                return false;
+            }
+            if self
+                .rejected
+                .as_ref()
+                .is_some_and(|r| r.fingerprint == fingerprint)
+            {
+                tracing::debug!(why, "policy file unchanged since it was rejected");
+                return false;
+            }
+        }
+        let policy = match policy::parse_str(&fingerprint.text, &self.policy_path) {
+            Ok(policy) => policy,
+            Err(error) => {
+                self.reject(why, fingerprint, error.to_string(), false);
+                return false;
+            }
+        };
+        let options = pipeline::Options {
+            iface_overrides: self.overrides.clone(),
+            missing: Missing::Skip,
+            force: self.force,
+            grace_record: GraceRecord::Thread,
+            ..pipeline::Options::default()
+        };
+        // Under the writer lock from here to the swap: the counters read are the
+        // last the outgoing policy counts.
+        let prepared = pipeline::prepare(&self.root, policy, &options);
+        let result = prepared.and_then(|prepared| {
+            let outgoing = self.rule_counters(&prepared.plan.ifaces);
+            prepared.commit().map(|applied| (applied, outgoing))
+        });
+        let (applied, outgoing) = match result {
+            Ok(done) => done,
+            Err(error) => {
+                let transient = !matches!(
+                    error,
+                    pipeline::Error::Compile(_) | pipeline::Error::Lockout(_)
+                );
+                let message = match &error {
+                    pipeline::Error::Lockout(lockout) => {
+                        let reasons: Vec<&str> = lockout
+                            .assessment
+                            .blocks()
+                            .map(|f| f.message.as_str())
+                            .collect();
+                        format!(
+                            "the policy would lock you out: {} (start the agent with --force to apply such a policy)",
+                            reasons.join("; ")
+                        )
+                    }
+                    other => other.to_string(),
+                };
+                self.reject(why, fingerprint, message, transient);
+                return false;
+            }
+        };
+        let plan = applied.plan;
+        let was_in_sync = self.state.lock().in_sync;
+        {
+            let mut state = self.state.lock();
+            // Folded in only once the swap succeeded: a failed (and undone) apply
+            // leaves the old counters running, and carrying them as well would
+            // count them twice.
+            for (key, counter) in outgoing {
+                let total = state.carried.entry(key).or_default();
+                *total = Counter {
+                    packets: total.packets + counter.packets,
+                    bytes: total.bytes + counter.bytes,
+                };
+            }
+            for outcome in applied.outcomes {
+                state.interfaces.insert(outcome.iface, outcome.serial);
+            }
+            state.reloads += 1;
+            state.last_reload = unix_now();
+            state.prefixes_v4 = plan.summary.prefixes_v4;
+            state.prefixes_v6 = plan.summary.prefixes_v6;
+            state.mode = plan.summary.mode.clone();
+            state.in_sync = true;
+        }
+        tracing::info!(
+            why,
+            policy = %self.policy_path.display(),
+            rules = plan.compiled.rule_names.len(),
+            prefixes_v4 = plan.summary.prefixes_v4,
+            prefixes_v6 = plan.summary.prefixes_v6,
+            "policy in force"
+        );
+        if !was_in_sync && self.rejected.is_some() {
+            tracing::info!(policy = %self.policy_path.display(), "the policy file and the kernel are in sync again");
+        }
+        self.rejected = None;
+        self.applied = Some(Applied {
+            fingerprint,
+            compiled: plan.compiled,
+            summary: plan.summary,
+            policy: plan.policy,
+        });
+        self.remove_unselected();
+        self.reconcile();
+        true
+    }
+
+    fn mark_in_sync(&mut self) {
+        let mut state = self.state.lock();
+        if !state.in_sync {
+            state.in_sync = true;
+            drop(state);
+            tracing::info!(policy = %self.policy_path.display(), "the policy file and the kernel are in sync again");
+        }
+        self.rejected = None;
+    }
+
+    fn reject(&mut self, why: &str, fingerprint: Fingerprint, error: String, transient: bool) {
+        let seen = self
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.fingerprint == fingerprint && r.error == error);
+        // A forced re-apply of the content already in force that failed leaves
+        // file and kernel in sync: the kernel still holds that content.
+        let in_sync = self
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.fingerprint == fingerprint);
+        self.rejected = Some(Rejected {
+            fingerprint,
+            error: error.clone(),
+            transient,
+        });
+        let mut state = self.state.lock();
+        state.in_sync = in_sync;
+        if seen {
+            drop(state);
+            tracing::debug!(why, %error, "policy file still rejected (same content, same error)");
+            return;
+        }
+        state.reload_failures += 1;
+        state.last_rejection = Some(Rejection {
+            at_unix: unix_now() as u64,
+            error: error.clone(),
+        });
+        drop(state);
+        let enforced = self.what_stays_enforced(in_sync);
+        tracing::error!(
+            why,
+            policy = %self.policy_path.display(),
+            error,
+            "policy rejected; {enforced}"
+        );
+    }
+
+    /// What the kernel enforces after a rejection, said as it is.
+    fn what_stays_enforced(&self, in_sync: bool) -> String {
+        if in_sync {
+            return "the policy in force (this content, applied before) stays in force".into();
+        }
+        if let Some(applied) = &self.applied {
+            return format!(
+                "the last good policy (applied {}) stays in force: the policy file and the kernel differ",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_secs(applied.summary.applied_at)
+                )
+            );
+        }
+        let pinned: Vec<(String, PolicySummary)> = self
+            .root
+            .interfaces()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|iface| {
+                let summary = pinned_summary(&self.root.interface_dir(&iface))?;
+                Some((iface, summary))
+            })
+            .collect();
+        if pinned.is_empty() {
+            return "nothing is enforced: no valid policy has been applied (no filter is pinned)"
+                .into();
+        }
+        let filters: Vec<String> = pinned
+            .iter()
+            .map(|(iface, s)| format!("{iface}: apply #{} of {}", s.serial, s.policy_path))
+            .collect();
+        format!(
+            "the filter pinned before this agent started keeps enforcing ({}): the policy file and the kernel differ",
+            filters.join(", ")
+        )
+    }
+
+    /// The per-rule counters of the policy in force on `ifaces`, which a swap is
+    /// about to replace: carried into the totals so `/metrics` counters never go
+    /// backwards on a reload.
+    fn rule_counters(&self, ifaces: &[String]) -> Vec<((String, String, bool), Counter)> {
+        let mut counters = Vec::new();
+        for iface in ifaces {
+            let Ok(maps) = PolicyMaps::open_pinned(&self.root.interface_dir(iface)) else {
+                continue;
+            };
+            let Ok(now) = maps.counters() else { continue };
+            let Ok(Some(summary)) = maps.generation_summary(now.generation) else {
+                continue;
+            };
+            for (rule, (allowed, refused)) in summary.rules.iter().zip(now.rules) {
+                counters.push(((iface.clone(), rule.name.clone(), true), allowed));
+                counters.push(((iface.clone(), rule.name.clone(), false), refused));
+            }
+        }
+        counters
+    }
+}
+
+/// The summary of the complete policy in force in the filter pinned at `dir`.
+pub(super) fn pinned_summary(dir: &Path) -> Option<PolicySummary> {
+    PolicyMaps::open_pinned(dir).ok()?.active_summary().ok()?
+}

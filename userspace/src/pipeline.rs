@@ -1,0 +1,269 @@
+//! The apply pipeline: what `airlock apply` and every agent reload run, in one
+//! order, from one place.
+//!
+//! [`prepare`]:
+//! 1. finish expired commit-confirms (their watchdog may have been killed), then
+//!    take the writer lock, beginning the grace period a swap may have to wait for
+//!    (it passes while the policy compiles; see `WriterLock::acquire_early`);
+//! 2. compile the policy beside reading the host facts the anti-lockout check needs;
+//! 3. the interfaces: every one must exist, or (the agent) those that do not yet
+//!    are left for the reconcile that sees them appear;
+//! 4. the anti-lockout check, refused unless `force`;
+//! 5. refuse while a confirmation is pending on one of the interfaces.
+//!
+//! [`Prepared::commit`]:
+//! 6. apply on every interface or on none (on probation, with the rollback watchdog
+//!    armed, for `confirm`);
+//! 7. record the grace period after the flips, for the next apply.
+//!
+//! A dry run stops after step 4, without the lock and without touching the kernel.
+//! Between the two halves the caller holds the writer lock (the agent reads the
+//! counters the swap is about to retire there).
+
+use std::{io, time::Duration};
+
+use crate::{
+    compile::{self, CompileError, Compiled},
+    interfaces::{self, InterfaceError},
+    loader::{
+        self, ApplyAllError, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicySummary,
+        WriterLock,
+    },
+    policy::Policy,
+    safety::{
+        confirm::{self, PendingConflict, RolledBack, WatchdogError},
+        lockout::{self, Assessment, Facts, LockoutError},
+    },
+};
+
+/// How to apply. `Options::default()` is a plain `airlock apply`.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Interface names or globs that override the policy's `interfaces`.
+    pub iface_overrides: Vec<String>,
+    /// What to do about a selected interface that does not exist.
+    pub missing: Missing,
+    /// Apply although the anti-lockout check refuses.
+    pub force: bool,
+    /// Everything up to the checks; no lock, nothing written.
+    pub dry_run: bool,
+    /// On probation: rolled back unless confirmed within this time.
+    pub confirm: Option<Duration>,
+    /// How the grace period after the flips is put on record.
+    pub grace_record: GraceRecord,
+}
+
+/// A selected interface that does not exist.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Missing {
+    /// Refuse the apply (the CLI: the operator named it).
+    #[default]
+    Refuse,
+    /// Apply to the others (the agent: it applies once the interface appears).
+    Skip,
+}
+
+/// Who records the grace period after an apply's flips.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GraceRecord {
+    /// A detached `airlock grace-record` process: for a caller about to exit.
+    #[default]
+    Process,
+    /// A thread of this process: for one that keeps running (the agent).
+    Thread,
+}
+
+/// Why an apply did not happen. Nothing was changed, except by `Apply` and
+/// `Watchdog`, whose apply was undone (see their messages).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Interfaces(#[from] InterfaceError),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Lockout(#[from] LockoutError),
+    #[error(transparent)]
+    Pending(#[from] PendingConflict),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Apply(#[from] ApplyAllError),
+    #[error(transparent)]
+    Watchdog(#[from] WatchdogError),
+    #[error("a dry run cannot be committed")]
+    DryRun,
+}
+
+impl Error {
+    /// The policy or the request was refused, as opposed to the kernel failing it:
+    /// the CLI's exit code 2.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::Compile(_) | Error::Lockout(_) | Error::Pending(_) | Error::DryRun
+        ) || matches!(self, Error::Interfaces(e) if e.is_usage())
+    }
+}
+
+/// What an apply puts in force, and what the checks found.
+#[derive(Debug)]
+pub struct Plan {
+    pub policy: Policy,
+    pub compiled: Compiled,
+    pub summary: PolicySummary,
+    /// The interfaces the policy (or the overrides) select, sorted.
+    pub selected: Vec<String>,
+    /// Those the apply puts the policy on: all of `selected`, or with
+    /// [`Missing::Skip`] the ones that exist.
+    pub ifaces: Vec<String>,
+    /// The anti-lockout check's findings (already logged).
+    pub assessment: Assessment,
+    /// Expired commit-confirms rolled back first (already logged).
+    pub expired: Vec<RolledBack>,
+}
+
+/// A plan checked and ready, holding the writer lock (unless a dry run).
+pub struct Prepared {
+    pub plan: Plan,
+    root: PinRoot,
+    writer: Option<WriterLock>,
+    confirm: Option<Duration>,
+    grace_record: GraceRecord,
+}
+
+/// What an apply did.
+#[derive(Debug)]
+pub struct Applied {
+    pub plan: Plan,
+    /// One per interface of `plan.ifaces`.
+    pub outcomes: Vec<ApplyOutcome>,
+    /// The probation the policy is on (`Options::confirm`).
+    pub pending: Option<PendingConfirm>,
+}
+
+/// Steps 1-5 (1-4 for a dry run): everything before the kernel is written.
+pub fn prepare(root: &PinRoot, policy: Policy, options: &Options) -> Result<Prepared, Error> {
+    let selected = interfaces::resolve(&policy, &options.iface_overrides)?;
+    let (expired, writer) = if options.dry_run {
+        (Vec::new(), None)
+    } else {
+        // Expired confirmations take the lock themselves, so they come first (each
+        // rollback is logged where it happens).
+        let expired = confirm::expire_due(root);
+        (expired, Some(WriterLock::acquire_early(root, &selected)?))
+    };
+    // Reading the socket tables is milliseconds on a busy host: meanwhile.
+    let (compiled, facts) = crate::parallel::join(|| compile::compile(&policy), Facts::from_system);
+    let compiled = compiled?;
+    let ifaces = match options.missing {
+        Missing::Refuse if !options.dry_run => {
+            interfaces::check_exist(&selected)?;
+            selected.clone()
+        }
+        Missing::Refuse => selected.clone(),
+        Missing::Skip => selected
+            .iter()
+            .filter(|iface| loader::interface_index(iface).is_some())
+            .cloned()
+            .collect(),
+    };
+    let assessment = lockout::assess(&policy, &facts, &selected);
+    lockout::log_findings(&assessment, options.force);
+    crate::safety::ephemeral::warn(&policy);
+    if assessment.is_lockout() && !options.force {
+        return Err(LockoutError { assessment }.into());
+    }
+    if !options.dry_run {
+        confirm::check_no_pending(root, &ifaces)?;
+    }
+    let summary = PolicySummary::describe(&policy, &compiled, &policy.origin);
+    Ok(Prepared {
+        plan: Plan {
+            policy,
+            compiled,
+            summary,
+            selected,
+            ifaces,
+            assessment,
+            expired,
+        },
+        root: root.clone(),
+        writer,
+        confirm: options.confirm,
+        grace_record: options.grace_record,
+    })
+}
+
+/// All of it: [`prepare`], then [`Prepared::commit`].
+pub fn apply(root: &PinRoot, policy: Policy, options: &Options) -> Result<Applied, Error> {
+    prepare(root, policy, options)?.commit()
+}
+
+impl Prepared {
+    /// Steps 6-7: puts the plan in force on every interface or on none.
+    pub fn commit(self) -> Result<Applied, Error> {
+        let Prepared {
+            plan,
+            root,
+            writer,
+            confirm,
+            grace_record,
+        } = self;
+        let writer = writer.ok_or(Error::DryRun)?;
+        let pending = confirm.map(confirm::new_probation);
+        let mut summary = plan.summary.clone();
+        summary.pending_confirm = pending.clone();
+        let outcomes = loader::apply_all(&writer, &root, &plan.ifaces, &plan.compiled, &summary)?;
+        if let Some(pending) = &pending {
+            confirm::arm_or_roll_back(&writer, &root, pending)?;
+        }
+        drop(writer);
+        if !outcomes.is_empty() {
+            record_grace_period(&root, grace_record);
+        }
+        Ok(Applied {
+            plan,
+            outcomes,
+            pending,
+        })
+    }
+}
+
+/// The grace period after these flips passes after the apply returns, and the next
+/// apply finds it on record instead of waiting for one itself. Nothing depends on it.
+fn record_grace_period(root: &PinRoot, how: GraceRecord) {
+    let started = match how {
+        GraceRecord::Thread => {
+            let root = root.clone();
+            std::thread::Builder::new()
+                .name("grace-record".into())
+                .spawn(move || loader::record_grace_periods(&root))
+                .map(drop)
+        }
+        GraceRecord::Process => spawn_grace_record(root),
+    };
+    if let Err(error) = started {
+        tracing::debug!(%error, "grace period not recorded; the next apply waits for one");
+    }
+}
+
+/// Starts `airlock grace-record` for `root`, detached (a process group of its own,
+/// stdio on /dev/null) and not waited for. Spawned through `posix_spawn`, so
+/// without a `pre_exec` hook or a working directory to change to (glibc before 2.29
+/// cannot spawn with one): a fork would copy the page tables of this process, which
+/// still holds the compiled policy. Nothing needs it to survive a hangup of the
+/// session (unlike the confirm watchdog, in a session of its own).
+fn spawn_grace_record(root: &PinRoot) -> io::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    std::process::Command::new(std::env::current_exe()?)
+        .arg("grace-record")
+        .arg("--pin-root")
+        .arg(root.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(drop)
+}
