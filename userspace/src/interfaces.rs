@@ -1,6 +1,7 @@
 //! Which interfaces a policy applies to: explicit names (or shell globs such as
-//! `eth*`) win over the policy's list; `auto` means the interface(s) of the default
-//! route.
+//! `eth*`) on the command line win over the policy's `interfaces`, which is the
+//! default when the command line names none; `auto` means the interface(s) of the
+//! default route. A policy without `interfaces` needs the command line to name them.
 
 use std::fs;
 
@@ -20,6 +21,26 @@ pub enum InterfaceError {
     },
     #[error("interface {0} does not exist in this network namespace")]
     Missing(String),
+    #[error(
+        "the policy lists no interfaces: name them with --iface (e.g. --iface eth0), or add `interfaces: [eth0]` (or `[auto]`) to the policy"
+    )]
+    NoneNamed,
+    #[error(
+        "--iface {pattern:?} matches no interface in this network namespace (present: {present})"
+    )]
+    NoMatch { pattern: String, present: String },
+}
+
+impl InterfaceError {
+    /// The request names nothing that can be filtered (exit 2, like bad usage).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            InterfaceError::NoneNamed
+                | InterfaceError::NoMatch { .. }
+                | InterfaceError::BadPattern { .. }
+        )
+    }
 }
 
 /// The interfaces to filter, sorted. Globs are matched against the interfaces that
@@ -29,6 +50,7 @@ pub fn resolve(policy: &Policy, overrides: &[String]) -> Result<Vec<String>, Int
         match &policy.interfaces {
             Interfaces::Named(names) => names.clone(),
             Interfaces::Auto => default_route_interfaces()?,
+            Interfaces::Unspecified => return Err(InterfaceError::NoneNamed),
         }
     } else {
         expand(overrides)?
@@ -36,6 +58,39 @@ pub fn resolve(policy: &Policy, overrides: &[String]) -> Result<Vec<String>, Int
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// For a one-shot command: every glob in `overrides` must match an interface that
+/// exists now (`lo` excepted); the agent instead waits for one to appear.
+pub fn check_globs_match(overrides: &[String]) -> Result<(), InterfaceError> {
+    let present = existing_interfaces();
+    for pattern in overrides.iter().filter(|o| is_glob(o)) {
+        let compiled =
+            glob::Pattern::new(pattern).map_err(|source| InterfaceError::BadPattern {
+                pattern: pattern.clone(),
+                source,
+            })?;
+        if !present
+            .iter()
+            .any(|name| name != "lo" && compiled.matches(name))
+        {
+            let mut names: Vec<&str> = present
+                .iter()
+                .map(String::as_str)
+                .filter(|n| *n != "lo")
+                .collect();
+            names.sort_unstable();
+            return Err(InterfaceError::NoMatch {
+                pattern: pattern.clone(),
+                present: if names.is_empty() {
+                    "none but lo".to_owned()
+                } else {
+                    names.join(", ")
+                },
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The interfaces `--iface` names or globs select, sorted (none when empty).
@@ -139,6 +194,30 @@ mod tests {
         assert!(is_glob("eth*"));
         assert!(is_glob("ens[0-9]"));
         assert!(!is_glob("eth0.100"));
+    }
+
+    fn policy(text: &str) -> Policy {
+        crate::policy::parse_str(text, std::path::Path::new("p.yaml")).expect("valid policy")
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_policy_and_may_stand_in_for_it() {
+        let listed = policy("version: 1\ninterfaces: [eth9]\n");
+        assert_eq!(resolve(&listed, &[]).unwrap(), ["eth9"]);
+        assert_eq!(resolve(&listed, &["eth7".into()]).unwrap(), ["eth7"]);
+        let unlisted = policy("version: 1\n");
+        assert!(matches!(
+            resolve(&unlisted, &[]),
+            Err(InterfaceError::NoneNamed)
+        ));
+        assert_eq!(resolve(&unlisted, &["eth7".into()]).unwrap(), ["eth7"]);
+    }
+
+    #[test]
+    fn a_glob_that_matches_nothing_is_an_error() {
+        let error = check_globs_match(&["nomatch-airlock*".into()]).unwrap_err();
+        assert!(matches!(error, InterfaceError::NoMatch { .. }), "{error}");
+        assert!(error.is_usage());
     }
 
     #[test]

@@ -6,7 +6,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 /// A large policy's apply is a few passes over buffers of tens of MiB. glibc maps
 /// each fresh and unmaps it when freed, so every pass pays a page fault per 4 KiB
@@ -17,14 +17,23 @@ use clap::Parser as _;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    cli::init_logging(args.verbose, args.log_format);
+    // Versions computed at run time (the kernel's features); leaked once, as clap
+    // takes them by 'static reference.
+    let command = cli::Cli::command()
+        .version(&*String::leak(cli::version::short()))
+        .long_version(&*String::leak(cli::version::long()));
+    let args = cli::Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    if args.exits_on_closed_pipe() {
+        // SAFETY: nothing else runs yet; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    cli::init_logging(args.verbose, args.quiet, args.log_format);
+    let json = args.json_output();
     match cli::run(args) {
         Ok(code) => code,
         Err(error) => {
             let code = cli::exit_code_for(&error);
-            // Invalid policies print their diagnostics one per line, nothing else.
-            eprintln!("airlock: {error:#}");
+            cli::report_error(&error, code, json);
             ExitCode::from(code)
         }
     }

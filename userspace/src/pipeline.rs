@@ -110,6 +110,7 @@ impl Error {
             Error::LinkType(error) => matches!(error, LinkTypeError::Unsupported { .. }),
             Error::Loader(error) => error.is_invalid_input(),
             Error::Apply(error) => error.source.is_invalid_input(),
+            Error::Interfaces(error) => error.is_usage(),
             _ => false,
         }
     }

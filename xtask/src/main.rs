@@ -3,6 +3,7 @@
 //! clean clone with nothing installed by hand.
 
 mod bench;
+mod install;
 mod k8s_tools;
 mod run;
 mod setup;
@@ -24,6 +25,17 @@ enum Task {
     Setup,
     /// Build the self-contained `airlock` binary (target/release/airlock).
     Build,
+    /// Build and install the binary, shell completions (bash, zsh, fish), manual
+    /// pages and the systemd unit under PREFIX (as root for /usr/local).
+    Install {
+        /// Installation prefix: PREFIX/bin/airlock, PREFIX/share/man/man1/,
+        /// PREFIX/share/{bash-completion,zsh,fish}/..., PREFIX/lib/systemd/system/.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Stage everything under this root instead of / (for packaging).
+        #[arg(long)]
+        destdir: Option<std::path::PathBuf>,
+    },
     /// Lint, then run every test: unit, property, kernel and network (needs root).
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -67,6 +79,10 @@ fn main() -> Result<()> {
         Task::Build => {
             setup::setup()?;
             run::build_release()
+        }
+        Task::Install { prefix, destdir } => {
+            setup::setup()?;
+            install::install(&prefix, destdir.as_deref())
         }
         Task::Test { no_lint, test_args } => {
             setup::setup()?;

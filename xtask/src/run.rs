@@ -34,10 +34,36 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// Every cargo run of the tasks builds with the same AIRLOCK_COMMIT (what
+/// `airlock --version` names): one that differed would rebuild the binary.
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(workspace_root());
+    if let Some(commit) = commit_id() {
+        command.env("AIRLOCK_COMMIT", commit);
+    }
     command
+}
+
+/// The checked-out commit, `-dirty` if tracked files differ from it; `None` outside
+/// a git work tree (a source tarball).
+fn commit_id() -> Option<String> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(workspace_root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let id = git(&["rev-parse", "--short=12", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])?;
+    Some(if dirty.is_empty() {
+        id
+    } else {
+        format!("{id}-dirty")
+    })
 }
 
 pub fn build_release() -> Result<()> {

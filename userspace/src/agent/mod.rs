@@ -16,6 +16,7 @@ mod metrics;
 mod reconcile;
 mod reload;
 pub mod report;
+mod root_lock;
 mod sample_socket;
 mod samples;
 mod state;
@@ -42,6 +43,7 @@ use crate::{
 pub const DEFAULT_STATE_DIR: &str = "/run/airlock";
 
 pub use lock::{holder as agent_holding, samples_socket_path};
+pub use root_lock::agent_pid;
 pub use sample_socket::Missed;
 
 #[derive(Clone, Debug)]
@@ -111,6 +113,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let root = PinRoot::new(&config.pin_root);
     let _lock = lock::acquire(&config.state_dir, root.path())?;
     root.ensure_mounted()?;
+    // The state-dir lock alone lets a second agent with another --state-dir in.
+    let _root_lock = root_lock::acquire(&root)?;
     let state = Arc::new(AgentState::default());
     let (triggers, mut trigger_rx) = mpsc::channel(4);
     let watch = watch::PolicyWatch::new(&config.policy_path, triggers.clone())?;

@@ -14,7 +14,7 @@ use super::PinRootArg;
 pub struct Args {
     /// Policy file; watched, and reloaded on every change and on SIGHUP.
     #[arg(short = 'f', long = "file")]
-    policy: PathBuf,
+    pub(super) policy: PathBuf,
     #[command(flatten)]
     pin_root: PinRootArg,
     /// Where to serve /metrics, /healthz and /readyz.
@@ -47,6 +47,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    super::preflight::kernel_access(
+        "agent",
+        &airlock::loader::PinRoot::new(&args.pin_root.pin_root),
+    )?;
     let config = AgentConfig {
         policy_path: args.policy,
         pin_root: args.pin_root.pin_root,

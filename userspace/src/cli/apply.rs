@@ -4,20 +4,22 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use airlock::{
+    interfaces,
     loader::PinRoot,
     pipeline,
     policy::{self, Mode, XdpMode},
     safety::confirm,
 };
 
-use super::{OutputFormat, PinRootArg, UsageError, output, safe};
+use super::{OutputFormat, PinRootArg, agent_guard, output, preflight, safe};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Policy file (YAML, version 1).
     #[arg(short = 'f', long = "file")]
     policy: PathBuf,
-    /// Interface to filter (repeatable); overrides the policy's `interfaces`.
+    /// Interface name or glob (e.g. `eth*`) to filter (repeatable); overrides the
+    /// policy's `interfaces`, which may then be left out. A glob must match.
     #[arg(long = "iface")]
     ifaces: Vec<String>,
     /// Override the policy's mode.
@@ -33,15 +35,16 @@ pub struct Args {
     #[command(flatten)]
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
     /// Apply even if the policy would cut your SSH session, the default gateway or
-    /// neighbour discovery (the anti-lockout check refuses it otherwise).
+    /// neighbour discovery (the anti-lockout check refuses it otherwise), or while an
+    /// agent manages the pin root (it will put its own policy back).
     #[arg(long)]
     force: bool,
     /// Roll back to the previous policy (or remove the filter if there was none)
-    /// unless `airlock confirm` is run within this time, e.g. 60s or 5m. The rollback
-    /// happens even if this process dies.
-    #[arg(long, value_name = "DURATION")]
+    /// unless `airlock confirm` is run within this time, e.g. 2m or 5m (10s to 24h).
+    /// The rollback happens even if this process dies.
+    #[arg(long, value_name = "DURATION", value_parser = safe::parse_confirm_window)]
     confirm: Option<humantime::Duration>,
 }
 
@@ -52,6 +55,11 @@ enum ModeArg {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    if !args.dry_run {
+        preflight::kernel_access("apply", &root)?;
+        agent_guard::check(agent_guard::Guarded::Apply, &root, args.force)?;
+    }
     let started = std::time::Instant::now();
     let mut policy = policy::load(&args.policy)?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy loaded");
@@ -61,16 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ModeArg::Monitor => Mode::Monitor,
         };
     }
-    if let Some(within) = args.confirm
-        && *within > confirm::MAX_CONFIRM
-    {
-        return Err(UsageError(format!(
-            "--confirm {within}: at most {}",
-            humantime::format_duration(confirm::MAX_CONFIRM)
-        ))
-        .into());
-    }
-    let root = PinRoot::new(&args.pin_root.pin_root);
+    // An apply that filters nothing while saying it succeeded would be a lie.
+    interfaces::check_globs_match(&args.ifaces)?;
     let options = pipeline::Options {
         iface_overrides: args.ifaces.clone(),
         force: args.force,
@@ -107,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     output::applied(
+        &root,
         &applied.outcomes,
         &applied.plan.compiled,
         &tunnels,

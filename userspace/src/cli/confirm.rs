@@ -9,7 +9,7 @@ use airlock::{
     safety::confirm::{self, Confirmed},
 };
 
-use super::{OutputFormat, PinRootArg, UsageError, output};
+use super::{OutputFormat, PinRootArg, UsageError, agent_guard, output, preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,11 +22,16 @@ pub struct Args {
     #[command(flatten)]
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
+    /// Confirm even while an agent manages the pin root.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    preflight::kernel_access("confirm", &root)?;
+    agent_guard::check(agent_guard::Guarded::Confirm, &root, args.force)?;
     let ifaces = if args.all { Vec::new() } else { args.ifaces };
     let results = confirm::confirm(&root, &ifaces)?;
     let kept = results

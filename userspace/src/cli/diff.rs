@@ -12,7 +12,7 @@ use airlock::{
 };
 use serde_json::json;
 
-use super::{OutputFormat, PinRootArg, output};
+use super::{OutputFormat, PinRootArg, output, preflight};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -29,10 +29,27 @@ pub struct Args {
     #[command(flatten)]
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
+    /// Exit 1 when NEW changes anything on some interface, 0 when it changes
+    /// nothing (as `git diff --exit-code`); an invalid policy or bad usage still
+    /// exits 2, and any other failure exits 3 instead of 1.
+    #[arg(long)]
+    exit_code: bool,
 }
 
+/// Marks a failure of `diff --exit-code`, whose exit code 1 means "changes".
+#[derive(Debug, thiserror::Error)]
+#[error("diff")]
+pub struct DiffFailed;
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let exit_code = args.exit_code;
+    run_inner(args).map_err(|e| if exit_code { e.context(DiffFailed) } else { e })
+}
+
+fn run_inner(args: Args) -> anyhow::Result<ExitCode> {
+    let root = PinRoot::new(&args.pin_root.pin_root);
+    preflight::kernel_access("diff", &root)?;
     let policy = policy::load(&args.policy)?;
     let compiled = compile::compile(&policy)?;
     let new = Side {
@@ -41,7 +58,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         v4: compile::ranges::canonical(&compiled.v4),
         v6: compile::ranges::canonical(&compiled.v6),
     };
-    let root = PinRoot::new(&args.pin_root.pin_root);
     let mut ifaces = args.ifaces.clone();
     if ifaces.is_empty() {
         ifaces = root.interfaces()?;
@@ -67,6 +83,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let d = diff::diff(old.as_ref(), &new, args.limit);
         results.push((iface.clone(), old.map(|o| o.summary), d));
     }
+    let changed = results.iter().any(|(_, _, d)| d.changed);
+    let outcome = if args.exit_code && changed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
     if args.output == OutputFormat::Json {
         let list: Vec<_> = results
             .iter()
@@ -84,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "policy": args.policy.display().to_string(),
             "interfaces": list,
         }))?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(outcome);
     }
     for (iface, in_force, d) in &results {
         match in_force {
@@ -101,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         print_human(d);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome)
 }
 
 fn list(prefix: &str, l: &PrefixList) -> Option<String> {

@@ -18,7 +18,8 @@ pub struct Args {
     /// Source address of the packet.
     #[arg(long)]
     src: IpAddr,
-    /// Destination port and protocol, e.g. 5432/tcp or 53/udp.
+    /// Destination port and protocol, e.g. 5432/tcp or 53/udp; a bare port is TCP,
+    /// as in the policy language.
     #[arg(long, conflicts_with_all = ["icmp_type", "fragment"])]
     port: Option<String>,
     /// An ICMP (IPv4 source) or ICMPv6 (IPv6 source) message of this type instead.
@@ -28,7 +29,7 @@ pub struct Args {
     #[arg(long)]
     fragment: bool,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
     /// Also run the packet through the attached kernel program (BPF_PROG_TEST_RUN)
     /// and compare; exit 1 if they disagree.
     #[arg(long)]
@@ -43,10 +44,10 @@ pub struct Args {
 fn parse_port(spec: &str) -> Result<L4, UsageError> {
     let bad = || {
         UsageError(format!(
-            "--port {spec:?}: expected PORT/tcp or PORT/udp, e.g. 5432/tcp"
+            "--port {spec:?}: expected PORT, PORT/tcp or PORT/udp, e.g. 5432/tcp"
         ))
     };
-    let (port, proto) = spec.split_once('/').ok_or_else(bad)?;
+    let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
     let dst_port: u16 = port.parse().map_err(|_| bad())?;
     match proto {
         "tcp" => Ok(L4::Tcp { dst_port }),
@@ -56,6 +57,10 @@ fn parse_port(spec: &str) -> Result<L4, UsageError> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = airlock::loader::PinRoot::new(&args.pin_root.pin_root);
+    if args.live {
+        super::preflight::kernel_access("explain --live", &root)?;
+    }
     let policy = policy::load(&args.policy)?;
     let l4 = match (&args.port, args.icmp_type, args.fragment) {
         (Some(spec), _, _) => parse_port(spec)?,
@@ -82,14 +87,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             verdict: &verdict,
             rule,
             iface: args.iface,
-            root: airlock::loader::PinRoot::new(&args.pin_root.pin_root),
+            root,
             output: args.output,
         });
     }
     if args.output == OutputFormat::Json {
         output::print_json(&json!({
             "src": args.src.to_string(),
-            "packet": format!("{l4:?}"),
+            "packet": output::packet_json(&l4),
             "verdict": if verdict.pass { "pass" } else { "drop" },
             "reason": verdict.reason.name(),
             "rule": rule,

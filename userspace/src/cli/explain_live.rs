@@ -96,7 +96,7 @@ pub fn run(live: Live<'_>) -> anyhow::Result<ExitCode> {
     if live.output == OutputFormat::Json {
         output::print_json(&json!({
             "src": live.src.to_string(),
-            "packet": format!("{:?}", live.l4),
+            "packet": output::packet_json(&live.l4),
             "iface": iface,
             "reference": {
                 "verdict": if reference.pass { "pass" } else { "drop" },

@@ -2,18 +2,23 @@
 //! dispatch to one module per verb.
 
 mod agent;
+mod agent_guard;
 mod apply;
 mod confirm;
 mod diff;
+mod docs;
 mod explain;
 mod explain_live;
 mod grace_record;
 mod output;
+mod preflight;
 mod regions;
 mod remove;
+mod report;
 mod safe;
 mod status;
 mod validate;
+pub mod version;
 mod watch;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -23,17 +28,45 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Airlock: an IP allowlist enforced in the kernel with XDP.
 #[derive(Parser, Debug)]
-#[command(name = "airlock", version, about, propagate_version = true)]
+#[command(
+    name = "airlock",
+    version,
+    about,
+    propagate_version = true,
+    after_long_help = ENVIRONMENT_AND_EXIT_STATUS
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log errors only (no warnings or progress on stderr). What a command prints
+    /// on stdout, and its exit code, stay the same. `AIRLOCK_LOG` overrides -v/-q.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     /// Log format on stderr: human (default) or json (one JSON object per line).
     #[arg(long, value_enum, default_value_t, global = true)]
     pub log_format: LogFormat,
 }
+
+/// The end of `airlock --help` and of airlock(1).
+const ENVIRONMENT_AND_EXIT_STATUS: &str = "\
+Environment:
+  AIRLOCK_LOG       what to log on stderr, a tracing filter (e.g. warn, debug,
+                    airlock=trace,aya=info); wins over -v and -q
+  AIRLOCK_PIN_ROOT  the pin root, as --pin-root (default /sys/fs/bpf/airlock)
+  NO_COLOR          no colour in human log lines
+
+Exit status:
+  0  success
+  1  runtime failure (diff --exit-code: changes; failures exit 3)
+  2  bad usage, an invalid policy, or a refusal that changed nothing (anti-lockout,
+     a pending confirmation, an agent managing the pin root)
+
+-o json: every command's JSON carries schema_version; its shape is documented in
+docs/schemas/<command>.schema.json, and a failure is one JSON object on stdout
+(docs/schemas/error.schema.json).";
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -91,6 +124,14 @@ enum Command {
     ///
     /// Example: airlock diff -f new-policy.yaml
     Diff(diff::Args),
+    /// Print shell completions for SHELL on stdout.
+    ///
+    /// Example: airlock completions bash > /usr/share/bash-completion/completions/airlock
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page airlock(1) (roff), or write every page with --dir.
+    ///
+    /// Example: airlock man | man -l -
+    Man(docs::ManArgs),
     /// Started by `apply --confirm`: rolls back at the deadline unless confirmed.
     #[command(hide = true)]
     ConfirmWatchdog(confirm::WatchdogArgs),
@@ -111,8 +152,44 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Watch(args) => watch::run(args),
         Command::Confirm(args) => confirm::run(args),
         Command::Diff(args) => diff::run(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
         Command::ConfirmWatchdog(args) => confirm::run_watchdog(args),
         Command::GraceRecord(args) => grace_record::run(args),
+    }
+}
+
+impl Cli {
+    /// Whether the command was asked for JSON (`-o json`): its errors are JSON too.
+    pub fn json_output(&self) -> bool {
+        let output = match &self.command {
+            Command::Apply(a) => a.output,
+            Command::Status(a) => a.output,
+            Command::Validate(a) => a.output,
+            Command::Explain(a) => a.output,
+            Command::Regions(a) => a.output,
+            Command::Confirm(a) => a.output,
+            Command::Diff(a) => a.output,
+            Command::Remove(a) => a.output,
+            Command::Watch(a) => a.output,
+            _ => OutputFormat::Human,
+        };
+        output == OutputFormat::Json
+    }
+
+    /// The policy file of an `airlock agent` command line.
+    fn agent_policy(self) -> Option<PathBuf> {
+        match self.command {
+            Command::Agent(args) => Some(args.policy),
+            _ => None,
+        }
+    }
+
+    /// The long-running agent keeps Rust's default of ignoring SIGPIPE (a `watch`
+    /// client that goes away must not kill it); every other command dies of it
+    /// quietly, as `cat` does, when its reader is gone (`airlock status | head`).
+    pub fn exits_on_closed_pipe(&self) -> bool {
+        !matches!(self.command, Command::Agent(_))
     }
 }
 
@@ -127,7 +204,8 @@ fn parse_xdp_mode(value: &str) -> Result<airlock::policy::XdpMode, String> {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// 2 for an invalid policy or bad usage, 1 for everything else.
+/// 2 for an invalid policy or bad usage, 1 for everything else (3 for
+/// `diff --exit-code`, where 1 means "changes").
 pub fn exit_code_for(error: &anyhow::Error) -> u8 {
     let invalid = error.chain().any(|cause| {
         cause.is::<PolicyError>()
@@ -135,19 +213,32 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
             || cause.is::<UsageError>()
             || cause.is::<airlock::safety::lockout::LockoutError>()
             || cause.is::<airlock::safety::confirm::PendingConflict>()
+            || cause.is::<agent_guard::AgentManages>()
+            || cause
+                .downcast_ref::<airlock::interfaces::InterfaceError>()
+                .is_some_and(airlock::interfaces::InterfaceError::is_usage)
             || cause
                 .downcast_ref::<airlock::pipeline::Error>()
                 .is_some_and(airlock::pipeline::Error::is_refusal)
     });
-    if invalid { 2 } else { 1 }
+    if invalid {
+        2
+    } else if error.chain().any(|cause| cause.is::<diff::DiffFailed>()) {
+        3
+    } else {
+        1
+    }
 }
 
-pub fn init_logging(verbose: u8, format: LogFormat) {
+/// Logs go to stderr. `AIRLOCK_LOG` (a `tracing` filter: `debug`, or
+/// `airlock=trace,aya=info`) wins over -v and -q.
+pub fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal as _;
@@ -164,5 +255,14 @@ pub fn init_logging(verbose: u8, format: LogFormat) {
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .with_target(false)
             .init(),
+    }
+}
+
+/// Says what failed: on stderr for a person (an invalid policy's diagnostics one per
+/// line), and with `-o json` also as JSON on stdout.
+pub fn report_error(error: &anyhow::Error, code: u8, json: bool) {
+    eprintln!("airlock: {}", report::text(error));
+    if json {
+        let _ = output::print_json(&report::json(error, code));
     }
 }

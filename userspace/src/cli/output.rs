@@ -1,13 +1,41 @@
 //! Human and JSON renderings shared by several verbs.
 
-use airlock::{compile::Compiled, loader::ApplyOutcome, policy::Policy, tunnels::TunnelWarning};
-use serde_json::json;
+use airlock::{
+    compile::Compiled,
+    loader::{self, ApplyOutcome, LINK_PIN, LinkKind, PinRoot},
+    policy::Policy,
+    reference::L4,
+    tunnels::TunnelWarning,
+};
+use serde_json::{Value, json};
 
 use super::OutputFormat;
 
+/// The version of every command's JSON shape (docs/schemas/): raised when a field
+/// changes meaning or goes away; new fields may appear within a version.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Prints one command's JSON result, with its `schema_version`.
 pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("schema_version".into(), SCHEMA_VERSION.into());
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())
+}
+
+/// The packet `explain` judged, as fields: `protocol` (tcp, udp, icmp, icmpv6,
+/// other, non_first_fragment) and the one number that goes with it.
+pub fn packet_json(l4: &L4) -> Value {
+    match *l4 {
+        L4::Tcp { dst_port } => json!({ "protocol": "tcp", "dst_port": dst_port }),
+        L4::Udp { dst_port } => json!({ "protocol": "udp", "dst_port": dst_port }),
+        L4::Icmp { icmp_type } => json!({ "protocol": "icmp", "icmp_type": icmp_type }),
+        L4::Icmpv6 { icmp_type } => json!({ "protocol": "icmpv6", "icmp_type": icmp_type }),
+        L4::Other { protocol } => json!({ "protocol": "other", "ip_protocol": protocol }),
+        L4::NonFirstFragment => json!({ "protocol": "non_first_fragment" }),
+    }
 }
 
 pub fn dry_run(
@@ -67,7 +95,11 @@ pub fn dry_run(
     Ok(())
 }
 
+/// What an apply did on each interface. `attached` is read back from the kernel
+/// (the pinned link is on this interface); `action` says whether this apply attached
+/// the filter or swapped the policy of one already attached.
 pub fn applied(
+    root: &PinRoot,
     done: &[ApplyOutcome],
     compiled: &Compiled,
     tunnels: &[TunnelWarning],
@@ -78,9 +110,13 @@ pub fn applied(
         let items: Vec<_> = done
             .iter()
             .map(|o| {
+                let link = root.interface_dir(&o.iface).join(LINK_PIN);
+                let attached = loader::pinned_link_state(&link, LinkKind::Xdp)
+                    .is_ok_and(|l| Some(l.ifindex) == loader::interface_index(&o.iface));
                 json!({
                     "iface": o.iface,
-                    "attached": o.attached,
+                    "attached": attached,
+                    "action": if o.attached { "attached" } else { "swapped" },
                     "attach_mode": o.attach_mode.as_str(),
                     "generation": o.generation,
                     "serial": o.serial,

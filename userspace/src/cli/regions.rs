@@ -10,7 +10,7 @@ use super::{OutputFormat, output};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -38,3 +38,27 @@ pub fn pending_json(root: &PinRoot, iface: &str) -> Value {
         _ => Value::Null,
     }
 }
+
+/// The shortest probation `--confirm` accepts. Confirming means reading the
+/// PENDING line and typing `airlock confirm` in a session that still works, and
+/// checking first that you can still get in (a second SSH login) takes longer:
+/// a window shorter than this could only ever roll back, whatever the policy does.
+pub const MIN_CONFIRM: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `--confirm DURATION`: between [`MIN_CONFIRM`] and `confirm::MAX_CONFIRM`.
+pub fn parse_confirm_window(text: &str) -> Result<humantime::Duration, String> {
+    let within: humantime::Duration = text.parse().map_err(|e| format!("{e}; e.g. 2m or 90s"))?;
+    if *within < MIN_CONFIRM {
+        return Err(format!(
+            "{text} is too short to react in: at least {} (the time to read the PENDING line and type `airlock confirm`; checking first that you can still log in takes longer), e.g. --confirm 2m",
+            humantime::format_duration(MIN_CONFIRM)
+        ));
+    }
+    if *within > confirm::MAX_CONFIRM {
+        return Err(format!(
+            "{text} is longer than {}; e.g. --confirm 2m",
+            humantime::format_duration(confirm::MAX_CONFIRM)
+        ));
+    }
+    Ok(within)
+}

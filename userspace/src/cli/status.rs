@@ -9,14 +9,14 @@ use airlock::{
 use airlock_common::{Counter, Reason};
 use serde_json::{Value, json};
 
-use super::{OutputFormat, PinRootArg, output, safe};
+use super::{OutputFormat, PinRootArg, output, preflight, safe};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pin_root: PinRootArg,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
     /// The agent's `--state-dir`: while an agent manages the pin root, its own
     /// report (is the policy file what is enforced? its last rejection) is read there.
     #[arg(long, default_value = agent::DEFAULT_STATE_DIR)]
@@ -104,6 +104,7 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    preflight::kernel_access("status", &root)?;
     safe::finish_expired(&root);
     let mut all = Vec::new();
     for iface in root.interfaces()? {

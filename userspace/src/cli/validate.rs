@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(short = 'f', long = "file")]
     policy: PathBuf,
     #[arg(short, long, value_enum, default_value_t)]
-    output: OutputFormat,
+    pub(super) output: OutputFormat,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -53,5 +53,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stats.entries.v4,
         stats.entries.v6
     );
+    if p.interfaces == policy::Interfaces::Unspecified {
+        println!("  it lists no interfaces: apply it with --iface IF (or add `interfaces: [...]`)");
+    }
     Ok(ExitCode::SUCCESS)
 }

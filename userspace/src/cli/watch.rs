@@ -14,7 +14,7 @@ use airlock::{
     samples::{DropEvent, DropRecord, open_ring},
 };
 
-use super::PinRootArg;
+use super::{OutputFormat, PinRootArg};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,6 +26,9 @@ pub struct Args {
     /// The agent's `--state-dir`: while an agent runs, the samples come through it.
     #[arg(long, default_value = agent::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// json: one JSON object per line per sample (docs/schemas/watch.schema.json).
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(super) output: OutputFormat,
 }
 
 /// Samples are rate limited in the kernel; looking 10 times a second is ample.
@@ -36,6 +39,7 @@ const POLL: Duration = Duration::from_millis(100);
 /// without an agent, from every interface's ring directly.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
+    super::preflight::kernel_access("watch", &root)?;
     let deadline = args
         .seconds
         .map(|s| Instant::now() + Duration::from_secs(s));
@@ -51,8 +55,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(stream) => {
             let who = holder().map(|h| format!(" ({h})")).unwrap_or_default();
             eprintln!("reading the drop samples of the airlock agent{who}");
-            print_header();
-            return through_agent(stream, deadline);
+            let out = Printer::new(args.output);
+            out.header();
+            return through_agent(stream, deadline, &out);
         }
         Err(error) => {
             if let Some(holder) = holder() {
@@ -63,10 +68,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    from_rings(&root, deadline)
+    from_rings(&root, deadline, &Printer::new(args.output))
 }
 
-fn from_rings(root: &PinRoot, deadline: Option<Instant>) -> anyhow::Result<ExitCode> {
+fn from_rings(
+    root: &PinRoot,
+    deadline: Option<Instant>,
+    out: &Printer,
+) -> anyhow::Result<ExitCode> {
     let mut rings = Vec::new();
     for iface in root.interfaces()? {
         let dir = root.interface_dir(&iface);
@@ -78,13 +87,14 @@ fn from_rings(root: &PinRoot, deadline: Option<Instant>) -> anyhow::Result<ExitC
         rings.push((iface, names, open_ring(&dir)?));
     }
     if rings.is_empty() {
-        println!(
+        // On stderr: with -o json, stdout holds samples only.
+        eprintln!(
             "no Airlock filter is pinned under {}",
             root.path().display()
         );
         return Ok(ExitCode::SUCCESS);
     }
-    print_header();
+    out.header();
     while deadline.is_none_or(|d| Instant::now() < d) {
         let mut quiet = true;
         for (iface, names, ring) in &mut rings {
@@ -94,7 +104,7 @@ fn from_rings(root: &PinRoot, deadline: Option<Instant>) -> anyhow::Result<ExitC
                     continue;
                 };
                 let rule = event.rule.and_then(|i| names.get(i as usize).cloned());
-                print_row(&DropRecord::new(iface, &event, rule));
+                out.row(&DropRecord::new(iface, &event, rule))?;
             }
         }
         if quiet {
@@ -106,7 +116,11 @@ fn from_rings(root: &PinRoot, deadline: Option<Instant>) -> anyhow::Result<ExitC
 
 /// Prints the agent's samples (one JSON line each) until `deadline` or until the
 /// agent goes away.
-fn through_agent(stream: UnixStream, deadline: Option<Instant>) -> anyhow::Result<ExitCode> {
+fn through_agent(
+    stream: UnixStream,
+    deadline: Option<Instant>,
+    out: &Printer,
+) -> anyhow::Result<ExitCode> {
     stream.set_read_timeout(Some(POLL))?;
     let mut lines = BufReader::new(stream);
     // Bytes, not a String: a read that times out keeps what it read, even half of
@@ -121,7 +135,7 @@ fn through_agent(stream: UnixStream, deadline: Option<Instant>) -> anyhow::Resul
             // A whole line: a timeout may have left a part of one in `line`.
             Ok(_) if line.ends_with(b"\n") => {
                 if let Ok(record) = serde_json::from_slice::<DropRecord>(&line) {
-                    print_row(&record);
+                    out.row(&record)?;
                 } else if let Ok(missed) = serde_json::from_slice::<agent::Missed>(&line) {
                     eprintln!("({} samples skipped: this view fell behind)", missed.missed);
                 }
@@ -135,35 +149,60 @@ fn through_agent(stream: UnixStream, deadline: Option<Instant>) -> anyhow::Resul
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_header() {
-    println!(
-        "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} reason",
-        "time", "interface", "source", "proto", "port", "rule"
-    );
+/// Samples as a table for a person, or as JSON lines: each the agent's record with
+/// the time it was shown and the schema version.
+struct Printer {
+    format: OutputFormat,
 }
 
-fn print_row(record: &DropRecord) {
-    let verdict = if record.verdict == "would_drop" {
-        " (monitor: passed)"
-    } else {
-        ""
-    };
-    let rule = if record.rule.is_empty() {
-        "-"
-    } else {
-        &record.rule
-    };
-    println!(
-        "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} {}{verdict}",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .get(11..19)
-            .unwrap_or(""),
-        record.interface,
-        record.source,
-        record.protocol,
-        record.dst_port,
-        rule,
-        record.reason,
-    );
+impl Printer {
+    fn new(format: OutputFormat) -> Self {
+        Self { format }
+    }
+
+    fn header(&self) {
+        if self.format == OutputFormat::Human {
+            println!(
+                "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} reason",
+                "time", "interface", "source", "proto", "port", "rule"
+            );
+        }
+    }
+
+    fn row(&self, record: &DropRecord) -> anyhow::Result<()> {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        if self.format == OutputFormat::Json {
+            let mut value = serde_json::to_value(record)?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("time".into(), now.into());
+                object.insert(
+                    "schema_version".into(),
+                    super::output::SCHEMA_VERSION.into(),
+                );
+            }
+            println!("{value}");
+            return Ok(());
+        }
+        let verdict = if record.verdict == "would_drop" {
+            " (monitor: passed)"
+        } else {
+            ""
+        };
+        let rule = if record.rule.is_empty() {
+            "-"
+        } else {
+            &record.rule
+        };
+        println!(
+            "{:<8} {:<12} {:<40} {:<7} {:>6}  {:<22} {}{verdict}",
+            now.get(11..19).unwrap_or(""),
+            record.interface,
+            record.source,
+            record.protocol,
+            record.dst_port,
+            rule,
+            record.reason,
+        );
+        Ok(())
+    }
 }

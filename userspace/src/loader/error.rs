@@ -133,6 +133,23 @@ impl LoaderError {
             source,
         }
     }
+
+    /// Whether the kernel refused for want of privileges (EACCES, EPERM): such an
+    /// error says nothing about what is pinned, attached or pending, and must never
+    /// be read as "absent".
+    pub fn is_permission_denied(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)))
+            {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
 }
 
 impl From<crate::link_type::LinkTypeError> for LoaderError {

@@ -195,6 +195,8 @@ pub fn apply(
                 );
                 pins::remove_dir(&dir)?;
             }
+            // Not knowing is not "detached": reinstalling would tear down a live filter.
+            Err(error) if error.is_permission_denied() => return Err(error),
             state => {
                 // The interface was deleted (and maybe recreated) or the link was
                 // removed behind our back: nothing is filtering, so start afresh.

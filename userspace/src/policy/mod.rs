@@ -83,6 +83,8 @@ pub enum Interfaces {
     Auto,
     /// These interfaces (valid Linux names, no duplicates).
     Named(Vec<String>),
+    /// No `interfaces` key: whoever applies the policy names them (`--iface`).
+    Unspecified,
 }
 
 /// `mode:`.

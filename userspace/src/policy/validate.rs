@@ -232,15 +232,10 @@ fn valid_ifname(name: &str) -> bool {
 }
 
 fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces> {
+    // The command line's --iface overrides the list, so it may be left out; applying
+    // such a policy without --iface is refused then (`interfaces::resolve`).
     let Some(node) = top.get_node("interfaces") else {
-        ctx.error(
-            raw::map_pos(top),
-            "interfaces",
-            None,
-            "missing required key \"interfaces\"",
-            Some("e.g. `interfaces: [eth0]`, or `[auto]` for the default route's interface".into()),
-        );
-        return None;
+        return Some(Interfaces::Unspecified);
     };
     let s = raw::seq(ctx, node, "interfaces", "interface names", "[eth0]")?;
     if s.is_empty() {

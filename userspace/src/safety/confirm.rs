@@ -124,6 +124,20 @@ pub fn pending_all(root: &PinRoot, now: u64) -> Vec<Pending> {
         .collect()
 }
 
+/// Like [`pending_all`], but an interface whose maps the kernel refuses to show
+/// (EACCES, EPERM) is an error: `confirm` must not answer "nothing pending" then.
+fn pending_readable(root: &PinRoot, now: u64) -> Result<Vec<Pending>, LoaderError> {
+    let mut found = Vec::new();
+    for iface in root.interfaces()? {
+        match pending(root, &iface, now) {
+            Ok(Some(p)) => found.push(p),
+            Err(error) if error.is_permission_denied() => return Err(error),
+            Ok(None) | Err(_) => {}
+        }
+    }
+    Ok(found)
+}
+
 /// Why a rollback happens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cause {
@@ -368,13 +382,16 @@ pub enum Confirmed {
 /// Confirms the pending applies on `ifaces` (every interface when empty). Returns
 /// what happened on each interface that had one.
 pub fn confirm(root: &PinRoot, ifaces: &[String]) -> Result<Vec<Confirmed>, LoaderError> {
-    if !root.path().exists() {
-        return Ok(Vec::new());
+    // A root that cannot be looked at is an error, not "nothing pending".
+    match root.path().try_exists() {
+        Ok(true) => {}
+        Ok(false) => return Ok(Vec::new()),
+        Err(e) => return Err(LoaderError::io("checking", root.path(), e)),
     }
     let _lock = WriterLock::acquire(root)?;
     let now = now_unix();
     let mut out = Vec::new();
-    for p in pending_all(root, now) {
+    for p in pending_readable(root, now)? {
         if !ifaces.is_empty() && !ifaces.contains(&p.iface) {
             continue;
         }

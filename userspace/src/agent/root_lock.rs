@@ -1,0 +1,60 @@
+//! An agent's claim on its pin root: an exclusive `flock` on `%agent`, a 0700
+//! directory in the pin root itself (bpffs holds no regular files; no escaped
+//! interface name starts with `%`). It follows the pin root, not `--state-dir`, so
+//! two agents on one pin root exclude each other whatever their state directories
+//! say, and the CLI finds the agent from the pin root alone, even one in a container
+//! with a bpffs shared from the host. The kernel drops the lock when the agent dies.
+
+use std::{fs::File, os::unix::fs::MetadataExt as _, path::Path};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::AgentError;
+use crate::{
+    loader::{LoaderError, PinRoot},
+    trust,
+};
+
+const AGENT_LOCK_DIR: &str = "%agent";
+
+pub struct RootLock {
+    _lock: Flock<File>,
+}
+
+/// Takes the pin root's agent lock; the pin root must be mounted (and so checked).
+/// Like the writer lock's `%lock`: 0700 and root's, so no other user can hold it.
+pub fn acquire(root: &PinRoot) -> Result<RootLock, AgentError> {
+    let path = root.path().join(AGENT_LOCK_DIR);
+    let dir = trust::open_lock_dir(&path).map_err(|e| AgentError::Loader(LoaderError::Trust(e)))?;
+    Flock::lock(dir, FlockArg::LockExclusiveNonblock)
+        .map(|lock| RootLock { _lock: lock })
+        .map_err(|_| AgentError::AlreadyRunning {
+            pin_root: root.path().to_owned(),
+            holder: agent_pid(root.path())
+                .map_or_else(|| "another process".into(), |pid| format!("pid {pid}")),
+            lock: path.clone(),
+        })
+}
+
+/// The process id of the agent that manages `pin_root`, if one runs. Read from
+/// /proc/locks, never by trying the lock: taking it even for a moment could make an
+/// agent starting at that moment refuse to run.
+pub fn agent_pid(pin_root: &Path) -> Option<u32> {
+    let meta = std::fs::symlink_metadata(pin_root.join(AGENT_LOCK_DIR)).ok()?;
+    // As the kernel prints a lock's file: device major:minor in hex, then inode.
+    let file = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    // "1: FLOCK  ADVISORY  WRITE 1234 00:2d:5678 0 EOF"; a waiter's line has "->"
+    // after the number.
+    locks.lines().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        (words.get(1) == Some(&"FLOCK") && words.get(5) == Some(&file.as_str()))
+            .then(|| words.get(4)?.parse().ok())
+            .flatten()
+    })
+}
