@@ -151,9 +151,12 @@ impl LinkLayer for Ethernet {
 impl LinkLayer for RawIp {
     /// The version nibble says the family, as the kernel's tun driver decides it;
     /// anything else cannot be delivered as IP and is malformed, not "non-IP".
+    /// Two bytes are read, not one: the check for one byte at offset 0 compiles to
+    /// `start >= end`, from which the verifier grants no readable range. (Any IP
+    /// header is 20 bytes or more, so no verdict changes.)
     #[inline(always)]
     fn network(ctx: &Bytes) -> Option<(u16, usize)> {
-        match read::<1>(ctx, 0)?[0] >> 4 {
+        match read::<2>(ctx, 0)?[0] >> 4 {
             4 => Some((ETH_P_IPV4, 0)),
             6 => Some((ETH_P_IPV6, 0)),
             _ => None,
