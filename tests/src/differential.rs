@@ -20,6 +20,8 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
+use airlock::link_type::Framing;
+
 use crate::kernel::{Harness, answered_flow};
 use crate::packet::{
     ETH_P_LLDP, Ext, FrameSpec, IPPROTO_ESP, IPPROTO_GRE, IPPROTO_NONE, IPPROTO_SCTP,
@@ -83,16 +85,30 @@ pub fn parse_seed(s: &str) -> u64 {
 }
 
 /// Judges `frames` random frames (at least), `progress` called after each policy.
-pub fn run(seed: u64, frames: usize, mut progress: impl FnMut(&Report)) -> Report {
+pub fn run(seed: u64, frames: usize, progress: impl FnMut(&Report)) -> Report {
+    run_on(Framing::Ethernet, seed, frames, progress)
+}
+
+/// [`run`] through the program for `framing`. For [`Framing::Ip`] (tun, WireGuard:
+/// the frame starts at the IP header) the frames are the untagged IP ones with
+/// their Ethernet header taken off; their class is the same, except where the
+/// ethertype and the version nibble disagree (without a link layer only the
+/// nibble speaks), so those are left out.
+pub fn run_on(
+    framing: Framing,
+    seed: u64,
+    frames: usize,
+    mut progress: impl FnMut(&Report),
+) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut h = Harness::new();
+    let mut h = Harness::for_framing(framing);
     let mut report = Report {
         seed,
         ..Report::default()
     };
     while report.frames < frames {
         if report.policies > 0 && report.policies.is_multiple_of(POLICIES_PER_FILTER) {
-            h = Harness::new();
+            h = Harness::for_framing(framing);
         }
         let yaml = random_policy(&mut rng);
         let policy = h.apply(&yaml);
@@ -114,7 +130,10 @@ pub fn run(seed: u64, frames: usize, mut progress: impl FnMut(&Report)) -> Repor
                 }
             }
             for spec in specs {
-                judge(&mut rng, &mut h, &mut report, spec, &yaml);
+                if framing == Framing::Ip && !has_ip_framing(&spec) {
+                    continue;
+                }
+                judge(&mut rng, &mut h, &mut report, spec, &yaml, framing);
             }
         }
         progress(&report);
@@ -122,10 +141,33 @@ pub fn run(seed: u64, frames: usize, mut progress: impl FnMut(&Report)) -> Repor
     report
 }
 
-fn judge(rng: &mut StdRng, h: &mut Harness, report: &mut Report, spec: FrameSpec, yaml: &str) {
-    let frame = spec.build();
+/// Whether the frame, without its Ethernet header, is one an IP-first device
+/// delivers with the same meaning: untagged IP whose version nibble is its family's.
+fn has_ip_framing(spec: &FrameSpec) -> bool {
+    spec.tags.is_empty()
+        && match &spec.l3 {
+            L3::V4(v4) => v4.version == 4,
+            L3::V6(v6) => v6.version == 6,
+            _ => false,
+        }
+}
+
+fn judge(
+    rng: &mut StdRng,
+    h: &mut Harness,
+    report: &mut Report,
+    spec: FrameSpec,
+    yaml: &str,
+    framing: Framing,
+) {
+    let mut frame = spec.build();
+    if framing == Framing::Ip {
+        // The same packet as an IP-first device hands it over.
+        frame.bytes.drain(..frame.bytes.len().min(14));
+    }
     if frame.bytes.len() < 14 {
-        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header (for
+        // either program).
         return;
     }
     // Some packets answer a flow the host opened (or one that expired): rule 6's

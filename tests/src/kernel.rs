@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use airlock::compile;
+use airlock::link_type::Framing;
 use airlock::loader::{Counters, Flow, FlowTable, LoadedFilter, PolicySummary, monotonic_ns};
 use airlock::policy::{self, Policy};
 use airlock::reference::{self, L4, PacketClass, Verdict};
@@ -143,8 +144,14 @@ impl Default for Harness {
 impl Harness {
     /// Loads the real embedded object: the verifier sees exactly what ships.
     pub fn new() -> Self {
+        Self::for_framing(Framing::Ethernet)
+    }
+
+    /// [`Harness::new`] with the program for `framing` (`Framing::Ip`: the one
+    /// for devices whose frames start at the IP header).
+    pub fn for_framing(framing: Framing) -> Self {
         require_root();
-        let mut filter = LoadedFilter::load()
+        let mut filter = LoadedFilter::load_for(framing)
             .unwrap_or_else(|e| panic!("loading the XDP program failed: {e:?}"));
         let flows = FlowTable::of(&mut filter.ebpf)
             .unwrap_or_else(|e| panic!("no flow table in the object: {e:?}"));

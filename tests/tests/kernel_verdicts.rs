@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, Mutex};
 
 use airlock::compile;
+use airlock::link_type::Framing;
 use airlock::loader::{LoadedFilter, PolicySummary};
 use airlock::policy::Proto;
 use airlock::reference::{self, PacketClass};
@@ -1272,6 +1273,40 @@ fn neighbour_discovery_and_router_advertisements_pass() {
 // ---------------------------------------------------------------------------
 // 3. Randomized differential test (tests/src/differential.rs).
 // ---------------------------------------------------------------------------
+
+/// The same random run through the program for devices without a link-layer
+/// header (tun, WireGuard): the IP frames, Ethernet header taken off.
+#[test]
+fn random_frames_through_the_ip_first_program_agree_with_the_reference_model() {
+    let seed = differential::seed_from_env();
+    let report = differential::run_on(Framing::Ip, seed, 30_000, |_| {});
+    println!(
+        "IP-first program: {} frames over {} policies; verdicts by reason: {:?}",
+        report.frames, report.policies, report.by_reason
+    );
+    for (_, d) in report.disagreements.iter().take(10) {
+        println!("---- disagreement ----\n{d}");
+    }
+    assert!(
+        report.disagreements.is_empty(),
+        "{} of {} frames disagree with the reference model (seed {seed:#x})",
+        report.disagreements.len(),
+        report.frames
+    );
+    assert!(report.frames >= 30_000);
+    for reason in [
+        Reason::RuleAllowed,
+        Reason::RuleRefused,
+        Reason::Malformed,
+        Reason::FragmentPass,
+    ] {
+        assert!(
+            report.by_reason.contains_key(reason.name()),
+            "no packet got {}",
+            reason.name()
+        );
+    }
+}
 
 /// At least this many frames in the suite; `cargo xtask soak` runs more.
 const DIFFERENTIAL_FRAMES: usize = 100_000;
