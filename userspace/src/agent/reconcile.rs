@@ -239,12 +239,12 @@ impl Reconciler {
     /// policy on every interface: those pinned, and those `--iface` names. It has
     /// nothing to repair them with.
     fn check_adopted(&mut self) -> bool {
-        let mut selected: BTreeSet<String> = self
-            .root
-            .interfaces()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        // A pin root that cannot be read (refused as untrusted, say) is not "no
+        // filter pinned": say why.
+        let mut selected: BTreeSet<String> = match self.root.interfaces() {
+            Ok(pinned) => pinned.into_iter().collect(),
+            Err(error) => return self.adopted_not_ready(error.to_string()),
+        };
         match interfaces::expand_overrides(&self.overrides) {
             Ok(names) => selected.extend(names),
             Err(error) => return self.adopted_not_ready(error.to_string()),
