@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod reference;
 pub mod regions;
+mod rtnetlink;
 pub mod safety;
 pub mod samples;
 pub mod sockets;

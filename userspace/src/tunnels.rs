@@ -10,15 +10,11 @@
 
 use std::fmt;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_route::IpProtocol;
 use netlink_packet_route::link::{
     GreEncapType, InfoData, InfoGre, InfoGre6, InfoIpTunnel, InfoKind, LinkAttribute, LinkFlags,
     LinkInfo, LinkMessage, TunnelEncapType,
 };
-use netlink_packet_route::{IpProtocol, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use serde::Serialize;
 
 use crate::policy::{DefaultAction, Policy, Proto};
@@ -97,8 +93,6 @@ impl fmt::Display for TunnelWarning {
 pub enum TunnelError {
     #[error("listing network devices (rtnetlink): {0}")]
     Io(#[from] std::io::Error),
-    #[error("listing network devices (rtnetlink): {0}")]
-    Netlink(String),
 }
 
 /// The tunnel devices of this network namespace that would carry decapsulated
@@ -335,48 +329,7 @@ fn ip_tunnel_outer(attrs: &[InfoIpTunnel], default: Outer) -> Outer {
 
 /// Every link of this network namespace (RTM_GETLINK dump).
 fn dump_links() -> Result<Vec<LinkMessage>, TunnelError> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut request = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-    );
-    request.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
-    request.header.sequence_number = 1;
-    request.finalize();
-    let mut buffer = vec![0; request.buffer_len()];
-    request.serialize(&mut buffer);
-    socket.send(&buffer, 0)?;
-
-    let mut links = Vec::new();
-    // Large enough for any one message of a dump (the kernel sizes them to a page
-    // or to 32 KiB).
-    let mut receive = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket.recv(&mut &mut receive[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let message: NetlinkMessage<RouteNetlinkMessage> =
-                NetlinkMessage::deserialize(&receive[offset..size])
-                    .map_err(|e| TunnelError::Netlink(e.to_string()))?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => return Ok(links),
-                NetlinkPayload::Error(e) => {
-                    return Err(TunnelError::Netlink(e.to_string()));
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    links.push(link);
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
-        }
-    }
+    Ok(crate::rtnetlink::get_links(LinkMessage::default(), true)?)
 }
 
 #[cfg(test)]

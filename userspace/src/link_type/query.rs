@@ -4,14 +4,10 @@
 //! in, not necessarily ours (see `interfaces::existing_interfaces`), and has no XDP
 //! program ids.
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
+use netlink_packet_core::Nla as _;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp,
 };
-use netlink_packet_route::{
-    RouteNetlinkMessage,
-    link::{InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp},
-};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// `IFLA_TUN_TYPE`: the tun device's mode, `IFF_TUN` or `IFF_TAP`.
 const IFLA_TUN_TYPE: u16 = 3;
@@ -59,56 +55,14 @@ impl XdpPrograms {
 
 /// Looks `iface` up by name. `Ok(None)`: no such interface here.
 pub fn query(iface: &str) -> std::io::Result<Option<LinkFacts>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
     let mut message = LinkMessage::default();
     message
         .attributes
         .push(LinkAttribute::IfName(iface.to_owned()));
-    let mut request = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(message)),
-    );
-    request.header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    request.header.sequence_number = 1;
-    request.finalize();
-    let mut bytes = vec![0; request.buffer_len()];
-    request.serialize(&mut bytes);
-    socket.send(&bytes, 0)?;
-
-    // One RTM_NEWLINK (or an error) and then the ACK; a link message with every
-    // attribute fits in 64 KiB many times over.
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut found = None;
-    loop {
-        let size = socket.recv(&mut &mut buffer[..], 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let reply: NetlinkMessage<RouteNetlinkMessage> =
-                NetlinkMessage::deserialize(&buffer[offset..size])
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            let length = reply.header.length as usize;
-            match reply.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    found = Some(facts(iface, link));
-                }
-                NetlinkPayload::Error(error) => {
-                    return match error.code {
-                        // The ACK.
-                        None => Ok(found),
-                        Some(code) if -code.get() == libc::ENODEV => Ok(None),
-                        Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
-                    };
-                }
-                NetlinkPayload::Done(_) => return Ok(found),
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
-        }
+    match crate::rtnetlink::get_links(message, false) {
+        Ok(links) => Ok(links.into_iter().next().map(|link| facts(iface, link))),
+        Err(error) if error.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+        Err(error) => Err(error),
     }
 }
 
