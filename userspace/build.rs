@@ -1,5 +1,5 @@
 //! Compiles the XDP program (nightly, bpfel-unknown-none) and leaves the object in
-//! OUT_DIR, where `loader.rs` embeds it: `airlock` ships as one self-contained file.
+//! OUT_DIR, where `loader/object.rs` embeds it: `airlock` ships as one self-contained file.
 use std::{env, fs, path::PathBuf};
 
 use anyhow::Context as _;

@@ -1,5 +1,5 @@
 //! The return-traffic flow table: which flows the host itself has opened, so that
-//! under `default: drop` their replies pass (design.md, verdict rule 6).
+//! under `default: drop` their replies pass (docs/policy.md, verdict rule 6).
 //!
 //! Written only by the TC egress program, from packets the host sends; the XDP
 //! program only reads it. Packets arriving from outside therefore never write it

@@ -1,4 +1,4 @@
-//! Return traffic under `default: drop` (design.md, verdict rule 6).
+//! Return traffic under `default: drop` (docs/policy.md, verdict rule 6).
 //!
 //! Why Airlock keeps its own table instead of asking the kernel's conntrack
 //! (`bpf_xdp_ct_lookup`): that kfunc only finds entries when netfilter connection

@@ -1,6 +1,6 @@
 //! Airlock's XDP program: one per ingress interface, deciding every frame before the
 //! kernel's network stack sees it (and, in egress.rs, its TC egress companion that
-//! records the flows the host opens). The verdict rules are design.md's, in its order;
+//! records the flows the host opens). The verdict rules are docs/policy.md's, in its order;
 //! `userspace/src/reference.rs` states the same rules plainly and the kernel tests
 //! hold this program to it.
 #![no_std]
@@ -89,7 +89,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The verdict rules, in design.md's order. Returns the reason and, when a rule
+/// The verdict rules, in docs/policy.md's order. Returns the reason and, when a rule
 /// decided, its index.
 #[inline(always)]
 fn decide(

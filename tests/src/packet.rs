@@ -8,7 +8,8 @@
 //! by re-reading the bytes, so a bug in the encoder or in the kernel's parser shows
 //! up as a disagreement instead of being copied into the expectation.
 //!
-//! The parsing rules a correct parser follows (design.md, "Datapath"):
+//! The parsing rules a correct parser follows (docs/policy.md, "Verdict rules" and
+//! "Malformed packets"):
 //! - shorter than an Ethernet header, a cut VLAN tag, or a third tag: malformed, no
 //!   source (a third tag could hide an IP packet behind "non-IP");
 //! - an ethertype other than IPv4/IPv6 (ARP, LLDP, ...): non-IP;

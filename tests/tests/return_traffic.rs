@@ -1,4 +1,4 @@
-//! Stateful return traffic under `default: drop` (design.md, verdict rule 6): the
+//! Stateful return traffic under `default: drop` (docs/policy.md, verdict rule 6): the
 //! host's own connections get their replies; nobody else's packets get in by
 //! pretending to be replies.
 //!

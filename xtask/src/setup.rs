@@ -1,4 +1,4 @@
-//! Toolchain and machine set-up (see ../shared/toolchain.md for why each step).
+//! Toolchain and machine set-up (docs/architecture.md, "Building the eBPF side", says why each step).
 
 use std::{
     env, fs,

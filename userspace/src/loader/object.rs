@@ -6,11 +6,6 @@ use super::LoaderError;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/airlock-ebpf"));
 
-/// The raw ELF bytes (for tests and `airlock version`).
-pub fn object_bytes() -> &'static [u8] {
-    OBJECT
-}
-
 /// Parses the object and creates its maps (not yet pinned, program not yet loaded).
 pub fn load_object() -> Result<Ebpf, LoaderError> {
     if OBJECT.is_empty() {

@@ -1,12 +1,12 @@
-//! One writer at a time. An apply diffs against its record of what the inactive
-//! copy holds (record.rs) and a rollback flips to the other copy; two of them
-//! interleaving (a CLI apply beside the agent, a watchdog's rollback during an
-//! apply) would leave maps and record disagreeing for good. Every change of the
-//! maps or of the pending-confirm state holds this exclusive `flock` on `%lock`, a
-//! 0700 directory of root's in the pin root (bpffs holds no regular files); the
-//! functions that need it take it as a parameter, so a caller cannot forget it.
-//! Not on the pin root itself: an older airlock made that 0755, and any user who
-//! can open a file can hold a lock on it, stalling every apply and rollback.
+//! One writer at a time. An apply rewrites the inactive copy and flips to it, and a
+//! rollback flips back to the other copy; two of them interleaving (a CLI apply beside
+//! the agent, a watchdog's rollback during an apply) could flip to a copy that is half
+//! written, or leave `META` describing a policy no copy holds. Every change of the maps
+//! or of the pending-confirm state holds this exclusive `flock` on `%lock`, a 0700
+//! directory of root's in the pin root (bpffs holds no regular files); the functions
+//! that need it take it as a parameter, so a caller cannot forget it. Not on the pin
+//! root itself: an older airlock made that 0755, and any user who can open a file can
+//! hold a lock on it, stalling every apply and rollback.
 
 use std::{
     collections::HashMap,

@@ -74,7 +74,7 @@ $(POD_IP) is expanded by the kubelet from the container's env.
 {{- end -}}
 
 {{/*
-The policy file: the `policy` value, keys in the order the README documents them,
+The policy file: the `policy` value, keys in the order docs/policy.md documents them,
 with `interfaces` from the `interfaces` value and, unless the endpoint listens on
 loopback only, a last rule letting metrics.allowFrom reach the metrics port.
 */}}
