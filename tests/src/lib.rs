@@ -3,8 +3,8 @@ pub mod agent;
 pub mod cli;
 pub mod differential;
 pub mod fixture;
+pub mod floors;
 pub mod netns;
 
-pub mod bench;
 pub mod kernel;
 pub mod packet;

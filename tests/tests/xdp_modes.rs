@@ -25,7 +25,8 @@ fn policy(f: &Fixture, iface: &str, extra: &str) -> PathBuf {
 fn attach_other_program(ns: &Namespace, iface: &str, mode: XdpMode) -> aya::Ebpf {
     let iface = iface.to_owned();
     ns.spawn(move || {
-        let bytes = airlock::loader::floor_object_bytes("xdp-pass").expect("xdp-pass object");
+        let bytes =
+            airlock_integration::floors::floor_object_bytes("xdp-pass").expect("xdp-pass object");
         let mut ebpf = aya::Ebpf::load(bytes).expect("loading xdp-pass");
         let program: &mut Xdp = ebpf
             .program_mut("xdp_pass")

@@ -41,7 +41,7 @@ enum Task {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        /// Arguments for `cargo test` (a name filter; `--test FILE`; `-- --nocapture`).
         #[arg(last = true)]
         test_args: Vec<String>,
     },

@@ -74,6 +74,8 @@ pub fn build_release() -> Result<()> {
         "airlock",
         "-p",
         "airlock-integration",
+        "-p",
+        "airlock-bench",
         "--bins",
     ]))?;
     eprintln!(
@@ -86,8 +88,12 @@ pub fn build_release() -> Result<()> {
 pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
     if lint {
         cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
-        // Default members only: the eBPF crate cannot build for the host target.
-        cmd(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+        // Every host crate, the root-only ones too; the eBPF crates cannot build for
+        // the host target (clippy_ebpf lints them for their own).
+        cmd(cargo()
+            .args(["clippy", "--all-targets"])
+            .args(HOST_CRATES)
+            .args(["--", "-D", "warnings"]))?;
         clippy_ebpf()?;
     }
     if !crate::setup::is_root() {
@@ -101,12 +107,23 @@ pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
     let mut command = cargo();
     command
         .args(["test", "--release"])
+        .args(HOST_CRATES)
         .env("AIRLOCK_BIN", &airlock);
-    if !test_args.is_empty() {
-        command.arg("--").args(test_args);
-    }
+    // Straight to cargo: `-- FILTER` filters, `-- --test FILE FILTER` picks a file,
+    // `-- FILTER -- --nocapture` reaches the test harness.
+    command.args(test_args);
     cmd(&mut command)
 }
+
+/// Every crate that builds for the host: the default members and the root-only
+/// `tests` and `bench`, which a plain `cargo test` leaves out.
+const HOST_CRATES: [&str; 5] = [
+    "--workspace",
+    "--exclude",
+    "airlock-ebpf",
+    "--exclude",
+    "airlock-bench-ebpf",
+];
 
 pub fn demo() -> Result<()> {
     if !crate::setup::is_root() {
@@ -134,7 +151,8 @@ pub fn soak(frames: u64, seed: Option<&str>) -> Result<()> {
 /// Clippy on the XDP program, for the target it really builds for.
 fn clippy_ebpf() -> Result<()> {
     cmd(nightly("cargo")
-        .args(["clippy", "-p", "airlock-ebpf", "--bins", "--release"])
+        .args(["clippy", "-p", "airlock-ebpf", "-p", "airlock-bench-ebpf"])
+        .args(["--bins", "--release"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"]))
 }

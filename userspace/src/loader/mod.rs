@@ -34,7 +34,7 @@ pub use link::{
     pinned_link_state, program_name,
 };
 pub use meta::{PendingConfirm, PolicySummary, Restored, RuleSummary};
-pub use object::{floor_object_bytes, load_object};
+pub use object::load_object;
 pub use pins::{
     DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,
     pinned_path,

@@ -184,7 +184,7 @@ pub struct Floor {
 impl Floor {
     /// `name`: `xdp-pass`, `xdp-drop`, `xdp-peek-drop` or `xdp-tx`.
     pub fn load(name: &'static str) -> Result<Self> {
-        let bytes = airlock::loader::floor_object_bytes(name)
+        let bytes = crate::floors::floor_object_bytes(name)
             .with_context(|| format!("no embedded floor object {name}"))?;
         anyhow::ensure!(
             !bytes.is_empty(),

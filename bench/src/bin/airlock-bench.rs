@@ -16,7 +16,7 @@ use std::{
 };
 
 use airlock::{compile, loader::LoadedFilter, loader::PolicySummary, policy};
-use airlock_integration::{
+use airlock_bench::{
     bench::{
         RUNS, Stats, control, egress,
         live::{LiveBed, Rate, Source, Window},
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         eprintln!("airlock-bench: {e:#}");
         return ExitCode::FAILURE;
     }
-    airlock_integration::bench::remember_cpus();
+    airlock_bench::bench::remember_cpus();
     let mut out = PathBuf::from("bench-results");
     let mut quick = false;
     let mut options = Options::default();
@@ -344,7 +344,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
 }
 
 fn last_cpu() -> usize {
-    airlock_integration::bench::online_cpus().saturating_sub(1)
+    airlock_bench::bench::online_cpus().saturating_sub(1)
 }
 
 /// Parses, compiles and writes `workload`'s policy into `filter`'s maps, timing
@@ -562,7 +562,7 @@ fn machine() -> serde_json::Value {
     json!({
         "kernel": sh("uname -r"),
         "cpu": cpu,
-        "cpus": airlock_integration::bench::online_cpus(),
+        "cpus": airlock_bench::bench::online_cpus(),
         "commit": sh("git rev-parse --short HEAD 2>/dev/null; git diff --quiet HEAD 2>/dev/null || echo '(modified)'").replace('\n', " "),
         "date": sh("date -u +%Y-%m-%dT%H:%M:%SZ"),
         "nft": sh("nft --version"),

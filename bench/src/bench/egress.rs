@@ -56,7 +56,7 @@ pub fn open_flow(filter: &mut LoadedFilter) -> Result<()> {
 
 /// `filter` must hold a policy (the egress program consults its port arrays).
 pub fn measure(filter: &mut LoadedFilter, covered_port: u16) -> Result<Vec<EgressRow>> {
-    let bytes = airlock::loader::floor_object_bytes("tc-pass").context("no tc-pass object")?;
+    let bytes = crate::floors::floor_object_bytes("tc-pass").context("no tc-pass object")?;
     let mut floor_object = EbpfLoader::new().load(bytes)?;
     let floor: &mut SchedClassifier = floor_object
         .program_mut("tc_pass")
