@@ -83,9 +83,13 @@ pub(crate) fn unsupported(error: &std::io::Error) -> bool {
     )
 }
 
-/// The bytes of plain integers, as batch calls take keys and values.
-pub(crate) fn as_bytes<T: Copy>(items: &[T]) -> &[u8] {
-    // SAFETY: plain integers, no padding; the slice covers exactly their bytes.
+/// The bytes of plain values, as batch calls take keys and values. `Pod` (integers,
+/// and the `#[repr(C)]` types `airlock_common` declares without padding) is what
+/// makes every byte initialized: a type with padding would hand the kernel
+/// uninitialized memory.
+pub(crate) fn as_bytes<T: aya::Pod>(items: &[T]) -> &[u8] {
+    // SAFETY: `T: Pod` has no padding and no invalid bit patterns; the slice covers
+    // exactly the items' bytes, borrowed for as long as `items`.
     unsafe { std::slice::from_raw_parts(items.as_ptr().cast(), std::mem::size_of_val(items)) }
 }
 

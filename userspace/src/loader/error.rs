@@ -10,6 +10,8 @@ pub enum LoaderError {
     Load(#[source] Box<aya::EbpfError>),
     #[error("the eBPF object has no map {0} (binary and object out of step?)")]
     MissingMap(&'static str),
+    #[error("the eBPF object has no program {0} (binary and object out of step?)")]
+    MissingProgram(&'static str),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,

@@ -138,7 +138,7 @@ fn xdp_program<'e>(ebpf: &'e mut Ebpf, name: &'static str) -> Result<&'e mut Xdp
     let error = |source| named_program_error(name, source);
     let program = ebpf
         .program_mut(name)
-        .ok_or_else(|| error(aya::programs::ProgramError::UnexpectedProgramType))?;
+        .ok_or(LoaderError::MissingProgram(name))?;
     program.try_into().map_err(error)
 }
 
@@ -149,7 +149,7 @@ fn egress_program<'e>(
     let error = |source| named_program_error(name, source);
     let program = ebpf
         .program_mut(name)
-        .ok_or_else(|| error(aya::programs::ProgramError::UnexpectedProgramType))?;
+        .ok_or(LoaderError::MissingProgram(name))?;
     program.try_into().map_err(error)
 }
 
@@ -475,7 +475,7 @@ fn load_programs(
     }
     let program_error = |source| named_program_error(xdp_name, source);
     let xdp: &mut Xdp = xdp
-        .ok_or_else(|| program_error(aya::programs::ProgramError::UnexpectedProgramType))?
+        .ok_or(LoaderError::MissingProgram(xdp_name))?
         .try_into()
         .map_err(program_error)?;
     let Some(egress_name) = egress_name else {
@@ -483,7 +483,7 @@ fn load_programs(
     };
     let egress_error = |source| named_program_error(egress_name, source);
     let tc: &mut SchedClassifier = tc
-        .ok_or_else(|| egress_error(aya::programs::ProgramError::UnexpectedProgramType))?
+        .ok_or(LoaderError::MissingProgram(egress_name))?
         .try_into()
         .map_err(egress_error)?;
     let (xdp_loaded, tc_loaded) = crate::parallel::join(
