@@ -3,6 +3,7 @@
 //! clean clone with nothing installed by hand.
 
 mod bench;
+mod image;
 mod install;
 mod k8s_tools;
 mod run;
@@ -58,6 +59,14 @@ enum Task {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// Build the agent's container image from this machine's files (the release
+    /// binary, a root filesystem from Debian packages): no registry needed. Needs
+    /// podman (installed when missing).
+    Image {
+        /// The image's name.
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
     /// Check the Helm chart and Kubernetes manifests offline (helm lint/template,
     /// kubernetes-validate, the chart's policy through `airlock validate`). No root.
     K8sCheck,
@@ -87,6 +96,10 @@ fn main() -> Result<()> {
         Task::Test { no_lint, test_args } => {
             setup::setup()?;
             run::test(!no_lint, &test_args)
+        }
+        Task::Image { tag } => {
+            setup::setup()?;
+            image::image(&tag)
         }
         Task::K8sCheck => {
             setup::setup()?;

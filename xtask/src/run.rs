@@ -101,19 +101,24 @@ pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
             "the kernel and network tests need root (BPF, network namespaces); run as root, e.g. sudo -E cargo xtask test"
         );
     }
-    // The tests drive the real binary, as a user would.
+    // The tests drive the real binary, as a user would, and the real image.
     build_release()?;
+    crate::image::image(TEST_IMAGE)?;
     let airlock = workspace_root().join("target/release/airlock");
     let mut command = cargo();
     command
         .args(["test", "--release"])
         .args(HOST_CRATES)
-        .env("AIRLOCK_BIN", &airlock);
+        .env("AIRLOCK_BIN", &airlock)
+        .env("AIRLOCK_IMAGE", TEST_IMAGE);
     // Straight to cargo: `-- FILTER` filters, `-- --test FILE FILTER` picks a file,
     // `-- FILTER -- --nocapture` reaches the test harness.
     command.args(test_args);
     cmd(&mut command)
 }
+
+/// The image `tests/tests/container_image.rs` runs (not the release tag).
+const TEST_IMAGE: &str = "localhost/airlock:test";
 
 /// Every crate that builds for the host: the default members and the root-only
 /// `tests` and `bench`, which a plain `cargo test` leaves out.
