@@ -44,6 +44,22 @@ pub fn airlock_xdp_l3(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let packet = Bytes::new(ctx.data(), ctx.data_end());
+    let network = L::network(&packet);
+    // Non-IP frames (ARP, LLDP, ...) pass under every policy and in every mode: one
+    // ethertype check and one counter, before any policy state is read. Counted
+    // as enforced even in monitor mode (nothing differs) and even before the first
+    // policy is complete (they would pass as `no_policy` too).
+    if let Some((ethertype, _)) = network
+        && !parse::is_ip(ethertype)
+    {
+        maps::count(
+            &maps::REASON_STATS,
+            reason_stat_index(Reason::NonIp as u32, false),
+            bytes,
+        );
+        return xdp_action::XDP_PASS;
+    }
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
@@ -57,10 +73,9 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
         maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, bytes);
         return xdp_action::XDP_PASS;
     }
-    let packet = Bytes::new(ctx.data(), ctx.data_end());
     let mut slot = mem::Slot::<Headers>::new();
     let headers = slot.zeroed();
-    parse::parse::<Ingress, L>(&packet, headers);
+    parse::parse_network::<Ingress>(&packet, network, headers);
     let headers = &*headers;
     let (reason, rule) = decide(generation, config, &packet, headers);
     let passes = reason.passes();
