@@ -8,6 +8,8 @@
 // Inline BPF assembly (parse.rs): one load per word of the peer address, and
 // a cursor the verifier treats as unknown.
 #![feature(asm_experimental_arch)]
+// A breakdown variant (see `stop`) ends early on purpose.
+#![cfg_attr(airlock_breakdown, allow(unreachable_code, unused))]
 
 mod egress;
 mod flows;
@@ -68,6 +70,10 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     let Some(config) = maps::CONFIG.get(generation) else {
         return xdp_action::XDP_PASS;
     };
+    // Stop points for the cost breakdown (`cargo xtask bench --breakdown`): each
+    // variant build ends the program there; production builds have none.
+    #[cfg(airlock_stop = "config")]
+    return stop(config.valid);
     let monitor = config.mode == MODE_MONITOR;
     if config.valid == 0 {
         maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, bytes);
@@ -77,7 +83,13 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     let headers = slot.zeroed();
     parse::parse_network::<Ingress>(&packet, network, headers);
     let headers = &*headers;
+    #[cfg(airlock_stop = "parse")]
+    return stop(u32::from(headers.kind) + u32::from(headers.local_port));
+    #[cfg(airlock_stop = "source")]
+    return stop(lookup(generation, config, &packet, headers).flags);
     let (reason, rule) = decide(generation, config, &packet, headers);
+    #[cfg(airlock_stop = "decide")]
+    return stop(reason as u32 + rule.unwrap_or(0));
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
@@ -101,6 +113,18 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
+    }
+}
+
+/// A breakdown variant's end: passes, but depends on `value` so the work before
+/// it is not optimized away.
+#[cfg(airlock_breakdown)]
+#[inline(always)]
+fn stop(value: u32) -> u32 {
+    if value == 0xdead_beef {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
     }
 }
 
