@@ -88,8 +88,6 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     #[cfg(airlock_stop = "source")]
     return stop(lookup(generation, config, &packet, headers).flags);
     let (reason, rule) = decide(generation, config, &packet, headers);
-    #[cfg(airlock_stop = "decide")]
-    return stop(reason as u32 + rule.unwrap_or(0));
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
