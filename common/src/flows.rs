@@ -13,6 +13,8 @@
 pub const FLOW_TABLE_ENTRIES: u32 = 65_536;
 
 pub const MAP_FLOWS: &str = "FLOWS";
+/// The egress program's own per-CPU memory; user space never reads it.
+pub const MAP_EGRESS_RECENT: &str = "EGRESS_RECENT";
 
 /// Name of the TC egress program in the object.
 pub const EGRESS_PROGRAM_NAME: &str = "airlock_egress";
@@ -38,6 +40,27 @@ pub const ICMP_ECHO_TIMEOUT_NS: u64 = 30 * SECOND_NS;
 /// The egress program rewrites an entry only when its deadline would move by more
 /// than this, so a busy flow costs a lookup per packet, not a write.
 pub const FLOW_REFRESH_SLACK_NS: u64 = SECOND_NS;
+
+/// Per-CPU memory of the flows this CPU's egress program refreshed lately
+/// (`EGRESS_RECENT`): a packet on one of them skips the flow table altogether.
+/// Direct-mapped by the flow's ports, so a few interleaved connections each keep
+/// their slot.
+pub const EGRESS_RECENT_SLOTS: u32 = 64;
+
+/// How long a remembered refresh stands, as a fraction of a second
+/// (`SamplingConfig::window_jiffies / EGRESS_RECENT_FRACTION` jiffies): a flow's
+/// deadline can then trail its last packet by this plus [`FLOW_REFRESH_SLACK_NS`]
+/// at most, against timeouts of two minutes or more.
+pub const EGRESS_RECENT_FRACTION: u32 = 4;
+
+/// An `EGRESS_RECENT` slot: `key`'s entry was live and fresh (its deadline within
+/// [`FLOW_REFRESH_SLACK_NS`] of a refresh) at `bpf_jiffies64() == at_jiffies`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentFlow {
+    pub key: FlowKey,
+    pub at_jiffies: u64,
+}
 
 pub const FLOW_FAMILY_V4: u8 = 4;
 pub const FLOW_FAMILY_V6: u8 = 6;

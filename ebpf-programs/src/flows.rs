@@ -10,14 +10,14 @@
 //! fixed-size LRU, so memory stays bounded under any flood.
 
 use airlock_common::{
-    FLOW_FAMILY_V4, FLOW_FAMILY_V6, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState,
-    ICMP_ECHO_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS,
-    UDP_TIMEOUT_NS,
+    EGRESS_RECENT_FRACTION, EGRESS_RECENT_SLOTS, FALLBACK_WINDOW_JIFFIES, FLOW_FAMILY_V4,
+    FLOW_FAMILY_V6, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState, ICMP_ECHO_TIMEOUT_NS, RecentFlow,
+    TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS, UDP_TIMEOUT_NS,
 };
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 use crate::{
-    maps::FLOWS,
+    maps::{EGRESS_RECENT, FLOWS, SAMPLING},
     mem::Slot,
     parse::{
         Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
@@ -101,7 +101,9 @@ pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
     };
     match FLOWS.get_ptr(key) {
         // SAFETY: a map value pointer the kernel returned; read once.
-        Some(state) => unsafe { bpf_ktime_get_ns() < (*state).expires_ns },
+        // The coarse clock, as the egress program writes with: no clocksource
+        // read, and a deadline can only be honoured up to a tick late.
+        Some(state) => unsafe { bpf_ktime_get_coarse_ns() < (*state).expires_ns },
         None => false,
     }
 }
@@ -206,6 +208,16 @@ impl Outgoing {
         })
     }
 
+    /// Whether this packet keeps the deadline the previous one of its flow set:
+    /// a TCP segment that only refreshes, or a UDP datagram (each opens the flow
+    /// anew on the same timeout). Such packets may skip the table when this CPU
+    /// saw their flow fresh a moment ago (`record`).
+    #[inline(always)]
+    pub fn is_steady(&self) -> bool {
+        self.effect == Effect::Refresh
+            || (self.effect == Effect::Open && self.key.protocol == IPPROTO_UDP)
+    }
+
     /// The transport protocol number (6, 17, 1 or 58).
     #[inline(always)]
     pub fn protocol(&self) -> u8 {
@@ -217,15 +229,42 @@ impl Outgoing {
 #[inline(always)]
 pub fn record(outgoing: &Outgoing) {
     let key = outgoing.key;
+    let recent = EGRESS_RECENT.get_ptr_mut(recent_slot(&outgoing.key));
+    let steady = outgoing.is_steady();
+    if !steady {
+        // An open, close or abort changes the deadline a refresh keeps: the next
+        // refresh must see the table.
+        forget(recent, &key);
+    }
     if outgoing.effect == Effect::Abort {
         // The host aborted the connection: nothing more should come back.
         let _ = FLOWS.remove(key);
         return;
     }
+    // Most of what a host sends is segments and datagrams of flows it refreshed a
+    // moment ago on this CPU. Such a steady packet skips the table: it would move
+    // a live entry's deadline by less than the slack (a closing flow keeps its
+    // closing timeout) and never creates one that a steady packet did not just
+    // find, so skipping it only lets the deadline trail the last packet a little
+    // longer (see `EGRESS_RECENT_FRACTION`). Everything else goes to the table
+    // and clears this CPU's memory of the flow. (Another CPU's memory stands: a
+    // four-tuple aborted and reopened within the quarter second may keep its SYN
+    // deadline until its next packet after that; a flow can only end early by
+    // it, never stay open. An entry the LRU evicts inside the quarter second is
+    // recreated by the next UDP datagram after it, as it would be by the next
+    // one without this memory if that came later.)
+    let now_jiffies = unsafe { bpf_jiffies64() };
+    if steady
+        && let Some(recent) = recent
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        && same_flow(unsafe { &(*recent).key }, &key)
+        && now_jiffies.wrapping_sub(unsafe { (*recent).at_jiffies }) < recent_jiffies()
+    {
+        return;
+    }
     // The coarse clock (CLOCK_MONOTONIC_COARSE, a tick behind at most) is enough
     // for timeouts of seconds and costs less on a path every packet the host sends
-    // takes; the XDP side compares against the precise clock, so a flow can only
-    // expire up to a tick early, never late.
+    // takes; the XDP side compares against the same clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // An entry past its timeout is as good as absent (the LRU evicts it in its own
     // time): it neither keeps a flow going nor passes on its closing state.
@@ -257,6 +296,7 @@ pub fn record(outgoing: &Outgoing) {
         && closing == was_closing
         && old_expiry.abs_diff(expires_ns) < FLOW_REFRESH_SLACK_NS
     {
+        remember(steady, recent, key, now_jiffies);
         return;
     }
     let state = FlowState {
@@ -264,5 +304,69 @@ pub fn record(outgoing: &Outgoing) {
         closing: u32::from(closing),
         _pad: 0,
     };
-    let _ = FLOWS.insert(key, state, 0);
+    if FLOWS.insert(key, state, 0).is_ok() {
+        remember(steady, recent, key, now_jiffies);
+    }
+}
+
+/// `key`'s slot in `EGRESS_RECENT`: by its ports, which differ between the
+/// connections a host keeps to one peer.
+#[inline(always)]
+fn recent_slot(key: &FlowKey) -> u32 {
+    u32::from(key.local_port ^ key.peer_port.rotate_left(8)) & (EGRESS_RECENT_SLOTS - 1)
+}
+
+/// Compared as three words: a derived `==` on the byte arrays can become a
+/// `memcmp` call, which BPF cannot make.
+#[inline(always)]
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+    // SAFETY: FlowKey is 24 bytes of plain integers, every bit pattern valid.
+    let (a, b): ([u64; 3], [u64; 3]) =
+        unsafe { (core::mem::transmute(*a), core::mem::transmute(*b)) };
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) == 0
+}
+
+/// Notes in this CPU's memory that `key`'s entry is fresh as of `now_jiffies`,
+/// after a steady packet only: the deadline a SYN or a close sets is not the one
+/// the next refresh would keep (the first ACK after a SYN moves it from the SYN
+/// timeout to the established one).
+#[inline(always)]
+fn remember(steady: bool, slot: Option<*mut RecentFlow>, key: FlowKey, now_jiffies: u64) {
+    if !steady {
+        return;
+    }
+    if let Some(slot) = slot {
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        unsafe {
+            (*slot).key = key;
+            (*slot).at_jiffies = now_jiffies;
+        }
+    }
+}
+
+/// Clears this CPU's memory of `key`, if it holds it. (A zero key never matches:
+/// real flows have a family.)
+#[inline(always)]
+fn forget(slot: Option<*mut RecentFlow>, key: &FlowKey) {
+    if let Some(slot) = slot
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        && same_flow(unsafe { &(*slot).key }, key)
+    {
+        unsafe { (*slot).key = FlowKey::default() };
+    }
+}
+
+/// How long a remembered refresh stands, in jiffies (a quarter second; the HZ
+/// user space found, else the largest HZ, which only makes it shorter).
+#[inline(always)]
+fn recent_jiffies() -> u64 {
+    let hz = match SAMPLING
+        .get(0)
+        .map_or(0, |sampling| sampling.window_jiffies)
+    {
+        0 => FALLBACK_WINDOW_JIFFIES,
+        hz => hz,
+    };
+    u64::from(hz / EGRESS_RECENT_FRACTION)
 }

@@ -8,6 +8,8 @@
 // Inline BPF assembly (parse.rs): one load per word of the peer address, and
 // a cursor the verifier treats as unknown.
 #![feature(asm_experimental_arch)]
+// A breakdown variant (see `stop`) ends early on purpose.
+#![cfg_attr(airlock_breakdown, allow(unreachable_code, unused))]
 
 mod egress;
 mod flows;
@@ -44,6 +46,22 @@ pub fn airlock_xdp_l3(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let packet = Bytes::new(ctx.data(), ctx.data_end());
+    let network = L::network(&packet);
+    // Non-IP frames (ARP, LLDP, ...) pass under every policy and in every mode: one
+    // ethertype check and one counter, before any policy state is read. Counted
+    // as enforced even in monitor mode (nothing differs) and even before the first
+    // policy is complete (they would pass as `no_policy` too).
+    if let Some((ethertype, _)) = network
+        && !parse::is_ip(ethertype)
+    {
+        maps::count(
+            &maps::REASON_STATS,
+            reason_stat_index(Reason::NonIp as u32, false),
+            bytes,
+        );
+        return xdp_action::XDP_PASS;
+    }
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
@@ -52,16 +70,23 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     let Some(config) = maps::CONFIG.get(generation) else {
         return xdp_action::XDP_PASS;
     };
+    // Stop points for the cost breakdown (`cargo xtask bench --breakdown`): each
+    // variant build ends the program there; production builds have none.
+    #[cfg(airlock_stop = "config")]
+    return stop(config.valid);
     let monitor = config.mode == MODE_MONITOR;
     if config.valid == 0 {
         maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, bytes);
         return xdp_action::XDP_PASS;
     }
-    let packet = Bytes::new(ctx.data(), ctx.data_end());
     let mut slot = mem::Slot::<Headers>::new();
     let headers = slot.zeroed();
-    parse::parse::<Ingress, L>(&packet, headers);
+    parse::parse_network::<Ingress>(&packet, network, headers);
     let headers = &*headers;
+    #[cfg(airlock_stop = "parse")]
+    return stop(u32::from(headers.kind) + u32::from(headers.local_port));
+    #[cfg(airlock_stop = "source")]
+    return stop(lookup(generation, config, &packet, headers).flags);
     let (reason, rule) = decide(generation, config, &packet, headers);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
@@ -86,6 +111,18 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
+    }
+}
+
+/// A breakdown variant's end: passes, but depends on `value` so the work before
+/// it is not optimized away.
+#[cfg(airlock_breakdown)]
+#[inline(always)]
+fn stop(value: u32) -> u32 {
+    if value == 0xdead_beef {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
     }
 }
 

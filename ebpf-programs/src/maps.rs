@@ -2,10 +2,11 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, FLOW_TABLE_ENTRIES, FlowKey, FlowState,
-    GENERATIONS, GRACE_DONE_SLOTS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS,
-    PolicyMeta, REASON_STAT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, SAMPLE_STAT_SLOTS,
-    SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6, port_index,
+    CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS,
+    FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS, GRACE_DONE_SLOTS, GenConfig,
+    INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RULE_BASE_SLOTS,
+    RULE_STAT_SLOTS, RecentFlow, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow,
+    SamplingConfig, SourceRangeV4, SourceRangeV6, port_index,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -74,6 +75,11 @@ pub static SAMPLE_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SAMPLE
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+
+/// The egress program's per-CPU memory of flows it refreshed lately (flows.rs).
+#[map]
+pub static EGRESS_RECENT: PerCpuArray<RecentFlow> =
+    PerCpuArray::with_max_entries(EGRESS_RECENT_SLOTS, 0);
 
 /// Written and read only by user space; lives here so it is created, pinned and
 /// removed together with the rest of the filter.

@@ -343,7 +343,25 @@ fn is_vlan(ethertype: u16) -> bool {
 /// spill slots it re-zeroed at every branch.
 #[inline(always)]
 pub fn parse<D: Direction, L: LinkLayer>(ctx: &Bytes, headers: &mut Headers) {
-    let Some((ethertype, offset)) = L::network(ctx) else {
+    parse_network::<D>(ctx, L::network(ctx), headers);
+}
+
+/// Whether an ethertype is one the filter judges (IPv4 or IPv6); everything else
+/// passes as non-IP.
+#[inline(always)]
+pub fn is_ip(ethertype: u16) -> bool {
+    ethertype == ETH_P_IPV4 || ethertype == ETH_P_IPV6
+}
+
+/// As [`parse`], from what [`LinkLayer::network`] already found, so a caller can
+/// let non-IP frames go before it reads any policy state.
+#[inline(always)]
+pub fn parse_network<D: Direction>(
+    ctx: &Bytes,
+    network: Option<(u16, usize)>,
+    headers: &mut Headers,
+) {
+    let Some((ethertype, offset)) = network else {
         headers.kind = KIND_MALFORMED;
         return;
     };

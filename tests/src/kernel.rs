@@ -189,10 +189,12 @@ impl Harness {
         self.open_flows.insert(flow.key());
     }
 
-    /// Writes `flow` as an entry whose timeout has passed.
+    /// Writes `flow` as an entry whose timeout passed a second ago. (The programs
+    /// read the coarse clock, up to a tick behind the precise one: a deadline
+    /// a nanosecond past would still be ahead of it.)
     pub fn expired_flow(&mut self, flow: &Flow) {
         self.flows
-            .insert_open(flow, monotonic_ns().saturating_sub(1))
+            .insert_open(flow, monotonic_ns().saturating_sub(1_000_000_000))
             .unwrap_or_else(|e| panic!("writing flow {flow:?}: {e:?}"));
         self.open_flows.remove(&flow.key());
     }
