@@ -79,6 +79,10 @@ enum Task {
         /// Only redraw the plot from bench-results/latest.json.
         #[arg(long)]
         plot_only: bool,
+        /// Also time builds of the XDP program that stop early (after the policy
+        /// state, the parse, the source lookup): where each row's time goes.
+        #[arg(long)]
+        breakdown: bool,
     },
 }
 
@@ -113,12 +117,16 @@ fn main() -> Result<()> {
             setup::setup()?;
             run::soak(frames, seed.as_deref())
         }
-        Task::Bench { quick, plot_only } => {
+        Task::Bench {
+            quick,
+            plot_only,
+            breakdown,
+        } => {
             if plot_only {
                 return bench::replot();
             }
             setup::setup()?;
-            bench::bench(quick)
+            bench::bench(quick, breakdown)
         }
     }
 }
