@@ -333,11 +333,17 @@ fn a_connection_reopened_at_once_after_a_reset_gets_the_established_timeout() {
     host_sends_tcp_flags(&mut h, &reply, 0x18); // data: skips the table
     assert!(expiry(&h) > TCP_TIMEOUT_NS - 60_000_000_000);
     host_sends_tcp_flags(&mut h, &reply, 0x14); // RST|ACK
-    assert!(h.flows.flows().expect("read flows").is_empty(), "reset ends it");
+    assert!(
+        h.flows.flows().expect("read flows").is_empty(),
+        "reset ends it"
+    );
     expect(&mut h, reply.clone(), false, XDP_DROP, Reason::DefaultDrop);
     // Reopened within the same quarter second: SYN, then its first ACK.
     host_sends_what_answers(&mut h, &reply);
-    assert!(expiry(&h) <= TCP_SYN_TIMEOUT_NS, "connecting: short timeout");
+    assert!(
+        expiry(&h) <= TCP_SYN_TIMEOUT_NS,
+        "connecting: short timeout"
+    );
     host_sends_tcp_flags(&mut h, &reply, 0x10);
     assert!(
         expiry(&h) > TCP_TIMEOUT_NS - 60_000_000_000,
