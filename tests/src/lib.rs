@@ -8,3 +8,4 @@ pub mod netns;
 pub mod bench;
 pub mod kernel;
 pub mod packet;
+pub mod swaps;
