@@ -477,3 +477,149 @@ pub fn at_random(bed: &Bed, n: u64, seed: u64, report: &mut Report) {
         current = Some(target);
     }
 }
+
+/// The agent in the server namespace on `policy`, stopping at `stop_at`.
+fn spawn_agent(bed: &Bed, stop_at: Option<&str>) -> Child {
+    let f = &bed.f;
+    let mut command = f.bed.server.command(airlock_bin());
+    command
+        .args(["agent", "-f"])
+        .arg(crate::agent::policy_path(f))
+        .arg("--pin-root")
+        .arg(f.bed.bpffs.path())
+        .arg("--state-dir")
+        .arg(crate::agent::state_dir(f))
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{}", crate::agent::METRICS),
+        ])
+        .args(["--log-format", "json", "--reconcile-interval", "1"])
+        .env_remove("SSH_CONNECTION")
+        .env_remove(airlock::test_hook::STOP_AT)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(step) = stop_at {
+        command.env(airlock::test_hook::STOP_AT, step);
+    }
+    command.spawn().expect("starting the agent")
+}
+
+/// Waits until `which` is in force and `status` says so.
+fn settles_on(bed: &Bed, which: Which, timeout: Duration) -> bool {
+    crate::netns::wait_until(timeout, || {
+        bed.in_force() == Ok(Some(which)) && bed.status_says() == Ok(Some(which))
+    })
+}
+
+/// The agent SIGKILLed at a step of its first apply (startup), of a reload, and of
+/// the reconcile that reinstalls a filter removed behind its back; restarted, it
+/// must put the policy file in force.
+pub fn agent_at_steps(bed: &Bed, report: &mut Report) {
+    let iface = bed.f.bed.server_if.clone();
+    let write = |which| crate::agent::rename_policy(&bed.f, &swaps::policy_text(which, &iface));
+    // (what, in force before, file at start, step, file change after start, allowed after the kill)
+    type Case = (&'static str, Which, Which, &'static str, Option<Which>);
+    let cases: [Case; 6] = [
+        (
+            "agent killed in its first apply, before the flip",
+            Which::B,
+            Which::A,
+            "before-flip",
+            None,
+        ),
+        (
+            "agent killed in its first apply, after the flip",
+            Which::B,
+            Which::A,
+            "after-flip",
+            None,
+        ),
+        (
+            "agent killed in a reload, source tables written",
+            Which::A,
+            Which::A,
+            "tables-written:2",
+            Some(Which::B),
+        ),
+        (
+            "agent killed in a reload, before the flip",
+            Which::A,
+            Which::A,
+            "before-flip:2",
+            Some(Which::B),
+        ),
+        (
+            "agent killed reinstalling a removed filter, attached",
+            Which::A,
+            Which::A,
+            "install-attached",
+            None,
+        ),
+        (
+            "agent killed reinstalling a removed filter, pinned",
+            Which::A,
+            Which::A,
+            "install-pinned",
+            None,
+        ),
+    ];
+    for (when, before, file, step, change) in cases {
+        if let Err(e) = bed.apply(before, &[]) {
+            report.failed_repairs += 1;
+            report.note(format!("{when}: setting up: {e}"));
+            continue;
+        }
+        write(file);
+        let mut agent = spawn_agent(bed, Some(step));
+        let reinstall = step.starts_with("install");
+        if change.is_some() || reinstall {
+            // Its first apply done (it stops at a later arrival), then the trigger.
+            if !crate::netns::wait_until(Duration::from_secs(10), || crate::agent::ready(&bed.f)) {
+                report.wrong_states += 1;
+                report.note(format!("{when}: agent not ready"));
+                let _ = agent.kill();
+                let _ = agent.wait();
+                continue;
+            }
+            match change {
+                Some(which) => write(which),
+                // The link unpinned behind the agent's back: nothing holds it, so the
+                // filter is detached, and the agent's reconcile reinstalls it.
+                None => {
+                    let _ = std::fs::remove_file(bed.dir.join(airlock::loader::LINK_PIN));
+                }
+            }
+        }
+        let stopped = wait_stopped(agent.id(), Duration::from_secs(15));
+        let _ = agent.kill();
+        let _ = agent.wait();
+        if !stopped {
+            report.wrong_states += 1;
+            report.note(format!("{when}: the agent never stopped at {step}"));
+            continue;
+        }
+        report.kills += 1;
+        let new = change.unwrap_or(file);
+        let allowed: Vec<Option<Which>> = if reinstall {
+            vec![None, Some(new)]
+        } else {
+            vec![Some(before), Some(new)]
+        };
+        bed.check(&allowed, when, report);
+        // Restarted, it repairs: the file's policy in force, nothing left over.
+        let mut agent = spawn_agent(bed, None);
+        let repaired = settles_on(bed, new, Duration::from_secs(10));
+        let left = bed.staging_left();
+        if !repaired || !left.is_empty() {
+            report.failed_repairs += 1;
+            report.note(format!(
+                "{when}: the restarted agent did not repair: in force {:?}, status {:?}, staging left {left:?}",
+                bed.in_force(),
+                bed.status_says()
+            ));
+        }
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+}

@@ -44,3 +44,12 @@ fn apply_killed_after_random_delays_leaves_old_or_new() {
         "too few applies were killed while running: {report:?}"
     );
 }
+
+#[test]
+fn agent_killed_in_its_applies_and_reconcile_is_repaired_by_the_next_one() {
+    let bed = Bed::new("kag");
+    let mut report = Report::default();
+    kills::agent_at_steps(&bed, &mut report);
+    assert_clean("agent", &report);
+    assert_eq!(report.kills, 6);
+}
