@@ -443,10 +443,11 @@ pub fn during_confirm(bed: &Bed, report: &mut Report) {
     }
 }
 
-/// `n` applies, alternating policies, each SIGKILLed after a random delay within
-/// the time an apply takes (every tenth a first install); after each, the state and
+/// Applies, alternating policies, each SIGKILLed after a random delay within the
+/// time an apply takes (every tenth a first install), until `kills` of them were
+/// killed while running (at most `3 * kills` applies); after each, the state and
 /// `status` are checked and a full apply must finish the job.
-pub fn at_random(bed: &Bed, n: u64, seed: u64, report: &mut Report) {
+pub fn at_random(bed: &Bed, kills: u64, seed: u64, report: &mut Report) {
     let mut rng = StdRng::seed_from_u64(seed);
     bed.apply(Which::A, &[]).expect("first apply");
     // How long an apply takes here, to spread the kills over it.
@@ -456,7 +457,11 @@ pub fn at_random(bed: &Bed, n: u64, seed: u64, report: &mut Report) {
     }
     let span = (started.elapsed() / 4).mul_f64(0.8);
     let mut current = Some(Which::A);
-    for i in 0..n {
+    let wanted = report.kills + kills;
+    for i in 0..3 * kills {
+        if report.kills >= wanted {
+            break;
+        }
         let target = current.map_or(Which::A, Which::other);
         if i % 10 == 9 {
             let _ = bed.f.airlock(&["remove", "--all"]);

@@ -3,6 +3,7 @@ pub mod agent;
 pub mod cli;
 pub mod differential;
 pub mod fixture;
+pub mod fuzz;
 pub mod kills;
 pub mod netns;
 
