@@ -388,7 +388,7 @@ fn cidr_with(rng: &mut StdRng, sloppy: bool) -> String {
     } else {
         rng.random_range(0..8)
     };
-    let text = match pick {
+    match pick {
         0..=4 => {
             let len = *[8u8, 16, 20, 24, 25, 28, 30, 31, 32, 0]
                 .choose(rng)
@@ -434,8 +434,7 @@ fn cidr_with(rng: &mut StdRng, sloppy: bool) -> String {
         .unwrap_or(&"")
         .to_string(),
         _ => SET_NAMES.choose(rng).unwrap_or(&"a").to_string(),
-    };
-    text
+    }
 }
 
 fn list(rng: &mut StdRng, max: usize, item: impl Fn(&mut StdRng) -> String) -> String {

@@ -251,19 +251,10 @@ impl Bed {
 pub fn wait_stopped(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Ok(stat) => {
-                // The state follows the command name's closing parenthesis.
-                let state = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.trim().chars().next());
-                match state {
-                    Some('T' | 't') => return true,
-                    Some('Z') | None => return false,
-                    _ => {}
-                }
-            }
-            Err(_) => return false,
+        match state(pid) {
+            Some('T' | 't') => return true,
+            Some('Z') | None => return false,
+            _ => {}
         }
         thread::sleep(Duration::from_millis(2));
     }
@@ -284,16 +275,16 @@ pub fn stopped_under(pin_root: &Path) -> Vec<u32> {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
         })
-        .filter(|&pid| wait_stopped(pid, Duration::ZERO) || is_stopped(pid))
+        .filter(|&pid| matches!(state(pid), Some('T' | 't')))
         .collect()
 }
 
-fn is_stopped(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim().chars().next())
-            .is_some_and(|s| s == 'T' || s == 't')
-    })
+/// The state letter of process `pid` (`None`: gone).
+fn state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name's closing parenthesis.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim().chars().next())
 }
 
 /// SIGKILLs `pid` (not a child of ours) and waits until it is gone.
@@ -303,20 +294,14 @@ pub fn kill_pid(pid: u32) {
         nix::sys::signal::Signal::SIGKILL,
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-        // A zombie of a detached process is reaped by init; its state is `Z`.
-        if std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim().starts_with('Z'))
-        }) {
-            break;
-        }
+    // Gone, or a zombie init has yet to reap (it holds nothing any more).
+    while !matches!(state(pid), None | Some('Z')) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// Runs `apply -f which` to `step`, SIGKILLs it there; false if it never stopped
-/// there (it exited first).
+/// Runs `apply -f which` to `step` and SIGKILLs it there; an error if it never
+/// stopped there (it exited first).
 fn kill_at(bed: &Bed, which: Which, extra: &[&str], step: &str) -> Result<(), String> {
     let mut args = vec!["apply", "-f", bed.path(which)];
     args.extend_from_slice(extra);
@@ -484,7 +469,7 @@ pub fn at_random(bed: &Bed, kills: u64, seed: u64, report: &mut Report) {
 }
 
 /// The agent in the server namespace on `policy`, stopping at `stop_at`.
-fn spawn_agent(bed: &Bed, stop_at: Option<&str>) -> Child {
+pub fn spawn_agent(bed: &Bed, stop_at: Option<&str>) -> Child {
     let f = &bed.f;
     let mut command = f.bed.server.command(airlock_bin());
     command

@@ -58,7 +58,7 @@ enum Task {
         /// The seed (decimal or 0x-hex); a fresh one when not given.
         #[arg(long)]
         seed: Option<String>,
-        /// Only these parts (differential, swaps, kills, fuzz); repeatable.
+        /// Only these parts (differential, swaps, kills, fuzz, faults); repeatable.
         #[arg(long)]
         only: Vec<String>,
         /// Policy swaps under traffic (half by the CLI, half by the agent).
@@ -70,6 +70,9 @@ enum Task {
         /// Fuzz executions of the policy pipeline.
         #[arg(long, default_value_t = 10_000_000)]
         fuzz: u64,
+        /// Deletions and recreations of the filtered interface under the agent.
+        #[arg(long, default_value_t = 100)]
+        churn: u64,
     },
     /// Check the Helm chart and Kubernetes manifests offline (helm lint/template,
     /// kubernetes-validate, the chart's policy through `airlock validate`). No root.
@@ -116,9 +119,10 @@ fn main() -> Result<()> {
             swaps,
             kills,
             fuzz,
+            churn,
         } => {
             setup::setup()?;
-            run::soak(frames, seed.as_deref(), &only, [swaps, kills, fuzz])
+            run::soak(frames, seed.as_deref(), &only, [swaps, kills, fuzz, churn])
         }
         Task::Bench { quick, plot_only } => {
             if plot_only {

@@ -118,8 +118,8 @@ pub fn demo() -> Result<()> {
         .env("AIRLOCK_BIN", root.join("target/release/airlock")))
 }
 
-/// `counts`: swaps, random kills, fuzz executions.
-pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 3]) -> Result<()> {
+/// `counts`: swaps, random kills, fuzz executions, interface churn cycles.
+pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 4]) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the soak run loads the XDP program into the kernel: run it as root");
     }
@@ -138,7 +138,10 @@ pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 3]) 
     for part in only {
         command.args(["--only", part]);
     }
-    for (flag, count) in ["--swaps", "--kills", "--fuzz"].into_iter().zip(counts) {
+    for (flag, count) in ["--swaps", "--kills", "--fuzz", "--churn"]
+        .into_iter()
+        .zip(counts)
+    {
         command.arg(flag).arg(count.to_string());
     }
     cmd(&mut command)

@@ -8,18 +8,20 @@
 //! - kills: `airlock apply` and the agent SIGKILLed at every step, the confirm
 //!   watchdog in its window and rollback, and applies killed after random delays;
 //! - fuzz: the policy pipeline fuzzed (parse, validate, compile, reference model
-//!   against the compiled tables).
+//!   against the compiled tables);
+//! - faults: the filtered interface deleted and recreated under the agent.
 //!
-//! `airlock-soak [FRAMES] [SEED] [--only PART]... [--swaps N] [--kills N] [--fuzz N]`:
+//! `airlock-soak [FRAMES] [SEED] [--only PART]... [--swaps N] [--kills N] [--fuzz N] [--churn N]`:
 //! FRAMES defaults to 1,000,000, SEED to a fresh one (printed, so a failure can be
 //! replayed with the same seed; it seeds the random kills and the fuzzer too);
 //! `--swaps` 2,000 (half by the CLI, half by the agent), `--kills` 500 random kills
-//! (besides the named steps), `--fuzz` 10,000,000 executions.
+//! (besides the named steps), `--fuzz` 10,000,000 executions, `--churn` 100
+//! interface deletions.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use airlock_integration::{differential, fixture::Fixture, fuzz, kills, swaps};
+use airlock_integration::{differential, faults, fixture::Fixture, fuzz, kills, swaps};
 
 struct Args {
     frames: u64,
@@ -28,6 +30,7 @@ struct Args {
     swaps: u64,
     kills: u64,
     fuzz: u64,
+    churn: u64,
 }
 
 fn count(text: &str) -> u64 {
@@ -44,6 +47,7 @@ fn parse_args() -> Args {
         swaps: 2_000,
         kills: 500,
         fuzz: 10_000_000,
+        churn: 100,
     };
     let mut positional = 0;
     let mut it = std::env::args().skip(1);
@@ -54,6 +58,7 @@ fn parse_args() -> Args {
             "--swaps" => args.swaps = count(&value()),
             "--kills" => args.kills = count(&value()),
             "--fuzz" => args.fuzz = count(&value()),
+            "--churn" => args.churn = count(&value()),
             _ if positional == 0 => {
                 args.frames = count(&arg);
                 positional += 1;
@@ -88,6 +93,9 @@ fn main() -> ExitCode {
     }
     if wanted("fuzz") {
         results.push(fuzz_run(args.fuzz, seed));
+    }
+    if wanted("faults") {
+        results.push(faults_run(args.churn));
     }
     println!("\nsoak: summary (seed {seed:#x})");
     for (part, ok, figures) in &results {
@@ -225,4 +233,18 @@ fn fuzz_run(executions: u64, seed: u64) -> (&'static str, bool, String) {
         report.rss_kib.1
     );
     ("fuzz", checker && report.ok(), figures)
+}
+
+fn faults_run(cycles: u64) -> (&'static str, bool, String) {
+    println!("soak: faults: the interface deleted and recreated {cycles} times under the agent");
+    let bed = kills::Bed::new("skf");
+    let report = faults::interface_churn(&bed, cycles);
+    for example in &report.examples {
+        println!("---- failure ----\n{example}");
+    }
+    let figures = format!(
+        "{} deletions and recreations under the agent: {} not repaired, slowest repair {:.1?}",
+        report.cycles, report.unrepaired, report.slowest_repair
+    );
+    ("faults", report.ok() && report.cycles == cycles, figures)
 }
