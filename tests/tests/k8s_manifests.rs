@@ -549,6 +549,30 @@ fn plain_manifests_validate_strictly() {
     assert_eq!(strings(at(&policy, "interfaces")), ["auto"]);
 }
 
+/// The chart's CRDs (generated from crds/src/ by `cargo xtask crds`; the crds crate's
+/// own test checks they match the types) are valid CustomResourceDefinitions for every
+/// Kubernetes version the chart supports. kubernetes-validate checks the CRD objects
+/// against the API's schema; it does not compile the CEL rules or check that the
+/// schemas are structural, which only an API server does.
+#[test]
+fn chart_crds_validate_strictly() {
+    let file = chart().join("crds/airlock.dev.yaml");
+    let objects = parse_objects(&fs::read_to_string(&file).expect("reading the CRDs"));
+    let names: Vec<&str> = objects.iter().map(|o| s(at(o, "metadata.name"))).collect();
+    assert_eq!(
+        names,
+        [
+            "airlockpolicies.airlock.dev",
+            "airlockpolicyrevisions.airlock.dev",
+            "airlocksourceshards.airlock.dev",
+            "airlocknodestatuses.airlock.dev",
+        ]
+    );
+    for version in KUBE_VERSIONS {
+        validate(version, &[file.as_path()], names.len(), 0);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The policy
 
