@@ -12,7 +12,9 @@
 pub mod digest;
 mod node_status;
 mod policy;
+pub mod resolve;
 mod revision;
+pub mod shards;
 
 pub use node_status::{
     AirlockNodeStatus, AirlockNodeStatusSpec, CONDITION_ENFORCING, CONDITION_IN_SYNC, Source,
@@ -35,7 +37,8 @@ pub const VERSION: &str = "v1alpha1";
 pub const CHART_CRD_PATH: &str = "deploy/helm/airlock/crds/airlock.dev.yaml";
 
 /// Every CRD, in the order the chart's file lists them.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     vec![
         AirlockPolicy::crd(),

@@ -42,7 +42,10 @@ pub struct AirlockPolicyRevisionSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSet {
     /// Its file name under `sets/` is NAME.txt.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// At least one: an empty set never applies (it would open nothing, or, read as
     /// "no restriction", everything).

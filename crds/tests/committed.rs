@@ -25,7 +25,10 @@ fn every_kind_is_cluster_scoped_with_printer_columns() {
         assert_eq!(crd.spec.group, airlock_crds::GROUP);
         let version = &crd.spec.versions[0];
         assert!(
-            version.additional_printer_columns.as_ref().is_some_and(|c| !c.is_empty()),
+            version
+                .additional_printer_columns
+                .as_ref()
+                .is_some_and(|c| !c.is_empty()),
             "{} has no printer columns",
             crd.spec.names.kind
         );
