@@ -31,7 +31,7 @@ use tokio::{
 };
 
 pub use report::AgentReport;
-pub use state::{AgentState, Rejection};
+pub use state::{AgentState, FleetHealth, Rejection};
 
 use crate::{
     loader::{LoaderError, PinRoot},

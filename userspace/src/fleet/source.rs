@@ -273,6 +273,14 @@ pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), Flee
         }
         let now = Time(jiff_now());
         let spec = status::spec(&observed, &conditions, &now);
+        state.lock().fleet = Some(crate::agent::FleetHealth {
+            api_reachable: observed.api_ok,
+            from_cache: observed.cache.is_some() && !observed.from_api,
+            in_sync: spec
+                .conditions
+                .iter()
+                .any(|c| c.type_ == airlock_crds::CONDITION_IN_SYNC && c.status == "True"),
+        });
         if sent.as_ref() == Some(&spec) {
             continue;
         }
