@@ -314,6 +314,27 @@ mod tests {
         assert_eq!(value["mode"], "monitor");
         assert_eq!(value["sets"]["block"]["file"], "sets/blocklist.txt");
         assert!(cache.load().unwrap().unwrap().monitor);
+        // The rewritten text is still a valid policy, read by the real parser, with
+        // the imported set resolved from the cache.
+        let policy = crate::policy::parse_str(&text, &cache.policy_path()).unwrap();
+        assert_eq!(policy.mode, crate::policy::Mode::Monitor);
+        let full = "version: 1\nmode: enforce\ndefault: drop\nmanagement: [203.0.113.7]\n\
+                    sets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\n\
+                    rules:\n  - name: pg\n    ports: [5432/tcp, 60000-60100/udp]\n    from: [office, airbyte-eu]\n";
+        let mut before = crate::policy::parse_str(full, Path::new("p.yaml")).unwrap();
+        let mut after =
+            crate::policy::parse_str(&with_monitor_mode(full).unwrap(), Path::new("p.yaml"))
+                .unwrap();
+        assert_eq!(after.mode, crate::policy::Mode::Monitor);
+        // Everything but the line numbers (the rewrite moves them) is the same.
+        for rule in before.rules.iter_mut().chain(after.rules.iter_mut()) {
+            rule.line = 0;
+        }
+        assert_eq!(
+            format!("{:?}", (after.default, &after.management)),
+            format!("{:?}", (before.default, &before.management))
+        );
+        assert_eq!(format!("{:?}", after.rules), format!("{:?}", before.rules));
         // Without a mode key the rewrite adds one.
         let added = with_monitor_mode("version: 1\n").unwrap();
         assert!(added.contains("mode: monitor"), "{added}");
