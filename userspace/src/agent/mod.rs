@@ -101,22 +101,18 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
 }
 
-/// Makes the cache directory (root's alone, as the state directory) and starts the
+/// Makes the cache directory (root's alone, checked as the state directory) and starts the
 /// fleet source's watches and status writer.
 fn start_fleet_source(
     fleet: &crate::fleet::source::FleetConfig,
     state: &Arc<AgentState>,
 ) -> Result<(), AgentError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&fleet.cache_dir)
-        .map_err(|source| AgentError::Io {
-            op: "creating the policy cache",
-            path: fleet.cache_dir.clone(),
-            source,
-        })?;
+    // What is in the cache is enforced, and after a restart without the API server
+    // trusted as the last good policy: it must be root's alone, as the state
+    // directory is (another user's or a group-writable directory is refused).
+    crate::trust::create_dir_all(&fleet.cache_dir)
+        .and_then(|()| crate::trust::check_dir_and_parents(&fleet.cache_dir))
+        .map_err(|e| AgentError::Loader(LoaderError::Trust(e)))?;
     let (fleet, state) = (fleet.clone(), Arc::clone(state));
     tokio::spawn(async move {
         if let Err(error) = crate::fleet::source::run(fleet, state).await {
