@@ -223,7 +223,7 @@ pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), Flee
         ..Observed::default()
     };
     let status_api: Api<AirlockNodeStatus> = Api::all(client);
-    let params = PatchParams::apply(&status::field_manager(&config.node)).force();
+    let params = apply_params(&config.node);
     let mut sent: Option<AirlockNodeStatusSpec> = None;
     let mut conditions: Vec<Condition> = Vec::new();
     let mut dirty = true;
@@ -284,11 +284,7 @@ pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), Flee
         if sent.as_ref() == Some(&spec) {
             continue;
         }
-        let body = status::object(&config.node, spec.clone());
-        match status_api
-            .patch(&config.node, &params, &Patch::Apply(&body))
-            .await
-        {
+        match write_status(&status_api, &params, &config.node, spec.clone()).await {
             Ok(_) => {
                 conditions = spec.conditions.clone();
                 sent = Some(spec);
@@ -298,6 +294,109 @@ pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), Flee
     }
 }
 
+/// One server-side apply of the node's status object.
+pub async fn write_status(
+    api: &Api<AirlockNodeStatus>,
+    params: &PatchParams,
+    node: &str,
+    spec: AirlockNodeStatusSpec,
+) -> Result<AirlockNodeStatus, kube::Error> {
+    let body = status::object(node, spec);
+    api.patch(node, params, &Patch::Apply(&body)).await
+}
+
+/// The apply parameters: this node's field manager, forcing ownership of the fields
+/// (the agent is their only writer; the admission policy sees to that).
+pub fn apply_params(node: &str) -> PatchParams {
+    PatchParams::apply(&status::field_manager(node)).force()
+}
+
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Request, Response};
+    use kube::client::Body;
+    use tower_test::mock;
+
+    use super::*;
+
+    /// The exact request of a status write, against kube-rs's mock service: a
+    /// server-side apply (PATCH, apply-patch content type) of the object named
+    /// after the node, with the node's field manager, forced.
+    #[tokio::test]
+    async fn status_write_is_a_server_side_apply_of_the_own_object() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<AirlockNodeStatus> = Api::all(Client::new(service, "default"));
+        let spec = AirlockNodeStatusSpec {
+            revision: Some("db-7".into()),
+            ..AirlockNodeStatusSpec::default()
+        };
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("one request");
+            assert_eq!(request.method(), http::Method::PATCH);
+            let uri = request.uri().to_string();
+            assert!(
+                uri.starts_with("/apis/airlock.dev/v1alpha1/airlocknodestatuses/node-a?"),
+                "{uri}"
+            );
+            assert!(uri.contains("fieldManager=airlock-agent%2Fnode-a"), "{uri}");
+            assert!(uri.contains("force=true"), "{uri}");
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+            let body = request.into_body().collect_bytes().await.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({
+                    "apiVersion": "airlock.dev/v1alpha1",
+                    "kind": "AirlockNodeStatus",
+                    "metadata": {"name": "node-a"},
+                    "spec": {"revision": "db-7", "canary": false, "ipv4Prefixes": 0,
+                             "ipv6Prefixes": 0, "source": "None", "conditions": []}
+                })
+            );
+            let reply = serde_json::to_vec(&body).unwrap();
+            send.send_response(
+                Response::builder()
+                    .status(200)
+                    .body(Body::from(reply))
+                    .unwrap(),
+            );
+        });
+        let written = write_status(&api, &apply_params("node-a"), "node-a", spec)
+            .await
+            .unwrap();
+        assert_eq!(written.spec.revision.as_deref(), Some("db-7"));
+        server.await.unwrap();
+    }
+
+    /// A 5xx from the API server is an error the caller logs and retries (the
+    /// status is then not remembered as sent).
+    #[tokio::test]
+    async fn status_write_reports_server_errors() {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<AirlockNodeStatus> = Api::all(Client::new(service, "default"));
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.expect("one request");
+            let status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                "status": "Failure", "message": "etcdserver: request timed out",
+                "reason": "InternalError", "code": 500});
+            send.send_response(
+                Response::builder()
+                    .status(500)
+                    .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                    .unwrap(),
+            );
+        });
+        let error = write_status(&api, &apply_params("node-a"), "node-a", Default::default())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("request timed out"), "{error}");
+        server.await.unwrap();
+    }
 }
