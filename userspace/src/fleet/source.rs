@@ -400,3 +400,128 @@ mod tests {
         server.await.unwrap();
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use airlock_crds::{AirlockPolicyRevisionSpec, AirlockPolicySpec, ShardRef, SourceSet, digest};
+    use kube::runtime::reflector::store::Writer;
+
+    use super::*;
+
+    fn list<K>(writer: &mut Writer<K>, objects: Vec<K>)
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + Hash + Clone,
+    {
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+    }
+
+    fn node(name: &str, role: &str) -> Node {
+        let mut node = Node::default();
+        node.metadata.name = Some(name.into());
+        node.metadata.labels = Some([("role".to_string(), role.to_string())].into());
+        node
+    }
+
+    fn revision(name: &str, shard_text: &str) -> AirlockPolicyRevision {
+        AirlockPolicyRevision::new(
+            name,
+            AirlockPolicyRevisionSpec {
+                policy: "version: 1\nsets:\n  block:\n    file: sets/block.txt\n".into(),
+                source_sets: vec![SourceSet {
+                    name: "block".into(),
+                    shards: vec![ShardRef {
+                        name: "block-0".into(),
+                        digest: digest::of(shard_text.as_bytes()),
+                    }],
+                }],
+            },
+        )
+    }
+
+    fn shard(text: &str) -> AirlockSourceShard {
+        AirlockSourceShard::new(
+            "block-0",
+            AirlockSourceShardSpec {
+                set: "block".into(),
+                prefixes: text.into(),
+            },
+        )
+    }
+
+    /// Nothing resolves before every watch listed once; a complete revision lands
+    /// in the cache; an incomplete one leaves the cache as it was; a relist in
+    /// progress does not change what the stores show.
+    #[test]
+    fn stores_gate_and_feed_the_cache() {
+        let (policies, mut policies_w) = reflector::store::<AirlockPolicy>();
+        let (revisions, mut revisions_w) = reflector::store::<AirlockPolicyRevision>();
+        let (shards, mut shards_w) = reflector::store::<AirlockSourceShard>();
+        let (nodes, mut nodes_w) = reflector::store::<Node>();
+        let stores = Stores {
+            policies,
+            revisions,
+            shards,
+            node: nodes,
+        };
+        assert!(!stores.listed());
+        let policy = AirlockPolicy::new(
+            "db",
+            AirlockPolicySpec {
+                node_selector: Default::default(),
+                priority: 0,
+                revision: "db-1".into(),
+                canary: None,
+            },
+        );
+        list(&mut policies_w, vec![policy]);
+        list(&mut revisions_w, vec![revision("db-1", "192.0.2.0/24\n")]);
+        list(&mut nodes_w, vec![node("node-a", "db")]);
+        assert!(!stores.listed(), "the shard watch has not listed yet");
+        list(&mut shards_w, vec![shard("192.0.2.0/24\n")]);
+        assert!(stores.listed());
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let config = FleetConfig {
+            node: "node-a".into(),
+            cache_dir: dir.path().into(),
+        };
+        let mut observed = Observed::default();
+        resolve_and_cache(&config, &stores, &cache, &mut observed);
+        assert_eq!(observed.problem, None);
+        assert!(observed.from_api);
+        let meta = observed.cache.clone().unwrap();
+        assert_eq!(meta.revision, "db-1");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("sets/block.txt")).unwrap(),
+            "192.0.2.0/24\n"
+        );
+
+        // A relist that has begun but not finished changes nothing yet.
+        revisions_w.apply_watcher_event(&watcher::Event::Init);
+        assert_eq!(stores.revisions.state().len(), 1);
+
+        // The shard's content changed under the same name: the digest no longer
+        // matches, nothing new applies, the cache keeps db-1.
+        list(&mut shards_w, vec![shard("0.0.0.0/0\n")]);
+        resolve_and_cache(&config, &stores, &cache, &mut observed);
+        assert_eq!(
+            observed.problem.as_ref().map(|p| p.0),
+            Some("IncompleteRevision")
+        );
+        assert_eq!(cache.load().unwrap().unwrap().digest, meta.digest);
+
+        // Another node, no Node object visible: reported, nothing applied.
+        let other = FleetConfig {
+            node: "node-b".into(),
+            cache_dir: dir.path().into(),
+        };
+        resolve_and_cache(&other, &stores, &cache, &mut observed);
+        assert_eq!(observed.problem.as_ref().map(|p| p.0), Some("NodeNotFound"));
+    }
+}
