@@ -549,6 +549,97 @@ fn plain_manifests_validate_strictly() {
     assert_eq!(strings(at(&policy, "interfaces")), ["auto"]);
 }
 
+/// The chart's CRDs (generated from crds/src/ by `cargo xtask crds`; the crds crate's
+/// own test checks they match the types) are valid CustomResourceDefinitions for every
+/// Kubernetes version the chart supports. kubernetes-validate checks the CRD objects
+/// against the API's schema; it does not compile the CEL rules or check that the
+/// schemas are structural, which only an API server does.
+#[test]
+fn chart_crds_validate_strictly() {
+    let file = chart().join("crds/airlock.dev.yaml");
+    let objects = parse_objects(&fs::read_to_string(&file).expect("reading the CRDs"));
+    let names: Vec<&str> = objects.iter().map(|o| s(at(o, "metadata.name"))).collect();
+    assert_eq!(
+        names,
+        [
+            "airlockpolicies.airlock.dev",
+            "airlockpolicyrevisions.airlock.dev",
+            "airlocksourceshards.airlock.dev",
+            "airlocknodestatuses.airlock.dev",
+        ]
+    );
+    for version in KUBE_VERSIONS {
+        validate(version, &[file.as_path()], names.len(), 0);
+    }
+}
+
+/// `source: kubernetes`: the agent takes AirlockPolicy resources, with RBAC as
+/// narrow as RBAC can be and the admission policy that keeps each agent to its own
+/// node's status object; no ConfigMap. Refused before 1.30 (no
+/// ValidatingAdmissionPolicy v1, no node name in service account tokens).
+#[test]
+fn kubernetes_source_renders_rbac_and_admission_policy() {
+    for version in ["1.33.0", "1.37.0"] {
+        let yaml = render(version, &["--set", "source=kubernetes"]);
+        let objects = parse_objects(&yaml);
+        assert_eq!(
+            kinds(&objects),
+            [
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "DaemonSet",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding"
+            ]
+        );
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = write(dir.path(), "rendered.yaml", &yaml);
+        validate(version, &[file.as_path()], objects.len(), 0);
+
+        let daemonset = find(&objects, "DaemonSet");
+        let args = args(daemonset);
+        assert_eq!(flag_values(&args, "--kubernetes-node"), ["$(NODE_NAME)"]);
+        assert_eq!(
+            flag_values(&args, "--cache-dir"),
+            ["/var/lib/airlock/fleet"]
+        );
+        assert!(flag_values(&args, "-f").is_empty(), "{args:?}");
+        assert_eq!(
+            at(pod_spec(daemonset), "automountServiceAccountToken"),
+            &Value::Bool(true)
+        );
+
+        // Read the policy resources and nodes; write only node statuses, never delete.
+        let rules = seq(at(find(&objects, "ClusterRole"), "rules"));
+        for rule in rules {
+            let verbs = strings(at(rule, "verbs"));
+            let resources = strings(at(rule, "resources"));
+            if resources == ["airlocknodestatuses"] {
+                assert_eq!(verbs, ["get", "create", "patch"]);
+            } else {
+                assert_eq!(verbs, ["get", "list", "watch"], "{resources:?}");
+            }
+        }
+        let vap = find(&objects, "ValidatingAdmissionPolicy");
+        assert_eq!(s(at(vap, "spec.failurePolicy")), "Fail");
+        let check = s(at(&seq(at(vap, "spec.validations"))[0], "expression"));
+        assert!(
+            check.contains("request.name == request.userInfo.extra['authentication.kubernetes.io/node-name'][0]"),
+            "{check}"
+        );
+        let binding = find(&objects, "ValidatingAdmissionPolicyBinding");
+        assert_eq!(strings(at(binding, "spec.validationActions")), ["Deny"]);
+    }
+    let old = try_render("1.28.0", &["--set", "source=kubernetes"]);
+    assert!(!old.status.success());
+    assert!(
+        text(&old.stderr).contains("needs Kubernetes 1.30"),
+        "{}",
+        text(&old.stderr)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The policy
 

@@ -86,6 +86,12 @@ enum Task {
     /// Check the Helm chart and Kubernetes manifests offline (helm lint/template,
     /// kubernetes-validate, the chart's policy through `airlock validate`). No root.
     K8sCheck,
+    /// Write the CRDs generated from crds/src/ into the Helm chart
+    /// (deploy/helm/airlock/crds/airlock.dev.yaml); `--check` only compares.
+    Crds {
+        #[arg(long)]
+        check: bool,
+    },
     /// Benchmark against the kernel's floor, xdp-filter and nftables (needs root):
     /// writes bench-results/latest.{md,json} and ns-per-packet.png.
     Bench {
@@ -125,6 +131,7 @@ fn main() -> Result<()> {
             setup::setup()?;
             k8s_tools::k8s_check()
         }
+        Task::Crds { check } => crds(check),
         Task::Demo => {
             setup::setup()?;
             run::demo()
@@ -153,4 +160,26 @@ fn main() -> Result<()> {
             bench::bench(quick, breakdown)
         }
     }
+}
+
+/// The chart's CRD file, from the types. A test (crds/tests/committed.rs) fails when
+/// the committed file and the types disagree.
+fn crds(check: bool) -> Result<()> {
+    let path = run::workspace_root().join(airlock_crds::CHART_CRD_PATH);
+    let generated = airlock_crds::crd_yaml()?;
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed == generated {
+        eprintln!("xtask: {} is up to date", path.display());
+        return Ok(());
+    }
+    if check {
+        anyhow::bail!(
+            "{} differs from the CRDs generated from crds/src/: run `cargo xtask crds`",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(path.parent().expect("a file in a directory"))?;
+    std::fs::write(&path, generated)?;
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
 }

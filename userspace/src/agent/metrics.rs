@@ -259,7 +259,29 @@ impl Collector for AirlockCollector {
                 last_rejection,
             ),
         ];
-        for (name, help, value) in gauges {
+        let fleet: Vec<(&str, &str, f64)> = state
+            .fleet
+            .map(|f| {
+                vec![
+                    (
+                        "airlock_kubernetes_api_reachable",
+                        "1 when the agent's last watch event from the Kubernetes API server was not an error.",
+                        f64::from(u8::from(f.api_reachable)),
+                    ),
+                    (
+                        "airlock_kubernetes_policy_from_cache",
+                        "1 while the policy in force comes from the local cache, not confirmed from the API server.",
+                        f64::from(u8::from(f.from_cache)),
+                    ),
+                    (
+                        "airlock_kubernetes_in_sync",
+                        "1 when the node enforces what its AirlockPolicy resolves to (the InSync condition).",
+                        f64::from(u8::from(f.in_sync)),
+                    ),
+                ]
+            })
+            .unwrap_or_default();
+        for (name, help, value) in gauges.into_iter().chain(fleet) {
             let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
             gauge.set(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;

@@ -31,7 +31,7 @@ use tokio::{
 };
 
 pub use report::AgentReport;
-pub use state::{AgentState, Rejection};
+pub use state::{AgentState, FleetHealth, Rejection};
 
 use crate::{
     loader::{LoaderError, PinRoot},
@@ -63,6 +63,9 @@ pub struct AgentConfig {
     pub force: bool,
     /// Overrides the policy's `xdp_mode`.
     pub xdp_mode: Option<XdpMode>,
+    /// Policies from Kubernetes custom resources: `policy_path` is then the cache's
+    /// (crate::fleet::cache), which the fleet source fills.
+    pub fleet: Option<crate::fleet::source::FleetConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,27 @@ pub enum AgentError {
     Signals(#[source] std::io::Error),
 }
 
+/// Makes the cache directory (root's alone, checked as the state directory) and starts the
+/// fleet source's watches and status writer.
+fn start_fleet_source(
+    fleet: &crate::fleet::source::FleetConfig,
+    state: &Arc<AgentState>,
+) -> Result<(), AgentError> {
+    // What is in the cache is enforced, and after a restart without the API server
+    // trusted as the last good policy: it must be root's alone, as the state
+    // directory is (another user's or a group-writable directory is refused).
+    crate::trust::create_dir_all(&fleet.cache_dir)
+        .and_then(|()| crate::trust::check_dir_and_parents(&fleet.cache_dir))
+        .map_err(|e| AgentError::Loader(LoaderError::Trust(e)))?;
+    let (fleet, state) = (fleet.clone(), Arc::clone(state));
+    tokio::spawn(async move {
+        if let Err(error) = crate::fleet::source::run(fleet, state).await {
+            tracing::error!(%error, "the Kubernetes policy source stopped; enforcing the cached policy");
+        }
+    });
+    Ok(())
+}
+
 /// Why the main loop woke up.
 #[derive(Clone, Copy, Debug)]
 enum Trigger {
@@ -116,6 +140,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     // The state-dir lock alone lets a second agent with another --state-dir in.
     let _root_lock = root_lock::acquire(&root)?;
     let state = Arc::new(AgentState::default());
+    if let Some(fleet) = &config.fleet {
+        start_fleet_source(fleet, &state)?;
+    }
     let (triggers, mut trigger_rx) = mpsc::channel(4);
     let watch = watch::PolicyWatch::new(&config.policy_path, triggers.clone())?;
     if let Err(error) = links::spawn_link_watcher(triggers.clone()) {
@@ -132,6 +159,24 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signals)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signals)?;
+    if let Some(fleet) = &config.fleet {
+        // Nothing to enforce before the first complete revision (from the cache, or
+        // from the API server once every watch has listed); a filter already pinned
+        // goes on enforcing meanwhile.
+        let cache = crate::fleet::cache::Cache::new(&fleet.cache_dir);
+        let mut said = false;
+        while std::fs::symlink_metadata(fleet.cache_dir.join("..data")).is_err() {
+            if !said {
+                tracing::info!(cache = %cache.dir().display(), "waiting for a first policy revision");
+                said = true;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = sigterm.recv() => return Ok(()),
+                _ = sigint.recv() => return Ok(()),
+            }
+        }
+    }
     let mut reconciler = reconcile::Reconciler::new(
         root.clone(),
         config.policy_path.clone(),

@@ -35,6 +35,19 @@ pub struct StateInner {
     /// Rule counters of generations already replaced, by (interface, rule, allowed),
     /// so the exported counters stay monotonic across reloads.
     pub carried: BTreeMap<(String, String, bool), Counter>,
+    /// The Kubernetes policy source's health (`None` with a policy file).
+    pub fleet: Option<FleetHealth>,
+}
+
+/// What the Kubernetes source tells the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FleetHealth {
+    /// The last watch event was not an error.
+    pub api_reachable: bool,
+    /// The policy in force was not (yet) confirmed from the API server by this run.
+    pub from_cache: bool,
+    /// The node status' InSync condition.
+    pub in_sync: bool,
 }
 
 /// A rejected policy file.

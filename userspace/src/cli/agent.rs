@@ -13,8 +13,21 @@ use super::PinRootArg;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Policy file; watched, and reloaded on every change and on SIGHUP.
-    #[arg(short = 'f', long = "file")]
-    pub(super) policy: PathBuf,
+    #[arg(
+        short = 'f',
+        long = "file",
+        required_unless_present = "kubernetes_node",
+        conflicts_with = "kubernetes_node"
+    )]
+    pub(super) policy: Option<PathBuf>,
+    /// Take the policy from AirlockPolicy resources instead of a file, as this
+    /// Kubernetes node (the chart passes the downward API's spec.nodeName).
+    #[arg(long, value_name = "NODE", env = "AIRLOCK_KUBERNETES_NODE")]
+    kubernetes_node: Option<String>,
+    /// Where the Kubernetes source keeps the last good revision on the host, to
+    /// enforce through API server outages and restarts.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/airlock/fleet")]
+    cache_dir: PathBuf,
     #[command(flatten)]
     pin_root: PinRootArg,
     /// Where to serve /metrics, /healthz and /readyz.
@@ -51,8 +64,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "agent",
         &airlock::loader::PinRoot::new(&args.pin_root.pin_root),
     )?;
+    let fleet = args
+        .kubernetes_node
+        .map(|node| airlock::fleet::source::FleetConfig {
+            node,
+            cache_dir: args.cache_dir.clone(),
+        });
+    let policy_path = match (&fleet, args.policy) {
+        (Some(_), _) => airlock::fleet::cache::Cache::new(&args.cache_dir).policy_path(),
+        (None, Some(path)) => path,
+        (None, None) => unreachable!("clap requires --file without --kubernetes-node"),
+    };
     let config = AgentConfig {
-        policy_path: args.policy,
+        policy_path,
+        fleet,
         pin_root: args.pin_root.pin_root,
         metrics_addr: args.metrics_addr,
         iface_overrides: args.ifaces,

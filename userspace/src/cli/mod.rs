@@ -180,7 +180,7 @@ impl Cli {
     /// The policy file of an `airlock agent` command line.
     fn agent_policy(self) -> Option<PathBuf> {
         match self.command {
-            Command::Agent(args) => Some(args.policy),
+            Command::Agent(args) => args.policy,
             _ => None,
         }
     }

@@ -1,0 +1,289 @@
+//! The node's AirlockNodeStatus, built from what the agent knows: pure, so the exact
+//! server-side apply body is tested without an API server.
+
+use airlock_crds::{
+    AirlockNodeStatus, AirlockNodeStatusSpec, CONDITION_ENFORCING, CONDITION_IN_SYNC, Source,
+    resolve::Resolution,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::cache::Meta;
+
+/// The field manager of every status write: one per node, so a write by anything
+/// else shows in managedFields.
+pub fn field_manager(node: &str) -> String {
+    format!("airlock-agent/{node}")
+}
+
+/// What the status reports.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Every watch has listed everything once.
+    pub listed: bool,
+    /// The last watch event was not an error.
+    pub api_ok: bool,
+    /// The resolution from the watches' last state (`None` before the first list).
+    pub resolution: Option<Resolution>,
+    /// Why the resolved revision cannot apply (missing revision, shard errors).
+    pub problem: Option<(&'static str, String)>,
+    /// The revision in the cache, which is what the agent enforces.
+    pub cache: Option<Meta>,
+    /// The cache's content was confirmed from the API server by this run.
+    pub from_api: bool,
+    /// The agent's own view (AgentState): enforced everywhere, file in force, why not.
+    pub ready: bool,
+    pub in_sync: bool,
+    pub rejection: Option<String>,
+    pub prefixes_v4: u64,
+    pub prefixes_v6: u64,
+    pub mode: String,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    previous: &[Condition],
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // The transition time moves only when the status does.
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: None,
+    }
+}
+
+/// The InSync condition's status, reason and message.
+fn in_sync(o: &Observed) -> (bool, &'static str, String) {
+    if !o.listed {
+        return (
+            false,
+            "WaitingForInitialList",
+            "the watches have not listed everything yet".into(),
+        );
+    }
+    if !o.api_ok {
+        return (
+            false,
+            "ApiServerUnreachable",
+            "enforcing the last good policy from the local cache".into(),
+        );
+    }
+    let selected = match &o.resolution {
+        Some(Resolution::Apply(selected)) => selected,
+        Some(other) => return (false, other.reason(), other.message()),
+        None => return (false, "WaitingForInitialList", String::new()),
+    };
+    if let Some((reason, message)) = &o.problem {
+        return (false, reason, message.clone());
+    }
+    if let Some(error) = &o.rejection {
+        return (false, "PolicyRejected", error.clone());
+    }
+    let cached = o.cache.as_ref().is_some_and(|m| {
+        m.policy == selected.policy
+            && m.revision == selected.revision
+            && m.monitor == selected.monitor
+    });
+    if !cached || !o.in_sync || !o.ready {
+        return (
+            false,
+            "Applying",
+            format!("putting revision {} in force", selected.revision),
+        );
+    }
+    (
+        true,
+        "Synced",
+        Resolution::Apply(selected.clone()).message(),
+    )
+}
+
+pub fn spec(o: &Observed, previous: &[Condition], now: &Time) -> AirlockNodeStatusSpec {
+    let (sync_ok, sync_reason, sync_message) = in_sync(o);
+    let enforcing = if o.ready {
+        condition(
+            CONDITION_ENFORCING,
+            true,
+            "PolicyEnforced",
+            format!("{} on every selected interface", o.mode),
+            previous,
+            now,
+        )
+    } else {
+        condition(
+            CONDITION_ENFORCING,
+            false,
+            "NotEnforcing",
+            "no valid policy is enforced on every selected interface".into(),
+            previous,
+            now,
+        )
+    };
+    let source = match (&o.cache, o.from_api) {
+        (None, _) => Source::None,
+        (Some(_), true) => Source::ApiServer,
+        (Some(_), false) => Source::LocalCache,
+    };
+    AirlockNodeStatusSpec {
+        policy: o.cache.as_ref().map(|m| m.policy.clone()),
+        revision: o.cache.as_ref().map(|m| m.revision.clone()),
+        digest: o.cache.as_ref().map(|m| m.digest.clone()),
+        mode: (!o.mode.is_empty()).then(|| o.mode.clone()),
+        canary: o.cache.as_ref().is_some_and(|m| m.canary),
+        ipv4_prefixes: o.prefixes_v4,
+        ipv6_prefixes: o.prefixes_v6,
+        source,
+        conditions: vec![
+            enforcing,
+            condition(
+                CONDITION_IN_SYNC,
+                sync_ok,
+                sync_reason,
+                sync_message,
+                previous,
+                now,
+            ),
+        ],
+    }
+}
+
+/// The server-side apply body: the whole object, named after the node.
+pub fn object(node: &str, spec: AirlockNodeStatusSpec) -> AirlockNodeStatus {
+    AirlockNodeStatus::new(node, spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use airlock_crds::resolve::Selected;
+
+    use super::*;
+
+    fn now() -> Time {
+        Time("2026-12-06T15:00:00Z".parse().unwrap())
+    }
+
+    fn synced() -> Observed {
+        Observed {
+            listed: true,
+            api_ok: true,
+            resolution: Some(Resolution::Apply(Selected {
+                policy: "db".into(),
+                revision: "db-7".into(),
+                canary: false,
+                monitor: false,
+            })),
+            problem: None,
+            cache: Some(Meta {
+                policy: "db".into(),
+                revision: "db-7".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+                canary: false,
+                monitor: false,
+                files: Default::default(),
+            }),
+            from_api: true,
+            ready: true,
+            in_sync: true,
+            rejection: None,
+            prefixes_v4: 3,
+            prefixes_v6: 1,
+            mode: "enforce".into(),
+        }
+    }
+
+    /// The exact body the agent sends with server-side apply.
+    #[test]
+    fn apply_body_is_exact() {
+        let body = serde_json::to_value(object("node-a", spec(&synced(), &[], &now()))).unwrap();
+        let expected = serde_json::json!({
+            "apiVersion": "airlock.dev/v1alpha1",
+            "kind": "AirlockNodeStatus",
+            "metadata": {"name": "node-a"},
+            "spec": {
+                "policy": "db",
+                "revision": "db-7",
+                "digest": format!("sha256:{}", "ab".repeat(32)),
+                "mode": "enforce",
+                "canary": false,
+                "ipv4Prefixes": 3,
+                "ipv6Prefixes": 1,
+                "source": "ApiServer",
+                "conditions": [
+                    {"type": "Enforcing", "status": "True", "reason": "PolicyEnforced",
+                     "message": "enforce on every selected interface",
+                     "lastTransitionTime": "2026-12-06T15:00:00Z"},
+                    {"type": "InSync", "status": "True", "reason": "Synced",
+                     "message": "policy db revision db-7",
+                     "lastTransitionTime": "2026-12-06T15:00:00Z"}
+                ]
+            }
+        });
+        assert_eq!(body, expected);
+    }
+
+    fn sync_reason(o: &Observed) -> (String, String) {
+        let s = spec(o, &[], &now());
+        let c = &s.conditions[1];
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn outage_keeps_enforcing_and_says_so() {
+        let mut o = synced();
+        o.api_ok = false;
+        o.from_api = false;
+        let s = spec(&o, &[], &now());
+        assert_eq!(s.source, Source::LocalCache);
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(
+            sync_reason(&o),
+            ("False".into(), "ApiServerUnreachable".into())
+        );
+    }
+
+    #[test]
+    fn every_reason_to_be_out_of_sync_is_named() {
+        let mut o = synced();
+        o.listed = false;
+        assert_eq!(sync_reason(&o).1, "WaitingForInitialList");
+        let mut o = synced();
+        o.resolution = Some(Resolution::Conflict {
+            priority: 1,
+            policies: vec!["a".into(), "b".into()],
+        });
+        assert_eq!(sync_reason(&o).1, "PolicyConflict");
+        let mut o = synced();
+        o.problem = Some(("IncompleteRevision", "shard x is missing".into()));
+        assert_eq!(sync_reason(&o).1, "IncompleteRevision");
+        let mut o = synced();
+        o.rejection = Some("line 3: bad CIDR".into());
+        assert_eq!(sync_reason(&o).1, "PolicyRejected");
+        let mut o = synced();
+        o.cache.as_mut().unwrap().revision = "db-6".into();
+        assert_eq!(sync_reason(&o).1, "Applying");
+    }
+
+    #[test]
+    fn transition_time_moves_only_with_the_status() {
+        let first = spec(&synced(), &[], &now());
+        let later = Time("2026-12-06T16:00:00Z".parse().unwrap());
+        let again = spec(&synced(), &first.conditions, &later);
+        assert_eq!(again.conditions, first.conditions);
+        let mut o = synced();
+        o.api_ok = false;
+        let changed = spec(&o, &first.conditions, &later);
+        assert_eq!(changed.conditions[1].last_transition_time, later);
+        assert_eq!(changed.conditions[0].last_transition_time, now().clone());
+    }
+}
