@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod compile;
+pub mod datapath_log;
 pub mod interfaces;
 pub mod kernel_hz;
 pub mod link_type;
