@@ -77,8 +77,11 @@ impl log::Log for ToTracing {
 
 /// Forwards the lines of `logger` as they come, until the task is dropped.
 pub async fn forward<T: log::Log>(iface: &str, logger: Logger<T>) {
-    let registered =
-        tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE);
+    // SAFETY: the logger owns its ring buffer's descriptor, which stays open and
+    // unchanged until the AsyncFd (which owns the logger) is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
     let mut logger = match registered {
         Ok(logger) => logger,
         Err(error) => {
