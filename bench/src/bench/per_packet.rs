@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
+use airlock::loader::PinnableMaps as _;
 use aya::{
     Ebpf, EbpfLoader,
     programs::{TestRun, TestRunOptions, TestRunResult, Xdp},
@@ -396,7 +397,7 @@ impl Variant {
     /// As [`Variant::load`], for an object already parsed (its maps created).
     pub fn from_ebpf(name: &str, ebpf: Ebpf, pin_dir: &std::path::Path) -> Result<Self> {
         std::fs::create_dir_all(pin_dir)?;
-        for (map_name, map) in ebpf.maps() {
+        for (map_name, map) in ebpf.pinnable_maps() {
             map.pin(pin_dir.join(map_name))?;
         }
         let mut maps = airlock::loader::PolicyMaps::open_pinned(pin_dir)

@@ -204,6 +204,15 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("loading the program with logging on: {e}"))?;
         variants.push(per_packet::Variant::from_ebpf(&name, ebpf, &dir)?);
     }
+    // What logging (or any variant) adds to the program the kernel runs.
+    for variant in &mut variants {
+        let count = variant.program()?.info()?.verified_instruction_count();
+        results.notes.push(format!(
+            "Variant {}: the kernel's verifier processed {} instructions (XDP).",
+            variant.name,
+            count.map_or("?".to_owned(), |c| c.to_string())
+        ));
+    }
     results.notes.push(
         "xdp-filter (deny mode, IP features) matches exact addresses only: every prefix of the policy is loaded as its network address, so it enforces a looser policy (no prefixes, no ports) and its maps are sized to fit (its own limit is 10,000 per family). In deny mode it also drops ARP from unlisted senders, where Airlock passes all non-IP frames.".into(),
     );

@@ -407,7 +407,7 @@ fn install_staged(
 ) -> Result<ApplyOutcome, LoaderError> {
     let (xdp_name, egress_name) = program_names(framing);
     let mut ebpf = load_object()?;
-    for (name, map) in ebpf.maps() {
+    for (name, map) in ebpf.pinnable_maps() {
         let path = staging.join(name);
         map.pin(&path)
             .map_err(|source| LoaderError::Pin { path, source })?;
@@ -594,4 +594,17 @@ pub fn apply_all(
 pub fn pinned_program_id(dir: &Path) -> std::io::Result<u32> {
     let path = pinned_path(dir, PROGRAM_PIN).map_err(std::io::Error::other)?;
     link::pinned_program(&path).map(|(id, _)| id)
+}
+
+/// The maps of an object that are pinned with its filter: all but the global-data
+/// maps (`.rodata`: aya-log's level). bpffs refuses names with a dot, and those
+/// need no pin: the loaded program holds its own, frozen at load.
+pub trait PinnableMaps {
+    fn pinnable_maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)>;
+}
+
+impl PinnableMaps for Ebpf {
+    fn pinnable_maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)> {
+        self.maps().filter(|(name, _)| !name.contains('.'))
+    }
 }
