@@ -59,15 +59,16 @@ fn lines_at(level: u8) -> Vec<String> {
     let sound = FrameSpec::tcp("198.51.100.9", 5432).build();
     assert_eq!(h.check(&sound).reason, Reason::RuleAllowed);
     logger.flush();
-    let lines = capture.0.lock().unwrap().clone();
-    lines
+    capture.0.lock().unwrap().clone()
 }
 
 #[test]
 fn malformed_frame_logs_its_debug_line_when_on() {
     let lines = lines_at(aya_log::Level::Debug as u8);
     assert!(
-        lines.iter().any(|l| l.starts_with("DEBUG malformed frame (44 bytes) from 198.51.100.9:")),
+        lines
+            .iter()
+            .any(|l| l.starts_with("DEBUG malformed frame (44 bytes) from 198.51.100.9:")),
         "no debug line for the malformed frame; got {lines:#?}"
     );
     // Debug, not trace: the rule decision's trace line is not there.

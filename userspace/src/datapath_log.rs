@@ -17,17 +17,11 @@ pub type Logger<T> = EbpfLogger<T>;
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathLogError {
     #[error("reading the pinned program in {dir}: {source}")]
-    Program {
-        dir: String,
-        source: std::io::Error,
-    },
+    Program { dir: String, source: std::io::Error },
     #[error(
         "opening the datapath log of program {id} (needs CAP_SYS_ADMIN; a filter loaded before aya-log has none): {source}"
     )]
-    Open {
-        id: u32,
-        source: aya_log::Error,
-    },
+    Open { id: u32, source: aya_log::Error },
 }
 
 /// Opens the log ring of the filter pinned in `dir`, its lines going to `logger`.

@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
 use airlock::loader::PinnableMaps as _;
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{TestRun, TestRunOptions, TestRunResult, Xdp},

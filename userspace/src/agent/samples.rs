@@ -78,9 +78,9 @@ impl Samplers {
                         iface: iface.clone(),
                     };
                     crate::datapath_log::open(&dir, sink)
-                        .inspect_err(|error| {
-                            tracing::warn!(iface, %error, "cannot read the datapath log")
-                        })
+                        .inspect_err(
+                            |error| tracing::warn!(iface, %error, "cannot read the datapath log"),
+                        )
                         .ok()
                 })
                 .flatten();

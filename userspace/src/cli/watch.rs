@@ -9,8 +9,7 @@ use std::{
 };
 
 use airlock::{
-    agent,
-    datapath_log,
+    agent, datapath_log,
     loader::{PinRoot, PolicyMaps},
     samples::{DropEvent, DropRecord, open_ring},
 };

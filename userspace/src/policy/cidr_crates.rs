@@ -74,11 +74,7 @@ fn to_ipnet(net: IpNetwork) -> IpNet {
 #[ignore = "a measurement: run with --ignored --nocapture (release)"]
 fn compare_ipnet_ipnetwork() {
     let text = list();
-    println!(
-        "{} lines, {} MiB; best of 5",
-        LINES,
-        text.len() >> 20
-    );
+    println!("{} lines, {} MiB; best of 5", LINES, text.len() >> 20);
 
     // Parsing, as the general path would (each line to a network, host bits refused).
     let (t, ipnet_nets) = best_of(|| {
@@ -114,7 +110,11 @@ fn compare_ipnet_ipnetwork() {
     assert_eq!(ipnet_nets, fast_nets);
     assert_eq!(
         ipnet_nets,
-        ipnetwork_nets.iter().copied().map(to_ipnet).collect::<Vec<_>>()
+        ipnetwork_nets
+            .iter()
+            .copied()
+            .map(to_ipnet)
+            .collect::<Vec<_>>()
     );
 
     // Containment: every network against a fixed set of addresses.
@@ -149,7 +149,9 @@ fn compare_ipnet_ipnetwork() {
             let up = net.supernet().unwrap_or(*net);
             sum = sum.wrapping_add(u64::from(up.prefix_len()));
             if let (IpNet::V4(n), IpNet::V4(s)) = (net, up) {
-                sum = sum.wrapping_add(u64::from(u32::from(n.broadcast())) ^ u64::from(u32::from(s.network())));
+                sum = sum.wrapping_add(
+                    u64::from(u32::from(n.broadcast())) ^ u64::from(u32::from(s.network())),
+                );
             }
         }
         sum
@@ -173,12 +175,18 @@ fn compare_ipnet_ipnetwork() {
             };
             sum = sum.wrapping_add(u64::from(up.prefix()));
             if let (IpNetwork::V4(n), IpNetwork::V4(s)) = (net, up) {
-                sum = sum.wrapping_add(u64::from(u32::from(n.broadcast())) ^ u64::from(u32::from(s.network())));
+                sum = sum.wrapping_add(
+                    u64::from(u32::from(n.broadcast())) ^ u64::from(u32::from(s.network())),
+                );
             }
         }
         sum
     });
-    report("arithmetic: ipnetwork (the same, by hand: no supernet)", t, LINES);
+    report(
+        "arithmetic: ipnetwork (the same, by hand: no supernet)",
+        t,
+        LINES,
+    );
     assert_eq!(a, b);
 
     // Aggregation: ipnet has it; ipnetwork does not (the compiler folds prefixes
