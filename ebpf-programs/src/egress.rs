@@ -53,6 +53,7 @@ fn record<L: LinkLayer>(ctx: TcContext) -> i32 {
         parse::parse::<Egress, L>(&packet, headers);
     }
     if let Some(outgoing) = Outgoing::of(&packet, headers)
+        && !flows::fresh_on_this_cpu(&outgoing)
         && !served_by_rules(&outgoing)
     {
         flows::record(&outgoing);

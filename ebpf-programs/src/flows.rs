@@ -225,6 +225,36 @@ impl Outgoing {
     }
 }
 
+/// Whether `outgoing` is a steady packet of a flow this CPU found fresh in the
+/// table a moment ago: then it has nothing to record, and the caller skips the
+/// table and the policy lookups.
+///
+/// Most of what a host sends is segments and datagrams of flows it refreshed a
+/// moment ago on the same CPU. Such a steady packet would move a live entry's
+/// deadline by less than the slack (a closing flow keeps its closing timeout) and
+/// never creates one that a steady packet did not just find, so skipping it only
+/// lets the deadline trail the last packet a little longer (see
+/// `EGRESS_RECENT_FRACTION`). Everything else goes to the table and clears this
+/// CPU's memory of the flow (`record`). Another CPU's memory stands: a four-tuple
+/// aborted and reopened within the quarter second may keep its SYN deadline
+/// until its next packet after that; a flow can only end early by it, never stay
+/// open. An entry the LRU evicts inside the quarter second is recreated by the
+/// next UDP datagram after it. A port a rule came to cover in the meantime only
+/// has a refresh skipped that the table would not have taken anyway.
+#[inline(always)]
+pub fn fresh_on_this_cpu(outgoing: &Outgoing) -> bool {
+    if !outgoing.is_steady() {
+        return false;
+    }
+    let Some(recent) = EGRESS_RECENT.get_ptr_mut(recent_slot(&outgoing.key)) else {
+        return false;
+    };
+    let now_jiffies = unsafe { bpf_jiffies64() };
+    // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+    same_flow(unsafe { &(*recent).key }, &outgoing.key)
+        && now_jiffies.wrapping_sub(unsafe { (*recent).at_jiffies }) < recent_jiffies()
+}
+
 /// Records, refreshes or forgets the flow of a packet the host is sending.
 #[inline(always)]
 pub fn record(outgoing: &Outgoing) {
@@ -241,27 +271,7 @@ pub fn record(outgoing: &Outgoing) {
         let _ = FLOWS.remove(key);
         return;
     }
-    // Most of what a host sends is segments and datagrams of flows it refreshed a
-    // moment ago on this CPU. Such a steady packet skips the table: it would move
-    // a live entry's deadline by less than the slack (a closing flow keeps its
-    // closing timeout) and never creates one that a steady packet did not just
-    // find, so skipping it only lets the deadline trail the last packet a little
-    // longer (see `EGRESS_RECENT_FRACTION`). Everything else goes to the table
-    // and clears this CPU's memory of the flow. (Another CPU's memory stands: a
-    // four-tuple aborted and reopened within the quarter second may keep its SYN
-    // deadline until its next packet after that; a flow can only end early by
-    // it, never stay open. An entry the LRU evicts inside the quarter second is
-    // recreated by the next UDP datagram after it, as it would be by the next
-    // one without this memory if that came later.)
     let now_jiffies = unsafe { bpf_jiffies64() };
-    if steady
-        && let Some(recent) = recent
-        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
-        && same_flow(unsafe { &(*recent).key }, &key)
-        && now_jiffies.wrapping_sub(unsafe { (*recent).at_jiffies }) < recent_jiffies()
-    {
-        return;
-    }
     // The coarse clock (CLOCK_MONOTONIC_COARSE, a tick behind at most) is enough
     // for timeouts of seconds and costs less on a path every packet the host sends
     // takes; the XDP side compares against the same clock.

@@ -2,9 +2,13 @@
 pub mod agent;
 pub mod cli;
 pub mod differential;
+pub mod faults;
 pub mod fixture;
 pub mod floors;
+pub mod fuzz;
+pub mod kills;
 pub mod netns;
 
 pub mod kernel;
 pub mod packet;
+pub mod swaps;

@@ -314,6 +314,50 @@ fn a_reused_port_pair_starts_afresh_after_the_old_connection_closed() {
     expect(&mut h, reply, true, XDP_PASS, Reason::ReturnTraffic);
 }
 
+/// The egress program remembers, per CPU, flows it refreshed a moment ago and lets
+/// their next segments skip the table; an abort or a new SYN must clear that
+/// memory, or the new connection's first ACK would be skipped and leave it on the
+/// SYN timeout. On one CPU throughout, as a connection's packets mostly are.
+#[test]
+fn a_connection_reopened_at_once_after_a_reset_gets_the_established_timeout() {
+    let mut cpu = nix::sched::CpuSet::new();
+    cpu.set(0).expect("CPU 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu).expect("pin to CPU 0");
+    let mut h = Harness::new();
+    h.apply(&policy("drop", "enforce"));
+    let reply = FrameSpec::tcp(STRANGER, 33060);
+    let expiry =
+        |h: &Harness| h.flows.flows().expect("read flows")[0].1.expires_ns - monotonic_ns();
+    host_sends_what_answers(&mut h, &reply); // SYN
+    host_sends_tcp_flags(&mut h, &reply, 0x10); // ACK: established, remembered
+    host_sends_tcp_flags(&mut h, &reply, 0x18); // data: skips the table
+    assert!(expiry(&h) > TCP_TIMEOUT_NS - 60_000_000_000);
+    host_sends_tcp_flags(&mut h, &reply, 0x14); // RST|ACK
+    assert!(
+        h.flows.flows().expect("read flows").is_empty(),
+        "reset ends it"
+    );
+    expect(&mut h, reply.clone(), false, XDP_DROP, Reason::DefaultDrop);
+    // Reopened within the same quarter second: SYN, then its first ACK.
+    host_sends_what_answers(&mut h, &reply);
+    assert!(
+        expiry(&h) <= TCP_SYN_TIMEOUT_NS,
+        "connecting: short timeout"
+    );
+    host_sends_tcp_flags(&mut h, &reply, 0x10);
+    assert!(
+        expiry(&h) > TCP_TIMEOUT_NS - 60_000_000_000,
+        "established again: long timeout"
+    );
+    // A FIN right after: the flow winds down, and the ACKs after it keep it so.
+    host_sends_tcp_flags(&mut h, &reply, 0x11);
+    host_sends_tcp_flags(&mut h, &reply, 0x10);
+    let (_, state) = h.flows.flows().expect("read flows")[0];
+    assert_eq!(state.closing, 1);
+    assert!(state.expires_ns <= monotonic_ns() + TCP_CLOSING_TIMEOUT_NS);
+    expect(&mut h, reply, true, XDP_PASS, Reason::ReturnTraffic);
+}
+
 #[test]
 fn an_expired_flow_lets_nothing_in() {
     let mut h = Harness::new();

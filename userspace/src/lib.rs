@@ -18,6 +18,8 @@ mod rtnetlink;
 pub mod safety;
 pub mod samples;
 pub mod sockets;
+#[doc(hidden)]
+pub mod test_hook;
 #[cfg(test)]
 mod test_rng;
 pub mod trust;

@@ -166,6 +166,7 @@ pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<
         let expired = confirm::expire_due(root);
         (expired, Some(WriterLock::acquire_early(root, &selected)?))
     };
+    crate::test_hook::stop_at("compile");
     // Reading the socket tables is milliseconds on a busy host: meanwhile.
     let (compiled, facts) = crate::parallel::join(|| compile::compile(&policy), Facts::from_system);
     let compiled = compiled?;

@@ -25,14 +25,19 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, breakdown: bool) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the benchmark loads BPF programs and creates network namespaces: run it as root");
     }
     ensure_packages()?;
     build_release()?;
     let root = workspace_root();
-    let out = root.join("bench-results");
+    // A breakdown is a diagnosis, not the results of record: kept apart.
+    let out = if breakdown {
+        root.join("bench-results/breakdown")
+    } else {
+        root.join("bench-results")
+    };
     let mut command = Command::new(root.join("target/release/airlock-bench"));
     command
         .arg("--out")
@@ -42,7 +47,20 @@ pub fn bench(quick: bool) -> Result<()> {
     if quick {
         command.arg("--quick");
     }
+    if breakdown {
+        command.arg("--per-packet-only");
+        for stop in BREAKDOWN_STOPS {
+            let object = build_stop_variant(stop)?;
+            command
+                .arg("--variant")
+                .arg(format!("{stop}={}", object.display()));
+        }
+    }
     cmd(&mut command)?;
+    if breakdown {
+        eprintln!("xtask: breakdown in {}", out.join("latest.md").display());
+        return Ok(());
+    }
     let png = out.join("ns-per-packet.png");
     plot(&out.join("latest.json"), &png)?;
     warn_if_busy(&out.join("latest.json"));
@@ -53,6 +71,43 @@ pub fn bench(quick: bool) -> Result<()> {
         png.display()
     );
     Ok(())
+}
+
+/// The XDP program's stop points (`cfg(airlock_stop)` in ebpf-programs/src/main.rs),
+/// in the order the program reaches them.
+const BREAKDOWN_STOPS: [&str; 3] = ["config", "parse", "source"];
+
+/// Builds the XDP program ending at `stop` (a variant the bench times beside the
+/// real one; never shipped) and returns its object. Same flags as aya-build uses
+/// for the product, plus the stop's cfg, in a target directory of its own.
+fn build_stop_variant(stop: &str) -> Result<std::path::PathBuf> {
+    let root = workspace_root();
+    let target = root.join("target/breakdown").join(stop);
+    let flags = [
+        "--cfg=bpf_target_arch=\"x86_64\"".to_owned(),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+        "--cfg=airlock_breakdown".to_owned(),
+        format!("--cfg=airlock_stop=\"{stop}\""),
+    ]
+    .join("\x1f");
+    cmd(Command::new("cargo")
+        .args(["+nightly", "build", "-q", "-Z", "build-std=core"])
+        .args([
+            "--bin",
+            "airlock-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .current_dir(root.join("ebpf-programs"))
+        // Not the stable toolchain this xtask runs under.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_ENCODED_RUSTFLAGS", flags))
+    .with_context(|| format!("building the {stop} breakdown variant"))?;
+    Ok(target.join("bpfel-unknown-none/release/airlock-ebpf"))
 }
 
 /// Says so when the run was taken on a busy machine (the report marks it too).

@@ -48,16 +48,32 @@ enum Task {
     },
     /// Show Airlock at work in two throwaway network namespaces (needs root).
     Demo,
-    /// The long randomized differential run (needs root): random policies and
-    /// frames (length fields, trailing bytes, fragment order varied) through the
-    /// real XDP program, each verdict compared with the reference model.
+    /// The long runs (needs root), each printing its figures; fails if any fails:
+    /// the randomized differential run (random policies and frames through the real
+    /// XDP program against the reference model), policy swaps under traffic, kills
+    /// at every step and after random delays, and the policy pipeline fuzzed.
     Soak {
-        /// How many frames.
+        /// How many frames for the differential run.
         #[arg(long, default_value_t = 1_000_000)]
         frames: u64,
         /// The seed (decimal or 0x-hex); a fresh one when not given.
         #[arg(long)]
         seed: Option<String>,
+        /// Only these parts (differential, swaps, kills, fuzz, faults); repeatable.
+        #[arg(long)]
+        only: Vec<String>,
+        /// Policy swaps under traffic (half by the CLI, half by the agent).
+        #[arg(long, default_value_t = 2_000)]
+        swaps: u64,
+        /// Applies killed after random delays (besides every named step).
+        #[arg(long, default_value_t = 500)]
+        kills: u64,
+        /// Fuzz executions of the policy pipeline.
+        #[arg(long, default_value_t = 10_000_000)]
+        fuzz: u64,
+        /// Deletions and recreations of the filtered interface under the agent.
+        #[arg(long, default_value_t = 100)]
+        churn: u64,
     },
     /// Build the agent's container image from this machine's files (the release
     /// binary, a root filesystem from Debian packages): no registry needed. Needs
@@ -79,6 +95,10 @@ enum Task {
         /// Only redraw the plot from bench-results/latest.json.
         #[arg(long)]
         plot_only: bool,
+        /// Also time builds of the XDP program that stop early (after the policy
+        /// state, the parse, the source lookup): where each row's time goes.
+        #[arg(long)]
+        breakdown: bool,
     },
 }
 
@@ -109,16 +129,28 @@ fn main() -> Result<()> {
             setup::setup()?;
             run::demo()
         }
-        Task::Soak { frames, seed } => {
+        Task::Soak {
+            frames,
+            seed,
+            only,
+            swaps,
+            kills,
+            fuzz,
+            churn,
+        } => {
             setup::setup()?;
-            run::soak(frames, seed.as_deref())
+            run::soak(frames, seed.as_deref(), &only, [swaps, kills, fuzz, churn])
         }
-        Task::Bench { quick, plot_only } => {
+        Task::Bench {
+            quick,
+            plot_only,
+            breakdown,
+        } => {
             if plot_only {
                 return bench::replot();
             }
             setup::setup()?;
-            bench::bench(quick)
+            bench::bench(quick, breakdown)
         }
     }
 }

@@ -140,15 +140,31 @@ pub fn demo() -> Result<()> {
         .env("AIRLOCK_BIN", root.join("target/release/airlock")))
 }
 
-pub fn soak(frames: u64, seed: Option<&str>) -> Result<()> {
+/// `counts`: swaps, random kills, fuzz executions, interface churn cycles.
+pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 4]) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the soak run loads the XDP program into the kernel: run it as root");
     }
     build_release()?;
     let mut command = Command::new(workspace_root().join("target/release/airlock-soak"));
-    command.arg(frames.to_string());
+    // The swaps and kills drive the binary under test, as the suite does.
+    command
+        .env(
+            "AIRLOCK_BIN",
+            workspace_root().join("target/release/airlock"),
+        )
+        .arg(frames.to_string());
     if let Some(seed) = seed {
         command.arg(seed);
+    }
+    for part in only {
+        command.args(["--only", part]);
+    }
+    for (flag, count) in ["--swaps", "--kills", "--fuzz", "--churn"]
+        .into_iter()
+        .zip(counts)
+    {
+        command.arg(flag).arg(count.to_string());
     }
     cmd(&mut command)
 }

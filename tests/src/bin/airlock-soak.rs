@@ -1,31 +1,121 @@
-//! The long randomized differential run (`cargo xtask soak`): random policies and
-//! frames through the real XDP program, every verdict compared with the reference
-//! model. Prints the count, the seed and the result; exits 1 on any disagreement.
+//! The long runs (`cargo xtask soak`), each printing its figures; exits 1 if any
+//! fails:
+//! - differential: random policies and frames through the real XDP program, every
+//!   verdict compared with the reference model;
+//! - swaps: policy swaps by the CLI and the agent under traffic from several
+//!   threads, every frame's verdict and counter checked against the policies in
+//!   force while it ran;
+//! - kills: `airlock apply` and the agent SIGKILLed at every step, the confirm
+//!   watchdog in its window and rollback, and applies killed after random delays;
+//! - fuzz: the policy pipeline fuzzed (parse, validate, compile, reference model
+//!   against the compiled tables);
+//! - faults: the filtered interface deleted and recreated under the agent.
 //!
-//! `airlock-soak [FRAMES] [SEED]`: FRAMES defaults to 1,000,000, SEED to a fresh
-//! one (printed, so a failure can be replayed with the same seed).
+//! `airlock-soak [FRAMES] [SEED] [--only PART]... [--swaps N] [--kills N] [--fuzz N] [--churn N]`:
+//! FRAMES defaults to 1,000,000, SEED to a fresh one (printed, so a failure can be
+//! replayed with the same seed; it seeds the random kills and the fuzzer too);
+//! `--swaps` 2,000 (half by the CLI, half by the agent), `--kills` 500 random kills
+//! (besides the named steps), `--fuzz` 10,000,000 executions, `--churn` 100
+//! interface deletions.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use airlock_integration::differential;
+use airlock_integration::{differential, faults, fixture::Fixture, fuzz, kills, swaps};
+
+struct Args {
+    frames: u64,
+    seed: u64,
+    only: Vec<String>,
+    swaps: u64,
+    kills: u64,
+    fuzz: u64,
+    churn: u64,
+}
+
+fn count(text: &str) -> u64 {
+    text.replace('_', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not a count: {e}"))
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        frames: 1_000_000,
+        seed: rand::random::<u64>(),
+        only: Vec::new(),
+        swaps: 2_000,
+        kills: 500,
+        fuzz: 10_000_000,
+        churn: 100,
+    };
+    let mut positional = 0;
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--only" => args.only.push(value()),
+            "--swaps" => args.swaps = count(&value()),
+            "--kills" => args.kills = count(&value()),
+            "--fuzz" => args.fuzz = count(&value()),
+            "--churn" => args.churn = count(&value()),
+            _ if positional == 0 => {
+                args.frames = count(&arg);
+                positional += 1;
+            }
+            _ if positional == 1 => {
+                args.seed = differential::parse_seed(&arg);
+                positional += 1;
+            }
+            _ => panic!("unexpected argument {arg:?}"),
+        }
+    }
+    args
+}
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let frames = args.next().map_or(1_000_000, |a| {
-        a.replace('_', "")
-            .parse()
-            .unwrap_or_else(|e| panic!("FRAMES {a:?} is not a count: {e}"))
-    });
-    let seed = args
-        .next()
-        .map_or_else(rand::random::<u64>, |s| differential::parse_seed(&s));
+    let args = parse_args();
+    let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
+    let seed = args.seed;
     println!(
-        "soak: {frames} frames, seed {seed:#x} (replay: cargo xtask soak --frames {frames} --seed {seed:#x})"
+        "soak: seed {seed:#x} (replay: cargo xtask soak --frames {} --seed {seed:#x} --swaps {} --kills {} --fuzz {})",
+        args.frames, args.swaps, args.kills, args.fuzz
     );
+    let mut results: Vec<(&str, bool, String)> = Vec::new();
+    if wanted("differential") {
+        results.push(differential_run(args.frames, seed));
+    }
+    if wanted("swaps") {
+        results.push(swaps_run(args.swaps));
+    }
+    if wanted("kills") {
+        results.push(kills_run(args.kills, seed));
+    }
+    if wanted("fuzz") {
+        results.push(fuzz_run(args.fuzz, seed));
+    }
+    if wanted("faults") {
+        results.push(faults_run(args.churn));
+    }
+    println!("\nsoak: summary (seed {seed:#x})");
+    for (part, ok, figures) in &results {
+        println!(
+            "  {part:<12} {}  {figures}",
+            if *ok { "ok  " } else { "FAIL" }
+        );
+    }
+    if results.iter().all(|(_, ok, _)| *ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn differential_run(frames: u64, seed: u64) -> (&'static str, bool, String) {
+    println!("soak: differential: {frames} frames, seed {seed:#x}");
     let started = Instant::now();
     let mut shown = 0;
-    let report = differential::run(seed, frames, |r| {
+    let report = differential::run(seed, frames as usize, |r| {
         // Shown as found, so a long run that fails late has said why already.
         for (_, d) in r
             .disagreements
@@ -55,19 +145,106 @@ fn main() -> ExitCode {
         report.fragment_pairs
     );
     println!("soak: verdicts by reason: {:?}", report.by_reason);
-    if report.disagreements.is_empty() {
-        println!(
-            "soak: seed {seed:#x}: 0 disagreements in {} frames",
-            report.frames
-        );
-        ExitCode::SUCCESS
-    } else {
-        println!(
-            "soak: seed {seed:#x}: {} disagreements in {} frames: {:?}",
-            report.disagreements.len(),
-            report.frames,
-            report.kinds()
-        );
-        ExitCode::FAILURE
+    let figures = format!(
+        "{} frames, {} disagreements {:?}",
+        report.frames,
+        report.disagreements.len(),
+        report.kinds()
+    );
+    ("differential", report.disagreements.is_empty(), figures)
+}
+
+fn swaps_run(total: u64) -> (&'static str, bool, String) {
+    println!("soak: swaps: {total} under traffic, half by the CLI, half by the agent");
+    let f = Fixture::new("sks");
+    let report = swaps::run(&f, total / 2, total - total / 2);
+    for example in &report.examples {
+        println!("---- wrong ----\n{example}");
     }
+    let figures = format!(
+        "{} swaps, {} frames checked ({} overlapping a flip), {} wrong verdicts, {} unattributed",
+        report.swaps, report.packets, report.overlapping, report.wrong, report.unattributed
+    );
+    ("swaps", report.ok(), figures)
+}
+
+fn kills_run(random: u64, seed: u64) -> (&'static str, bool, String) {
+    println!("soak: kills: every step, confirm, agent, then {random} random kills");
+    let started = Instant::now();
+    let bed = kills::Bed::new("skk");
+    let mut report = kills::Report::default();
+    kills::at_every_step(&bed, &mut report);
+    kills::during_confirm(&bed, &mut report);
+    kills::agent_at_steps(&bed, &mut report);
+    let named = report.kills;
+    kills::at_random(&bed, random, seed, &mut report);
+    for example in &report.examples {
+        println!("---- failure ----\n{example}");
+    }
+    let figures = format!(
+        "{} kills ({named} at named steps, {} after random delays; {} applies finished first) in {:.0?}: {} wrong states, {} status lies, {} failed repairs",
+        report.kills,
+        report.kills - named,
+        report.finished_first,
+        started.elapsed(),
+        report.wrong_states,
+        report.status_lies,
+        report.failed_repairs
+    );
+    (
+        "kills",
+        report.ok() && report.kills >= named + random,
+        figures,
+    )
+}
+
+fn fuzz_run(executions: u64, seed: u64) -> (&'static str, bool, String) {
+    println!("soak: fuzz: {executions} executions, seed {seed:#x}");
+    let started = Instant::now();
+    let checker = fuzz::counts_panics();
+    let report = fuzz::run(seed, executions, |r| {
+        if r.executions % 1_000_000 == 0 {
+            println!(
+                "soak: fuzz: {} executions, {} compiled, {} packets, {} mismatches, {} panics, {:.0?}",
+                r.executions,
+                r.compiled,
+                r.packets,
+                r.mismatches,
+                r.panics,
+                started.elapsed()
+            );
+        }
+    });
+    for (input, what) in &report.failures {
+        println!("---- {what}\n{input:?}");
+    }
+    let figures = format!(
+        "{} executions ({} parsed, {} compiled, {} packets checked) in {:.0?}: {} mismatches, {} panics, {} hangs (slowest {:.0?}), RSS {} -> {} KiB",
+        report.executions,
+        report.parsed,
+        report.compiled,
+        report.packets,
+        started.elapsed(),
+        report.mismatches,
+        report.panics,
+        report.hangs,
+        report.slowest,
+        report.rss_kib.0,
+        report.rss_kib.1
+    );
+    ("fuzz", checker && report.ok(), figures)
+}
+
+fn faults_run(cycles: u64) -> (&'static str, bool, String) {
+    println!("soak: faults: the interface deleted and recreated {cycles} times under the agent");
+    let bed = kills::Bed::new("skf");
+    let report = faults::interface_churn(&bed, cycles);
+    for example in &report.examples {
+        println!("---- failure ----\n{example}");
+    }
+    let figures = format!(
+        "{} deletions and recreations under the agent: {} not repaired, slowest repair {:.1?}",
+        report.cycles, report.unrepaired, report.slowest_repair
+    );
+    ("faults", report.ok() && report.cycles == cycles, figures)
 }

@@ -106,6 +106,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
     preflight::kernel_access("status", &root)?;
     safe::finish_expired(&root);
+    // An apply killed mid-install may have left a filter enforcing in its staging
+    // directory: put in place, it is listed below like any other.
+    if let Err(error) = loader::recover_interrupted_installs(&root) {
+        eprintln!("airlock: finishing an interrupted install: {error}");
+    }
     let mut all = Vec::new();
     for iface in root.interfaces()? {
         all.push(interface_status(&root, &iface)?);

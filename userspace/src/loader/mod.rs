@@ -181,6 +181,7 @@ pub fn apply(
     })?;
     let ifindex = facts.ifindex;
     root.ensure_mounted()?;
+    recover_interrupted_install(writer, root, iface)?;
     let dir = root.interface_dir(iface);
     if pins::present(&dir) {
         // Refused as a whole, not "reinstalled" below: see `pins::remove_dir`.
@@ -220,6 +221,70 @@ pub fn apply(
     }
     summary.serial = 1;
     install(root, iface, framing, compiled, summary)
+}
+
+/// Finishes what an install killed before renaming its staging directory into
+/// place left for `iface` (the writer lock, held, says no install is running).
+/// One killed after pinning its XDP link left a complete filter enforcing where no
+/// command looks, and any later attach would be refused beside it: it is renamed
+/// into place, as its apply would have done, replacing a directory whose link is
+/// not attached (the interface has one XDP program). Any other is the remains of
+/// an install that never filtered (its link died with it): removed, which also
+/// detaches an egress link it pinned.
+fn recover_interrupted_install(
+    _writer: &WriterLock,
+    root: &PinRoot,
+    iface: &str,
+) -> Result<(), LoaderError> {
+    let dir = root.interface_dir(iface);
+    for (_, staging) in root
+        .staging_dirs()
+        .into_iter()
+        .filter(|(name, _)| name == iface)
+    {
+        pins::check_filter_dir(&staging)?;
+        let state = match pinned_link_state(&staging.join(LINK_PIN), LinkKind::Xdp) {
+            Ok(state) if state.ifindex != 0 => state,
+            Err(error) if error.is_permission_denied() => return Err(error),
+            _ => {
+                tracing::warn!(iface, staging = %staging.display(), "removing what an interrupted install left");
+                pins::remove_dir(&staging)?;
+                continue;
+            }
+        };
+        let here = link_type::framing_of(iface).is_ok_and(|(framing, facts)| {
+            state.ifindex == facts.ifindex && runs_program_for(&staging, &state, framing)
+        });
+        if !here {
+            // Attached, but not to the interface of that name seen from here (another
+            // network namespace?): not ours to judge.
+            continue;
+        }
+        tracing::warn!(iface, staging = %staging.display(), "an interrupted install left its filter enforcing: putting it in place");
+        if pins::present(&dir) {
+            pins::remove_dir(&dir)?;
+        }
+        fs::rename(&staging, &dir).map_err(|e| LoaderError::io("renaming into place", &dir, e))?;
+    }
+    Ok(())
+}
+
+/// [`recover_interrupted_install`] for every interface, unless an apply is running
+/// (it does that itself): for `status`, which must not miss a filter enforcing.
+pub fn recover_interrupted_installs(root: &PinRoot) -> Result<(), LoaderError> {
+    let staged = root.staging_dirs();
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let Some(writer) = WriterLock::try_acquire(root)? else {
+        return Ok(());
+    };
+    let mut ifaces: Vec<String> = staged.into_iter().map(|(iface, _)| iface).collect();
+    ifaces.dedup();
+    for iface in ifaces {
+        recover_interrupted_install(&writer, root, &iface)?;
+    }
+    Ok(())
 }
 
 /// Whether the pinned link runs the pinned program and that program reads
@@ -381,6 +446,7 @@ fn install(
     let result = install_staged(&staging, iface, framing, compiled, &mut summary);
     match result {
         Ok(outcome) => {
+            crate::test_hook::stop_at("install-pinned");
             let dir = root.interface_dir(iface);
             if let Err(e) = fs::rename(&staging, &dir) {
                 let _ = pins::remove_dir(&staging);
@@ -453,6 +519,7 @@ fn install_staged(
         summary.attach_mode = attach_mode.as_str().to_owned();
         maps.rewrite_active_summary(summary)?;
     }
+    crate::test_hook::stop_at("install-attached");
     let link_pin = staging.join(LINK_PIN);
     link.pin(&link_pin).map_err(|source| LoaderError::Pin {
         path: link_pin,

@@ -142,6 +142,24 @@ impl PinRoot {
         Ok(trust::open_lock_dir(&self.root.join(LOCK_DIR))?)
     }
 
+    /// Staging directories in the root, each with the interface it was for. An
+    /// install pins into one and renames it into place when complete; whoever holds
+    /// the writer lock knows that every one it finds was left by an apply that died.
+    pub(crate) fn staging_dirs(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let (escaped, pid) = name.strip_prefix(STAGING_PREFIX)?.rsplit_once('-')?;
+                pid.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+                Some((unescape(escaped), entry.path()))
+            })
+            .collect()
+    }
+
     /// Interfaces that have a filter pinned, sorted. A directory counts only if it
     /// holds one of Airlock's pins: the root may be shared with other tools (tc
     /// keeps `tc/globals` in the bpffs it uses), whose pins `remove --all` must leave

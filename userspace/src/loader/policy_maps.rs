@@ -212,7 +212,9 @@ impl PolicyMaps {
         // Encode first: a summary that does not fit must fail before anything changes.
         let meta = summary.encode()?;
         self.write_generation(next, compiled, &meta, grace)?;
+        crate::test_hook::stop_at("before-flip");
         self.set_active_generation(next)?;
+        crate::test_hook::stop_at("after-flip");
         Ok(next)
     }
 
@@ -270,6 +272,7 @@ impl PolicyMaps {
             || self.src_v6.write(generation, &v6),
         );
         let placed = (placed.0?, placed.1?);
+        crate::test_hook::stop_at("tables-written");
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "source tables written"

@@ -54,6 +54,25 @@ impl WriterLock {
         })
     }
 
+    /// As [`acquire`](Self::acquire), but `None` at once if another process holds it.
+    pub fn try_acquire(root: &PinRoot) -> Result<Option<Self>, LoaderError> {
+        root.ensure_mounted()?;
+        let path = root.path();
+        let file = root.lock_dir()?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(Self {
+                _lock: lock,
+                grace: Mutex::new(EarlyGrace::default()),
+            })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(LoaderError::io(
+                "locking",
+                path,
+                io::Error::from_raw_os_error(errno as i32),
+            )),
+        }
+    }
+
     /// As [`acquire`](Self::acquire), and begins an RCU grace period on a thread
     /// for the filters on `ifaces` that have none on record since their last flip
     /// (none if all have, or none is installed yet: a process cannot exit while a

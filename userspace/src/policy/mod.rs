@@ -31,6 +31,8 @@ use ipnet::IpNet;
 pub use error::{Diagnostic, PolicyError};
 pub use import_paths::imported_files;
 pub use ports::{PortRange, Proto};
+#[doc(hidden)]
+pub use validate::yaml_panics_caught;
 
 /// Reads the policy at `path` (and any files it imports) and validates it.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {

@@ -1,8 +1,11 @@
 //! Top-level validation: walks the document, records every problem, and builds the
 //! [`Policy`] only if there were none.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use airlock_common::maps::{MAX_PREFIXES_V4, MAX_PREFIXES_V6};
 use marked_yaml::types::MarkedMappingNode;
@@ -131,9 +134,11 @@ pub(crate) fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String
         .error_on_duplicate_keys(true)
         .prevent_coercion(true);
     // marked-yaml has `unreachable!()`s on some odd inputs; a policy typo must never
-    // take down the agent, so treat a panic as a syntax error.
-    let result =
-        std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
+    // take down the agent, so treat a panic as a syntax error (and keep its message,
+    // which would read like a crash of airlock, off stderr).
+    let result = quietly(|| {
+        std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options))
+    });
     let pos = |m: &marked_yaml::Marker| Pos {
         line: m.line(),
         column: m.column(),
@@ -170,6 +175,41 @@ pub(crate) fn parse_yaml(text: &str) -> Result<Node, (Pos, String, Option<String
             LoadError::UnexpectedTag(m) => (pos(&m), "YAML tags are not supported".into(), None),
         }),
     }
+}
+
+static YAML_PANICS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with this thread's panic messages logged at debug level instead of
+/// printed, and counted ([`yaml_panics_caught`]). The hook is the process's, but
+/// the quiet is per thread: other threads' panics print as ever.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(Cell::get) {
+                YAML_PANICS.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%info, "the YAML library panicked: reported as unparseable YAML");
+            } else {
+                default(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let out = f();
+    QUIET.with(|q| q.set(false));
+    out
+}
+
+/// How many panics of the YAML library were turned into syntax errors (for the
+/// fuzzer, which must see them although nothing is printed).
+#[doc(hidden)]
+pub fn yaml_panics_caught() -> u64 {
+    YAML_PANICS.load(Ordering::Relaxed)
 }
 
 /// The line of a `---` (or `...`) marker that follows content, if any.
@@ -357,5 +397,20 @@ pub(crate) fn check_prefix_limits(
                 Some("aggregate adjacent ranges or drop unused sets".into()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod quiet_tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_while_quiet_is_counted_and_caught() {
+        let before = yaml_panics_caught();
+        let caught = quietly(|| std::panic::catch_unwind(|| panic!("a YAML library bug")));
+        assert!(caught.is_err());
+        assert_eq!(yaml_panics_caught(), before + 1);
+        // Quiet ends with the call.
+        assert!(!QUIET.with(Cell::get));
     }
 }

@@ -162,6 +162,7 @@ fn roll_back(
             if cause == Cause::Expired {
                 note_restored(&mut maps, *generation, pending);
             }
+            crate::test_hook::stop_at("rollback");
             maps.set_active_generation(*generation)?;
         }
         RollbackTarget::Remove => {
@@ -357,6 +358,7 @@ pub fn watchdog(root: &PinRoot, token: u64, deadline: u64) -> Vec<RolledBack> {
             };
             return roll_back_tokens(root, &[token], now, Cause::Expired);
         }
+        crate::test_hook::stop_at("watchdog");
         // Wake on the second the deadline falls on, or once a second to notice a
         // confirmation and exit early.
         let until = UNIX_EPOCH + Duration::from_secs(deadline);
