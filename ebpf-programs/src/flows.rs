@@ -332,8 +332,12 @@ fn recent_slot(key: &FlowKey) -> u32 {
 fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
     const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
     // SAFETY: FlowKey is 24 bytes of plain integers, every bit pattern valid.
-    let (a, b): ([u64; 3], [u64; 3]) =
-        unsafe { (core::mem::transmute(*a), core::mem::transmute(*b)) };
+    let (a, b) = unsafe {
+        (
+            core::mem::transmute::<FlowKey, [u64; 3]>(*a),
+            core::mem::transmute::<FlowKey, [u64; 3]>(*b),
+        )
+    };
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) == 0
 }
 

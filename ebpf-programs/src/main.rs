@@ -13,6 +13,7 @@
 
 mod egress;
 mod flows;
+mod log;
 mod maps;
 mod mem;
 mod parse;
@@ -87,7 +88,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     return stop(u32::from(headers.kind) + u32::from(headers.local_port));
     #[cfg(airlock_stop = "source")]
     return stop(lookup(generation, config, &packet, headers).flags);
-    let (reason, rule) = decide(generation, config, &packet, headers);
+    let (reason, rule) = decide(generation, config, &packet, headers, bytes);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
@@ -134,11 +135,15 @@ fn decide(
     config: &GenConfig,
     packet: &Bytes,
     headers: &Headers,
+    bytes: u64,
 ) -> (Reason, Option<u32>) {
     let default_action = config.default_action;
     match headers.kind {
         KIND_NON_IP => return (Reason::NonIp, None),
-        KIND_MALFORMED => return (Reason::Malformed, None),
+        KIND_MALFORMED => {
+            log::malformed(packet, headers, bytes);
+            return (Reason::Malformed, None);
+        }
         _ => {}
     }
     let entry = lookup(generation, config, packet, headers);
@@ -146,11 +151,14 @@ fn decide(
     // sound packet.
     if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {
         if entry.flags & SRC_MANAGEMENT != 0 {
+            log::decided(Reason::Management, None, entry.rules, entry.flags, 0);
             return (Reason::Management, None);
         }
         if headers.kind == KIND_MALFORMED_FROM {
+            log::malformed(packet, headers, bytes);
             return (Reason::Malformed, None);
         }
+        log::decided(Reason::Deny, None, entry.rules, entry.flags, 0);
         return (Reason::Deny, None);
     }
     let default = if default_action == DEFAULT_DROP {
@@ -186,11 +194,13 @@ fn decide(
         return (default, None);
     }
     let allowed = entry.rules & port_rules;
-    if allowed != 0 {
+    let verdict = if allowed != 0 {
         (Reason::RuleAllowed, Some(lowest_bit(allowed)))
     } else {
         (Reason::RuleRefused, Some(lowest_bit(port_rules)))
-    }
+    };
+    log::decided(verdict.0, verdict.1, entry.rules, entry.flags, port_rules);
+    verdict
 }
 
 /// The peer's entry (`headers.kind` is `KIND_MALFORMED_FROM` or `KIND_IP`, so

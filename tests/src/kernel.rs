@@ -151,8 +151,22 @@ impl Harness {
     /// for devices whose frames start at the IP header).
     pub fn for_framing(framing: Framing) -> Self {
         require_root();
-        let mut filter = LoadedFilter::load_for(framing)
+        let filter = LoadedFilter::load_for(framing)
             .unwrap_or_else(|e| panic!("loading the XDP program failed: {e:?}"));
+        Self::with_filter(filter)
+    }
+
+    /// [`Harness::new`] with the datapath's debug/trace lines at `level`
+    /// (aya-log's numbering, 0: off); read them with `aya_log::EbpfLogger` on
+    /// `filter.ebpf`.
+    pub fn with_datapath_log(level: u8) -> Self {
+        require_root();
+        let filter = LoadedFilter::load_logging(Framing::Ethernet, level)
+            .unwrap_or_else(|e| panic!("loading the XDP program failed: {e:?}"));
+        Self::with_filter(filter)
+    }
+
+    fn with_filter(mut filter: LoadedFilter) -> Self {
         let flows = FlowTable::of(&mut filter.ebpf)
             .unwrap_or_else(|e| panic!("no flow table in the object: {e:?}"));
         Harness {

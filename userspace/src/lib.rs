@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod compile;
+pub mod datapath_log;
 pub mod fleet;
 pub mod interfaces;
 pub mod kernel_hz;

@@ -27,7 +27,16 @@ fn main() -> ExitCode {
         // SAFETY: nothing else runs yet; SIG_DFL is a valid disposition.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    cli::init_logging(args.verbose, args.quiet, args.log_format);
+    let datapath_log = args.datapath_log_level();
+    cli::init_logging(
+        args.verbose,
+        args.quiet,
+        args.log_format,
+        datapath_log.is_some(),
+    );
+    if let Some(level) = datapath_log {
+        airlock::loader::set_datapath_log(level);
+    }
     let json = args.json_output();
     match cli::run(args) {
         Ok(code) => code,

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use airlock::loader::PinnableMaps as _;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
@@ -384,11 +385,19 @@ impl Variant {
     /// them with the real loader's handles, so `maps.apply` fills them as it
     /// fills Airlock's.
     pub fn load(name: &str, object: &std::path::Path, pin_dir: &std::path::Path) -> Result<Self> {
+        // Logging off, as in production (aya-log's own default is everything on);
+        // an object without aya-log has no such global.
         let ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &0u8, false)
             .load_file(object)
             .with_context(|| format!("loading variant {}", object.display()))?;
+        Self::from_ebpf(name, ebpf, pin_dir)
+    }
+
+    /// As [`Variant::load`], for an object already parsed (its maps created).
+    pub fn from_ebpf(name: &str, ebpf: Ebpf, pin_dir: &std::path::Path) -> Result<Self> {
         std::fs::create_dir_all(pin_dir)?;
-        for (map_name, map) in ebpf.maps() {
+        for (map_name, map) in ebpf.pinnable_maps() {
             map.pin(pin_dir.join(map_name))?;
         }
         let mut maps = airlock::loader::PolicyMaps::open_pinned(pin_dir)

@@ -3,11 +3,12 @@
 //! to `<out>/latest.md` and `<out>/latest.json`. Needs root; everything happens in
 //! throwaway namespaces with private bpffs mounts, and every loop is bounded.
 //!
-//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--live-packet-socket] [--variant NAME=OBJECT]...
+//! Usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--live-packet-socket] [--variant NAME=OBJECT]... [--datapath-log LEVEL]...
 //! (`--quick`: sizes up to 10,000 prefixes only, for trying the suite out;
 //! `--live-packet-socket`: live rows from a raw packet socket where the kernel
 //! refuses its own generator; `--variant`: also time an experimental build of
-//! the XDP program, same maps.)
+//! the XDP program, same maps; `--datapath-log LEVEL`: also time the production
+//! program loaded with its aya-log lines at LEVEL, as variant `log-LEVEL`.)
 
 use std::{
     path::{Path, PathBuf},
@@ -71,9 +72,23 @@ fn main() -> ExitCode {
                 };
                 options.variants.push((name, path));
             }
+            "--datapath-log" => {
+                let level = match args.next().as_deref() {
+                    Some("error") => aya_log::Level::Error,
+                    Some("warn") => aya_log::Level::Warn,
+                    Some("info") => aya_log::Level::Info,
+                    Some("debug") => aya_log::Level::Debug,
+                    Some("trace") => aya_log::Level::Trace,
+                    _ => {
+                        eprintln!("--datapath-log takes error, warn, info, debug or trace");
+                        return ExitCode::from(2);
+                    }
+                };
+                options.datapath_logs.push(level);
+            }
             other => {
                 eprintln!(
-                    "usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--live-packet-socket] [--variant NAME=OBJECT]... (unknown argument {other:?})"
+                    "usage: airlock-bench [--out DIR] [--quick] [--per-packet-only | --control-only | --live-only] [--live-packet-socket] [--variant NAME=OBJECT]... [--datapath-log LEVEL]... (unknown argument {other:?})"
                 );
                 return ExitCode::from(2);
             }
@@ -100,6 +115,8 @@ struct Options {
     /// generator (see live.rs for why not by default).
     live_packet_socket: bool,
     variants: Vec<(String, PathBuf)>,
+    /// The production program with its datapath log lines on, at these levels.
+    datapath_logs: Vec<aya_log::Level>,
 }
 
 fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
@@ -179,6 +196,22 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     for (name, path) in &options.variants {
         let dir = bpffs.path().join(format!("variant-{name}"));
         variants.push(per_packet::Variant::load(name, path, &dir)?);
+    }
+    for &level in &options.datapath_logs {
+        let name = format!("log-{}", format!("{level:?}").to_lowercase());
+        let dir = bpffs.path().join(format!("variant-{name}"));
+        let ebpf = airlock::loader::load_object_logging(level as u8)
+            .map_err(|e| anyhow::anyhow!("loading the program with logging on: {e}"))?;
+        variants.push(per_packet::Variant::from_ebpf(&name, ebpf, &dir)?);
+    }
+    // What logging (or any variant) adds to the program the kernel runs.
+    for variant in &mut variants {
+        let count = variant.program()?.info()?.verified_instruction_count();
+        results.notes.push(format!(
+            "Variant {}: the kernel's verifier processed {} instructions (XDP).",
+            variant.name,
+            count.map_or("?".to_owned(), |c| c.to_string())
+        ));
     }
     results.notes.push(
         "xdp-filter (deny mode, IP features) matches exact addresses only: every prefix of the policy is loaded as its network address, so it enforces a looser policy (no prefixes, no ports) and its maps are sized to fit (its own limit is 10,000 per family). In deny mode it also drops ARP from unlisted senders, where Airlock passes all non-IP frames.".into(),

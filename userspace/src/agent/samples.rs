@@ -71,8 +71,28 @@ impl Samplers {
             let names = Arc::clone(names);
             let task_iface = iface.clone();
             let feed = self.feed.clone();
-            let task =
-                tokio::spawn(async move { read_samples(task_iface, ring, names, feed).await });
+            // The datapath's debug/trace lines, when this agent loads programs with them.
+            let datapath_log = (crate::loader::datapath_log() > 0)
+                .then(|| {
+                    let sink = crate::datapath_log::ToTracing {
+                        iface: iface.clone(),
+                    };
+                    crate::datapath_log::open(&dir, sink)
+                        .inspect_err(
+                            |error| tracing::warn!(iface, %error, "cannot read the datapath log"),
+                        )
+                        .ok()
+                })
+                .flatten();
+            let task = tokio::spawn(async move {
+                let log_iface = task_iface.clone();
+                let log = async move {
+                    if let Some(logger) = datapath_log {
+                        crate::datapath_log::forward(&log_iface, logger).await;
+                    }
+                };
+                tokio::join!(read_samples(task_iface, ring, names, feed), log);
+            });
             self.running.insert(iface, (link.program_id, task));
         }
     }

@@ -48,6 +48,40 @@ pub struct Cli {
     /// Log format on stderr: human (default) or json (one JSON object per line).
     #[arg(long, value_enum, default_value_t, global = true)]
     pub log_format: LogFormat,
+    /// The XDP program's own log lines (why a frame was malformed: debug; which
+    /// source and port entry decided each packet: trace), in filters this command
+    /// loads; read by the agent into its log and by `airlock watch`. Off by default
+    /// (the lines are then not in the program at all); -vv means debug. Fixed when a
+    /// filter is installed: a filter already attached keeps its level.
+    #[arg(long, value_enum, global = true, value_name = "LEVEL")]
+    pub datapath_log: Option<DatapathLog>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatapathLog {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl Cli {
+    /// The datapath log level: `--datapath-log`, else debug with -vv, else off.
+    pub fn datapath_log_level(&self) -> Option<aya_log::Level> {
+        use aya_log::Level;
+        match self.datapath_log {
+            Some(DatapathLog::Off) => None,
+            Some(DatapathLog::Error) => Some(Level::Error),
+            Some(DatapathLog::Warn) => Some(Level::Warn),
+            Some(DatapathLog::Info) => Some(Level::Info),
+            Some(DatapathLog::Debug) => Some(Level::Debug),
+            Some(DatapathLog::Trace) => Some(Level::Trace),
+            None if self.verbose >= 2 => Some(Level::Debug),
+            None => None,
+        }
+    }
 }
 
 /// The end of `airlock --help` and of airlock(1).
@@ -232,13 +266,19 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
 
 /// Logs go to stderr. `AIRLOCK_LOG` (a `tracing` filter: `debug`, or
 /// `airlock=trace,aya=info`) wins over -v and -q.
-pub fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
+pub fn init_logging(verbose: u8, quiet: bool, format: LogFormat, datapath_log: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "info",
         (false, 1) => "debug",
         (false, _) => "trace",
+    };
+    // The datapath's lines were asked for by their own flag: shown at any -v.
+    let default = if datapath_log {
+        format!("{default},airlock::datapath=trace")
+    } else {
+        default.to_owned()
     };
     let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal as _;

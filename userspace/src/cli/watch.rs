@@ -9,7 +9,7 @@ use std::{
 };
 
 use airlock::{
-    agent,
+    agent, datapath_log,
     loader::{PinRoot, PolicyMaps},
     samples::{DropEvent, DropRecord, open_ring},
 };
@@ -77,6 +77,7 @@ fn from_rings(
     out: &Printer,
 ) -> anyhow::Result<ExitCode> {
     let mut rings = Vec::new();
+    let mut logs = Vec::new();
     for iface in root.interfaces()? {
         let dir = root.interface_dir(&iface);
         let names: Vec<String> = PolicyMaps::open_pinned(&dir)
@@ -84,7 +85,12 @@ fn from_rings(
             .and_then(|m| m.active_summary().ok().flatten())
             .map(|s| s.rules.into_iter().map(|r| r.name).collect())
             .unwrap_or_default();
-        rings.push((iface, names, open_ring(&dir)?));
+        rings.push((iface.clone(), names, open_ring(&dir)?));
+        // The program's own lines (`--datapath-log` at install), where they can be read.
+        match datapath_log::open(&dir, ToStderr { iface }) {
+            Ok(logger) => logs.push(logger),
+            Err(error) => tracing::debug!(%error, "no datapath log"),
+        }
     }
     if rings.is_empty() {
         // On stderr: with -o json, stdout holds samples only.
@@ -106,6 +112,9 @@ fn from_rings(
                 let rule = event.rule.and_then(|i| names.get(i as usize).cloned());
                 out.row(&DropRecord::new(iface, &event, rule))?;
             }
+        }
+        for log in &mut logs {
+            log.flush();
         }
         if quiet {
             std::thread::sleep(POLL);
@@ -205,4 +214,28 @@ impl Printer {
         );
         Ok(())
     }
+}
+
+/// The datapath's lines, on stderr (stdout holds the samples, as JSON with `-o json`).
+struct ToStderr {
+    iface: String,
+}
+
+impl log::Log for ToStderr {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        eprintln!(
+            "{} {:<12} datapath {}: {}",
+            now.get(11..19).unwrap_or(""),
+            self.iface,
+            record.level(),
+            record.args()
+        );
+    }
+
+    fn flush(&self) {}
 }

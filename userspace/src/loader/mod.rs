@@ -34,7 +34,7 @@ pub use link::{
     pinned_link_state, program_name,
 };
 pub use meta::{PendingConfirm, PolicySummary, Restored, RuleSummary};
-pub use object::load_object;
+pub use object::{datapath_log, load_object, load_object_logging, set_datapath_log};
 pub use pins::{
     DEFAULT_PIN_ROOT, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, PROGRAM_PIN, PinRoot,
     pinned_path,
@@ -90,7 +90,16 @@ impl LoadedFilter {
 
     /// The programs for `framing`'s frames.
     pub fn load_for(framing: Framing) -> Result<Self, LoaderError> {
-        let mut ebpf = load_object()?;
+        Self::load_from(framing, load_object()?)
+    }
+
+    /// As [`LoadedFilter::load_for`], with datapath log level `level` (aya-log's
+    /// numbering, 0: off) whatever the process-wide setting.
+    pub fn load_logging(framing: Framing, level: u8) -> Result<Self, LoaderError> {
+        Self::load_from(framing, object::load_object_logging(level)?)
+    }
+
+    fn load_from(framing: Framing, mut ebpf: Ebpf) -> Result<Self, LoaderError> {
         let maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
         let (name, _) = program_names(framing);
         let program = xdp_program(&mut ebpf, name)?;
@@ -464,7 +473,7 @@ fn install_staged(
 ) -> Result<ApplyOutcome, LoaderError> {
     let (xdp_name, egress_name) = program_names(framing);
     let mut ebpf = load_object()?;
-    for (name, map) in ebpf.maps() {
+    for (name, map) in ebpf.pinnable_maps() {
         let path = staging.join(name);
         map.pin(&path)
             .map_err(|source| LoaderError::Pin { path, source })?;
@@ -645,4 +654,24 @@ pub fn apply_all(
         }
     }
     Ok(done)
+}
+
+/// The id of the XDP program pinned in `dir` (for aya-log, which finds a program's
+/// log ring by its id).
+pub fn pinned_program_id(dir: &Path) -> std::io::Result<u32> {
+    let path = pinned_path(dir, PROGRAM_PIN).map_err(std::io::Error::other)?;
+    link::pinned_program(&path).map(|(id, _)| id)
+}
+
+/// The maps of an object that are pinned with its filter: all but the global-data
+/// maps (`.rodata`: aya-log's level). bpffs refuses names with a dot, and those
+/// need no pin: the loaded program holds its own, frozen at load.
+pub trait PinnableMaps {
+    fn pinnable_maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)>;
+}
+
+impl PinnableMaps for Ebpf {
+    fn pinnable_maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)> {
+        self.maps().filter(|(name, _)| !name.contains('.'))
+    }
 }

@@ -8,6 +8,8 @@
 //! `except` inside one of its set's `cidrs`.
 
 mod addr;
+#[cfg(test)]
+mod cidr_crates;
 mod error;
 mod fast_cidr;
 mod import_file;
