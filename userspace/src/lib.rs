@@ -3,6 +3,7 @@
 //! into the kernel. The `airlock` binary (and the agent) are thin fronts over it.
 
 pub mod agent;
+pub mod check;
 pub mod compile;
 pub mod interfaces;
 pub mod kernel_hz;

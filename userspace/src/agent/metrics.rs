@@ -276,6 +276,12 @@ impl Collector for AirlockCollector {
             "Source prefixes in the compiled policy, by address family.",
             &prefixes,
         )?;
+        encode_family(
+            &mut encoder,
+            "airlock_check_findings",
+            "Findings of the security self-check (airlock check, by the model, without probes) in the agent's network namespace, by severity, kind and port (empty when the finding has none).",
+            &check_findings(&self.root, &state),
+        )?;
         let info = Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))]));
         info.encode(encoder.encode_descriptor(
             "airlock_build",
@@ -285,6 +291,28 @@ impl Collector for AirlockCollector {
         )?)?;
         Ok(())
     }
+}
+
+/// `airlock check` in this namespace, counted by severity, kind and port: two
+/// netlink dumps (links, listening sockets), as cheap as the scrape's map reads.
+fn check_findings(root: &PinRoot, state: &super::state::StateInner) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    let report = crate::check::model_only(
+        root,
+        state.policy.as_deref(),
+        crate::check::DEFAULT_REGION_MAX_AGE,
+    );
+    for finding in report.iter().flat_map(|r| &r.findings) {
+        let port = finding.port.map(|p| p.to_string()).unwrap_or_default();
+        family
+            .get_or_create(&labels(&[
+                ("severity", finding.severity.name()),
+                ("kind", finding.kind.name()),
+                ("port", &port),
+            ]))
+            .inc();
+    }
+    family
 }
 
 #[derive(Clone)]

@@ -4,6 +4,7 @@
 mod agent;
 mod agent_guard;
 mod apply;
+mod check;
 mod confirm;
 mod diff;
 mod docs;
@@ -60,7 +61,8 @@ Environment:
 
 Exit status:
   0  success
-  1  runtime failure (diff --exit-code: changes; failures exit 3)
+  1  runtime failure (diff --exit-code: changes; failures exit 3; check: a
+     finding at or above --fail-on)
   2  bad usage, an invalid policy, or a refusal that changed nothing (anti-lockout,
      a pending confirmation, an agent managing the pin root)
 
@@ -116,6 +118,13 @@ enum Command {
     Agent(agent::Args),
     /// Show sampled drops live.
     Watch(watch::Args),
+    /// The security self-check of this network namespace: who can reach each
+    /// listening socket under the policy in force (verified with a probe through the
+    /// attached filter), and findings by severity. Exit 1 when a finding is at or
+    /// above --fail-on.
+    ///
+    /// Example: airlock check --fail-on high -o json
+    Check(check::Args),
     /// Keep the policy applied with `apply --confirm` (otherwise it is rolled back
     /// at the deadline).
     Confirm(confirm::Args),
@@ -150,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Regions(args) => regions::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Watch(args) => watch::run(args),
+        Command::Check(args) => check::run(args),
         Command::Confirm(args) => confirm::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Completions(args) => docs::completions(args),
@@ -168,6 +178,7 @@ impl Cli {
             Command::Validate(a) => a.output,
             Command::Explain(a) => a.output,
             Command::Regions(a) => a.output,
+            Command::Check(a) => a.output,
             Command::Confirm(a) => a.output,
             Command::Diff(a) => a.output,
             Command::Remove(a) => a.output,
