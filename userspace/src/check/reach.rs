@@ -258,10 +258,7 @@ mod tests {
         assert_eq!(reach(&p, Proto::Tcp, 443, Family::Ipv4).who, Who::Everyone);
         let open = reach(&p, Proto::Udp, 5432, Family::Ipv4);
         assert!(open.who == Who::Everyone && open.default_pass, "{open:?}");
-        let closed = policy(&format!(
-            "{}",
-            "version: 1\ndefault: drop\nmanagement: [203.0.113.7/32]\nrules: []\n"
-        ));
+        let closed = policy("version: 1\ndefault: drop\nmanagement: [203.0.113.7/32]\nrules: []\n");
         assert_eq!(
             reach(&closed, Proto::Tcp, 22, Family::Ipv4).who,
             Who::Management
