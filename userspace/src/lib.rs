@@ -12,6 +12,7 @@ pub mod loader;
 pub mod parallel;
 pub mod pipeline;
 pub mod policy;
+pub mod ranges;
 pub mod reference;
 pub mod regions;
 mod rtnetlink;
