@@ -3,6 +3,7 @@ pub mod agent;
 pub mod cli;
 pub mod differential;
 pub mod fixture;
+pub mod https;
 pub mod netns;
 
 pub mod bench;
