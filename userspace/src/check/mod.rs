@@ -4,12 +4,16 @@
 //! the caller (facts.rs, `sockets::listeners`), so the agent and the CLI share it;
 //! the kernel cross-check of each answer is verify.rs.
 
+mod exposures;
 pub mod facts;
+mod findings;
 pub mod reach;
+#[cfg(test)]
+mod tests;
 pub mod verify;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     time::{Duration, SystemTime},
 };
 
@@ -232,10 +236,10 @@ pub struct Inputs<'a> {
 /// Who reaches each listener, and the findings (probes are verify.rs's, after).
 pub fn assess(inputs: &Inputs<'_>) -> Report {
     let mut report = Report {
-        exposures: exposures(inputs),
+        exposures: exposures::exposures(inputs),
         findings: Vec::new(),
     };
-    report.findings = findings(inputs, &report.exposures);
+    report.findings = findings::findings(inputs, &report.exposures);
     report
 }
 
@@ -264,257 +268,3 @@ pub fn model_only(
 
 /// Built-in region data older than this is stale, unless told otherwise.
 pub const DEFAULT_REGION_MAX_AGE: Duration = Duration::from_secs(90 * 86_400);
-
-/// Up, not loopback, and has received packets: traffic arrives there.
-fn has_traffic(link: &NetLink) -> bool {
-    link.up && !link.loopback && link.rx_packets > 0
-}
-
-fn exposures(inputs: &Inputs<'_>) -> Vec<Exposure> {
-    let filtered_names: BTreeSet<&str> = inputs.filters.iter().map(|f| f.iface.as_str()).collect();
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for listener in inputs.listeners {
-        if listener.loopback_only() {
-            continue;
-        }
-        // A socket bound to a device takes traffic from that device only; any
-        // other socket takes it from every interface (Linux accepts a packet for any
-        // of the host's addresses on any interface).
-        let paths: Vec<&NetLink> = inputs
-            .links
-            .iter()
-            .filter(|l| l.up && !l.loopback)
-            .filter(|l| listener.bound_ifindex == 0 || l.ifindex == listener.bound_ifindex)
-            .collect();
-        if listener.bound_ifindex != 0 && paths.is_empty() {
-            continue; // bound to loopback, or to a device that is down
-        }
-        let filtered: Vec<String> = paths
-            .iter()
-            .filter(|l| filtered_names.contains(l.name.as_str()))
-            .map(|l| l.name.clone())
-            .collect();
-        let unfiltered: Vec<String> = paths
-            .iter()
-            .filter(|l| !filtered_names.contains(l.name.as_str()) && has_traffic(l))
-            .map(|l| l.name.clone())
-            .collect();
-        let families = [
-            (Family::Ipv4, listener.takes_ipv4()),
-            (Family::Ipv6, listener.takes_ipv6()),
-        ];
-        for (family, takes) in families {
-            let key = (listener.proto, listener.port, family, listener.local);
-            if !takes || !seen.insert(key) {
-                continue;
-            }
-            let reach = match (inputs.policy, filtered.is_empty(), unfiltered.is_empty()) {
-                (_, _, false) => Reach {
-                    who: Who::Everyone,
-                    sets: Vec::new(),
-                    rules: Vec::new(),
-                    why: format!("no filter on {}", unfiltered.join(", ")),
-                    default_pass: false,
-                },
-                (Some(policy), false, true) => {
-                    reach::reach(policy, listener.proto, listener.port, family)
-                }
-                _ if paths.is_empty() => Reach {
-                    who: Who::Nobody,
-                    sets: Vec::new(),
-                    rules: Vec::new(),
-                    why: "no interface is up".into(),
-                    default_pass: false,
-                },
-                _ => Reach {
-                    who: Who::Everyone,
-                    sets: Vec::new(),
-                    rules: Vec::new(),
-                    why: "no Airlock filter is attached".into(),
-                    default_pass: false,
-                },
-            };
-            out.push(Exposure {
-                proto: listener.proto,
-                port: listener.port,
-                family,
-                address: listener.local.to_string(),
-                process: inputs.owners.get(&listener.inode).cloned(),
-                who: reach.who,
-                sets: reach.sets,
-                rules: reach.rules,
-                why: reach.why,
-                default_pass: reach.default_pass,
-                filtered: filtered.clone(),
-                unfiltered: unfiltered.clone(),
-                service: service(listener.proto, listener.port),
-                probes: Vec::new(),
-            });
-        }
-    }
-    out.sort_by(|a, b| {
-        (a.proto, a.port, a.family, &a.address).cmp(&(b.proto, b.port, b.family, &b.address))
-    });
-    out
-}
-
-fn findings(inputs: &Inputs<'_>, exposures: &[Exposure]) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let traffic: Vec<&NetLink> = inputs.links.iter().filter(|l| has_traffic(l)).collect();
-    if inputs.filters.is_empty() {
-        let names: Vec<&str> = traffic.iter().map(|l| l.name.as_str()).collect();
-        out.push(Finding::new(
-            Severity::Critical,
-            Kind::NoFilter,
-            if names.is_empty() {
-                "no Airlock filter is attached in this network namespace".into()
-            } else {
-                format!(
-                    "no Airlock filter is attached in this network namespace; traffic arrives on {}",
-                    names.join(", ")
-                )
-            },
-        ));
-    } else {
-        for link in &traffic {
-            if !inputs.filters.iter().any(|f| f.iface == link.name) {
-                out.push(
-                    Finding::new(
-                        Severity::High,
-                        Kind::UnfilteredInterface,
-                        format!(
-                            "{} has received {} packets and has no Airlock filter: whatever listens on the host is reachable through it",
-                            link.name, link.rx_packets
-                        ),
-                    )
-                    .on(&link.name),
-                );
-            }
-        }
-    }
-    for filter in inputs.filters {
-        if filter.mode == "generic" {
-            out.push(
-                Finding::new(
-                    Severity::Medium,
-                    Kind::GenericMode,
-                    format!(
-                        "the filter on {} runs in generic (skb) mode: slower, and behind any native XDP program on the interface",
-                        filter.iface
-                    ),
-                )
-                .on(&filter.iface),
-            );
-        }
-        if filter.summary.as_ref().is_some_and(|s| s.mode == "monitor") {
-            out.push(
-                Finding::new(
-                    Severity::High,
-                    Kind::MonitorMode,
-                    format!(
-                        "the policy on {} is in monitor mode: it counts what it would drop and drops nothing",
-                        filter.iface
-                    ),
-                )
-                .on(&filter.iface),
-            );
-        }
-    }
-    for iface in inputs.differs_on {
-        out.push(
-            Finding::new(
-                Severity::Medium,
-                Kind::PolicyDiffers,
-                format!(
-                    "the policy in force on {iface} is not the policy file checked: what is said of reach follows the file, the kernel probes follow what is in force"
-                ),
-            )
-            .on(iface),
-        );
-    }
-    if let Some(policy) = inputs.policy {
-        let everyone = reach::management_is_everyone(policy);
-        if !everyone.is_empty() {
-            out.push(Finding::new(
-                Severity::Critical,
-                Kind::ManagementEveryone,
-                format!(
-                    "management holds {}: every source passes everything",
-                    everyone.join(" and ")
-                ),
-            ));
-        }
-        out.extend(stale_regions(policy, inputs.region_max_age, inputs.now));
-    }
-    let mut reported = BTreeSet::new();
-    for exposure in exposures.iter().filter(|e| e.who == Who::Everyone) {
-        let (proto, port) = (exposure.proto, exposure.port);
-        if let Some(name) = exposure.service
-            && reported.insert((Kind::ExposedService, proto, port))
-        {
-            out.push(
-                Finding::new(
-                    Severity::Critical,
-                    Kind::ExposedService,
-                    format!(
-                        "{port}/{proto} ({name}) is open to everyone over {}: {}",
-                        exposure.family.name(),
-                        exposure.why
-                    ),
-                )
-                .at(proto, port),
-            );
-        }
-        if exposure.default_pass
-            && exposure.unfiltered.is_empty()
-            && reported.insert((Kind::DefaultPass, proto, port))
-        {
-            out.push(
-                Finding::new(
-                    Severity::Medium,
-                    Kind::DefaultPass,
-                    format!(
-                        "{port}/{proto} is open to everyone only because no rule covers it and default is pass: add a rule, or set default: drop"
-                    ),
-                )
-                .at(proto, port),
-            );
-        }
-    }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.kind.cmp(&b.kind)));
-    out
-}
-
-/// The built-in regions `policy` uses whose data is older than `max_age`.
-fn stale_regions(policy: &Policy, max_age: Duration, now: SystemTime) -> Vec<Finding> {
-    let used: BTreeSet<&str> = policy
-        .management
-        .sets
-        .iter()
-        .chain(&policy.deny.sets)
-        .chain(policy.rules.iter().flat_map(|r| &r.from.sets))
-        .map(|s| s.name.as_str())
-        .collect();
-    crate::regions::all()
-        .iter()
-        .filter(|r| used.contains(r.name.as_str()))
-        .filter_map(|region| {
-            let age = crate::regions::age(region, now)?;
-            (age > max_age).then(|| {
-                Finding::new(
-                    Severity::Low,
-                    Kind::StaleRegion,
-                    format!(
-                        "built-in region {} is {} days old (as of {}, threshold {} days): check {} and update Airlock",
-                        region.name,
-                        age.as_secs() / 86_400,
-                        region.as_of,
-                        max_age.as_secs() / 86_400,
-                        region.source
-                    ),
-                )
-            })
-        })
-        .collect()
-}
