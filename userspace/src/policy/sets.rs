@@ -104,7 +104,8 @@ fn check_set_name(ctx: &mut Ctx, key: &MarkedScalarNode, field: &str) -> bool {
     }
 }
 
-/// One set definition: a plain CIDR list, or `{cidrs, except, file, max_size}`.
+/// One set definition: a plain CIDR list, or `{cidrs, except, file, max_size}`, or a
+/// provider's list (`provider`, `snapshot`, filters: provider_sets.rs).
 /// `import` receives its `file:` import, if it has one.
 fn parse_set(
     ctx: &mut Ctx,
@@ -134,7 +135,7 @@ fn parse_set(
                 field,
                 node.as_scalar().map(|s| s.as_str()),
                 format!(
-                    "expected a list of CIDRs or a mapping with cidrs/except/file/max_size, found {}",
+                    "expected a list of CIDRs or a mapping with cidrs/except/file/max_size or provider/snapshot, found {}",
                     raw::describe(node)
                 ),
                 Some(format!("write it as {field}: [192.0.2.0/24]")),
