@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{flow_census::FlowCensus, state::AgentState};
+use super::{check_census::CheckCensus, flow_census::FlowCensus, state::AgentState};
 use crate::loader::{PinRoot, PolicyMaps};
 
 type Labels = Vec<(String, String)>;
@@ -28,6 +28,7 @@ struct AirlockCollector {
     root: PinRoot,
     state: Arc<AgentState>,
     census: Arc<FlowCensus>,
+    check: Arc<CheckCensus>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -279,8 +280,8 @@ impl Collector for AirlockCollector {
         encode_family(
             &mut encoder,
             "airlock_check_findings",
-            "Findings of the security self-check (airlock check, by the model, without probes) in the agent's network namespace, by severity, kind and port (empty when the finding has none).",
-            &check_findings(&self.root, &state),
+            "Findings of the security self-check (airlock check, by the model, without probes) in the agent's network namespace, by severity, kind and port (empty when the finding has none); at most 10 s old.",
+            &check_findings(&self.check.get(state.policy.as_ref())),
         )?;
         let info = Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))]));
         info.encode(encoder.encode_descriptor(
@@ -293,16 +294,11 @@ impl Collector for AirlockCollector {
     }
 }
 
-/// `airlock check` in this namespace, counted by severity, kind and port: two
-/// netlink dumps (links, listening sockets), as cheap as the scrape's map reads.
-fn check_findings(root: &PinRoot, state: &super::state::StateInner) -> Family<Labels, Gauge> {
+/// `airlock check`'s findings in this namespace (check_census.rs), counted by
+/// severity, kind and port.
+fn check_findings(findings: &[crate::check::Finding]) -> Family<Labels, Gauge> {
     let family = Family::<Labels, Gauge>::default();
-    let report = crate::check::model_only(
-        root,
-        state.policy.as_deref(),
-        crate::check::DEFAULT_REGION_MAX_AGE,
-    );
-    for finding in report.iter().flat_map(|r| &r.findings) {
+    for finding in findings {
         let port = finding.port.map(|p| p.to_string()).unwrap_or_default();
         family
             .get_or_create(&labels(&[
@@ -380,6 +376,7 @@ pub async fn serve(
     let mut registry = Registry::default();
     registry.register_collector(Box::new(AirlockCollector {
         census: FlowCensus::new(root.clone()),
+        check: CheckCensus::new(root.clone()),
         root,
         state: Arc::clone(&state),
     }));
