@@ -6,6 +6,7 @@ pub mod faults;
 pub mod fixture;
 pub mod floors;
 pub mod fuzz;
+pub mod https;
 pub mod kills;
 pub mod netns;
 

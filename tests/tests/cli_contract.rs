@@ -197,6 +197,17 @@ fn every_json_output_matches_its_schema() {
         assert_eq!(line["rule"], "dns");
     }
 
+    // The self-check, with and without findings (a policy file that is not the one
+    // in force gives some). After `watch`: the probes are sampled as drops too.
+    let clean = f.airlock(&["check", "-o", "json"]);
+    assert_schema("check", &json_of(&clean, clean.code.clamp(0, 1)));
+    let other = json_of(&f.airlock(&["check", "-f", s(&partners), "-o", "json"]), 1);
+    assert_schema("check", &other);
+    assert!(
+        other["findings"].as_array().is_some_and(|f| !f.is_empty()),
+        "{other:#}"
+    );
+
     let run = f.airlock(&[
         "apply",
         "-f",

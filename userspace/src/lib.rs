@@ -3,6 +3,7 @@
 //! into the kernel. The `airlock` binary (and the agent) are thin fronts over it.
 
 pub mod agent;
+pub mod check;
 pub mod compile;
 pub mod datapath_log;
 pub mod fleet;
@@ -13,6 +14,7 @@ pub mod loader;
 pub mod parallel;
 pub mod pipeline;
 pub mod policy;
+pub mod ranges;
 pub mod reference;
 pub mod regions;
 mod rtnetlink;

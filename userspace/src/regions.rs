@@ -106,6 +106,13 @@ pub fn find(name: &str) -> Option<&'static Region> {
     all().iter().find(|r| r.name == name)
 }
 
+/// How old `region`'s data is at `now` (from its `as_of` date, midnight UTC);
+/// none if the date does not parse or lies ahead.
+pub fn age(region: &Region, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let taken = humantime::parse_rfc3339(&format!("{}T00:00:00Z", region.as_of)).ok()?;
+    now.duration_since(taken).ok()
+}
+
 /// Names of all built-in regions, sorted (for messages).
 pub fn names() -> Vec<&'static str> {
     let mut v: Vec<&'static str> = all().iter().map(|r| r.name.as_str()).collect();
@@ -133,6 +140,15 @@ mod tests {
         assert!(eu.cidrs.contains(&"35.181.124.238/32".parse().unwrap()));
         assert!(find("airbyte-asia").is_none());
         assert_eq!(names(), vec!["airbyte-eu", "airbyte-us"]);
+    }
+
+    #[test]
+    fn age_counts_from_the_as_of_date() {
+        let us = find("airbyte-us").unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let taken = humantime::parse_rfc3339("2026-11-29T00:00:00Z").unwrap();
+        assert_eq!(age(us, taken + 10 * day), Some(10 * day));
+        assert_eq!(age(us, taken - day), None);
     }
 
     #[test]

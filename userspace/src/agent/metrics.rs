@@ -18,7 +18,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{flow_census::FlowCensus, state::AgentState};
+use super::{check_census::CheckCensus, flow_census::FlowCensus, state::AgentState};
 use crate::loader::{PinRoot, PolicyMaps};
 
 type Labels = Vec<(String, String)>;
@@ -28,6 +28,7 @@ struct AirlockCollector {
     root: PinRoot,
     state: Arc<AgentState>,
     census: Arc<FlowCensus>,
+    check: Arc<CheckCensus>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -298,6 +299,12 @@ impl Collector for AirlockCollector {
             "Source prefixes in the compiled policy, by address family.",
             &prefixes,
         )?;
+        encode_family(
+            &mut encoder,
+            "airlock_check_findings",
+            "Findings of the security self-check (airlock check, by the model, without probes) in the agent's network namespace, by severity, kind and port (empty when the finding has none); at most 10 s old.",
+            &check_findings(&self.check.get(state.policy.as_ref())),
+        )?;
         let info = Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))]));
         info.encode(encoder.encode_descriptor(
             "airlock_build",
@@ -307,6 +314,23 @@ impl Collector for AirlockCollector {
         )?)?;
         Ok(())
     }
+}
+
+/// `airlock check`'s findings in this namespace (check_census.rs), counted by
+/// severity, kind and port.
+fn check_findings(findings: &[crate::check::Finding]) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    for finding in findings {
+        let port = finding.port.map(|p| p.to_string()).unwrap_or_default();
+        family
+            .get_or_create(&labels(&[
+                ("severity", finding.severity.name()),
+                ("kind", finding.kind.name()),
+                ("port", &port),
+            ]))
+            .inc();
+    }
+    family
 }
 
 #[derive(Clone)]
@@ -374,6 +398,7 @@ pub async fn serve(
     let mut registry = Registry::default();
     registry.register_collector(Box::new(AirlockCollector {
         census: FlowCensus::new(root.clone()),
+        check: CheckCensus::new(root.clone()),
         root,
         state: Arc::clone(&state),
     }));

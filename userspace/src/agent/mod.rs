@@ -9,6 +9,7 @@
 //! health and metrics answer whatever it does. On SIGTERM/SIGINT it exits leaving
 //! the filter pinned and enforcing (fail-closed), unless told to detach.
 
+mod check_census;
 mod flow_census;
 mod links;
 mod lock;

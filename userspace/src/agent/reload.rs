@@ -162,6 +162,8 @@ impl Reconciler {
             state.prefixes_v4 = plan.summary.prefixes_v4;
             state.prefixes_v6 = plan.summary.prefixes_v6;
             state.mode = plan.summary.mode.clone();
+            // Sets are shared (Arc) inside the policy: this copies no prefix list.
+            state.policy = Some(std::sync::Arc::new(plan.policy.clone()));
             state.in_sync = true;
         }
         tracing::info!(

@@ -3,10 +3,12 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use airlock_common::Counter;
+
+use crate::policy::Policy;
 
 #[derive(Debug, Default)]
 pub struct AgentState {
@@ -30,6 +32,8 @@ pub struct StateInner {
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
     pub mode: String,
+    /// The policy last applied, for the self-check's findings in `/metrics`.
+    pub policy: Option<Arc<Policy>>,
     /// Interfaces the policy selects, with the apply serial in force on each.
     pub interfaces: BTreeMap<String, u64>,
     /// Rule counters of generations already replaced, by (interface, rule, allowed),

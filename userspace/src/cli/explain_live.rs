@@ -47,7 +47,7 @@ fn pick_iface(root: &PinRoot, iface: Option<String>) -> anyhow::Result<String> {
 
 /// Whether `policy` is what the summary in force describes (ignoring when and from
 /// which path it was applied).
-fn same_policy(policy: &Policy, in_force: &PolicySummary) -> bool {
+pub(super) fn same_policy(policy: &Policy, in_force: &PolicySummary) -> bool {
     let Ok(compiled) = compile::compile(policy) else {
         return false;
     };

@@ -4,6 +4,7 @@
 mod agent;
 mod agent_guard;
 mod apply;
+mod check;
 mod confirm;
 mod diff;
 mod docs;
@@ -12,6 +13,7 @@ mod explain_live;
 mod grace_record;
 mod output;
 mod preflight;
+mod ranges;
 mod regions;
 mod remove;
 mod report;
@@ -90,13 +92,17 @@ Environment:
   AIRLOCK_LOG       what to log on stderr, a tracing filter (e.g. warn, debug,
                     airlock=trace,aya=info); wins over -v and -q
   AIRLOCK_PIN_ROOT  the pin root, as --pin-root (default /sys/fs/bpf/airlock)
+  AIRLOCK_RANGES_CA a PEM file of CA certificates `ranges fetch` trusts instead
+                    of the built-in roots, as --ca-file
   NO_COLOR          no colour in human log lines
 
 Exit status:
   0  success
-  1  runtime failure (diff --exit-code: changes; failures exit 3)
+  1  runtime failure (diff --exit-code: changes; failures exit 3; check: a
+     finding at or above --fail-on)
   2  bad usage, an invalid policy, or a refusal that changed nothing (anti-lockout,
-     a pending confirmation, an agent managing the pin root)
+     a pending confirmation, an agent managing the pin root, a range list that
+     shrank more than --max-removed)
 
 -o json: every command's JSON carries schema_version; its shape is documented in
 docs/schemas/<command>.schema.json, and a failure is one JSON object on stdout
@@ -150,6 +156,18 @@ enum Command {
     Agent(agent::Args),
     /// Show sampled drops live.
     Watch(watch::Args),
+    /// The security self-check of this network namespace: who can reach each
+    /// listening socket under the policy in force (verified with a probe through the
+    /// attached filter), and findings by severity. Exit 1 when a finding is at or
+    /// above --fail-on.
+    ///
+    /// Example: airlock check --fail-on high -o json
+    Check(check::Args),
+    /// Providers' published range lists (aws, gcp, azure, cloudflare, github):
+    /// fetch a snapshot a policy's `sets:` can name, or compare two.
+    ///
+    /// Example: airlock ranges fetch gcp --out /etc/airlock/ranges/gcp.json
+    Ranges(ranges::Args),
     /// Keep the policy applied with `apply --confirm` (otherwise it is rolled back
     /// at the deadline).
     Confirm(confirm::Args),
@@ -184,6 +202,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Regions(args) => regions::run(args),
         Command::Agent(args) => agent::run(args),
         Command::Watch(args) => watch::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Ranges(args) => ranges::run(args),
         Command::Confirm(args) => confirm::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Completions(args) => docs::completions(args),
@@ -202,6 +222,8 @@ impl Cli {
             Command::Validate(a) => a.output,
             Command::Explain(a) => a.output,
             Command::Regions(a) => a.output,
+            Command::Check(a) => a.output,
+            Command::Ranges(a) => a.output(),
             Command::Confirm(a) => a.output,
             Command::Diff(a) => a.output,
             Command::Remove(a) => a.output,
@@ -248,6 +270,7 @@ pub fn exit_code_for(error: &anyhow::Error) -> u8 {
             || cause.is::<airlock::safety::lockout::LockoutError>()
             || cause.is::<airlock::safety::confirm::PendingConflict>()
             || cause.is::<agent_guard::AgentManages>()
+            || cause.is::<ranges::ShrinkRefused>()
             || cause
                 .downcast_ref::<airlock::interfaces::InterfaceError>()
                 .is_some_and(airlock::interfaces::InterfaceError::is_usage)

@@ -19,9 +19,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::print_json(&json!({ "regions": all }))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let now = std::time::SystemTime::now();
     for region in all {
+        let age = regions::age(region, now)
+            .map(|a| format!(" ({} days ago)", a.as_secs() / 86_400))
+            .unwrap_or_default();
         println!(
-            "{}: {} ({} {}), {} addresses, as of {}",
+            "{}: {} ({} {}), {} addresses, as of {}{age}",
             region.name,
             region.description,
             region.provider,

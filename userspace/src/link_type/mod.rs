@@ -14,7 +14,7 @@
 //! the IP tunnels (ipip, sit, gre, ip6tnl) leave the outer packet's link-layer header
 //! in front of the inner packet, and xfrm interfaces rebuild one there.
 
-mod query;
+pub(crate) mod query;
 
 pub use query::{LinkFacts, XdpPrograms, query, xdp_programs_of_index};
 

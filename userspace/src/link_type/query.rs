@@ -66,7 +66,7 @@ pub fn query(iface: &str) -> std::io::Result<Option<LinkFacts>> {
     }
 }
 
-fn facts(iface: &str, link: LinkMessage) -> LinkFacts {
+pub(crate) fn facts(iface: &str, link: LinkMessage) -> LinkFacts {
     let mut facts = LinkFacts {
         name: iface.to_owned(),
         ifindex: link.header.index,

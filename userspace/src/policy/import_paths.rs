@@ -13,8 +13,9 @@ pub fn imported_files(text: &str, origin: &Path) -> Option<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = Vec::new();
     let sets = root.as_mapping().and_then(|top| top.get_mapping("sets"));
     for (_, set) in sets.into_iter().flat_map(|sets| sets.iter()) {
+        // A provider set's snapshot is watched like a `file:` import.
         let file = match set {
-            Node::Mapping(m) => m.get_scalar("file"),
+            Node::Mapping(m) => m.get_scalar("file").or_else(|| m.get_scalar("snapshot")),
             _ => None,
         };
         if let Some(file) = file {

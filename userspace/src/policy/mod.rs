@@ -16,6 +16,7 @@ mod import_file;
 mod import_paths;
 mod imports;
 mod ports;
+mod provider_sets;
 mod raw;
 mod rules;
 mod sets;

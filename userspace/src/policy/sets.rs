@@ -11,7 +11,7 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode
 use super::addr::{looks_like_address, parse_cidr};
 use super::error::did_you_mean;
 use super::raw::{self, Ctx, Pos};
-use super::{AddrSet, SourceGroup, import_file, imports};
+use super::{AddrSet, SourceGroup, import_file, imports, provider_sets};
 use crate::regions;
 
 /// The named sets of a policy.
@@ -104,7 +104,8 @@ fn check_set_name(ctx: &mut Ctx, key: &MarkedScalarNode, field: &str) -> bool {
     }
 }
 
-/// One set definition: a plain CIDR list, or `{cidrs, except, file, max_size}`.
+/// One set definition: a plain CIDR list, or `{cidrs, except, file, max_size}`, or a
+/// provider's list (`provider`, `snapshot`, filters: provider_sets.rs).
 /// `import` receives its `file:` import, if it has one.
 fn parse_set(
     ctx: &mut Ctx,
@@ -134,7 +135,7 @@ fn parse_set(
                 field,
                 node.as_scalar().map(|s| s.as_str()),
                 format!(
-                    "expected a list of CIDRs or a mapping with cidrs/except/file/max_size, found {}",
+                    "expected a list of CIDRs or a mapping with cidrs/except/file/max_size or provider/snapshot, found {}",
                     raw::describe(node)
                 ),
                 Some(format!("write it as {field}: [192.0.2.0/24]")),
@@ -161,10 +162,13 @@ fn parse_set_mapping(
     field: &str,
     origin: &Path,
 ) -> Option<Import> {
-    raw::check_keys(ctx, m, field, &["cidrs", "except", "file", "max_size"]);
+    let mut keys = vec!["cidrs", "except", "file", "max_size"];
+    keys.extend_from_slice(provider_sets::KEYS);
+    raw::check_keys(ctx, m, field, &keys);
     let errors_before = ctx.diags.len();
     let cidrs_node = m.get_node("cidrs");
     let file_node = m.get_node("file");
+    let provider_node = m.get_node("provider");
     let mut import = None;
     if let Some(n) = cidrs_node {
         let f = format!("{field}.cidrs");
@@ -172,8 +176,21 @@ fn parse_set_mapping(
             set.cidrs = cidr_list(ctx, s, &f);
         }
     }
-    let max_size = parse_max_size(ctx, m, field, file_node.is_some());
-    if let (Some(n), Some(max_size)) = (file_node, max_size) {
+    let max_size = parse_max_size(
+        ctx,
+        m,
+        field,
+        file_node.is_some() || provider_node.is_some(),
+    );
+    if provider_node.is_some() {
+        if let Some(max_size) = max_size
+            && let Some((nets, snapshot)) =
+                provider_sets::provider_ranges(ctx, m, field, origin, max_size)
+        {
+            set.cidrs.extend(nets);
+            import = Some(snapshot);
+        }
+    } else if let (Some(n), Some(max_size)) = (file_node, max_size) {
         let f = format!("{field}.file");
         if let Some(s) = raw::scalar(ctx, n, &f, "a file path") {
             let imported = imports::import(ctx, origin, s.as_str(), Pos::of(n), &f, max_size);
@@ -190,7 +207,7 @@ fn parse_set_mapping(
             }
         }
     }
-    if cidrs_node.is_none() && file_node.is_none() {
+    if cidrs_node.is_none() && file_node.is_none() && provider_node.is_none() {
         empty_set(ctx, raw::map_pos(m), field, &set.name);
     }
     if let Some(n) = m.get_node("except") {

@@ -376,7 +376,9 @@ fn set_name_rules() {
     assert!(e[0].message.contains("unknown key \"cidr\""), "{e:?}");
     assert_eq!(
         e[0].hint.as_deref(),
-        Some("did you mean \"cidrs\"? (known keys here: cidrs, except, file, max_size)")
+        Some(
+            "did you mean \"cidrs\"? (known keys here: cidrs, except, file, max_size, provider, snapshot, region, scope, service)"
+        )
     );
     let e = errors(&format!("{BASE}sets:\n  s: 10.0.0.0/8\n"));
     assert!(

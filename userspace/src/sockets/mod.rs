@@ -1,7 +1,13 @@
 //! The host's TCP socket table, from `/proc/net/tcp` and `/proc/net/tcp6` of the
 //! current network namespace: which sessions the anti-lockout check must keep, and
 //! which connections the host opened before Airlock's egress program could see
-//! their SYN.
+//! their SYN. `listeners` asks sock_diag for the sockets that take new traffic
+//! (TCP and UDP), for `airlock check`.
+
+pub mod listeners;
+pub mod owners;
+
+pub use listeners::{Listener, listeners};
 
 use std::{
     collections::BTreeSet,

@@ -1,0 +1,256 @@
+//! `airlock ranges fetch|diff` against an HTTPS server on 127.0.0.1 in a namespace
+//! the test creates, with a CA the test makes (no test reaches a provider): the
+//! trust check, a checked snapshot with provenance, the shrink guard keeping the
+//! last good snapshot, a malformed and a changed document refused, a diff, and a
+//! policy enforcing a provider set. Needs root (namespaces); fails without it.
+
+use std::{fs, path::Path};
+
+use airlock_integration::{
+    cli::{Run, airlock_bin},
+    https::{HttpsServer, TestCa},
+    netns::{Namespace, require_root, unique_name},
+};
+use serde_json::Value;
+
+const AWS: &str = include_str!("../../userspace/src/ranges/samples/aws.json");
+const GITHUB: &str = include_str!("../../userspace/src/ranges/samples/github.json");
+
+struct Bed {
+    ns: Namespace,
+    server: HttpsServer,
+    dir: tempfile::TempDir,
+}
+
+impl Bed {
+    fn new() -> Self {
+        require_root();
+        let ns = Namespace::new(unique_name("rng"));
+        let ca = TestCa::new();
+        let server = HttpsServer::start(&ns, &ca);
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::write(dir.path().join("ca.pem"), &ca.ca_pem).expect("write CA");
+        Self { ns, server, dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// `airlock ranges <args>` in the namespace; `ca` adds the test CA by --ca-file.
+    fn ranges(&self, args: &[&str], ca: bool) -> Run {
+        let mut command = self.ns.command(airlock_bin());
+        command.arg("ranges").args(args).env("NO_COLOR", "1");
+        command.env_remove("AIRLOCK_RANGES_CA");
+        if ca {
+            command.args(["--ca-file", &self.path("ca.pem")]);
+        }
+        command.output().expect("running airlock").into()
+    }
+
+    fn fetch(&self, provider: &str, path: &str, out: &str, extra: &[&str]) -> Run {
+        let url = HttpsServer::url(path);
+        let mut args = vec!["fetch", provider, "--url", &url, "--out", out, "-o", "json"];
+        args.extend_from_slice(extra);
+        self.ranges(&args, true)
+    }
+}
+
+fn json(run: &Run, code: i32) -> Value {
+    assert_eq!(
+        run.code, code,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.stdout))
+}
+
+fn assert_schema(name: &str, value: &Value) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/schemas")
+        .join(format!("{name}.schema.json"));
+    let schema: Value = serde_json::from_str(&fs::read_to_string(&path).expect("schema")).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("valid schema");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:?}\n{value:#}");
+}
+
+fn sha256_of(text: &str) -> String {
+    airlock::ranges::snapshot::sha256_hex(text.as_bytes())
+}
+
+#[test]
+fn fetch_checks_the_server_and_writes_a_snapshot_with_provenance() {
+    let bed = Bed::new();
+    bed.server.set("/ip-ranges.json", AWS, None);
+    let out = bed.path("aws.json");
+    let url = HttpsServer::url("/ip-ranges.json");
+
+    // Not signed by a root this client trusts: refused, nothing written.
+    let run = bed.ranges(&["fetch", "aws", "--url", &url, "--out", &out], false);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!Path::new(&out).exists());
+    // Plain HTTP is never fetched.
+    let run = bed.ranges(
+        &[
+            "fetch",
+            "aws",
+            "--url",
+            "http://localhost:8443/ip-ranges.json",
+            "--out",
+            &out,
+        ],
+        true,
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("https"), "{}", run.stderr);
+
+    // With the test CA (the option, then the environment variable).
+    let fetched = json(&bed.fetch("aws", "/ip-ranges.json", &out, &[]), 0);
+    assert_schema("ranges-fetch", &fetched);
+    assert_eq!(fetched["version"], "1765003989");
+    assert_eq!(fetched["sha256"], sha256_of(AWS).as_str());
+    assert_eq!(fetched["ranges"], 6);
+    assert_eq!(fetched["url"], url.as_str());
+    assert_eq!(fetched["change"], Value::Null);
+    let snapshot: Value = serde_json::from_str(&fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(snapshot["document"], AWS);
+    assert_eq!(snapshot["provider"], "aws");
+    let run: Run = bed
+        .ns
+        .command(airlock_bin())
+        .args(["ranges", "fetch", "aws", "--url", &url, "--out", &out])
+        .env("AIRLOCK_RANGES_CA", bed.path("ca.pem"))
+        .output()
+        .expect("airlock")
+        .into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("+0 -0"), "{}", run.stdout);
+
+    // GitHub's document has no version stamp: the ETag is recorded.
+    bed.server.set("/meta", GITHUB, Some("W/\"7a3b\""));
+    let github = json(
+        &bed.fetch("github", "/meta", &bed.path("github.json"), &[]),
+        0,
+    );
+    assert_eq!(github["version"], "W/\"7a3b\"");
+}
+
+#[test]
+fn a_refresh_that_drops_too_much_is_refused_and_the_last_good_snapshot_kept() {
+    let bed = Bed::new();
+    bed.server.set("/ip-ranges.json", AWS, None);
+    let out = bed.path("aws.json");
+    json(&bed.fetch("aws", "/ip-ranges.json", &out, &[]), 0);
+    let good = fs::read_to_string(&out).unwrap();
+    fs::write(bed.path("old.json"), &good).unwrap();
+
+    // One of six ranges gone (17%): over the default 10%.
+    let shrunk = AWS.replace("\"15.236.0.0/15\"", "\"13.37.0.0/16\"");
+    bed.server.set("/ip-ranges.json", &shrunk, None);
+    let run = bed.fetch("aws", "/ip-ranges.json", &out, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("refused") && run.stderr.contains("max-removed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        good,
+        "the good snapshot must stay"
+    );
+
+    // Malformed, truncated, and a schema change: refused, nothing replaced.
+    for (body, names) in [
+        (
+            AWS.replace("13.37.0.0/16", "13.37.0.0/99"),
+            "prefixes[1].ip_prefix",
+        ),
+        (AWS[..AWS.len() / 3].to_owned(), "aws"),
+        (
+            AWS.replace("\"ipv6_prefixes\"", "\"v6_prefixes\""),
+            "ipv6_prefixes",
+        ),
+    ] {
+        bed.server.set("/ip-ranges.json", &body, None);
+        let run = bed.fetch("aws", "/ip-ranges.json", &out, &[]);
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(names), "{names}: {}", run.stderr);
+        assert_eq!(fs::read_to_string(&out).unwrap(), good);
+    }
+
+    // Accepted when the operator allows that much change; the diff says what.
+    bed.server.set("/ip-ranges.json", &shrunk, None);
+    let fetched = json(
+        &bed.fetch("aws", "/ip-ranges.json", &out, &["--max-removed", "20%"]),
+        0,
+    );
+    assert_eq!(fetched["change"]["removed"], 1);
+    assert_eq!(fetched["change"]["previous_version"], "1765003989");
+    let diff = json(
+        &bed.ranges(&["diff", &bed.path("old.json"), &out, "-o", "json"], false),
+        0,
+    );
+    assert_schema("ranges-diff", &diff);
+    assert_eq!(diff["diff"]["removed"], 1);
+    let group = &diff["diff"]["groups"][0];
+    assert_eq!(
+        (&group["region"], &group["service"]),
+        (&"eu-west-3".into(), &"EC2".into())
+    );
+    assert_eq!(group["removed"], serde_json::json!(["15.236.0.0/15"]));
+    let human = bed.ranges(&["diff", &bed.path("old.json"), &out], false);
+    assert!(human.stdout.contains("- 15.236.0.0/15"), "{}", human.stdout);
+}
+
+#[test]
+fn a_policy_enforces_a_provider_set_from_the_fetched_snapshot() {
+    let bed = Bed::new();
+    bed.server.set("/ip-ranges.json", AWS, None);
+    json(
+        &bed.fetch("aws", "/ip-ranges.json", &bed.path("aws.json"), &[]),
+        0,
+    );
+    let policy = bed.path("policy.yaml");
+    fs::write(
+        &policy,
+        "version: 1\ndefault: drop\nsets:\n  paris-ec2:\n    provider: aws\n    snapshot: aws.json\n    region: eu-west-3\n    service: EC2\nrules:\n  - name: db\n    ports: [5432/tcp]\n    from: [paris-ec2]\n",
+    )
+    .unwrap();
+    let explain = |src: &str| -> Value {
+        let run: Run = std::process::Command::new(airlock_bin())
+            .args([
+                "explain", "-f", &policy, "--src", src, "--port", "5432/tcp", "-o", "json",
+            ])
+            .output()
+            .expect("airlock")
+            .into();
+        json(&run, 0)
+    };
+    assert_eq!(explain("15.236.1.2")["verdict"], "pass");
+    assert_eq!(explain("15.236.1.2")["set"], "paris-ec2");
+    // AMAZON's eu-west-3 range that is not EC2, and another region's.
+    assert_eq!(explain("13.38.0.1")["verdict"], "drop");
+    assert_eq!(explain("3.5.0.1")["verdict"], "drop");
+    // A snapshot edited after the fetch is refused with the file named.
+    let path = bed.path("aws.json");
+    let edited = fs::read_to_string(&path)
+        .unwrap()
+        .replace("3.5.0.0/19", "0.0.0.0/0");
+    fs::write(&path, edited).unwrap();
+    let run: Run = std::process::Command::new(airlock_bin())
+        .args(["validate", "-f", &policy])
+        .output()
+        .expect("airlock")
+        .into();
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("SHA-256") && run.stderr.contains("aws.json"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,0 +1,277 @@
+//! `airlock ranges fetch|diff`: providers' published range lists as snapshots a
+//! policy's `sets:` can name (`provider: aws`, `snapshot: PATH`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::SystemTime,
+};
+
+use airlock::ranges::{
+    Entry, Provider,
+    diff::{self, Diff},
+    fetch,
+    snapshot::Snapshot,
+};
+use serde_json::json;
+
+use super::{OutputFormat, UsageError, output};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Verb,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Verb {
+    /// Download a provider's list over HTTPS, check its format and write a
+    /// snapshot (URL, fetch time, the provider's version stamp, SHA-256). An
+    /// existing snapshot at --out is replaced only if the new list keeps enough of
+    /// its ranges (--max-removed).
+    ///
+    /// Example: airlock ranges fetch aws --out /etc/airlock/ranges/aws.json
+    Fetch(FetchArgs),
+    /// What a newer snapshot adds and removes, per region and service list.
+    ///
+    /// Example: airlock ranges diff aws-old.json aws.json
+    Diff(DiffArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FetchArgs {
+    /// aws, gcp, azure, cloudflare or github.
+    #[arg(value_parser = parse_provider)]
+    provider: Provider,
+    /// Where to write the snapshot.
+    #[arg(long)]
+    out: PathBuf,
+    /// The document's URL (default: the provider's published one; Azure's weekly
+    /// ServiceTags_Public_*.json has a new URL each week and must be given).
+    #[arg(long)]
+    url: Option<String>,
+    /// Trust only the CA certificates of this PEM file instead of the built-in
+    /// (Mozilla) roots: for a TLS-inspecting proxy, or a test server.
+    #[arg(long, env = "AIRLOCK_RANGES_CA")]
+    ca_file: Option<PathBuf>,
+    /// Refuse to replace the snapshot at --out when the new list lacks more than
+    /// this share of its ranges (a truncated or hijacked download must not empty
+    /// an allowlist), e.g. 10%.
+    #[arg(long, default_value = "10%", value_parser = parse_share)]
+    max_removed: f64,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(super) output: OutputFormat,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DiffArgs {
+    old: PathBuf,
+    new: PathBuf,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub(super) output: OutputFormat,
+}
+
+impl Args {
+    pub fn output(&self) -> OutputFormat {
+        match &self.command {
+            Verb::Fetch(a) => a.output,
+            Verb::Diff(a) => a.output,
+        }
+    }
+}
+
+fn parse_provider(value: &str) -> Result<Provider, String> {
+    Provider::from_name(value)
+        .ok_or_else(|| format!("{value:?} is not one of aws, gcp, azure, cloudflare, github"))
+}
+
+fn parse_share(value: &str) -> Result<f64, String> {
+    let number = value.strip_suffix('%').unwrap_or(value);
+    match number.parse::<f64>() {
+        Ok(n) if (0.0..=100.0).contains(&n) => Ok(n / 100.0),
+        _ => Err(format!("{value:?}: expected a percentage such as 10%")),
+    }
+}
+
+/// A refresh the shrink guard refused: nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused: the new {provider} list lacks {removed} of the {old} ranges of {path} ({share:.1}%, more than --max-removed {max:.1}%); the snapshot there is kept. Look at the source (a truncated or hijacked download?), then raise --max-removed if the change is real"
+)]
+pub struct ShrinkRefused {
+    provider: Provider,
+    removed: usize,
+    old: usize,
+    path: String,
+    share: f64,
+    max: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Verb::Fetch(a) => run_fetch(a),
+        Verb::Diff(a) => run_diff(a),
+    }
+}
+
+fn provenance(s: &Snapshot, ranges: usize) -> serde_json::Value {
+    json!({
+        "provider": s.provider,
+        "url": s.url,
+        "fetched_at": s.fetched_at,
+        "version": s.version,
+        "sha256": s.sha256,
+        "ranges": ranges,
+    })
+}
+
+fn distinct(entries: &[Entry]) -> usize {
+    let mut nets: Vec<_> = entries.iter().map(|e| e.net).collect();
+    nets.sort_unstable();
+    nets.dedup();
+    nets.len()
+}
+
+fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
+    let url = match (&args.url, args.provider.url()) {
+        (Some(url), _) => url.clone(),
+        (None, Some(url)) => url.to_owned(),
+        (None, None) => {
+            return Err(UsageError(format!(
+                "{} publishes its list at a new URL each week: give it with --url (the JSON link of the service tags download page)",
+                args.provider
+            ))
+            .into());
+        }
+    };
+    let ca = args.ca_file.as_deref().map(fetch::load_ca).transpose()?;
+    let fetched = fetch::fetch(&url, ca)?;
+    let (snapshot, parsed) = Snapshot::new(
+        args.provider,
+        &url,
+        fetched.body,
+        fetched.etag,
+        SystemTime::now(),
+    )?;
+    let previous = previous(&args.out, args.provider)?;
+    let change = previous
+        .as_ref()
+        .map(|(_, entries)| diff::diff(entries, &parsed.entries));
+    if let Some(change) = &change
+        && change.removed_share() > args.max_removed
+    {
+        return Err(ShrinkRefused {
+            provider: args.provider,
+            removed: change.removed,
+            old: change.old_ranges,
+            path: args.out.display().to_string(),
+            share: change.removed_share() * 100.0,
+            max: args.max_removed * 100.0,
+        }
+        .into());
+    }
+    snapshot.write(&args.out)?;
+    let ranges = distinct(&parsed.entries);
+    if args.output == OutputFormat::Json {
+        let mut value = provenance(&snapshot, ranges);
+        value["path"] = json!(args.out.display().to_string());
+        value["change"] = json!(change.as_ref().map(|c| json!({
+            "previous_version": previous.as_ref().and_then(|(s, _)| s.version.clone()),
+            "added": c.added,
+            "removed": c.removed,
+        })));
+        output::print_json(&value)?;
+    } else {
+        println!(
+            "wrote {}: {} list, {ranges} ranges, version {}, fetched {} from {}",
+            args.out.display(),
+            snapshot.provider,
+            snapshot.version.as_deref().unwrap_or("unknown"),
+            snapshot.fetched_at,
+            snapshot.url
+        );
+        println!("  sha256 {}", snapshot.sha256);
+        if let Some(c) = &change {
+            println!(
+                "  against the snapshot it replaced: +{} -{} ranges (airlock ranges diff shows which)",
+                c.added, c.removed
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The snapshot already at `path`, if it is a good one of `provider`'s; a broken
+/// or foreign file there is replaced (and said so).
+fn previous(path: &Path, provider: Provider) -> anyhow::Result<Option<(Snapshot, Vec<Entry>)>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    match Snapshot::read(path) {
+        Ok((s, parsed)) if s.provider == provider => Ok(Some((s, parsed.entries))),
+        Ok((s, _)) => Err(UsageError(format!(
+            "{} holds {}'s list, not {provider}'s: pick another --out",
+            path.display(),
+            s.provider
+        ))
+        .into()),
+        Err(e) => {
+            tracing::warn!(
+                "replacing {}, which is not a good snapshot: {e}",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let (old, old_parsed) = Snapshot::read(&args.old)?;
+    let (new, new_parsed) = Snapshot::read(&args.new)?;
+    if old.provider != new.provider {
+        return Err(UsageError(format!(
+            "{} is {}'s list and {} is {}'s: compare two snapshots of one provider",
+            args.old.display(),
+            old.provider,
+            args.new.display(),
+            new.provider
+        ))
+        .into());
+    }
+    let change: Diff = diff::diff(&old_parsed.entries, &new_parsed.entries);
+    if args.output == OutputFormat::Json {
+        output::print_json(&json!({
+            "old": provenance(&old, change.old_ranges),
+            "new": provenance(&new, change.new_ranges),
+            "diff": change,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} {} ({}) -> {} ({}): +{} -{} of {} ranges",
+        old.provider,
+        old.version.as_deref().unwrap_or("?"),
+        old.fetched_at,
+        new.version.as_deref().unwrap_or("?"),
+        new.fetched_at,
+        change.added,
+        change.removed,
+        change.old_ranges
+    );
+    for group in &change.groups {
+        let name = match (group.region.as_str(), group.service.as_str()) {
+            ("", "") => "(all)".to_owned(),
+            (region, "") => region.to_owned(),
+            ("", service) => service.to_owned(),
+            (region, service) => format!("{region} {service}"),
+        };
+        println!("  {name}:");
+        for net in &group.added {
+            println!("    + {net}");
+        }
+        for net in &group.removed {
+            println!("    - {net}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
