@@ -62,6 +62,44 @@ pub struct RecentFlow {
     pub at_jiffies: u64,
 }
 
+/// Per-CPU memory of replies the XDP program found a live flow for lately
+/// (`REPLY_RECENT`): the next reply on the same flow skips the flow table's hash
+/// lookup. Direct-mapped by [`flow_epoch_slot`] (masked to this many slots).
+pub const REPLY_RECENT_SLOTS: u32 = 256;
+pub const MAP_REPLY_RECENT: &str = "REPLY_RECENT";
+
+/// Counters the egress program (and user space) bump whenever a flow's deadline
+/// comes nearer or its entry goes (a close, an abort, a connection reopened on
+/// the same ports): a remembered reply stands only while its slot's counter is
+/// the one it was remembered with. One counter per [`flow_epoch_slot`], so a
+/// host closing connections all the time clears only the memory of flows that
+/// share a slot with them.
+pub const FLOW_EPOCH_SLOTS: u32 = 1024;
+pub const MAP_FLOW_EPOCHS: &str = "FLOW_EPOCHS";
+
+/// `key`'s counter in `FLOW_EPOCHS` (and, masked further, its `REPLY_RECENT`
+/// slot): from its ports and the last byte of each family's address, so the
+/// connections a host keeps to one peer, and to many peers on one port, spread.
+#[inline(always)]
+pub const fn flow_epoch_slot(key: &FlowKey) -> u32 {
+    (key.local_port as u32
+        ^ ((key.peer_port as u32) << 5)
+        ^ ((key.peer[3] as u32) << 2)
+        ^ key.peer[15] as u32)
+        & (FLOW_EPOCH_SLOTS - 1)
+}
+
+/// A `REPLY_RECENT` slot: at `bpf_jiffies64() == at_jiffies`, `key`'s entry was
+/// live for at least a quarter second more, and its `FLOW_EPOCHS` counter read
+/// `epoch` (read before the table was).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentReply {
+    pub key: FlowKey,
+    pub epoch: u64,
+    pub at_jiffies: u64,
+}
+
 pub const FLOW_FAMILY_V4: u8 = 4;
 pub const FLOW_FAMILY_V6: u8 = 6;
 

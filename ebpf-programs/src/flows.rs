@@ -11,13 +11,14 @@
 
 use airlock_common::{
     EGRESS_RECENT_FRACTION, EGRESS_RECENT_SLOTS, FALLBACK_WINDOW_JIFFIES, FLOW_FAMILY_V4,
-    FLOW_FAMILY_V6, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState, ICMP_ECHO_TIMEOUT_NS, RecentFlow,
-    TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS, UDP_TIMEOUT_NS,
+    FLOW_FAMILY_V6, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState, ICMP_ECHO_TIMEOUT_NS,
+    REPLY_RECENT_SLOTS, RecentFlow, TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS,
+    UDP_TIMEOUT_NS, flow_epoch_slot,
 };
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 use crate::{
-    maps::{EGRESS_RECENT, FLOWS, SAMPLING},
+    maps::{EGRESS_RECENT, FLOW_EPOCHS, FLOWS, REPLY_RECENT, SAMPLING},
     mem::Slot,
     parse::{
         Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
@@ -58,6 +59,13 @@ fn key<'a>(
 /// Whether an arriving packet answers a flow the host opened and that has not
 /// expired. Only TCP, UDP and echo replies can: other ICMP the host needs is
 /// essential and passed before this (rule 4); other protocols have no flows.
+///
+/// A reply on a flow this CPU found live a moment ago skips the table's hash
+/// lookup (`REPLY_RECENT`): remembered only with more than a second left on the
+/// deadline, for a quarter second at most, and only while the flow's
+/// `FLOW_EPOCHS` counter has not moved, which every abort, close or reopen on
+/// the flow (and every user-space write) moves. An entry the LRU evicted may
+/// still be remembered for that quarter second: it was live, opened by the host.
 #[inline(always)]
 pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
     if headers.kind != KIND_IP {
@@ -99,12 +107,70 @@ pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
         ),
         _ => return false,
     };
-    match FLOWS.get_ptr(key) {
-        // SAFETY: a map value pointer the kernel returned; read once.
-        // The coarse clock, as the egress program writes with: no clocksource
-        // read, and a deadline can only be honoured up to a tick late.
-        Some(state) => unsafe { bpf_ktime_get_coarse_ns() < (*state).expires_ns },
-        None => false,
+    // Read before the table: a change the egress program makes after this read
+    // bumps the counter past what is remembered below.
+    let epoch_slot = flow_epoch_slot(key);
+    let epoch = FLOW_EPOCHS.get(epoch_slot).copied().unwrap_or(0);
+    let recent = REPLY_RECENT.get_ptr_mut(epoch_slot & (REPLY_RECENT_SLOTS - 1));
+    let now_jiffies = unsafe { bpf_jiffies64() };
+    if let Some(recent) = recent
+        // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
+        && unsafe {
+            same_flow(&(*recent).key, key)
+                && (*recent).epoch == epoch
+                && now_jiffies.wrapping_sub((*recent).at_jiffies) < recent_jiffies()
+        }
+    {
+        return true;
+    }
+    let Some(state) = FLOWS.get_ptr(key) else {
+        return false;
+    };
+    // The coarse clock, as the egress program writes with: no clocksource read,
+    // and a deadline can only be honoured up to a tick late.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: a map value pointer the kernel returned; read once.
+    let expires_ns = unsafe { (*state).expires_ns };
+    if now >= expires_ns {
+        return false;
+    }
+    // Remembered only with more than a second left, so the memory (a quarter
+    // second at most) never outlives the deadline.
+    if let Some(recent) = recent
+        && expires_ns - now > REPLY_RECENT_MARGIN_NS
+    {
+        // SAFETY: as above.
+        unsafe {
+            (*recent).key = *key;
+            (*recent).epoch = epoch;
+            (*recent).at_jiffies = now_jiffies;
+        }
+    }
+    true
+}
+
+/// See `is_reply`: comfortably more than the quarter second a remembered reply
+/// stands, ticks included.
+const REPLY_RECENT_MARGIN_NS: u64 = 1_000_000_000;
+
+/// Moves `key`'s counter in `FLOW_EPOCHS` on: this CPU's and every other CPU's
+/// memory of replies on flows in its slot no longer stands. Called after the
+/// table changed.
+#[inline(always)]
+fn invalidate_replies(key: &FlowKey) {
+    if let Some(epoch) = FLOW_EPOCHS.get_ptr_mut(flow_epoch_slot(key)) {
+        // An atomic add (BPF_ATOMIC | BPF_ADD), as other CPUs and user space bump
+        // the same counter; written out because the BPF target offers no Rust
+        // atomics.
+        // SAFETY: a map value pointer the kernel returned, 8-byte aligned.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({0} + 0) += {1}",
+                in(reg) epoch,
+                in(reg) 1u64,
+                options(nostack, preserves_flags),
+            );
+        }
     }
 }
 
@@ -268,7 +334,9 @@ pub fn record(outgoing: &Outgoing) {
     }
     if outgoing.effect == Effect::Abort {
         // The host aborted the connection: nothing more should come back.
-        let _ = FLOWS.remove(key);
+        if FLOWS.remove(key).is_ok() {
+            invalidate_replies(&key);
+        }
         return;
     }
     let now_jiffies = unsafe { bpf_jiffies64() };
@@ -316,6 +384,11 @@ pub fn record(outgoing: &Outgoing) {
     };
     if FLOWS.insert(key, state, 0).is_ok() {
         remember(steady, recent, key, now_jiffies);
+        // A close, or a new connection on a live entry's ports, brings the
+        // deadline nearer; only a refresh of an open flow moves it on.
+        if live.is_some() && outgoing.effect != Effect::Refresh {
+            invalidate_replies(&key);
+        }
     }
 }
 

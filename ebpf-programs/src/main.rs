@@ -187,8 +187,13 @@ fn decide(
     };
     if port_rules == 0 {
         // Rule 6: under `default: drop`, replies to flows the host opened pass.
-        // Looked up only here, so allowlisted and default-pass traffic never pays.
-        if default_action == DEFAULT_DROP && flows::is_reply(packet, headers) {
+        // Looked up only here, so allowlisted and default-pass traffic never pays,
+        // and never for a segment that opens a connection (SYN without ACK): it
+        // answers nothing, so a SYN flood costs no lookup.
+        if default_action == DEFAULT_DROP
+            && !parse::opens_connection(headers)
+            && flows::is_reply(packet, headers)
+        {
             return (Reason::ReturnTraffic, None);
         }
         return (default, None);

@@ -2,11 +2,12 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS,
+    CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS, FLOW_EPOCH_SLOTS,
     FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS, GRACE_DONE_SLOTS, GenConfig,
-    INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS, RULE_BASE_SLOTS,
-    RULE_STAT_SLOTS, RecentFlow, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow,
-    SamplingConfig, SourceRangeV4, SourceRangeV6, port_index,
+    INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS,
+    REPLY_RECENT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow, RecentReply,
+    SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig, SourceRangeV4,
+    SourceRangeV6, port_index,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -80,6 +81,17 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 #[map]
 pub static EGRESS_RECENT: PerCpuArray<RecentFlow> =
     PerCpuArray::with_max_entries(EGRESS_RECENT_SLOTS, 0);
+
+/// The XDP program's per-CPU memory of replies it passed lately (flows.rs).
+#[map]
+pub static REPLY_RECENT: PerCpuArray<RecentReply> =
+    PerCpuArray::with_max_entries(REPLY_RECENT_SLOTS, 0);
+
+/// Bumped whenever a flow's entry goes or its deadline comes nearer, so that
+/// memory never outlives it (see `airlock_common::FLOW_EPOCH_SLOTS`); mmapable
+/// so user space bumps it atomically too.
+#[map]
+pub static FLOW_EPOCHS: Array<u64> = Array::with_max_entries(FLOW_EPOCH_SLOTS, BPF_F_MMAPABLE);
 
 /// Written and read only by user space; lives here so it is created, pinned and
 /// removed together with the rest of the filter.

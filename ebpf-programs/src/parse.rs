@@ -222,6 +222,14 @@ pub struct Headers {
     pub peer_at: u16,
 }
 
+/// A TCP segment opening a connection: SYN without ACK. It cannot answer one the
+/// host opened (every answer to the host's SYN carries ACK), so it skips the flow
+/// table; the reference model's `L4::opens_connection` says the same.
+#[inline(always)]
+pub fn opens_connection(headers: &Headers) -> bool {
+    headers.l4 == L4_TCP && headers.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 impl Headers {
     /// `peer_at`, provably small: read back from the stack, where the verifier does
     /// not track the value of a 2-byte store, it could otherwise be anything up to

@@ -574,6 +574,13 @@ fn random_ext(rng: &mut StdRng) -> Ext {
     }
 }
 
+/// TCP flag bytes: a connection's SYN (most), the segments that can answer one
+/// (SYN-ACK, ACK, data, FIN, RST with and without ACK), SYN with other flags but
+/// no ACK, none at all, and all of them.
+const TCP_FLAGS: [u8; 12] = [
+    0x02, 0x02, 0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x03, 0x00, 0xff,
+];
+
 /// A random frame aimed at the policy, before any length-field variation.
 fn random_base_frame(rng: &mut StdRng, nets: &[IpNet], ranges: &[PortRange]) -> FrameSpec {
     if rng.random_bool(0.02) {
@@ -587,7 +594,10 @@ fn random_base_frame(rng: &mut StdRng, nets: &[IpNet], ranges: &[PortRange]) -> 
     let v6 = src.is_ipv6();
     let port = random_port(rng, ranges);
     let transport = match rng.random_range(0..100) {
-        0..45 => Transport::Tcp { dst_port: port },
+        0..45 => Transport::Tcp {
+            dst_port: port,
+            flags: *TCP_FLAGS.choose(rng).unwrap(),
+        },
         45..75 => Transport::Udp { dst_port: port },
         75..90 if v6 => Transport::Icmpv6 {
             icmp_type: *ICMPV6_TYPES.choose(rng).unwrap(),

@@ -249,7 +249,7 @@ impl Tables {
                             (Reason::FragmentPass, None)
                         }
                         L4::NonFirstFragment => (Reason::FragmentDrop, None),
-                        L4::Tcp { dst_port } | L4::Udp { dst_port } => {
+                        L4::Tcp { dst_port, .. } | L4::Udp { dst_port } => {
                             let proto = if matches!(l4, L4::Tcp { .. }) {
                                 Proto::Tcp
                             } else {
@@ -281,7 +281,10 @@ fn packet(rng: &mut StdRng, policy: &Policy) -> PacketClass {
     let src = address(rng, policy);
     let port = port(rng, policy);
     let l4 = match rng.random_range(0..10) {
-        0..=3 => L4::Tcp { dst_port: port },
+        0..=3 => L4::Tcp {
+            dst_port: port,
+            flags: *[0x02, 0x12, 0x10, 0x04].choose(rng).unwrap_or(&0x02),
+        },
         4..=5 => L4::Udp { dst_port: port },
         6 => L4::Icmp {
             icmp_type: *[0, 3, 8, 11, 12, 5].choose(rng).unwrap_or(&8),

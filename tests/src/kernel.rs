@@ -111,17 +111,20 @@ pub struct Harness {
     pub policy_text: String,
 }
 
-/// The flow a built frame answers, if it can answer one: the builder's frames come
-/// from port [`SOURCE_PORT`] and carry echo identifier 0.
+/// The flow a built frame is on, if it can answer one: the builder's frames come
+/// from port [`SOURCE_PORT`] and carry echo identifier 0. A TCP segment is on its
+/// flow whatever its flags, so a test can open the flow a peer's SYN is on;
+/// whether the segment may answer it is the model's call
+/// ([`reference::can_answer_flow`]).
 pub fn answered_flow(class: &PacketClass) -> Option<Flow> {
-    if !reference::can_answer_flow(class) {
-        return None;
-    }
     let PacketClass::Ip { src, l4 } = *class else {
         return None;
     };
+    if !matches!(l4, L4::Tcp { .. }) && !reference::can_answer_flow(class) {
+        return None;
+    }
     let (protocol, local_port, peer_port) = match l4 {
-        L4::Tcp { dst_port } => (6, dst_port, SOURCE_PORT),
+        L4::Tcp { dst_port, .. } => (6, dst_port, SOURCE_PORT),
         L4::Udp { dst_port } => (17, dst_port, SOURCE_PORT),
         L4::Icmp { .. } => (1, 0, 0),
         L4::Icmpv6 { .. } => (58, 0, 0),

@@ -38,7 +38,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use airlock::reference::{L4, PacketClass};
+use airlock::reference::{self, L4, PacketClass};
 
 /// Longest IPv6 extension header chain a correct parser walks (design: "a bounded
 /// number of extension headers").
@@ -92,6 +92,8 @@ impl Tag {
 pub enum Transport {
     Tcp {
         dst_port: u16,
+        /// The flags byte: [`reference::TCP_SYN`] for a connection's first segment.
+        flags: u8,
     },
     Udp {
         dst_port: u16,
@@ -112,6 +114,23 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// A connection's first segment (SYN without ACK) to `dst_port`.
+    pub fn tcp_syn(dst_port: u16) -> Self {
+        Transport::Tcp {
+            dst_port,
+            flags: reference::TCP_SYN,
+        }
+    }
+
+    /// A segment of an established connection (ACK) to `dst_port`: what a reply
+    /// to a connection the host opened carries, after its SYN-ACK.
+    pub fn tcp_ack(dst_port: u16) -> Self {
+        Transport::Tcp {
+            dst_port,
+            flags: reference::TCP_ACK,
+        }
+    }
+
     pub fn protocol(&self) -> u8 {
         match *self {
             Transport::Tcp { .. } => IPPROTO_TCP,
@@ -126,7 +145,7 @@ impl Transport {
     /// given family, and what it concludes when they are there.
     fn needs(&self, ipv6: bool) -> (usize, L4) {
         match *self {
-            Transport::Tcp { dst_port } => (TCP_HDR_LEN, L4::Tcp { dst_port }),
+            Transport::Tcp { dst_port, flags } => (TCP_HDR_LEN, L4::Tcp { dst_port, flags }),
             Transport::Udp { dst_port } => (UDP_HDR_LEN, L4::Udp { dst_port }),
             Transport::Icmp { icmp_type } if !ipv6 => (ICMP_HDR_LEN, L4::Icmp { icmp_type }),
             Transport::Icmpv6 { icmp_type } if ipv6 => (ICMP_HDR_LEN, L4::Icmpv6 { icmp_type }),
@@ -141,13 +160,13 @@ impl Transport {
 
     fn encode(&self, out: &mut Vec<u8>) {
         match *self {
-            Transport::Tcp { dst_port } => {
+            Transport::Tcp { dst_port, flags } => {
                 out.extend_from_slice(&SOURCE_PORT.to_be_bytes());
                 out.extend_from_slice(&dst_port.to_be_bytes());
                 out.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // sequence
                 out.extend_from_slice(&0u32.to_be_bytes()); // acknowledgment
                 out.push(5 << 4); // data offset: 5 words, no options
-                out.push(0x02); // SYN
+                out.push(flags);
                 out.extend_from_slice(&64240u16.to_be_bytes()); // window
                 out.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
             }
@@ -406,7 +425,7 @@ impl FrameSpec {
     }
 
     pub fn tcp(src: &str, dst_port: u16) -> Self {
-        Self::ip(parse_ip(src), Transport::Tcp { dst_port })
+        Self::ip(parse_ip(src), Transport::tcp_syn(dst_port))
     }
 
     pub fn udp(src: &str, dst_port: u16) -> Self {
@@ -815,7 +834,7 @@ mod tests {
             frame.class,
             PacketClass::Ip {
                 src: "198.51.100.7".parse().unwrap(),
-                l4: L4::Tcp { dst_port: 5432 }
+                l4: L4::tcp_syn(5432)
             }
         );
     }

@@ -1154,7 +1154,7 @@ fn ipv6_extension_header_cut_short_is_malformed_even_without_ports() {
     let mut h = Harness::new();
     h.apply(&matrix("pass", "enforce"));
     for transport in [
-        Transport::Tcp { dst_port: 22 },
+        Transport::tcp_syn(22),
         Transport::Other {
             protocol: IPPROTO_NONE,
             payload: 0,

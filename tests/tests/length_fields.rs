@@ -254,7 +254,7 @@ fn chains_cut_by_the_payload_length_at_every_byte() {
     for chain in chains {
         let chain_len: usize = chain.iter().map(|ext| ext.byte_len()).sum();
         for (transport, header) in [
-            (Transport::Tcp { dst_port: 80 }, 20),
+            (Transport::tcp_syn(80), 20),
             (Transport::Udp { dst_port: 80 }, 8),
             (Transport::Icmpv6 { icmp_type: 128 }, 8),
         ] {

@@ -329,7 +329,7 @@ fn check_probes(h: &mut Harness, probes: &[IpAddr]) {
     let mut disagreements = Vec::new();
     let mut passed = 0usize;
     for source in probes {
-        let frame = FrameSpec::ip(*source, Transport::Tcp { dst_port: PORT }).build();
+        let frame = FrameSpec::ip(*source, Transport::tcp_syn(PORT)).build();
         match h.compare(&frame) {
             Ok(outcome) => passed += usize::from(outcome.reason.passes()),
             Err(d) => disagreements.push(format!("{source}: {d}")),

@@ -16,6 +16,9 @@ pub enum L4 {
     Tcp {
         /// Destination port.
         dst_port: u16,
+        /// The flags byte (offset 13 of the TCP header): only whether SYN comes
+        /// without ACK matters to the verdict (see [`can_answer_flow`]).
+        flags: u8,
     },
     /// UDP to `dst_port`.
     Udp {
@@ -58,6 +61,28 @@ pub enum PacketClass {
         /// Layer 4.
         l4: L4,
     },
+}
+
+/// TCP's SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP's ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+impl L4 {
+    /// A connection's first segment to `dst_port`: SYN without ACK. What a client
+    /// sends first, so what `explain`, `check` and the lockout probe ask about.
+    pub fn tcp_syn(dst_port: u16) -> Self {
+        L4::Tcp {
+            dst_port,
+            flags: TCP_SYN,
+        }
+    }
+
+    /// A TCP segment that opens a connection (SYN without ACK), which therefore
+    /// cannot answer one the host opened.
+    pub fn opens_connection(&self) -> bool {
+        matches!(*self, L4::Tcp { flags, .. } if flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    }
 }
 
 /// The verdict and why.
@@ -111,8 +136,16 @@ pub fn verdict_for(policy: &Policy, packet: &PacketClass, answers_host_flow: boo
     }
 }
 
-/// Packets that can be a reply to a flow: TCP, UDP, ICMP echo replies.
+/// Packets that can be a reply to a flow: TCP, UDP, ICMP echo replies. Not a TCP
+/// segment with SYN and without ACK: every segment answering the host's own SYN
+/// carries ACK, so such a segment opens a connection. (TCP simultaneous open, two
+/// SYNs crossing, is the one exception; it is not passed as return traffic.)
 pub fn can_answer_flow(packet: &PacketClass) -> bool {
+    if let PacketClass::Ip { l4, .. } = packet
+        && l4.opens_connection()
+    {
+        return false;
+    }
     matches!(
         packet,
         PacketClass::Ip {
@@ -151,7 +184,7 @@ fn decide(policy: &Policy, packet: &PacketClass) -> (Reason, Option<usize>, Opti
         return (Reason::EssentialIcmp, None, None);
     }
     let (proto, port) = match l4 {
-        L4::Tcp { dst_port } => (Proto::Tcp, dst_port),
+        L4::Tcp { dst_port, .. } => (Proto::Tcp, dst_port),
         L4::Udp { dst_port } => (Proto::Udp, dst_port),
         L4::NonFirstFragment => {
             // No ports to match: pass what some rule would accept from this source
@@ -227,7 +260,7 @@ rules:
     #[test]
     fn order_of_rules() {
         let p = parse_str(POLICY, Path::new("p.yaml")).unwrap();
-        let tcp = |port| L4::Tcp { dst_port: port };
+        let tcp = L4::tcp_syn;
         assert_eq!(verdict(&p, &PacketClass::NonIp).reason, Reason::NonIp);
         assert_eq!(
             verdict(&p, &PacketClass::Malformed { src: None }).reason,
@@ -304,11 +337,37 @@ rules:
     fn monitor_passes_with_same_reason() {
         let text = POLICY.replace("default: drop", "default: drop\nmode: monitor");
         let p = parse_str(&text, Path::new("p.yaml")).unwrap();
-        let r = v(&p, "192.0.2.200", L4::Tcp { dst_port: 5432 });
+        let r = v(&p, "192.0.2.200", L4::tcp_syn(5432));
         assert_eq!(
             (r.reason, r.rule, r.pass),
             (Reason::RuleRefused, Some(0), true)
         );
+    }
+
+    #[test]
+    fn a_segment_opening_a_connection_never_answers_one() {
+        let p = parse_str(POLICY, Path::new("p.yaml")).unwrap();
+        let packet = |flags| PacketClass::Ip {
+            src: "192.0.2.100".parse().unwrap(),
+            l4: L4::Tcp {
+                dst_port: 22,
+                flags,
+            },
+        };
+        // SYN, and SYN with FIN or RST but no ACK: the flow table is not asked.
+        for flags in [TCP_SYN, TCP_SYN | 0x01, TCP_SYN | 0x04] {
+            assert_eq!(
+                verdict_for(&p, &packet(flags), true).reason,
+                Reason::DefaultDrop
+            );
+        }
+        // SYN-ACK, ACK, RST alone (a reset answering a segment with ACK), FIN-ACK.
+        for flags in [TCP_SYN | TCP_ACK, TCP_ACK, 0x04, 0x11] {
+            assert_eq!(
+                verdict_for(&p, &packet(flags), true).reason,
+                Reason::ReturnTraffic
+            );
+        }
     }
 
     #[test]
@@ -325,6 +384,6 @@ rules:
         for t in [128, 129, 0, 5, 138, 142] {
             assert!(!is_essential_icmp(&L4::Icmpv6 { icmp_type: t }));
         }
-        assert!(!is_essential_icmp(&L4::Tcp { dst_port: 3 }));
+        assert!(!is_essential_icmp(&L4::tcp_syn(3)));
     }
 }

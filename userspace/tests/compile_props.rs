@@ -353,7 +353,7 @@ fn l4s(p: &Policy, rng: &mut Rng) -> Vec<L4> {
         L4::NonFirstFragment,
     ];
     for port in ports {
-        out.push(L4::Tcp { dst_port: port });
+        out.push(L4::tcp_syn(port));
         out.push(L4::Udp { dst_port: port });
     }
     out
@@ -384,7 +384,7 @@ fn kernel_style_verdict(c: &Compiled, packet: &PacketClass) -> (Reason, Option<u
                 (Reason::EssentialIcmp, None)
             } else {
                 let port_mask = match l4 {
-                    L4::Tcp { dst_port } => c.port_mask(Proto::Tcp, dst_port),
+                    L4::Tcp { dst_port, .. } => c.port_mask(Proto::Tcp, dst_port),
                     L4::Udp { dst_port } => c.port_mask(Proto::Udp, dst_port),
                     _ => 0,
                 };

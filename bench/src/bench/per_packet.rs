@@ -18,7 +18,7 @@ use super::{
     policies::{DROP_V4, DROP_V6, FLOW_PORT, PORT, UNCOVERED_PORT, Workload},
     thread_cpu_time,
 };
-use crate::packet::{FrameSpec, TCP_FLAGS_OFFSET, Tag, Transport, transport_offset};
+use crate::packet::{FrameSpec, Tag, Transport};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -40,16 +40,6 @@ pub struct Case {
     pub peers: bool,
 }
 
-/// TCP flag bits.
-const TCP_ACK: u8 = 0x10;
-
-/// `bytes` (an untagged IP frame carrying TCP) with its TCP flags set to `flags`.
-fn with_tcp_flags(mut bytes: Vec<u8>, flags: u8) -> Vec<u8> {
-    let l4 = transport_offset(&bytes);
-    bytes[l4 + TCP_FLAGS_OFFSET] = flags;
-    bytes
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     V4,
@@ -61,16 +51,13 @@ pub enum Family {
 /// frame behind an 802.1Q tag, an ARP request, and the two paths `default: drop`
 /// adds: a segment to a port no rule covers (refused after a flow-table miss) and
 /// a reply on a flow the host opened (passed by the flow table; open it first with
-/// [`super::egress::open_flow`]). Those two are ACK segments: a pure SYN cannot be
-/// a reply, and a datapath may rightly refuse it without a lookup.
+/// [`super::egress::open_flow`]). Those two are ACK segments. Beside them, a SYN to
+/// the uncovered port: a SYN without ACK cannot be a reply, so it is refused
+/// without the lookup (the SYN flood's path).
 pub fn cases(workload: &Workload) -> Vec<Case> {
-    let tcp = Transport::Tcp { dst_port: PORT };
-    let uncovered = Transport::Tcp {
-        dst_port: UNCOVERED_PORT,
-    };
-    let reply = Transport::Tcp {
-        dst_port: FLOW_PORT,
-    };
+    let tcp = Transport::tcp_syn(PORT);
+    let uncovered = Transport::tcp_ack(UNCOVERED_PORT);
+    let reply = Transport::tcp_ack(FLOW_PORT);
     let mut out = vec![
         Case {
             name: "allowed IPv4 TCP",
@@ -125,17 +112,23 @@ pub fn cases(workload: &Workload) -> Vec<Case> {
         },
         Case {
             name: REFUSED_UNCOVERED,
-            bytes: with_tcp_flags(
-                FrameSpec::ip(DROP_V4.into(), uncovered).build().bytes,
-                TCP_ACK,
-            ),
+            bytes: FrameSpec::ip(DROP_V4.into(), uncovered).build().bytes,
+            pass: false,
+            family: Family::V4,
+            peers: true,
+        },
+        Case {
+            name: "dropped IPv4 TCP SYN, no rule's port",
+            bytes: FrameSpec::ip(DROP_V4.into(), Transport::tcp_syn(UNCOVERED_PORT))
+                .build()
+                .bytes,
             pass: false,
             family: Family::V4,
             peers: true,
         },
         Case {
             name: REPLY,
-            bytes: with_tcp_flags(FrameSpec::ip(DROP_V4.into(), reply).build().bytes, TCP_ACK),
+            bytes: FrameSpec::ip(DROP_V4.into(), reply).build().bytes,
             pass: true,
             family: Family::V4,
             peers: false,

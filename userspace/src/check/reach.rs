@@ -129,7 +129,7 @@ fn all_sets(policy: &Policy) -> impl Iterator<Item = &AddrSet> {
 /// The first layer-4 header of a new connection to `port`.
 pub fn l4(proto: Proto, port: u16) -> L4 {
     match proto {
-        Proto::Tcp => L4::Tcp { dst_port: port },
+        Proto::Tcp => L4::tcp_syn(port),
         Proto::Udp => L4::Udp { dst_port: port },
     }
 }

@@ -50,7 +50,7 @@ fn parse_port(spec: &str) -> Result<L4, UsageError> {
     let (port, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
     let dst_port: u16 = port.parse().map_err(|_| bad())?;
     match proto {
-        "tcp" => Ok(L4::Tcp { dst_port }),
+        "tcp" => Ok(L4::tcp_syn(dst_port)),
         "udp" => Ok(L4::Udp { dst_port }),
         _ => Err(bad()),
     }

@@ -29,7 +29,7 @@ pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
 /// other, non_first_fragment) and the one number that goes with it.
 pub fn packet_json(l4: &L4) -> Value {
     match *l4 {
-        L4::Tcp { dst_port } => json!({ "protocol": "tcp", "dst_port": dst_port }),
+        L4::Tcp { dst_port, .. } => json!({ "protocol": "tcp", "dst_port": dst_port }),
         L4::Udp { dst_port } => json!({ "protocol": "udp", "dst_port": dst_port }),
         L4::Icmp { icmp_type } => json!({ "protocol": "icmp", "icmp_type": icmp_type }),
         L4::Icmpv6 { icmp_type } => json!({ "protocol": "icmpv6", "icmp_type": icmp_type }),

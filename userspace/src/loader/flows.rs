@@ -2,10 +2,16 @@
 //! `status`), and direct access for tests. The kernel side (ebpf-programs/src/flows.rs)
 //! says what the table is for and why it is filled only by the egress program.
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    net::IpAddr,
+    os::fd::AsFd as _,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use airlock_common::{
-    FLOW_FAMILY_V4, FLOW_FAMILY_V6, FLOW_TABLE_ENTRIES, FlowKey, FlowState, MAP_FLOWS,
+    FLOW_EPOCH_SLOTS, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FLOW_TABLE_ENTRIES, FlowKey, FlowState,
+    MAP_FLOW_EPOCHS, MAP_FLOWS, flow_epoch_slot,
 };
 use aya::{
     Ebpf,
@@ -16,6 +22,10 @@ use super::LoaderError;
 
 pub struct FlowTable {
     map: HashMap<MapData, FlowKey, FlowState>,
+    /// `FLOW_EPOCHS`: bumped after every write here, as the egress program bumps
+    /// it after a change, so the XDP program's memory of replies never outlives
+    /// an entry user space shortened.
+    epochs: MapData,
 }
 
 /// What the table holds right now.
@@ -81,13 +91,23 @@ fn map_error(source: aya::maps::MapError) -> LoaderError {
     }
 }
 
+fn epochs_error(source: aya::maps::MapError) -> LoaderError {
+    LoaderError::Map {
+        name: MAP_FLOW_EPOCHS,
+        source,
+    }
+}
+
 impl FlowTable {
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
         let data =
             MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOWS)?).map_err(map_error)?;
         let map = Map::from_map_data(data).map_err(map_error)?;
+        let epochs = MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOW_EPOCHS)?)
+            .map_err(epochs_error)?;
         Ok(Self {
             map: map.try_into().map_err(map_error)?,
+            epochs,
         })
     }
 
@@ -96,8 +116,12 @@ impl FlowTable {
         let map = ebpf
             .take_map(MAP_FLOWS)
             .ok_or(LoaderError::MissingMap(MAP_FLOWS))?;
+        let Some(Map::Array(epochs)) = ebpf.take_map(MAP_FLOW_EPOCHS) else {
+            return Err(LoaderError::MissingMap(MAP_FLOW_EPOCHS));
+        };
         Ok(Self {
             map: map.try_into().map_err(map_error)?,
+            epochs,
         })
     }
 
@@ -142,7 +166,29 @@ impl FlowTable {
             closing: 0,
             _pad: 0,
         };
-        self.map.insert(flow.key(), state, 0).map_err(map_error)
+        let key = flow.key();
+        self.map.insert(key, state, 0).map_err(map_error)?;
+        self.invalidate_replies(&key)
+    }
+
+    /// Moves `key`'s counter in `FLOW_EPOCHS` on, atomically as the egress
+    /// program does (the map is mmapable).
+    fn invalidate_replies(&self, key: &FlowKey) -> Result<(), LoaderError> {
+        let slot = flow_epoch_slot(key) as usize;
+        let bytes = FLOW_EPOCH_SLOTS as usize * size_of::<u64>();
+        super::mapping::with_mapping(self.epochs.fd().as_fd(), bytes, true, |memory| {
+            // SAFETY: `slot` < FLOW_EPOCH_SLOTS, inside the mapping; the kernel
+            // maps array values 8-byte aligned; other writers use atomics too.
+            unsafe {
+                AtomicU64::from_ptr(memory.as_ptr().cast::<u64>().add(slot))
+                    .fetch_add(1, Ordering::Relaxed)
+            };
+        })
+        .map_err(|error| LoaderError::Io {
+            op: "mapping",
+            path: MAP_FLOW_EPOCHS.into(),
+            source: error,
+        })
     }
 }
 

@@ -178,9 +178,8 @@ pub fn assess(policy: &Policy, facts: &Facts, ifaces: &[String]) -> Assessment {
         let verdict = judge(
             policy,
             peer.peer,
-            L4::Tcp {
-                dst_port: peer.port,
-            },
+            // A reconnect's first segment: the session must survive its next SYN.
+            L4::tcp_syn(peer.port),
         );
         if verdict.pass {
             out.push(

@@ -64,13 +64,13 @@ fn protocol(l4: &L4, v6: bool) -> u8 {
 fn transport(l4: &L4) -> Vec<u8> {
     let mut out = Vec::with_capacity(28);
     match *l4 {
-        L4::Tcp { dst_port } => {
+        L4::Tcp { dst_port, flags } => {
             out.extend_from_slice(&SRC_PORT.to_be_bytes());
             out.extend_from_slice(&dst_port.to_be_bytes());
             out.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // sequence
             out.extend_from_slice(&0u32.to_be_bytes()); // acknowledgment
             out.push(5 << 4); // data offset: 5 words
-            out.push(0x02); // SYN: a new connection, never a reply
+            out.push(flags);
             out.extend_from_slice(&64240u16.to_be_bytes()); // window
             out.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
         }
@@ -250,10 +250,7 @@ mod tests {
 
     #[test]
     fn ipv4_tcp_frame_layout() {
-        let f = frame(
-            "198.51.100.10".parse().unwrap(),
-            &L4::Tcp { dst_port: 5432 },
-        );
+        let f = frame("198.51.100.10".parse().unwrap(), &L4::tcp_syn(5432));
         assert_eq!(f.len(), 14 + 20 + 20);
         assert_eq!(&f[12..14], &[0x08, 0x00]);
         assert_eq!(f[14], 0x45);
