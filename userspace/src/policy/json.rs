@@ -37,15 +37,15 @@ impl Format {
 
 /// Reads `text` as a JSON policy; all problems, or the policy.
 pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnostic>> {
-    document(text, origin).map_err(|d| vec![d])?;
+    document(text, origin)?;
     // Valid JSON has no raw tab inside a string, so this changes only whitespace
     // (and no column): YAML refuses tabs where JSON allows them.
     let text = text.replace('\t', " ");
     validate::validate(&text, origin)
 }
 
-/// The document's keys and shapes, or the first problem with them.
-pub(crate) fn document(text: &str, origin: &Path) -> Result<PolicyDocument, Diagnostic> {
+/// The document's keys and shapes, or the first problem with them (alone).
+pub(crate) fn document(text: &str, origin: &Path) -> Result<PolicyDocument, Vec<Diagnostic>> {
     let mut de = serde_json::Deserializer::from_str(text);
     let (error, field) = match serde_path_to_error::deserialize::<_, PolicyDocument>(&mut de) {
         Ok(document) => match de.end() {
@@ -57,7 +57,7 @@ pub(crate) fn document(text: &str, origin: &Path) -> Result<PolicyDocument, Diag
             (error.into_inner(), field)
         }
     };
-    Err(diagnostic(&error, field, origin))
+    Err(vec![diagnostic(&error, field, origin)])
 }
 
 /// The path as the YAML front end writes it (`rules[0].ports[1]`, `sets.office`);

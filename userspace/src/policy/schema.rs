@@ -40,7 +40,7 @@ pub struct PolicyDocument {
 #[serde(untagged)]
 pub enum SetDefinition {
     Cidrs(Vec<Scalar>),
-    Spec(SetSpec),
+    Spec(Box<SetSpec>),
 }
 
 /// A set written as a mapping: CIDRs, holes, a `file:` import, or a provider's list.
@@ -144,7 +144,8 @@ impl<'de> Deserialize<'de> for SetDefinition {
                 Vec::deserialize(SeqAccessDeserializer::new(seq)).map(SetDefinition::Cidrs)
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SetDefinition, A::Error> {
-                SetSpec::deserialize(MapAccessDeserializer::new(map)).map(SetDefinition::Spec)
+                SetSpec::deserialize(MapAccessDeserializer::new(map))
+                    .map(|spec| SetDefinition::Spec(Box::new(spec)))
             }
         }
         deserializer.deserialize_any(SetVisitor)
