@@ -87,7 +87,7 @@ fn from_rings(
             .map(|s| s.rules.into_iter().map(|r| r.name).collect())
             .unwrap_or_default();
         rings.push((iface.clone(), names, open_ring(&dir)?));
-        // The program's own lines (`--datapath-log` at install), where they can be read.
+        // The program's own lines (when its level is on), where they can be read.
         match datapath_log::open(&dir, ToStderr { iface }) {
             Ok(logger) => logs.push(logger),
             Err(error) => tracing::debug!(%error, "no datapath log"),
