@@ -411,6 +411,50 @@ impl Testbed {
             .expect("udp thread");
     }
 
+    /// Sends raw Ethernet frames from the client's interface (an AF_PACKET socket):
+    /// frames no socket API would build, malformed ones.
+    pub fn send_frames(&self, frames: Vec<Vec<u8>>) {
+        let iface = self.client_if.clone();
+        self.client
+            .spawn(move || {
+                let name = std::ffi::CString::new(iface).expect("interface name");
+                // SAFETY: a socket this closure owns and closes; the name, the address
+                // and each frame are valid for the lengths passed.
+                unsafe {
+                    let index = libc::if_nametoindex(name.as_ptr());
+                    assert!(
+                        index > 0,
+                        "client interface: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                    assert!(
+                        fd >= 0,
+                        "AF_PACKET socket: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                    addr.sll_family = libc::AF_PACKET as u16;
+                    addr.sll_ifindex = index as i32;
+                    for frame in &frames {
+                        let sent = libc::sendto(
+                            fd,
+                            frame.as_ptr().cast(),
+                            frame.len(),
+                            0,
+                            (&raw const addr).cast(),
+                            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                        );
+                        let error = std::io::Error::last_os_error();
+                        assert_eq!(sent, frame.len() as isize, "sending a raw frame: {error}");
+                    }
+                    libc::close(fd);
+                }
+            })
+            .join()
+            .expect("raw frame thread");
+    }
+
     /// An HTTP GET from inside the server namespace (where the agent's loopback-bound
     /// metrics server lives). Returns (status code, body).
     pub fn http_get(&self, port: u16, path: &str) -> Option<(u16, String)> {

@@ -611,3 +611,38 @@ fn diff_exit_code_and_quiet() {
     let run = f.airlock(&["diff", "-f", "/nonexistent/p.yaml", "--exit-code"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
 }
+
+#[test]
+fn a_json_policy_is_read_and_its_errors_name_file_line_column_and_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = dir.path().join("policy.json");
+    fs::write(
+        &good,
+        r#"{"version": 1, "interfaces": ["eth0"], "sets": {"office": ["198.51.100.0/24"]},
+ "rules": [{"name": "db", "ports": ["5432/tcp"], "from": ["office"]}]}"#,
+    )
+    .expect("write policy");
+    let run = airlock(&["validate", "-f", s(&good)]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
+    let bad = dir.path().join("bad.json");
+    fs::write(
+        &bad,
+        "{\n  \"version\": 1,\n  \"rules\": [\n    {\"name\": \"db\", \"ports\": [\"5432/tcp\"], \"form\": [\"192.0.2.0/24\"]}\n  ]\n}\n",
+    )
+    .expect("write policy");
+    let run = airlock(&["validate", "-f", s(&bad)]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let expected = format!(
+        "{}:4:48: rules[0].form: unknown field `form`",
+        bad.display()
+    );
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+    let v = json_of(&airlock(&["validate", "-f", s(&bad), "-o", "json"]), 2);
+    assert_schema("validate", &v);
+    let text = v.to_string();
+    assert!(
+        text.contains(r#""field":"rules[0].form""#) && text.contains(r#""line":4"#),
+        "{v:#}"
+    );
+}

@@ -1,15 +1,18 @@
 //! The XDP program's debug and trace lines (aya-log, `--datapath-log LEVEL`): read
-//! from the filter's log ring and handed to `tracing` (the agent's log) or to
-//! whoever asks (`airlock watch`). The level is fixed when the program is loaded;
-//! see `loader::set_datapath_log`.
+//! from the filter's log ring and handed to `tracing` (the agent's log, and from
+//! there to `airlock watch` sessions on its samples socket) or to whoever asks
+//! (`airlock watch` without an agent). The level is a map of the running filter;
+//! see `loader/log_level.rs`.
 //!
 //! aya-log finds a pinned program's ring by the program's id, which takes
 //! CAP_SYS_ADMIN (the systemd unit does not grant it): without it the lines cannot
 //! be read, and the caller says so.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use aya_log::EbpfLogger;
+use serde::{Deserialize, Serialize};
 
 /// Where the lines of one interface's program go.
 pub type Logger<T> = EbpfLogger<T>;
@@ -34,9 +37,22 @@ pub fn open<T: log::Log>(dir: &Path, logger: T) -> Result<Logger<T>, DatapathLog
         .map_err(|source| DatapathLogError::Open { id, source })
 }
 
-/// Hands each line to `tracing` (target `airlock::datapath`), with its interface.
+/// One line as the agent passes it to `airlock watch` (one JSON object a line,
+/// beside the drop records; `datapath` tells it apart).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathLine {
+    pub interface: String,
+    /// `ERROR` ... `TRACE`.
+    pub level: String,
+    /// The line itself.
+    pub datapath: String,
+}
+
+/// Hands each line to `tracing` (target `airlock::datapath`), with its interface,
+/// and to the `watch` sessions connected to `feed`, if any.
 pub struct ToTracing {
     pub iface: String,
+    pub feed: Option<tokio::sync::broadcast::Sender<Arc<str>>>,
 }
 
 impl log::Log for ToTracing {
@@ -47,6 +63,17 @@ impl log::Log for ToTracing {
     fn log(&self, record: &log::Record<'_>) {
         let iface = self.iface.as_str();
         let message = record.args();
+        // Only while a `watch` is connected (sending to none is an error).
+        if let Some(feed) = self.feed.as_ref().filter(|feed| feed.receiver_count() > 0) {
+            let line = DatapathLine {
+                interface: iface.to_owned(),
+                level: record.level().to_string(),
+                datapath: message.to_string(),
+            };
+            if let Ok(line) = serde_json::to_string(&line) {
+                let _ = feed.send(line.into());
+            }
+        }
         match record.level() {
             log::Level::Error => {
                 tracing::error!(target: "airlock::datapath", interface = iface, "{message}")

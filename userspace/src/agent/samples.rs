@@ -71,11 +71,13 @@ impl Samplers {
             let names = Arc::clone(names);
             let task_iface = iface.clone();
             let feed = self.feed.clone();
-            // The datapath's debug/trace lines, when this agent loads programs with them.
+            // The datapath's debug/trace lines, when this agent's command line asks
+            // for them (to its log, and to `watch` sessions).
             let datapath_log = (crate::loader::datapath_log() > 0)
                 .then(|| {
                     let sink = crate::datapath_log::ToTracing {
                         iface: iface.clone(),
+                        feed: Some(feed.clone()),
                     };
                     crate::datapath_log::open(&dir, sink)
                         .inspect_err(

@@ -9,7 +9,8 @@ use std::{
 };
 
 use airlock::{
-    agent, datapath_log,
+    agent,
+    datapath_log::{self, DatapathLine},
     loader::{PinRoot, PolicyMaps},
     samples::{DropEvent, DropRecord, open_ring},
 };
@@ -86,7 +87,7 @@ fn from_rings(
             .map(|s| s.rules.into_iter().map(|r| r.name).collect())
             .unwrap_or_default();
         rings.push((iface.clone(), names, open_ring(&dir)?));
-        // The program's own lines (`--datapath-log` at install), where they can be read.
+        // The program's own lines (when its level is on), where they can be read.
         match datapath_log::open(&dir, ToStderr { iface }) {
             Ok(logger) => logs.push(logger),
             Err(error) => tracing::debug!(%error, "no datapath log"),
@@ -145,6 +146,8 @@ fn through_agent(
             Ok(_) if line.ends_with(b"\n") => {
                 if let Ok(record) = serde_json::from_slice::<DropRecord>(&line) {
                     out.row(&record)?;
+                } else if let Ok(log) = serde_json::from_slice::<DatapathLine>(&line) {
+                    datapath_line(&log.interface, &log.level, &log.datapath);
                 } else if let Ok(missed) = serde_json::from_slice::<agent::Missed>(&line) {
                     eprintln!("({} samples skipped: this view fell behind)", missed.missed);
                 }
@@ -227,15 +230,18 @@ impl log::Log for ToStderr {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        eprintln!(
-            "{} {:<12} datapath {}: {}",
-            now.get(11..19).unwrap_or(""),
-            self.iface,
-            record.level(),
-            record.args()
-        );
+        datapath_line(&self.iface, record.level(), record.args());
     }
 
     fn flush(&self) {}
+}
+
+/// One datapath line on stderr, read from the ring or passed on by the agent.
+fn datapath_line(iface: &str, level: impl std::fmt::Display, message: impl std::fmt::Display) {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    eprintln!(
+        "{} {:<12} datapath {level}: {message}",
+        now.get(11..19).unwrap_or(""),
+        iface,
+    );
 }

@@ -1,6 +1,7 @@
-//! The policy language (YAML, `version: 1`): parsed with positions, validated in
-//! full (every problem reported, each with file, line, column and field), and turned
-//! into a checked [`Policy`] that the compiler and the reference model consume.
+//! The policy language (YAML or JSON, `version: 1`): parsed with positions,
+//! validated in full (every problem reported, each with file, line, column and
+//! field), and turned into a checked [`Policy`] that the compiler and the reference
+//! model consume. [`schema`] has the document as serde types, for other front ends.
 //!
 //! A `Policy` can only be made here, by validation, so everything downstream can
 //! rely on its invariants: at most [`MAX_RULES`](airlock_common::maps::MAX_RULES)
@@ -15,10 +16,12 @@ mod fast_cidr;
 mod import_file;
 mod import_paths;
 mod imports;
+mod json;
 mod ports;
 mod provider_sets;
 mod raw;
 mod rules;
+pub mod schema;
 mod sets;
 mod validate;
 
@@ -44,10 +47,15 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     parse_str(&text, path)
 }
 
-/// Validates policy text. `origin` names the file in messages and is the base for
-/// relative `file:` imports (which are read from disk).
+/// Validates policy text, YAML or JSON (a `.json` origin, or text that is a JSON
+/// object). `origin` names the file in messages and is the base for relative
+/// `file:` imports (which are read from disk).
 pub fn parse_str(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
-    validate::validate(text, origin).map_err(PolicyError::Invalid)
+    match json::Format::of(origin, text) {
+        json::Format::Yaml => validate::validate(text, origin),
+        json::Format::Json => json::validate(text, origin),
+    }
+    .map_err(PolicyError::Invalid)
 }
 
 /// A validated policy.
@@ -227,5 +235,7 @@ impl Rule {
 
 #[cfg(test)]
 mod import_tests;
+#[cfg(test)]
+mod json_tests;
 #[cfg(test)]
 mod tests;
