@@ -1,34 +1,20 @@
 //! Datapath debug and trace lines (aya-log): why a frame was judged malformed, and
-//! which source entry and port entry decided. The level is the one word of the
-//! `LOG_LEVEL` map (aya-log's numbering: 0 off ... 4 debug, 5 trace), pinned with the
-//! filter, so `airlock apply --datapath-log LEVEL` changes it on a running filter.
-//! Off by default. aya-log's own `AYA_LOG_LEVEL` global is frozen at trace by the
-//! loader (its check is then pruned by the verifier): the map is the only gate, one
-//! array lookup where a line could be written, taken only when the lookup says so.
+//! which source entry and port entry decided. Off unless the loader sets aya-log's
+//! `AYA_LOG_LEVEL` global (`--datapath-log LEVEL`, `-vv`). That global lives in the
+//! object's read-only data, which the loader freezes, so the verifier knows its value
+//! and removes every disabled call as dead code: with logging off the program the
+//! kernel runs is the one without these lines (the bench keeps the verifier's
+//! instruction counts to show it).
 
 use airlock_common::Reason;
 use aya_log_ebpf::{debug, trace};
 
-use crate::maps::LOG_LEVEL;
 use crate::parse::{Bytes, Headers, KIND_MALFORMED};
-
-/// aya-log's `Level::Debug` and `Level::Trace`.
-const DEBUG: u32 = 4;
-const TRACE: u32 = 5;
-
-/// Whether lines at `level` are on (the verifier inlines the array lookup).
-#[inline(always)]
-fn enabled(level: u32) -> bool {
-    LOG_LEVEL.get(0).is_some_and(|current| *current >= level)
-}
 
 /// A frame the parser judged malformed: where the parse stopped (a frame whose
 /// peer address was read names it).
 #[inline(always)]
 pub fn malformed(packet: &Bytes, headers: &Headers, bytes: u64) {
-    if !enabled(DEBUG) {
-        return;
-    }
     if headers.kind == KIND_MALFORMED {
         debug!(
             &(),
@@ -58,9 +44,6 @@ pub fn malformed(packet: &Bytes, headers: &Headers, bytes: u64) {
 /// the port entry's rule mask (0 when none was read).
 #[inline(always)]
 pub fn decided(reason: Reason, rule: Option<u32>, source_rules: u64, flags: u32, port_rules: u64) {
-    if !enabled(TRACE) {
-        return;
-    }
     trace!(
         &(),
         "verdict reason {} rule {}: source entry rules {:x} flags {:x}, port entry rules {:x}",

@@ -102,12 +102,6 @@ pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
 pub static GRACE_DONE: Array<u64> = Array::with_max_entries(GRACE_DONE_SLOTS, 0);
 
-/// The datapath log level (one word, aya-log's numbering, 0: off): written by the
-/// loader at install and by `airlock apply --datapath-log` on a running filter
-/// (log.rs). Its name is `userspace/src/loader/log_level.rs`'s `MAP_LOG_LEVEL`.
-#[map]
-pub static LOG_LEVEL: Array<u32> = Array::with_max_entries(1, 0);
-
 /// Mask of rules covering `port` for TCP (`tcp == true`) or UDP.
 #[inline(always)]
 pub fn port_rules(generation: u32, tcp: bool, port: u16) -> u64 {

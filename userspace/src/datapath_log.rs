@@ -1,8 +1,8 @@
 //! The XDP program's debug and trace lines (aya-log, `--datapath-log LEVEL`): read
 //! from the filter's log ring and handed to `tracing` (the agent's log, and from
 //! there to `airlock watch` sessions on its samples socket) or to whoever asks
-//! (`airlock watch` without an agent). The level is a map of the running filter;
-//! see `loader/log_level.rs`.
+//! (`airlock watch` without an agent). The level is fixed when the program is
+//! loaded; see `loader::set_datapath_log`.
 //!
 //! aya-log finds a pinned program's ring by the program's id, which takes
 //! CAP_SYS_ADMIN (the systemd unit does not grant it): without it the lines cannot

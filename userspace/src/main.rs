@@ -27,12 +27,12 @@ fn main() -> ExitCode {
         // SAFETY: nothing else runs yet; SIG_DFL is a valid disposition.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let datapath_log = args.datapath_log_choice();
+    let datapath_log = args.datapath_log_level();
     cli::init_logging(
         args.verbose,
         args.quiet,
         args.log_format,
-        datapath_log.is_some_and(|level| level > 0),
+        datapath_log.is_some(),
     );
     if let Some(level) = datapath_log {
         airlock::loader::set_datapath_log(level);

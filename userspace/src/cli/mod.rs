@@ -52,9 +52,9 @@ pub struct Cli {
     pub log_format: LogFormat,
     /// The XDP program's own log lines (why a frame was malformed: debug; which
     /// source and port entry decided each packet: trace), in filters this command
-    /// installs or applies to (a running filter's level changes in place, without
-    /// reloading it); read by the agent into its log and by `airlock watch`. Off by
-    /// default; -vv means debug. Without it a running filter keeps its level.
+    /// loads; read by the agent into its log and by `airlock watch`. Off by default
+    /// (the lines are then not in the program at all); -vv means debug. Fixed when a
+    /// filter is installed: a filter already attached keeps its level.
     #[arg(long, value_enum, global = true, value_name = "LEVEL")]
     pub datapath_log: Option<DatapathLog>,
 }
@@ -70,22 +70,19 @@ pub enum DatapathLog {
 }
 
 impl Cli {
-    /// The datapath log level chosen (aya-log's numbering, 0: off):
-    /// `--datapath-log`, else debug with -vv, else none (installs get off, running
-    /// filters keep theirs).
-    pub fn datapath_log_choice(&self) -> Option<u8> {
+    /// The datapath log level: `--datapath-log`, else debug with -vv, else off.
+    pub fn datapath_log_level(&self) -> Option<aya_log::Level> {
         use aya_log::Level;
-        let level = match self.datapath_log {
-            Some(DatapathLog::Off) => return Some(0),
-            Some(DatapathLog::Error) => Level::Error,
-            Some(DatapathLog::Warn) => Level::Warn,
-            Some(DatapathLog::Info) => Level::Info,
-            Some(DatapathLog::Debug) => Level::Debug,
-            Some(DatapathLog::Trace) => Level::Trace,
-            None if self.verbose >= 2 => Level::Debug,
-            None => return None,
-        };
-        Some(level as u8)
+        match self.datapath_log {
+            Some(DatapathLog::Off) => None,
+            Some(DatapathLog::Error) => Some(Level::Error),
+            Some(DatapathLog::Warn) => Some(Level::Warn),
+            Some(DatapathLog::Info) => Some(Level::Info),
+            Some(DatapathLog::Debug) => Some(Level::Debug),
+            Some(DatapathLog::Trace) => Some(Level::Trace),
+            None if self.verbose >= 2 => Some(Level::Debug),
+            None => None,
+        }
     }
 }
 

@@ -74,11 +74,6 @@ pub enum LoaderError {
     MetaTooLarge { len: usize, max: usize },
     #[error("no Airlock filter is pinned for interface {0}")]
     NotInstalled(String),
-    #[error(
-        "the filter on {0} was installed by an airlock whose datapath log level is fixed at install; \
-         run `airlock remove --iface {0}` and apply again to change it"
-    )]
-    NoLogLevel(String),
     #[error("the source table in map {0} is not well formed (ranges unsorted or missing)")]
     MalformedSourceTable(&'static str),
     #[error(transparent)]

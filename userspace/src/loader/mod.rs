@@ -9,7 +9,6 @@ mod flows;
 mod grace;
 mod grace_record;
 mod link;
-mod log_level;
 mod mapping;
 mod meta;
 mod object;
@@ -34,7 +33,6 @@ pub use link::{
     AttachMode, LinkKind, LinkState, egress_supported, interface_index, link_state,
     pinned_link_state, program_name,
 };
-pub use log_level::{MAP_LOG_LEVEL, pinned as pinned_log_level};
 pub use meta::{PendingConfirm, PolicySummary, Restored, RuleSummary};
 pub use object::{datapath_log, load_object, load_object_logging, set_datapath_log};
 pub use pins::{
@@ -403,19 +401,10 @@ fn swap_policy(
     let mut maps = PolicyMaps::open_pinned(dir)?;
     check_layout(&maps, dir, iface)?;
     ensure_egress(dir, iface, ifindex)?;
-    // A level chosen on the command line changes on the running program; opened
-    // first, so a filter that cannot change it is refused before anything changes.
-    let log_level = log_level::chosen()
-        .map(|level| Ok::<_, LoaderError>((log_level::PinnedLogLevel::open(dir, iface)?, level)))
-        .transpose()?;
     let previous = maps.active_summary()?;
     summary.serial = previous.map_or(1, |p| p.serial + 1);
     summary.attach_mode = attach_mode.as_str().to_owned();
     let generation = maps.apply_after(compiled, &summary, grace)?;
-    if let Some((mut map, level)) = log_level {
-        map.set(level)?;
-        tracing::info!(iface, level, "datapath log level set on the running filter");
-    }
     Ok(ApplyOutcome {
         iface: iface.to_owned(),
         attached: false,
