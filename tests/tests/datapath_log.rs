@@ -114,9 +114,6 @@ fn cut_frame() -> Vec<u8> {
 
 const CUT_LINE: &str = "malformed frame (44 bytes) from 198.51.100.9:";
 
-fn take(capture: &Capture) -> Vec<String> {
-    std::mem::take(&mut *capture.0.lock().unwrap())
-}
 
 #[test]
 fn the_agent_logs_the_lines_and_passes_them_to_watch() {
