@@ -717,6 +717,13 @@ pub fn apply_all(
     Ok(done)
 }
 
+/// The map layout of the filter pinned in `dir` when it is not this airlock's
+/// (its maps are then never written; `apply` takes it over).
+pub fn foreign_layout(dir: &Path) -> Option<u32> {
+    pins::check_filter_dir(dir).ok()?;
+    takeover::foreign_layout(dir)
+}
+
 /// The id of the XDP program pinned in `dir` (for aya-log, which finds a program's
 /// log ring by its id).
 pub fn pinned_program_id(dir: &Path) -> std::io::Result<u32> {
