@@ -27,6 +27,7 @@ use std::{
 use airlock::loader::{LINK_PIN, LinkKind, pinned_link_state};
 
 use crate::{
+    agent::Agent,
     cli::{Run, airlock_bin, airlock_bin_in},
     fixture::Fixture,
     kernel::{XDP_DROP, XDP_PASS},
@@ -40,12 +41,14 @@ pub const BUMPED_BIN: &str = "AIRLOCK_BIN_LAYOUT_BUMP";
 /// The build of airlock with the other map layout. Fails, saying how to get it,
 /// when the environment does not name one: the upgrade tests cannot run without.
 pub fn bumped_bin() -> PathBuf {
-    let path = std::env::var_os(BUMPED_BIN).map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "${BUMPED_BIN} is not set: the upgrade tests need a second airlock built with \
+    let path = std::env::var_os(BUMPED_BIN)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "${BUMPED_BIN} is not set: the upgrade tests need a second airlock built with \
              `--features layout-bump` (cargo xtask test and cargo xtask soak build it)"
-        )
-    });
+            )
+        });
     assert!(
         path.exists(),
         "{} (${BUMPED_BIN}) does not exist",
@@ -71,10 +74,22 @@ pub fn policy_text(iface: &str) -> String {
 /// Frames the checking threads run, and the verdict the policy gives each.
 fn frames() -> Vec<(Vec<u8>, u32)> {
     vec![
-        (FrameSpec::tcp(addr::OFFICE_V4, 5432).build().bytes, XDP_PASS),
-        (FrameSpec::tcp(addr::STRANGER_V4, 5432).build().bytes, XDP_DROP),
-        (FrameSpec::udp(addr::OFFICE_V4, OPEN_UDP).build().bytes, XDP_PASS),
-        (FrameSpec::udp(addr::OFFICE_V4, CLOSED_UDP).build().bytes, XDP_DROP),
+        (
+            FrameSpec::tcp(addr::OFFICE_V4, 5432).build().bytes,
+            XDP_PASS,
+        ),
+        (
+            FrameSpec::tcp(addr::STRANGER_V4, 5432).build().bytes,
+            XDP_DROP,
+        ),
+        (
+            FrameSpec::udp(addr::OFFICE_V4, OPEN_UDP).build().bytes,
+            XDP_PASS,
+        ),
+        (
+            FrameSpec::udp(addr::OFFICE_V4, CLOSED_UDP).build().bytes,
+            XDP_DROP,
+        ),
         (FrameSpec::tcp(addr::OFFICE_V4, 22).build().bytes, XDP_DROP),
     ]
 }
@@ -90,6 +105,9 @@ pub struct Report {
     /// Real datagrams sent to the closed port, and how many arrived (must be 0).
     pub closed_sent: u64,
     pub closed_received: u64,
+    /// Datagrams the server's UDP sockets dropped for a full buffer
+    /// (`RcvbufErrors`): a datagram lost there was not lost to the filter.
+    pub socket_drops: u64,
     /// Real datagrams sent while a takeover command ran.
     pub sent_during_takeover: u64,
     /// Frames run through the attached program, and those judged wrongly.
@@ -118,7 +136,8 @@ impl Report {
         format!(
             "{} takeovers (slowest {:.0?}), {} real datagrams ({} while a takeover ran): {} of {} \
              to the open port arrived, {} of {} to the closed port arrived; {} frames through \
-             the attached program ({} programs seen), {} wrong verdicts",
+             the attached program ({} programs seen), {} wrong verdicts; {} datagrams dropped \
+             by a full socket",
             self.takeovers,
             self.slowest,
             self.open_sent + self.closed_sent,
@@ -129,7 +148,8 @@ impl Report {
             self.closed_sent,
             self.frames,
             self.programs_seen,
-            self.wrong_verdicts
+            self.wrong_verdicts,
+            self.socket_drops
         )
     }
 }
@@ -146,27 +166,115 @@ pub fn run(f: &Fixture, takeovers: u64) -> Report {
     let iface = f.bed.server_if.clone();
     let policy = f.write("upgrade.yaml", &policy_text(&iface));
     let policy = policy.to_str().expect("utf-8");
-    let dir = f.bed.bpffs.path().join(&iface);
     let mut report = Report::default();
     let first = airlock_as(f, &builds[0], &["apply", "-f", policy]);
     if first.code != 0 {
-        report
-            .failures
-            .push(format!("first apply: exit {}: {}", first.code, first.stderr));
+        report.failures.push(format!(
+            "first apply: exit {}: {}",
+            first.code, first.stderr
+        ));
         return report;
     }
-    let receiver = Receiver::start(&f.bed.server);
-    let mut seen = BTreeMap::new();
+    let mut traffic = Traffic::new(f);
     for n in 0..takeovers {
         let bin = &builds[(n as usize + 1) % 2];
-        let link_before = pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp).ok();
-        let sender = Sender::start(&f.bed.client, &receiver.counts);
-        let checker = Checker::start(&dir);
+        let done = traffic.across(f, &mut report, || {
+            let run = airlock_as(f, bin, &["apply", "-f", policy]);
+            if run.code != 0 || !run.stdout.contains("took over") {
+                return Err(format!(
+                    "takeover {n} by {}: exit {}: {}{}",
+                    bin.display(),
+                    run.code,
+                    run.stdout,
+                    run.stderr
+                ));
+            }
+            let status = airlock_as(f, bin, &["status"]);
+            if status.code != 0 {
+                return Err(format!(
+                    "status after takeover {n}: exit {}: {}",
+                    status.code, status.stderr
+                ));
+            }
+            Ok(())
+        });
+        if !done {
+            break;
+        }
+    }
+    traffic.finish(f, &mut report);
+    report
+}
+
+/// The agent of a DaemonSet rolling update: the plain build's agent applies the
+/// policy and exits (SIGTERM, leaving its filter pinned), then the other build's
+/// agent starts on the same pins, traffic crossing the filter while it does.
+pub fn agent_takeover(f: &Fixture) -> Report {
+    let policy = f.write("upgrade.yaml", &policy_text(&f.bed.server_if));
+    let old = Agent::start(f, &[], &policy, &[]);
+    old.stop(nix::sys::signal::Signal::SIGTERM);
+    let mut report = Report::default();
+    let mut traffic = Traffic::new(f);
+    // The wrapper runs the other build in place of the one `Agent` names.
+    let script = format!("exec '{}' \"$@\"", bumped_bin().display());
+    let mut agent = None;
+    traffic.across(f, &mut report, || {
+        let started = Agent::start(f, &["sh", "-c", &script], &policy, &[]);
+        let log = started.log();
+        agent = Some(started);
+        if log.contains("another map layout") {
+            Ok(())
+        } else {
+            Err(format!(
+                "the new agent did not take the filter over; log:\n{log}"
+            ))
+        }
+    });
+    traffic.finish(f, &mut report);
+    if let Some(agent) = agent {
+        agent.stop(nix::sys::signal::Signal::SIGTERM);
+    }
+    report
+}
+
+/// Real datagrams and checked frames across the filter, one takeover at a time.
+pub struct Traffic {
+    receiver: Receiver,
+    /// `RcvbufErrors` in the server namespace when the traffic started.
+    socket_drops: u64,
+    dir: PathBuf,
+    seen: BTreeMap<u32, u64>,
+}
+
+impl Traffic {
+    pub fn new(f: &Fixture) -> Self {
+        Self {
+            receiver: Receiver::start(&f.bed.server),
+            socket_drops: rcvbuf_errors(&f.bed.server),
+            dir: f.bed.bpffs.path().join(&f.bed.server_if),
+            seen: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `takeover` with traffic crossing the filter before, during and after
+    /// it, adds the figures to `report`, and checks that the same XDP link runs
+    /// another program afterwards and no staging directory is left. False if it
+    /// failed.
+    pub fn across(
+        &mut self,
+        f: &Fixture,
+        report: &mut Report,
+        takeover: impl FnOnce() -> Result<(), String>,
+    ) -> bool {
+        let link_pin = self.dir.join(LINK_PIN);
+        let link_before = pinned_link_state(&link_pin, LinkKind::Xdp).ok();
+        let sender = Sender::start(&f.bed.client, &self.receiver.counts);
+        let checker = Checker::start(&self.dir);
         // Traffic under way before the takeover starts.
         thread::sleep(Duration::from_millis(50));
         let sent_before = sender.sent();
         let started = Instant::now();
-        let run = airlock_as(f, bin, &["apply", "-f", policy]);
+        let result = takeover();
         report.slowest = report.slowest.max(started.elapsed());
         report.sent_during_takeover += sender.sent() - sent_before;
         thread::sleep(Duration::from_millis(50));
@@ -177,46 +285,61 @@ pub fn run(f: &Fixture, takeovers: u64) -> Report {
         report.frames += checked.frames;
         report.wrong_verdicts += checked.wrong;
         for (program, frames) in checked.by_program {
-            *seen.entry(program).or_insert(0u64) += frames;
+            *self.seen.entry(program).or_insert(0) += frames;
         }
-        if run.code != 0 || !run.stdout.contains("took over") {
-            report.failures.push(format!(
-                "takeover {n} by {}: exit {}: {}{}",
-                bin.display(),
-                run.code,
-                run.stdout,
-                run.stderr
-            ));
-            break;
+        if let Err(failure) = result {
+            report.failures.push(failure);
+            return false;
         }
         report.takeovers += 1;
-        let link_after = pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp).ok();
+        let link_after = pinned_link_state(&link_pin, LinkKind::Xdp).ok();
         match (link_before, link_after) {
             (Some(before), Some(after))
                 if before.link_id == after.link_id && before.program_id != after.program_id => {}
             other => report.failures.push(format!(
-                "takeover {n}: the same link should run a new program: {other:?}"
+                "takeover {}: the same link should run a new program: {other:?}",
+                report.takeovers
             )),
         }
         let left = staging_left(f.bed.bpffs.path());
         if !left.is_empty() {
-            report
-                .failures
-                .push(format!("takeover {n} left staging directories: {left:?}"));
-        }
-        let status = airlock_as(f, bin, &["status"]);
-        if status.code != 0 {
             report.failures.push(format!(
-                "status after takeover {n}: exit {}: {}",
-                status.code, status.stderr
+                "takeover {} left staging directories: {left:?}",
+                report.takeovers
             ));
         }
+        true
     }
-    let (open, closed) = receiver.finish(report.open_sent);
-    report.open_received = open;
-    report.closed_received = closed;
-    report.programs_seen = seen.len();
-    report
+
+    /// Waits for the last datagrams and adds the receiver's counts to `report`.
+    pub fn finish(self, f: &Fixture, report: &mut Report) {
+        let (open, closed) = self.receiver.finish(report.open_sent);
+        report.socket_drops = rcvbuf_errors(&f.bed.server) - self.socket_drops;
+        report.open_received = open;
+        report.closed_received = closed;
+        report.programs_seen = self.seen.len();
+    }
+}
+
+/// The UDP `RcvbufErrors` counter of `ns`.
+fn rcvbuf_errors(ns: &Namespace) -> u64 {
+    ns.spawn(|| {
+        // The namespace of this thread, not of the process's main thread.
+        let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp");
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+        let (names, values) = (
+            udp.next().expect("Udp names"),
+            udp.next().expect("Udp values"),
+        );
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "RcvbufErrors")
+            .and_then(|(_, value)| value.parse().ok())
+            .expect("RcvbufErrors")
+    })
+    .join()
+    .expect("snmp thread")
 }
 
 /// Staging directories in the pin root.
@@ -241,7 +364,10 @@ struct Receiver {
 /// How far the sender may run ahead of the receiver on the open port: well within
 /// the receive buffer, so a datagram lost is lost to the filter, not to a full
 /// socket.
-const IN_FLIGHT: u64 = 2_000;
+const IN_FLIGHT: u64 = 256;
+/// The receiving sockets' buffer (SO_RCVBUFFORCE): far more than `IN_FLIGHT`
+/// datagrams' worth.
+const RECEIVE_BUFFER: libc::c_int = 16 << 20;
 
 impl Receiver {
     fn start(ns: &Namespace) -> Self {
@@ -253,6 +379,22 @@ impl Receiver {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             threads.push(ns.spawn(move || {
                 let socket = UdpSocket::bind(("0.0.0.0", port)).expect("bind receiver");
+                // SAFETY: setsockopt with a pointer to a c_int that outlives the call.
+                let set = unsafe {
+                    libc::setsockopt(
+                        socket.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUFFORCE,
+                        (&RECEIVE_BUFFER as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(
+                    set,
+                    0,
+                    "SO_RCVBUFFORCE: {}",
+                    std::io::Error::last_os_error()
+                );
                 socket
                     .set_read_timeout(Some(Duration::from_millis(20)))
                     .expect("read timeout");

@@ -22,6 +22,14 @@ fn a_takeover_by_another_layout_lets_nothing_through_unfiltered() {
 }
 
 #[test]
+fn a_new_agent_takes_over_the_filter_the_old_agent_left_pinned() {
+    let f = Fixture::new("upa");
+    let report = upgrades::agent_takeover(&f);
+    println!("upgrades by the agent: {}", report.figures());
+    assert!(report.ok() && report.takeovers == 1, "{report:#?}");
+}
+
+#[test]
 fn a_takeover_killed_at_any_step_leaves_a_filter_enforcing_and_the_next_apply_finishes_it() {
     let f = Fixture::new("upk");
     let iface = f.bed.server_if.clone();
@@ -32,8 +40,7 @@ fn a_takeover_killed_at_any_step_leaves_a_filter_enforcing_and_the_next_apply_fi
         let _ = airlock_as(&f, &old, &["remove", "--all"]);
         let run = airlock_as(&f, &old, &["apply", "-f", policy]);
         assert_eq!(run.code, 0, "{step}: first apply: {}", run.stderr);
-        let mut child =
-            upgrades::spawn_stopping(&f, &new, &["apply", "-f", policy], step);
+        let mut child = upgrades::spawn_stopping(&f, &new, &["apply", "-f", policy], step);
         assert!(
             wait_stopped(child.id(), Duration::from_secs(60)),
             "the takeover never reached {step}"
@@ -49,7 +56,11 @@ fn a_takeover_killed_at_any_step_leaves_a_filter_enforcing_and_the_next_apply_fi
         // whatever is left in force.
         let run = airlock_as(&f, &new, &["apply", "-f", policy]);
         assert_eq!(run.code, 0, "{step}: apply after the kill: {}", run.stderr);
-        assert_eq!(interface_verdicts_ok(&f), Some(true), "{step}: after repair");
+        assert_eq!(
+            interface_verdicts_ok(&f),
+            Some(true),
+            "{step}: after repair"
+        );
         let left = upgrades::staging_left(f.bed.bpffs.path());
         assert!(left.is_empty(), "{step}: staging left: {left:?}");
         let status = airlock_as(&f, &new, &["status", "-o", "json"]);
@@ -57,7 +68,10 @@ fn a_takeover_killed_at_any_step_leaves_a_filter_enforcing_and_the_next_apply_fi
         let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
         let entry = &json["interfaces"][0];
         assert_eq!(entry["attachment"], "attached", "{step}: {json:#}");
-        assert_eq!(entry["policy"]["rules"][0]["name"], "db", "{step}: {json:#}");
+        assert_eq!(
+            entry["policy"]["rules"][0]["name"], "db",
+            "{step}: {json:#}"
+        );
     }
 }
 

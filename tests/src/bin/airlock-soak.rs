@@ -268,5 +268,9 @@ fn upgrades_run(takeovers: u64) -> (&'static str, bool, String) {
         println!("---- failure ----\n{failure}");
     }
     let figures = format!("{} in {:.0?}", report.figures(), started.elapsed());
-    ("upgrades", report.ok() && report.takeovers == takeovers, figures)
+    (
+        "upgrades",
+        report.ok() && report.takeovers == takeovers,
+        figures,
+    )
 }

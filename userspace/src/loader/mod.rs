@@ -577,10 +577,12 @@ fn build_staged(
     if egress {
         let program = egress_program(&mut ebpf, egress_name)?;
         let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
-        program.pin(&egress_pin).map_err(|source| LoaderError::Pin {
-            path: egress_pin,
-            source,
-        })?;
+        program
+            .pin(&egress_pin)
+            .map_err(|source| LoaderError::Pin {
+                path: egress_pin,
+                source,
+            })?;
     }
     Ok(Staged {
         ebpf,

@@ -37,9 +37,8 @@ use aya::maps::{Array, MapData};
 use serde::Deserialize;
 
 use super::{
-    ApplyOutcome, AttachMode, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, LinkKind,
-    LoaderError, PROGRAM_PIN, PinRoot, PolicySummary, build_staged, ensure_egress, flows,
-    link, pins,
+    ApplyOutcome, AttachMode, EGRESS_LINK_PIN, EGRESS_PROGRAM_PIN, LINK_PIN, LinkKind, LoaderError,
+    PROGRAM_PIN, PinRoot, PolicySummary, build_staged, ensure_egress, flows, link, pins,
 };
 use crate::{compile::Compiled, link_type::Framing, loader::meta::PendingConfirm};
 
@@ -57,7 +56,8 @@ fn pinned_meta(dir: &Path) -> Option<(u32, Vec<u8>)> {
         let path = pins::entry(dir, name).ok()?;
         MapData::from_pin(path).ok()
     };
-    let active: Array<MapData, u32> = Array::try_from(aya::maps::Map::Array(open(MAP_ACTIVE_GEN)?)).ok()?;
+    let active: Array<MapData, u32> =
+        Array::try_from(aya::maps::Map::Array(open(MAP_ACTIVE_GEN)?)).ok()?;
     let meta: Array<MapData, PolicyMeta> =
         Array::try_from(aya::maps::Map::Array(open(MAP_META)?)).ok()?;
     let generation = active.get(&0, 0).ok()? & 1;
@@ -314,7 +314,9 @@ pub(super) fn recover(staging: &Path, dir: &Path) -> Result<(), LoaderError> {
         Err(LoaderError::io(
             "recovering an interrupted takeover",
             staging,
-            io::Error::other("the shared XDP link runs neither directory's program: left for an operator"),
+            io::Error::other(
+                "the shared XDP link runs neither directory's program: left for an operator",
+            ),
         ))
     }
 }
