@@ -13,6 +13,13 @@ pub use flows::*;
 pub use maps::*;
 pub use reason::Reason;
 
+/// Test builds only (`--features layout-bump`): a layout version no real build
+/// has, so the upgrade tests can run two airlocks whose layouts differ
+/// (tests/tests/upgrades.rs). It shadows `maps::LAYOUT_VERSION` as seen through
+/// this crate's root, which is where the loader reads it; the maps are unchanged.
+#[cfg(feature = "layout-bump")]
+pub const LAYOUT_VERSION: u32 = maps::LAYOUT_VERSION + 1000;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: every type below is `#[repr(C)]`, `Copy`, made only of integers and

@@ -47,8 +47,18 @@ impl From<Output> for Run {
 
 /// Runs `airlock <args>` inside `ns` with the given pin root.
 pub fn airlock_in(ns: &Namespace, pin_root: &std::path::Path, args: &[&str]) -> Run {
+    airlock_bin_in(&airlock_bin(), ns, pin_root, args)
+}
+
+/// [`airlock_in`] with the binary at `bin` (the upgrade tests run two builds).
+pub fn airlock_bin_in(
+    bin: &std::path::Path,
+    ns: &Namespace,
+    pin_root: &std::path::Path,
+    args: &[&str],
+) -> Run {
     let output = ns
-        .command(airlock_bin())
+        .command(bin)
         .args(args)
         .env("AIRLOCK_PIN_ROOT", pin_root)
         .env("NO_COLOR", "1")

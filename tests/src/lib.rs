@@ -13,3 +13,4 @@ pub mod netns;
 pub mod kernel;
 pub mod packet;
 pub mod swaps;
+pub mod upgrades;

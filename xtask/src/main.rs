@@ -59,7 +59,7 @@ enum Task {
         /// The seed (decimal or 0x-hex); a fresh one when not given.
         #[arg(long)]
         seed: Option<String>,
-        /// Only these parts (differential, swaps, kills, fuzz, faults); repeatable.
+        /// Only these parts (differential, swaps, kills, fuzz, faults, upgrades); repeatable.
         #[arg(long)]
         only: Vec<String>,
         /// Policy swaps under traffic (half by the CLI, half by the agent).
@@ -74,6 +74,9 @@ enum Task {
         /// Deletions and recreations of the filtered interface under the agent.
         #[arg(long, default_value_t = 100)]
         churn: u64,
+        /// Takeovers of a pinned filter by a build with another map layout, and back.
+        #[arg(long, default_value_t = 100)]
+        takeovers: u64,
     },
     /// Build the agent's container image from this machine's files (the release
     /// binary, a root filesystem from Debian packages): no registry needed. Needs
@@ -144,9 +147,11 @@ fn main() -> Result<()> {
             kills,
             fuzz,
             churn,
+            takeovers,
         } => {
             setup::setup()?;
-            run::soak(frames, seed.as_deref(), &only, [swaps, kills, fuzz, churn])
+            let counts = [swaps, kills, fuzz, churn, takeovers];
+            run::soak(frames, seed.as_deref(), &only, counts)
         }
         Task::Bench {
             quick,

@@ -66,6 +66,36 @@ fn commit_id() -> Option<String> {
     })
 }
 
+/// The second build the upgrade tests take a filter over with (and back): the
+/// same source with another map layout version (`--features layout-bump`), at
+/// target/release/airlock-layout-bump. Built before the plain one, whose binary
+/// cargo then puts back at target/release/airlock.
+pub fn build_layout_bump() -> Result<PathBuf> {
+    cmd(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "airlock",
+        "--bin",
+        "airlock",
+        "--features",
+        "airlock/layout-bump",
+    ]))?;
+    let release = workspace_root().join("target/release");
+    let bumped = release.join(LAYOUT_BUMP_BIN);
+    // A copy, not the file cargo may replace in place.
+    let _ = std::fs::remove_file(&bumped);
+    std::fs::copy(release.join("airlock"), &bumped)
+        .with_context(|| format!("copying the layout-bump build to {}", bumped.display()))?;
+    eprintln!("xtask: built {} (another map layout)", bumped.display());
+    Ok(bumped)
+}
+
+/// Where [`build_layout_bump`] leaves its binary.
+const LAYOUT_BUMP_BIN: &str = "airlock-layout-bump";
+/// The variable the upgrade tests find it by (tests/src/upgrades.rs).
+const LAYOUT_BUMP_ENV: &str = "AIRLOCK_BIN_LAYOUT_BUMP";
+
 pub fn build_release() -> Result<()> {
     cmd(cargo().args([
         "build",
@@ -102,6 +132,7 @@ pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
         );
     }
     // The tests drive the real binary, as a user would, and the real image.
+    let bumped = build_layout_bump()?;
     build_release()?;
     crate::image::image(TEST_IMAGE)?;
     let airlock = workspace_root().join("target/release/airlock");
@@ -110,6 +141,7 @@ pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
         .args(["test", "--release"])
         .args(HOST_CRATES)
         .env("AIRLOCK_BIN", &airlock)
+        .env(LAYOUT_BUMP_ENV, &bumped)
         .env("AIRLOCK_IMAGE", TEST_IMAGE);
     // Straight to cargo: `-- FILTER` filters, `-- --test FILE FILTER` picks a file,
     // `-- FILTER -- --nocapture` reaches the test harness.
@@ -140,19 +172,22 @@ pub fn demo() -> Result<()> {
         .env("AIRLOCK_BIN", root.join("target/release/airlock")))
 }
 
-/// `counts`: swaps, random kills, fuzz executions, interface churn cycles.
-pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 4]) -> Result<()> {
+/// `counts`: swaps, random kills, fuzz executions, interface churn cycles, takeovers.
+pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 5]) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the soak run loads the XDP program into the kernel: run it as root");
     }
+    let bumped = build_layout_bump()?;
     build_release()?;
     let mut command = Command::new(workspace_root().join("target/release/airlock-soak"));
-    // The swaps and kills drive the binary under test, as the suite does.
+    // The swaps and kills drive the binary under test, as the suite does; the
+    // upgrades take its filters over with a second build and back.
     command
         .env(
             "AIRLOCK_BIN",
             workspace_root().join("target/release/airlock"),
         )
+        .env(LAYOUT_BUMP_ENV, &bumped)
         .arg(frames.to_string());
     if let Some(seed) = seed {
         command.arg(seed);
@@ -160,7 +195,7 @@ pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 4]) 
     for part in only {
         command.args(["--only", part]);
     }
-    for (flag, count) in ["--swaps", "--kills", "--fuzz", "--churn"]
+    for (flag, count) in ["--swaps", "--kills", "--fuzz", "--churn", "--takeovers"]
         .into_iter()
         .zip(counts)
     {

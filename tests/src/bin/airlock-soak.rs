@@ -9,19 +9,21 @@
 //!   watchdog in its window and rollback, and applies killed after random delays;
 //! - fuzz: the policy pipeline fuzzed (parse, validate, compile, reference model
 //!   against the compiled tables);
-//! - faults: the filtered interface deleted and recreated under the agent.
+//! - faults: the filtered interface deleted and recreated under the agent;
+//! - upgrades: the pinned filter taken over by a build with another map layout
+//!   and back, real datagrams and checked frames crossing it throughout.
 //!
-//! `airlock-soak [FRAMES] [SEED] [--only PART]... [--swaps N] [--kills N] [--fuzz N] [--churn N]`:
+//! `airlock-soak [FRAMES] [SEED] [--only PART]... [--swaps N] [--kills N] [--fuzz N] [--churn N] [--takeovers N]`:
 //! FRAMES defaults to 1,000,000, SEED to a fresh one (printed, so a failure can be
 //! replayed with the same seed; it seeds the random kills and the fuzzer too);
 //! `--swaps` 2,000 (half by the CLI, half by the agent), `--kills` 500 random kills
 //! (besides the named steps), `--fuzz` 10,000,000 executions, `--churn` 100
-//! interface deletions.
+//! interface deletions, `--takeovers` 100.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use airlock_integration::{differential, faults, fixture::Fixture, fuzz, kills, swaps};
+use airlock_integration::{differential, faults, fixture::Fixture, fuzz, kills, swaps, upgrades};
 
 struct Args {
     frames: u64,
@@ -31,6 +33,7 @@ struct Args {
     kills: u64,
     fuzz: u64,
     churn: u64,
+    takeovers: u64,
 }
 
 fn count(text: &str) -> u64 {
@@ -48,6 +51,7 @@ fn parse_args() -> Args {
         kills: 500,
         fuzz: 10_000_000,
         churn: 100,
+        takeovers: 100,
     };
     let mut positional = 0;
     let mut it = std::env::args().skip(1);
@@ -59,6 +63,7 @@ fn parse_args() -> Args {
             "--kills" => args.kills = count(&value()),
             "--fuzz" => args.fuzz = count(&value()),
             "--churn" => args.churn = count(&value()),
+            "--takeovers" => args.takeovers = count(&value()),
             _ if positional == 0 => {
                 args.frames = count(&arg);
                 positional += 1;
@@ -96,6 +101,9 @@ fn main() -> ExitCode {
     }
     if wanted("faults") {
         results.push(faults_run(args.churn));
+    }
+    if wanted("upgrades") {
+        results.push(upgrades_run(args.takeovers));
     }
     println!("\nsoak: summary (seed {seed:#x})");
     for (part, ok, figures) in &results {
@@ -247,4 +255,22 @@ fn faults_run(cycles: u64) -> (&'static str, bool, String) {
         report.cycles, report.unrepaired, report.slowest_repair
     );
     ("faults", report.ok() && report.cycles == cycles, figures)
+}
+
+fn upgrades_run(takeovers: u64) -> (&'static str, bool, String) {
+    println!(
+        "soak: upgrades: {takeovers} takeovers of the pinned filter by a build with another map layout, and back, under traffic"
+    );
+    let started = Instant::now();
+    let f = Fixture::new("sku");
+    let report = upgrades::run(&f, takeovers);
+    for failure in &report.failures {
+        println!("---- failure ----\n{failure}");
+    }
+    let figures = format!("{} in {:.0?}", report.figures(), started.elapsed());
+    (
+        "upgrades",
+        report.ok() && report.takeovers == takeovers,
+        figures,
+    )
 }

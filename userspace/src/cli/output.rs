@@ -116,7 +116,11 @@ pub fn applied(
                 json!({
                     "iface": o.iface,
                     "attached": attached,
-                    "action": if o.attached { "attached" } else { "swapped" },
+                    "action": match (o.attached, o.took_over_layout) {
+                        (true, _) => "attached",
+                        (false, Some(_)) => "took_over",
+                        (false, None) => "swapped",
+                    },
                     "attach_mode": o.attach_mode.as_str(),
                     "generation": o.generation,
                     "serial": o.serial,
@@ -130,10 +134,12 @@ pub fn applied(
         }));
     }
     for o in done {
-        let action = if o.attached {
-            format!("attached ({} mode)", o.attach_mode.as_str())
-        } else {
-            "policy swapped atomically".to_owned()
+        let action = match (o.attached, o.took_over_layout) {
+            (true, _) => format!("attached ({} mode)", o.attach_mode.as_str()),
+            (false, Some(found)) => format!(
+                "took over the filter pinned with map layout {found} (the XDP link switched programs atomically; counters restart at zero)"
+            ),
+            (false, None) => "policy swapped atomically".to_owned(),
         };
         println!(
             "{}: {action}; {} rules, {} IPv4 + {} IPv6 prefixes (apply #{})",

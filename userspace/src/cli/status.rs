@@ -55,6 +55,14 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
     let counters = maps.counters()?;
     let generation = counters.generation;
     let summary = maps.generation_summary(generation)?;
+    if let Some(found) = loader::foreign_layout(&dir) {
+        tracing::warn!(
+            iface,
+            found,
+            ours = airlock_common::LAYOUT_VERSION,
+            "this filter was pinned by an airlock with another map layout, whose policy summary this one cannot read; `airlock apply` takes it over without a moment unfiltered"
+        );
+    }
     let tables = maps
         .table_shapes(generation)?
         .map(|(v4, v6)| json!({ "ipv4": v4, "ipv6": v6 }));

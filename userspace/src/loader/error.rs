@@ -61,14 +61,40 @@ pub enum LoaderError {
         source: nix::Error,
     },
     #[error(
-        "the filter pinned at {path} has map layout {found}, this airlock writes layout {expected}; \
-         run `airlock remove --iface {iface}` and apply again"
+        "the filter pinned at {path} has map layout {found}, this airlock reads layout {expected}; \
+         `airlock apply` with this airlock takes it over without a moment unfiltered (or use the \
+         airlock that pinned it)"
     )]
     LayoutMismatch {
         path: PathBuf,
         iface: String,
         found: u32,
         expected: u32,
+    },
+    /// A filter of another layout that this apply would not take over: it stays.
+    #[error(
+        "the filter on {iface} was pinned by an airlock with map layout {found}; this airlock \
+         (layout {expected}) did not take it over: {reason}. The old filter stays in force"
+    )]
+    TakeoverRefused {
+        iface: String,
+        found: u32,
+        expected: u32,
+        reason: String,
+    },
+    /// A takeover that failed; where it failed before its switch the old filter
+    /// stays in force, after it the new one is (see `loader::takeover`).
+    #[error(
+        "taking over the filter on {iface} (map layout {found} to {expected}): {what}: {source}; \
+         the filter the XDP link runs keeps enforcing, and the next apply finishes or undoes this"
+    )]
+    Takeover {
+        iface: String,
+        found: u32,
+        expected: u32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("policy summary does not fit the META map ({len} bytes, at most {max})")]
     MetaTooLarge { len: usize, max: usize },

@@ -92,10 +92,14 @@ pub struct LinkState {
     pub ifindex: u32,
 }
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+/// `BPF_LINK_UPDATE` flag: only if the link still runs `old_prog_fd`.
+const BPF_F_REPLACE: u64 = 1 << 2;
 const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_LINK_TYPE_TCX: u32 = 11;
@@ -155,6 +159,42 @@ pub(crate) fn detach_pinned(path: &Path) -> std::io::Result<()> {
     attr[0] = u64::from(fd.as_raw_fd() as u32);
     // SAFETY: no pointers in attr.
     unsafe { bpf(BPF_LINK_DETACH, &mut attr) }.map(drop)
+}
+
+/// Pins the link pinned at `from` a second time, at `to` (BPF_OBJ_PIN): both pins
+/// hold the same link, and unlinking one of them leaves it attached.
+pub(crate) fn pin_again(from: &Path, to: &Path) -> std::io::Result<()> {
+    let fd = open_pinned(from)?;
+    let c_path = CString::new(to.as_os_str().as_encoded_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    attr[1] = u64::from(fd.as_raw_fd() as u32);
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
+    unsafe { bpf(BPF_OBJ_PIN, &mut attr) }.map(drop)
+}
+
+/// Makes the link pinned at `link` run the program pinned at `program` from now
+/// on (BPF_LINK_UPDATE): one pointer swap in the kernel, so every packet meets
+/// either the old program or the new one, never none. With `expected`, only if the
+/// link still runs the program pinned there (else EPERM, and nothing changes).
+pub(crate) fn update_pinned(
+    link: &Path,
+    program: &Path,
+    expected: Option<&Path>,
+) -> std::io::Result<()> {
+    let link = open_pinned(link)?;
+    let program = open_pinned(program)?;
+    let expected = expected.map(open_pinned).transpose()?;
+    // BPF_LINK_UPDATE: link_fd (u32), new_prog_fd (u32), flags (u32), old_prog_fd (u32).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(link.as_raw_fd() as u32) | (u64::from(program.as_raw_fd() as u32) << 32);
+    if let Some(old) = &expected {
+        attr[1] = BPF_F_REPLACE | (u64::from(old.as_raw_fd() as u32) << 32);
+    }
+    // SAFETY: no pointers in attr.
+    unsafe { bpf(BPF_LINK_UPDATE, &mut attr) }.map(drop)
 }
 
 /// Reads a pinned link's id, program and interface.

@@ -15,6 +15,7 @@ mod object;
 mod pins;
 mod policy_maps;
 mod source_tables;
+mod takeover;
 mod writer;
 mod xdp_attach;
 
@@ -73,6 +74,9 @@ pub struct ApplyOutcome {
     pub attach_mode: AttachMode,
     pub generation: u32,
     pub serial: u64,
+    /// Set when this apply took over a filter pinned by an airlock with another map
+    /// layout (the layout it had): see `takeover`.
+    pub took_over_layout: Option<u32>,
 }
 
 /// A freshly loaded filter that is not attached or pinned: for BPF_PROG_TEST_RUN
@@ -191,6 +195,11 @@ pub fn apply(
                 let grace = Grace::Early(writer, &dir);
                 let mode = attached_mode(&facts, &state);
                 check_mode(iface, mode, summary.xdp_mode)?;
+                if let Some(found) = takeover::foreign_layout(&dir) {
+                    return takeover::take_over(
+                        root, &dir, iface, ifindex, framing, mode, found, compiled, summary,
+                    );
+                }
                 return swap_policy(&dir, iface, ifindex, mode, compiled, summary, grace);
             }
             Ok(state) if state.ifindex == ifindex => {
@@ -243,6 +252,10 @@ fn recover_interrupted_install(
         .filter(|(name, _)| name == iface)
     {
         pins::check_filter_dir(&staging)?;
+        if takeover::shares_link(&staging, &dir) {
+            takeover::recover(&staging, &dir)?;
+            continue;
+        }
         let state = match pinned_link_state(&staging.join(LINK_PIN), LinkKind::Xdp) {
             Ok(state) if state.ifindex != 0 => state,
             Err(error) if error.is_permission_denied() => return Err(error),
@@ -411,6 +424,7 @@ fn swap_policy(
         attach_mode,
         generation,
         serial: summary.serial,
+        took_over_layout: None,
     })
 }
 
@@ -472,46 +486,16 @@ fn install_staged(
     summary: &mut PolicySummary,
 ) -> Result<ApplyOutcome, LoaderError> {
     let (xdp_name, egress_name) = program_names(framing);
-    let mut ebpf = load_object()?;
-    for (name, map) in ebpf.pinnable_maps() {
-        let path = staging.join(name);
-        map.pin(&path)
-            .map_err(|source| LoaderError::Pin { path, source })?;
-    }
-    let mut maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
-    let egress = link::egress_supported();
-    if !egress {
-        tracing::warn!(
-            iface,
-            "this kernel has no tcx (Linux 6.6+): filtering without return traffic; under `default: drop` replies to the host's own connections are dropped"
-        );
-    }
     // Attach mode is only known after attaching; record the likely one and fix it up.
     summary.attach_mode = AttachMode::Driver.as_str().to_owned();
-    // The kernel's verifier takes most of an install (a fifth of a second for
-    // the XDP program on a small VM): the programs are verified side by side while
-    // the policy goes into the maps, which need no program. It is in before the
-    // program sees its first packet: nothing is attached until all are done.
-    let policy: &PolicySummary = summary;
-    let (loaded, written) = crate::parallel::join(
-        || load_programs(&mut ebpf, xdp_name, egress.then_some(egress_name)),
-        || {
-            maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
-            maps.apply(compiled, policy)
-        },
-    );
-    loaded?;
-    let generation = written?;
-    let program = xdp_program(&mut ebpf, xdp_name)?;
-    let program_pin = staging.join(PROGRAM_PIN);
-    program
-        .pin(&program_pin)
-        .map_err(|source| LoaderError::Pin {
-            path: program_pin,
-            source,
-        })?;
+    let Staged {
+        mut ebpf,
+        mut maps,
+        generation,
+        egress,
+    } = build_staged(staging, iface, framing, compiled, summary)?;
     if egress {
-        install_egress(&mut ebpf, egress_name, staging, iface)?;
+        attach_egress_staged(&mut ebpf, egress_name, staging, iface)?;
     }
     let program = xdp_program(&mut ebpf, xdp_name)?;
     let (link, attach_mode) = xdp_attach::attach(program, xdp_name, iface, summary.xdp_mode)?;
@@ -531,6 +515,80 @@ fn install_staged(
         attach_mode,
         generation,
         serial: summary.serial,
+        took_over_layout: None,
+    })
+}
+
+/// A complete filter pinned in a staging directory, nothing of it attached.
+struct Staged {
+    ebpf: Ebpf,
+    maps: PolicyMaps,
+    generation: u32,
+    /// Whether the egress program was loaded and pinned (the kernel has tcx).
+    egress: bool,
+}
+
+/// Loads the object for `framing`, pins its maps and programs in `staging` and
+/// puts `compiled` in force in its maps: everything of an install but attaching.
+/// `summary.attach_mode` is taken as it is.
+fn build_staged(
+    staging: &Path,
+    iface: &str,
+    framing: Framing,
+    compiled: &Compiled,
+    summary: &PolicySummary,
+) -> Result<Staged, LoaderError> {
+    let (xdp_name, egress_name) = program_names(framing);
+    let mut ebpf = load_object()?;
+    for (name, map) in ebpf.pinnable_maps() {
+        let path = staging.join(name);
+        map.pin(&path)
+            .map_err(|source| LoaderError::Pin { path, source })?;
+    }
+    let mut maps = PolicyMaps::take(policy_maps::MapSource::Object(&mut ebpf))?;
+    let egress = link::egress_supported();
+    if !egress {
+        tracing::warn!(
+            iface,
+            "this kernel has no tcx (Linux 6.6+): filtering without return traffic; under `default: drop` replies to the host's own connections are dropped"
+        );
+    }
+    // The kernel's verifier takes most of an install (a fifth of a second for
+    // the XDP program on a small VM): the programs are verified side by side while
+    // the policy goes into the maps, which need no program. It is in before the
+    // program sees its first packet: nothing is attached until all are done.
+    let (loaded, written) = crate::parallel::join(
+        || load_programs(&mut ebpf, xdp_name, egress.then_some(egress_name)),
+        || {
+            maps.set_sample_rate(airlock_common::DEFAULT_SAMPLE_RATE)?;
+            maps.apply(compiled, summary)
+        },
+    );
+    loaded?;
+    let generation = written?;
+    let program = xdp_program(&mut ebpf, xdp_name)?;
+    let program_pin = staging.join(PROGRAM_PIN);
+    program
+        .pin(&program_pin)
+        .map_err(|source| LoaderError::Pin {
+            path: program_pin,
+            source,
+        })?;
+    if egress {
+        let program = egress_program(&mut ebpf, egress_name)?;
+        let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
+        program
+            .pin(&egress_pin)
+            .map_err(|source| LoaderError::Pin {
+                path: egress_pin,
+                source,
+            })?;
+    }
+    Ok(Staged {
+        ebpf,
+        maps,
+        generation,
+        egress,
     })
 }
 
@@ -569,21 +627,16 @@ fn load_programs(
     xdp_loaded.and(tc_loaded)
 }
 
-/// Pins and attaches the (loaded) egress program. Flows are recorded before the
+/// Attaches the (loaded, pinned) egress program. Flows are recorded before the
 /// XDP program starts dropping, so a connection the host opens while the install
 /// runs still gets its replies.
-fn install_egress(
+fn attach_egress_staged(
     ebpf: &mut Ebpf,
     name: &'static str,
     staging: &Path,
     iface: &str,
 ) -> Result<(), LoaderError> {
     let egress = egress_program(ebpf, name)?;
-    let egress_pin = staging.join(EGRESS_PROGRAM_PIN);
-    egress.pin(&egress_pin).map_err(|source| LoaderError::Pin {
-        path: egress_pin,
-        source,
-    })?;
     let link = link::attach_egress(egress, iface)?;
     let link_pin = staging.join(EGRESS_LINK_PIN);
     link.pin(&link_pin).map_err(|source| LoaderError::Pin {
@@ -612,6 +665,16 @@ pub fn remove(root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
 pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
     if outcome.attached {
         return remove(root, &outcome.iface);
+    }
+    if let Some(found) = outcome.took_over_layout {
+        // The old layout's filter is gone, and this one's other copy holds no
+        // policy to flip back to: the new policy stays (enforcing, never nothing).
+        tracing::error!(
+            iface = outcome.iface,
+            found,
+            "cannot undo a takeover: the policy just applied stays in force here"
+        );
+        return Ok(());
     }
     let mut maps = PolicyMaps::open_pinned(&root.interface_dir(&outcome.iface))?;
     maps.set_active_generation(1 - outcome.generation)
@@ -654,6 +717,13 @@ pub fn apply_all(
         }
     }
     Ok(done)
+}
+
+/// The map layout of the filter pinned in `dir` when it is not this airlock's
+/// (its maps are then never written; `apply` takes it over).
+pub fn foreign_layout(dir: &Path) -> Option<u32> {
+    pins::check_filter_dir(dir).ok()?;
+    takeover::foreign_layout(dir)
 }
 
 /// The id of the XDP program pinned in `dir` (for aya-log, which finds a program's
