@@ -114,7 +114,6 @@ fn cut_frame() -> Vec<u8> {
 
 const CUT_LINE: &str = "malformed frame (44 bytes) from 198.51.100.9:";
 
-
 #[test]
 fn the_agent_logs_the_lines_and_passes_them_to_watch() {
     let f = Fixture::new("dw");

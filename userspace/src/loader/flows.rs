@@ -24,8 +24,9 @@ pub struct FlowTable {
     map: HashMap<MapData, FlowKey, FlowState>,
     /// `FLOW_EPOCHS`: bumped after every write here, as the egress program bumps
     /// it after a change, so the XDP program's memory of replies never outlives
-    /// an entry user space shortened.
-    epochs: MapData,
+    /// an entry user space shortened. `None` in a filter pinned before layout 7,
+    /// whose program remembers no replies.
+    epochs: Option<MapData>,
 }
 
 /// What the table holds right now.
@@ -103,8 +104,12 @@ impl FlowTable {
         let data =
             MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOWS)?).map_err(map_error)?;
         let map = Map::from_map_data(data).map_err(map_error)?;
-        let epochs = MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOW_EPOCHS)?)
-            .map_err(epochs_error)?;
+        let epochs_pin = super::pins::pinned_path(dir, MAP_FLOW_EPOCHS)?;
+        let epochs = if epochs_pin.exists() {
+            Some(MapData::from_pin(epochs_pin).map_err(epochs_error)?)
+        } else {
+            None
+        };
         Ok(Self {
             map: map.try_into().map_err(map_error)?,
             epochs,
@@ -121,7 +126,7 @@ impl FlowTable {
         };
         Ok(Self {
             map: map.try_into().map_err(map_error)?,
-            epochs,
+            epochs: Some(epochs),
         })
     }
 
@@ -174,9 +179,12 @@ impl FlowTable {
     /// Moves `key`'s counter in `FLOW_EPOCHS` on, atomically as the egress
     /// program does (the map is mmapable).
     fn invalidate_replies(&self, key: &FlowKey) -> Result<(), LoaderError> {
+        let Some(epochs) = &self.epochs else {
+            return Ok(());
+        };
         let slot = flow_epoch_slot(key) as usize;
         let bytes = FLOW_EPOCH_SLOTS as usize * size_of::<u64>();
-        super::mapping::with_mapping(self.epochs.fd().as_fd(), bytes, true, |memory| {
+        super::mapping::with_mapping(epochs.fd().as_fd(), bytes, true, |memory| {
             // SAFETY: `slot` < FLOW_EPOCH_SLOTS, inside the mapping; the kernel
             // maps array values 8-byte aligned; other writers use atomics too.
             unsafe {
