@@ -74,6 +74,9 @@ enum Task {
         /// Deletions and recreations of the filtered interface under the agent.
         #[arg(long, default_value_t = 100)]
         churn: u64,
+        /// Agent reloads in a row (valid and invalid alternating).
+        #[arg(long, default_value_t = 1_000)]
+        reloads: u64,
     },
     /// Build the agent's container image from this machine's files (the release
     /// binary, a root filesystem from Debian packages): no registry needed. Needs
@@ -144,9 +147,15 @@ fn main() -> Result<()> {
             kills,
             fuzz,
             churn,
+            reloads,
         } => {
             setup::setup()?;
-            run::soak(frames, seed.as_deref(), &only, [swaps, kills, fuzz, churn])
+            run::soak(
+                frames,
+                seed.as_deref(),
+                &only,
+                [swaps, kills, fuzz, churn, reloads],
+            )
         }
         Task::Bench {
             quick,

@@ -140,8 +140,9 @@ pub fn demo() -> Result<()> {
         .env("AIRLOCK_BIN", root.join("target/release/airlock")))
 }
 
-/// `counts`: swaps, random kills, fuzz executions, interface churn cycles.
-pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 4]) -> Result<()> {
+/// `counts`: swaps, random kills, fuzz executions, interface churn cycles, agent
+/// reloads.
+pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 5]) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the soak run loads the XDP program into the kernel: run it as root");
     }
@@ -160,7 +161,7 @@ pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 4]) 
     for part in only {
         command.args(["--only", part]);
     }
-    for (flag, count) in ["--swaps", "--kills", "--fuzz", "--churn"]
+    for (flag, count) in ["--swaps", "--kills", "--fuzz", "--churn", "--reloads"]
         .into_iter()
         .zip(counts)
     {
