@@ -77,6 +77,9 @@ enum Task {
         /// Takeovers of a pinned filter by a build with another map layout, and back.
         #[arg(long, default_value_t = 100)]
         takeovers: u64,
+        /// Agent reloads in a row (valid and invalid alternating).
+        #[arg(long, default_value_t = 1_000)]
+        reloads: u64,
     },
     /// Build the agent's container image from this machine's files (the release
     /// binary, a root filesystem from Debian packages): no registry needed. Needs
@@ -148,9 +151,10 @@ fn main() -> Result<()> {
             fuzz,
             churn,
             takeovers,
+            reloads,
         } => {
             setup::setup()?;
-            let counts = [swaps, kills, fuzz, churn, takeovers];
+            let counts = [swaps, kills, fuzz, churn, takeovers, reloads];
             run::soak(frames, seed.as_deref(), &only, counts)
         }
         Task::Bench {

@@ -172,8 +172,9 @@ pub fn demo() -> Result<()> {
         .env("AIRLOCK_BIN", root.join("target/release/airlock")))
 }
 
-/// `counts`: swaps, random kills, fuzz executions, interface churn cycles, takeovers.
-pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 5]) -> Result<()> {
+/// `counts`: swaps, random kills, fuzz executions, interface churn cycles, takeovers,
+/// agent reloads.
+pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 6]) -> Result<()> {
     if !crate::setup::is_root() {
         bail!("the soak run loads the XDP program into the kernel: run it as root");
     }
@@ -195,9 +196,16 @@ pub fn soak(frames: u64, seed: Option<&str>, only: &[String], counts: [u64; 5]) 
     for part in only {
         command.args(["--only", part]);
     }
-    for (flag, count) in ["--swaps", "--kills", "--fuzz", "--churn", "--takeovers"]
-        .into_iter()
-        .zip(counts)
+    for (flag, count) in [
+        "--swaps",
+        "--kills",
+        "--fuzz",
+        "--churn",
+        "--takeovers",
+        "--reloads",
+    ]
+    .into_iter()
+    .zip(counts)
     {
         command.arg(flag).arg(count.to_string());
     }

@@ -150,11 +150,13 @@ fn find_libllvm(lib: &Path) -> Result<PathBuf> {
 
 /// Tools the tests and demo shell out to, by Debian package: iproute2 for namespaces,
 /// systemd-analyze for the unit tests, setpriv for running the agent with only the
-/// unit's capabilities.
+/// unit's capabilities, libfaketime (with its `faketime` tool) for setting the wall
+/// clock of the processes under test only (tests/src/faults.rs).
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
+    ("faketime", "faketime"),
 ];
 
 fn ensure_packages() -> Result<()> {

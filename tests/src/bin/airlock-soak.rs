@@ -9,16 +9,20 @@
 //!   watchdog in its window and rollback, and applies killed after random delays;
 //! - fuzz: the policy pipeline fuzzed (parse, validate, compile, reference model
 //!   against the compiled tables);
-//! - faults: the filtered interface deleted and recreated under the agent;
+//! - faults: the filtered interface deleted and recreated under the agent; the pin
+//!   root without bpffs, read-only, unmounted, the state directory full; map
+//!   creation refused by a memory cgroup; the interface renamed, the default route
+//!   moved; the wall clock jumping in a confirm window; agent reloads in a row.
 //! - upgrades: the pinned filter taken over by a build with another map layout
 //!   and back, real datagrams and checked frames crossing it throughout.
 //!
-//! `airlock-soak [FRAMES] [SEED] [--only PART]... [--swaps N] [--kills N] [--fuzz N] [--churn N] [--takeovers N]`:
+//! `airlock-soak [FRAMES] [SEED] [--only PART]... [--swaps N] [--kills N] [--fuzz N] [--churn N] [--takeovers N] [--reloads N]`:
 //! FRAMES defaults to 1,000,000, SEED to a fresh one (printed, so a failure can be
 //! replayed with the same seed; it seeds the random kills and the fuzzer too);
 //! `--swaps` 2,000 (half by the CLI, half by the agent), `--kills` 500 random kills
 //! (besides the named steps), `--fuzz` 10,000,000 executions, `--churn` 100
-//! interface deletions, `--takeovers` 100.
+//! interface deletions, `--takeovers` 100, `--reloads` 1,000 agent reloads (valid
+//! and invalid alternating).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -34,6 +38,7 @@ struct Args {
     fuzz: u64,
     churn: u64,
     takeovers: u64,
+    reloads: u64,
 }
 
 fn count(text: &str) -> u64 {
@@ -52,6 +57,7 @@ fn parse_args() -> Args {
         fuzz: 10_000_000,
         churn: 100,
         takeovers: 100,
+        reloads: 1_000,
     };
     let mut positional = 0;
     let mut it = std::env::args().skip(1);
@@ -64,6 +70,7 @@ fn parse_args() -> Args {
             "--fuzz" => args.fuzz = count(&value()),
             "--churn" => args.churn = count(&value()),
             "--takeovers" => args.takeovers = count(&value()),
+            "--reloads" => args.reloads = count(&value()),
             _ if positional == 0 => {
                 args.frames = count(&arg);
                 positional += 1;
@@ -100,7 +107,7 @@ fn main() -> ExitCode {
         results.push(fuzz_run(args.fuzz, seed));
     }
     if wanted("faults") {
-        results.push(faults_run(args.churn));
+        results.push(faults_run(args.churn, args.reloads));
     }
     if wanted("upgrades") {
         results.push(upgrades_run(args.takeovers));
@@ -243,18 +250,53 @@ fn fuzz_run(executions: u64, seed: u64) -> (&'static str, bool, String) {
     ("fuzz", checker && report.ok(), figures)
 }
 
-fn faults_run(cycles: u64) -> (&'static str, bool, String) {
-    println!("soak: faults: the interface deleted and recreated {cycles} times under the agent");
+fn faults_run(cycles: u64, reloads: u64) -> (&'static str, bool, String) {
+    println!(
+        "soak: faults: the interface deleted and recreated {cycles} times under the agent; filesystems, memory, interfaces, clock; {reloads} agent reloads"
+    );
+    let started = Instant::now();
     let bed = kills::Bed::new("skf");
     let report = faults::interface_churn(&bed, cycles);
     for example in &report.examples {
         println!("---- failure ----\n{example}");
     }
-    let figures = format!(
-        "{} deletions and recreations under the agent: {} not repaired, slowest repair {:.1?}",
-        report.cycles, report.unrepaired, report.slowest_repair
+    drop(bed);
+    let mut ok = report.ok() && report.cycles == cycles;
+    let mut tallies = Vec::new();
+    let f = Fixture::new("skg");
+    tallies.push(faults::bpffs::all(&f));
+    tallies.push(faults::memory::map_creation_refused(&f));
+    tallies.push(faults::ifaces::all(&f));
+    tallies.push(faults::clock::jumps(&f));
+    let (churn, samples) = faults::reloads::churn(&f, reloads);
+    println!(
+        "soak: faults: reload churn samples (reload, RSS KiB, descriptors): {:?}",
+        samples.samples
     );
-    ("faults", report.ok() && report.cycles == cycles, figures)
+    tallies.push(churn);
+    let (mut tried, mut checks, mut wrong) = (cycles, 0, 0);
+    let mut unfiltered = std::time::Duration::ZERO;
+    for t in &tallies {
+        println!("soak: faults: {}", t.summary());
+        for failure in &t.failures {
+            println!("---- failure ----\n{failure}");
+        }
+        ok &= t.ok();
+        tried += t.faults;
+        checks += t.checks;
+        wrong += t.wrong_verdicts;
+        unfiltered += t.unfiltered;
+    }
+    let figures = format!(
+        "{tried} faults in {:.0?} ({} interface deletions: {} not repaired, slowest repair {:.1?}; {} more of {} kinds), {checks} packet checks: {wrong} wrong verdicts; time without a filter where there had been one: {unfiltered:.1?} (bpffs unmounted: the kernel drops the pins)",
+        started.elapsed(),
+        report.cycles,
+        report.unrepaired,
+        report.slowest_repair,
+        tried - cycles,
+        tallies.len(),
+    );
+    ("faults", ok, figures)
 }
 
 fn upgrades_run(takeovers: u64) -> (&'static str, bool, String) {

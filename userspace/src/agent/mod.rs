@@ -139,7 +139,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let _lock = lock::acquire(&config.state_dir, root.path())?;
     root.ensure_mounted()?;
     // The state-dir lock alone lets a second agent with another --state-dir in.
-    let _root_lock = root_lock::acquire(&root)?;
+    let mut root_lock = root_lock::acquire(&root)?;
     let state = Arc::new(AgentState::default());
     if let Some(fleet) = &config.fleet {
         start_fleet_source(fleet, &state)?;
@@ -238,7 +238,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 });
             }
             _ = sighup.recv() => worker.send(worker::Job::Reload { why: "SIGHUP", force: true }),
-            _ = timer.tick() => worker.send(worker::Job::Tick),
+            _ = timer.tick() => {
+                root_lock = root_lock.follow(&root);
+                worker.send(worker::Job::Tick);
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

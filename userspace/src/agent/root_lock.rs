@@ -19,6 +19,39 @@ const AGENT_LOCK_DIR: &str = "%agent";
 
 pub struct RootLock {
     _lock: Flock<File>,
+    /// The lock directory's device and inode.
+    id: (u64, u64),
+}
+
+impl RootLock {
+    /// Follows the pin root to the bpffs mounted there now. A bpffs unmounted
+    /// (`umount -l`) while this lock holds a directory of it open lives on,
+    /// detached, and so do the filters pinned in it: they keep enforcing, but no
+    /// apply can replace them (their interfaces are taken). Once another bpffs is
+    /// at the pin root, the lock moves there and lets the old one go, and the old
+    /// filters with it: the next reconcile installs the policy in the new one.
+    pub fn follow(self, root: &PinRoot) -> Self {
+        let path = root.path().join(AGENT_LOCK_DIR);
+        let now = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        if now == Some(self.id) || !root.on_bpffs() {
+            return self;
+        }
+        match acquire(root) {
+            Ok(moved) => {
+                tracing::warn!(
+                    pin_root = %root.path().display(),
+                    "another bpffs is mounted at the pin root: the filters pinned in the one unmounted go, and are installed in this one"
+                );
+                moved
+            }
+            Err(error) => {
+                tracing::warn!(%error, "another bpffs is mounted at the pin root, but its agent lock cannot be taken");
+                self
+            }
+        }
+    }
 }
 
 /// Takes the pin root's agent lock; the pin root must be mounted (and so checked).
@@ -26,8 +59,12 @@ pub struct RootLock {
 pub fn acquire(root: &PinRoot) -> Result<RootLock, AgentError> {
     let path = root.path().join(AGENT_LOCK_DIR);
     let dir = trust::open_lock_dir(&path).map_err(|e| AgentError::Loader(LoaderError::Trust(e)))?;
+    let meta = dir
+        .metadata()
+        .map_err(|e| AgentError::Loader(LoaderError::io("checking", &path, e)))?;
+    let id = (meta.dev(), meta.ino());
     Flock::lock(dir, FlockArg::LockExclusiveNonblock)
-        .map(|lock| RootLock { _lock: lock })
+        .map(|lock| RootLock { _lock: lock, id })
         .map_err(|_| AgentError::AlreadyRunning {
             pin_root: root.path().to_owned(),
             holder: agent_pid(root.path())

@@ -77,7 +77,8 @@ pub struct WatchdogArgs {
     /// The apply to guard.
     #[arg(long)]
     token: u64,
-    /// Unix time of the deadline.
+    /// Unix time of the deadline, for the record: the deadline recorded with the
+    /// policy (by the boot clock) is what counts.
     #[arg(long)]
     deadline: u64,
 }
@@ -87,7 +88,12 @@ pub fn run_watchdog(args: WatchdogArgs) -> anyhow::Result<ExitCode> {
         return Err(UsageError("--token must not be 0".into()).into());
     }
     let root = PinRoot::new(&args.pin_root.pin_root);
-    let rolled = confirm::watchdog(&root, args.token, args.deadline);
+    tracing::debug!(
+        token = args.token,
+        deadline_unix = args.deadline,
+        "confirm watchdog"
+    );
+    let rolled = confirm::watchdog(&root, args.token);
     Ok(if rolled.iter().all(|r| r.result.is_ok()) {
         ExitCode::SUCCESS
     } else {

@@ -47,8 +47,9 @@ pub enum LoaderError {
     NoSuchInterface(String),
     #[error(
         "{path} is not a bpffs mount in this mount namespace, and mounting one here would vanish \
-         when this process exits (taking the filter with it); mount it in the host namespace \
-         first: mount -t bpf -o mode=0700 bpf {path}"
+         when this process exits (taking the filter with it) if this is not the host's mount \
+         namespace (it is not, or /proc/1/ns/mnt cannot be read to tell); mount it in the host \
+         namespace first: mount -t bpf -o mode=0700 bpf {path}"
     )]
     BpffsPrivateNamespace { path: PathBuf },
     /// The pin root, a pin directory or a pin that another user could change.

@@ -73,10 +73,17 @@ pub struct Restored {
 /// A commit-confirm in progress, recorded with the policy it guards.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingConfirm {
-    /// Seconds since the Unix epoch after which the policy is rolled back.
+    /// Seconds since the Unix epoch after which the policy is rolled back (shown to
+    /// people; the boot-clock deadline below decides when there is one).
     pub deadline_unix: u64,
     /// Ties the policy to the watchdog armed for it (one token per `apply`).
     pub token: u64,
+    /// The deadline on `CLOCK_BOOTTIME`, in milliseconds: the wall clock can be set
+    /// back or forth during the window (NTP stepping it, `date -s`), the boot clock
+    /// cannot, and the pins it is kept in do not outlive a boot. Absent in states
+    /// written by older versions (the wall clock decides then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_boot_ms: Option<u64>,
 }
 
 impl PolicySummary {

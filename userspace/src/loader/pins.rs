@@ -106,6 +106,11 @@ impl PinRoot {
         Ok(())
     }
 
+    /// Whether a bpffs is mounted at the root (or the root is in one).
+    pub fn on_bpffs(&self) -> bool {
+        is_bpffs(&self.root)
+    }
+
     /// Whether the root exists; an error if it does but another user could change
     /// what is in it (it, or a directory on the way to it, fails `crate::trust`).
     pub fn check(&self) -> Result<bool, LoaderError> {
@@ -266,14 +271,17 @@ fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }
 
+/// Whether this process shares init's mount namespace. When that cannot be told
+/// (init's namespace link unreadable: a sandbox, a restricted /proc), it does not:
+/// a bpffs mounted in a private namespace vanishes with the process, taking the
+/// filter it was just told to install with it, while `apply` reported success.
 fn in_host_mount_namespace() -> bool {
     match (
         fs::read_link("/proc/self/ns/mnt"),
         fs::read_link("/proc/1/ns/mnt"),
     ) {
         (Ok(own), Ok(init)) => own == init,
-        // Without /proc we cannot tell; assume the common case.
-        _ => true,
+        _ => false,
     }
 }
 

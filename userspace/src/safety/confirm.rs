@@ -28,7 +28,7 @@
 use std::{
     io,
     process::{Command, Stdio},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -42,6 +42,23 @@ pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds on `CLOCK_BOOTTIME`: time since boot, suspend included, never set.
+fn now_boot_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000
+    })
+}
+
+/// Milliseconds until `confirm`'s deadline (negative once past): by the boot clock
+/// when it was recorded, so that a wall clock set back during the window cannot
+/// put the rollback off, nor one set forward bring it on early.
+fn millis_left(confirm: &PendingConfirm, now_unix: u64) -> i64 {
+    match confirm.deadline_boot_ms {
+        Some(deadline) => deadline as i64 - now_boot_ms() as i64,
+        None => (confirm.deadline_unix as i64 - now_unix as i64) * 1000,
+    }
 }
 
 /// What a rollback returns to.
@@ -77,10 +94,12 @@ pub struct Pending {
     pub iface: String,
     pub deadline_unix: u64,
     pub token: u64,
-    /// Negative once the deadline has passed.
+    /// Zero or negative once the deadline has passed.
     pub seconds_left: i64,
     pub serial: u64,
     pub rollback: RollbackTarget,
+    #[serde(skip)]
+    millis_left: i64,
 }
 
 fn target_of(maps: &PolicyMaps) -> Result<RollbackTarget, LoaderError> {
@@ -104,13 +123,16 @@ pub fn pending(root: &PinRoot, iface: &str, now: u64) -> Result<Option<Pending>,
     let Some(confirm) = summary.pending_confirm else {
         return Ok(None);
     };
+    let millis_left = millis_left(&confirm, now);
     Ok(Some(Pending {
         iface: iface.to_owned(),
         deadline_unix: confirm.deadline_unix,
         token: confirm.token,
-        seconds_left: confirm.deadline_unix as i64 - now as i64,
+        // Rounded up: expired (<= 0) only once the deadline itself has passed.
+        seconds_left: (millis_left + 999).div_euclid(1000),
         serial: summary.serial,
         rollback: target_of(&maps)?,
+        millis_left,
     }))
 }
 
@@ -274,9 +296,11 @@ pub fn check_no_pending(root: &PinRoot, ifaces: &[String]) -> Result<(), Pending
 /// The probation of an `apply --confirm` that ends `within` from now, to be written
 /// with the policy it guards (so the policy is never in force without its deadline).
 pub fn new_probation(within: Duration) -> PendingConfirm {
+    let within = within.as_secs().max(1);
     PendingConfirm {
-        deadline_unix: now_unix() + within.as_secs().max(1),
+        deadline_unix: now_unix() + within,
         token: new_token(),
+        deadline_boot_ms: Some(now_boot_ms() + within * 1000),
     }
 }
 
@@ -339,30 +363,31 @@ fn arm_watchdog(root: &PinRoot, pending: &PendingConfirm) -> io::Result<u32> {
 }
 
 /// The watchdog's loop: returns once the apply identified by `token` was confirmed,
-/// superseded or removed, or at `deadline` after rolling it back. Bounded by the
-/// deadline (and by [`MAX_CONFIRM`] in any case).
-pub fn watchdog(root: &PinRoot, token: u64, deadline: u64) -> Vec<RolledBack> {
-    let give_up = now_unix() + MAX_CONFIRM.as_secs() + 60;
+/// superseded or removed, or at its deadline (the one recorded with the policy)
+/// after rolling it back. Bounded by the deadline (and by [`MAX_CONFIRM`] on the
+/// monotonic clock in any case).
+pub fn watchdog(root: &PinRoot, token: u64) -> Vec<RolledBack> {
+    let started = Instant::now();
     loop {
         let now = now_unix();
         let ours: Vec<Pending> = pending_all(root, now)
             .into_iter()
             .filter(|p| p.token == token)
             .collect();
-        if ours.is_empty() || now > give_up {
+        if ours.is_empty() || started.elapsed() > MAX_CONFIRM + Duration::from_secs(60) {
             return Vec::new();
         }
-        if now >= deadline {
+        let left = ours.iter().map(|p| p.millis_left).min().unwrap_or(0);
+        if left <= 0 {
             let Ok(_lock) = WriterLock::acquire(root) else {
                 return Vec::new();
             };
             return roll_back_tokens(root, &[token], now, Cause::Expired);
         }
         crate::test_hook::stop_at("watchdog");
-        // Wake on the second the deadline falls on, or once a second to notice a
-        // confirmation and exit early.
-        let until = UNIX_EPOCH + Duration::from_secs(deadline);
-        let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+        // Wake when the deadline falls, or once a second to notice a confirmation
+        // and exit early.
+        let left = Duration::from_millis(left as u64);
         std::thread::sleep(left.min(Duration::from_secs(1)) + Duration::from_millis(10));
     }
 }
@@ -437,6 +462,7 @@ mod tests {
         summary.pending_confirm = Some(PendingConfirm {
             deadline_unix: 1_700_000_000,
             token: 42,
+            deadline_boot_ms: Some(5_000),
         });
         summary.restored = Some(Restored {
             rolled_back_serial: 4,

@@ -1,6 +1,6 @@
-//! Faults from outside (issue 20, part 4), as far as done: the interface the agent
-//! filters deleted and recreated over and over; each time the agent's reconcile must
-//! put the policy back on the new device, and `status` must say so.
+//! The interface the agent filters deleted and recreated over and over; each time
+//! the agent's reconcile must put the policy back on the new device, and `status`
+//! must say so.
 
 use std::time::{Duration, Instant};
 
