@@ -369,7 +369,8 @@ async fn handle(AxState(api): AxState<FakeApi>, request: Request<Body>) -> Respo
                     "the fake API server fails on purpose",
                 );
             }
-            if !(state.hang && affected) && !(is_list && state.held.contains(&plural)) {
+            let waits = (state.hang && affected) || (is_list && state.held.contains(&plural));
+            if !waits {
                 break;
             }
         }
