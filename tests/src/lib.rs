@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod cli;
 pub mod differential;
+pub mod fake_api;
 pub mod faults;
 pub mod fixture;
 pub mod floors;

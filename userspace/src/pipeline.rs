@@ -31,7 +31,7 @@ use crate::{
         self, ApplyAllError, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicySummary,
         WriterLock,
     },
-    policy::{Policy, XdpMode},
+    policy::{Mode, Policy, XdpMode},
     safety::{
         confirm::{self, PendingConflict, RolledBack, WatchdogError},
         lockout::{self, Assessment, Facts, LockoutError},
@@ -55,6 +55,9 @@ pub struct Options {
     pub grace_record: GraceRecord,
     /// Overrides the policy's `xdp_mode` (`--xdp-mode`).
     pub xdp_mode: Option<XdpMode>,
+    /// Overrides the policy's `mode` (a fleet canary's monitor stage: the
+    /// revision's text is applied as it is, in monitor mode).
+    pub mode: Option<Mode>,
 }
 
 /// A selected interface that does not exist.
@@ -156,6 +159,9 @@ pub struct Applied {
 pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<Prepared, Error> {
     if let Some(xdp_mode) = options.xdp_mode {
         policy.xdp_mode = xdp_mode;
+    }
+    if let Some(mode) = options.mode {
+        policy.mode = mode;
     }
     let selected = interfaces::resolve(&policy, &options.iface_overrides)?;
     let (expired, writer) = if options.dry_run {
@@ -289,4 +295,39 @@ fn spawn_grace_record(root: &PinRoot) -> io::Result<()> {
         .process_group(0)
         .spawn()
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{self, Mode};
+
+    /// The mode override (a fleet canary's monitor stage) reaches what would be
+    /// applied: the compiled policy and its summary, from an unchanged text.
+    #[test]
+    fn mode_override_reaches_the_plan() {
+        let text = "version: 1\nmode: enforce\ninterfaces: [nosuch0]\nrules:\n  - name: db\n    ports: [5432/tcp]\n    from: [198.51.100.0/24]\n";
+        let dir = tempfile::tempdir().unwrap();
+        let root = PinRoot::new(dir.path());
+        let plan = |mode| {
+            let policy = policy::parse_str(text, std::path::Path::new("p.yaml")).unwrap();
+            let options = Options {
+                dry_run: true,
+                mode,
+                ..Options::default()
+            };
+            prepare(&root, policy, &options).unwrap().plan
+        };
+        let staged = plan(Some(Mode::Monitor));
+        assert_eq!(staged.policy.mode, Mode::Monitor);
+        assert_eq!(staged.summary.mode, "monitor");
+        let enforced = plan(None);
+        assert_eq!(enforced.policy.mode, Mode::Enforce);
+        assert_eq!(enforced.summary.mode, "enforce");
+        assert_ne!(
+            format!("{:?}", staged.compiled),
+            format!("{:?}", enforced.compiled),
+            "the compiled policy carries the mode"
+        );
+    }
 }

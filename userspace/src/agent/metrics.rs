@@ -266,7 +266,7 @@ impl Collector for AirlockCollector {
                 vec![
                     (
                         "airlock_kubernetes_api_reachable",
-                        "1 when the agent's last watch event from the Kubernetes API server was not an error.",
+                        "1 while the Kubernetes API server answers the agent's watches (0 from a failed watch until it answers again).",
                         f64::from(u8::from(f.api_reachable)),
                     ),
                     (

@@ -187,6 +187,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     );
     reconciler.set_force(config.force);
     reconciler.set_xdp_mode(config.xdp_mode);
+    if let Some(fleet) = &config.fleet {
+        reconciler.set_fleet_cache(crate::fleet::cache::Cache::new(&fleet.cache_dir));
+    }
     let names = samples::RuleNames::default();
     // Samples come at most a few hundred a second per CPU (the kernel's limit).
     let (feed, _) = tokio::sync::broadcast::channel(1024);

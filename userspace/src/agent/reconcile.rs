@@ -45,6 +45,9 @@ pub struct Reconciler {
     pub(super) force: bool,
     /// `agent --xdp-mode`, over the policy's.
     pub(super) xdp_mode: Option<policy::XdpMode>,
+    /// The fleet source's cache, whose record of the revision in force says
+    /// whether to apply it in monitor mode (`None` with a policy file).
+    pub(super) fleet_cache: Option<crate::fleet::cache::Cache>,
     /// Tunnel devices that bypass the filter, as last warned about (each is
     /// logged when it first appears, not at every reconcile).
     tunnels: Vec<crate::tunnels::TunnelWarning>,
@@ -71,6 +74,7 @@ impl Reconciler {
             imports: Vec::new(),
             force: false,
             xdp_mode: None,
+            fleet_cache: None,
             tunnels: Vec::new(),
             adopted_problem: None,
         }
@@ -79,6 +83,11 @@ impl Reconciler {
     /// `agent --xdp-mode`: overrides the policy's `xdp_mode`.
     pub fn set_xdp_mode(&mut self, xdp_mode: Option<policy::XdpMode>) {
         self.xdp_mode = xdp_mode;
+    }
+
+    /// The policy file is the fleet cache's (`agent --kubernetes-node`).
+    pub fn set_fleet_cache(&mut self, cache: crate::fleet::cache::Cache) {
+        self.fleet_cache = Some(cache);
     }
 
     /// `agent --force`: apply policies that the anti-lockout check refuses.

@@ -28,6 +28,9 @@ use crate::{
 pub(super) struct Fingerprint {
     text: String,
     imports: Vec<(PathBuf, Option<FileId>)>,
+    /// The mode the policy is applied in whatever its text says (a fleet canary's
+    /// monitor stage): the same text staged and then enforced is a change.
+    mode: Option<policy::Mode>,
 }
 
 /// A file's device, inode, size and modification time (seconds, nanoseconds).
@@ -44,7 +47,11 @@ impl Fingerprint {
                 (path.clone(), id)
             })
             .collect();
-        Self { text, imports }
+        Self {
+            text,
+            imports,
+            mode: None,
+        }
     }
 }
 
@@ -73,7 +80,14 @@ impl Reconciler {
         if let Some(files) = policy::imported_files(&text, &self.policy_path) {
             self.imports = files;
         }
-        let fingerprint = Fingerprint::of(text, &self.imports);
+        let mut fingerprint = Fingerprint::of(text, &self.imports);
+        match self.fleet_mode(&fingerprint.text) {
+            Ok(mode) => fingerprint.mode = mode,
+            Err(error) => {
+                self.reject(why, fingerprint, error, true);
+                return false;
+            }
+        }
         if !force {
             if self
                 .applied
@@ -106,6 +120,7 @@ impl Reconciler {
             force: self.force,
             grace_record: GraceRecord::Thread,
             xdp_mode: self.xdp_mode,
+            mode: fingerprint.mode,
             ..pipeline::Options::default()
         };
         // Under the writer lock from here to the swap: the counters read are the
@@ -187,6 +202,28 @@ impl Reconciler {
         self.remove_unselected();
         self.reconcile();
         true
+    }
+
+    /// With the fleet source: the mode its cache records for the revision whose
+    /// policy `text` is (monitor for a canary's first stage), from the cache's
+    /// record, checked against its files. The record is read after the text, so it
+    /// is never older: a text that does not match it was read in the middle of a
+    /// swap, and the reload the swap triggers reads both again.
+    fn fleet_mode(&self, text: &str) -> Result<Option<policy::Mode>, String> {
+        let Some(cache) = &self.fleet_cache else {
+            return Ok(None);
+        };
+        let meta = cache
+            .load()
+            .map_err(|e| format!("the policy cache is unusable: {e}"))?
+            .ok_or_else(|| "the policy cache holds no revision".to_string())?;
+        if meta.files.get("policy.yaml") != Some(&airlock_crds::digest::of(text.as_bytes())) {
+            return Err(format!(
+                "the policy cache changed while it was read (now revision {}); reading it again",
+                meta.revision
+            ));
+        }
+        Ok(meta.monitor.then_some(policy::Mode::Monitor))
     }
 
     fn mark_in_sync(&mut self) {

@@ -46,7 +46,7 @@ pub struct StateInner {
 /// What the Kubernetes source tells the metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FleetHealth {
-    /// The last watch event was not an error.
+    /// No watch has failed since the API server last answered.
     pub api_reachable: bool,
     /// The policy in force was not (yet) confirmed from the API server by this run.
     pub from_cache: bool,

@@ -37,8 +37,6 @@ pub enum CacheError {
     },
     #[error("{}: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
-    #[error("the policy text is not YAML a monitor stage can rewrite: {0}")]
-    Monitor(String),
 }
 
 /// What `meta.json` records about the revision in the cache.
@@ -49,6 +47,9 @@ pub struct Meta {
     /// `airlock_crds::digest::of_revision`.
     pub digest: String,
     pub canary: bool,
+    /// Apply in monitor mode, whatever the policy text says (a canary's first
+    /// stage): the agent passes it to the apply pipeline as a mode override, and
+    /// the text stays the revision's, byte for byte.
     pub monitor: bool,
     /// Relative path → digest of its bytes.
     pub files: BTreeMap<String, String>,
@@ -64,18 +65,6 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ca
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Forces `mode: monitor` into a policy text (a canary's monitor stage). The text is
-/// re-serialised; error positions then refer to the cached file.
-pub fn with_monitor_mode(text: &str) -> Result<String, CacheError> {
-    let mut value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| CacheError::Monitor(e.to_string()))?;
-    let map = value
-        .as_mapping_mut()
-        .ok_or_else(|| CacheError::Monitor("the policy is not a mapping".into()))?;
-    map.insert("mode".into(), "monitor".into());
-    serde_yaml::to_string(&value).map_err(|e| CacheError::Monitor(e.to_string()))
 }
 
 impl Cache {
@@ -119,11 +108,6 @@ impl Cache {
         let staging = revisions.join(format!(".staging-{name}"));
         let _ = fs::remove_dir_all(&staging);
         Self::mkdir(&staging.join("sets"))?;
-        let policy = if selected.monitor {
-            with_monitor_mode(&assembled.policy)?
-        } else {
-            assembled.policy.clone()
-        };
         let mut files = BTreeMap::new();
         let mut write = |rel: String, text: &str| -> Result<(), CacheError> {
             let path = staging.join(&rel);
@@ -131,7 +115,7 @@ impl Cache {
             files.insert(rel, digest::of(text.as_bytes()));
             Ok(())
         };
-        write("policy.yaml".into(), &policy)?;
+        write("policy.yaml".into(), &assembled.policy)?;
         for (set, text) in &assembled.sets {
             write(format!("sets/{set}.txt"), text)?;
         }
@@ -303,40 +287,20 @@ mod tests {
     }
 
     #[test]
-    fn monitor_stage_forces_monitor_mode() {
+    fn monitor_stage_keeps_the_text_and_records_the_mode() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
-        cache
-            .store(&assembled(POLICY, "192.0.2.0/24\n"), &selected("r1", true))
-            .unwrap();
-        let text = fs::read_to_string(cache.policy_path()).unwrap();
-        let value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        assert_eq!(value["mode"], "monitor");
-        assert_eq!(value["sets"]["block"]["file"], "sets/blocklist.txt");
-        assert!(cache.load().unwrap().unwrap().monitor);
-        // The rewritten text is still a valid policy, read by the real parser, with
-        // the imported set resolved from the cache.
-        let policy = crate::policy::parse_str(&text, &cache.policy_path()).unwrap();
-        assert_eq!(policy.mode, crate::policy::Mode::Monitor);
-        let full = "version: 1\nmode: enforce\ndefault: drop\nmanagement: [203.0.113.7]\n\
-                    sets:\n  office: [198.51.100.0/24, \"2001:db8:100::/48\"]\n\
-                    rules:\n  - name: pg\n    ports: [5432/tcp, 60000-60100/udp]\n    from: [office, airbyte-eu]\n";
-        let mut before = crate::policy::parse_str(full, Path::new("p.yaml")).unwrap();
-        let mut after =
-            crate::policy::parse_str(&with_monitor_mode(full).unwrap(), Path::new("p.yaml"))
-                .unwrap();
-        assert_eq!(after.mode, crate::policy::Mode::Monitor);
-        // Everything but the line numbers (the rewrite moves them) is the same.
-        for rule in before.rules.iter_mut().chain(after.rules.iter_mut()) {
-            rule.line = 0;
-        }
-        assert_eq!(
-            format!("{:?}", (after.default, &after.management)),
-            format!("{:?}", (before.default, &before.management))
-        );
-        assert_eq!(format!("{:?}", after.rules), format!("{:?}", before.rules));
-        // Without a mode key the rewrite adds one.
-        let added = with_monitor_mode("version: 1\n").unwrap();
-        assert!(added.contains("mode: monitor"), "{added}");
+        let a = assembled(POLICY, "192.0.2.0/24\n");
+        assert!(cache.store(&a, &selected("r1", true)).unwrap());
+        // The revision's text, byte for byte (its `mode: enforce` included): the
+        // mode is the agent's override, from the record.
+        assert_eq!(fs::read_to_string(cache.policy_path()).unwrap(), POLICY);
+        let meta = cache.load().unwrap().unwrap();
+        assert!(meta.monitor && meta.canary);
+        assert_eq!(meta.files["policy.yaml"], digest::of(POLICY.as_bytes()));
+        // Promoted from the monitor stage to enforcing: the same text, a change.
+        assert!(cache.store(&a, &selected("r1", false)).unwrap());
+        assert!(!cache.load().unwrap().unwrap().monitor);
+        assert_eq!(fs::read_to_string(cache.policy_path()).unwrap(), POLICY);
     }
 }

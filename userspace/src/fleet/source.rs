@@ -184,9 +184,41 @@ fn resolve_and_cache(
     }
 }
 
+/// How long a request may wait for the API server's answer to begin (a watch's
+/// answer begins at once; its events come later). kube's own default is no limit,
+/// and a server that accepts connections but never answers would then leave the
+/// agent reporting InSync long after it last heard anything.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often, while a watch fails, the agent asks the API server whether it answers
+/// again: a watch that resumes with nothing new to tell emits no event.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The client from the kubeconfig or the pod's service account, with
+/// [`REQUEST_TIMEOUT`].
+pub async fn client() -> Result<Client, FleetError> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(|e| FleetError::Client(kube::Error::InferConfig(e)))?;
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(FleetError::Client)?;
+    Ok(builder
+        .with_layer(&tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT))
+        .build())
+}
+
 /// Runs the source for as long as the agent runs.
 pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), FleetError> {
-    let client = Client::try_default().await.map_err(FleetError::Client)?;
+    run_with(config, state, client().await?, PROBE_INTERVAL).await
+}
+
+/// Runs the source with `client` (tests give it one over a fake API server),
+/// probing a failed API server every `probe_interval`.
+pub async fn run_with(
+    config: FleetConfig,
+    state: Arc<AgentState>,
+    client: Client,
+    probe_interval: Duration,
+) -> Result<(), FleetError> {
     let (news_tx, mut news) = mpsc::channel(64);
     let stores = Stores {
         policies: spawn_watch(
@@ -211,6 +243,7 @@ pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), Flee
             news_tx,
         ),
     };
+    let nodes: Api<Node> = Api::all(client.clone());
     let cache = Cache::new(&config.cache_dir);
     let mut observed = Observed {
         cache: match cache.load() {
@@ -227,18 +260,14 @@ pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), Flee
     let mut sent: Option<AirlockNodeStatusSpec> = None;
     let mut conditions: Vec<Condition> = Vec::new();
     let mut dirty = true;
+    let mut last_probe = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let mut failed = None;
         tokio::select! {
             item = news.recv() => match item {
                 Some(WatchNews::Ok) => { observed.api_ok = true; dirty = true; }
-                Some(WatchNews::Err(error)) => {
-                    if observed.api_ok || !observed.listed {
-                        tracing::warn!(%error, "Kubernetes API watch failed; enforcing the cached policy");
-                    }
-                    observed.api_ok = false;
-                    observed.from_api = false;
-                }
+                Some(WatchNews::Err(error)) => failed = Some(error),
                 None => return Ok(()),
             },
             _ = tick.tick() => {}
@@ -246,15 +275,34 @@ pub async fn run(config: FleetConfig, state: Arc<AgentState>) -> Result<(), Flee
         // Events come in bursts (a list is one per object): settle first.
         while let Ok(item) = news.try_recv() {
             match item {
-                WatchNews::Ok => dirty = true,
-                WatchNews::Err(_) => observed.api_ok = false,
+                WatchNews::Ok => {
+                    observed.api_ok = true;
+                    dirty = true;
+                }
+                WatchNews::Err(error) => failed = Some(error),
+            }
+        }
+        if let Some(error) = failed {
+            if observed.api_ok || !observed.listed {
+                tracing::warn!(%error, "Kubernetes API watch failed; enforcing the cached policy");
+            }
+            observed.api_ok = false;
+            observed.from_api = false;
+            last_probe = tokio::time::Instant::now();
+        }
+        if observed.listed && !observed.api_ok && last_probe.elapsed() >= probe_interval {
+            last_probe = tokio::time::Instant::now();
+            if nodes.get(&config.node).await.is_ok() {
+                tracing::info!("the Kubernetes API server answers again");
+                observed.api_ok = true;
+                dirty = true;
             }
         }
         if !observed.listed && stores.listed() {
             observed.listed = true;
             tracing::info!("every watch has listed once; resolving");
         }
-        if observed.listed && dirty {
+        if observed.listed && observed.api_ok && dirty {
             dirty = false;
             resolve_and_cache(&config, &stores, &cache, &mut observed);
         }

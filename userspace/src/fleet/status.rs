@@ -20,7 +20,8 @@ pub fn field_manager(node: &str) -> String {
 pub struct Observed {
     /// Every watch has listed everything once.
     pub listed: bool,
-    /// The last watch event was not an error.
+    /// No watch has failed since the API server last answered (a watch event,
+    /// or the probe the source sends while one fails).
     pub api_ok: bool,
     /// The resolution from the watches' last state (`None` before the first list).
     pub resolution: Option<Resolution>,
