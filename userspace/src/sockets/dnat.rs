@@ -184,11 +184,11 @@ fn port_list(value: &Value) -> Vec<u16> {
     let mut add = |v: &Value| {
         if let Some(p) = v.as_u64().and_then(|p| u16::try_from(p).ok()) {
             out.push(p);
-        } else if let Some([a, b]) = v["range"].as_array().map(Vec::as_slice) {
-            if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
-                let (a, b) = (a.min(65_535) as u16, b.min(65_535) as u16);
-                out.extend((a..=b).take(MAX_PORTS_PER_RULE));
-            }
+        } else if let Some([a, b]) = v["range"].as_array().map(Vec::as_slice)
+            && let (Some(a), Some(b)) = (a.as_u64(), b.as_u64())
+        {
+            let (a, b) = (a.min(65_535) as u16, b.min(65_535) as u16);
+            out.extend((a..=b).take(MAX_PORTS_PER_RULE));
         }
     };
     match value["set"].as_array() {
