@@ -185,6 +185,17 @@ fn risky_policy_settings_are_each_reported() {
     // The default threshold (90 days) does not call data of this month stale.
     let (_, report) = check(&f, &[]);
     assert!(!kinds(&report).contains(&"stale_region".to_owned()));
+    // `regions -o json` says how old each list is, and whether check calls it stale.
+    let run = f.airlock(&["regions", "-o", "json"]);
+    let regions: Value = serde_json::from_str(&run.stdout).expect("regions JSON");
+    assert_eq!(regions["stale_after_days"], 90);
+    for region in regions["regions"].as_array().expect("regions") {
+        assert!(
+            region["age_days"].as_u64().is_some_and(|d| d < 90),
+            "{region}"
+        );
+        assert_eq!(region["stale"], false, "{region}");
+    }
 }
 
 #[test]
@@ -320,4 +331,76 @@ fn the_agent_exports_findings_by_severity_kind_and_port() {
         !metrics(&f).contains("airlock_check_findings{")
     });
     assert!(clean, "{}\n{}", metrics(&f), agent.log());
+}
+
+/// Loads `rules` (nft syntax) into the server namespace's ruleset.
+fn nft(f: &Fixture, rules: &str) {
+    use std::io::Write as _;
+    let mut child = f
+        .bed
+        .server
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (Debian package nftables; cargo xtask setup installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(rules.as_bytes())
+        .expect("write rules");
+    assert!(child.wait().expect("nft").success(), "nft -f failed");
+}
+
+#[test]
+fn ports_published_only_by_dnat_rules_are_judged_too() {
+    let f = Fixture::new("ckd");
+    // Docker without its userland proxy: no socket on 8000 or 6379, only DNAT
+    // rules (the containers' addresses are documentation addresses: no packet is
+    // forwarded), and another for IPv6 only.
+    nft(
+        &f,
+        "table ip nat {\n  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    fib daddr type local jump DOCKER\n  }\n  chain DOCKER {\n    iifname != \"docker0\" tcp dport 8000 dnat to 192.0.2.80:8000\n    iifname != \"docker0\" tcp dport 6379 dnat to 192.0.2.81:6379\n  }\n}\ntable ip6 nat6 {\n  chain prerouting {\n    type nat hook prerouting priority dstnat;\n    tcp dport 9200 dnat to [2001:db8::92]:9200\n  }\n}\n",
+    );
+    // 8000 open to everyone by `default: pass`; 6379 to the office only.
+    let p = policy(
+        &f,
+        "dnat.yaml",
+        "default: pass\nrules:\n  - name: db\n    ports: [5432/tcp]\n    from: [office]\n  - name: redis\n    ports: [6379/tcp]\n    from: [office]\n",
+    );
+    f.apply(&p);
+    let (run, report) = check(&f, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let web = exposure(&report, 8000, "tcp", "ipv4");
+    assert_eq!(web["process"], "DNAT to 192.0.2.80:8000", "{web:#}");
+    assert_eq!(
+        (&web["who"], &web["default_pass"]),
+        (&"everyone".into(), &true.into())
+    );
+    // The kernel agrees: the filter judges the host port, before the NAT.
+    assert_eq!(web["probes"][0]["kernel"], "pass", "{web:#}");
+    let exposed = finding(&report, "exposed_service");
+    assert_eq!(exposed["port"], 8000, "{report:#}");
+    let redis = exposure(&report, 6379, "tcp", "ipv4");
+    assert_eq!(redis["who"], "sets", "{redis:#}");
+    assert_eq!(redis["probes"][0]["kernel"], "drop", "{redis:#}");
+    let elastic = exposure(&report, 9200, "tcp", "ipv6");
+    assert_eq!(elastic["process"], "DNAT to [2001:db8::92]:9200");
+    assert!(
+        report["exposures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !(e["port"] == 9200 && e["family"] == "ipv4")),
+        "{report:#}"
+    );
+    assert!(!kinds(&report).contains(&"kernel_disagrees".to_owned()));
+    // The table says where the port goes.
+    let human = f.airlock(&["check"]);
+    assert!(
+        human.stdout.contains("DNAT to 192.0.2.80:8000"),
+        "{}",
+        human.stdout
+    );
 }

@@ -2,14 +2,23 @@
 //! the test creates, with a CA the test makes (no test reaches a provider): the
 //! trust check, a checked snapshot with provenance, the shrink guard keeping the
 //! last good snapshot, a malformed and a changed document refused, a diff, and a
-//! policy enforcing a provider set. Needs root (namespaces); fails without it.
+//! policy enforcing a provider set; the agent's scheduled refresh putting an added
+//! range in force on real packets, and refusing a shrink, a malformed document
+//! and a schema change while the old list keeps enforcing. Needs root
+//! (namespaces); fails without it.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use airlock_integration::{
+    agent::{self, Agent},
     cli::{Run, airlock_bin},
+    fixture::{Fixture, PORT},
     https::{HttpsServer, TestCa},
-    netns::{Namespace, require_root, unique_name},
+    netns::{Namespace, addr, require_root, unique_name, wait_until},
 };
 use serde_json::Value;
 
@@ -205,6 +214,47 @@ fn a_refresh_that_drops_too_much_is_refused_and_the_last_good_snapshot_kept() {
     assert_eq!(group["removed"], serde_json::json!(["15.236.0.0/15"]));
     let human = bed.ranges(&["diff", &bed.path("old.json"), &out], false);
     assert!(human.stdout.contains("- 15.236.0.0/15"), "{}", human.stdout);
+
+    // Per set of a policy: what each set's filter gains and loses.
+    let policy = bed.path("policy.yaml");
+    fs::write(
+        &policy,
+        "version: 1\nsets:\n  paris-ec2:\n    provider: aws\n    snapshot: aws.json\n    region: eu-west-3\n    service: EC2\n  virginia:\n    provider: aws\n    snapshot: aws.json\n    region: us-east-1\nrules:\n  - name: db\n    ports: [5432/tcp]\n    from: [paris-ec2, virginia]\n",
+    )
+    .unwrap();
+    let diff = json(
+        &bed.ranges(
+            &[
+                "diff",
+                &bed.path("old.json"),
+                &out,
+                "-f",
+                &policy,
+                "-o",
+                "json",
+            ],
+            false,
+        ),
+        0,
+    );
+    assert_schema("ranges-diff", &diff);
+    let sets = diff["sets"].as_array().expect("sets");
+    assert_eq!(sets.len(), 2, "{diff:#}");
+    assert_eq!(sets[0]["set"], "paris-ec2");
+    assert_eq!(sets[0]["removed"], serde_json::json!(["15.236.0.0/15"]));
+    assert_eq!(
+        (&sets[0]["old_ranges"], &sets[0]["new_ranges"]),
+        (&3.into(), &2.into())
+    );
+    assert_eq!(sets[1]["set"], "virginia");
+    assert_eq!(sets[1]["removed"], serde_json::json!([]));
+    assert_eq!(sets[1]["snapshot"], out.as_str());
+    let human = bed.ranges(&["diff", &bed.path("old.json"), &out, "-f", &policy], false);
+    assert!(
+        human.stdout.contains("set paris-ec2") && human.stdout.contains("+0 -1 of 3"),
+        "{}",
+        human.stdout
+    );
 }
 
 #[test]
@@ -253,4 +303,176 @@ fn a_policy_enforces_a_provider_set_from_the_fetched_snapshot() {
         "{}",
         run.stderr
     );
+}
+
+/// The AWS sample with `cidr` added to eu-west-3's EC2 list (a documentation
+/// range, so real test traffic can come from it).
+fn aws_with(cidr: &str) -> String {
+    AWS.replacen(
+        "\"prefixes\": [",
+        &format!(
+            "\"prefixes\": [\n    {{\n      \"ip_prefix\": \"{cidr}\",\n      \"region\": \"eu-west-3\",\n      \"service\": \"EC2\",\n      \"network_border_group\": \"eu-west-3\"\n    }},"
+        ),
+        1,
+    )
+}
+
+/// An agent refreshing, every second, the AWS snapshot a policy's set takes its
+/// ranges from, served by an HTTPS server in the agent's own namespace.
+struct RefreshBed {
+    f: Fixture,
+    server: HttpsServer,
+    snapshot: PathBuf,
+    agent: Agent,
+}
+
+impl RefreshBed {
+    fn new(prefix: &str, first: &str) -> Self {
+        let f = Fixture::new(prefix);
+        let ca = TestCa::new();
+        let server = HttpsServer::start(&f.bed.server, &ca);
+        let ca_path = f.write("ca.pem", &ca.ca_pem);
+        server.set("/ip-ranges.json", first, None);
+        let snapshot = f.dir.path().join("aws.json");
+        let run: Run = f
+            .bed
+            .server
+            .command(airlock_bin())
+            .args(["ranges", "fetch", "aws", "--url"])
+            .arg(HttpsServer::url("/ip-ranges.json"))
+            .arg("--out")
+            .arg(&snapshot)
+            .arg("--ca-file")
+            .arg(&ca_path)
+            .output()
+            .expect("airlock")
+            .into();
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let policy = f.write(
+            "policy.yaml",
+            &format!(
+                "version: 1\ninterfaces: [{}]\nsets:\n  paris-ec2:\n    provider: aws\n    snapshot: aws.json\n    region: eu-west-3\n    service: EC2\nrules:\n  - name: db\n    ports: [{PORT}/tcp]\n    from: [paris-ec2]\n",
+                f.bed.server_if
+            ),
+        );
+        let ca_arg = ca_path.display().to_string();
+        let agent = Agent::start(
+            &f,
+            &[],
+            &policy,
+            &["--refresh-ranges", "1s", "--ranges-ca-file", &ca_arg],
+        );
+        Self {
+            f,
+            server,
+            snapshot,
+            agent,
+        }
+    }
+
+    /// The count of refreshes with `result` (from `airlock_ranges_refreshes_total`).
+    fn refreshes(&self, result: &str) -> f64 {
+        let series = format!(
+            "airlock_ranges_refreshes_total{{snapshot=\"{}\",provider=\"aws\",result=\"{result}\"}}",
+            self.snapshot.display()
+        );
+        agent::metric(&self.f, &series)
+    }
+
+    /// Waits for one more refresh with `result` than `before`.
+    fn wait_for(&self, result: &str, before: f64) {
+        assert!(
+            wait_until(Duration::from_secs(15), || self.refreshes(result) > before),
+            "no refresh with result {result}; metrics:\n{}\nlog:\n{}",
+            agent::metrics(&self.f),
+            self.agent.log()
+        );
+    }
+}
+
+#[test]
+fn an_agent_refresh_that_adds_ranges_reaches_the_kernel() {
+    let bed = RefreshBed::new("rra", AWS);
+    assert!(bed.f.kept_out(addr::PARTNER_V4), "not in the list yet");
+    bed.server.set(
+        "/ip-ranges.json",
+        &aws_with("192.0.2.0/24").replace("1765003989", "1765007777"),
+        None,
+    );
+    bed.wait_for("updated", 0.0);
+    assert!(
+        wait_until(Duration::from_secs(5), || bed.f.gets_in(addr::PARTNER_V4)),
+        "the added range is not in force; log:\n{}",
+        bed.agent.log()
+    );
+    assert!(bed.f.kept_out(addr::STRANGER_V4));
+    // The new list is the snapshot on disk, with its provenance.
+    let snapshot: Value =
+        serde_json::from_str(&fs::read_to_string(&bed.snapshot).unwrap()).unwrap();
+    assert_eq!(snapshot["version"], "1765007777");
+    let metrics = agent::metrics(&bed.f);
+    let path = bed.snapshot.display();
+    let count = format!("airlock_ranges_snapshot_ranges{{snapshot=\"{path}\",provider=\"aws\"}} 7");
+    assert!(metrics.contains(&count), "{count}\n{metrics}");
+    // The last result: this refresh, or the next one, which finds nothing new.
+    assert!(
+        ["updated", "unchanged"].iter().any(|r| metrics.contains(&format!(
+            "airlock_ranges_refresh_last_result{{snapshot=\"{path}\",provider=\"aws\",result=\"{r}\"}} 1"
+        ))),
+        "{metrics}"
+    );
+    let success = format!(
+        "airlock_ranges_refresh_last_success_timestamp_seconds{{snapshot=\"{path}\",provider=\"aws\"}}"
+    );
+    assert!(agent::metric_value(&metrics, &success) > 1.7e9, "{metrics}");
+    // The same document again changes nothing.
+    let unchanged = bed.refreshes("unchanged");
+    bed.wait_for("unchanged", unchanged);
+    assert_eq!(bed.refreshes("updated"), 1.0);
+}
+
+#[test]
+fn an_agent_refresh_that_shrinks_or_breaks_the_list_is_refused_and_the_old_list_enforces() {
+    let first = aws_with("198.51.100.0/24");
+    let bed = RefreshBed::new("rrs", &first);
+    assert!(bed.f.gets_in(addr::OFFICE_V4));
+    let good = fs::read_to_string(&bed.snapshot).unwrap();
+
+    // The office's range gone: 1 of 7 ranges (14%), 1 of the set's 4 (25%).
+    bed.server.set("/ip-ranges.json", AWS, None);
+    bed.wait_for("refused_shrink", 0.0);
+    let shrinks = format!(
+        "airlock_ranges_refresh_refused_shrink_total{{snapshot=\"{}\",provider=\"aws\"}}",
+        bed.snapshot.display()
+    );
+    assert!(agent::metric(&bed.f, &shrinks) >= 1.0);
+    assert!(bed.agent.log().contains("refused"), "{}", bed.agent.log());
+
+    // Malformed, then a schema change: refused as documents, the field named.
+    for (body, names) in [
+        (
+            first.replace("13.37.0.0/16", "13.37.0.0/99"),
+            "prefixes[2].ip_prefix",
+        ),
+        (
+            first.replace("\"ipv6_prefixes\"", "\"v6_prefixes\""),
+            "ipv6_prefixes",
+        ),
+    ] {
+        let before = bed.refreshes("invalid_document");
+        bed.server.set("/ip-ranges.json", &body, None);
+        assert!(
+            wait_until(Duration::from_secs(15), || bed.agent.log().contains(names)),
+            "{names} not named; log:\n{}",
+            bed.agent.log()
+        );
+        bed.wait_for("invalid_document", before);
+    }
+    assert_eq!(fs::read_to_string(&bed.snapshot).unwrap(), good);
+    assert!(
+        bed.f.gets_in(addr::OFFICE_V4),
+        "the old list must keep enforcing"
+    );
+    assert!(bed.f.kept_out(addr::STRANGER_V4));
+    assert_eq!(bed.refreshes("updated"), 0.0);
 }

@@ -150,10 +150,12 @@ fn find_libllvm(lib: &Path) -> Result<PathBuf> {
 
 /// Tools the tests and demo shell out to, by Debian package: iproute2 for namespaces,
 /// systemd-analyze for the unit tests, setpriv for running the agent with only the
-/// unit's capabilities, libfaketime (with its `faketime` tool) for setting the wall
-/// clock of the processes under test only (tests/src/faults.rs).
+/// unit's capabilities, nft for the DNAT rules `airlock check` reads, libfaketime
+/// (with its `faketime` tool) for setting the wall clock of the processes under
+/// test only (tests/src/faults/).
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("nft", "nftables"),
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
     ("faketime", "faketime"),

@@ -305,6 +305,7 @@ impl Collector for AirlockCollector {
             "Findings of the security self-check (airlock check, by the model, without probes) in the agent's network namespace, by severity, kind and port (empty when the finding has none); at most 10 s old.",
             &check_findings(&self.check.get(state.policy.as_ref())),
         )?;
+        encode_ranges(&mut encoder, &state.ranges)?;
         let info = Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))]));
         info.encode(encoder.encode_descriptor(
             "airlock_build",
@@ -331,6 +332,78 @@ fn check_findings(findings: &[crate::check::Finding]) -> Family<Labels, Gauge> {
             .inc();
     }
     family
+}
+
+/// The scheduled refresh of provider lists (`--refresh-ranges`), per snapshot.
+fn encode_ranges(
+    encoder: &mut DescriptorEncoder,
+    ranges: &std::collections::BTreeMap<std::path::PathBuf, super::state::RangesStatus>,
+) -> Result<(), std::fmt::Error> {
+    type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+    let attempt = Family::<Labels, F64Gauge>::default();
+    let success = Family::<Labels, F64Gauge>::default();
+    let last = Family::<Labels, Gauge>::default();
+    let results = Family::<Labels, Counter>::default();
+    let shrinks = Family::<Labels, Counter>::default();
+    let count = Family::<Labels, Gauge>::default();
+    for (path, status) in ranges {
+        let path = path.display().to_string();
+        let l = labels(&[("snapshot", &path), ("provider", status.provider)]);
+        attempt.get_or_create(&l).set(status.last_attempt);
+        success.get_or_create(&l).set(status.last_success);
+        let mut with_result = l.clone();
+        with_result.push(("result".into(), status.last_result.into()));
+        last.get_or_create(&with_result).set(1);
+        for (result, n) in &status.results {
+            let mut with_result = l.clone();
+            with_result.push(("result".into(), (*result).into()));
+            results.get_or_create(&with_result).inc_by(*n);
+        }
+        shrinks
+            .get_or_create(&l)
+            .inc_by(status.results.get("refused_shrink").copied().unwrap_or(0));
+        if status.ranges > 0 {
+            count
+                .get_or_create(&l)
+                .set(i64::try_from(status.ranges).unwrap_or(i64::MAX));
+        }
+    }
+    encode_family(
+        encoder,
+        "airlock_ranges_refresh_last_attempt_timestamp_seconds",
+        "Unix time of the last scheduled refresh of a provider snapshot.",
+        &attempt,
+    )?;
+    encode_family(
+        encoder,
+        "airlock_ranges_refresh_last_success_timestamp_seconds",
+        "Unix time a refresh last found the provider list current (updated or unchanged); 0: never.",
+        &success,
+    )?;
+    encode_family(
+        encoder,
+        "airlock_ranges_refresh_last_result",
+        "1 for the result of the last refresh of a provider snapshot (updated, unchanged, refused_shrink, invalid_document, fetch_failed, policy_rejected, snapshot_unreadable, superseded).",
+        &last,
+    )?;
+    encode_family(
+        encoder,
+        "airlock_ranges_refreshes",
+        "Scheduled refreshes of a provider snapshot, by result.",
+        &results,
+    )?;
+    encode_family(
+        encoder,
+        "airlock_ranges_refresh_refused_shrink",
+        "Refreshes refused because the new list lacked more than --ranges-max-removed of the list's or a set's ranges; the snapshot in use stayed in force.",
+        &shrinks,
+    )?;
+    encode_family(
+        encoder,
+        "airlock_ranges_snapshot_ranges",
+        "Distinct ranges of the provider list a refresh last put in force.",
+        &count,
+    )
 }
 
 #[derive(Clone)]

@@ -14,6 +14,7 @@ mod flow_census;
 mod links;
 mod lock;
 mod metrics;
+mod ranges;
 mod reconcile;
 mod reload;
 pub mod report;
@@ -31,6 +32,7 @@ use tokio::{
     sync::mpsc,
 };
 
+pub use ranges::RefreshConfig;
 pub use report::AgentReport;
 pub use state::{AgentState, FleetHealth, Rejection};
 
@@ -67,6 +69,8 @@ pub struct AgentConfig {
     /// Policies from Kubernetes custom resources: `policy_path` is then the cache's
     /// (crate::fleet::cache), which the fleet source fills.
     pub fleet: Option<crate::fleet::source::FleetConfig>,
+    /// `--refresh-ranges`: download the policy's provider lists on a schedule.
+    pub refresh_ranges: Option<RefreshConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +219,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         path: config.policy_path.clone(),
         source,
     })?;
+    let (lists, mut lists_rx) = mpsc::channel(1);
+    if let Some(refresh) = config.refresh_ranges.clone() {
+        ranges::spawn(refresh, Arc::clone(&state), lists.clone());
+    }
     let mut notified = false;
     let mut timer = tokio::time::interval(config.reconcile_interval);
     timer.tick().await; // the first tick is immediate; start-up reconciles anyway
@@ -240,6 +248,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                     worker::Job::Reconcile
                 });
             }
+            Some(found) = lists_rx.recv() => worker.send(worker::Job::Ranges(found)),
             _ = sighup.recv() => worker.send(worker::Job::Reload { why: "SIGHUP", force: true }),
             _ = timer.tick() => {
                 root_lock = root_lock.follow(&root);

@@ -58,7 +58,7 @@ impl Fingerprint {
 /// The last rejection, to tell a new one from the same one seen again.
 pub(super) struct Rejected {
     fingerprint: Fingerprint,
-    error: String,
+    pub(super) error: String,
     /// Worth trying again without a change of the file: the kernel or the host
     /// failed it (a pending confirmation, an interface error), not the policy.
     pub(super) transient: bool,

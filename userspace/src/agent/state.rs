@@ -39,6 +39,9 @@ pub struct StateInner {
     /// Rule counters of generations already replaced, by (interface, rule, allowed),
     /// so the exported counters stay monotonic across reloads.
     pub carried: BTreeMap<(String, String, bool), Counter>,
+    /// The scheduled refresh of each provider snapshot the policy uses
+    /// (`--refresh-ranges`), by path.
+    pub ranges: BTreeMap<std::path::PathBuf, RangesStatus>,
     /// The Kubernetes policy source's health (`None` with a policy file).
     pub fleet: Option<FleetHealth>,
 }
@@ -52,6 +55,25 @@ pub struct FleetHealth {
     pub from_cache: bool,
     /// The node status' InSync condition.
     pub in_sync: bool,
+}
+
+/// The refreshes of one provider snapshot.
+#[derive(Debug, Default, Clone)]
+pub struct RangesStatus {
+    pub provider: &'static str,
+    /// Unix seconds of the last attempt, and of the last that found the list
+    /// current (updated or unchanged); 0: none yet.
+    pub last_attempt: f64,
+    pub last_success: f64,
+    /// `updated`, `unchanged`, `refused_shrink`, `invalid_document`,
+    /// `fetch_failed`, `policy_rejected`, `snapshot_unreadable`, `superseded`.
+    pub last_result: &'static str,
+    pub last_error: Option<String>,
+    /// Attempts by result.
+    pub results: BTreeMap<&'static str, u64>,
+    /// Distinct ranges of the list last put in force by a refresh (0: none yet).
+    pub ranges: usize,
+    pub version: Option<String>,
 }
 
 /// A rejected policy file.

@@ -19,8 +19,10 @@ use super::{
 };
 
 /// What the worker is asked to do.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub enum Job {
+    /// Put refreshed provider lists in force (ranges.rs).
+    Ranges(Vec<crate::ranges::refresh::Candidate>),
     /// Read the policy file; apply it if it changed (or always, if `force`).
     Reload { why: &'static str, force: bool },
     /// Check every interface and repair what drifted (an interface event).
@@ -89,8 +91,10 @@ fn run(
         // Editors and ConfigMap updates come in bursts; so do link events.
         let mut reload: Option<(&'static str, bool)> = None;
         let (mut reconcile, mut tick) = (false, false);
+        let mut lists = Vec::new();
         for job in std::iter::once(first).chain(queue.try_iter()) {
             match job {
+                Job::Ranges(candidates) => lists.extend(candidates),
                 Job::Reload { why, force } => {
                     let (why, was_forced) = reload.unwrap_or((why, false));
                     reload = Some((why, was_forced || force));
@@ -100,6 +104,9 @@ fn run(
             }
         }
         let mut reconciled = false;
+        if !lists.is_empty() {
+            reconciled = super::ranges::apply(&mut reconciler, lists, &shared.state);
+        }
         if let Some((why, force)) = reload {
             reconciled = reconciler.reload(why, force);
         }

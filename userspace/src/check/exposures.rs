@@ -80,7 +80,11 @@ pub(super) fn exposures(inputs: &Inputs<'_>) -> Vec<Exposure> {
                 port: listener.port,
                 family,
                 address: listener.local.to_string(),
-                process: inputs.owners.get(&listener.inode).cloned(),
+                process: inputs
+                    .owners
+                    .get(&listener.inode)
+                    .cloned()
+                    .or_else(|| listener.dnat.as_ref().map(|to| format!("DNAT to {to}"))),
                 who: reach.who,
                 sets: reach.sets,
                 rules: reach.rules,

@@ -253,7 +253,8 @@ pub fn model_only(
 ) -> Option<Report> {
     let links = facts::links().ok()?;
     let filters = facts::filters_here(root, &links).ok()?;
-    let listeners = crate::sockets::listeners().ok()?;
+    let mut listeners = crate::sockets::listeners().ok()?;
+    listeners.extend(crate::sockets::dnat::published().unwrap_or_default());
     Some(assess(&Inputs {
         policy,
         links: &links,

@@ -24,6 +24,7 @@ fn listener(proto: Proto, local: &str, port: u16, bound_ifindex: u32) -> Listene
         bound_ifindex,
         inode: 0,
         uid: 0,
+        dnat: None,
     }
 }
 

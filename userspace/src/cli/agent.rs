@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use airlock::{
     agent::{self, AgentConfig},
     policy::XdpMode,
+    ranges::{Provider, fetch, refresh},
 };
 use airlock_common::DEFAULT_SAMPLE_RATE;
 
@@ -57,6 +58,45 @@ pub struct Args {
     /// (native, or generic where the driver has no native XDP), native or generic.
     #[arg(long, value_name = "MODE", value_parser = super::parse_xdp_mode)]
     xdp_mode: Option<XdpMode>,
+    /// Download the provider lists the policy's `provider:` sets use every
+    /// INTERVAL (e.g. 6h), each from the URL its snapshot records (or
+    /// --ranges-url), and put a list that passes the checks in force like any
+    /// reload. Off by default.
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_interval)]
+    refresh_ranges: Option<Duration>,
+    /// Refuse a refreshed list that lacks more than this share of the ranges of the
+    /// snapshot in use, or of any set's selection (a truncated or hijacked
+    /// download must not empty an allowlist).
+    #[arg(long, value_name = "SHARE", default_value = "10%", value_parser = super::ranges::parse_share)]
+    ranges_max_removed: f64,
+    /// PROVIDER=URL: fetch that provider's list from URL instead of the URL its
+    /// snapshot records (repeatable; Azure's weekly file has a new URL each week).
+    #[arg(long, value_name = "PROVIDER=URL", value_parser = parse_provider_url)]
+    ranges_url: Vec<(Provider, String)>,
+    /// Trust only the CA certificates of this PEM file for --refresh-ranges
+    /// instead of the built-in (Mozilla) roots.
+    #[arg(long, value_name = "PEM", env = "AIRLOCK_RANGES_CA")]
+    ranges_ca_file: Option<PathBuf>,
+}
+
+fn parse_interval(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err("at least 1s".into()),
+        Err(e) => Err(format!("{value:?}: {e} (e.g. 6h, 30m)")),
+    }
+}
+
+fn parse_provider_url(value: &str) -> Result<(Provider, String), String> {
+    let (name, url) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?}: expected PROVIDER=URL"))?;
+    let provider = Provider::from_name(name)
+        .ok_or_else(|| format!("{name:?} is not one of aws, gcp, azure, cloudflare, github"))?;
+    if !url.starts_with("https://") {
+        return Err(format!("{url:?}: only https:// URLs are fetched"));
+    }
+    Ok((provider, url.to_owned()))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -75,7 +115,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, Some(path)) => path,
         (None, None) => unreachable!("clap requires --file without --kubernetes-node"),
     };
+    let refresh_ranges = match args.refresh_ranges {
+        Some(interval) => Some(agent::RefreshConfig {
+            interval,
+            options: refresh::Options {
+                max_removed: args.ranges_max_removed,
+                urls: args.ranges_url.into_iter().collect(),
+                ca: args
+                    .ranges_ca_file
+                    .as_deref()
+                    .map(fetch::load_ca)
+                    .transpose()?,
+            },
+        }),
+        None => None,
+    };
     let config = AgentConfig {
+        refresh_ranges,
         policy_path,
         fleet,
         pin_root: args.pin_root.pin_root,

@@ -56,7 +56,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let links = check::facts::links().context("listing this namespace's interfaces")?;
     let filters = check::facts::filters_here(&root, &links)?;
     let (policy, differs_on) = policy_in_force(args.policy.as_deref(), &filters)?;
-    let listeners = sockets::listeners().context("listing listening sockets (sock_diag)")?;
+    let mut listeners = sockets::listeners().context("listing listening sockets (sock_diag)")?;
+    match sockets::dnat::published() {
+        Ok(published) => listeners.extend(published),
+        Err(error) => tracing::warn!(
+            %error,
+            "ports published only by DNAT rules (Docker without its userland proxy) are not listed"
+        ),
+    }
     let inodes: Vec<u32> = listeners.iter().map(|l| l.inode).collect();
     let owners = sockets::owners::owners(&inodes);
     let mut report = check::assess(&Inputs {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use airlock::ranges::{
-    Entry, Provider,
+    Entry, Provider, Selection,
     diff::{self, Diff},
     fetch,
     snapshot::Snapshot,
@@ -32,9 +32,10 @@ enum Verb {
     ///
     /// Example: airlock ranges fetch aws --out /etc/airlock/ranges/aws.json
     Fetch(FetchArgs),
-    /// What a newer snapshot adds and removes, per region and service list.
+    /// What a newer snapshot adds and removes, per region and service list, and
+    /// with -f, per set of that policy that takes this provider's list.
     ///
-    /// Example: airlock ranges diff aws-old.json aws.json
+    /// Example: airlock ranges diff aws-old.json aws.json -f /etc/airlock/policy.yaml
     Diff(DiffArgs),
 }
 
@@ -67,6 +68,10 @@ pub struct FetchArgs {
 pub struct DiffArgs {
     old: PathBuf,
     new: PathBuf,
+    /// Also say, for each set of this policy that takes the provider's list, what
+    /// its filter selects that the refresh adds and removes.
+    #[arg(short = 'f', long = "file", value_name = "POLICY")]
+    policy: Option<PathBuf>,
     #[arg(short, long, value_enum, default_value_t)]
     pub(super) output: OutputFormat,
 }
@@ -85,7 +90,7 @@ fn parse_provider(value: &str) -> Result<Provider, String> {
         .ok_or_else(|| format!("{value:?} is not one of aws, gcp, azure, cloudflare, github"))
 }
 
-fn parse_share(value: &str) -> Result<f64, String> {
+pub(super) fn parse_share(value: &str) -> Result<f64, String> {
     let number = value.strip_suffix('%').unwrap_or(value);
     match number.parse::<f64>() {
         Ok(n) if (0.0..=100.0).contains(&n) => Ok(n / 100.0),
@@ -239,12 +244,42 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
         .into());
     }
     let change: Diff = diff::diff(&old_parsed.entries, &new_parsed.entries);
+    let sets = match &args.policy {
+        Some(path) => {
+            let policy = airlock::policy::load(path)?;
+            let sets: Vec<(&str, &Selection, &Path)> = policy
+                .provider_sets
+                .iter()
+                .filter(|(_, s)| s.provider == old.provider)
+                .map(|(name, s)| (name.as_str(), &s.selection, s.snapshot.as_path()))
+                .collect();
+            let diffs = diff::set_diffs(
+                sets.iter().map(|(n, s, _)| (*n, *s)),
+                &old_parsed.entries,
+                &new_parsed.entries,
+            );
+            let snapshots: Vec<PathBuf> = sets.iter().map(|(_, _, p)| p.to_path_buf()).collect();
+            Some(diffs.into_iter().zip(snapshots).collect::<Vec<_>>())
+        }
+        None => None,
+    };
     if args.output == OutputFormat::Json {
-        output::print_json(&json!({
+        let mut value = json!({
             "old": provenance(&old, change.old_ranges),
             "new": provenance(&new, change.new_ranges),
             "diff": change,
-        }))?;
+        });
+        if let Some(sets) = &sets {
+            value["sets"] = sets
+                .iter()
+                .map(|(d, snapshot)| {
+                    let mut v = json!(d);
+                    v["snapshot"] = json!(snapshot.display().to_string());
+                    v
+                })
+                .collect();
+        }
+        output::print_json(&value)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -271,6 +306,27 @@ fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
         }
         for net in &group.removed {
             println!("    - {net}");
+        }
+    }
+    if let Some(sets) = &sets {
+        if sets.is_empty() {
+            println!("no set of the policy takes {}'s list", old.provider);
+        }
+        for (set, snapshot) in sets {
+            println!(
+                "set {} (snapshot {}): +{} -{} of {} ranges",
+                set.set,
+                snapshot.display(),
+                set.added.len(),
+                set.removed.len(),
+                set.old_ranges
+            );
+            for net in &set.added {
+                println!("    + {net}");
+            }
+            for net in &set.removed {
+                println!("    - {net}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -58,6 +58,17 @@ pub fn parse_str(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
     .map_err(PolicyError::Invalid)
 }
 
+/// Validates policy text with `snapshots` (resolved path to snapshot text) read
+/// in place of those files: a refreshed provider list is checked with the policy
+/// before it replaces the file.
+pub fn parse_str_with_snapshots(
+    text: &str,
+    origin: &Path,
+    snapshots: std::collections::HashMap<PathBuf, String>,
+) -> Result<Policy, PolicyError> {
+    validate::validate_with(text, origin, snapshots).map_err(PolicyError::Invalid)
+}
+
 /// A validated policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -80,6 +91,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Named sets as defined under `sets` (imports included).
     pub sets: BTreeMap<String, Arc<AddrSet>>,
+    /// The sets that take a provider's list, with their snapshot and filter.
+    pub provider_sets: BTreeMap<String, crate::ranges::ProviderSource>,
 }
 
 impl Policy {

@@ -24,7 +24,7 @@ use super::{
     raw::{self, Ctx, Pos},
     sets::Import,
 };
-use crate::ranges::{self, FilterKey, Provider, Selection, snapshot::Snapshot};
+use crate::ranges::{self, FilterKey, Provider, ProviderSource, Selection, snapshot::Snapshot};
 
 /// The keys a set mapping takes besides `provider`.
 pub(crate) const KEYS: &[&str] = &["provider", "snapshot", "region", "scope", "service"];
@@ -108,7 +108,11 @@ pub(crate) fn provider_ranges(
     let written = raw::scalar(ctx, snapshot_node, &f, "a file path")?;
     let pos = Pos::of(snapshot_node);
     let path = imports::resolve(origin, written.as_str());
-    let text = match import_file::read(&path, max_size) {
+    let read = match ctx.snapshots.get(&path) {
+        Some(text) => Ok(text.clone()),
+        None => import_file::read(&path, max_size),
+    };
+    let text = match read {
         Ok(text) => text,
         Err(e) => {
             ctx.error(pos, &f, Some(written.as_str()), e.message(&path), e.hint());
@@ -182,6 +186,11 @@ pub(crate) fn provider_ranges(
         return None;
     }
     let nets = selection.select(&parsed.entries);
+    let source = ProviderSource {
+        provider,
+        snapshot: path.clone(),
+        selection,
+    };
     if nets.is_empty() {
         ctx.error(
             raw::map_pos(m),
@@ -197,6 +206,7 @@ pub(crate) fn provider_ranges(
         Import {
             path: written.as_str().to_owned(),
             pos,
+            source: Some(source),
         },
     ))
 }
@@ -279,10 +289,49 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(cidrs, ["13.37.0.0/16", "15.236.0.0/15", "2a05:d012::/40"]);
+        let source = &p.provider_sets["cloud"];
+        assert_eq!(source.snapshot, path.parent().unwrap().join("aws.json"));
+        assert_eq!(source.selection.region, ["eu-west-3"]);
         assert_eq!(
             crate::policy::imported_files(&std::fs::read_to_string(&path).unwrap(), &path).unwrap(),
             [path.parent().unwrap().join("aws.json")]
         );
+    }
+
+    #[test]
+    fn a_candidate_snapshot_is_validated_in_place_of_the_file() {
+        let (dir, path) = policy(
+            "    provider: aws\n    snapshot: aws.json\n    region: eu-west-3\n    service: EC2\n",
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let candidate = |document: String| {
+            let (snapshot, _) = Snapshot::new(
+                Provider::Aws,
+                "https://ip-ranges.amazonaws.com/ip-ranges.json",
+                document,
+                None,
+                SystemTime::now(),
+            )
+            .unwrap();
+            [(dir.path().join("aws.json"), snapshot.text())]
+                .into_iter()
+                .collect()
+        };
+        let sample = include_str!("../ranges/samples/aws.json");
+        let grown = sample.replace("15.236.0.0/15", "15.238.0.0/15");
+        let p = crate::policy::parse_str_with_snapshots(&text, &path, candidate(grown)).unwrap();
+        assert!(
+            p.sets["cloud"]
+                .cidrs
+                .contains(&"15.238.0.0/15".parse().unwrap())
+        );
+        // eu-west-3 gone from the candidate: the policy is invalid with it.
+        let moved = sample.replace("eu-west-3", "eu-west-9");
+        let e =
+            crate::policy::parse_str_with_snapshots(&text, &path, candidate(moved)).unwrap_err();
+        assert!(e.to_string().contains("eu-west-3"), "{e}");
+        // The file itself was not read, nor changed.
+        assert!(load(&path).is_ok());
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub(crate) struct Ctx {
     /// For each diagnostic, the position in the policy file it belongs to (for an
     /// imported file: where the import is written), so they can be put in file order.
     anchors: Vec<Pos>,
+    /// Snapshot texts to read instead of the files at these (resolved) paths: a
+    /// refreshed list is validated with the policy before it is written.
+    pub snapshots: std::collections::HashMap<PathBuf, String>,
 }
 
 impl Ctx {
@@ -47,6 +50,7 @@ impl Ctx {
             file: file.to_path_buf(),
             diags: Vec::new(),
             anchors: Vec::new(),
+            snapshots: std::collections::HashMap::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use super::addr::{looks_like_address, parse_cidr};
 use super::error::did_you_mean;
 use super::raw::{self, Ctx, Pos};
 use super::{AddrSet, SourceGroup, import_file, imports, provider_sets};
-use crate::regions;
+use crate::{ranges::ProviderSource, regions};
 
 /// The named sets of a policy.
 #[derive(Default)]
@@ -24,6 +24,8 @@ pub(crate) struct SetTable {
     pub names: BTreeSet<String>,
     /// The `file:` import of each valid set that has one.
     pub imports: BTreeMap<String, Import>,
+    /// The provider list of each valid set that takes one.
+    pub providers: BTreeMap<String, ProviderSource>,
 }
 
 /// A set's `file:` import, for errors about what it yielded.
@@ -32,6 +34,8 @@ pub(crate) struct Import {
     pub path: String,
     /// Where `file:` is written.
     pub pos: Pos,
+    /// For a provider set: its snapshot and filter.
+    pub source: Option<ProviderSource>,
 }
 
 /// Whether `name` is a valid rule or set name: [A-Za-z0-9_.-], 1..=63 bytes.
@@ -59,7 +63,10 @@ pub(crate) fn parse_sets(ctx: &mut Ctx, node: &Node, origin: &Path) -> SetTable 
         let mut import = None;
         if let Some(set) = parse_set(ctx, name, value, &field, origin, &mut import) {
             table.defined.insert(name.to_string(), Arc::new(set));
-            if let Some(import) = import {
+            if let Some(mut import) = import {
+                if let Some(source) = import.source.take() {
+                    table.providers.insert(name.to_string(), source);
+                }
                 table.imports.insert(name.to_string(), import);
             }
         }
@@ -197,6 +204,7 @@ fn parse_set_mapping(
             import = Some(Import {
                 path: s.as_str().to_string(),
                 pos: Pos::of(n),
+                source: None,
             });
             // Taken as is when it is the whole list: a million-line import is not
             // copied again.

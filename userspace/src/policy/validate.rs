@@ -31,7 +31,17 @@ const TOP_KEYS: &[&str] = &[
 
 /// Parses and validates `text`; all problems, or the policy.
 pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnostic>> {
+    validate_with(text, origin, std::collections::HashMap::new())
+}
+
+/// [`validate`], reading `snapshots` (resolved path to text) instead of those files.
+pub(crate) fn validate_with(
+    text: &str,
+    origin: &Path,
+    snapshots: std::collections::HashMap<std::path::PathBuf, String>,
+) -> Result<Policy, Vec<Diagnostic>> {
     let mut ctx = Ctx::new(origin);
+    ctx.snapshots = snapshots;
     let root = match parse_yaml(text) {
         Ok(n) => n,
         Err((pos, message, hint)) => {
@@ -109,6 +119,7 @@ pub(crate) fn validate(text: &str, origin: &Path) -> Result<Policy, Vec<Diagnost
         deny,
         rules,
         sets: table.defined,
+        provider_sets: table.providers,
     };
     let limits = (MAX_PREFIXES_V4 as usize, MAX_PREFIXES_V6 as usize);
     check_prefix_limits(&mut ctx, &policy, Pos::of(&root), limits);

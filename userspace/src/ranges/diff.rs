@@ -86,3 +86,49 @@ pub fn diff(old: &[Entry], new: &[Entry]) -> Diff {
     out.removed = before.difference(&after).count();
     out
 }
+
+/// What a refresh changes for one policy set: the ranges its filter selects
+/// before and after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SetDiff {
+    pub set: String,
+    #[serde(serialize_with = "nets")]
+    pub added: Vec<IpNet>,
+    #[serde(serialize_with = "nets")]
+    pub removed: Vec<IpNet>,
+    /// Ranges the set selects before and after.
+    pub old_ranges: usize,
+    pub new_ranges: usize,
+}
+
+impl SetDiff {
+    /// The share (0..=1) of the set's old ranges the new list lacks.
+    pub fn removed_share(&self) -> f64 {
+        if self.old_ranges == 0 {
+            0.0
+        } else {
+            self.removed.len() as f64 / self.old_ranges as f64
+        }
+    }
+}
+
+/// Each set's change, in the order given.
+pub fn set_diffs<'a>(
+    sets: impl IntoIterator<Item = (&'a str, &'a super::Selection)>,
+    old: &[Entry],
+    new: &[Entry],
+) -> Vec<SetDiff> {
+    sets.into_iter()
+        .map(|(name, selection)| {
+            let before: BTreeSet<IpNet> = selection.select(old).into_iter().collect();
+            let after: BTreeSet<IpNet> = selection.select(new).into_iter().collect();
+            SetDiff {
+                set: name.to_owned(),
+                added: after.difference(&before).copied().collect(),
+                removed: before.difference(&after).copied().collect(),
+                old_ranges: before.len(),
+                new_ranges: after.len(),
+            }
+        })
+        .collect()
+}

@@ -7,6 +7,7 @@
 pub mod diff;
 pub mod fetch;
 pub mod providers;
+pub mod refresh;
 pub mod snapshot;
 
 use std::fmt;
@@ -139,6 +140,16 @@ impl Selection {
         nets.dedup();
         nets
     }
+}
+
+/// Where a policy's `sets:` entry takes a provider's list from: the snapshot file
+/// (resolved against the policy's directory) and the filter. Kept in the policy so
+/// the agent's refresh and `ranges diff -f` know which lists matter to whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderSource {
+    pub provider: Provider,
+    pub snapshot: std::path::PathBuf,
+    pub selection: Selection,
 }
 
 /// The values `entries` have for `key`, sorted (for "did you mean" in errors).

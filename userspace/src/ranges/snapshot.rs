@@ -103,26 +103,40 @@ impl Snapshot {
     /// directory, synced, then renamed over (a reader, or an agent watching the
     /// file, never sees half a snapshot).
     pub fn write(&self, path: &Path) -> Result<(), RangesError> {
-        let io = |source| RangesError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        let text = serde_json::to_string_pretty(self).map_err(|e| io(e.into()))?;
-        temp.write_all(text.as_bytes()).map_err(io)?;
-        temp.write_all(b"\n").map_err(io)?;
-        temp.as_file().sync_all().map_err(io)?;
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            temp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-                .map_err(io)?;
-        }
-        temp.persist(path).map_err(|e| io(e.error))?;
-        Ok(())
+        write_text(path, &self.text())
     }
+
+    /// The snapshot as written to a file.
+    pub fn text(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a snapshot serializes");
+        text.push('\n');
+        text
+    }
+}
+
+/// Writes `text` to `path` whole or not at all (see [`Snapshot::write`]).
+pub fn write_text(path: &Path, text: &str) -> Result<(), RangesError> {
+    let io = |source| RangesError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    temp.write_all(text.as_bytes()).map_err(io)?;
+    temp.as_file().sync_all().map_err(io)?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        temp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+    }
+    temp.persist(path).map_err(|e| io(e.error))?;
+    // The rename itself survives a power cut only once the directory is synced.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
 }

@@ -158,3 +158,59 @@ fn a_diff_says_what_each_list_gains_and_loses() {
     assert_eq!(nets(&d.groups[0].removed), ["15.236.0.0/15"]);
     assert!((d.removed_share() - 1.0 / 6.0).abs() < 1e-9);
 }
+
+#[test]
+fn a_refresh_is_guarded_per_list_and_per_set() {
+    use super::refresh::{Refusal, Target, check};
+    let (old, parsed) = Snapshot::new(
+        Provider::Aws,
+        "https://example.test/ip-ranges.json",
+        AWS.to_owned(),
+        None,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let target = Target {
+        path: "/etc/airlock/aws.json".into(),
+        provider: Provider::Aws,
+        sets: vec![
+            ("paris-ec2".into(), select(&["eu-west-3"], &["EC2"])),
+            ("virginia".into(), select(&["us-east-1"], &[])),
+        ],
+    };
+    let run = |document: &str, max: f64| {
+        check(
+            &target,
+            "https://example.test/ip-ranges.json",
+            document.to_owned(),
+            None,
+            (&old, &parsed.entries),
+            max,
+        )
+    };
+    // The same document: nothing to do.
+    assert!(run(AWS, 0.1).unwrap().is_none());
+    // One of six ranges gone (17%) but a third of paris-ec2's: the whole list
+    // passes a 20% guard, the set does not.
+    let shrunk = AWS.replace("\"15.236.0.0/15\"", "\"13.37.0.0/16\"");
+    match run(&shrunk, 0.2) {
+        Err(Refusal::Shrink {
+            list, removed, old, ..
+        }) => {
+            assert_eq!((list.as_str(), removed, old), ("set paris-ec2", 1, 3));
+        }
+        other => panic!("{other:?}"),
+    }
+    match run(&shrunk, 0.1) {
+        Err(Refusal::Shrink { list, .. }) => assert_eq!(list, "/etc/airlock/aws.json"),
+        other => panic!("{other:?}"),
+    }
+    let candidate = run(&shrunk, 0.5).unwrap().expect("a change");
+    assert_eq!(candidate.sets[0].removed.len(), 1);
+    assert!(candidate.sets[1].removed.is_empty());
+    assert_eq!(candidate.replaces, old.sha256);
+    assert!(Snapshot::from_text(&candidate.text, Path::new("x")).is_ok());
+    // A schema change is a document refusal, whatever the guard allows.
+    let changed = AWS.replace("\"prefixes\"", "\"ipv4_prefixes\"");
+    assert!(matches!(run(&changed, 1.0), Err(Refusal::Document(_))));
+}

@@ -34,6 +34,9 @@ pub struct Listener {
     /// The socket's inode (`socket:[inode]` in /proc/PID/fd).
     pub inode: u32,
     pub uid: u32,
+    /// Not a socket: a port a DNAT rule publishes (dnat.rs), and where it
+    /// forwards to.
+    pub dnat: Option<String>,
 }
 
 impl Listener {
@@ -88,6 +91,7 @@ fn listener_of(proto: Proto, response: &InetResponse) -> Listener {
         bound_ifindex: id.interface_id,
         inode: response.header.inode,
         uid: response.header.uid,
+        dnat: None,
     }
 }
 

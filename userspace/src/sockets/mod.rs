@@ -2,8 +2,9 @@
 //! current network namespace: which sessions the anti-lockout check must keep, and
 //! which connections the host opened before Airlock's egress program could see
 //! their SYN. `listeners` asks sock_diag for the sockets that take new traffic
-//! (TCP and UDP), for `airlock check`.
+//! (TCP and UDP), for `airlock check`; `dnat` reads the ports NAT rules publish.
 
+pub mod dnat;
 pub mod listeners;
 pub mod owners;
 
