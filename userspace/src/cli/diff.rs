@@ -7,7 +7,7 @@ use std::{path::PathBuf, process::ExitCode};
 use airlock::{
     compile, interfaces,
     loader::{PinRoot, PolicyMaps, PolicySummary},
-    policy,
+    pipeline, policy,
     safety::diff::{self, GroupDiff, PolicyDiff, PrefixChanges, PrefixList, Side},
 };
 use serde_json::json;
@@ -51,7 +51,7 @@ fn run_inner(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
     preflight::kernel_access("diff", &root)?;
     let policy = policy::load(&args.policy)?;
-    let compiled = compile::compile(&policy)?;
+    let compiled = pipeline::compile(&policy)?;
     let new = Side {
         summary: PolicySummary::describe(&policy, &compiled, &args.policy),
         // The kernel's side is read back in canonical form: compare like with like.

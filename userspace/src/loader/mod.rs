@@ -308,17 +308,30 @@ fn pinned_program_name(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Why a pinned filter does not fit its interface as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    #[error("no pinned link")]
+    NoLink,
+    #[error("link type not supported")]
+    UnsupportedLinkType,
+    #[error("link not attached to the interface (deleted and recreated?)")]
+    Detached,
+    #[error("the program attached reads the wrong frame layout for this link type")]
+    WrongProgram,
+}
+
 /// Whether the filter pinned in `dir` is attached to `iface` as it is now and runs
 /// the program for its link type (for the agent's drift check).
-pub fn pinned_filter_fits(dir: &Path, iface: &str) -> Result<(), &'static str> {
+pub fn pinned_filter_fits(dir: &Path, iface: &str) -> Result<(), Misfit> {
     let state =
-        pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp).map_err(|_| "no pinned link")?;
-    let (framing, facts) = link_type::framing_of(iface).map_err(|_| "link type not supported")?;
+        pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp).map_err(|_| Misfit::NoLink)?;
+    let (framing, facts) = link_type::framing_of(iface).map_err(|_| Misfit::UnsupportedLinkType)?;
     if state.ifindex != facts.ifindex {
-        return Err("link not attached to the interface (deleted and recreated?)");
+        return Err(Misfit::Detached);
     }
     if !runs_program_for(dir, &state, framing) {
-        return Err("the program attached reads the wrong frame layout for this link type");
+        return Err(Misfit::WrongProgram);
     }
     Ok(())
 }
