@@ -21,10 +21,41 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
+    /// The kernel's name, as `status` and `apply` show it (and as the policy summary
+    /// pinned beside the maps records it).
     pub fn as_str(self) -> &'static str {
         match self {
             AttachMode::Driver => "driver",
             AttachMode::Skb => "skb",
+        }
+    }
+
+    /// The inverse of [`AttachMode::as_str`].
+    pub fn from_name(name: &str) -> Option<AttachMode> {
+        [AttachMode::Driver, AttachMode::Skb]
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
+    }
+
+    /// The name of the `xdp_mode` that asks for it: `native` or `generic`.
+    pub fn xdp_mode_name(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "native",
+            AttachMode::Skb => "generic",
+        }
+    }
+
+    /// The mode `program_id` runs in on a link with the XDP programs `xdp`, if it
+    /// is attached there.
+    pub fn of(xdp: &crate::link_type::XdpPrograms, program_id: u32) -> Option<AttachMode> {
+        if program_id == 0 {
+            None
+        } else if xdp.driver == program_id {
+            Some(AttachMode::Driver)
+        } else if xdp.generic == program_id {
+            Some(AttachMode::Skb)
+        } else {
+            None
         }
     }
 }

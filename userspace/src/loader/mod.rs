@@ -358,10 +358,7 @@ fn check_mode(iface: &str, attached: AttachMode, requested: XdpMode) -> Result<(
     }
     Err(LoaderError::ModeMismatch {
         iface: iface.to_owned(),
-        attached: match attached {
-            AttachMode::Driver => "native",
-            AttachMode::Skb => "generic",
-        },
+        attached: attached.xdp_mode_name(),
         requested: requested.name(),
     })
 }
@@ -416,7 +413,7 @@ fn swap_policy(
     ensure_egress(dir, iface, ifindex)?;
     let previous = maps.active_summary()?;
     summary.serial = previous.map_or(1, |p| p.serial + 1);
-    summary.attach_mode = attach_mode.as_str().to_owned();
+    summary.attach_mode = Some(attach_mode);
     let generation = maps.apply_after(compiled, &summary, grace)?;
     Ok(ApplyOutcome {
         iface: iface.to_owned(),
@@ -500,7 +497,7 @@ fn install_staged(
         );
     }
     // Attach mode is only known after attaching; record the likely one and fix it up.
-    summary.attach_mode = AttachMode::Driver.as_str().to_owned();
+    summary.attach_mode = Some(AttachMode::Driver);
     // The kernel's verifier takes most of an install (a fifth of a second for
     // the XDP program on a small VM): the programs are verified side by side while
     // the policy goes into the maps, which need no program. It is in before the
@@ -529,7 +526,7 @@ fn install_staged(
     let program = xdp_program(&mut ebpf, xdp_name)?;
     let (link, attach_mode) = xdp_attach::attach(program, xdp_name, iface, summary.xdp_mode)?;
     if attach_mode != AttachMode::Driver {
-        summary.attach_mode = attach_mode.as_str().to_owned();
+        summary.attach_mode = Some(attach_mode);
         maps.rewrite_active_summary(summary)?;
     }
     crate::test_hook::stop_at("install-attached");
