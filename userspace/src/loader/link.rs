@@ -8,7 +8,13 @@ use std::{
 
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 
-use super::LoaderError;
+use super::{
+    LoaderError,
+    sys::{
+        BPF_LINK_DETACH, BPF_LINK_GET_FD_BY_ID, BPF_OBJ_GET, BPF_OBJ_GET_INFO_BY_FD,
+        BPF_PROG_GET_FD_BY_ID, bpf,
+    },
+};
 
 /// How the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,34 +129,11 @@ pub struct LinkState {
     pub ifindex: u32,
 }
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-const BPF_LINK_DETACH: libc::c_long = 34;
+// The bpf(2) commands here pass a zeroed `[u64; 16]` as their `union bpf_attr`
+// (128 bytes, no padding, more than any of them reads), its first words set as the
+// command's member lays them out.
 const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_LINK_TYPE_TCX: u32 = 11;
-
-/// bpf(2) with `attr` as its `union bpf_attr`, zero past the fields the caller set.
-///
-/// # Safety
-/// Any pointer the caller put in `attr` is valid for what `command` does with it.
-unsafe fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is larger than what any command used here reads; the caller
-    // vouches for the pointers in it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(rc)
-}
 
 /// A descriptor the kernel just returned from `bpf`.
 fn owned(fd: libc::c_long) -> OwnedFd {

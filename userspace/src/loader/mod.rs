@@ -15,6 +15,7 @@ mod object;
 mod pins;
 mod policy_maps;
 mod source_tables;
+mod sys;
 mod writer;
 mod xdp_attach;
 
