@@ -5,10 +5,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use airlock::{
-    compile, interfaces,
+    compile,
+    diff::{self, GroupDiff, PolicyDiff, PrefixChanges, PrefixList, Side},
+    interfaces,
     loader::{PinRoot, PolicyMaps, PolicySummary},
     pipeline, policy,
-    safety::diff::{self, GroupDiff, PolicyDiff, PrefixChanges, PrefixList, Side},
 };
 use serde_json::json;
 
