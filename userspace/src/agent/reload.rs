@@ -5,7 +5,6 @@
 //! and the kernel out of sync until a version of the file is applied.
 
 use std::{
-    fmt,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -38,7 +37,7 @@ pub(super) enum ReloadError {
     /// The anti-lockout check refused it (the agent was not started with --force).
     #[error(
         "the policy would lock you out: {} (start the agent with --force to apply such a policy)",
-        Blocks(.0)
+        .0.reasons()
     )]
     Lockout(LockoutError),
     /// The host or the kernel failed it: an interface, a map, a pending confirmation.
@@ -73,21 +72,6 @@ impl ReloadError {
             ReloadError::Lockout(_) => RejectionKind::Lockout,
             ReloadError::Apply(_) => RejectionKind::Apply,
         }
-    }
-}
-
-/// The anti-lockout check's blocking findings on one line.
-struct Blocks<'a>(&'a LockoutError);
-
-impl fmt::Display for Blocks<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, finding) in self.0.assessment.blocks().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            f.write_str(&finding.message)?;
-        }
-        Ok(())
     }
 }
 
@@ -359,4 +343,56 @@ impl Reconciler {
 /// The summary of the complete policy in force in the filter pinned at `dir`.
 pub(super) fn pinned_summary(dir: &Path) -> Option<PolicySummary> {
     PolicyMaps::open_pinned(dir).ok()?.active_summary().ok()?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        policy::DiagnosticKind,
+        safety::lockout::{Assessment, Finding, Severity},
+    };
+
+    #[test]
+    fn each_rejection_has_its_kind_and_only_the_host_s_failures_are_retried() {
+        let read = ReloadError::Read {
+            path: "/etc/airlock/policy.yaml".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(read.kind(), RejectionKind::Unreadable);
+        assert!(read.transient());
+
+        let invalid = policy::parse_str("version: 1\nrules: [x]\n", Path::new("p.yaml"))
+            .expect_err("invalid");
+        let invalid = ReloadError::Invalid(invalid);
+        assert_eq!(
+            invalid.kind(),
+            RejectionKind::Policy(DiagnosticKind::Structure)
+        );
+        assert!(!invalid.transient());
+
+        let assessment = Assessment {
+            findings: vec![
+                Finding {
+                    severity: Severity::Block,
+                    message: "cuts your SSH session".into(),
+                },
+                Finding {
+                    severity: Severity::Block,
+                    message: "cuts the gateway".into(),
+                },
+            ],
+        };
+        let lockout = ReloadError::from(pipeline::Error::Lockout(LockoutError { assessment }));
+        assert_eq!(lockout.kind(), RejectionKind::Lockout);
+        assert!(!lockout.transient());
+        assert_eq!(
+            lockout.to_string(),
+            "the policy would lock you out: cuts your SSH session; cuts the gateway (start the agent with --force to apply such a policy)"
+        );
+
+        let apply = ReloadError::from(pipeline::Error::DryRun);
+        assert_eq!(apply.kind(), RejectionKind::Apply);
+        assert!(apply.transient());
+    }
 }
