@@ -36,7 +36,7 @@ pub fn require_root() {
 }
 
 /// Name of an XDP action, for messages (the library's, as `explain --live` prints it).
-pub use airlock::safety::probe::action_name;
+pub use airlock::probe::action_name;
 
 /// What the kernel did with one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -52,7 +52,11 @@ fn agent_enforces_and_follows_in_place_edits_renames_and_sighup() {
             > before),
         "SIGHUP did not reload"
     );
-    assert_eq!(metric(&f, "airlock_policy_reload_failures_total"), 0.0);
+    for kind in ["unreadable", "value", "lockout", "apply"] {
+        let series = format!("airlock_policy_reload_failures_total{{kind=\"{kind}\"}}");
+        assert!(metrics(&f).contains(&series), "every kind starts at 0");
+        assert_eq!(metric(&f, &series), 0.0);
+    }
 }
 
 #[test]
@@ -62,9 +66,10 @@ fn invalid_policy_is_rejected_logged_counted_and_the_old_one_stays() {
     let agent = Agent::start(&f, &[], &policy_path(&f), &[]);
     rename_policy(&f, &policy_text(&f, "office, 203.0.113.7/24"));
     assert!(
+        // A CIDR with host bits: a bad value.
         wait_until(RELOAD, || metric(
             &f,
-            "airlock_policy_reload_failures_total"
+            "airlock_policy_reload_failures_total{kind=\"value\"}"
         ) >= 1.0),
         "failure not counted; log:\n{}",
         agent.log()

@@ -78,7 +78,10 @@ fn a_rejected_policy_is_logged_once_whatever_else_is_written_beside_it() {
         "SIGHUP looked again, quietly; log:\n{}",
         agent.log()
     );
-    assert_eq!(metric(&f, "airlock_policy_reload_failures_total"), 1.0);
+    assert_eq!(
+        metric(&f, "airlock_policy_reload_failures_total{kind=\"value\"}"),
+        1.0
+    );
     assert!(!ready(&f), "nothing valid was ever enforced");
 
     // Another invalid content is news; a valid one is enforced.
@@ -179,6 +182,7 @@ fn a_rejected_edit_keeps_the_last_good_policy_ready_and_the_drift_is_signalled()
         .unwrap_or_default();
     assert!(error.contains("policy.yaml:8:"), "{json}");
     assert!(json["agent"]["last_rejection"]["at_unix"].as_u64() > Some(0));
+    assert_eq!(json["agent"]["last_rejection"]["kind"], "value", "{json}");
     assert!(human.contains("POLICY FILE REJECTED"), "{human}");
     assert!(
         human.contains("203.0.113.0/24"),

@@ -81,6 +81,8 @@ fn every_json_output_matches_its_schema() {
     let bad = f.write("bad.yaml", "version: 1\nrules: [x]\n");
     let v = json_of(&f.airlock(&["validate", "-f", s(&bad), "-o", "json"]), 2);
     assert_schema("validate", &v);
+    // A rule that is not a mapping: labelled as a problem of structure.
+    assert_eq!(v["diagnostics"][0]["kind"], "structure", "{v:#}");
     assert_schema(
         "regions",
         &json_of(&f.airlock(&["regions", "-o", "json"]), 0),
@@ -108,6 +110,7 @@ fn every_json_output_matches_its_schema() {
         error["error"]["diagnostics"][0]["field"], "rules[0]",
         "{error:#}"
     );
+    assert_eq!(error["error"]["diagnostics"][0]["kind"], "structure");
     assert_eq!(error["error"]["exit_code"], 2);
 
     assert_schema("status", &f.status_json());

@@ -21,7 +21,7 @@
 //! Between the two halves the caller holds the writer lock (the agent reads the
 //! counters the swap is about to retire there).
 
-use std::{io, time::Duration};
+use std::{io, path::Path, time::Duration};
 
 use crate::{
     compile::{self, CompileError, Compiled},
@@ -31,7 +31,7 @@ use crate::{
         self, ApplyAllError, ApplyOutcome, LoaderError, PendingConfirm, PinRoot, PolicySummary,
         WriterLock,
     },
-    policy::{Mode, Policy, XdpMode},
+    policy::{Diagnostic, DiagnosticKind, Mode, Policy, PolicyError, XdpMode},
     safety::{
         confirm::{self, PendingConflict, RolledBack, WatchdogError},
         lockout::{self, Assessment, Facts, LockoutError},
@@ -88,8 +88,9 @@ pub enum Error {
     Interfaces(#[from] InterfaceError),
     #[error(transparent)]
     LinkType(#[from] LinkTypeError),
+    /// Valid, but more than the kernel maps hold (see [`compile`]).
     #[error(transparent)]
-    Compile(#[from] CompileError),
+    Capacity(#[from] PolicyError),
     #[error(transparent)]
     Lockout(#[from] LockoutError),
     #[error(transparent)]
@@ -109,7 +110,7 @@ impl Error {
     /// the CLI's exit code 2.
     pub fn is_refusal(&self) -> bool {
         match self {
-            Error::Compile(_) | Error::Lockout(_) | Error::Pending(_) | Error::DryRun => true,
+            Error::Capacity(_) | Error::Lockout(_) | Error::Pending(_) | Error::DryRun => true,
             Error::LinkType(error) => matches!(error, LinkTypeError::Unsupported { .. }),
             Error::Loader(error) => error.is_invalid_input(),
             Error::Apply(error) => error.source.is_invalid_input(),
@@ -174,7 +175,7 @@ pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<
     };
     crate::test_hook::stop_at("compile");
     // Reading the socket tables is milliseconds on a busy host: meanwhile.
-    let (compiled, facts) = crate::parallel::join(|| compile::compile(&policy), Facts::from_system);
+    let (compiled, facts) = crate::parallel::join(|| compile(&policy), Facts::from_system);
     let compiled = compiled?;
     let ifaces = match options.missing {
         Missing::Refuse if !options.dry_run => {
@@ -222,6 +223,38 @@ pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<
         confirm: options.confirm,
         grace_record: options.grace_record,
     })
+}
+
+/// Compiles `policy`. The compiler's capacity errors (more rules or prefixes than
+/// the maps hold) come back as a diagnostic of the policy file, like every other
+/// reason a policy cannot be put in force: validation leaves that count to the
+/// compiler (`policy` does not depend on `compile`).
+pub fn compile(policy: &Policy) -> Result<Compiled, PolicyError> {
+    compile::compile(policy)
+        .map_err(|error| PolicyError::Invalid(vec![capacity_diagnostic(&error, &policy.origin)]))
+}
+
+fn capacity_diagnostic(error: &CompileError, origin: &Path) -> Diagnostic {
+    let (field, hint) = match error {
+        CompileError::TooManyRules { .. } => (
+            "rules",
+            "merge rules that share sources, or ports that share rules",
+        ),
+        CompileError::TooManyPrefixes { .. } => {
+            ("sets", "aggregate adjacent ranges or drop unused sets")
+        }
+    };
+    // The policy as a whole is too large: its first line.
+    Diagnostic {
+        kind: DiagnosticKind::Capacity,
+        file: origin.to_owned(),
+        line: 1,
+        column: 1,
+        field: field.to_owned(),
+        value: None,
+        message: error.to_string(),
+        hint: Some(hint.to_owned()),
+    }
 }
 
 /// All of it: [`prepare`], then [`Prepared::commit`].
@@ -329,5 +362,39 @@ mod tests {
             format!("{:?}", enforced.compiled),
             "the compiled policy carries the mode"
         );
+    }
+
+    #[test]
+    fn capacity_errors_are_diagnostics_of_the_policy_file() {
+        let error = CompileError::TooManyPrefixes {
+            family: "IPv4",
+            count: 3,
+            limit: 2,
+        };
+        let d = capacity_diagnostic(&error, Path::new("p.yaml"));
+        assert_eq!(d.kind, DiagnosticKind::Capacity);
+        assert_eq!(
+            d.to_string(),
+            "p.yaml:1:1: sets: the policy compiles to 3 IPv4 prefixes, more than the limit of 2; aggregate adjacent ranges or drop unused sets"
+        );
+        let error = CompileError::TooManyRules {
+            count: 65,
+            limit: 64,
+        };
+        let d = capacity_diagnostic(&error, Path::new("p.yaml"));
+        assert_eq!(
+            (d.kind, d.field.as_str()),
+            (DiagnosticKind::Capacity, "rules")
+        );
+    }
+
+    #[test]
+    fn a_policy_within_the_limits_compiles() {
+        let policy = crate::policy::parse_str(
+            "version: 1\ninterfaces: [eth0]\nrules:\n  - {name: a, ports: [22], from: [192.0.2.0/24]}\n",
+            Path::new("p.yaml"),
+        )
+        .unwrap();
+        assert_eq!(compile(&policy).unwrap().rule_names, ["a"]);
     }
 }

@@ -54,22 +54,46 @@ struct RawRegion {
     cidrs: Vec<String>,
 }
 
-/// Parses a region file; errors are strings because the only file is embedded and
-/// checked by a unit test, so they are programming errors, not user errors.
-fn parse(text: &str) -> Result<Vec<Region>, String> {
-    let file: RegionFile = marked_yaml::from_yaml(0, text).map_err(|e| e.to_string())?;
+/// Why the embedded region file did not parse: a programming error (the only file
+/// is embedded and checked by a unit test), not a user's.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionsError {
+    #[error("{0}")]
+    Yaml(String),
+    #[error("region {0} defined twice")]
+    Duplicate(String),
+    #[error("region {region}: {text:?}: {source}")]
+    Cidr {
+        region: String,
+        text: String,
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+    #[error("region {region}: {text} has host bits set")]
+    HostBits { region: String, text: String },
+}
+
+/// Parses a region file.
+fn parse(text: &str) -> Result<Vec<Region>, RegionsError> {
+    let file: RegionFile =
+        marked_yaml::from_yaml(0, text).map_err(|e| RegionsError::Yaml(e.to_string()))?;
     let mut out: Vec<Region> = Vec::with_capacity(file.regions.len());
     for raw in file.regions {
         if out.iter().any(|r| r.name == raw.name) {
-            return Err(format!("region {} defined twice", raw.name));
+            return Err(RegionsError::Duplicate(raw.name));
         }
         let mut cidrs = Vec::with_capacity(raw.cidrs.len());
         for text in &raw.cidrs {
-            let net: IpNet = text
-                .parse()
-                .map_err(|e| format!("region {}: {text:?}: {e}", raw.name))?;
+            let net: IpNet = text.parse().map_err(|source| RegionsError::Cidr {
+                region: raw.name.clone(),
+                text: text.clone(),
+                source,
+            })?;
             if net.trunc() != net {
-                return Err(format!("region {}: {text} has host bits set", raw.name));
+                return Err(RegionsError::HostBits {
+                    region: raw.name,
+                    text: text.clone(),
+                });
             }
             cidrs.push(net);
         }
@@ -87,11 +111,11 @@ fn parse(text: &str) -> Result<Vec<Region>, String> {
 }
 
 /// All built-in regions, or why the embedded file did not parse.
-pub fn try_all() -> Result<&'static [Region], &'static str> {
-    static REGIONS: OnceLock<Result<Vec<Region>, String>> = OnceLock::new();
+pub fn try_all() -> Result<&'static [Region], &'static RegionsError> {
+    static REGIONS: OnceLock<Result<Vec<Region>, RegionsError>> = OnceLock::new();
     match REGIONS.get_or_init(|| parse(REGIONS_YAML)) {
         Ok(v) => Ok(v.as_slice()),
-        Err(e) => Err(e.as_str()),
+        Err(e) => Err(e),
     }
 }
 

@@ -18,7 +18,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{check_census::CheckCensus, flow_census::FlowCensus, state::AgentState};
+use super::{
+    check_census::CheckCensus,
+    flow_census::FlowCensus,
+    state::{AgentState, RejectionKind},
+};
 use crate::loader::{PinRoot, PolicyMaps};
 
 type Labels = Vec<(String, String)>;
@@ -202,16 +206,24 @@ impl Collector for AirlockCollector {
             &serial,
         )?;
 
-        let simple: [(&str, &str, u64); 3] = [
+        let failures = Family::<Labels, Counter>::default();
+        for kind in RejectionKind::all() {
+            let count = state.reload_failures.get(&kind).copied().unwrap_or(0);
+            failures
+                .get_or_create(&labels(&[("kind", kind.name())]))
+                .inc_by(count);
+        }
+        encode_family(
+            &mut encoder,
+            "airlock_policy_reload_failures",
+            "Policy reloads rejected, by kind: unreadable, the first problem of an invalid policy (syntax, structure, value, reference, conflict, import, capacity), lockout, apply (the host or kernel failed it); the previous policy stayed in force.",
+            &failures,
+        )?;
+        let simple: [(&str, &str, u64); 2] = [
             (
                 "airlock_policy_reloads",
                 "Successful policy reloads.",
                 state.reloads,
-            ),
-            (
-                "airlock_policy_reload_failures",
-                "Policy reloads rejected (invalid policy or failed apply); the previous policy stayed in force.",
-                state.reload_failures,
             ),
             (
                 "airlock_attach_repairs",

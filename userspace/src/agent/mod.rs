@@ -19,8 +19,6 @@ mod reconcile;
 mod reload;
 pub mod report;
 mod root_lock;
-mod sample_socket;
-mod samples;
 mod state;
 mod watch;
 mod worker;
@@ -45,9 +43,9 @@ use crate::{
 /// unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/run/airlock";
 
+pub use crate::samples::socket::Missed;
 pub use lock::{holder as agent_holding, samples_socket_path};
 pub use root_lock::agent_pid;
-pub use sample_socket::Missed;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -194,14 +192,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     if let Some(fleet) = &config.fleet {
         reconciler.set_fleet_cache(crate::fleet::cache::Cache::new(&fleet.cache_dir));
     }
-    let names = samples::RuleNames::default();
+    let names = crate::samples::readers::RuleNames::default();
     // Samples come at most a few hundred a second per CPU (the kernel's limit).
     let (feed, _) = tokio::sync::broadcast::channel(1024);
     let socket = lock::samples_socket_path(&config.state_dir, root.path());
-    if let Err(error) = sample_socket::serve(socket.clone(), feed.clone()) {
+    if let Err(error) = crate::samples::socket::serve(socket.clone(), feed.clone()) {
         tracing::warn!(%error, path = %socket.display(), "no drop samples for `airlock watch`");
     }
-    let mut samplers = samples::Samplers::new(feed);
+    let mut samplers = crate::samples::readers::Samplers::new(feed);
     let done = Arc::new(tokio::sync::Notify::new());
     let report = report::path(&config.state_dir, root.path());
     let worker = worker::Worker::spawn(

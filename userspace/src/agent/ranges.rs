@@ -208,7 +208,7 @@ pub(super) fn apply(
     }
     let reconciled = reconciler.reload("provider lists refreshed", false);
     if let Some(rejected) = reconciler.rejected.as_ref().filter(|r| !r.transient) {
-        let error = format!("the swap was rejected: {}", rejected.error);
+        let error = format!("the swap was rejected: {}", rejected.message);
         restore();
         reconciler.reload("provider lists restored", false);
         refuse_all(error);

@@ -21,6 +21,23 @@ use crate::{
     policy,
 };
 
+/// How a filter drifted from what the agent put there.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Drift {
+    #[error(transparent)]
+    Filter(#[from] loader::Misfit),
+    #[error("egress program detached (replies to the host's flows would drop)")]
+    EgressDetached,
+    #[error("maps unreadable")]
+    MapsUnreadable,
+    #[error("maps hold another policy (applied by someone else?)")]
+    OtherPolicy,
+    #[error("no complete policy in its maps")]
+    NoPolicy,
+    #[error("not applied by this agent yet")]
+    NotApplied,
+}
+
 /// The policy in force, as last applied by this agent.
 pub(super) struct Applied {
     /// What it was applied from.
@@ -186,12 +203,12 @@ impl Reconciler {
             // Not applied by this agent yet (an interface that appeared since).
             let checked = match expected {
                 Some(_) => self.check(iface, index, expected),
-                None => Err("not applied by this agent yet"),
+                None => Err(Drift::NotApplied),
             };
             match checked {
                 Ok(()) => {}
                 Err(drift) => {
-                    tracing::warn!(iface, drift, "filter drifted from the policy; repairing");
+                    tracing::warn!(iface, %drift, "filter drifted from the policy; repairing");
                     let repaired = loader::WriterLock::acquire(&self.root).and_then(|writer| {
                         loader::apply(
                             &writer,
@@ -290,7 +307,7 @@ impl Reconciler {
     /// `Err(what drifted)` unless our program is attached to the interface as it is
     /// now and its maps hold the policy this agent last put there (`expected`), or
     /// any complete policy (`None`, for filters adopted without a policy).
-    fn check(&self, iface: &str, index: u32, expected: Option<u64>) -> Result<(), &'static str> {
+    fn check(&self, iface: &str, index: u32, expected: Option<u64>) -> Result<(), Drift> {
         let dir = self.root.interface_dir(iface);
         loader::pinned_filter_fits(&dir, iface)?;
         let egress = loader::pinned_link_state(
@@ -298,15 +315,15 @@ impl Reconciler {
             loader::LinkKind::TcxEgress,
         );
         if loader::egress_supported() && !egress.is_ok_and(|egress| egress.ifindex == index) {
-            return Err("egress program detached (replies to the host's flows would drop)");
+            return Err(Drift::EgressDetached);
         }
-        let maps = PolicyMaps::open_pinned(&dir).map_err(|_| "maps unreadable")?;
+        let maps = PolicyMaps::open_pinned(&dir).map_err(|_| Drift::MapsUnreadable)?;
         let serial = maps.active_summary().ok().flatten().map(|s| s.serial);
         match (expected, serial) {
             (Some(expected), Some(serial)) if serial == expected => Ok(()),
-            (Some(_), _) => Err("maps hold another policy (applied by someone else?)"),
+            (Some(_), _) => Err(Drift::OtherPolicy),
             (None, Some(_)) => Ok(()),
-            (None, None) => Err("no complete policy in its maps"),
+            (None, None) => Err(Drift::NoPolicy),
         }
     }
 

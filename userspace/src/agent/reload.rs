@@ -13,13 +13,74 @@ use airlock_common::Counter;
 
 use super::{
     reconcile::{Applied, Reconciler, unix_now},
-    state::Rejection,
+    state::{Rejection, RejectionKind},
 };
 use crate::{
     loader::{PolicyMaps, PolicySummary},
     pipeline::{self, GraceRecord, Missing},
-    policy,
+    policy::{self, PolicyError},
+    safety::lockout::LockoutError,
 };
+
+/// Why a reload put nothing in force.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReloadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Invalid, or more than the kernel maps hold.
+    #[error(transparent)]
+    Invalid(PolicyError),
+    /// The anti-lockout check refused it (the agent was not started with --force).
+    #[error(
+        "the policy would lock you out: {} (start the agent with --force to apply such a policy)",
+        .0.reasons()
+    )]
+    Lockout(LockoutError),
+    /// The host or the kernel failed it: an interface, a map, a pending confirmation.
+    #[error(transparent)]
+    Apply(pipeline::Error),
+    /// The fleet's local policy cache could not be read consistently (it changes
+    /// under the reader while a new revision arrives): read again at the next check.
+    #[error("{0}")]
+    FleetCache(String),
+}
+
+impl From<pipeline::Error> for ReloadError {
+    fn from(error: pipeline::Error) -> Self {
+        match error {
+            pipeline::Error::Capacity(error) => ReloadError::Invalid(error),
+            pipeline::Error::Lockout(error) => ReloadError::Lockout(error),
+            other => ReloadError::Apply(other),
+        }
+    }
+}
+
+impl ReloadError {
+    /// Worth trying again without a change of the file: the kernel or the host
+    /// failed it (a pending confirmation, an interface error), not the policy.
+    fn transient(&self) -> bool {
+        matches!(
+            self,
+            ReloadError::Read { .. } | ReloadError::Apply(_) | ReloadError::FleetCache(_)
+        )
+    }
+
+    /// Its label in metrics and in `status`.
+    pub(super) fn kind(&self) -> RejectionKind {
+        match self {
+            ReloadError::Read { .. } | ReloadError::FleetCache(_) => RejectionKind::Unreadable,
+            ReloadError::Invalid(error) => error
+                .kind()
+                .map_or(RejectionKind::Unreadable, RejectionKind::Policy),
+            ReloadError::Lockout(_) => RejectionKind::Lockout,
+            ReloadError::Apply(_) => RejectionKind::Apply,
+        }
+    }
+}
 
 /// What a reload read: the policy text and the identity of every file it imports
 /// (device, inode, size, modification time), so an edited import is a change even
@@ -58,7 +119,8 @@ impl Fingerprint {
 /// The last rejection, to tell a new one from the same one seen again.
 pub(super) struct Rejected {
     fingerprint: Fingerprint,
-    pub(super) error: String,
+    /// The error as said (errors are compared by what they say).
+    pub(super) message: String,
     /// Worth trying again without a change of the file: the kernel or the host
     /// failed it (a pending confirmation, an interface error), not the policy.
     pub(super) transient: bool,
@@ -70,9 +132,12 @@ impl Reconciler {
     pub(super) fn load_and_enforce(&mut self, why: &str, force: bool) -> bool {
         let text = match std::fs::read_to_string(&self.policy_path) {
             Ok(text) => text,
-            Err(error) => {
-                let error = format!("cannot read {}: {error}", self.policy_path.display());
-                self.reject(why, Fingerprint::of(String::new(), &[]), error, true);
+            Err(source) => {
+                let error = ReloadError::Read {
+                    path: self.policy_path.clone(),
+                    source,
+                };
+                self.reject(why, Fingerprint::of(String::new(), &[]), &error);
                 return false;
             }
         };
@@ -84,7 +149,7 @@ impl Reconciler {
         match self.fleet_mode(&fingerprint.text) {
             Ok(mode) => fingerprint.mode = mode,
             Err(error) => {
-                self.reject(why, fingerprint, error, true);
+                self.reject(why, fingerprint, &ReloadError::FleetCache(error));
                 return false;
             }
         }
@@ -110,7 +175,7 @@ impl Reconciler {
         let policy = match policy::parse_str(&fingerprint.text, &self.policy_path) {
             Ok(policy) => policy,
             Err(error) => {
-                self.reject(why, fingerprint, error.to_string(), false);
+                self.reject(why, fingerprint, &ReloadError::Invalid(error));
                 return false;
             }
         };
@@ -133,25 +198,7 @@ impl Reconciler {
         let (applied, outgoing) = match result {
             Ok(done) => done,
             Err(error) => {
-                let transient = !matches!(
-                    error,
-                    pipeline::Error::Compile(_) | pipeline::Error::Lockout(_)
-                );
-                let message = match &error {
-                    pipeline::Error::Lockout(lockout) => {
-                        let reasons: Vec<&str> = lockout
-                            .assessment
-                            .blocks()
-                            .map(|f| f.message.as_str())
-                            .collect();
-                        format!(
-                            "the policy would lock you out: {} (start the agent with --force to apply such a policy)",
-                            reasons.join("; ")
-                        )
-                    }
-                    other => other.to_string(),
-                };
-                self.reject(why, fingerprint, message, transient);
+                self.reject(why, fingerprint, &ReloadError::from(error));
                 return false;
             }
         };
@@ -236,11 +283,12 @@ impl Reconciler {
         self.rejected = None;
     }
 
-    fn reject(&mut self, why: &str, fingerprint: Fingerprint, error: String, transient: bool) {
+    fn reject(&mut self, why: &str, fingerprint: Fingerprint, error: &ReloadError) {
+        let message = error.to_string();
         let seen = self
             .rejected
             .as_ref()
-            .is_some_and(|r| r.fingerprint == fingerprint && r.error == error);
+            .is_some_and(|r| r.fingerprint == fingerprint && r.message == message);
         // A forced re-apply of the content already in force that failed leaves
         // file and kernel in sync: the kernel still holds that content.
         let in_sync = self
@@ -249,27 +297,30 @@ impl Reconciler {
             .is_some_and(|a| a.fingerprint == fingerprint);
         self.rejected = Some(Rejected {
             fingerprint,
-            error: error.clone(),
-            transient,
+            message: message.clone(),
+            transient: error.transient(),
         });
         let mut state = self.state.lock();
         state.in_sync = in_sync;
         if seen {
             drop(state);
-            tracing::debug!(why, %error, "policy file still rejected (same content, same error)");
+            tracing::debug!(why, error = %message, "policy file still rejected (same content, same error)");
             return;
         }
-        state.reload_failures += 1;
+        let kind = error.kind();
+        *state.reload_failures.entry(kind).or_default() += 1;
         state.last_rejection = Some(Rejection {
             at_unix: unix_now() as u64,
-            error: error.clone(),
+            kind: Some(kind),
+            error: message.clone(),
         });
         drop(state);
         let enforced = self.what_stays_enforced(in_sync);
         tracing::error!(
             why,
             policy = %self.policy_path.display(),
-            error,
+            kind = kind.name(),
+            error = %message,
             "policy rejected; {enforced}"
         );
     }
@@ -337,4 +388,56 @@ impl Reconciler {
 /// The summary of the complete policy in force in the filter pinned at `dir`.
 pub(super) fn pinned_summary(dir: &Path) -> Option<PolicySummary> {
     PolicyMaps::open_pinned(dir).ok()?.active_summary().ok()?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        policy::DiagnosticKind,
+        safety::lockout::{Assessment, Finding, Severity},
+    };
+
+    #[test]
+    fn each_rejection_has_its_kind_and_only_the_host_s_failures_are_retried() {
+        let read = ReloadError::Read {
+            path: "/etc/airlock/policy.yaml".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(read.kind(), RejectionKind::Unreadable);
+        assert!(read.transient());
+
+        let invalid = policy::parse_str("version: 1\nrules: [x]\n", Path::new("p.yaml"))
+            .expect_err("invalid");
+        let invalid = ReloadError::Invalid(invalid);
+        assert_eq!(
+            invalid.kind(),
+            RejectionKind::Policy(DiagnosticKind::Structure)
+        );
+        assert!(!invalid.transient());
+
+        let assessment = Assessment {
+            findings: vec![
+                Finding {
+                    severity: Severity::Block,
+                    message: "cuts your SSH session".into(),
+                },
+                Finding {
+                    severity: Severity::Block,
+                    message: "cuts the gateway".into(),
+                },
+            ],
+        };
+        let lockout = ReloadError::from(pipeline::Error::Lockout(LockoutError { assessment }));
+        assert_eq!(lockout.kind(), RejectionKind::Lockout);
+        assert!(!lockout.transient());
+        assert_eq!(
+            lockout.to_string(),
+            "the policy would lock you out: cuts your SSH session; cuts the gateway (start the agent with --force to apply such a policy)"
+        );
+
+        let apply = ReloadError::from(pipeline::Error::DryRun);
+        assert_eq!(apply.kind(), RejectionKind::Apply);
+        assert!(apply.transient());
+    }
 }

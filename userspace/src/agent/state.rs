@@ -8,7 +8,7 @@ use std::{
 
 use airlock_common::Counter;
 
-use crate::policy::Policy;
+use crate::policy::{DiagnosticKind, Policy};
 
 #[derive(Debug, Default)]
 pub struct AgentState {
@@ -25,7 +25,8 @@ pub struct StateInner {
     /// The last time the policy file was rejected, and why.
     pub last_rejection: Option<Rejection>,
     pub reloads: u64,
-    pub reload_failures: u64,
+    /// Rejections of the policy file, by kind.
+    pub reload_failures: BTreeMap<RejectionKind, u64>,
     pub repairs: u64,
     /// Unix seconds of the last successful reload (0: none yet).
     pub last_reload: f64,
@@ -81,7 +82,60 @@ pub struct RangesStatus {
 pub struct Rejection {
     /// Seconds since the Unix epoch.
     pub at_unix: u64,
+    /// What sort of failure (`None` in a report of an agent from before kinds).
+    #[serde(default)]
+    pub kind: Option<RejectionKind>,
     pub error: String,
+}
+
+/// Why the policy file was rejected, as a label: the `kind` of
+/// `airlock_policy_reload_failures_total` and of `status`'s `last_rejection`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RejectionKind {
+    /// The file could not be read.
+    Unreadable,
+    /// The policy is invalid (the kind of its first diagnostic) or more than the
+    /// kernel maps hold (`capacity`).
+    Policy(DiagnosticKind),
+    /// The anti-lockout check refused it.
+    Lockout,
+    /// The host or the kernel failed the apply (an interface, a map, a pending
+    /// confirmation); retried on the next check.
+    Apply,
+}
+
+impl RejectionKind {
+    /// Every kind, for counters that start at zero.
+    pub fn all() -> impl Iterator<Item = RejectionKind> {
+        [RejectionKind::Unreadable]
+            .into_iter()
+            .chain(DiagnosticKind::ALL.map(RejectionKind::Policy))
+            .chain([RejectionKind::Lockout, RejectionKind::Apply])
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RejectionKind::Unreadable => "unreadable",
+            RejectionKind::Policy(kind) => kind.name(),
+            RejectionKind::Lockout => "lockout",
+            RejectionKind::Apply => "apply",
+        }
+    }
+}
+
+impl serde::Serialize for RejectionKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RejectionKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RejectionKind::all()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown rejection kind {name:?}")))
+    }
 }
 
 impl AgentState {
@@ -90,5 +144,25 @@ impl AgentState {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_kinds_have_distinct_names_and_read_back() {
+        let names: std::collections::BTreeSet<&str> =
+            RejectionKind::all().map(RejectionKind::name).collect();
+        assert_eq!(names.len(), RejectionKind::all().count());
+        for kind in RejectionKind::all() {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("{:?}", kind.name()));
+            assert_eq!(serde_json::from_str::<RejectionKind>(&json).unwrap(), kind);
+        }
+        // A report from an agent before kinds still reads.
+        let old: Rejection = serde_json::from_str(r#"{"at_unix":1,"error":"e"}"#).unwrap();
+        assert_eq!(old.kind, None);
     }
 }

@@ -10,10 +10,11 @@ use std::{
 
 use tokio::sync::Notify;
 
+use crate::samples::readers::RuleNames;
+
 use super::{
     reconcile::Reconciler,
     report::{self, AgentReport},
-    samples::RuleNames,
     state::AgentState,
     watch::PolicyWatch,
 };

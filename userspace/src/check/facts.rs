@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     link_type::{XdpPrograms, query},
-    loader::{LINK_PIN, LinkKind, LoaderError, PinRoot, PolicyMaps, PolicySummary},
+    loader::{AttachMode, LINK_PIN, LinkKind, LoaderError, PinRoot, PolicyMaps, PolicySummary},
 };
 
 /// One interface of this namespace.
@@ -59,8 +59,7 @@ fn net_link(link: LinkMessage) -> NetLink {
 pub struct Filter {
     pub iface: String,
     pub ifindex: u32,
-    /// `native` or `generic`.
-    pub mode: &'static str,
+    pub mode: AttachMode,
     pub dir: PathBuf,
     /// The policy in force, as recorded beside it.
     pub summary: Option<PolicySummary>,
@@ -79,13 +78,7 @@ pub fn filters_here(root: &PinRoot, links: &[NetLink]) -> Result<Vec<Filter>, Lo
         let Ok(state) = crate::loader::pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp) else {
             continue;
         };
-        let mode = if state.program_id == 0 {
-            continue;
-        } else if link.xdp.driver == state.program_id {
-            "native"
-        } else if link.xdp.generic == state.program_id {
-            "generic"
-        } else {
+        let Some(mode) = AttachMode::of(&link.xdp, state.program_id) else {
             continue;
         };
         let summary = PolicyMaps::open_pinned(&dir)?.active_summary()?;

@@ -8,7 +8,7 @@ use std::{
 use super::{
     Exposure, Finding, Inputs, Kind, NetLink, Severity, Who, exposures::has_traffic, reach,
 };
-use crate::policy::Policy;
+use crate::{loader::AttachMode, policy::Policy};
 
 pub(super) fn findings(inputs: &Inputs<'_>, exposures: &[Exposure]) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -45,7 +45,7 @@ pub(super) fn findings(inputs: &Inputs<'_>, exposures: &[Exposure]) -> Vec<Findi
         }
     }
     for filter in inputs.filters {
-        if filter.mode == "generic" {
+        if filter.mode == AttachMode::Skb {
             out.push(
                 Finding::new(
                     Severity::Medium,

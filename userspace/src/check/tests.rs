@@ -2,6 +2,8 @@
 
 use std::{net::IpAddr, path::Path};
 
+use crate::loader::AttachMode;
+
 use super::*;
 
 fn link(name: &str, ifindex: u32, rx_packets: u64) -> NetLink {
@@ -28,7 +30,7 @@ fn listener(proto: Proto, local: &str, port: u16, bound_ifindex: u32) -> Listene
     }
 }
 
-fn filter(iface: &str, mode: &'static str) -> Filter {
+fn filter(iface: &str, mode: AttachMode) -> Filter {
     Filter {
         iface: iface.into(),
         ifindex: 2,
@@ -64,7 +66,7 @@ fn loopback_device_bound_and_unfiltered_paths_are_told_apart() {
     )
     .unwrap();
     let links = [link("lo", 1, 10), link("eth0", 2, 10), link("eth1", 3, 5)];
-    let filters = [filter("eth0", "native")];
+    let filters = [filter("eth0", AttachMode::Driver)];
     let listeners = [
         listener(Proto::Tcp, "127.0.0.1", 6379, 0),
         // Dual-stack wildcard: both families.
@@ -92,7 +94,10 @@ fn loopback_device_bound_and_unfiltered_paths_are_told_apart() {
     assert_eq!(r.worst(), Some(Severity::Critical));
 
     // With a filter on eth1 too, and in generic mode: reach follows the policy.
-    let filters = [filter("eth0", "native"), filter("eth1", "generic")];
+    let filters = [
+        filter("eth0", AttachMode::Driver),
+        filter("eth1", AttachMode::Skb),
+    ];
     let r = report(Some(&policy), &links, &filters, &listeners);
     let db = r.exposures.iter().find(|e| e.port == 5432).unwrap();
     assert_eq!(

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use super::{Exposure, Filter, Finding, Kind, Probe, Report, Severity, reach};
-use crate::{policy::Policy, safety::probe};
+use crate::{policy::Policy, probe};
 
 /// Probes every exposure's filtered interfaces and adds a finding per disagreement.
 pub fn verify(report: &mut Report, policy: &Policy, filters: &[Filter]) {

@@ -147,7 +147,7 @@ fn print_json(
         "policy": policy.map(|p| p.origin.display().to_string()),
         "filters": filters.iter().map(|f| json!({
             "iface": f.iface,
-            "mode": f.mode,
+            "mode": f.mode.xdp_mode_name(),
             "policy_path": f.summary.as_ref().map(|s| s.policy_path.clone()),
             "serial": f.summary.as_ref().map(|s| s.serial),
         })).collect::<Vec<_>>(),
@@ -194,7 +194,7 @@ fn kernel_text(e: &Exposure) -> String {
 fn print_human(report: &Report, filters: &[Filter], policy: Option<&Policy>) {
     let filtered: Vec<String> = filters
         .iter()
-        .map(|f| format!("{} ({})", f.iface, f.mode))
+        .map(|f| format!("{} ({})", f.iface, f.mode.xdp_mode_name()))
         .collect();
     println!(
         "filters in this network namespace: {}",

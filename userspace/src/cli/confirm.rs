@@ -9,18 +9,16 @@ use airlock::{
     safety::confirm::{self, Confirmed},
 };
 
-use super::{OutputFormat, PinRootArg, UsageError, agent_guard, output, preflight};
+use super::{FilterArgs, OutputFormat, PinRootArg, UsageError, agent_guard, output, preflight};
 
 #[derive(clap::Args, Debug)]
+#[command(
+    mut_arg("ifaces", |a| a.help("Confirm only this interface (repeatable)")),
+    mut_arg("all", |a| a.help("Confirm every interface with a pending confirmation (the default)")),
+)]
 pub struct Args {
-    /// Confirm only this interface (repeatable).
-    #[arg(long = "iface", conflicts_with = "all")]
-    ifaces: Vec<String>,
-    /// Confirm every interface with a pending confirmation (the default).
-    #[arg(long)]
-    all: bool,
     #[command(flatten)]
-    pin_root: PinRootArg,
+    filters: FilterArgs,
     #[arg(short, long, value_enum, default_value_t)]
     pub(super) output: OutputFormat,
     /// Confirm even while an agent manages the pin root.
@@ -29,10 +27,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let root = PinRoot::new(&args.pin_root.pin_root);
+    let root = args.filters.pin_root.root();
     preflight::kernel_access("confirm", &root)?;
     agent_guard::check(agent_guard::Guarded::Confirm, &root, args.force)?;
-    let ifaces = if args.all { Vec::new() } else { args.ifaces };
+    let ifaces = if args.filters.all {
+        Vec::new()
+    } else {
+        args.filters.ifaces
+    };
     let results = confirm::confirm(&root, &ifaces)?;
     let kept = results
         .iter()

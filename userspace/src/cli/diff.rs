@@ -5,10 +5,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use airlock::{
-    compile, interfaces,
+    compile,
+    diff::{self, GroupDiff, PolicyDiff, PrefixChanges, PrefixList, Side},
+    interfaces,
     loader::{PinRoot, PolicyMaps, PolicySummary},
-    policy,
-    safety::diff::{self, GroupDiff, PolicyDiff, PrefixChanges, PrefixList, Side},
+    pipeline, policy,
 };
 use serde_json::json;
 
@@ -51,7 +52,7 @@ fn run_inner(args: Args) -> anyhow::Result<ExitCode> {
     let root = PinRoot::new(&args.pin_root.pin_root);
     preflight::kernel_access("diff", &root)?;
     let policy = policy::load(&args.policy)?;
-    let compiled = compile::compile(&policy)?;
+    let compiled = pipeline::compile(&policy)?;
     let new = Side {
         summary: PolicySummary::describe(&policy, &compiled, &args.policy),
         // The kernel's side is read back in canonical form: compare like with like.

@@ -7,8 +7,8 @@ use airlock::{
     compile,
     loader::{PinRoot, PolicyMaps, PolicySummary},
     policy::Policy,
+    probe,
     reference::{L4, Verdict},
-    safety::probe,
 };
 use serde_json::json;
 

@@ -129,6 +129,25 @@ pub struct PinRootArg {
     pin_root: PathBuf,
 }
 
+impl PinRootArg {
+    pub fn root(&self) -> airlock::loader::PinRoot {
+        airlock::loader::PinRoot::new(&self.pin_root)
+    }
+}
+
+/// The filters a command acts on: `--iface IF` (repeatable) or `--all`, under
+/// `--pin-root`. What `--iface` and `--all` mean is the command's to say, in its
+/// help: `#[command(mut_arg("ifaces", ...), mut_arg("all", ...))]` on its `Args`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FilterArgs {
+    #[arg(long = "iface", conflicts_with = "all")]
+    pub ifaces: Vec<String>,
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub pin_root: PinRootArg,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Compile a policy, load it into the kernel and attach it; the filter keeps

@@ -2,21 +2,19 @@
 
 use std::process::ExitCode;
 
-use airlock::loader::{self, PinRoot};
+use airlock::loader;
 use serde_json::json;
 
-use super::{OutputFormat, PinRootArg, UsageError, agent_guard, output, preflight};
+use super::{FilterArgs, OutputFormat, UsageError, agent_guard, output, preflight};
 
 #[derive(clap::Args, Debug)]
+#[command(
+    mut_arg("ifaces", |a| a.help("Interface to remove the filter from (repeatable)")),
+    mut_arg("all", |a| a.help("Remove every Airlock filter under the pin root")),
+)]
 pub struct Args {
-    /// Interface to remove the filter from (repeatable).
-    #[arg(long = "iface", conflicts_with = "all")]
-    ifaces: Vec<String>,
-    /// Remove every Airlock filter under the pin root.
-    #[arg(long)]
-    all: bool,
     #[command(flatten)]
-    pin_root: PinRootArg,
+    filters: FilterArgs,
     /// Remove even while an agent manages the pin root (it will put its filters back).
     #[arg(long)]
     force: bool,
@@ -25,15 +23,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let root = PinRoot::new(&args.pin_root.pin_root);
+    let root = args.filters.pin_root.root();
     preflight::kernel_access("remove", &root)?;
     agent_guard::check(agent_guard::Guarded::Remove, &root, args.force)?;
-    let ifaces = if args.all {
+    let ifaces = if args.filters.all {
         root.interfaces()?
-    } else if args.ifaces.is_empty() {
+    } else if args.filters.ifaces.is_empty() {
         return Err(UsageError("say which filters to remove: --iface IF or --all".into()).into());
     } else {
-        args.ifaces
+        args.filters.ifaces
     };
     let json = args.output == OutputFormat::Json;
     for iface in &ifaces {

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use airlock::{compile, policy};
+use airlock::{pipeline, policy};
 use serde_json::json;
 
 use super::{OutputFormat, output};
@@ -20,7 +20,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let result = policy::load(&args.policy)
         .map_err(anyhow::Error::from)
         .and_then(|p| {
-            let compiled = compile::compile(&p)?;
+            let compiled = pipeline::compile(&p)?;
             Ok((p, compiled))
         });
     if args.output == OutputFormat::Json {

@@ -239,17 +239,6 @@ fn check_limit(family: &'static str, count: usize, limit: u32) -> Result<(), Com
     Ok(())
 }
 
-/// Trie sizes for validation's limit check: a cheap upper bound when that is
-/// already within `limits` (v4, v6), the exact folded counts otherwise.
-pub(crate) fn prefix_counts(policy: &Policy, limits: (usize, usize)) -> (usize, usize) {
-    let (v4, v6) = prefixes::upper_bound(policy);
-    if v4 <= limits.0 && v6 <= limits.1 {
-        return (v4, v6);
-    }
-    let folded = prefixes::fold(policy, true);
-    (folded.v4.len(), folded.v6.len())
-}
-
 impl Compiled {
     /// The source entry the kernel's source table gives `ip`: the value of the
     /// longest matching prefix, or all-zero when nothing matches. A linear scan,

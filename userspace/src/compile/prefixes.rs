@@ -143,12 +143,6 @@ fn count(sets: &[(&AddrSet, u128)]) -> (usize, usize) {
     (v4, v6)
 }
 
-/// Sum of prefix counts per family over the sets in use: an upper bound of the
-/// folded table sizes, computed without sorting.
-pub(crate) fn upper_bound(policy: &Policy) -> (usize, usize) {
-    count(&sets_in_use(policy))
-}
-
 /// Every (cidr or except) occurrence of the sets in one family, as keys: `key`
 /// makes one from a network of that family, and answers None for the other's.
 fn keys<K: Key>(

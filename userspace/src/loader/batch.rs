@@ -9,12 +9,10 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::MapData;
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+use super::sys::{
+    self, BPF_MAP_DELETE_ELEM, BPF_MAP_LOOKUP_BATCH, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_BATCH,
+    BPF_MAP_UPDATE_ELEM,
+};
 
 /// Elements per system call: large enough that the call overhead vanishes, small
 /// enough that one call's buffers stay in the cache.
@@ -41,24 +39,14 @@ fn fd_of(map: &MapData) -> u32 {
 
 /// One batch call; `Ok(true)` when the kernel said the map has no more elements.
 fn call(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<bool> {
-    // SAFETY: every pointer in `attr` points at a buffer the caller keeps alive and
-    // sized for `count` elements (and one key for in_batch/out_batch).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(true);
-        }
-        return Err(error);
+    // SAFETY: `BatchAttr` is the `batch` member, without padding; every pointer in
+    // `attr` points at a buffer the caller keeps alive and sized for `count`
+    // elements (and one key for in_batch/out_batch).
+    match unsafe { sys::bpf(command, attr) } {
+        Ok(_) => Ok(false),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(true),
+        Err(error) => Err(error),
     }
-    Ok(false)
 }
 
 /// Writes `words`-word values (`values` holds `keys.len() * words` of them) to slots
@@ -205,21 +193,10 @@ fn elem_call(
         value: value.map_or(0, |v| std::ptr::from_mut(v) as u64),
         ..Default::default()
     };
-    // SAFETY: `attr.key` and `attr.value` point at `key` and the caller's `value`
-    // (or are null), alive for the call and of the map's key and value size; the
-    // kernel reads `size_of::<ElemAttr>()` bytes of `attr`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            std::ptr::from_mut(&mut attr),
-            size_of::<ElemAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: `ElemAttr` is the `map_elem` member, its padding an explicit zero
+    // field; `attr.key` and `attr.value` point at `key` and the caller's `value`
+    // (or are null), alive for the call and of the map's key and value size.
+    unsafe { sys::bpf(command, &mut attr) }.map(drop)
 }
 
 /// Deletes slot `key` of a map with `u32` keys (aya has no delete for arrays of

@@ -8,7 +8,13 @@ use std::{
 
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 
-use super::LoaderError;
+use super::{
+    LoaderError,
+    sys::{
+        BPF_F_REPLACE, BPF_LINK_DETACH, BPF_LINK_GET_FD_BY_ID, BPF_LINK_UPDATE, BPF_OBJ_GET,
+        BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN, BPF_PROG_GET_FD_BY_ID, bpf,
+    },
+};
 
 /// How the program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,10 +27,41 @@ pub enum AttachMode {
 }
 
 impl AttachMode {
+    /// The kernel's name, as `status` and `apply` show it (and as the policy summary
+    /// pinned beside the maps records it).
     pub fn as_str(self) -> &'static str {
         match self {
             AttachMode::Driver => "driver",
             AttachMode::Skb => "skb",
+        }
+    }
+
+    /// The inverse of [`AttachMode::as_str`].
+    pub fn from_name(name: &str) -> Option<AttachMode> {
+        [AttachMode::Driver, AttachMode::Skb]
+            .into_iter()
+            .find(|mode| mode.as_str() == name)
+    }
+
+    /// The name of the `xdp_mode` that asks for it: `native` or `generic`.
+    pub fn xdp_mode_name(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "native",
+            AttachMode::Skb => "generic",
+        }
+    }
+
+    /// The mode `program_id` runs in on a link with the XDP programs `xdp`, if it
+    /// is attached there.
+    pub fn of(xdp: &crate::link_type::XdpPrograms, program_id: u32) -> Option<AttachMode> {
+        if program_id == 0 {
+            None
+        } else if xdp.driver == program_id {
+            Some(AttachMode::Driver)
+        } else if xdp.generic == program_id {
+            Some(AttachMode::Skb)
+        } else {
+            None
         }
     }
 }
@@ -92,38 +129,11 @@ pub struct LinkState {
     pub ifindex: u32,
 }
 
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-/// `BPF_LINK_UPDATE` flag: only if the link still runs `old_prog_fd`.
-const BPF_F_REPLACE: u64 = 1 << 2;
-const BPF_LINK_DETACH: libc::c_long = 34;
+// The bpf(2) commands here pass a zeroed `[u64; 16]` as their `union bpf_attr`
+// (128 bytes, no padding, more than any of them reads), its first words set as the
+// command's member lays them out.
 const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_LINK_TYPE_TCX: u32 = 11;
-
-/// bpf(2) with `attr` as its `union bpf_attr`, zero past the fields the caller set.
-///
-/// # Safety
-/// Any pointer the caller put in `attr` is valid for what `command` does with it.
-unsafe fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<libc::c_long> {
-    // SAFETY: `attr` is larger than what any command used here reads; the caller
-    // vouches for the pointers in it.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(rc)
-}
 
 /// A descriptor the kernel just returned from `bpf`.
 fn owned(fd: libc::c_long) -> OwnedFd {

@@ -10,7 +10,7 @@ use std::{
 use airlock_common::{LAYOUT_VERSION, META_BYTES, PolicyMeta};
 use serde::{Deserialize, Serialize};
 
-use super::LoaderError;
+use super::{AttachMode, LoaderError};
 use crate::{
     compile::Compiled,
     policy::{Policy, XdpMode},
@@ -36,8 +36,11 @@ pub struct PolicySummary {
     pub rules: Vec<RuleSummary>,
     pub prefixes_v4: usize,
     pub prefixes_v6: usize,
-    /// `driver` (native) or `skb` (generic).
-    pub attach_mode: String,
+    /// How the program runs; `None` before it is attached. Recorded by the
+    /// kernel's name, `driver` or `skb` (`""` for none), as it always was: the
+    /// summary's bytes in the pinned `META` map are unchanged.
+    #[serde(with = "attach_mode_name")]
+    pub attach_mode: Option<AttachMode>,
     /// The attach mode asked for (policy `xdp_mode`, or `--xdp-mode`); `auto` in
     /// summaries written before it was recorded.
     #[serde(default)]
@@ -112,7 +115,7 @@ impl PolicySummary {
                 .collect(),
             prefixes_v4: stats.entries.v4,
             prefixes_v6: stats.entries.v6,
-            attach_mode: String::new(),
+            attach_mode: None,
             xdp_mode: policy.xdp_mode,
             management: policy
                 .management
@@ -150,5 +153,45 @@ impl PolicySummary {
             return None;
         }
         serde_json::from_slice(&meta.bytes[..len]).ok()
+    }
+}
+/// [`PolicySummary::attach_mode`] as the string it has always been in the pinned
+/// summary. A name this airlock does not know (a newer one's) reads as `None`
+/// rather than making the whole summary unreadable.
+mod attach_mode_name {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use super::AttachMode;
+
+    pub fn serialize<S: Serializer>(mode: &Option<AttachMode>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(mode.map_or("", AttachMode::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AttachMode>, D::Error> {
+        Ok(AttachMode::from_name(&String::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attach_mode_is_recorded_by_its_kernel_name() {
+        let mut summary = PolicySummary::default();
+        for (mode, name) in [
+            (Some(AttachMode::Driver), "driver"),
+            (Some(AttachMode::Skb), "skb"),
+            (None, ""),
+        ] {
+            summary.attach_mode = mode;
+            let json = serde_json::to_value(&summary).unwrap();
+            assert_eq!(json["attach_mode"], name);
+            let back: PolicySummary = serde_json::from_value(json).unwrap();
+            assert_eq!(back.attach_mode, mode);
+        }
+        let newer = r#"{"policy_path":"p","applied_at":1,"serial":1,"mode":"enforce","default":"pass","rules":[],"prefixes_v4":0,"prefixes_v6":0,"attach_mode":"offload"}"#;
+        let read: PolicySummary = serde_json::from_str(newer).unwrap();
+        assert_eq!(read.attach_mode, None);
     }
 }

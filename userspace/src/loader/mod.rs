@@ -15,6 +15,7 @@ mod object;
 mod pins;
 mod policy_maps;
 mod source_tables;
+mod sys;
 mod takeover;
 mod writer;
 mod xdp_attach;
@@ -321,17 +322,30 @@ fn pinned_program_name(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Why a pinned filter does not fit its interface as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    #[error("no pinned link")]
+    NoLink,
+    #[error("link type not supported")]
+    UnsupportedLinkType,
+    #[error("link not attached to the interface (deleted and recreated?)")]
+    Detached,
+    #[error("the program attached reads the wrong frame layout for this link type")]
+    WrongProgram,
+}
+
 /// Whether the filter pinned in `dir` is attached to `iface` as it is now and runs
 /// the program for its link type (for the agent's drift check).
-pub fn pinned_filter_fits(dir: &Path, iface: &str) -> Result<(), &'static str> {
+pub fn pinned_filter_fits(dir: &Path, iface: &str) -> Result<(), Misfit> {
     let state =
-        pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp).map_err(|_| "no pinned link")?;
-    let (framing, facts) = link_type::framing_of(iface).map_err(|_| "link type not supported")?;
+        pinned_link_state(&dir.join(LINK_PIN), LinkKind::Xdp).map_err(|_| Misfit::NoLink)?;
+    let (framing, facts) = link_type::framing_of(iface).map_err(|_| Misfit::UnsupportedLinkType)?;
     if state.ifindex != facts.ifindex {
-        return Err("link not attached to the interface (deleted and recreated?)");
+        return Err(Misfit::Detached);
     }
     if !runs_program_for(dir, &state, framing) {
-        return Err("the program attached reads the wrong frame layout for this link type");
+        return Err(Misfit::WrongProgram);
     }
     Ok(())
 }
@@ -358,10 +372,7 @@ fn check_mode(iface: &str, attached: AttachMode, requested: XdpMode) -> Result<(
     }
     Err(LoaderError::ModeMismatch {
         iface: iface.to_owned(),
-        attached: match attached {
-            AttachMode::Driver => "native",
-            AttachMode::Skb => "generic",
-        },
+        attached: attached.xdp_mode_name(),
         requested: requested.name(),
     })
 }
@@ -416,7 +427,7 @@ fn swap_policy(
     ensure_egress(dir, iface, ifindex)?;
     let previous = maps.active_summary()?;
     summary.serial = previous.map_or(1, |p| p.serial + 1);
-    summary.attach_mode = attach_mode.as_str().to_owned();
+    summary.attach_mode = Some(attach_mode);
     let generation = maps.apply_after(compiled, &summary, grace)?;
     Ok(ApplyOutcome {
         iface: iface.to_owned(),
@@ -487,7 +498,7 @@ fn install_staged(
 ) -> Result<ApplyOutcome, LoaderError> {
     let (xdp_name, egress_name) = program_names(framing);
     // Attach mode is only known after attaching; record the likely one and fix it up.
-    summary.attach_mode = AttachMode::Driver.as_str().to_owned();
+    summary.attach_mode = Some(AttachMode::Driver);
     let Staged {
         mut ebpf,
         mut maps,
@@ -500,7 +511,7 @@ fn install_staged(
     let program = xdp_program(&mut ebpf, xdp_name)?;
     let (link, attach_mode) = xdp_attach::attach(program, xdp_name, iface, summary.xdp_mode)?;
     if attach_mode != AttachMode::Driver {
-        summary.attach_mode = attach_mode.as_str().to_owned();
+        summary.attach_mode = Some(attach_mode);
         maps.rewrite_active_summary(summary)?;
     }
     crate::test_hook::stop_at("install-attached");

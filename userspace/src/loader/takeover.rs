@@ -129,7 +129,7 @@ pub(super) fn take_over(
         "the filter pinned here has another map layout; taking it over (it keeps enforcing until the new one replaces it)"
     );
     summary.serial = previous.serial + 1;
-    summary.attach_mode = attach_mode.as_str().to_owned();
+    summary.attach_mode = Some(attach_mode);
     let staging = root.staging_dir(iface);
     crate::trust::create_dir(&staging)?;
     pins::check_filter_dir(&staging)?;

@@ -6,9 +6,58 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+/// What sort of problem a [`Diagnostic`] is, for labels: the `kind` of
+/// `-o json`'s diagnostics and of the agent's rejection counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiagnosticKind {
+    /// Not YAML, or not a mapping at the top.
+    Syntax,
+    /// A key unknown, missing or of the wrong type (a list where a mapping goes...).
+    Structure,
+    /// A value malformed or out of range: a CIDR, a port, a name, a duplicate, an
+    /// unsupported version.
+    Value,
+    /// A name that refers to nothing: a set, a region, a provider.
+    Reference,
+    /// Fields that contradict each other, or leave a rule or set with nothing in it.
+    Conflict,
+    /// An imported file (`file:`, `snapshot:`) unreadable, too large or with bad lines.
+    Import,
+    /// More than the kernel maps hold: rules, prefixes.
+    Capacity,
+}
+
+impl DiagnosticKind {
+    pub const ALL: [DiagnosticKind; 7] = [
+        DiagnosticKind::Syntax,
+        DiagnosticKind::Structure,
+        DiagnosticKind::Value,
+        DiagnosticKind::Reference,
+        DiagnosticKind::Conflict,
+        DiagnosticKind::Import,
+        DiagnosticKind::Capacity,
+    ];
+
+    /// The label, as in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiagnosticKind::Syntax => "syntax",
+            DiagnosticKind::Structure => "structure",
+            DiagnosticKind::Value => "value",
+            DiagnosticKind::Reference => "reference",
+            DiagnosticKind::Conflict => "conflict",
+            DiagnosticKind::Import => "import",
+            DiagnosticKind::Capacity => "capacity",
+        }
+    }
+}
+
 /// One problem in a policy (or in a file it imports).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
+    /// What sort of problem it is.
+    pub kind: DiagnosticKind,
     /// The file the problem is in, as given (the policy, or an imported range list).
     pub file: PathBuf,
     /// 1-based line.
@@ -58,6 +107,12 @@ pub enum PolicyError {
 }
 
 impl PolicyError {
+    /// What sort of problem, for a label: the kind of the first diagnostic (they
+    /// are in file order), `None` when the file could not be read.
+    pub fn kind(&self) -> Option<DiagnosticKind> {
+        self.diagnostics().first().map(|d| d.kind)
+    }
+
     /// The individual problems (empty for [`PolicyError::Read`]).
     pub fn diagnostics(&self) -> &[Diagnostic] {
         match self {
@@ -118,6 +173,7 @@ mod tests {
     #[test]
     fn display_with_and_without_hint() {
         let mut d = Diagnostic {
+            kind: DiagnosticKind::Value,
             file: "policy.yaml".into(),
             line: 3,
             column: 5,
@@ -132,6 +188,16 @@ mod tests {
         assert_eq!(d.to_string(), "policy.yaml:3:5: bad; fix it");
         let e = PolicyError::Invalid(vec![d.clone(), d]);
         assert_eq!(e.to_string().lines().count(), 2);
+    }
+
+    #[test]
+    fn kind_names_are_their_json() {
+        for kind in DiagnosticKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::from(kind.name())
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use super::addr::parse_cidr;
+use super::error::DiagnosticKind;
 use super::fast_cidr::{fast_cidr, fast_line};
 use super::import_file::{self, ReadError};
 use super::raw::{Ctx, Pos};
@@ -48,11 +49,27 @@ pub(crate) fn import(
         Err(e @ ReadError::NotText { line, column }) => {
             let message = e.message(&path);
             let at = Pos { line, column };
-            ctx.error_in(pos, path, at, field, None, message, e.hint());
+            ctx.error_in(
+                DiagnosticKind::Import,
+                pos,
+                path,
+                at,
+                field,
+                None,
+                message,
+                e.hint(),
+            );
             return Vec::new();
         }
         Err(e) => {
-            ctx.error(pos, field, Some(relative), e.message(&path), e.hint());
+            ctx.error(
+                DiagnosticKind::Import,
+                pos,
+                field,
+                Some(relative),
+                e.message(&path),
+                e.hint(),
+            );
             return Vec::new();
         }
     };
@@ -121,6 +138,7 @@ pub(crate) fn parse_list(
         };
         if problems == MAX_PROBLEMS {
             ctx.error_in(
+                DiagnosticKind::Import,
                 anchor,
                 path.to_path_buf(),
                 pos,
@@ -156,7 +174,16 @@ pub(crate) fn parse_list(
             }
         };
         problems += 1;
-        ctx.error_in(anchor, path.to_path_buf(), pos, field, value, message, hint);
+        ctx.error_in(
+            DiagnosticKind::Import,
+            anchor,
+            path.to_path_buf(),
+            pos,
+            field,
+            value,
+            message,
+            hint,
+        );
     }
     out
 }

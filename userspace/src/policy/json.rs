@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use super::Policy;
-use super::error::Diagnostic;
+use super::error::{Diagnostic, DiagnosticKind};
 use super::schema::PolicyDocument;
 use super::validate;
 
@@ -99,7 +99,12 @@ fn diagnostic(error: &serde_json::Error, field: String, origin: &Path) -> Diagno
         Some(key) => super::raw::join(&field, key),
         None => field,
     };
+    let kind = match error.classify() {
+        serde_json::error::Category::Data => DiagnosticKind::Structure,
+        _ => DiagnosticKind::Syntax,
+    };
     Diagnostic {
+        kind,
         file: origin.to_path_buf(),
         line: error.line().max(1),
         column: error.column().max(1),

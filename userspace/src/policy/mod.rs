@@ -32,9 +32,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-pub use error::{Diagnostic, PolicyError};
+pub use error::{Diagnostic, DiagnosticKind, PolicyError};
 pub use import_paths::imported_files;
-pub use ports::{PortRange, Proto};
+pub use ports::{PortRange, PortSpecError, Proto};
 #[doc(hidden)]
 pub use validate::yaml_panics_caught;
 

@@ -57,12 +57,20 @@ impl fmt::Display for PortRange {
     }
 }
 
-impl std::str::FromStr for PortRange {
-    type Err = String;
+/// A port spec that is not one, with what is wrong (as in the policy's diagnostics).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PortSpecError {
+    pub message: String,
+    pub hint: Option<String>,
+}
 
-    /// Parses the policy syntax; the error is the full message (without hint).
-    fn from_str(s: &str) -> Result<Self, String> {
-        parse_port_range(s).map_err(|(m, _)| m)
+impl std::str::FromStr for PortRange {
+    type Err = PortSpecError;
+
+    /// Parses the policy syntax.
+    fn from_str(s: &str) -> Result<Self, PortSpecError> {
+        parse_port_range(s).map_err(|(message, hint)| PortSpecError { message, hint })
     }
 }
 

@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use marked_yaml::{Node, types::MarkedMappingNode};
 
 use super::{
-    error::did_you_mean,
+    error::{DiagnosticKind, did_you_mean},
     import_file, imports,
     raw::{self, Ctx, Pos},
     sets::Import,
@@ -45,6 +45,7 @@ pub(crate) fn provider_ranges(
     let Some(provider) = Provider::from_name(name.as_str()) else {
         let names: Vec<&str> = Provider::ALL.iter().map(|p| p.name()).collect();
         ctx.error(
+            DiagnosticKind::Reference,
             Pos::of(provider_node),
             &f,
             Some(name.as_str()),
@@ -55,6 +56,7 @@ pub(crate) fn provider_ranges(
     };
     if let Some(n) = m.get_node("file") {
         ctx.error(
+            DiagnosticKind::Conflict,
             Pos::of(n),
             &format!("{field}.file"),
             None,
@@ -72,6 +74,7 @@ pub(crate) fn provider_ranges(
         if !provider.filters().contains(&key) {
             let allowed: Vec<&str> = provider.filters().iter().map(|k| k.name()).collect();
             ctx.error(
+                DiagnosticKind::Conflict,
                 Pos::of(n),
                 &f,
                 None,
@@ -94,6 +97,7 @@ pub(crate) fn provider_ranges(
     }
     let Some(snapshot_node) = m.get_node("snapshot") else {
         ctx.error(
+            DiagnosticKind::Structure,
             raw::map_pos(m),
             field,
             None,
@@ -115,7 +119,14 @@ pub(crate) fn provider_ranges(
     let text = match read {
         Ok(text) => text,
         Err(e) => {
-            ctx.error(pos, &f, Some(written.as_str()), e.message(&path), e.hint());
+            ctx.error(
+                DiagnosticKind::Import,
+                pos,
+                &f,
+                Some(written.as_str()),
+                e.message(&path),
+                e.hint(),
+            );
             return None;
         }
     };
@@ -123,6 +134,7 @@ pub(crate) fn provider_ranges(
         Ok(s) => s,
         Err(e) => {
             ctx.error(
+                DiagnosticKind::Import,
                 pos,
                 &f,
                 Some(written.as_str()),
@@ -137,6 +149,7 @@ pub(crate) fn provider_ranges(
     };
     if snapshot.provider != provider {
         ctx.error(
+            DiagnosticKind::Import,
             pos,
             &f,
             Some(written.as_str()),
@@ -165,6 +178,7 @@ pub(crate) fn provider_ranges(
         }) {
             let suggestion = did_you_mean(value, known.iter().map(String::as_str));
             ctx.error(
+                DiagnosticKind::Reference,
                 *at,
                 &format!("{field}.{}", key.name()),
                 Some(value),
@@ -193,6 +207,7 @@ pub(crate) fn provider_ranges(
     };
     if nets.is_empty() {
         ctx.error(
+            DiagnosticKind::Conflict,
             raw::map_pos(m),
             field,
             None,

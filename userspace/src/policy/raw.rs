@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode};
 use marked_yaml::{Node, Span};
 
-use super::error::{Diagnostic, did_you_mean};
+use super::error::{Diagnostic, DiagnosticKind, did_you_mean};
 
 /// A 1-based line and column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +65,7 @@ impl Ctx {
     /// Records a problem in the policy file itself.
     pub(crate) fn error(
         &mut self,
+        kind: DiagnosticKind,
         pos: Pos,
         field: &str,
         value: Option<&str>,
@@ -72,7 +73,7 @@ impl Ctx {
         hint: Option<String>,
     ) {
         let file = self.file.clone();
-        self.error_in(pos, file, pos, field, value, message, hint);
+        self.error_in(kind, pos, file, pos, field, value, message, hint);
     }
 
     /// Records a problem in another file (an imported range list) imported at
@@ -80,6 +81,7 @@ impl Ctx {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn error_in(
         &mut self,
+        kind: DiagnosticKind,
         anchor: Pos,
         file: PathBuf,
         pos: Pos,
@@ -90,6 +92,7 @@ impl Ctx {
     ) {
         self.anchors.push(anchor);
         self.diags.push(Diagnostic {
+            kind,
             file,
             line: pos.line,
             column: pos.column,
@@ -136,6 +139,7 @@ pub(crate) fn seq<'n>(
         _ => {
             let value = node_value(node);
             ctx.error(
+                DiagnosticKind::Structure,
                 Pos::of(node),
                 field,
                 value.as_deref(),
@@ -159,6 +163,7 @@ pub(crate) fn map<'n>(
         _ => {
             let value = node_value(node);
             ctx.error(
+                DiagnosticKind::Structure,
                 Pos::of(node),
                 field,
                 value.as_deref(),
@@ -182,6 +187,7 @@ pub(crate) fn scalar<'n>(
         _ => {
             let value = node_value(node);
             ctx.error(
+                DiagnosticKind::Structure,
                 Pos::of(node),
                 field,
                 value.as_deref(),
@@ -206,6 +212,7 @@ pub(crate) fn check_keys(ctx: &mut Ctx, m: &MarkedMappingNode, prefix: &str, all
             hint = format!("did you mean {s:?}? ({hint})");
         }
         ctx.error(
+            DiagnosticKind::Structure,
             Pos::of_span(key.span()),
             &field,
             Some(k),

@@ -6,6 +6,7 @@ use airlock_common::maps::MAX_RULES;
 use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
 
+use super::error::DiagnosticKind;
 use super::ports::parse_port_range;
 use super::raw::{self, Ctx, Pos};
 use super::sets::{self, SetTable};
@@ -34,6 +35,7 @@ pub(crate) fn parse_rules(
     if s.len() > MAX_RULES {
         let extra = &s[MAX_RULES];
         ctx.error(
+            DiagnosticKind::Capacity,
             Pos::of(extra),
             &format!("rules[{MAX_RULES}]"),
             None,
@@ -71,6 +73,7 @@ fn parse_rule(
     let line = raw::map_pos(m).line;
     let missing = |ctx: &mut Ctx, key: &str| {
         ctx.error(
+            DiagnosticKind::Structure,
             raw::map_pos(m),
             &format!("{field}.{key}"),
             None,
@@ -90,6 +93,7 @@ fn parse_rule(
                 let pos = Pos::of(n);
                 if !sets::valid_name(name) {
                     ctx.error(
+                        DiagnosticKind::Value,
                         pos,
                         &f,
                         Some(name),
@@ -99,6 +103,7 @@ fn parse_rule(
                     None
                 } else if let Some(first) = first_line.get(name) {
                     ctx.error(
+                        DiagnosticKind::Value,
                         pos,
                         &f,
                         Some(name),
@@ -143,6 +148,7 @@ fn parse_ports(ctx: &mut Ctx, node: &Node, field: &str) -> Option<Vec<PortRange>
     let s = raw::seq(ctx, node, field, "ports", "[5432/tcp]")?;
     if s.is_empty() {
         ctx.error(
+            DiagnosticKind::Conflict,
             Pos::of(node),
             field,
             None,
@@ -160,7 +166,14 @@ fn parse_ports(ctx: &mut Ctx, node: &Node, field: &str) -> Option<Vec<PortRange>
         };
         match parse_port_range(sc.as_str()) {
             Ok(r) => out.push(r),
-            Err((message, hint)) => ctx.error(Pos::of(item), &f, Some(sc.as_str()), message, hint),
+            Err((message, hint)) => ctx.error(
+                DiagnosticKind::Value,
+                Pos::of(item),
+                &f,
+                Some(sc.as_str()),
+                message,
+                hint,
+            ),
         }
     }
     (ctx.diags.len() == errors_before).then_some(out)
@@ -196,6 +209,7 @@ fn sources_present(
         })
         .collect();
     ctx.error(
+        DiagnosticKind::Conflict,
         Pos::of(node),
         field,
         None,

@@ -9,7 +9,7 @@ use marked_yaml::Node;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode, MarkedSequenceNode};
 
 use super::addr::{looks_like_address, parse_cidr};
-use super::error::did_you_mean;
+use super::error::{DiagnosticKind, did_you_mean};
 use super::raw::{self, Ctx, Pos};
 use super::{AddrSet, SourceGroup, import_file, imports, provider_sets};
 use crate::{ranges::ProviderSource, regions};
@@ -79,6 +79,7 @@ fn check_set_name(ctx: &mut Ctx, key: &MarkedScalarNode, field: &str) -> bool {
     let pos = Pos::of_span(key.span());
     if looks_like_address(name) || name.parse::<std::net::IpAddr>().is_ok() {
         ctx.error(
+            DiagnosticKind::Value,
             pos,
             field,
             Some(name),
@@ -90,6 +91,7 @@ fn check_set_name(ctx: &mut Ctx, key: &MarkedScalarNode, field: &str) -> bool {
         false
     } else if !valid_name(name) {
         ctx.error(
+            DiagnosticKind::Value,
             pos,
             field,
             Some(name),
@@ -99,6 +101,7 @@ fn check_set_name(ctx: &mut Ctx, key: &MarkedScalarNode, field: &str) -> bool {
         false
     } else if regions::find(name).is_some() {
         ctx.error(
+            DiagnosticKind::Conflict,
             pos,
             field,
             Some(name),
@@ -138,6 +141,7 @@ fn parse_set(
         Node::Mapping(m) => *import = parse_set_mapping(ctx, &mut set, m, field, origin),
         Node::Scalar(_) => {
             ctx.error(
+                DiagnosticKind::Structure,
                 Pos::of(node),
                 field,
                 node.as_scalar().map(|s| s.as_str()),
@@ -154,6 +158,7 @@ fn parse_set(
 
 fn empty_set(ctx: &mut Ctx, pos: Pos, field: &str, name: &str) {
     ctx.error(
+        DiagnosticKind::Conflict,
         pos,
         field,
         None,
@@ -246,6 +251,7 @@ fn parse_max_size(
     let s = raw::scalar(ctx, n, &f, "a size such as 512MiB")?;
     if !has_file {
         ctx.error(
+            DiagnosticKind::Conflict,
             Pos::of(n),
             &f,
             Some(s.as_str()),
@@ -257,7 +263,14 @@ fn parse_max_size(
     match import_file::parse_size(s.as_str()) {
         Ok(size) => Some(size),
         Err((message, hint)) => {
-            ctx.error(Pos::of(n), &f, Some(s.as_str()), message, hint);
+            ctx.error(
+                DiagnosticKind::Value,
+                Pos::of(n),
+                &f,
+                Some(s.as_str()),
+                message,
+                hint,
+            );
             None
         }
     }
@@ -286,6 +299,7 @@ fn check_except_inside(
         if !inside(e) {
             let text = node.as_scalar().map(|s| s.as_str().to_string());
             ctx.error(
+                DiagnosticKind::Conflict,
                 Pos::of(node),
                 &format!("{field}[{i}]"),
                 text.as_deref(),
@@ -306,7 +320,14 @@ fn cidr_list(ctx: &mut Ctx, s: &MarkedSequenceNode, field: &str) -> Vec<IpNet> {
         };
         match parse_cidr(sc.as_str()) {
             Ok(net) => out.push(net),
-            Err(p) => ctx.error(Pos::of(item), &f, Some(sc.as_str()), p.message, p.hint),
+            Err(p) => ctx.error(
+                DiagnosticKind::Value,
+                Pos::of(item),
+                &f,
+                Some(sc.as_str()),
+                p.message,
+                p.hint,
+            ),
         }
     }
     out
@@ -330,6 +351,7 @@ pub(crate) fn resolve_group(
     )?;
     if require_non_empty && s.is_empty() {
         ctx.error(
+            DiagnosticKind::Conflict,
             Pos::of(node),
             field,
             None,
@@ -382,7 +404,14 @@ fn resolve_ref(
                 except: Vec::new(),
             })),
             Err(p) => {
-                ctx.error(pos, field, Some(text), p.message, p.hint);
+                ctx.error(
+                    DiagnosticKind::Value,
+                    pos,
+                    field,
+                    Some(text),
+                    p.message,
+                    p.hint,
+                );
                 None
             }
         };
@@ -400,6 +429,7 @@ fn resolve_ref(
     )
     .map(|s| format!("did you mean {s:?}?"));
     ctx.error(
+        DiagnosticKind::Reference,
         pos,
         field,
         Some(text),

@@ -472,27 +472,6 @@ fn read_error() {
 }
 
 #[test]
-fn prefix_limit_counts_folded_entries() {
-    // Nested prefixes of one set fold to one entry: only a real excess is an error.
-    let text = format!(
-        "{BASE}sets:\n  s: [10.0.0.0/8, 10.1.0.0/16, 10.2.0.0/16, \"2001:db8::/32\"]\nrules: [{{name: a, ports: [22], from: [s]}}]\n"
-    );
-    let policy = parse(&text).unwrap();
-    let mut ctx = raw::Ctx::new(Path::new("policy.yaml"));
-    validate::check_prefix_limits(&mut ctx, &policy, raw::Pos::default(), (1, 1));
-    assert!(ctx.diags.is_empty(), "{:?}", ctx.diags);
-    let text = text.replace("10.1.0.0/16, 10.2.0.0/16", "11.0.0.0/8");
-    let policy = parse(&text).unwrap();
-    validate::check_prefix_limits(&mut ctx, &policy, raw::Pos::default(), (1, 1));
-    assert_eq!(ctx.diags.len(), 1);
-    assert_eq!(
-        ctx.diags[0].message,
-        "the policy compiles to 2 IPv4 prefixes, more than the limit of 1"
-    );
-    assert_eq!(ctx.diags[0].field, "sets");
-}
-
-#[test]
 fn xdp_mode() {
     for (name, mode) in [
         ("auto", XdpMode::Auto),
@@ -511,4 +490,57 @@ fn xdp_mode() {
         "{}",
         d.message
     );
+}
+
+#[test]
+fn every_diagnostic_has_its_kind() {
+    let rule = "rules: [{name: a, ports: [22], from: [192.0.2.0/24]}]\n";
+    for (text, kind) in [
+        ("version: 1\n  bad: [\n".to_owned(), DiagnosticKind::Syntax),
+        ("- a list\n".to_owned(), DiagnosticKind::Syntax),
+        (
+            format!("{BASE}colour: blue\n{rule}"),
+            DiagnosticKind::Structure,
+        ),
+        (
+            format!("{BASE}rules: {{name: a}}\n"),
+            DiagnosticKind::Structure,
+        ),
+        (
+            format!("{BASE}rules: [{{name: a, ports: [22]}}]\n"),
+            DiagnosticKind::Structure,
+        ),
+        (
+            format!("{BASE}rules: [{{name: a, ports: [22], from: [10.1.2.3/16]}}]\n"),
+            DiagnosticKind::Value,
+        ),
+        (
+            format!("{BASE}rules: [{{name: a, ports: [70000], from: [192.0.2.0/24]}}]\n"),
+            DiagnosticKind::Value,
+        ),
+        (
+            format!("{BASE}rules: [{{name: a, ports: [22], from: [nowhere]}}]\n"),
+            DiagnosticKind::Reference,
+        ),
+        (
+            format!("{BASE}rules: [{{name: a, ports: [], from: [192.0.2.0/24]}}]\n"),
+            DiagnosticKind::Conflict,
+        ),
+        (
+            format!(
+                "{BASE}sets:\n  s: {{file: /nonexistent/list.txt}}\n{}",
+                rule.replace("192.0.2.0/24", "s")
+            ),
+            DiagnosticKind::Import,
+        ),
+    ] {
+        let d = one_error(&text);
+        assert_eq!(d.kind, kind, "{text}\n{d}");
+        assert_eq!(parse(&text).unwrap_err().kind(), Some(kind));
+    }
+    let too_many: String = (0..65)
+        .map(|i| format!("  - {{name: r{i}, ports: [22], from: [192.0.2.0/24]}}\n"))
+        .collect();
+    let d = one_error(&format!("{BASE}rules:\n{too_many}"));
+    assert_eq!(d.kind, DiagnosticKind::Capacity);
 }

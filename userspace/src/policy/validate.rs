@@ -7,11 +7,10 @@ use std::path::Path;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use airlock_common::maps::{MAX_PREFIXES_V4, MAX_PREFIXES_V6};
 use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{LoadError, LoaderOptions, Node};
 
-use super::error::Diagnostic;
+use super::error::{Diagnostic, DiagnosticKind};
 use super::raw::{self, Ctx, Pos};
 use super::rules::parse_rules;
 use super::sets::{self, SetTable};
@@ -45,12 +44,13 @@ pub(crate) fn validate_with(
     let root = match parse_yaml(text) {
         Ok(n) => n,
         Err((pos, message, hint)) => {
-            ctx.error(pos, "", None, message, hint);
+            ctx.error(DiagnosticKind::Syntax, pos, "", None, message, hint);
             return Err(ctx.finish());
         }
     };
     let Some(top) = root.as_mapping() else {
         ctx.error(
+            DiagnosticKind::Syntax,
             Pos::of(&root),
             "",
             None,
@@ -106,10 +106,19 @@ pub(crate) fn validate_with(
     ) = (interfaces, mode, default, xdp_mode, management, deny, rules)
     else {
         // Every None above comes with a diagnostic; this is only a safety net.
-        ctx.error(Pos::of(&root), "", None, "invalid policy", None);
+        ctx.error(
+            DiagnosticKind::Structure,
+            Pos::of(&root),
+            "",
+            None,
+            "invalid policy",
+            None,
+        );
         return Err(ctx.finish());
     };
-    let policy = Policy {
+    // Whether it fits the kernel maps is the compiler's to say (the pipeline turns
+    // its capacity errors into diagnostics of this file).
+    Ok(Policy {
         origin: origin.to_path_buf(),
         interfaces,
         mode,
@@ -120,14 +129,7 @@ pub(crate) fn validate_with(
         rules,
         sets: table.defined,
         provider_sets: table.providers,
-    };
-    let limits = (MAX_PREFIXES_V4 as usize, MAX_PREFIXES_V6 as usize);
-    check_prefix_limits(&mut ctx, &policy, Pos::of(&root), limits);
-    if ctx.diags.is_empty() {
-        Ok(policy)
-    } else {
-        Err(ctx.finish())
-    }
+    })
 }
 
 /// YAML syntax problems stop everything: there is no tree to walk.
@@ -250,6 +252,7 @@ pub(crate) fn present<'n>(top: &'n MarkedMappingNode, key: &str) -> Option<&'n N
 fn check_version(ctx: &mut Ctx, top: &MarkedMappingNode) {
     let Some(node) = top.get_node("version") else {
         ctx.error(
+            DiagnosticKind::Structure,
             raw::map_pos(top),
             "version",
             None,
@@ -262,6 +265,7 @@ fn check_version(ctx: &mut Ctx, top: &MarkedMappingNode) {
         && s.as_str() != "1"
     {
         ctx.error(
+            DiagnosticKind::Value,
             Pos::of(node),
             "version",
             Some(s.as_str()),
@@ -291,6 +295,7 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
     let s = raw::seq(ctx, node, "interfaces", "interface names", "[eth0]")?;
     if s.is_empty() {
         ctx.error(
+            DiagnosticKind::Value,
             Pos::of(node),
             "interfaces",
             None,
@@ -311,6 +316,7 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
         let pos = Pos::of(item);
         if name == "auto" && s.len() > 1 {
             ctx.error(
+                DiagnosticKind::Conflict,
                 pos,
                 &f,
                 Some(name),
@@ -319,6 +325,7 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
             );
         } else if !valid_ifname(name) {
             ctx.error(
+                DiagnosticKind::Value,
                 pos,
                 &f,
                 Some(name),
@@ -327,6 +334,7 @@ fn parse_interfaces(ctx: &mut Ctx, top: &MarkedMappingNode) -> Option<Interfaces
             );
         } else if let Some(line) = first_line.get(name) {
             ctx.error(
+                DiagnosticKind::Value,
                 pos,
                 &f,
                 Some(name),
@@ -362,6 +370,7 @@ fn parse_choice<T: Copy + Default>(
         Some((_, v)) => Some(*v),
         None => {
             ctx.error(
+                DiagnosticKind::Value,
                 Pos::of(node),
                 key,
                 Some(s.as_str()),
@@ -386,28 +395,6 @@ fn optional_group(
     match present(top, key) {
         None => Some(SourceGroup::default()),
         Some(n) => sets::resolve_group(ctx, n, key, table, false),
-    }
-}
-
-/// The kernel maps have a fixed capacity; say so now rather than fail half-way
-/// through a load.
-pub(crate) fn check_prefix_limits(
-    ctx: &mut Ctx,
-    policy: &Policy,
-    pos: Pos,
-    (limit_v4, limit_v6): (usize, usize),
-) {
-    let (v4, v6) = crate::compile::prefix_counts(policy, (limit_v4, limit_v6));
-    for (family, count, limit) in [("IPv4", v4, limit_v4), ("IPv6", v6, limit_v6)] {
-        if count > limit {
-            ctx.error(
-                pos,
-                "sets",
-                None,
-                format!("the policy compiles to {count} {family} prefixes, more than the limit of {limit}"),
-                Some("aggregate adjacent ranges or drop unused sets".into()),
-            );
-        }
     }
 }
 

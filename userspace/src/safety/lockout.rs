@@ -101,6 +101,29 @@ impl fmt::Display for LockoutError {
     }
 }
 
+impl LockoutError {
+    /// The blocking findings on one line, `; ` between them (for a log line; the
+    /// error itself says them one per line).
+    pub fn reasons(&self) -> Reasons<'_> {
+        Reasons(self)
+    }
+}
+
+/// See [`LockoutError::reasons`].
+pub struct Reasons<'a>(&'a LockoutError);
+
+impl fmt::Display for Reasons<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, finding) in self.0.assessment.blocks().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(&finding.message)?;
+        }
+        Ok(())
+    }
+}
+
 /// "rule db refuses", "deny set blocklist refuses", "`default: drop` refuses".
 fn who_refuses(policy: &Policy, verdict: &Verdict) -> String {
     use airlock_common::Reason;

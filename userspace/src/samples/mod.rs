@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::loader::{LoaderError, pinned_path};
 
+pub(crate) mod readers;
+pub(crate) mod socket;
+
 /// Opens the pinned drop-sample ring buffer of one interface's filter.
 pub fn open_ring(dir: &Path) -> Result<RingBuf<MapData>, LoaderError> {
     let map_error = |source| LoaderError::Map {

@@ -12,7 +12,7 @@ use tokio::{
     sync::broadcast::{self, error::RecvError},
 };
 
-use super::samples::Feed;
+use super::readers::Feed;
 
 /// What a client reads when it fell behind and samples were skipped for it.
 #[derive(Debug, Serialize, Deserialize)]
