@@ -55,6 +55,18 @@ pub fn metric(f: &Fixture, series: &str) -> f64 {
     metric_value(&metrics(f), series)
 }
 
+/// The sum of every series of metric `name`, whatever its labels (0 when absent).
+pub fn metric_sum(f: &Fixture, name: &str) -> f64 {
+    metrics(f)
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
 pub fn ready(f: &Fixture) -> bool {
     matches!(f.bed.http_get(METRICS, "/readyz"), Some((200, _)))
 }

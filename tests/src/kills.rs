@@ -388,7 +388,9 @@ pub fn during_confirm(bed: &Bed, report: &mut Report) {
                 Some(step),
             );
             let _ = child.wait();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            // The rollback comes at the window's end, on the boot clock, measured
+            // from before the CLI exited: the window and a margin.
+            let deadline = Instant::now() + Duration::from_secs(15);
             loop {
                 if let [pid, ..] = stopped_under(bed.f.bed.bpffs.path())[..] {
                     kill_pid(pid);

@@ -58,7 +58,7 @@ pub fn churn(f: &Fixture, count: u64) -> (Tally, Churn) {
     t.office(f, "before the churn");
     let pid = agent.child.id();
     let reloads0 = agent::metric(f, "airlock_policy_reloads_total");
-    let failures0 = agent::metric(f, "airlock_policy_reload_failures_total");
+    let failures0 = agent::metric_sum(f, "airlock_policy_reload_failures_total");
     let started = Instant::now();
     let mut office_in_force = true;
     for i in 0..count {
@@ -86,7 +86,8 @@ pub fn churn(f: &Fixture, count: u64) -> (Tally, Churn) {
                 failures0 + c.rejections as f64,
             )
         };
-        let counted = wait_until(agent::RELOAD * 3, || agent::metric(f, series) > before);
+        // The failures counter is labelled by kind: summed.
+        let counted = wait_until(agent::RELOAD * 3, || agent::metric_sum(f, series) > before);
         if !counted {
             t.fail(format!(
                 "churn: reload {i} ({}) not counted in {series}: {}",
@@ -123,7 +124,7 @@ pub fn churn(f: &Fixture, count: u64) -> (Tally, Churn) {
     let elapsed = started.elapsed();
     // Metrics: exactly one count per reload and per rejection.
     let reloads = agent::metric(f, "airlock_policy_reloads_total") - reloads0;
-    let failures = agent::metric(f, "airlock_policy_reload_failures_total") - failures0;
+    let failures = agent::metric_sum(f, "airlock_policy_reload_failures_total") - failures0;
     if reloads != c.reloads as f64 || failures != c.rejections as f64 {
         t.fail(format!(
             "churn: metrics count {reloads} reloads and {failures} rejections for {} and {}",
