@@ -333,10 +333,11 @@ pub fn record(outgoing: &Outgoing) {
         forget(recent, &key);
     }
     if outgoing.effect == Effect::Abort {
-        // The host aborted the connection: nothing more should come back.
-        if FLOWS.remove(key).is_ok() {
-            invalidate_replies(&key);
-        }
+        // The host aborted the connection: nothing more should come back. The
+        // memory of its replies ends too, even when the table had already lost
+        // the entry (an LRU eviction) and there is nothing to remove.
+        let _ = FLOWS.remove(key);
+        invalidate_replies(&key);
         return;
     }
     let now_jiffies = unsafe { bpf_jiffies64() };
