@@ -89,6 +89,39 @@ pub const fn flow_epoch_slot(key: &FlowKey) -> u32 {
         & (FLOW_EPOCH_SLOTS - 1)
 }
 
+/// Which local ports any flow was ever recorded on, per transport (`FLOW_PORTS`):
+/// a byte per port, set to 1 before the first entry on that port is written (by
+/// the egress program, and by user space when it seeds the table) and never
+/// cleared. A packet to a port whose byte is 0 cannot be a reply, and leaves
+/// without the hash lookup: a flood of ACKs or RSTs to ports the host never
+/// opened a flow from costs one array load. Bytes, not bits: a byte is written
+/// with a plain store, so two CPUs marking neighbouring ports cannot lose either
+/// mark, with no atomic read-modify-write.
+///
+/// TCP, UDP, ICMP echo and ICMPv6 echo (by echo identifier) in that order; each
+/// transport's 65,536 bytes in [`FLOW_PORT_BLOCKS`] values of
+/// [`FLOW_PORT_BLOCK_BYTES`].
+pub const FLOW_PORT_BLOCK_BYTES: usize = 4096;
+pub const FLOW_PORT_BLOCKS: u32 = 4 * (1 << 16) / FLOW_PORT_BLOCK_BYTES as u32;
+pub const MAP_FLOW_PORTS: &str = "FLOW_PORTS";
+
+/// The `FLOW_PORTS` value and byte of `local_port` for IP protocol `protocol`;
+/// `None` for a protocol that has no flows.
+#[inline(always)]
+pub const fn flow_port_byte(protocol: u8, local_port: u16) -> Option<(u32, usize)> {
+    let transport = match protocol {
+        6 => 0,
+        17 => 1,
+        1 => 2,
+        58 => 3,
+        _ => return None,
+    };
+    Some((
+        (transport << 4) | (local_port as u32 >> 12),
+        local_port as usize & (FLOW_PORT_BLOCK_BYTES - 1),
+    ))
+}
+
 /// A `REPLY_RECENT` slot: at `bpf_jiffies64() == at_jiffies`, `key`'s entry was
 /// live for at least a quarter second more, and its `FLOW_EPOCHS` counter read
 /// `epoch` (read before the table was).

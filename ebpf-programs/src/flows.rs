@@ -11,14 +11,14 @@
 
 use airlock_common::{
     EGRESS_RECENT_FRACTION, EGRESS_RECENT_SLOTS, FALLBACK_WINDOW_JIFFIES, FLOW_FAMILY_V4,
-    FLOW_FAMILY_V6, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState, ICMP_ECHO_TIMEOUT_NS,
-    REPLY_RECENT_SLOTS, RecentFlow, TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS,
-    UDP_TIMEOUT_NS, flow_epoch_slot,
+    FLOW_FAMILY_V6, FLOW_PORT_BLOCK_BYTES, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState,
+    ICMP_ECHO_TIMEOUT_NS, REPLY_RECENT_SLOTS, RecentFlow, TCP_CLOSING_TIMEOUT_NS,
+    TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS, UDP_TIMEOUT_NS, flow_epoch_slot, flow_port_byte,
 };
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 use crate::{
-    maps::{EGRESS_RECENT, FLOW_EPOCHS, FLOWS, REPLY_RECENT, SAMPLING},
+    maps::{EGRESS_RECENT, FLOW_EPOCHS, FLOW_PORTS, FLOWS, REPLY_RECENT, SAMPLING},
     mem::Slot,
     parse::{
         Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
@@ -71,42 +71,26 @@ pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
     if headers.kind != KIND_IP {
         return false;
     }
-    let mut slot = Slot::new();
-    let key = match headers.l4 {
-        L4_TCP => key(
-            &mut slot,
-            packet,
-            headers,
-            IPPROTO_TCP,
-            headers.local_port,
-            headers.peer_port,
-        ),
-        L4_UDP => key(
-            &mut slot,
-            packet,
-            headers,
-            IPPROTO_UDP,
-            headers.local_port,
-            headers.peer_port,
-        ),
-        L4_ICMP if headers.icmp_type == ICMP_ECHO_REPLY => key(
-            &mut slot,
-            packet,
-            headers,
-            IPPROTO_ICMP,
-            headers.local_port,
-            0,
-        ),
-        L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REPLY => key(
-            &mut slot,
-            packet,
-            headers,
-            IPPROTO_ICMPV6,
-            headers.local_port,
-            0,
-        ),
+    let (protocol, peer_port) = match headers.l4 {
+        L4_TCP => (IPPROTO_TCP, headers.peer_port),
+        L4_UDP => (IPPROTO_UDP, headers.peer_port),
+        L4_ICMP if headers.icmp_type == ICMP_ECHO_REPLY => (IPPROTO_ICMP, 0),
+        L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REPLY => (IPPROTO_ICMPV6, 0),
         _ => return false,
     };
+    // No flow was ever recorded on this port: nothing to look up.
+    if !port_has_flows(protocol, headers.local_port) {
+        return false;
+    }
+    let mut slot = Slot::new();
+    let key = key(
+        &mut slot,
+        packet,
+        headers,
+        protocol,
+        headers.local_port,
+        peer_port,
+    );
     // Read before the table: a change the egress program makes after this read
     // bumps the counter past what is remembered below.
     let epoch_slot = flow_epoch_slot(key);
@@ -144,6 +128,40 @@ pub fn is_reply(packet: &Bytes, headers: &Headers) -> bool {
             (*recent).key = *key;
             (*recent).epoch = epoch;
             (*recent).at_jiffies = now_jiffies;
+        }
+    }
+    true
+}
+
+/// Whether any flow was ever recorded on `local_port` (`FLOW_PORTS`).
+#[inline(always)]
+fn port_has_flows(protocol: u8, local_port: u16) -> bool {
+    let Some((block, byte)) = flow_port_byte(protocol, local_port) else {
+        return false;
+    };
+    FLOW_PORTS
+        .get(block)
+        .is_some_and(|ports| ports[byte & (ports.len() - 1)] != 0)
+}
+
+/// Marks `key`'s local port in `FLOW_PORTS`, before its entry is written: every
+/// entry the table holds has its port marked, so `port_has_flows` never hides
+/// one. False (and the caller writes nothing) should the mark fail.
+#[inline(always)]
+fn mark_port(key: &FlowKey) -> bool {
+    let Some((block, byte)) = flow_port_byte(key.protocol, key.local_port) else {
+        return false;
+    };
+    let Some(ports) = FLOW_PORTS.get_ptr_mut(block) else {
+        return false;
+    };
+    // SAFETY: a map value pointer the kernel returned. A plain byte store: every
+    // writer stores the same 1, and no neighbouring byte is touched. Read first so
+    // a port in use does not make its cache line bounce between CPUs.
+    unsafe {
+        let mark = &mut (*ports)[byte & (FLOW_PORT_BLOCK_BYTES - 1)];
+        if core::ptr::read_volatile(mark) == 0 {
+            core::ptr::write_volatile(mark, 1);
         }
     }
     true
@@ -383,7 +401,7 @@ pub fn record(outgoing: &Outgoing) {
         closing: u32::from(closing),
         _pad: 0,
     };
-    if FLOWS.insert(key, state, 0).is_ok() {
+    if mark_port(&key) && FLOWS.insert(key, state, 0).is_ok() {
         remember(steady, recent, key, now_jiffies);
         // A close, or a new connection on a live entry's ports, brings the
         // deadline nearer; only a refresh of an open flow moves it on.

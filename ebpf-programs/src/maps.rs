@@ -3,11 +3,11 @@
 
 use airlock_common::{
     CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS, FLOW_EPOCH_SLOTS,
-    FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS, GRACE_DONE_SLOTS, GenConfig,
-    INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta, REASON_STAT_SLOTS,
-    REPLY_RECENT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow, RecentReply,
-    SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig, SourceRangeV4,
-    SourceRangeV6, port_index,
+    FLOW_PORT_BLOCK_BYTES, FLOW_PORT_BLOCKS, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS,
+    GRACE_DONE_SLOTS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta,
+    REASON_STAT_SLOTS, REPLY_RECENT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow,
+    RecentReply, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig,
+    SourceRangeV4, SourceRangeV6, port_index,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -92,6 +92,12 @@ pub static REPLY_RECENT: PerCpuArray<RecentReply> =
 /// so user space bumps it atomically too.
 #[map]
 pub static FLOW_EPOCHS: Array<u64> = Array::with_max_entries(FLOW_EPOCH_SLOTS, BPF_F_MMAPABLE);
+
+/// The local ports any flow was recorded on (see `airlock_common::FLOW_PORT_BLOCKS`);
+/// mmapable so user space marks a port with a plain store too.
+#[map]
+pub static FLOW_PORTS: Array<[u8; FLOW_PORT_BLOCK_BYTES]> =
+    Array::with_max_entries(FLOW_PORT_BLOCKS, BPF_F_MMAPABLE);
 
 /// Written and read only by user space; lives here so it is created, pinned and
 /// removed together with the rest of the filter.

@@ -6,12 +6,13 @@ use std::{
     net::IpAddr,
     os::fd::AsFd as _,
     path::Path,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU8, AtomicU64, Ordering},
 };
 
 use airlock_common::{
-    FLOW_EPOCH_SLOTS, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FLOW_TABLE_ENTRIES, FlowKey, FlowState,
-    MAP_FLOW_EPOCHS, MAP_FLOWS, flow_epoch_slot,
+    FLOW_EPOCH_SLOTS, FLOW_FAMILY_V4, FLOW_FAMILY_V6, FLOW_PORT_BLOCK_BYTES, FLOW_PORT_BLOCKS,
+    FLOW_TABLE_ENTRIES, FlowKey, FlowState, MAP_FLOW_EPOCHS, MAP_FLOW_PORTS, MAP_FLOWS,
+    flow_epoch_slot, flow_port_byte,
 };
 use aya::{
     Ebpf,
@@ -27,6 +28,10 @@ pub struct FlowTable {
     /// an entry user space shortened. `None` in a filter pinned before layout 7,
     /// whose program remembers no replies.
     epochs: Option<MapData>,
+    /// `FLOW_PORTS`: a flow's port is marked here before its entry is written,
+    /// as the egress program does, or the XDP program would never look the entry
+    /// up. `None` in a filter pinned before layout 8, which has no such filter.
+    ports: Option<MapData>,
 }
 
 /// What the table holds right now.
@@ -99,20 +104,36 @@ fn epochs_error(source: aya::maps::MapError) -> LoaderError {
     }
 }
 
+fn ports_error(source: aya::maps::MapError) -> LoaderError {
+    LoaderError::Map {
+        name: MAP_FLOW_PORTS,
+        source,
+    }
+}
+
+/// A pinned map that older layouts lack: `None` where it is absent.
+fn optional_pin(
+    dir: &Path,
+    name: &'static str,
+    error: fn(aya::maps::MapError) -> LoaderError,
+) -> Result<Option<MapData>, LoaderError> {
+    let pin = super::pins::pinned_path(dir, name)?;
+    if pin.exists() {
+        Ok(Some(MapData::from_pin(pin).map_err(error)?))
+    } else {
+        Ok(None)
+    }
+}
+
 impl FlowTable {
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
         let data =
             MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOWS)?).map_err(map_error)?;
         let map = Map::from_map_data(data).map_err(map_error)?;
-        let epochs_pin = super::pins::pinned_path(dir, MAP_FLOW_EPOCHS)?;
-        let epochs = if epochs_pin.exists() {
-            Some(MapData::from_pin(epochs_pin).map_err(epochs_error)?)
-        } else {
-            None
-        };
         Ok(Self {
             map: map.try_into().map_err(map_error)?,
-            epochs,
+            epochs: optional_pin(dir, MAP_FLOW_EPOCHS, epochs_error)?,
+            ports: optional_pin(dir, MAP_FLOW_PORTS, ports_error)?,
         })
     }
 
@@ -124,9 +145,13 @@ impl FlowTable {
         let Some(Map::Array(epochs)) = ebpf.take_map(MAP_FLOW_EPOCHS) else {
             return Err(LoaderError::MissingMap(MAP_FLOW_EPOCHS));
         };
+        let Some(Map::Array(ports)) = ebpf.take_map(MAP_FLOW_PORTS) else {
+            return Err(LoaderError::MissingMap(MAP_FLOW_PORTS));
+        };
         Ok(Self {
             map: map.try_into().map_err(map_error)?,
             epochs: Some(epochs),
+            ports: Some(ports),
         })
     }
 
@@ -172,8 +197,35 @@ impl FlowTable {
             _pad: 0,
         };
         let key = flow.key();
+        self.mark_port(&key)?;
         self.map.insert(key, state, 0).map_err(map_error)?;
         self.invalidate_replies(&key)
+    }
+
+    /// Marks `key`'s local port in `FLOW_PORTS` (mmapable), as the egress program
+    /// does before it writes an entry.
+    fn mark_port(&self, key: &FlowKey) -> Result<(), LoaderError> {
+        let Some(ports) = &self.ports else {
+            return Ok(());
+        };
+        let Some((block, byte)) = flow_port_byte(key.protocol, key.local_port) else {
+            return Ok(());
+        };
+        let offset = block as usize * FLOW_PORT_BLOCK_BYTES + byte;
+        let bytes = FLOW_PORT_BLOCKS as usize * FLOW_PORT_BLOCK_BYTES;
+        super::mapping::with_mapping(ports.fd().as_fd(), bytes, true, |memory| {
+            // SAFETY: `offset` < the mapping's length by construction
+            // (`flow_port_byte`); the program reads and writes single bytes.
+            unsafe {
+                AtomicU8::from_ptr(memory.as_ptr().cast::<u8>().add(offset))
+                    .store(1, Ordering::Release)
+            };
+        })
+        .map_err(|error| LoaderError::Io {
+            op: "mapping",
+            path: MAP_FLOW_PORTS.into(),
+            source: error,
+        })
     }
 
     /// Moves `key`'s counter in `FLOW_EPOCHS` on, atomically as the egress
