@@ -214,11 +214,18 @@ pub struct SampleWindow {
     /// `bpf_jiffies64()` when the window began.
     pub started_jiffies: u64,
     pub sent: u64,
+    /// Dropped packets this CPU did not sample, over the rate (ever, not per
+    /// window): counted here, in the value the rate check already holds, so a
+    /// flood pays no second map lookup.
+    pub rate_limited: u64,
 }
 
 /// Slots of `SAMPLE_STATS` (per-CPU `u64`).
 pub const SAMPLES_SENT: u32 = 0;
-/// Not sent: over the per-CPU rate.
+/// Not sent: over the per-CPU rate. The program counts these in
+/// `SampleWindow::rate_limited` (the value its rate check already holds); user
+/// space reports them in this slot of `Counters::samples`, and the map's slot
+/// stays 0.
 pub const SAMPLES_RATE_LIMITED: u32 = 1;
 /// Not sent: the ring buffer was full (nobody reading, or reading too slowly).
 pub const SAMPLES_RING_FULL: u32 = 2;

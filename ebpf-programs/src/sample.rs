@@ -4,8 +4,7 @@
 //! never floods the ring or the logs; what the limit holds back is counted.
 
 use airlock_common::{
-    DropSample, FALLBACK_WINDOW_JIFFIES, NO_RULE, Reason, SAMPLES_RATE_LIMITED, SAMPLES_RING_FULL,
-    SAMPLES_SENT,
+    DropSample, FALLBACK_WINDOW_JIFFIES, NO_RULE, Reason, SAMPLES_RING_FULL, SAMPLES_SENT,
 };
 use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
@@ -58,7 +57,7 @@ pub fn sample_drop(
         window.sent = 0;
     }
     if window.sent >= u64::from(rate) {
-        bump(&SAMPLE_STATS, SAMPLES_RATE_LIMITED);
+        window.rate_limited += 1;
         return;
     }
     window.sent += 1;

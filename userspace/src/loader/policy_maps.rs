@@ -15,9 +15,9 @@ use std::{marker::PhantomData, os::fd::AsFd as _, path::Path};
 use airlock_common::{
     Counter, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION, MAP_ACTIVE_GEN,
     MAP_CONFIG, MAP_GRACE_DONE, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS,
-    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE,
-    MAP_SRC_V6, MAP_SRC_V6_INLINE, PolicyMeta, SamplingConfig, SourceRangeV4, SourceRangeV6,
-    TABLE_INLINE_V4, TABLE_INLINE_V6, port_index,
+    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4,
+    MAP_SRC_V4_INLINE, MAP_SRC_V6, MAP_SRC_V6_INLINE, PolicyMeta, SampleWindow, SamplingConfig,
+    SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6, port_index,
 };
 use aya::{
     Ebpf,
@@ -129,6 +129,8 @@ pub struct PolicyMaps {
     meta: Array<MapData, PolicyMeta>,
     sampling: Array<MapData, SamplingConfig>,
     sample_stats: PerCpuArray<MapData, u64>,
+    /// The rate limit's window, which also counts what the limit held back.
+    sample_state: PerCpuArray<MapData, SampleWindow>,
     /// Absent from filters pinned before it existed: their writers always wait.
     grace_done: Option<Array<MapData, u64>>,
 }
@@ -152,6 +154,7 @@ impl PolicyMaps {
             meta: source.take(MAP_META)?,
             sampling: source.take(MAP_SAMPLING)?,
             sample_stats: source.take(MAP_SAMPLE_STATS)?,
+            sample_state: source.take(MAP_SAMPLE_STATE)?,
             grace_done: source
                 .take(MAP_GRACE_DONE)
                 .ok()

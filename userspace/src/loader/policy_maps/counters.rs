@@ -3,8 +3,8 @@
 
 use airlock_common::{
     Counter, GENERATIONS, MAP_CONFIG, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
-    MAP_SAMPLE_STATS, MAX_RULES, RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, reason_stat_index,
-    rule_base_index, rule_stat_index,
+    MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAX_RULES, RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS,
+    SAMPLES_RATE_LIMITED, reason_stat_index, rule_base_index, rule_stat_index,
 };
 use aya::maps::{IterableMap as _, PerCpuValues};
 
@@ -151,6 +151,16 @@ impl PolicyMaps {
                 .map_err(map_err(MAP_SAMPLE_STATS))?;
             *total = values.iter().sum();
         }
+        // The program counts what the rate limit held back in the window it
+        // checks (one map lookup per refused packet, not two).
+        let windows = self
+            .sample_state
+            .get(&0, 0)
+            .map_err(map_err(MAP_SAMPLE_STATE))?;
+        samples[SAMPLES_RATE_LIMITED as usize] += windows
+            .iter()
+            .map(|window| window.rate_limited)
+            .sum::<u64>();
         let generation = self.active_generation()?;
         let rule_count = self
             .config
