@@ -175,7 +175,19 @@ pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<
     };
     crate::test_hook::stop_at("compile");
     // Reading the socket tables is milliseconds on a busy host: meanwhile.
-    let (compiled, facts) = crate::parallel::join(|| compile(&policy), Facts::from_system);
+    let started = std::time::Instant::now();
+    let (compiled, facts) = crate::parallel::join(
+        || {
+            let compiled = compile(&policy);
+            tracing::debug!(us = started.elapsed().as_micros() as u64, "compiled");
+            compiled
+        },
+        || {
+            let facts = Facts::from_system();
+            tracing::debug!(us = started.elapsed().as_micros() as u64, "host facts read");
+            facts
+        },
+    );
     let compiled = compiled?;
     let ifaces = match options.missing {
         Missing::Refuse if !options.dry_run => {

@@ -44,6 +44,7 @@ pub(crate) fn import(
     max_size: u64,
 ) -> Vec<IpNet> {
     let path = resolve(origin, relative);
+    let started = std::time::Instant::now();
     let text = match import_file::read(&path, max_size) {
         Ok(t) => t,
         Err(e @ ReadError::NotText { line, column }) => {
@@ -73,7 +74,15 @@ pub(crate) fn import(
             return Vec::new();
         }
     };
-    parse_list(ctx, pos, &path, &text, field)
+    let read = started.elapsed();
+    let nets = parse_list(ctx, pos, &path, &text, field);
+    tracing::debug!(
+        read_us = read.as_micros() as u64,
+        parse_us = (started.elapsed() - read).as_micros() as u64,
+        networks = nets.len(),
+        "list imported"
+    );
+    nets
 }
 
 /// `word` if it may be quoted in a message: short, and only characters an address

@@ -96,7 +96,7 @@ fn listener_of(proto: Proto, response: &InetResponse) -> Listener {
 }
 
 /// One sock_diag dump: the sockets of `family` and `protocol` in `states`.
-fn dump(family: u8, protocol: u8, states: StateFlags) -> io::Result<Vec<InetResponse>> {
+pub(super) fn dump(family: u8, protocol: u8, states: StateFlags) -> io::Result<Vec<InetResponse>> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
