@@ -19,7 +19,7 @@ use std::{
 
 use airlock_crds::{digest, shards};
 use airlock_integration::{
-    agent::{Agent, METRICS, metric, ready, state_dir},
+    agent::{Agent, METRICS, metric, metric_sum, ready, state_dir},
     cli::airlock_bin,
     fake_api::{FakeApi, NODES, POLICIES, REVISIONS, SHARDS, STATUSES},
     fixture::{Fixture, PORT},
@@ -275,6 +275,113 @@ fn a_revision_change_reaches_packets_within_a_second() {
     );
     assert!(f.kept_out(addr::STRANGER_V4));
     wait_status(&api, &agent, "r1", "enforce", "ApiServer");
+}
+
+/// The revision every status write since write `from` names as in force.
+fn claimed_since(api: &FakeApi, from: usize) -> Vec<String> {
+    api.applies()
+        .iter()
+        .skip(from)
+        .map(|a| a.body["spec"]["revision"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The status names as in force only what the kernel enforces: a revision the
+/// agent rejects is never claimed (the one before it stays, InSync False with
+/// the rejection), and a revision whose reload takes a while is claimed only once
+/// its verdicts are on the wire.
+#[test]
+fn the_status_claims_only_the_revision_the_kernel_enforces() {
+    let f = Fixture::new("fls");
+    let api = FakeApi::new();
+    seed(&f, &api);
+    let _server = api.serve_in(&f.bed.server);
+    let agent = spawn_agent(&f);
+    wait_ready(&f, &agent, Duration::from_secs(15));
+    wait_status(&api, &agent, "r1", "enforce", "ApiServer");
+
+    // A revision the agent refuses: its rule names a set that does not exist.
+    let office = "198.51.100.0/24\n2001:db8:100::/48\n";
+    publish(
+        &api,
+        "bad",
+        &policy_text(&f, &["office"], "  strangers: [203.0.113.0/24]\n", "nobody"),
+        "office",
+        office,
+    );
+    let before = api.applies().len();
+    point(&api, "bad", None);
+    assert!(
+        wait_until(Duration::from_secs(10), || metric_sum(
+            &f,
+            "airlock_policy_reload_failures_total"
+        ) >= 1.0),
+        "the agent did not reject the revision; log:\n{}",
+        agent.log()
+    );
+    // A status write or two after the rejection, whatever they say.
+    std::thread::sleep(Duration::from_millis(2500));
+    let claimed = claimed_since(&api, before);
+    assert!(
+        claimed.iter().all(|r| r == "r1"),
+        "the status named as in force a revision the kernel never had: {claimed:?}"
+    );
+    assert!(f.gets_in(addr::OFFICE_V4));
+    assert!(
+        f.kept_out(addr::STRANGER_V4),
+        "the rejected revision applied"
+    );
+    let spec = api.get(STATUSES, NODE).expect("status")["spec"].clone();
+    let in_sync = spec["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "InSync"))
+        .cloned()
+        .expect("InSync");
+    assert_eq!(in_sync["status"], "False", "{spec}");
+    assert_eq!(in_sync["reason"], "RevisionRejected", "{spec}");
+    let message = in_sync["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("bad") && message.contains("nobody") && message.contains("r1"),
+        "{message}"
+    );
+
+    // A revision that lets the strangers in, behind 300,000 more prefixes: its
+    // reload takes a while. Whenever the status first names it, its verdict is
+    // already on the wire.
+    let mut list = prefixes(300_000);
+    list.push_str(office);
+    publish(
+        &api,
+        "slow",
+        &policy_text(
+            &f,
+            &["office"],
+            "  strangers: [203.0.113.0/24]\n",
+            "office, strangers",
+        ),
+        "office",
+        &list,
+    );
+    point(&api, "slow", None);
+    let started = Instant::now();
+    while api
+        .get(STATUSES, NODE)
+        .is_none_or(|s| s["spec"]["revision"] != "slow")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the status never named the new revision; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        f.gets_in(addr::STRANGER_V4),
+        "the status named revision slow in force before the kernel enforced it (after {:?}); log:\n{}",
+        started.elapsed(),
+        agent.log()
+    );
+    wait_status(&api, &agent, "slow", "enforce", "ApiServer");
 }
 
 #[test]
