@@ -265,16 +265,12 @@ fn a_revision_change_reaches_packets_within_a_second() {
     wait_status(&api, &agent, "r3", "enforce", "ApiServer");
     assert!(f.kept_out(addr::OFFICE_V4));
     assert!(f.gets_in(addr::STRANGER_V4));
-    // Dropping the canary is the rollback. (The status can say r1 Synced a moment
-    // before the kernel has it, docs/kubernetes.md: packets first.)
+    // Dropping the canary is the rollback. The status names r1 only once the
+    // kernel enforces it: checked in that order.
     point(&api, "r1", None);
-    assert!(
-        wait_until(WITHIN, || f.gets_in(addr::OFFICE_V4)),
-        "log:\n{}",
-        agent.log()
-    );
-    assert!(f.kept_out(addr::STRANGER_V4));
     wait_status(&api, &agent, "r1", "enforce", "ApiServer");
+    assert!(f.gets_in(addr::OFFICE_V4), "log:\n{}", agent.log());
+    assert!(f.kept_out(addr::STRANGER_V4));
 }
 
 /// The revision every status write since write `from` names as in force.
