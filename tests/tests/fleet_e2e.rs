@@ -12,15 +12,13 @@
 use std::{
     fs,
     path::PathBuf,
-    process::Stdio,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use airlock_crds::{digest, shards};
 use airlock_integration::{
-    agent::{Agent, METRICS, metric, metric_sum, ready, state_dir},
-    cli::airlock_bin,
+    agent::{Agent, metric, metric_sum, ready},
     fake_api::{FakeApi, NODES, POLICIES, REVISIONS, SHARDS, STATUSES},
     fixture::{Fixture, PORT},
     netns::{addr, wait_until},
@@ -42,39 +40,18 @@ fn cache_dir(f: &Fixture) -> PathBuf {
 /// for its HTTP endpoint.
 fn spawn_agent(f: &Fixture) -> Agent {
     let kubeconfig = f.write("kubeconfig", &FakeApi::kubeconfig());
-    static STARTS: AtomicUsize = AtomicUsize::new(0);
-    let log = f.dir.path().join(format!(
-        "agent-{}.log",
-        STARTS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let child = f
-        .bed
-        .server
-        .command(airlock_bin())
-        .args(["agent", "--kubernetes-node", NODE, "--cache-dir"])
-        .arg(cache_dir(f))
-        .arg("--pin-root")
-        .arg(f.bed.bpffs.path())
-        .arg("--state-dir")
-        .arg(state_dir(f))
-        .args(["--metrics-addr", &format!("127.0.0.1:{METRICS}")])
-        .args(["--log-format", "json", "--reconcile-interval", "1"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start agent");
-    let agent = Agent { child, log };
-    assert!(
-        wait_until(Duration::from_secs(10), || f
-            .bed
-            .http_get(METRICS, "/healthz")
-            .is_some()),
-        "agent not serving within 10 s; log:\n{}",
-        agent.log()
-    );
-    agent
+    Agent::spawn_with(
+        f,
+        &[],
+        |command| {
+            command
+                .args(["--kubernetes-node", NODE, "--cache-dir"])
+                .arg(cache_dir(f))
+                .env("KUBECONFIG", &kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST");
+        },
+        &[],
+    )
 }
 
 fn wait_ready(f: &Fixture, agent: &Agent, timeout: Duration) {
