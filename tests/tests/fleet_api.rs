@@ -215,6 +215,16 @@ fn synced(agent: &Agent) -> bool {
     agent.last_status() == Some(("True".into(), "Synced".into(), "ApiServer".into()))
 }
 
+/// The status says the API server is unreachable and the cache is enforced.
+fn unreachable(agent: &Agent) -> bool {
+    agent.last_status()
+        == Some((
+            "False".into(),
+            "ApiServerUnreachable".into(),
+            "LocalCache".into(),
+        ))
+}
+
 fn lists_of(api: &FakeApi, plural: &str) -> Vec<String> {
     api.requests()
         .into_iter()
@@ -340,14 +350,7 @@ async fn errors_and_timeouts_keep_the_last_good_revision_and_say_so() {
     until(
         "ApiServerUnreachable reported",
         Duration::from_secs(10),
-        || {
-            agent.last_status()
-                == Some((
-                    "False".into(),
-                    "ApiServerUnreachable".into(),
-                    "LocalCache".into(),
-                ))
-        },
+        || unreachable(&agent),
     )
     .await;
     assert_eq!(agent.fleet_health(), (false, true, false));
@@ -384,14 +387,7 @@ async fn errors_and_timeouts_keep_the_last_good_revision_and_say_so() {
     until(
         "ApiServerUnreachable reported",
         Duration::from_secs(10),
-        || {
-            agent.last_status()
-                == Some((
-                    "False".into(),
-                    "ApiServerUnreachable".into(),
-                    "LocalCache".into(),
-                ))
-        },
+        || unreachable(&agent),
     )
     .await;
     // Answers again, with nothing new: the probe notices, InSync comes back.
