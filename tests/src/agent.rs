@@ -5,7 +5,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
@@ -110,6 +110,24 @@ impl Agent {
     /// Starts the agent and waits only for its HTTP endpoint to answer (it need
     /// not become ready: an invalid policy, say).
     pub fn spawn(f: &Fixture, wrapper: &[&str], policy: &Path, extra: &[&str]) -> Self {
+        Self::spawn_with(
+            f,
+            wrapper,
+            |command| {
+                command.arg("-f").arg(policy);
+            },
+            extra,
+        )
+    }
+
+    /// [`Agent::spawn`] with the policy's source given by `source` (its arguments,
+    /// its environment), e.g. the Kubernetes source's.
+    pub fn spawn_with(
+        f: &Fixture,
+        wrapper: &[&str],
+        source: impl FnOnce(&mut Command),
+        extra: &[&str],
+    ) -> Self {
         let log = f.dir.path().join(format!("agent-{}.log", rand_suffix()));
         let log_file = fs::File::create(&log).expect("log file");
         let mut command = match wrapper.split_first() {
@@ -120,9 +138,9 @@ impl Agent {
             }
             None => f.bed.server.command(airlock_bin()),
         };
+        command.arg("agent");
+        source(&mut command);
         let child = command
-            .args(["agent", "-f"])
-            .arg(policy)
             .arg("--pin-root")
             .arg(f.bed.bpffs.path())
             .arg("--state-dir")

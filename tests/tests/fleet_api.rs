@@ -11,10 +11,16 @@
 //!   (InSync False, source LocalCache), and the agent catches up afterwards;
 //! - the status is one exact server-side apply of the node's own object.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use airlock::{
-    agent::AgentState,
+    agent::{AgentState, FleetRejection, RejectionKind},
     fleet::{
         cache::Cache,
         source::{FleetConfig, run_with},
@@ -86,6 +92,11 @@ struct Agent {
     state: Arc<AgentState>,
     dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
+    /// The stand-in for the enforcing side (which needs root and a kernel: the
+    /// real one is in fleet_e2e.rs) puts what the cache holds in force, as the
+    /// agent's reconciler records it after a swap, while this is set.
+    enforcing: Arc<AtomicBool>,
+    enforcer: tokio::task::JoinHandle<()>,
 }
 
 impl Agent {
@@ -116,11 +127,30 @@ impl Agent {
                     .expect("the fleet source runs");
             }
         });
+        let enforcing = Arc::new(AtomicBool::new(true));
+        let enforcer = tokio::spawn({
+            let (state, enforcing) = (Arc::clone(&state), Arc::clone(&enforcing));
+            let cache = Cache::new(dir.path());
+            async move {
+                loop {
+                    if enforcing.load(Ordering::Relaxed)
+                        && let Ok(Some(meta)) = cache.load()
+                    {
+                        let mut inner = state.lock();
+                        inner.fleet_applied = Some(meta);
+                        inner.fleet_rejected = None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
         Self {
             api: api.clone(),
             state,
             dir,
             task,
+            enforcing,
+            enforcer,
         }
     }
 
@@ -165,6 +195,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.task.abort();
+        self.enforcer.abort();
     }
 }
 
@@ -182,6 +213,16 @@ async fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 fn synced(agent: &Agent) -> bool {
     agent.last_status() == Some(("True".into(), "Synced".into(), "ApiServer".into()))
+}
+
+/// The status says the API server is unreachable and the cache is enforced.
+fn unreachable(agent: &Agent) -> bool {
+    agent.last_status()
+        == Some((
+            "False".into(),
+            "ApiServerUnreachable".into(),
+            "LocalCache".into(),
+        ))
 }
 
 fn lists_of(api: &FakeApi, plural: &str) -> Vec<String> {
@@ -309,14 +350,7 @@ async fn errors_and_timeouts_keep_the_last_good_revision_and_say_so() {
     until(
         "ApiServerUnreachable reported",
         Duration::from_secs(10),
-        || {
-            agent.last_status()
-                == Some((
-                    "False".into(),
-                    "ApiServerUnreachable".into(),
-                    "LocalCache".into(),
-                ))
-        },
+        || unreachable(&agent),
     )
     .await;
     assert_eq!(agent.fleet_health(), (false, true, false));
@@ -353,14 +387,7 @@ async fn errors_and_timeouts_keep_the_last_good_revision_and_say_so() {
     until(
         "ApiServerUnreachable reported",
         Duration::from_secs(10),
-        || {
-            agent.last_status()
-                == Some((
-                    "False".into(),
-                    "ApiServerUnreachable".into(),
-                    "LocalCache".into(),
-                ))
-        },
+        || unreachable(&agent),
     )
     .await;
     // Answers again, with nothing new: the probe notices, InSync comes back.
@@ -436,4 +463,85 @@ async fn the_status_is_an_exact_server_side_apply_of_the_own_object() {
     let count = api.applies().len();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(api.applies().len(), count);
+}
+
+/// The status names the revision the enforcing side put in force, never the one
+/// the cache already holds: while the enforcing side has not applied the new
+/// revision, every status write names the old one with InSync False; when it
+/// refuses it, InSync False says why; when it applies it, Synced.
+#[tokio::test]
+async fn the_status_names_what_is_in_force_not_what_is_cached() {
+    let api = FakeApi::new();
+    seed(&api);
+    let agent = Agent::start(&api);
+    until("InSync True", Duration::from_secs(10), || synced(&agent)).await;
+    // A reload that takes its time: the enforcing side has not applied db-2 yet.
+    agent.enforcing.store(false, Ordering::Relaxed);
+    let before = api.applies().len();
+    let (value, _) = revision("db-2", "198.51.100.0/25", &[("block-0", "192.0.2.0/25\n")]);
+    api.put(REVISIONS, value);
+    api.put(POLICIES, policy("db", "db", "db-2"));
+    until("db-2 in the cache", Duration::from_secs(10), || {
+        agent.cached().as_deref() == Some("db-2")
+    })
+    .await;
+    until("InSync False, Applying", Duration::from_secs(5), || {
+        agent.last_status() == Some(("False".into(), "Applying".into(), "ApiServer".into()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let named = |from: usize| -> Vec<(String, String)> {
+        api.applies()
+            .iter()
+            .skip(from)
+            .map(|a| {
+                let spec = &a.body["spec"];
+                let in_sync = spec["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "InSync"))
+                    .map_or(String::new(), |c| c["status"].as_str().unwrap_or("").into());
+                (spec["revision"].as_str().unwrap_or("").into(), in_sync)
+            })
+            .collect()
+    };
+    let written = named(before);
+    assert!(!written.is_empty());
+    assert!(
+        written
+            .iter()
+            .all(|w| *w == ("db-1".into(), "False".into())),
+        "{written:?}"
+    );
+    // The enforcing side refuses db-2: the status says so, db-1 stays named.
+    let cached = agent.cache().load().unwrap().unwrap();
+    agent.state.lock().fleet_rejected = Some(FleetRejection {
+        revision: cached,
+        kind: RejectionKind::Lockout,
+        error: "the policy would lock you out: cuts your SSH session".into(),
+    });
+    until("RevisionRejected", Duration::from_secs(5), || {
+        agent.last_status()
+            == Some((
+                "False".into(),
+                "RevisionRejected".into(),
+                "ApiServer".into(),
+            ))
+    })
+    .await;
+    let status = api.get(STATUSES, NODE).expect("status");
+    assert_eq!(status["spec"]["revision"], "db-1");
+    let message = status["spec"]["conditions"][1]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert_eq!(
+        message,
+        "revision db-2 not put in force (lockout): the policy would lock you out: cuts your SSH session; revision db-1 stays in force"
+    );
+    // Applied at last: named, and in sync.
+    agent.enforcing.store(true, Ordering::Relaxed);
+    until("InSync True", Duration::from_secs(5), || synced(&agent)).await;
+    assert_eq!(
+        api.get(STATUSES, NODE).expect("status")["spec"]["revision"],
+        "db-2"
+    );
 }

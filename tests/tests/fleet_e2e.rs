@@ -12,15 +12,13 @@
 use std::{
     fs,
     path::PathBuf,
-    process::Stdio,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use airlock_crds::{digest, shards};
 use airlock_integration::{
-    agent::{Agent, METRICS, metric, ready, state_dir},
-    cli::airlock_bin,
+    agent::{Agent, metric, metric_sum, ready},
     fake_api::{FakeApi, NODES, POLICIES, REVISIONS, SHARDS, STATUSES},
     fixture::{Fixture, PORT},
     netns::{addr, wait_until},
@@ -42,39 +40,18 @@ fn cache_dir(f: &Fixture) -> PathBuf {
 /// for its HTTP endpoint.
 fn spawn_agent(f: &Fixture) -> Agent {
     let kubeconfig = f.write("kubeconfig", &FakeApi::kubeconfig());
-    static STARTS: AtomicUsize = AtomicUsize::new(0);
-    let log = f.dir.path().join(format!(
-        "agent-{}.log",
-        STARTS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let child = f
-        .bed
-        .server
-        .command(airlock_bin())
-        .args(["agent", "--kubernetes-node", NODE, "--cache-dir"])
-        .arg(cache_dir(f))
-        .arg("--pin-root")
-        .arg(f.bed.bpffs.path())
-        .arg("--state-dir")
-        .arg(state_dir(f))
-        .args(["--metrics-addr", &format!("127.0.0.1:{METRICS}")])
-        .args(["--log-format", "json", "--reconcile-interval", "1"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start agent");
-    let agent = Agent { child, log };
-    assert!(
-        wait_until(Duration::from_secs(10), || f
-            .bed
-            .http_get(METRICS, "/healthz")
-            .is_some()),
-        "agent not serving within 10 s; log:\n{}",
-        agent.log()
-    );
-    agent
+    Agent::spawn_with(
+        f,
+        &[],
+        |command| {
+            command
+                .args(["--kubernetes-node", NODE, "--cache-dir"])
+                .arg(cache_dir(f))
+                .env("KUBECONFIG", &kubeconfig)
+                .env_remove("KUBERNETES_SERVICE_HOST");
+        },
+        &[],
+    )
 }
 
 fn wait_ready(f: &Fixture, agent: &Agent, timeout: Duration) {
@@ -265,16 +242,119 @@ fn a_revision_change_reaches_packets_within_a_second() {
     wait_status(&api, &agent, "r3", "enforce", "ApiServer");
     assert!(f.kept_out(addr::OFFICE_V4));
     assert!(f.gets_in(addr::STRANGER_V4));
-    // Dropping the canary is the rollback. (The status can say r1 Synced a moment
-    // before the kernel has it, docs/kubernetes.md: packets first.)
+    // Dropping the canary is the rollback. The status names r1 only once the
+    // kernel enforces it: checked in that order.
     point(&api, "r1", None);
+    wait_status(&api, &agent, "r1", "enforce", "ApiServer");
+    assert!(f.gets_in(addr::OFFICE_V4), "log:\n{}", agent.log());
+    assert!(f.kept_out(addr::STRANGER_V4));
+}
+
+/// The revision every status write since write `from` names as in force.
+fn claimed_since(api: &FakeApi, from: usize) -> Vec<String> {
+    api.applies()
+        .iter()
+        .skip(from)
+        .map(|a| a.body["spec"]["revision"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The status names as in force only what the kernel enforces: a revision the
+/// agent rejects is never claimed (the one before it stays, InSync False with
+/// the rejection), and a revision whose reload takes a while is claimed only once
+/// its verdicts are on the wire.
+#[test]
+fn the_status_claims_only_the_revision_the_kernel_enforces() {
+    let f = Fixture::new("fls");
+    let api = FakeApi::new();
+    seed(&f, &api);
+    let _server = api.serve_in(&f.bed.server);
+    let agent = spawn_agent(&f);
+    wait_ready(&f, &agent, Duration::from_secs(15));
+    wait_status(&api, &agent, "r1", "enforce", "ApiServer");
+
+    // A revision the agent refuses: its rule names a set that does not exist.
+    let office = "198.51.100.0/24\n2001:db8:100::/48\n";
+    publish(
+        &api,
+        "bad",
+        &policy_text(&f, &["office"], "  strangers: [203.0.113.0/24]\n", "nobody"),
+        "office",
+        office,
+    );
+    let before = api.applies().len();
+    point(&api, "bad", None);
     assert!(
-        wait_until(WITHIN, || f.gets_in(addr::OFFICE_V4)),
-        "log:\n{}",
+        wait_until(Duration::from_secs(10), || metric_sum(
+            &f,
+            "airlock_policy_reload_failures_total"
+        ) >= 1.0),
+        "the agent did not reject the revision; log:\n{}",
         agent.log()
     );
-    assert!(f.kept_out(addr::STRANGER_V4));
-    wait_status(&api, &agent, "r1", "enforce", "ApiServer");
+    // A status write or two after the rejection, whatever they say.
+    std::thread::sleep(Duration::from_millis(2500));
+    let claimed = claimed_since(&api, before);
+    assert!(
+        claimed.iter().all(|r| r == "r1"),
+        "the status named as in force a revision the kernel never had: {claimed:?}"
+    );
+    assert!(f.gets_in(addr::OFFICE_V4));
+    assert!(
+        f.kept_out(addr::STRANGER_V4),
+        "the rejected revision applied"
+    );
+    let spec = api.get(STATUSES, NODE).expect("status")["spec"].clone();
+    let in_sync = spec["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "InSync"))
+        .cloned()
+        .expect("InSync");
+    assert_eq!(in_sync["status"], "False", "{spec}");
+    assert_eq!(in_sync["reason"], "RevisionRejected", "{spec}");
+    let message = in_sync["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("bad") && message.contains("nobody") && message.contains("r1"),
+        "{message}"
+    );
+
+    // A revision that lets the strangers in, behind 300,000 more prefixes: its
+    // reload takes a while. Whenever the status first names it, its verdict is
+    // already on the wire.
+    let mut list = prefixes(300_000);
+    list.push_str(office);
+    publish(
+        &api,
+        "slow",
+        &policy_text(
+            &f,
+            &["office"],
+            "  strangers: [203.0.113.0/24]\n",
+            "office, strangers",
+        ),
+        "office",
+        &list,
+    );
+    point(&api, "slow", None);
+    let started = Instant::now();
+    while api
+        .get(STATUSES, NODE)
+        .is_none_or(|s| s["spec"]["revision"] != "slow")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the status never named the new revision; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        f.gets_in(addr::STRANGER_V4),
+        "the status named revision slow in force before the kernel enforced it (after {:?}); log:\n{}",
+        started.elapsed(),
+        agent.log()
+    );
+    wait_status(&api, &agent, "slow", "enforce", "ApiServer");
 }
 
 #[test]

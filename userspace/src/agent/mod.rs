@@ -32,7 +32,7 @@ use tokio::{
 
 pub use ranges::RefreshConfig;
 pub use report::AgentReport;
-pub use state::{AgentState, FleetHealth, Rejection};
+pub use state::{AgentState, FleetHealth, FleetRejection, Rejection, RejectionKind};
 
 use crate::{
     loader::{LoaderError, PinRoot},

@@ -13,9 +13,10 @@ use airlock_common::Counter;
 
 use super::{
     reconcile::{Applied, Reconciler, unix_now},
-    state::{Rejection, RejectionKind},
+    state::{FleetRejection, Rejection, RejectionKind},
 };
 use crate::{
+    fleet::cache::Meta,
     loader::{PolicyMaps, PolicySummary},
     pipeline::{self, GraceRecord, Missing},
     policy::{self, PolicyError},
@@ -89,9 +90,12 @@ impl ReloadError {
 pub(super) struct Fingerprint {
     text: String,
     imports: Vec<(PathBuf, Option<FileId>)>,
-    /// The mode the policy is applied in whatever its text says (a fleet canary's
-    /// monitor stage): the same text staged and then enforced is a change.
-    mode: Option<policy::Mode>,
+    /// With the fleet source: the cache's record of the revision whose text this
+    /// is (its monitor stage is a mode override: the same text staged and then
+    /// enforced is a change). `None` without it, or, once applied, when the cache
+    /// changed while the pipeline read it (what the kernel holds is then not known
+    /// to be one revision, and the next reload must apply again).
+    revision: Option<Meta>,
 }
 
 /// A file's device, inode, size and modification time (seconds, nanoseconds).
@@ -111,8 +115,15 @@ impl Fingerprint {
         Self {
             text,
             imports,
-            mode: None,
+            revision: None,
         }
+    }
+
+    /// The mode the fleet source asks for, over the policy's own.
+    fn mode(&self) -> Option<policy::Mode> {
+        self.revision
+            .as_ref()
+            .and_then(|m| m.monitor.then_some(policy::Mode::Monitor))
     }
 }
 
@@ -146,8 +157,8 @@ impl Reconciler {
             self.imports = files;
         }
         let mut fingerprint = Fingerprint::of(text, &self.imports);
-        match self.fleet_mode(&fingerprint.text) {
-            Ok(mode) => fingerprint.mode = mode,
+        match self.fleet_revision(&fingerprint.text) {
+            Ok(revision) => fingerprint.revision = revision,
             Err(error) => {
                 self.reject(why, fingerprint, &ReloadError::FleetCache(error));
                 return false;
@@ -185,7 +196,7 @@ impl Reconciler {
             force: self.force,
             grace_record: GraceRecord::Thread,
             xdp_mode: self.xdp_mode,
-            mode: fingerprint.mode,
+            mode: fingerprint.mode(),
             ..pipeline::Options::default()
         };
         // Under the writer lock from here to the swap: the counters read are the
@@ -203,6 +214,12 @@ impl Reconciler {
             }
         };
         let plan = applied.plan;
+        if let Some(revision) = fingerprint.revision.take() {
+            // The imports were read after the record: if the cache changed
+            // meanwhile, the kernel may hold parts of two revisions. The change's own
+            // reload applies again (this fingerprint then differs from its).
+            fingerprint.revision = self.fleet_unchanged(revision);
+        }
         let was_in_sync = self.state.lock().in_sync;
         {
             let mut state = self.state.lock();
@@ -227,6 +244,10 @@ impl Reconciler {
             // Sets are shared (Arc) inside the policy: this copies no prefix list.
             state.policy = Some(std::sync::Arc::new(plan.policy.clone()));
             state.in_sync = true;
+            if self.fleet_cache.is_some() {
+                state.fleet_applied = fingerprint.revision.clone();
+                state.fleet_rejected = None;
+            }
         }
         tracing::info!(
             why,
@@ -251,12 +272,12 @@ impl Reconciler {
         true
     }
 
-    /// With the fleet source: the mode its cache records for the revision whose
-    /// policy `text` is (monitor for a canary's first stage), from the cache's
-    /// record, checked against its files. The record is read after the text, so it
-    /// is never older: a text that does not match it was read in the middle of a
-    /// swap, and the reload the swap triggers reads both again.
-    fn fleet_mode(&self, text: &str) -> Result<Option<policy::Mode>, String> {
+    /// With the fleet source: the cache's record of the revision whose policy
+    /// `text` is (which names it, and says whether to apply it in monitor mode, a
+    /// canary's first stage), checked against its files. The record is read after
+    /// the text, so it is never older: a text that does not match it was read in
+    /// the middle of a swap, and the reload the swap triggers reads both again.
+    fn fleet_revision(&self, text: &str) -> Result<Option<Meta>, String> {
         let Some(cache) = &self.fleet_cache else {
             return Ok(None);
         };
@@ -270,11 +291,26 @@ impl Reconciler {
                 meta.revision
             ));
         }
-        Ok(meta.monitor.then_some(policy::Mode::Monitor))
+        Ok(Some(meta))
+    }
+
+    /// `revision` if the cache still records it after an apply read it, so that
+    /// everything the apply read was that revision's.
+    fn fleet_unchanged(&self, revision: Meta) -> Option<Meta> {
+        let now = self.fleet_cache.as_ref()?.load().ok().flatten();
+        if now.as_ref() == Some(&revision) {
+            return Some(revision);
+        }
+        tracing::info!(
+            revision = %revision.revision,
+            "the policy cache changed while it was applied; applying it again"
+        );
+        None
     }
 
     fn mark_in_sync(&mut self) {
         let mut state = self.state.lock();
+        state.fleet_rejected = None;
         if !state.in_sync {
             state.in_sync = true;
             drop(state);
@@ -295,6 +331,12 @@ impl Reconciler {
             .applied
             .as_ref()
             .is_some_and(|a| a.fingerprint == fingerprint);
+        // The fleet's status names the revision that was not put in force.
+        let fleet_rejected = fingerprint.revision.clone().map(|revision| FleetRejection {
+            revision,
+            kind: error.kind(),
+            error: message.clone(),
+        });
         self.rejected = Some(Rejected {
             fingerprint,
             message: message.clone(),
@@ -302,6 +344,9 @@ impl Reconciler {
         });
         let mut state = self.state.lock();
         state.in_sync = in_sync;
+        if fleet_rejected.is_some() {
+            state.fleet_rejected = fleet_rejected;
+        }
         if seen {
             drop(state);
             tracing::debug!(why, error = %message, "policy file still rejected (same content, same error)");

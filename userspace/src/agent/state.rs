@@ -45,6 +45,22 @@ pub struct StateInner {
     pub ranges: BTreeMap<std::path::PathBuf, RangesStatus>,
     /// The Kubernetes policy source's health (`None` with a policy file).
     pub fleet: Option<FleetHealth>,
+    /// With the Kubernetes source: the cached revision this agent put in force, set
+    /// with the figures above once its swap succeeded (`None` before its first
+    /// apply, or when the cache changed while it was read). The node status names
+    /// this as in force, never what the cache holds.
+    pub fleet_applied: Option<crate::fleet::cache::Meta>,
+    /// The cached revision the agent last failed to put in force, and why (cleared
+    /// once a revision is in force again).
+    pub fleet_rejected: Option<FleetRejection>,
+}
+
+/// A cached revision the agent did not put in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetRejection {
+    pub revision: crate::fleet::cache::Meta,
+    pub kind: RejectionKind,
+    pub error: String,
 }
 
 /// What the Kubernetes source tells the metrics.

@@ -110,6 +110,7 @@ fn resolve_and_cache(
     observed: &mut Observed,
 ) {
     observed.problem = None;
+    observed.digest = None;
     let Some(node) = stores.node.get(&ObjectRef::new(&config.node)) else {
         observed.resolution = None;
         observed.problem = Some((
@@ -174,6 +175,7 @@ fn resolve_and_cache(
                     );
                 }
                 observed.from_api = true;
+                observed.digest = Some(assembled.digest.clone());
                 observed.cache = cache.load().ok().flatten();
             }
             Err(error) => {
@@ -309,12 +311,8 @@ pub async fn run_with(
         {
             let inner = state.lock();
             observed.ready = inner.ready;
-            observed.in_sync = inner.in_sync;
-            observed.rejection = if inner.in_sync {
-                None
-            } else {
-                inner.last_rejection.as_ref().map(|r| r.error.clone())
-            };
+            observed.applied = inner.fleet_applied.clone();
+            observed.rejected = inner.fleet_rejected.clone();
             observed.prefixes_v4 = inner.prefixes_v4 as u64;
             observed.prefixes_v6 = inner.prefixes_v6 as u64;
             observed.mode = inner.mode.clone();

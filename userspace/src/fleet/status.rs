@@ -8,6 +8,7 @@ use airlock_crds::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::cache::Meta;
+use crate::agent::FleetRejection;
 
 /// The field manager of every status write: one per node, so a write by anything
 /// else shows in managedFields.
@@ -27,14 +28,19 @@ pub struct Observed {
     pub resolution: Option<Resolution>,
     /// Why the resolved revision cannot apply (missing revision, shard errors).
     pub problem: Option<(&'static str, String)>,
-    /// The revision in the cache, which is what the agent enforces.
+    /// The digest of the resolved revision, once it assembled complete.
+    pub digest: Option<String>,
+    /// The revision in the cache: what the agent is to enforce, not necessarily
+    /// what it enforces.
     pub cache: Option<Meta>,
     /// The cache's content was confirmed from the API server by this run.
     pub from_api: bool,
-    /// The agent's own view (AgentState): enforced everywhere, file in force, why not.
+    /// The agent's own view (AgentState): enforced on every selected interface,
+    /// the revision its last successful swap put in force, the revision it last
+    /// failed to, and the figures of what is in force.
     pub ready: bool,
-    pub in_sync: bool,
-    pub rejection: Option<String>,
+    pub applied: Option<Meta>,
+    pub rejected: Option<FleetRejection>,
     pub prefixes_v4: u64,
     pub prefixes_v6: u64,
     pub mode: String,
@@ -88,19 +94,48 @@ fn in_sync(o: &Observed) -> (bool, &'static str, String) {
     if let Some((reason, message)) = &o.problem {
         return (false, reason, message.clone());
     }
-    if let Some(error) = &o.rejection {
-        return (false, "PolicyRejected", error.clone());
-    }
-    let cached = o.cache.as_ref().is_some_and(|m| {
+    // The revision the API server's objects resolve to: this policy's, this
+    // revision with this content, in this mode (a canary's monitor stage).
+    let wanted = |m: &Meta| {
         m.policy == selected.policy
             && m.revision == selected.revision
             && m.monitor == selected.monitor
-    });
-    if !cached || !o.in_sync || !o.ready {
+            && o.digest.as_ref() == Some(&m.digest)
+    };
+    let in_force = match &o.applied {
+        Some(m) => format!("revision {} stays in force", m.revision),
+        None => "no revision applied by this agent is in force".into(),
+    };
+    if !o.applied.as_ref().is_some_and(wanted) {
+        if let Some(rejected) = o.rejected.as_ref().filter(|r| wanted(&r.revision)) {
+            return (
+                false,
+                "RevisionRejected",
+                format!(
+                    "revision {} not put in force ({}): {}; {in_force}",
+                    rejected.revision.revision,
+                    rejected.kind.name(),
+                    rejected.error
+                ),
+            );
+        }
         return (
             false,
             "Applying",
-            format!("putting revision {} in force", selected.revision),
+            format!(
+                "putting revision {} in force; {in_force}",
+                selected.revision
+            ),
+        );
+    }
+    if !o.ready {
+        return (
+            false,
+            "Applying",
+            format!(
+                "revision {} is applied, not yet on every selected interface",
+                selected.revision
+            ),
         );
     }
     (
@@ -131,17 +166,19 @@ pub fn spec(o: &Observed, previous: &[Condition], now: &Time) -> AirlockNodeStat
             now,
         )
     };
-    let source = match (&o.cache, o.from_api) {
+    // What the kernel enforces, as the agent's swaps put it there: never the
+    // cache's content, which runs ahead of it during a reload and after a rejection.
+    let source = match (&o.applied, o.from_api) {
         (None, _) => Source::None,
         (Some(_), true) => Source::ApiServer,
         (Some(_), false) => Source::LocalCache,
     };
     AirlockNodeStatusSpec {
-        policy: o.cache.as_ref().map(|m| m.policy.clone()),
-        revision: o.cache.as_ref().map(|m| m.revision.clone()),
-        digest: o.cache.as_ref().map(|m| m.digest.clone()),
+        policy: o.applied.as_ref().map(|m| m.policy.clone()),
+        revision: o.applied.as_ref().map(|m| m.revision.clone()),
+        digest: o.applied.as_ref().map(|m| m.digest.clone()),
         mode: (!o.mode.is_empty()).then(|| o.mode.clone()),
-        canary: o.cache.as_ref().is_some_and(|m| m.canary),
+        canary: o.applied.as_ref().is_some_and(|m| m.canary),
         ipv4_prefixes: o.prefixes_v4,
         ipv6_prefixes: o.prefixes_v6,
         source,
@@ -174,6 +211,17 @@ mod tests {
         Time("2026-12-06T15:00:00Z".parse().unwrap())
     }
 
+    fn meta(revision: &str) -> Meta {
+        Meta {
+            policy: "db".into(),
+            revision: revision.into(),
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            canary: false,
+            monitor: false,
+            files: Default::default(),
+        }
+    }
+
     fn synced() -> Observed {
         Observed {
             listed: true,
@@ -185,18 +233,12 @@ mod tests {
                 monitor: false,
             })),
             problem: None,
-            cache: Some(Meta {
-                policy: "db".into(),
-                revision: "db-7".into(),
-                digest: format!("sha256:{}", "ab".repeat(32)),
-                canary: false,
-                monitor: false,
-                files: Default::default(),
-            }),
+            digest: Some(format!("sha256:{}", "ab".repeat(32))),
+            cache: Some(meta("db-7")),
             from_api: true,
             ready: true,
-            in_sync: true,
-            rejection: None,
+            applied: Some(meta("db-7")),
+            rejected: None,
             prefixes_v4: 3,
             prefixes_v6: 1,
             mode: "enforce".into(),
@@ -268,11 +310,71 @@ mod tests {
         o.problem = Some(("IncompleteRevision", "shard x is missing".into()));
         assert_eq!(sync_reason(&o).1, "IncompleteRevision");
         let mut o = synced();
-        o.rejection = Some("line 3: bad CIDR".into());
-        assert_eq!(sync_reason(&o).1, "PolicyRejected");
-        let mut o = synced();
-        o.cache.as_mut().unwrap().revision = "db-6".into();
+        o.applied = Some(meta("db-6"));
         assert_eq!(sync_reason(&o).1, "Applying");
+        let mut o = synced();
+        o.ready = false;
+        assert_eq!(sync_reason(&o).1, "Applying");
+    }
+
+    /// The revision in the cache is what the agent is to enforce; the status
+    /// names what its last swap put in force, and is in sync only when that is
+    /// the revision (and content) the API server's objects resolve to.
+    #[test]
+    fn only_the_revision_applied_is_in_force() {
+        // Cached, not yet applied (a reload in progress).
+        let mut o = synced();
+        o.applied = Some(meta("db-6"));
+        let s = spec(&o, &[], &now());
+        assert_eq!(s.revision.as_deref(), Some("db-6"));
+        assert_eq!(s.conditions[1].status, "False");
+        assert!(
+            s.conditions[1].message.contains("db-7")
+                && s.conditions[1].message.contains("db-6 stays in force"),
+            "{}",
+            s.conditions[1].message
+        );
+        // Nothing applied by this agent yet: nothing named, no source.
+        o.applied = None;
+        let s = spec(&o, &[], &now());
+        assert_eq!((s.revision, s.digest, s.source), (None, None, Source::None));
+        // The same name with other content (deleted and made again): not in sync.
+        let mut o = synced();
+        o.digest = Some(format!("sha256:{}", "cd".repeat(32)));
+        assert_eq!(sync_reason(&o), ("False".into(), "Applying".into()));
+        // Applied, but as the canary's monitor stage while enforcing is asked.
+        let mut o = synced();
+        o.applied.as_mut().unwrap().monitor = true;
+        assert_eq!(sync_reason(&o), ("False".into(), "Applying".into()));
+    }
+
+    #[test]
+    fn a_rejected_revision_is_named_and_the_one_in_force_stays() {
+        let mut o = synced();
+        o.applied = Some(meta("db-6"));
+        o.rejected = Some(FleetRejection {
+            revision: meta("db-7"),
+            kind: crate::agent::RejectionKind::Lockout,
+            error: "the policy would lock you out".into(),
+        });
+        let s = spec(&o, &[], &now());
+        assert_eq!(s.revision.as_deref(), Some("db-6"));
+        let c = &s.conditions[1];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RevisionRejected")
+        );
+        assert_eq!(
+            c.message,
+            "revision db-7 not put in force (lockout): the policy would lock you out; revision db-6 stays in force"
+        );
+        // A rejection of another revision than the one wanted is old news.
+        o.rejected.as_mut().unwrap().revision = meta("db-5");
+        assert_eq!(sync_reason(&o).1, "Applying");
+        // Once the wanted revision is in force, a rejection left over says nothing.
+        o.applied = Some(meta("db-7"));
+        o.rejected.as_mut().unwrap().revision = meta("db-7");
+        assert_eq!(sync_reason(&o), ("True".into(), "Synced".into()));
     }
 
     #[test]
