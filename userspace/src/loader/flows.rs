@@ -101,12 +101,23 @@ fn epochs_error(source: aya::maps::MapError) -> LoaderError {
 
 impl FlowTable {
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
+        Self::open(dir, false)
+    }
+
+    /// [`open_pinned`](Self::open_pinned) for reading only (`status`: works on a
+    /// read-only bpffs).
+    pub fn open_pinned_read_only(dir: &Path) -> Result<Self, LoaderError> {
+        Self::open(dir, true)
+    }
+
+    fn open(dir: &Path, read_only: bool) -> Result<Self, LoaderError> {
+        let open = super::pins::open_map;
         let data =
-            MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOWS)?).map_err(map_error)?;
+            open(&super::pins::pinned_path(dir, MAP_FLOWS)?, read_only).map_err(map_error)?;
         let map = Map::from_map_data(data).map_err(map_error)?;
         let epochs_pin = super::pins::pinned_path(dir, MAP_FLOW_EPOCHS)?;
         let epochs = if epochs_pin.exists() {
-            Some(MapData::from_pin(epochs_pin).map_err(epochs_error)?)
+            Some(open(&epochs_pin, read_only).map_err(epochs_error)?)
         } else {
             None
         };

@@ -116,7 +116,7 @@ fn target_of(maps: &PolicyMaps) -> Result<RollbackTarget, LoaderError> {
 
 /// The confirmation pending on `iface`, if any.
 pub fn pending(root: &PinRoot, iface: &str, now: u64) -> Result<Option<Pending>, LoaderError> {
-    let maps = PolicyMaps::open_pinned(&root.interface_dir(iface))?;
+    let maps = PolicyMaps::open_pinned_read_only(&root.interface_dir(iface))?;
     let Some(summary) = maps.active_summary()? else {
         return Ok(None);
     };
