@@ -692,13 +692,33 @@ pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
 }
 
 /// An apply to several interfaces that failed on one of them (and was undone on the
-/// ones already done).
+/// ones already done). What it says stays in force is what was pinned before: a
+/// failed first install leaves no filter, and must not claim a policy stays.
 #[derive(Debug, thiserror::Error)]
-#[error("applying to {iface} (the policy in force stays in force): {source}")]
+#[error("applying to {iface} ({}): {source}", what_stays(.kept, .unfiltered))]
 pub struct ApplyAllError {
     pub iface: String,
     #[source]
     pub source: LoaderError,
+    /// The interfaces of the apply that had a filter before it: theirs stays.
+    pub kept: Vec<String>,
+    /// Those that had none, and still have none.
+    pub unfiltered: Vec<String>,
+}
+
+fn what_stays(kept: &[String], unfiltered: &[String]) -> String {
+    match (kept.is_empty(), unfiltered.is_empty()) {
+        (_, true) => "the policy in force stays in force".to_owned(),
+        (true, false) => format!(
+            "nothing was applied; no filter is in place on {}",
+            unfiltered.join(", ")
+        ),
+        (false, false) => format!(
+            "nothing was applied; the policy in force on {} stays in force, no filter is in place on {}",
+            kept.join(", "),
+            unfiltered.join(", ")
+        ),
+    }
 }
 
 /// Applies to every interface or to none: if one fails, the ones already done are
@@ -710,6 +730,10 @@ pub fn apply_all(
     compiled: &Compiled,
     summary: &PolicySummary,
 ) -> Result<Vec<ApplyOutcome>, ApplyAllError> {
+    let (kept, unfiltered): (Vec<String>, Vec<String>) = ifaces
+        .iter()
+        .cloned()
+        .partition(|iface| pins::present(&root.interface_dir(iface)));
     let mut done = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
         match apply(writer, root, iface, compiled, summary.clone()) {
@@ -723,6 +747,8 @@ pub fn apply_all(
                 return Err(ApplyAllError {
                     iface: iface.clone(),
                     source,
+                    kept,
+                    unfiltered,
                 });
             }
         }
