@@ -660,8 +660,10 @@ fn attach_egress_staged(
     Ok(())
 }
 
-/// Detaches and unpins the filter on `iface`.
-pub fn remove(root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
+/// Detaches and unpins the filter on `iface`, under the writer lock: a remove
+/// interleaved with an apply or a rollback of the same filter could leave it half
+/// unpinned, or a staged install put in place over it.
+pub fn remove(_writer: &WriterLock, root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
     root.check()?;
     let dir = root.interface_dir(iface);
     if !pins::present(&dir) {
@@ -673,9 +675,13 @@ pub fn remove(root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
 /// Reverts one interface's successful apply (used when a later interface of the same
 /// apply fails, so a policy is in force on all of them or on none): a fresh install
 /// is removed; a swap is undone by flipping back to the untouched previous copy.
-pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
+pub fn undo(
+    writer: &WriterLock,
+    root: &PinRoot,
+    outcome: &ApplyOutcome,
+) -> Result<(), LoaderError> {
     if outcome.attached {
-        return remove(root, &outcome.iface);
+        return remove(writer, root, &outcome.iface);
     }
     if let Some(found) = outcome.took_over_layout {
         // The old layout's filter is gone, and this one's other copy holds no
@@ -740,7 +746,7 @@ pub fn apply_all(
             Ok(outcome) => done.push(outcome),
             Err(source) => {
                 for outcome in done.iter().rev() {
-                    if let Err(error) = undo(root, outcome) {
+                    if let Err(error) = undo(writer, root, outcome) {
                         tracing::error!(iface = outcome.iface, %error, "could not undo apply");
                     }
                 }
