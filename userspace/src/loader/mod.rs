@@ -701,29 +701,40 @@ pub fn undo(
 /// ones already done). What it says stays in force is what was pinned before: a
 /// failed first install leaves no filter, and must not claim a policy stays.
 #[derive(Debug, thiserror::Error)]
-#[error("applying to {iface} ({}): {source}", what_stays(.kept, .unfiltered))]
+#[error("applying to {} ({in_force}): {source}", in_force.iface)]
 pub struct ApplyAllError {
-    pub iface: String,
     #[source]
     pub source: LoaderError,
-    /// The interfaces of the apply that had a filter before it: theirs stays.
+    /// Where it failed, and what is in force on the apply's interfaces after it
+    /// (boxed: an error stays small).
+    pub in_force: Box<InForce>,
+}
+
+/// The interfaces of a failed apply, by what is in force on them: what was before.
+#[derive(Debug)]
+pub struct InForce {
+    /// The interface the apply failed on.
+    pub iface: String,
+    /// Those that had a filter before it: theirs stays.
     pub kept: Vec<String>,
     /// Those that had none, and still have none.
     pub unfiltered: Vec<String>,
 }
 
-fn what_stays(kept: &[String], unfiltered: &[String]) -> String {
-    match (kept.is_empty(), unfiltered.is_empty()) {
-        (_, true) => "the policy in force stays in force".to_owned(),
-        (true, false) => format!(
-            "nothing was applied; no filter is in place on {}",
-            unfiltered.join(", ")
-        ),
-        (false, false) => format!(
-            "nothing was applied; the policy in force on {} stays in force, no filter is in place on {}",
-            kept.join(", "),
-            unfiltered.join(", ")
-        ),
+impl std::fmt::Display for InForce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kept, unfiltered) = (self.kept.join(", "), self.unfiltered.join(", "));
+        match (kept.is_empty(), unfiltered.is_empty()) {
+            (_, true) => write!(f, "the policy in force stays in force"),
+            (true, false) => write!(
+                f,
+                "nothing was applied; no filter is in place on {unfiltered}"
+            ),
+            (false, false) => write!(
+                f,
+                "nothing was applied; the policy in force on {kept} stays in force, no filter is in place on {unfiltered}"
+            ),
+        }
     }
 }
 
@@ -751,10 +762,12 @@ pub fn apply_all(
                     }
                 }
                 return Err(ApplyAllError {
-                    iface: iface.clone(),
                     source,
-                    kept,
-                    unfiltered,
+                    in_force: Box::new(InForce {
+                        iface: iface.clone(),
+                        kept,
+                        unfiltered,
+                    }),
                 });
             }
         }
