@@ -252,3 +252,70 @@ fn with_an_invalid_file_the_agent_says_what_is_enforced_at_start_and_after_a_res
     assert!(f.kept_out(addr::STRANGER_V4));
     assert!(f.gets_in(addr::OFFICE_V4));
 }
+
+/// `airlock <args>` in the server namespace, killed if it has not ended within
+/// 5 s: `(exit code, stderr)`, or `None` if it had to be killed (it blocked).
+fn bounded(f: &Fixture, args: &[&str]) -> Option<(i32, String)> {
+    use std::process::Stdio;
+    let stderr = f.dir.path().join("bounded.err");
+    let mut child = f
+        .bed
+        .server
+        .command(airlock_integration::cli::airlock_bin())
+        .args(args)
+        .env("AIRLOCK_PIN_ROOT", f.bed.bpffs.path())
+        .env_remove("SSH_CONNECTION")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("start airlock");
+    let ended = wait_until(Duration::from_secs(5), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
+    }
+    let code = child.wait().expect("wait").code().unwrap_or(-1);
+    Some((code, fs::read_to_string(&stderr).unwrap_or_default()))
+}
+
+/// A policy path that is a FIFO (a path a local user controls, pointing at one):
+/// the CLI and the agent refuse it at once, naming the file, instead of blocking
+/// for ever in open(2) waiting for a writer; the agent keeps serving and says
+/// nothing is enforced.
+#[test]
+fn a_policy_file_that_is_a_fifo_is_refused_at_once_not_waited_on() {
+    let f = Fixture::new("afi");
+    let fifo = f.dir.path().join("policy.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let path = fifo.to_str().expect("utf-8");
+    for verb in ["validate", "apply"] {
+        let Some((code, stderr)) = bounded(&f, &[verb, "-f", path]) else {
+            panic!("`airlock {verb} -f FIFO` blocked");
+        };
+        assert_eq!(code, 2, "{verb}: {stderr}");
+        assert!(
+            stderr.contains(path)
+                && stderr.contains("FIFO")
+                && stderr.contains("not a regular file"),
+            "{verb}: {stderr}"
+        );
+    }
+    assert_eq!(f.status_json()["interfaces"], serde_json::json!([]));
+
+    let agent = Agent::spawn(&f, &[], &fifo, &[]);
+    assert!(
+        wait_until(RELOAD, || rejections(&agent) == 1),
+        "log:\n{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("not a regular file") && log.contains(path),
+        "{log}"
+    );
+    assert!(!ready(&f));
+}

@@ -394,6 +394,66 @@ fn apply_remove_and_confirm_beside_a_running_agent_are_refused() {
     );
 }
 
+/// The guard sees an agent it cannot see in /proc: the CLI run in a PID namespace
+/// of its own with its own /proc (`unshare --pid --fork --mount-proc`, as in a
+/// container beside the host's agent), where /proc/locks leaves out the agent's
+/// lock, still refuses, because it asks the lock in the shared bpffs itself.
+#[test]
+fn apply_and_remove_from_another_pid_namespace_beside_the_agent_are_refused() {
+    let f = Fixture::new("cp");
+    let office = policy(&f, "office.yaml", "office");
+    let other = policy(&f, "other.yaml", "192.0.2.0/24");
+    let _agent = Agent::start(&f, &office, &f.dir.path().join("state"));
+    let in_own_pid_namespace = |args: &[&str]| -> Run {
+        f.bed
+            .server
+            .command("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(airlock_bin())
+            .args(args)
+            .env("AIRLOCK_PIN_ROOT", f.bed.bpffs.path())
+            .env("NO_COLOR", "1")
+            .env_remove("SSH_CONNECTION")
+            .env_remove("AIRLOCK_LOG")
+            .output()
+            .expect("unshare")
+            .into()
+    };
+    for (args, verb) in [
+        (vec!["apply", "-f", s(&other)], "apply"),
+        (vec!["remove", "--all"], "remove"),
+    ] {
+        let run = in_own_pid_namespace(&args);
+        assert_eq!(run.code, 2, "{verb}: {}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains(&format!("refusing to {verb}"))
+                && run.stderr.contains("in another PID namespace"),
+            "{verb}: {}",
+            run.stderr
+        );
+    }
+    // Nor does a second agent start there.
+    let state = f.dir.path().join("another-state");
+    let second = in_own_pid_namespace(&[
+        "agent",
+        "-f",
+        s(&office),
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--state-dir",
+        s(&state),
+    ]);
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("another airlock agent already manages"),
+        "{}",
+        second.stderr
+    );
+    assert!(f.gets_in(addr::OFFICE_V4) && f.kept_out(addr::PARTNER_V4));
+}
+
 /// `airlock <args>` in the server namespace as uid 65534 with no capabilities.
 fn unprivileged(f: &Fixture, caps: &[&str], args: &[&str]) -> Run {
     let mut command = f.bed.server.command("setpriv");

@@ -36,6 +36,14 @@ fn no_bpffs_a_read_only_or_unmounted_one_and_a_full_state_directory_end_in_an_er
 }
 
 #[test]
+fn status_reads_a_filter_pinned_on_a_read_only_bpffs_or_bind_mount() {
+    let f = Fixture::new("fro");
+    let mut t = Tally::new("read-only status");
+    bpffs::status_read_only(&f, &mut t);
+    check(&t);
+}
+
+#[test]
 fn map_creation_refused_by_a_memory_cgroup_fails_clearly_and_leaves_nothing_behind() {
     let f = Fixture::new("fmm");
     check(&memory::map_creation_refused(&f));

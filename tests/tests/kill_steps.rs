@@ -53,3 +53,42 @@ fn agent_killed_in_its_applies_and_reconcile_is_repaired_by_the_next_one() {
     assert_clean("agent", &report);
     assert_eq!(report.kills, 6);
 }
+
+/// `remove` takes the writer lock an apply holds: started while an apply is
+/// stopped just before its flip (lock held, the inactive copy written), it waits,
+/// and only after the apply finished removes the filter, whole: no filter, no
+/// staging directory, nothing pinned.
+#[test]
+fn remove_waits_for_an_apply_that_holds_the_writer_lock() {
+    use std::time::Duration;
+
+    use airlock_integration::swaps::Which;
+    use nix::{sys::signal, unistd::Pid};
+
+    let bed = Bed::new("krm");
+    bed.apply(Which::A, &[]).expect("first apply");
+    let mut apply = bed.spawn(&["apply", "-f", bed.path(Which::B)], Some("before-flip"));
+    let stopped = kills::wait_stopped(apply.id(), Duration::from_secs(20));
+    let mut remove = bed.spawn(&["remove", "--all"], None);
+    std::thread::sleep(Duration::from_millis(1500));
+    let waited = matches!(remove.try_wait(), Ok(None));
+    let in_force_meanwhile = bed.in_force();
+    let _ = signal::kill(Pid::from_raw(apply.id() as i32), signal::Signal::SIGCONT);
+    let applied = apply.wait().expect("apply");
+    let removed = remove.wait().expect("remove");
+    assert!(stopped, "the apply did not stop before its flip");
+    assert!(
+        waited,
+        "remove finished while an apply held the writer lock: {removed}"
+    );
+    assert_eq!(
+        in_force_meanwhile,
+        Ok(Some(Which::A)),
+        "while remove waited"
+    );
+    assert!(applied.success(), "apply: {applied}");
+    assert!(removed.success(), "remove: {removed}");
+    assert_eq!(bed.in_force(), Ok(None));
+    assert!(bed.staging_left().is_empty(), "{:?}", bed.staging_left());
+    assert_eq!(bed.f.status_json()["interfaces"], serde_json::json!([]));
+}

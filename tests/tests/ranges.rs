@@ -257,6 +257,64 @@ fn a_refresh_that_drops_too_much_is_refused_and_the_last_good_snapshot_kept() {
     );
 }
 
+/// `ranges fetch -f POLICY` guards each set of the policy that takes the list, as
+/// the agent's scheduled refresh does: a change that removes little of the whole
+/// list but much of one set's selection is refused, naming the set; without -f
+/// only the whole list is guarded.
+#[test]
+fn a_fetch_with_a_policy_refuses_a_change_that_empties_one_of_its_sets() {
+    let bed = Bed::new();
+    bed.server.set("/ip-ranges.json", AWS, None);
+    let out = bed.path("aws.json");
+    json(&bed.fetch("aws", "/ip-ranges.json", &out, &[]), 0);
+    let good = fs::read_to_string(&out).unwrap();
+    let policy = bed.path("policy.yaml");
+    fs::write(
+        &policy,
+        "version: 1\ndefault: drop\nsets:\n  paris-ec2:\n    provider: aws\n    snapshot: aws.json\n    region: eu-west-3\n    service: EC2\nrules:\n  - name: db\n    ports: [5432/tcp]\n    from: [paris-ec2]\n",
+    )
+    .unwrap();
+    // One of the list's six ranges gone (17%, under 20%), but one of the three
+    // paris-ec2 selects (33%).
+    let shrunk = AWS.replace("\"15.236.0.0/15\"", "\"13.37.0.0/16\"");
+    bed.server.set("/ip-ranges.json", &shrunk, None);
+    let run = bed.fetch(
+        "aws",
+        "/ip-ranges.json",
+        &out,
+        &["--max-removed", "20%", "-f", &policy],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("refused") && run.stderr.contains("1 of the 3 ranges of set paris-ec2"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read_to_string(&out).unwrap(), good, "nothing written");
+    // A policy none of whose sets takes this file: said, not ignored.
+    let other = bed.path("other.yaml");
+    fs::write(
+        &other,
+        "version: 1\ndefault: drop\nrules:\n  - name: db\n    ports: [5432/tcp]\n    from: [192.0.2.0/24]\n",
+    )
+    .unwrap();
+    let run = bed.fetch(
+        "aws",
+        "/ip-ranges.json",
+        &out,
+        &["--max-removed", "20%", "-f", &other],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("no aws set of"), "{}", run.stderr);
+    assert_eq!(fs::read_to_string(&out).unwrap(), good, "nothing written");
+    // Without the policy, the whole list alone is guarded: it passes.
+    json(
+        &bed.fetch("aws", "/ip-ranges.json", &out, &["--max-removed", "20%"]),
+        0,
+    );
+    assert_ne!(fs::read_to_string(&out).unwrap(), good);
+}
+
 #[test]
 fn a_policy_enforces_a_provider_set_from_the_fetched_snapshot() {
     let bed = Bed::new();

@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use airlock_integration::{
+    agent::{self, Agent},
     fixture::Fixture,
-    netns::{Namespace, addr},
+    netns::{Namespace, addr, wait_until},
 };
 use aya::programs::{Xdp, XdpMode};
 
@@ -161,5 +162,73 @@ fn native_mode_fails_where_the_driver_has_none_and_auto_falls_back_to_generic() 
     assert_eq!(
         f.status_json()["interfaces"][0]["policy"]["attach_mode"],
         "skb"
+    );
+}
+
+/// A first install that fails in the kernel (native XDP on a bridge, which has
+/// none) leaves no filter, and says so: not that "the policy in force stays in
+/// force", when none is. Beside an interface that has a filter, it says which
+/// keeps its policy and which has none. The agent's first reload says the same.
+#[test]
+fn a_failed_first_install_says_no_filter_is_in_place_not_that_a_policy_stays() {
+    let f = Fixture::new("xf");
+    let bridge = airlock_integration::netns::unique_name("albr");
+    f.bed.server.ip(&["link", "add", &bridge, "type", "bridge"]);
+    f.bed.server.ip(&["link", "set", &bridge, "up"]);
+    let iface = f.bed.server_if.clone();
+
+    let p = policy(&f, &bridge, "xdp_mode: native\n");
+    let native = std::fs::read_to_string(&p).expect("policy");
+    let run = f.airlock(&["apply", "-f", p.to_str().expect("utf-8")]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "nothing was applied; no filter is in place on {bridge}"
+        )) && !run.stderr.contains("stays in force"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(f.status_json()["interfaces"], serde_json::json!([]));
+
+    // One interface filtered, the other not: each said as it is.
+    let p = policy(&f, &iface, "");
+    f.apply(&p);
+    let run = f.airlock(&[
+        "apply",
+        "-f",
+        p.to_str().expect("utf-8"),
+        "--xdp-mode",
+        "native",
+        "--iface",
+        &iface,
+        "--iface",
+        &bridge,
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "nothing was applied; the policy in force on {iface} stays in force, no filter is in place on {bridge}"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(f.kept_out(addr::STRANGER_V4));
+    assert_eq!(f.airlock(&["remove", "--all"]).code, 0);
+
+    // The agent's first reload, nothing pinned.
+    agent::write_policy(&f, &native);
+    let agent = Agent::spawn(&f, &[], &agent::policy_path(&f), &[]);
+    assert!(
+        wait_until(agent::RELOAD * 5, || agent
+            .log()
+            .contains("policy rejected")),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("no filter is in place on {bridge}"))
+            && !log.contains("stays in force"),
+        "{log}"
     );
 }

@@ -157,10 +157,9 @@ pub fn read_only(f: &Fixture, t: &mut Tally) {
                 run_.stderr.trim().lines().last().unwrap_or_default()
             ));
         }
-        // `status` opens the maps read-write (aya has no read-only open): on a
-        // read-only bpffs it may only fail saying so.
+        // `status` only reads: it works on a read-only bpffs.
         let status = airlock_in(&f.bed.server, pin_root, &["status"]);
-        if status.code != 0 && !status.stderr.contains("Read-only file system") {
+        if status.code != 0 {
             t.fail(format!("{what}: status failed: {}", status.stderr));
         }
     };
@@ -197,6 +196,63 @@ pub fn read_only(f: &Fixture, t: &mut Tally) {
     let _ = std::process::Command::new("umount")
         .arg(bind.path())
         .status();
+    let _ = f.airlock(&["remove", "--all"]);
+}
+
+/// `status` on the bpffs remounted read-only and on a read-only bind mount of it:
+/// it only reads, so it must work there and report the filter in force as it is
+/// (attached, its policy, its counters), not fail or call it detached.
+pub fn status_read_only(f: &Fixture, t: &mut Tally) {
+    let office = policy(f, "office");
+    let root = f.bed.bpffs.path().to_owned();
+    f.apply(&office);
+    let check = |pin_root: &std::path::Path, what: &str, t: &mut Tally| {
+        t.faults += 1;
+        let run_ = airlock_in(&f.bed.server, pin_root, &["status", "-o", "json"]);
+        if run_.code != 0 {
+            t.fail(format!(
+                "{what}: status exit {}: {}",
+                run_.code, run_.stderr
+            ));
+            return;
+        }
+        let json: serde_json::Value = serde_json::from_str(&run_.stdout).expect("status JSON");
+        let iface = &json["interfaces"][0];
+        let policy_path = iface["policy"]["policy_path"].as_str().unwrap_or_default();
+        let egress = iface["return_traffic"]["egress"]
+            .as_str()
+            .unwrap_or_default();
+        if iface["iface"] != f.bed.server_if.as_str()
+            || iface["attachment"] != "attached"
+            || !policy_path.ends_with("office.yaml")
+            || iface["reasons"].as_object().is_none_or(|r| r.is_empty())
+            || egress == "detached"
+        {
+            t.fail(format!(
+                "{what}: status does not tell the filter in force: {json:#}"
+            ));
+            return;
+        }
+        let human = airlock_in(&f.bed.server, pin_root, &["status"]);
+        if human.code != 0 || !human.stdout.contains("attached (") {
+            t.fail(format!(
+                "{what}: human status exit {}: {}{}",
+                human.code, human.stdout, human.stderr
+            ));
+            return;
+        }
+        t.outcome(format!("{what}: status read the filter in force"));
+    };
+    run("mount", &["-o", "remount,ro", s(&root)]);
+    check(&root, "bpffs remounted read-only", t);
+    run("mount", &["-o", "remount,rw", s(&root)]);
+    let bind = tempfile::tempdir().expect("temp dir");
+    run("mount", &["--bind", s(&root), s(bind.path())]);
+    let unmount = Unmount(bind.path().to_owned());
+    run("mount", &["-o", "remount,bind,ro", s(bind.path())]);
+    check(bind.path(), "read-only bind mount as the pin root", t);
+    drop(unmount);
+    t.office(f, "after status on a read-only bpffs");
     let _ = f.airlock(&["remove", "--all"]);
 }
 
@@ -316,6 +372,7 @@ pub fn all(f: &Fixture) -> Tally {
     let mut t = Tally::new("filesystems");
     not_bpffs(f, &mut t);
     read_only(f, &mut t);
+    status_read_only(f, &mut t);
     full_state_dir(f, &mut t);
     unmounted_under_agent(f, &mut t);
     t

@@ -45,7 +45,7 @@ pub const DEFAULT_STATE_DIR: &str = "/run/airlock";
 
 pub use crate::samples::socket::Missed;
 pub use lock::{holder as agent_holding, samples_socket_path};
-pub use root_lock::agent_pid;
+pub use root_lock::{agent_holds, agent_pid};
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {

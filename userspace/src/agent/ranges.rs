@@ -171,7 +171,7 @@ pub(super) fn apply(
         }
     };
     let policy_path = reconciler.policy_path().to_path_buf();
-    let text = match std::fs::read_to_string(&policy_path) {
+    let text = match crate::policy::read_file(&policy_path) {
         Ok(text) => text,
         Err(e) => {
             refuse_all(format!("cannot read {}: {e}", policy_path.display()));

@@ -163,14 +163,29 @@ impl Reconciler {
             return;
         };
         let selected: BTreeSet<String> = selected.into_iter().collect();
-        for iface in self.root.interfaces().unwrap_or_default() {
-            if !selected.contains(&iface) {
-                match loader::remove(&self.root, &iface) {
-                    Ok(()) => tracing::info!(iface, "interface no longer selected; filter removed"),
-                    Err(error) => tracing::error!(iface, %error, "removing filter"),
-                }
-                self.state.lock().interfaces.remove(&iface);
+        let unselected: Vec<String> = self
+            .root
+            .interfaces()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|iface| !selected.contains(iface))
+            .collect();
+        if unselected.is_empty() {
+            return;
+        }
+        let writer = match loader::WriterLock::acquire(&self.root) {
+            Ok(writer) => writer,
+            Err(error) => {
+                tracing::error!(%error, "removing filters no longer selected");
+                return;
             }
+        };
+        for iface in unselected {
+            match loader::remove(&writer, &self.root, &iface) {
+                Ok(()) => tracing::info!(iface, "interface no longer selected; filter removed"),
+                Err(error) => tracing::error!(iface, %error, "removing filter"),
+            }
+            self.state.lock().interfaces.remove(&iface);
         }
     }
 
@@ -337,8 +352,15 @@ impl Reconciler {
 
     /// Removes every filter (for `--detach-on-exit`).
     pub fn detach_all(&self) {
+        let writer = match loader::WriterLock::acquire(&self.root) {
+            Ok(writer) => writer,
+            Err(error) => {
+                tracing::error!(%error, "detaching on exit");
+                return;
+            }
+        };
         for iface in self.root.interfaces().unwrap_or_default() {
-            match loader::remove(&self.root, &iface) {
+            match loader::remove(&writer, &self.root, &iface) {
                 Ok(()) => tracing::info!(iface, "detached on exit"),
                 Err(error) => tracing::error!(iface, %error, "detaching on exit"),
             }

@@ -141,7 +141,7 @@ impl Reconciler {
     /// Reads the policy file and applies it if it changed (or if `force`).
     /// Returns whether it reconciled too (after a successful apply).
     pub(super) fn load_and_enforce(&mut self, why: &str, force: bool) -> bool {
-        let text = match std::fs::read_to_string(&self.policy_path) {
+        let text = match policy::read_file(&self.policy_path) {
             Ok(text) => text,
             Err(source) => {
                 let error = ReloadError::Read {

@@ -63,14 +63,44 @@ pub fn acquire(root: &PinRoot) -> Result<RootLock, AgentError> {
         .metadata()
         .map_err(|e| AgentError::Loader(LoaderError::io("checking", &path, e)))?;
     let id = (meta.dev(), meta.ino());
-    Flock::lock(dir, FlockArg::LockExclusiveNonblock)
-        .map(|lock| RootLock { _lock: lock, id })
-        .map_err(|_| AgentError::AlreadyRunning {
-            pin_root: root.path().to_owned(),
-            holder: agent_pid(root.path())
-                .map_or_else(|| "another process".into(), |pid| format!("pid {pid}")),
-            lock: path.clone(),
-        })
+    let mut dir = dir;
+    // A CLI checking for an agent ([`agent_holds`]) holds a shared lock for an
+    // instant: tried again for a while, an agent starting then still starts.
+    for _ in 0..PROBE_RETRIES {
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(RootLock { _lock: lock, id }),
+            Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                dir = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(_) => break,
+        }
+    }
+    Err(AgentError::AlreadyRunning {
+        pin_root: root.path().to_owned(),
+        holder: agent_pid(root.path())
+            .map_or_else(|| "another process".into(), |pid| format!("pid {pid}")),
+        lock: path.clone(),
+    })
+}
+
+/// How often [`acquire`] tries the lock, 10 ms apart.
+const PROBE_RETRIES: u32 = 50;
+
+/// Whether an agent holds `pin_root`'s lock, asked of the lock itself: every
+/// process that shares the bpffs sees it, whatever its PID namespace, while
+/// /proc/locks ([`agent_pid`]) leaves out a holder that is not in the PID namespace
+/// of the /proc it is read from (the agent on the host, seen from a container). A
+/// shared lock, held for no longer than this call, taken and let go; an agent
+/// starting at that instant tries its own again ([`acquire`]).
+pub fn agent_holds(pin_root: &Path) -> bool {
+    let Ok(dir) = trust::open_dir(&pin_root.join(AGENT_LOCK_DIR)) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(dir, FlockArg::LockSharedNonblock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK))
+    )
 }
 
 /// The process id of the agent that manages `pin_root`, if one runs. Read from

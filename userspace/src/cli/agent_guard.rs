@@ -32,13 +32,20 @@ pub enum Guarded {
 /// Refuses `command` while an agent manages `root`; with `force`, says that it goes
 /// ahead anyway.
 pub fn check(command: Guarded, root: &PinRoot, force: bool) -> Result<(), AgentManages> {
-    let Some(pid) = agent::agent_pid(root.path()) else {
+    // The lock itself answers for an agent /proc does not show (one in another PID
+    // namespace: the host's, seen from a container).
+    let pid = agent::agent_pid(root.path());
+    if pid.is_none() && !agent::agent_holds(root.path()) {
         return Ok(());
-    };
-    let policy = agent_policy(pid);
-    let agent = match &policy {
-        Some(policy) => format!("an airlock agent (pid {pid}, policy {})", policy.display()),
-        None => format!("an airlock agent (pid {pid})"),
+    }
+    let policy = pid.and_then(agent_policy);
+    let agent = match (pid, &policy) {
+        (Some(pid), Some(policy)) => {
+            format!("an airlock agent (pid {pid}, policy {})", policy.display())
+        }
+        (Some(pid), None) => format!("an airlock agent (pid {pid})"),
+        (None, _) => "an airlock agent (in another PID namespace: its process is not visible here)"
+            .to_owned(),
     };
     let file = policy
         .as_ref()

@@ -11,6 +11,7 @@ use airlock::ranges::{
     Entry, Provider, Selection,
     diff::{self, Diff},
     fetch,
+    refresh::{self, Refusal, Target},
     snapshot::Snapshot,
 };
 use serde_json::json;
@@ -60,6 +61,12 @@ pub struct FetchArgs {
     /// an allowlist), e.g. 10%.
     #[arg(long, default_value = "10%", value_parser = parse_share)]
     max_removed: f64,
+    /// Also refuse when any set of this policy that takes its ranges from --out
+    /// would lose more than --max-removed of what it selects (the agent's
+    /// scheduled refresh guards the same way): a truncated download can empty one
+    /// region's list while the whole list loses little.
+    #[arg(short = 'f', long = "file", value_name = "POLICY")]
+    policy: Option<PathBuf>,
     #[arg(short, long, value_enum, default_value_t)]
     pub(super) output: OutputFormat,
 }
@@ -159,22 +166,23 @@ fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
         SystemTime::now(),
     )?;
     let previous = previous(&args.out, args.provider)?;
-    let change = previous
-        .as_ref()
-        .map(|(_, entries)| diff::diff(entries, &parsed.entries));
-    if let Some(change) = &change
-        && change.removed_share() > args.max_removed
-    {
-        return Err(ShrinkRefused {
-            provider: args.provider,
-            removed: change.removed,
-            old: change.old_ranges,
-            path: args.out.display().to_string(),
-            share: change.removed_share() * 100.0,
-            max: args.max_removed * 100.0,
-        }
-        .into());
+    let mut target = Target {
+        path: args.out.clone(),
+        provider: args.provider,
+        sets: Vec::new(),
+    };
+    // With nothing to replace, there is nothing a set could lose.
+    if let (Some(policy), Some(_)) = (&args.policy, &previous) {
+        target.sets = sets_taking(policy, &args.out, args.provider)?;
     }
+    let change = match &previous {
+        Some((_, entries)) => Some(
+            refresh::guard(&target, entries, &parsed.entries, args.max_removed)
+                .map_err(shrink_refused)?
+                .0,
+        ),
+        None => None,
+    };
     snapshot.write(&args.out)?;
     let ranges = distinct(&parsed.entries);
     if args.output == OutputFormat::Json {
@@ -204,6 +212,54 @@ fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sets of `policy` that take `provider`'s ranges from the snapshot at `out`.
+fn sets_taking(
+    policy: &Path,
+    out: &Path,
+    provider: Provider,
+) -> anyhow::Result<Vec<(String, Selection)>> {
+    let policy_text = airlock::policy::load(policy)?;
+    let same = |a: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(out)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == out,
+    };
+    refresh::targets(&policy_text)
+        .into_iter()
+        .find(|t| t.provider == provider && same(&t.path))
+        .map(|t| t.sets)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "no {provider} set of {} takes its ranges from {}: -f names the policy whose sets the refresh must not empty",
+                policy.display(),
+                out.display()
+            ))
+            .into()
+        })
+}
+
+/// The guard's refusal as this command says it (exit 2).
+fn shrink_refused(refusal: Refusal) -> anyhow::Error {
+    match refusal {
+        Refusal::Shrink {
+            provider,
+            list,
+            removed,
+            old,
+            share,
+            max,
+        } => ShrinkRefused {
+            provider,
+            removed,
+            old,
+            path: list,
+            share,
+            max,
+        }
+        .into(),
+        other => other.into(),
+    }
 }
 
 /// The snapshot already at `path`, if it is a good one of `provider`'s; a broken

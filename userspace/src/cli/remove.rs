@@ -26,16 +26,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = args.filters.pin_root.root();
     preflight::kernel_access("remove", &root)?;
     agent_guard::check(agent_guard::Guarded::Remove, &root, args.force)?;
+    if !args.filters.all && args.filters.ifaces.is_empty() {
+        return Err(UsageError("say which filters to remove: --iface IF or --all".into()).into());
+    }
+    // The writer lock an apply, a rollback and the agent take: a remove waits for
+    // the one in progress (as an apply does) rather than unpinning under it. With
+    // nothing pinned there is nothing to wait for (and taking the lock would mount a
+    // bpffs to keep it in).
+    let writer = if root.interfaces()?.is_empty() {
+        None
+    } else {
+        Some(loader::WriterLock::acquire(&root)?)
+    };
     let ifaces = if args.filters.all {
         root.interfaces()?
-    } else if args.filters.ifaces.is_empty() {
-        return Err(UsageError("say which filters to remove: --iface IF or --all".into()).into());
     } else {
         args.filters.ifaces
     };
     let json = args.output == OutputFormat::Json;
     for iface in &ifaces {
-        loader::remove(&root, iface)?;
+        match &writer {
+            Some(writer) => loader::remove(writer, &root, iface)?,
+            None => return Err(loader::LoaderError::NotInstalled(iface.clone()).into()),
+        }
         if !json {
             println!("{iface}: filter removed");
         }

@@ -46,10 +46,12 @@ fn interface_status(root: &PinRoot, iface: &str) -> anyhow::Result<Value> {
     );
     let egress_attached = matches!((&egress, current_index), (Ok(l), Some(i)) if l.ifindex == i)
         || matches!((&egress, current_index), (Ok(l), None) if l.ifindex != 0);
-    let flows = loader::FlowTable::open_pinned(&dir)
+    // Read-only opens throughout: `status` changes nothing, and works on a
+    // read-only bpffs (or a read-only bind mount of the pin root).
+    let flows = loader::FlowTable::open_pinned_read_only(&dir)
         .and_then(|t| t.occupancy())
         .ok();
-    let maps = PolicyMaps::open_pinned(&dir)?;
+    let maps = PolicyMaps::open_pinned_read_only(&dir)?;
     // Everything below describes the copy in force when the counters were read,
     // even if a policy is applied meanwhile.
     let counters = maps.counters()?;

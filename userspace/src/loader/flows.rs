@@ -115,11 +115,12 @@ fn ports_error(source: aya::maps::MapError) -> LoaderError {
 fn optional_pin(
     dir: &Path,
     name: &'static str,
+    read_only: bool,
     error: fn(aya::maps::MapError) -> LoaderError,
 ) -> Result<Option<MapData>, LoaderError> {
     let pin = super::pins::pinned_path(dir, name)?;
     if pin.exists() {
-        Ok(Some(MapData::from_pin(pin).map_err(error)?))
+        Ok(Some(super::pins::open_map(&pin, read_only).map_err(error)?))
     } else {
         Ok(None)
     }
@@ -127,13 +128,24 @@ fn optional_pin(
 
 impl FlowTable {
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
+        Self::open(dir, false)
+    }
+
+    /// [`open_pinned`](Self::open_pinned) for reading only (`status`: works on a
+    /// read-only bpffs).
+    pub fn open_pinned_read_only(dir: &Path) -> Result<Self, LoaderError> {
+        Self::open(dir, true)
+    }
+
+    fn open(dir: &Path, read_only: bool) -> Result<Self, LoaderError> {
+        let open = super::pins::open_map;
         let data =
-            MapData::from_pin(super::pins::pinned_path(dir, MAP_FLOWS)?).map_err(map_error)?;
+            open(&super::pins::pinned_path(dir, MAP_FLOWS)?, read_only).map_err(map_error)?;
         let map = Map::from_map_data(data).map_err(map_error)?;
         Ok(Self {
             map: map.try_into().map_err(map_error)?,
-            epochs: optional_pin(dir, MAP_FLOW_EPOCHS, epochs_error)?,
-            ports: optional_pin(dir, MAP_FLOW_PORTS, ports_error)?,
+            epochs: optional_pin(dir, MAP_FLOW_EPOCHS, read_only, epochs_error)?,
+            ports: optional_pin(dir, MAP_FLOW_PORTS, read_only, ports_error)?,
         })
     }
 
@@ -205,51 +217,52 @@ impl FlowTable {
     /// Marks `key`'s local port in `FLOW_PORTS` (mmapable), as the egress program
     /// does before it writes an entry.
     fn mark_port(&self, key: &FlowKey) -> Result<(), LoaderError> {
-        let Some(ports) = &self.ports else {
-            return Ok(());
-        };
         let Some((block, byte)) = flow_port_byte(key.protocol, key.local_port) else {
             return Ok(());
         };
         let offset = block as usize * FLOW_PORT_BLOCK_BYTES + byte;
         let bytes = FLOW_PORT_BLOCKS as usize * FLOW_PORT_BLOCK_BYTES;
-        super::mapping::with_mapping(ports.fd().as_fd(), bytes, true, |memory| {
+        write_mapped(self.ports.as_ref(), MAP_FLOW_PORTS, bytes, |memory| {
             // SAFETY: `offset` < the mapping's length by construction
             // (`flow_port_byte`); the program reads and writes single bytes.
-            unsafe {
-                AtomicU8::from_ptr(memory.as_ptr().cast::<u8>().add(offset))
-                    .store(1, Ordering::Release)
-            };
-        })
-        .map_err(|error| LoaderError::Io {
-            op: "mapping",
-            path: MAP_FLOW_PORTS.into(),
-            source: error,
+            unsafe { AtomicU8::from_ptr(memory.add(offset)).store(1, Ordering::Release) };
         })
     }
 
     /// Moves `key`'s counter in `FLOW_EPOCHS` on, atomically as the egress
     /// program does (the map is mmapable).
     fn invalidate_replies(&self, key: &FlowKey) -> Result<(), LoaderError> {
-        let Some(epochs) = &self.epochs else {
-            return Ok(());
-        };
         let slot = flow_epoch_slot(key) as usize;
         let bytes = FLOW_EPOCH_SLOTS as usize * size_of::<u64>();
-        super::mapping::with_mapping(epochs.fd().as_fd(), bytes, true, |memory| {
+        write_mapped(self.epochs.as_ref(), MAP_FLOW_EPOCHS, bytes, |memory| {
             // SAFETY: `slot` < FLOW_EPOCH_SLOTS, inside the mapping; the kernel
             // maps array values 8-byte aligned; other writers use atomics too.
             unsafe {
-                AtomicU64::from_ptr(memory.as_ptr().cast::<u64>().add(slot))
-                    .fetch_add(1, Ordering::Relaxed)
+                AtomicU64::from_ptr(memory.cast::<u64>().add(slot)).fetch_add(1, Ordering::Relaxed)
             };
         })
-        .map_err(|error| LoaderError::Io {
-            op: "mapping",
-            path: MAP_FLOW_EPOCHS.into(),
-            source: error,
-        })
     }
+}
+
+/// Runs `write` on a writable mapping of the first `bytes` of `map`, an mmapable
+/// array; nothing where the pinned filter predates the map.
+fn write_mapped(
+    map: Option<&MapData>,
+    name: &'static str,
+    bytes: usize,
+    write: impl FnOnce(*mut u8),
+) -> Result<(), LoaderError> {
+    let Some(map) = map else {
+        return Ok(());
+    };
+    super::mapping::with_mapping(map.fd().as_fd(), bytes, true, |memory| {
+        write(memory.as_ptr().cast())
+    })
+    .map_err(|error| LoaderError::Io {
+        op: "mapping",
+        path: name.into(),
+        source: error,
+    })
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the clock the programs' timestamps use.

@@ -11,8 +11,8 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc:
 use super::{
     LoaderError,
     sys::{
-        BPF_F_REPLACE, BPF_LINK_DETACH, BPF_LINK_GET_FD_BY_ID, BPF_LINK_UPDATE, BPF_OBJ_GET,
-        BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN, BPF_PROG_GET_FD_BY_ID, bpf,
+        BPF_F_RDONLY, BPF_F_REPLACE, BPF_LINK_DETACH, BPF_LINK_GET_FD_BY_ID, BPF_LINK_GET_NEXT_ID,
+        BPF_LINK_UPDATE, BPF_OBJ_GET_INFO_BY_FD, BPF_OBJ_PIN, BPF_PROG_GET_FD_BY_ID, bpf, obj_get,
     },
 };
 
@@ -145,17 +145,16 @@ fn owned(fd: libc::c_long) -> OwnedFd {
 /// `crate::trust`: BPF_OBJ_GET follows a symlink, and one planted as `link` would
 /// have `remove` detach a filter elsewhere.
 fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
+    open_pinned_with(path, 0)
+}
+
+/// [`open_pinned`] with BPF_OBJ_GET's `file_flags`.
+fn open_pinned_with(path: &Path, file_flags: u32) -> std::io::Result<OwnedFd> {
     if let Some(dir) = path.parent() {
         super::pins::check_filter_dir(dir).map_err(std::io::Error::other)?;
     }
     crate::trust::check_entry_at(path).map_err(std::io::Error::other)?;
-    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let mut attr = [0u64; 16];
-    attr[0] = c_path.as_ptr() as u64;
-    // SAFETY: the path is a NUL-terminated string that outlives the call.
-    unsafe { bpf(BPF_OBJ_GET, &mut attr) }.map(owned)
+    obj_get(path, file_flags)
 }
 
 /// Detaches a pinned link from its hook now (BPF_LINK_DETACH). Unpinning alone
@@ -208,9 +207,60 @@ pub(crate) fn update_pinned(
 }
 
 /// Reads a pinned link's id, program and interface.
+///
+/// The kernel opens a pinned link only for reading and writing, which a read-only
+/// bpffs refuses (EROFS): there the link is found by the program pinned beside it
+/// (opened read-only), which the link runs (an apply switches both together).
 pub fn pinned_link_state(path: &Path, kind: LinkKind) -> Result<LinkState, LoaderError> {
     let io = |e| LoaderError::io("reading link", path, e);
-    state_of(&open_pinned(path).map_err(io)?, kind).map_err(io)
+    match open_pinned(path) {
+        Ok(fd) => state_of(&fd, kind).map_err(io),
+        Err(error) if error.raw_os_error() == Some(libc::EROFS) => {
+            link_running_pinned_program(path, kind).map_err(|_| io(error))
+        }
+        Err(error) => Err(io(error)),
+    }
+}
+
+/// The link of `kind` that runs the program pinned beside the link pin `path`
+/// (preferring one on the interface whose directory holds the pins). Walking the
+/// kernel's links needs CAP_SYS_ADMIN.
+fn link_running_pinned_program(path: &Path, kind: LinkKind) -> std::io::Result<LinkState> {
+    let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+    let program = path.with_file_name(match kind {
+        LinkKind::Xdp => super::PROGRAM_PIN,
+        LinkKind::TcxEgress => super::EGRESS_PROGRAM_PIN,
+    });
+    let (program_id, _) = pinned_program(&program)?;
+    let ifindex = path
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|name| interface_index(&super::pins::unescape(&name.to_string_lossy())));
+    let mut found = None;
+    let mut id = 0u32;
+    loop {
+        // BPF_LINK_GET_NEXT_ID: start_id (u32), next_id (u32).
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(id);
+        // SAFETY: no pointers in attr; the kernel writes next_id into it.
+        match unsafe { bpf(BPF_LINK_GET_NEXT_ID, &mut attr) } {
+            Ok(_) => id = (attr[0] >> 32) as u32,
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(error) => return Err(error),
+        }
+        // Links of other types, or freed meanwhile, are not it.
+        let Ok(Some(state)) = link_state(id, kind) else {
+            continue;
+        };
+        if state.program_id != program_id {
+            continue;
+        }
+        if Some(state.ifindex) == ifindex {
+            return Ok(state);
+        }
+        found.get_or_insert(state);
+    }
+    found.ok_or_else(not_found)
 }
 
 /// The state of the link with id `link_id`, or `None` once the kernel has freed it.
@@ -266,7 +316,8 @@ pub fn program_name(program_id: u32) -> Option<String> {
 /// The id and name of the program pinned at `path` (needs no capability beyond
 /// access to the pin).
 pub fn pinned_program(path: &Path) -> std::io::Result<(u32, String)> {
-    program_identity(&open_pinned(path)?)
+    // Read-only: all it asks is the program's info, and a read-only bpffs allows it.
+    program_identity(&open_pinned_with(path, BPF_F_RDONLY)?)
 }
 
 /// A program's id and name (BPF_OBJ_GET_INFO_BY_FD; `struct bpf_prog_info` keeps

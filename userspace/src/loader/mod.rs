@@ -660,8 +660,10 @@ fn attach_egress_staged(
     Ok(())
 }
 
-/// Detaches and unpins the filter on `iface`.
-pub fn remove(root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
+/// Detaches and unpins the filter on `iface`, under the writer lock: a remove
+/// interleaved with an apply or a rollback of the same filter could leave it half
+/// unpinned, or a staged install put in place over it.
+pub fn remove(_writer: &WriterLock, root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
     root.check()?;
     let dir = root.interface_dir(iface);
     if !pins::present(&dir) {
@@ -673,9 +675,13 @@ pub fn remove(root: &PinRoot, iface: &str) -> Result<(), LoaderError> {
 /// Reverts one interface's successful apply (used when a later interface of the same
 /// apply fails, so a policy is in force on all of them or on none): a fresh install
 /// is removed; a swap is undone by flipping back to the untouched previous copy.
-pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
+pub fn undo(
+    writer: &WriterLock,
+    root: &PinRoot,
+    outcome: &ApplyOutcome,
+) -> Result<(), LoaderError> {
     if outcome.attached {
-        return remove(root, &outcome.iface);
+        return remove(writer, root, &outcome.iface);
     }
     if let Some(found) = outcome.took_over_layout {
         // The old layout's filter is gone, and this one's other copy holds no
@@ -692,13 +698,44 @@ pub fn undo(root: &PinRoot, outcome: &ApplyOutcome) -> Result<(), LoaderError> {
 }
 
 /// An apply to several interfaces that failed on one of them (and was undone on the
-/// ones already done).
+/// ones already done). What it says stays in force is what was pinned before: a
+/// failed first install leaves no filter, and must not claim a policy stays.
 #[derive(Debug, thiserror::Error)]
-#[error("applying to {iface} (the policy in force stays in force): {source}")]
+#[error("applying to {} ({in_force}): {source}", in_force.iface)]
 pub struct ApplyAllError {
-    pub iface: String,
     #[source]
     pub source: LoaderError,
+    /// Where it failed, and what is in force on the apply's interfaces after it
+    /// (boxed: an error stays small).
+    pub in_force: Box<InForce>,
+}
+
+/// The interfaces of a failed apply, by what is in force on them: what was before.
+#[derive(Debug)]
+pub struct InForce {
+    /// The interface the apply failed on.
+    pub iface: String,
+    /// Those that had a filter before it: theirs stays.
+    pub kept: Vec<String>,
+    /// Those that had none, and still have none.
+    pub unfiltered: Vec<String>,
+}
+
+impl std::fmt::Display for InForce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kept, unfiltered) = (self.kept.join(", "), self.unfiltered.join(", "));
+        match (kept.is_empty(), unfiltered.is_empty()) {
+            (_, true) => write!(f, "the policy in force stays in force"),
+            (true, false) => write!(
+                f,
+                "nothing was applied; no filter is in place on {unfiltered}"
+            ),
+            (false, false) => write!(
+                f,
+                "nothing was applied; the policy in force on {kept} stays in force, no filter is in place on {unfiltered}"
+            ),
+        }
+    }
 }
 
 /// Applies to every interface or to none: if one fails, the ones already done are
@@ -710,19 +747,27 @@ pub fn apply_all(
     compiled: &Compiled,
     summary: &PolicySummary,
 ) -> Result<Vec<ApplyOutcome>, ApplyAllError> {
+    let (kept, unfiltered): (Vec<String>, Vec<String>) = ifaces
+        .iter()
+        .cloned()
+        .partition(|iface| pins::present(&root.interface_dir(iface)));
     let mut done = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
         match apply(writer, root, iface, compiled, summary.clone()) {
             Ok(outcome) => done.push(outcome),
             Err(source) => {
                 for outcome in done.iter().rev() {
-                    if let Err(error) = undo(root, outcome) {
+                    if let Err(error) = undo(writer, root, outcome) {
                         tracing::error!(iface = outcome.iface, %error, "could not undo apply");
                     }
                 }
                 return Err(ApplyAllError {
-                    iface: iface.clone(),
                     source,
+                    in_force: Box::new(InForce {
+                        iface: iface.clone(),
+                        kept,
+                        unfiltered,
+                    }),
                 });
             }
         }

@@ -26,6 +26,8 @@ use nix::{
 
 use airlock_common::{MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META};
 
+use aya::maps::{MapData, MapError};
+
 use super::LoaderError;
 use crate::trust;
 
@@ -259,11 +261,27 @@ pub fn pinned_path(dir: &Path, name: &str) -> Result<PathBuf, LoaderError> {
     entry(dir, name)
 }
 
+/// Opens the map pinned at `path` (checked already, as [`pinned_path`] does),
+/// `read_only` or to read and write. Reading only works on a read-only bpffs too,
+/// which refuses a read-write open of any pin (EROFS).
+pub(crate) fn open_map(path: &Path, read_only: bool) -> Result<MapData, MapError> {
+    if !read_only {
+        return MapData::from_pin(path);
+    }
+    let fd = super::sys::obj_get(path, super::sys::BPF_F_RDONLY).map_err(|io_error| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call: "BPF_OBJ_GET",
+            io_error,
+        })
+    })?;
+    MapData::from_fd(fd)
+}
+
 fn escape(iface: &str) -> String {
     iface.replace('%', "%25").replace('.', "%2e")
 }
 
-fn unescape(name: &str) -> String {
+pub(crate) fn unescape(name: &str) -> String {
     name.replace("%2e", ".").replace("%25", "%")
 }
 

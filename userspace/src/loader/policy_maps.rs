@@ -38,10 +38,19 @@ mod read_back;
 pub use counters::Counters;
 pub use read_back::SourcePrefixes;
 
-/// Where typed map handles come from: a freshly loaded object or a pin directory.
+/// Where typed map handles come from: a freshly loaded object or a pin directory
+/// (opened to write, or only to read: `status` and the like, which work on a
+/// read-only bpffs).
 pub(crate) enum MapSource<'a> {
     Object(&'a mut Ebpf),
     Pinned(&'a Path),
+    PinnedReadOnly(&'a Path),
+}
+
+/// The map pinned at `dir`/`name`, read-only or not.
+fn from_pin(dir: &Path, name: &'static str, read_only: bool) -> Result<MapData, LoaderError> {
+    super::pins::open_map(&super::pins::entry(dir, name)?, read_only)
+        .map_err(|source| LoaderError::Map { name, source })
 }
 
 impl MapSource<'_> {
@@ -56,11 +65,10 @@ impl MapSource<'_> {
     fn take_map(&mut self, name: &'static str) -> Result<Map, LoaderError> {
         match self {
             MapSource::Object(ebpf) => ebpf.take_map(name).ok_or(LoaderError::MissingMap(name)),
-            MapSource::Pinned(dir) => {
-                let data = MapData::from_pin(super::pins::entry(dir, name)?)
-                    .map_err(|source| LoaderError::Map { name, source })?;
-                Map::from_map_data(data).map_err(|source| LoaderError::Map { name, source })
-            }
+            MapSource::Pinned(dir) => Map::from_map_data(from_pin(dir, name, false)?)
+                .map_err(|source| LoaderError::Map { name, source }),
+            MapSource::PinnedReadOnly(dir) => Map::from_map_data(from_pin(dir, name, true)?)
+                .map_err(|source| LoaderError::Map { name, source }),
         }
     }
 
@@ -88,8 +96,8 @@ impl MapSource<'_> {
                 Some(Map::Array(data)) => Ok(data),
                 _ => Err(LoaderError::MissingMap(name)),
             },
-            MapSource::Pinned(dir) => MapData::from_pin(super::pins::entry(dir, name)?)
-                .map_err(|source| LoaderError::Map { name, source }),
+            MapSource::Pinned(dir) => from_pin(dir, name, false),
+            MapSource::PinnedReadOnly(dir) => from_pin(dir, name, true),
         }
     }
 }
@@ -97,7 +105,7 @@ impl MapSource<'_> {
 /// The layout version recorded in the active META slot of the filter pinned in
 /// `dir`, read from the two maps every layout has.
 fn pinned_layout(dir: &Path) -> Option<u32> {
-    let mut source = MapSource::Pinned(dir);
+    let mut source = MapSource::PinnedReadOnly(dir);
     let active: Array<MapData, u32> = source.take(MAP_ACTIVE_GEN).ok()?;
     let meta: Array<MapData, PolicyMeta> = source.take(MAP_META).ok()?;
     let generation = active.get(&0, 0).ok()? & 1;
@@ -164,8 +172,18 @@ impl PolicyMaps {
 
     /// Opens the maps pinned in `dir` (an interface's pin directory).
     pub fn open_pinned(dir: &Path) -> Result<Self, LoaderError> {
+        Self::open(dir, MapSource::Pinned(dir))
+    }
+
+    /// [`open_pinned`](Self::open_pinned) for reading only: works on a read-only
+    /// bpffs; every write through these handles fails (EPERM).
+    pub fn open_pinned_read_only(dir: &Path) -> Result<Self, LoaderError> {
+        Self::open(dir, MapSource::PinnedReadOnly(dir))
+    }
+
+    fn open(dir: &Path, source: MapSource<'_>) -> Result<Self, LoaderError> {
         super::pins::check_filter_dir(dir)?;
-        Self::take(MapSource::Pinned(dir)).map_err(|error| {
+        Self::take(source).map_err(|error| {
             // A filter pinned by an airlock with another map layout may lack maps
             // this one has: say that, rather than which map is missing.
             match pinned_layout(dir) {

@@ -52,9 +52,10 @@ pub(super) fn foreign_layout(dir: &Path) -> Option<u32> {
 
 /// The active `META` slot of the filter in `dir`: its layout and its JSON.
 fn pinned_meta(dir: &Path) -> Option<(u32, Vec<u8>)> {
+    // Read-only: it reads, and works on a read-only bpffs (`status`).
     let open = |name| {
         let path = pins::entry(dir, name).ok()?;
-        MapData::from_pin(path).ok()
+        pins::open_map(&path, true).ok()
     };
     let active: Array<MapData, u32> =
         Array::try_from(aya::maps::Map::Array(open(MAP_ACTIVE_GEN)?)).ok()?;

@@ -9,7 +9,7 @@
 //! is therefore as trusted as whoever can write it or any directory on its path,
 //! like the policy itself.
 
-use std::fs::{Metadata, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::Read as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::Path;
@@ -91,11 +91,13 @@ impl ReadError {
     }
 }
 
-/// The text of the regular file at `path`, at most `limit` bytes.
-pub(crate) fn read(path: &Path, limit: u64) -> Result<String, ReadError> {
+/// The regular file at `path`, opened for reading, and what fstat says of it.
+/// Anything else is refused ([`ReadError::NotRegular`]) without blocking: a FIFO
+/// with no writer, a device that never ends.
+pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), ReadError> {
     // Looked at before opening: opening a device can itself act (a tape rewinds, a
     // watchdog arms).
-    check(&std::fs::metadata(path).map_err(ReadError::Io)?, limit)?;
+    check_kind(&std::fs::metadata(path).map_err(ReadError::Io)?)?;
     // O_NONBLOCK: if a FIFO took the file's place since, opening it does not wait for
     // a writer (and fstat below refuses it). O_NOCTTY: nor does a terminal become ours.
     // Neither changes anything for a regular file.
@@ -106,6 +108,13 @@ pub(crate) fn read(path: &Path, limit: u64) -> Result<String, ReadError> {
         .map_err(ReadError::Io)?;
     // What was opened is what counts.
     let opened = file.metadata().map_err(ReadError::Io)?;
+    check_kind(&opened)?;
+    Ok((file, opened))
+}
+
+/// The text of the regular file at `path`, at most `limit` bytes.
+pub(crate) fn read(path: &Path, limit: u64) -> Result<String, ReadError> {
+    let (file, opened) = open_regular(path)?;
     check(&opened, limit)?;
     let mut bytes = Vec::new();
     // The claimed size, checked against the limit just above, plus one byte to see
@@ -131,6 +140,21 @@ pub(crate) fn read(path: &Path, limit: u64) -> Result<String, ReadError> {
 }
 
 fn check(meta: &Metadata, limit: u64) -> Result<(), ReadError> {
+    check_kind(meta)?;
+    if meta.mode() & 0o002 != 0 {
+        return Err(ReadError::WorldWritable(meta.mode()));
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge {
+            size: Some(meta.len()),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// A regular file, or [`ReadError::NotRegular`] saying what it is instead.
+fn check_kind(meta: &Metadata) -> Result<(), ReadError> {
     let kind = meta.file_type();
     if !kind.is_file() {
         return Err(ReadError::NotRegular(if kind.is_dir() {
@@ -146,15 +170,6 @@ fn check(meta: &Metadata, limit: u64) -> Result<(), ReadError> {
         } else {
             "something else"
         }));
-    }
-    if meta.mode() & 0o002 != 0 {
-        return Err(ReadError::WorldWritable(meta.mode()));
-    }
-    if meta.len() > limit {
-        return Err(ReadError::TooLarge {
-            size: Some(meta.len()),
-            limit,
-        });
     }
     Ok(())
 }

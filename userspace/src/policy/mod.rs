@@ -40,11 +40,31 @@ pub use validate::yaml_panics_caught;
 
 /// Reads the policy at `path` (and any files it imports) and validates it.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+    let text = read_file(path).map_err(|source| PolicyError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     parse_str(&text, path)
+}
+
+/// The text of the policy file at `path`, which must be a regular file (symlinks
+/// to one are followed): whoever controls a directory on the path could put a FIFO
+/// there, whose open or read would block the CLI or the agent for ever, or a
+/// device that never ends. Checked on the descriptor opened (fstat), which was
+/// opened without waiting (O_NONBLOCK).
+pub fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let (mut file, _) = import_file::open_regular(path).map_err(|error| match error {
+        import_file::ReadError::Io(error) => error,
+        import_file::ReadError::NotRegular(what) => std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {what}, not a regular file"),
+        ),
+        other => std::io::Error::other(other.message(path)),
+    })?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Validates policy text, YAML or JSON (a `.json` origin, or text that is a JSON

@@ -158,12 +158,33 @@ pub fn check(
     if snapshot.sha256 == old.sha256 {
         return Ok(None);
     }
-    let whole = diff::diff(old_entries, &parsed.entries);
-    let sets = diff::set_diffs(
-        target.sets.iter().map(|(n, s)| (n.as_str(), s)),
-        old_entries,
-        &parsed.entries,
-    );
+    let (whole, sets) = guard(target, old_entries, &parsed.entries, max_removed)?;
+    let text = snapshot.text();
+    Ok(Some(Candidate {
+        path: target.path.clone(),
+        provider: target.provider,
+        ranges: whole.new_ranges,
+        snapshot,
+        text,
+        replaces: old.sha256.clone(),
+        diff: whole,
+        sets,
+    }))
+}
+
+/// The shrink guard, for the agent's refresh and `airlock ranges fetch` alike: what
+/// `new` changes against `old`, for the whole list and for each of `target`'s sets,
+/// refused if it removes more than `max_removed` (0..=1) of the list's ranges or of
+/// any set's selection (a truncated download can empty one region's list while
+/// the document loses little).
+pub fn guard(
+    target: &Target,
+    old: &[super::Entry],
+    new: &[super::Entry],
+    max_removed: f64,
+) -> Result<(Diff, Vec<SetDiff>), Refusal> {
+    let whole = diff::diff(old, new);
+    let sets = diff::set_diffs(target.sets.iter().map(|(n, s)| (n.as_str(), s)), old, new);
     let shrink = |list: String, removed: usize, old: usize, share: f64| Refusal::Shrink {
         provider: target.provider,
         list,
@@ -188,17 +209,7 @@ pub fn check(
             set.removed_share(),
         ));
     }
-    let text = snapshot.text();
-    Ok(Some(Candidate {
-        path: target.path.clone(),
-        provider: target.provider,
-        ranges: whole.new_ranges,
-        snapshot,
-        text,
-        replaces: old.sha256.clone(),
-        diff: whole,
-        sets,
-    }))
+    Ok((whole, sets))
 }
 
 /// The SHA-256 the snapshot at `path` records, if it is readable.

@@ -116,7 +116,7 @@ fn target_of(maps: &PolicyMaps) -> Result<RollbackTarget, LoaderError> {
 
 /// The confirmation pending on `iface`, if any.
 pub fn pending(root: &PinRoot, iface: &str, now: u64) -> Result<Option<Pending>, LoaderError> {
-    let maps = PolicyMaps::open_pinned(&root.interface_dir(iface))?;
+    let maps = PolicyMaps::open_pinned_read_only(&root.interface_dir(iface))?;
     let Some(summary) = maps.active_summary()? else {
         return Ok(None);
     };
@@ -172,6 +172,7 @@ enum Cause {
 /// Rolls back the apply `pending` describes (the caller holds the [`WriterLock`]
 /// and has checked that it is still pending).
 fn roll_back(
+    writer: &WriterLock,
     root: &PinRoot,
     pending: &Pending,
     cause: Cause,
@@ -189,7 +190,7 @@ fn roll_back(
         }
         RollbackTarget::Remove => {
             drop(maps);
-            loader::remove(root, iface)?;
+            loader::remove(writer, root, iface)?;
         }
     }
     Ok(target)
@@ -236,19 +237,25 @@ pub fn expire_due(root: &PinRoot) -> Vec<RolledBack> {
     if tokens.is_empty() {
         return Vec::new();
     }
-    let Ok(_lock) = WriterLock::acquire(root) else {
+    let Ok(lock) = WriterLock::acquire(root) else {
         return Vec::new();
     };
-    roll_back_tokens(root, &tokens, now, Cause::Expired)
+    roll_back_tokens(&lock, root, &tokens, now, Cause::Expired)
 }
 
-fn roll_back_tokens(root: &PinRoot, tokens: &[u64], now: u64, cause: Cause) -> Vec<RolledBack> {
+fn roll_back_tokens(
+    writer: &WriterLock,
+    root: &PinRoot,
+    tokens: &[u64],
+    now: u64,
+    cause: Cause,
+) -> Vec<RolledBack> {
     // Read again under the lock: a `confirm` may have won the race.
     pending_all(root, now)
         .into_iter()
         .filter(|p| tokens.contains(&p.token))
         .map(|p| {
-            let result = roll_back(root, &p, cause);
+            let result = roll_back(writer, root, &p, cause);
             match &result {
                 Ok(target) => tracing::warn!(
                     iface = p.iface,
@@ -313,12 +320,12 @@ pub struct WatchdogError(#[source] pub io::Error);
 /// the [`WriterLock`] of that apply). If it cannot be started, the apply is rolled
 /// back at once: nothing would roll it back at its deadline.
 pub fn arm_or_roll_back(
-    _writer: &WriterLock,
+    writer: &WriterLock,
     root: &PinRoot,
     pending: &PendingConfirm,
 ) -> Result<(), WatchdogError> {
     arm_watchdog(root, pending).map(drop).map_err(|error| {
-        roll_back_tokens(root, &[pending.token], 0, Cause::NotArmed);
+        roll_back_tokens(writer, root, &[pending.token], 0, Cause::NotArmed);
         WatchdogError(error)
     })
 }
@@ -379,10 +386,10 @@ pub fn watchdog(root: &PinRoot, token: u64) -> Vec<RolledBack> {
         }
         let left = ours.iter().map(|p| p.millis_left).min().unwrap_or(0);
         if left <= 0 {
-            let Ok(_lock) = WriterLock::acquire(root) else {
+            let Ok(lock) = WriterLock::acquire(root) else {
                 return Vec::new();
             };
-            return roll_back_tokens(root, &[token], now, Cause::Expired);
+            return roll_back_tokens(&lock, root, &[token], now, Cause::Expired);
         }
         crate::test_hook::stop_at("watchdog");
         // Wake when the deadline falls, or once a second to notice a confirmation
@@ -415,7 +422,7 @@ pub fn confirm(root: &PinRoot, ifaces: &[String]) -> Result<Vec<Confirmed>, Load
         Ok(false) => return Ok(Vec::new()),
         Err(e) => return Err(LoaderError::io("checking", root.path(), e)),
     }
-    let _lock = WriterLock::acquire(root)?;
+    let lock = WriterLock::acquire(root)?;
     let now = now_unix();
     let mut out = Vec::new();
     for p in pending_readable(root, now)? {
@@ -423,7 +430,7 @@ pub fn confirm(root: &PinRoot, ifaces: &[String]) -> Result<Vec<Confirmed>, Load
             continue;
         }
         if p.seconds_left <= 0 {
-            let to = roll_back(root, &p, Cause::Expired)?;
+            let to = roll_back(&lock, root, &p, Cause::Expired)?;
             out.push(Confirmed::RolledBack {
                 iface: p.iface,
                 serial: p.serial,
