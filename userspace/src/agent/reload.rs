@@ -247,6 +247,7 @@ impl Reconciler {
             if self.fleet_cache.is_some() {
                 state.fleet_applied = fingerprint.revision.clone();
                 state.fleet_rejected = None;
+                state.fleet_settling = true;
             }
         }
         tracing::info!(
@@ -269,6 +270,8 @@ impl Reconciler {
         });
         self.remove_unselected();
         self.reconcile();
+        // `ready` now describes this revision (reconcile set it).
+        self.state.lock().fleet_settling = false;
         true
     }
 

@@ -104,8 +104,9 @@ pub fn agent_holds(pin_root: &Path) -> bool {
 }
 
 /// The process id of the agent that manages `pin_root`, if one runs. Read from
-/// /proc/locks, never by trying the lock: taking it even for a moment could make an
-/// agent starting at that moment refuse to run.
+/// /proc/locks without trying the lock ([`agent_holds`] probes it where this finds
+/// nothing). Only an exclusive (WRITE) lock is the agent's: a shared one is another
+/// airlock's brief probe, and must not be taken for an agent.
 pub fn agent_pid(pin_root: &Path) -> Option<u32> {
     let meta = std::fs::symlink_metadata(pin_root.join(AGENT_LOCK_DIR)).ok()?;
     // As the kernel prints a lock's file: device major:minor in hex, then inode.
@@ -120,8 +121,10 @@ pub fn agent_pid(pin_root: &Path) -> Option<u32> {
     // after the number.
     locks.lines().find_map(|line| {
         let words: Vec<&str> = line.split_whitespace().collect();
-        (words.get(1) == Some(&"FLOCK") && words.get(5) == Some(&file.as_str()))
-            .then(|| words.get(4)?.parse().ok())
-            .flatten()
+        (words.get(1) == Some(&"FLOCK")
+            && words.get(3) == Some(&"WRITE")
+            && words.get(5) == Some(&file.as_str()))
+        .then(|| words.get(4)?.parse().ok())
+        .flatten()
     })
 }

@@ -53,6 +53,10 @@ pub struct StateInner {
     /// The cached revision the agent last failed to put in force, and why (cleared
     /// once a revision is in force again).
     pub fleet_rejected: Option<FleetRejection>,
+    /// Set with `fleet_applied`, cleared once the reload after that swap has also
+    /// removed unselected interfaces and checked every selected one: until then
+    /// `ready` still describes the revision before, and InSync must not be True.
+    pub fleet_settling: bool,
 }
 
 /// A cached revision the agent did not put in force.

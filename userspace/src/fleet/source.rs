@@ -311,6 +311,7 @@ pub async fn run_with(
         {
             let inner = state.lock();
             observed.ready = inner.ready;
+            observed.settling = inner.fleet_settling;
             observed.applied = inner.fleet_applied.clone();
             observed.rejected = inner.fleet_rejected.clone();
             observed.prefixes_v4 = inner.prefixes_v4 as u64;

@@ -39,6 +39,9 @@ pub struct Observed {
     /// the revision its last successful swap put in force, the revision it last
     /// failed to, and the figures of what is in force.
     pub ready: bool,
+    /// The swap that put `applied` in force is still being followed up (unselected
+    /// interfaces removed, every selected one checked): `ready` is not about it yet.
+    pub settling: bool,
     pub applied: Option<Meta>,
     pub rejected: Option<FleetRejection>,
     pub prefixes_v4: u64,
@@ -128,7 +131,7 @@ fn in_sync(o: &Observed) -> (bool, &'static str, String) {
             ),
         );
     }
-    if !o.ready {
+    if !o.ready || o.settling {
         return (
             false,
             "Applying",
@@ -237,6 +240,7 @@ mod tests {
             cache: Some(meta("db-7")),
             from_api: true,
             ready: true,
+            settling: false,
             applied: Some(meta("db-7")),
             rejected: None,
             prefixes_v4: 3,
@@ -345,6 +349,11 @@ mod tests {
         // Applied, but as the canary's monitor stage while enforcing is asked.
         let mut o = synced();
         o.applied.as_mut().unwrap().monitor = true;
+        assert_eq!(sync_reason(&o), ("False".into(), "Applying".into()));
+        // Swapped in, but the reload has not yet removed unselected interfaces and
+        // checked the selected ones: `ready` still speaks of the revision before.
+        let mut o = synced();
+        o.settling = true;
         assert_eq!(sync_reason(&o), ("False".into(), "Applying".into()));
     }
 

@@ -710,7 +710,7 @@ pub struct ApplyAllError {
     pub in_force: Box<InForce>,
 }
 
-/// The interfaces of a failed apply, by what is in force on them: what was before.
+/// The interfaces of a failed apply, by what is in force on them.
 #[derive(Debug)]
 pub struct InForce {
     /// The interface the apply failed on.
@@ -719,21 +719,49 @@ pub struct InForce {
     pub kept: Vec<String>,
     /// Those that had none, and still have none.
     pub unfiltered: Vec<String>,
+    /// Those where the apply took over a filter of another layout: that filter is
+    /// gone, so the new policy stays in force there.
+    pub taken_over: Vec<String>,
+    /// Those where undoing the apply failed: what is in force there is unknown.
+    pub undo_failed: Vec<String>,
 }
 
 impl std::fmt::Display for InForce {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (kept, unfiltered) = (self.kept.join(", "), self.unfiltered.join(", "));
-        match (kept.is_empty(), unfiltered.is_empty()) {
-            (_, true) => write!(f, "the policy in force stays in force"),
-            (true, false) => write!(
-                f,
-                "nothing was applied; no filter is in place on {unfiltered}"
-            ),
-            (false, false) => write!(
-                f,
-                "nothing was applied; the policy in force on {kept} stays in force, no filter is in place on {unfiltered}"
-            ),
+        let list = |names: &[String]| names.join(", ");
+        let changed = !self.taken_over.is_empty() || !self.undo_failed.is_empty();
+        if !changed && self.unfiltered.is_empty() {
+            return write!(f, "the policy in force stays in force");
+        }
+        let mut parts = Vec::new();
+        if !self.kept.is_empty() {
+            parts.push(format!(
+                "the policy in force on {} stays in force",
+                list(&self.kept)
+            ));
+        }
+        if !self.taken_over.is_empty() {
+            parts.push(format!(
+                "the new policy stays in force on {} (the filter it replaced, of another layout, cannot be restored)",
+                list(&self.taken_over)
+            ));
+        }
+        if !self.undo_failed.is_empty() {
+            parts.push(format!(
+                "undoing the apply failed on {} (see `airlock status`)",
+                list(&self.undo_failed)
+            ));
+        }
+        if !self.unfiltered.is_empty() {
+            parts.push(format!(
+                "no filter is in place on {}",
+                list(&self.unfiltered)
+            ));
+        }
+        if changed {
+            write!(f, "{}", parts.join("; "))
+        } else {
+            write!(f, "nothing was applied; {}", parts.join(", "))
         }
     }
 }
@@ -756,17 +784,31 @@ pub fn apply_all(
         match apply(writer, root, iface, compiled, summary.clone()) {
             Ok(outcome) => done.push(outcome),
             Err(source) => {
+                let (mut taken_over, mut undo_failed) = (Vec::new(), Vec::new());
                 for outcome in done.iter().rev() {
+                    if !outcome.attached && outcome.took_over_layout.is_some() {
+                        taken_over.push(outcome.iface.clone());
+                    }
                     if let Err(error) = undo(writer, root, outcome) {
                         tracing::error!(iface = outcome.iface, %error, "could not undo apply");
+                        undo_failed.push(outcome.iface.clone());
                     }
                 }
+                let changed =
+                    |name: &String| taken_over.contains(name) || undo_failed.contains(name);
+                let kept = kept.into_iter().filter(|name| !changed(name)).collect();
+                let unfiltered = unfiltered
+                    .into_iter()
+                    .filter(|name| !changed(name))
+                    .collect();
                 return Err(ApplyAllError {
                     source,
                     in_force: Box::new(InForce {
                         iface: iface.clone(),
                         kept,
                         unfiltered,
+                        taken_over,
+                        undo_failed,
                     }),
                 });
             }
@@ -799,5 +841,41 @@ pub trait PinnableMaps {
 impl PinnableMaps for Ebpf {
     fn pinnable_maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)> {
         self.maps().filter(|(name, _)| !name.contains('.'))
+    }
+}
+
+#[cfg(test)]
+mod in_force_tests {
+    use super::InForce;
+
+    fn in_force(kept: &[&str], unfiltered: &[&str], taken_over: &[&str]) -> String {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        InForce {
+            iface: "eth9".into(),
+            kept: names(kept),
+            unfiltered: names(unfiltered),
+            taken_over: names(taken_over),
+            undo_failed: Vec::new(),
+        }
+        .to_string()
+    }
+
+    /// What a failed apply says is in force names each interface by what it runs.
+    #[test]
+    fn a_failed_apply_says_what_each_interface_runs() {
+        assert_eq!(
+            in_force(&["eth0"], &[], &[]),
+            "the policy in force stays in force"
+        );
+        assert_eq!(
+            in_force(&[], &["eth1"], &[]),
+            "nothing was applied; no filter is in place on eth1"
+        );
+        // A takeover of another layout's filter cannot be undone: the new policy
+        // stays there, and the message must not claim otherwise.
+        assert_eq!(
+            in_force(&["eth0"], &["eth1"], &["eth2"]),
+            "the policy in force on eth0 stays in force; the new policy stays in force on eth2 (the filter it replaced, of another layout, cannot be restored); no filter is in place on eth1"
+        );
     }
 }
