@@ -203,44 +203,55 @@ impl FlowTable {
     /// Writes `flow` as open until `expires_ns`, as the egress program does on the
     /// host's SYN.
     pub fn insert_open(&mut self, flow: &Flow, expires_ns: u64) -> Result<(), LoaderError> {
-        let state = FlowState {
-            expires_ns,
-            closing: 0,
-            _pad: 0,
-        };
         let key = flow.key();
-        self.mark_port(&key)?;
-        self.map.insert(key, state, 0).map_err(map_error)?;
-        self.invalidate_replies(&key)
+        self.mark_ports(&[key])?;
+        self.map
+            .insert(key, open_until(expires_ns), 0)
+            .map_err(map_error)?;
+        self.invalidate_replies(&[key])
     }
 
-    /// Marks `key`'s local port in `FLOW_PORTS` (mmapable), as the egress program
-    /// does before it writes an entry.
-    fn mark_port(&self, key: &FlowKey) -> Result<(), LoaderError> {
-        let Some((block, byte)) = flow_port_byte(key.protocol, key.local_port) else {
-            return Ok(());
-        };
-        let offset = block as usize * FLOW_PORT_BLOCK_BYTES + byte;
+    /// Marks the local ports of `keys` in `FLOW_PORTS` (mmapable, mapped once), as
+    /// the egress program does before it writes an entry.
+    fn mark_ports(&self, keys: &[FlowKey]) -> Result<(), LoaderError> {
         let bytes = FLOW_PORT_BLOCKS as usize * FLOW_PORT_BLOCK_BYTES;
         write_mapped(self.ports.as_ref(), MAP_FLOW_PORTS, bytes, |memory| {
-            // SAFETY: `offset` < the mapping's length by construction
-            // (`flow_port_byte`); the program reads and writes single bytes.
-            unsafe { AtomicU8::from_ptr(memory.add(offset)).store(1, Ordering::Release) };
+            for key in keys {
+                let Some((block, byte)) = flow_port_byte(key.protocol, key.local_port) else {
+                    continue;
+                };
+                let offset = block as usize * FLOW_PORT_BLOCK_BYTES + byte;
+                // SAFETY: `offset` < the mapping's length by construction
+                // (`flow_port_byte`); the program reads and writes single bytes.
+                unsafe { AtomicU8::from_ptr(memory.add(offset)).store(1, Ordering::Release) };
+            }
         })
     }
 
-    /// Moves `key`'s counter in `FLOW_EPOCHS` on, atomically as the egress
-    /// program does (the map is mmapable).
-    fn invalidate_replies(&self, key: &FlowKey) -> Result<(), LoaderError> {
-        let slot = flow_epoch_slot(key) as usize;
+    /// Moves the counters of `keys` in `FLOW_EPOCHS` on (mapped once), atomically
+    /// as the egress program does.
+    fn invalidate_replies(&self, keys: &[FlowKey]) -> Result<(), LoaderError> {
         let bytes = FLOW_EPOCH_SLOTS as usize * size_of::<u64>();
         write_mapped(self.epochs.as_ref(), MAP_FLOW_EPOCHS, bytes, |memory| {
-            // SAFETY: `slot` < FLOW_EPOCH_SLOTS, inside the mapping; the kernel
-            // maps array values 8-byte aligned; other writers use atomics too.
-            unsafe {
-                AtomicU64::from_ptr(memory.cast::<u64>().add(slot)).fetch_add(1, Ordering::Relaxed)
-            };
+            for key in keys {
+                let slot = flow_epoch_slot(key) as usize;
+                // SAFETY: `slot` < FLOW_EPOCH_SLOTS, inside the mapping; the kernel
+                // maps array values 8-byte aligned; other writers use atomics too.
+                unsafe {
+                    AtomicU64::from_ptr(memory.cast::<u64>().add(slot))
+                        .fetch_add(1, Ordering::Relaxed)
+                };
+            }
         })
+    }
+}
+
+/// An open flow's entry, until `expires_ns`.
+fn open_until(expires_ns: u64) -> FlowState {
+    FlowState {
+        expires_ns,
+        closing: 0,
+        _pad: 0,
     }
 }
 
@@ -288,23 +299,39 @@ pub fn seed_from_socket_table(dir: &Path) {
     };
     let sockets = crate::sockets::read();
     let expires = monotonic_ns() + airlock_common::TCP_TIMEOUT_NS;
-    let mut seeded = 0usize;
-    for socket in crate::sockets::opened_by_host(&sockets) {
-        let flow = Flow {
-            peer: socket.peer,
-            protocol: IPPROTO_TCP,
-            local_port: socket.local_port,
-            peer_port: socket.peer_port,
-        };
-        // Where the egress program already tracks it, its state is the better one.
-        if table.map.get(&flow.key(), 0).is_ok() {
-            continue;
-        }
-        match table.insert_open(&flow, expires) {
-            Ok(()) => seeded += 1,
-            Err(error) => tracing::warn!(%error, ?flow, "seeding the flow table"),
+    // Where the egress program already tracks a connection, its state is the
+    // better one: only absent ones are written.
+    let absent: Vec<FlowKey> = crate::sockets::opened_by_host(&sockets)
+        .map(|socket| {
+            Flow {
+                peer: socket.peer,
+                protocol: IPPROTO_TCP,
+                local_port: socket.local_port,
+                peer_port: socket.peer_port,
+            }
+            .key()
+        })
+        .filter(|key| table.map.get(key, 0).is_err())
+        .collect();
+    // Ports first (one mapping for all), so no entry is ever written unmarked.
+    if let Err(error) = table.mark_ports(&absent) {
+        tracing::warn!(%error, "seeding the flow table");
+        return;
+    }
+    let mut written = Vec::with_capacity(absent.len());
+    for key in absent {
+        match table.map.insert(key, open_until(expires), 0) {
+            Ok(()) => written.push(key),
+            Err(error) => {
+                let flow = Flow::from_key(&key);
+                tracing::warn!(error = %map_error(error), ?flow, "seeding the flow table");
+            }
         }
     }
+    if let Err(error) = table.invalidate_replies(&written) {
+        tracing::warn!(%error, "seeding the flow table");
+    }
+    let seeded = written.len();
     if seeded > 0 {
         tracing::info!(
             seeded,
