@@ -119,10 +119,16 @@ fn optional_pin(
     error: fn(aya::maps::MapError) -> LoaderError,
 ) -> Result<Option<MapData>, LoaderError> {
     let pin = super::pins::pinned_path(dir, name)?;
-    if pin.exists() {
-        Ok(Some(super::pins::open_map(&pin, read_only).map_err(error)?))
-    } else {
-        Ok(None)
+    // Only "not found" means an older layout; any other failure to look is an error,
+    // never a map taken for absent.
+    match std::fs::symlink_metadata(&pin) {
+        Ok(_) => Ok(Some(super::pins::open_map(&pin, read_only).map_err(error)?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LoaderError::Io {
+            op: "stat",
+            path: pin,
+            source,
+        }),
     }
 }
 
