@@ -188,10 +188,22 @@ pub(super) fn apply(
         refuse_all(format!("the policy is invalid with the new list: {e}"));
         return false;
     }
-    let previous: Vec<(PathBuf, String)> = fresh
-        .iter()
-        .filter_map(|c| Some((c.path.clone(), std::fs::read_to_string(&c.path).ok()?)))
-        .collect();
+    // Kept to write back should the swap be refused. A snapshot in use that cannot
+    // be read now could not be restored: refuse before touching any file, never
+    // treat it as nothing to restore.
+    let mut previous: Vec<(PathBuf, String)> = Vec::with_capacity(fresh.len());
+    for c in &fresh {
+        match std::fs::read_to_string(&c.path) {
+            Ok(text) => previous.push((c.path.clone(), text)),
+            Err(e) => {
+                refuse_all(format!(
+                    "cannot read the snapshot in use {} to keep it: {e}",
+                    c.path.display()
+                ));
+                return false;
+            }
+        }
+    }
     let restore = || {
         for (path, text) in &previous {
             if let Err(error) = snapshot::write_text(path, text) {
