@@ -460,7 +460,9 @@ fn top64(address: u128, width: u32) -> u64 {
 /// What the program finds in `table` for the address `key`, step for step as
 /// ebpf-programs/src/source.rs does: for tests of the layout.
 pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<&R> {
-    let slot = table.elements.get(table.directory.slot(top64(key, R::WIDTH)))?;
+    let slot = table
+        .elements
+        .get(table.directory.slot(top64(key, R::WIDTH)))?;
     let Some((mut base, mut len)) = slot.run() else {
         return Some(slot);
     };

@@ -299,7 +299,11 @@ fn a_slot_one_range_covers_holds_its_answer() {
     assert_eq!(searched.len(), 2, "only the prefixes' slots are searched");
     assert!(searched.iter().all(|run| run.1 == 3));
     let answers = slots.iter().filter(|slot| slot.run().is_none());
-    assert!(answers.into_iter().all(|slot| slot.value() == SourceEntry::default()));
+    assert!(
+        answers
+            .into_iter()
+            .all(|slot| slot.value() == SourceEntry::default())
+    );
     assert_eq!(found(&table, 0x0a01_0203), entries[0].value);
     assert_eq!(found(&table, 0x0a01_0303), SourceEntry::default());
     assert_eq!(found(&table, 0xc800_0001), entries[1].value);
