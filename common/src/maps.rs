@@ -78,7 +78,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -288,11 +288,15 @@ pub const RULE_BASE_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
 /// ranges. The ranges split the whole address space into runs of
 /// addresses with one longest-prefix answer, sorted by first address: the
 /// compiler's prefixes, covering prefixes and `except` holes become at most two
-/// boundaries each. A slot holds `start` = the index of the range its first
-/// address falls in and `flags` = how many ranges overlap the slot; the program
-/// binary-searches those for the last range starting at or before the address.
-/// The cost is a directory read and a few halvings, whatever the policy's size:
-/// the kernel's LPM trie walks one node per prefix bit that distinguishes entries.
+/// boundaries each. A slot that one range covers whole holds that range's answer
+/// (`start` = [`SLOT_ANSWER_V4`], `flags` and `rules` as a range's): most
+/// addresses, and every refused one in a sparse table, cost one directory read (the
+/// DXR idea: Zec, Rizzo, Mikuc, CCR 2012). Any other slot holds `start` = the
+/// index of the range its first address falls in and `flags` = how many ranges
+/// overlap the slot (2 or more); the program binary-searches those for the last
+/// range starting at or before the address. The cost is a directory read and a few
+/// halvings, whatever the policy's size: the kernel's LPM trie walks one node per
+/// prefix bit that distinguishes entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV4 {
@@ -304,12 +308,20 @@ pub struct SourceRangeV4 {
     pub rules: u64,
 }
 
-/// An element of an IPv6 source table, laid out like [`SourceRangeV4`].
+/// `SourceRangeV4::start` of a directory slot that holds its answer (no range
+/// index is this large).
+pub const SLOT_ANSWER_V4: u32 = u32::MAX;
+
+/// `SourceRangeV6::start[0]` of a directory slot that holds its answer.
+pub const SLOT_ANSWER_V6: u64 = u64::MAX;
+
+/// An element of an IPv6 source table, laid out like [`SourceRangeV4`]; a slot that
+/// holds its answer has `start[0]` = [`SLOT_ANSWER_V6`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV6 {
     /// Range: first address, high and low 64 bits (host byte order). Slot: index of
-    /// its first range, and number of ranges.
+    /// its first range, and number of ranges (or [`SLOT_ANSWER_V6`], 0).
     pub start: [u64; 2],
     pub rules: u64,
     pub flags: u32,

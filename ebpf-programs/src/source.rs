@@ -1,11 +1,11 @@
 //! A source address's entry from its generation's source table (layout in
-//! `airlock_common::SourceRangeV4`): its directory slot, then a
-//! branch-free binary search of the slot's ranges, in the preallocated table or in
-//! the generation's chunks.
+//! `airlock_common::SourceRangeV4`): its directory slot, which most often holds
+//! the answer, else a branch-free binary search of the slot's ranges, in the
+//! preallocated table or in the generation's chunks.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, GenConfig, RANGE_SEARCH_STEPS, SourceEntry, SourceRangeV4,
-    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    CHUNKS_PER_GENERATION, GenConfig, RANGE_SEARCH_STEPS, SLOT_ANSWER_V4, SLOT_ANSWER_V6,
+    SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -14,6 +14,8 @@ use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
 trait Range {
     /// The address, as compared with a range's first address.
     type Key: Copy;
+    /// Of a directory slot: whether it holds its answer itself (`entry`).
+    fn is_answer(&self) -> bool;
     /// A directory slot's first range and number of ranges.
     fn run(&self) -> (u32, u32);
     /// 1 if `key` lies before this range's first address, else 0 (a borrow, so
@@ -24,6 +26,11 @@ trait Range {
 
 impl Range for SourceRangeV4 {
     type Key = u32;
+
+    #[inline(always)]
+    fn is_answer(&self) -> bool {
+        self.start == SLOT_ANSWER_V4
+    }
 
     #[inline(always)]
     fn run(&self) -> (u32, u32) {
@@ -48,6 +55,11 @@ impl Range for SourceRangeV4 {
 impl Range for SourceRangeV6 {
     /// The address's high and low 64 bits.
     type Key = (u64, u64);
+
+    #[inline(always)]
+    fn is_answer(&self) -> bool {
+        self.start[0] == SLOT_ANSWER_V6
+    }
 
     #[inline(always)]
     fn run(&self) -> (u32, u32) {
@@ -162,8 +174,11 @@ fn search_chunks<'a, R: Range + 'a, const N: usize>(
     // A power of two: `i / n` is the chunk of element `i`, `i & mask` its place.
     let n = N as u32;
     let mask = n - 1;
-    let directory = chunk(0)?;
-    let (first, count) = directory[(slot & mask) as usize].run();
+    let directory = &chunk(0)?[(slot & mask) as usize];
+    if directory.is_answer() {
+        return Some(directory);
+    }
+    let (first, count) = directory.run();
     let last = first.wrapping_add(count).wrapping_sub(1);
     if first / n == last / n {
         let table = chunk(first / n)?;
@@ -174,14 +189,19 @@ fn search_chunks<'a, R: Range + 'a, const N: usize>(
     }
 }
 
-/// The last range of `slot`'s run that starts at or before `key`.
+/// The last range of `slot`'s run that starts at or before `key`, or the slot
+/// itself when it holds the answer.
 #[inline(always)]
 fn search<'a, R: Range + 'a>(
     get: impl Fn(u32) -> Option<&'a R>,
     slot: u32,
     key: R::Key,
 ) -> Option<&'a R> {
-    let (base, len) = get(slot)?.run();
+    let directory = get(slot)?;
+    if directory.is_answer() {
+        return Some(directory);
+    }
+    let (base, len) = directory.run();
     search_run(get, base, len, key)
 }
 

@@ -4,7 +4,8 @@
 //! inverse, for reading a table back as prefixes (`airlock diff`, tests).
 
 use airlock_common::{
-    INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_DIRECTORY_BITS, SourceEntry, SourceRangeV4, SourceRangeV6,
+    INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_DIRECTORY_BITS, SLOT_ANSWER_V4, SLOT_ANSWER_V6,
+    SourceEntry, SourceRangeV4, SourceRangeV6,
 };
 
 use super::PrefixEntry;
@@ -245,10 +246,11 @@ pub trait Element: RangeItem + Default {
     /// Largest directory of a table in chunks: the elements of one chunk, where the
     /// program reads it.
     const CHUNKED_DIRECTORY_BITS: u32;
-    /// A directory slot: the index of its first range and how many ranges it has.
-    fn slot(first: usize, count: usize) -> Self;
-    /// Of a slot: first range and count.
-    fn run(&self) -> (usize, usize);
+    /// A directory slot over `count` ranges from index `first`: for one range, its
+    /// answer `value` itself (`RangeItem::value` of the slot), else the run.
+    fn slot(first: usize, count: usize, value: SourceEntry) -> Self;
+    /// Of a slot: first range and count, or None when the slot holds its answer.
+    fn run(&self) -> Option<(usize, usize)>;
 }
 
 impl RangeItem for SourceRangeV4 {
@@ -277,16 +279,24 @@ impl Element for SourceRangeV4 {
     const WIDTH: u32 = 32;
     const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V4.trailing_zeros();
 
-    fn slot(first: usize, count: usize) -> Self {
-        Self {
-            start: first as u32,
-            flags: count as u32,
-            rules: 0,
+    fn slot(first: usize, count: usize, value: SourceEntry) -> Self {
+        if count == 1 {
+            Self {
+                start: SLOT_ANSWER_V4,
+                flags: value.flags,
+                rules: value.rules,
+            }
+        } else {
+            Self {
+                start: first as u32,
+                flags: count as u32,
+                rules: 0,
+            }
         }
     }
 
-    fn run(&self) -> (usize, usize) {
-        (self.start as usize, self.flags as usize)
+    fn run(&self) -> Option<(usize, usize)> {
+        (self.start != SLOT_ANSWER_V4).then_some((self.start as usize, self.flags as usize))
     }
 }
 
@@ -317,15 +327,25 @@ impl Element for SourceRangeV6 {
     const WIDTH: u32 = 128;
     const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V6.trailing_zeros();
 
-    fn slot(first: usize, count: usize) -> Self {
-        Self {
-            start: [first as u64, count as u64],
-            ..Self::default()
+    fn slot(first: usize, count: usize, value: SourceEntry) -> Self {
+        if count == 1 {
+            Self {
+                start: [SLOT_ANSWER_V6, 0],
+                rules: value.rules,
+                flags: value.flags,
+                _pad: 0,
+            }
+        } else {
+            Self {
+                start: [first as u64, count as u64],
+                ..Self::default()
+            }
         }
     }
 
-    fn run(&self) -> (usize, usize) {
-        (self.start[0] as usize, self.start[1] as usize)
+    fn run(&self) -> Option<(usize, usize)> {
+        (self.start[0] != SLOT_ANSWER_V6)
+            .then_some((self.start[0] as usize, self.start[1] as usize))
     }
 }
 
@@ -355,8 +375,9 @@ pub fn table<R: Element, const N: usize>(
     }
     let (start, shared) = window(&elements[base..], R::WIDTH, bits);
     let slots = directory(&elements[base..], R::WIDTH, bits, (start, shared));
-    for (slot, (first, count)) in elements.iter_mut().zip(slots) {
-        *slot = R::slot(base + first, count);
+    for (slot, (first, count)) in (0..base).zip(slots) {
+        let value = elements[base + first].value();
+        elements[slot] = R::slot(base + first, count, value);
     }
     SourceTable {
         directory: Directory {
@@ -439,8 +460,12 @@ fn top64(address: u128, width: u32) -> u64 {
 /// What the program finds in `table` for the address `key`, step for step as
 /// ebpf-programs/src/source.rs does: for tests of the layout.
 pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<&R> {
-    let slot = table.directory.slot(top64(key, R::WIDTH));
-    let (mut base, mut len) = table.elements.get(slot)?.run();
+    let slot = table
+        .elements
+        .get(table.directory.slot(top64(key, R::WIDTH)))?;
+    let Some((mut base, mut len)) = slot.run() else {
+        return Some(slot);
+    };
     while len > 1 {
         let half = len / 2;
         if table.elements.get(base + half)?.start() <= key {

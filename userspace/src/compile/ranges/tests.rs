@@ -1,4 +1,4 @@
-use airlock_common::{SourceEntry, SourceRangeV4, SourceRangeV6};
+use airlock_common::{SRC_DENY, SourceEntry, SourceRangeV4, SourceRangeV6};
 use proptest::prelude::*;
 
 use super::*;
@@ -278,8 +278,42 @@ fn ipv6_lists_in_2000_slash_3_get_the_directory_of_the_bits_after_it() {
     assert_eq!(table.directory.base, 1 << 61);
     let busiest = table.elements[..1 << table.directory.bits]
         .iter()
-        .map(|slot| slot.run().1)
+        .map(|slot| slot.run().map_or(1, |run| run.1))
         .max()
         .unwrap_or(0);
     assert!(busiest <= 8, "a slot holds {busiest} ranges");
+}
+
+#[test]
+fn a_slot_one_range_covers_holds_its_answer() {
+    // Two prefixes far apart: the window is the whole space, a slot a /16. Only
+    // their two slots hold more than one range (before, the prefix, after).
+    let entries = vec![
+        entry::<4>(0x0a01_0200, 24, 5, SRC_DENY),
+        entry::<4>(0xc800_0001, 32, 2, 0),
+    ];
+    let table = table_v4(&entries, usize::MAX);
+    assert_eq!(table.directory.bits, MAX_DIRECTORY_BITS);
+    let slots = &table.elements[..1 << table.directory.bits];
+    let searched: Vec<_> = slots.iter().filter_map(|slot| slot.run()).collect();
+    assert_eq!(searched.len(), 2, "only the prefixes' slots are searched");
+    assert!(searched.iter().all(|run| run.1 == 3));
+    let answers = slots.iter().filter(|slot| slot.run().is_none());
+    assert!(
+        answers
+            .into_iter()
+            .all(|slot| slot.value() == SourceEntry::default())
+    );
+    assert_eq!(found(&table, 0x0a01_0203), entries[0].value);
+    assert_eq!(found(&table, 0x0a01_0303), SourceEntry::default());
+    assert_eq!(found(&table, 0xc800_0001), entries[1].value);
+    // A prefix that covers slots whole: they answer for it without a search.
+    let wide = vec![
+        entry::<4>(0x0a00_0000, 8, 1, 0),
+        entry::<4>(0xc800_0001, 32, 2, 0),
+    ];
+    let table = table_v4(&wide, usize::MAX);
+    let slot = &table.elements[table.directory.slot(0x0a05_0000u64 << 32)];
+    assert_eq!(slot.run(), None);
+    assert_eq!(slot.value(), wide[0].value);
 }
