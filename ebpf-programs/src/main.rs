@@ -12,6 +12,7 @@
 #![cfg_attr(airlock_breakdown, allow(unreachable_code, unused))]
 
 mod egress;
+mod fast;
 mod flows;
 mod log;
 mod maps;
@@ -46,7 +47,6 @@ pub fn airlock_xdp_l3(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
     let packet = Bytes::new(ctx.data(), ctx.data_end());
     let network = L::network(&packet);
     // Non-IP frames (ARP, LLDP, ...) pass under every policy and in every mode: one
@@ -59,10 +59,21 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
         maps::count(
             &maps::REASON_STATS,
             reason_stat_index(Reason::NonIp as u32, false),
-            bytes,
+            frame_len(&ctx),
         );
         return xdp_action::XDP_PASS;
     }
+    // Parsed before the policy state is read, into memory: nothing of the parse
+    // stays live in registers across the map lookups below (LLVM takes each for a
+    // call and saves every live register around it).
+    let mut slot = mem::Slot::<Headers>::new();
+    let headers = slot.zeroed();
+    if !network.is_some_and(|(ethertype, offset)| {
+        fast::parse::<Ingress>(&packet, ethertype, offset, headers)
+    }) {
+        parse::parse_network::<Ingress>(&packet, network, headers);
+    }
+    let headers = &*headers;
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
@@ -77,18 +88,22 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     return stop(config.valid);
     let monitor = config.mode == MODE_MONITOR;
     if config.valid == 0 {
-        maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, bytes);
+        maps::count(
+            &maps::REASON_STATS,
+            Reason::NoPolicy as u32,
+            frame_len(&ctx),
+        );
         return xdp_action::XDP_PASS;
     }
-    let mut slot = mem::Slot::<Headers>::new();
-    let headers = slot.zeroed();
-    parse::parse_network::<Ingress>(&packet, network, headers);
-    let headers = &*headers;
+    // The frame's bounds again from the context rather than kept from above: two
+    // loads here are cheaper than two values kept across the lookups (every read
+    // below checks its own bounds).
+    let packet = Bytes::new(ctx.data(), ctx.data_end());
     #[cfg(airlock_stop = "parse")]
     return stop(u32::from(headers.kind) + u32::from(headers.local_port));
     #[cfg(airlock_stop = "source")]
     return stop(lookup(generation, config, &packet, headers).flags);
-    let (reason, rule) = decide(generation, config, &packet, headers, bytes);
+    let (reason, rule) = decide(generation, config, &packet, headers, frame_len(&ctx));
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
@@ -96,23 +111,31 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
         Some(rule) => maps::count(
             &maps::RULE_STATS,
             rule_stat_index(generation, monitor, passes, rule),
-            bytes,
+            frame_len(&ctx),
         ),
         None => maps::count(
             &maps::REASON_STATS,
             reason_stat_index(reason as u32, monitor),
-            bytes,
+            frame_len(&ctx),
         ),
     }
     if passes {
         return xdp_action::XDP_PASS;
     }
+    let packet = Bytes::new(ctx.data(), ctx.data_end());
     sample::sample_drop(&ctx, &packet, headers, reason, rule, monitor);
     if monitor {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
     }
+}
+
+/// The frame's length for the byte counters, read from the context where it is
+/// needed: kept from the start, it was one more value saved around every lookup.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
 }
 
 /// A breakdown variant's end: passes, but depends on `value` so the work before

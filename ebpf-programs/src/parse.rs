@@ -12,8 +12,8 @@
 //! the destination), so both sides of a flow are read by one parser.
 
 const ETH_HDR_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_P_IPV4: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// Pre-standard QinQ outer tag still emitted by some switches.
@@ -38,16 +38,16 @@ pub const IPV6_MAX_EXT_HEADERS: usize = 8;
 
 /// Where the transport header's destination port (or ICMP type) begins and how much
 /// of the header must be present for the packet to be well formed.
-const TCP_MIN_LEN: usize = 20;
-const UDP_LEN: usize = 8;
+pub(crate) const TCP_MIN_LEN: usize = 20;
+pub(crate) const UDP_LEN: usize = 8;
 const ICMP_MIN_LEN: usize = 8;
 
 /// The packet bytes a program may read: `[start, end)` from its context, and of
 /// those only the first `limit` (the end of the IP packet, once it is known).
 #[derive(Clone, Copy)]
 pub struct Bytes {
-    start: usize,
-    end: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
     /// Offset from `start` past which a read fails even inside the frame. A
     /// constant `usize::MAX` until the IP header is read, so LLVM drops the check
     /// from the link-layer reads.
@@ -270,17 +270,19 @@ impl Headers {
 }
 
 /// A word of the packet at `at`, in packet byte order, as one load instruction.
-/// Only for the peer's address, read on every packet: `read` of an array is split
+/// For the peer's address, read on every packet, and the common frames' headers
+/// (fast.rs): `read` of an array is split
 /// by LLVM into byte loads, shifts and ors (the BPF target assumes no misaligned
 /// access, and the flag that lifts it cannot be passed through aya-build), 16 loads
 /// and 30 more instructions for an IPv6 address; the kernel allows packet loads at
-/// any alignment where this program runs (x86_64, arm64). The header fields stay
-/// byte loads: written this way everywhere, the parse verified 40% slower.
+/// any alignment where this program runs (x86_64, arm64). The general parser's
+/// header fields stay byte loads: written this way everywhere, the parse verified
+/// 40% slower.
 ///
 /// # Safety
 /// `size_of::<T>()` bytes at `at` are in the packet (checked against its end).
 #[inline(always)]
-unsafe fn load<T: PacketWord>(at: usize) -> T {
+pub(crate) unsafe fn load<T: PacketWord>(at: usize) -> T {
     let value: u64;
     // SAFETY: in the packet (the caller's contract); the instruction only reads.
     unsafe {
@@ -304,7 +306,7 @@ unsafe fn load<T: PacketWord>(at: usize) -> T {
 }
 
 /// The widths `load` reads.
-trait PacketWord {
+pub(crate) trait PacketWord {
     fn from_u64(value: u64) -> Self;
 }
 
@@ -556,7 +558,7 @@ fn skip_extensions(ctx: &Bytes, mut cursor: usize, mut next: u8) -> Extensions {
 /// know): LLVM cannot see into the assembly, and the verifier does not see that the
 /// xors cancel, so from here on it only knows what the caller masks `value` to.
 #[inline(always)]
-fn unknown_to_verifier(value: u64, noise: u64) -> u64 {
+pub(crate) fn unknown_to_verifier(value: u64, noise: u64) -> u64 {
     let mut value = value;
     // SAFETY: register arithmetic only.
     unsafe {

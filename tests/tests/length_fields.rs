@@ -9,7 +9,7 @@
 
 use airlock_common::Reason;
 use airlock_integration::kernel::{Harness, XDP_DROP, XDP_PASS, action_name};
-use airlock_integration::packet::{Ext, FrameSpec, Transport};
+use airlock_integration::packet::{Ext, FrameSpec, Tag, Transport};
 
 /// `default: pass`, as the Helm chart ships it, with one restricted port: the
 /// setting under which a wrong port is an open door.
@@ -279,4 +279,60 @@ fn chains_cut_by_the_payload_length_at_every_byte() {
         }
     }
     println!("{checked} cut chains checked");
+}
+
+/// The edges of the straight-through parse of the common frames (fast.rs: IPv4
+/// without options, IPv6 without extension headers, TCP or UDP; untagged, one tag,
+/// two tags): every length field from the frame's own down to the bare IP header,
+/// and the frame cut short by up to 8 bytes, each judged by the kernel as by the
+/// reference model (`check`), and plainly: sound while the length covers the
+/// transport header, malformed below that or when the frame is shorter.
+#[test]
+fn the_common_frames_agree_at_every_length() {
+    let mut h = Harness::new();
+    h.apply(RESTRICTED_5432);
+    let tag_sets: [&[Tag]; 3] = [&[], &[Tag::Dot1Q], &[Tag::Dot1Ad, Tag::Dot1Q]];
+    // (frame, IPv6, transport header length, verdict of the sound frame)
+    let frames = [
+        ("198.51.100.1", true, 20, Reason::RuleAllowed),
+        ("198.51.100.1", false, 8, Reason::DefaultPass),
+        ("2001:db8:100::1", true, 20, Reason::RuleAllowed),
+        ("2001:db8:100::1", false, 8, Reason::DefaultPass),
+    ];
+    for tags in tag_sets {
+        for (source, tcp, transport_len, sound_reason) in frames {
+            let spec = if tcp {
+                FrameSpec::tcp(source, 5432)
+            } else {
+                FrameSpec::udp(source, 5432)
+            };
+            let spec = tags.iter().fold(spec, |spec, tag| spec.tag(*tag));
+            let ipv6 = source.contains(':');
+            let header_len = if ipv6 { 40 } else { 20 };
+            let ip_len = spec.true_ip_len();
+            for len in header_len..=ip_len {
+                let cut = if ipv6 {
+                    spec.clone().payload_len((len - header_len) as u16)
+                } else {
+                    spec.clone().total_len(len as u16)
+                };
+                let outcome = h.check(&cut.build());
+                let expected = if len >= header_len + transport_len {
+                    sound_reason
+                } else {
+                    Reason::Malformed
+                };
+                assert_eq!(outcome.reason, expected, "{tags:?} {source} length {len}");
+            }
+            for short in 1..=8 {
+                let cut = spec.clone().truncate(spec.full_len() - short);
+                let outcome = h.check(&cut.build());
+                assert_eq!(
+                    (action_name(outcome.action), outcome.reason),
+                    (action_name(XDP_DROP), Reason::Malformed),
+                    "{tags:?} {source} cut by {short}"
+                );
+            }
+        }
+    }
 }
