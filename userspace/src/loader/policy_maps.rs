@@ -156,7 +156,7 @@ impl PolicyMaps {
     pub(crate) fn take(mut source: MapSource<'_>) -> Result<Self, LoaderError> {
         Ok(Self {
             active: source.take(MAP_ACTIVE_GEN)?,
-            policy: source.take_array_data(MAP_POLICY)?,
+            policy: policy_map(source.take_array_data(MAP_POLICY)?)?,
             src_v4: source.take_tables(MAP_SRC_V4_INLINE, MAP_SRC_V4, INLINE_TABLE_V4)?,
             src_v6: source.take_tables(MAP_SRC_V6_INLINE, MAP_SRC_V6, INLINE_TABLE_V6)?,
             reason_stats: source.take(MAP_REASON_STATS)?,
@@ -342,10 +342,45 @@ impl PolicyMaps {
 
     /// `generation`'s config as the program reads it (valid or not).
     pub(super) fn config(&self, generation: u32) -> Result<GenConfig, LoaderError> {
-        let offset = policy_offset(generation) + POLICY_CONFIG_OFFSET;
-        let config = read_at::<GenConfig>(self.policy.fd().as_fd(), offset, 1)
+        let config = self
+            .read_policy::<GenConfig>(generation, POLICY_CONFIG_OFFSET, 1)
             .map_err(|e| LoaderError::io("reading the config in", MAP_POLICY, e))?;
         Ok(config[0])
+    }
+
+    /// `count` values of `T` from byte `offset` of `generation`'s `POLICY` value
+    /// (any byte pattern must be a valid `T`): through a mapping, or where the
+    /// maps were opened only to read (`status` on a read-only bpffs), by copying
+    /// the whole value (the kernel maps a map only shared, which a descriptor
+    /// that may only read cannot: EINVAL).
+    pub(super) fn read_policy<T: Copy + Default>(
+        &self,
+        generation: u32,
+        offset: usize,
+        count: usize,
+    ) -> std::io::Result<Vec<T>> {
+        let fd = self.policy.fd().as_fd();
+        match read_at::<T>(fd, policy_offset(generation) + offset, count) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES)) => {
+                let mut value = vec![0u8; POLICY_BYTES];
+                super::batch::lookup_u32_key_bytes(&self.policy, generation & 1, &mut value)?;
+                let bytes = value
+                    .get(offset..offset + count * size_of::<T>())
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+                let mut out = vec![T::default(); count];
+                // SAFETY: `bytes` holds exactly `count` values of `T`, which
+                // accepts any bytes; copied byte for byte (no alignment needed).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        out.as_mut_ptr().cast::<u8>(),
+                        bytes.len(),
+                    );
+                }
+                Ok(out)
+            }
+            read => read,
+        }
     }
 
     fn write_config(&self, generation: u32, config: &GenConfig) -> Result<(), LoaderError> {
@@ -357,6 +392,22 @@ impl PolicyMaps {
         )
         .map_err(|e| LoaderError::io("writing the config in", MAP_POLICY, e))
     }
+}
+
+/// `POLICY` if its values have this layout's size: every read and write of it
+/// is by offset, and a lookup copies a whole value into a buffer of that size.
+fn policy_map(map: MapData) -> Result<MapData, LoaderError> {
+    let size = map.info().map_err(map_err(MAP_POLICY))?.value_size() as usize;
+    if size != POLICY_BYTES {
+        return Err(LoaderError::Map {
+            name: MAP_POLICY,
+            source: MapError::InvalidValueSize {
+                size,
+                expected: POLICY_BYTES,
+            },
+        });
+    }
+    Ok(map)
 }
 
 /// Byte offset of `generation`'s value in `POLICY`.

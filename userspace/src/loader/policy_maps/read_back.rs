@@ -2,21 +2,18 @@
 //! its source tables, its prefixes and port masks (for `status`, `airlock diff`
 //! and rollbacks).
 
-use std::os::fd::AsFd as _;
-
 use airlock_common::{
     GenConfig, MAP_META, MAP_POLICY, MAP_SRC_V4, MAP_SRC_V6, POLICY_TCP_OFFSET, POLICY_UDP_OFFSET,
     PORT_SLOTS, PortSlot, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 
-use super::{LoaderError, PolicyMaps, map_err, policy_offset};
+use super::{LoaderError, PolicyMaps, map_err};
 use crate::{
     compile::{
         PrefixEntry,
         ranges::{self, Directory},
     },
     loader::{
-        mapping::read_at,
         meta::PolicySummary,
         source_tables::{Placement, TableShape},
     },
@@ -125,12 +122,8 @@ impl PolicyMaps {
         generation: u32,
     ) -> Result<(Vec<PortSlot>, Vec<PortSlot>), LoaderError> {
         let read = |offset| {
-            read_at::<PortSlot>(
-                self.policy.fd().as_fd(),
-                policy_offset(generation) + offset,
-                PORT_SLOTS as usize,
-            )
-            .map_err(|e| LoaderError::io("reading the port tables in", MAP_POLICY, e))
+            self.read_policy::<PortSlot>(generation, offset, PORT_SLOTS as usize)
+                .map_err(|e| LoaderError::io("reading the port tables in", MAP_POLICY, e))
         };
         Ok((read(POLICY_TCP_OFFSET)?, read(POLICY_UDP_OFFSET)?))
     }
