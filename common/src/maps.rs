@@ -328,7 +328,7 @@ pub const REFUSED_STAT_OFFSET: u32 = MAX_RULES as u32;
 const _: () = {
     assert!(POLICY_CONFIG_OFFSET == 0);
     assert!(POLICY_UDP_OFFSET == POLICY_TCP_OFFSET + PORT_SLOTS as usize * 16);
-    assert!(POLICY_BYTES % 8 == 0 && POLICY_BYTES <= 4 << 20);
+    assert!(POLICY_BYTES.is_multiple_of(8) && POLICY_BYTES <= 4 << 20);
     assert!(
         rule_stat_index(1, true, false, 5)
             == rule_stat_index(1, true, true, 5) + REFUSED_STAT_OFFSET
