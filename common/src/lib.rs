@@ -26,6 +26,7 @@ mod pod {
     // has no implicit padding, so any byte pattern is a valid value.
     unsafe impl aya::Pod for super::SourceEntry {}
     unsafe impl aya::Pod for super::GenConfig {}
+    unsafe impl aya::Pod for super::PortSlot {}
     unsafe impl aya::Pod for super::SourceRangeV4 {}
     unsafe impl aya::Pod for super::SourceRangeV6 {}
     unsafe impl aya::Pod for super::Counter {}

@@ -3,10 +3,10 @@
 //! Every policy map holds two generations of the policy. The program reads
 //! `ACTIVE_GEN` once per packet and looks only at that generation's entries, so a
 //! loader that fills the inactive generation and then flips the word never exposes
-//! half a policy. The port arrays keep the generation in bit 16 of the index (one
-//! map per call site, which the kernel inlines); a source table is one value of a
-//! preallocated map per generation, or for a policy too large for it a run of
-//! chunk maps in an array of maps (see [`SourceRangeV4`]).
+//! half a policy. A generation's settings and port tables are one value of
+//! `POLICY` (see [`GenPolicy`]): one lookup answers both. A source table is one
+//! value of a preallocated map per generation, or for a policy too large for it a
+//! run of chunk maps in an array of maps (see [`SourceRangeV4`]).
 
 /// Number of policy copies: the one in force and the one being written.
 pub const GENERATIONS: u32 = 2;
@@ -63,15 +63,9 @@ pub const CHUNK_BYTES: usize = 4 << 20;
 /// (`BPF_F_MMAPABLE`, 1 << 10) instead of one system call per element.
 pub const SOURCE_CHUNK_FLAGS: u32 = 1 << 10;
 
-/// Every 16-bit port, indexed directly: one array lookup per packet. The port
-/// arrays hold `GENERATIONS * PORT_SLOTS` entries, generation in bit 16.
+/// Every 16-bit port, indexed directly: a port table of [`GenPolicy`] has a slot
+/// per port.
 pub const PORT_SLOTS: u32 = 1 << 16;
-
-/// Index of `port` in generation `generation` of a port array.
-#[inline(always)]
-pub const fn port_index(generation: u32, port: u16) -> u32 {
-    (generation << 16) | port as u32
-}
 
 /// Size of the serialized policy summary kept beside the maps (see [`PolicyMeta`]).
 pub const META_BYTES: usize = 64 * 1024 - 8;
@@ -82,13 +76,11 @@ pub const LAYOUT_VERSION: u32 = 9;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
-pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_POLICY: &str = "POLICY";
 pub const MAP_SRC_V4: &str = "SRC_V4";
 pub const MAP_SRC_V6: &str = "SRC_V6";
 pub const MAP_SRC_V4_INLINE: &str = "SRC_V4_INLINE";
 pub const MAP_SRC_V6_INLINE: &str = "SRC_V6_INLINE";
-pub const MAP_PORTS_TCP: &str = "PORTS_TCP";
-pub const MAP_PORTS_UDP: &str = "PORTS_UDP";
 pub const MAP_REASON_STATS: &str = "REASON_STATS";
 pub const MAP_RULE_STATS: &str = "RULE_STATS";
 pub const MAP_RULE_BASE: &str = "RULE_BASE";
@@ -132,7 +124,7 @@ pub const MODE_ENFORCE: u32 = 0;
 /// Compute and count the verdict, then pass the packet anyway.
 pub const MODE_MONITOR: u32 = 1;
 
-/// Per-generation settings, `CONFIG[gen]`.
+/// Per-generation settings, `POLICY[gen].config`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GenConfig {
@@ -163,6 +155,64 @@ pub struct GenConfig {
     pub directory_base_v4: u64,
     pub directory_base_v6: u64,
 }
+
+/// What a port's slot in a generation's port table says: the rules covering
+/// the port, and what the verdict needs of them precomputed, so a packet the
+/// lowest of them decides (the common case) costs no bit counting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSlot {
+    /// Bit `i` set: rule `i` covers the port.
+    pub rules: u64,
+    /// Index of the lowest bit of `rules` (0 when `rules` is 0): the rule that
+    /// counts a refused packet, and an allowed one whose source it lists.
+    pub lowest_rule: u32,
+    /// `RULE_STATS` index of a packet `lowest_rule` allows, with the slot's
+    /// generation and mode: [`rule_stat_index`]`(generation, monitor, true,
+    /// lowest_rule)`; a packet it refuses is [`REFUSED_STAT_OFFSET`] further.
+    pub allowed_stat: u32,
+}
+
+// User space only: the program never counts bits of a mask it need not.
+#[cfg(feature = "user")]
+impl PortSlot {
+    /// The slot of a port `rules` cover, in a generation `generation` whose mode
+    /// is `monitor` or not.
+    pub const fn new(rules: u64, generation: u32, monitor: bool) -> Self {
+        if rules == 0 {
+            return PortSlot {
+                rules: 0,
+                lowest_rule: 0,
+                allowed_stat: 0,
+            };
+        }
+        let lowest_rule = rules.trailing_zeros();
+        PortSlot {
+            rules,
+            lowest_rule,
+            allowed_stat: rule_stat_index(generation, monitor, true, lowest_rule),
+        }
+    }
+}
+
+/// A generation's policy as the program reads it, `POLICY[gen]`: its settings and
+/// its TCP and UDP port tables in one map value, so one lookup by generation
+/// answers both and a port's slot is a load at an offset the verifier bounds (a
+/// port is 16 bits). 2 MiB: within the 4 MiB a map value may have.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenPolicy {
+    pub config: GenConfig,
+    pub tcp: [PortSlot; PORT_SLOTS as usize],
+    pub udp: [PortSlot; PORT_SLOTS as usize],
+}
+
+/// Byte offsets in a `POLICY` value (user space writes it through a mapping).
+pub const POLICY_CONFIG_OFFSET: usize = core::mem::offset_of!(GenPolicy, config);
+pub const POLICY_TCP_OFFSET: usize = core::mem::offset_of!(GenPolicy, tcp);
+pub const POLICY_UDP_OFFSET: usize = core::mem::offset_of!(GenPolicy, udp);
+/// Bytes of a `POLICY` value, and its stride in the map (a multiple of 8).
+pub const POLICY_BYTES: usize = core::mem::size_of::<GenPolicy>();
 
 /// A per-CPU packet and byte counter.
 #[repr(C)]
@@ -271,6 +321,20 @@ pub const fn rule_stat_index(generation: u32, monitor: bool, allowed: bool, rule
 
 pub const RULE_STAT_SLOTS: u32 = GENERATIONS * 2 * 2 * MAX_RULES as u32;
 
+/// `rule_stat_index(g, m, false, r) - rule_stat_index(g, m, true, r)`.
+pub const REFUSED_STAT_OFFSET: u32 = MAX_RULES as u32;
+
+// The layout the program and the loader rely on.
+const _: () = {
+    assert!(POLICY_CONFIG_OFFSET == 0);
+    assert!(POLICY_UDP_OFFSET == POLICY_TCP_OFFSET + PORT_SLOTS as usize * 16);
+    assert!(POLICY_BYTES.is_multiple_of(8) && POLICY_BYTES <= 4 << 20);
+    assert!(
+        rule_stat_index(1, true, false, 5)
+            == rule_stat_index(1, true, true, 5) + REFUSED_STAT_OFFSET
+    );
+};
+
 /// Index into `RULE_BASE` (user space only, summed over CPUs and modes): what
 /// `RULE_STATS` held for this generation, outcome and rule when the loader last
 /// wrote a policy into the generation.
@@ -337,4 +401,30 @@ pub struct PolicyMeta {
     pub layout_version: u32,
     pub len: u32,
     pub bytes: [u8; META_BYTES],
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_slot_names_its_lowest_rule_and_that_rules_counters() {
+        for (generation, monitor) in [(0, false), (1, false), (0, true), (1, true)] {
+            let slot = PortSlot::new(0b1010_0000, generation, monitor);
+            assert_eq!(slot.rules, 0b1010_0000);
+            assert_eq!(slot.lowest_rule, 5);
+            assert_eq!(
+                slot.allowed_stat,
+                rule_stat_index(generation, monitor, true, 5)
+            );
+            assert_eq!(
+                slot.allowed_stat + REFUSED_STAT_OFFSET,
+                rule_stat_index(generation, monitor, false, 5)
+            );
+        }
+        let top = PortSlot::new(1 << 63, 1, true);
+        assert_eq!(top.lowest_rule, 63);
+        assert!(top.allowed_stat + REFUSED_STAT_OFFSET < RULE_STAT_SLOTS);
+        assert_eq!(PortSlot::new(0, 1, true), PortSlot::default());
+    }
 }

@@ -73,11 +73,8 @@ fn served_by_rules(outgoing: &Outgoing) -> bool {
         _ => return false,
     };
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
-    if maps::CONFIG
-        .get(generation)
-        .is_none_or(|config| config.valid == 0)
-    {
+    let Some(policy) = maps::POLICY.get(generation) else {
         return false;
-    }
-    maps::port_rules(generation, tcp, outgoing.key.local_port) != 0
+    };
+    policy.config.valid != 0 && maps::port_slot(policy, tcp, outgoing.key.local_port).rules != 0
 }

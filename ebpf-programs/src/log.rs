@@ -7,7 +7,11 @@
 //! instruction counts to show it).
 
 use airlock_common::Reason;
-use aya_log_ebpf::{debug, trace};
+use aya_log_ebpf::{
+    debug,
+    macro_support::{Level, level_enabled},
+    trace,
+};
 
 use crate::parse::{Bytes, Headers, KIND_MALFORMED};
 
@@ -44,11 +48,19 @@ pub fn malformed(packet: &Bytes, headers: &Headers, bytes: u64) {
 /// the port entry's rule mask (0 when none was read).
 #[inline(always)]
 pub fn decided(reason: Reason, rule: Option<u32>, source_rules: u64, flags: u32, port_rules: u64) {
+    // Checked before the values are bound: the macro's closure takes them by
+    // reference, and bound outside the check they were stored to the stack on
+    // every packet a rule decided (7 stores), logging on or off.
+    if !level_enabled(Level::Trace) {
+        return;
+    }
+    let (reason, rule) = (reason as u32, rule.map_or(-1, |rule| rule as i64));
+    let (source_rules, flags, port_rules) = (source_rules, flags, port_rules);
     trace!(
         &(),
         "verdict reason {} rule {}: source entry rules {:x} flags {:x}, port entry rules {:x}",
-        reason as u32,
-        rule.map_or(-1, |rule| rule as i64),
+        reason,
+        rule,
         source_rules,
         flags,
         port_rules

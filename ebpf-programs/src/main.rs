@@ -22,8 +22,8 @@ mod sample;
 mod source;
 
 use airlock_common::{
-    DEFAULT_DROP, GenConfig, MODE_MONITOR, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry,
-    reason_stat_index, rule_stat_index,
+    DEFAULT_DROP, GenConfig, GenPolicy, MODE_MONITOR, REFUSED_STAT_OFFSET, Reason, SRC_DENY,
+    SRC_MANAGEMENT, SourceEntry, reason_stat_index, rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
@@ -78,10 +78,12 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     // swap in user space is atomic for every packet.
     let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
     // Read in place, each field where it is needed: user space rewrites a
-    // generation's config only once no packet reads that generation any more.
-    let Some(config) = maps::CONFIG.get(generation) else {
+    // generation only once no packet reads it any more. The same value holds the
+    // port tables: no second lookup for them.
+    let Some(policy) = maps::POLICY.get(generation) else {
         return xdp_action::XDP_PASS;
     };
+    let config = &policy.config;
     // Stop points for the cost breakdown (`cargo xtask bench --breakdown`): each
     // variant build ends the program there; production builds have none.
     #[cfg(airlock_stop = "config")]
@@ -103,16 +105,13 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     return stop(u32::from(headers.kind) + u32::from(headers.local_port));
     #[cfg(airlock_stop = "source")]
     return stop(lookup(generation, config, &packet, headers).flags);
-    let (reason, rule) = decide(generation, config, &packet, headers, frame_len(&ctx));
+    let Verdict { reason, rule, stat } =
+        decide(generation, policy, monitor, &packet, headers, frame_len(&ctx));
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
     match rule {
-        Some(rule) => maps::count(
-            &maps::RULE_STATS,
-            rule_stat_index(generation, monitor, passes, rule),
-            frame_len(&ctx),
-        ),
+        Some(_) => maps::count(&maps::RULE_STATS, stat, frame_len(&ctx)),
         None => maps::count(
             &maps::REASON_STATS,
             reason_stat_index(reason as u32, monitor),
@@ -150,22 +149,43 @@ fn stop(value: u32) -> u32 {
     }
 }
 
-/// The verdict rules, in docs/policy.md's order. Returns the reason and, when a rule
-/// decided, its index.
+/// A packet's verdict: why, and when a rule decided, the rule and its
+/// `RULE_STATS` index.
+struct Verdict {
+    reason: Reason,
+    rule: Option<u32>,
+    /// Meaningful only with `rule`.
+    stat: u32,
+}
+
+impl From<Reason> for Verdict {
+    #[inline(always)]
+    fn from(reason: Reason) -> Self {
+        Verdict {
+            reason,
+            rule: None,
+            stat: 0,
+        }
+    }
+}
+
+/// The verdict rules, in docs/policy.md's order.
 #[inline(always)]
 fn decide(
     generation: u32,
-    config: &GenConfig,
+    policy: &GenPolicy,
+    monitor: bool,
     packet: &Bytes,
     headers: &Headers,
     bytes: u64,
-) -> (Reason, Option<u32>) {
+) -> Verdict {
+    let config = &policy.config;
     let default_action = config.default_action;
     match headers.kind {
-        KIND_NON_IP => return (Reason::NonIp, None),
+        KIND_NON_IP => return Reason::NonIp.into(),
         KIND_MALFORMED => {
             log::malformed(packet, headers, bytes);
-            return (Reason::Malformed, None);
+            return Reason::Malformed.into();
         }
         _ => {}
     }
@@ -175,60 +195,90 @@ fn decide(
     if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {
         if entry.flags & SRC_MANAGEMENT != 0 {
             log::decided(Reason::Management, None, entry.rules, entry.flags, 0);
-            return (Reason::Management, None);
+            return Reason::Management.into();
         }
         if headers.kind == KIND_MALFORMED_FROM {
             log::malformed(packet, headers, bytes);
-            return (Reason::Malformed, None);
+            return Reason::Malformed.into();
         }
         log::decided(Reason::Deny, None, entry.rules, entry.flags, 0);
-        return (Reason::Deny, None);
+        return Reason::Deny.into();
     }
-    let default = if default_action == DEFAULT_DROP {
-        Reason::DefaultDrop
-    } else {
-        Reason::DefaultPass
-    };
-    let port_rules = match headers.l4 {
-        L4_TCP => maps::port_rules(generation, true, headers.local_port),
-        L4_UDP => maps::port_rules(generation, false, headers.local_port),
+    let slot = match headers.l4 {
+        L4_TCP => Some(maps::port_slot(policy, true, headers.local_port)),
+        L4_UDP => Some(maps::port_slot(policy, false, headers.local_port)),
         L4_ICMP if essential_icmpv4(headers.icmp_type) => {
-            return (Reason::EssentialIcmp, None);
+            return Reason::EssentialIcmp.into();
         }
         L4_ICMPV6 if essential_icmpv6(headers.icmp_type) => {
-            return (Reason::EssentialIcmp, None);
+            return Reason::EssentialIcmp.into();
         }
         // Safe to pass: the first fragment carried the ports and was filtered on
         // them, and the kernel cannot reassemble a datagram without it.
         L4_NON_FIRST_FRAGMENT => {
             if entry.rules != 0 || default_action != DEFAULT_DROP {
-                return (Reason::FragmentPass, None);
+                return Reason::FragmentPass.into();
             }
-            return (Reason::FragmentDrop, None);
+            return Reason::FragmentDrop.into();
         }
-        _ => 0,
+        _ => None,
     };
-    if port_rules == 0 {
-        // Rule 6: under `default: drop`, replies to flows the host opened pass.
-        // Looked up only here, so allowlisted and default-pass traffic never pays,
-        // and never for a segment that opens a connection (SYN without ACK): it
-        // answers nothing, so a SYN flood costs no lookup.
-        if default_action == DEFAULT_DROP
-            && !parse::opens_connection(headers)
-            && flows::is_reply(packet, headers)
-        {
-            return (Reason::ReturnTraffic, None);
+    let Some(slot) = slot.filter(|slot| slot.rules != 0) else {
+        return uncovered(default_action, packet, headers);
+    };
+    let port_rules = slot.rules;
+    // The port's lowest rule decides most packets: it counts every refused one,
+    // and an allowed one whenever it lists the source. Its number and counter
+    // were worked out by the loader; only a source allowed by a higher rule alone
+    // needs the bits counted here.
+    let rule = slot.lowest_rule;
+    let verdict = if (entry.rules >> (rule & 63)) & 1 != 0 {
+        Verdict {
+            reason: Reason::RuleAllowed,
+            rule: Some(rule),
+            stat: slot.allowed_stat,
         }
-        return (default, None);
-    }
-    let allowed = entry.rules & port_rules;
-    let verdict = if allowed != 0 {
-        (Reason::RuleAllowed, Some(lowest_bit(allowed)))
     } else {
-        (Reason::RuleRefused, Some(lowest_bit(port_rules)))
+        let allowed = entry.rules & port_rules;
+        if allowed == 0 {
+            Verdict {
+                reason: Reason::RuleRefused,
+                rule: Some(rule),
+                stat: slot.allowed_stat + REFUSED_STAT_OFFSET,
+            }
+        } else {
+            let rule = lowest_bit(allowed);
+            Verdict {
+                reason: Reason::RuleAllowed,
+                rule: Some(rule),
+                stat: rule_stat_index(generation, monitor, true, rule),
+            }
+        }
     };
-    log::decided(verdict.0, verdict.1, entry.rules, entry.flags, port_rules);
+    log::decided(
+        verdict.reason,
+        verdict.rule,
+        entry.rules,
+        entry.flags,
+        port_rules,
+    );
     verdict
+}
+
+/// A packet no rule covers (docs/policy.md rules 6 and 7).
+#[inline(always)]
+fn uncovered(default_action: u32, packet: &Bytes, headers: &Headers) -> Verdict {
+    if default_action != DEFAULT_DROP {
+        return Reason::DefaultPass.into();
+    }
+    // Rule 6: under `default: drop`, replies to flows the host opened pass.
+    // Looked up only here, so allowlisted and default-pass traffic never pays,
+    // and never for a segment that opens a connection (SYN without ACK): it
+    // answers nothing, so a SYN flood costs no lookup.
+    if !parse::opens_connection(headers) && flows::is_reply(packet, headers) {
+        return Reason::ReturnTraffic.into();
+    }
+    Reason::DefaultDrop.into()
 }
 
 /// The peer's entry (`headers.kind` is `KIND_MALFORMED_FROM` or `KIND_IP`, so

@@ -4,10 +4,10 @@
 use airlock_common::{
     CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS, FLOW_EPOCH_SLOTS,
     FLOW_PORT_BLOCK_BYTES, FLOW_PORT_BLOCKS, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS,
-    GRACE_DONE_SLOTS, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, PORT_SLOTS, PolicyMeta,
+    GRACE_DONE_SLOTS, GenPolicy, INLINE_TABLE_V4, INLINE_TABLE_V6, PolicyMeta, PortSlot,
     REASON_STAT_SLOTS, REPLY_RECENT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow,
     RecentReply, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig,
-    SourceRangeV4, SourceRangeV6, port_index,
+    SourceRangeV4, SourceRangeV6,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -18,8 +18,11 @@ use aya_ebpf::{
 
 #[map]
 pub static ACTIVE_GEN: Array<u32> = Array::with_max_entries(1, 0);
+/// Each generation's settings and port tables, one value per generation (see
+/// `airlock_common::GenPolicy`); mmapable so the loader writes a generation with
+/// plain copies.
 #[map]
-pub static CONFIG: Array<GenConfig> = Array::with_max_entries(GENERATIONS, 0);
+pub static POLICY: Array<GenPolicy> = Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
 
 /// A chunk of a large source table: the inner maps' template, which every chunk
 /// matches exactly (see `airlock_common::CHUNKS_PER_GENERATION`).
@@ -45,15 +48,6 @@ pub static SRC_V4: ArrayOfMaps<ChunkV4, { CHUNK_SLOTS }> = ArrayOfMaps::new();
 #[btf_map]
 pub static SRC_V6: ArrayOfMaps<ChunkV6, { CHUNK_SLOTS }> = ArrayOfMaps::new();
 const CHUNK_SLOTS: usize = (GENERATIONS * CHUNKS_PER_GENERATION) as usize;
-
-/// Rule masks per port, one run of `PORT_SLOTS` per generation; mmapable so the
-/// loader writes a generation's run with one copy.
-#[map]
-pub static PORTS_TCP: Array<u64> =
-    Array::with_max_entries(GENERATIONS * PORT_SLOTS, BPF_F_MMAPABLE);
-#[map]
-pub static PORTS_UDP: Array<u64> =
-    Array::with_max_entries(GENERATIONS * PORT_SLOTS, BPF_F_MMAPABLE);
 
 #[map]
 pub static REASON_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_STAT_SLOTS, 0);
@@ -108,16 +102,16 @@ pub static META: Array<PolicyMeta> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
 pub static GRACE_DONE: Array<u64> = Array::with_max_entries(GRACE_DONE_SLOTS, 0);
 
-/// Mask of rules covering `port` for TCP (`tcp == true`) or UDP.
+/// `port`'s slot in `policy`'s TCP (`tcp == true`) or UDP table: a load at an
+/// offset the verifier bounds, no lookup (a `u16` indexes the 65,536 slots, so
+/// no bounds check is left either).
 #[inline(always)]
-pub fn port_rules(generation: u32, tcp: bool, port: u16) -> u64 {
-    let index = port_index(generation, port);
-    let hit = if tcp {
-        PORTS_TCP.get(index)
+pub fn port_slot(policy: &GenPolicy, tcp: bool, port: u16) -> &PortSlot {
+    if tcp {
+        &policy.tcp[usize::from(port)]
     } else {
-        PORTS_UDP.get(index)
-    };
-    hit.copied().unwrap_or(0)
+        &policy.udp[usize::from(port)]
+    }
 }
 
 #[inline(always)]

@@ -199,6 +199,24 @@ fn elem_call(
     unsafe { sys::bpf(command, &mut attr) }.map(drop)
 }
 
+/// Copies the value at `key` of a map with `u32` keys into `value`, which must be
+/// exactly the map's value size (the kernel writes that many bytes).
+pub(crate) fn lookup_u32_key_bytes(
+    map: &MapData,
+    key: u32,
+    value: &mut [u8],
+) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd_of(map),
+        key: std::ptr::from_ref(&key) as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: as in `elem_call`; `value` is the caller's buffer of the map's
+    // value size, alive for the call.
+    unsafe { sys::bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }.map(drop)
+}
+
 /// Deletes slot `key` of a map with `u32` keys (aya has no delete for arrays of
 /// maps, where it empties the slot).
 pub(crate) fn delete_u32_key(map: &MapData, key: u32) -> std::io::Result<()> {

@@ -38,7 +38,16 @@ pub(crate) fn write_elements<T: Copy>(
     first: usize,
     values: &[T],
 ) -> std::io::Result<()> {
-    let offset = first * size_of::<T>();
+    write_at(fd, first * size_of::<T>(), values)
+}
+
+/// Copies `values` to byte `offset` of the map's memory (the values of an array
+/// map lie end to end at its stride, from offset 0).
+pub(crate) fn write_at<T: Copy>(
+    fd: BorrowedFd<'_>,
+    offset: usize,
+    values: &[T],
+) -> std::io::Result<()> {
     let bytes = size_of_val(values);
     with_mapping(fd, offset + bytes, true, |memory| {
         // SAFETY: `offset + bytes` is the mapping's length; the caller names
@@ -61,11 +70,20 @@ pub(crate) fn read_elements<T: Copy + Default>(
     first: usize,
     count: usize,
 ) -> std::io::Result<Vec<T>> {
+    read_at(fd, first * size_of::<T>(), count)
+}
+
+/// `count` values of `T` from byte `offset` of the map's memory (any byte
+/// pattern must be a valid `T`).
+pub(crate) fn read_at<T: Copy + Default>(
+    fd: BorrowedFd<'_>,
+    offset: usize,
+    count: usize,
+) -> std::io::Result<Vec<T>> {
     let mut values = vec![T::default(); count];
-    let offset = first * size_of::<T>();
     let bytes = count * size_of::<T>();
     with_mapping(fd, offset + bytes, false, |memory| {
-        // SAFETY: as in `write_elements`; the caller's `T` accepts any bytes.
+        // SAFETY: as in `write_at`; the caller's `T` accepts any bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 memory.as_ptr().cast::<u8>().add(offset),

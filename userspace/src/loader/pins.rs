@@ -24,7 +24,7 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
 };
 
-use airlock_common::{MAP_ACTIVE_GEN, MAP_CONFIG, MAP_META};
+use airlock_common::{MAP_ACTIVE_GEN, MAP_META};
 
 use aya::maps::{MapData, MapError};
 
@@ -200,17 +200,20 @@ const LOCK_DIR: &str = "%lock";
 const STAGING_PREFIX: &str = "%staging-";
 
 /// Names Airlock pins in an interface's directory: its programs and links, and the
-/// maps every layout has had. `remove_dir` removes them last, so a directory a crash
-/// left half removed still shows one.
+/// maps every layout has had (and `CONFIG`, which layouts 1 to 8 had). `remove_dir`
+/// removes them last, so a directory a crash left half removed still shows one.
 const OUR_PINS: [&str; 7] = [
     PROGRAM_PIN,
     LINK_PIN,
     EGRESS_PROGRAM_PIN,
     EGRESS_LINK_PIN,
     MAP_ACTIVE_GEN,
-    MAP_CONFIG,
+    LEGACY_CONFIG_PIN,
     MAP_META,
 ];
+
+/// Layouts 1 to 8's per-generation config map (its content is in `POLICY` since).
+const LEGACY_CONFIG_PIN: &str = "CONFIG";
 
 fn holds_our_pins(dir: &Path) -> bool {
     OUR_PINS.iter().any(|name| present(&dir.join(name)))

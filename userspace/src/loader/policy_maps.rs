@@ -9,24 +9,29 @@
 //! each source table, every port slot), so a copy left stale or half-written by a
 //! crashed apply is never trusted or patched: it is overwritten, and it was marked
 //! invalid before its first write.
+//!
+//! A generation's config and port tables are one `POLICY` value (2 MiB), written
+//! and read through a mapping of the map: ports first, the config last (it is
+//! what says the copy is complete).
 
 use std::{marker::PhantomData, os::fd::AsFd as _, path::Path};
 
 use airlock_common::{
     Counter, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION, MAP_ACTIVE_GEN,
-    MAP_CONFIG, MAP_GRACE_DONE, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_REASON_STATS,
-    MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4,
-    MAP_SRC_V4_INLINE, MAP_SRC_V6, MAP_SRC_V6_INLINE, PolicyMeta, SampleWindow, SamplingConfig,
-    SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6, port_index,
+    MAP_GRACE_DONE, MAP_META, MAP_POLICY, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
+    MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE, MAP_SRC_V6,
+    MAP_SRC_V6_INLINE, MODE_MONITOR, POLICY_BYTES, POLICY_CONFIG_OFFSET, POLICY_TCP_OFFSET,
+    PolicyMeta, PortSlot, SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6,
+    TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 use aya::{
     Ebpf,
-    maps::{Array, IterableMap as _, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, Map, MapData, MapError, PerCpuArray},
 };
 
 use super::{
     LoaderError, grace, grace_record,
-    mapping::write_elements,
+    mapping::{read_at, write_at},
     meta::PolicySummary,
     source_tables::{Placement, Tables},
 };
@@ -126,11 +131,11 @@ pub(crate) enum Grace<'a> {
 
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
-    config: Array<MapData, GenConfig>,
+    /// `POLICY`: each generation's config and port tables (values too large to
+    /// hold as one: read and written through a mapping).
+    policy: MapData,
     src_v4: Tables<SourceRangeV4>,
     src_v6: Tables<SourceRangeV6>,
-    ports_tcp: Array<MapData, u64>,
-    ports_udp: Array<MapData, u64>,
     reason_stats: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, Counter>,
     rule_base: Array<MapData, Counter>,
@@ -151,11 +156,9 @@ impl PolicyMaps {
     pub(crate) fn take(mut source: MapSource<'_>) -> Result<Self, LoaderError> {
         Ok(Self {
             active: source.take(MAP_ACTIVE_GEN)?,
-            config: source.take(MAP_CONFIG)?,
+            policy: policy_map(source.take_array_data(MAP_POLICY)?)?,
             src_v4: source.take_tables(MAP_SRC_V4_INLINE, MAP_SRC_V4, INLINE_TABLE_V4)?,
             src_v6: source.take_tables(MAP_SRC_V6_INLINE, MAP_SRC_V6, INLINE_TABLE_V6)?,
-            ports_tcp: source.take(MAP_PORTS_TCP)?,
-            ports_udp: source.take(MAP_PORTS_UDP)?,
             reason_stats: source.take(MAP_REASON_STATS)?,
             rule_stats: source.take(MAP_RULE_STATS)?,
             rule_base: source.take(MAP_RULE_BASE)?,
@@ -298,18 +301,7 @@ impl PolicyMaps {
             ms = started.elapsed().as_millis() as u64,
             "source tables written"
         );
-        write_ports(
-            &self.ports_tcp,
-            generation,
-            &compiled.tcp_ports,
-            MAP_PORTS_TCP,
-        )?;
-        write_ports(
-            &self.ports_udp,
-            generation,
-            &compiled.udp_ports,
-            MAP_PORTS_UDP,
-        )?;
+        write_ports(&self.policy, generation, compiled)?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "ports written");
         self.snapshot_rule_base(generation)?;
         self.meta
@@ -335,40 +327,121 @@ impl PolicyMaps {
             table_len_v6: v6.elements.len() as u32,
             ..compiled.config
         };
-        self.config
-            .set(generation, config, 0)
-            .map_err(map_err(MAP_CONFIG))
+        self.write_config(generation, &config)
     }
 
     /// Marks `generation` as not holding a complete policy.
     fn invalidate(&mut self, generation: u32) -> Result<(), LoaderError> {
-        let mut config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
+        let mut config = self.config(generation)?;
         if config.valid != 0 {
             config.valid = 0;
-            self.config
-                .set(generation, config, 0)
-                .map_err(map_err(MAP_CONFIG))?;
+            self.write_config(generation, &config)?;
         }
         Ok(())
     }
+
+    /// `generation`'s config as the program reads it (valid or not).
+    pub(super) fn config(&self, generation: u32) -> Result<GenConfig, LoaderError> {
+        let config = self
+            .read_policy::<GenConfig>(generation, POLICY_CONFIG_OFFSET, 1)
+            .map_err(|e| LoaderError::io("reading the config in", MAP_POLICY, e))?;
+        Ok(config[0])
+    }
+
+    /// `count` values of `T` from byte `offset` of `generation`'s `POLICY` value
+    /// (any byte pattern must be a valid `T`): through a mapping, or where the
+    /// maps were opened only to read (`status` on a read-only bpffs), by copying
+    /// the whole value (the kernel maps a map only shared, which a descriptor
+    /// that may only read cannot: EINVAL).
+    pub(super) fn read_policy<T: Copy + Default>(
+        &self,
+        generation: u32,
+        offset: usize,
+        count: usize,
+    ) -> std::io::Result<Vec<T>> {
+        let fd = self.policy.fd().as_fd();
+        match read_at::<T>(fd, policy_offset(generation) + offset, count) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EACCES)) => {
+                let mut value = vec![0u8; POLICY_BYTES];
+                super::batch::lookup_u32_key_bytes(&self.policy, generation & 1, &mut value)?;
+                let bytes = value
+                    .get(offset..offset + count * size_of::<T>())
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+                let mut out = vec![T::default(); count];
+                // SAFETY: `bytes` holds exactly `count` values of `T`, which
+                // accepts any bytes; copied byte for byte (no alignment needed).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        out.as_mut_ptr().cast::<u8>(),
+                        bytes.len(),
+                    );
+                }
+                Ok(out)
+            }
+            read => read,
+        }
+    }
+
+    fn write_config(&self, generation: u32, config: &GenConfig) -> Result<(), LoaderError> {
+        let offset = policy_offset(generation) + POLICY_CONFIG_OFFSET;
+        write_at(
+            self.policy.fd().as_fd(),
+            offset,
+            std::slice::from_ref(config),
+        )
+        .map_err(|e| LoaderError::io("writing the config in", MAP_POLICY, e))
+    }
 }
 
-/// Writes the rule mask of every port of `generation` (zero where no rule covers it),
-/// through a mapping of the array: one copy of 512 KiB instead of a batch update
-/// that copies each element in the kernel (a third of a re-apply's time at 100,000
-/// prefixes).
-fn write_ports(
-    array: &Array<MapData, u64>,
-    generation: u32,
-    ports: &PortMap,
-    name: &'static str,
-) -> Result<(), LoaderError> {
-    let first = port_index(generation, 0) as usize;
-    write_elements(array.map().fd().as_fd(), first, &ports.dense())
-        .map_err(|e| LoaderError::io("writing the port masks of", name, e))
+/// `POLICY` if its values have this layout's size: every read and write of it
+/// is by offset, and a lookup copies a whole value into a buffer of that size.
+fn policy_map(map: MapData) -> Result<MapData, LoaderError> {
+    let size = map.info().map_err(map_err(MAP_POLICY))?.value_size() as usize;
+    if size != POLICY_BYTES {
+        return Err(LoaderError::Map {
+            name: MAP_POLICY,
+            source: MapError::InvalidValueSize {
+                size,
+                expected: POLICY_BYTES,
+            },
+        });
+    }
+    Ok(map)
+}
+
+/// Byte offset of `generation`'s value in `POLICY`.
+pub(super) fn policy_offset(generation: u32) -> usize {
+    (generation & 1) as usize * POLICY_BYTES
+}
+
+/// The slots of `generation`'s TCP then UDP port tables, as they lie in its
+/// `POLICY` value: each port's rule mask with its lowest rule and that rule's
+/// counter worked out (`PortSlot::new`).
+fn port_slots(generation: u32, compiled: &Compiled) -> Vec<PortSlot> {
+    let monitor = compiled.config.mode == MODE_MONITOR;
+    let slots = |ports: &PortMap| {
+        ports
+            .dense()
+            .into_iter()
+            .map(move |rules| PortSlot::new(rules, generation, monitor))
+    };
+    slots(&compiled.tcp_ports)
+        .chain(slots(&compiled.udp_ports))
+        .collect()
+}
+
+/// Writes every port slot of `generation` (zero where no rule covers the port)
+/// through a mapping of `POLICY`: one copy of 2 MiB (the TCP and UDP tables lie
+/// end to end) instead of a batch update that copies each element in the kernel.
+fn write_ports(policy: &MapData, generation: u32, compiled: &Compiled) -> Result<(), LoaderError> {
+    let offset = policy_offset(generation) + POLICY_TCP_OFFSET;
+    write_at(
+        policy.fd().as_fd(),
+        offset,
+        &port_slots(generation, compiled),
+    )
+    .map_err(|e| LoaderError::io("writing the port tables in", MAP_POLICY, e))
 }
 
 impl PolicyMaps {

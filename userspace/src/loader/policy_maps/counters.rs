@@ -2,9 +2,9 @@
 //! rule counters monotonic across the applies that reuse it.
 
 use airlock_common::{
-    Counter, GENERATIONS, MAP_CONFIG, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
-    MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAX_RULES, RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS,
-    SAMPLES_RATE_LIMITED, reason_stat_index, rule_base_index, rule_stat_index,
+    Counter, GENERATIONS, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS, MAP_SAMPLE_STATE,
+    MAP_SAMPLE_STATS, MAX_RULES, RULE_STAT_SLOTS, Reason, SAMPLE_STAT_SLOTS, SAMPLES_RATE_LIMITED,
+    reason_stat_index, rule_base_index, rule_stat_index,
 };
 use aya::maps::{IterableMap as _, PerCpuValues};
 
@@ -162,11 +162,7 @@ impl PolicyMaps {
             .map(|window| window.rate_limited)
             .sum::<u64>();
         let generation = self.active_generation()?;
-        let rule_count = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?
-            .rule_count;
+        let rule_count = self.config(generation)?.rule_count;
         let mut rules = Vec::with_capacity(rule_count as usize);
         for rule in 0..rule_count.min(MAX_RULES as u32) {
             let mut pair = [Counter::default(); 2];

@@ -2,13 +2,10 @@
 //! its source tables, its prefixes and port masks (for `status`, `airlock diff`
 //! and rollbacks).
 
-use std::os::fd::AsFd as _;
-
 use airlock_common::{
-    GenConfig, MAP_CONFIG, MAP_META, MAP_PORTS_TCP, MAP_PORTS_UDP, MAP_SRC_V4, MAP_SRC_V6,
-    PORT_SLOTS, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6, port_index,
+    GenConfig, MAP_META, MAP_POLICY, MAP_SRC_V4, MAP_SRC_V6, POLICY_TCP_OFFSET, POLICY_UDP_OFFSET,
+    PORT_SLOTS, PortSlot, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
-use aya::maps::{Array, IterableMap as _, MapData};
 
 use super::{LoaderError, PolicyMaps, map_err};
 use crate::{
@@ -17,7 +14,6 @@ use crate::{
         ranges::{self, Directory},
     },
     loader::{
-        mapping::read_elements,
         meta::PolicySummary,
         source_tables::{Placement, TableShape},
     },
@@ -46,10 +42,7 @@ impl PolicyMaps {
         &self,
         generation: u32,
     ) -> Result<Option<GenConfig>, LoaderError> {
-        let config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
+        let config = self.config(generation)?;
         Ok((config.valid != 0).then_some(config))
     }
 
@@ -87,10 +80,7 @@ impl PolicyMaps {
     /// form, sorted by address: empty for a table never written.
     pub fn generation_prefixes(&self, generation: u32) -> Result<SourcePrefixes, LoaderError> {
         let generation = generation & 1;
-        let config = self
-            .config
-            .get(&generation, 0)
-            .map_err(map_err(MAP_CONFIG))?;
+        let config = self.config(generation)?;
         let placement = |flag| Placement::recorded(config.inline_tables, flag);
         let v4 = match self.src_v4.read(
             generation,
@@ -125,17 +115,24 @@ impl PolicyMaps {
         Ok((v4, v6))
     }
 
-    /// The TCP and UDP port arrays of `generation`, read back from the kernel (one
+    /// The TCP and UDP port tables of `generation`, read back from the kernel (one
+    /// slot per port).
+    pub fn generation_port_slots(
+        &self,
+        generation: u32,
+    ) -> Result<(Vec<PortSlot>, Vec<PortSlot>), LoaderError> {
+        let read = |offset| {
+            self.read_policy::<PortSlot>(generation, offset, PORT_SLOTS as usize)
+                .map_err(|e| LoaderError::io("reading the port tables in", MAP_POLICY, e))
+        };
+        Ok((read(POLICY_TCP_OFFSET)?, read(POLICY_UDP_OFFSET)?))
+    }
+
+    /// The TCP and UDP port tables of `generation`, read back from the kernel (one
     /// rule mask per port).
     pub fn generation_ports(&self, generation: u32) -> Result<(Vec<u64>, Vec<u64>), LoaderError> {
-        let first = port_index(generation & 1, 0) as usize;
-        let read = |array: &Array<MapData, u64>, name| {
-            read_elements(array.map().fd().as_fd(), first, PORT_SLOTS as usize)
-                .map_err(|e| LoaderError::io("reading the port masks of", name, e))
-        };
-        Ok((
-            read(&self.ports_tcp, MAP_PORTS_TCP)?,
-            read(&self.ports_udp, MAP_PORTS_UDP)?,
-        ))
+        let (tcp, udp) = self.generation_port_slots(generation)?;
+        let masks = |slots: Vec<PortSlot>| slots.iter().map(|slot| slot.rules).collect();
+        Ok((masks(tcp), masks(udp)))
     }
 }
