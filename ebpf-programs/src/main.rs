@@ -105,8 +105,14 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     return stop(u32::from(headers.kind) + u32::from(headers.local_port));
     #[cfg(airlock_stop = "source")]
     return stop(lookup(generation, config, &packet, headers).flags);
-    let Verdict { reason, rule, stat } =
-        decide(generation, policy, monitor, &packet, headers, frame_len(&ctx));
+    let Verdict { reason, rule, stat } = decide(
+        generation,
+        policy,
+        monitor,
+        &packet,
+        headers,
+        frame_len(&ctx),
+    );
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
