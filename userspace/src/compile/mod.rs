@@ -7,6 +7,7 @@ mod ports;
 mod prefixes;
 pub mod ranges;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use airlock_common::maps::{
@@ -16,7 +17,7 @@ use airlock_common::maps::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::policy::{DefaultAction, Mode, Policy, Proto, SourceGroup};
+use crate::policy::{AddrSet, DefaultAction, Mode, Policy, Proto, SourceGroup};
 pub use ports::PortMap;
 
 /// One compiled prefix: `addr/prefix_len` → `value`, matched longest-first (the
@@ -98,17 +99,26 @@ pub struct FamilyCounts {
 }
 
 impl FamilyCounts {
-    fn of(group: &SourceGroup) -> FamilyCounts {
+    /// The cidrs and excepts of `group`'s sets. Each set is counted once however
+    /// many groups name it (`counted`, by identity): a large imported list that many
+    /// rules name is read once, not once per rule.
+    fn of(group: &SourceGroup, counted: &mut HashMap<*const AddrSet, FamilyCounts>) -> Self {
         let mut c = FamilyCounts::default();
-        for net in group
-            .sets
-            .iter()
-            .flat_map(|s| s.cidrs.iter().chain(&s.except))
-        {
-            match net {
-                IpNet::V4(_) => c.v4 += 1,
-                IpNet::V6(_) => c.v6 += 1,
-            }
+        for set in &group.sets {
+            let own = counted
+                .entry(std::ptr::from_ref(&**set))
+                .or_insert_with(|| {
+                    let mut own = FamilyCounts::default();
+                    for net in set.cidrs.iter().chain(&set.except) {
+                        match net {
+                            IpNet::V4(_) => own.v4 += 1,
+                            IpNet::V6(_) => own.v6 += 1,
+                        }
+                    }
+                    own
+                });
+            c.v4 += own.v4;
+            c.v6 += own.v6;
         }
         c
     }
@@ -193,6 +203,7 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
         // Set by the loader from the tables it builds (compile::ranges).
         ..GenConfig::default()
     };
+    let mut counted = HashMap::new();
     let stats = CompileStats {
         rules: policy.rules.len(),
         entries: FamilyCounts {
@@ -203,15 +214,15 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
             v4: folded.distinct_v4,
             v6: folded.distinct_v6,
         },
-        management: FamilyCounts::of(&policy.management),
-        deny: FamilyCounts::of(&policy.deny),
+        management: FamilyCounts::of(&policy.management, &mut counted),
+        deny: FamilyCounts::of(&policy.deny, &mut counted),
         per_rule: policy
             .rules
             .iter()
             .map(|r| RuleStats {
                 name: r.name.clone(),
                 ports: r.ports.iter().map(ToString::to_string).collect(),
-                prefixes: FamilyCounts::of(&r.from),
+                prefixes: FamilyCounts::of(&r.from, &mut counted),
             })
             .collect(),
         tcp_segments: tcp_ports.segments().len(),
