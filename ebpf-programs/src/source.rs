@@ -85,7 +85,7 @@ impl Range for SourceRangeV6 {
 }
 
 /// Source entry for an IPv4 address in generation `generation` (`config` is its
-/// `CONFIG` entry, read once per packet by the caller).
+/// config in its `POLICY` value, read once per packet by the caller).
 #[inline(always)]
 pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEntry {
     let key = u32::from_be_bytes(addr);
