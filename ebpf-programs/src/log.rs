@@ -55,7 +55,6 @@ pub fn decided(reason: Reason, rule: Option<u32>, source_rules: u64, flags: u32,
         return;
     }
     let (reason, rule) = (reason as u32, rule.map_or(-1, |rule| rule as i64));
-    let (source_rules, flags, port_rules) = (source_rules, flags, port_rules);
     trace!(
         &(),
         "verdict reason {} rule {}: source entry rules {:x} flags {:x}, port entry rules {:x}",
