@@ -15,7 +15,8 @@ use airlock::compile::{
     self,
     ranges::{self, SourceTable},
 };
-use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6, SourceRangeV4, SourceRangeV6};
+use airlock::loader::{LoaderError, PolicySummary};
+use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, SourceRangeV4, SourceRangeV6};
 use airlock_integration::kernel::Harness;
 use airlock_integration::packet::{FrameSpec, Transport};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -298,6 +299,70 @@ fn the_wait_through_the_array_of_maps_leaves_the_tables_as_they_were() {
         check_probes(&mut h, &probes);
         assert_tables_read_back(&h, &compiled, &format!("round {round}"));
     }
+}
+
+/// A policy whose IPv4 sources have more distinct answers than the class table
+/// holds is refused before anything is written: the policy in force and the
+/// copy before it stay as they were, and the program judges as before.
+#[test]
+fn a_policy_with_more_source_classes_than_fit_changes_nothing() {
+    let mut rng = StdRng::seed_from_u64(0x0c1a_55e5);
+    let mut h = Harness::new();
+    let mut applied = Vec::new();
+    for _ in 0..2 {
+        let allowed: Vec<IpNet> = (0..2_000)
+            .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
+            .collect();
+        h.apply(&allowing(&allowed));
+        applied.push(allowed);
+    }
+    let maps = &h.filter.maps;
+    let active = maps.active_generation().expect("readable");
+    let before = (
+        maps.generation_summary(1 - active).expect("readable"),
+        maps.active_prefixes().expect("read back"),
+        maps.generation_prefixes(1 - active).expect("read back"),
+    );
+    assert!(
+        before.0.is_some(),
+        "the copy before holds a complete policy"
+    );
+
+    // Disjoint hosts, each with an answer of its own: one more class than fit
+    // beside the empty answer.
+    let hosts: Vec<IpNet> = (0..MAX_CLASSES)
+        .map(|i| v4(0x0b00_0000 + 4 * i, 32))
+        .collect();
+    let policy = airlock_integration::kernel::parse_policy(&allowing(&hosts));
+    let mut compiled = compile::compile(&policy).expect("compiles");
+    for (i, entry) in compiled.v4.iter_mut().enumerate() {
+        entry.value.rules = i as u64 + 1;
+    }
+    let error = h
+        .filter
+        .maps
+        .apply(&compiled, &PolicySummary::default())
+        .expect_err("more classes than fit");
+    assert!(
+        matches!(error, LoaderError::TooManyClasses(_)),
+        "refused for its classes: {error:?}"
+    );
+
+    let maps = &h.filter.maps;
+    assert_eq!(maps.active_generation().expect("readable"), active);
+    let after = (
+        maps.generation_summary(1 - active).expect("readable"),
+        maps.active_prefixes().expect("read back"),
+        maps.generation_prefixes(1 - active).expect("read back"),
+    );
+    assert!(after == before, "both copies are as they were");
+    let probes: Vec<IpAddr> = applied
+        .iter()
+        .flatten()
+        .step_by(10)
+        .flat_map(|net| [net.network(), step(net.network(), 1)])
+        .collect();
+    check_probes(&mut h, &probes);
 }
 
 /// A `default: drop` policy whose one rule lets `allowed` reach PORT/tcp.
