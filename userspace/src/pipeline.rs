@@ -494,6 +494,35 @@ mod tests {
         );
     }
 
+    /// The interfaces are checked while the policy compiles, but a policy too large
+    /// for the maps is refused as such first, as when the steps ran one after the
+    /// other; a policy that fits is refused for the interface.
+    #[test]
+    fn refusals_keep_their_order_though_checked_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PinRoot::new(dir.path());
+        let prepare_rules = |count: usize| {
+            let text = "version: 1\ninterfaces: [lo]\nrules:\n  - {name: r, ports: [22], from: [192.0.2.0/24]}\n";
+            let mut policy = policy::parse_str(text, Path::new("p.yaml")).unwrap();
+            // Validation refuses a text with that many rules: past it, the
+            // compiler's limit is what refuses them.
+            let rule = policy.rules[0].clone();
+            policy.rules.resize(count, rule);
+            let options = Options {
+                dry_run: true,
+                ..Options::default()
+            };
+            prepare(&root, policy, &options).err().expect("refused")
+        };
+        let too_large = prepare_rules(airlock_common::maps::MAX_RULES + 1);
+        assert!(matches!(too_large, Error::Capacity(_)), "{too_large}");
+        let loopback = prepare_rules(1);
+        assert!(
+            matches!(loopback, Error::LinkType(LinkTypeError::Unsupported { .. })),
+            "{loopback}"
+        );
+    }
+
     #[test]
     fn capacity_errors_are_diagnostics_of_the_policy_file() {
         let error = CompileError::TooManyPrefixes {
