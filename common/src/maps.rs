@@ -99,6 +99,29 @@ pub const MAP_DROP_SAMPLES: &str = "DROP_SAMPLES";
 pub const MAP_SAMPLE_STATE: &str = "SAMPLE_STATE";
 pub const MAP_SAMPLE_STATS: &str = "SAMPLE_STATS";
 pub const MAP_SAMPLING: &str = "SAMPLING";
+/// Maps the object holds as global data, each in a section of its own so the
+/// program reads it at an address fixed at load (one load, not a map lookup):
+/// aya names such a map after its section (bpffs refuses the dot), and the
+/// loader pins it under the name it had as a `#[map]`, with the same type, key
+/// and value. `(section, pin name)`.
+pub const GLOBAL_DATA_MAPS: [(&str, &str); 2] = [
+    (".data.ACTIVE_GEN", MAP_ACTIVE_GEN),
+    (".data.SAMPLING", MAP_SAMPLING),
+];
+
+/// The name a map of the object is pinned under: its own, or for global data
+/// its `GLOBAL_DATA_MAPS` name; `None` for global data that is not pinned
+/// (`.rodata`: aya-log's level, frozen in the loaded program).
+pub fn pin_name(object_name: &str) -> Option<&str> {
+    if !object_name.contains('.') {
+        return Some(object_name);
+    }
+    GLOBAL_DATA_MAPS
+        .iter()
+        .find(|(section, _)| *section == object_name)
+        .map(|(_, pin)| *pin)
+}
+
 /// User space only: a grace period on record (see `userspace/src/loader/grace.rs`).
 /// Added within layout 6: a filter pinned without it is still written, always
 /// after a grace period of the writer's own.

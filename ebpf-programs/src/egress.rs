@@ -72,7 +72,7 @@ fn served_by_rules(outgoing: &Outgoing) -> bool {
         parse::IPPROTO_UDP => false,
         _ => return false,
     };
-    let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
+    let generation = maps::active_generation();
     let Some(policy) = maps::POLICY.get(generation) else {
         return false;
     };

@@ -10,15 +10,15 @@
 //! fixed-size LRU, so memory stays bounded under any flood.
 
 use airlock_common::{
-    EGRESS_RECENT_FRACTION, EGRESS_RECENT_SLOTS, FALLBACK_WINDOW_JIFFIES, FLOW_FAMILY_V4,
-    FLOW_FAMILY_V6, FLOW_PORT_BLOCK_BYTES, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState,
-    ICMP_ECHO_TIMEOUT_NS, REPLY_RECENT_SLOTS, RecentFlow, TCP_CLOSING_TIMEOUT_NS,
-    TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS, UDP_TIMEOUT_NS, flow_epoch_slot, flow_port_byte,
+    EGRESS_RECENT_FRACTION, EGRESS_RECENT_SLOTS, FLOW_FAMILY_V4, FLOW_FAMILY_V6,
+    FLOW_PORT_BLOCK_BYTES, FLOW_REFRESH_SLACK_NS, FlowKey, FlowState, ICMP_ECHO_TIMEOUT_NS,
+    REPLY_RECENT_SLOTS, RecentFlow, TCP_CLOSING_TIMEOUT_NS, TCP_SYN_TIMEOUT_NS, TCP_TIMEOUT_NS,
+    UDP_TIMEOUT_NS, flow_epoch_slot, flow_port_byte,
 };
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
 use crate::{
-    maps::{EGRESS_RECENT, FLOW_EPOCHS, FLOW_PORTS, FLOWS, REPLY_RECENT, SAMPLING},
+    maps::{EGRESS_RECENT, FLOW_EPOCHS, FLOW_PORTS, FLOWS, REPLY_RECENT, sample_window_jiffies},
     mem::Slot,
     parse::{
         Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
@@ -467,12 +467,5 @@ fn forget(slot: Option<*mut RecentFlow>, key: &FlowKey) {
 /// user space found, else the largest HZ, which only makes it shorter).
 #[inline(always)]
 fn recent_jiffies() -> u64 {
-    let hz = match SAMPLING
-        .get(0)
-        .map_or(0, |sampling| sampling.window_jiffies)
-    {
-        0 => FALLBACK_WINDOW_JIFFIES,
-        hz => hz,
-    };
-    u64::from(hz / EGRESS_RECENT_FRACTION)
+    u64::from(sample_window_jiffies() / EGRESS_RECENT_FRACTION)
 }

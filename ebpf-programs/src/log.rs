@@ -16,9 +16,15 @@ use aya_log_ebpf::{
 use crate::parse::{Bytes, Headers, KIND_MALFORMED};
 
 /// A frame the parser judged malformed: where the parse stopped (a frame whose
-/// peer address was read names it).
+/// peer address was read names it). `packet` is the whole frame.
 #[inline(always)]
-pub fn malformed(packet: &Bytes, headers: &Headers, bytes: u64) {
+pub fn malformed(packet: &Bytes, headers: &Headers) {
+    // The length is worked out only here, past the check: passed in, it was
+    // computed and kept on the stack for every IP packet, logging off.
+    if !level_enabled(Level::Debug) {
+        return;
+    }
+    let bytes = (packet.end - packet.start) as u64;
     if headers.kind == KIND_MALFORMED {
         debug!(
             &(),
@@ -48,13 +54,19 @@ pub fn malformed(packet: &Bytes, headers: &Headers, bytes: u64) {
 /// the port entry's rule mask (0 when none was read).
 #[inline(always)]
 pub fn decided(reason: Reason, rule: Option<u32>, source_rules: u64, flags: u32, port_rules: u64) {
-    // Checked before the values are bound: the macro's closure takes them by
-    // reference, and bound outside the check they were stored to the stack on
-    // every packet a rule decided (7 stores), logging on or off.
-    if !level_enabled(Level::Trace) {
-        return;
+    if level_enabled(Level::Trace) {
+        let rule = rule.map_or(-1, |rule| rule as i64);
+        trace_decided(reason as u32, rule, source_rules, flags, port_rules);
     }
-    let (reason, rule) = (reason as u32, rule.map_or(-1, |rule| rule as i64));
+}
+
+/// `decided`'s line, out of line: inlined, LLVM merged the call sites' line into
+/// one and kept its values on the stack, stored on every packet a rule decided
+/// (3 stores) before the level check the verifier prunes on. Not `#[cold]`: LLVM
+/// puts cold functions in `.text.unlikely`, and aya resolves a call into that
+/// section as if into `.text` (the call reached another function).
+#[inline(never)]
+fn trace_decided(reason: u32, rule: i64, source_rules: u64, flags: u32, port_rules: u64) {
     trace!(
         &(),
         "verdict reason {} rule {}: source entry rules {:x} flags {:x}, port entry rules {:x}",

@@ -76,7 +76,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     let headers = &*headers;
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
-    let generation = maps::ACTIVE_GEN.get(0).copied().unwrap_or(0) & 1;
+    let generation = maps::active_generation();
     // Read in place, each field where it is needed: user space rewrites a
     // generation only once no packet reads it any more. The same value holds the
     // port tables: no second lookup for them.
@@ -105,14 +105,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     return stop(u32::from(headers.kind) + u32::from(headers.local_port));
     #[cfg(airlock_stop = "source")]
     return stop(lookup(generation, policy, &packet, headers).flags);
-    let Verdict { reason, rule, stat } = decide(
-        generation,
-        policy,
-        monitor,
-        &packet,
-        headers,
-        frame_len(&ctx),
-    );
+    let Verdict { reason, rule, stat } = decide(generation, policy, monitor, &packet, headers);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
@@ -127,8 +120,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     if passes {
         return xdp_action::XDP_PASS;
     }
-    let packet = Bytes::new(ctx.data(), ctx.data_end());
-    sample::sample_drop(&ctx, &packet, headers, reason, rule, monitor);
+    sample::sample_drop(&ctx, headers, reason, rule, monitor);
     if monitor {
         xdp_action::XDP_PASS
     } else {
@@ -183,14 +175,13 @@ fn decide(
     monitor: bool,
     packet: &Bytes,
     headers: &Headers,
-    bytes: u64,
 ) -> Verdict {
     let config = &policy.config;
     let default_action = config.default_action;
     match headers.kind {
         KIND_NON_IP => return Reason::NonIp.into(),
         KIND_MALFORMED => {
-            log::malformed(packet, headers, bytes);
+            log::malformed(packet, headers);
             return Reason::Malformed.into();
         }
         _ => {}
@@ -204,7 +195,7 @@ fn decide(
             return Reason::Management.into();
         }
         if headers.kind == KIND_MALFORMED_FROM {
-            log::malformed(packet, headers, bytes);
+            log::malformed(packet, headers);
             return Reason::Malformed.into();
         }
         log::decided(Reason::Deny, None, entry.rules, entry.flags, 0);

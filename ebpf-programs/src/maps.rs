@@ -2,12 +2,12 @@
 //! `airlock_common::maps` and the tests check the loader finds every one.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS, FLOW_EPOCH_SLOTS,
-    FLOW_PORT_BLOCK_BYTES, FLOW_PORT_BLOCKS, FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS,
-    GRACE_DONE_SLOTS, GenPolicy, INLINE_TABLE_V4, INLINE_TABLE_V6, PolicyMeta, PortSlot,
-    REASON_STAT_SLOTS, REPLY_RECENT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow,
-    RecentReply, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig,
-    SourceRangeV4, SourceRangeV6,
+    CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS,
+    FALLBACK_WINDOW_JIFFIES, FLOW_EPOCH_SLOTS, FLOW_PORT_BLOCK_BYTES, FLOW_PORT_BLOCKS,
+    FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS, GRACE_DONE_SLOTS, GenPolicy,
+    INLINE_TABLE_V4, INLINE_TABLE_V6, PolicyMeta, PortSlot, REASON_STAT_SLOTS, REPLY_RECENT_SLOTS,
+    RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow, RecentReply, SAMPLE_STAT_SLOTS,
+    SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -16,8 +16,23 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 
-#[map]
-pub static ACTIVE_GEN: Array<u32> = Array::with_max_entries(1, 0);
+/// The generation word: global data in a section of its own, which aya makes a
+/// one-element array map (the loader pins it as `ACTIVE_GEN`: same type, key and
+/// value as the `#[map]` it was). The program reads it at an address the kernel
+/// fixes at load, one load, where a map lookup is a dozen instructions with the
+/// key through the stack. User space writes it with a map update as before; the
+/// load reads the same word, so the swap stays one word written (see `active_generation`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.ACTIVE_GEN")]
+static mut ACTIVE_GEN: u32 = 0;
+
+/// The generation in force, read once per packet.
+#[inline(always)]
+pub fn active_generation() -> u32 {
+    // SAFETY: a 4-byte aligned word that only user space writes; volatile, as it
+    // changes behind the program's back.
+    unsafe { core::ptr::read_volatile(&raw const ACTIVE_GEN) & 1 }
+}
 /// Each generation's settings and port tables, one value per generation (see
 /// `airlock_common::GenPolicy`); mmapable so the loader writes a generation with
 /// plain copies.
@@ -59,8 +74,33 @@ pub static RULE_BASE: Array<Counter> = Array::with_max_entries(RULE_BASE_SLOTS, 
 
 #[map]
 pub static DROP_SAMPLES: RingBuf = RingBuf::with_byte_size(DROP_SAMPLE_RING_BYTES, 0);
-#[map]
-pub static SAMPLING: Array<SamplingConfig> = Array::with_max_entries(1, 0);
+/// The drop samples' rate limit: global data, as `ACTIVE_GEN` (pinned as
+/// `SAMPLING`), so a refused packet reads it with one load instead of a lookup.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.SAMPLING")]
+static mut SAMPLING: SamplingConfig = SamplingConfig {
+    per_cpu_per_second: 0,
+    window_jiffies: 0,
+};
+
+/// `SAMPLING`'s samples per second per CPU (0: none), as user space last wrote it.
+#[inline(always)]
+pub fn sample_rate() -> u32 {
+    // SAFETY: as `active_generation`: an aligned word only user space writes.
+    unsafe { core::ptr::read_volatile(&raw const SAMPLING.per_cpu_per_second) }
+}
+
+/// `SAMPLING`'s second in jiffies, or `FALLBACK_WINDOW_JIFFIES` where user
+/// space did not say.
+#[inline(always)]
+pub fn sample_window_jiffies() -> u32 {
+    // SAFETY: as `sample_rate`.
+    match unsafe { core::ptr::read_volatile(&raw const SAMPLING.window_jiffies) } {
+        0 => FALLBACK_WINDOW_JIFFIES,
+        hz => hz,
+    }
+}
+
 #[map]
 pub static SAMPLE_STATE: PerCpuArray<SampleWindow> = PerCpuArray::with_max_entries(1, 0);
 #[map]

@@ -3,16 +3,14 @@
 //! enforced here, in the kernel, so a flood costs a counter increment per packet and
 //! never floods the ring or the logs; what the limit holds back is counted.
 
-use airlock_common::{
-    DropSample, FALLBACK_WINDOW_JIFFIES, NO_RULE, Reason, SAMPLES_RING_FULL, SAMPLES_SENT,
-};
+use airlock_common::{DropSample, NO_RULE, Reason, SAMPLES_RING_FULL, SAMPLES_SENT};
 use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     programs::XdpContext,
 };
 
 use crate::{
-    maps::{DROP_SAMPLES, SAMPLE_STATE, SAMPLE_STATS, SAMPLING, bump},
+    maps::{DROP_SAMPLES, SAMPLE_STATE, SAMPLE_STATS, bump, sample_rate, sample_window_jiffies},
     mem::Slot,
     parse::{
         Bytes, Headers, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_ICMP,
@@ -25,16 +23,14 @@ use crate::{
 #[inline(always)]
 pub fn sample_drop(
     ctx: &XdpContext,
-    packet: &Bytes,
     headers: &Headers,
     reason: Reason,
     rule: Option<u32>,
     monitor: bool,
 ) {
-    let Some(sampling) = SAMPLING.get(0) else {
-        return;
-    };
-    let rate = sampling.per_cpu_per_second;
+    // Global data (see `maps::SAMPLING`): one load, no lookup, on the path a
+    // flood takes.
+    let rate = sample_rate();
     if rate == 0 {
         return;
     }
@@ -48,11 +44,7 @@ pub fn sample_drop(
     // takes. A window started by an older program on a nanosecond clock is far
     // ahead; the difference wraps to a huge value and starts a new window.
     let now = unsafe { bpf_jiffies64() };
-    let window_jiffies = match sampling.window_jiffies {
-        0 => FALLBACK_WINDOW_JIFFIES,
-        hz => hz,
-    };
-    if now.wrapping_sub(window.started_jiffies) >= u64::from(window_jiffies) {
+    if now.wrapping_sub(window.started_jiffies) >= u64::from(sample_window_jiffies()) {
         window.started_jiffies = now;
         window.sent = 0;
     }
@@ -61,6 +53,15 @@ pub fn sample_drop(
         return;
     }
     window.sent += 1;
+    send(ctx, headers, reason, rule, monitor);
+}
+
+/// Builds and sends one sample. The frame's bounds are read from the context
+/// here, not passed in: kept from before the rate check they were two values
+/// stored to the stack on every refused packet, sampled or not.
+#[inline(always)]
+fn send(ctx: &XdpContext, headers: &Headers, reason: Reason, rule: Option<u32>, monitor: bool) {
+    let packet = Bytes::new(ctx.data(), ctx.data_end());
     let mut slot = Slot::<DropSample>::new();
     let sample = slot.zeroed();
     // The precise clock, as user space expects, in the samples actually sent.
@@ -71,9 +72,9 @@ pub fn sample_drop(
     sample.reason = reason as u8;
     sample.monitor = u8::from(monitor);
     if headers.family == 4 {
-        sample.source[..4].copy_from_slice(&headers.peer_v4(packet));
+        sample.source[..4].copy_from_slice(&headers.peer_v4(&packet));
     } else if headers.family == 6 {
-        sample.source = headers.peer_v6(packet);
+        sample.source = headers.peer_v6(&packet);
     }
     if headers.kind == KIND_IP {
         (sample.protocol, sample.dst_port) = match headers.l4 {

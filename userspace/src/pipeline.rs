@@ -5,12 +5,17 @@
 //! 1. finish expired commit-confirms (their watchdog may have been killed), then
 //!    take the writer lock, beginning the grace period a swap may have to wait for
 //!    (it passes while the policy compiles; see `WriterLock::acquire_early`);
-//! 2. compile the policy beside reading the host facts the anti-lockout check needs;
+//! 2. compile the policy, beside steps 1 and 3 and reading the host facts the
+//!    anti-lockout check needs (those only ask the host; the compile is the long
+//!    step);
 //! 3. the interfaces: every one must exist, or (the agent) those that do not yet
 //!    are left for the reconcile that sees them appear; and each that exists must be
 //!    of a link type one of our programs reads (`crate::link_type`);
 //! 4. the anti-lockout check, refused unless `force`;
 //! 5. refuse while a confirmation is pending on one of the interfaces.
+//!
+//! Refusals come in that order (a refused lock first, then the policy's size, then
+//! the interfaces), whichever step finished first.
 //!
 //! [`Prepared::commit`]:
 //! 6. apply on every interface or on none (on probation, with the rollback watchdog
@@ -21,7 +26,11 @@
 //! Between the two halves the caller holds the writer lock (the agent reads the
 //! counters the swap is about to retire there).
 
-use std::{io, path::Path, time::Duration};
+use std::{
+    io,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use crate::{
     compile::{self, CompileError, Compiled},
@@ -156,8 +165,51 @@ pub struct Applied {
     pub pending: Option<PendingConfirm>,
 }
 
+/// The anti-lockout check's host facts, read on a thread of their own from the
+/// moment a caller knows it will apply (the CLI: before it reads the policy), so
+/// [`prepare_with`] finds them read. They are the same facts either way, read
+/// before anything is written: the read comes some milliseconds earlier.
+pub struct EarlyFacts {
+    reading: Option<std::thread::JoinHandle<Facts>>,
+}
+
+impl EarlyFacts {
+    /// Starts reading them; if the OS refuses a thread, [`prepare_with`] reads them.
+    pub fn start() -> EarlyFacts {
+        let started = Instant::now();
+        let reading = std::thread::Builder::new()
+            .name("host-facts".into())
+            .spawn(move || {
+                let facts = Facts::from_system();
+                tracing::debug!(us = started.elapsed().as_micros() as u64, "host facts read");
+                facts
+            })
+            .ok();
+        EarlyFacts { reading }
+    }
+
+    fn join(self) -> Facts {
+        match self.reading {
+            Some(reading) => reading
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Facts::from_system(),
+        }
+    }
+}
+
 /// Steps 1-5 (1-4 for a dry run): everything before the kernel is written.
-pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<Prepared, Error> {
+pub fn prepare(root: &PinRoot, policy: Policy, options: &Options) -> Result<Prepared, Error> {
+    prepare_with(root, policy, options, None)
+}
+
+/// [`prepare`], with the host facts `facts` began reading, if given.
+pub fn prepare_with(
+    root: &PinRoot,
+    mut policy: Policy,
+    options: &Options,
+    facts: Option<EarlyFacts>,
+) -> Result<Prepared, Error> {
     if let Some(xdp_mode) = options.xdp_mode {
         policy.xdp_mode = xdp_mode;
     }
@@ -165,51 +217,28 @@ pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<
         policy.mode = mode;
     }
     let selected = interfaces::resolve(&policy, &options.iface_overrides)?;
-    let (expired, writer) = if options.dry_run {
-        (Vec::new(), None)
-    } else {
-        // Expired confirmations take the lock themselves, so they come first (each
-        // rollback is logged where it happens).
-        let expired = confirm::expire_due(root);
-        (expired, Some(WriterLock::acquire_early(root, &selected)?))
-    };
-    crate::test_hook::stop_at("compile");
-    // Reading the socket tables is milliseconds on a busy host: meanwhile.
+    // The compile is the long step; everything else before the checks only asks
+    // the host (the lock, the interfaces, the socket tables) and runs beside it.
     let started = std::time::Instant::now();
-    let (compiled, facts) = crate::parallel::join(
+    let (compiled, host) = crate::parallel::join(
         || {
             let compiled = compile(&policy);
             tracing::debug!(us = started.elapsed().as_micros() as u64, "compiled");
             compiled
         },
-        || {
-            let facts = Facts::from_system();
-            tracing::debug!(us = started.elapsed().as_micros() as u64, "host facts read");
-            facts
-        },
+        || Host::read(root, &selected, options, facts, started),
     );
+    // Refusals in the order the steps were once taken one after the other: the
+    // lock, the policy's size, the interfaces.
+    let Host {
+        expired,
+        writer,
+        facts,
+        ifaces,
+    } = host;
+    let writer = writer?;
     let compiled = compiled?;
-    let ifaces = match options.missing {
-        Missing::Refuse if !options.dry_run => {
-            interfaces::check_exist(&selected)?;
-            selected.clone()
-        }
-        Missing::Refuse => selected.clone(),
-        Missing::Skip => selected
-            .iter()
-            .filter(|iface| loader::interface_index(iface).is_some())
-            .cloned()
-            .collect(),
-    };
-    // Interfaces whose frames no program of ours reads (loopback, IP tunnels...)
-    // are refused, naming them and their type; one that does not exist (a dry run)
-    // has nothing to look at.
-    let present: Vec<String> = ifaces
-        .iter()
-        .filter(|iface| loader::interface_index(iface).is_some())
-        .cloned()
-        .collect();
-    link_type::check_supported(&present)?;
+    let ifaces = ifaces?;
     let assessment = lockout::assess(&policy, &facts, &selected);
     lockout::log_findings(&assessment, options.force);
     crate::safety::ephemeral::warn(&policy);
@@ -235,6 +264,95 @@ pub fn prepare(root: &PinRoot, mut policy: Policy, options: &Options) -> Result<
         confirm: options.confirm,
         grace_record: options.grace_record,
     })
+}
+
+/// What [`prepare`] asks the host while the policy compiles.
+struct Host {
+    /// Expired commit-confirms rolled back first.
+    expired: Vec<RolledBack>,
+    /// The writer lock (none for a dry run).
+    writer: Result<Option<WriterLock>, LoaderError>,
+    /// The anti-lockout check's host facts.
+    facts: Facts,
+    /// The interfaces to apply to, each checked to exist (unless skipped) and to be
+    /// of a link type our programs read.
+    ifaces: Result<Vec<String>, Error>,
+}
+
+impl Host {
+    /// Steps 1 and 3 and the host facts of step 2: the facts on a thread of their
+    /// own (reading the socket tables is milliseconds on a busy host).
+    fn read(
+        root: &PinRoot,
+        selected: &[String],
+        options: &Options,
+        early: Option<EarlyFacts>,
+        started: Instant,
+    ) -> Host {
+        let lock = || {
+            let (expired, writer) = if options.dry_run {
+                (Vec::new(), Ok(None))
+            } else {
+                // Expired confirmations take the lock themselves, so they come
+                // first (each rollback is logged where it happens).
+                let expired = confirm::expire_due(root);
+                (expired, WriterLock::acquire_early(root, selected).map(Some))
+            };
+            tracing::debug!(
+                us = started.elapsed().as_micros() as u64,
+                "writer lock held"
+            );
+            // The lock is held (or refused) and nothing is written yet.
+            crate::test_hook::stop_at("compile");
+            let ifaces = usable_interfaces(selected, options);
+            tracing::debug!(
+                us = started.elapsed().as_micros() as u64,
+                "interfaces checked"
+            );
+            (expired, writer, ifaces)
+        };
+        let ((expired, writer, ifaces), facts) = match early {
+            Some(early) => (lock(), early.join()),
+            None => crate::parallel::join(lock, || {
+                let facts = Facts::from_system();
+                tracing::debug!(us = started.elapsed().as_micros() as u64, "host facts read");
+                facts
+            }),
+        };
+        Host {
+            expired,
+            writer,
+            facts,
+            ifaces,
+        }
+    }
+}
+
+/// The selected interfaces the apply puts the policy on: all of them, each of
+/// which must exist ([`Missing::Refuse`], unless a dry run), or those that exist
+/// ([`Missing::Skip`]). Those that exist must be of a link type one of our programs
+/// reads (loopback and IP tunnels are refused, naming them and their type); one
+/// that does not exist (a dry run) has nothing to look at.
+fn usable_interfaces(selected: &[String], options: &Options) -> Result<Vec<String>, Error> {
+    let ifaces = match options.missing {
+        Missing::Refuse if !options.dry_run => {
+            interfaces::check_exist(selected)?;
+            selected.to_vec()
+        }
+        Missing::Refuse => selected.to_vec(),
+        Missing::Skip => selected
+            .iter()
+            .filter(|iface| loader::interface_index(iface).is_some())
+            .cloned()
+            .collect(),
+    };
+    let present: Vec<String> = ifaces
+        .iter()
+        .filter(|iface| loader::interface_index(iface).is_some())
+        .cloned()
+        .collect();
+    link_type::check_supported(&present)?;
+    Ok(ifaces)
 }
 
 /// Compiles `policy`. The compiler's capacity errors (more rules or prefixes than
@@ -373,6 +491,35 @@ mod tests {
             format!("{:?}", staged.compiled),
             format!("{:?}", enforced.compiled),
             "the compiled policy carries the mode"
+        );
+    }
+
+    /// The interfaces are checked while the policy compiles, but a policy too large
+    /// for the maps is refused as such first, as when the steps ran one after the
+    /// other; a policy that fits is refused for the interface.
+    #[test]
+    fn refusals_keep_their_order_though_checked_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = PinRoot::new(dir.path());
+        let prepare_rules = |count: usize| {
+            let text = "version: 1\ninterfaces: [lo]\nrules:\n  - {name: r, ports: [22], from: [192.0.2.0/24]}\n";
+            let mut policy = policy::parse_str(text, Path::new("p.yaml")).unwrap();
+            // Validation refuses a text with that many rules: past it, the
+            // compiler's limit is what refuses them.
+            let rule = policy.rules[0].clone();
+            policy.rules.resize(count, rule);
+            let options = Options {
+                dry_run: true,
+                ..Options::default()
+            };
+            prepare(&root, policy, &options).err().expect("refused")
+        };
+        let too_large = prepare_rules(airlock_common::maps::MAX_RULES + 1);
+        assert!(matches!(too_large, Error::Capacity(_)), "{too_large}");
+        let loopback = prepare_rules(1);
+        assert!(
+            matches!(loopback, Error::LinkType(LinkTypeError::Unsupported { .. })),
+            "{loopback}"
         );
     }
 

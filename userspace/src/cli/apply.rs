@@ -61,6 +61,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         agent_guard::check(agent_guard::Guarded::Apply, &root, args.force)?;
     }
     let started = std::time::Instant::now();
+    // The socket tables are read while the policy is (milliseconds each on a busy
+    // host, and the compile does not need them).
+    let facts = pipeline::EarlyFacts::start();
     let mut policy = policy::load(&args.policy)?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy loaded");
     if let Some(mode) = args.mode {
@@ -82,7 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // A dry run answers "would this apply go through?": the same checks refuse it
     // the same way (same message, same exit code), before any output that would
     // say it loads.
-    let prepared = pipeline::prepare(&root, policy, &options)?;
+    let prepared = pipeline::prepare_with(&root, policy, &options, Some(facts))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "checks done");
     safe::print_expired(&prepared.plan.expired);
     let tunnels = airlock::tunnels::warn_uncovered(&prepared.plan.policy, &prepared.plan.ifaces);

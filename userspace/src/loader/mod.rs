@@ -831,16 +831,18 @@ pub fn pinned_program_id(dir: &Path) -> std::io::Result<u32> {
     link::pinned_program(&path).map(|(id, _)| id)
 }
 
-/// The maps of an object that are pinned with its filter: all but the global-data
-/// maps (`.rodata`: aya-log's level). bpffs refuses names with a dot, and those
-/// need no pin: the loaded program holds its own, frozen at load.
+/// The maps of an object that are pinned with its filter, by the name they are
+/// pinned under: all but `.rodata` (aya-log's level: the loaded program holds its
+/// own, frozen at load), the global data the program reads without a lookup under
+/// its `airlock_common::GLOBAL_DATA_MAPS` name (bpffs refuses names with a dot).
 pub trait PinnableMaps {
     fn pinnable_maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)>;
 }
 
 impl PinnableMaps for Ebpf {
     fn pinnable_maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)> {
-        self.maps().filter(|(name, _)| !name.contains('.'))
+        self.maps()
+            .filter_map(|(name, map)| Some((airlock_common::pin_name(name)?, map)))
     }
 }
 

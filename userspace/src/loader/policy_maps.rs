@@ -69,7 +69,7 @@ impl MapSource<'_> {
     /// A map of any type, as the kernel has it.
     fn take_map(&mut self, name: &'static str) -> Result<Map, LoaderError> {
         match self {
-            MapSource::Object(ebpf) => ebpf.take_map(name).ok_or(LoaderError::MissingMap(name)),
+            MapSource::Object(ebpf) => take_object_map(ebpf, name),
             MapSource::Pinned(dir) => Map::from_map_data(from_pin(dir, name, false)?)
                 .map_err(|source| LoaderError::Map { name, source }),
             MapSource::PinnedReadOnly(dir) => Map::from_map_data(from_pin(dir, name, true)?)
@@ -105,6 +105,22 @@ impl MapSource<'_> {
             MapSource::PinnedReadOnly(dir) => from_pin(dir, name, true),
         }
     }
+}
+
+/// The object's map pinned as `name`: itself, or the global data pinned under
+/// that name (`airlock_common::GLOBAL_DATA_MAPS`; an older object has a
+/// `#[map]` of that name instead).
+fn take_object_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, LoaderError> {
+    if let Some(map) = ebpf.take_map(name) {
+        return Ok(map);
+    }
+    let section = airlock_common::GLOBAL_DATA_MAPS
+        .iter()
+        .find(|(_, pin)| *pin == name)
+        .map(|(section, _)| *section);
+    section
+        .and_then(|section| ebpf.take_map(section))
+        .ok_or(LoaderError::MissingMap(name))
 }
 
 /// The layout version recorded in the active META slot of the filter pinned in

@@ -116,7 +116,15 @@ fn target_of(maps: &PolicyMaps) -> Result<RollbackTarget, LoaderError> {
 
 /// The confirmation pending on `iface`, if any.
 pub fn pending(root: &PinRoot, iface: &str, now: u64) -> Result<Option<Pending>, LoaderError> {
-    let maps = PolicyMaps::open_pinned_read_only(&root.interface_dir(iface))?;
+    // Opened for writing where allowed, only to read: the config is then read
+    // through a mapping of its page, where a descriptor that may only read copies
+    // the whole POLICY value (megabytes, twice on every apply's path). A read-only
+    // bpffs or a caller without write access reads it the slow way.
+    let dir = root.interface_dir(iface);
+    let maps = match PolicyMaps::open_pinned(&dir) {
+        Ok(maps) => maps,
+        Err(_) => PolicyMaps::open_pinned_read_only(&dir)?,
+    };
     let Some(summary) = maps.active_summary()? else {
         return Ok(None);
     };
