@@ -3,8 +3,9 @@
 //! Every policy map holds two generations of the policy. The program reads
 //! `ACTIVE_GEN` once per packet and looks only at that generation's entries, so a
 //! loader that fills the inactive generation and then flips the word never exposes
-//! half a policy. A generation's settings and port tables are one value of
-//! `POLICY` (see [`GenPolicy`]): one lookup answers both. A source table is one
+//! half a policy. A generation's settings, port tables and IPv4 source classes
+//! are one value of `POLICY` (see [`GenPolicy`]): one lookup answers all. A
+//! source table is one
 //! value of a preallocated map per generation, or for a policy too large for it a
 //! run of chunk maps in an array of maps (see [`SourceRangeV4`]).
 
@@ -20,23 +21,32 @@ pub const MAX_PREFIXES_V4: u32 = 1 << 21;
 pub const MAX_PREFIXES_V6: u32 = 1 << 21;
 
 /// Directory bits of a source table in a preallocated map that has room for them
-/// beside its ranges. A table in chunks gets about one slot per range, up to as many
-/// slots as its first chunk holds (the program reads the directory there): 2^18 for
-/// IPv4, 2^17 for IPv6.
-pub const MAX_DIRECTORY_BITS: u32 = 16;
+/// beside its ranges: half the IPv4 map's value (2^18 of its 2^19 elements), an
+/// eighth of the IPv6 one's. A table in chunks gets about one slot per range, up
+/// to as many slots as its first chunk holds (the program reads the directory
+/// there): 2^19 for IPv4, 2^17 for IPv6.
+pub const MAX_DIRECTORY_BITS_V4: u32 = 18;
+pub const MAX_DIRECTORY_BITS_V6: u32 = 16;
+
+/// Source classes per generation: every distinct answer (`SourceEntry`) of a
+/// generation's IPv4 table is one class, a slot of `GenPolicy::classes_v4`; an
+/// IPv4 table element holds a class number, not the answer. Class 0 is the empty
+/// answer (no prefix matches). A policy with more distinct answers is refused.
+pub const MAX_CLASSES: u32 = 1 << 16;
 
 /// Halvings that always suffice to find an address's range within one directory
 /// slot: a slot never holds more ranges than a table (2 * 2^21 + 1 < 2^23).
 pub const RANGE_SEARCH_STEPS: u32 = 23;
 
 /// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
-/// `SRC_V6_INLINE`): 4 MiB per family and generation, 16 MiB in all. Each
+/// `SRC_V6_INLINE`): 4 MiB per family and generation, 16 MiB in all (2^19
+/// elements of 8 bytes for IPv4, 2^17 of 32 for IPv6). Each
 /// generation's table is one map value (4 MiB is the largest the kernel allows
 /// with 4 KiB pages: KMALLOC_MAX_SIZE). A policy's
-/// table that fits (about 100,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
+/// table that fits (about 130,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
 /// every read is inlined by the verifier; a larger one is cut into chunks of the
 /// same size (see [`CHUNKS_PER_GENERATION`]).
-pub const INLINE_TABLE_V4: u32 = 1 << 18;
+pub const INLINE_TABLE_V4: u32 = 1 << 19;
 pub const INLINE_TABLE_V6: u32 = 1 << 17;
 
 /// `GenConfig::inline_tables`: the generation's IPv4 / IPv6 table is in the
@@ -72,7 +82,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 9;
+pub const LAYOUT_VERSION: u32 = 10;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -174,7 +184,8 @@ pub struct GenConfig {
     /// shares, so a directory of IPv6 lists (all in 2000::/3) uses all its slots.
     pub directory_shift_v4: u32,
     pub directory_shift_v6: u32,
-    pub _pad: u32,
+    /// Classes of the IPv4 table in use (`GenPolicy::classes_v4[..classes_v4]`).
+    pub classes_v4: u32,
     pub directory_base_v4: u64,
     pub directory_base_v6: u64,
 }
@@ -221,19 +232,25 @@ impl PortSlot {
 /// A generation's policy as the program reads it, `POLICY[gen]`: its settings and
 /// its TCP and UDP port tables in one map value, so one lookup by generation
 /// answers both and a port's slot is a load at an offset the verifier bounds (a
-/// port is 16 bits). 2 MiB: within the 4 MiB a map value may have.
+/// port is 16 bits), and the answers of its IPv4 source classes: the program
+/// reads a source's answer from the value it already holds. 3 MiB: within the 4
+/// MiB a map value may have.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GenPolicy {
     pub config: GenConfig,
     pub tcp: [PortSlot; PORT_SLOTS as usize],
     pub udp: [PortSlot; PORT_SLOTS as usize],
+    /// Class `c`'s answer (see [`MAX_CLASSES`]); slots past
+    /// `config.classes_v4` are never read.
+    pub classes_v4: [SourceEntry; MAX_CLASSES as usize],
 }
 
 /// Byte offsets in a `POLICY` value (user space writes it through a mapping).
 pub const POLICY_CONFIG_OFFSET: usize = core::mem::offset_of!(GenPolicy, config);
 pub const POLICY_TCP_OFFSET: usize = core::mem::offset_of!(GenPolicy, tcp);
 pub const POLICY_UDP_OFFSET: usize = core::mem::offset_of!(GenPolicy, udp);
+pub const POLICY_CLASSES_V4_OFFSET: usize = core::mem::offset_of!(GenPolicy, classes_v4);
 /// Bytes of a `POLICY` value, and its stride in the map (a multiple of 8).
 pub const POLICY_BYTES: usize = core::mem::size_of::<GenPolicy>();
 
@@ -352,6 +369,12 @@ const _: () = {
     assert!(POLICY_CONFIG_OFFSET == 0);
     assert!(POLICY_UDP_OFFSET == POLICY_TCP_OFFSET + PORT_SLOTS as usize * 16);
     assert!(POLICY_BYTES.is_multiple_of(8) && POLICY_BYTES <= 4 << 20);
+    assert!(POLICY_CLASSES_V4_OFFSET == POLICY_UDP_OFFSET + PORT_SLOTS as usize * 16);
+    assert!(MAX_CLASSES.is_power_of_two());
+    assert!(core::mem::size_of::<SourceRangeV4>() * INLINE_TABLE_V4 as usize == CHUNK_BYTES);
+    assert!(core::mem::size_of::<SourceRangeV6>() * INLINE_TABLE_V6 as usize == CHUNK_BYTES);
+    assert!((1 << MAX_DIRECTORY_BITS_V4) < INLINE_TABLE_V4);
+    assert!((1 << MAX_DIRECTORY_BITS_V6) < INLINE_TABLE_V6);
     assert!(
         rule_stat_index(1, true, false, 5)
             == rule_stat_index(1, true, true, 5) + REFUSED_STAT_OFFSET
@@ -375,24 +398,26 @@ pub const RULE_BASE_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
 /// ranges. The ranges split the whole address space into runs of
 /// addresses with one longest-prefix answer, sorted by first address: the
 /// compiler's prefixes, covering prefixes and `except` holes become at most two
-/// boundaries each. A slot that one range covers whole holds that range's answer
-/// (`start` = [`SLOT_ANSWER_V4`], `flags` and `rules` as a range's): most
-/// addresses, and every refused one in a sparse table, cost one directory read (the
-/// DXR idea: Zec, Rizzo, Mikuc, CCR 2012). Any other slot holds `start` = the
-/// index of the range its first address falls in and `flags` = how many ranges
-/// overlap the slot (2 or more); the program binary-searches those for the last
-/// range starting at or before the address. The cost is a directory read and a few
-/// halvings, whatever the policy's size: the kernel's LPM trie walks one node per
-/// prefix bit that distinguishes entries.
+/// boundaries each. A range holds its answer's class (see [`MAX_CLASSES`]), not
+/// the answer: 8 bytes, so a 4 MiB map value holds 2^19 elements and the
+/// directory can have 2^18 slots beside 2^18 ranges. A slot that one range covers
+/// whole holds that range's class (`start` = [`SLOT_ANSWER_V4`]): most addresses,
+/// and every refused one in a sparse table, cost one directory read (the DXR idea:
+/// Zec, Rizzo, Mikuc, CCR 2012). Any other slot holds `start` = the index of the
+/// range its first address falls in and `class` = how many ranges overlap the
+/// slot (2 or more); the program binary-searches those for the last range starting
+/// at or before the address. The cost is a directory read, a few halvings and a
+/// class read from the `POLICY` value, whatever the policy's size: the kernel's
+/// LPM trie walks one node per prefix bit that distinguishes entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV4 {
-    /// Range: first address (host byte order). Slot: index of its first range.
+    /// Range: first address (host byte order). Slot: index of its first range, or
+    /// [`SLOT_ANSWER_V4`].
     pub start: u32,
-    /// Range: `SRC_MANAGEMENT` | `SRC_DENY`. Slot: number of ranges.
-    pub flags: u32,
-    /// Range: bit `i` set, rule `i` lists these sources in its `from`.
-    pub rules: u64,
+    /// Range, and slot holding its answer: the answer's class. Other slot: number
+    /// of ranges.
+    pub class: u32,
 }
 
 /// `SourceRangeV4::start` of a directory slot that holds its answer (no range
@@ -402,8 +427,9 @@ pub const SLOT_ANSWER_V4: u32 = u32::MAX;
 /// `SourceRangeV6::start[0]` of a directory slot that holds its answer.
 pub const SLOT_ANSWER_V6: u64 = u64::MAX;
 
-/// An element of an IPv6 source table, laid out like [`SourceRangeV4`]; a slot that
-/// holds its answer has `start[0]` = [`SLOT_ANSWER_V6`].
+/// An element of an IPv6 source table, laid out like [`SourceRangeV4`] but
+/// holding its answer itself (no class); a slot that holds its answer has
+/// `start[0]` = [`SLOT_ANSWER_V6`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV6 {

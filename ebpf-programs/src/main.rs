@@ -22,8 +22,8 @@ mod sample;
 mod source;
 
 use airlock_common::{
-    DEFAULT_DROP, GenConfig, GenPolicy, MODE_MONITOR, REFUSED_STAT_OFFSET, Reason, SRC_DENY,
-    SRC_MANAGEMENT, SourceEntry, reason_stat_index, rule_stat_index,
+    DEFAULT_DROP, GenPolicy, MODE_MONITOR, REFUSED_STAT_OFFSET, Reason, SRC_DENY, SRC_MANAGEMENT,
+    SourceEntry, reason_stat_index, rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
@@ -104,7 +104,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     #[cfg(airlock_stop = "parse")]
     return stop(u32::from(headers.kind) + u32::from(headers.local_port));
     #[cfg(airlock_stop = "source")]
-    return stop(lookup(generation, config, &packet, headers).flags);
+    return stop(lookup(generation, policy, &packet, headers).flags);
     let Verdict { reason, rule, stat } = decide(generation, policy, monitor, &packet, headers);
     let passes = reason.passes();
     // One counter per packet: a packet a rule decided is counted for that rule only
@@ -186,7 +186,7 @@ fn decide(
         }
         _ => {}
     }
-    let entry = lookup(generation, config, packet, headers);
+    let entry = lookup(generation, policy, packet, headers);
     // One test on the common path: a source neither management nor denied, in a
     // sound packet.
     if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {
@@ -281,11 +281,11 @@ fn uncovered(default_action: u32, packet: &Bytes, headers: &Headers) -> Verdict 
 /// The peer's entry (`headers.kind` is `KIND_MALFORMED_FROM` or `KIND_IP`, so
 /// `family` is 4 or 6).
 #[inline(always)]
-fn lookup(generation: u32, config: &GenConfig, packet: &Bytes, headers: &Headers) -> SourceEntry {
+fn lookup(generation: u32, policy: &GenPolicy, packet: &Bytes, headers: &Headers) -> SourceEntry {
     if headers.family == 4 {
-        source::source_v4(generation, config, headers.peer_v4(packet))
+        source::source_v4(generation, policy, headers.peer_v4(packet))
     } else {
-        source::source_v6(generation, config, headers.peer_v6(packet))
+        source::source_v6(generation, &policy.config, headers.peer_v6(packet))
     }
 }
 

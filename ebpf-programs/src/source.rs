@@ -1,11 +1,12 @@
-//! A source address's entry from its generation's source table (layout in
+//! A source address's answer from its generation's source table (layout in
 //! `airlock_common::SourceRangeV4`): its directory slot, which most often holds
 //! the answer, else a branch-free binary search of the slot's ranges, in the
-//! preallocated table or in the generation's chunks.
+//! preallocated table or in the generation's chunks. An IPv4 answer is a class,
+//! whose entry the caller reads from the `POLICY` value it holds.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, GenConfig, RANGE_SEARCH_STEPS, SLOT_ANSWER_V4, SLOT_ANSWER_V6,
-    SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    CHUNKS_PER_GENERATION, GenConfig, GenPolicy, MAX_CLASSES, RANGE_SEARCH_STEPS, SLOT_ANSWER_V4,
+    SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -14,6 +15,8 @@ use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
 trait Range {
     /// The address, as compared with a range's first address.
     type Key: Copy;
+    /// What a range answers: a class (IPv4) or the entry itself (IPv6).
+    type Answer: Default;
     /// Of a directory slot: whether it holds its answer itself (`entry`).
     fn is_answer(&self) -> bool;
     /// A directory slot's first range and number of ranges.
@@ -21,11 +24,12 @@ trait Range {
     /// 1 if `key` lies before this range's first address, else 0 (a borrow, so
     /// the search has no branch on it).
     fn before(&self, key: Self::Key) -> u32;
-    fn entry(&self) -> SourceEntry;
+    fn answer(&self) -> Self::Answer;
 }
 
 impl Range for SourceRangeV4 {
     type Key = u32;
+    type Answer = u32;
 
     #[inline(always)]
     fn is_answer(&self) -> bool {
@@ -34,7 +38,7 @@ impl Range for SourceRangeV4 {
 
     #[inline(always)]
     fn run(&self) -> (u32, u32) {
-        (self.start, self.flags)
+        (self.start, self.class)
     }
 
     #[inline(always)]
@@ -43,18 +47,15 @@ impl Range for SourceRangeV4 {
     }
 
     #[inline(always)]
-    fn entry(&self) -> SourceEntry {
-        SourceEntry {
-            rules: self.rules,
-            flags: self.flags,
-            _pad: 0,
-        }
+    fn answer(&self) -> u32 {
+        self.class
     }
 }
 
 impl Range for SourceRangeV6 {
     /// The address's high and low 64 bits.
     type Key = (u64, u64);
+    type Answer = SourceEntry;
 
     #[inline(always)]
     fn is_answer(&self) -> bool {
@@ -75,7 +76,7 @@ impl Range for SourceRangeV6 {
     }
 
     #[inline(always)]
-    fn entry(&self) -> SourceEntry {
+    fn answer(&self) -> SourceEntry {
         SourceEntry {
             rules: self.rules,
             flags: self.flags,
@@ -84,10 +85,12 @@ impl Range for SourceRangeV6 {
     }
 }
 
-/// Source entry for an IPv4 address in generation `generation` (`config` is its
-/// config in its `POLICY` value, read once per packet by the caller).
+/// Source entry for an IPv4 address in generation `generation` (`policy` is its
+/// `POLICY` value, read once per packet by the caller): its class's entry, 0
+/// (the empty entry) if the table cannot be read.
 #[inline(always)]
-pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEntry {
+pub fn source_v4(generation: u32, policy: &GenPolicy, addr: [u8; 4]) -> SourceEntry {
+    let config = &policy.config;
     let key = u32::from_be_bytes(addr);
     let slot = directory_slot(
         u64::from(key) << 32,
@@ -95,13 +98,16 @@ pub fn source_v4(generation: u32, config: &GenConfig, addr: [u8; 4]) -> SourceEn
         config.directory_shift_v4,
         config.directory_bits_v4,
     );
-    find(
+    let class = find(
         config.inline_tables & TABLE_INLINE_V4 != 0,
         || SRC_V4_INLINE.get(generation),
         |index| SRC_V4.get(chunk_slot(generation, index))?.get(0),
         slot,
         key,
-    )
+    );
+    // Masked, the index is in bounds by construction: a load at an offset the
+    // verifier bounds, no lookup.
+    policy.classes_v4[(class & (MAX_CLASSES - 1)) as usize]
 }
 
 /// As `source_v4`, for IPv6.
@@ -128,7 +134,7 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
     )
 }
 
-/// The entry of `key` (in directory slot `slot`) in the table wherever it is: the
+/// The answer for `key` (in directory slot `slot`) in the table wherever it is: the
 /// preallocated map's value (`preallocated`, from `table`) or chunks of the same
 /// size (`chunk(k)`: chunk `k`, for policies too large for it).
 ///
@@ -143,7 +149,7 @@ fn find<'a, R: Range + 'a, const N: usize>(
     chunk: impl Fn(u32) -> Option<&'a [R; N]>,
     slot: u32,
     key: R::Key,
-) -> SourceEntry {
+) -> R::Answer {
     let found = if preallocated {
         let mask = N as u32 - 1;
         // Masked, the index is in bounds by construction: no check, no branch.
@@ -151,7 +157,7 @@ fn find<'a, R: Range + 'a, const N: usize>(
     } else {
         search_chunks(chunk, slot, key)
     };
-    found.map(Range::entry).unwrap_or_default()
+    found.map(Range::answer).unwrap_or_default()
 }
 
 /// Slot of generation `generation`'s chunk `index` in `SRC_V4`/`SRC_V6`.

@@ -204,16 +204,15 @@ impl Tables {
     fn of(compiled: &Compiled) -> Self {
         // Small capacities: the directory and chunked layouts get exercised too.
         Self {
-            v4: ranges::table(&compiled.v4, 64),
-            v6: ranges::table(&compiled.v6, 64),
+            v4: ranges::table(&compiled.v4, 64).expect("classes fit"),
+            v6: ranges::table(&compiled.v6, 64).expect("classes fit"),
         }
     }
 
     fn entry(&self, ip: IpAddr) -> SourceEntry {
-        use ranges::RangeItem as _;
         match ip {
-            IpAddr::V4(a) => ranges::lookup(&self.v4, u128::from(u32::from(a))).map(|r| r.value()),
-            IpAddr::V6(a) => ranges::lookup(&self.v6, u128::from(a)).map(|r| r.value()),
+            IpAddr::V4(a) => ranges::lookup(&self.v4, u128::from(u32::from(a))),
+            IpAddr::V6(a) => ranges::lookup(&self.v6, u128::from(a)),
         }
         .unwrap_or_default()
     }

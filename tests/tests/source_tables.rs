@@ -15,7 +15,8 @@ use airlock::compile::{
     self,
     ranges::{self, SourceTable},
 };
-use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6, SourceRangeV4, SourceRangeV6};
+use airlock::loader::{LoaderError, PolicySummary};
+use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, SourceRangeV4, SourceRangeV6};
 use airlock_integration::kernel::Harness;
 use airlock_integration::packet::{FrameSpec, Transport};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -155,8 +156,9 @@ fn agree_at_every_edge(chunked_only: bool) {
 #[test]
 fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let mut rng = StdRng::seed_from_u64(0x0c40_f7ab_1e00);
-    // Disjoint hosts make two ranges each: 270k IPv4 hosts fill more than two
-    // chunks of 2^18 ranges, 75k IPv6 hosts more than one of 2^17.
+    // Disjoint hosts make two ranges each: 270k IPv4 hosts and a directory of 2^19
+    // slots fill more than two chunks of 2^19 elements, 75k IPv6 hosts more than
+    // one of 2^17.
     let mut allowed: Vec<IpNet> = (0..270_000)
         .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
         .collect();
@@ -164,8 +166,8 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let yaml = allowing(&allowed);
     let policy = airlock_integration::kernel::parse_policy(&yaml);
     let compiled = compile::compile(&policy).expect("compiles");
-    let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0);
-    let table_v6: SourceTable<SourceRangeV6> = ranges::table(&compiled.v6, 0);
+    let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0).expect("classes");
+    let table_v6: SourceTable<SourceRangeV6> = ranges::table(&compiled.v6, 0).expect("classes");
     let chunk_v4 = INLINE_TABLE_V4 as usize;
     let chunk_v6 = INLINE_TABLE_V6 as usize;
     assert!(
@@ -210,14 +212,14 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
 }
 
 /// Re-applies overwrite the chunks their generation already holds: a generation's
-/// IPv4 table goes from three chunks to three others in place, from one to three
-/// (one kept, two new) and from three to one (two released). After every apply the
+/// IPv4 table goes from two chunks to two others in place, from one to two
+/// (one kept, one new) and from two to one (one released). After every apply the
 /// program's verdicts agree with the reference model and the tables read back as
 /// exactly the new policy's prefixes, with nothing left of the one before.
 #[test]
 fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
     // Disjoint hosts make two ranges each: 140k hosts make a directory of a whole
-    // chunk (2^18 slots) and two chunks of ranges; 20k hosts fit in one chunk.
+    // chunk (2^19 slots) and a chunk of ranges; 20k hosts fit in one chunk.
     let sizes: [(u64, usize); 5] = [
         (1, 140_000),
         (2, 20_000),
@@ -237,9 +239,9 @@ fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
         let yaml = allowing(&allowed);
         let policy = h.apply(&yaml);
         let compiled = compile::compile(&policy).expect("compiles");
-        let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0);
+        let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0).expect("classes");
         let chunks = table_v4.elements.len().div_ceil(INLINE_TABLE_V4 as usize);
-        assert_eq!(chunks, if hosts > 100_000 { 3 } else { 1 }, "policy {seed}");
+        assert_eq!(chunks, if hosts > 100_000 { 2 } else { 1 }, "policy {seed}");
         let maps = &h.filter.maps;
         let (shape_v4, _) = maps
             .table_shapes(maps.active_generation().expect("readable"))
@@ -297,6 +299,70 @@ fn the_wait_through_the_array_of_maps_leaves_the_tables_as_they_were() {
         check_probes(&mut h, &probes);
         assert_tables_read_back(&h, &compiled, &format!("round {round}"));
     }
+}
+
+/// A policy whose IPv4 sources have more distinct answers than the class table
+/// holds is refused before anything is written: the policy in force and the
+/// copy before it stay as they were, and the program judges as before.
+#[test]
+fn a_policy_with_more_source_classes_than_fit_changes_nothing() {
+    let mut rng = StdRng::seed_from_u64(0x0c1a_55e5);
+    let mut h = Harness::new();
+    let mut applied = Vec::new();
+    for _ in 0..2 {
+        let allowed: Vec<IpNet> = (0..2_000)
+            .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
+            .collect();
+        h.apply(&allowing(&allowed));
+        applied.push(allowed);
+    }
+    let maps = &h.filter.maps;
+    let active = maps.active_generation().expect("readable");
+    let before = (
+        maps.generation_summary(1 - active).expect("readable"),
+        maps.active_prefixes().expect("read back"),
+        maps.generation_prefixes(1 - active).expect("read back"),
+    );
+    assert!(
+        before.0.is_some(),
+        "the copy before holds a complete policy"
+    );
+
+    // Disjoint hosts, each with an answer of its own: one more class than fit
+    // beside the empty answer.
+    let hosts: Vec<IpNet> = (0..MAX_CLASSES)
+        .map(|i| v4(0x0b00_0000 + 4 * i, 32))
+        .collect();
+    let policy = airlock_integration::kernel::parse_policy(&allowing(&hosts));
+    let mut compiled = compile::compile(&policy).expect("compiles");
+    for (i, entry) in compiled.v4.iter_mut().enumerate() {
+        entry.value.rules = i as u64 + 1;
+    }
+    let error = h
+        .filter
+        .maps
+        .apply(&compiled, &PolicySummary::default())
+        .expect_err("more classes than fit");
+    assert!(
+        matches!(error, LoaderError::TooManyClasses(_)),
+        "refused for its classes: {error:?}"
+    );
+
+    let maps = &h.filter.maps;
+    assert_eq!(maps.active_generation().expect("readable"), active);
+    let after = (
+        maps.generation_summary(1 - active).expect("readable"),
+        maps.active_prefixes().expect("read back"),
+        maps.generation_prefixes(1 - active).expect("read back"),
+    );
+    assert!(after == before, "both copies are as they were");
+    let probes: Vec<IpAddr> = applied
+        .iter()
+        .flatten()
+        .step_by(10)
+        .flat_map(|net| [net.network(), step(net.network(), 1)])
+        .collect();
+    check_probes(&mut h, &probes);
 }
 
 /// A `default: drop` policy whose one rule lets `allowed` reach PORT/tcp.

@@ -1,11 +1,14 @@
 //! Lowers the compiled prefixes into the kernel's source tables: the address space
 //! cut into ranges that share one longest-prefix answer, behind a directory of the
-//! addresses' bits (layout in `airlock_common::SourceRangeV4`). Also the
-//! inverse, for reading a table back as prefixes (`airlock diff`, tests).
+//! addresses' bits (layout in `airlock_common::SourceRangeV4`), an IPv4 table's
+//! answers numbered as classes. Also the inverse, for reading a table back as
+//! prefixes (`airlock diff`, tests).
+
+use std::collections::HashMap;
 
 use airlock_common::{
-    INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_DIRECTORY_BITS, SLOT_ANSWER_V4, SLOT_ANSWER_V6,
-    SourceEntry, SourceRangeV4, SourceRangeV6,
+    INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, MAX_DIRECTORY_BITS_V4, MAX_DIRECTORY_BITS_V6,
+    SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6,
 };
 
 use super::PrefixEntry;
@@ -24,6 +27,70 @@ use super::PrefixEntry;
 pub struct SourceTable<R> {
     pub directory: Directory,
     pub elements: Vec<R>,
+    /// The answers of the classes the elements name, class 0 first (the empty
+    /// answer): `GenPolicy::classes_v4` of an IPv4 table. An IPv6 table's
+    /// elements hold their answers: it has only class 0, which it never names.
+    pub classes: Vec<SourceEntry>,
+}
+
+/// A policy whose IPv4 sources have more distinct answers than a generation's
+/// class table holds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the policy's IPv4 sources fall into {found} distinct combinations of rules and \
+     management/deny sets, more than the {max} the datapath holds: list sources in \
+     fewer distinct combinations of rules"
+)]
+pub struct TooManyClasses {
+    pub found: usize,
+    pub max: u32,
+}
+
+/// A table's distinct answers, numbered in order of first appearance (class 0:
+/// the empty answer).
+pub struct Classes {
+    entries: Vec<SourceEntry>,
+    numbers: HashMap<SourceEntry, u32>,
+    /// The last answer interned and its class: the prefixes of one list share an
+    /// answer, so most lookups end here without hashing.
+    last: (SourceEntry, u32),
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        Classes {
+            entries: vec![SourceEntry::default()],
+            numbers: HashMap::from([(SourceEntry::default(), 0)]),
+            last: (SourceEntry::default(), 0),
+        }
+    }
+}
+
+impl Classes {
+    /// The class of `value`, numbered now if it is new.
+    pub fn intern(&mut self, value: SourceEntry) -> u32 {
+        if value == self.last.0 {
+            return self.last.1;
+        }
+        let next = self.entries.len() as u32;
+        let class = *self.numbers.entry(value).or_insert(next);
+        if class == next {
+            self.entries.push(value);
+        }
+        self.last = (value, class);
+        class
+    }
+
+    /// The answers by class, if they fit in the kernel's class table.
+    pub fn into_entries(self) -> Result<Vec<SourceEntry>, TooManyClasses> {
+        if self.entries.len() > MAX_CLASSES as usize {
+            return Err(TooManyClasses {
+                found: self.entries.len(),
+                max: MAX_CLASSES,
+            });
+        }
+        Ok(self.entries)
+    }
 }
 
 /// How a table's directory is indexed (see [`SourceTable`]).
@@ -69,23 +136,27 @@ type Range = (u128, SourceEntry);
 
 /// A range as some table holds it.
 pub trait RangeItem: Copy {
+    /// What it holds of its answer: the entry itself, or its class.
+    type Answer: Copy + Eq + Default;
     /// A range from its first address (the low `WIDTH` bits) and its answer.
-    fn range(start: u128, value: SourceEntry) -> Self;
+    fn range(start: u128, answer: Self::Answer) -> Self;
     /// Of a range: first address and answer.
     fn start(&self) -> u128;
-    fn value(&self) -> SourceEntry;
+    fn answer(&self) -> Self::Answer;
 }
 
 impl RangeItem for Range {
-    fn range(start: u128, value: SourceEntry) -> Self {
-        (start, value)
+    type Answer = SourceEntry;
+
+    fn range(start: u128, answer: SourceEntry) -> Self {
+        (start, answer)
     }
 
     fn start(&self) -> u128 {
         self.0
     }
 
-    fn value(&self) -> SourceEntry {
+    fn answer(&self) -> SourceEntry {
         self.1
     }
 }
@@ -94,8 +165,13 @@ impl RangeItem for Range {
 /// compiler makes them) to `out`: the address space from 0 to its end, split
 /// wherever the longest match changes, adjacent ranges with equal answers merged.
 /// Addresses with no matching prefix get the all-zero entry, as from an LPM trie
-/// miss. Made in the table's own element type, so a large table is written once.
-fn ranges<T: RangeItem, const N: usize>(entries: &[PrefixEntry<N>], out: &mut Vec<T>) {
+/// miss. Made in the table's own element type, so a large table is written once,
+/// each prefix's answer as `answer` makes it (once per prefix, not per range).
+fn ranges<T: RangeItem, const N: usize>(
+    entries: &[PrefixEntry<N>],
+    out: &mut Vec<T>,
+    mut answer: impl FnMut(SourceEntry) -> T::Answer,
+) {
     let width = 8 * N as u32;
     // A prefix starts at most one range and ends at most one.
     out.reserve(2 * entries.len() + 1);
@@ -103,16 +179,17 @@ fn ranges<T: RangeItem, const N: usize>(entries: &[PrefixEntry<N>], out: &mut Ve
         first: out.len(),
         out,
     };
-    ranges.out.push(T::range(0, SourceEntry::default()));
+    ranges.out.push(T::range(0, T::Answer::default()));
     // Open prefixes, outermost first: (last address, answer). Prefixes nest or are
     // disjoint, and sorted by address then length each one's parents come first.
-    let mut open: Vec<(u128, SourceEntry)> = Vec::new();
+    let mut open: Vec<(u128, T::Answer)> = Vec::new();
     for entry in entries {
         let first = address(&entry.addr);
         let last = first | host_mask(width, entry.prefix_len);
+        let value = answer(entry.value);
         ranges.close(&mut open, Some(first), width);
-        ranges.set(first, entry.value);
-        open.push((last, entry.value));
+        ranges.set(first, value);
+        open.push((last, value));
     }
     ranges.close(&mut open, None, width);
 }
@@ -125,24 +202,24 @@ struct Ranges<'a, T> {
 
 impl<T: RangeItem> Ranges<'_, T> {
     /// From `start` on (never before the last range's start), the answer is `value`.
-    fn set(&mut self, start: u128, value: SourceEntry) {
+    fn set(&mut self, start: u128, value: T::Answer) {
         let len = self.out.len();
         let last = self.out[len - 1];
         if last.start() == start {
             // The range's new answer can equal the one before: merge.
-            if len - self.first >= 2 && self.out[len - 2].value() == value {
+            if len - self.first >= 2 && self.out[len - 2].answer() == value {
                 self.out.pop();
             } else {
                 self.out[len - 1] = T::range(start, value);
             }
-        } else if last.value() != value {
+        } else if last.answer() != value {
             self.out.push(T::range(start, value));
         }
     }
 
     /// Closes the open prefixes that end before `before` (all of them if `None`):
     /// after each, the prefix around it answers again.
-    fn close(&mut self, open: &mut Vec<(u128, SourceEntry)>, before: Option<u128>, width: u32) {
+    fn close(&mut self, open: &mut Vec<(u128, T::Answer)>, before: Option<u128>, width: u32) {
         while let Some(&(last, _)) = open.last() {
             if before.is_some_and(|first| last >= first) {
                 break;
@@ -178,17 +255,14 @@ fn host_mask(width: u32, prefix_len: u8) -> u128 {
 /// range per slot, so a lookup's binary search is short however large the policy,
 /// fewer if that lets directory and ranges fit in `capacity` (a longer search there
 /// still beats a table in chunks); a table that cannot fit keeps that directory, up
-/// to `chunked_bits` (as many slots as its first chunk holds).
-fn directory_bits(ranges: usize, capacity: usize, chunked_bits: u32) -> u32 {
+/// to `chunked_bits` (as many slots as its first chunk holds). `full_bits`: the
+/// full directory.
+fn directory_bits(ranges: usize, capacity: usize, full_bits: u32, chunked_bits: u32) -> u32 {
     let fits = |bits: u32| (1usize << bits) + ranges <= capacity;
-    if fits(MAX_DIRECTORY_BITS) {
-        return MAX_DIRECTORY_BITS;
+    if fits(full_bits) {
+        return full_bits;
     }
-    let limit = if fits(0) {
-        MAX_DIRECTORY_BITS
-    } else {
-        chunked_bits
-    };
+    let limit = if fits(0) { full_bits } else { chunked_bits };
     let mut bits = 0;
     while bits < limit && (1usize << bits) < ranges {
         bits += 1;
@@ -243,22 +317,31 @@ fn directory<T: RangeItem>(
 pub trait Element: RangeItem + Default {
     /// Address bits of the family.
     const WIDTH: u32;
+    /// The directory of a table that fits in the preallocated map.
+    const FULL_DIRECTORY_BITS: u32;
     /// Largest directory of a table in chunks: the elements of one chunk, where the
     /// program reads it.
     const CHUNKED_DIRECTORY_BITS: u32;
+    /// What a range of this family holds for the answer `value`.
+    fn intern(value: SourceEntry, classes: &mut Classes) -> Self::Answer;
+    /// The entry an answer stands for, read as the program reads it (`classes`:
+    /// the table's), None where the program would read past the classes written.
+    fn entry(answer: Self::Answer, classes: &[SourceEntry]) -> Option<SourceEntry>;
     /// A directory slot over `count` ranges from index `first`: for one range, its
-    /// answer `value` itself (`RangeItem::value` of the slot), else the run.
-    fn slot(first: usize, count: usize, value: SourceEntry) -> Self;
+    /// answer itself (`RangeItem::answer` of the slot), else the run.
+    fn slot(first: usize, count: usize, answer: Self::Answer) -> Self;
     /// Of a slot: first range and count, or None when the slot holds its answer.
     fn run(&self) -> Option<(usize, usize)>;
 }
 
 impl RangeItem for SourceRangeV4 {
-    fn range(start: u128, value: SourceEntry) -> Self {
+    /// A class.
+    type Answer = u32;
+
+    fn range(start: u128, class: u32) -> Self {
         Self {
             start: start as u32,
-            flags: value.flags,
-            rules: value.rules,
+            class,
         }
     }
 
@@ -266,41 +349,47 @@ impl RangeItem for SourceRangeV4 {
         u128::from(self.start)
     }
 
-    fn value(&self) -> SourceEntry {
-        SourceEntry {
-            rules: self.rules,
-            flags: self.flags,
-            _pad: 0,
-        }
+    fn answer(&self) -> u32 {
+        self.class
     }
 }
 
 impl Element for SourceRangeV4 {
     const WIDTH: u32 = 32;
+    const FULL_DIRECTORY_BITS: u32 = MAX_DIRECTORY_BITS_V4;
     const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V4.trailing_zeros();
 
-    fn slot(first: usize, count: usize, value: SourceEntry) -> Self {
+    fn intern(value: SourceEntry, classes: &mut Classes) -> u32 {
+        classes.intern(value)
+    }
+
+    fn entry(class: u32, classes: &[SourceEntry]) -> Option<SourceEntry> {
+        // Masked as the program masks it.
+        classes.get((class & (MAX_CLASSES - 1)) as usize).copied()
+    }
+
+    fn slot(first: usize, count: usize, class: u32) -> Self {
         if count == 1 {
             Self {
                 start: SLOT_ANSWER_V4,
-                flags: value.flags,
-                rules: value.rules,
+                class,
             }
         } else {
             Self {
                 start: first as u32,
-                flags: count as u32,
-                rules: 0,
+                class: count as u32,
             }
         }
     }
 
     fn run(&self) -> Option<(usize, usize)> {
-        (self.start != SLOT_ANSWER_V4).then_some((self.start as usize, self.flags as usize))
+        (self.start != SLOT_ANSWER_V4).then_some((self.start as usize, self.class as usize))
     }
 }
 
 impl RangeItem for SourceRangeV6 {
+    type Answer = SourceEntry;
+
     fn range(start: u128, value: SourceEntry) -> Self {
         Self {
             start: [(start >> 64) as u64, start as u64],
@@ -314,7 +403,7 @@ impl RangeItem for SourceRangeV6 {
         (u128::from(self.start[0]) << 64) | u128::from(self.start[1])
     }
 
-    fn value(&self) -> SourceEntry {
+    fn answer(&self) -> SourceEntry {
         SourceEntry {
             rules: self.rules,
             flags: self.flags,
@@ -325,7 +414,16 @@ impl RangeItem for SourceRangeV6 {
 
 impl Element for SourceRangeV6 {
     const WIDTH: u32 = 128;
+    const FULL_DIRECTORY_BITS: u32 = MAX_DIRECTORY_BITS_V6;
     const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V6.trailing_zeros();
+
+    fn intern(value: SourceEntry, _: &mut Classes) -> SourceEntry {
+        value
+    }
+
+    fn entry(value: SourceEntry, _: &[SourceEntry]) -> Option<SourceEntry> {
+        Some(value)
+    }
 
     fn slot(first: usize, count: usize, value: SourceEntry) -> Self {
         if count == 1 {
@@ -350,24 +448,34 @@ impl Element for SourceRangeV6 {
 }
 
 /// The source table of `entries` (`N`: address bytes, matching `R`'s family),
-/// made to fit in `capacity` elements if it can.
+/// made to fit in `capacity` elements if it can; an error if its answers are
+/// more classes than the kernel holds.
 pub fn table<R: Element, const N: usize>(
     entries: &[PrefixEntry<N>],
     capacity: usize,
-) -> SourceTable<R> {
+) -> Result<SourceTable<R>, TooManyClasses> {
     debug_assert_eq!(8 * N as u32, R::WIDTH);
     // The ranges go in after room for the largest directory they can get, which
     // a smaller one then shrinks: the table is made in one vector, in its final form.
     let most_ranges = 2 * entries.len() + 1;
-    let room_bits = MAX_DIRECTORY_BITS
+    let room_bits = R::FULL_DIRECTORY_BITS
         .max(most_ranges.next_power_of_two().trailing_zeros())
         .min(R::CHUNKED_DIRECTORY_BITS);
     let room = 1usize << room_bits;
     let mut elements: Vec<R> = Vec::with_capacity(room + most_ranges);
     elements.resize(room, R::default());
-    ranges(entries, &mut elements);
+    let mut classes = Classes::default();
+    ranges(entries, &mut elements, |value| {
+        R::intern(value, &mut classes)
+    });
+    let classes = classes.into_entries()?;
     let count = elements.len() - room;
-    let bits = directory_bits(count, capacity, R::CHUNKED_DIRECTORY_BITS);
+    let bits = directory_bits(
+        count,
+        capacity,
+        R::FULL_DIRECTORY_BITS,
+        R::CHUNKED_DIRECTORY_BITS,
+    );
     let base = 1usize << bits;
     if base < room {
         elements.copy_within(room.., base);
@@ -376,17 +484,18 @@ pub fn table<R: Element, const N: usize>(
     let (start, shared) = window(&elements[base..], R::WIDTH, bits);
     let slots = directory(&elements[base..], R::WIDTH, bits, (start, shared));
     for (slot, (first, count)) in (0..base).zip(slots) {
-        let value = elements[base + first].value();
-        elements[slot] = R::slot(base + first, count, value);
+        let answer = elements[base + first].answer();
+        elements[slot] = R::slot(base + first, count, answer);
     }
-    SourceTable {
+    Ok(SourceTable {
         directory: Directory {
             bits,
             base: top64(start, R::WIDTH),
             shift: 64 - shared - bits,
         },
         elements,
-    }
+        classes,
+    })
 }
 
 /// The prefixes of a table read back: each range with a nonzero answer as the
@@ -433,14 +542,14 @@ fn prefixes_of<const N: usize>(ranges: &[Range]) -> Vec<PrefixEntry<N>> {
 }
 
 /// The prefixes a table holds (None: not a well-formed table: its ranges must be
-/// sorted and start at address 0).
+/// sorted and start at address 0, and name only classes it has).
 pub fn prefixes<R: Element, const N: usize>(table: &SourceTable<R>) -> Option<Vec<PrefixEntry<N>>> {
     let ranges: Vec<Range> = table
         .elements
         .get(1usize.checked_shl(table.directory.bits)?..)?
         .iter()
-        .map(|r| (r.start(), r.value()))
-        .collect();
+        .map(|r| Some((r.start(), R::entry(r.answer(), &table.classes)?)))
+        .collect::<Option<_>>()?;
     let sorted = ranges.windows(2).all(|w| w[0].0 < w[1].0);
     (sorted && ranges.first().is_some_and(|r| r.0 == 0)).then(|| prefixes_of(&ranges))
 }
@@ -448,7 +557,7 @@ pub fn prefixes<R: Element, const N: usize>(table: &SourceTable<R>) -> Option<Ve
 /// The canonical form of `entries`: what [`prefixes`] reads back from their table.
 pub fn canonical<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<PrefixEntry<N>> {
     let mut out: Vec<Range> = Vec::new();
-    ranges(entries, &mut out);
+    ranges(entries, &mut out, |value| value);
     prefixes_of(&out)
 }
 
@@ -458,8 +567,15 @@ fn top64(address: u128, width: u32) -> u64 {
 }
 
 /// What the program finds in `table` for the address `key`, step for step as
-/// ebpf-programs/src/source.rs does: for tests of the layout.
-pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<&R> {
+/// ebpf-programs/src/source.rs does: for tests of the layout. None where the
+/// program would read outside the table.
+pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<SourceEntry> {
+    let found = lookup_element(table, key)?;
+    R::entry(found.answer(), &table.classes)
+}
+
+/// The element (directory slot or range) whose answer [`lookup`] reads.
+pub fn lookup_element<R: Element>(table: &SourceTable<R>, key: u128) -> Option<&R> {
     let slot = table
         .elements
         .get(table.directory.slot(top64(key, R::WIDTH)))?;

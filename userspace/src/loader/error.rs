@@ -101,8 +101,14 @@ pub enum LoaderError {
     MetaTooLarge { len: usize, max: usize },
     #[error("no Airlock filter is pinned for interface {0}")]
     NotInstalled(String),
-    #[error("the source table in map {0} is not well formed (ranges unsorted or missing)")]
+    #[error(
+        "the source table in map {0} is not well formed (ranges unsorted or missing, or \
+         a class it names not written)"
+    )]
     MalformedSourceTable(&'static str),
+    /// Found while building the tables, before anything is written.
+    #[error(transparent)]
+    TooManyClasses(#[from] crate::compile::ranges::TooManyClasses),
     #[error(transparent)]
     LinkType(Box<crate::link_type::LinkTypeError>),
     #[error(

@@ -10,9 +10,9 @@
 //! crashed apply is never trusted or patched: it is overwritten, and it was marked
 //! invalid before its first write.
 //!
-//! A generation's config and port tables are one `POLICY` value (2 MiB), written
-//! and read through a mapping of the map: ports first, the config last (it is
-//! what says the copy is complete).
+//! A generation's config, port tables and IPv4 source classes are one `POLICY`
+//! value (3 MiB), written and read through a mapping of the map: ports and
+//! classes first, the config last (it is what says the copy is complete).
 
 use std::{marker::PhantomData, os::fd::AsFd as _, path::Path};
 
@@ -20,9 +20,9 @@ use airlock_common::{
     Counter, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION, MAP_ACTIVE_GEN,
     MAP_GRACE_DONE, MAP_META, MAP_POLICY, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
     MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE, MAP_SRC_V6,
-    MAP_SRC_V6_INLINE, MODE_MONITOR, POLICY_BYTES, POLICY_CONFIG_OFFSET, POLICY_TCP_OFFSET,
-    PolicyMeta, PortSlot, SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6,
-    TABLE_INLINE_V4, TABLE_INLINE_V6,
+    MAP_SRC_V6_INLINE, MODE_MONITOR, POLICY_BYTES, POLICY_CLASSES_V4_OFFSET, POLICY_CONFIG_OFFSET,
+    POLICY_TCP_OFFSET, PolicyMeta, PortSlot, SampleWindow, SamplingConfig, SourceRangeV4,
+    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 use aya::{
     Ebpf,
@@ -296,10 +296,13 @@ impl PolicyMaps {
             },
         );
         waited?;
+        // Before the first write: a policy the kernel cannot hold changes nothing.
+        let (v4, v6) = (v4?, v6?);
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             v4 = v4.elements.len(),
             v6 = v6.elements.len(),
+            classes_v4 = v4.classes.len(),
             "source tables built"
         );
         // First write: from here until the end the copy is not a complete policy, so
@@ -318,7 +321,16 @@ impl PolicyMaps {
             "source tables written"
         );
         write_ports(&self.policy, generation, compiled)?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "ports written");
+        write_at(
+            self.policy.fd().as_fd(),
+            policy_offset(generation) + POLICY_CLASSES_V4_OFFSET,
+            &v4.classes,
+        )
+        .map_err(|e| LoaderError::io("writing the source classes in", MAP_POLICY, e))?;
+        tracing::debug!(
+            ms = started.elapsed().as_millis() as u64,
+            "ports and classes written"
+        );
         self.snapshot_rule_base(generation)?;
         self.meta
             .set(generation, meta, 0)
@@ -341,6 +353,7 @@ impl PolicyMaps {
             inline_tables: inline(placed.0, TABLE_INLINE_V4) | inline(placed.1, TABLE_INLINE_V6),
             table_len_v4: v4.elements.len() as u32,
             table_len_v6: v6.elements.len() as u32,
+            classes_v4: v4.classes.len() as u32,
             ..compiled.config
         };
         self.write_config(generation, &config)
@@ -537,11 +550,11 @@ impl PolicyMaps {
         self.invalidate(generation)?;
         self.src_v4.write(
             generation,
-            &ranges::table(&junk.v4, INLINE_TABLE_V4 as usize),
+            &ranges::table(&junk.v4, INLINE_TABLE_V4 as usize)?,
         )?;
         self.src_v6.write(
             generation,
-            &ranges::table(&junk.v6, INLINE_TABLE_V6 as usize),
+            &ranges::table(&junk.v6, INLINE_TABLE_V6 as usize)?,
         )?;
         Ok(())
     }

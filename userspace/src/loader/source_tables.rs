@@ -113,7 +113,7 @@ impl<R: Element> Tables<R> {
     }
 
     /// `generation`'s table, `len` elements indexed by `directory`, from where it
-    /// was placed (None: chunks never written).
+    /// was placed (None: chunks never written), without its classes.
     pub(crate) fn read(
         &self,
         generation: u32,
@@ -126,6 +126,7 @@ impl<R: Element> Tables<R> {
                 .map(|elements| SourceTable {
                     directory,
                     elements,
+                    classes: Vec::new(),
                 })),
             Placement::Preallocated => {
                 let stride = stride::<R>(&self.preallocated);
@@ -139,6 +140,7 @@ impl<R: Element> Tables<R> {
                 Ok(Some(SourceTable {
                     directory,
                     elements,
+                    classes: Vec::new(),
                 }))
             }
         }

@@ -1,4 +1,5 @@
 use airlock_common::{SRC_DENY, SourceEntry, SourceRangeV4, SourceRangeV6};
+
 use proptest::prelude::*;
 
 use super::*;
@@ -40,17 +41,15 @@ fn sorted<const N: usize>(mut entries: Vec<PrefixEntry<N>>) -> Vec<PrefixEntry<N
 }
 
 fn found<R: Element>(table: &SourceTable<R>, key: u128) -> SourceEntry {
-    lookup(table, key)
-        .expect("every address has a range")
-        .value()
+    lookup(table, key).expect("every address has a range")
 }
 
 fn table_v4(entries: &[PrefixEntry<4>], capacity: usize) -> SourceTable<SourceRangeV4> {
-    table(entries, capacity)
+    table(entries, capacity).expect("classes fit")
 }
 
 fn table_v6(entries: &[PrefixEntry<16>], capacity: usize) -> SourceTable<SourceRangeV6> {
-    table(entries, capacity)
+    table(entries, capacity).expect("classes fit")
 }
 
 /// Addresses worth probing: each prefix's edges and their neighbours, plus `extra`.
@@ -138,7 +137,8 @@ fn empty_policy_is_one_range_and_no_prefixes() {
     let table = table_v4(&[], usize::MAX);
     assert_eq!(table.elements.len(), (1 << table.directory.bits) + 1);
     let range = &table.elements[1 << table.directory.bits];
-    assert_eq!((range.start(), range.value()), (0, SourceEntry::default()));
+    assert_eq!((range.start(), range.answer()), (0, 0));
+    assert_eq!(table.classes, vec![SourceEntry::default()]);
     assert_eq!(prefixes::<_, 4>(&table), Some(Vec::new()));
 }
 
@@ -165,20 +165,31 @@ fn whole_space_and_host_routes() {
 #[test]
 fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
     // Whole where it fits with the ranges: a preallocated table has the room.
-    assert_eq!(directory_bits(1, usize::MAX, 18), MAX_DIRECTORY_BITS);
-    assert_eq!(directory_bits(1000, 1 << 18, 18), MAX_DIRECTORY_BITS);
+    assert_eq!(directory_bits(1, usize::MAX, 16, 18), 16);
+    assert_eq!(directory_bits(1000, 1 << 18, 16, 18), 16);
     // Otherwise about one range per slot.
-    assert_eq!(directory_bits(1, 0, 18), 0);
-    assert_eq!(directory_bits(2, 0, 18), 1);
-    assert_eq!(directory_bits(1000, 0, 18), 10);
+    assert_eq!(directory_bits(1, 0, 16, 18), 0);
+    assert_eq!(directory_bits(2, 0, 16, 18), 1);
+    assert_eq!(directory_bits(1000, 0, 16, 18), 10);
     // Shrunk to fit a capacity, down to a single slot, and never past the full
     // directory there; kept when nothing fits, up to a chunk's worth of slots.
-    assert_eq!(directory_bits(1000, 1500, 18), 8);
-    assert_eq!(directory_bits(1000, 1001, 18), 0);
-    assert_eq!(directory_bits(200_000, 1 << 18, 18), 15);
-    assert_eq!(directory_bits(1000, 10, 18), 10);
-    assert_eq!(directory_bits(10_000_000, 0, 18), 18);
-    assert_eq!(directory_bits(10_000_000, 0, 17), 17);
+    assert_eq!(directory_bits(1000, 1500, 16, 18), 8);
+    assert_eq!(directory_bits(1000, 1001, 16, 18), 0);
+    assert_eq!(directory_bits(200_000, 1 << 18, 16, 18), 15);
+    assert_eq!(directory_bits(1000, 10, 16, 18), 10);
+    assert_eq!(directory_bits(10_000_000, 0, 16, 18), 18);
+    assert_eq!(directory_bits(10_000_000, 0, 16, 17), 17);
+    // IPv4's: a quarter million slots beside up to as many ranges (100k prefixes).
+    let v4 = |ranges, capacity| {
+        directory_bits(
+            ranges,
+            capacity,
+            MAX_DIRECTORY_BITS_V4,
+            SourceRangeV4::CHUNKED_DIRECTORY_BITS,
+        )
+    };
+    assert_eq!(v4(150_000, INLINE_TABLE_V4 as usize), 18);
+    assert_eq!(v4(1_500_000, 0), 19);
 }
 
 proptest! {
@@ -293,17 +304,13 @@ fn a_slot_one_range_covers_holds_its_answer() {
         entry::<4>(0xc800_0001, 32, 2, 0),
     ];
     let table = table_v4(&entries, usize::MAX);
-    assert_eq!(table.directory.bits, MAX_DIRECTORY_BITS);
+    assert_eq!(table.directory.bits, MAX_DIRECTORY_BITS_V4);
     let slots = &table.elements[..1 << table.directory.bits];
     let searched: Vec<_> = slots.iter().filter_map(|slot| slot.run()).collect();
     assert_eq!(searched.len(), 2, "only the prefixes' slots are searched");
     assert!(searched.iter().all(|run| run.1 == 3));
     let answers = slots.iter().filter(|slot| slot.run().is_none());
-    assert!(
-        answers
-            .into_iter()
-            .all(|slot| slot.value() == SourceEntry::default())
-    );
+    assert!(answers.into_iter().all(|slot| slot.class == 0));
     assert_eq!(found(&table, 0x0a01_0203), entries[0].value);
     assert_eq!(found(&table, 0x0a01_0303), SourceEntry::default());
     assert_eq!(found(&table, 0xc800_0001), entries[1].value);
@@ -315,5 +322,53 @@ fn a_slot_one_range_covers_holds_its_answer() {
     let table = table_v4(&wide, usize::MAX);
     let slot = &table.elements[table.directory.slot(0x0a05_0000u64 << 32)];
     assert_eq!(slot.run(), None);
-    assert_eq!(slot.value(), wide[0].value);
+    assert_eq!(table.classes[slot.class as usize], wide[0].value);
+}
+
+#[test]
+fn equal_answers_share_a_class_and_class_0_is_the_empty_answer() {
+    // Three prefixes, two answers: two classes beside the empty one, in order of
+    // first appearance.
+    let entries = sorted(vec![
+        entry::<4>(0x0a00_0000, 8, 1, 0),
+        entry::<4>(0x0b00_0000, 8, 2, SRC_DENY),
+        entry::<4>(0x0c00_0000, 8, 1, 0),
+    ]);
+    let table = table_v4(&entries, usize::MAX);
+    assert_eq!(
+        table.classes,
+        vec![SourceEntry::default(), entries[0].value, entries[1].value]
+    );
+    let classes: Vec<u32> = table.elements[1 << table.directory.bits..]
+        .iter()
+        .map(|r| r.class)
+        .collect();
+    assert_eq!(classes, vec![0, 1, 2, 1, 0]);
+}
+
+#[test]
+fn more_answers_than_the_class_table_holds_are_refused() {
+    let entries: Vec<PrefixEntry<4>> = (0..MAX_CLASSES as u128)
+        .map(|i| entry::<4>(i << 8, 24, i as u64 + 1, 0))
+        .collect();
+    // One class per prefix, plus the empty one: one too many.
+    let error = table::<SourceRangeV4, 4>(&entries, usize::MAX).expect_err("too many");
+    assert_eq!(
+        error,
+        TooManyClasses {
+            found: MAX_CLASSES as usize + 1,
+            max: MAX_CLASSES
+        }
+    );
+    assert!(error.to_string().contains("65537 distinct"), "{error}");
+    // One fewer prefix fits exactly; IPv6 tables have no classes to run out of.
+    let fits = table::<SourceRangeV4, 4>(&entries[1..], usize::MAX).expect("fits");
+    assert_eq!(fits.classes.len(), MAX_CLASSES as usize);
+    for (i, e) in entries[1..].iter().enumerate().step_by(997) {
+        assert_eq!(found(&fits, address(&e.addr)), e.value, "prefix {i}");
+    }
+    let v6: Vec<PrefixEntry<16>> = (0..MAX_CLASSES as u128)
+        .map(|i| entry::<16>(i << 64, 64, i as u64 + 1, 0))
+        .collect();
+    assert!(table::<SourceRangeV6, 16>(&v6, usize::MAX).is_ok());
 }
