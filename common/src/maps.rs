@@ -3,7 +3,7 @@
 //! Every policy map holds two generations of the policy. The program reads
 //! `ACTIVE_GEN` once per packet and looks only at that generation's entries, so a
 //! loader that fills the inactive generation and then flips the word never exposes
-//! half a policy. A generation's settings, port tables and IPv4 source classes
+//! half a policy. A generation's settings, port tables and source classes
 //! are one value of `POLICY` (see [`GenPolicy`]): one lookup answers all. A
 //! source table is one
 //! value of a preallocated map per generation, or for a policy too large for it a
@@ -28,22 +28,26 @@ pub const MAX_PREFIXES_V6: u32 = 1 << 21;
 pub const MAX_DIRECTORY_BITS_V4: u32 = 18;
 pub const MAX_DIRECTORY_BITS_V6: u32 = 16;
 
-/// Source classes per generation: every distinct answer (`SourceEntry`) of a
-/// generation's IPv4 table is one class, a slot of `GenPolicy::classes_v4`; an
-/// IPv4 table element holds a class number, not the answer. Class 0 is the empty
-/// answer (no prefix matches). A policy with more distinct answers is refused.
-pub const MAX_CLASSES: u32 = 1 << 16;
+/// Source classes per generation and family: every distinct answer
+/// (`SourceEntry`) of a generation's IPv4 (IPv6) table is one class, a slot of
+/// `GenPolicy::classes_v4` (`classes_v6`); a table element holds a class number,
+/// not the answer. Class 0 is the empty answer (no prefix matches). A policy with
+/// more distinct answers in a family is refused. 2^15 per family: both class
+/// tables fit in the `POLICY` value beside the port tables (two of 2^16 would not),
+/// and each family's table is made on its own, in parallel.
+pub const MAX_CLASSES: u32 = 1 << 15;
 
 /// Halvings that always suffice to find an address's range within one directory
 /// slot: a slot never holds more ranges than a table (2 * 2^21 + 1 < 2^23).
 pub const RANGE_SEARCH_STEPS: u32 = 23;
 
 /// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
-/// `SRC_V6_INLINE`): 4 MiB per family and generation, 16 MiB in all (2^19
-/// elements of 8 bytes for IPv4, 2^17 of 32 for IPv6). Each
-/// generation's table is one map value (4 MiB is the largest the kernel allows
-/// with 4 KiB pages: KMALLOC_MAX_SIZE). A policy's
-/// table that fits (about 130,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
+/// `SRC_V6_INLINE`): 2^19 elements of 8 bytes for IPv4 (4 MiB), 2^17 of 24 for
+/// IPv6 (3 MiB), 14 MiB in all. Each generation's table is one map value (4 MiB is
+/// the largest the kernel allows with 4 KiB pages: KMALLOC_MAX_SIZE); the program
+/// masks indices with the element count, so it is a power of two, and the IPv6
+/// value is the 3 MiB that 2^17 elements take (a 4 MiB one would hold no more). A
+/// policy's table that fits (about 130,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
 /// every read is inlined by the verifier; a larger one is cut into chunks of the
 /// same size (see [`CHUNKS_PER_GENERATION`]).
 pub const INLINE_TABLE_V4: u32 = 1 << 19;
@@ -58,7 +62,7 @@ pub const TABLE_INLINE_V6: u32 = 1 << 1;
 /// map (`SRC_V4`/`SRC_V6`, arrays of maps with `GENERATIONS *
 /// CHUNKS_PER_GENERATION` slots, generation `g`'s chunk `k` at `g *
 /// CHUNKS_PER_GENERATION + k`). Each chunk is a one-element array whose value holds
-/// `INLINE_TABLE_V4` (or `_V6`) elements, 4 MiB: every chunk has the template's
+/// `INLINE_TABLE_V4` (or `_V6`) elements, 4 MiB (3 MiB): every chunk has the template's
 /// exact shape, so the verifier inlines reads of it as it does the preallocated
 /// map's (an inner map that may differ in size, `BPF_F_INNER_MAP`, makes every read
 /// a call, 15 ns on return-thunk machines). 64 chunks hold the largest table:
@@ -66,8 +70,9 @@ pub const TABLE_INLINE_V6: u32 = 1 << 1;
 /// chunk.
 pub const CHUNKS_PER_GENERATION: u32 = 64;
 
-/// Bytes of one chunk's value (and of a preallocated map's value).
-pub const CHUNK_BYTES: usize = 4 << 20;
+/// Bytes of one chunk's value (and of a preallocated map's value), per family.
+pub const CHUNK_BYTES_V4: usize = 4 << 20;
+pub const CHUNK_BYTES_V6: usize = 3 << 20;
 
 /// Flags of the chunk maps and their template: filled through a memory mapping
 /// (`BPF_F_MMAPABLE`, 1 << 10) instead of one system call per element.
@@ -82,7 +87,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -184,8 +189,10 @@ pub struct GenConfig {
     /// shares, so a directory of IPv6 lists (all in 2000::/3) uses all its slots.
     pub directory_shift_v4: u32,
     pub directory_shift_v6: u32,
-    /// Classes of the IPv4 table in use (`GenPolicy::classes_v4[..classes_v4]`).
+    /// Classes of the IPv4 and IPv6 tables in use
+    /// (`GenPolicy::classes_v4[..classes_v4]`, likewise for IPv6).
     pub classes_v4: u32,
+    pub classes_v6: u32,
     pub directory_base_v4: u64,
     pub directory_base_v6: u64,
 }
@@ -232,7 +239,7 @@ impl PortSlot {
 /// A generation's policy as the program reads it, `POLICY[gen]`: its settings and
 /// its TCP and UDP port tables in one map value, so one lookup by generation
 /// answers both and a port's slot is a load at an offset the verifier bounds (a
-/// port is 16 bits), and the answers of its IPv4 source classes: the program
+/// port is 16 bits), and the answers of its source classes: the program
 /// reads a source's answer from the value it already holds. 3 MiB: within the 4
 /// MiB a map value may have.
 #[repr(C)]
@@ -241,9 +248,11 @@ pub struct GenPolicy {
     pub config: GenConfig,
     pub tcp: [PortSlot; PORT_SLOTS as usize],
     pub udp: [PortSlot; PORT_SLOTS as usize],
-    /// Class `c`'s answer (see [`MAX_CLASSES`]); slots past
+    /// IPv4 class `c`'s answer (see [`MAX_CLASSES`]); slots past
     /// `config.classes_v4` are never read.
     pub classes_v4: [SourceEntry; MAX_CLASSES as usize],
+    /// Likewise for IPv6.
+    pub classes_v6: [SourceEntry; MAX_CLASSES as usize],
 }
 
 /// Byte offsets in a `POLICY` value (user space writes it through a mapping).
@@ -251,6 +260,7 @@ pub const POLICY_CONFIG_OFFSET: usize = core::mem::offset_of!(GenPolicy, config)
 pub const POLICY_TCP_OFFSET: usize = core::mem::offset_of!(GenPolicy, tcp);
 pub const POLICY_UDP_OFFSET: usize = core::mem::offset_of!(GenPolicy, udp);
 pub const POLICY_CLASSES_V4_OFFSET: usize = core::mem::offset_of!(GenPolicy, classes_v4);
+pub const POLICY_CLASSES_V6_OFFSET: usize = core::mem::offset_of!(GenPolicy, classes_v6);
 /// Bytes of a `POLICY` value, and its stride in the map (a multiple of 8).
 pub const POLICY_BYTES: usize = core::mem::size_of::<GenPolicy>();
 
@@ -370,9 +380,13 @@ const _: () = {
     assert!(POLICY_UDP_OFFSET == POLICY_TCP_OFFSET + PORT_SLOTS as usize * 16);
     assert!(POLICY_BYTES.is_multiple_of(8) && POLICY_BYTES <= 4 << 20);
     assert!(POLICY_CLASSES_V4_OFFSET == POLICY_UDP_OFFSET + PORT_SLOTS as usize * 16);
+    assert!(POLICY_CLASSES_V6_OFFSET == POLICY_CLASSES_V4_OFFSET + MAX_CLASSES as usize * 16);
     assert!(MAX_CLASSES.is_power_of_two());
-    assert!(core::mem::size_of::<SourceRangeV4>() * INLINE_TABLE_V4 as usize == CHUNK_BYTES);
-    assert!(core::mem::size_of::<SourceRangeV6>() * INLINE_TABLE_V6 as usize == CHUNK_BYTES);
+    assert!(INLINE_TABLE_V4.is_power_of_two() && INLINE_TABLE_V6.is_power_of_two());
+    assert!(core::mem::size_of::<SourceRangeV4>() * INLINE_TABLE_V4 as usize == CHUNK_BYTES_V4);
+    assert!(core::mem::size_of::<SourceRangeV6>() == 24);
+    assert!(core::mem::size_of::<SourceRangeV6>() * INLINE_TABLE_V6 as usize == CHUNK_BYTES_V6);
+    assert!(CHUNK_BYTES_V4 <= 4 << 20 && CHUNK_BYTES_V6 <= 4 << 20);
     assert!((1 << MAX_DIRECTORY_BITS_V4) < INLINE_TABLE_V4);
     assert!((1 << MAX_DIRECTORY_BITS_V6) < INLINE_TABLE_V6);
     assert!(
@@ -427,17 +441,17 @@ pub const SLOT_ANSWER_V4: u32 = u32::MAX;
 /// `SourceRangeV6::start[0]` of a directory slot that holds its answer.
 pub const SLOT_ANSWER_V6: u64 = u64::MAX;
 
-/// An element of an IPv6 source table, laid out like [`SourceRangeV4`] but
-/// holding its answer itself (no class); a slot that holds its answer has
-/// `start[0]` = [`SLOT_ANSWER_V6`].
+/// An element of an IPv6 source table, laid out like [`SourceRangeV4`]: 24
+/// bytes, naming its answer's class in `GenPolicy::classes_v6`. A slot that holds
+/// its answer has `start[0]` = [`SLOT_ANSWER_V6`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV6 {
     /// Range: first address, high and low 64 bits (host byte order). Slot: index of
     /// its first range, and number of ranges (or [`SLOT_ANSWER_V6`], 0).
     pub start: [u64; 2],
-    pub rules: u64,
-    pub flags: u32,
+    /// Range, and slot holding its answer: the answer's class. Other slot: 0.
+    pub class: u32,
     pub _pad: u32,
 }
 

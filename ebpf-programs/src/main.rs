@@ -285,7 +285,7 @@ fn lookup(generation: u32, policy: &GenPolicy, packet: &Bytes, headers: &Headers
     if headers.family == 4 {
         source::source_v4(generation, policy, headers.peer_v4(packet))
     } else {
-        source::source_v6(generation, &policy.config, headers.peer_v6(packet))
+        source::source_v6(generation, policy, headers.peer_v6(packet))
     }
 }
 

@@ -1,11 +1,11 @@
 //! A source address's answer from its generation's source table (layout in
 //! `airlock_common::SourceRangeV4`): its directory slot, which most often holds
 //! the answer, else a branch-free binary search of the slot's ranges, in the
-//! preallocated table or in the generation's chunks. An IPv4 answer is a class,
-//! whose entry the caller reads from the `POLICY` value it holds.
+//! preallocated table or in the generation's chunks. An answer is a class, whose
+//! entry is read from the `POLICY` value the caller holds.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, GenConfig, GenPolicy, MAX_CLASSES, RANGE_SEARCH_STEPS, SLOT_ANSWER_V4,
+    CHUNKS_PER_GENERATION, GenPolicy, MAX_CLASSES, RANGE_SEARCH_STEPS, SLOT_ANSWER_V4,
     SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 
@@ -15,8 +15,6 @@ use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
 trait Range {
     /// The address, as compared with a range's first address.
     type Key: Copy;
-    /// What a range answers: a class (IPv4) or the entry itself (IPv6).
-    type Answer: Default;
     /// Of a directory slot: whether it holds its answer itself (`entry`).
     fn is_answer(&self) -> bool;
     /// A directory slot's first range and number of ranges.
@@ -24,12 +22,12 @@ trait Range {
     /// 1 if `key` lies before this range's first address, else 0 (a borrow, so
     /// the search has no branch on it).
     fn before(&self, key: Self::Key) -> u32;
-    fn answer(&self) -> Self::Answer;
+    /// The class of a range's (or answer slot's) answer.
+    fn answer(&self) -> u32;
 }
 
 impl Range for SourceRangeV4 {
     type Key = u32;
-    type Answer = u32;
 
     #[inline(always)]
     fn is_answer(&self) -> bool {
@@ -55,7 +53,6 @@ impl Range for SourceRangeV4 {
 impl Range for SourceRangeV6 {
     /// The address's high and low 64 bits.
     type Key = (u64, u64);
-    type Answer = SourceEntry;
 
     #[inline(always)]
     fn is_answer(&self) -> bool {
@@ -76,12 +73,8 @@ impl Range for SourceRangeV6 {
     }
 
     #[inline(always)]
-    fn answer(&self) -> SourceEntry {
-        SourceEntry {
-            rules: self.rules,
-            flags: self.flags,
-            _pad: 0,
-        }
+    fn answer(&self) -> u32 {
+        self.class
     }
 }
 
@@ -112,7 +105,8 @@ pub fn source_v4(generation: u32, policy: &GenPolicy, addr: [u8; 4]) -> SourceEn
 
 /// As `source_v4`, for IPv6.
 #[inline(always)]
-pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceEntry {
+pub fn source_v6(generation: u32, policy: &GenPolicy, addr: [u8; 16]) -> SourceEntry {
+    let config = &policy.config;
     let high = u64::from_be_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
@@ -125,13 +119,14 @@ pub fn source_v6(generation: u32, config: &GenConfig, addr: [u8; 16]) -> SourceE
         config.directory_shift_v6,
         config.directory_bits_v6,
     );
-    find(
+    let class = find(
         config.inline_tables & TABLE_INLINE_V6 != 0,
         || SRC_V6_INLINE.get(generation),
         |index| SRC_V6.get(chunk_slot(generation, index))?.get(0),
         slot,
         (high, low),
-    )
+    );
+    policy.classes_v6[(class & (MAX_CLASSES - 1)) as usize]
 }
 
 /// The answer for `key` (in directory slot `slot`) in the table wherever it is: the
@@ -149,7 +144,7 @@ fn find<'a, R: Range + 'a, const N: usize>(
     chunk: impl Fn(u32) -> Option<&'a [R; N]>,
     slot: u32,
     key: R::Key,
-) -> R::Answer {
+) -> u32 {
     let found = if preallocated {
         let mask = N as u32 - 1;
         // Masked, the index is in bounds by construction: no check, no branch.

@@ -301,8 +301,8 @@ fn the_wait_through_the_array_of_maps_leaves_the_tables_as_they_were() {
     }
 }
 
-/// A policy whose IPv4 sources have more distinct answers than the class table
-/// holds is refused before anything is written: the policy in force and the
+/// A policy whose IPv4 or IPv6 sources have more distinct answers than the
+/// family's class table holds is refused before anything is written: the policy in force and the
 /// copy before it stay as they were, and the program judges as before.
 #[test]
 fn a_policy_with_more_source_classes_than_fit_changes_nothing() {
@@ -330,23 +330,44 @@ fn a_policy_with_more_source_classes_than_fit_changes_nothing() {
 
     // Disjoint hosts, each with an answer of its own: one more class than fit
     // beside the empty answer.
-    let hosts: Vec<IpNet> = (0..MAX_CLASSES)
-        .map(|i| v4(0x0b00_0000 + 4 * i, 32))
-        .collect();
-    let policy = airlock_integration::kernel::parse_policy(&allowing(&hosts));
-    let mut compiled = compile::compile(&policy).expect("compiles");
-    for (i, entry) in compiled.v4.iter_mut().enumerate() {
-        entry.value.rules = i as u64 + 1;
+    // In either family: each has a class table of its own.
+    for (family, hosts) in [
+        (
+            "IPv4",
+            (0..MAX_CLASSES)
+                .map(|i| v4(0x0b00_0000 + 4 * i, 32))
+                .collect::<Vec<IpNet>>(),
+        ),
+        (
+            "IPv6",
+            (0..MAX_CLASSES)
+                .map(|i| {
+                    v6(
+                        0x2001_0db8_0000_0000_0000_0000_0000_0000 | (u128::from(i) << 64),
+                        64,
+                    )
+                })
+                .collect(),
+        ),
+    ] {
+        let policy = airlock_integration::kernel::parse_policy(&allowing(&hosts));
+        let mut compiled = compile::compile(&policy).expect("compiles");
+        for (i, entry) in compiled.v4.iter_mut().enumerate() {
+            entry.value.rules = i as u64 + 1;
+        }
+        for (i, entry) in compiled.v6.iter_mut().enumerate() {
+            entry.value.rules = i as u64 + 1;
+        }
+        let error = h
+            .filter
+            .maps
+            .apply(&compiled, &PolicySummary::default())
+            .expect_err("more classes than fit");
+        match &error {
+            LoaderError::TooManyClasses(e) => assert_eq!(e.family, family, "{error}"),
+            _ => panic!("{family}: refused for its classes: {error:?}"),
+        }
     }
-    let error = h
-        .filter
-        .maps
-        .apply(&compiled, &PolicySummary::default())
-        .expect_err("more classes than fit");
-    assert!(
-        matches!(error, LoaderError::TooManyClasses(_)),
-        "refused for its classes: {error:?}"
-    );
 
     let maps = &h.filter.maps;
     assert_eq!(maps.active_generation().expect("readable"), active);

@@ -1,7 +1,7 @@
 //! Lowers the compiled prefixes into the kernel's source tables: the address space
 //! cut into ranges that share one longest-prefix answer, behind a directory of the
-//! addresses' bits (layout in `airlock_common::SourceRangeV4`), an IPv4 table's
-//! answers numbered as classes. Also the inverse, for reading a table back as
+//! addresses' bits (layout in `airlock_common::SourceRangeV4`), a table's answers
+//! numbered as classes. Also the inverse, for reading a table back as
 //! prefixes (`airlock diff`, tests).
 
 use std::collections::HashMap;
@@ -28,20 +28,22 @@ pub struct SourceTable<R> {
     pub directory: Directory,
     pub elements: Vec<R>,
     /// The answers of the classes the elements name, class 0 first (the empty
-    /// answer): `GenPolicy::classes_v4` of an IPv4 table. An IPv6 table's
-    /// elements hold their answers: it has only class 0, which it never names.
+    /// answer): `GenPolicy::classes_v4` of an IPv4 table, `classes_v6` of an
+    /// IPv6 one.
     pub classes: Vec<SourceEntry>,
 }
 
-/// A policy whose IPv4 sources have more distinct answers than a generation's
-/// class table holds.
+/// A policy whose sources of one family have more distinct answers than a
+/// generation's class table for the family holds.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the policy's IPv4 sources fall into {found} distinct combinations of rules and \
+    "the policy's {family} sources fall into {found} distinct combinations of rules and \
      management/deny sets, more than the {max} the datapath holds: list sources in \
      fewer distinct combinations of rules"
 )]
 pub struct TooManyClasses {
+    /// "IPv4" or "IPv6".
+    pub family: &'static str,
     pub found: usize,
     pub max: u32,
 }
@@ -81,10 +83,11 @@ impl Classes {
         class
     }
 
-    /// The answers by class, if they fit in the kernel's class table.
-    pub fn into_entries(self) -> Result<Vec<SourceEntry>, TooManyClasses> {
+    /// The answers by class, if they fit in the kernel's class table of `family`.
+    pub fn into_entries(self, family: &'static str) -> Result<Vec<SourceEntry>, TooManyClasses> {
         if self.entries.len() > MAX_CLASSES as usize {
             return Err(TooManyClasses {
+                family,
                 found: self.entries.len(),
                 max: MAX_CLASSES,
             });
@@ -314,19 +317,16 @@ fn directory<T: RangeItem>(
 
 /// A source table element of one family, as the program reads it: a directory
 /// slot or a range.
-pub trait Element: RangeItem + Default {
+pub trait Element: RangeItem<Answer = u32> + Default {
     /// Address bits of the family.
     const WIDTH: u32;
+    /// The family's name, for errors.
+    const FAMILY: &'static str;
     /// The directory of a table that fits in the preallocated map.
     const FULL_DIRECTORY_BITS: u32;
     /// Largest directory of a table in chunks: the elements of one chunk, where the
     /// program reads it.
     const CHUNKED_DIRECTORY_BITS: u32;
-    /// What a range of this family holds for the answer `value`.
-    fn intern(value: SourceEntry, classes: &mut Classes) -> Self::Answer;
-    /// The entry an answer stands for, read as the program reads it (`classes`:
-    /// the table's), None where the program would read past the classes written.
-    fn entry(answer: Self::Answer, classes: &[SourceEntry]) -> Option<SourceEntry>;
     /// A directory slot over `count` ranges from index `first`: for one range, its
     /// answer itself (`RangeItem::answer` of the slot), else the run.
     fn slot(first: usize, count: usize, answer: Self::Answer) -> Self;
@@ -354,19 +354,18 @@ impl RangeItem for SourceRangeV4 {
     }
 }
 
+/// The entry class `class` stands for, read as the program reads it (`classes`:
+/// the table's), None where the program would read past the classes written.
+fn entry(class: u32, classes: &[SourceEntry]) -> Option<SourceEntry> {
+    // Masked as the program masks it.
+    classes.get((class & (MAX_CLASSES - 1)) as usize).copied()
+}
+
 impl Element for SourceRangeV4 {
     const WIDTH: u32 = 32;
+    const FAMILY: &'static str = "IPv4";
     const FULL_DIRECTORY_BITS: u32 = MAX_DIRECTORY_BITS_V4;
     const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V4.trailing_zeros();
-
-    fn intern(value: SourceEntry, classes: &mut Classes) -> u32 {
-        classes.intern(value)
-    }
-
-    fn entry(class: u32, classes: &[SourceEntry]) -> Option<SourceEntry> {
-        // Masked as the program masks it.
-        classes.get((class & (MAX_CLASSES - 1)) as usize).copied()
-    }
 
     fn slot(first: usize, count: usize, class: u32) -> Self {
         if count == 1 {
@@ -388,13 +387,13 @@ impl Element for SourceRangeV4 {
 }
 
 impl RangeItem for SourceRangeV6 {
-    type Answer = SourceEntry;
+    /// A class.
+    type Answer = u32;
 
-    fn range(start: u128, value: SourceEntry) -> Self {
+    fn range(start: u128, class: u32) -> Self {
         Self {
             start: [(start >> 64) as u64, start as u64],
-            rules: value.rules,
-            flags: value.flags,
+            class,
             _pad: 0,
         }
     }
@@ -403,34 +402,22 @@ impl RangeItem for SourceRangeV6 {
         (u128::from(self.start[0]) << 64) | u128::from(self.start[1])
     }
 
-    fn answer(&self) -> SourceEntry {
-        SourceEntry {
-            rules: self.rules,
-            flags: self.flags,
-            _pad: 0,
-        }
+    fn answer(&self) -> u32 {
+        self.class
     }
 }
 
 impl Element for SourceRangeV6 {
     const WIDTH: u32 = 128;
+    const FAMILY: &'static str = "IPv6";
     const FULL_DIRECTORY_BITS: u32 = MAX_DIRECTORY_BITS_V6;
     const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V6.trailing_zeros();
 
-    fn intern(value: SourceEntry, _: &mut Classes) -> SourceEntry {
-        value
-    }
-
-    fn entry(value: SourceEntry, _: &[SourceEntry]) -> Option<SourceEntry> {
-        Some(value)
-    }
-
-    fn slot(first: usize, count: usize, value: SourceEntry) -> Self {
+    fn slot(first: usize, count: usize, class: u32) -> Self {
         if count == 1 {
             Self {
                 start: [SLOT_ANSWER_V6, 0],
-                rules: value.rules,
-                flags: value.flags,
+                class,
                 _pad: 0,
             }
         } else {
@@ -465,10 +452,8 @@ pub fn table<R: Element, const N: usize>(
     let mut elements: Vec<R> = Vec::with_capacity(room + most_ranges);
     elements.resize(room, R::default());
     let mut classes = Classes::default();
-    ranges(entries, &mut elements, |value| {
-        R::intern(value, &mut classes)
-    });
-    let classes = classes.into_entries()?;
+    ranges(entries, &mut elements, |value| classes.intern(value));
+    let classes = classes.into_entries(R::FAMILY)?;
     let count = elements.len() - room;
     let bits = directory_bits(
         count,
@@ -548,7 +533,7 @@ pub fn prefixes<R: Element, const N: usize>(table: &SourceTable<R>) -> Option<Ve
         .elements
         .get(1usize.checked_shl(table.directory.bits)?..)?
         .iter()
-        .map(|r| Some((r.start(), R::entry(r.answer(), &table.classes)?)))
+        .map(|r| Some((r.start(), entry(r.answer(), &table.classes)?)))
         .collect::<Option<_>>()?;
     let sorted = ranges.windows(2).all(|w| w[0].0 < w[1].0);
     (sorted && ranges.first().is_some_and(|r| r.0 == 0)).then(|| prefixes_of(&ranges))
@@ -571,7 +556,7 @@ fn top64(address: u128, width: u32) -> u64 {
 /// program would read outside the table.
 pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<SourceEntry> {
     let found = lookup_element(table, key)?;
-    R::entry(found.answer(), &table.classes)
+    entry(found.answer(), &table.classes)
 }
 
 /// The element (directory slot or range) whose answer [`lookup`] reads.

@@ -10,7 +10,7 @@
 //! crashed apply is never trusted or patched: it is overwritten, and it was marked
 //! invalid before its first write.
 //!
-//! A generation's config, port tables and IPv4 source classes are one `POLICY`
+//! A generation's config, port tables and source classes are one `POLICY`
 //! value (3 MiB), written and read through a mapping of the map: ports and
 //! classes first, the config last (it is what says the copy is complete).
 
@@ -20,9 +20,9 @@ use airlock_common::{
     Counter, GenConfig, INLINE_TABLE_V4, INLINE_TABLE_V6, LAYOUT_VERSION, MAP_ACTIVE_GEN,
     MAP_GRACE_DONE, MAP_META, MAP_POLICY, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
     MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE, MAP_SRC_V6,
-    MAP_SRC_V6_INLINE, MODE_MONITOR, POLICY_BYTES, POLICY_CLASSES_V4_OFFSET, POLICY_CONFIG_OFFSET,
-    POLICY_TCP_OFFSET, PolicyMeta, PortSlot, SampleWindow, SamplingConfig, SourceRangeV4,
-    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    MAP_SRC_V6_INLINE, MODE_MONITOR, POLICY_BYTES, POLICY_CLASSES_V4_OFFSET,
+    POLICY_CLASSES_V6_OFFSET, POLICY_CONFIG_OFFSET, POLICY_TCP_OFFSET, PolicyMeta, PortSlot,
+    SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 use aya::{
     Ebpf,
@@ -303,6 +303,7 @@ impl PolicyMaps {
             v4 = v4.elements.len(),
             v6 = v6.elements.len(),
             classes_v4 = v4.classes.len(),
+            classes_v6 = v6.classes.len(),
             "source tables built"
         );
         // First write: from here until the end the copy is not a complete policy, so
@@ -321,12 +322,17 @@ impl PolicyMaps {
             "source tables written"
         );
         write_ports(&self.policy, generation, compiled)?;
-        write_at(
-            self.policy.fd().as_fd(),
-            policy_offset(generation) + POLICY_CLASSES_V4_OFFSET,
-            &v4.classes,
-        )
-        .map_err(|e| LoaderError::io("writing the source classes in", MAP_POLICY, e))?;
+        for (offset, classes) in [
+            (POLICY_CLASSES_V4_OFFSET, &v4.classes),
+            (POLICY_CLASSES_V6_OFFSET, &v6.classes),
+        ] {
+            write_at(
+                self.policy.fd().as_fd(),
+                policy_offset(generation) + offset,
+                classes,
+            )
+            .map_err(|e| LoaderError::io("writing the source classes in", MAP_POLICY, e))?;
+        }
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             "ports and classes written"
@@ -354,6 +360,7 @@ impl PolicyMaps {
             table_len_v4: v4.elements.len() as u32,
             table_len_v6: v6.elements.len() as u32,
             classes_v4: v4.classes.len() as u32,
+            classes_v6: v6.classes.len() as u32,
             ..compiled.config
         };
         self.write_config(generation, &config)

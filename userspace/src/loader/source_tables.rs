@@ -1,6 +1,6 @@
 //! Writes and reads the kernel's source tables. A generation's table goes into the
 //! preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`) when it fits there, else it
-//! is cut into 4 MiB chunk maps put in the generation's slots of an array of maps
+//! is cut into chunk maps (4 MiB IPv4, 3 MiB IPv6) put in the generation's slots of an array of maps
 //! (`SRC_V4`, `SRC_V6`). The verifier inlines reads of both. Every map is filled
 //! through a memory mapping (one copy, no system call per entry) while its
 //! generation is inactive and no packet still reads it; a new chunk is put in its
@@ -8,7 +8,10 @@
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use airlock_common::{CHUNK_BYTES, CHUNKS_PER_GENERATION, SOURCE_CHUNK_FLAGS};
+use airlock_common::{
+    CHUNK_BYTES_V4, CHUNK_BYTES_V6, CHUNKS_PER_GENERATION, SOURCE_CHUNK_FLAGS, SourceRangeV4,
+    SourceRangeV6,
+};
 use aya::{
     Pod,
     maps::{Array, ArrayOfMaps, IterableMap as _, Map, MapData, MapError},
@@ -21,8 +24,9 @@ use super::{
 };
 use crate::compile::ranges::{self, Directory, SourceTable};
 
-/// A chunk map's one value, as bytes (the program sees `[R; 4 MiB / size_of R]`).
-type Chunk = [u8; CHUNK_BYTES];
+/// An IPv4 chunk map's one value, as bytes (the program sees
+/// `[SourceRangeV4; INLINE_TABLE_V4]`); the IPv6 one's is [`Element::Chunk`].
+type Chunk = [u8; CHUNK_BYTES_V4];
 type ChunkSlots<T> = ArrayOfMaps<T, Array<MapData, Chunk>>;
 
 /// One family's tables: the preallocated map (one value per generation, holding
@@ -75,7 +79,7 @@ pub struct TableShape {
 impl TableShape {
     /// The shape of a table of `elements` elements `R`, `directory_bits` of them a
     /// directory, placed as `placement` says.
-    pub(crate) fn of<R>(elements: u32, directory_bits: u32, placement: Placement) -> Self {
+    pub(crate) fn of<R: Element>(elements: u32, directory_bits: u32, placement: Placement) -> Self {
         let directory_slots = 1u32.checked_shl(directory_bits).unwrap_or(0);
         let chunked = placement == Placement::Chunked;
         TableShape {
@@ -181,8 +185,8 @@ fn stride<R>(map: &MapData) -> usize {
 }
 
 /// Elements `R` per chunk.
-const fn chunk_elements<R>() -> usize {
-    CHUNK_BYTES / size_of::<R>()
+const fn chunk_elements<R: Element>() -> usize {
+    size_of::<R::Chunk>() / size_of::<R>()
 }
 
 /// Slot of `generation`'s chunk `chunk` in the array of maps.
@@ -254,8 +258,17 @@ fn empty_or_unopenable(error: &MapError) -> bool {
 }
 
 /// A table's elements: the layouts the program reads, copied as bytes.
-pub(crate) trait Element: ranges::Element + Pod {}
-impl<T: ranges::Element + Pod> Element for T {}
+pub(crate) trait Element: ranges::Element + Pod {
+    /// A chunk map's one value, as bytes: the family's template's exact size
+    /// (the kernel refuses an inner map of another).
+    type Chunk: Pod;
+}
+impl Element for SourceRangeV4 {
+    type Chunk = [u8; CHUNK_BYTES_V4];
+}
+impl Element for SourceRangeV6 {
+    type Chunk = [u8; CHUNK_BYTES_V6];
+}
 
 /// Puts `elements` in `generation`'s chunks, then releases the slots after them. A
 /// chunk the generation already holds (the policy before last) is overwritten in
@@ -279,7 +292,8 @@ fn write_chunks<R: Element>(
     }
     let mut fresh = Vec::new();
     {
-        let slots = ChunkSlots::<&MapData>::try_from(&*chunks).map_err(map_err)?;
+        let slots = ArrayOfMaps::<&MapData, Array<MapData, R::Chunk>>::try_from(&*chunks)
+            .map_err(map_err)?;
         for (index, part) in parts.iter().enumerate() {
             match slots.get(&slot(generation, index), 0) {
                 Ok(held) => write_elements(held.map().fd().as_fd(), 0, part).map_err(fill_err)?,
@@ -287,8 +301,8 @@ fn write_chunks<R: Element>(
                 // CAP_SYS_ADMIN; the agent's unit grants CAP_BPF) gets a new one,
                 // published below in its place.
                 Err(error) if empty_or_unopenable(&error) => {
-                    let chunk =
-                        Array::<MapData, Chunk>::create(1, SOURCE_CHUNK_FLAGS).map_err(map_err)?;
+                    let chunk = Array::<MapData, R::Chunk>::create(1, SOURCE_CHUNK_FLAGS)
+                        .map_err(map_err)?;
                     write_elements(chunk.map().fd().as_fd(), 0, part).map_err(fill_err)?;
                     fresh.push((index, chunk));
                 }
@@ -303,10 +317,10 @@ fn write_chunks<R: Element>(
 /// Puts the new chunks `fresh` (index, map) in `generation`'s slots. One batch call:
 /// the kernel waits for running programs once per call to an array of maps, so
 /// slot by slot would wait once per chunk.
-fn publish(
+fn publish<C: Pod>(
     chunks: &mut Map,
     generation: u32,
-    fresh: &[(usize, Array<MapData, Chunk>)],
+    fresh: &[(usize, Array<MapData, C>)],
     name: &'static str,
 ) -> Result<(), LoaderError> {
     let map_err = |source| LoaderError::Map { name, source };
@@ -328,7 +342,8 @@ fn publish(
             Err(e) => return Err(LoaderError::io("publishing the chunks of", name, e)),
         }
     }
-    let mut slots = ChunkSlots::<&mut MapData>::try_from(&mut *chunks).map_err(map_err)?;
+    let mut slots =
+        ArrayOfMaps::<&mut MapData, Array<MapData, C>>::try_from(&mut *chunks).map_err(map_err)?;
     for (index, chunk) in fresh {
         slots
             .set(slot(generation, *index), chunk, 0)
@@ -345,7 +360,7 @@ fn read_chunks<R: Element>(
     len: u32,
     name: &'static str,
 ) -> Result<Option<Vec<R>>, LoaderError> {
-    let slots = ChunkSlots::<&MapData>::try_from(chunks)
+    let slots = ArrayOfMaps::<&MapData, Array<MapData, R::Chunk>>::try_from(chunks)
         .map_err(|source| LoaderError::Map { name, source })?;
     let per_chunk = chunk_elements::<R>();
     let len = len as usize;

@@ -348,27 +348,40 @@ fn equal_answers_share_a_class_and_class_0_is_the_empty_answer() {
 
 #[test]
 fn more_answers_than_the_class_table_holds_are_refused() {
-    let entries: Vec<PrefixEntry<4>> = (0..MAX_CLASSES as u128)
+    let v4: Vec<PrefixEntry<4>> = (0..MAX_CLASSES as u128)
         .map(|i| entry::<4>(i << 8, 24, i as u64 + 1, 0))
         .collect();
-    // One class per prefix, plus the empty one: one too many.
-    let error = table::<SourceRangeV4, 4>(&entries, usize::MAX).expect_err("too many");
+    let v6: Vec<PrefixEntry<16>> = (0..MAX_CLASSES as u128)
+        .map(|i| entry::<16>(i << 64, 64, i as u64 + 1, 0))
+        .collect();
+    // One class per prefix, plus the empty one: one too many, in either family.
+    let error = table::<SourceRangeV4, 4>(&v4, usize::MAX).expect_err("too many");
     assert_eq!(
         error,
         TooManyClasses {
+            family: "IPv4",
             found: MAX_CLASSES as usize + 1,
             max: MAX_CLASSES
         }
     );
-    assert!(error.to_string().contains("65537 distinct"), "{error}");
-    // One fewer prefix fits exactly; IPv6 tables have no classes to run out of.
-    let fits = table::<SourceRangeV4, 4>(&entries[1..], usize::MAX).expect("fits");
+    assert!(
+        error
+            .to_string()
+            .contains("IPv4 sources fall into 32769 distinct"),
+        "{error}"
+    );
+    let error = table::<SourceRangeV6, 16>(&v6, usize::MAX).expect_err("too many");
+    assert_eq!(error.family, "IPv6");
+    assert_eq!(error.found, MAX_CLASSES as usize + 1);
+    // One fewer prefix fits exactly.
+    let fits = table::<SourceRangeV4, 4>(&v4[1..], usize::MAX).expect("fits");
     assert_eq!(fits.classes.len(), MAX_CLASSES as usize);
-    for (i, e) in entries[1..].iter().enumerate().step_by(997) {
+    for (i, e) in v4[1..].iter().enumerate().step_by(997) {
         assert_eq!(found(&fits, address(&e.addr)), e.value, "prefix {i}");
     }
-    let v6: Vec<PrefixEntry<16>> = (0..MAX_CLASSES as u128)
-        .map(|i| entry::<16>(i << 64, 64, i as u64 + 1, 0))
-        .collect();
-    assert!(table::<SourceRangeV6, 16>(&v6, usize::MAX).is_ok());
+    let fits = table::<SourceRangeV6, 16>(&v6[1..], usize::MAX).expect("fits");
+    assert_eq!(fits.classes.len(), MAX_CLASSES as usize);
+    for (i, e) in v6[1..].iter().enumerate().step_by(997) {
+        assert_eq!(found(&fits, address(&e.addr)), e.value, "prefix {i}");
+    }
 }

@@ -4,8 +4,8 @@
 
 use airlock_common::{
     GenConfig, MAP_META, MAP_POLICY, MAP_SRC_V4, MAP_SRC_V6, MAX_CLASSES, POLICY_CLASSES_V4_OFFSET,
-    POLICY_TCP_OFFSET, POLICY_UDP_OFFSET, PORT_SLOTS, PortSlot, SourceEntry, SourceRangeV4,
-    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    POLICY_CLASSES_V6_OFFSET, POLICY_TCP_OFFSET, POLICY_UDP_OFFSET, PORT_SLOTS, PortSlot,
+    SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
 };
 
 use super::{LoaderError, PolicyMaps, map_err};
@@ -112,7 +112,11 @@ impl PolicyMaps {
             },
             config.table_len_v6,
         )? {
-            Some(table) => {
+            Some(mut table) => {
+                let count = (config.classes_v6 as usize).min(MAX_CLASSES as usize);
+                table.classes = self
+                    .read_policy::<SourceEntry>(generation, POLICY_CLASSES_V6_OFFSET, count)
+                    .map_err(|e| LoaderError::io("reading the source classes in", MAP_POLICY, e))?;
                 ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V6))?
             }
             None => Vec::new(),
