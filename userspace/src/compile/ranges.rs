@@ -50,7 +50,7 @@ pub struct TooManyClasses {
 
 /// A table's distinct answers, numbered in order of first appearance (class 0:
 /// the empty answer).
-pub struct Classes {
+struct Classes {
     entries: Vec<SourceEntry>,
     numbers: HashMap<SourceEntry, u32>,
     /// The last answer interned and its class: the prefixes of one list share an
@@ -70,7 +70,7 @@ impl Default for Classes {
 
 impl Classes {
     /// The class of `value`, numbered now if it is new.
-    pub fn intern(&mut self, value: SourceEntry) -> u32 {
+    fn intern(&mut self, value: SourceEntry) -> u32 {
         if value == self.last.0 {
             return self.last.1;
         }
@@ -84,7 +84,7 @@ impl Classes {
     }
 
     /// The answers by class, if they fit in the kernel's class table of `family`.
-    pub fn into_entries(self, family: &'static str) -> Result<Vec<SourceEntry>, TooManyClasses> {
+    fn into_entries(self, family: &'static str) -> Result<Vec<SourceEntry>, TooManyClasses> {
         if self.entries.len() > MAX_CLASSES as usize {
             return Err(TooManyClasses {
                 family,

@@ -25,9 +25,10 @@ use super::{
 use crate::compile::ranges::{self, Directory, SourceTable};
 
 /// An IPv4 chunk map's one value, as bytes (the program sees
-/// `[SourceRangeV4; INLINE_TABLE_V4]`); the IPv6 one's is [`Element::Chunk`].
+/// `[SourceRangeV4; INLINE_TABLE_V4]`); a family's is its [`Element::Chunk`].
 type Chunk = [u8; CHUNK_BYTES_V4];
-type ChunkSlots<T> = ArrayOfMaps<T, Array<MapData, Chunk>>;
+/// An array of chunk maps whose values are `C`.
+type ChunkSlots<T, C = Chunk> = ArrayOfMaps<T, Array<MapData, C>>;
 
 /// One family's tables: the preallocated map (one value per generation, holding
 /// `capacity` elements `R`) and the array of chunk maps.
@@ -292,8 +293,7 @@ fn write_chunks<R: Element>(
     }
     let mut fresh = Vec::new();
     {
-        let slots = ArrayOfMaps::<&MapData, Array<MapData, R::Chunk>>::try_from(&*chunks)
-            .map_err(map_err)?;
+        let slots = ChunkSlots::<&MapData, R::Chunk>::try_from(&*chunks).map_err(map_err)?;
         for (index, part) in parts.iter().enumerate() {
             match slots.get(&slot(generation, index), 0) {
                 Ok(held) => write_elements(held.map().fd().as_fd(), 0, part).map_err(fill_err)?,
@@ -342,8 +342,7 @@ fn publish<C: Pod>(
             Err(e) => return Err(LoaderError::io("publishing the chunks of", name, e)),
         }
     }
-    let mut slots =
-        ArrayOfMaps::<&mut MapData, Array<MapData, C>>::try_from(&mut *chunks).map_err(map_err)?;
+    let mut slots = ChunkSlots::<&mut MapData, C>::try_from(&mut *chunks).map_err(map_err)?;
     for (index, chunk) in fresh {
         slots
             .set(slot(generation, *index), chunk, 0)
@@ -360,7 +359,7 @@ fn read_chunks<R: Element>(
     len: u32,
     name: &'static str,
 ) -> Result<Option<Vec<R>>, LoaderError> {
-    let slots = ArrayOfMaps::<&MapData, Array<MapData, R::Chunk>>::try_from(chunks)
+    let slots = ChunkSlots::<&MapData, R::Chunk>::try_from(chunks)
         .map_err(|source| LoaderError::Map { name, source })?;
     let per_chunk = chunk_elements::<R>();
     let len = len as usize;
