@@ -11,6 +11,7 @@
 //! many rules name a set.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 
 use airlock_common::maps::{SRC_DENY, SRC_MANAGEMENT, SourceEntry};
 use ipnet::IpNet;
@@ -502,15 +503,36 @@ fn fold_halves<K: Key, E: Send>(
         tags.len()
     };
     let (low, high) = tags.split_at(split);
+    // At most one entry per key: reserving that avoids regrowing a large table,
+    // and gives each half room enough in one vector (a vector per half, joined,
+    // would put the whole table in fresh memory once more).
+    let mut out = Vec::with_capacity(tags.len());
     if high.is_empty() {
-        return fold_sorted(low, width, masks, prune, entry);
+        let distinct = fold_sorted(low, width, masks, prune, entry, |e| out.push(e));
+        return (out, distinct);
     }
-    let ((mut out, low), (rest, high)) = crate::parallel::join(
-        || fold_sorted(low, width, masks, prune, entry),
-        || fold_sorted(high, width, masks, prune, entry),
-    );
-    out.extend(rest);
-    (out, low + high)
+    let fill = |tags: &[K], room: &mut [MaybeUninit<E>]| {
+        let mut filled = 0;
+        let distinct = fold_sorted(tags, width, masks, prune, entry, |e| {
+            room[filled].write(e);
+            filled += 1;
+        });
+        (filled, distinct)
+    };
+    let (low_room, high_room) = out.spare_capacity_mut().split_at_mut(split);
+    let ((low_filled, low_distinct), (high_filled, high_distinct)) =
+        crate::parallel::join(|| fill(low, low_room), || fill(high, high_room));
+    let base = out.as_mut_ptr();
+    // SAFETY: the halves wrote `low_filled` entries from 0 and `high_filled` from
+    // `split` (both within the capacity: `fill` indexes its own room); the second
+    // run moves down to follow the first (`copy` allows the overlap), and the
+    // length then covers exactly the written entries. What is left above the
+    // length is no longer read as entries (they are moved, not duplicated).
+    unsafe {
+        std::ptr::copy(base.add(split), base.add(low_filled), high_filled);
+        out.set_len(low_filled + high_filled);
+    }
+    (out, low_distinct + high_distinct)
 }
 
 /// From this many keys a family is folded in two halves side by side.
@@ -535,18 +557,19 @@ fn top_level_split<K: Key>(tags: &[K], width: u32) -> usize {
     tags.len()
 }
 
-/// Folds keys sorted by prefix, none of whose ancestors lies outside them.
+/// Folds keys sorted by prefix, none of whose ancestors lies outside them: each
+/// entry (at most one per key) goes to `push`, in order; returns the number of
+/// distinct prefixes.
 fn fold_sorted<K: Key, E>(
     tags: &[K],
     width: u32,
     masks: &[u128],
     prune: bool,
     entry: &impl Fn(u128, u8, SourceEntry) -> E,
-) -> (Vec<E>, usize) {
+    mut push: impl FnMut(E),
+) -> usize {
     let mut state = State::new(masks);
     let mut stack: Vec<Frame> = Vec::new();
-    // At most one entry per key: reserving that avoids regrowing a large table.
-    let mut out = Vec::with_capacity(tags.len());
     let mut distinct = 0;
     let mut i = 0;
     while i < tags.len() {
@@ -586,7 +609,7 @@ fn fold_sorted<K: Key, E>(
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
         if value != inherited || !prune {
-            out.push(entry(addr, len, value));
+            push(entry(addr, len, value));
         }
         stack.push(Frame {
             addr,
@@ -598,7 +621,7 @@ fn fold_sorted<K: Key, E>(
         distinct += 1;
         i = j;
     }
-    (out, distinct)
+    distinct
 }
 
 #[cfg(test)]
