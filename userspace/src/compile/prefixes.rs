@@ -11,7 +11,6 @@
 //! many rules name a set.
 
 use std::collections::HashMap;
-use std::mem::MaybeUninit;
 
 use airlock_common::maps::{SRC_DENY, SRC_MANAGEMENT, SourceEntry};
 use ipnet::IpNet;
@@ -26,16 +25,13 @@ const BIT_DENY: u32 = 65;
 /// One prefix occurrence (`set` lists it as a cidr or as an except), packed for
 /// sorting: keys order by (address, length) first, so a sort puts every ancestor
 /// before its descendants. The order among one prefix's occurrences is irrelevant.
-trait Key: Copy + Ord + Send + Sync {
+trait Key: Copy + Ord + Send {
     /// Right-aligned network address and prefix length.
     fn prefix(self) -> (u128, u8);
     /// The set's index and whether this is one of its excepts.
     fn tag(self) -> (usize, bool);
     /// A 64-bit digest that never decreases in key order (for bucketing).
     fn high(self) -> u64;
-    /// Whether keys of equal [`Key::high`] are the same prefix, so ordering by
-    /// `high` alone is enough for the fold.
-    const HIGH_IS_PREFIX: bool;
 }
 
 /// IPv4 in one integer: address << 32 | length << 24 | set << 1 | except. Half the
@@ -47,11 +43,9 @@ impl Key for u64 {
     fn tag(self) -> (usize, bool) {
         (((self >> 1) & V4_SET_MAX) as usize, self & 1 == 1)
     }
-    /// The address and length: the set and except bits below them do not order.
     fn high(self) -> u64 {
-        self >> 24
+        self
     }
-    const HIGH_IS_PREFIX: bool = true;
 }
 
 /// Largest set index a packed IPv4 key holds.
@@ -96,7 +90,6 @@ impl Key for Wide {
     fn high(self) -> u64 {
         self.hi
     }
-    const HIGH_IS_PREFIX: bool = false;
 }
 
 /// The folded tables, sorted by address then prefix length.
@@ -259,15 +252,15 @@ fn mask(len: u8, width: u32) -> u128 {
     }
 }
 
-/// Below this many keys a plain comparison sort is as fast as a radix sort.
+/// Below this many keys a plain comparison sort is as fast as bucketing.
 const BUCKET_FROM: usize = 1 << 12;
 
-/// Sorts `keys` into the order the fold needs: by prefix (address, then length);
-/// the order among one prefix's occurrences is left as it comes. Large inputs take
-/// a radix sort on [`Key::high`] (the bits that differ between keys, [`DIGIT`] at a
-/// time), then, for keys whose `high` is not the whole prefix, a comparison sort
-/// of each run of equal `high` (a handful of keys at most in any real list).
-fn sort_keys<K: Key>(mut keys: Vec<K>, radix_from: usize) -> Vec<K> {
+/// Sorts `keys`. Large inputs are first distributed by one counting pass into
+/// 2^13 buckets on the 13 bits of [`Key::high`] just below those all keys share,
+/// then each bucket (a handful of keys for a large random list) is sorted by
+/// comparison: a third of the time of sorting the whole at a million keys.
+fn sort_keys<K: Key>(mut keys: Vec<K>, bucket_from: usize) -> Vec<K> {
+    const DIGIT: u32 = 13;
     let Some(first) = keys.first().map(|k| k.high()) else {
         return keys;
     };
@@ -290,72 +283,58 @@ fn sort_keys<K: Key>(mut keys: Vec<K>, radix_from: usize) -> Vec<K> {
         return keys;
     }
     let differ = keys.iter().fold(0, |acc, k| acc | (k.high() ^ first));
-    if keys.len() < radix_from || differ == 0 {
+    if keys.len() < bucket_from || differ == 0 {
         keys.sort_unstable();
         return keys;
     }
-    let mut keys = radix_sort(keys, differ);
-    if !K::HIGH_IS_PREFIX {
-        for run in keys.chunk_by_mut(|a, b| a.high() == b.high()) {
-            if run.len() > 1 {
-                run.sort_unstable();
-            }
-        }
-    }
-    keys
-}
-
-/// Bits of one radix digit: 2^11 counters (8 KiB) and as many places being
-/// written at once, which the caches hold; a million IPv4 keys (40 bits that
-/// differ: address and length) take four passes.
-const DIGIT: u32 = 11;
-
-/// `keys` stably sorted by [`Key::high`], whose bits outside `differ` are the
-/// same in every key: a least-significant-digit radix sort over those bits only,
-/// every pass's counts taken in one read beforehand, a pass whose digit every key
-/// shares skipped. About two moves of each key per pass, against the comparison
-/// sort's twenty comparisons of each at a million keys.
-fn radix_sort<K: Key>(keys: Vec<K>, differ: u64) -> Vec<K> {
-    let low = differ.trailing_zeros();
+    // Bits above `top` are the same in every key, so the digit below them orders
+    // the buckets the way `high`, and hence the keys, are ordered.
     let top = 64 - differ.leading_zeros();
-    let passes = (top - low).div_ceil(DIGIT) as usize;
-    // `low + pass * DIGIT` < `top` <= 64 for every pass: the shift is in range.
-    let digit = |k: &K, pass: usize| {
-        ((k.high() >> (low + pass as u32 * DIGIT)) & ((1 << DIGIT) - 1)) as usize
-    };
-    // u32 counts: a table holds far fewer than 2^32 keys.
-    let mut counts = vec![[0u32; 1 << DIGIT]; passes];
+    let shift = top.saturating_sub(DIGIT);
+    let digit = |k: &K| ((k.high() >> shift) & ((1 << DIGIT) - 1)) as usize;
+    // u32 counts (a table holds far fewer than 2^32 keys): the counters, bumped
+    // once per key in no order, take half the cache.
+    let mut starts = vec![0u32; (1 << DIGIT) + 1];
     for k in &keys {
-        for (pass, count) in counts.iter_mut().enumerate() {
-            count[digit(k, pass)] += 1;
-        }
+        starts[digit(k) + 1] += 1;
     }
-    let mut from = keys;
-    // Filler, every slot is overwritten by each pass.
-    let mut to = vec![from[0]; from.len()];
-    for (pass, count) in counts.iter().enumerate() {
-        if count.iter().any(|&c| c as usize == from.len()) {
-            continue;
-        }
-        let mut next = [0u32; 1 << DIGIT];
-        let mut sum = 0;
-        for (next, &count) in next.iter_mut().zip(count) {
-            *next = sum;
-            sum += count;
-        }
-        for k in &from {
-            let d = digit(k, pass);
-            to[next[d] as usize] = *k;
-            next[d] += 1;
-        }
-        std::mem::swap(&mut from, &mut to);
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
     }
-    from
+    let mut next = starts.clone();
+    // Filler, every slot is overwritten.
+    let mut out = vec![keys[0]; keys.len()];
+    for k in keys {
+        let d = digit(&k);
+        out[next[d] as usize] = k;
+        next[d] += 1;
+    }
+    // The buckets are independent: sort a large table's halves on two threads (the
+    // other family's fold may hold a core too; the scheduler shares them out).
+    let sort_buckets = |part: &mut [K], starts: &[u32]| {
+        let offset = starts[0] as usize;
+        for bucket in starts.windows(2) {
+            part[bucket[0] as usize - offset..bucket[1] as usize - offset].sort_unstable();
+        }
+    };
+    if out.len() < PARALLEL_SORT_FROM {
+        sort_buckets(&mut out, &starts);
+    } else {
+        let half = starts.partition_point(|&start| (start as usize) < out.len() / 2);
+        let (low, high) = out.split_at_mut(starts[half] as usize);
+        crate::parallel::join(
+            || sort_buckets(low, &starts[..=half]),
+            || sort_buckets(high, &starts[half..]),
+        );
+    }
+    out
 }
 
-/// Keys in at most this many more sorted runs than one are merged, not radix
-/// sorted.
+/// Keys in at most this many more sorted runs than one are merged, not bucketed.
 const MAX_RUNS: usize = 64;
+
+/// From this many keys a bucketed sort sorts its buckets on two threads.
+const PARALLEL_SORT_FROM: usize = 1 << 16;
 
 /// Running membership state along the current ancestor chain.
 struct State<'a> {
@@ -464,112 +443,20 @@ struct Frame {
 
 /// Folds one family; returns the pruned entries (sorted by address, then length,
 /// each made by `entry`) and the number of distinct prefixes.
-fn fold_family<K: Key, E: Send>(
+fn fold_family<K: Key, E>(
     keys: Vec<K>,
     width: u32,
     masks: &[u128],
     prune: bool,
-    entry: impl Fn(u128, u8, SourceEntry) -> E + Sync,
+    entry: impl Fn(u128, u8, SourceEntry) -> E,
 ) -> (Vec<E>, usize) {
     let started = std::time::Instant::now();
     let tags = sort_keys(keys, BUCKET_FROM);
     let sorted = started.elapsed();
-    let (out, distinct) = fold_halves(&tags, width, masks, prune, &entry, PARALLEL_FOLD_FROM);
-    tracing::debug!(
-        width,
-        keys = tags.len(),
-        sort_us = sorted.as_micros() as u64,
-        fold_us = (started.elapsed() - sorted).as_micros() as u64,
-        "family folded"
-    );
-    (out, distinct)
-}
-
-/// Folds `tags` (sorted), from `parallel_from` of them in two halves side by side.
-fn fold_halves<K: Key, E: Send>(
-    tags: &[K],
-    width: u32,
-    masks: &[u128],
-    prune: bool,
-    entry: &(impl Fn(u128, u8, SourceEntry) -> E + Sync),
-    parallel_from: usize,
-) -> (Vec<E>, usize) {
-    // Two halves that share no prefix's addresses fold independently: every
-    // ancestor of a prefix is in its half. The second on a thread of its own (the
-    // other family's fold may hold a core too; the scheduler shares them out).
-    let split = if tags.len() >= parallel_from {
-        top_level_split(tags, width)
-    } else {
-        tags.len()
-    };
-    let (low, high) = tags.split_at(split);
-    // At most one entry per key: reserving that avoids regrowing a large table,
-    // and gives each half room enough in one vector (a vector per half, joined,
-    // would put the whole table in fresh memory once more).
-    let mut out = Vec::with_capacity(tags.len());
-    if high.is_empty() {
-        let distinct = fold_sorted(low, width, masks, prune, entry, |e| out.push(e));
-        return (out, distinct);
-    }
-    let fill = |tags: &[K], room: &mut [MaybeUninit<E>]| {
-        let mut filled = 0;
-        let distinct = fold_sorted(tags, width, masks, prune, entry, |e| {
-            room[filled].write(e);
-            filled += 1;
-        });
-        (filled, distinct)
-    };
-    let (low_room, high_room) = out.spare_capacity_mut().split_at_mut(split);
-    let ((low_filled, low_distinct), (high_filled, high_distinct)) =
-        crate::parallel::join(|| fill(low, low_room), || fill(high, high_room));
-    let base = out.as_mut_ptr();
-    // SAFETY: the halves wrote `low_filled` entries from 0 and `high_filled` from
-    // `split` (both within the capacity: `fill` indexes its own room); the second
-    // run moves down to follow the first (`copy` allows the overlap), and the
-    // length then covers exactly the written entries. What is left above the
-    // length is no longer read as entries (they are moved, not duplicated).
-    unsafe {
-        std::ptr::copy(base.add(split), base.add(low_filled), high_filled);
-        out.set_len(low_filled + high_filled);
-    }
-    (out, low_distinct + high_distinct)
-}
-
-/// From this many keys a family is folded in two halves side by side.
-const PARALLEL_FOLD_FROM: usize = 1 << 16;
-
-/// The first place at or after the middle of `tags` (sorted) where no earlier
-/// prefix holds the next one's address, so nothing before it is an ancestor of
-/// anything from it on; `tags.len()` if there is none.
-fn top_level_split<K: Key>(tags: &[K], width: u32) -> usize {
-    let last = |k: &K| {
-        let (addr, len) = k.prefix();
-        addr | (!mask(len, width) & mask(width as u8, width))
-    };
-    let middle = tags.len() / 2;
-    let mut end = tags[..middle].iter().map(last).max().unwrap_or(0);
-    for (i, k) in tags.iter().enumerate().skip(middle) {
-        if i > 0 && k.prefix().0 > end {
-            return i;
-        }
-        end = end.max(last(k));
-    }
-    tags.len()
-}
-
-/// Folds keys sorted by prefix, none of whose ancestors lies outside them: each
-/// entry (at most one per key) goes to `push`, in order; returns the number of
-/// distinct prefixes.
-fn fold_sorted<K: Key, E>(
-    tags: &[K],
-    width: u32,
-    masks: &[u128],
-    prune: bool,
-    entry: &impl Fn(u128, u8, SourceEntry) -> E,
-    mut push: impl FnMut(E),
-) -> usize {
     let mut state = State::new(masks);
     let mut stack: Vec<Frame> = Vec::new();
+    // At most one entry per key: reserving that avoids regrowing a large table.
+    let mut out = Vec::with_capacity(tags.len());
     let mut distinct = 0;
     let mut i = 0;
     while i < tags.len() {
@@ -609,7 +496,7 @@ fn fold_sorted<K: Key, E>(
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
         if value != inherited || !prune {
-            push(entry(addr, len, value));
+            out.push(entry(addr, len, value));
         }
         stack.push(Frame {
             addr,
@@ -621,7 +508,15 @@ fn fold_sorted<K: Key, E>(
         distinct += 1;
         i = j;
     }
-    distinct
+    // Where a re-apply's compile goes, per family (`AIRLOCK_LOG=airlock=debug`).
+    tracing::debug!(
+        width,
+        keys = tags.len(),
+        sort_us = sorted.as_micros() as u64,
+        fold_us = (started.elapsed() - sorted).as_micros() as u64,
+        "family folded"
+    );
+    (out, distinct)
 }
 
 #[cfg(test)]
@@ -630,18 +525,19 @@ mod tests {
     use crate::test_rng::xorshift;
 
     #[test]
-    fn radix_sort_sorts() {
+    fn bucketed_sort_sorts() {
         let mut next = xorshift(0x5eed_1234_abcd_0001);
-        // Random, clustered (few varying bits), all-equal high bits, tiny; and
-        // wide keys whose `high` repeats (runs sorted after the radix passes).
+        // Random, clustered (few varying bits), all-equal high bits, tiny.
+        // From PARALLEL_SORT_FROM keys on, the buckets are sorted in two halves.
+        let parallel = PARALLEL_SORT_FROM + 1000;
         for (n, spread) in [
             (20_000, 64),
             (20_000, 20),
             (5_000, 3),
             (10_000, 0),
             (3, 64),
-            (70_000, 64),
-            (70_000, 10),
+            (parallel, 64),
+            (parallel, 10),
         ] {
             let high = |r: u64| if spread == 0 { 0 } else { r >> (64 - spread) };
             let v4: Vec<u64> = (0..n).map(|_| high(next()) << 32 | next() >> 32).collect();
@@ -652,51 +548,13 @@ mod tests {
                     meta: next() % 8,
                 })
                 .collect();
-            // IPv4 keys order by prefix only: the same keys, in prefix order.
             let mut expected = v4.clone();
             expected.sort_unstable();
-            let mut sorted = sort_keys(v4, 0);
-            assert!(
-                sorted.is_sorted_by_key(|k| k.high()),
-                "{n} keys, {spread} bits"
-            );
-            sorted.sort_unstable();
-            assert_eq!(sorted, expected);
+            assert_eq!(sort_keys(v4, 0), expected);
             let mut expected = wide.clone();
             expected.sort_unstable();
             assert!(sort_keys(wide, 0) == expected);
         }
-    }
-
-    /// A split never puts a prefix's ancestor in the other half; where a short
-    /// prefix covers the middle it moves past it, or finds none.
-    #[test]
-    fn top_level_splits_keep_ancestors_together() {
-        let keys = |prefixes: &[(u32, u8)]| -> Vec<u64> {
-            prefixes
-                .iter()
-                .map(|&(a, l)| v4_key(a, l, 0, false))
-                .collect()
-        };
-        let spans = keys(&[
-            (0x0a00_0000, 8),
-            (0x0a01_0000, 16),
-            (0x0a02_0000, 16),
-            (0x0b00_0000, 8),
-        ]);
-        assert_eq!(top_level_split(&spans, 32), 3);
-        let covered = keys(&[
-            (0, 0),
-            (0x0a01_0000, 16),
-            (0x0a02_0000, 16),
-            (0x0b00_0000, 8),
-        ]);
-        assert_eq!(top_level_split(&covered, 32), 4);
-        let flat = keys(&[(1, 32), (2, 32), (3, 32), (4, 32)]);
-        assert_eq!(top_level_split(&flat, 32), 2);
-        // The same prefix twice (two sets) is never cut apart.
-        let twice = keys(&[(1, 32), (2, 32), (2, 32), (4, 32)]);
-        assert_eq!(top_level_split(&twice, 32), 3);
     }
 
     /// Keys in sorted runs (a sorted list, several sets) take the merge; more runs
@@ -795,20 +653,6 @@ mod tests {
             .iter()
             .map(|&(a, l, s, e)| Wide::new(u128::from(a), l, s, e))
             .collect();
-        // Folded in two halves wherever they can be cut, the same tables.
-        let sorted = sort_keys(packed.clone(), 0);
-        let split = top_level_split(&sorted, 32);
-        assert_eq!(
-            split == sorted.len(),
-            lens[0] == 0,
-            "a /0 covers everything"
-        );
-        for prune in [false, true] {
-            assert!(
-                fold_halves(&sorted, 32, &masks, prune, &entry, 0)
-                    == fold_halves(&sorted, 32, &masks, prune, &entry, usize::MAX)
-            );
-        }
         let (unpruned, distinct) = fold_family(packed.clone(), 32, &masks, false, entry);
         assert_eq!(distinct, expected.len());
         assert!(unpruned == expected);
