@@ -450,7 +450,9 @@ fn fold_family<K: Key, E>(
     prune: bool,
     entry: impl Fn(u128, u8, SourceEntry) -> E,
 ) -> (Vec<E>, usize) {
+    let started = std::time::Instant::now();
     let tags = sort_keys(keys, BUCKET_FROM);
+    let sorted = started.elapsed();
     let mut state = State::new(masks);
     let mut stack: Vec<Frame> = Vec::new();
     // At most one entry per key: reserving that avoids regrowing a large table.
@@ -506,6 +508,14 @@ fn fold_family<K: Key, E>(
         distinct += 1;
         i = j;
     }
+    // Where a re-apply's compile goes, per family (`AIRLOCK_LOG=airlock=debug`).
+    tracing::debug!(
+        width,
+        keys = tags.len(),
+        sort_us = sorted.as_micros() as u64,
+        fold_us = (started.elapsed() - sorted).as_micros() as u64,
+        "family folded"
+    );
     (out, distinct)
 }
 
