@@ -23,7 +23,7 @@ mod source;
 
 use airlock_common::{
     DEFAULT_DROP, GenPolicy, MODE_MONITOR, REFUSED_STAT_OFFSET, Reason, SRC_DENY, SRC_MANAGEMENT,
-    SourceEntry, reason_stat_index, rule_stat_index,
+    SourceEntry, UNFLAGGED_V4, UNFLAGGED_V6, reason_stat_index, rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
@@ -186,7 +186,27 @@ fn decide(
         }
         _ => {}
     }
-    let entry = lookup(generation, policy, packet, headers);
+    // Where no source of the family is management or deny (the loader says so
+    // from the classes it wrote), the source's answer decides only a packet a
+    // rule covers and a non-first fragment: every other packet (a flood to a port
+    // no rule covers, a reply, essential ICMP) skips the lookup. Its empty answer
+    // leads to the verdict the real one would: no flag to find, no rule asked.
+    let unflagged = if headers.family == 4 {
+        UNFLAGGED_V4
+    } else {
+        UNFLAGGED_V6
+    };
+    let covered = match headers.l4 {
+        L4_TCP => maps::port_slot(policy, true, headers.local_port).rules != 0,
+        L4_UDP => maps::port_slot(policy, false, headers.local_port).rules != 0,
+        _ => false,
+    };
+    let entry =
+        if covered || headers.l4 == L4_NON_FIRST_FRAGMENT || config.unflagged & unflagged == 0 {
+            lookup(generation, policy, packet, headers)
+        } else {
+            SourceEntry::default()
+        };
     // One test on the common path: a source neither management nor denied, in a
     // sound packet.
     if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {
