@@ -59,7 +59,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
         maps::count(
             &maps::REASON_STATS,
             reason_stat_index(Reason::NonIp as u32, false),
-            frame_len(&ctx),
+            &ctx,
         );
         return xdp_action::XDP_PASS;
     }
@@ -90,11 +90,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     return stop(config.valid);
     let monitor = config.mode == MODE_MONITOR;
     if config.valid == 0 {
-        maps::count(
-            &maps::REASON_STATS,
-            Reason::NoPolicy as u32,
-            frame_len(&ctx),
-        );
+        maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, &ctx);
         return xdp_action::XDP_PASS;
     }
     // The frame's bounds again from the context rather than kept from above: two
@@ -110,11 +106,11 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
     match rule {
-        Some(_) => maps::count(&maps::RULE_STATS, stat, frame_len(&ctx)),
+        Some(_) => maps::count(&maps::RULE_STATS, stat, &ctx),
         None => maps::count(
             &maps::REASON_STATS,
             reason_stat_index(reason as u32, monitor),
-            frame_len(&ctx),
+            &ctx,
         ),
     }
     if passes {
@@ -126,13 +122,6 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_DROP
     }
-}
-
-/// The frame's length for the byte counters, read from the context where it is
-/// needed: kept from the start, it was one more value saved around every lookup.
-#[inline(always)]
-fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
 }
 
 /// A breakdown variant's end: passes, but depends on `value` so the work before
