@@ -87,7 +87,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 11;
+pub const LAYOUT_VERSION: u32 = 12;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -195,7 +195,18 @@ pub struct GenConfig {
     pub classes_v6: u32,
     pub directory_base_v4: u64,
     pub directory_base_v6: u64,
+    /// `UNFLAGGED_V4` | `UNFLAGGED_V6`: no class of the family's table carries
+    /// `SRC_MANAGEMENT` or `SRC_DENY`, so a source's answer matters only to a
+    /// packet some rule covers (or a non-first fragment), and the program skips
+    /// the lookup for the rest. 0 (never skip) is always correct.
+    pub unflagged: u32,
+    pub _pad: u32,
 }
+
+/// `GenConfig::unflagged`: the generation's IPv4 / IPv6 classes carry no
+/// management or deny flag.
+pub const UNFLAGGED_V4: u32 = 1 << 0;
+pub const UNFLAGGED_V6: u32 = 1 << 1;
 
 /// What a port's slot in a generation's port table says: the rules covering
 /// the port, and what the verdict needs of them precomputed, so a packet the

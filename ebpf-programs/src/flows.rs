@@ -50,7 +50,13 @@ fn key<'a>(
         key.peer[..4].copy_from_slice(&headers.peer_v4(packet));
         key.family = FLOW_FAMILY_V4;
     } else {
-        key.peer = headers.peer_v6(packet);
+        // As two words: assigned as bytes, LLVM split the address into 16
+        // values, each spilled and stored on its own (some 50 instructions per
+        // IPv6 reply).
+        let words = headers.peer_v6_words(packet);
+        // SAFETY: `key` is the start of an 8-byte aligned `Slot` and `peer` its
+        // first 16 bytes; any bytes are a valid address.
+        unsafe { core::ptr::write((key as *mut FlowKey).cast::<[u64; 2]>(), words) };
         key.family = FLOW_FAMILY_V6;
     }
     key

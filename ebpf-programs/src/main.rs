@@ -23,7 +23,7 @@ mod source;
 
 use airlock_common::{
     DEFAULT_DROP, GenPolicy, MODE_MONITOR, REFUSED_STAT_OFFSET, Reason, SRC_DENY, SRC_MANAGEMENT,
-    SourceEntry, reason_stat_index, rule_stat_index,
+    SourceEntry, UNFLAGGED_V4, UNFLAGGED_V6, reason_stat_index, rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
@@ -59,7 +59,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
         maps::count(
             &maps::REASON_STATS,
             reason_stat_index(Reason::NonIp as u32, false),
-            frame_len(&ctx),
+            &ctx,
         );
         return xdp_action::XDP_PASS;
     }
@@ -90,11 +90,7 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     return stop(config.valid);
     let monitor = config.mode == MODE_MONITOR;
     if config.valid == 0 {
-        maps::count(
-            &maps::REASON_STATS,
-            Reason::NoPolicy as u32,
-            frame_len(&ctx),
-        );
+        maps::count(&maps::REASON_STATS, Reason::NoPolicy as u32, &ctx);
         return xdp_action::XDP_PASS;
     }
     // The frame's bounds again from the context rather than kept from above: two
@@ -110,11 +106,11 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     // One counter per packet: a packet a rule decided is counted for that rule only
     // (user space derives the reason totals from the rule counters).
     match rule {
-        Some(_) => maps::count(&maps::RULE_STATS, stat, frame_len(&ctx)),
+        Some(_) => maps::count(&maps::RULE_STATS, stat, &ctx),
         None => maps::count(
             &maps::REASON_STATS,
             reason_stat_index(reason as u32, monitor),
-            frame_len(&ctx),
+            &ctx,
         ),
     }
     if passes {
@@ -126,13 +122,6 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     } else {
         xdp_action::XDP_DROP
     }
-}
-
-/// The frame's length for the byte counters, read from the context where it is
-/// needed: kept from the start, it was one more value saved around every lookup.
-#[inline(always)]
-fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
 }
 
 /// A breakdown variant's end: passes, but depends on `value` so the work before
@@ -186,7 +175,27 @@ fn decide(
         }
         _ => {}
     }
-    let entry = lookup(generation, policy, packet, headers);
+    // Where no source of the family is management or deny (the loader says so
+    // from the classes it wrote), the source's answer decides only a packet a
+    // rule covers and a non-first fragment: every other packet (a flood to a port
+    // no rule covers, a reply, essential ICMP) skips the lookup. Its empty answer
+    // leads to the verdict the real one would: no flag to find, no rule asked.
+    let unflagged = if headers.family == 4 {
+        UNFLAGGED_V4
+    } else {
+        UNFLAGGED_V6
+    };
+    let covered = match headers.l4 {
+        L4_TCP => maps::port_slot(policy, true, headers.local_port).rules != 0,
+        L4_UDP => maps::port_slot(policy, false, headers.local_port).rules != 0,
+        _ => false,
+    };
+    let entry =
+        if covered || headers.l4 == L4_NON_FIRST_FRAGMENT || config.unflagged & unflagged == 0 {
+            lookup(generation, policy, packet, headers)
+        } else {
+            SourceEntry::default()
+        };
     // One test on the common path: a source neither management nor denied, in a
     // sound packet.
     if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {

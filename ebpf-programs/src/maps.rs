@@ -14,6 +14,7 @@ use aya_ebpf::{
     btf_maps::{self, ArrayOfMaps},
     macros::{btf_map, map},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
 };
 
 /// The generation word: global data in a section of its own, which aya makes a
@@ -154,9 +155,14 @@ pub fn port_slot(policy: &GenPolicy, tcp: bool, port: u16) -> &PortSlot {
     }
 }
 
+/// Counts the frame in `ctx` in `map[index]`. Its length is read from the
+/// context past the lookup: worked out before, it was two values (the frame's
+/// bounds) kept across the lookup, which LLVM takes for a call, in registers
+/// that pushed the verdict's own values to the stack.
 #[inline(always)]
-pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+pub fn count(map: &PerCpuArray<Counter>, index: u32, ctx: &XdpContext) {
     if let Some(counter) = map.get_ptr_mut(index) {
+        let bytes = (ctx.data_end() - ctx.data()) as u64;
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe {
             (*counter).packets += 1;

@@ -251,6 +251,18 @@ impl Headers {
         unsafe { load::<u32>(at) }.to_ne_bytes()
     }
 
+    /// The peer's IPv6 address (`family` is 6) as two words in packet byte
+    /// order (its bytes, stored as they are), zero if cut short.
+    #[inline(always)]
+    pub fn peer_v6_words(&self, ctx: &Bytes) -> [u64; 2] {
+        let at = ctx.start + self.peer_offset();
+        if at + 16 > ctx.end {
+            return [0, 0];
+        }
+        // SAFETY: 16 bytes in the packet, checked just above.
+        unsafe { [load::<u64>(at), load::<u64>(at + 8)] }
+    }
+
     /// The peer's IPv6 address (`family` is 6).
     #[inline(always)]
     pub fn peer_v6(&self, ctx: &Bytes) -> [u8; 16] {
@@ -342,11 +354,6 @@ fn be16(bytes: [u8; 2]) -> u16 {
     u16::from_be_bytes(bytes)
 }
 
-#[inline(always)]
-fn is_vlan(ethertype: u16) -> bool {
-    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_LEGACY
-}
-
 /// Parses the frame in `ctx` into `headers`, which must arrive all zero
 /// (`KIND_NON_IP`). Written in place: returned by value from the many exits of the
 /// parse, its fields became values merged from every path, which LLVM kept in
@@ -385,23 +392,79 @@ pub fn parse_network<D: Direction>(
 /// The ethertype of what the Ethernet header carries and where that begins,
 /// behind up to two tags: 802.1Q, or 802.1ad/QinQ outer + 802.1Q inner. Unrolled
 /// by hand so the verifier sees fixed offsets instead of a loop. `None`: malformed.
+///
+/// Each ethertype is one 2-byte load compared in packet byte order, IP first: an
+/// untagged IP frame leaves after one compare, a tagged one after four, and the
+/// ethertype found is a constant on each way out. Read with `read` (two byte
+/// loads, a shift, an or, a byte swap) and tested for a tag first, a tagged frame
+/// took 9 instructions more than an untagged one (1.2 ns).
 #[inline(always)]
 fn ethertype(ctx: &Bytes) -> Option<(u16, usize)> {
-    let ethertype = be16(read::<2>(ctx, 12)?);
-    if !is_vlan(ethertype) {
-        return Some((ethertype, ETH_HDR_LEN));
+    let outer = wire16::<12>(ctx)?;
+    if let Some(ip) = ip_ethertype(outer) {
+        return Some((ip, ETH_HDR_LEN));
     }
-    let ethertype = be16(read::<2>(ctx, ETH_HDR_LEN + 2)?);
-    if !is_vlan(ethertype) {
-        return Some((ethertype, ETH_HDR_LEN + 4));
+    if !is_vlan_wire(outer) {
+        return Some((u16::from_be(outer as u16), ETH_HDR_LEN));
     }
-    let ethertype = be16(read::<2>(ctx, ETH_HDR_LEN + 6)?);
+    let inner = wire16::<{ ETH_HDR_LEN + 2 }>(ctx)?;
+    if let Some(ip) = ip_ethertype(inner) {
+        return Some((ip, ETH_HDR_LEN + 4));
+    }
+    if !is_vlan_wire(inner) {
+        return Some((u16::from_be(inner as u16), ETH_HDR_LEN + 4));
+    }
+    let third = wire16::<{ ETH_HDR_LEN + 6 }>(ctx)?;
     // A third tag: nothing on a host decapsulates it, and passing it as "non-IP"
     // would let a tagged IP packet skip the filter.
-    if is_vlan(ethertype) {
+    if is_vlan_wire(third) {
         return None;
     }
-    Some((ethertype, ETH_HDR_LEN + 8))
+    Some((u16::from_be(third as u16), ETH_HDR_LEN + 8))
+}
+
+/// The two bytes at `OFFSET` in packet byte order, as one load at a constant
+/// offset from the frame's start (compare with `value.to_be()`): the load
+/// zero-extends, which LLVM does not know of an `asm!` output, so the value is
+/// kept wide rather than masked.
+#[inline(always)]
+fn wire16<const OFFSET: usize>(ctx: &Bytes) -> Option<u64> {
+    // The link layer comes before any IP length bound: the frame's is the one.
+    if ctx.start + OFFSET + 2 > ctx.end {
+        return None;
+    }
+    let value: u64;
+    // SAFETY: 2 bytes at `OFFSET` are in the frame (checked above); the
+    // instruction only reads.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u16 *)({1} + {offset})",
+            lateout(reg) value,
+            in(reg) ctx.start,
+            offset = const OFFSET,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    Some(value)
+}
+
+/// IPv4's or IPv6's ethertype, for one in packet byte order that is one.
+#[inline(always)]
+fn ip_ethertype(wire: u64) -> Option<u16> {
+    if wire == u64::from(ETH_P_IPV4.to_be()) {
+        Some(ETH_P_IPV4)
+    } else if wire == u64::from(ETH_P_IPV6.to_be()) {
+        Some(ETH_P_IPV6)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn is_vlan_wire(wire: u64) -> bool {
+    [ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ_LEGACY]
+        .iter()
+        .any(|&tag| wire == u64::from(tag.to_be()))
 }
 
 #[inline(always)]

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use airlock::policy::{Policy, PortRange};
+use airlock::reference::PacketClass;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -54,6 +55,11 @@ pub struct Report {
     pub fragment_pairs: usize,
     /// `(kernel reason vs reference reason, full description)`, in order found.
     pub disagreements: Vec<(String, String)>,
+    /// Kernel verdicts by reason name of frames with a source whose family the
+    /// policy's management and deny sets have no prefix of (the program skips
+    /// the source lookup where no rule covers the port), and of the rest.
+    pub unflagged_by_reason: BTreeMap<&'static str, usize>,
+    pub flagged_by_reason: BTreeMap<&'static str, usize>,
 }
 
 impl Report {
@@ -115,6 +121,7 @@ pub fn run_on(
         report.policies += 1;
         let nets = policy_nets(&policy);
         let ranges = policy_ports(&policy);
+        let flagged = flagged_families(&policy);
         for _ in 0..FRAMES_PER_POLICY.min(frames - report.frames) {
             let base = random_base_frame(&mut rng, &nets, &ranges);
             let spec = vary_lengths(&mut rng, base.clone());
@@ -133,7 +140,7 @@ pub fn run_on(
                 if framing == Framing::Ip && !has_ip_framing(&spec) {
                     continue;
                 }
-                judge(&mut rng, &mut h, &mut report, spec, &yaml, framing);
+                judge(&mut rng, &mut h, &mut report, spec, &yaml, framing, flagged);
             }
         }
         progress(&report);
@@ -159,6 +166,7 @@ fn judge(
     spec: FrameSpec,
     yaml: &str,
     framing: Framing,
+    flagged: [bool; 2],
 ) {
     let mut frame = spec.build();
     if framing == Framing::Ip {
@@ -181,7 +189,23 @@ fn judge(
     }
     report.frames += 1;
     match h.compare(&frame) {
-        Ok(outcome) => *report.by_reason.entry(outcome.reason.name()).or_default() += 1,
+        Ok(outcome) => {
+            *report.by_reason.entry(outcome.reason.name()).or_default() += 1;
+            let source = match frame.class {
+                PacketClass::Ip { src, .. } | PacketClass::Malformed { src: Some(src) } => {
+                    Some(src)
+                }
+                _ => None,
+            };
+            if let Some(src) = source {
+                let side = if flagged[usize::from(src.is_ipv6())] {
+                    &mut report.flagged_by_reason
+                } else {
+                    &mut report.unflagged_by_reason
+                };
+                *side.entry(outcome.reason.name()).or_default() += 1;
+            }
+        }
         Err(d) => report.disagreements.push((
             format!(
                 "{} vs {}",
@@ -488,6 +512,20 @@ fn policy_nets(policy: &Policy) -> Vec<IpNet> {
     nets.sort();
     nets.dedup();
     nets
+}
+
+/// Whether the policy's management or deny sets hold an IPv4 (index 0) or IPv6
+/// (index 1) prefix.
+fn flagged_families(policy: &Policy) -> [bool; 2] {
+    let mut flagged = [false; 2];
+    for net in [&policy.management, &policy.deny]
+        .into_iter()
+        .flat_map(|g| g.sets.iter())
+        .flat_map(|s| s.cidrs.iter())
+    {
+        flagged[usize::from(matches!(net, IpNet::V6(_)))] = true;
+    }
+    flagged
 }
 
 fn policy_ports(policy: &Policy) -> Vec<PortRange> {

@@ -1352,6 +1352,38 @@ fn random_policies_and_packets_agree_with_the_reference_model() {
             );
         }
     }
+    // And both ways the program reaches them: a family no management or deny
+    // prefix is in skips the source lookup where the answer cannot matter, the
+    // other family looks every source up first.
+    println!(
+        "sources of a family without management or deny: {:?}; with: {:?}",
+        report.unflagged_by_reason, report.flagged_by_reason
+    );
+    for (side, by_reason, skip) in [
+        (
+            "without",
+            &report.unflagged_by_reason,
+            &[
+                Reason::NonIp,
+                Reason::NoPolicy,
+                Reason::Management,
+                Reason::Deny,
+            ][..],
+        ),
+        (
+            "with",
+            &report.flagged_by_reason,
+            &[Reason::NonIp, Reason::NoPolicy][..],
+        ),
+    ] {
+        for reason in Reason::ALL.iter().filter(|r| !skip.contains(r)) {
+            assert!(
+                by_reason.get(reason.name()).is_some_and(|&n| n >= 20),
+                "fewer than 20 packets from a family {side} management or deny got {}: {by_reason:?}",
+                reason.name()
+            );
+        }
+    }
 }
 // ---------------------------------------------------------------------------
 // 4. Atomic policy swap.

@@ -22,7 +22,8 @@ use airlock_common::{
     MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE, MAP_SRC_V6,
     MAP_SRC_V6_INLINE, MODE_MONITOR, POLICY_BYTES, POLICY_CLASSES_V4_OFFSET,
     POLICY_CLASSES_V6_OFFSET, POLICY_CONFIG_OFFSET, POLICY_TCP_OFFSET, PolicyMeta, PortSlot,
-    SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    SRC_DENY, SRC_MANAGEMENT, SampleWindow, SamplingConfig, SourceEntry, SourceRangeV4,
+    SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6, UNFLAGGED_V4, UNFLAGGED_V6,
 };
 use aya::{
     Ebpf,
@@ -349,7 +350,20 @@ impl PolicyMaps {
                 0
             }
         };
+        // From the classes written: what the program reads is what says whether
+        // a family's sources can be management or deny.
+        let unflagged = |classes: &[SourceEntry], bit| {
+            if classes
+                .iter()
+                .all(|c| c.flags & (SRC_MANAGEMENT | SRC_DENY) == 0)
+            {
+                bit
+            } else {
+                0
+            }
+        };
         let config = GenConfig {
+            unflagged: unflagged(&v4.classes, UNFLAGGED_V4) | unflagged(&v6.classes, UNFLAGGED_V6),
             directory_bits_v4: v4.directory.bits,
             directory_bits_v6: v6.directory.bits,
             directory_shift_v4: v4.directory.shift,
