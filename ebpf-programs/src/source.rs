@@ -1,12 +1,14 @@
-//! A source address's answer from its generation's source table (layout in
-//! `airlock_common::SourceRangeV4`): its directory slot, which most often holds
-//! the answer, else a branch-free binary search of the slot's ranges, in the
-//! preallocated table or in the generation's chunks. An answer is a class, whose
-//! entry is read from the `POLICY` value the caller holds.
+//! A source address's answer from its generation's source table (layouts in
+//! `airlock_common::SourceRangeV4` and `SourceRangeV6`): its directory slot, which
+//! most often holds the answer, else a branch-free search of the slot's ranges, in
+//! the preallocated table or in the generation's chunks. An answer is a class,
+//! whose entry is read from the `POLICY` value the caller holds.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, GenPolicy, MAX_CLASSES, RANGE_SEARCH_STEPS, SLOT_ANSWER_V4,
-    SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    CHUNKS_PER_GENERATION, DIRECTORY_SHIFT_V4, GenPolicy, INLINE_TABLE_V4, MAX_CLASSES,
+    RANGE_OFFSET_SHIFT_V4, RANGE_SEARCH_STEPS, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4,
+    RUN_INDEX_MASK_V4, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6,
+    TABLE_INLINE_V6,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -24,30 +26,6 @@ trait Range {
     fn before(&self, key: Self::Key) -> u32;
     /// The class of a range's (or answer slot's) answer.
     fn answer(&self) -> u32;
-}
-
-impl Range for SourceRangeV4 {
-    type Key = u32;
-
-    #[inline(always)]
-    fn is_answer(&self) -> bool {
-        self.start == SLOT_ANSWER_V4
-    }
-
-    #[inline(always)]
-    fn run(&self) -> (u32, u32) {
-        (self.start, self.class)
-    }
-
-    #[inline(always)]
-    fn before(&self, key: u32) -> u32 {
-        (u64::from(key).wrapping_sub(u64::from(self.start)) >> 63) as u32
-    }
-
-    #[inline(always)]
-    fn answer(&self) -> u32 {
-        self.class
-    }
 }
 
 impl Range for SourceRangeV6 {
@@ -83,24 +61,60 @@ impl Range for SourceRangeV6 {
 /// (the empty entry) if the table cannot be read.
 #[inline(always)]
 pub fn source_v4(generation: u32, policy: &GenPolicy, addr: [u8; 4]) -> SourceEntry {
-    let config = &policy.config;
-    let key = u32::from_be_bytes(addr);
-    let slot = directory_slot(
-        u64::from(key) << 32,
-        config.directory_base_v4,
-        config.directory_shift_v4,
-        config.directory_bits_v4,
-    );
-    let class = find(
-        config.inline_tables & TABLE_INLINE_V4 != 0,
-        || SRC_V4_INLINE.get(generation),
-        |index| SRC_V4.get(chunk_slot(generation, index))?.get(0),
-        slot,
-        key,
-    );
+    let class = class_v4(generation, u32::from_be_bytes(addr)).unwrap_or_default();
     // Masked, the index is in bounds by construction: a load at an offset the
     // verifier bounds, no lookup.
     policy.classes_v4[(class & (MAX_CLASSES - 1)) as usize]
+}
+
+/// An IPv4 table value (preallocated or a chunk), as the program reads it.
+type TableV4 = [SourceRangeV4; INLINE_TABLE_V4 as usize];
+
+/// The class of `key` in generation `generation`'s IPv4 table (in its low 16
+/// bits). The directory is the start of the preallocated value, read at a fixed
+/// stride; a run lies there too, or in one chunk.
+#[inline(always)]
+fn class_v4(generation: u32, key: u32) -> Option<u32> {
+    let first = SRC_V4_INLINE.get(generation)?;
+    // Below 2^19 by the shift: in bounds, no mask.
+    let slot = first[(key >> DIRECTORY_SHIFT_V4) as usize].0;
+    if slot & SLOT_ANSWER_V4 != 0 {
+        return Some(slot);
+    }
+    let index = slot & RUN_INDEX_MASK_V4;
+    let chunk = index / INLINE_TABLE_V4;
+    // Separate reads of separate maps, each call site with its own map, so the
+    // verifier inlines both (check the xlated dump for `call` after a change).
+    let table: &TableV4 = if chunk == 0 {
+        first
+    } else {
+        SRC_V4.get(chunk_slot(generation, chunk))?.get(0)?
+    };
+    Some(search_v4(table, index, slot, key))
+}
+
+/// Shar's search of the run `slot` names (first element `index`): one probe `d`
+/// elements in, then `k` halvings of `2^k` elements, each step a load, a
+/// subtraction and a mask (see `airlock_common::SourceRangeV4`).
+#[inline(always)]
+fn search_v4(table: &TableV4, index: u32, slot: u32, key: u32) -> u32 {
+    let mask = INLINE_TABLE_V4 - 1;
+    // A range is `offset << 16 | class`: it starts at or before the address
+    // when it is below `bound`.
+    let offset = key & ((1 << DIRECTORY_SHIFT_V4) - 1);
+    let bound = i64::from((offset + 1) << RANGE_OFFSET_SHIFT_V4);
+    // All ones if `element` starts at or before the address: the sign of the
+    // difference, with no branch (one would double the verifier's paths per step).
+    let at_or_before = |element: SourceRangeV4| ((i64::from(element.0) - bound) >> 63) as u32;
+    let mut base = index & mask;
+    let first_probe = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
+    base += first_probe & at_or_before(table[((base + first_probe) & mask) as usize]);
+    let mut step = (1u32 << ((slot >> RUN_HALVINGS_SHIFT_V4) & 15)) >> 1;
+    while step != 0 {
+        base += step & at_or_before(table[((base + step) & mask) as usize]);
+        step >>= 1;
+    }
+    table[(base & mask) as usize].0
 }
 
 /// As `source_v4`, for IPv6.
