@@ -146,6 +146,7 @@ pub(super) fn find(elements: &[SourceRangeV4], key: u32) -> Option<u32> {
     let chunk = (index & !MASK) as usize;
     let get = |i: u32| elements.get(chunk + (i & MASK) as usize).map(|e| e.0);
     let bound = i64::from(((key & (SPAN - 1)) + 1) << RANGE_OFFSET_SHIFT_V4);
+    // All ones if the element is below `bound`: the sign of the difference.
     let at_or_before = |element: u32| ((i64::from(element) - bound) >> 63) as u32;
     let mut base = index & MASK;
     let first_probe = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
