@@ -43,10 +43,6 @@ pub const DIRECTORY_SHIFT_V4: u32 = 32 - DIRECTORY_BITS_V4;
 /// and each family's table is made on its own, in parallel.
 pub const MAX_CLASSES: u32 = 1 << 15;
 
-/// Halvings that always suffice to find an IPv6 address's range within one
-/// directory slot: a slot never holds more ranges than a table (2 * 2^21 + 1 < 2^23).
-pub const RANGE_SEARCH_STEPS: u32 = 23;
-
 /// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
 /// `SRC_V6_INLINE`), and of a chunk: 2^20 elements of 4 bytes for IPv4 (4 MiB),
 /// 2^17 of 24 for IPv6 (3 MiB), 14 MiB in all. Each generation's table is one map
@@ -470,6 +466,9 @@ pub const RUN_FIRST_PROBE_SHIFT_V4: u32 = 28;
 /// Where an IPv4 range holds its first address's offset in its slot.
 pub const RANGE_OFFSET_SHIFT_V4: u32 = 16;
 
+/// Where an IPv6 run slot's `start[1]` holds its first probe `d`.
+pub const SHAPE_FIRST_PROBE_SHIFT_V6: u32 = 32;
+
 /// `SourceRangeV6::start[0]` of a directory slot that holds its answer.
 pub const SLOT_ANSWER_V6: u64 = u64::MAX;
 
@@ -478,8 +477,11 @@ pub const SLOT_ANSWER_V6: u64 = u64::MAX;
 /// the addresses whose `bits` bits after the prefix all the table's boundaries
 /// share are `i`; see `GenConfig`), then the ranges, sorted. A slot that one range
 /// covers whole holds that range's class, with `start[0]` = [`SLOT_ANSWER_V6`];
-/// any other slot the index of the range its first address falls in and the
-/// number of ranges that overlap it, which the program binary-searches.
+/// any other slot holds in `start[0]` the index of the range its first address
+/// falls in, and in `start[1]` the shape of the search of the `n` ranges that
+/// overlap it (layout 12): `k` in bits 0-5 and `d` from bit
+/// [`SHAPE_FIRST_PROBE_SHIFT_V6`], `n = 2^k + d`, `1 <= d <= 2^k`. The program
+/// probes range `d` once, then halves `2^k` ranges `k` times (Shar's method).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV6 {

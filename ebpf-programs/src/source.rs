@@ -6,9 +6,9 @@
 
 use airlock_common::{
     CHUNKS_PER_GENERATION, DIRECTORY_SHIFT_V4, GenPolicy, INLINE_TABLE_V4, MAX_CLASSES,
-    RANGE_OFFSET_SHIFT_V4, RANGE_SEARCH_STEPS, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4,
-    RUN_INDEX_MASK_V4, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6,
-    TABLE_INLINE_V6,
+    RANGE_OFFSET_SHIFT_V4, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4,
+    SHAPE_FIRST_PROBE_SHIFT_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceEntry, SourceRangeV4,
+    SourceRangeV6, TABLE_INLINE_V6,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -19,11 +19,11 @@ trait Range {
     type Key: Copy;
     /// Of a directory slot: whether it holds its answer itself (`entry`).
     fn is_answer(&self) -> bool;
-    /// A directory slot's first range and number of ranges.
-    fn run(&self) -> (u32, u32);
-    /// 1 if `key` lies before this range's first address, else 0 (a borrow, so
-    /// the search has no branch on it).
-    fn before(&self, key: Self::Key) -> u32;
+    /// A directory slot's first range and search shape `(k, d)`: a first probe
+    /// `d` ranges in, then `k` halvings of `2^k` ranges.
+    fn run(&self) -> (u32, u32, u32);
+    /// `step` if this range starts at or before `key`, else 0, with no branch.
+    fn step_if_at_or_before(&self, key: Self::Key, step: u32) -> u32;
     /// The class of a range's (or answer slot's) answer.
     fn answer(&self) -> u32;
 }
@@ -38,16 +38,62 @@ impl Range for SourceRangeV6 {
     }
 
     #[inline(always)]
-    fn run(&self) -> (u32, u32) {
-        (self.start[0] as u32, self.start[1] as u32)
+    fn run(&self) -> (u32, u32, u32) {
+        (
+            self.start[0] as u32,
+            (self.start[1] & 63) as u32,
+            (self.start[1] >> SHAPE_FIRST_PROBE_SHIFT_V6) as u32,
+        )
     }
 
-    /// `key - start` as a 128-bit subtraction; its borrow out.
+    /// The borrow out of `key - start` as a 128-bit subtraction, made a mask: in
+    /// assembly, as IPv4's step (LLVM would make it a compare and a branch).
     #[inline(always)]
-    fn before(&self, (high, low): (u64, u64)) -> u32 {
-        let low_borrow = subtract_borrow(low, self.start[1], low.wrapping_sub(self.start[1]));
-        let high_diff = high.wrapping_sub(self.start[0]).wrapping_sub(low_borrow);
-        subtract_borrow(high, self.start[0], high_diff) as u32
+    fn step_if_at_or_before(&self, (high, low): (u64, u64), step: u32) -> u32 {
+        let mut value: u64;
+        // SAFETY: register arithmetic only.
+        unsafe {
+            core::arch::asm!(
+                // Low words: the borrow of `low - start_low`, from the top bits of
+                // the operands and the difference: (~x & y) | (~(x ^ y) & (x - y)).
+                "{t} = {low}",
+                "{t} -= {sl}",
+                "{sl} ^= {low}",
+                "{u} = {sl}",
+                "{u} ^= -1",
+                "{u} &= {t}",
+                "{t} = {low}",
+                "{t} ^= -1",
+                "{t} &= {sl}",
+                "{t} |= {u}",
+                "{t} >>= 63",
+                // High words, the low borrow in: the borrow out of the whole.
+                "{u} = {high}",
+                "{u} -= {sh}",
+                "{u} -= {t}",
+                "{sh} ^= {high}",
+                "{t} = {sh}",
+                "{t} ^= -1",
+                "{t} &= {u}",
+                "{u} = {high}",
+                "{u} ^= -1",
+                "{u} &= {sh}",
+                "{u} |= {t}",
+                "{u} >>= 63",
+                // No borrow (start <= key): all ones.
+                "{u} += -1",
+                "{u} &= {s}",
+                high = in(reg) high,
+                low = in(reg) low,
+                sh = inout(reg) self.start[0] => _,
+                sl = inout(reg) self.start[1] => _,
+                s = in(reg) u64::from(step),
+                t = out(reg) _,
+                u = out(reg) value,
+                options(pure, nomem, nostack),
+            );
+        }
+        value as u32
     }
 
     #[inline(always)]
@@ -106,7 +152,11 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     // The run's first element in its chunk.
     let mut base = slot & mask;
     let first_probe = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
-    base += step_if_before(table[((base + first_probe) & mask) as usize], bound, first_probe);
+    base += step_if_before(
+        table[((base + first_probe) & mask) as usize],
+        bound,
+        first_probe,
+    );
     let mut step = (1u64 << ((slot >> RUN_HALVINGS_SHIFT_V4) & 15)) >> 1;
     while step != 0 {
         base += step_if_before(table[((base + step) & mask) as usize], bound, step);
@@ -213,14 +263,17 @@ fn search_chunks<'a, R: Range + 'a, const N: usize>(
     if directory.is_answer() {
         return Some(directory);
     }
-    let (first, count) = directory.run();
-    let last = first.wrapping_add(count).wrapping_sub(1);
+    let (first, k, d) = directory.run();
+    let last = first
+        .wrapping_add(1 << (k & 31))
+        .wrapping_add(d)
+        .wrapping_sub(1);
     if first / n == last / n {
         let table = chunk(first / n)?;
-        search_run(|i| Some(&table[(i & mask) as usize]), first, count, key)
+        search_run(|i| Some(&table[(i & mask) as usize]), first, k, d, key)
     } else {
         let get = |i: u32| Some(&chunk(i / n)?[(i & mask) as usize]);
-        search_run(get, first, count, key)
+        search_run(get, first, k, d, key)
     }
 }
 
@@ -236,25 +289,28 @@ fn search<'a, R: Range + 'a>(
     if directory.is_answer() {
         return Some(directory);
     }
-    let (base, len) = directory.run();
-    search_run(get, base, len, key)
+    let (base, k, d) = directory.run();
+    search_run(get, base, k, d, key)
 }
 
-/// The last of the `len` ranges from `base` on that starts at or before `key`.
+/// The last of the `2^k + d` ranges from `base` on that starts at or before
+/// `key`: a probe `d` in, then `k` halvings (Shar's search), branch-free (a
+/// branch would double the verifier's paths at every step).
 #[inline(always)]
 fn search_run<'a, R: Range + 'a>(
     get: impl Fn(u32) -> Option<&'a R>,
     mut base: u32,
-    mut len: u32,
+    k: u32,
+    d: u32,
     key: R::Key,
 ) -> Option<&'a R> {
-    let mut step = 0;
-    while step < RANGE_SEARCH_STEPS && len > 1 {
-        let half = len / 2;
-        // Branch-free: a branch here would double the verifier's paths at every step.
-        base += half & get(base + half)?.before(key).wrapping_sub(1);
-        len -= half;
-        step += 1;
+    base += get(base + d)?.step_if_at_or_before(key, d);
+    // At most 22 halvings (a table has fewer than 2^23 ranges); masked so the
+    // verifier sees the loop end.
+    let mut step = (1u32 << (k & 31)) >> 1;
+    while step != 0 {
+        base += get(base + step)?.step_if_at_or_before(key, step);
+        step >>= 1;
     }
     get(base)
 }
@@ -270,10 +326,4 @@ fn directory_slot(high: u64, base: u64, shift: u32, bits: u32) -> u32 {
     let slot = (high - base) >> (shift & 63);
     let last = (1u64 << (bits & 63)) - 1;
     (if slot > last { last } else { slot }) as u32
-}
-
-/// Borrow out of `a - b (- borrow in) = difference`, from the operands' top bits.
-#[inline(always)]
-fn subtract_borrow(a: u64, b: u64, difference: u64) -> u64 {
-    ((!a & b) | (!(a ^ b) & difference)) >> 63
 }

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use airlock_common::{
-    INLINE_TABLE_V6, MAX_CLASSES, MAX_DIRECTORY_BITS_V6, SLOT_ANSWER_V6, SourceEntry,
-    SourceRangeV4, SourceRangeV6,
+    INLINE_TABLE_V6, MAX_CLASSES, MAX_DIRECTORY_BITS_V6, SHAPE_FIRST_PROBE_SHIFT_V6,
+    SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6,
 };
 
 use super::PrefixEntry;
@@ -393,8 +393,17 @@ trait Windowed: RangeItem<Answer = u32> + Default {
     /// A directory slot over `count` ranges from index `first`: for one range, its
     /// answer itself (`RangeItem::answer` of the slot), else the run.
     fn slot(first: usize, count: usize, answer: Self::Answer) -> Self;
-    /// Of a slot: first range and count, or None when the slot holds its answer.
-    fn run(&self) -> Option<(usize, usize)>;
+    /// Of a slot: first range and the search's shape `(k, d)` (a first probe `d`
+    /// ranges in, then `k` halvings of `2^k`; `2^k + d` ranges), or None when
+    /// the slot holds its answer.
+    fn run(&self) -> Option<(usize, u32, usize)>;
+}
+
+/// The search of a run of `n` ranges (at least 2): `(k, d)` with `n = 2^k + d`,
+/// `1 <= d <= 2^k` (Shar's: a first probe `d` in, then halvings of `2^k`).
+fn shape(n: usize) -> (u32, usize) {
+    let k = usize::BITS - 1 - (n - 1).leading_zeros();
+    (k, n - (1 << k))
 }
 
 /// The entry class `class` stands for, read as the program reads it (`classes`:
@@ -439,16 +448,23 @@ impl Windowed for SourceRangeV6 {
                 _pad: 0,
             }
         } else {
+            let (k, d) = shape(count);
             Self {
-                start: [first as u64, count as u64],
+                start: [
+                    first as u64,
+                    u64::from(k) | (d as u64) << SHAPE_FIRST_PROBE_SHIFT_V6,
+                ],
                 ..Self::default()
             }
         }
     }
 
-    fn run(&self) -> Option<(usize, usize)> {
-        (self.start[0] != SLOT_ANSWER_V6)
-            .then_some((self.start[0] as usize, self.start[1] as usize))
+    fn run(&self) -> Option<(usize, u32, usize)> {
+        (self.start[0] != SLOT_ANSWER_V6).then_some((
+            self.start[0] as usize,
+            (self.start[1] & 63) as u32,
+            (self.start[1] >> SHAPE_FIRST_PROBE_SHIFT_V6) as usize,
+        ))
     }
 }
 
@@ -590,15 +606,21 @@ fn lookup_element<R: Windowed>(table: &SourceTable<R>, key: u128) -> Option<&R> 
     let slot = table
         .elements
         .get(table.directory.slot(top64(key, R::WIDTH)))?;
-    let Some((mut base, mut len)) = slot.run() else {
+    let Some((mut base, k, d)) = slot.run() else {
         return Some(slot);
     };
-    while len > 1 {
-        let half = len / 2;
-        if table.elements.get(base + half)?.start() <= key {
-            base += half;
+    // A first probe `d` in, then halvings of `2^k`, as the program steps.
+    let mut step = d;
+    let mut next = 1usize.checked_shl(k)? >> 1;
+    loop {
+        if table.elements.get(base + step)?.start() <= key {
+            base += step;
         }
-        len -= half;
+        if next == 0 {
+            break;
+        }
+        step = next;
+        next >>= 1;
     }
     table.elements.get(base)
 }

@@ -115,9 +115,7 @@ impl<R: Element> Tables<R> {
     ) -> Result<Placement, LoaderError> {
         if R::FIRST_CHUNK_PREALLOCATED {
             let per_chunk = chunk_elements::<R>();
-            let (first, rest) = table
-                .elements
-                .split_at(table.elements.len().min(per_chunk));
+            let (first, rest) = table.elements.split_at(table.elements.len().min(per_chunk));
             write_elements_preallocated(&self.preallocated, generation, first, self.names.0)?;
             if rest.is_empty() {
                 release(&self.chunks, generation, 1, self.names.1)?;
@@ -133,7 +131,13 @@ impl<R: Element> Tables<R> {
             release(&self.chunks, generation, 0, self.names.1)?;
             Ok(Placement::Preallocated)
         } else {
-            write_chunks(&mut self.chunks, generation, 0, &table.elements, self.names.1)?;
+            write_chunks(
+                &mut self.chunks,
+                generation,
+                0,
+                &table.elements,
+                self.names.1,
+            )?;
             Ok(Placement::Chunked)
         }
     }
@@ -153,10 +157,21 @@ impl<R: Element> Tables<R> {
             }
             let per_chunk = chunk_elements::<R>();
             let first = (len as usize).min(per_chunk);
-            let mut elements = read_elements(self.preallocated.fd().as_fd(), generation as usize * per_chunk, first)
-                .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
+            let mut elements = read_elements(
+                self.preallocated.fd().as_fd(),
+                generation as usize * per_chunk,
+                first,
+            )
+            .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
             if len as usize > first {
-                let Some(rest) = read_chunks::<R>(&self.chunks, generation, 1, len - first as u32, self.names.1)? else {
+                let Some(rest) = read_chunks::<R>(
+                    &self.chunks,
+                    generation,
+                    1,
+                    len - first as u32,
+                    self.names.1,
+                )?
+                else {
                     return Ok(None);
                 };
                 elements.extend(rest);

@@ -1,7 +1,7 @@
 use airlock_common::{
     DIRECTORY_BITS_V4, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, RUN_FIRST_PROBE_SHIFT_V4,
-    RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, SLOT_ANSWER_V4, SRC_DENY, SourceEntry,
-    SourceRangeV4, SourceRangeV6,
+    RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, SLOT_ANSWER_V4, SRC_DENY, SourceEntry, SourceRangeV4,
+    SourceRangeV6,
 };
 
 use proptest::prelude::*;
@@ -226,7 +226,9 @@ fn a_malformed_table_reads_back_as_none() {
     short.elements.truncate(run + 2);
     assert_eq!(prefixes::<_, 4>(&short), None);
     let mut across = table.clone();
-    across.elements.resize(INLINE_TABLE_V4 as usize + 8, SourceRangeV4::default());
+    across
+        .elements
+        .resize(INLINE_TABLE_V4 as usize + 8, SourceRangeV4::default());
     across.elements[0x0a00_0000 >> DIRECTORY_SHIFT_V4].0 =
         (slot & !RUN_INDEX_MASK_V4) | (INLINE_TABLE_V4 - 2);
     assert_eq!(prefixes::<_, 4>(&across), None);
@@ -243,7 +245,10 @@ fn every_run_length_has_a_search_that_covers_it() {
         let (k, d, length) = v4::shape(n);
         assert!(length >= n && length < 2 * n, "{n}: {length}");
         assert_eq!(length, (1 << k) + d, "{n}");
-        assert!((1..=8).contains(&d) && d <= 1 << k && k < 16, "{n}: k {k}, d {d}");
+        assert!(
+            (1..=8).contains(&d) && d <= 1 << k && k < 16,
+            "{n}: k {k}, d {d}"
+        );
         if n <= 16 {
             assert_eq!(length, n, "short runs are not padded");
         }
@@ -298,10 +303,21 @@ fn a_slot_of_alternating_hosts_is_searched_whole() {
             .map(|i| entry::<4>(u128::from(0x0a00_2000 + i), 32, u64::from(i % 2) + 1, 0))
             .collect();
         let table = table_v4(&entries, usize::MAX);
-        for key in (0x0a00_1fffu128..0x0a00_4001).step_by(7).chain([0x0a00_3fff]) {
-            assert_eq!(found(&table, key), longest(&entries, key), "{hosts}: {key:#x}");
+        for key in (0x0a00_1fffu128..0x0a00_4001)
+            .step_by(7)
+            .chain([0x0a00_3fff])
+        {
+            assert_eq!(
+                found(&table, key),
+                longest(&entries, key),
+                "{hosts}: {key:#x}"
+            );
         }
-        assert_eq!(prefixes::<_, 4>(&table), Some(canonical(&entries)), "{hosts}");
+        assert_eq!(
+            prefixes::<_, 4>(&table),
+            Some(canonical(&entries)),
+            "{hosts}"
+        );
     }
 }
 
@@ -317,7 +333,10 @@ fn runs_never_straddle_a_chunk_and_answer_on_either_side_of_its_boundary() {
         let table = table_v4(&entries, capacity);
         let chunk = INLINE_TABLE_V4 as usize;
         let boundary = if capacity == 0 { 2 * chunk } else { chunk };
-        assert!(table.elements.len() > boundary, "{capacity}: the table crosses");
+        assert!(
+            table.elements.len() > boundary,
+            "{capacity}: the table crosses"
+        );
         let mut near = 0;
         for e in &entries {
             let key = address(&e.addr);
@@ -411,7 +430,7 @@ fn ipv6_lists_in_2000_slash_3_get_the_directory_of_the_bits_after_it() {
     assert_eq!(table.directory.base, 1 << 61);
     let busiest = table.elements[..1 << table.directory.bits]
         .iter()
-        .map(|slot| slot.run().map_or(1, |run| run.1))
+        .map(|slot| slot.run().map_or(1, |(_, k, d)| (1 << k) + d))
         .max()
         .unwrap_or(0);
     assert!(busiest <= 8, "a slot holds {busiest} ranges");
@@ -434,8 +453,11 @@ fn a_slot_one_range_covers_holds_its_answer() {
         .collect();
     assert_eq!(searched.len(), 2, "only the prefixes' slots are searched");
     // Three ranges: one probe, one halving.
-    assert!(searched.iter().all(|s| v4::shape(3) == (1, 1, 3)
-        && s >> RUN_HALVINGS_SHIFT_V4 == 1));
+    assert!(
+        searched
+            .iter()
+            .all(|s| v4::shape(3) == (1, 1, 3) && s >> RUN_HALVINGS_SHIFT_V4 == 1)
+    );
     assert!(
         slots
             .iter()
@@ -470,10 +492,16 @@ fn equal_answers_share_a_class_and_class_0_is_the_empty_answer() {
         table.classes,
         vec![SourceEntry::default(), entries[0].value, entries[1].value]
     );
-    let classes: Vec<u32> = [0x0900_0000u32, 0x0a00_0000, 0x0b00_0000, 0x0c00_0000, 0x0d00_0000]
-        .iter()
-        .map(|a| table.elements[(a >> DIRECTORY_SHIFT_V4) as usize].0 & !SLOT_ANSWER_V4)
-        .collect();
+    let classes: Vec<u32> = [
+        0x0900_0000u32,
+        0x0a00_0000,
+        0x0b00_0000,
+        0x0c00_0000,
+        0x0d00_0000,
+    ]
+    .iter()
+    .map(|a| table.elements[(a >> DIRECTORY_SHIFT_V4) as usize].0 & !SLOT_ANSWER_V4)
+    .collect();
     assert_eq!(classes, vec![0, 1, 2, 1, 0]);
 }
 
