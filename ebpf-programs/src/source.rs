@@ -46,54 +46,16 @@ impl Range for SourceRangeV6 {
         )
     }
 
-    /// The borrow out of `key - start` as a 128-bit subtraction, made a mask: in
-    /// assembly, as IPv4's step (LLVM would make it a compare and a branch).
+    /// The borrow out of `key - start` as a 128-bit subtraction, made a mask.
+    /// LLVM turns it into compares and branches: the verifier walks more paths,
+    /// but a predicted branch lets the next probe's load start at once, where
+    /// the borrow's arithmetic would delay it a dozen instructions.
     #[inline(always)]
     fn step_if_at_or_before(&self, (high, low): (u64, u64), step: u32) -> u32 {
-        let mut value: u64;
-        // SAFETY: register arithmetic only.
-        unsafe {
-            core::arch::asm!(
-                // Low words: the borrow of `low - start_low`, from the top bits of
-                // the operands and the difference: (~x & y) | (~(x ^ y) & (x - y)).
-                "{t} = {low}",
-                "{t} -= {sl}",
-                "{sl} ^= {low}",
-                "{u} = {sl}",
-                "{u} ^= -1",
-                "{u} &= {t}",
-                "{t} = {low}",
-                "{t} ^= -1",
-                "{t} &= {sl}",
-                "{t} |= {u}",
-                "{t} >>= 63",
-                // High words, the low borrow in: the borrow out of the whole.
-                "{u} = {high}",
-                "{u} -= {sh}",
-                "{u} -= {t}",
-                "{sh} ^= {high}",
-                "{t} = {sh}",
-                "{t} ^= -1",
-                "{t} &= {u}",
-                "{u} = {high}",
-                "{u} ^= -1",
-                "{u} &= {sh}",
-                "{u} |= {t}",
-                "{u} >>= 63",
-                // No borrow (start <= key): all ones.
-                "{u} += -1",
-                "{u} &= {s}",
-                high = in(reg) high,
-                low = in(reg) low,
-                sh = inout(reg) self.start[0] => _,
-                sl = inout(reg) self.start[1] => _,
-                s = in(reg) u64::from(step),
-                t = out(reg) _,
-                u = out(reg) value,
-                options(pure, nomem, nostack),
-            );
-        }
-        value as u32
+        let low_borrow = subtract_borrow(low, self.start[1], low.wrapping_sub(self.start[1]));
+        let high_diff = high.wrapping_sub(self.start[0]).wrapping_sub(low_borrow);
+        let borrow = subtract_borrow(high, self.start[0], high_diff) as u32;
+        step & borrow.wrapping_sub(1)
     }
 
     #[inline(always)]
@@ -326,4 +288,10 @@ fn directory_slot(high: u64, base: u64, shift: u32, bits: u32) -> u32 {
     let slot = (high - base) >> (shift & 63);
     let last = (1u64 << (bits & 63)) - 1;
     (if slot > last { last } else { slot }) as u32
+}
+
+/// Borrow out of `a - b (- borrow in) = difference`, from the operands' top bits.
+#[inline(always)]
+fn subtract_borrow(a: u64, b: u64, difference: u64) -> u64 {
+    ((!a & b) | (!(a ^ b) & difference)) >> 63
 }

@@ -160,10 +160,11 @@ fn agree_at_every_edge(chunked_only: bool) {
 #[test]
 fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let mut rng = StdRng::seed_from_u64(0x0c40_f7ab_1e00);
-    // Disjoint hosts make two ranges each, and a slot's run a copy of the range
-    // it begins in: 700k IPv4 hosts behind the directory's 2^19 slots fill more
-    // than two chunks of 2^20 elements; 75k IPv6 hosts more than one of 2^17.
-    let mut allowed: Vec<IpNet> = (0..700_000)
+    // Disjoint hosts make two ranges each (a slot's run may begin with the last
+    // range of the slot before): 950k IPv4 hosts behind the directory's 2^19
+    // slots fill more than two chunks of 2^20 elements; 75k IPv6 hosts more than
+    // one of 2^17.
+    let mut allowed: Vec<IpNet> = (0..950_000)
         .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
         .collect();
     allowed.extend((0..75_000).map(|_| v6((rng.random::<u128>() >> 3) | (1 << 125), 128)));
@@ -239,14 +240,13 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
 #[test]
 fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
     // Tables in chunks only: the IPv4 ranges begin in chunk 1 (the preallocated
-    // value holds the directory alone). Disjoint hosts make two ranges each and a
-    // slot's run a copy of the range it begins in: 450k hosts fill two chunks,
-    // 20k fit in one.
+    // value holds the directory alone). Disjoint hosts make two ranges each: 650k
+    // hosts fill two chunks, 20k fit in one.
     let sizes: [(u64, usize); 5] = [
-        (1, 450_000),
+        (1, 650_000),
         (2, 20_000),
-        (3, 450_000),
-        (4, 450_000),
+        (3, 650_000),
+        (4, 650_000),
         (5, 20_000),
     ];
     let mut h = Harness::new();
