@@ -20,13 +20,19 @@ pub const MAX_RULES: usize = 64;
 pub const MAX_PREFIXES_V4: u32 = 1 << 21;
 pub const MAX_PREFIXES_V6: u32 = 1 << 21;
 
-/// Directory bits of a source table in a preallocated map that has room for them
-/// beside its ranges: half the IPv4 map's value (2^18 of its 2^19 elements), an
-/// eighth of the IPv6 one's. A table in chunks gets about one slot per range, up
-/// to as many slots as its first chunk holds (the program reads the directory
-/// there): 2^19 for IPv4, 2^17 for IPv6.
-pub const MAX_DIRECTORY_BITS_V4: u32 = 18;
+/// Directory bits of an IPv6 source table in a preallocated map that has room
+/// for them beside its ranges: an eighth of its 2^17 elements. A table in chunks
+/// gets about one slot per range, up to as many slots as its first chunk holds
+/// (the program reads the directory there): 2^17.
 pub const MAX_DIRECTORY_BITS_V6: u32 = 16;
+
+/// The IPv4 directory (layout 12): `2^DIRECTORY_BITS_V4` slots of 4 bytes at a
+/// fixed stride, the slot of an address its top 19 bits (`addr >>
+/// DIRECTORY_SHIFT_V4`), read with no setting from the config. It is the first
+/// 2 MiB of the generation's `SRC_V4_INLINE` value, whatever the policy's size
+/// (see [`SourceRangeV4`]).
+pub const DIRECTORY_BITS_V4: u32 = 19;
+pub const DIRECTORY_SHIFT_V4: u32 = 32 - DIRECTORY_BITS_V4;
 
 /// Source classes per generation and family: every distinct answer
 /// (`SourceEntry`) of a generation's IPv4 (IPv6) table is one class, a slot of
@@ -37,20 +43,18 @@ pub const MAX_DIRECTORY_BITS_V6: u32 = 16;
 /// and each family's table is made on its own, in parallel.
 pub const MAX_CLASSES: u32 = 1 << 15;
 
-/// Halvings that always suffice to find an address's range within one directory
-/// slot: a slot never holds more ranges than a table (2 * 2^21 + 1 < 2^23).
-pub const RANGE_SEARCH_STEPS: u32 = 23;
-
 /// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
-/// `SRC_V6_INLINE`): 2^19 elements of 8 bytes for IPv4 (4 MiB), 2^17 of 24 for
-/// IPv6 (3 MiB), 14 MiB in all. Each generation's table is one map value (4 MiB is
-/// the largest the kernel allows with 4 KiB pages: KMALLOC_MAX_SIZE); the program
-/// masks indices with the element count, so it is a power of two, and the IPv6
-/// value is the 3 MiB that 2^17 elements take (a 4 MiB one would hold no more). A
-/// policy's table that fits (about 130,000 IPv4 and 50,000 IPv6 prefixes) goes there, where
-/// every read is inlined by the verifier; a larger one is cut into chunks of the
-/// same size (see [`CHUNKS_PER_GENERATION`]).
-pub const INLINE_TABLE_V4: u32 = 1 << 19;
+/// `SRC_V6_INLINE`), and of a chunk: 2^20 elements of 4 bytes for IPv4 (4 MiB),
+/// 2^17 of 24 for IPv6 (3 MiB), 14 MiB in all. Each generation's table is one map
+/// value (4 MiB is the largest the kernel allows with 4 KiB pages:
+/// KMALLOC_MAX_SIZE); the program masks indices with the element count, so it is
+/// a power of two, and the IPv6 value is the 3 MiB that 2^17 elements take (a 4
+/// MiB one would hold no more). The IPv4 value holds the directory and the first
+/// ranges (about 250,000 prefixes' worth), a larger table's further ranges are
+/// chunks 1, 2, ... of the same size. An IPv6 table that fits (about 50,000
+/// prefixes) goes in its value, a larger one is cut into chunks (see
+/// [`CHUNKS_PER_GENERATION`]). Every read of either is inlined by the verifier.
+pub const INLINE_TABLE_V4: u32 = 1 << 20;
 pub const INLINE_TABLE_V6: u32 = 1 << 17;
 
 /// `GenConfig::inline_tables`: the generation's IPv4 / IPv6 table is in the
@@ -175,18 +179,21 @@ pub struct GenConfig {
     /// Nonzero once the generation has been completely written.
     pub valid: u32,
     /// Directory size of this generation's IPv4 and IPv6 source tables, in address
-    /// bits (see [`SourceRangeV4`]).
+    /// bits (see [`SourceRangeV6`]). The program reads only IPv6's: the IPv4
+    /// directory has a fixed stride ([`DIRECTORY_BITS_V4`], recorded here).
     pub directory_bits_v4: u32,
     pub directory_bits_v6: u32,
-    /// `TABLE_INLINE_V4` | `TABLE_INLINE_V6`: where the tables are.
+    /// `TABLE_INLINE_V4` | `TABLE_INLINE_V6`: where the tables are (IPv4: all in
+    /// the preallocated value or not; the program does not read it for IPv4).
     pub inline_tables: u32,
     /// Elements of the IPv4 and IPv6 tables (directory and ranges).
     pub table_len_v4: u32,
     pub table_len_v6: u32,
-    /// The directory's window, on an address's top 64 bits `high` (an IPv4 address
-    /// in the top 32): its slot is `(high - base) >> shift`, 0 below the window and
-    /// the last slot above it. The window is what every boundary of the table
-    /// shares, so a directory of IPv6 lists (all in 2000::/3) uses all its slots.
+    /// The directory's window, on an address's top 64 bits `high`: its slot is
+    /// `(high - base) >> shift`, 0 below the window and the last slot above it.
+    /// The window is what every boundary of the table shares, so a directory of
+    /// IPv6 lists (all in 2000::/3) uses all its slots. The IPv4 fields record the
+    /// fixed stride (base 0, shift `64 - DIRECTORY_BITS_V4`); only IPv6's are read.
     pub directory_shift_v4: u32,
     pub directory_shift_v6: u32,
     /// Classes of the IPv4 and IPv6 tables in use
@@ -398,7 +405,21 @@ const _: () = {
     assert!(core::mem::size_of::<SourceRangeV6>() == 24);
     assert!(core::mem::size_of::<SourceRangeV6>() * INLINE_TABLE_V6 as usize == CHUNK_BYTES_V6);
     assert!(CHUNK_BYTES_V4 <= 4 << 20 && CHUNK_BYTES_V6 <= 4 << 20);
-    assert!((1 << MAX_DIRECTORY_BITS_V4) < INLINE_TABLE_V4);
+    assert!((1 << DIRECTORY_BITS_V4) < INLINE_TABLE_V4);
+    // A range's offset in its slot fits above its class, the class table
+    // below the range format's 16 class bits.
+    assert!(DIRECTORY_SHIFT_V4 <= 16 && MAX_CLASSES <= 1 << 16);
+    // Every element index a table of `MAX_PREFIXES_V4` prefixes can need fits a
+    // slot's index field, and its chunks the generation's slots: the directory,
+    // the ranges with a copy of a run's first per slot, all at most doubled by
+    // padding, and a chunk's worth lost to runs moved past chunk boundaries.
+    assert!(
+        (1 << DIRECTORY_BITS_V4)
+            + 2 * ((2 * MAX_PREFIXES_V4 + 1) + (1 << DIRECTORY_BITS_V4))
+            + INLINE_TABLE_V4
+            < RUN_INDEX_MASK_V4
+    );
+    assert!(RUN_INDEX_MASK_V4 / INLINE_TABLE_V4 < CHUNKS_PER_GENERATION);
     assert!((1 << MAX_DIRECTORY_BITS_V6) < INLINE_TABLE_V6);
     assert!(
         rule_stat_index(1, true, false, 5)
@@ -417,44 +438,61 @@ pub const fn rule_base_index(generation: u32, allowed: bool, rule: u32) -> u32 {
 
 pub const RULE_BASE_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
 
-/// One element of a generation's IPv4 source table: an array that first holds a
-/// directory of `2^bits` slots (slot `i`: the addresses whose `bits` bits after
-/// the prefix all the table's boundaries share are `i`; see `GenConfig`), then the
-/// ranges. The ranges split the whole address space into runs of
-/// addresses with one longest-prefix answer, sorted by first address: the
-/// compiler's prefixes, covering prefixes and `except` holes become at most two
-/// boundaries each. A range holds its answer's class (see [`MAX_CLASSES`]), not
-/// the answer: 8 bytes, so a 4 MiB map value holds 2^19 elements and the
-/// directory can have 2^18 slots beside 2^18 ranges. A slot that one range covers
-/// whole holds that range's class (`start` = [`SLOT_ANSWER_V4`]): most addresses,
-/// and every refused one in a sparse table, cost one directory read (the DXR idea:
-/// Zec, Rizzo, Mikuc, CCR 2012). Any other slot holds `start` = the index of the
-/// range its first address falls in and `class` = how many ranges overlap the
-/// slot (2 or more); the program binary-searches those for the last range starting
-/// at or before the address. The cost is a directory read, a few halvings and a
-/// class read from the `POLICY` value, whatever the policy's size: the kernel's
-/// LPM trie walks one node per prefix bit that distinguishes entries.
-#[repr(C)]
+/// One element of a generation's IPv4 source table (layout 12), 4 bytes: a
+/// directory slot or a range. The table is an array of them: the directory's
+/// `2^DIRECTORY_BITS_V4` slots first (the slot of an address is its top 19
+/// bits, a fixed stride: no window, no setting read per packet), then runs of
+/// ranges. The ranges split the address space into pieces with one longest-prefix
+/// answer (the compiler's prefixes, covering prefixes and `except` holes become at
+/// most two boundaries each), and a range names its answer's class (see
+/// [`MAX_CLASSES`]), not the answer.
+///
+/// A slot that one range covers whole holds that range's class with
+/// [`SLOT_ANSWER_V4`] set: most addresses, and every refused one in a sparse
+/// table, cost one directory read (the DXR idea: Zec, Rizzo, Mikuc, CCR 2012).
+/// Any other slot names its run: bits 0-23 the index of its first element (the
+/// range its first address falls in), bits 24-27 `k`, bits 28-30 `d - 1`; the
+/// run has `2^k + d` elements (`d <= 2^k`, `d <= 8`). A range in a run is
+/// `offset << 16 | class`, `offset` its first address's place in the slot (its
+/// low 13 bits): the run's first element, which the search never compares, may
+/// be the previous slot's last. The program probes element `d` once, then halves
+/// `2^k` elements `k` times (the fixed steps of Shar's search), for the last range
+/// starting at or before the address. A run of another length is padded with
+/// copies of its last range to the next length the slot can say (at most twice
+/// as long; only a slot with more than 16 ranges is). A run never straddles two
+/// 2^20-element chunks (padding moves it), so it is searched from one pointer:
+/// elements below 2^20 in the preallocated value, element `i` above that in chunk
+/// `i >> 20`.
+#[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SourceRangeV4 {
-    /// Range: first address (host byte order). Slot: index of its first range, or
-    /// [`SLOT_ANSWER_V4`].
-    pub start: u32,
-    /// Range, and slot holding its answer: the answer's class. Other slot: number
-    /// of ranges.
-    pub class: u32,
-}
+pub struct SourceRangeV4(pub u32);
 
-/// `SourceRangeV4::start` of a directory slot that holds its answer (no range
-/// index is this large).
-pub const SLOT_ANSWER_V4: u32 = u32::MAX;
+/// Of an IPv4 directory slot: it holds its answer's class (in its low 16 bits).
+pub const SLOT_ANSWER_V4: u32 = 1 << 31;
+/// Of an IPv4 directory slot naming a run: its first element's index, and where
+/// its search's shape lies (see [`SourceRangeV4`]).
+pub const RUN_INDEX_MASK_V4: u32 = (1 << 24) - 1;
+pub const RUN_HALVINGS_SHIFT_V4: u32 = 24;
+pub const RUN_FIRST_PROBE_SHIFT_V4: u32 = 28;
+/// Where an IPv4 range holds its first address's offset in its slot.
+pub const RANGE_OFFSET_SHIFT_V4: u32 = 16;
+
+/// Where an IPv6 run slot's `start[1]` holds its first probe `d`.
+pub const SHAPE_FIRST_PROBE_SHIFT_V6: u32 = 32;
 
 /// `SourceRangeV6::start[0]` of a directory slot that holds its answer.
 pub const SLOT_ANSWER_V6: u64 = u64::MAX;
 
-/// An element of an IPv6 source table, laid out like [`SourceRangeV4`]: 24
-/// bytes, naming its answer's class in `GenPolicy::classes_v6`. A slot that holds
-/// its answer has `start[0]` = [`SLOT_ANSWER_V6`].
+/// An element of an IPv6 source table: 24 bytes, naming its answer's class in
+/// `GenPolicy::classes_v6`. The table is a directory of `2^bits` slots (slot `i`:
+/// the addresses whose `bits` bits after the prefix all the table's boundaries
+/// share are `i`; see `GenConfig`), then the ranges, sorted. A slot that one range
+/// covers whole holds that range's class, with `start[0]` = [`SLOT_ANSWER_V6`];
+/// any other slot holds in `start[0]` the index of the range its first address
+/// falls in, and in `start[1]` the shape of the search of the `n` ranges that
+/// overlap it (layout 12): `k` in bits 0-5 and `d` from bit
+/// [`SHAPE_FIRST_PROBE_SHIFT_V6`], `n = 2^k + d`, `1 <= d <= 2^k`. The program
+/// probes range `d` once, then halves `2^k` ranges `k` times (Shar's method).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV6 {

@@ -1,12 +1,14 @@
-//! A source address's answer from its generation's source table (layout in
-//! `airlock_common::SourceRangeV4`): its directory slot, which most often holds
-//! the answer, else a branch-free binary search of the slot's ranges, in the
-//! preallocated table or in the generation's chunks. An answer is a class, whose
-//! entry is read from the `POLICY` value the caller holds.
+//! A source address's answer from its generation's source table (layouts in
+//! `airlock_common::SourceRangeV4` and `SourceRangeV6`): its directory slot, which
+//! most often holds the answer, else a branch-free search of the slot's ranges, in
+//! the preallocated table or in the generation's chunks. An answer is a class,
+//! whose entry is read from the `POLICY` value the caller holds.
 
 use airlock_common::{
-    CHUNKS_PER_GENERATION, GenPolicy, MAX_CLASSES, RANGE_SEARCH_STEPS, SLOT_ANSWER_V4,
-    SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6,
+    CHUNKS_PER_GENERATION, DIRECTORY_SHIFT_V4, GenPolicy, INLINE_TABLE_V4, MAX_CLASSES,
+    RANGE_OFFSET_SHIFT_V4, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4,
+    SHAPE_FIRST_PROBE_SHIFT_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceEntry, SourceRangeV4,
+    SourceRangeV6, TABLE_INLINE_V6,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -17,37 +19,13 @@ trait Range {
     type Key: Copy;
     /// Of a directory slot: whether it holds its answer itself (`entry`).
     fn is_answer(&self) -> bool;
-    /// A directory slot's first range and number of ranges.
-    fn run(&self) -> (u32, u32);
-    /// 1 if `key` lies before this range's first address, else 0 (a borrow, so
-    /// the search has no branch on it).
-    fn before(&self, key: Self::Key) -> u32;
+    /// A directory slot's first range and search shape `(k, d)`: a first probe
+    /// `d` ranges in, then `k` halvings of `2^k` ranges.
+    fn run(&self) -> (u32, u32, u32);
+    /// `step` if this range starts at or before `key`, else 0, with no branch.
+    fn step_if_at_or_before(&self, key: Self::Key, step: u32) -> u32;
     /// The class of a range's (or answer slot's) answer.
     fn answer(&self) -> u32;
-}
-
-impl Range for SourceRangeV4 {
-    type Key = u32;
-
-    #[inline(always)]
-    fn is_answer(&self) -> bool {
-        self.start == SLOT_ANSWER_V4
-    }
-
-    #[inline(always)]
-    fn run(&self) -> (u32, u32) {
-        (self.start, self.class)
-    }
-
-    #[inline(always)]
-    fn before(&self, key: u32) -> u32 {
-        (u64::from(key).wrapping_sub(u64::from(self.start)) >> 63) as u32
-    }
-
-    #[inline(always)]
-    fn answer(&self) -> u32 {
-        self.class
-    }
 }
 
 impl Range for SourceRangeV6 {
@@ -60,16 +38,24 @@ impl Range for SourceRangeV6 {
     }
 
     #[inline(always)]
-    fn run(&self) -> (u32, u32) {
-        (self.start[0] as u32, self.start[1] as u32)
+    fn run(&self) -> (u32, u32, u32) {
+        (
+            self.start[0] as u32,
+            (self.start[1] & 63) as u32,
+            (self.start[1] >> SHAPE_FIRST_PROBE_SHIFT_V6) as u32,
+        )
     }
 
-    /// `key - start` as a 128-bit subtraction; its borrow out.
+    /// The borrow out of `key - start` as a 128-bit subtraction, made a mask.
+    /// LLVM turns it into compares and branches: the verifier walks more paths,
+    /// but a predicted branch lets the next probe's load start at once, where
+    /// the borrow's arithmetic would delay it a dozen instructions.
     #[inline(always)]
-    fn before(&self, (high, low): (u64, u64)) -> u32 {
+    fn step_if_at_or_before(&self, (high, low): (u64, u64), step: u32) -> u32 {
         let low_borrow = subtract_borrow(low, self.start[1], low.wrapping_sub(self.start[1]));
         let high_diff = high.wrapping_sub(self.start[0]).wrapping_sub(low_borrow);
-        subtract_borrow(high, self.start[0], high_diff) as u32
+        let borrow = subtract_borrow(high, self.start[0], high_diff) as u32;
+        step & borrow.wrapping_sub(1)
     }
 
     #[inline(always)]
@@ -83,24 +69,62 @@ impl Range for SourceRangeV6 {
 /// (the empty entry) if the table cannot be read.
 #[inline(always)]
 pub fn source_v4(generation: u32, policy: &GenPolicy, addr: [u8; 4]) -> SourceEntry {
-    let config = &policy.config;
-    let key = u32::from_be_bytes(addr);
-    let slot = directory_slot(
-        u64::from(key) << 32,
-        config.directory_base_v4,
-        config.directory_shift_v4,
-        config.directory_bits_v4,
-    );
-    let class = find(
-        config.inline_tables & TABLE_INLINE_V4 != 0,
-        || SRC_V4_INLINE.get(generation),
-        |index| SRC_V4.get(chunk_slot(generation, index))?.get(0),
-        slot,
-        key,
-    );
+    let class = class_v4(generation, u32::from_be_bytes(addr)).unwrap_or_default();
     // Masked, the index is in bounds by construction: a load at an offset the
     // verifier bounds, no lookup.
     policy.classes_v4[(class & (MAX_CLASSES - 1)) as usize]
+}
+
+/// An IPv4 table value (preallocated or a chunk), as the program reads it.
+type TableV4 = [SourceRangeV4; INLINE_TABLE_V4 as usize];
+
+/// The class of `key` in generation `generation`'s IPv4 table (in its low 16
+/// bits). The directory is the start of the preallocated value, read at a fixed
+/// stride; a run lies there too, or in one chunk.
+#[inline(always)]
+fn class_v4(generation: u32, key: u32) -> Option<u32> {
+    let first = SRC_V4_INLINE.get(generation)?;
+    // Below 2^19 by the shift: in bounds, no mask.
+    let slot = first[(key >> DIRECTORY_SHIFT_V4) as usize].0;
+    if slot & SLOT_ANSWER_V4 != 0 {
+        return Some(slot);
+    }
+    let chunk = (slot & RUN_INDEX_MASK_V4) / INLINE_TABLE_V4;
+    // Separate reads of separate maps, each call site with its own map, so the
+    // verifier inlines both (check the xlated dump for `call` after a change).
+    let table: &TableV4 = if chunk == 0 {
+        first
+    } else {
+        SRC_V4.get(chunk_slot(generation, chunk))?.get(0)?
+    };
+    Some(search_v4(table, u64::from(slot), key))
+}
+
+/// Shar's search of the run `slot` names: one probe `d` elements past its first,
+/// then `k` halvings of `2^k` elements, each step a load, a subtraction and a
+/// mask (see `airlock_common::SourceRangeV4`). In 64 bits throughout: no
+/// instruction spent clearing upper halves.
+#[inline(always)]
+fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
+    let mask = u64::from(INLINE_TABLE_V4 - 1);
+    // A range is `offset << 16 | class`: it starts at or before the address
+    // when it is below `bound`.
+    let offset = key & ((1 << DIRECTORY_SHIFT_V4) - 1);
+    let bound = u64::from((offset + 1) << RANGE_OFFSET_SHIFT_V4);
+    // The run's first element in its chunk.
+    let mut base = slot & mask;
+    let first_probe = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
+    base += step_if_before(
+        table[((base + first_probe) & mask) as usize],
+        bound,
+        first_probe,
+    );
+    let mut step = (1u64 << ((slot >> RUN_HALVINGS_SHIFT_V4) & 15)) >> 1;
+    while step != 0 {
+        base += step_if_before(table[((base + step) & mask) as usize], bound, step);
+        step >>= 1;
+    }
+    table[(base & mask) as usize].0
 }
 
 /// As `source_v4`, for IPv6.
@@ -155,6 +179,28 @@ fn find<'a, R: Range + 'a, const N: usize>(
     found.map(Range::answer).unwrap_or_default()
 }
 
+/// `step` if `element` is below `bound`, else 0: the sign of `element - bound`
+/// as a mask, in three instructions and no branch. Written in assembly because
+/// LLVM turns the same arithmetic into a compare and a branch, which doubles the
+/// verifier's paths at every step of the search.
+#[inline(always)]
+fn step_if_before(element: SourceRangeV4, bound: u64, step: u64) -> u64 {
+    let mut value = u64::from(element.0);
+    // SAFETY: register arithmetic only.
+    unsafe {
+        core::arch::asm!(
+            "{v} -= {b}",
+            "{v} s>>= 63",
+            "{v} &= {s}",
+            v = inout(reg) value,
+            b = in(reg) bound,
+            s = in(reg) step,
+            options(pure, nomem, nostack),
+        );
+    }
+    value
+}
+
 /// Slot of generation `generation`'s chunk `index` in `SRC_V4`/`SRC_V6`.
 #[inline(always)]
 fn chunk_slot(generation: u32, index: u32) -> u32 {
@@ -179,14 +225,17 @@ fn search_chunks<'a, R: Range + 'a, const N: usize>(
     if directory.is_answer() {
         return Some(directory);
     }
-    let (first, count) = directory.run();
-    let last = first.wrapping_add(count).wrapping_sub(1);
+    let (first, k, d) = directory.run();
+    let last = first
+        .wrapping_add(1 << (k & 31))
+        .wrapping_add(d)
+        .wrapping_sub(1);
     if first / n == last / n {
         let table = chunk(first / n)?;
-        search_run(|i| Some(&table[(i & mask) as usize]), first, count, key)
+        search_run(|i| Some(&table[(i & mask) as usize]), first, k, d, key)
     } else {
         let get = |i: u32| Some(&chunk(i / n)?[(i & mask) as usize]);
-        search_run(get, first, count, key)
+        search_run(get, first, k, d, key)
     }
 }
 
@@ -202,25 +251,28 @@ fn search<'a, R: Range + 'a>(
     if directory.is_answer() {
         return Some(directory);
     }
-    let (base, len) = directory.run();
-    search_run(get, base, len, key)
+    let (base, k, d) = directory.run();
+    search_run(get, base, k, d, key)
 }
 
-/// The last of the `len` ranges from `base` on that starts at or before `key`.
+/// The last of the `2^k + d` ranges from `base` on that starts at or before
+/// `key`: a probe `d` in, then `k` halvings (Shar's search), branch-free (a
+/// branch would double the verifier's paths at every step).
 #[inline(always)]
 fn search_run<'a, R: Range + 'a>(
     get: impl Fn(u32) -> Option<&'a R>,
     mut base: u32,
-    mut len: u32,
+    k: u32,
+    d: u32,
     key: R::Key,
 ) -> Option<&'a R> {
-    let mut step = 0;
-    while step < RANGE_SEARCH_STEPS && len > 1 {
-        let half = len / 2;
-        // Branch-free: a branch here would double the verifier's paths at every step.
-        base += half & get(base + half)?.before(key).wrapping_sub(1);
-        len -= half;
-        step += 1;
+    base += get(base + d)?.step_if_at_or_before(key, d);
+    // At most 22 halvings (a table has fewer than 2^23 ranges); masked so the
+    // verifier sees the loop end.
+    let mut step = (1u32 << (k & 31)) >> 1;
+    while step != 0 {
+        base += get(base + step)?.step_if_at_or_before(key, step);
+        step >>= 1;
     }
     get(base)
 }

@@ -16,7 +16,10 @@ use airlock::compile::{
     ranges::{self, SourceTable},
 };
 use airlock::loader::{LoaderError, PolicySummary};
-use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, SourceRangeV4, SourceRangeV6};
+use airlock_common::{
+    DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, RUN_INDEX_MASK_V4,
+    SLOT_ANSWER_V4, SourceRangeV4, SourceRangeV6,
+};
 use airlock_integration::kernel::Harness;
 use airlock_integration::packet::{FrameSpec, Transport};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -150,29 +153,32 @@ fn agree_at_every_edge(chunked_only: bool) {
     check_probes(&mut h, &probes);
 }
 
-/// A table of three IPv4 chunks and two IPv6 chunks: the addresses of the ranges on
-/// either side of every chunk boundary, and their neighbours, are judged as the
-/// reference model says, and the tables read back as the policy's prefixes.
+/// An IPv4 table that fills the preallocated value and two chunks, and an IPv6
+/// table of two chunks: the addresses of the ranges on either side of every
+/// chunk boundary, and their neighbours, are judged as the reference model says,
+/// and the tables read back as the policy's prefixes.
 #[test]
 fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let mut rng = StdRng::seed_from_u64(0x0c40_f7ab_1e00);
-    // Disjoint hosts make two ranges each: 270k IPv4 hosts and a directory of 2^19
-    // slots fill more than two chunks of 2^19 elements, 75k IPv6 hosts more than
+    // Disjoint hosts make two ranges each (a slot's run may begin with the last
+    // range of the slot before): 950k IPv4 hosts behind the directory's 2^19
+    // slots fill more than two chunks of 2^20 elements; 75k IPv6 hosts more than
     // one of 2^17.
-    let mut allowed: Vec<IpNet> = (0..270_000)
+    let mut allowed: Vec<IpNet> = (0..950_000)
         .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
         .collect();
     allowed.extend((0..75_000).map(|_| v6((rng.random::<u128>() >> 3) | (1 << 125), 128)));
     let yaml = allowing(&allowed);
     let policy = airlock_integration::kernel::parse_policy(&yaml);
     let compiled = compile::compile(&policy).expect("compiles");
-    let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0).expect("classes");
+    let table_v4: SourceTable<SourceRangeV4> =
+        ranges::table(&compiled.v4, INLINE_TABLE_V4 as usize).expect("classes");
     let table_v6: SourceTable<SourceRangeV6> = ranges::table(&compiled.v6, 0).expect("classes");
     let chunk_v4 = INLINE_TABLE_V4 as usize;
     let chunk_v6 = INLINE_TABLE_V6 as usize;
     assert!(
         table_v4.elements.len() > 2 * chunk_v4,
-        "IPv4 table spans three chunks"
+        "IPv4 table spans the preallocated value and two chunks"
     );
     assert!(
         table_v6.elements.len() > chunk_v6,
@@ -180,15 +186,30 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     );
 
     let mut h = Harness::new();
-    h.filter.maps.use_chunked_tables_only();
     h.apply(&yaml);
 
-    let near = |boundary: usize| boundary.saturating_sub(6)..boundary + 6;
-    let mut starts: Vec<IpAddr> = Vec::new();
-    for i in [chunk_v4, 2 * chunk_v4].into_iter().flat_map(near) {
-        starts.push(IpAddr::V4(table_v4.elements[i].start.into()));
-    }
-    for i in near(chunk_v6) {
+    // IPv4: the hosts whose slot's run begins next to a boundary.
+    let mut starts: Vec<IpAddr> = allowed
+        .iter()
+        .filter_map(|net| match net {
+            IpNet::V4(n) => {
+                let slot =
+                    table_v4.elements[(u32::from(n.network()) >> DIRECTORY_SHIFT_V4) as usize].0;
+                let run = (slot & RUN_INDEX_MASK_V4) as usize;
+                let near = [chunk_v4, 2 * chunk_v4]
+                    .iter()
+                    .any(|b| run.abs_diff(*b) < 8);
+                (slot & SLOT_ANSWER_V4 == 0 && near).then_some(net.network())
+            }
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    assert!(
+        starts.len() >= 2,
+        "hosts at both boundaries: {}",
+        starts.len()
+    );
+    for i in chunk_v6.saturating_sub(6)..chunk_v6 + 6 {
         let [high, low] = table_v6.elements[i].start;
         starts.push(IpAddr::V6(
             (u128::from(high) << 64 | u128::from(low)).into(),
@@ -199,7 +220,7 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
         .flat_map(|&start| [start, step(start, -1), step(start, 1)])
         .collect();
     // And a sample of hosts and their neighbours everywhere else.
-    for net in allowed.iter().step_by(1_000) {
+    for net in allowed.iter().step_by(2_000) {
         probes.extend([
             net.network(),
             step(net.network(), -1),
@@ -218,13 +239,14 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
 /// exactly the new policy's prefixes, with nothing left of the one before.
 #[test]
 fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
-    // Disjoint hosts make two ranges each: 140k hosts make a directory of a whole
-    // chunk (2^19 slots) and a chunk of ranges; 20k hosts fit in one chunk.
+    // Tables in chunks only: the IPv4 ranges begin in chunk 1 (the preallocated
+    // value holds the directory alone). Disjoint hosts make two ranges each: 650k
+    // hosts fill two chunks, 20k fit in one.
     let sizes: [(u64, usize); 5] = [
-        (1, 140_000),
+        (1, 650_000),
         (2, 20_000),
-        (3, 140_000),
-        (4, 140_000),
+        (3, 650_000),
+        (4, 650_000),
         (5, 20_000),
     ];
     let mut h = Harness::new();
@@ -240,7 +262,8 @@ fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
         let policy = h.apply(&yaml);
         let compiled = compile::compile(&policy).expect("compiles");
         let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0).expect("classes");
-        let chunks = table_v4.elements.len().div_ceil(INLINE_TABLE_V4 as usize);
+        // The first chunk's worth of elements is the preallocated value.
+        let chunks = table_v4.elements.len().div_ceil(INLINE_TABLE_V4 as usize) - 1;
         assert_eq!(chunks, if hosts > 100_000 { 2 } else { 1 }, "policy {seed}");
         let maps = &h.filter.maps;
         let (shape_v4, _) = maps

@@ -1,21 +1,24 @@
 //! Lowers the compiled prefixes into the kernel's source tables: the address space
 //! cut into ranges that share one longest-prefix answer, behind a directory of the
-//! addresses' bits (layout in `airlock_common::SourceRangeV4`), a table's answers
-//! numbered as classes. Also the inverse, for reading a table back as
-//! prefixes (`airlock diff`, tests).
+//! addresses' bits (layouts in `airlock_common::SourceRangeV4` and
+//! `SourceRangeV6`), a table's answers numbered as classes. Also the inverse, for
+//! reading a table back as prefixes (`airlock diff`, tests).
 
 use std::collections::HashMap;
 
 use airlock_common::{
-    INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, MAX_DIRECTORY_BITS_V4, MAX_DIRECTORY_BITS_V6,
-    SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6,
+    INLINE_TABLE_V6, MAX_CLASSES, MAX_DIRECTORY_BITS_V6, SHAPE_FIRST_PROBE_SHIFT_V6,
+    SLOT_ANSWER_V6, SourceEntry, SourceRangeV4, SourceRangeV6,
 };
 
 use super::PrefixEntry;
 
+mod v4;
+
 /// One generation's source table for one family, as written into its map.
 ///
-/// The directory indexes `directory_bits` bits of the address, not its top ones but
+/// IPv4's directory has a fixed stride (`airlock_common::SourceRangeV4`). IPv6's
+/// indexes `directory_bits` bits of the address, not its top ones but
 /// those after the prefix all the table's boundaries share (its window): IPv6
 /// lists all sit in 2000::/3 and often in far less, and a directory of the top bits
 /// would spend most of its slots on addresses no prefix is near. An address below
@@ -317,7 +320,67 @@ fn directory<T: RangeItem>(
 
 /// A source table element of one family, as the program reads it: a directory
 /// slot or a range.
-pub trait Element: RangeItem<Answer = u32> + Default {
+pub trait Element: Copy + Default {
+    /// Address bits of the family.
+    const WIDTH: u32;
+    /// The table of `entries` (`N`: the family's address bytes), made to fit in
+    /// `capacity` elements if it can.
+    fn build<const N: usize>(
+        entries: &[PrefixEntry<N>],
+        capacity: usize,
+    ) -> Result<SourceTable<Self>, TooManyClasses>;
+    /// The class the program finds for `key` (in the low bits; masked where it
+    /// is read), None where it would read outside the table.
+    fn find(table: &SourceTable<Self>, key: u128) -> Option<u32>;
+    /// The table's ranges (first address, class), sorted, the first at 0; None if
+    /// the table is not well formed.
+    fn pieces(table: &SourceTable<Self>) -> Option<Vec<(u128, u32)>>;
+}
+
+impl Element for SourceRangeV4 {
+    const WIDTH: u32 = 32;
+
+    fn build<const N: usize>(
+        entries: &[PrefixEntry<N>],
+        capacity: usize,
+    ) -> Result<SourceTable<Self>, TooManyClasses> {
+        v4::build(entries, capacity)
+    }
+
+    fn find(table: &SourceTable<Self>, key: u128) -> Option<u32> {
+        v4::find(&table.elements, u32::try_from(key).ok()?)
+    }
+
+    fn pieces(table: &SourceTable<Self>) -> Option<Vec<(u128, u32)>> {
+        v4::pieces(&table.elements)
+    }
+}
+
+impl Element for SourceRangeV6 {
+    const WIDTH: u32 = 128;
+
+    fn build<const N: usize>(
+        entries: &[PrefixEntry<N>],
+        capacity: usize,
+    ) -> Result<SourceTable<Self>, TooManyClasses> {
+        windowed_table(entries, capacity)
+    }
+
+    fn find(table: &SourceTable<Self>, key: u128) -> Option<u32> {
+        lookup_element(table, key).map(RangeItem::answer)
+    }
+
+    fn pieces(table: &SourceTable<Self>) -> Option<Vec<(u128, u32)>> {
+        table
+            .elements
+            .get(1usize.checked_shl(table.directory.bits)?..)
+            .map(|ranges| ranges.iter().map(|r| (r.start(), r.answer())).collect())
+    }
+}
+
+/// An element of a table with a windowed directory (IPv6): slots and ranges of
+/// one type, the ranges after the directory, sorted.
+trait Windowed: RangeItem<Answer = u32> + Default {
     /// Address bits of the family.
     const WIDTH: u32;
     /// The family's name, for errors.
@@ -330,28 +393,17 @@ pub trait Element: RangeItem<Answer = u32> + Default {
     /// A directory slot over `count` ranges from index `first`: for one range, its
     /// answer itself (`RangeItem::answer` of the slot), else the run.
     fn slot(first: usize, count: usize, answer: Self::Answer) -> Self;
-    /// Of a slot: first range and count, or None when the slot holds its answer.
-    fn run(&self) -> Option<(usize, usize)>;
+    /// Of a slot: first range and the search's shape `(k, d)` (a first probe `d`
+    /// ranges in, then `k` halvings of `2^k`; `2^k + d` ranges), or None when
+    /// the slot holds its answer.
+    fn run(&self) -> Option<(usize, u32, usize)>;
 }
 
-impl RangeItem for SourceRangeV4 {
-    /// A class.
-    type Answer = u32;
-
-    fn range(start: u128, class: u32) -> Self {
-        Self {
-            start: start as u32,
-            class,
-        }
-    }
-
-    fn start(&self) -> u128 {
-        u128::from(self.start)
-    }
-
-    fn answer(&self) -> u32 {
-        self.class
-    }
+/// The search of a run of `n` ranges (at least 2): `(k, d)` with `n = 2^k + d`,
+/// `1 <= d <= 2^k` (Shar's: a first probe `d` in, then halvings of `2^k`).
+fn shape(n: usize) -> (u32, usize) {
+    let k = usize::BITS - 1 - (n - 1).leading_zeros();
+    (k, n - (1 << k))
 }
 
 /// The entry class `class` stands for, read as the program reads it (`classes`:
@@ -359,31 +411,6 @@ impl RangeItem for SourceRangeV4 {
 fn entry(class: u32, classes: &[SourceEntry]) -> Option<SourceEntry> {
     // Masked as the program masks it.
     classes.get((class & (MAX_CLASSES - 1)) as usize).copied()
-}
-
-impl Element for SourceRangeV4 {
-    const WIDTH: u32 = 32;
-    const FAMILY: &'static str = "IPv4";
-    const FULL_DIRECTORY_BITS: u32 = MAX_DIRECTORY_BITS_V4;
-    const CHUNKED_DIRECTORY_BITS: u32 = INLINE_TABLE_V4.trailing_zeros();
-
-    fn slot(first: usize, count: usize, class: u32) -> Self {
-        if count == 1 {
-            Self {
-                start: SLOT_ANSWER_V4,
-                class,
-            }
-        } else {
-            Self {
-                start: first as u32,
-                class: count as u32,
-            }
-        }
-    }
-
-    fn run(&self) -> Option<(usize, usize)> {
-        (self.start != SLOT_ANSWER_V4).then_some((self.start as usize, self.class as usize))
-    }
 }
 
 impl RangeItem for SourceRangeV6 {
@@ -407,7 +434,7 @@ impl RangeItem for SourceRangeV6 {
     }
 }
 
-impl Element for SourceRangeV6 {
+impl Windowed for SourceRangeV6 {
     const WIDTH: u32 = 128;
     const FAMILY: &'static str = "IPv6";
     const FULL_DIRECTORY_BITS: u32 = MAX_DIRECTORY_BITS_V6;
@@ -421,16 +448,23 @@ impl Element for SourceRangeV6 {
                 _pad: 0,
             }
         } else {
+            let (k, d) = shape(count);
             Self {
-                start: [first as u64, count as u64],
+                start: [
+                    first as u64,
+                    u64::from(k) | (d as u64) << SHAPE_FIRST_PROBE_SHIFT_V6,
+                ],
                 ..Self::default()
             }
         }
     }
 
-    fn run(&self) -> Option<(usize, usize)> {
-        (self.start[0] != SLOT_ANSWER_V6)
-            .then_some((self.start[0] as usize, self.start[1] as usize))
+    fn run(&self) -> Option<(usize, u32, usize)> {
+        (self.start[0] != SLOT_ANSWER_V6).then_some((
+            self.start[0] as usize,
+            (self.start[1] & 63) as u32,
+            (self.start[1] >> SHAPE_FIRST_PROBE_SHIFT_V6) as usize,
+        ))
     }
 }
 
@@ -438,6 +472,15 @@ impl Element for SourceRangeV6 {
 /// made to fit in `capacity` elements if it can; an error if its answers are
 /// more classes than the kernel holds.
 pub fn table<R: Element, const N: usize>(
+    entries: &[PrefixEntry<N>],
+    capacity: usize,
+) -> Result<SourceTable<R>, TooManyClasses> {
+    debug_assert_eq!(8 * N as u32, R::WIDTH);
+    R::build(entries, capacity)
+}
+
+/// [`table`] for a family with a windowed directory.
+fn windowed_table<R: Windowed, const N: usize>(
     entries: &[PrefixEntry<N>],
     capacity: usize,
 ) -> Result<SourceTable<R>, TooManyClasses> {
@@ -529,11 +572,9 @@ fn prefixes_of<const N: usize>(ranges: &[Range]) -> Vec<PrefixEntry<N>> {
 /// The prefixes a table holds (None: not a well-formed table: its ranges must be
 /// sorted and start at address 0, and name only classes it has).
 pub fn prefixes<R: Element, const N: usize>(table: &SourceTable<R>) -> Option<Vec<PrefixEntry<N>>> {
-    let ranges: Vec<Range> = table
-        .elements
-        .get(1usize.checked_shl(table.directory.bits)?..)?
-        .iter()
-        .map(|r| Some((r.start(), entry(r.answer(), &table.classes)?)))
+    let ranges: Vec<Range> = R::pieces(table)?
+        .into_iter()
+        .map(|(start, class)| Some((start, entry(class, &table.classes)?)))
         .collect::<Option<_>>()?;
     let sorted = ranges.windows(2).all(|w| w[0].0 < w[1].0);
     (sorted && ranges.first().is_some_and(|r| r.0 == 0)).then(|| prefixes_of(&ranges))
@@ -553,26 +594,33 @@ fn top64(address: u128, width: u32) -> u64 {
 
 /// What the program finds in `table` for the address `key`, step for step as
 /// ebpf-programs/src/source.rs does: for tests of the layout. None where the
-/// program would read outside the table.
+/// program would read outside the table, or would find a class the table does
+/// not have.
 pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<SourceEntry> {
-    let found = lookup_element(table, key)?;
-    entry(found.answer(), &table.classes)
+    entry(R::find(table, key)?, &table.classes)
 }
 
-/// The element (directory slot or range) whose answer [`lookup`] reads.
-pub fn lookup_element<R: Element>(table: &SourceTable<R>, key: u128) -> Option<&R> {
+/// The element (directory slot or range) whose answer [`lookup`] reads, in a
+/// table with a windowed directory.
+fn lookup_element<R: Windowed>(table: &SourceTable<R>, key: u128) -> Option<&R> {
     let slot = table
         .elements
         .get(table.directory.slot(top64(key, R::WIDTH)))?;
-    let Some((mut base, mut len)) = slot.run() else {
+    let Some((mut base, k, d)) = slot.run() else {
         return Some(slot);
     };
-    while len > 1 {
-        let half = len / 2;
-        if table.elements.get(base + half)?.start() <= key {
-            base += half;
+    // A first probe `d` in, then halvings of `2^k`, as the program steps.
+    let mut step = d;
+    let mut next = 1usize.checked_shl(k)? >> 1;
+    loop {
+        if table.elements.get(base + step)?.start() <= key {
+            base += step;
         }
-        len -= half;
+        if next == 0 {
+            break;
+        }
+        step = next;
+        next >>= 1;
     }
     table.elements.get(base)
 }

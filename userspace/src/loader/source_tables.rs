@@ -1,7 +1,10 @@
-//! Writes and reads the kernel's source tables. A generation's table goes into the
-//! preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`) when it fits there, else it
-//! is cut into chunk maps (4 MiB IPv4, 3 MiB IPv6) put in the generation's slots of an array of maps
-//! (`SRC_V4`, `SRC_V6`). The verifier inlines reads of both. Every map is filled
+//! Writes and reads the kernel's source tables. A generation's IPv6 table goes
+//! into the preallocated map (`SRC_V6_INLINE`) when it fits there, else it is cut
+//! into chunk maps (3 MiB) put in the generation's slots of an array of maps
+//! (`SRC_V6`). An IPv4 table always begins in the preallocated map
+//! (`SRC_V4_INLINE`, 4 MiB: the directory and the first ranges), and what does not
+//! fit there goes into chunk maps 1, 2, ... of `SRC_V4`, of the same size (the
+//! program finds element `i` in chunk `i >> 20`). The verifier inlines reads of both. Every map is filled
 //! through a memory mapping (one copy, no system call per entry) while its
 //! generation is inactive and no packet still reads it; a new chunk is put in its
 //! slot only once full, and chunks a smaller table no longer needs are released.
@@ -65,13 +68,16 @@ impl Placement {
 /// where its memory went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TableShape {
-    /// Ranges of addresses sharing one answer (what a lookup searches).
+    /// Elements after the directory: ranges of addresses sharing one answer
+    /// (what a lookup searches; for IPv4 with a copy of a run's first range
+    /// where it begins a run and padding).
     pub ranges: u32,
     /// Directory slots in front of them.
     pub directory_slots: u32,
     /// `preallocated` (the fixed per-generation map) or `chunks`.
     pub placement: &'static str,
-    /// Chunk maps holding the table (0 when preallocated).
+    /// Chunk maps holding the table (0 when preallocated; for IPv4, those
+    /// holding what the preallocated value has no room for).
     pub chunk_maps: u32,
     /// Bytes of directory and ranges.
     pub bytes: u64,
@@ -88,7 +94,9 @@ impl TableShape {
             directory_slots,
             placement: if chunked { "chunks" } else { "preallocated" },
             chunk_maps: if chunked {
-                (elements as usize).div_ceil(chunk_elements::<R>()) as u32
+                // IPv4's first chunk's worth is the preallocated value.
+                let held = (elements as usize).div_ceil(chunk_elements::<R>());
+                (held - usize::from(R::FIRST_CHUNK_PREALLOCATED)) as u32
             } else {
                 0
             },
@@ -105,6 +113,17 @@ impl<R: Element> Tables<R> {
         generation: u32,
         table: &SourceTable<R>,
     ) -> Result<Placement, LoaderError> {
+        if R::FIRST_CHUNK_PREALLOCATED {
+            let per_chunk = chunk_elements::<R>();
+            let (first, rest) = table.elements.split_at(table.elements.len().min(per_chunk));
+            write_elements_preallocated(&self.preallocated, generation, first, self.names.0)?;
+            if rest.is_empty() {
+                release(&self.chunks, generation, 1, self.names.1)?;
+                return Ok(Placement::Preallocated);
+            }
+            write_chunks(&mut self.chunks, generation, 1, rest, self.names.1)?;
+            return Ok(Placement::Chunked);
+        }
         if table.elements.len() <= self.capacity as usize {
             write_preallocated(&self.preallocated, generation, table, self.names.0)?;
             // Chunks left from an earlier, larger policy would hold their memory
@@ -112,7 +131,13 @@ impl<R: Element> Tables<R> {
             release(&self.chunks, generation, 0, self.names.1)?;
             Ok(Placement::Preallocated)
         } else {
-            write_chunks(&mut self.chunks, generation, &table.elements, self.names.1)?;
+            write_chunks(
+                &mut self.chunks,
+                generation,
+                0,
+                &table.elements,
+                self.names.1,
+            )?;
             Ok(Placement::Chunked)
         }
     }
@@ -126,8 +151,39 @@ impl<R: Element> Tables<R> {
         directory: Directory,
         len: u32,
     ) -> Result<Option<SourceTable<R>>, LoaderError> {
+        if R::FIRST_CHUNK_PREALLOCATED {
+            if len == 0 {
+                return Ok(None);
+            }
+            let per_chunk = chunk_elements::<R>();
+            let first = (len as usize).min(per_chunk);
+            let mut elements = read_elements(
+                self.preallocated.fd().as_fd(),
+                generation as usize * per_chunk,
+                first,
+            )
+            .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
+            if len as usize > first {
+                let Some(rest) = read_chunks::<R>(
+                    &self.chunks,
+                    generation,
+                    1,
+                    len - first as u32,
+                    self.names.1,
+                )?
+                else {
+                    return Ok(None);
+                };
+                elements.extend(rest);
+            }
+            return Ok(Some(SourceTable {
+                directory,
+                elements,
+                classes: Vec::new(),
+            }));
+        }
         match placement {
-            Placement::Chunked => Ok(read_chunks(&self.chunks, generation, len, self.names.1)?
+            Placement::Chunked => Ok(read_chunks(&self.chunks, generation, 0, len, self.names.1)?
                 .map(|elements| SourceTable {
                     directory,
                     elements,
@@ -159,23 +215,29 @@ fn write_preallocated<R: Element>(
     table: &SourceTable<R>,
     name: &'static str,
 ) -> Result<(), LoaderError> {
+    write_elements_preallocated(map, generation, &table.elements, name)
+}
+
+/// Copies `elements` to the start of `generation`'s part of the preallocated map.
+fn write_elements_preallocated<R: Element>(
+    map: &MapData,
+    generation: u32,
+    elements: &[R],
+    name: &'static str,
+) -> Result<(), LoaderError> {
     let stride = stride::<R>(map);
-    if table.elements.len() > stride {
+    if elements.len() > stride {
         return Err(LoaderError::Map {
             name,
             source: MapError::OutOfBounds {
-                index: table.elements.len() as u32,
+                index: elements.len() as u32,
                 max_entries: stride as u32,
             },
         });
     }
     // Only the inactive generation's part is written, which no packet reads.
-    write_elements(
-        map.fd().as_fd(),
-        generation as usize * stride,
-        &table.elements,
-    )
-    .map_err(|e| LoaderError::io("filling a source table of", name, e))
+    write_elements(map.fd().as_fd(), generation as usize * stride, elements)
+        .map_err(|e| LoaderError::io("filling a source table of", name, e))
 }
 
 /// Elements `R` per generation of a preallocated table map (its value size).
@@ -263,15 +325,22 @@ pub(crate) trait Element: ranges::Element + Pod {
     /// A chunk map's one value, as bytes: the family's template's exact size
     /// (the kernel refuses an inner map of another).
     type Chunk: Pod;
+    /// The table's first chunk's worth of elements is always the preallocated
+    /// value (IPv4), chunk maps holding only the rest from slot 1; else the whole
+    /// table is in one place or the other.
+    const FIRST_CHUNK_PREALLOCATED: bool;
 }
 impl Element for SourceRangeV4 {
     type Chunk = [u8; CHUNK_BYTES_V4];
+    const FIRST_CHUNK_PREALLOCATED: bool = true;
 }
 impl Element for SourceRangeV6 {
     type Chunk = [u8; CHUNK_BYTES_V6];
+    const FIRST_CHUNK_PREALLOCATED: bool = false;
 }
 
-/// Puts `elements` in `generation`'s chunks, then releases the slots after them. A
+/// Puts `elements` in `generation`'s chunks from chunk `first` on, then releases
+/// the slots after them. A
 /// chunk the generation already holds (the policy before last) is overwritten in
 /// place: the caller has waited out the programs that read it, and publishing a
 /// fresh map instead waits out an RCU grace period. A slot left empty, or holding a
@@ -279,22 +348,24 @@ impl Element for SourceRangeV6 {
 fn write_chunks<R: Element>(
     chunks: &mut Map,
     generation: u32,
+    first: usize,
     elements: &[R],
     name: &'static str,
 ) -> Result<(), LoaderError> {
     let map_err = |source| LoaderError::Map { name, source };
     let fill_err = |e| LoaderError::io("filling a source table chunk of", name, e);
     let parts: Vec<&[R]> = elements.chunks(chunk_elements::<R>()).collect();
-    if parts.len() > CHUNKS_PER_GENERATION as usize {
+    // The last slot is `wait_through`'s.
+    if first + parts.len() >= CHUNKS_PER_GENERATION as usize {
         return Err(map_err(MapError::OutOfBounds {
-            index: parts.len() as u32,
-            max_entries: CHUNKS_PER_GENERATION,
+            index: (first + parts.len()) as u32,
+            max_entries: CHUNKS_PER_GENERATION - 1,
         }));
     }
     let mut fresh = Vec::new();
     {
         let slots = ChunkSlots::<&MapData, R::Chunk>::try_from(&*chunks).map_err(map_err)?;
-        for (index, part) in parts.iter().enumerate() {
+        for (index, part) in (first..).zip(&parts) {
             match slots.get(&slot(generation, index), 0) {
                 Ok(held) => write_elements(held.map().fd().as_fd(), 0, part).map_err(fill_err)?,
                 // A slot that holds a map which cannot be opened (by id, which takes
@@ -311,7 +382,7 @@ fn write_chunks<R: Element>(
         }
     }
     publish(chunks, generation, &fresh, name)?;
-    release(chunks, generation, parts.len(), name)
+    release(chunks, generation, first + parts.len(), name)
 }
 
 /// Puts the new chunks `fresh` (index, map) in `generation`'s slots. One batch call:
@@ -351,11 +422,12 @@ fn publish<C: Pod>(
     Ok(())
 }
 
-/// The first `len` elements of `generation`'s chunked table (None: its first chunk
-/// was never written).
+/// The first `len` elements of `generation`'s chunks from chunk `first` on
+/// (None: that chunk was never written).
 fn read_chunks<R: Element>(
     chunks: &Map,
     generation: u32,
+    first: usize,
     len: u32,
     name: &'static str,
 ) -> Result<Option<Vec<R>>, LoaderError> {
@@ -364,10 +436,10 @@ fn read_chunks<R: Element>(
     let per_chunk = chunk_elements::<R>();
     let len = len as usize;
     let mut elements = Vec::with_capacity(len);
-    for chunk in 0..len.div_ceil(per_chunk).max(1) {
+    for chunk in first..first + len.div_ceil(per_chunk).max(1) {
         let map = match slots.get(&slot(generation, chunk), 0) {
             Ok(map) => map,
-            Err(MapError::KeyNotFound) if chunk == 0 => return Ok(None),
+            Err(MapError::KeyNotFound) if chunk == first => return Ok(None),
             Err(source) => return Err(LoaderError::Map { name, source }),
         };
         let count = (len - elements.len()).min(per_chunk);

@@ -1,4 +1,8 @@
-use airlock_common::{SRC_DENY, SourceEntry, SourceRangeV4, SourceRangeV6};
+use airlock_common::{
+    DIRECTORY_BITS_V4, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, RUN_FIRST_PROBE_SHIFT_V4,
+    RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, SLOT_ANSWER_V4, SRC_DENY, SourceEntry, SourceRangeV4,
+    SourceRangeV6,
+};
 
 use proptest::prelude::*;
 
@@ -134,12 +138,17 @@ proptest! {
 
 #[test]
 fn empty_policy_is_one_range_and_no_prefixes() {
+    // IPv4: every slot answers the empty class; no range.
     let table = table_v4(&[], usize::MAX);
+    assert_eq!(table.elements.len(), 1 << DIRECTORY_BITS_V4);
+    assert!(table.elements.iter().all(|s| s.0 == SLOT_ANSWER_V4));
+    assert_eq!(table.classes, vec![SourceEntry::default()]);
+    assert_eq!(prefixes::<_, 4>(&table), Some(Vec::new()));
+    let table = table_v6(&[], usize::MAX);
     assert_eq!(table.elements.len(), (1 << table.directory.bits) + 1);
     let range = &table.elements[1 << table.directory.bits];
     assert_eq!((range.start(), range.answer()), (0, 0));
-    assert_eq!(table.classes, vec![SourceEntry::default()]);
-    assert_eq!(prefixes::<_, 4>(&table), Some(Vec::new()));
+    assert_eq!(prefixes::<_, 16>(&table), Some(Vec::new()));
 }
 
 #[test]
@@ -179,25 +188,14 @@ fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
     assert_eq!(directory_bits(1000, 10, 16, 18), 10);
     assert_eq!(directory_bits(10_000_000, 0, 16, 18), 18);
     assert_eq!(directory_bits(10_000_000, 0, 16, 17), 17);
-    // IPv4's: a quarter million slots beside up to as many ranges (100k prefixes).
-    let v4 = |ranges, capacity| {
-        directory_bits(
-            ranges,
-            capacity,
-            MAX_DIRECTORY_BITS_V4,
-            SourceRangeV4::CHUNKED_DIRECTORY_BITS,
-        )
-    };
-    assert_eq!(v4(150_000, INLINE_TABLE_V4 as usize), 18);
-    assert_eq!(v4(1_500_000, 0), 19);
 }
 
 proptest! {
     #[test]
-    fn a_directory_shrunk_to_fit_still_answers_the_longest_match(entries in v4_entries()) {
-        let wide = table_v4(&entries, usize::MAX);
+    fn a_directory_shrunk_to_fit_still_answers_the_longest_match(entries in v6_entries()) {
+        let wide = table_v6(&entries, usize::MAX);
         let ranges = wide.elements.len() - (1 << wide.directory.bits);
-        let narrow = table_v4(&entries, ranges + 2);
+        let narrow = table_v6(&entries, ranges + 2);
         prop_assert!(narrow.elements.len() <= ranges + 2);
         for key in probes(&entries, &[]) {
             prop_assert_eq!(found(&narrow, key), longest(&entries, key));
@@ -207,10 +205,153 @@ proptest! {
 
 #[test]
 fn a_malformed_table_reads_back_as_none() {
-    let mut table = table_v4(&[entry::<4>(0x0a00_0000, 8, 1, 0)], usize::MAX);
+    let mut table = table_v6(&[entry::<16>(0x0a00_0000, 8, 1, 0)], usize::MAX);
     let base = 1usize << table.directory.bits;
     table.elements.swap(base, base + 1);
-    assert_eq!(prefixes::<_, 4>(&table), None);
+    assert_eq!(prefixes::<_, 16>(&table), None);
+    // IPv4: ranges of a run out of order, a run past the table's end, a run
+    // across a chunk boundary, a first probe past the halvings' window.
+    let two = [
+        entry::<4>(0x0a00_0010, 28, 1, 0),
+        entry::<4>(0x0a00_0100, 28, 2, 0),
+    ];
+    let table = table_v4(&two, usize::MAX);
+    let slot = table.elements[0x0a00_0000 >> DIRECTORY_SHIFT_V4].0;
+    assert_eq!(slot & SLOT_ANSWER_V4, 0);
+    let run = (slot & RUN_INDEX_MASK_V4) as usize;
+    let mut swapped = table.clone();
+    swapped.elements.swap(run + 1, run + 2);
+    assert_eq!(prefixes::<_, 4>(&swapped), None);
+    let mut short = table.clone();
+    short.elements.truncate(run + 2);
+    assert_eq!(prefixes::<_, 4>(&short), None);
+    let mut across = table.clone();
+    across
+        .elements
+        .resize(INLINE_TABLE_V4 as usize + 8, SourceRangeV4::default());
+    across.elements[0x0a00_0000 >> DIRECTORY_SHIFT_V4].0 =
+        (slot & !RUN_INDEX_MASK_V4) | (INLINE_TABLE_V4 - 2);
+    assert_eq!(prefixes::<_, 4>(&across), None);
+    let mut wide_probe = table.clone();
+    wide_probe.elements[0x0a00_0000 >> DIRECTORY_SHIFT_V4].0 =
+        (slot & RUN_INDEX_MASK_V4) | (7 << RUN_FIRST_PROBE_SHIFT_V4);
+    assert_eq!(prefixes::<_, 4>(&wide_probe), None);
+    assert_eq!(prefixes::<_, 4>(&table), Some(canonical(&two)));
+}
+
+#[test]
+fn every_run_length_has_a_search_that_covers_it() {
+    for n in 2..20_000usize {
+        let (k, d, length) = v4::shape(n);
+        assert!(length >= n && length < 2 * n, "{n}: {length}");
+        assert_eq!(length, (1 << k) + d, "{n}");
+        assert!(
+            (1..=8).contains(&d) && d <= 1 << k && k < 16,
+            "{n}: k {k}, d {d}"
+        );
+        if n <= 16 {
+            assert_eq!(length, n, "short runs are not padded");
+        }
+    }
+}
+
+/// Hosts and small subnets packed into one or two slots (8,192 addresses each),
+/// answers alternating: runs of every length, padded ones among them.
+fn dense_v4() -> impl Strategy<Value = (Vec<PrefixEntry<4>>, Vec<u128>)> {
+    (
+        any::<u32>(),
+        prop::collection::vec((0u32..16_384, 26u8..=32, 1u64..4), 0..400),
+        prop::collection::vec(0u32..16_384, 16),
+    )
+        .prop_map(|(at, raw, extra)| {
+            let base = at & !0x1fff;
+            let entries = sorted(
+                raw.into_iter()
+                    .map(|(low, len, rules)| {
+                        entry::<4>(u128::from(base.wrapping_add(low)), len, rules, 0)
+                    })
+                    .collect(),
+            );
+            let extra = extra
+                .into_iter()
+                .map(|low| u128::from(base.wrapping_add(low)))
+                .collect();
+            (entries, extra)
+        })
+}
+
+proptest! {
+    #[test]
+    fn dense_slots_answer_the_longest_match_and_read_back((entries, extra) in dense_v4()) {
+        for capacity in [usize::MAX, 0] {
+            let table = table_v4(&entries, capacity);
+            for key in probes(&entries, &extra) {
+                prop_assert_eq!(found(&table, key), longest(&entries, key), "address {:#x}", key);
+            }
+            prop_assert_eq!(prefixes::<_, 4>(&table), Some(canonical(&entries)));
+        }
+    }
+}
+
+#[test]
+fn a_slot_of_alternating_hosts_is_searched_whole() {
+    // Every address of one slot a host of its own, answers alternating: the
+    // longest run a slot has (8,193 ranges with the one before it); and runs of
+    // lengths that are padded.
+    for hosts in [8192u32, 8000, 24, 100] {
+        let entries: Vec<PrefixEntry<4>> = (0..hosts)
+            .map(|i| entry::<4>(u128::from(0x0a00_2000 + i), 32, u64::from(i % 2) + 1, 0))
+            .collect();
+        let table = table_v4(&entries, usize::MAX);
+        for key in (0x0a00_1fffu128..0x0a00_4001)
+            .step_by(7)
+            .chain([0x0a00_3fff])
+        {
+            assert_eq!(
+                found(&table, key),
+                longest(&entries, key),
+                "{hosts}: {key:#x}"
+            );
+        }
+        assert_eq!(
+            prefixes::<_, 4>(&table),
+            Some(canonical(&entries)),
+            "{hosts}"
+        );
+    }
+}
+
+#[test]
+fn runs_never_straddle_a_chunk_and_answer_on_either_side_of_its_boundary() {
+    // Enough hosts, one in every few slots, that the runs cross the end of the
+    // preallocated value (and, with the runs starting at the first chunk, the
+    // end of that chunk).
+    let entries: Vec<PrefixEntry<4>> = (0..600_000u128)
+        .map(|i| entry::<4>(i * 7001, 32, (i % 3) as u64 + 1, 0))
+        .collect();
+    for capacity in [usize::MAX, 0] {
+        let table = table_v4(&entries, capacity);
+        let chunk = INLINE_TABLE_V4 as usize;
+        let boundary = if capacity == 0 { 2 * chunk } else { chunk };
+        assert!(
+            table.elements.len() > boundary,
+            "{capacity}: the table crosses"
+        );
+        let mut near = 0;
+        for e in &entries {
+            let key = address(&e.addr);
+            let slot = table.elements[(key >> DIRECTORY_SHIFT_V4) as usize].0;
+            let index = (slot & RUN_INDEX_MASK_V4) as usize;
+            if slot & SLOT_ANSWER_V4 == 0 && index.abs_diff(boundary) < 64 {
+                near += 1;
+                for probe in [key.wrapping_sub(1), key, key + 1] {
+                    assert_eq!(found(&table, probe), longest(&entries, probe), "{probe:#x}");
+                }
+            }
+        }
+        assert!(near > 0, "some runs lie at the boundary");
+        assert_eq!(prefixes::<_, 4>(&table), Some(canonical(&entries)));
+    }
 }
 
 /// Prefixes that all lie in one random window (`window` leading bits of `at`), as
@@ -289,7 +430,7 @@ fn ipv6_lists_in_2000_slash_3_get_the_directory_of_the_bits_after_it() {
     assert_eq!(table.directory.base, 1 << 61);
     let busiest = table.elements[..1 << table.directory.bits]
         .iter()
-        .map(|slot| slot.run().map_or(1, |run| run.1))
+        .map(|slot| slot.run().map_or(1, |(_, k, d)| (1 << k) + d))
         .max()
         .unwrap_or(0);
     assert!(busiest <= 8, "a slot holds {busiest} ranges");
@@ -297,20 +438,32 @@ fn ipv6_lists_in_2000_slash_3_get_the_directory_of_the_bits_after_it() {
 
 #[test]
 fn a_slot_one_range_covers_holds_its_answer() {
-    // Two prefixes far apart: the window is the whole space, a slot a /16. Only
-    // their two slots hold more than one range (before, the prefix, after).
+    // Two prefixes far apart: only their two slots hold more than one range
+    // (before, the prefix, after).
     let entries = vec![
         entry::<4>(0x0a01_0200, 24, 5, SRC_DENY),
         entry::<4>(0xc800_0001, 32, 2, 0),
     ];
     let table = table_v4(&entries, usize::MAX);
-    assert_eq!(table.directory.bits, MAX_DIRECTORY_BITS_V4);
-    let slots = &table.elements[..1 << table.directory.bits];
-    let searched: Vec<_> = slots.iter().filter_map(|slot| slot.run()).collect();
+    let slots = &table.elements[..1 << DIRECTORY_BITS_V4];
+    let searched: Vec<u32> = slots
+        .iter()
+        .map(|s| s.0)
+        .filter(|s| s & SLOT_ANSWER_V4 == 0)
+        .collect();
     assert_eq!(searched.len(), 2, "only the prefixes' slots are searched");
-    assert!(searched.iter().all(|run| run.1 == 3));
-    let answers = slots.iter().filter(|slot| slot.run().is_none());
-    assert!(answers.into_iter().all(|slot| slot.class == 0));
+    // Three ranges: one probe, one halving.
+    assert!(
+        searched
+            .iter()
+            .all(|s| v4::shape(3) == (1, 1, 3) && s >> RUN_HALVINGS_SHIFT_V4 == 1)
+    );
+    assert!(
+        slots
+            .iter()
+            .filter(|s| s.0 & SLOT_ANSWER_V4 != 0)
+            .all(|s| s.0 == SLOT_ANSWER_V4)
+    );
     assert_eq!(found(&table, 0x0a01_0203), entries[0].value);
     assert_eq!(found(&table, 0x0a01_0303), SourceEntry::default());
     assert_eq!(found(&table, 0xc800_0001), entries[1].value);
@@ -320,9 +473,9 @@ fn a_slot_one_range_covers_holds_its_answer() {
         entry::<4>(0xc800_0001, 32, 2, 0),
     ];
     let table = table_v4(&wide, usize::MAX);
-    let slot = &table.elements[table.directory.slot(0x0a05_0000u64 << 32)];
-    assert_eq!(slot.run(), None);
-    assert_eq!(table.classes[slot.class as usize], wide[0].value);
+    let slot = table.elements[0x0a05_0000 >> DIRECTORY_SHIFT_V4].0;
+    assert_eq!(slot, SLOT_ANSWER_V4 | 1);
+    assert_eq!(table.classes[1], wide[0].value);
 }
 
 #[test]
@@ -339,10 +492,16 @@ fn equal_answers_share_a_class_and_class_0_is_the_empty_answer() {
         table.classes,
         vec![SourceEntry::default(), entries[0].value, entries[1].value]
     );
-    let classes: Vec<u32> = table.elements[1 << table.directory.bits..]
-        .iter()
-        .map(|r| r.class)
-        .collect();
+    let classes: Vec<u32> = [
+        0x0900_0000u32,
+        0x0a00_0000,
+        0x0b00_0000,
+        0x0c00_0000,
+        0x0d00_0000,
+    ]
+    .iter()
+    .map(|a| table.elements[(a >> DIRECTORY_SHIFT_V4) as usize].0 & !SLOT_ANSWER_V4)
+    .collect();
     assert_eq!(classes, vec![0, 1, 2, 1, 0]);
 }
 
