@@ -368,11 +368,14 @@ fn capacity_diagnostic(error: &CompileError, origin: &Path) -> Diagnostic {
     let (field, hint) = match error {
         CompileError::TooManyRules { .. } => (
             "rules",
-            "merge rules that share sources, or ports that share rules",
+            Some("merge rules that share sources, or ports that share rules"),
         ),
-        CompileError::TooManyPrefixes { .. } => {
-            ("sets", "aggregate adjacent ranges or drop unused sets")
-        }
+        CompileError::TooManyPrefixes { .. } => (
+            "sets",
+            Some("aggregate adjacent ranges or drop unused sets"),
+        ),
+        // Its message says what to do.
+        CompileError::TooManyClasses(_) => ("rules", None),
     };
     // The policy as a whole is too large: its first line.
     Diagnostic {
@@ -383,7 +386,7 @@ fn capacity_diagnostic(error: &CompileError, origin: &Path) -> Diagnostic {
         field: field.to_owned(),
         value: None,
         message: error.to_string(),
-        hint: Some(hint.to_owned()),
+        hint: hint.map(str::to_owned),
     }
 }
 

@@ -7,12 +7,12 @@ mod ports;
 mod prefixes;
 pub mod ranges;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use airlock_common::maps::{
-    DEFAULT_DROP, DEFAULT_PASS, GenConfig, MAX_PREFIXES_V4, MAX_PREFIXES_V6, MAX_RULES,
-    MODE_ENFORCE, MODE_MONITOR, SourceEntry,
+    DEFAULT_DROP, DEFAULT_PASS, GenConfig, MAX_CLASSES, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
+    MAX_RULES, MODE_ENFORCE, MODE_MONITOR, SourceEntry,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -87,6 +87,11 @@ pub enum CompileError {
         /// Map capacity.
         limit: usize,
     },
+    /// More distinct answers in a family than its class table holds (the loader
+    /// refuses the same when it builds the tables; checked here so that `validate`
+    /// and `--dry-run` refuse it too).
+    #[error(transparent)]
+    TooManyClasses(#[from] ranges::TooManyClasses),
 }
 
 /// Prefix counts of one source group, per family, as written (before folding).
@@ -179,6 +184,8 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
     check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
     check_limit("IPv6", folded.v6.len(), MAX_PREFIXES_V6)?;
     let (v4, v6) = (folded.v4, folded.v6);
+    check_classes("IPv4", &v4)?;
+    check_classes("IPv6", &v6)?;
     let ports_of = |proto: Proto| {
         PortMap::build(policy.rules.iter().enumerate().flat_map(move |(i, r)| {
             r.ports
@@ -245,6 +252,41 @@ fn check_limit(family: &'static str, count: usize, limit: u32) -> Result<(), Com
             family,
             count,
             limit: limit as usize,
+        });
+    }
+    Ok(())
+}
+
+/// The classes the loader's source table of `entries` numbers: the empty answer
+/// (class 0, for the gaps) and every distinct value of a prefix, as
+/// `ranges::table` interns them. Counted without building the table.
+fn class_count<const N: usize>(entries: &[PrefixEntry<N>]) -> usize {
+    let mut seen = HashSet::from([SourceEntry::default()]);
+    // Most policies have a handful of answers, interleaved in address order: a
+    // small table of answers already seen spares the hash (a 2M-prefix family
+    // takes ~50 ms hashed every time, a few ms this way).
+    let mut recent = [SourceEntry::default(); 256];
+    for entry in entries {
+        let v = entry.value;
+        let slot = (v.rules ^ (v.rules >> 29) ^ (v.rules >> 47) ^ u64::from(v.flags)) as u8;
+        if recent[usize::from(slot)] != v {
+            recent[usize::from(slot)] = v;
+            seen.insert(v);
+        }
+    }
+    seen.len()
+}
+
+fn check_classes<const N: usize>(
+    family: &'static str,
+    entries: &[PrefixEntry<N>],
+) -> Result<(), ranges::TooManyClasses> {
+    let found = class_count(entries);
+    if found > MAX_CLASSES as usize {
+        return Err(ranges::TooManyClasses {
+            family,
+            found,
+            max: MAX_CLASSES,
         });
     }
     Ok(())

@@ -180,3 +180,79 @@ fn million_prefixes() {
         c.v4.len()
     );
 }
+
+#[test]
+fn classes_are_the_distinct_answers_and_the_empty_one() {
+    let at = |value| PrefixEntry {
+        addr: [192, 0, 2, 0],
+        prefix_len: 24,
+        value,
+    };
+    assert_eq!(class_count::<4>(&[]), 1, "the empty answer alone");
+    let (a, b) = (entry(1, 0), entry(2, SRC_DENY));
+    let entries = [
+        at(a),
+        at(a),
+        at(b),
+        at(a),
+        at(entry(0, 0)),
+        at(entry(0, SRC_MANAGEMENT)),
+    ];
+    assert_eq!(class_count(&entries), 4);
+}
+
+/// `rules` rules over a block of `bits` address bits (`base`/`shared` + `bits`): rule
+/// `j` lists the addresses whose bit `j` (from the top) is set, as the `2^j`
+/// prefixes one bit longer than `shared + j` that say so. Every non-empty
+/// combination of rules is then some prefix's answer: `2^rules` classes.
+fn every_combination(base: IpAddr, shared: u8, rules: u32) -> String {
+    use std::fmt::Write as _;
+    let width = if base.is_ipv4() { 32 } else { 128 };
+    let base = match base {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let mut text = String::from("version: 1\ninterfaces: [eth0]\nrules:\n");
+    for j in 0..rules {
+        let len = u32::from(shared) + j + 1;
+        let _ = write!(text, "  - name: r{j}\n    ports: [22]\n    from: [");
+        for above in 0..1u128 << j {
+            let addr = base | (((above << 1) | 1) << (width - len));
+            let addr = if width == 32 {
+                IpAddr::from(std::net::Ipv4Addr::from(addr as u32))
+            } else {
+                IpAddr::from(std::net::Ipv6Addr::from(addr))
+            };
+            let _ = write!(text, "\"{addr}/{len}\",");
+        }
+        text.push_str("]\n");
+    }
+    text
+}
+
+#[test]
+fn a_family_with_more_classes_than_fit_is_refused() {
+    let parse = |text: &str| parse_str(text, Path::new("p.yaml")).unwrap();
+    // 15 rules: 2^15 classes, as many as fit.
+    let fits = compile(&parse(&every_combination(ip("2001:db8::"), 32, 15))).unwrap();
+    assert_eq!(class_count(&fits.v6), MAX_CLASSES as usize);
+    assert_eq!(class_count(&fits.v4), 1);
+    // 16: twice as many, in either family.
+    for (base, shared, family) in [("10.0.0.0", 8, "IPv4"), ("2001:db8::", 32, "IPv6")] {
+        let error = compile(&parse(&every_combination(ip(base), shared, 16))).unwrap_err();
+        assert_eq!(
+            error,
+            CompileError::TooManyClasses(ranges::TooManyClasses {
+                family,
+                found: 2 * MAX_CLASSES as usize,
+                max: MAX_CLASSES,
+            })
+        );
+        assert!(
+            error.to_string().contains(&format!(
+                "{family} sources fall into 65536 distinct combinations"
+            )),
+            "{error}"
+        );
+    }
+}
