@@ -185,6 +185,9 @@ fn decide(
     } else {
         UNFLAGGED_V6
     };
+    // The port's slot is read again below rather than kept: carried across the
+    // lookup, LLVM kept it per transport and the verifier then checked the lookup
+    // once for each (187,567 instructions against 149,238).
     let covered = match headers.l4 {
         L4_TCP => maps::port_slot(policy, true, headers.local_port).rules != 0,
         L4_UDP => maps::port_slot(policy, false, headers.local_port).rules != 0,

@@ -57,13 +57,11 @@ impl RangeItem for Piece {
 /// or more when `n` is not a length a slot can name: the run is then padded).
 pub(super) fn shape(n: usize) -> (u32, usize, usize) {
     debug_assert!(n >= 2);
-    let k = usize::BITS - 1 - (n - 1).leading_zeros();
-    let half = 1usize << k;
-    let d = n - half;
+    let (k, d) = super::shape(n);
     if d <= MOST_FIRST_PROBE {
         (k, d, n)
     } else {
-        (k + 1, 1, 2 * half + 1)
+        (k + 1, 1, (2 << k) + 1)
     }
 }
 
