@@ -47,7 +47,18 @@ pub struct Workload {
     /// A source inside the policy, per family (`None`: the policy has none).
     pub allowed_v4: Ipv4Addr,
     pub allowed_v6: Option<Ipv6Addr>,
+    /// Whether the policy names a management prefix in each family: then every
+    /// packet of the family needs its source looked up, even to a port no rule
+    /// covers (management passes anywhere), so the uncovered-port rows pay it.
+    pub management: bool,
 }
+
+/// Management prefixes of the [`Workload::with_management`] policies, one per
+/// family: documentation addresses none of the test frames comes from.
+pub const MANAGEMENT: [&str; 2] = ["198.51.100.7/32", "2001:db8:1::7/128"];
+
+/// Label suffix of the policies with a management set.
+pub const MANAGEMENT_LABEL: &str = "+mgmt";
 
 impl Workload {
     pub fn new(generated: usize, port_ranges: usize) -> Self {
@@ -79,7 +90,16 @@ impl Workload {
             bulk,
             allowed_v4,
             allowed_v6,
+            management: false,
         }
+    }
+
+    /// The same policy with a management prefix in each family (an anti-lockout
+    /// entry, as most production policies carry).
+    pub fn with_management(mut self) -> Self {
+        self.management = true;
+        self.label.push_str(MANAGEMENT_LABEL);
+        self
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -96,6 +116,7 @@ impl Workload {
             "port_ranges": self.port_ranges,
             "allowed_v4": self.allowed_v4.to_string(),
             "allowed_v6": self.allowed_v6.map(|a| a.to_string()),
+            "management": self.management.then_some(MANAGEMENT),
             "seed": SEED,
         })
     }
@@ -131,7 +152,14 @@ impl Workload {
                 first + 4
             );
         }
-        format!("version: 1\ninterfaces: [{iface}]\nmode: enforce\ndefault: drop\n{sets}{rules}")
+        let management = if self.management {
+            format!("management: [{}]\n", MANAGEMENT.join(", "))
+        } else {
+            String::new()
+        };
+        format!(
+            "version: 1\ninterfaces: [{iface}]\nmode: enforce\ndefault: drop\n{management}{sets}{rules}"
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
     live::Rate,
     load::LoadLog,
     per_packet::{Family, Measured, Row, Sampled, XDP_DROP, XDP_PASS},
-    policies::size_label,
+    policies::{MANAGEMENT_LABEL, size_label},
     production::Settings,
 };
 
@@ -678,7 +678,9 @@ impl Results {
             let points: Vec<Value> = self
                 .per_packet
                 .iter()
-                .filter(|r| r.port_ranges == 1 && r.case == case)
+                .filter(|r| {
+                    r.port_ranges == 1 && r.case == case && !r.workload.ends_with(MANAGEMENT_LABEL)
+                })
                 .filter_map(|r| pick(r).map(|y| json!([r.prefixes, y])))
                 .collect();
             json!({ "name": name, "points": points })
