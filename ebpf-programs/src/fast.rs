@@ -9,6 +9,7 @@
 //! are the ones under which that parser reaches the same transport header through
 //! the same checks. The kernel differential tests hold the two to each other.
 
+use crate::mem::Slot;
 use crate::parse::{
     Bytes, Direction, ETH_P_IPV4, ETH_P_IPV6, Headers, IPPROTO_TCP, IPPROTO_UDP, KIND_IP, L4_TCP,
     L4_UDP, TCP_MIN_LEN, UDP_LEN, load, unknown_to_verifier,
@@ -23,21 +24,19 @@ const IPV6_HDR_LEN: usize = 40;
 const IPV4_SIMPLE_MASK: u64 = 0xff1f_0000_0000_00ff;
 const IPV4_SIMPLE: u64 = 0x45;
 
-/// Writes the frame's headers into `headers` (all zero) and returns true when it
-/// is one of the common frames (`ethertype` and `offset` as
-/// [`crate::parse::LinkLayer::network`] found them); otherwise writes nothing.
+/// The frame's headers, written into `slot`, when it is one of the
+/// common frames (`ethertype` and `offset` as
+/// [`crate::parse::LinkLayer::network`] found them); otherwise `None`, and
+/// nothing written. No zeroing first: every byte of the slot is written.
 #[inline(always)]
-pub fn parse<D: Direction>(
+pub fn parse<'a, D: Direction>(
     ctx: &Bytes,
     ethertype: u16,
     offset: usize,
-    headers: &mut Headers,
-) -> bool {
-    let Some(found) = parse_common::<D>(ctx, ethertype, offset) else {
-        return false;
-    };
-    *headers = found;
-    true
+    slot: &'a mut Slot<Headers>,
+) -> Option<&'a Headers> {
+    let found = parse_common::<D>(ctx, ethertype, offset)?;
+    Some(slot.write(found))
 }
 
 #[inline(always)]

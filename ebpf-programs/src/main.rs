@@ -27,13 +27,16 @@ use airlock_common::{
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
-    Bytes, Ethernet, Headers, Ingress, KIND_MALFORMED, KIND_MALFORMED_FROM, KIND_NON_IP, L4_ICMP,
-    L4_ICMPV6, L4_NON_FIRST_FRAGMENT, L4_TCP, L4_UDP, LinkLayer, RawIp,
+    Bytes, Ethernet, Headers, Ingress, KIND_IP, KIND_MALFORMED, KIND_MALFORMED_FROM, KIND_NON_IP,
+    L4_ICMP, L4_ICMPV6, L4_NON_FIRST_FRAGMENT, L4_TCP, L4_UDP, LinkLayer, RawIp,
 };
 
 /// For Ethernet devices (and everything that looks like one: veth, bridges, bonds,
 /// VLAN devices, macvlan, tap).
 #[xdp]
+// Into the entry point the macro wraps it in: the program is large enough that
+// LLVM would otherwise leave a BPF-to-BPF call on every packet.
+#[inline(always)]
 pub fn airlock_xdp(ctx: XdpContext) -> u32 {
     filter::<Ethernet>(ctx)
 }
@@ -41,6 +44,7 @@ pub fn airlock_xdp(ctx: XdpContext) -> u32 {
 /// For devices without a link-layer header (tun, WireGuard, PPP, IP-in-IP): the
 /// frame starts at the IP header. The loader picks by the device's link type.
 #[xdp]
+#[inline(always)]
 pub fn airlock_xdp_l3(ctx: XdpContext) -> u32 {
     filter::<RawIp>(ctx)
 }
@@ -67,13 +71,16 @@ fn filter<L: LinkLayer>(ctx: XdpContext) -> u32 {
     // stays live in registers across the map lookups below (LLVM takes each for a
     // call and saves every live register around it).
     let mut slot = mem::Slot::<Headers>::new();
-    let headers = slot.zeroed();
-    if !network.is_some_and(|(ethertype, offset)| {
-        fast::parse::<Ingress>(&packet, ethertype, offset, headers)
+    let headers = match network.and_then(|(ethertype, offset)| {
+        fast::parse::<Ingress>(&packet, ethertype, offset, &mut slot)
     }) {
-        parse::parse_network::<Ingress>(&packet, network, headers);
-    }
-    let headers = &*headers;
+        Some(headers) => headers,
+        None => {
+            let headers = slot.zeroed();
+            parse::parse_network::<Ingress>(&packet, network, headers);
+            headers
+        }
+    };
     // Read once: everything below uses this generation's maps only, so a policy
     // swap in user space is atomic for every packet.
     let generation = maps::active_generation();
@@ -157,6 +164,11 @@ impl From<Reason> for Verdict {
 }
 
 /// The verdict rules, in docs/policy.md's order.
+///
+/// A sound TCP or UDP packet (nearly every packet) gets a copy of its own per
+/// transport, in which the kind and the transport are constants: LLVM takes each
+/// map lookup for a call, and after one it read both from memory again and
+/// branched on them a second time.
 #[inline(always)]
 fn decide(
     generation: u32,
@@ -165,9 +177,38 @@ fn decide(
     packet: &Bytes,
     headers: &Headers,
 ) -> Verdict {
+    if headers.kind == KIND_IP {
+        if headers.l4 == L4_TCP {
+            return decide_as::<L4_TCP>(generation, policy, monitor, packet, headers);
+        }
+        if headers.l4 == L4_UDP {
+            return decide_as::<L4_UDP>(generation, policy, monitor, packet, headers);
+        }
+    }
+    decide_as::<ANY_L4>(generation, policy, monitor, packet, headers)
+}
+
+/// `decide_as`'s transport for a packet of any kind: not an `L4_*`.
+const ANY_L4: u8 = u8::MAX;
+
+/// [`decide`] for a packet of kind `KIND_IP` and transport `L4` (`L4_TCP`,
+/// `L4_UDP`), or for any packet (`ANY_L4`).
+#[inline(always)]
+fn decide_as<const L4: u8>(
+    generation: u32,
+    policy: &GenPolicy,
+    monitor: bool,
+    packet: &Bytes,
+    headers: &Headers,
+) -> Verdict {
+    let (kind, l4) = if L4 == ANY_L4 {
+        (headers.kind, headers.l4)
+    } else {
+        (KIND_IP, L4)
+    };
     let config = &policy.config;
     let default_action = config.default_action;
-    match headers.kind {
+    match kind {
         KIND_NON_IP => return Reason::NonIp.into(),
         KIND_MALFORMED => {
             log::malformed(packet, headers);
@@ -188,32 +229,31 @@ fn decide(
     // The port's slot is read again below rather than kept: carried across the
     // lookup, LLVM kept it per transport and the verifier then checked the lookup
     // once for each (187,567 instructions against 149,238).
-    let covered = match headers.l4 {
+    let covered = match l4 {
         L4_TCP => maps::port_slot(policy, true, headers.local_port).rules != 0,
         L4_UDP => maps::port_slot(policy, false, headers.local_port).rules != 0,
         _ => false,
     };
-    let entry =
-        if covered || headers.l4 == L4_NON_FIRST_FRAGMENT || config.unflagged & unflagged == 0 {
-            lookup(generation, policy, packet, headers)
-        } else {
-            SourceEntry::default()
-        };
+    let entry = if covered || l4 == L4_NON_FIRST_FRAGMENT || config.unflagged & unflagged == 0 {
+        lookup(generation, policy, packet, headers)
+    } else {
+        SourceEntry::default()
+    };
     // One test on the common path: a source neither management nor denied, in a
     // sound packet.
-    if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || headers.kind == KIND_MALFORMED_FROM {
+    if entry.flags & (SRC_MANAGEMENT | SRC_DENY) != 0 || kind == KIND_MALFORMED_FROM {
         if entry.flags & SRC_MANAGEMENT != 0 {
             log::decided(Reason::Management, None, entry.rules, entry.flags, 0);
             return Reason::Management.into();
         }
-        if headers.kind == KIND_MALFORMED_FROM {
+        if kind == KIND_MALFORMED_FROM {
             log::malformed(packet, headers);
             return Reason::Malformed.into();
         }
         log::decided(Reason::Deny, None, entry.rules, entry.flags, 0);
         return Reason::Deny.into();
     }
-    let slot = match headers.l4 {
+    let slot = match l4 {
         L4_TCP => Some(maps::port_slot(policy, true, headers.local_port)),
         L4_UDP => Some(maps::port_slot(policy, false, headers.local_port)),
         L4_ICMP if essential_icmpv4(headers.icmp_type) => {

@@ -52,4 +52,12 @@ impl<T: Plain> Slot<T> {
         // SAFETY: every byte is now zero, a valid `T` (`T: Plain`).
         unsafe { self.0.assume_init_mut() }
     }
+
+    /// Writes `value` into the slot (field by field; its padding stays as it
+    /// was) and returns it: for a value whose every field is set, no zeroing
+    /// first.
+    #[inline(always)]
+    pub fn write(&mut self, value: T) -> &mut T {
+        self.0.write(value)
+    }
 }

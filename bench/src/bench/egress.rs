@@ -42,8 +42,13 @@ fn outgoing(reply: FrameSpec, flags: Option<u8>) -> Vec<u8> {
 /// then its first ACK would (established: it stays open for hours, past any run).
 /// `filter` must hold a policy (the egress program consults its port arrays).
 pub fn open_flow(filter: &mut LoadedFilter) -> Result<()> {
+    open_flow_with(filter.egress_program()?)
+}
+
+/// [`open_flow`] through `egress` (an experimental build's egress program, on
+/// that build's own maps).
+pub fn open_flow_with(egress: &mut SchedClassifier) -> Result<()> {
     let peer = DROP_V4.to_string();
-    let egress = filter.egress_program()?;
     for flags in [None, Some(0x10)] {
         egress.test_run(TestRunOptions {
             data_in: Some(&outgoing(FrameSpec::tcp(&peer, FLOW_PORT), flags)),

@@ -405,6 +405,20 @@ impl Variant {
         Ok(variant)
     }
 
+    /// Opens the per-packet "reply" row's flow in this build's own flow table,
+    /// through its own egress program (loaded on first use).
+    pub fn open_flow(&mut self) -> Result<()> {
+        let egress: &mut aya::programs::SchedClassifier = self
+            .ebpf
+            .program_mut(airlock_common::EGRESS_PROGRAM_NAME)
+            .context("variant has no egress program")?
+            .try_into()?;
+        if egress.fd().is_err() {
+            egress.load()?;
+        }
+        super::egress::open_flow_with(egress)
+    }
+
     pub fn program(&mut self) -> Result<&mut Xdp> {
         let program = self
             .ebpf

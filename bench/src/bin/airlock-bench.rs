@@ -265,6 +265,13 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                 }
                 _ => None,
             };
+            // Each variant has its own flow table: the "reply" row needs its flow
+            // open there too, or a variant's reply row times a refused segment.
+            if !options.live_only {
+                for variant in &mut variants {
+                    variant.open_flow()?;
+                }
+            }
             let mut variant_programs = Vec::new();
             for variant in &mut variants {
                 let name = variant.name.clone();
