@@ -474,7 +474,7 @@ fn a_refused_apply_leaves_no_grace_record_helper_and_no_record() {
                     .split(|&b| b == 0)
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect();
-                args.iter().any(|a| a == "grace-record") && args.iter().any(|a| *a == root)
+                args.iter().any(|a| a == "grace-record") && args.contains(&root)
             })
             .count()
     }

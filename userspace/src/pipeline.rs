@@ -469,13 +469,13 @@ fn spawn_grace_record(root: &PinRoot) -> io::Result<()> {
             .starting
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        if early.root == root.path() {
-            if let Ok(mut stdin) = started {
-                use std::io::Write as _;
-                // Once written the helper reads the flips in force, which are
-                // this apply's; closed unwritten, it records nothing.
-                return stdin.write_all(b"g");
-            }
+        if early.root == root.path()
+            && let Ok(mut stdin) = started
+        {
+            use std::io::Write as _;
+            // Once written the helper reads the flips in force, which are
+            // this apply's; closed unwritten, it records nothing.
+            return stdin.write_all(b"g");
         }
     }
     grace_record_command(root)?.spawn().map(drop)
