@@ -414,6 +414,9 @@ impl Prepared {
         // The source tables are built beside the steps before their write (the
         // interfaces' pins checked, the maps opened): see `compile::Prebuilt`.
         let capacity = (INLINE_TABLE_V4 as usize, INLINE_TABLE_V6 as usize);
+        if grace_record == GraceRecord::Process {
+            start_grace_record(&root);
+        }
         let outcomes = std::thread::scope(|scope| {
             let compiled = &plan.compiled;
             let _ = std::thread::Builder::new()
@@ -458,7 +461,7 @@ fn record_grace_period(root: &PinRoot, how: GraceRecord) {
 }
 
 /// Starts `airlock grace-record` for `root`: hands the go to the one
-/// [`start_grace_record`] began for it, or spawns one.
+/// `start_grace_record` began for it, or spawns one.
 fn spawn_grace_record(root: &PinRoot) -> io::Result<()> {
     let early = EARLY_GRACE_RECORD
         .lock()
@@ -501,7 +504,7 @@ fn grace_record_command(root: &PinRoot) -> io::Result<std::process::Command> {
     Ok(command)
 }
 
-/// The helper [`start_grace_record`] began, and for which pin root.
+/// The helper `start_grace_record` began, and for which pin root.
 struct EarlyGraceRecord {
     root: std::path::PathBuf,
     starting: std::thread::JoinHandle<io::Result<std::process::ChildStdin>>,
@@ -512,11 +515,12 @@ static EARLY_GRACE_RECORD: std::sync::Mutex<Option<EarlyGraceRecord>> = std::syn
 /// Starts the `airlock grace-record` an apply of `root` leaves behind as it
 /// exits ([`GraceRecord::Process`]) now, on a thread of its own, waiting on its
 /// stdin for the go the apply gives after its flips. Spawning waits for the
-/// helper's `exec` (a vfork), a millisecond or more on a busy host: here it
-/// passes while the policy is read, not after the flips. Should this process
-/// exit without the go (a refusal, a failure, a kill), the helper reads the end
-/// of its stdin and records nothing.
-pub fn start_grace_record(root: &PinRoot) {
+/// helper's `exec` (a vfork), a millisecond or more, several on a busy host:
+/// begun as the commit begins, it passes while the source tables are built (one
+/// family's table takes a core well after the other's is done), not after the
+/// flips. Should this process exit without the go (a failure, a kill), the
+/// helper reads the end of its stdin and records nothing.
+fn start_grace_record(root: &PinRoot) {
     let Ok(mut command) = grace_record_command(root) else {
         return;
     };

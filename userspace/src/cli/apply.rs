@@ -64,9 +64,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The socket tables are read while the policy is (milliseconds each on a busy
     // host, and the compile does not need them).
     let facts = pipeline::EarlyFacts::start();
-    if !args.dry_run {
-        pipeline::start_grace_record(&root);
-    }
     let mut policy = policy::load(&args.policy)?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy loaded");
     if let Some(mode) = args.mode {
