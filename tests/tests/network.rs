@@ -448,6 +448,72 @@ fn apply_leaves_the_grace_period_after_its_flip_on_record() {
     }
 }
 
+/// `apply` starts its `grace-record` helper as it begins, and gives it the go
+/// only after its flips. An apply refused before it flips leaves no helper
+/// behind (it reads the end of its stdin and exits) and no record of a flip
+/// that did not happen: the record still names the flip in force.
+#[test]
+fn a_refused_apply_leaves_no_grace_record_helper_and_no_record() {
+    use airlock_common::{MAP_ACTIVE_GEN, MAP_GRACE_DONE};
+    use aya::maps::{Array, IterableMap as _, Map, MapData};
+
+    fn array<V: aya::Pod>(dir: &std::path::Path, name: &str) -> Array<MapData, V> {
+        let data = MapData::from_pin(dir.join(name)).expect("pinned map");
+        Array::try_from(Map::from_map_data(data).expect("map")).expect("an array")
+    }
+    /// Processes running `grace-record` for this test's pin root.
+    fn helpers(pin_root: &std::path::Path) -> usize {
+        let root = pin_root.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+            .filter(|cmdline| {
+                let args: Vec<String> = cmdline
+                    .split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.iter().any(|a| a == "grace-record") && args.contains(&root)
+            })
+            .count()
+    }
+    let f = Fixture::new("gracerefused");
+    let dir = f.bed.bpffs.path().join(&f.bed.server_if);
+    let policy = write_policy(&f, "p.yaml", "pass", "enforce", &["office"]);
+    f.apply(&policy);
+    let active: Array<MapData, u32> = array(&dir, MAP_ACTIVE_GEN);
+    let done: Array<MapData, u64> = array(&dir, MAP_GRACE_DONE);
+    let word = active.get(&0, 0).expect("ACTIVE_GEN");
+    let id = active.map().info().expect("map info").id();
+    let want = (u64::from(id) << 32) | u64::from(word);
+    if membarrier_waits() {
+        assert!(
+            wait_until(Duration::from_secs(5), || done
+                .get(&0, 0)
+                .is_ok_and(|record| record == want)),
+            "the first apply's flip was never recorded"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || helpers(f.bed.bpffs.path()) == 0),
+        "the first apply's helper did not finish"
+    );
+    let bad = f.write("bad.yaml", "version: 1\nrules: [not a rule\n");
+    let run = f.airlock(&["apply", "-f", bad.to_str().expect("utf-8")]);
+    assert_eq!(run.code, 2, "a broken policy is refused: {}", run.stderr);
+    assert!(
+        wait_until(Duration::from_secs(5), || helpers(f.bed.bpffs.path()) == 0),
+        "a grace-record helper outlived the refused apply"
+    );
+    assert_eq!(active.get(&0, 0).expect("ACTIVE_GEN"), word, "no flip");
+    if membarrier_waits() {
+        assert_eq!(done.get(&0, 0).ok(), Some(want), "the record is unchanged");
+    }
+    assert!(f.gets_in(addr::OFFICE_V4), "the policy in force stays");
+    assert!(f.kept_out(addr::PARTNER_V4));
+}
+
 /// Whether `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for a grace period here, as
 /// the loader decides it (more than one CPU online, and the command supported).
 fn membarrier_waits() -> bool {

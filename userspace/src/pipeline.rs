@@ -32,8 +32,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6};
+
 use crate::{
-    compile::{self, CompileError, Compiled},
+    compile::{self, CompileError, Compiled, Prebuilt},
     interfaces::{self, InterfaceError},
     link_type::{self, LinkTypeError},
     loader::{
@@ -409,7 +411,22 @@ impl Prepared {
         let pending = confirm.map(confirm::new_probation);
         let mut summary = plan.summary.clone();
         summary.pending_confirm = pending.clone();
-        let outcomes = loader::apply_all(&writer, &root, &plan.ifaces, &plan.compiled, &summary)?;
+        // The source tables are built beside the steps before their write (the
+        // interfaces' pins checked, the maps opened): see `compile::Prebuilt`.
+        let capacity = (INLINE_TABLE_V4 as usize, INLINE_TABLE_V6 as usize);
+        if grace_record == GraceRecord::Process {
+            start_grace_record(&root);
+        }
+        let outcomes = std::thread::scope(|scope| {
+            let compiled = &plan.compiled;
+            let _ = std::thread::Builder::new()
+                .name("tables".into())
+                .spawn_scoped(scope, move || Prebuilt::build(compiled, capacity));
+            loader::apply_all(&writer, &root, &plan.ifaces, &plan.compiled, &summary)
+        });
+        // Tables no write took (an apply that failed before one) are not kept.
+        Prebuilt::close(&plan.compiled);
+        let outcomes = outcomes?;
         if let Some(pending) = &pending {
             confirm::arm_or_roll_back(&writer, &root, pending)?;
         }
@@ -443,24 +460,93 @@ fn record_grace_period(root: &PinRoot, how: GraceRecord) {
     }
 }
 
-/// Starts `airlock grace-record` for `root`, detached (a process group of its own,
-/// stdio on /dev/null) and not waited for. Spawned through `posix_spawn`, so
-/// without a `pre_exec` hook or a working directory to change to (glibc before 2.29
-/// cannot spawn with one): a fork would copy the page tables of this process, which
-/// still holds the compiled policy. Nothing needs it to survive a hangup of the
-/// session (unlike the confirm watchdog, in a session of its own).
+/// Starts `airlock grace-record` for `root`: hands the go to the one
+/// `start_grace_record` began for it, or spawns one.
 fn spawn_grace_record(root: &PinRoot) -> io::Result<()> {
+    let early = EARLY_GRACE_RECORD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(early) = early {
+        let started = early
+            .starting
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        if early.root == root.path()
+            && let Ok(mut stdin) = started
+        {
+            use std::io::Write as _;
+            // Once written the helper reads the flips in force, which are
+            // this apply's; closed unwritten, it records nothing.
+            return stdin.write_all(b"g");
+        }
+    }
+    grace_record_command(root)?.spawn().map(drop)
+}
+
+/// `airlock grace-record` for `root`, detached (a process group of its own, stdio
+/// on /dev/null), spawned through `posix_spawn`, so without a `pre_exec` hook or
+/// a working directory to change to (glibc before 2.29 cannot spawn with one): a
+/// fork would copy the page tables of this process, which may hold a compiled
+/// policy. Nothing needs it to survive a hangup of the session (unlike the confirm
+/// watchdog, in a session of its own).
+fn grace_record_command(root: &PinRoot) -> io::Result<std::process::Command> {
     use std::os::unix::process::CommandExt as _;
-    std::process::Command::new(std::env::current_exe()?)
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
         .arg("grace-record")
         .arg("--pin-root")
         .arg(root.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map(drop)
+        .process_group(0);
+    Ok(command)
+}
+
+/// The helper `start_grace_record` began, and for which pin root.
+struct EarlyGraceRecord {
+    root: std::path::PathBuf,
+    starting: std::thread::JoinHandle<io::Result<std::process::ChildStdin>>,
+}
+
+static EARLY_GRACE_RECORD: std::sync::Mutex<Option<EarlyGraceRecord>> = std::sync::Mutex::new(None);
+
+/// Starts the `airlock grace-record` an apply of `root` leaves behind as it
+/// exits ([`GraceRecord::Process`]) now, on a thread of its own, waiting on its
+/// stdin for the go the apply gives after its flips. Spawning waits for the
+/// helper's `exec` (a vfork), a millisecond or more, several on a busy host:
+/// begun as the commit begins, it passes while the source tables are built (one
+/// family's table takes a core well after the other's is done), not after the
+/// flips. Should this process exit without the go (a failure, a kill), the
+/// helper reads the end of its stdin and records nothing.
+fn start_grace_record(root: &PinRoot) {
+    let Ok(mut command) = grace_record_command(root) else {
+        return;
+    };
+    command
+        .arg("--after-go")
+        .stdin(std::process::Stdio::piped());
+    let starting = std::thread::Builder::new()
+        .name("grace-record".into())
+        .spawn(move || {
+            let mut child = command.spawn()?;
+            child
+                .stdin
+                .take()
+                .ok_or_else(|| io::Error::other("no stdin"))
+        });
+    match starting {
+        Ok(starting) => {
+            *EARLY_GRACE_RECORD
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(EarlyGraceRecord {
+                root: root.path().to_owned(),
+                starting,
+            });
+        }
+        Err(error) => tracing::debug!(%error, "grace-record not started early"),
+    }
 }
 
 #[cfg(test)]

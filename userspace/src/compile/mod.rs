@@ -4,6 +4,7 @@
 //! covering a port. The datapath's verdict is then a couple of mask operations.
 
 mod ports;
+mod prebuilt;
 mod prefixes;
 pub mod ranges;
 
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::policy::{AddrSet, DefaultAction, Mode, Policy, Proto, SourceGroup};
 pub use ports::PortMap;
+pub use prebuilt::{Prebuilt, Tables, build_tables};
 
 /// One compiled prefix: `addr/prefix_len` → `value`, matched longest-first (the
 /// loader lowers these into source tables, see [`ranges`]).
@@ -64,6 +66,8 @@ pub struct Compiled {
     /// Rule names by bit index.
     pub rule_names: Vec<String>,
     stats: CompileStats,
+    /// The source tables, once built ahead of the write (see [`Prebuilt`]).
+    prebuilt: Prebuilt,
 }
 
 /// Why a policy does not fit the kernel maps.
@@ -243,6 +247,7 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
         config,
         rule_names: policy.rules.iter().map(|r| r.name.clone()).collect(),
         stats,
+        prebuilt: Prebuilt::default(),
     })
 }
 

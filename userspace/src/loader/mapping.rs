@@ -49,18 +49,59 @@ pub(crate) fn write_at<T: Copy>(
     values: &[T],
 ) -> std::io::Result<()> {
     let bytes = size_of_val(values);
-    with_mapping(fd, offset + bytes, true, |memory| {
-        // SAFETY: `offset + bytes` is the mapping's length; the caller names
+    with_range(fd, offset, bytes, true, |memory| {
+        // SAFETY: the mapping holds `bytes` bytes from `memory`; the caller names
         // elements of the map, which no program reads while they are written (an
         // inactive generation or a map not yet published).
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                values.as_ptr().cast::<u8>(),
-                memory.as_ptr().cast::<u8>().add(offset),
-                bytes,
-            );
+            std::ptr::copy_nonoverlapping(values.as_ptr().cast::<u8>(), memory, bytes);
         }
     })
+}
+
+/// Runs `f` on a shared mapping of bytes `offset..offset + bytes` of an
+/// mmapable array map, given the address of byte `offset`. Only the pages
+/// holding them are mapped: the kernel fills in every page of a mapping of a map
+/// when it is made (a generation's 3 MiB value from offset 0 would be 1,536 page
+/// entries for a config of a few bytes at its end).
+pub(crate) fn with_range(
+    fd: BorrowedFd<'_>,
+    offset: usize,
+    bytes: usize,
+    writable: bool,
+    f: impl FnOnce(*mut u8),
+) -> std::io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let first_page = offset - offset % page_size();
+    let Some(length) = NonZeroUsize::new(offset + bytes - first_page) else {
+        return Ok(());
+    };
+    let prot = if writable {
+        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+    } else {
+        ProtFlags::PROT_READ
+    };
+    let file_offset = libc::off_t::try_from(first_page)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a fresh mapping of the map's memory, unmapped before returning; no
+    // reference to it outlives `f`.
+    let memory = unsafe { mmap(None, length, prot, MapFlags::MAP_SHARED, fd, file_offset) }?;
+    // SAFETY: `offset - first_page` is within the mapping just made.
+    f(unsafe { memory.as_ptr().cast::<u8>().add(offset - first_page) });
+    // SAFETY: `memory` was mapped above with this length and is no longer used.
+    unsafe { munmap(memory, length.get()) }?;
+    Ok(())
+}
+
+/// The system's page size: what a mapping's offset must be a multiple of.
+fn page_size() -> usize {
+    // SAFETY: sysconf takes a plain integer.
+    match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as usize,
+        _ => 4096,
+    }
 }
 
 /// The array's `count` elements from `first` on (`T` as in `write_elements`; any
@@ -82,14 +123,10 @@ pub(crate) fn read_at<T: Copy + Default>(
 ) -> std::io::Result<Vec<T>> {
     let mut values = vec![T::default(); count];
     let bytes = count * size_of::<T>();
-    with_mapping(fd, offset + bytes, false, |memory| {
+    with_range(fd, offset, bytes, false, |memory| {
         // SAFETY: as in `write_at`; the caller's `T` accepts any bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                memory.as_ptr().cast::<u8>().add(offset),
-                values.as_mut_ptr().cast::<u8>(),
-                bytes,
-            );
+            std::ptr::copy_nonoverlapping(memory, values.as_mut_ptr().cast::<u8>(), bytes);
         }
     })?;
     Ok(values)

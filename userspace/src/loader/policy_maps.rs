@@ -21,8 +21,8 @@ use airlock_common::{
     MAP_GRACE_DONE, MAP_META, MAP_POLICY, MAP_REASON_STATS, MAP_RULE_BASE, MAP_RULE_STATS,
     MAP_SAMPLE_STATE, MAP_SAMPLE_STATS, MAP_SAMPLING, MAP_SRC_V4, MAP_SRC_V4_INLINE, MAP_SRC_V6,
     MAP_SRC_V6_INLINE, MODE_MONITOR, POLICY_BYTES, POLICY_CLASSES_V4_OFFSET,
-    POLICY_CLASSES_V6_OFFSET, POLICY_CONFIG_OFFSET, POLICY_TCP_OFFSET, PolicyMeta, PortSlot,
-    SRC_DENY, SRC_MANAGEMENT, SampleWindow, SamplingConfig, SourceEntry, SourceRangeV4,
+    POLICY_CLASSES_V6_OFFSET, POLICY_CONFIG_OFFSET, POLICY_TCP_OFFSET, PORT_SLOTS, PolicyMeta,
+    PortSlot, SRC_DENY, SRC_MANAGEMENT, SampleWindow, SamplingConfig, SourceEntry, SourceRangeV4,
     SourceRangeV6, TABLE_INLINE_V4, TABLE_INLINE_V6, UNFLAGGED_V4, UNFLAGGED_V6,
 };
 use aya::{
@@ -32,11 +32,11 @@ use aya::{
 
 use super::{
     LoaderError, grace, grace_record,
-    mapping::{read_at, write_at},
+    mapping::{read_at, with_range, write_at},
     meta::PolicySummary,
     source_tables::{Placement, Tables},
 };
-use crate::compile::{Compiled, PortMap, ranges};
+use crate::compile::{Compiled, Prebuilt, ranges};
 
 mod counters;
 mod read_back;
@@ -283,13 +283,11 @@ impl PolicyMaps {
         if on_record {
             tracing::debug!("a grace period since the last flip is on record: no wait");
         }
-        let ((v4, v6), waited) = crate::parallel::join(
-            || {
-                crate::parallel::join(
-                    || ranges::table(&compiled.v4, v4_capacity as usize),
-                    || ranges::table(&compiled.v6, v6_capacity as usize),
-                )
-            },
+        // The tables, built here or ahead, beside the steps before this one
+        // (`Prebuilt`).
+        let capacity = (v4_capacity as usize, v6_capacity as usize);
+        let (tables, waited) = crate::parallel::join(
+            || Prebuilt::take_or_build(compiled, capacity),
             || match grace {
                 Grace::Early(writer, dir) if writer.grace_covers(dir, on_record, word) => Ok(()),
                 Grace::Own if on_record => Ok(()),
@@ -298,7 +296,7 @@ impl PolicyMaps {
         );
         waited?;
         // Before the first write: a policy the kernel cannot hold changes nothing.
-        let (v4, v6) = (v4?, v6?);
+        let (v4, v6) = tables?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
             v4 = v4.elements.len(),
@@ -465,31 +463,34 @@ pub(super) fn policy_offset(generation: u32) -> usize {
     (generation & 1) as usize * POLICY_BYTES
 }
 
-/// The slots of `generation`'s TCP then UDP port tables, as they lie in its
-/// `POLICY` value: each port's rule mask with its lowest rule and that rule's
-/// counter worked out (`PortSlot::new`).
-fn port_slots(generation: u32, compiled: &Compiled) -> Vec<PortSlot> {
-    let monitor = compiled.config.mode == MODE_MONITOR;
-    let slots = |ports: &PortMap| {
-        ports
-            .dense()
-            .into_iter()
-            .map(move |rules| PortSlot::new(rules, generation, monitor))
-    };
-    slots(&compiled.tcp_ports)
-        .chain(slots(&compiled.udp_ports))
-        .collect()
-}
-
 /// Writes every port slot of `generation` (zero where no rule covers the port)
-/// through a mapping of `POLICY`: one copy of 2 MiB (the TCP and UDP tables lie
-/// end to end) instead of a batch update that copies each element in the kernel.
+/// straight into a mapping of its part of `POLICY` (the TCP and UDP tables lie
+/// end to end, 2 MiB): each covered port's rule mask with its lowest rule and
+/// that rule's counter worked out (`PortSlot::new`), with no copy built first.
 fn write_ports(policy: &MapData, generation: u32, compiled: &Compiled) -> Result<(), LoaderError> {
+    let monitor = compiled.config.mode == MODE_MONITOR;
+    let slots = PORT_SLOTS as usize;
     let offset = policy_offset(generation) + POLICY_TCP_OFFSET;
-    write_at(
+    with_range(
         policy.fd().as_fd(),
         offset,
-        &port_slots(generation, compiled),
+        2 * slots * size_of::<PortSlot>(),
+        true,
+        |memory| {
+            // SAFETY: the mapping holds the two tables from `memory`, aligned for
+            // `PortSlot` (a value's offsets are multiples of 8 from a page), and no
+            // program reads this generation while it is written.
+            let table =
+                unsafe { std::slice::from_raw_parts_mut(memory.cast::<PortSlot>(), 2 * slots) };
+            let (tcp, udp) = table.split_at_mut(slots);
+            for (table, ports) in [(tcp, &compiled.tcp_ports), (udp, &compiled.udp_ports)] {
+                table.fill(PortSlot::new(0, generation, monitor));
+                for &(first, last, rules) in ports.segments() {
+                    table[usize::from(first)..=usize::from(last)]
+                        .fill(PortSlot::new(rules, generation, monitor));
+                }
+            }
+        },
     )
     .map_err(|e| LoaderError::io("writing the port tables in", MAP_POLICY, e))
 }
