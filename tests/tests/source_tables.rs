@@ -192,7 +192,7 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     h.apply(&yaml);
 
     // IPv4: the hosts whose slot's run begins next to a boundary.
-    let mut starts: Vec<IpAddr> = allowed
+    let starts: Vec<IpAddr> = allowed
         .iter()
         .filter_map(|net| match net {
             IpNet::V4(n) => {
