@@ -20,12 +20,6 @@ pub const MAX_RULES: usize = 64;
 pub const MAX_PREFIXES_V4: u32 = 1 << 21;
 pub const MAX_PREFIXES_V6: u32 = 1 << 21;
 
-/// Directory bits of an IPv6 source table in a preallocated map that has room
-/// for them beside its ranges: an eighth of its 2^17 elements. A table in chunks
-/// gets about one slot per range, up to as many slots as its first chunk holds
-/// (the program reads the directory there): 2^17.
-pub const MAX_DIRECTORY_BITS_V6: u32 = 16;
-
 /// The IPv4 directory (layout 12): `2^DIRECTORY_BITS_V4` slots of 4 bytes at a
 /// fixed stride, the slot of an address its top 19 bits (`addr >>
 /// DIRECTORY_SHIFT_V4`), read with no setting from the config. It is the first
@@ -44,21 +38,19 @@ pub const DIRECTORY_SHIFT_V4: u32 = 32 - DIRECTORY_BITS_V4;
 pub const MAX_CLASSES: u32 = 1 << 15;
 
 /// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
-/// `SRC_V6_INLINE`), and of a chunk: 2^20 elements of 4 bytes for IPv4 (4 MiB),
-/// 2^17 of 24 for IPv6 (3 MiB), 14 MiB in all. Each generation's table is one map
-/// value (4 MiB is the largest the kernel allows with 4 KiB pages:
-/// KMALLOC_MAX_SIZE); the program masks indices with the element count, so it is
-/// a power of two, and the IPv6 value is the 3 MiB that 2^17 elements take (a 4
-/// MiB one would hold no more). The IPv4 value holds the directory and the first
-/// ranges (about 250,000 prefixes' worth), a larger table's further ranges are
-/// chunks 1, 2, ... of the same size. An IPv6 table that fits (about 50,000
-/// prefixes) goes in its value, a larger one is cut into chunks (see
-/// [`CHUNKS_PER_GENERATION`]). Every read of either is inlined by the verifier.
+/// `SRC_V6_INLINE`), and of a chunk: 2^20 elements of 4 bytes for IPv4, 2^19
+/// words of 8 bytes for IPv6, 4 MiB each (the largest map value the kernel
+/// allows with 4 KiB pages: KMALLOC_MAX_SIZE); the program masks indices with
+/// the element count, so it is a power of two. Each value holds its family's
+/// directory and the first runs of ranges (IPv4: about 250,000 prefixes' worth;
+/// IPv6: about 60,000), a larger table's further runs are chunks 1, 2, ... of the
+/// same size (see [`CHUNKS_PER_GENERATION`]). Every read of either is inlined by
+/// the verifier.
 pub const INLINE_TABLE_V4: u32 = 1 << 20;
-pub const INLINE_TABLE_V6: u32 = 1 << 17;
+pub const INLINE_TABLE_V6: u32 = 1 << 19;
 
-/// `GenConfig::inline_tables`: the generation's IPv4 / IPv6 table is in the
-/// preallocated map (else in chunks).
+/// `GenConfig::inline_tables`: the generation's IPv4 / IPv6 table is all in the
+/// preallocated map (else it continues in chunks; the program does not read it).
 pub const TABLE_INLINE_V4: u32 = 1 << 0;
 pub const TABLE_INLINE_V6: u32 = 1 << 1;
 
@@ -76,7 +68,7 @@ pub const CHUNKS_PER_GENERATION: u32 = 64;
 
 /// Bytes of one chunk's value (and of a preallocated map's value), per family.
 pub const CHUNK_BYTES_V4: usize = 4 << 20;
-pub const CHUNK_BYTES_V6: usize = 3 << 20;
+pub const CHUNK_BYTES_V6: usize = 4 << 20;
 
 /// Flags of the chunk maps and their template: filled through a memory mapping
 /// (`BPF_F_MMAPABLE`, 1 << 10) instead of one system call per element.
@@ -91,7 +83,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 12;
+pub const LAYOUT_VERSION: u32 = 13;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -179,8 +171,8 @@ pub struct GenConfig {
     /// Nonzero once the generation has been completely written.
     pub valid: u32,
     /// Directory size of this generation's IPv4 and IPv6 source tables, in address
-    /// bits (see [`SourceRangeV6`]). The program reads only IPv6's: the IPv4
-    /// directory has a fixed stride ([`DIRECTORY_BITS_V4`], recorded here).
+    /// bits: both fixed ([`DIRECTORY_BITS_V4`], [`DIRECTORY_BITS_V6`]), recorded
+    /// here for user space; the program does not read them.
     pub directory_bits_v4: u32,
     pub directory_bits_v6: u32,
     /// `TABLE_INLINE_V4` | `TABLE_INLINE_V6`: where the tables are (IPv4: all in
@@ -190,10 +182,10 @@ pub struct GenConfig {
     pub table_len_v4: u32,
     pub table_len_v6: u32,
     /// The directory's window, on an address's top 64 bits `high`: its slot is
-    /// `(high - base) >> shift`, 0 below the window and the last slot above it.
-    /// The window is what every boundary of the table shares, so a directory of
-    /// IPv6 lists (all in 2000::/3) uses all its slots. The IPv4 fields record the
-    /// fixed stride (base 0, shift `64 - DIRECTORY_BITS_V4`); only IPv6's are read.
+    /// `(high - base) >> shift` (see [`SourceRangeV6`]). The window is what every
+    /// boundary of the table shares, so a directory of IPv6 lists (all in
+    /// 2000::/3) uses all its slots. The IPv4 fields record the fixed stride (base
+    /// 0, shift `64 - DIRECTORY_BITS_V4`); only IPv6's are read.
     pub directory_shift_v4: u32,
     pub directory_shift_v6: u32,
     /// Classes of the IPv4 and IPv6 tables in use
@@ -402,7 +394,6 @@ const _: () = {
     assert!(MAX_CLASSES.is_power_of_two());
     assert!(INLINE_TABLE_V4.is_power_of_two() && INLINE_TABLE_V6.is_power_of_two());
     assert!(core::mem::size_of::<SourceRangeV4>() * INLINE_TABLE_V4 as usize == CHUNK_BYTES_V4);
-    assert!(core::mem::size_of::<SourceRangeV6>() == 24);
     assert!(core::mem::size_of::<SourceRangeV6>() * INLINE_TABLE_V6 as usize == CHUNK_BYTES_V6);
     assert!(CHUNK_BYTES_V4 <= 4 << 20 && CHUNK_BYTES_V6 <= 4 << 20);
     assert!((1 << DIRECTORY_BITS_V4) < INLINE_TABLE_V4);
@@ -420,7 +411,23 @@ const _: () = {
             < RUN_INDEX_MASK_V4
     );
     assert!(RUN_INDEX_MASK_V4 / INLINE_TABLE_V4 < CHUNKS_PER_GENERATION);
-    assert!((1 << MAX_DIRECTORY_BITS_V6) < INLINE_TABLE_V6);
+    // The IPv6 directory's slots, two a word, and the two outside its window fit
+    // the preallocated value with room for runs; a range's class fits below its
+    // offset; the slot's bits after the window lie in the top 64, with at least
+    // one bit below them (a shift of 1 to 45).
+    assert!(DIRECTORY_WORDS_V6 + 1 < INLINE_TABLE_V6);
+    assert!(MAX_CLASSES <= 1 << RANGE_CLASS_BITS_V6);
+    assert!(MAX_WINDOW_V6 + DIRECTORY_BITS_V6 < 64 && RANGE_CLASS_BITS_V6 < DIRECTORY_BITS_V6);
+    // As for IPv4: every word a table of `MAX_PREFIXES_V6` prefixes can need
+    // (ranges two words wide, a copy of a run's first per slot, padded to a
+    // power of two) fits a slot's index field and its chunks the generation's.
+    assert!(
+        (DIRECTORY_WORDS_V6 + 1)
+            + 2 * 2 * ((2 * MAX_PREFIXES_V6 + 1) + (1 << DIRECTORY_BITS_V6))
+            + INLINE_TABLE_V6
+            < RUN_INDEX_MASK_V6
+    );
+    assert!(RUN_INDEX_MASK_V6 / INLINE_TABLE_V6 < CHUNKS_PER_GENERATION);
     assert!(
         rule_stat_index(1, true, false, 5)
             == rule_stat_index(1, true, true, 5) + REFUSED_STAT_OFFSET
@@ -477,32 +484,51 @@ pub const RUN_FIRST_PROBE_SHIFT_V4: u32 = 28;
 /// Where an IPv4 range holds its first address's offset in its slot.
 pub const RANGE_OFFSET_SHIFT_V4: u32 = 16;
 
-/// Where an IPv6 run slot's `start[1]` holds its first probe `d`.
-pub const SHAPE_FIRST_PROBE_SHIFT_V6: u32 = 32;
+/// The IPv6 directory (layout 13): `2^DIRECTORY_BITS_V6` slots of 4 bytes, two
+/// to a word, at the start of the generation's `SRC_V6_INLINE` value, over the
+/// table's window (see [`GenConfig`]): on an address's top 64 bits `high`, its
+/// slot is `(high - directory_base_v6) >> directory_shift_v6`, the shift `64 -
+/// P` where `P`, the slot's prefix, is the window's shared bits (at most
+/// [`MAX_WINDOW_V6`]) plus 19. An address outside the window (a slot past the
+/// directory's end) takes slot `2^19` if below it, `2^19 + 1` if above: both
+/// hold their answer.
+pub const DIRECTORY_BITS_V6: u32 = 19;
+/// Words of the IPv6 directory; the two slots outside the window are the next.
+pub const DIRECTORY_WORDS_V6: u32 = 1 << (DIRECTORY_BITS_V6 - 1);
+/// Leading bits the IPv6 window may share: the slot's prefix stays below 64.
+pub const MAX_WINDOW_V6: u32 = 44;
 
-/// `SourceRangeV6::start[0]` of a directory slot that holds its answer.
-pub const SLOT_ANSWER_V6: u64 = u64::MAX;
+/// Of an IPv6 directory slot: it holds its answer's class (in its low 16 bits).
+pub const SLOT_ANSWER_V6: u32 = 1 << 31;
+/// Of an IPv6 directory slot naming a run: its ranges are wide (two words each).
+pub const RUN_WIDE_V6: u32 = 1 << 30;
+/// Of an IPv6 run slot: its first word's index, and where `k` lies (the run
+/// has `2^k` ranges, `k >= 1`).
+pub const RUN_INDEX_MASK_V6: u32 = (1 << 25) - 1;
+pub const RUN_HALVINGS_SHIFT_V6: u32 = 25;
+/// Bits of an IPv6 range below its offset: its class.
+pub const RANGE_CLASS_BITS_V6: u32 = 16;
 
-/// An element of an IPv6 source table: 24 bytes, naming its answer's class in
-/// `GenPolicy::classes_v6`. The table is a directory of `2^bits` slots (slot `i`:
-/// the addresses whose `bits` bits after the prefix all the table's boundaries
-/// share are `i`; see `GenConfig`), then the ranges, sorted. A slot that one range
-/// covers whole holds that range's class, with `start[0]` = [`SLOT_ANSWER_V6`];
-/// any other slot holds in `start[0]` the index of the range its first address
-/// falls in, and in `start[1]` the shape of the search of the `n` ranges that
-/// overlap it (layout 12): `k` in bits 0-5 and `d` from bit
-/// [`SHAPE_FIRST_PROBE_SHIFT_V6`], `n = 2^k + d`, `1 <= d <= 2^k`. The program
-/// probes range `d` once, then halves `2^k` ranges `k` times (Shar's method).
-#[repr(C)]
+/// A word of a generation's IPv6 source table (layout 13): the directory's
+/// slots, two to a word (see [`DIRECTORY_BITS_V6`]), then runs of ranges. A slot
+/// that one range covers whole holds its class with [`SLOT_ANSWER_V6`] set; any
+/// other names its run: bits 0-24 its first word's index, bits 25-29 `k` (the run
+/// is `2^k` ranges, padded with copies of its last; the program halves `2^k`
+/// `k` times), bit 30 [`RUN_WIDE_V6`]. A run's first range, which the search
+/// never compares, may be the previous run's last.
+///
+/// A range holds only the bits of its first address below the slot's prefix
+/// `P`. Compact (one word), where every range the run compares starts on a
+/// /64 boundary (the low 64 bits zero): `((high << P) >> 1)` with its class in
+/// the low 16 bits (which that leaves zero, `P >= 19`); the address is at or
+/// after the range when its own `(high << P) >> 1 | 0xffff` is not below it.
+/// Wide (two words) otherwise: the address shifted left by `P` as 128 bits,
+/// high word first, the class in the low 16 bits of the second. A run never
+/// straddles two 2^19-word chunks: word `i` past the preallocated value is in
+/// chunk `i >> 19`, searched from one pointer.
+#[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SourceRangeV6 {
-    /// Range: first address, high and low 64 bits (host byte order). Slot: index of
-    /// its first range, and number of ranges (or [`SLOT_ANSWER_V6`], 0).
-    pub start: [u64; 2],
-    /// Range, and slot holding its answer: the answer's class. Other slot: 0.
-    pub class: u32,
-    pub _pad: u32,
-}
+pub struct SourceRangeV6(pub u64);
 
 /// Opaque summary of the policy a generation holds (JSON written by the loader, read
 /// by `status`, `diff` and the agent). Kept in a pinned map so the state lives and

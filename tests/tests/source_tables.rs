@@ -17,8 +17,9 @@ use airlock::compile::{
 };
 use airlock::loader::{LoaderError, PolicySummary};
 use airlock_common::{
-    DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, RUN_INDEX_MASK_V4,
-    SLOT_ANSWER_V4, SourceRangeV4, SourceRangeV6,
+    DIRECTORY_BITS_V6, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES,
+    RUN_INDEX_MASK_V4, RUN_INDEX_MASK_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceRangeV4,
+    SourceRangeV6,
 };
 use airlock_integration::kernel::Harness;
 use airlock_integration::packet::{FrameSpec, Transport};
@@ -154,7 +155,7 @@ fn agree_at_every_edge(chunked_only: bool) {
 }
 
 /// An IPv4 table that fills the preallocated value and two chunks, and an IPv6
-/// table of two chunks: the addresses of the ranges on either side of every
+/// table that fills its preallocated value and a chunk: the addresses of the ranges on either side of every
 /// chunk boundary, and their neighbours, are judged as the reference model says,
 /// and the tables read back as the policy's prefixes.
 #[test]
@@ -162,8 +163,9 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let mut rng = StdRng::seed_from_u64(0x0c40_f7ab_1e00);
     // Disjoint hosts make two ranges each (a slot's run may begin with the last
     // range of the slot before): 950k IPv4 hosts behind the directory's 2^19
-    // slots fill more than two chunks of 2^20 elements; 75k IPv6 hosts more than
-    // one of 2^17.
+    // slots fill more than two chunks of 2^20 elements; 75k IPv6 hosts (a wide
+    // run of four ranges, eight words, each) more than the preallocated value's
+    // 2^19 words.
     let mut allowed: Vec<IpNet> = (0..950_000)
         .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
         .collect();
@@ -173,7 +175,8 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let compiled = compile::compile(&policy).expect("compiles");
     let table_v4: SourceTable<SourceRangeV4> =
         ranges::table(&compiled.v4, INLINE_TABLE_V4 as usize).expect("classes");
-    let table_v6: SourceTable<SourceRangeV6> = ranges::table(&compiled.v6, 0).expect("classes");
+    let table_v6: SourceTable<SourceRangeV6> =
+        ranges::table(&compiled.v6, INLINE_TABLE_V6 as usize).expect("classes");
     let chunk_v4 = INLINE_TABLE_V4 as usize;
     let chunk_v6 = INLINE_TABLE_V6 as usize;
     assert!(
@@ -182,14 +185,14 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     );
     assert!(
         table_v6.elements.len() > chunk_v6,
-        "IPv6 table spans two chunks"
+        "IPv6 table spans the preallocated value and a chunk"
     );
 
     let mut h = Harness::new();
     h.apply(&yaml);
 
     // IPv4: the hosts whose slot's run begins next to a boundary.
-    let mut starts: Vec<IpAddr> = allowed
+    let starts: Vec<IpAddr> = allowed
         .iter()
         .filter_map(|net| match net {
             IpNet::V4(n) => {
@@ -201,20 +204,24 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
                     .any(|b| run.abs_diff(*b) < 8);
                 (slot & SLOT_ANSWER_V4 == 0 && near).then_some(net.network())
             }
-            IpNet::V6(_) => None,
+            IpNet::V6(n) => {
+                // The slot as the program finds it (the hosts are inside the window).
+                let high = (u128::from(n.network()) >> 64) as u64;
+                let dir = table_v6.directory;
+                let slot = (high.wrapping_sub(dir.base) >> dir.shift) as usize;
+                assert!(slot < 1 << DIRECTORY_BITS_V6);
+                let slot = (table_v6.elements[slot / 2].0 >> (32 * (slot % 2))) as u32;
+                let run = (slot & RUN_INDEX_MASK_V6) as usize;
+                (slot & SLOT_ANSWER_V6 == 0 && run.abs_diff(chunk_v6) < 16).then_some(net.network())
+            }
         })
         .collect();
+    let at_v4 = starts.iter().filter(|a| a.is_ipv4()).count();
+    assert!(at_v4 >= 2, "hosts at both boundaries: {at_v4}");
     assert!(
-        starts.len() >= 2,
-        "hosts at both boundaries: {}",
-        starts.len()
+        starts.iter().any(|a| a.is_ipv6()),
+        "IPv6 hosts at the boundary"
     );
-    for i in chunk_v6.saturating_sub(6)..chunk_v6 + 6 {
-        let [high, low] = table_v6.elements[i].start;
-        starts.push(IpAddr::V6(
-            (u128::from(high) << 64 | u128::from(low)).into(),
-        ));
-    }
     let mut probes: Vec<IpAddr> = starts
         .iter()
         .flat_map(|&start| [start, step(start, -1), step(start, 1)])

@@ -1,10 +1,10 @@
-//! Writes and reads the kernel's source tables. A generation's IPv6 table goes
-//! into the preallocated map (`SRC_V6_INLINE`) when it fits there, else it is cut
-//! into chunk maps (3 MiB) put in the generation's slots of an array of maps
-//! (`SRC_V6`). An IPv4 table always begins in the preallocated map
-//! (`SRC_V4_INLINE`, 4 MiB: the directory and the first ranges), and what does not
-//! fit there goes into chunk maps 1, 2, ... of `SRC_V4`, of the same size (the
-//! program finds element `i` in chunk `i >> 20`). The verifier inlines reads of both. Every map is filled
+//! Writes and reads the kernel's source tables. A table of either family always
+//! begins in its preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`, 4 MiB a
+//! generation: the directory and the first runs), and what does not fit there
+//! goes into chunk maps 1, 2, ... of the same size in the generation's slots of
+//! an array of maps (`SRC_V4`, `SRC_V6`; the program finds element `i` in chunk
+//! `i >> 20`, IPv6 word `i` in chunk `i >> 19`). The verifier inlines reads of
+//! both. Every map is filled
 //! through a memory mapping (one copy, no system call per entry) while its
 //! generation is inactive and no packet still reads it; a new chunk is put in its
 //! slot only once full, and chunks a smaller table no longer needs are released.
@@ -90,7 +90,7 @@ impl TableShape {
         let directory_slots = 1u32.checked_shl(directory_bits).unwrap_or(0);
         let chunked = placement == Placement::Chunked;
         TableShape {
-            ranges: elements.saturating_sub(directory_slots),
+            ranges: elements.saturating_sub(R::directory_elements(directory_slots)),
             directory_slots,
             placement: if chunked { "chunks" } else { "preallocated" },
             chunk_maps: if chunked {
@@ -326,17 +326,26 @@ pub(crate) trait Element: ranges::Element + Pod {
     /// (the kernel refuses an inner map of another).
     type Chunk: Pod;
     /// The table's first chunk's worth of elements is always the preallocated
-    /// value (IPv4), chunk maps holding only the rest from slot 1; else the whole
-    /// table is in one place or the other.
+    /// value (both families since layout 13), chunk maps holding only the rest
+    /// from slot 1; else the whole table is in one place or the other.
     const FIRST_CHUNK_PREALLOCATED: bool;
+    /// Elements a directory of `slots` slots takes (IPv6: two slots a word,
+    /// and the word of the two outside its window).
+    fn directory_elements(slots: u32) -> u32;
 }
 impl Element for SourceRangeV4 {
     type Chunk = [u8; CHUNK_BYTES_V4];
     const FIRST_CHUNK_PREALLOCATED: bool = true;
+    fn directory_elements(slots: u32) -> u32 {
+        slots
+    }
 }
 impl Element for SourceRangeV6 {
     type Chunk = [u8; CHUNK_BYTES_V6];
-    const FIRST_CHUNK_PREALLOCATED: bool = false;
+    const FIRST_CHUNK_PREALLOCATED: bool = true;
+    fn directory_elements(slots: u32) -> u32 {
+        slots / 2 + 1
+    }
 }
 
 /// Puts `elements` in `generation`'s chunks from chunk `first` on, then releases

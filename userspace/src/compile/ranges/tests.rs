@@ -1,7 +1,8 @@
 use airlock_common::{
-    DIRECTORY_BITS_V4, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, RUN_FIRST_PROBE_SHIFT_V4,
-    RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, SLOT_ANSWER_V4, SRC_DENY, SourceEntry, SourceRangeV4,
-    SourceRangeV6,
+    DIRECTORY_BITS_V4, DIRECTORY_BITS_V6, DIRECTORY_SHIFT_V4, DIRECTORY_WORDS_V6, INLINE_TABLE_V4,
+    INLINE_TABLE_V6, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_HALVINGS_SHIFT_V6,
+    RUN_INDEX_MASK_V4, RUN_INDEX_MASK_V6, RUN_WIDE_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SRC_DENY,
+    SourceEntry, SourceRangeV4, SourceRangeV6,
 };
 
 use proptest::prelude::*;
@@ -144,10 +145,11 @@ fn empty_policy_is_one_range_and_no_prefixes() {
     assert!(table.elements.iter().all(|s| s.0 == SLOT_ANSWER_V4));
     assert_eq!(table.classes, vec![SourceEntry::default()]);
     assert_eq!(prefixes::<_, 4>(&table), Some(Vec::new()));
+    // IPv6 likewise, and its two slots outside the window.
     let table = table_v6(&[], usize::MAX);
-    assert_eq!(table.elements.len(), (1 << table.directory.bits) + 1);
-    let range = &table.elements[1 << table.directory.bits];
-    assert_eq!((range.start(), range.answer()), (0, 0));
+    assert_eq!(table.elements.len(), DIRECTORY_WORDS_V6 as usize + 1);
+    let both = u64::from(SLOT_ANSWER_V6) << 32 | u64::from(SLOT_ANSWER_V6);
+    assert!(table.elements.iter().all(|w| w.0 == both));
     assert_eq!(prefixes::<_, 16>(&table), Some(Vec::new()));
 }
 
@@ -171,44 +173,116 @@ fn whole_space_and_host_routes() {
     }
 }
 
-#[test]
-fn directory_grows_with_the_ranges_and_stops_at_its_limit() {
-    // Whole where it fits with the ranges: a preallocated table has the room.
-    assert_eq!(directory_bits(1, usize::MAX, 16, 18), 16);
-    assert_eq!(directory_bits(1000, 1 << 18, 16, 18), 16);
-    // Otherwise about one range per slot.
-    assert_eq!(directory_bits(1, 0, 16, 18), 0);
-    assert_eq!(directory_bits(2, 0, 16, 18), 1);
-    assert_eq!(directory_bits(1000, 0, 16, 18), 10);
-    // Shrunk to fit a capacity, down to a single slot, and never past the full
-    // directory there; kept when nothing fits, up to a chunk's worth of slots.
-    assert_eq!(directory_bits(1000, 1500, 16, 18), 8);
-    assert_eq!(directory_bits(1000, 1001, 16, 18), 0);
-    assert_eq!(directory_bits(200_000, 1 << 18, 16, 18), 15);
-    assert_eq!(directory_bits(1000, 10, 16, 18), 10);
-    assert_eq!(directory_bits(10_000_000, 0, 16, 18), 18);
-    assert_eq!(directory_bits(10_000_000, 0, 16, 17), 17);
+/// Directory slot `slot` of an IPv6 table.
+fn slot_v6(table: &SourceTable<SourceRangeV6>, slot: usize) -> u32 {
+    (table.elements[slot / 2].0 >> (32 * (slot % 2))) as u32
+}
+
+/// The slot of the IPv6 address `key`, as the program computes it.
+fn slot_of_v6(table: &SourceTable<SourceRangeV6>, key: u128) -> usize {
+    let high = (key >> 64) as u64;
+    let slot = high.wrapping_sub(table.directory.base) >> table.directory.shift;
+    let slots = 1u64 << DIRECTORY_BITS_V6;
+    (if slot >= slots {
+        slots + u64::from(high >= table.directory.base)
+    } else {
+        slot
+    }) as usize
+}
+
+/// Hosts, /64s and /56s packed into a few slots of a window, answers
+/// alternating: compact and wide runs of many lengths, and addresses outside
+/// the window on both sides.
+fn dense_v6() -> impl Strategy<Value = (Vec<PrefixEntry<16>>, Vec<u128>)> {
+    (
+        any::<u128>(),
+        0u32..=44,
+        prop::collection::vec((any::<u128>(), 0u8..4, 1u64..4), 0..300),
+        prop::collection::vec(any::<u128>(), 16),
+    )
+        .prop_map(|(at, window, raw, extra)| {
+            // Everything within a few slots' width of one another.
+            let keep = u128::MAX.checked_shl(128 - window - 21).unwrap_or(0);
+            let lens = [128u8, 64, 56, 100];
+            let entries = sorted(
+                raw.into_iter()
+                    .map(|(low, len, rules)| {
+                        let addr = (at & keep) | (low & !keep);
+                        entry::<16>(addr, lens[len as usize], rules, 0)
+                    })
+                    .collect(),
+            );
+            let extra = extra
+                .into_iter()
+                .map(|low| (at & keep) | (low & !keep))
+                .collect();
+            (entries, extra)
+        })
 }
 
 proptest! {
     #[test]
-    fn a_directory_shrunk_to_fit_still_answers_the_longest_match(entries in v6_entries()) {
-        let wide = table_v6(&entries, usize::MAX);
-        let ranges = wide.elements.len() - (1 << wide.directory.bits);
-        let narrow = table_v6(&entries, ranges + 2);
-        prop_assert!(narrow.elements.len() <= ranges + 2);
-        for key in probes(&entries, &[]) {
-            prop_assert_eq!(found(&narrow, key), longest(&entries, key));
+    fn dense_v6_slots_answer_the_longest_match_and_read_back((entries, extra) in dense_v6()) {
+        for capacity in [usize::MAX, 0] {
+            let table = table_v6(&entries, capacity);
+            for key in probes(&entries, &extra) {
+                prop_assert_eq!(found(&table, key), longest(&entries, key), "address {:#x}", key);
+            }
+            prop_assert_eq!(prefixes::<_, 16>(&table), Some(canonical(&entries)));
         }
     }
 }
 
 #[test]
+fn ipv6_runs_are_compact_on_64_boundaries_and_wide_below() {
+    // Two /48s in one slot: a compact run of five ranges (before, in, between,
+    // in, after: padded to eight); a host in another: a wide one of three
+    // (padded to four).
+    let nets = sorted(vec![
+        entry::<16>(0x2a00_0001_0001 << 80, 48, 1, 0),
+        entry::<16>(0x2a00_0001_0003 << 80, 48, 2, 0),
+        entry::<16>((0x2b00_0000_0000 << 80) | 5, 128, 1, 0),
+    ]);
+    let table = table_v6(&nets, usize::MAX);
+    let compact = slot_v6(&table, slot_of_v6(&table, 0x2a00_0001_0001 << 80));
+    let wide = slot_v6(&table, slot_of_v6(&table, 0x2b00_0000_0000 << 80));
+    assert_eq!(compact & (SLOT_ANSWER_V6 | RUN_WIDE_V6), 0);
+    assert_eq!(compact >> RUN_HALVINGS_SHIFT_V6, 3, "eight ranges");
+    assert_eq!(wide & (SLOT_ANSWER_V6 | RUN_WIDE_V6), RUN_WIDE_V6);
+    assert_eq!((wide & !RUN_WIDE_V6) >> RUN_HALVINGS_SHIFT_V6, 2);
+    for e in &nets {
+        let first = address(&e.addr);
+        let last = first | host_mask(128, e.prefix_len);
+        for key in [first - 1, first, first + 1, last - 1, last, last + 1] {
+            assert_eq!(found(&table, key), longest(&nets, key), "{key:#x}");
+        }
+    }
+    assert_eq!(prefixes::<_, 16>(&table), Some(canonical(&nets)));
+}
+
+#[test]
 fn a_malformed_table_reads_back_as_none() {
-    let mut table = table_v6(&[entry::<16>(0x0a00_0000, 8, 1, 0)], usize::MAX);
-    let base = 1usize << table.directory.bits;
-    table.elements.swap(base, base + 1);
-    assert_eq!(prefixes::<_, 16>(&table), None);
+    // IPv6: a run's ranges out of order, stray bits in a compact range, a
+    // window the program does not read so.
+    let nets = [
+        entry::<16>(0x2a00_0001_0001 << 80, 48, 1, 0),
+        entry::<16>(0x2a00_0001_0003 << 80, 48, 2, 0),
+        entry::<16>(0x2b00_0000_0000 << 80, 48, 1, 0),
+    ];
+    let table = table_v6(&nets, usize::MAX);
+    let slot = slot_v6(&table, slot_of_v6(&table, 0x2a00_0001_0001 << 80));
+    assert_eq!(slot & (SLOT_ANSWER_V6 | RUN_WIDE_V6), 0);
+    let run = (slot & RUN_INDEX_MASK_V6) as usize;
+    let mut swapped = table.clone();
+    swapped.elements.swap(run + 1, run + 2);
+    assert_eq!(prefixes::<_, 16>(&swapped), None);
+    let mut stray = table.clone();
+    stray.elements[run + 1].0 |= 1 << 16;
+    assert_eq!(prefixes::<_, 16>(&stray), None);
+    let mut window = table.clone();
+    window.directory.shift = 0;
+    assert_eq!(prefixes::<_, 16>(&window), None);
+    assert_eq!(prefixes::<_, 16>(&table), Some(canonical(&nets)));
     // IPv4: ranges of a run out of order, a run past the table's end, a run
     // across a chunk boundary, a first probe past the halvings' window.
     let two = [
@@ -428,12 +502,16 @@ fn ipv6_lists_in_2000_slash_3_get_the_directory_of_the_bits_after_it() {
     // The slot's bits follow the three every address shares.
     assert_eq!(table.directory.shift, 64 - 3 - table.directory.bits);
     assert_eq!(table.directory.base, 1 << 61);
-    let busiest = table.elements[..1 << table.directory.bits]
-        .iter()
-        .map(|slot| slot.run().map_or(1, |(_, k, d)| (1 << k) + d))
+    let busiest = (0..1 << DIRECTORY_BITS_V6)
+        .map(|slot| slot_v6(&table, slot))
+        .filter(|slot| slot & SLOT_ANSWER_V6 == 0)
+        .map(|slot| {
+            assert_eq!(slot & RUN_WIDE_V6, 0, "/64 boundaries: compact");
+            1 << (slot >> RUN_HALVINGS_SHIFT_V6)
+        })
         .max()
         .unwrap_or(0);
-    assert!(busiest <= 8, "a slot holds {busiest} ranges");
+    assert!(busiest <= 4, "a slot holds {busiest} ranges");
 }
 
 #[test]
@@ -542,5 +620,46 @@ fn more_answers_than_the_class_table_holds_are_refused() {
     assert_eq!(fits.classes.len(), MAX_CLASSES as usize);
     for (i, e) in v6[1..].iter().enumerate().step_by(997) {
         assert_eq!(found(&fits, address(&e.addr)), e.value, "prefix {i}");
+    }
+}
+
+#[test]
+fn ipv6_runs_never_straddle_a_chunk_and_answer_on_either_side_of_its_boundary() {
+    // Hosts in slots of their own (wide runs of four ranges, eight words) and
+    // /48s (compact ones), enough that the runs cross the end of the
+    // preallocated value (and, with the runs starting at the first chunk, the
+    // end of that chunk).
+    let entries: Vec<PrefixEntry<16>> = sorted(
+        (0..120_000u128)
+            .map(|i| {
+                let at =
+                    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) >> 3) | (1 << 125);
+                let len = if i % 2 == 0 { 128 } else { 48 };
+                entry::<16>(at | 7, len, (i % 3) as u64 + 1, 0)
+            })
+            .collect(),
+    );
+    for capacity in [usize::MAX, 0] {
+        let table = table_v6(&entries, capacity);
+        let chunk = INLINE_TABLE_V6 as usize;
+        let boundary = if capacity == 0 { 2 * chunk } else { chunk };
+        assert!(
+            table.elements.len() > boundary,
+            "{capacity}: the table crosses"
+        );
+        let mut near = 0;
+        for e in &entries {
+            let key = address(&e.addr);
+            let slot = slot_v6(&table, slot_of_v6(&table, key));
+            let index = (slot & RUN_INDEX_MASK_V6) as usize;
+            if slot & SLOT_ANSWER_V6 == 0 && index.abs_diff(boundary) < 64 {
+                near += 1;
+                for probe in [key.wrapping_sub(1), key, key + 1] {
+                    assert_eq!(found(&table, probe), longest(&entries, probe), "{probe:#x}");
+                }
+            }
+        }
+        assert!(near > 0, "some runs lie at the boundary");
+        assert_eq!(prefixes::<_, 16>(&table), Some(canonical(&entries)));
     }
 }
