@@ -81,14 +81,7 @@ impl Prebuilt {
     /// `compiled`'s tables for `capacity`: those built ahead (waiting for a build
     /// under way), or built here. No build starts after this.
     pub fn take_or_build(compiled: &Compiled, capacity: (usize, usize)) -> Tables {
-        let this = &compiled.prebuilt;
-        let mut slot = this.lock();
-        while matches!(*slot, Slot::Building) {
-            slot = this.done.wait(slot).unwrap_or_else(PoisonError::into_inner);
-        }
-        let found = std::mem::replace(&mut *slot, Slot::Closed);
-        drop(slot);
-        match found {
+        match compiled.prebuilt.take() {
             Slot::Built {
                 capacity: built_for,
                 tables,
@@ -100,14 +93,17 @@ impl Prebuilt {
     /// Drops whatever was built and not taken, and keeps any build from starting
     /// (waiting for one under way).
     pub fn close(compiled: &Compiled) {
-        let this = &compiled.prebuilt;
-        let mut slot = this.lock();
+        drop(compiled.prebuilt.take());
+    }
+
+    /// What the slot holds, once no build is under way (waiting for one), leaving
+    /// it closed.
+    fn take(&self) -> Slot {
+        let mut slot = self.lock();
         while matches!(*slot, Slot::Building) {
-            slot = this.done.wait(slot).unwrap_or_else(PoisonError::into_inner);
+            slot = self.done.wait(slot).unwrap_or_else(PoisonError::into_inner);
         }
-        let found = std::mem::replace(&mut *slot, Slot::Closed);
-        drop(slot);
-        drop(found);
+        std::mem::replace(&mut *slot, Slot::Closed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
