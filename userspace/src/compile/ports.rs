@@ -1,7 +1,5 @@
 //! Per-protocol port maps: for each destination port, the mask of rules covering it.
 
-use airlock_common::maps::PORT_SLOTS;
-
 /// Port → rule mask, stored as sorted, non-overlapping segments with nonzero masks
 /// (ports in no segment have mask 0). Adjacent segments have different masks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,19 +69,21 @@ impl PortMap {
         &self.segments
     }
 
-    /// The map as the kernel's port array: one mask per port, [`PORT_SLOTS`] long.
-    pub fn dense(&self) -> Vec<u64> {
-        let mut out = vec![0u64; PORT_SLOTS as usize];
+    /// Writes the map as the kernel's port array into `out` ([`airlock_common::maps::PORT_SLOTS`]
+    /// long): each port's slot made from its mask by `slot` (mask 0 where no
+    /// rule covers the port).
+    pub fn fill_dense<T: Copy>(&self, out: &mut [T], slot: impl Fn(u64) -> T) {
+        out.fill(slot(0));
         for &(first, last, mask) in &self.segments {
-            out[usize::from(first)..=usize::from(last)].fill(mask);
+            out[usize::from(first)..=usize::from(last)].fill(slot(mask));
         }
-        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_common::maps::PORT_SLOTS;
 
     #[test]
     fn segments_merge_and_split() {
@@ -104,7 +104,8 @@ mod tests {
         assert_eq!(m.mask_at(40), 2);
         assert_eq!(m.mask_at(41), 0);
         assert_eq!(m.mask_at(8000), 4);
-        let dense = m.dense();
+        let mut dense = vec![u64::MAX; PORT_SLOTS as usize];
+        m.fill_dense(&mut dense, |mask| mask);
         for p in 0..=u16::MAX {
             assert_eq!(dense[usize::from(p)], m.mask_at(p));
         }

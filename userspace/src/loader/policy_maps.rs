@@ -484,11 +484,7 @@ fn write_ports(policy: &MapData, generation: u32, compiled: &Compiled) -> Result
                 unsafe { std::slice::from_raw_parts_mut(memory.cast::<PortSlot>(), 2 * slots) };
             let (tcp, udp) = table.split_at_mut(slots);
             for (table, ports) in [(tcp, &compiled.tcp_ports), (udp, &compiled.udp_ports)] {
-                table.fill(PortSlot::new(0, generation, monitor));
-                for &(first, last, rules) in ports.segments() {
-                    table[usize::from(first)..=usize::from(last)]
-                        .fill(PortSlot::new(rules, generation, monitor));
-                }
+                ports.fill_dense(table, |rules| PortSlot::new(rules, generation, monitor));
             }
         },
     )

@@ -76,8 +76,8 @@ pub struct TableShape {
     pub directory_slots: u32,
     /// `preallocated` (the fixed per-generation map) or `chunks`.
     pub placement: &'static str,
-    /// Chunk maps holding the table (0 when preallocated; for IPv4, those
-    /// holding what the preallocated value has no room for).
+    /// Chunk maps holding what the preallocated value has no room for (0 when
+    /// it holds the whole table).
     pub chunk_maps: u32,
     /// Bytes of directory and ranges.
     pub bytes: u64,
@@ -94,9 +94,9 @@ impl TableShape {
             directory_slots,
             placement: if chunked { "chunks" } else { "preallocated" },
             chunk_maps: if chunked {
-                // IPv4's first chunk's worth is the preallocated value.
+                // The first chunk's worth is the preallocated value.
                 let held = (elements as usize).div_ceil(chunk_elements::<R>());
-                (held - usize::from(R::FIRST_CHUNK_PREALLOCATED)) as u32
+                (held - 1) as u32
             } else {
                 0
             },
@@ -106,116 +106,65 @@ impl TableShape {
 }
 
 impl<R: Element> Tables<R> {
-    /// Writes `table` as `generation`'s (inactive, no longer read) table: into the
-    /// preallocated map if it fits, else into chunk maps.
+    /// Writes `table` as `generation`'s (inactive, no longer read) table: its
+    /// first chunk's worth into the preallocated map, the rest into chunk maps
+    /// 1, 2, ...
     pub(crate) fn write(
         &mut self,
         generation: u32,
         table: &SourceTable<R>,
     ) -> Result<Placement, LoaderError> {
-        if R::FIRST_CHUNK_PREALLOCATED {
-            let per_chunk = chunk_elements::<R>();
-            let (first, rest) = table.elements.split_at(table.elements.len().min(per_chunk));
-            write_elements_preallocated(&self.preallocated, generation, first, self.names.0)?;
-            if rest.is_empty() {
-                release(&self.chunks, generation, 1, self.names.1)?;
-                return Ok(Placement::Preallocated);
-            }
-            write_chunks(&mut self.chunks, generation, 1, rest, self.names.1)?;
-            return Ok(Placement::Chunked);
-        }
-        if table.elements.len() <= self.capacity as usize {
-            write_preallocated(&self.preallocated, generation, table, self.names.0)?;
+        let per_chunk = chunk_elements::<R>();
+        let (first, rest) = table.elements.split_at(table.elements.len().min(per_chunk));
+        write_elements_preallocated(&self.preallocated, generation, first, self.names.0)?;
+        if rest.is_empty() {
             // Chunks left from an earlier, larger policy would hold their memory
             // until this generation next needed them: give them back now.
-            release(&self.chunks, generation, 0, self.names.1)?;
-            Ok(Placement::Preallocated)
-        } else {
-            write_chunks(
-                &mut self.chunks,
-                generation,
-                0,
-                &table.elements,
-                self.names.1,
-            )?;
-            Ok(Placement::Chunked)
+            release(&self.chunks, generation, 1, self.names.1)?;
+            return Ok(Placement::Preallocated);
         }
+        write_chunks(&mut self.chunks, generation, 1, rest, self.names.1)?;
+        Ok(Placement::Chunked)
     }
 
-    /// `generation`'s table, `len` elements indexed by `directory`, from where it
-    /// was placed (None: chunks never written), without its classes.
+    /// `generation`'s table, `len` elements indexed by `directory` (None: chunks
+    /// never written), without its classes.
     pub(crate) fn read(
         &self,
         generation: u32,
-        placement: Placement,
         directory: Directory,
         len: u32,
     ) -> Result<Option<SourceTable<R>>, LoaderError> {
-        if R::FIRST_CHUNK_PREALLOCATED {
-            if len == 0 {
+        if len == 0 {
+            return Ok(None);
+        }
+        let per_chunk = chunk_elements::<R>();
+        let first = (len as usize).min(per_chunk);
+        let mut elements = read_elements(
+            self.preallocated.fd().as_fd(),
+            generation as usize * per_chunk,
+            first,
+        )
+        .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
+        if len as usize > first {
+            let Some(rest) = read_chunks::<R>(
+                &self.chunks,
+                generation,
+                1,
+                len - first as u32,
+                self.names.1,
+            )?
+            else {
                 return Ok(None);
-            }
-            let per_chunk = chunk_elements::<R>();
-            let first = (len as usize).min(per_chunk);
-            let mut elements = read_elements(
-                self.preallocated.fd().as_fd(),
-                generation as usize * per_chunk,
-                first,
-            )
-            .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
-            if len as usize > first {
-                let Some(rest) = read_chunks::<R>(
-                    &self.chunks,
-                    generation,
-                    1,
-                    len - first as u32,
-                    self.names.1,
-                )?
-                else {
-                    return Ok(None);
-                };
-                elements.extend(rest);
-            }
-            return Ok(Some(SourceTable {
-                directory,
-                elements,
-                classes: Vec::new(),
-            }));
+            };
+            elements.extend(rest);
         }
-        match placement {
-            Placement::Chunked => Ok(read_chunks(&self.chunks, generation, 0, len, self.names.1)?
-                .map(|elements| SourceTable {
-                    directory,
-                    elements,
-                    classes: Vec::new(),
-                })),
-            Placement::Preallocated => {
-                let stride = stride::<R>(&self.preallocated);
-                let len = (len as usize).min(stride);
-                let elements = read_elements(
-                    self.preallocated.fd().as_fd(),
-                    generation as usize * stride,
-                    len,
-                )
-                .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
-                Ok(Some(SourceTable {
-                    directory,
-                    elements,
-                    classes: Vec::new(),
-                }))
-            }
-        }
+        Ok(Some(SourceTable {
+            directory,
+            elements,
+            classes: Vec::new(),
+        }))
     }
-}
-
-/// Copies `table` into `generation`'s part of the preallocated map.
-fn write_preallocated<R: Element>(
-    map: &MapData,
-    generation: u32,
-    table: &SourceTable<R>,
-    name: &'static str,
-) -> Result<(), LoaderError> {
-    write_elements_preallocated(map, generation, &table.elements, name)
 }
 
 /// Copies `elements` to the start of `generation`'s part of the preallocated map.
@@ -325,24 +274,18 @@ pub(crate) trait Element: ranges::Element + Pod {
     /// A chunk map's one value, as bytes: the family's template's exact size
     /// (the kernel refuses an inner map of another).
     type Chunk: Pod;
-    /// The table's first chunk's worth of elements is always the preallocated
-    /// value (both families since layout 13), chunk maps holding only the rest
-    /// from slot 1; else the whole table is in one place or the other.
-    const FIRST_CHUNK_PREALLOCATED: bool;
     /// Elements a directory of `slots` slots takes (IPv6: two slots a word,
     /// and the word of the two outside its window).
     fn directory_elements(slots: u32) -> u32;
 }
 impl Element for SourceRangeV4 {
     type Chunk = [u8; CHUNK_BYTES_V4];
-    const FIRST_CHUNK_PREALLOCATED: bool = true;
     fn directory_elements(slots: u32) -> u32 {
         slots
     }
 }
 impl Element for SourceRangeV6 {
     type Chunk = [u8; CHUNK_BYTES_V6];
-    const FIRST_CHUNK_PREALLOCATED: bool = true;
     fn directory_elements(slots: u32) -> u32 {
         slots / 2 + 1
     }

@@ -82,10 +82,8 @@ impl PolicyMaps {
     pub fn generation_prefixes(&self, generation: u32) -> Result<SourcePrefixes, LoaderError> {
         let generation = generation & 1;
         let config = self.config(generation)?;
-        let placement = |flag| Placement::recorded(config.inline_tables, flag);
         let v4 = match self.src_v4.read(
             generation,
-            placement(TABLE_INLINE_V4),
             Directory {
                 bits: config.directory_bits_v4,
                 base: config.directory_base_v4,
@@ -104,7 +102,6 @@ impl PolicyMaps {
         };
         let v6 = match self.src_v6.read(
             generation,
-            placement(TABLE_INLINE_V6),
             Directory {
                 bits: config.directory_bits_v6,
                 base: config.directory_base_v6,
