@@ -78,6 +78,14 @@ impl PortMap {
             out[usize::from(first)..=usize::from(last)].fill(slot(mask));
         }
     }
+
+    /// The map as the kernel's port array of masks, one per port (what a
+    /// generation's port slots are read back to).
+    pub fn dense(&self) -> Vec<u64> {
+        let mut out = vec![0u64; airlock_common::maps::PORT_SLOTS as usize];
+        self.fill_dense(&mut out, |mask| mask);
+        out
+    }
 }
 
 #[cfg(test)]
