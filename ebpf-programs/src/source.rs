@@ -137,9 +137,24 @@ fn class_v6(generation: u32, config: &GenConfig, high: u64, low: u64) -> Option<
 
 /// The search of a compact IPv6 run from word `base`: `k` halvings of `2^k`
 /// ranges, each step as IPv4's (see `step_if_before`).
+///
+/// A run of 4 ranges (one prefix inside the slot, the commonest run) is
+/// searched by the same two halvings written out, from the run's first word
+/// checked once to leave room for the run in the value: each load is then at a
+/// constant offset from it, not masked and scaled on its own, which at about
+/// three instructions a load and the loop's own made most of such a search's
+/// cost.
 #[inline(always)]
 fn search_v6(table: &TableV6, mut base: u64, k: u32, bound: u64) -> u32 {
     let mask = u64::from(INLINE_TABLE_V6 - 1);
+    let first = base & mask;
+    if k == 2 && first <= mask - 3 {
+        // SAFETY: words `first` to `first + 3` are in the value (checked just above).
+        let run: &[SourceRangeV6; 4] = unsafe { &*table.as_ptr().add(first as usize).cast() };
+        let at = (before_mask(run[2].0, bound) & 2) as usize;
+        let at = at + (before_mask(run[at + 1].0, bound) & 1) as usize;
+        return run[at].0 as u32;
+    }
     let mut step = (1u64 << k) >> 1;
     while step != 0 {
         base += step_if_before(table[((base + step) & mask) as usize].0, bound, step);
@@ -148,10 +163,28 @@ fn search_v6(table: &TableV6, mut base: u64, k: u32, bound: u64) -> u32 {
     table[(base & mask) as usize].0 as u32
 }
 
-/// The search of a wide IPv6 run (two words a range) from word `base`.
+/// The search of a wide IPv6 run (two words a range) from word `base`; of 4
+/// ranges, written out as a compact run's.
 #[inline(always)]
 fn search_v6_wide(table: &TableV6, mut base: u64, k: u32, key: (u64, u64)) -> u32 {
     let mask = u64::from(INLINE_TABLE_V6 - 1);
+    let first = base & mask;
+    if k == 2 && first <= mask - 7 {
+        // SAFETY: words `first` to `first + 7` are in the value (checked just above).
+        let run: &[SourceRangeV6; 8] = unsafe { &*table.as_ptr().add(first as usize).cast() };
+        let before = |at: usize| {
+            let start = (run[at].0, run[at + 1].0);
+            start.0 < key.0 || (start.0 == key.0 && start.1 <= key.1)
+        };
+        let last = if before(4) {
+            if before(6) { 6 } else { 4 }
+        } else if before(2) {
+            2
+        } else {
+            0
+        };
+        return run[last + 1].0 as u32;
+    }
     // In words: two a range.
     let mut step = 1u64 << k;
     while step > 1 {
@@ -170,6 +203,25 @@ fn search_v6_wide(table: &TableV6, mut base: u64, k: u32, key: (u64, u64)) -> u3
         step >>= 1;
     }
     table[((base + 1) & mask) as usize].0 as u32
+}
+
+/// All ones if `element` is below `bound`, else 0: `step_if_before` without
+/// its mask, which the caller applies where the compiler must see the result's
+/// range (an index it then need not check).
+#[inline(always)]
+fn before_mask(element: u64, bound: u64) -> u64 {
+    let mut value = element;
+    // SAFETY: register arithmetic only.
+    unsafe {
+        core::arch::asm!(
+            "{v} -= {b}",
+            "{v} s>>= 63",
+            v = inout(reg) value,
+            b = in(reg) bound,
+            options(pure, nomem, nostack),
+        );
+    }
+    value
 }
 
 /// `step` if `element` is below `bound`, else 0: the sign of `element - bound`

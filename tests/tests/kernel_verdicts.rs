@@ -614,6 +614,66 @@ rules:
     );
 }
 
+/// The IPv6 table's runs of four ranges, which the program searches written out
+/// (ebpf-programs/src/source.rs), in both widths, padded or not. The /32 and its
+/// neighbour set the window (2001:db8::/31, so a directory slot is a /50); each
+/// group below is alone in its slot: a /128 (a wide run: 3 ranges and a copy),
+/// a /56 (compact: its boundaries are /64 ones), a /60 then a /64 on other rules
+/// (compact, 4 ranges), a /127 then a /128 (wide, 4 ranges). Every boundary is
+/// probed at itself and either side, against the reference model.
+#[test]
+fn ipv6_runs_of_four_ranges_are_searched_exactly() {
+    let yaml = r#"
+version: 1
+interfaces: [eth0]
+default: drop
+rules:
+  - name: wide
+    ports: [22/tcp]
+    from: ["2001:db8::/32", "2001:db9::/48"]
+  - name: one
+    ports: [5432/tcp]
+    from: ["2001:db8:1000::7/128", "2001:db8:2000:100::/56", "2001:db8:3000:10::/60", "2001:db8:4000::10/127"]
+  - name: two
+    ports: [5432/tcp]
+    from: ["2001:db8:3000:20::/64", "2001:db8:4000::12/128"]
+"#;
+    let mut h = Harness::new();
+    let policy = h.apply(yaml);
+    let boundaries: [u128; 9] = [
+        0x2001_0db8_1000_0000_0000_0000_0000_0007,
+        0x2001_0db8_1000_0000_0000_0000_0000_0008,
+        0x2001_0db8_2000_0100_0000_0000_0000_0000,
+        0x2001_0db8_2000_0200_0000_0000_0000_0000,
+        0x2001_0db8_3000_0010_0000_0000_0000_0000,
+        0x2001_0db8_3000_0020_0000_0000_0000_0000,
+        0x2001_0db8_3000_0021_0000_0000_0000_0000,
+        0x2001_0db8_4000_0000_0000_0000_0000_0010,
+        0x2001_0db8_4000_0000_0000_0000_0000_0013,
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for boundary in boundaries {
+        for address in [boundary - 1, boundary, boundary + 1] {
+            let source = std::net::Ipv6Addr::from(address).to_string();
+            let out = h.check(&FrameSpec::tcp(&source, 5432).build());
+            seen.insert((out.reason.name(), out.rule));
+        }
+    }
+    // Each side of the boundaries answered: both narrow rules, and the /32 alone
+    // (refused on this port).
+    for expected in [
+        (Reason::RuleAllowed.name(), policy.rule_index("one")),
+        (Reason::RuleAllowed.name(), policy.rule_index("two")),
+    ] {
+        assert!(seen.contains(&expected), "{expected:?} not in {seen:?}");
+    }
+    assert!(
+        seen.iter()
+            .any(|(reason, _)| *reason == Reason::RuleRefused.name()),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn monitor_mode_passes_everything_but_counts_the_would_be_verdict() {
     let mut h = Harness::new();

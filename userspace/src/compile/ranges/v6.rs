@@ -197,7 +197,9 @@ pub(super) fn build<const N: usize>(
 /// What the program finds for `key` in `elements` (a table's words end to end,
 /// chunk `c` from word `c * 2^19`) with the directory `directory`, step for step
 /// as ebpf-programs/src/source.rs does: the word whose low 16 bits are the
-/// class. None where the program would read outside the table.
+/// class. None where the program would read outside the table. (The program
+/// writes the two halvings of a 4-range run out, from its first word; it reads
+/// the same words in the same order as the loop here.)
 pub(super) fn find(elements: &[SourceRangeV6], directory: &Directory, key: u128) -> Option<u32> {
     let (high, low) = ((key >> 64) as u64, key as u64);
     let shift = directory.shift & 63;
