@@ -1,0 +1,500 @@
+//! The previous text of each `file:` import and its networks in address order,
+//! kept by `airlock apply` so that a re-apply of a slightly changed list parses
+//! only the lines that changed. Justified by speed alone: at a million lines the
+//! parse and the compiler's sort of a list in no order are each a pass over a
+//! million items (docs/performance.md, "Where the time goes"); from the cache a
+//! re-apply compares the two texts (memory speed), parses the changed lines,
+//! and merges their networks into the sorted ones, which the compiler then
+//! sorts in one pass (a single run).
+//!
+//! What it holds is a pure function of the text: the networks its lines parse
+//! to, as a multiset (each line gives at most one, whatever the others say). So
+//! an entry never has to agree with what is applied, only with the text stored
+//! beside it, and anything wrong with it (missing, torn, another version's,
+//! another file's, a line that no longer parses, a network to remove that is not
+//! there) falls back to the full parse, never to other networks. Every byte is
+//! under a CRC-32 and the counts must fill the file exactly.
+//!
+//! The directory is trusted like the pin root (`crate::trust`): root's alone,
+//! with every directory on the way to it; entries are 0600, never followed
+//! through a symlink, written whole under a temporary name and renamed.
+
+use std::cell::RefCell;
+use std::fs::OpenOptions;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sha2::{Digest as _, Sha256};
+
+use super::imports::line_network;
+
+/// Where `airlock apply` keeps the cache unless `AIRLOCK_CACHE_DIR` says
+/// otherwise (set empty: no cache).
+pub const DEFAULT_DIR: &str = "/var/cache/airlock";
+
+const MAGIC: &[u8; 8] = b"ALIMPRT\n";
+/// Bumped with any change to the layout or to what a line parses to.
+const FORMAT: u32 = 1;
+/// Bytes of a stored IPv6 network: the address (network order), the length.
+const V6_BYTES: usize = 17;
+
+thread_local! {
+    /// The cache directory of this thread's policy loads, if [`enable`]d here.
+    static DIR: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+}
+
+/// Cache writes not yet finished (joined by [`Session`]'s drop).
+static WRITERS: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// The cache in use on this thread while it lives; dropping it waits for the
+/// entries being written, so none is left half-written by the process's exit.
+pub struct Session(());
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        DIR.with(|dir| dir.borrow_mut().take());
+        wait_for_writers();
+    }
+}
+
+/// Waits for the entries being written.
+pub(crate) fn wait_for_writers() {
+    let writers = std::mem::take(&mut *WRITERS.lock().unwrap_or_else(|e| e.into_inner()));
+    for writer in writers {
+        let _ = writer.join();
+    }
+}
+
+/// No cache for this thread's policy loads (tests).
+#[cfg(test)]
+pub(crate) fn disable() {
+    DIR.with(|dir| dir.borrow_mut().take());
+}
+
+/// Uses the cache in `AIRLOCK_CACHE_DIR` (default [`DEFAULT_DIR`]) for this
+/// thread's policy loads, if this process is root's and the directory is root's
+/// alone (made 0700 if missing). Otherwise the lists are parsed whole, as
+/// without it.
+pub fn enable() -> Session {
+    let base = match std::env::var_os("AIRLOCK_CACHE_DIR") {
+        Some(dir) if dir.is_empty() => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => Some(PathBuf::from(DEFAULT_DIR)),
+    };
+    if let Some(base) = base {
+        enable_in(&base.join("imports"));
+    }
+    Session(())
+}
+
+/// [`enable`] with the directory given.
+pub(crate) fn enable_in(dir: &Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let trusted =
+        crate::trust::create_dir_all(dir).and_then(|()| crate::trust::check_dir_and_parents(dir));
+    match trusted {
+        Ok(()) => DIR.with(|d| *d.borrow_mut() = Some(dir.to_owned())),
+        Err(error) => tracing::debug!(%error, "import cache not used"),
+    }
+}
+
+fn enabled_dir() -> Option<PathBuf> {
+    DIR.with(|d| d.borrow().clone())
+}
+
+/// The networks of `text` (the list read from `path`) from the cached entry of
+/// `path`, parsing only the lines that changed; None (nothing to use) sends the
+/// caller to the full parse. On success the new entry is being written.
+pub(crate) fn networks(path: &Path, text: &str) -> Option<Vec<IpNet>> {
+    let dir = enabled_dir()?;
+    let key = key_of(path)?;
+    let started = std::time::Instant::now();
+    let entry = read_entry(&dir.join(&key), &key, text.len());
+    let read = started.elapsed();
+    let result = entry.and_then(|entry| update(&entry, text.as_bytes()));
+    tracing::debug!(
+        hit = result.is_some(),
+        read_us = read.as_micros() as u64,
+        us = started.elapsed().as_micros() as u64,
+        "import cache"
+    );
+    let (nets, v4, v6) = result?;
+    spawn_writer(dir, key, text.to_owned(), v4, v6);
+    Some(nets)
+}
+
+/// Records `nets`, the networks the full parse found in `text` (every line
+/// good), for the next apply: sorted and written on a thread of their own.
+pub(crate) fn store(path: &Path, text: &str, nets: &[IpNet]) {
+    let (Some(dir), Some(key)) = (enabled_dir(), key_of(path)) else {
+        return;
+    };
+    let mut v4 = Vec::with_capacity(nets.len());
+    let mut v6 = Vec::new();
+    for net in nets {
+        match net {
+            IpNet::V4(n) => v4.push(v4_key(n)),
+            IpNet::V6(n) => v6.push(v6_key(n)),
+        }
+    }
+    let text = text.to_owned();
+    spawn(move || {
+        v4.sort_unstable();
+        v6.sort_unstable();
+        write_entry(&dir, &key, &text, &v4_bytes(&v4), &v6_bytes(&v6));
+    });
+}
+
+fn spawn_writer(dir: PathBuf, key: String, text: String, v4: Vec<u8>, v6: Vec<u8>) {
+    spawn(move || write_entry(&dir, &key, &text, &v4, &v6));
+}
+
+fn spawn(work: impl FnOnce() + Send + 'static) {
+    match std::thread::Builder::new()
+        .name("import-cache".into())
+        .spawn(work)
+    {
+        Ok(handle) => WRITERS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle),
+        Err(error) => tracing::debug!(%error, "import cache not written"),
+    }
+}
+
+/// The entry's file name: a digest of the import's absolute path (a name of
+/// fixed length and alphabet, whatever the path holds).
+fn key_of(path: &Path) -> Option<String> {
+    let path = std::path::absolute(path).ok()?;
+    let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// IPv4 networks in order: the address, then the length.
+fn v4_key(net: &Ipv4Net) -> u64 {
+    u64::from(u32::from(net.network())) << 8 | u64::from(net.prefix_len())
+}
+
+fn v6_key(net: &Ipv6Net) -> (u128, u8) {
+    (u128::from(net.network()), net.prefix_len())
+}
+
+fn v4_bytes(keys: &[u64]) -> Vec<u8> {
+    keys.iter().flat_map(|k| k.to_le_bytes()).collect()
+}
+
+fn v6_bytes(keys: &[(u128, u8)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.len() * V6_BYTES);
+    for (addr, len) in keys {
+        out.extend_from_slice(&addr.to_be_bytes());
+        out.push(*len);
+    }
+    out
+}
+
+/// A cached entry, checked whole.
+struct Entry {
+    text: Vec<u8>,
+    /// The sorted IPv4 keys, 8 bytes each (little-endian); then the IPv6 ones.
+    v4: Vec<u8>,
+    v6: Vec<u8>,
+}
+
+/// The header: magic, format, then the lengths of the key (the name), the text,
+/// the IPv4 and the IPv6 keys, in bytes.
+const HEADER: usize = 8 + 4 + 4 * 8;
+
+fn header(key: &str, text: usize, v4: usize, v6: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + key.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT.to_le_bytes());
+    for n in [key.len(), text, v4, v6] {
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+    }
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The entry at `file` if it is whole and ours: root's, 0600, not a symlink,
+/// for `key`, of this format, every length adding up, the CRC right. An entry
+/// whose text is far longer than the new one (`new_len`) is not read: most of
+/// it would have to be parsed anyway.
+fn read_entry(file: &Path, key: &str, new_len: usize) -> Option<Entry> {
+    let mut handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(file)
+        .ok()?;
+    let meta = handle.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+        tracing::debug!(file = %file.display(), "import cache entry not root's alone: not used");
+        return None;
+    }
+    let size = usize::try_from(meta.len()).ok()?;
+    if size > new_len.saturating_mul(2).saturating_add(1 << 20) {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(size).ok()?;
+    (&mut handle)
+        .take(size as u64)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let (body, crc) = bytes.split_last_chunk::<4>()?;
+    if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
+        return None;
+    }
+    let (head, rest) = body.split_first_chunk::<HEADER>()?;
+    if &head[..8] != MAGIC || head[8..12] != FORMAT.to_le_bytes() {
+        return None;
+    }
+    let field = |i: usize| {
+        let at = 12 + i * 8;
+        usize::try_from(u64::from_le_bytes(head[at..at + 8].try_into().ok()?)).ok()
+    };
+    let (key_len, text_len, v4_len, v6_len) = (field(0)?, field(1)?, field(2)?, field(3)?);
+    let total = key_len
+        .checked_add(text_len)?
+        .checked_add(v4_len)?
+        .checked_add(v6_len)?;
+    if total != rest.len() || !v4_len.is_multiple_of(8) || !v6_len.is_multiple_of(V6_BYTES) {
+        return None;
+    }
+    let (stored_key, rest) = rest.split_at(key_len);
+    if stored_key != key.as_bytes() {
+        return None;
+    }
+    let (text, rest) = rest.split_at(text_len);
+    let (v4, v6) = rest.split_at(v4_len);
+    Some(Entry {
+        text: text.to_vec(),
+        v4: v4.to_vec(),
+        v6: v6.to_vec(),
+    })
+}
+
+/// Writes an entry whole: under a temporary name (0600, in the trusted
+/// directory), then renamed over the old one. Failures leave the old entry or
+/// none; the next apply parses in full.
+fn write_entry(dir: &Path, key: &str, text: &str, v4: &[u8], v6: &[u8]) {
+    let result = (|| -> std::io::Result<()> {
+        let mut file = tempfile::Builder::new()
+            .prefix(".import-")
+            .tempfile_in(dir)?;
+        let head = header(key, text.len(), v4.len(), v6.len());
+        let mut crc = crc32fast::Hasher::new();
+        for part in [&head[..], text.as_bytes(), v4, v6] {
+            crc.update(part);
+            file.write_all(part)?;
+        }
+        file.write_all(&crc.finalize().to_le_bytes())?;
+        file.persist(dir.join(key)).map_err(|e| e.error)?;
+        Ok(())
+    })();
+    if let Err(error) = result {
+        tracing::debug!(%error, "import cache not written");
+    }
+}
+
+/// Past this share of the text changed, the full parse is as quick.
+const MOST_CHANGED: usize = 4;
+
+/// How far ahead (in lines) the comparison looks for where the two texts agree
+/// again after a difference: lines inserted or removed in a block up to this long
+/// cost only their own parse.
+const RESYNC: usize = 8;
+
+/// The lines of `old` and `new` that differ, compared in order: the removed
+/// ones and the added ones (without their line endings). After a difference the
+/// two texts are brought back in step at the nearest pair of equal lines within
+/// [`RESYNC`] lines of each (a line changed, a block inserted or removed); past
+/// that, lines are paired off as changed, which stops the comparison once a
+/// quarter of the text has changed (None: the full parse is as quick).
+#[allow(clippy::type_complexity)]
+fn changed_lines<'a>(old: &'a [u8], new: &'a [u8]) -> Option<(Vec<&'a [u8]>, Vec<&'a [u8]>)> {
+    // Every (lines of old, lines of new) to skip, nearest first.
+    let mut skips: Vec<(usize, usize)> = (0..=RESYNC)
+        .flat_map(|a| (0..=RESYNC).map(move |b| (a, b)))
+        .filter(|&skip| skip != (0, 0))
+        .collect();
+    skips.sort_by_key(|&(a, b)| (a + b, a.abs_diff(b)));
+    let (mut removed, mut added) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    let mut changed_bytes = 0;
+    loop {
+        let common = common_prefix(&old[i..], &new[j..]);
+        if i + common == old.len() && j + common == new.len() {
+            return Some((removed, added));
+        }
+        // Back to the start of the line that differs.
+        let start = old[i..i + common]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        let (old_starts, new_starts) = (line_starts(old, i + start), line_starts(new, j + start));
+        // Both texts' ends count as equal lines.
+        let (a, b) = skips
+            .iter()
+            .copied()
+            .find(|&(a, b)| line_at(old, old_starts[a]) == line_at(new, new_starts[b]))
+            .unwrap_or((1, 1));
+        for k in 0..a {
+            removed.extend(line_at(old, old_starts[k]));
+        }
+        for k in 0..b {
+            added.extend(line_at(new, new_starts[k]));
+        }
+        changed_bytes += old_starts[a] - old_starts[0] + new_starts[b] - new_starts[0];
+        (i, j) = (old_starts[a], new_starts[b]);
+        if changed_bytes > new.len() / MOST_CHANGED + 4096 {
+            return None;
+        }
+    }
+}
+
+/// Where the [`RESYNC`] + 1 lines from `at` start (the text's end for those past it).
+fn line_starts(text: &[u8], at: usize) -> [usize; RESYNC + 1] {
+    let mut starts = [at; RESYNC + 1];
+    for k in 1..=RESYNC {
+        starts[k] = next_line(text, starts[k - 1]);
+    }
+    starts
+}
+
+/// The line starting at `at` (without its '\n'), None at the end of the text.
+fn line_at(text: &[u8], at: usize) -> Option<&[u8]> {
+    let rest = text.get(at..).filter(|r| !r.is_empty())?;
+    Some(
+        rest.iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest, |end| &rest[..end]),
+    )
+}
+
+/// Where the line after the one starting at `at` starts.
+fn next_line(text: &[u8], at: usize) -> usize {
+    match text
+        .get(at..)
+        .and_then(|r| r.iter().position(|&b| b == b'\n'))
+    {
+        Some(end) => at + end + 1,
+        None => text.len(),
+    }
+}
+
+/// How many bytes `a` and `b` begin with alike: compared a block at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let n = a.len().min(b.len());
+    let mut k = 0;
+    while k + BLOCK <= n && a[k..k + BLOCK] == b[k..k + BLOCK] {
+        k += BLOCK;
+    }
+    while k < n && a[k] == b[k] {
+        k += 1;
+    }
+    k
+}
+
+/// The networks of `lines` (each as `str::lines` gives them, with a '\r' still
+/// on the end): None if one is not a good line.
+fn parse_lines(lines: &[&[u8]]) -> Option<(Vec<u64>, Vec<(u128, u8)>)> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for line in lines {
+        let line = std::str::from_utf8(line).ok()?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        match line_network(line).ok()? {
+            Some(IpNet::V4(n)) => v4.push(v4_key(&n)),
+            Some(IpNet::V6(n)) => v6.push(v6_key(&n)),
+            None => {}
+        }
+    }
+    v4.sort_unstable();
+    v6.sort_unstable();
+    Some((v4, v6))
+}
+
+/// The networks of `new` from `entry`: its sorted networks, less those of its
+/// changed lines, plus those of `new`'s; and the new entry's key bytes.
+fn update(entry: &Entry, new: &[u8]) -> Option<(Vec<IpNet>, Vec<u8>, Vec<u8>)> {
+    let (removed, added) = changed_lines(&entry.text, new)?;
+    let (gone4, gone6) = parse_lines(&removed)?;
+    let (new4, new6) = parse_lines(&added)?;
+    let count4 = (entry.v4.len() / 8 + new4.len()).checked_sub(gone4.len())?;
+    let count6 = (entry.v6.len() / V6_BYTES + new6.len()).checked_sub(gone6.len())?;
+    let mut nets = Vec::with_capacity(count4 + count6);
+    let old4 = entry
+        .v4
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+    let v4 = merge(old4, &gone4, &new4, |&k| {
+        let len = (k & 0xff) as u8;
+        let net = Ipv4Net::new(Ipv4Addr::from((k >> 8) as u32), len).ok()?;
+        // A stored network is canonical, as the parse gives them.
+        (k >> 40 == 0 && net.trunc() == net).then(|| nets.push(IpNet::V4(net)))
+    })?;
+    let old6 = entry.v6.chunks_exact(V6_BYTES).map(|c| {
+        let addr = u128::from_be_bytes(c[..16].try_into().unwrap_or_default());
+        (addr, c[16])
+    });
+    let v6 = merge(old6, &gone6, &new6, |&(addr, len)| {
+        let net = Ipv6Net::new(Ipv6Addr::from(addr), len).ok()?;
+        (net.trunc() == net).then(|| nets.push(IpNet::V6(net)))
+    })?;
+    Some((nets, v4_bytes(&v4), v6_bytes(&v6)))
+}
+
+/// `old` (sorted) less `gone` plus `new` (both sorted), as a multiset, in order;
+/// each key handed to `emit` too. None if `old` is out of order, holds a key of
+/// `gone` fewer times than `gone` does, or `emit` refuses one.
+fn merge<K: Copy + Ord>(
+    old: impl Iterator<Item = K>,
+    gone: &[K],
+    new: &[K],
+    mut emit: impl FnMut(&K) -> Option<()>,
+) -> Option<Vec<K>> {
+    let mut out = Vec::with_capacity(old.size_hint().0 + new.len());
+    let (mut g, mut n) = (0, 0);
+    let mut previous = None;
+    for key in old {
+        if previous.is_some_and(|p| key < p) {
+            return None;
+        }
+        previous = Some(key);
+        if g < gone.len() {
+            if gone[g] < key {
+                // Removed, but not there.
+                return None;
+            }
+            if gone[g] == key {
+                g += 1;
+                continue;
+            }
+        }
+        while n < new.len() && new[n] <= key {
+            emit(&new[n])?;
+            out.push(new[n]);
+            n += 1;
+        }
+        emit(&key)?;
+        out.push(key);
+    }
+    if g < gone.len() {
+        return None;
+    }
+    for key in &new[n..] {
+        emit(key)?;
+        out.push(*key);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
