@@ -25,7 +25,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -110,29 +110,44 @@ fn enabled_dir() -> Option<PathBuf> {
 }
 
 /// The networks of `text` (the list read from `path`) from the cached entry of
-/// `path`, parsing only the lines that changed; None (nothing to use) sends the
-/// caller to the full parse. On success the new entry is being written.
-pub(crate) fn networks(path: &Path, text: &str) -> Option<Vec<IpNet>> {
+/// `path`, parsing only the lines that changed; the new entry is written on a
+/// thread of its own as they are merged. None (nothing to use) sends the
+/// caller to the full parse.
+pub(crate) fn networks(path: &Path, text: &Arc<String>) -> Option<Vec<IpNet>> {
     let dir = enabled_dir()?;
     let key = key_of(path)?;
     let started = std::time::Instant::now();
     let entry = read_entry(&dir.join(&key), &key, text.len());
     let read = started.elapsed();
-    let result = entry.and_then(|entry| update(&entry, text.as_bytes()));
+    let nets = entry.and_then(|entry| {
+        let changes = Changes::of(&entry, text.as_bytes())?;
+        let compared = started.elapsed();
+        let (count4, count6) = changes.counts(&entry)?;
+        let mut writer =
+            EntryWriter::start(dir, key, Arc::clone(text), count4 * 8, count6 * V6_BYTES);
+        let nets = changes.apply(&entry, (count4, count6), &mut |bytes| writer.push(bytes))?;
+        writer.finish();
+        tracing::debug!(
+            compare_us = (compared - read).as_micros() as u64,
+            merge_us = (started.elapsed() - compared).as_micros() as u64,
+            removed = changes.removed,
+            added = changes.added,
+            "import cache updated"
+        );
+        Some(nets)
+    });
     tracing::debug!(
-        hit = result.is_some(),
+        hit = nets.is_some(),
         read_us = read.as_micros() as u64,
         us = started.elapsed().as_micros() as u64,
         "import cache"
     );
-    let (nets, v4, v6) = result?;
-    spawn_writer(dir, key, text.to_owned(), v4, v6);
-    Some(nets)
+    nets
 }
 
 /// Records `nets`, the networks the full parse found in `text` (every line
 /// good), for the next apply: sorted and written on a thread of their own.
-pub(crate) fn store(path: &Path, text: &str, nets: &[IpNet]) {
+pub(crate) fn store(path: &Path, text: Arc<String>, nets: &[IpNet]) {
     let (Some(dir), Some(key)) = (enabled_dir(), key_of(path)) else {
         return;
     };
@@ -144,16 +159,14 @@ pub(crate) fn store(path: &Path, text: &str, nets: &[IpNet]) {
             IpNet::V6(n) => v6.push(v6_key(n)),
         }
     }
-    let text = text.to_owned();
     spawn(move || {
         v4.sort_unstable();
         v6.sort_unstable();
-        write_entry(&dir, &key, &text, &v4_bytes(&v4), &v6_bytes(&v6));
+        let (v4, v6) = (v4_bytes(&v4), v6_bytes(&v6));
+        let (v4_len, v6_len) = (v4.len(), v6.len());
+        let pieces = [Piece::Keys(v4), Piece::Keys(v6), Piece::Done];
+        write_entry(&dir, &key, &text, (v4_len, v6_len), pieces);
     });
-}
-
-fn spawn_writer(dir: PathBuf, key: String, text: String, v4: Vec<u8>, v6: Vec<u8>) {
-    spawn(move || write_entry(&dir, &key, &text, &v4, &v6));
 }
 
 fn spawn(work: impl FnOnce() + Send + 'static) {
@@ -166,6 +179,57 @@ fn spawn(work: impl FnOnce() + Send + 'static) {
             .unwrap_or_else(|e| e.into_inner())
             .push(handle),
         Err(error) => tracing::debug!(%error, "import cache not written"),
+    }
+}
+
+/// What reaches the thread writing an entry: key bytes, in order, then the word
+/// that they are all there. A writer whose sender goes without it writes nothing.
+enum Piece {
+    Keys(Vec<u8>),
+    Done,
+}
+
+/// Bytes of keys sent to the writer at a time.
+const CHUNK: usize = 1 << 16;
+
+/// An entry being written as its keys are merged: the text and header first, on
+/// the writer's thread, beside the comparison's last steps and the merge.
+struct EntryWriter {
+    sender: Option<std::sync::mpsc::Sender<Piece>>,
+    chunk: Vec<u8>,
+}
+
+impl EntryWriter {
+    fn start(dir: PathBuf, key: String, text: Arc<String>, v4: usize, v6: usize) -> EntryWriter {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        spawn(move || write_entry(&dir, &key, &text, (v4, v6), receiver));
+        EntryWriter {
+            sender: Some(sender),
+            chunk: Vec::with_capacity(CHUNK),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.chunk.extend_from_slice(bytes);
+        if self.chunk.len() >= CHUNK {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        if let Some(sender) = &self.sender
+            && sender.send(Piece::Keys(chunk)).is_err()
+        {
+            self.sender = None;
+        }
+    }
+
+    fn finish(mut self) {
+        self.send();
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(Piece::Done);
+        }
     }
 }
 
@@ -187,7 +251,11 @@ fn v6_key(net: &Ipv6Net) -> (u128, u8) {
 }
 
 fn v4_bytes(keys: &[u64]) -> Vec<u8> {
-    keys.iter().flat_map(|k| k.to_le_bytes()).collect()
+    let mut out = Vec::with_capacity(keys.len() * 8);
+    for key in keys {
+        out.extend_from_slice(&key.to_le_bytes());
+    }
+    out
 }
 
 fn v6_bytes(keys: &[(u128, u8)]) -> Vec<u8> {
@@ -199,12 +267,25 @@ fn v6_bytes(keys: &[(u128, u8)]) -> Vec<u8> {
     out
 }
 
-/// A cached entry, checked whole.
+/// A cached entry, checked whole: the file's bytes, and where in them its text
+/// and its sorted IPv4 keys (8 bytes each, little-endian) and IPv6 keys are.
 struct Entry {
-    text: Vec<u8>,
-    /// The sorted IPv4 keys, 8 bytes each (little-endian); then the IPv6 ones.
-    v4: Vec<u8>,
-    v6: Vec<u8>,
+    bytes: Vec<u8>,
+    text: std::ops::Range<usize>,
+    v4: std::ops::Range<usize>,
+    v6: std::ops::Range<usize>,
+}
+
+impl Entry {
+    fn text(&self) -> &[u8] {
+        &self.bytes[self.text.clone()]
+    }
+    fn v4(&self) -> &[u8] {
+        &self.bytes[self.v4.clone()]
+    }
+    fn v6(&self) -> &[u8] {
+        &self.bytes[self.v6.clone()]
+    }
 }
 
 /// The header: magic, format, then the lengths of the key (the name), the text,
@@ -267,39 +348,65 @@ fn read_entry(file: &Path, key: &str, new_len: usize) -> Option<Entry> {
     if total != rest.len() || !v4_len.is_multiple_of(8) || !v6_len.is_multiple_of(V6_BYTES) {
         return None;
     }
-    let (stored_key, rest) = rest.split_at(key_len);
-    if stored_key != key.as_bytes() {
+    if &rest[..key_len] != key.as_bytes() {
         return None;
     }
-    let (text, rest) = rest.split_at(text_len);
-    let (v4, v6) = rest.split_at(v4_len);
+    let text = HEADER + key_len..HEADER + key_len + text_len;
+    let v4 = text.end..text.end + v4_len;
+    let v6 = v4.end..v4.end + v6_len;
     Some(Entry {
-        text: text.to_vec(),
-        v4: v4.to_vec(),
-        v6: v6.to_vec(),
+        bytes,
+        text,
+        v4,
+        v6,
     })
 }
 
 /// Writes an entry whole: under a temporary name (0600, in the trusted
-/// directory), then renamed over the old one. Failures leave the old entry or
-/// none; the next apply parses in full.
-fn write_entry(dir: &Path, key: &str, text: &str, v4: &[u8], v6: &[u8]) {
-    let result = (|| -> std::io::Result<()> {
+/// directory), then renamed over the old one, once `pieces` have brought
+/// exactly `keys` bytes of keys and [`Piece::Done`]. Anything else (a failure,
+/// pieces that stop short) leaves the old entry or none, and the temporary file
+/// goes; the next apply parses in full.
+fn write_entry(
+    dir: &Path,
+    key: &str,
+    text: &str,
+    (v4, v6): (usize, usize),
+    pieces: impl IntoIterator<Item = Piece>,
+) {
+    let keys = v4 + v6;
+    let result = (|| -> std::io::Result<bool> {
         let mut file = tempfile::Builder::new()
             .prefix(".import-")
             .tempfile_in(dir)?;
-        let head = header(key, text.len(), v4.len(), v6.len());
+        let head = header(key, text.len(), v4, v6);
         let mut crc = crc32fast::Hasher::new();
-        for part in [&head[..], text.as_bytes(), v4, v6] {
+        for part in [&head[..], text.as_bytes()] {
             crc.update(part);
             file.write_all(part)?;
         }
-        file.write_all(&crc.finalize().to_le_bytes())?;
-        file.persist(dir.join(key)).map_err(|e| e.error)?;
-        Ok(())
+        let mut written = 0;
+        for piece in pieces {
+            match piece {
+                Piece::Keys(bytes) => {
+                    crc.update(&bytes);
+                    file.write_all(&bytes)?;
+                    written += bytes.len();
+                }
+                Piece::Done if written == keys => {
+                    file.write_all(&crc.finalize().to_le_bytes())?;
+                    file.persist(dir.join(key)).map_err(|e| e.error)?;
+                    return Ok(true);
+                }
+                Piece::Done => break,
+            }
+        }
+        Ok(false)
     })();
-    if let Err(error) = result {
-        tracing::debug!(%error, "import cache not written");
+    match result {
+        Ok(true) => {}
+        Ok(false) => tracing::debug!("import cache entry abandoned"),
+        Err(error) => tracing::debug!(%error, "import cache not written"),
     }
 }
 
@@ -310,6 +417,53 @@ const MOST_CHANGED: usize = 4;
 /// again after a difference: lines inserted or removed in a block up to this long
 /// cost only their own parse.
 const RESYNC: usize = 8;
+
+/// The lines from a place in a text, found as they are asked for.
+struct Lines<'a> {
+    text: &'a [u8],
+    starts: [usize; RESYNC + 2],
+    known: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn at(text: &'a [u8], start: usize) -> Self {
+        let mut starts = [start; RESYNC + 2];
+        starts[0] = start;
+        Lines {
+            text,
+            starts,
+            known: 1,
+        }
+    }
+
+    /// Where line `k` starts (the text's end for a line past it).
+    fn start(&mut self, k: usize) -> usize {
+        while self.known <= k {
+            let previous = self.starts[self.known - 1];
+            self.starts[self.known] = match memchr::memchr(b'\n', &self.text[previous..]) {
+                Some(end) => previous + end + 1,
+                None => self.text.len(),
+            };
+            self.known += 1;
+        }
+        self.starts[k]
+    }
+
+    /// Line `k` without its '\n'; None past the text's end.
+    fn line(&mut self, k: usize) -> Option<&'a [u8]> {
+        let start = self.start(k);
+        if start >= self.text.len() {
+            return None;
+        }
+        let next = self.start(k + 1);
+        let end = if self.text[next - 1] == b'\n' {
+            next - 1
+        } else {
+            next
+        };
+        Some(&self.text[start..end])
+    }
+}
 
 /// The lines of `old` and `new` that differ, compared in order: the removed
 /// ones and the added ones (without their line endings). After a difference the
@@ -334,58 +488,26 @@ fn changed_lines<'a>(old: &'a [u8], new: &'a [u8]) -> Option<(Vec<&'a [u8]>, Vec
             return Some((removed, added));
         }
         // Back to the start of the line that differs.
-        let start = old[i..i + common]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1);
-        let (old_starts, new_starts) = (line_starts(old, i + start), line_starts(new, j + start));
+        let start = memchr::memrchr(b'\n', &old[i..i + common]).map_or(0, |p| p + 1);
+        let (mut old_lines, mut new_lines) = (Lines::at(old, i + start), Lines::at(new, j + start));
         // Both texts' ends count as equal lines.
         let (a, b) = skips
             .iter()
             .copied()
-            .find(|&(a, b)| line_at(old, old_starts[a]) == line_at(new, new_starts[b]))
+            .find(|&(a, b)| old_lines.line(a) == new_lines.line(b))
             .unwrap_or((1, 1));
         for k in 0..a {
-            removed.extend(line_at(old, old_starts[k]));
+            removed.extend(old_lines.line(k));
         }
         for k in 0..b {
-            added.extend(line_at(new, new_starts[k]));
+            added.extend(new_lines.line(k));
         }
-        changed_bytes += old_starts[a] - old_starts[0] + new_starts[b] - new_starts[0];
-        (i, j) = (old_starts[a], new_starts[b]);
+        let (i0, j0) = (i + start, j + start);
+        (i, j) = (old_lines.start(a), new_lines.start(b));
+        changed_bytes += i - i0 + j - j0;
         if changed_bytes > new.len() / MOST_CHANGED + 4096 {
             return None;
         }
-    }
-}
-
-/// Where the [`RESYNC`] + 1 lines from `at` start (the text's end for those past it).
-fn line_starts(text: &[u8], at: usize) -> [usize; RESYNC + 1] {
-    let mut starts = [at; RESYNC + 1];
-    for k in 1..=RESYNC {
-        starts[k] = next_line(text, starts[k - 1]);
-    }
-    starts
-}
-
-/// The line starting at `at` (without its '\n'), None at the end of the text.
-fn line_at(text: &[u8], at: usize) -> Option<&[u8]> {
-    let rest = text.get(at..).filter(|r| !r.is_empty())?;
-    Some(
-        rest.iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest, |end| &rest[..end]),
-    )
-}
-
-/// Where the line after the one starting at `at` starts.
-fn next_line(text: &[u8], at: usize) -> usize {
-    match text
-        .get(at..)
-        .and_then(|r| r.iter().position(|&b| b == b'\n'))
-    {
-        Some(end) => at + end + 1,
-        None => text.len(),
     }
 }
 
@@ -404,7 +526,7 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// The networks of `lines` (each as `str::lines` gives them, with a '\r' still
-/// on the end): None if one is not a good line.
+/// on the end), sorted: None if one is not a good line.
 fn parse_lines(lines: &[&[u8]]) -> Option<(Vec<u64>, Vec<(u128, u8)>)> {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for line in lines {
@@ -421,46 +543,93 @@ fn parse_lines(lines: &[&[u8]]) -> Option<(Vec<u64>, Vec<(u128, u8)>)> {
     Some((v4, v6))
 }
 
-/// The networks of `new` from `entry`: its sorted networks, less those of its
-/// changed lines, plus those of `new`'s; and the new entry's key bytes.
-fn update(entry: &Entry, new: &[u8]) -> Option<(Vec<IpNet>, Vec<u8>, Vec<u8>)> {
-    let (removed, added) = changed_lines(&entry.text, new)?;
-    let (gone4, gone6) = parse_lines(&removed)?;
-    let (new4, new6) = parse_lines(&added)?;
-    let count4 = (entry.v4.len() / 8 + new4.len()).checked_sub(gone4.len())?;
-    let count6 = (entry.v6.len() / V6_BYTES + new6.len()).checked_sub(gone6.len())?;
-    let mut nets = Vec::with_capacity(count4 + count6);
-    let old4 = entry
-        .v4
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
-    let v4 = merge(old4, &gone4, &new4, |&k| {
-        let len = (k & 0xff) as u8;
-        let net = Ipv4Net::new(Ipv4Addr::from((k >> 8) as u32), len).ok()?;
-        // A stored network is canonical, as the parse gives them.
-        (k >> 40 == 0 && net.trunc() == net).then(|| nets.push(IpNet::V4(net)))
-    })?;
-    let old6 = entry.v6.chunks_exact(V6_BYTES).map(|c| {
-        let addr = u128::from_be_bytes(c[..16].try_into().unwrap_or_default());
-        (addr, c[16])
-    });
-    let v6 = merge(old6, &gone6, &new6, |&(addr, len)| {
-        let net = Ipv6Net::new(Ipv6Addr::from(addr), len).ok()?;
-        (net.trunc() == net).then(|| nets.push(IpNet::V6(net)))
-    })?;
-    Some((nets, v4_bytes(&v4), v6_bytes(&v6)))
+/// The networks a changed text loses and gains, per family, sorted.
+struct Changes {
+    gone4: Vec<u64>,
+    new4: Vec<u64>,
+    gone6: Vec<(u128, u8)>,
+    new6: Vec<(u128, u8)>,
+    /// Lines removed and added.
+    removed: usize,
+    added: usize,
 }
 
-/// `old` (sorted) less `gone` plus `new` (both sorted), as a multiset, in order;
-/// each key handed to `emit` too. None if `old` is out of order, holds a key of
-/// `gone` fewer times than `gone` does, or `emit` refuses one.
+impl Changes {
+    /// From `entry`'s text to `new`: None if a changed line is not a good one, or
+    /// too much changed.
+    fn of(entry: &Entry, new: &[u8]) -> Option<Changes> {
+        let (removed, added) = changed_lines(entry.text(), new)?;
+        let (gone4, gone6) = parse_lines(&removed)?;
+        let (new4, new6) = parse_lines(&added)?;
+        Some(Changes {
+            gone4,
+            new4,
+            gone6,
+            new6,
+            removed: removed.len(),
+            added: added.len(),
+        })
+    }
+
+    /// How many networks of each family the new text has.
+    fn counts(&self, entry: &Entry) -> Option<(usize, usize)> {
+        let v4 = (entry.v4().len() / 8 + self.new4.len()).checked_sub(self.gone4.len())?;
+        let v6 = (entry.v6().len() / V6_BYTES + self.new6.len()).checked_sub(self.gone6.len())?;
+        Some((v4, v6))
+    }
+
+    /// The new text's networks, in order: `entry`'s sorted ones less those gone
+    /// plus the new ones; each one's key bytes handed to `keys` as well (IPv4,
+    /// then IPv6), as the next entry stores them.
+    fn apply(
+        &self,
+        entry: &Entry,
+        (count4, count6): (usize, usize),
+        keys: &mut impl FnMut(&[u8]),
+    ) -> Option<Vec<IpNet>> {
+        let mut nets = Vec::with_capacity(count4 + count6);
+        let old4 = entry
+            .v4()
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        merge(old4, &self.gone4, &self.new4, |k| {
+            let len = (k & 0xff) as u8;
+            let net = Ipv4Net::new(Ipv4Addr::from((k >> 8) as u32), len).ok()?;
+            // A stored network is canonical, as the parse gives them.
+            if k >> 40 != 0 || net.trunc() != net {
+                return None;
+            }
+            nets.push(IpNet::V4(net));
+            keys(&k.to_le_bytes());
+            Some(())
+        })?;
+        let old6 = entry.v6().chunks_exact(V6_BYTES).map(|c| {
+            let addr = u128::from_be_bytes(c[..16].try_into().unwrap_or_default());
+            (addr, c[16])
+        });
+        merge(old6, &self.gone6, &self.new6, |(addr, len)| {
+            let net = Ipv6Net::new(Ipv6Addr::from(addr), len).ok()?;
+            if net.trunc() != net {
+                return None;
+            }
+            nets.push(IpNet::V6(net));
+            keys(&addr.to_be_bytes());
+            keys(&[len]);
+            Some(())
+        })?;
+        (nets.len() == count4 + count6).then_some(nets)
+    }
+}
+
+/// `old` (sorted) less `gone` plus `new` (both sorted), as a multiset, handed
+/// to `emit` in order. None if `old` is out of order, holds a key of `gone`
+/// fewer times than `gone` does, or `emit` refuses one.
 fn merge<K: Copy + Ord>(
     old: impl Iterator<Item = K>,
     gone: &[K],
     new: &[K],
-    mut emit: impl FnMut(&K) -> Option<()>,
-) -> Option<Vec<K>> {
-    let mut out = Vec::with_capacity(old.size_hint().0 + new.len());
+    mut emit: impl FnMut(K) -> Option<()>,
+) -> Option<()> {
     let (mut g, mut n) = (0, 0);
     let mut previous = None;
     for key in old {
@@ -468,32 +637,31 @@ fn merge<K: Copy + Ord>(
             return None;
         }
         previous = Some(key);
-        if g < gone.len() {
-            if gone[g] < key {
+        if let Some(&first) = gone.get(g) {
+            if first < key {
                 // Removed, but not there.
                 return None;
             }
-            if gone[g] == key {
+            if first == key {
                 g += 1;
                 continue;
             }
         }
-        while n < new.len() && new[n] <= key {
-            emit(&new[n])?;
-            out.push(new[n]);
+        while let Some(&next) = new.get(n)
+            && next <= key
+        {
+            emit(next)?;
             n += 1;
         }
-        emit(&key)?;
-        out.push(key);
+        emit(key)?;
     }
     if g < gone.len() {
         return None;
     }
-    for key in &new[n..] {
+    for &key in &new[n..] {
         emit(key)?;
-        out.push(*key);
     }
-    Some(out)
+    Some(())
 }
 
 #[cfg(test)]

@@ -76,13 +76,15 @@ pub(crate) fn import(
         }
     };
     let read = started.elapsed();
+    // Shared with the thread writing the import cache's entry.
+    let text = std::sync::Arc::new(text);
     let nets = match import_cache::networks(&path, &text) {
         Some(nets) => nets,
         None => {
             let problems = ctx.diags.len();
             let nets = parse_list(ctx, pos, &path, &text, field);
             if ctx.diags.len() == problems {
-                import_cache::store(&path, &text, &nets);
+                import_cache::store(&path, text, &nets);
             }
             nets
         }
