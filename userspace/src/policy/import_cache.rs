@@ -156,16 +156,27 @@ pub(crate) fn store(path: &Path, text: Arc<String>, nets: &[IpNet]) {
     for net in nets {
         match net {
             IpNet::V4(n) => v4.push(v4_key(n)),
-            IpNet::V6(n) => v6.push(v6_key(n)),
+            // As stored: sorted as bytes, in the order of (address, length).
+            IpNet::V6(n) => v6.push(v6_stored(v6_key(n))),
         }
     }
     spawn(move || {
-        v4.sort_unstable();
-        v6.sort_unstable();
-        let (v4, v6) = (v4_bytes(&v4), v6_bytes(&v6));
-        let (v4_len, v6_len) = (v4.len(), v6.len());
-        let pieces = [Piece::Keys(v4), Piece::Keys(v6), Piece::Done];
-        write_entry(&dir, &key, &text, (v4_len, v6_len), pieces);
+        let lengths = (v4.len() * 8, v6.len() * V6_BYTES);
+        let result = (|| {
+            // The text first, so that it can go before the sort.
+            let mut file = EntryFile::create(&dir, &key, &text, lengths)?;
+            drop(text);
+            v4.sort_unstable();
+            v6.sort_unstable();
+            for chunk in v4.chunks(CHUNK / 8) {
+                file.keys(&v4_bytes(chunk))?;
+            }
+            for chunk in v6.chunks(CHUNK / V6_BYTES) {
+                file.keys(chunk.as_flattened())?;
+            }
+            file.finish(&dir, &key)
+        })();
+        log_written(result);
     });
 }
 
@@ -202,7 +213,20 @@ struct EntryWriter {
 impl EntryWriter {
     fn start(dir: PathBuf, key: String, text: Arc<String>, v4: usize, v6: usize) -> EntryWriter {
         let (sender, receiver) = std::sync::mpsc::channel();
-        spawn(move || write_entry(&dir, &key, &text, (v4, v6), receiver));
+        spawn(move || {
+            let result = (|| {
+                let mut file = EntryFile::create(&dir, &key, &text, (v4, v6))?;
+                drop(text);
+                for piece in receiver {
+                    match piece {
+                        Piece::Keys(bytes) => file.keys(&bytes)?,
+                        Piece::Done => return file.finish(&dir, &key),
+                    }
+                }
+                Ok(false)
+            })();
+            log_written(result);
+        });
         EntryWriter {
             sender: Some(sender),
             chunk: Vec::with_capacity(CHUNK),
@@ -258,13 +282,16 @@ fn v4_bytes(keys: &[u64]) -> Vec<u8> {
     out
 }
 
-fn v6_bytes(keys: &[(u128, u8)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(keys.len() * V6_BYTES);
-    for (addr, len) in keys {
-        out.extend_from_slice(&addr.to_be_bytes());
-        out.push(*len);
-    }
+/// An IPv6 key as stored: the address (network order), then the length.
+fn v6_stored((addr, len): (u128, u8)) -> [u8; V6_BYTES] {
+    let mut out = [len; V6_BYTES];
+    out[..16].copy_from_slice(&addr.to_be_bytes());
     out
+}
+
+#[cfg(test)]
+fn v6_bytes(keys: &[(u128, u8)]) -> Vec<u8> {
+    keys.iter().flat_map(|&k| v6_stored(k)).collect()
 }
 
 /// A cached entry, checked whole: the file's bytes, and where in them its text
@@ -362,20 +389,26 @@ fn read_entry(file: &Path, key: &str, new_len: usize) -> Option<Entry> {
     })
 }
 
-/// Writes an entry whole: under a temporary name (0600, in the trusted
-/// directory), then renamed over the old one, once `pieces` have brought
-/// exactly `keys` bytes of keys and [`Piece::Done`]. Anything else (a failure,
-/// pieces that stop short) leaves the old entry or none, and the temporary file
-/// goes; the next apply parses in full.
-fn write_entry(
-    dir: &Path,
-    key: &str,
-    text: &str,
-    (v4, v6): (usize, usize),
-    pieces: impl IntoIterator<Item = Piece>,
-) {
-    let keys = v4 + v6;
-    let result = (|| -> std::io::Result<bool> {
+/// An entry being written: under a temporary name (0600, in the trusted
+/// directory), renamed over the old one only once exactly the keys announced in
+/// its header are written. Anything else (a failure, keys that stop short)
+/// leaves the old entry or none, and the temporary file goes; the next apply
+/// parses in full.
+struct EntryFile {
+    file: tempfile::NamedTempFile,
+    crc: crc32fast::Hasher,
+    /// Key bytes still to come.
+    left: usize,
+}
+
+impl EntryFile {
+    /// Begins the entry: its header and text.
+    fn create(
+        dir: &Path,
+        key: &str,
+        text: &str,
+        (v4, v6): (usize, usize),
+    ) -> std::io::Result<Self> {
         let mut file = tempfile::Builder::new()
             .prefix(".import-")
             .tempfile_in(dir)?;
@@ -385,24 +418,34 @@ fn write_entry(
             crc.update(part);
             file.write_all(part)?;
         }
-        let mut written = 0;
-        for piece in pieces {
-            match piece {
-                Piece::Keys(bytes) => {
-                    crc.update(&bytes);
-                    file.write_all(&bytes)?;
-                    written += bytes.len();
-                }
-                Piece::Done if written == keys => {
-                    file.write_all(&crc.finalize().to_le_bytes())?;
-                    file.persist(dir.join(key)).map_err(|e| e.error)?;
-                    return Ok(true);
-                }
-                Piece::Done => break,
-            }
+        Ok(EntryFile {
+            file,
+            crc,
+            left: v4 + v6,
+        })
+    }
+
+    fn keys(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.left = self
+            .left
+            .checked_sub(bytes.len())
+            .ok_or_else(|| std::io::Error::other("more keys than announced"))?;
+        self.crc.update(bytes);
+        self.file.write_all(bytes)
+    }
+
+    /// Puts the entry in place if it is complete (`Ok(false)` if not).
+    fn finish(mut self, dir: &Path, key: &str) -> std::io::Result<bool> {
+        if self.left != 0 {
+            return Ok(false);
         }
-        Ok(false)
-    })();
+        self.file.write_all(&self.crc.finalize().to_le_bytes())?;
+        self.file.persist(dir.join(key)).map_err(|e| e.error)?;
+        Ok(true)
+    }
+}
+
+fn log_written(result: std::io::Result<bool>) {
     match result {
         Ok(true) => {}
         Ok(false) => tracing::debug!("import cache entry abandoned"),
@@ -613,8 +656,7 @@ impl Changes {
                 return None;
             }
             nets.push(IpNet::V6(net));
-            keys(&addr.to_be_bytes());
-            keys(&[len]);
+            keys(&v6_stored((addr, len)));
             Some(())
         })?;
         (nets.len() == count4 + count6).then_some(nets)

@@ -178,21 +178,19 @@ fn a_damaged_or_foreign_entry_is_not_read() {
     let dir = tempfile::tempdir().unwrap();
     let text = "192.0.2.0/24\n2001:db8::/32\n";
     let entry = entry_of(text);
-    let pieces = |done: bool| {
-        let mut pieces = vec![
-            Piece::Keys(entry.v4().to_vec()),
-            Piece::Keys(entry.v6().to_vec()),
-        ];
-        if done {
-            pieces.push(Piece::Done);
-        }
-        pieces
-    };
     let lengths = (entry.v4().len(), entry.v6().len());
-    // Pieces that stop short (a merge that failed): nothing is written.
-    write_entry(dir.path(), "k", text, lengths, pieces(false));
+    let write = |complete: bool| {
+        let mut file = EntryFile::create(dir.path(), "k", text, lengths).unwrap();
+        file.keys(entry.v4()).unwrap();
+        if complete {
+            file.keys(entry.v6()).unwrap();
+        }
+        file.finish(dir.path(), "k").unwrap()
+    };
+    // Keys that stop short (a merge that failed): nothing is written.
+    assert!(!write(false));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    write_entry(dir.path(), "k", text, lengths, pieces(true));
+    assert!(write(true));
     let file = dir.path().join("k");
     let read = read_entry(&file, "k", text.len()).expect("read back");
     assert_eq!(
