@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -208,18 +208,25 @@ const CHUNK: usize = 1 << 16;
 struct EntryWriter {
     sender: Option<std::sync::mpsc::Sender<Piece>>,
     chunk: Vec<u8>,
+    /// Chunks the writer is done with, to fill again (fresh memory costs more
+    /// than the copy).
+    returned: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
 impl EntryWriter {
     fn start(dir: PathBuf, key: String, text: Arc<String>, v4: usize, v6: usize) -> EntryWriter {
         let (sender, receiver) = std::sync::mpsc::channel();
+        let (give_back, returned) = std::sync::mpsc::channel();
         spawn(move || {
             let result = (|| {
                 let mut file = EntryFile::create(&dir, &key, &text, (v4, v6))?;
                 drop(text);
                 for piece in receiver {
                     match piece {
-                        Piece::Keys(bytes) => file.keys(&bytes)?,
+                        Piece::Keys(bytes) => {
+                            file.keys(&bytes)?;
+                            let _ = give_back.send(bytes);
+                        }
                         Piece::Done => return file.finish(&dir, &key),
                     }
                 }
@@ -230,6 +237,7 @@ impl EntryWriter {
         EntryWriter {
             sender: Some(sender),
             chunk: Vec::with_capacity(CHUNK),
+            returned,
         }
     }
 
@@ -241,7 +249,14 @@ impl EntryWriter {
     }
 
     fn send(&mut self) {
-        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK));
+        let next = match self.returned.try_recv() {
+            Ok(mut used) => {
+                used.clear();
+                used
+            }
+            Err(_) => Vec::with_capacity(CHUNK),
+        };
+        let chunk = std::mem::replace(&mut self.chunk, next);
         if let Some(sender) = &self.sender
             && sender.send(Piece::Keys(chunk)).is_err()
         {
@@ -294,10 +309,70 @@ fn v6_bytes(keys: &[(u128, u8)]) -> Vec<u8> {
     keys.iter().flat_map(|&k| v6_stored(k)).collect()
 }
 
+/// A file mapped read-only: a re-apply reads its entry where the page cache
+/// holds it, with no copy and no fresh memory to fault in (zeroing fresh pages
+/// is the largest single cost of an apply at a million prefixes on this kind of
+/// host). Entries are replaced by rename and never changed in place, in a
+/// directory only root can write, so the pages stay what was checked (a
+/// truncation by root would fault the reader).
+struct Mapped {
+    memory: std::ptr::NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl Mapped {
+    fn of(file: &std::fs::File, len: usize) -> Option<Mapped> {
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+        let length = std::num::NonZeroUsize::new(len)?;
+        // SAFETY: a fresh private read-only mapping of `len` bytes of the file
+        // (its size), unmapped on drop; the type's comment says why its bytes do
+        // not change while mapped.
+        let memory = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
+                file,
+                0,
+            )
+        }
+        .ok()?;
+        Some(Mapped { memory, len })
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `of` with this length; no slice of it outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.memory, self.len) };
+    }
+}
+
+/// An entry's bytes: mapped from its file, or (tests) made in memory.
+enum Storage {
+    Mapped(Mapped),
+    #[cfg(test)]
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            // SAFETY: the mapping holds `len` readable bytes while `self` lives.
+            Storage::Mapped(m) => unsafe {
+                std::slice::from_raw_parts(m.memory.as_ptr().cast::<u8>(), m.len)
+            },
+            #[cfg(test)]
+            Storage::Owned(bytes) => bytes,
+        }
+    }
+}
+
 /// A cached entry, checked whole: the file's bytes, and where in them its text
 /// and its sorted IPv4 keys (8 bytes each, little-endian) and IPv6 keys are.
 struct Entry {
-    bytes: Vec<u8>,
+    bytes: Storage,
     text: std::ops::Range<usize>,
     v4: std::ops::Range<usize>,
     v6: std::ops::Range<usize>,
@@ -305,13 +380,13 @@ struct Entry {
 
 impl Entry {
     fn text(&self) -> &[u8] {
-        &self.bytes[self.text.clone()]
+        &self.bytes.as_slice()[self.text.clone()]
     }
     fn v4(&self) -> &[u8] {
-        &self.bytes[self.v4.clone()]
+        &self.bytes.as_slice()[self.v4.clone()]
     }
     fn v6(&self) -> &[u8] {
-        &self.bytes[self.v6.clone()]
+        &self.bytes.as_slice()[self.v6.clone()]
     }
 }
 
@@ -335,7 +410,7 @@ fn header(key: &str, text: usize, v4: usize, v6: usize) -> Vec<u8> {
 /// whose text is far longer than the new one (`new_len`) is not read: most of
 /// it would have to be parsed anyway.
 fn read_entry(file: &Path, key: &str, new_len: usize) -> Option<Entry> {
-    let mut handle = OpenOptions::new()
+    let handle = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(file)
@@ -349,13 +424,8 @@ fn read_entry(file: &Path, key: &str, new_len: usize) -> Option<Entry> {
     if size > new_len.saturating_mul(2).saturating_add(1 << 20) {
         return None;
     }
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(size).ok()?;
-    (&mut handle)
-        .take(size as u64)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    let (body, crc) = bytes.split_last_chunk::<4>()?;
+    let bytes = Storage::Mapped(Mapped::of(&handle, size)?);
+    let (body, crc) = bytes.as_slice().split_last_chunk::<4>()?;
     if crc32fast::hash(body) != u32::from_le_bytes(*crc) {
         return None;
     }

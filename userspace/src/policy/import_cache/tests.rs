@@ -55,7 +55,7 @@ fn entry_from(text: &[u8], v4: &[u8], v6: &[u8]) -> Entry {
     let v4 = text.end..text.end + v4.len();
     let v6 = v4.end..bytes.len();
     Entry {
-        bytes,
+        bytes: Storage::Owned(bytes),
         text,
         v4,
         v6,
