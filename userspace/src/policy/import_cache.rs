@@ -638,9 +638,12 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     k
 }
 
+/// Sorted IPv4 and IPv6 keys.
+type FamilyKeys = (Vec<u64>, Vec<(u128, u8)>);
+
 /// The networks of `lines` (each as `str::lines` gives them, with a '\r' still
 /// on the end), sorted: None if one is not a good line.
-fn parse_lines(lines: &[&[u8]]) -> Option<(Vec<u64>, Vec<(u128, u8)>)> {
+fn parse_lines(lines: &[&[u8]]) -> Option<FamilyKeys> {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for line in lines {
         let line = std::str::from_utf8(line).ok()?;

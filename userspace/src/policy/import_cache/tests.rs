@@ -99,7 +99,7 @@ fn an_updated_entry_gives_what_the_full_parse_gives() {
     for round in 0..300 {
         let n = [0, 1, 2, 5, 40, 400, 3000][round % 7];
         let lines: Vec<String> = (0..n).map(|_| random_line(&mut next)).collect();
-        let old_newline = next() % 4 != 0;
+        let old_newline = !next().is_multiple_of(4);
         let old = text_of(&lines, old_newline);
         let mut changed = lines.clone();
         let edits = (next() % 12) as usize;
@@ -123,7 +123,7 @@ fn an_updated_entry_gives_what_the_full_parse_gives() {
                 _ => changed.push(random_line(&mut next)),
             }
         }
-        let new_newline = if next() % 5 == 0 {
+        let new_newline = if next().is_multiple_of(5) {
             !old_newline
         } else {
             old_newline
