@@ -100,8 +100,32 @@ pub(crate) fn enable_in(dir: &Path) {
     let trusted =
         crate::trust::create_dir_all(dir).and_then(|()| crate::trust::check_dir_and_parents(dir));
     match trusted {
-        Ok(()) => DIR.with(|d| *d.borrow_mut() = Some(dir.to_owned())),
+        Ok(()) => {
+            remove_stale(dir);
+            DIR.with(|d| *d.borrow_mut() = Some(dir.to_owned()));
+        }
         Err(error) => tracing::debug!(%error, "import cache not used"),
+    }
+}
+
+/// Temporary files of entries an apply was killed while writing (a writer
+/// finishes in well under a second; an hour is surely stale).
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(b".import-")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
