@@ -108,23 +108,42 @@ pub(crate) fn enable_in(dir: &Path) {
     }
 }
 
-/// Temporary files of entries an apply was killed while writing (a writer
-/// finishes in well under a second; an hour is surely stale).
+/// Entries kept: the most recently written, up to this many and this many bytes
+/// (a host imports a handful of lists; one whose policy moved leaves its entry).
+const MAX_ENTRIES: usize = 32;
+const MAX_BYTES: u64 = 512 << 20;
+
+/// Tidies the directory: temporary files of entries an apply was killed while
+/// writing (a writer finishes in well under a second; an hour is surely stale),
+/// and the oldest entries past [`MAX_ENTRIES`] or [`MAX_BYTES`].
 fn remove_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let mut kept = Vec::new();
     for entry in entries.flatten() {
-        let stale = entry
+        let Ok(meta) = entry.metadata() else { continue };
+        let Ok(modified) = meta.modified() else {
+            continue;
+        };
+        if entry
             .file_name()
             .as_encoded_bytes()
             .starts_with(b".import-")
-            && entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 3600));
-        if stale {
-            let _ = std::fs::remove_file(entry.path());
+        {
+            if modified.elapsed().is_ok_and(|age| age.as_secs() > 3600) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        } else if meta.is_file() {
+            kept.push((modified, meta.len(), entry.path()));
+        }
+    }
+    kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+    let mut bytes = 0;
+    for (i, (_, len, path)) in kept.iter().enumerate() {
+        bytes += len;
+        if i >= MAX_ENTRIES || bytes > MAX_BYTES {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

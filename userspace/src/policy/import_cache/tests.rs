@@ -286,3 +286,31 @@ fn a_policy_compiled_through_the_cache_is_the_full_compile() {
     assert_eq!(cached, load(false).unwrap_err().to_string());
     assert!(cached.contains("list.txt:1235"), "{cached}");
 }
+
+/// The directory keeps the newest entries, and loses what a killed writer left
+/// an hour ago (not what one is writing now).
+#[test]
+fn old_entries_and_stale_temporary_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now();
+    let at = |name: &str, age: u64| {
+        let file = std::fs::File::create(dir.path().join(name)).unwrap();
+        file.set_modified(now - std::time::Duration::from_secs(age))
+            .unwrap();
+    };
+    for i in 0..MAX_ENTRIES + 5 {
+        at(&format!("{i:064x}"), i as u64 * 10);
+    }
+    at(".import-old", 7200);
+    at(".import-new", 10);
+    remove_stale(dir.path());
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut expected: Vec<String> = (0..MAX_ENTRIES).map(|i| format!("{i:064x}")).collect();
+    expected.push(".import-new".into());
+    expected.sort();
+    assert_eq!(left, expected);
+}
