@@ -64,6 +64,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The socket tables are read while the policy is (milliseconds each on a busy
     // host, and the compile does not need them).
     let facts = pipeline::EarlyFacts::start();
+    // A re-apply parses only the imported lines that changed since the last
+    // apply; the entries written meanwhile are finished when this returns.
+    let _import_cache = (!args.dry_run).then(policy::import_cache::enable);
     let mut policy = policy::load(&args.policy)?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "policy loaded");
     if let Some(mode) = args.mode {

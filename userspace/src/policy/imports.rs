@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use super::addr::parse_cidr;
 use super::error::DiagnosticKind;
 use super::fast_cidr::{fast_cidr, fast_line};
+use super::import_cache;
 use super::import_file::{self, ReadError};
 use super::raw::{Ctx, Pos};
 
@@ -75,7 +76,19 @@ pub(crate) fn import(
         }
     };
     let read = started.elapsed();
-    let nets = parse_list(ctx, pos, &path, &text, field);
+    // Shared with the thread writing the import cache's entry.
+    let text = std::sync::Arc::new(text);
+    let nets = match import_cache::networks(&path, &text) {
+        Some(nets) => nets,
+        None => {
+            let problems = ctx.diags.len();
+            let nets = parse_list(ctx, pos, &path, &text, field);
+            if ctx.diags.len() == problems {
+                import_cache::store(&path, text, &nets);
+            }
+            nets
+        }
+    };
     tracing::debug!(
         read_us = read.as_micros() as u64,
         parse_us = (started.elapsed() - read).as_micros() as u64,
@@ -195,6 +208,32 @@ pub(crate) fn parse_list(
         );
     }
     out
+}
+
+/// What one line of a list gives, as [`parse_list`] reads it (`line` as
+/// `str::lines` cuts it): its network, nothing (blank, a comment), or `Err` for
+/// a line `parse_list` reports. The import cache parses changed lines with it;
+/// any `Err` sends it to `parse_list`, which says what is wrong.
+pub(crate) fn line_network(line: &str) -> Result<Option<IpNet>, ()> {
+    if let Some(net) = fast_cidr(line.as_bytes()) {
+        return Ok(Some(net));
+    }
+    let plain = !line.bytes().any(|b| b == b'#' || b.is_ascii_whitespace());
+    if plain
+        && !line.is_empty()
+        && let Ok(net) = parse_cidr(line)
+    {
+        return Ok(Some(net));
+    }
+    let content = line.split_once('#').map_or(line, |(before, _)| before);
+    let mut words = content.split_whitespace();
+    let Some(word) = words.next() else {
+        return Ok(None);
+    };
+    if words.next().is_some() || shown(word).is_none() {
+        return Err(());
+    }
+    parse_cidr(word).map(Some).map_err(drop)
 }
 
 /// Lists at least this large are read on two threads.

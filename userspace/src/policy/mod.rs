@@ -13,6 +13,7 @@ mod addr;
 mod cidr_crates;
 mod error;
 mod fast_cidr;
+pub mod import_cache;
 mod import_file;
 mod import_paths;
 mod imports;

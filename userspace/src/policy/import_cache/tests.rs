@@ -1,0 +1,316 @@
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::*;
+use crate::test_rng::xorshift;
+
+/// A line of a list: mostly networks of both families, some written unusually
+/// (an address alone, a comment after it, CRLF), comments and blank lines.
+fn random_line(next: &mut impl FnMut() -> u64) -> String {
+    let r = next();
+    let v4 = |r: u64, len: u8| {
+        let addr = (r >> 16) as u32 & (u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0));
+        format!("{}/{len}", Ipv4Addr::from(addr))
+    };
+    let v6 = |r: u64, len: u8| {
+        let addr = (u128::from(r) << 64 | u128::from(r.rotate_left(17)))
+            & (u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0));
+        format!("{}/{len}", Ipv6Addr::from(addr))
+    };
+    match r % 16 {
+        0..=8 => v4(r, [8, 16, 20, 24, 28, 32][(r >> 8) as usize % 6]),
+        9..=11 => v6(r, [32, 48, 64, 127, 128][(r >> 8) as usize % 5]),
+        12 => format!("{}", Ipv4Addr::from((r >> 20) as u32)),
+        13 => format!("{} # a comment", v4(r, 24)),
+        14 => format!("{}\r", v4(r, 16)),
+        _ => ["# comment", "", "   ", "  # indented"][(r >> 8) as usize % 4].to_string(),
+    }
+}
+
+fn text_of(lines: &[String], final_newline: bool) -> String {
+    let mut text = lines.join("\n");
+    if final_newline {
+        text.push('\n');
+    }
+    text
+}
+
+/// The entry the full parse of `text` leaves.
+fn entry_of(text: &str) -> Entry {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        match line_network(line).expect("a good line") {
+            Some(IpNet::V4(n)) => v4.push(v4_key(&n)),
+            Some(IpNet::V6(n)) => v6.push(v6_key(&n)),
+            None => {}
+        }
+    }
+    v4.sort_unstable();
+    v6.sort_unstable();
+    entry_from(text.as_bytes(), &v4_bytes(&v4), &v6_bytes(&v6))
+}
+
+fn entry_from(text: &[u8], v4: &[u8], v6: &[u8]) -> Entry {
+    let bytes = [text, v4, v6].concat();
+    let text = 0..text.len();
+    let v4 = text.end..text.end + v4.len();
+    let v6 = v4.end..bytes.len();
+    Entry {
+        bytes: Storage::Owned(bytes),
+        text,
+        v4,
+        v6,
+    }
+}
+
+/// The new networks and the new entry's key bytes, from `entry` and `new`.
+fn update(entry: &Entry, new: &[u8]) -> Option<(Vec<IpNet>, Vec<u8>)> {
+    let changes = Changes::of(entry, new)?;
+    let counts = changes.counts(entry)?;
+    let mut keys = Vec::new();
+    let nets = changes.apply(entry, counts, &mut |b: &[u8]| keys.extend_from_slice(b))?;
+    Some((nets, keys))
+}
+
+/// What the full parse gives, sorted as the cache gives it.
+fn sorted_parse(text: &str) -> Vec<IpNet> {
+    let mut ctx = crate::policy::raw::Ctx::new(Path::new("p.yaml"));
+    let mut nets = super::super::imports::parse_list(
+        &mut ctx,
+        crate::policy::raw::Pos { line: 1, column: 1 },
+        Path::new("list.txt"),
+        text,
+        "sets.s.file",
+    );
+    assert!(ctx.diags.is_empty(), "{:?}", ctx.diags);
+    nets.sort_by_key(|n| match n {
+        IpNet::V4(n) => (0, u128::from(v4_key(n)), 0),
+        IpNet::V6(n) => (1, v6_key(n).0, v6_key(n).1),
+    });
+    nets
+}
+
+/// Random lists, changed in every way a list changes (lines replaced, inserted
+/// alone or in runs, removed, appended, the last newline added or dropped):
+/// the cache answers, and answers what the full parse does.
+#[test]
+fn an_updated_entry_gives_what_the_full_parse_gives() {
+    let mut next = xorshift(0x1abc_2def_3456_7891);
+    let mut answered = 0;
+    for round in 0..300 {
+        let n = [0, 1, 2, 5, 40, 400, 3000][round % 7];
+        let lines: Vec<String> = (0..n).map(|_| random_line(&mut next)).collect();
+        let old_newline = !next().is_multiple_of(4);
+        let old = text_of(&lines, old_newline);
+        let mut changed = lines.clone();
+        let edits = (next() % 12) as usize;
+        for _ in 0..edits {
+            let at = if changed.is_empty() {
+                0
+            } else {
+                (next() as usize) % changed.len()
+            };
+            match next() % 6 {
+                0 | 1 if !changed.is_empty() => changed[at] = random_line(&mut next),
+                2 => changed.insert(at, random_line(&mut next)),
+                3 if !changed.is_empty() => {
+                    changed.remove(at);
+                }
+                4 => {
+                    for _ in 0..(next() % 5) {
+                        changed.insert(at, random_line(&mut next));
+                    }
+                }
+                _ => changed.push(random_line(&mut next)),
+            }
+        }
+        let new_newline = if next().is_multiple_of(5) {
+            !old_newline
+        } else {
+            old_newline
+        };
+        let new = text_of(&changed, new_newline);
+        let entry = entry_of(&old);
+        match update(&entry, new.as_bytes()) {
+            Some((nets, keys)) => {
+                answered += 1;
+                assert_eq!(nets, sorted_parse(&new), "round {round}");
+                let again = entry_of(&new);
+                assert_eq!(keys, [again.v4(), again.v6()].concat(), "round {round}");
+            }
+            None => panic!("round {round}: {edits} edits not answered"),
+        }
+    }
+    assert_eq!(answered, 300);
+}
+
+/// A changed line that is not a network (or the full parse would report it)
+/// is not answered from the cache: the full parse says what is wrong.
+#[test]
+fn a_bad_changed_line_is_left_to_the_full_parse() {
+    let old = "192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n";
+    let entry = entry_of(old);
+    for bad in [
+        "192.0.2.1/24",
+        "nonsense",
+        "192.0.2.0/24 198.51.100.0/24",
+        "10.0.0.0/33",
+    ] {
+        let new = old.replace("198.51.100.0/24", bad);
+        assert!(update(&entry, new.as_bytes()).is_none(), "{bad}");
+    }
+    // A network to remove that the entry does not hold: the entry is not the
+    // text's, so it is not used.
+    let fewer = entry_of("192.0.2.0/24\n203.0.113.0/24\n");
+    let wrong = entry_from(old.as_bytes(), fewer.v4(), fewer.v6());
+    let new = old.replace("198.51.100.0/24", "198.51.100.0/25");
+    assert!(update(&wrong, new.as_bytes()).is_none());
+    assert!(update(&entry, new.as_bytes()).is_some());
+    // Out of order: not used.
+    let mut keys = entry_of(old).v4().to_vec();
+    keys.rotate_left(8);
+    let shuffled = entry_from(old.as_bytes(), &keys, &[]);
+    assert!(update(&shuffled, new.as_bytes()).is_none());
+}
+
+/// An entry is read back only whole, root's alone, of its own key.
+#[test]
+fn a_damaged_or_foreign_entry_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "192.0.2.0/24\n2001:db8::/32\n";
+    let entry = entry_of(text);
+    let lengths = (entry.v4().len(), entry.v6().len());
+    let write = |complete: bool| {
+        let mut file = EntryFile::create(dir.path(), "k", text, lengths).unwrap();
+        file.keys(entry.v4()).unwrap();
+        if complete {
+            file.keys(entry.v6()).unwrap();
+        }
+        file.finish(dir.path(), "k").unwrap()
+    };
+    // Keys that stop short (a merge that failed): nothing is written.
+    assert!(!write(false));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    assert!(write(true));
+    let file = dir.path().join("k");
+    let read = read_entry(&file, "k", text.len()).expect("read back");
+    assert_eq!(
+        (read.text(), read.v4(), read.v6()),
+        (entry.text(), entry.v4(), entry.v6())
+    );
+    assert!(read_entry(&file, "other", text.len()).is_none());
+    let good = std::fs::read(&file).unwrap();
+    for at in [
+        0,
+        9,
+        13,
+        HEADER,
+        HEADER + 3,
+        good.len() - 10,
+        good.len() - 1,
+    ] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x20;
+        std::fs::write(&file, &bad).unwrap();
+        assert!(read_entry(&file, "k", text.len()).is_none(), "byte {at}");
+    }
+    std::fs::write(&file, &good[..good.len() - 1]).unwrap();
+    assert!(read_entry(&file, "k", text.len()).is_none(), "truncated");
+    std::fs::write(&file, &good).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        read_entry(&file, "k", text.len()).is_none(),
+        "readable by others"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(read_entry(&file, "k", text.len()).is_some());
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    assert!(read_entry(&link, "k", text.len()).is_none(), "symlink");
+}
+
+const POLICY: &str = "version: 1\ninterfaces: [eth0]\ndefault: drop\nmanagement: [192.0.2.7/32]\nsets:\n  bulk:\n    file: list.txt\n  other:\n    cidrs: [198.51.100.0/24, 2001:db8:1::/48]\n    except: [198.51.100.128/25]\nrules:\n  - {name: a, ports: [22], from: [bulk]}\n  - {name: b, ports: [443], from: [bulk, other]}\n";
+
+/// A list compiled through the cache compiles to exactly what the full parse
+/// compiles to (every entry, port, config and figure), change after change; and
+/// a bad line is reported as without the cache.
+#[test]
+fn a_policy_compiled_through_the_cache_is_the_full_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, POLICY).unwrap();
+    let list = dir.path().join("list.txt");
+    let mut next = xorshift(0x7777_1234_5678_9abc);
+    let mut lines: Vec<String> = (0..20_000).map(|_| random_line(&mut next)).collect();
+    let load = |cached: bool| {
+        if cached {
+            enable_in(&cache);
+        } else {
+            disable();
+        }
+        let policy = crate::policy::load(&policy_path);
+        wait_for_writers();
+        disable();
+        policy
+    };
+    std::fs::write(&list, text_of(&lines, true)).unwrap();
+    let first = load(true).unwrap();
+    let bulk = |p: &crate::policy::Policy| p.rules[0].from.sets[0].cidrs.clone();
+    assert!(
+        !bulk(&first).is_sorted(),
+        "the first load parses in list order"
+    );
+    for change in 0..4 {
+        for i in (change..lines.len()).step_by(100) {
+            lines[i] = random_line(&mut next);
+        }
+        lines.insert(7 * change, random_line(&mut next));
+        std::fs::write(&list, text_of(&lines, true)).unwrap();
+        let cached = load(true).unwrap();
+        let full = load(false).unwrap();
+        assert!(
+            bulk(&cached).is_sorted(),
+            "change {change} came from the cache"
+        );
+        let (cached, full) = (
+            crate::compile::compile(&cached).unwrap(),
+            crate::compile::compile(&full).unwrap(),
+        );
+        assert!(cached == full, "change {change}");
+        assert_eq!(cached.stats(), full.stats());
+    }
+    // A bad line: the same diagnostics, and no entry for it.
+    lines[1234] = "192.0.2.1/24".into();
+    std::fs::write(&list, text_of(&lines, true)).unwrap();
+    let cached = load(true).unwrap_err().to_string();
+    assert_eq!(cached, load(false).unwrap_err().to_string());
+    assert!(cached.contains("list.txt:1235"), "{cached}");
+}
+
+/// The directory keeps the newest entries, and loses what a killed writer left
+/// an hour ago (not what one is writing now).
+#[test]
+fn old_entries_and_stale_temporary_files_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now();
+    let at = |name: &str, age: u64| {
+        let file = std::fs::File::create(dir.path().join(name)).unwrap();
+        file.set_modified(now - std::time::Duration::from_secs(age))
+            .unwrap();
+    };
+    for i in 0..MAX_ENTRIES + 5 {
+        at(&format!("{i:064x}"), i as u64 * 10);
+    }
+    at(".import-old", 7200);
+    at(".import-new", 10);
+    remove_stale(dir.path());
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut expected: Vec<String> = (0..MAX_ENTRIES).map(|i| format!("{i:064x}")).collect();
+    expected.push(".import-new".into());
+    expected.sort();
+    assert_eq!(left, expected);
+}
