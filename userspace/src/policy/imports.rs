@@ -133,19 +133,14 @@ pub(crate) fn parse_list(
     let mut out = Vec::with_capacity(text.len() / 16);
     let mut problems = 0;
     for (index, line) in text.lines().enumerate() {
-        // Most lines of a large list are a bare network: take those without the
-        // general path's searches and allocations.
-        if let Some(net) = fast_cidr(line.as_bytes()) {
-            out.push(net);
-            continue;
-        }
-        let plain = !line.bytes().any(|b| b == b'#' || b.is_ascii_whitespace());
-        if plain
-            && !line.is_empty()
-            && let Ok(net) = parse_cidr(line)
-        {
-            out.push(net);
-            continue;
+        match line_network(line) {
+            Ok(Some(net)) => {
+                out.push(net);
+                continue;
+            }
+            Ok(None) => continue,
+            // Worked out again below, to say what is wrong and where.
+            Err(()) => {}
         }
         let content = line.split_once('#').map_or(line, |(before, _)| before);
         let mut words = content.split_whitespace();
@@ -214,7 +209,10 @@ pub(crate) fn parse_list(
 /// `str::lines` cuts it): its network, nothing (blank, a comment), or `Err` for
 /// a line `parse_list` reports. The import cache parses changed lines with it;
 /// any `Err` sends it to `parse_list`, which says what is wrong.
+#[inline(always)]
 pub(crate) fn line_network(line: &str) -> Result<Option<IpNet>, ()> {
+    // Most lines of a large list are a bare network: take those without the
+    // general path's searches and allocations.
     if let Some(net) = fast_cidr(line.as_bytes()) {
         return Ok(Some(net));
     }
