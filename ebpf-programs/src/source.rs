@@ -177,7 +177,7 @@ fn search_v6_wide(table: &TableV6, mut base: u64, k: u32, key: (u64, u64)) -> u3
 /// LLVM turns the same arithmetic into a compare and a branch, which doubles the
 /// verifier's paths at every step of the search.
 #[inline(always)]
-fn step_if_before(element: impl Into<u64>, bound: u64, step: u64) -> u64 {
+pub(crate) fn step_if_before(element: impl Into<u64>, bound: u64, step: u64) -> u64 {
     let mut value: u64 = element.into();
     // SAFETY: register arithmetic only.
     unsafe {
