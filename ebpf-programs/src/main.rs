@@ -23,9 +23,9 @@ mod sample;
 mod source;
 
 use airlock_common::{
-    DEFAULT_DROP, FLAG_TABLE_V4, FLAG_TABLE_V6, GenConfig, GenPolicy, MODE_MONITOR, REFUSED_STAT_OFFSET,
-    Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, UNFLAGGED_V4, UNFLAGGED_V6, reason_stat_index,
-    rule_stat_index,
+    DEFAULT_DROP, FLAG_TABLE_V4, FLAG_TABLE_V6, GenConfig, GenPolicy, MODE_MONITOR,
+    REFUSED_STAT_OFFSET, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, UNFLAGGED_V4, UNFLAGGED_V6,
+    reason_stat_index, rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{

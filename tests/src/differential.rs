@@ -549,11 +549,7 @@ fn flags_from(h: &Harness) -> [FlagsFrom; 2] {
         .generation_config(generation)
         .expect("reading the config back")
         .expect("the policy in force is complete");
-    [
-        (UNFLAGGED_V4, FLAG_TABLE_V4),
-        (UNFLAGGED_V6, FLAG_TABLE_V6),
-    ]
-    .map(|(unflagged, table)| {
+    [(UNFLAGGED_V4, FLAG_TABLE_V4), (UNFLAGGED_V6, FLAG_TABLE_V6)].map(|(unflagged, table)| {
         if config.unflagged & unflagged != 0 {
             FlagsFrom::Unflagged
         } else if config.flag_tables & table != 0 {

@@ -42,19 +42,19 @@ pub fn set(config: &mut GenConfig, v4: &[PrefixEntry<4>], v6: &[PrefixEntry<16>]
     config.flag_bits_v6 = 0;
     config.flag_starts_v4 = [0; FLAG_INTERVALS];
     config.flag_starts_v6 = [[0; 2]; FLAG_INTERVALS];
-    if flagged(v4) {
-        if let Some((starts, bits)) = table(&intervals(v4)) {
-            config.flag_starts_v4 = starts.map(|start| start as u32);
-            config.flag_bits_v4 = bits;
-            config.flag_tables |= FLAG_TABLE_V4;
-        }
+    if flagged(v4)
+        && let Some((starts, bits)) = table(&intervals(v4))
+    {
+        config.flag_starts_v4 = starts.map(|start| start as u32);
+        config.flag_bits_v4 = bits;
+        config.flag_tables |= FLAG_TABLE_V4;
     }
-    if flagged(v6) {
-        if let Some((starts, bits)) = table(&intervals(v6)) {
-            config.flag_starts_v6 = starts.map(|start| [(start >> 64) as u64, start as u64]);
-            config.flag_bits_v6 = bits;
-            config.flag_tables |= FLAG_TABLE_V6;
-        }
+    if flagged(v6)
+        && let Some((starts, bits)) = table(&intervals(v6))
+    {
+        config.flag_starts_v6 = starts.map(|start| [(start >> 64) as u64, start as u64]);
+        config.flag_bits_v6 = bits;
+        config.flag_tables |= FLAG_TABLE_V6;
     }
 }
 

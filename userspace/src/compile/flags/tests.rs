@@ -46,7 +46,13 @@ fn probes<const N: usize>(entries: &[PrefixEntry<N>], extra: &[u128]) -> Vec<u12
 /// (or holes in them) overflow it.
 fn raw() -> impl Strategy<Value = Vec<(u32, u128, u8, u64, u32)>> {
     prop::collection::vec(
-        (0u32..3, any::<u128>(), 0u8..=128, 0u64..4, prop_oneof![2 => Just(0u32), 1 => 1u32..4]),
+        (
+            0u32..3,
+            any::<u128>(),
+            0u8..=128,
+            0u64..4,
+            prop_oneof![2 => Just(0u32), 1 => 1u32..4],
+        ),
         0..14,
     )
 }
@@ -138,16 +144,29 @@ fn eight_intervals_fit_and_nine_do_not() {
     let hosts = |n: u128, top: bool| -> Vec<PrefixEntry<16>> {
         (0..n)
             .map(|i| {
-                let addr = if top && i == n - 1 { u128::MAX } else { (i + 1) << 80 | 1 };
+                let addr = if top && i == n - 1 {
+                    u128::MAX
+                } else {
+                    (i + 1) << 80 | 1
+                };
                 entry::<16>(addr, 128, 0, SRC_MANAGEMENT)
             })
             .collect()
     };
-    for (n, top, fits) in [(3, false, true), (4, true, true), (4, false, false), (5, true, false)] {
+    for (n, top, fits) in [
+        (3, false, true),
+        (4, true, true),
+        (4, false, false),
+        (5, true, false),
+    ] {
         let v6 = sorted(hosts(n, top));
         let mut config = GenConfig::default();
         set(&mut config, &[], &v6);
-        assert_eq!(config.flag_tables == FLAG_TABLE_V6, fits, "{n} hosts, top {top}");
+        assert_eq!(
+            config.flag_tables == FLAG_TABLE_V6,
+            fits,
+            "{n} hosts, top {top}"
+        );
         if fits {
             for e in &v6 {
                 let addr = u128::from_be_bytes(e.addr);
