@@ -83,7 +83,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 13;
+pub const LAYOUT_VERSION: u32 = 14;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -199,8 +199,34 @@ pub struct GenConfig {
     /// packet some rule covers (or a non-first fragment), and the program skips
     /// the lookup for the rest. 0 (never skip) is always correct.
     pub unflagged: u32,
+    /// `FLAG_TABLE_V4` | `FLAG_TABLE_V6`: the family's flag table below holds
+    /// exactly what its source table says of management and deny at every
+    /// address, so a packet that needs only those flags (a port no rule covers,
+    /// essential ICMP, a malformed packet's source) reads them here instead of
+    /// looking the source up. 0 (never) is always correct: a family whose flags
+    /// change more than [`FLAG_INTERVALS`] times has no flag table.
+    pub flag_tables: u32,
+    /// The flags of the family's flag intervals: interval `i`'s
+    /// `SRC_MANAGEMENT | SRC_DENY` in bits `2i` and `2i + 1`.
+    pub flag_bits_v4: u32,
+    pub flag_bits_v6: u32,
     pub _pad: u32,
+    /// The first addresses of the IPv4 flag intervals, ascending, the first 0;
+    /// an address is in the last interval starting at or before it. Unused
+    /// slots repeat the last interval (its start and its flags), so the
+    /// program always searches all [`FLAG_INTERVALS`].
+    pub flag_starts_v4: [u32; FLAG_INTERVALS],
+    /// Likewise for IPv6, as (top 64 bits, low 64 bits).
+    pub flag_starts_v6: [[u64; 2]; FLAG_INTERVALS],
 }
+
+/// Intervals of a family's flag table (see [`GenConfig::flag_tables`]): a
+/// power of two, searched in `log2` fixed steps.
+pub const FLAG_INTERVALS: usize = 8;
+
+/// `GenConfig::flag_tables`: the generation's IPv4 / IPv6 flag table is in use.
+pub const FLAG_TABLE_V4: u32 = 1 << 0;
+pub const FLAG_TABLE_V6: u32 = 1 << 1;
 
 /// `GenConfig::unflagged`: the generation's IPv4 / IPv6 classes carry no
 /// management or deny flag.
@@ -387,6 +413,9 @@ pub const REFUSED_STAT_OFFSET: u32 = MAX_RULES as u32;
 // The layout the program and the loader rely on.
 const _: () = {
     assert!(POLICY_CONFIG_OFFSET == 0);
+    // Two flag bits an interval fit a `flag_bits_*` word.
+    assert!(FLAG_INTERVALS.is_power_of_two() && 2 * FLAG_INTERVALS <= 32);
+    assert!(core::mem::size_of::<GenConfig>() == 256);
     assert!(POLICY_UDP_OFFSET == POLICY_TCP_OFFSET + PORT_SLOTS as usize * 16);
     assert!(POLICY_BYTES.is_multiple_of(8) && POLICY_BYTES <= 4 << 20);
     assert!(POLICY_CLASSES_V4_OFFSET == POLICY_UDP_OFFSET + PORT_SLOTS as usize * 16);

@@ -13,6 +13,7 @@
 
 mod egress;
 mod fast;
+mod flags;
 mod flows;
 mod log;
 mod maps;
@@ -22,8 +23,9 @@ mod sample;
 mod source;
 
 use airlock_common::{
-    DEFAULT_DROP, GenPolicy, MODE_MONITOR, REFUSED_STAT_OFFSET, Reason, SRC_DENY, SRC_MANAGEMENT,
-    SourceEntry, UNFLAGGED_V4, UNFLAGGED_V6, reason_stat_index, rule_stat_index,
+    DEFAULT_DROP, FLAG_TABLE_V4, FLAG_TABLE_V6, GenConfig, GenPolicy, MODE_MONITOR,
+    REFUSED_STAT_OFFSET, Reason, SRC_DENY, SRC_MANAGEMENT, SourceEntry, UNFLAGGED_V4, UNFLAGGED_V6,
+    reason_stat_index, rule_stat_index,
 };
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use parse::{
@@ -216,15 +218,17 @@ fn decide_as<const L4: u8>(
         }
         _ => {}
     }
-    // Where no source of the family is management or deny (the loader says so
-    // from the classes it wrote), the source's answer decides only a packet a
-    // rule covers and a non-first fragment: every other packet (a flood to a port
-    // no rule covers, a reply, essential ICMP) skips the lookup. Its empty answer
-    // leads to the verdict the real one would: no flag to find, no rule asked.
-    let unflagged = if headers.family == 4 {
-        UNFLAGGED_V4
+    // Only a packet a rule covers and a non-first fragment need the source's
+    // rules. Every other packet (a flood to a port no rule covers, a reply,
+    // essential ICMP, a malformed packet) needs only its management and deny
+    // flags: none where no source of the family has one (the loader says so
+    // from the classes it wrote), else from the family's flag table where it
+    // has one. Their answer leads to the verdict the real one would: the same
+    // flags, no rule asked.
+    let (unflagged, flag_table) = if headers.family == 4 {
+        (UNFLAGGED_V4, FLAG_TABLE_V4)
     } else {
-        UNFLAGGED_V6
+        (UNFLAGGED_V6, FLAG_TABLE_V6)
     };
     // The port's slot is read again below rather than kept: carried across the
     // lookup, LLVM kept it per transport and the verifier then checked the lookup
@@ -234,10 +238,27 @@ fn decide_as<const L4: u8>(
         L4_UDP => maps::port_slot(policy, false, headers.local_port).rules != 0,
         _ => false,
     };
-    let entry = if covered || l4 == L4_NON_FIRST_FRAGMENT || config.unflagged & unflagged == 0 {
-        lookup(generation, policy, packet, headers)
+    // A measurement variant (`--cfg=airlock_no_flag_table`) reads no flag
+    // table: the program as it was before them, on the same layout.
+    let flag_table = if cfg!(airlock_no_flag_table) {
+        0
     } else {
+        flag_table
+    };
+    let full = covered
+        || l4 == L4_NON_FIRST_FRAGMENT
+        || config.unflagged & unflagged == 0 && config.flag_tables & flag_table == 0;
+    // One call site of the full lookup: each is inlined, and the verifier
+    // walks each copy.
+    let entry = if full {
+        lookup(generation, policy, packet, headers)
+    } else if config.unflagged & unflagged != 0 {
         SourceEntry::default()
+    } else {
+        SourceEntry {
+            flags: flags_of(config, packet, headers),
+            ..SourceEntry::default()
+        }
     };
     // One test on the common path: a source neither management nor denied, in a
     // sound packet.
@@ -338,6 +359,17 @@ fn lookup(generation: u32, policy: &GenPolicy, packet: &Bytes, headers: &Headers
         source::source_v4(generation, policy, headers.peer_v4(packet))
     } else {
         source::source_v6(generation, policy, headers.peer_v6(packet))
+    }
+}
+
+/// The peer's management and deny flags from its family's flag table (see
+/// `lookup`).
+#[inline(always)]
+fn flags_of(config: &GenConfig, packet: &Bytes, headers: &Headers) -> u32 {
+    if headers.family == 4 {
+        flags::flags_v4(config, headers.peer_v4(packet))
+    } else {
+        flags::flags_v6(config, headers.peer_v6(packet))
     }
 }
 

@@ -229,7 +229,7 @@ fn before_mask(element: u64, bound: u64) -> u64 {
 /// LLVM turns the same arithmetic into a compare and a branch, which doubles the
 /// verifier's paths at every step of the search.
 #[inline(always)]
-fn step_if_before(element: impl Into<u64>, bound: u64, step: u64) -> u64 {
+pub(crate) fn step_if_before(element: impl Into<u64>, bound: u64, step: u64) -> u64 {
     let mut value: u64 = element.into();
     // SAFETY: register arithmetic only.
     unsafe {

@@ -22,6 +22,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
 use airlock::link_type::Framing;
+use airlock_common::{FLAG_TABLE_V4, FLAG_TABLE_V6, UNFLAGGED_V4, UNFLAGGED_V6};
 
 use crate::kernel::{Harness, answered_flow};
 use crate::packet::{
@@ -55,11 +56,28 @@ pub struct Report {
     pub fragment_pairs: usize,
     /// `(kernel reason vs reference reason, full description)`, in order found.
     pub disagreements: Vec<(String, String)>,
-    /// Kernel verdicts by reason name of frames with a source whose family the
-    /// policy's management and deny sets have no prefix of (the program skips
-    /// the source lookup where no rule covers the port), and of the rest.
+    /// Kernel verdicts by reason name of frames with a source by how the
+    /// program finds the source's management and deny flags where no rule
+    /// covers the port, as the generation's config (read back) says: none in
+    /// the family (no lookup), the family's flag table, or the full lookup (the
+    /// family's flags change too often for a flag table).
     pub unflagged_by_reason: BTreeMap<&'static str, usize>,
-    pub flagged_by_reason: BTreeMap<&'static str, usize>,
+    pub flag_table_by_reason: BTreeMap<&'static str, usize>,
+    pub full_lookup_by_reason: BTreeMap<&'static str, usize>,
+    /// Policies with a flag table in some family, and with a family of
+    /// management or deny prefixes that overflows it.
+    pub flag_table_policies: usize,
+    pub full_lookup_policies: usize,
+}
+
+/// How the program finds a family's management and deny flags for a packet
+/// whose verdict needs only those (see [`Report`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagsFrom {
+    /// No source of the family is management or deny.
+    Unflagged,
+    FlagTable,
+    FullLookup,
 }
 
 impl Report {
@@ -121,7 +139,13 @@ pub fn run_on(
         report.policies += 1;
         let nets = policy_nets(&policy);
         let ranges = policy_ports(&policy);
-        let flagged = flagged_families(&policy);
+        let flagged = flags_from(&h);
+        if flagged.contains(&FlagsFrom::FlagTable) {
+            report.flag_table_policies += 1;
+        }
+        if flagged.contains(&FlagsFrom::FullLookup) {
+            report.full_lookup_policies += 1;
+        }
         for _ in 0..FRAMES_PER_POLICY.min(frames - report.frames) {
             let base = random_base_frame(&mut rng, &nets, &ranges);
             let spec = vary_lengths(&mut rng, base.clone());
@@ -166,7 +190,7 @@ fn judge(
     spec: FrameSpec,
     yaml: &str,
     framing: Framing,
-    flagged: [bool; 2],
+    flagged: [FlagsFrom; 2],
 ) {
     let mut frame = spec.build();
     if framing == Framing::Ip {
@@ -198,10 +222,10 @@ fn judge(
                 _ => None,
             };
             if let Some(src) = source {
-                let side = if flagged[usize::from(src.is_ipv6())] {
-                    &mut report.flagged_by_reason
-                } else {
-                    &mut report.unflagged_by_reason
+                let side = match flagged[usize::from(src.is_ipv6())] {
+                    FlagsFrom::Unflagged => &mut report.unflagged_by_reason,
+                    FlagsFrom::FlagTable => &mut report.flag_table_by_reason,
+                    FlagsFrom::FullLookup => &mut report.full_lookup_by_reason,
                 };
                 *side.entry(outcome.reason.name()).or_default() += 1;
             }
@@ -516,16 +540,24 @@ fn policy_nets(policy: &Policy) -> Vec<IpNet> {
 
 /// Whether the policy's management or deny sets hold an IPv4 (index 0) or IPv6
 /// (index 1) prefix.
-fn flagged_families(policy: &Policy) -> [bool; 2] {
-    let mut flagged = [false; 2];
-    for net in [&policy.management, &policy.deny]
-        .into_iter()
-        .flat_map(|g| g.sets.iter())
-        .flat_map(|s| s.cidrs.iter())
-    {
-        flagged[usize::from(matches!(net, IpNet::V6(_)))] = true;
-    }
-    flagged
+/// How the program finds each family's flags under the policy in force, from
+/// its config as the kernel holds it.
+fn flags_from(h: &Harness) -> [FlagsFrom; 2] {
+    let maps = &h.filter.maps;
+    let generation = maps.active_generation().expect("reading the generation");
+    let config = maps
+        .generation_config(generation)
+        .expect("reading the config back")
+        .expect("the policy in force is complete");
+    [(UNFLAGGED_V4, FLAG_TABLE_V4), (UNFLAGGED_V6, FLAG_TABLE_V6)].map(|(unflagged, table)| {
+        if config.unflagged & unflagged != 0 {
+            FlagsFrom::Unflagged
+        } else if config.flag_tables & table != 0 {
+            FlagsFrom::FlagTable
+        } else {
+            FlagsFrom::FullLookup
+        }
+    })
 }
 
 fn policy_ports(policy: &Policy) -> Vec<PortRange> {

@@ -1412,16 +1412,27 @@ fn random_policies_and_packets_agree_with_the_reference_model() {
             );
         }
     }
-    // And both ways the program reaches them: a family no management or deny
-    // prefix is in skips the source lookup where the answer cannot matter, the
-    // other family looks every source up first.
+    // And every way the program reaches them: a family no management or deny
+    // prefix is in skips the source lookup where only the flags matter, one
+    // whose flags fit the flag table reads them there, and one whose flags
+    // change too often looks every source up in full.
     println!(
-        "sources of a family without management or deny: {:?}; with: {:?}",
-        report.unflagged_by_reason, report.flagged_by_reason
+        "policies with a flag table: {}, with a family too flagged for one: {}",
+        report.flag_table_policies, report.full_lookup_policies
+    );
+    println!(
+        "sources of a family without management or deny: {:?}; with a flag table: {:?}; looked up in full: {:?}",
+        report.unflagged_by_reason, report.flag_table_by_reason, report.full_lookup_by_reason
+    );
+    assert!(
+        report.flag_table_policies >= 10 && report.full_lookup_policies >= 10,
+        "too few policies with a flag table ({}) or too flagged for one ({})",
+        report.flag_table_policies,
+        report.full_lookup_policies
     );
     for (side, by_reason, skip) in [
         (
-            "without",
+            "without management or deny",
             &report.unflagged_by_reason,
             &[
                 Reason::NonIp,
@@ -1431,15 +1442,20 @@ fn random_policies_and_packets_agree_with_the_reference_model() {
             ][..],
         ),
         (
-            "with",
-            &report.flagged_by_reason,
+            "with a flag table",
+            &report.flag_table_by_reason,
+            &[Reason::NonIp, Reason::NoPolicy][..],
+        ),
+        (
+            "looked up in full",
+            &report.full_lookup_by_reason,
             &[Reason::NonIp, Reason::NoPolicy][..],
         ),
     ] {
         for reason in Reason::ALL.iter().filter(|r| !skip.contains(r)) {
             assert!(
                 by_reason.get(reason.name()).is_some_and(|&n| n >= 20),
-                "fewer than 20 packets from a family {side} management or deny got {}: {by_reason:?}",
+                "fewer than 20 packets from a family {side} got {}: {by_reason:?}",
                 reason.name()
             );
         }

@@ -3,6 +3,7 @@
 //! rule and in management/deny; one array lookup per protocol gives the rules
 //! covering a port. The datapath's verdict is then a couple of mask operations.
 
+pub mod flags;
 mod ports;
 mod prebuilt;
 mod prefixes;

@@ -141,7 +141,7 @@ impl RangeItem for Range {
 /// Addresses with no matching prefix get the all-zero entry, as from an LPM trie
 /// miss. Made in the table's own element type, so a large table is written once,
 /// each prefix's answer as `answer` makes it (once per prefix, not per range).
-fn ranges<T: RangeItem, const N: usize>(
+pub(super) fn ranges<T: RangeItem, const N: usize>(
     entries: &[PrefixEntry<N>],
     out: &mut Vec<T>,
     mut answer: impl FnMut(SourceEntry) -> T::Answer,

@@ -360,7 +360,7 @@ impl PolicyMaps {
                 0
             }
         };
-        let config = GenConfig {
+        let mut config = GenConfig {
             unflagged: unflagged(&v4.classes, UNFLAGGED_V4) | unflagged(&v6.classes, UNFLAGGED_V6),
             directory_bits_v4: v4.directory.bits,
             directory_bits_v6: v6.directory.bits,
@@ -375,6 +375,8 @@ impl PolicyMaps {
             classes_v6: v6.classes.len() as u32,
             ..compiled.config
         };
+        // From the prefixes the tables were made of, by the same cut.
+        crate::compile::flags::set(&mut config, &compiled.v4, &compiled.v6);
         self.write_config(generation, &config)
     }
 

@@ -47,6 +47,12 @@ impl PolicyMaps {
         Ok((config.valid != 0).then_some(config))
     }
 
+    /// `generation`'s config as the program reads it, if that copy holds a
+    /// complete policy (tests read its flag tables back).
+    pub fn generation_config(&self, generation: u32) -> Result<Option<GenConfig>, LoaderError> {
+        self.complete_config(generation & 1)
+    }
+
     /// The shapes of `generation`'s IPv4 and IPv6 source tables, if that copy holds
     /// a complete policy.
     pub fn table_shapes(
