@@ -207,7 +207,7 @@ impl<T: RangeItem> Ranges<'_, T> {
     }
 }
 
-fn address<const N: usize>(bytes: &[u8; N]) -> u128 {
+pub(super) fn address<const N: usize>(bytes: &[u8; N]) -> u128 {
     bytes.iter().fold(0u128, |a, &b| (a << 8) | u128::from(b))
 }
 
@@ -215,7 +215,7 @@ fn max_address(width: u32) -> u128 {
     u128::MAX >> (128 - width)
 }
 
-fn host_mask(width: u32, prefix_len: u8) -> u128 {
+pub(super) fn host_mask(width: u32, prefix_len: u8) -> u128 {
     // `checked_shr`: a /128 shifts by the whole width, which `>>` may not.
     max_address(width)
         .checked_shr(u32::from(prefix_len).min(width))
