@@ -374,4 +374,4 @@ pub fn lookup<R: Element>(table: &SourceTable<R>, key: u128) -> Option<SourceEnt
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -2,25 +2,7 @@ use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6, SourceRangeV4, SourceRang
 use proptest::prelude::*;
 
 use super::*;
-
-fn entry<const N: usize>(addr: u128, len: u8, rules: u64, flags: u32) -> PrefixEntry<N> {
-    let width = 8 * N as u32;
-    let host = (u128::MAX >> (128 - width))
-        .checked_shr(u32::from(len))
-        .unwrap_or(0);
-    let addr = addr & !host & (u128::MAX >> (128 - width));
-    let mut bytes = [0u8; N];
-    bytes.copy_from_slice(&addr.to_be_bytes()[16 - N..]);
-    PrefixEntry {
-        addr: bytes,
-        prefix_len: len,
-        value: SourceEntry {
-            rules,
-            flags,
-            _pad: 0,
-        },
-    }
-}
+use crate::compile::ranges::tests::entry;
 
 fn sorted<const N: usize>(mut entries: Vec<PrefixEntry<N>>) -> Vec<PrefixEntry<N>> {
     entries.sort_by_key(|e| (e.addr, e.prefix_len));

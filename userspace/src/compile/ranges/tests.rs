@@ -9,7 +9,14 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn entry<const N: usize>(addr: u128, len: u8, rules: u64, flags: u32) -> PrefixEntry<N> {
+/// A prefix of `len` bits at `addr` (host bits cleared) answering `rules` and
+/// `flags` (the flag tables' tests use it too).
+pub(in crate::compile) fn entry<const N: usize>(
+    addr: u128,
+    len: u8,
+    rules: u64,
+    flags: u32,
+) -> PrefixEntry<N> {
     let width = 8 * N as u32;
     let addr = addr & !host_mask(width, len) & max_address(width);
     let mut bytes = [0u8; N];
