@@ -18,8 +18,13 @@ const FLAGS: u32 = SRC_MANAGEMENT | SRC_DENY;
 /// Where the flags of `entries`' longest matches change: (first address,
 /// flags), ascending, the first at 0, no two adjacent alike.
 pub fn intervals<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<(u128, u32)> {
+    cut(&flag_relevant(entries))
+}
+
+/// [`intervals`] of entries [`flag_relevant`] kept.
+fn cut<const N: usize>(relevant: &[PrefixEntry<N>]) -> Vec<(u128, u32)> {
     let mut cut: Vec<(u128, SourceEntry)> = Vec::new();
-    ranges::ranges(&flag_relevant(entries), &mut cut, |value| SourceEntry {
+    ranges::ranges(relevant, &mut cut, |value| SourceEntry {
         flags: value.flags & FLAGS,
         ..SourceEntry::default()
     });
@@ -66,15 +71,19 @@ pub fn set(config: &mut GenConfig, v4: &[PrefixEntry<4>], v6: &[PrefixEntry<16>]
     config.flag_bits_v6 = 0;
     config.flag_starts_v4 = [0; FLAG_INTERVALS];
     config.flag_starts_v6 = [[0; 2]; FLAG_INTERVALS];
-    if flagged(v4)
-        && let Some((starts, bits)) = table(&intervals(v4))
+    // No flagged prefix (none kept): no table, the program skips on `unflagged`.
+    let relevant = flag_relevant(v4);
+    if !relevant.is_empty()
+        && let Some((starts, bits)) = table(&cut(&relevant))
     {
         config.flag_starts_v4 = starts.map(|start| start as u32);
         config.flag_bits_v4 = bits;
         config.flag_tables |= FLAG_TABLE_V4;
     }
-    if flagged(v6)
-        && let Some((starts, bits)) = table(&intervals(v6))
+    // No flagged prefix (none kept): no table, the program skips on `unflagged`.
+    let relevant = flag_relevant(v6);
+    if !relevant.is_empty()
+        && let Some((starts, bits)) = table(&cut(&relevant))
     {
         config.flag_starts_v6 = starts.map(|start| [(start >> 64) as u64, start as u64]);
         config.flag_bits_v6 = bits;
@@ -83,6 +92,7 @@ pub fn set(config: &mut GenConfig, v4: &[PrefixEntry<4>], v6: &[PrefixEntry<16>]
 }
 
 /// Whether any prefix carries a flag (else the family needs no table).
+#[cfg(test)]
 fn flagged<const N: usize>(entries: &[PrefixEntry<N>]) -> bool {
     entries.iter().any(|entry| entry.value.flags & FLAGS != 0)
 }
