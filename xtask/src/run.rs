@@ -136,11 +136,19 @@ pub fn test(lint: bool, test_args: &[String]) -> Result<()> {
     build_release()?;
     crate::image::image(TEST_IMAGE)?;
     let airlock = workspace_root().join("target/release/airlock");
+    // `airlock apply` keeps an import cache, in /var/cache/airlock unless told
+    // otherwise: the tests' applies keep theirs in a directory of this run's,
+    // removed after it, not on the host.
+    let import_cache = tempfile::Builder::new()
+        .prefix("airlock-test-cache-")
+        .tempdir()
+        .context("making the tests' import cache directory")?;
     let mut command = cargo();
     command
         .args(["test", "--release"])
         .args(HOST_CRATES)
         .env("AIRLOCK_BIN", &airlock)
+        .env("AIRLOCK_CACHE_DIR", import_cache.path())
         .env(LAYOUT_BUMP_ENV, &bumped)
         .env("AIRLOCK_IMAGE", TEST_IMAGE);
     // Straight to cargo: `-- FILTER` filters, `-- --test FILE FILTER` picks a file,
