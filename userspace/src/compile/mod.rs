@@ -189,8 +189,8 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
     check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
     check_limit("IPv6", folded.v6.len(), MAX_PREFIXES_V6)?;
     let (v4, v6) = (folded.v4, folded.v6);
-    check_classes("IPv4", &v4)?;
-    check_classes("IPv6", &v6)?;
+    check_classes("IPv4", folded.classes_v4)?;
+    check_classes("IPv6", folded.classes_v6)?;
     let ports_of = |proto: Proto| {
         PortMap::build(policy.rules.iter().enumerate().flat_map(move |(i, r)| {
             r.ports
@@ -215,7 +215,9 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
         // Set by the loader from the tables it builds (compile::ranges).
         ..GenConfig::default()
     };
-    let mut counted = HashMap::new();
+    // The fold counted each set it folded: the figures take those counts
+    // instead of a second pass over a large list.
+    let mut counted = folded.set_counts;
     let stats = CompileStats {
         rules: policy.rules.len(),
         entries: FamilyCounts {
@@ -266,28 +268,51 @@ fn check_limit(family: &'static str, count: usize, limit: u32) -> Result<(), Com
 /// The classes the loader's source table of `entries` numbers: the empty answer
 /// (class 0, for the gaps) and every distinct value of a prefix, as
 /// `ranges::table` interns them. Counted without building the table.
+#[cfg(test)]
 fn class_count<const N: usize>(entries: &[PrefixEntry<N>]) -> usize {
-    let mut seen = HashSet::from([SourceEntry::default()]);
-    // Most policies have a handful of answers, interleaved in address order: a
-    // small table of answers already seen spares the hash (a 2M-prefix family
-    // takes ~50 ms hashed every time, a few ms this way).
-    let mut recent = [SourceEntry::default(); 256];
+    let mut classes = ClassCount::default();
     for entry in entries {
-        let v = entry.value;
-        let slot = (v.rules ^ (v.rules >> 29) ^ (v.rules >> 47) ^ u64::from(v.flags)) as u8;
-        if recent[usize::from(slot)] != v {
-            recent[usize::from(slot)] = v;
-            seen.insert(v);
-        }
+        classes.see(entry.value);
     }
-    seen.len()
+    classes.count()
 }
 
-fn check_classes<const N: usize>(
-    family: &'static str,
-    entries: &[PrefixEntry<N>],
-) -> Result<(), ranges::TooManyClasses> {
-    let found = class_count(entries);
+/// The distinct answers among values seen one by one, and the empty one: what
+/// [`class_count`] finds in a family's entries, counted by the fold as it
+/// makes them (the entries are then in cache, and the families are counted on
+/// their folds' threads, not in a pass of their own after both).
+pub(crate) struct ClassCount {
+    seen: HashSet<SourceEntry>,
+    /// Most policies have a handful of answers, interleaved in address order: a
+    /// small table of answers already seen spares the hash (a 2M-prefix family
+    /// takes ~50 ms hashed every time, a few ms this way).
+    recent: [SourceEntry; 256],
+}
+
+impl Default for ClassCount {
+    fn default() -> Self {
+        ClassCount {
+            seen: HashSet::from([SourceEntry::default()]),
+            recent: [SourceEntry::default(); 256],
+        }
+    }
+}
+
+impl ClassCount {
+    pub(crate) fn see(&mut self, v: SourceEntry) {
+        let slot = (v.rules ^ (v.rules >> 29) ^ (v.rules >> 47) ^ u64::from(v.flags)) as u8;
+        if self.recent[usize::from(slot)] != v {
+            self.recent[usize::from(slot)] = v;
+            self.seen.insert(v);
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+fn check_classes(family: &'static str, found: usize) -> Result<(), ranges::TooManyClasses> {
     if found > MAX_CLASSES as usize {
         return Err(ranges::TooManyClasses {
             family,

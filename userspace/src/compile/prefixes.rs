@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use airlock_common::maps::{SRC_DENY, SRC_MANAGEMENT, SourceEntry};
 use ipnet::IpNet;
 
-use super::PrefixEntry;
+use super::{ClassCount, FamilyCounts, PrefixEntry};
 use crate::policy::{AddrSet, Policy};
 
 /// Bits of a set's membership mask: 0..64 are rules, then management and deny.
@@ -99,6 +99,13 @@ pub(crate) struct Folded {
     /// Distinct prefixes before pruning, per family.
     pub distinct_v4: usize,
     pub distinct_v6: usize,
+    /// Classes the loader's table of each family numbers (its entries' distinct
+    /// answers and the empty one), counted as the entries were made.
+    pub classes_v4: usize,
+    pub classes_v6: usize,
+    /// Each set folded, by identity, with its cidrs and excepts per family (what
+    /// `FamilyCounts::of` would count again).
+    pub set_counts: HashMap<*const AddrSet, FamilyCounts>,
 }
 
 /// The distinct sets in use, each with the mask of groups that reference it.
@@ -128,19 +135,20 @@ fn sets_in_use(policy: &Policy) -> Vec<(&AddrSet, u128)> {
     out
 }
 
-/// Prefix counts per family over the given sets.
-fn count(sets: &[(&AddrSet, u128)]) -> (usize, usize) {
-    let mut v4 = 0;
-    let mut v6 = 0;
+/// Prefix counts per family of each of the given sets, by identity.
+fn count(sets: &[(&AddrSet, u128)]) -> HashMap<*const AddrSet, FamilyCounts> {
+    let mut counts = HashMap::with_capacity(sets.len());
     for (set, _) in sets {
+        let mut own = FamilyCounts::default();
         for net in set.cidrs.iter().chain(&set.except) {
             match net {
-                IpNet::V4(_) => v4 += 1,
-                IpNet::V6(_) => v6 += 1,
+                IpNet::V4(_) => own.v4 += 1,
+                IpNet::V6(_) => own.v6 += 1,
             }
         }
+        counts.insert(std::ptr::from_ref(*set), own);
     }
-    (v4, v6)
+    counts
 }
 
 /// Every (cidr or except) occurrence of the sets in one family, as keys: `key`
@@ -199,7 +207,10 @@ fn wide_v6(net: &IpNet, set: usize, except: bool) -> Option<Wide> {
 pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
     let sets = sets_in_use(policy);
     let masks: Vec<u128> = sets.iter().map(|(_, m)| *m).collect();
-    let (n4, n6) = count(&sets);
+    let set_counts = count(&sets);
+    let (n4, n6) = set_counts
+        .values()
+        .fold((0, 0), |(v4, v6), c| (v4 + c.v4, v6 + c.v6));
     let (sets, masks) = (&sets, &masks);
     // Each family's keys are made on the thread that folds them: one pass over the
     // lists per family, but none ahead of both folds.
@@ -225,7 +236,7 @@ pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
         fold_family(keys(sets, n6, wide_v6), 128, masks, prune, entry)
     };
     // The families are independent: fold a large IPv6 table on a second thread.
-    let ((v4, distinct_v4), (v6, distinct_v6)) = if n6 < 10_000 {
+    let ((v4, distinct_v4, classes_v4), (v6, distinct_v6, classes_v6)) = if n6 < 10_000 {
         (fold_v4(), fold_v6())
     } else {
         crate::parallel::join(fold_v4, fold_v6)
@@ -235,6 +246,9 @@ pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
         v6,
         distinct_v4,
         distinct_v6,
+        classes_v4,
+        classes_v6,
+        set_counts,
     }
 }
 
@@ -442,14 +456,15 @@ struct Frame {
 }
 
 /// Folds one family; returns the pruned entries (sorted by address, then length,
-/// each made by `entry`) and the number of distinct prefixes.
+/// each made by `entry`), the number of distinct prefixes and the classes the
+/// entries' table numbers (`ClassCount`).
 fn fold_family<K: Key, E>(
     keys: Vec<K>,
     width: u32,
     masks: &[u128],
     prune: bool,
     entry: impl Fn(u128, u8, SourceEntry) -> E,
-) -> (Vec<E>, usize) {
+) -> (Vec<E>, usize, usize) {
     let started = std::time::Instant::now();
     let tags = sort_keys(keys, BUCKET_FROM);
     let sorted = started.elapsed();
@@ -458,6 +473,7 @@ fn fold_family<K: Key, E>(
     // At most one entry per key: reserving that avoids regrowing a large table.
     let mut out = Vec::with_capacity(tags.len());
     let mut distinct = 0;
+    let mut classes = ClassCount::default();
     let mut i = 0;
     while i < tags.len() {
         let (addr, len) = tags[i].prefix();
@@ -496,6 +512,7 @@ fn fold_family<K: Key, E>(
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
         if value != inherited || !prune {
+            classes.see(value);
             out.push(entry(addr, len, value));
         }
         stack.push(Frame {
@@ -516,7 +533,7 @@ fn fold_family<K: Key, E>(
         fold_us = (started.elapsed() - sorted).as_micros() as u64,
         "family folded"
     );
-    (out, distinct)
+    (out, distinct, classes.count())
 }
 
 #[cfg(test)]
@@ -653,7 +670,14 @@ mod tests {
             .iter()
             .map(|&(a, l, s, e)| Wide::new(u128::from(a), l, s, e))
             .collect();
-        let (unpruned, distinct) = fold_family(packed.clone(), 32, &masks, false, entry);
+        let (unpruned, distinct, classes) = fold_family(packed.clone(), 32, &masks, false, entry);
+        let distinct_answers = |entries: &[(u128, u8, SourceEntry)]| {
+            let mut answers: std::collections::HashSet<_> =
+                entries.iter().map(|&(_, _, v)| v).collect();
+            answers.insert(SourceEntry::default());
+            answers.len()
+        };
+        assert_eq!(classes, distinct_answers(&expected));
         assert_eq!(distinct, expected.len());
         assert!(unpruned == expected);
         assert!(fold_family(wide.clone(), 32, &masks, false, entry).0 == expected);
@@ -671,7 +695,9 @@ mod tests {
             })
             .copied()
             .collect();
-        assert!(fold_family(packed, 32, &masks, true, entry).0 == kept);
+        let pruned = fold_family(packed, 32, &masks, true, entry);
+        assert!(pruned.0 == kept);
+        assert_eq!(pruned.2, distinct_answers(&kept));
         assert!(fold_family(wide, 32, &masks, true, entry).0 == kept);
     }
 

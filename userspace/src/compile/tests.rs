@@ -256,3 +256,43 @@ fn a_family_with_more_classes_than_fit_is_refused() {
         );
     }
 }
+
+/// The figures take the counts the fold made of each set: they must be what
+/// counting each group's sets directly gives, a set named by several groups
+/// (and one named twice in a group) counted in each, excepts included.
+#[test]
+fn figures_count_every_group_s_sets_as_written() {
+    let text = "version: 1\ninterfaces: [eth0]
+management: [192.0.2.1, shared]
+deny: [\"2001:db8:9::/48\"]
+sets:
+  shared:
+    cidrs: [10.0.0.0/8, \"2001:db8::/32\", 10.1.0.0/16]
+    except: [10.1.2.0/24, \"2001:db8:1::/48\"]
+  other: [198.51.100.0/24]
+rules:
+  - {name: a, ports: [22], from: [shared, other, 203.0.113.0/24]}
+  - {name: b, ports: [80], from: [other, shared, other]}
+  - {name: c, ports: [443], from: [\"2001:db8:5::/48\", 10.9.0.0/16]}
+";
+    let policy = parse_str(text, Path::new("p.yaml")).unwrap();
+    let direct = |group: &SourceGroup| {
+        let mut c = FamilyCounts::default();
+        for set in &group.sets {
+            for net in set.cidrs.iter().chain(&set.except) {
+                match net {
+                    IpNet::V4(_) => c.v4 += 1,
+                    IpNet::V6(_) => c.v6 += 1,
+                }
+            }
+        }
+        c
+    };
+    let s = compile(&policy).unwrap().stats();
+    assert_eq!(s.management, direct(&policy.management));
+    assert_eq!(s.deny, direct(&policy.deny));
+    assert_eq!(s.management, FamilyCounts { v4: 4, v6: 2 });
+    for (rule, stats) in policy.rules.iter().zip(&s.per_rule) {
+        assert_eq!(stats.prefixes, direct(&rule.from), "{}", rule.name);
+    }
+}
