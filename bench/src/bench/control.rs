@@ -201,8 +201,12 @@ pub fn measure(
         workload.policy_yaml(iface, Path::new(list.file_name().context("name")?)),
     )?;
     let policy_arg = policy.to_str().context("utf-8 path")?;
+    // The import cache as `airlock apply` keeps it, but empty at the row's first
+    // apply and not left in the host's /var/cache/airlock afterwards.
+    let import_cache = tempfile::tempdir()?;
     let env = [
         ("AIRLOCK_PIN_ROOT", bpffs.path().as_os_str()),
+        ("AIRLOCK_CACHE_DIR", import_cache.path().as_os_str()),
         ("NO_COLOR", "1".as_ref()),
     ];
     let airlock = |args: &[&str]| {
