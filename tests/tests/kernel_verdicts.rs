@@ -136,6 +136,56 @@ fn management_passes_even_when_denied_or_on_a_refused_port() {
     );
 }
 
+/// The IPv4 flag table (`GenConfig::flag_tables`) answers a packet that needs
+/// only the flags: each edge of the matrix's flagged intervals, and the
+/// addresses either side of it, on a port no rule covers, as UDP and as
+/// essential ICMP. A search step that takes an interval one address too early
+/// or too late, or stops a step short, swaps a management, deny or default
+/// verdict here.
+#[test]
+fn ipv4_flag_table_answers_at_every_edge_of_its_intervals() {
+    let mut h = Harness::new();
+    h.apply(&matrix("drop", "enforce"));
+    let maps = &h.filter.maps;
+    let generation = maps.active_generation().expect("reading the generation");
+    let config = maps
+        .generation_config(generation)
+        .expect("reading the config back")
+        .expect("the policy in force is complete");
+    assert_ne!(
+        config.flag_tables & airlock_common::FLAG_TABLE_V4,
+        0,
+        "the matrix's IPv4 flags fit a flag table"
+    );
+    // Deny 198.51.100.66/32 and 203.0.113.0/24, management 203.0.113.7/32
+    // inside it: seven intervals, three of them flagged deny, one management.
+    let expected = [
+        ("198.51.100.65", XDP_DROP, Reason::DefaultDrop),
+        ("198.51.100.66", XDP_DROP, Reason::Deny),
+        ("198.51.100.67", XDP_DROP, Reason::DefaultDrop),
+        ("203.0.112.255", XDP_DROP, Reason::DefaultDrop),
+        ("203.0.113.0", XDP_DROP, Reason::Deny),
+        ("203.0.113.6", XDP_DROP, Reason::Deny),
+        ("203.0.113.7", XDP_PASS, Reason::Management),
+        ("203.0.113.8", XDP_DROP, Reason::Deny),
+        ("203.0.113.255", XDP_DROP, Reason::Deny),
+        ("203.0.114.0", XDP_DROP, Reason::DefaultDrop),
+        ("192.0.2.1", XDP_DROP, Reason::DefaultDrop),
+    ];
+    for (source, action, reason) in expected {
+        // A SYN and a datagram to ports no rule covers: nothing but the flags
+        // and the default decide them.
+        verify(&mut h, FrameSpec::tcp(source, 22), action, reason);
+        verify(&mut h, FrameSpec::udp(source, 5353), action, reason);
+        // Essential ICMP passes unless the source is denied.
+        let (action, reason) = match reason {
+            Reason::DefaultDrop => (XDP_PASS, Reason::EssentialIcmp),
+            other => (action, other),
+        };
+        verify(&mut h, FrameSpec::icmp(source, 3), action, reason);
+    }
+}
+
 #[test]
 fn denied_sources_are_dropped_before_any_rule_or_icmp() {
     let mut h = Harness::new();
