@@ -42,6 +42,8 @@ const WINDOW: Duration = Duration::from_millis(1000);
 /// Longest any one external load (nft -f, an airlock run) may take.
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
 const PORT_RANGES: [usize; 3] = [1, 10, 60];
+/// Loads of Airlock's program whose runs each per-packet figure pools.
+const AIRLOCK_LOADS: usize = 3;
 
 fn main() -> ExitCode {
     require_root();
@@ -215,6 +217,20 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("loading the program with logging on: {e}"))?;
         variants.push(per_packet::Variant::from_ebpf(&name, ebpf, &dir)?);
     }
+    // Airlock's program loaded again for its figures to pool (see
+    // `per_packet::Subject::reloads`), filled and configured as a variant is.
+    let mut reloads = Vec::new();
+    for load in 2..=AIRLOCK_LOADS {
+        let name = format!("airlock-load{load}");
+        let dir = bpffs.path().join(&name);
+        let ebpf = airlock::loader::load_object()
+            .map_err(|e| anyhow::anyhow!("loading Airlock's program again: {e}"))?;
+        reloads.push(per_packet::Variant::from_ebpf(&name, ebpf, &dir)?);
+    }
+    results.notes.push(format!(
+        "Airlock's per-packet figures pool {AIRLOCK_LOADS} loads of its program (each with its own maps, filled alike; {} runs each): the kernel starts every JIT image at a random offset, which moves a packet's cost by 1-2 ns from load to load.",
+        airlock_bench::bench::RUNS
+    ));
     // What logging (or any variant) adds to the program the kernel runs.
     for variant in &mut variants {
         let count = variant.program()?.info()?.verified_instruction_count();
@@ -251,7 +267,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             results.library.push(library);
             // Twice: both generations hold this policy, so a variant that reads
             // one generation's maps only still sees it.
-            for variant in &mut variants {
+            for variant in variants.iter_mut().chain(&mut reloads) {
                 for _ in 0..2 {
                     variant
                         .maps
@@ -279,7 +295,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             // Each variant has its own flow table: the "reply" row needs its flow
             // open there too, or a variant's reply row times a refused segment.
             if !options.live_only {
-                for variant in &mut variants {
+                for variant in variants.iter_mut().chain(&mut reloads) {
                     variant.open_flow()?;
                 }
             }
@@ -287,6 +303,10 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
             for variant in &mut variants {
                 let name = variant.name.clone();
                 variant_programs.push((name, variant.program()?));
+            }
+            let mut reload_programs = Vec::new();
+            for reload in &mut reloads {
+                reload_programs.push(reload.program()?);
             }
             if !options.live_only {
                 egress::open_flow(&mut filter)?;
@@ -307,6 +327,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                     floor_pass.program()?,
                     Subject {
                         program,
+                        reloads: reload_programs,
                         samples: &samples,
                     },
                     match xdp_filter.as_mut() {
@@ -349,6 +370,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
     // The in-process filter's maps hold two 1M-prefix policies; free them first.
     drop(filter);
     drop(variants);
+    drop(reloads);
     drop(previous);
     let control_sizes: &[usize] = if options.per_packet_only || options.live_only {
         &[]
