@@ -538,17 +538,10 @@ fn policy_nets(policy: &Policy) -> Vec<IpNet> {
     nets
 }
 
-/// Whether the policy's management or deny sets hold an IPv4 (index 0) or IPv6
-/// (index 1) prefix.
-/// How the program finds each family's flags under the policy in force, from
-/// its config as the kernel holds it.
+/// How the program finds each family's flags (IPv4 at index 0, IPv6 at 1)
+/// under the policy in force, from its config as the kernel holds it.
 fn flags_from(h: &Harness) -> [FlagsFrom; 2] {
-    let maps = &h.filter.maps;
-    let generation = maps.active_generation().expect("reading the generation");
-    let config = maps
-        .generation_config(generation)
-        .expect("reading the config back")
-        .expect("the policy in force is complete");
+    let config = h.config_in_force();
     [(UNFLAGGED_V4, FLAG_TABLE_V4), (UNFLAGGED_V6, FLAG_TABLE_V6)].map(|(unflagged, table)| {
         if config.unflagged & unflagged != 0 {
             FlagsFrom::Unflagged

@@ -196,6 +196,16 @@ impl Harness {
         policy
     }
 
+    /// The config of the generation in force, as the kernel holds it (what the
+    /// program reads: which families have flag tables, say).
+    pub fn config_in_force(&self) -> airlock_common::GenConfig {
+        let maps = &self.filter.maps;
+        let generation = maps.active_generation().expect("reading the generation");
+        maps.generation_config(generation)
+            .expect("reading the config back")
+            .expect("the policy in force is complete")
+    }
+
     /// Writes `flow` into the table as open for another hour, as the egress
     /// program would have after the host sent on it.
     pub fn open_flow(&mut self, flow: &Flow) {

@@ -146,12 +146,7 @@ fn management_passes_even_when_denied_or_on_a_refused_port() {
 fn ipv4_flag_table_answers_at_every_edge_of_its_intervals() {
     let mut h = Harness::new();
     h.apply(&matrix("drop", "enforce"));
-    let maps = &h.filter.maps;
-    let generation = maps.active_generation().expect("reading the generation");
-    let config = maps
-        .generation_config(generation)
-        .expect("reading the config back")
-        .expect("the policy in force is complete");
+    let config = h.config_in_force();
     assert_ne!(
         config.flag_tables & airlock_common::FLAG_TABLE_V4,
         0,
