@@ -117,20 +117,23 @@ impl FamilyCounts {
         for set in &group.sets {
             let own = counted
                 .entry(std::ptr::from_ref(&**set))
-                .or_insert_with(|| {
-                    let mut own = FamilyCounts::default();
-                    for net in set.cidrs.iter().chain(&set.except) {
-                        match net {
-                            IpNet::V4(_) => own.v4 += 1,
-                            IpNet::V6(_) => own.v6 += 1,
-                        }
-                    }
-                    own
-                });
+                .or_insert_with(|| Self::of_set(set));
             c.v4 += own.v4;
             c.v6 += own.v6;
         }
         c
+    }
+
+    /// The cidrs and excepts of one set, per family.
+    pub(crate) fn of_set(set: &AddrSet) -> Self {
+        let mut own = FamilyCounts::default();
+        for net in set.cidrs.iter().chain(&set.except) {
+            match net {
+                IpNet::V4(_) => own.v4 += 1,
+                IpNet::V6(_) => own.v6 += 1,
+            }
+        }
+        own
     }
 }
 

@@ -137,18 +137,9 @@ fn sets_in_use(policy: &Policy) -> Vec<(&AddrSet, u128)> {
 
 /// Prefix counts per family of each of the given sets, by identity.
 fn count(sets: &[(&AddrSet, u128)]) -> HashMap<*const AddrSet, FamilyCounts> {
-    let mut counts = HashMap::with_capacity(sets.len());
-    for (set, _) in sets {
-        let mut own = FamilyCounts::default();
-        for net in set.cidrs.iter().chain(&set.except) {
-            match net {
-                IpNet::V4(_) => own.v4 += 1,
-                IpNet::V6(_) => own.v6 += 1,
-            }
-        }
-        counts.insert(std::ptr::from_ref(*set), own);
-    }
-    counts
+    sets.iter()
+        .map(|(set, _)| (std::ptr::from_ref(*set), FamilyCounts::of_set(set)))
+        .collect()
 }
 
 /// Every (cidr or except) occurrence of the sets in one family, as keys: `key`
