@@ -38,12 +38,12 @@ pub fn airlock_egress_l3(ctx: TcContext) -> i32 {
 fn record<L: LinkLayer>(ctx: TcContext) -> i32 {
     let mut packet = Bytes::new(ctx.data(), ctx.data_end());
     let network = L::network(&packet);
-    // Plain Ethernet (or raw IP) carrying IPv4 without options or IPv6 without
-    // extension headers, then TCP or UDP, is nearly all a host sends: parsed
-    // straight through with word loads, into registers. The general parse
-    // would cost such a packet 0.5-3 ns more (UDP the most); everything else
-    // (tags, options, extension headers, ICMP, a head not in the linear part)
-    // still takes it, unchanged.
+    // IPv4 without options or IPv6 without extension headers, carrying TCP or
+    // UDP (behind up to two VLAN tags, as `L::network` found them), is nearly
+    // all a host sends: parsed straight through with word loads, into
+    // registers. The general parse cost such a packet 0.5-3 ns more (UDP the
+    // most); everything else (options, fragments, extension headers, ICMP, a
+    // head not in the linear part) still takes it, unchanged.
     let mut slot = mem::Slot::<Headers>::new();
     let headers = &match network
         .and_then(|(ethertype, offset)| fast::parse_common::<Egress>(&packet, ethertype, offset))

@@ -949,9 +949,10 @@ fn host_to(peer: IpAddr, spec: FrameSpec) -> FrameSpec {
 
 /// Every kind of frame the host sends records its flow by the right peer, ports
 /// and protocol, whichever parse takes it: the straight-through one in fast.rs
-/// (plain IPv4 or IPv6 with TCP or UDP, also when the IP length claims more than
-/// the frame holds, as a segment with its payload in pages does) or the general
-/// one (tags, IPv4 options, IPv6 extension headers). A frame the general parse
+/// (IPv4 without options or IPv6 without extension headers, with TCP or UDP,
+/// untagged or behind tags, also when the IP length claims more than the frame
+/// holds, as a segment with its payload in pages does) or the general one (IPv4
+/// options, IPv6 extension headers). A frame the general parse
 /// finds malformed (IPv4 total length 0, short of BIG TCP's 64 KiB) records
 /// nothing. Each frame is checked on its own: exactly its flow is added; every
 /// frame that is wrong is reported.
