@@ -55,7 +55,9 @@ fn record<L: LinkLayer>(ctx: TcContext) -> i32 {
     return stop(u32::from(headers.kind) + u32::from(headers.local_port));
     let outgoing = Outgoing::of(&packet, headers);
     #[cfg(airlock_egress_stop = "outgoing")]
-    return stop(outgoing.map_or(0, |o| u32::from(o.key.local_port) + u32::from(o.key.peer[3])));
+    return stop(outgoing.map_or(0, |o| {
+        u32::from(o.key.local_port) + u32::from(o.key.peer[3])
+    }));
     #[cfg(airlock_egress_stop = "lookup")]
     return stop(outgoing.map_or(0, |o| u32::from(flows::recent_of(&o).is_some())));
     #[cfg(airlock_egress_stop = "fresh")]

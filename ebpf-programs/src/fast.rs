@@ -45,7 +45,11 @@ pub fn parse<'a, D: Direction>(
 }
 
 #[inline(always)]
-pub(crate) fn parse_common<D: Direction>(ctx: &Bytes, ethertype: u16, offset: usize) -> Option<Headers> {
+pub(crate) fn parse_common<D: Direction>(
+    ctx: &Bytes,
+    ethertype: u16,
+    offset: usize,
+) -> Option<Headers> {
     // As an offset the verifier does not know (below 64; at most 22 here), so the
     // checks below bound `ip` only and leave what it knows of `start` as the
     // general parser leaves it: with each tag count's constant offset, each kind

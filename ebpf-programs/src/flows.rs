@@ -251,12 +251,7 @@ impl Outgoing {
                 };
                 (IPPROTO_TCP, headers.peer_port, timeout_ns, effect)
             }
-            L4_UDP => (
-                IPPROTO_UDP,
-                headers.peer_port,
-                UDP_TIMEOUT_NS,
-                Effect::Open,
-            ),
+            L4_UDP => (IPPROTO_UDP, headers.peer_port, UDP_TIMEOUT_NS, Effect::Open),
             L4_ICMP if headers.icmp_type == ICMP_ECHO_REQUEST => {
                 (IPPROTO_ICMP, 0, ICMP_ECHO_TIMEOUT_NS, Effect::Open)
             }

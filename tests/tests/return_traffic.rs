@@ -965,12 +965,29 @@ fn every_frame_kind_the_host_sends_records_its_own_flow() {
     let syn = |port| Transport::tcp_syn(port);
     let udp = |port| Transport::Udp { dst_port: port };
     use airlock_integration::packet::{Ext, Tag};
-    // (what it is, the frame, the flow it opens)
-    let cases: Vec<(&str, FrameSpec, Option<(IpAddr, u8, u16)>)> = vec![
-        ("IPv4 TCP", FrameSpec::ip(v4, syn(51001)), Some((v4, 6, 51001))),
-        ("IPv4 UDP", FrameSpec::ip(v4, udp(51002)), Some((v4, 17, 51002))),
-        ("IPv6 TCP", FrameSpec::ip(v6, syn(51003)), Some((v6, 6, 51003))),
-        ("IPv6 UDP", FrameSpec::ip(v6, udp(51004)), Some((v6, 17, 51004))),
+    // What it is, the frame, and the flow it opens: (peer, protocol, peer port).
+    type Case = (&'static str, FrameSpec, Option<(IpAddr, u8, u16)>);
+    let cases: Vec<Case> = vec![
+        (
+            "IPv4 TCP",
+            FrameSpec::ip(v4, syn(51001)),
+            Some((v4, 6, 51001)),
+        ),
+        (
+            "IPv4 UDP",
+            FrameSpec::ip(v4, udp(51002)),
+            Some((v4, 17, 51002)),
+        ),
+        (
+            "IPv6 TCP",
+            FrameSpec::ip(v6, syn(51003)),
+            Some((v6, 6, 51003)),
+        ),
+        (
+            "IPv6 UDP",
+            FrameSpec::ip(v6, udp(51004)),
+            Some((v6, 17, 51004)),
+        ),
         (
             "IPv4 TCP, IP length past the frame",
             FrameSpec::ip(v4, syn(51005)).total_len(1500),

@@ -105,8 +105,7 @@ pub fn measure(
     let egress = filter.egress_program()?;
     // Open the flows the cases refresh, as the host's SYN and first datagram would
     // (the datagram's is opened by the warm-up run below), in every build's table.
-    for program in std::iter::once(&mut *egress).chain(variants.iter_mut().map(|(_, p)| &mut **p))
-    {
+    for program in std::iter::once(&mut *egress).chain(variants.iter_mut().map(|(_, p)| &mut **p)) {
         program.test_run(TestRunOptions {
             data_in: Some(&syn),
             repeat: 1,
