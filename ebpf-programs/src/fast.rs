@@ -8,6 +8,11 @@
 //! here must get exactly the `Headers` that parser gives it: the conditions below
 //! are the ones under which that parser reaches the same transport header through
 //! the same checks. The kernel differential tests hold the two to each other.
+//!
+//! The egress program takes the same path (`Direction` says which port is
+//! whose); its general parse reads up to the end of the frame rather than the IP
+//! length, so here too the IP length is not checked against the frame: a
+//! segment with its payload in pages past the linear part is common on egress.
 
 use crate::mem::Slot;
 use crate::parse::{
@@ -40,7 +45,11 @@ pub fn parse<'a, D: Direction>(
 }
 
 #[inline(always)]
-fn parse_common<D: Direction>(ctx: &Bytes, ethertype: u16, offset: usize) -> Option<Headers> {
+pub(crate) fn parse_common<D: Direction>(
+    ctx: &Bytes,
+    ethertype: u16,
+    offset: usize,
+) -> Option<Headers> {
     // As an offset the verifier does not know (below 64; at most 22 here), so the
     // checks below bound `ip` only and leave what it knows of `start` as the
     // general parser leaves it: with each tag count's constant offset, each kind
@@ -63,7 +72,9 @@ fn parse_common<D: Direction>(ctx: &Bytes, ethertype: u16, offset: usize) -> Opt
         }
         // A total length of 0 (BIG TCP) is below every minimum here.
         let total_len = usize::from(u16::from_be((first >> 16) as u16));
-        if total_len > available {
+        // Egress reads are bounded by the frame only (`Direction`): a segment
+        // whose payload sits in pages past the linear part is still one of these.
+        if D::BOUNDED_BY_IP_LENGTH && total_len > available {
             return None;
         }
         let protocol = (second >> 8) as u8;
@@ -86,7 +97,7 @@ fn parse_common<D: Direction>(ctx: &Bytes, ethertype: u16, offset: usize) -> Opt
         }
         // A payload length of 0 (jumbogram, BIG TCP) is below every minimum here.
         let payload_len = usize::from(u16::from_be((first >> 32) as u16));
-        if payload_len > available - IPV6_HDR_LEN {
+        if D::BOUNDED_BY_IP_LENGTH && payload_len > available - IPV6_HDR_LEN {
             return None;
         }
         let next = (first >> 48) as u8;

@@ -226,73 +226,53 @@ pub struct Outgoing {
 impl Outgoing {
     /// `None` for what opens no flow (other protocols, ICMP other than echo, and
     /// anything not a sound IP packet).
+    ///
+    /// The key is put together as its three words, in registers: built in a
+    /// zeroed stack slot (as `is_reply` does, for the hash lookup it always
+    /// makes) and copied out, it cost every packet the host sends three zero
+    /// stores, the field stores and a copy, before the comparison with this
+    /// CPU's memory read it all back.
     #[inline(always)]
     pub fn of(packet: &Bytes, headers: &Headers) -> Option<Self> {
         if headers.kind != KIND_IP {
             return None;
         }
-        let mut slot = Slot::new();
-        let (key, timeout_ns, effect) = match headers.l4 {
+        let (protocol, peer_port, timeout_ns, effect) = match headers.l4 {
             L4_TCP => {
-                let key = key(
-                    &mut slot,
-                    packet,
-                    headers,
-                    IPPROTO_TCP,
-                    headers.local_port,
-                    headers.peer_port,
-                );
                 let flags = headers.tcp_flags;
-                if flags & TCP_RST != 0 {
-                    (key, 0, Effect::Abort)
+                let (timeout_ns, effect) = if flags & TCP_RST != 0 {
+                    (0, Effect::Abort)
                 } else if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-                    (key, TCP_SYN_TIMEOUT_NS, Effect::Open)
+                    (TCP_SYN_TIMEOUT_NS, Effect::Open)
                 } else if flags & TCP_FIN != 0 {
-                    (key, TCP_CLOSING_TIMEOUT_NS, Effect::Close)
+                    (TCP_CLOSING_TIMEOUT_NS, Effect::Close)
                 } else {
-                    (key, TCP_TIMEOUT_NS, Effect::Refresh)
-                }
+                    (TCP_TIMEOUT_NS, Effect::Refresh)
+                };
+                (IPPROTO_TCP, headers.peer_port, timeout_ns, effect)
             }
-            L4_UDP => (
-                key(
-                    &mut slot,
-                    packet,
-                    headers,
-                    IPPROTO_UDP,
-                    headers.local_port,
-                    headers.peer_port,
-                ),
-                UDP_TIMEOUT_NS,
-                Effect::Open,
-            ),
-            L4_ICMP if headers.icmp_type == ICMP_ECHO_REQUEST => (
-                key(
-                    &mut slot,
-                    packet,
-                    headers,
-                    IPPROTO_ICMP,
-                    headers.local_port,
-                    0,
-                ),
-                ICMP_ECHO_TIMEOUT_NS,
-                Effect::Open,
-            ),
-            L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REQUEST => (
-                key(
-                    &mut slot,
-                    packet,
-                    headers,
-                    IPPROTO_ICMPV6,
-                    headers.local_port,
-                    0,
-                ),
-                ICMP_ECHO_TIMEOUT_NS,
-                Effect::Open,
-            ),
+            L4_UDP => (IPPROTO_UDP, headers.peer_port, UDP_TIMEOUT_NS, Effect::Open),
+            L4_ICMP if headers.icmp_type == ICMP_ECHO_REQUEST => {
+                (IPPROTO_ICMP, 0, ICMP_ECHO_TIMEOUT_NS, Effect::Open)
+            }
+            L4_ICMPV6 if headers.icmp_type == ICMPV6_ECHO_REQUEST => {
+                (IPPROTO_ICMPV6, 0, ICMP_ECHO_TIMEOUT_NS, Effect::Open)
+            }
             _ => return None,
         };
+        let (peer, family) = if headers.family == 4 {
+            // The address's bytes as they are, in the first four of `peer`.
+            let v4 = u32::from_ne_bytes(headers.peer_v4(packet));
+            ([u64::from(v4), 0], FLOW_FAMILY_V4)
+        } else {
+            (headers.peer_v6_words(packet), FLOW_FAMILY_V6)
+        };
+        let tail = u64::from(headers.local_port)
+            | u64::from(peer_port) << 16
+            | u64::from(protocol) << 32
+            | u64::from(family) << 40;
         Some(Outgoing {
-            key: *key,
+            key: key_of_words([peer[0], peer[1], tail]),
             timeout_ns,
             effect,
         })
@@ -343,6 +323,16 @@ pub fn fresh_on_this_cpu(outgoing: &Outgoing) -> bool {
     // SAFETY: per-CPU slot, only this CPU touches it while the program runs.
     same_flow(unsafe { &(*recent).key }, &outgoing.key)
         && now_jiffies.wrapping_sub(unsafe { (*recent).at_jiffies }) < recent_jiffies()
+}
+
+/// `fresh_on_this_cpu` up to its memory's slot, for the cost breakdown.
+#[cfg(airlock_egress_stop = "lookup")]
+#[inline(always)]
+pub fn recent_of(outgoing: &Outgoing) -> Option<*mut RecentFlow> {
+    if !outgoing.is_steady() {
+        return None;
+    }
+    EGRESS_RECENT.get_ptr_mut(recent_slot(&outgoing.key))
 }
 
 /// Records, refreshes or forgets the flow of a packet the host is sending.
@@ -422,6 +412,25 @@ pub fn record(outgoing: &Outgoing) {
 #[inline(always)]
 fn recent_slot(key: &FlowKey) -> u32 {
     u32::from(key.local_port ^ key.peer_port.rotate_left(8)) & (EGRESS_RECENT_SLOTS - 1)
+}
+
+/// A key from its three words in memory order: the 16 address bytes, then
+/// `local_port`, `peer_port`, `protocol` and `family` from the low bits up (the
+/// layout asserted here; BPF is little-endian where this program runs), the
+/// padding zero.
+#[inline(always)]
+fn key_of_words(words: [u64; 3]) -> FlowKey {
+    const _: () = assert!(
+        core::mem::offset_of!(FlowKey, peer) == 0
+            && core::mem::offset_of!(FlowKey, local_port) == 16
+            && core::mem::offset_of!(FlowKey, peer_port) == 18
+            && core::mem::offset_of!(FlowKey, protocol) == 20
+            && core::mem::offset_of!(FlowKey, family) == 21
+            && core::mem::size_of::<FlowKey>() == 24
+            && cfg!(target_endian = "little")
+    );
+    // SAFETY: 24 bytes of plain integers, every bit pattern valid.
+    unsafe { core::mem::transmute::<[u64; 3], FlowKey>(words) }
 }
 
 /// Compared as three words: a derived `==` on the byte arrays can become a

@@ -2,7 +2,9 @@
 //! a TC program that does nothing (`tc-pass`), both through BPF_PROG_TEST_RUN and
 //! interleaved run by run like the XDP figures. Measured in steady state: the
 //! flow is already in the table, so a packet costs its parse and one lookup (the
-//! write happens at most once a second per flow).
+//! write happens at most once a second per flow). Experimental builds
+//! (`--variant`) have their egress programs timed in the same runs, interleaved
+//! with the floor and the shipped program, each on its own maps.
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -25,6 +27,15 @@ pub struct EgressRow {
     pub case: &'static str,
     pub floor_ns: Stats,
     pub egress_ns: Stats,
+    pub ratio: Stats,
+    /// Each `--variant`'s egress program on the same frame, in the same runs.
+    pub variants: Vec<(String, EgressVariant)>,
+}
+
+/// A variant's egress program on one frame.
+#[derive(Clone, Debug)]
+pub struct EgressVariant {
+    pub ns: Stats,
     pub ratio: Stats,
 }
 
@@ -59,8 +70,14 @@ pub fn open_flow_with(egress: &mut SchedClassifier) -> Result<()> {
     Ok(())
 }
 
-/// `filter` must hold a policy (the egress program consults its port arrays).
-pub fn measure(filter: &mut LoadedFilter, covered_port: u16) -> Result<Vec<EgressRow>> {
+/// `filter` and every variant must hold the same policy (the egress program
+/// consults its port arrays); `variants` are experimental builds' egress
+/// programs by name.
+pub fn measure(
+    filter: &mut LoadedFilter,
+    covered_port: u16,
+    variants: &mut [(String, &mut SchedClassifier)],
+) -> Result<Vec<EgressRow>> {
     let bytes = crate::floors::floor_object_bytes("tc-pass").context("no tc-pass object")?;
     let mut floor_object = EbpfLoader::new().load(bytes)?;
     let floor: &mut SchedClassifier = floor_object
@@ -86,29 +103,55 @@ pub fn measure(filter: &mut LoadedFilter, covered_port: u16) -> Result<Vec<Egres
         ("non-IP (ARP)", FrameSpec::arp().build().bytes),
     ];
     let egress = filter.egress_program()?;
-    // Open the flows the cases refresh, as the host's SYN and first datagram would.
-    egress.test_run(TestRunOptions {
-        data_in: Some(&syn),
-        repeat: 1,
-        ..Default::default()
-    })?;
+    // Open the flows the cases refresh, as the host's SYN and first datagram would
+    // (the datagram's is opened by the warm-up run below), in every build's table.
+    for program in std::iter::once(&mut *egress).chain(variants.iter_mut().map(|(_, p)| &mut **p)) {
+        program.test_run(TestRunOptions {
+            data_in: Some(&syn),
+            repeat: 1,
+            ..Default::default()
+        })?;
+    }
     let mut rows = Vec::new();
     for (case, frame) in cases {
         time(floor, &frame, REPEAT / 10)?;
         time(egress, &frame, REPEAT / 10)?;
+        for (_, program) in variants.iter_mut() {
+            time(*program, &frame, REPEAT / 10)?;
+        }
         let (mut floor_ns, mut egress_ns, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        let mut variant_ns = vec![Vec::new(); variants.len()];
+        let mut variant_ratio = vec![Vec::new(); variants.len()];
         for _ in 0..RUNS {
             let f = time(floor, &frame, REPEAT)?.ns;
             let e = time(egress, &frame, REPEAT)?.ns;
             floor_ns.push(f);
             egress_ns.push(e);
             ratio.push(e / f);
+            for (i, (_, program)) in variants.iter_mut().enumerate() {
+                let v = time(*program, &frame, REPEAT)?.ns;
+                variant_ns[i].push(v);
+                variant_ratio[i].push(v / f);
+            }
         }
         rows.push(EgressRow {
             case,
             floor_ns: Stats::of(&floor_ns),
             egress_ns: Stats::of(&egress_ns),
             ratio: Stats::of(&ratio),
+            variants: variants
+                .iter()
+                .zip(variant_ns.iter().zip(&variant_ratio))
+                .map(|((name, _), (ns, ratio))| {
+                    (
+                        name.clone(),
+                        EgressVariant {
+                            ns: Stats::of(ns),
+                            ratio: Stats::of(ratio),
+                        },
+                    )
+                })
+                .collect(),
         });
     }
     Ok(rows)

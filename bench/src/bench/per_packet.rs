@@ -429,8 +429,13 @@ impl Variant {
     }
 
     /// Opens the per-packet "reply" row's flow in this build's own flow table,
-    /// through its own egress program (loaded on first use).
+    /// through its own egress program.
     pub fn open_flow(&mut self) -> Result<()> {
+        super::egress::open_flow_with(self.egress_program()?)
+    }
+
+    /// This build's egress program (loaded on first use), on its own maps.
+    pub fn egress_program(&mut self) -> Result<&mut aya::programs::SchedClassifier> {
         let egress: &mut aya::programs::SchedClassifier = self
             .ebpf
             .program_mut(airlock_common::EGRESS_PROGRAM_NAME)
@@ -439,7 +444,7 @@ impl Variant {
         if egress.fd().is_err() {
             egress.load()?;
         }
-        super::egress::open_flow_with(egress)
+        Ok(egress)
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {

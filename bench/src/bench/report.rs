@@ -584,6 +584,34 @@ impl Results {
                 r.ratio.max
             );
         }
+        let variant_names: Vec<&String> = self
+            .egress
+            .first()
+            .map(|r| r.variants.iter().map(|(n, _)| n).collect())
+            .unwrap_or_default();
+        if !variant_names.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### Experimental builds' egress programs (not shipped)\n\nns per packet (median), ratio to the floor in brackets, in the same runs as the table above.\n"
+            );
+            let mut header = String::from("| frame the host sends | floor | Airlock |");
+            let mut rule = String::from("|---|---|---|");
+            for n in &variant_names {
+                let _ = write!(header, " {n} |");
+                rule.push_str("---|");
+            }
+            let _ = writeln!(md, "{header}\n{rule}");
+            for r in &self.egress {
+                let mut line = format!(
+                    "| {} | {:.1} | {:.1} ({:.2}) |",
+                    r.case, r.floor_ns.median, r.egress_ns.median, r.ratio.median
+                );
+                for (_, v) in &r.variants {
+                    let _ = write!(line, " {:.1} ({:.2}) |", v.ns.median, v.ratio.median);
+                }
+                let _ = writeln!(md, "{line}");
+            }
+        }
     }
 
     pub fn json(&self) -> Value {
@@ -660,6 +688,7 @@ impl Results {
             "per_packet": per_packet,
             "egress": self.egress.iter().map(|r| json!({
                 "frame": r.case, "floor_ns": r.floor_ns.json(), "egress_ns": r.egress_ns.json(), "ratio": r.ratio.json(),
+                "variants": r.variants.iter().map(|(n, v)| json!({ "name": n, "ns": v.ns.json(), "ratio": v.ratio.json() })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
             "live": live,
             "control_plane": control,

@@ -340,7 +340,15 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                 if results.egress.is_empty() {
                     // The egress program's cost does not depend on the policy's size
                     // (one port-array read, one flow lookup): measured once.
-                    results.egress = egress::measure(&mut filter, policies::PORT)?;
+                    // Variants too (their own maps hold the same policy), so
+                    // an experimental egress build is compared in the same runs.
+                    let mut variant_egress = Vec::new();
+                    for variant in &mut variants {
+                        let name = variant.name.clone();
+                        variant_egress.push((name, variant.egress_program()?));
+                    }
+                    results.egress =
+                        egress::measure(&mut filter, policies::PORT, &mut variant_egress)?;
                 }
                 unpin();
                 results.per_packet.extend(rows);
