@@ -12,11 +12,11 @@ pub mod ranges;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use airlock_common::{SourceRangeV4, SourceRangeV6};
 use airlock_common::maps::{
     DEFAULT_DROP, DEFAULT_PASS, GenConfig, MAX_CLASSES, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
     MAX_RULES, MODE_ENFORCE, MODE_MONITOR, SourceEntry,
 };
+use airlock_common::{SourceRangeV4, SourceRangeV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
