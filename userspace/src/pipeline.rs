@@ -224,7 +224,12 @@ pub fn prepare_with(
     let started = std::time::Instant::now();
     let (compiled, host) = crate::parallel::join(
         || {
-            let compiled = compile(&policy);
+            // An apply's source tables are made as the families are folded.
+            let compiled = if options.dry_run {
+                compile(&policy)
+            } else {
+                compile_for_apply(&policy)
+            };
             tracing::debug!(us = started.elapsed().as_micros() as u64, "compiled");
             compiled
         },
@@ -363,6 +368,14 @@ fn usable_interfaces(selected: &[String], options: &Options) -> Result<Vec<Strin
 /// compiler (`policy` does not depend on `compile`).
 pub fn compile(policy: &Policy) -> Result<Compiled, PolicyError> {
     compile::compile(policy)
+        .map_err(|error| PolicyError::Invalid(vec![capacity_diagnostic(&error, &policy.origin)]))
+}
+
+/// [`compile`], with the source tables for the preallocated maps built as the
+/// families are folded (`compile::compile_for_apply`), for the write to take.
+fn compile_for_apply(policy: &Policy) -> Result<Compiled, PolicyError> {
+    let capacity = (INLINE_TABLE_V4 as usize, INLINE_TABLE_V6 as usize);
+    compile::compile_for_apply(policy, capacity)
         .map_err(|error| PolicyError::Invalid(vec![capacity_diagnostic(&error, &policy.origin)]))
 }
 

@@ -13,7 +13,7 @@ use airlock_common::{
 use super::{PrefixEntry, ranges};
 
 /// The flags a flag table holds.
-const FLAGS: u32 = SRC_MANAGEMENT | SRC_DENY;
+pub(crate) const FLAGS: u32 = SRC_MANAGEMENT | SRC_DENY;
 
 /// Where the flags of `entries`' longest matches change: (first address,
 /// flags), ascending, the first at 0, no two adjacent alike.
@@ -49,12 +49,16 @@ fn flag_relevant<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<PrefixEntry<
     // length, a prefix starting at or before it lies inside one of them.
     let mut flagged_until: Option<u128> = None;
     for entry in entries {
-        let first = ranges::address(&entry.addr);
+        // Most entries of a large list carry no flag and follow none: they cost
+        // one test, not an address conversion.
         if entry.value.flags & FLAGS != 0 {
+            let first = ranges::address(&entry.addr);
             let last = first | ranges::host_mask(width, entry.prefix_len);
             flagged_until = Some(flagged_until.map_or(last, |until| until.max(last)));
             out.push(*entry);
-        } else if flagged_until.is_some_and(|until| first <= until) {
+        } else if let Some(until) = flagged_until
+            && ranges::address(&entry.addr) <= until
+        {
             out.push(*entry);
         }
     }
@@ -66,6 +70,24 @@ fn flag_relevant<const N: usize>(entries: &[PrefixEntry<N>]) -> Vec<PrefixEntry<
 /// looks its sources up in full), as does one with no flag at all (the program
 /// skips those sources' lookups on `unflagged` alone).
 pub fn set(config: &mut GenConfig, v4: &[PrefixEntry<4>], v6: &[PrefixEntry<16>]) {
+    set_known(config, v4, v6, (flagged(v4), flagged(v6)));
+}
+
+/// [`set`], told which families hold a flagged entry at all (`flagged`: IPv4,
+/// IPv6; the fold knows it from the answers it counted, `Compiled::flagged`):
+/// a family without one has no flag-relevant entry, so its pass over a large
+/// list is skipped. The same config as [`set`] whenever `flagged` is true of
+/// every family that holds a flagged entry.
+pub fn set_known(
+    config: &mut GenConfig,
+    v4: &[PrefixEntry<4>],
+    v6: &[PrefixEntry<16>],
+    flagged: (bool, bool),
+) {
+    let (v4, v6) = (
+        if flagged.0 { v4 } else { &[] },
+        if flagged.1 { v6 } else { &[] },
+    );
     config.flag_tables = 0;
     config.flag_bits_v4 = 0;
     config.flag_bits_v6 = 0;
@@ -92,8 +114,7 @@ pub fn set(config: &mut GenConfig, v4: &[PrefixEntry<4>], v6: &[PrefixEntry<16>]
 }
 
 /// Whether any prefix carries a flag (else the family needs no table).
-#[cfg(test)]
-fn flagged<const N: usize>(entries: &[PrefixEntry<N>]) -> bool {
+pub(crate) fn flagged<const N: usize>(entries: &[PrefixEntry<N>]) -> bool {
     entries.iter().any(|entry| entry.value.flags & FLAGS != 0)
 }
 

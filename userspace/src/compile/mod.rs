@@ -16,6 +16,7 @@ use airlock_common::maps::{
     DEFAULT_DROP, DEFAULT_PASS, GenConfig, MAX_CLASSES, MAX_PREFIXES_V4, MAX_PREFIXES_V6,
     MAX_RULES, MODE_ENFORCE, MODE_MONITOR, SourceEntry,
 };
+use airlock_common::{SourceRangeV4, SourceRangeV6};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -67,6 +68,9 @@ pub struct Compiled {
     /// Rule names by bit index.
     pub rule_names: Vec<String>,
     stats: CompileStats,
+    /// Whether any IPv4 and any IPv6 entry carries a management or deny flag,
+    /// as the fold saw the answers it kept (what `flags::set` would find).
+    flagged: (bool, bool),
     /// The source tables, once built ahead of the write (see [`Prebuilt`]).
     prebuilt: Prebuilt,
 }
@@ -181,14 +185,48 @@ pub fn compile_unpruned(policy: &Policy) -> Result<Compiled, CompileError> {
     compile_with(policy, false)
 }
 
+/// [`compile`] for an apply about to write the policy: each family's source
+/// table for `capacity` (what `Prebuilt::build` would make) is built on the
+/// thread that folded the family, as soon as it is folded, and kept in the
+/// result for the loader to take. The smaller family's table is then made while
+/// the larger one still folds, instead of both after both folds.
+pub fn compile_for_apply(
+    policy: &Policy,
+    capacity: (usize, usize),
+) -> Result<Compiled, CompileError> {
+    compile_with_tables(policy, true, Some(capacity))
+}
+
 fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> {
+    compile_with_tables(policy, prune, None)
+}
+
+fn compile_with_tables(
+    policy: &Policy,
+    prune: bool,
+    capacity: Option<(usize, usize)>,
+) -> Result<Compiled, CompileError> {
     if policy.rules.len() > MAX_RULES {
         return Err(CompileError::TooManyRules {
             count: policy.rules.len(),
             limit: MAX_RULES,
         });
     }
-    let folded = prefixes::fold(policy, prune);
+    // A family over its prefix limit is refused below: no table is made of it.
+    let (folded, table_v4, table_v6) = prefixes::fold_then(
+        policy,
+        prune,
+        |v4| {
+            capacity
+                .filter(|_| v4.len() <= MAX_PREFIXES_V4 as usize)
+                .map(|(v4_capacity, _)| ranges::table::<SourceRangeV4, 4>(v4, v4_capacity))
+        },
+        |v6| {
+            capacity
+                .filter(|_| v6.len() <= MAX_PREFIXES_V6 as usize)
+                .map(|(_, v6_capacity)| ranges::table::<SourceRangeV6, 16>(v6, v6_capacity))
+        },
+    );
     check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
     check_limit("IPv6", folded.v6.len(), MAX_PREFIXES_V6)?;
     let (v4, v6) = (folded.v4, folded.v6);
@@ -253,7 +291,11 @@ fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> 
         config,
         rule_names: policy.rules.iter().map(|r| r.name.clone()).collect(),
         stats,
-        prebuilt: Prebuilt::default(),
+        flagged: (folded.flagged_v4, folded.flagged_v6),
+        prebuilt: match (capacity, table_v4, table_v6) {
+            (Some(capacity), Some(v4), Some(v6)) => Prebuilt::ready(capacity, v4, v6),
+            _ => Prebuilt::default(),
+        },
     })
 }
 
@@ -313,6 +355,11 @@ impl ClassCount {
     pub(crate) fn count(&self) -> usize {
         self.seen.len()
     }
+
+    /// Whether an answer seen carries a management or deny flag.
+    pub(crate) fn flagged(&self) -> bool {
+        self.seen.iter().any(|v| v.flags & flags::FLAGS != 0)
+    }
 }
 
 fn check_classes(family: &'static str, found: usize) -> Result<(), ranges::TooManyClasses> {
@@ -351,6 +398,12 @@ impl Compiled {
             Proto::Tcp => self.tcp_ports.mask_at(port),
             Proto::Udp => self.udp_ports.mask_at(port),
         }
+    }
+
+    /// The generation's flag tables written into `config`, from the entries
+    /// (`flags::set`), skipping a family the fold found no flag in.
+    pub fn set_flag_tables(&self, config: &mut GenConfig) {
+        flags::set_known(config, &self.v4, &self.v6, self.flagged);
     }
 
     /// Figures about the compiled policy.

@@ -57,6 +57,20 @@ enum Slot {
 }
 
 impl Prebuilt {
+    /// Tables already made for `capacity` (`compile_for_apply`), for the
+    /// loader to take.
+    pub(super) fn ready(
+        capacity: (usize, usize),
+        v4: Result<SourceTable<SourceRangeV4>, TooManyClasses>,
+        v6: Result<SourceTable<SourceRangeV6>, TooManyClasses>,
+    ) -> Prebuilt {
+        let tables = Box::new(v4.and_then(|v4| Ok((v4, v6?))));
+        Prebuilt {
+            slot: Mutex::new(Slot::Built { capacity, tables }),
+            done: Condvar::new(),
+        }
+    }
+
     /// Builds `compiled`'s tables for `capacity` into its slot, unless they are
     /// there, being built, or no longer wanted.
     pub fn build(compiled: &Compiled, capacity: (usize, usize)) {

@@ -103,6 +103,9 @@ pub(crate) struct Folded {
     /// answers and the empty one), counted as the entries were made.
     pub classes_v4: usize,
     pub classes_v6: usize,
+    /// Whether an entry of each family carries a management or deny flag.
+    pub flagged_v4: bool,
+    pub flagged_v6: bool,
     /// Each set folded, by identity, with its cidrs and excepts per family (what
     /// `FamilyCounts::of` would count again).
     pub set_counts: HashMap<*const AddrSet, FamilyCounts>,
@@ -194,8 +197,15 @@ fn wide_v6(net: &IpNet, set: usize, except: bool) -> Option<Wide> {
 
 /// Folds the policy's sets into per-family LPM entries. `prune` drops entries that
 /// repeat their nearest ancestor's answer (always on outside tests, which compare
-/// both forms).
-pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
+/// both forms). Then `then_v4` and `then_v6` run each on its family's entries,
+/// on the thread that folded them, as soon as that family is folded (an apply's
+/// source tables: the smaller family's is built while the larger still folds).
+pub(crate) fn fold_then<A: Send, B: Send>(
+    policy: &Policy,
+    prune: bool,
+    then_v4: impl FnOnce(&[PrefixEntry<4>]) -> A + Send,
+    then_v6: impl FnOnce(&[PrefixEntry<16>]) -> B + Send,
+) -> (Folded, A, B) {
     let sets = sets_in_use(policy);
     let masks: Vec<u128> = sets.iter().map(|(_, m)| *m).collect();
     let set_counts = count(&sets);
@@ -211,12 +221,14 @@ pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
             prefix_len: len,
             value,
         };
-        if sets.len() as u64 <= V4_SET_MAX {
+        let folded = if sets.len() as u64 <= V4_SET_MAX {
             fold_family(keys(sets, n4, packed_v4), 32, masks, prune, entry)
         } else {
             // Millions of sets: never in practice, but still correct.
             fold_family(keys(sets, n4, wide_v4), 32, masks, prune, entry)
-        }
+        };
+        let after = then_v4(&folded.0);
+        (folded, after)
     };
     let fold_v6 = || {
         let entry = |a: u128, len, value| PrefixEntry {
@@ -224,23 +236,31 @@ pub(crate) fn fold(policy: &Policy, prune: bool) -> Folded {
             prefix_len: len,
             value,
         };
-        fold_family(keys(sets, n6, wide_v6), 128, masks, prune, entry)
+        let folded = fold_family(keys(sets, n6, wide_v6), 128, masks, prune, entry);
+        let after = then_v6(&folded.0);
+        (folded, after)
     };
     // The families are independent: fold a large IPv6 table on a second thread.
-    let ((v4, distinct_v4, classes_v4), (v6, distinct_v6, classes_v6)) = if n6 < 10_000 {
+    let (
+        ((v4, distinct_v4, classes_v4, flagged_v4), after_v4),
+        ((v6, distinct_v6, classes_v6, flagged_v6), after_v6),
+    ) = if n6 < 10_000 {
         (fold_v4(), fold_v6())
     } else {
         crate::parallel::join(fold_v4, fold_v6)
     };
-    Folded {
+    let folded = Folded {
         v4,
         v6,
         distinct_v4,
         distinct_v6,
         classes_v4,
         classes_v6,
+        flagged_v4,
+        flagged_v6,
         set_counts,
-    }
+    };
+    (folded, after_v4, after_v6)
 }
 
 /// Network mask of a `len`-bit prefix in a `width`-bit family, right-aligned.
@@ -447,15 +467,15 @@ struct Frame {
 }
 
 /// Folds one family; returns the pruned entries (sorted by address, then length,
-/// each made by `entry`), the number of distinct prefixes and the classes the
-/// entries' table numbers (`ClassCount`).
+/// each made by `entry`), the number of distinct prefixes, the classes the
+/// entries' table numbers (`ClassCount`) and whether one of them is flagged.
 fn fold_family<K: Key, E>(
     keys: Vec<K>,
     width: u32,
     masks: &[u128],
     prune: bool,
     entry: impl Fn(u128, u8, SourceEntry) -> E,
-) -> (Vec<E>, usize, usize) {
+) -> (Vec<E>, usize, usize, bool) {
     let started = std::time::Instant::now();
     let tags = sort_keys(keys, BUCKET_FROM);
     let sorted = started.elapsed();
@@ -524,7 +544,7 @@ fn fold_family<K: Key, E>(
         fold_us = (started.elapsed() - sorted).as_micros() as u64,
         "family folded"
     );
-    (out, distinct, classes.count())
+    (out, distinct, classes.count(), classes.flagged())
 }
 
 #[cfg(test)]
@@ -661,7 +681,9 @@ mod tests {
             .iter()
             .map(|&(a, l, s, e)| Wide::new(u128::from(a), l, s, e))
             .collect();
-        let (unpruned, distinct, classes) = fold_family(packed.clone(), 32, &masks, false, entry);
+        let (unpruned, distinct, classes, flagged) =
+            fold_family(packed.clone(), 32, &masks, false, entry);
+        assert_eq!(flagged, expected.iter().any(|e| e.2.flags != 0));
         let distinct_answers = |entries: &[(u128, u8, SourceEntry)]| {
             let mut answers: std::collections::HashSet<_> =
                 entries.iter().map(|&(_, _, v)| v).collect();

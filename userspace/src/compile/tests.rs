@@ -296,3 +296,74 @@ rules:
         assert_eq!(stats.prefixes, direct(&rule.from), "{}", rule.name);
     }
 }
+
+/// A random policy with a large imported list (both families, sometimes past
+/// the size that folds IPv6 on a thread of its own), except holes, nested
+/// prefixes, and management and deny sets or none.
+fn random_policy(seed: u64, v4: usize, v6: usize, flagged: bool) -> Policy {
+    use std::fmt::Write as _;
+    let mut next = crate::test_rng::xorshift(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut list = String::new();
+    for _ in 0..v4 {
+        let r = next();
+        let len = [8, 16, 20, 24, 24, 28, 31, 32, 32, 32][(r % 10) as usize];
+        // Few high bits vary: prefixes nest and repeat.
+        let addr = (0x0b00_0000 | ((r >> 16) as u32 & 0x07ff_ffff)) & (u32::MAX << (32 - len));
+        let _ = writeln!(list, "{}/{len}", std::net::Ipv4Addr::from(addr));
+    }
+    for _ in 0..v6 {
+        let r = next();
+        let len = [32, 40, 48, 48, 56, 64, 64, 100, 127, 128][(r % 10) as usize];
+        let addr = (0x2a00u128 << 112 | u128::from(r >> 8) << 64 | u128::from(next()))
+            & (u128::MAX << (128 - len));
+        let _ = writeln!(list, "{}/{len}", std::net::Ipv6Addr::from(addr));
+    }
+    std::fs::write(dir.path().join("big.txt"), list).unwrap();
+    let mut text = String::from(
+        "version: 1\ninterfaces: [eth0]\nsets:\n  big: {file: big.txt}\n  holes:\n    cidrs: [11.0.0.0/8, \"2a00::/16\"]\n    except: [11.1.0.0/16, 11.2.3.0/24, \"2a00:1::/32\"]\n",
+    );
+    if flagged {
+        text.push_str("management: [11.3.0.0/16, 11.3.4.5, \"2a00:2::/32\"]\ndeny: [11.3.4.0/24, 11.4.0.0/16, \"2a00:2:1::/48\"]\n");
+    }
+    text.push_str("rules:\n  - {name: a, ports: [22], from: [big]}\n  - {name: b, ports: [80], from: [holes, 11.5.0.0/16]}\n  - {name: c, ports: [443], from: [big, holes]}\n");
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, text).unwrap();
+    crate::policy::load(&path).unwrap()
+}
+
+/// An apply's compile builds each family's source table as that family is
+/// folded (`compile_for_apply`), and the loader's config takes its flag tables
+/// skipping a family the fold saw no flag in. Both must give exactly what the
+/// plain compile, the loader's own table build and the full flag cut give.
+#[test]
+fn tables_built_with_the_fold_and_flag_tables_are_those_made_from_scratch() {
+    const CAPACITY: (usize, usize) = (
+        airlock_common::INLINE_TABLE_V4 as usize,
+        airlock_common::INLINE_TABLE_V6 as usize,
+    );
+    for (seed, v4, v6, flagged) in [
+        (1, 2_000, 500, false),
+        (2, 2_000, 500, true),
+        (3, 30_000, 12_000, false),
+        (4, 30_000, 12_000, true),
+        (5, 1, 1, true),
+        (6, 50, 0, false),
+    ] {
+        let policy = random_policy(seed, v4, v6, flagged);
+        let plain = compile(&policy).unwrap();
+        let applied = compile_for_apply(&policy, CAPACITY).unwrap();
+        assert_eq!(applied, plain, "seed {seed}");
+        let from_scratch = build_tables(&plain.v4, &plain.v6, CAPACITY).unwrap();
+        assert_eq!(
+            Prebuilt::take_or_build(&applied, CAPACITY).unwrap(),
+            from_scratch,
+            "seed {seed}"
+        );
+        let (mut skipping, mut full) = (plain.config, plain.config);
+        applied.set_flag_tables(&mut skipping);
+        flags::set(&mut full, &plain.v4, &plain.v6);
+        assert_eq!(skipping, full, "seed {seed}");
+        assert_eq!(applied.flagged, (flagged, flagged), "seed {seed}");
+    }
+}

@@ -376,7 +376,7 @@ impl PolicyMaps {
             ..compiled.config
         };
         // From the prefixes the tables were made of, by the same cut.
-        crate::compile::flags::set(&mut config, &compiled.v4, &compiled.v6);
+        compiled.set_flag_tables(&mut config);
         self.write_config(generation, &config)
     }
 

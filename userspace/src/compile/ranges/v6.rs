@@ -131,7 +131,8 @@ pub(super) fn build<const N: usize>(
     // with it).
     let mut at = 0;
     let mut last = None;
-    for slot in 0..SLOTS {
+    let mut slot = 0;
+    while slot < SLOTS {
         let first = start + ((slot as u128) << span);
         let slot_last = first + ((1u128 << span) - 1);
         while at + 1 < pieces.len() && pieces[at + 1].start <= first {
@@ -142,7 +143,17 @@ pub(super) fn build<const N: usize>(
             end += 1;
         }
         if end - at == 1 {
-            set_slot(&mut elements, slot, SLOT_ANSWER_V6 | pieces[at].class);
+            // Every slot before the one the next piece starts in lies inside
+            // this piece too: most of a directory, filled without its
+            // addresses worked out slot by slot.
+            let next = pieces.get(at + 1).map_or(SLOTS, |p| {
+                usize::try_from((p.start - start) >> span).map_or(SLOTS, |s| s.min(SLOTS))
+            });
+            let answer = SLOT_ANSWER_V6 | pieces[at].class;
+            for within in slot..next.max(slot + 1) {
+                set_slot(&mut elements, within, answer);
+            }
+            slot = next.max(slot + 1);
             continue;
         }
         // Padded to 2^k ranges; compared, the ranges after the first.
@@ -182,6 +193,7 @@ pub(super) fn build<const N: usize>(
             slot,
             run as u32 | (k << RUN_HALVINGS_SHIFT_V6) | flag,
         );
+        slot += 1;
     }
     Ok(SourceTable {
         directory: Directory {
