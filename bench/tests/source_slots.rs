@@ -52,7 +52,13 @@ fn print_the_bench_policies_ipv4_slots() {
         let table = ranges::table::<SourceRangeV4, 4>(&compiled.v4, INLINE_TABLE_V4 as usize)
             .expect("table");
         let elements = &table.elements;
-        println!("== {} ({} IPv4 entries, {} elements, {} classes)", workload.label, compiled.v4.len(), elements.len(), table.classes.len());
+        println!(
+            "== {} ({} IPv4 entries, {} elements, {} classes)",
+            workload.label,
+            compiled.v4.len(),
+            elements.len(),
+            table.classes.len()
+        );
         println!("  allowed {}", describe(elements, workload.allowed_v4));
         println!("  refused {}", describe(elements, policies::DROP_V4));
         let mut answers = 0usize;
@@ -75,9 +81,15 @@ fn print_the_bench_policies_ipv4_slots() {
             }
         }
         let total = 1usize << DIRECTORY_BITS_V4;
-        println!("  slots {total}: answers {answers}, runs {} ({in_chunk} in chunks)", total - answers);
+        println!(
+            "  slots {total}: answers {answers}, runs {} ({in_chunk} in chunks)",
+            total - answers
+        );
         for ((k, d), (n, c)) in &runs {
-            println!("    length {:2} (k {k}, d {d}): {n:7} slots, {c:7} in chunks", (1 << k) + d);
+            println!(
+                "    length {:2} (k {k}, d {d}): {n:7} slots, {c:7} in chunks",
+                (1 << k) + d
+            );
         }
         // Addresses of the bench's generated space weigh slots alike: the share of
         // slots between 11/8 and 223/8 that are answers.
@@ -85,6 +97,10 @@ fn print_the_bench_policies_ipv4_slots() {
         let hi = (0xdf00_0000u32 >> DIRECTORY_SHIFT_V4) as usize;
         let used = &elements[lo..hi];
         let a = used.iter().filter(|s| s.0 & SLOT_ANSWER_V4 != 0).count();
-        println!("  in 11/8..223/8: {} slots, answers {a} ({:.1}%)", used.len(), 100.0 * a as f64 / used.len() as f64);
+        println!(
+            "  in 11/8..223/8: {} slots, answers {a} ({:.1}%)",
+            used.len(),
+            100.0 * a as f64 / used.len() as f64
+        );
     }
 }

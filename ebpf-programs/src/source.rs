@@ -54,6 +54,14 @@ fn class_v4(generation: u32, key: u32) -> Option<u32> {
 /// then `k` halvings of `2^k` elements, each step a load, a subtraction and a
 /// mask (see `airlock_common::SourceRangeV4`). In 64 bits throughout: no
 /// instruction spent clearing upper halves.
+///
+/// A run of up to 16 elements (`k <= 3`: all but a few hundred of a 1M-prefix
+/// table's runs) is searched by the same steps written out, from its first
+/// element checked once to leave room for the run in the value: each load is
+/// then at an offset from that one pointer, not masked and scaled on its own,
+/// and no loop counter is kept (as IPv6's runs of four, session 18). Longer
+/// runs, and the rare run too close to the end of its value for the check,
+/// take the loop; both read the same elements in the same order.
 #[inline(always)]
 fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     let mask = u64::from(INLINE_TABLE_V4 - 1);
@@ -64,18 +72,44 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     // The run's first element in its chunk.
     let mut base = slot & mask;
     let first_probe = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
+    let halvings = (slot >> RUN_HALVINGS_SHIFT_V4) & 15;
+    if halvings <= 3 && base <= mask - (WRITTEN_OUT_V4 as u64 - 1) {
+        // SAFETY: elements `base` to `base + WRITTEN_OUT_V4 - 1` are in the
+        // value (checked just above).
+        let run: &[SourceRangeV4; WRITTEN_OUT_V4] =
+            unsafe { &*table.as_ptr().add(base as usize).cast() };
+        // Every index below is at most 8 + 4 + 2 + 1 = 15 past the run's
+        // first element (the verifier bounds it by the masks, loosely: the
+        // view is twice the longest run for that).
+        let at = |i: u64| run[(i & (WRITTEN_OUT_V4 as u64 - 1)) as usize].0;
+        let mut i = before_mask(u64::from(at(first_probe)), bound) & first_probe;
+        if halvings >= 3 {
+            i += before_mask(u64::from(at(i + 4)), bound) & 4;
+        }
+        if halvings >= 2 {
+            i += before_mask(u64::from(at(i + 2)), bound) & 2;
+        }
+        if halvings >= 1 {
+            i += before_mask(u64::from(at(i + 1)), bound) & 1;
+        }
+        return at(i);
+    }
     base += step_if_before(
         table[((base + first_probe) & mask) as usize].0,
         bound,
         first_probe,
     );
-    let mut step = (1u64 << ((slot >> RUN_HALVINGS_SHIFT_V4) & 15)) >> 1;
+    let mut step = (1u64 << halvings) >> 1;
     while step != 0 {
         base += step_if_before(table[((base + step) & mask) as usize].0, bound, step);
         step >>= 1;
     }
     table[(base & mask) as usize].0
 }
+
+/// Elements the written-out IPv4 search views from a run's first: a power of
+/// two at least the longest run it searches (16) plus the verifier's slack.
+const WRITTEN_OUT_V4: usize = 32;
 
 /// As `source_v4`, for IPv6.
 #[inline(always)]
