@@ -73,26 +73,32 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     let mut base = slot & mask;
     let first_probe = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
     let halvings = (slot >> RUN_HALVINGS_SHIFT_V4) & 15;
-    if halvings <= 3 && base <= mask - (WRITTEN_OUT_V4 as u64 - 1) {
-        // SAFETY: elements `base` to `base + WRITTEN_OUT_V4 - 1` are in the
+    if halvings <= 3 && base <= mask - (WRITTEN_OUT_V4 - 1) {
+        // Each step moves a pointer by its step's bytes or not at all and
+        // loads at a constant offset from it: an add, a load, a subtraction,
+        // a shift and a mask a step (BPF has no scaled index). The verifier
+        // bounds the pointer by the check above and the masks' ranges.
+        // SAFETY: every element read is at most 8 + 4 + 2 + 1 = 15 past the
+        // run's first, `base`, which leaves `WRITTEN_OUT_V4` elements in the
         // value (checked just above).
-        let run: &[SourceRangeV4; WRITTEN_OUT_V4] =
-            unsafe { &*table.as_ptr().add(base as usize).cast() };
-        // Every index below is at most 8 + 4 + 2 + 1 = 15 past the run's
-        // first element (the verifier bounds it by the masks, loosely: the
-        // view is twice the longest run for that).
-        let at = |i: u64| run[(i & (WRITTEN_OUT_V4 as u64 - 1)) as usize].0;
-        let mut i = before_mask(u64::from(at(first_probe)), bound) & first_probe;
-        if halvings >= 3 {
-            i += before_mask(u64::from(at(i + 4)), bound) & 4;
+        unsafe {
+            let mut at: *const u32 = table.as_ptr().add(base as usize).cast();
+            let probe_bytes = first_probe * 4;
+            at = at.byte_add(
+                (before_mask(u64::from(*at.byte_add(probe_bytes as usize)), bound) & probe_bytes)
+                    as usize,
+            );
+            if halvings >= 3 {
+                at = at.byte_add((before_mask(u64::from(*at.add(4)), bound) & 16) as usize);
+            }
+            if halvings >= 2 {
+                at = at.byte_add((before_mask(u64::from(*at.add(2)), bound) & 8) as usize);
+            }
+            if halvings >= 1 {
+                at = at.byte_add((before_mask(u64::from(*at.add(1)), bound) & 4) as usize);
+            }
+            return *at;
         }
-        if halvings >= 2 {
-            i += before_mask(u64::from(at(i + 2)), bound) & 2;
-        }
-        if halvings >= 1 {
-            i += before_mask(u64::from(at(i + 1)), bound) & 1;
-        }
-        return at(i);
     }
     base += step_if_before(
         table[((base + first_probe) & mask) as usize].0,
@@ -107,9 +113,9 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     table[(base & mask) as usize].0
 }
 
-/// Elements the written-out IPv4 search views from a run's first: a power of
-/// two at least the longest run it searches (16) plus the verifier's slack.
-const WRITTEN_OUT_V4: usize = 32;
+/// Elements the written-out IPv4 search may read from a run's first: the
+/// longest run it searches (`k = 3`, `d = 8`).
+const WRITTEN_OUT_V4: u64 = 16;
 
 /// As `source_v4`, for IPv6.
 #[inline(always)]
