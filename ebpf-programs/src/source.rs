@@ -9,7 +9,7 @@ use airlock_common::{
     INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES, RANGE_CLASS_BITS_V6, RANGE_OFFSET_SHIFT_V4,
     RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_HALVINGS_SHIFT_V6, RUN_INDEX_MASK_V4,
     RUN_INDEX_MASK_V6, RUN_WIDE_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceEntry, SourceRangeV4,
-    SourceRangeV6,
+    SourceRangeV6, TABLE_INLINE_V4,
 };
 
 use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
@@ -19,7 +19,7 @@ use crate::maps::{SRC_V4, SRC_V4_INLINE, SRC_V6, SRC_V6_INLINE};
 /// (the empty entry) if the table cannot be read.
 #[inline(always)]
 pub fn source_v4(generation: u32, policy: &GenPolicy, addr: [u8; 4]) -> SourceEntry {
-    let class = class_v4(generation, u32::from_be_bytes(addr)).unwrap_or_default();
+    let class = class_v4(generation, &policy.config, u32::from_be_bytes(addr)).unwrap_or_default();
     // Masked, the index is in bounds by construction: a load at an offset the
     // verifier bounds, no lookup.
     policy.classes_v4[(class & (MAX_CLASSES - 1)) as usize]
@@ -31,9 +31,23 @@ type TableV4 = [SourceRangeV4; INLINE_TABLE_V4 as usize];
 /// The class of `key` in generation `generation`'s IPv4 table (in its low 16
 /// bits). The directory is the start of the preallocated value, read at a fixed
 /// stride; a run lies there too, or in one chunk.
+///
+/// A table past the preallocated value (`config` says so) has its chunk 1
+/// looked up before the directory is read: its key does not wait on the slot,
+/// so the processor finds the chunk while the slot is loaded, and the runs of
+/// a table of up to about 600,000 IPv4 prefixes (all in the preallocated value
+/// or chunk 1) never wait on a lookup of their own. Further chunks are looked
+/// up from the slot.
 #[inline(always)]
-fn class_v4(generation: u32, key: u32) -> Option<u32> {
+fn class_v4(generation: u32, config: &GenConfig, key: u32) -> Option<u32> {
     let first = SRC_V4_INLINE.get(generation)?;
+    let second: Option<&TableV4> = if config.inline_tables & TABLE_INLINE_V4 == 0 {
+        SRC_V4
+            .get(chunk_slot(generation, 1))
+            .and_then(|chunk| chunk.get(0))
+    } else {
+        None
+    };
     // Below 2^19 by the shift: in bounds, no mask.
     let slot = first[(key >> DIRECTORY_SHIFT_V4) as usize].0;
     if slot & SLOT_ANSWER_V4 != 0 {
@@ -44,6 +58,8 @@ fn class_v4(generation: u32, key: u32) -> Option<u32> {
     // verifier inlines both (check the xlated dump for `call` after a change).
     let table: &TableV4 = if chunk == 0 {
         first
+    } else if chunk == 1 {
+        second?
     } else {
         SRC_V4.get(chunk_slot(generation, chunk))?.get(0)?
     };
@@ -54,6 +70,14 @@ fn class_v4(generation: u32, key: u32) -> Option<u32> {
 /// then `k` halvings of `2^k` elements, each step a load, a subtraction and a
 /// mask (see `airlock_common::SourceRangeV4`). In 64 bits throughout: no
 /// instruction spent clearing upper halves.
+///
+/// A run of up to 16 elements (`k <= 3`: all but a few hundred of a 1M-prefix
+/// table's runs) is searched by the same steps written out, from its first
+/// element checked once to leave room for the run in the value: each load is
+/// then at an offset from that one pointer, not masked and scaled on its own,
+/// and no loop counter is kept (as IPv6's runs of four, session 18). Longer
+/// runs, and the rare run too close to the end of its value for the check,
+/// take the loop; both read the same elements in the same order.
 #[inline(always)]
 fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     let mask = u64::from(INLINE_TABLE_V4 - 1);
@@ -64,18 +88,50 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     // The run's first element in its chunk.
     let mut base = slot & mask;
     let first_probe = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
+    let halvings = (slot >> RUN_HALVINGS_SHIFT_V4) & 15;
+    if halvings <= 3 && base <= mask - (WRITTEN_OUT_V4 - 1) {
+        // Each step moves a pointer by its step's bytes or not at all and
+        // loads at a constant offset from it: an add, a load, a subtraction,
+        // a shift and a mask a step (BPF has no scaled index). The verifier
+        // bounds the pointer by the check above and the masks' ranges.
+        // SAFETY: every element read is at most 8 + 4 + 2 + 1 = 15 past the
+        // run's first, `base`, which leaves `WRITTEN_OUT_V4` elements in the
+        // value (checked just above).
+        unsafe {
+            let mut at: *const u32 = table.as_ptr().add(base as usize).cast();
+            let probe_bytes = first_probe * 4;
+            at = at.byte_add(
+                (before_mask(u64::from(*at.byte_add(probe_bytes as usize)), bound) & probe_bytes)
+                    as usize,
+            );
+            if halvings >= 3 {
+                at = at.byte_add((before_mask(u64::from(*at.add(4)), bound) & 16) as usize);
+            }
+            if halvings >= 2 {
+                at = at.byte_add((before_mask(u64::from(*at.add(2)), bound) & 8) as usize);
+            }
+            if halvings >= 1 {
+                at = at.byte_add((before_mask(u64::from(*at.add(1)), bound) & 4) as usize);
+            }
+            return *at;
+        }
+    }
     base += step_if_before(
         table[((base + first_probe) & mask) as usize].0,
         bound,
         first_probe,
     );
-    let mut step = (1u64 << ((slot >> RUN_HALVINGS_SHIFT_V4) & 15)) >> 1;
+    let mut step = (1u64 << halvings) >> 1;
     while step != 0 {
         base += step_if_before(table[((base + step) & mask) as usize].0, bound, step);
         step >>= 1;
     }
     table[(base & mask) as usize].0
 }
+
+/// Elements the written-out IPv4 search may read from a run's first: the
+/// longest run it searches (`k = 3`, `d = 8`).
+const WRITTEN_OUT_V4: u64 = 16;
 
 /// As `source_v4`, for IPv6.
 #[inline(always)]

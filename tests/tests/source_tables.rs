@@ -18,8 +18,8 @@ use airlock::compile::{
 use airlock::loader::{LoaderError, PolicySummary};
 use airlock_common::{
     DIRECTORY_BITS_V6, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES,
-    RUN_INDEX_MASK_V4, RUN_INDEX_MASK_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceRangeV4,
-    SourceRangeV6,
+    RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, RUN_INDEX_MASK_V6,
+    SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceRangeV4, SourceRangeV6,
 };
 use airlock_integration::kernel::Harness;
 use airlock_integration::packet::{FrameSpec, Transport};
@@ -237,6 +237,121 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     check_probes(&mut h, &probes);
 
     assert_tables_read_back(&h, &compiled, "the policy");
+}
+
+/// IPv4 runs of every length from 2 to 26 ranges, each alone in its directory
+/// slot: the lengths the program's written-out search takes (up to 16
+/// elements, `k <= 3`, every first probe `d`), the loop's (17 to 24), and the
+/// padded ones past them. Each run's ranges are contiguous /30 blocks, block
+/// `j` in set `j` (its own rule on the one port), so every range has its own
+/// outcome and a search that lands one, two, four or eight ranges off is seen.
+/// The first address of every block, the address before it and the one after,
+/// and the slot's first and last addresses and their neighbours are run
+/// through the program, from the preallocated value and from a chunk.
+#[test]
+fn ipv4_runs_of_every_length_answer_at_every_boundary_inline() {
+    ipv4_runs_of_every_length(false);
+}
+
+#[test]
+fn ipv4_runs_of_every_length_answer_at_every_boundary_in_a_chunk() {
+    ipv4_runs_of_every_length(true);
+}
+
+/// Most ranges a run of [`ipv4_runs_of_every_length`] holds.
+const LONGEST_RUN: u32 = 26;
+
+fn ipv4_runs_of_every_length(chunked_only: bool) {
+    let slot_span = 1u32 << DIRECTORY_SHIFT_V4;
+    // Block `j` of every run is in set `j`: LONGEST_RUN - 1 sets at most.
+    let mut sets: Vec<Vec<IpNet>> = vec![Vec::new(); LONGEST_RUN as usize - 1];
+    // (slot's first address, ranges in its run, the blocks' first addresses).
+    let mut runs: Vec<(u32, u32, Vec<u32>)> = Vec::new();
+    for count in 2..=LONGEST_RUN {
+        // Two slots per length: blocks from the slot's first address (the
+        // run is the blocks and the gap after them), and blocks inside it
+        // (a gap on either side), where a run has that many ranges.
+        let at_start = 0x0a00_0000 | (count << 16);
+        let inside = at_start + slot_span;
+        for (slot, blocks, first) in [
+            (at_start, count - 1, at_start),
+            (inside, count.saturating_sub(2), inside + 0x0b00),
+        ] {
+            if blocks == 0 {
+                continue;
+            }
+            let starts: Vec<u32> = (0..blocks).map(|j| first + 4 * j).collect();
+            for (j, &start) in starts.iter().enumerate() {
+                sets[j].push(v4(start, 30));
+            }
+            runs.push((slot, count, starts));
+        }
+    }
+    let mut yaml =
+        String::from("version: 1\ninterfaces: [eth0]\nmode: enforce\ndefault: drop\nsets:\n");
+    for (j, set) in sets.iter().enumerate() {
+        yaml.push_str(&format!("  s{j}: {}\n", list(set)));
+    }
+    yaml.push_str("rules:\n");
+    for j in 0..sets.len() {
+        yaml.push_str(&format!(
+            "  - name: r{j}\n    ports: [{PORT}/tcp]\n    from: [s{j}]\n"
+        ));
+    }
+
+    // The table holds what the test means to exercise: every run a run of its
+    // length (the written-out lengths exactly; longer ones possibly padded),
+    // in the preallocated value or in a chunk as asked.
+    let compiled =
+        compile::compile(&airlock_integration::kernel::parse_policy(&yaml)).expect("compiles");
+    let capacity = if chunked_only {
+        0
+    } else {
+        INLINE_TABLE_V4 as usize
+    };
+    let table: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, capacity).expect("classes");
+    let mut lengths_seen = std::collections::BTreeSet::new();
+    for (slot, count, _) in &runs {
+        let value = table.elements[(slot >> DIRECTORY_SHIFT_V4) as usize].0;
+        assert_eq!(value & SLOT_ANSWER_V4, 0, "slot {slot:#x} holds a run");
+        let k = (value >> RUN_HALVINGS_SHIFT_V4) & 15;
+        let d = ((value >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
+        let length = (1 << k) + d;
+        assert!(
+            length >= *count,
+            "slot {slot:#x}: run of {length} for {count} ranges"
+        );
+        if *count <= 16 {
+            assert_eq!(
+                length, *count,
+                "slot {slot:#x}: a written-out run is not padded"
+            );
+        }
+        let in_chunk = (value & RUN_INDEX_MASK_V4) >= INLINE_TABLE_V4;
+        assert_eq!(in_chunk, chunked_only, "slot {slot:#x}: where its run lies");
+        lengths_seen.insert((k, d));
+    }
+    for k in 0..=3 {
+        for d in 1..=(1 << k).min(8) {
+            assert!(lengths_seen.contains(&(k, d)), "a run with k {k}, d {d}");
+        }
+    }
+
+    let mut h = Harness::new();
+    if chunked_only {
+        h.filter.maps.use_chunked_tables_only();
+    }
+    h.apply(&yaml);
+    let mut probes: Vec<IpAddr> = Vec::new();
+    for (slot, _, starts) in &runs {
+        let last = slot + slot_span - 1;
+        let after_blocks = starts.last().expect("blocks") + 4;
+        for address in starts.iter().copied().chain([*slot, last, after_blocks]) {
+            let address = IpAddr::V4(address.into());
+            probes.extend([address, step(address, -1), step(address, 1)]);
+        }
+    }
+    check_probes(&mut h, &probes);
 }
 
 /// Re-applies overwrite the chunks their generation already holds: a generation's

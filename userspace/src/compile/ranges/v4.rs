@@ -134,7 +134,9 @@ pub(super) fn build<const N: usize>(
 /// What the program finds for `key` in `elements` (a table's elements end to end,
 /// chunk `c` from element `c * 2^20`), step for step as
 /// ebpf-programs/src/source.rs does: the element whose low 16 bits are the
-/// class. None where the program would read outside the table.
+/// class. None where the program would read outside the table. (The program
+/// writes out the search of a run of up to 16 elements, and looks up chunk 1
+/// before the directory: it reads the same elements in the same order.)
 pub(super) fn find(elements: &[SourceRangeV4], key: u32) -> Option<u32> {
     let slot = elements.get((key >> DIRECTORY_SHIFT_V4) as usize)?.0;
     if slot & SLOT_ANSWER_V4 != 0 {
