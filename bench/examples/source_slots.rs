@@ -1,7 +1,8 @@
 //! What the bench's IPv4 addresses find in their directory slots, and the shape
 //! of every slot at each measured size: a debugging aid for the source lookup's
-//! cost (issue 19), run by hand:
-//! `cargo test --release -p airlock-bench --test source_slots -- --ignored --nocapture`.
+//! cost (issue 19), run by hand (a report, not a check):
+//! `cargo run --release -p airlock-bench --example source_slots`
+//! (`AIRLOCK_BENCH_SIZES=100000,1000000` by default).
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -32,9 +33,7 @@ fn describe(elements: &[SourceRangeV4], addr: Ipv4Addr) -> String {
     )
 }
 
-#[test]
-#[ignore = "a report, not a check: run by hand"]
-fn print_the_bench_policies_ipv4_slots() {
+fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sizes: Vec<usize> = std::env::var("AIRLOCK_BENCH_SIZES")
         .unwrap_or_else(|_| "100000,1000000".to_owned())
