@@ -394,33 +394,24 @@ impl Results {
                 r.sampled.as_ref().map_or("–".into(), held_back),
             );
         }
-        let variant_names: Vec<&String> = self
-            .per_packet
-            .first()
-            .map(|r| r.variants.iter().map(|(n, _)| n).collect())
-            .unwrap_or_default();
-        if !variant_names.is_empty() {
-            let _ = writeln!(
-                md,
-                "\n### Experimental builds of Airlock's program (not shipped)\n\nns per packet (median), ratio to the floor in brackets.\n"
+        if let Some(first) = self.per_packet.first() {
+            let names: Vec<&str> = first.variants.iter().map(|(n, _)| n.as_str()).collect();
+            variants_table(
+                &mut md,
+                "### Experimental builds of Airlock's program (not shipped)\n\nns per packet (median), ratio to the floor in brackets.",
+                &["policy", "frame"],
+                &names,
+                self.per_packet.iter().map(|r| VariantLine {
+                    lead: vec![r.workload.to_string(), r.case.to_string()],
+                    floor_ns: r.floor.median,
+                    shipped: (r.airlock.ns.median, r.airlock.ratio.median),
+                    variants: r
+                        .variants
+                        .iter()
+                        .map(|(_, m)| (m.ns.median, m.ratio.median))
+                        .collect(),
+                }),
             );
-            let mut header = String::from("| policy | frame | floor | Airlock |");
-            let mut rule = String::from("|---|---|---|---|");
-            for n in &variant_names {
-                let _ = write!(header, " {n} |");
-                rule.push_str("---|");
-            }
-            let _ = writeln!(md, "{header}\n{rule}");
-            for r in &self.per_packet {
-                let mut line = format!(
-                    "| {} | {} | {:.1} | {:.1} ({:.2}) |",
-                    r.workload, r.case, r.floor.median, r.airlock.ns.median, r.airlock.ratio.median
-                );
-                for (_, m) in &r.variants {
-                    let _ = write!(line, " {:.1} ({:.2}) |", m.ns.median, m.ratio.median);
-                }
-                let _ = writeln!(md, "{line}");
-            }
         }
         let _ = writeln!(
             md,
@@ -584,33 +575,24 @@ impl Results {
                 r.ratio.max
             );
         }
-        let variant_names: Vec<&String> = self
-            .egress
-            .first()
-            .map(|r| r.variants.iter().map(|(n, _)| n).collect())
-            .unwrap_or_default();
-        if !variant_names.is_empty() {
-            let _ = writeln!(
+        if let Some(first) = self.egress.first() {
+            let names: Vec<&str> = first.variants.iter().map(|(n, _)| n.as_str()).collect();
+            variants_table(
                 md,
-                "\n### Experimental builds' egress programs (not shipped)\n\nns per packet (median), ratio to the floor in brackets, in the same runs as the table above.\n"
+                "### Experimental builds' egress programs (not shipped)\n\nns per packet (median), ratio to the floor in brackets, in the same runs as the table above.",
+                &["frame the host sends"],
+                &names,
+                self.egress.iter().map(|r| VariantLine {
+                    lead: vec![r.case.to_string()],
+                    floor_ns: r.floor_ns.median,
+                    shipped: (r.egress_ns.median, r.ratio.median),
+                    variants: r
+                        .variants
+                        .iter()
+                        .map(|(_, v)| (v.ns.median, v.ratio.median))
+                        .collect(),
+                }),
             );
-            let mut header = String::from("| frame the host sends | floor | Airlock |");
-            let mut rule = String::from("|---|---|---|");
-            for n in &variant_names {
-                let _ = write!(header, " {n} |");
-                rule.push_str("---|");
-            }
-            let _ = writeln!(md, "{header}\n{rule}");
-            for r in &self.egress {
-                let mut line = format!(
-                    "| {} | {:.1} | {:.1} ({:.2}) |",
-                    r.case, r.floor_ns.median, r.egress_ns.median, r.ratio.median
-                );
-                for (_, v) in &r.variants {
-                    let _ = write!(line, " {:.1} ({:.2}) |", v.ns.median, v.ratio.median);
-                }
-                let _ = writeln!(md, "{line}");
-            }
         }
     }
 
@@ -811,4 +793,46 @@ fn held_back_range(rows: &[Row]) -> Option<(f64, f64)> {
             None => Some((x, x)),
             Some((lo, hi)) => Some((f64::min(lo, x), f64::max(hi, x))),
         })
+}
+
+/// One row of an experimental builds' table: its leading cells, the floor, and
+/// (ns, ratio) for the shipped program and each variant in turn.
+struct VariantLine {
+    lead: Vec<String>,
+    floor_ns: f64,
+    shipped: (f64, f64),
+    variants: Vec<(f64, f64)>,
+}
+
+/// The variants beside the shipped program, one column each (nothing when the
+/// run had no `--variant`): the per-packet and egress sections share it.
+fn variants_table(
+    md: &mut String,
+    heading: &str,
+    lead: &[&str],
+    names: &[&str],
+    lines: impl Iterator<Item = VariantLine>,
+) {
+    if names.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n{heading}\n");
+    let mut header = String::from("|");
+    let mut rule = String::from("|");
+    for column in lead.iter().chain(&["floor", "Airlock"]).chain(names) {
+        let _ = write!(header, " {column} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
+    for l in lines {
+        let mut line = String::from("|");
+        for cell in &l.lead {
+            let _ = write!(line, " {cell} |");
+        }
+        let _ = write!(line, " {:.1} |", l.floor_ns);
+        for (ns, ratio) in std::iter::once(l.shipped).chain(l.variants) {
+            let _ = write!(line, " {ns:.1} ({ratio:.2}) |");
+        }
+        let _ = writeln!(md, "{line}");
+    }
 }
