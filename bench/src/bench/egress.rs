@@ -70,12 +70,15 @@ pub fn open_flow_with(egress: &mut SchedClassifier) -> Result<()> {
     Ok(())
 }
 
-/// `filter` and every variant must hold the same policy (the egress program
-/// consults its port arrays); `variants` are experimental builds' egress
-/// programs by name.
+/// `filter`, every reload and every variant must hold the same policy (the
+/// egress program consults its port arrays); `reloads` are further loads of
+/// Airlock's own egress program, pooled with the first as the per-packet rows
+/// pool theirs (each JIT image starts at a random offset); `variants` are
+/// experimental builds' egress programs by name.
 pub fn measure(
     filter: &mut LoadedFilter,
     covered_port: u16,
+    reloads: &mut [&mut SchedClassifier],
     variants: &mut [(String, &mut SchedClassifier)],
 ) -> Result<Vec<EgressRow>> {
     let bytes = crate::floors::floor_object_bytes("tc-pass").context("no tc-pass object")?;
@@ -105,7 +108,10 @@ pub fn measure(
     let egress = filter.egress_program()?;
     // Open the flows the cases refresh, as the host's SYN and first datagram would
     // (the datagram's is opened by the warm-up run below), in every build's table.
-    for program in std::iter::once(&mut *egress).chain(variants.iter_mut().map(|(_, p)| &mut **p)) {
+    for program in std::iter::once(&mut *egress)
+        .chain(reloads.iter_mut().map(|p| &mut **p))
+        .chain(variants.iter_mut().map(|(_, p)| &mut **p))
+    {
         program.test_run(TestRunOptions {
             data_in: Some(&syn),
             repeat: 1,
@@ -116,6 +122,9 @@ pub fn measure(
     for (case, frame) in cases {
         time(floor, &frame, REPEAT / 10)?;
         time(egress, &frame, REPEAT / 10)?;
+        for program in reloads.iter_mut() {
+            time(*program, &frame, REPEAT / 10)?;
+        }
         for (_, program) in variants.iter_mut() {
             time(*program, &frame, REPEAT / 10)?;
         }
@@ -128,6 +137,11 @@ pub fn measure(
             floor_ns.push(f);
             egress_ns.push(e);
             ratio.push(e / f);
+            for program in reloads.iter_mut() {
+                let r = time(*program, &frame, REPEAT)?.ns;
+                egress_ns.push(r);
+                ratio.push(r / f);
+            }
             for (i, (_, program)) in variants.iter_mut().enumerate() {
                 let v = time(*program, &frame, REPEAT)?.ns;
                 variant_ns[i].push(v);

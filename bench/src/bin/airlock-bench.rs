@@ -228,7 +228,7 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
         reloads.push(per_packet::Variant::from_ebpf(&name, ebpf, &dir)?);
     }
     results.notes.push(format!(
-        "Airlock's per-packet figures pool {AIRLOCK_LOADS} loads of its program (each with its own maps, filled alike; {} runs each): the kernel starts every JIT image at a random offset, which moves a packet's cost by 1-2 ns from load to load.",
+        "Airlock's per-packet and egress figures pool {AIRLOCK_LOADS} loads of its programs (each with its own maps, filled alike; {} runs each): the kernel starts every JIT image at a random offset, which moves a packet's cost by 1-2 ns from load to load.",
         airlock_bench::bench::RUNS
     ));
     // What logging (or any variant) adds to the program the kernel runs.
@@ -342,13 +342,21 @@ fn run(out: &Path, quick: bool, options: &Options) -> Result<()> {
                     // (one port-array read, one flow lookup): measured once.
                     // Variants too (their own maps hold the same policy), so
                     // an experimental egress build is compared in the same runs.
+                    let mut reload_egress = Vec::new();
+                    for reload in &mut reloads {
+                        reload_egress.push(reload.egress_program()?);
+                    }
                     let mut variant_egress = Vec::new();
                     for variant in &mut variants {
                         let name = variant.name.clone();
                         variant_egress.push((name, variant.egress_program()?));
                     }
-                    results.egress =
-                        egress::measure(&mut filter, policies::PORT, &mut variant_egress)?;
+                    results.egress = egress::measure(
+                        &mut filter,
+                        policies::PORT,
+                        &mut reload_egress,
+                        &mut variant_egress,
+                    )?;
                 }
                 unpin();
                 results.per_packet.extend(rows);
