@@ -424,19 +424,11 @@ impl Prepared {
         let pending = confirm.map(confirm::new_probation);
         let mut summary = plan.summary.clone();
         summary.pending_confirm = pending.clone();
-        // The source tables are built beside the steps before their write (the
-        // interfaces' pins checked, the maps opened): see `compile::Prebuilt`.
-        let capacity = (INLINE_TABLE_V4 as usize, INLINE_TABLE_V6 as usize);
         if grace_record == GraceRecord::Process {
             start_grace_record(&root);
         }
-        let outcomes = std::thread::scope(|scope| {
-            let compiled = &plan.compiled;
-            let _ = std::thread::Builder::new()
-                .name("tables".into())
-                .spawn_scoped(scope, move || Prebuilt::build(compiled, capacity));
-            loader::apply_all(&writer, &root, &plan.ifaces, &plan.compiled, &summary)
-        });
+        // The source tables were built with the compile (`compile_for_apply`).
+        let outcomes = loader::apply_all(&writer, &root, &plan.ifaces, &plan.compiled, &summary);
         // Tables no write took (an apply that failed before one) are not kept.
         Prebuilt::close(&plan.compiled);
         let outcomes = outcomes?;

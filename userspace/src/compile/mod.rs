@@ -186,10 +186,10 @@ pub fn compile_unpruned(policy: &Policy) -> Result<Compiled, CompileError> {
 }
 
 /// [`compile`] for an apply about to write the policy: each family's source
-/// table for `capacity` (what `Prebuilt::build` would make) is built on the
+/// table for `capacity` (what [`build_tables`] would make) is built on the
 /// thread that folded the family, as soon as it is folded, and kept in the
-/// result for the loader to take. The smaller family's table is then made while
-/// the larger one still folds, instead of both after both folds.
+/// result for the loader to take ([`Prebuilt`]). The smaller family's table is
+/// then made while the larger one still folds, instead of both after both folds.
 pub fn compile_for_apply(
     policy: &Policy,
     capacity: (usize, usize),
