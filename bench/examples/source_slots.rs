@@ -9,8 +9,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use airlock::compile::{compile, ranges};
 use airlock_bench::bench::policies::{self, Workload};
 use airlock_common::{
-    DIRECTORY_BITS_V4, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, RUN_FIRST_PROBE_SHIFT_V4,
-    RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, SLOT_ANSWER_V4, SourceRangeV4,
+    DIRECTORY_BITS_V4, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, PREALLOCATED_VALUES_V4,
+    RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, SLOT_ANSWER_V4,
+    SourceRangeV4,
 };
 
 fn describe(elements: &[SourceRangeV4], addr: Ipv4Addr) -> String {
@@ -24,10 +25,12 @@ fn describe(elements: &[SourceRangeV4], addr: Ipv4Addr) -> String {
     let d = ((slot >> RUN_FIRST_PROBE_SHIFT_V4) & 7) + 1;
     format!(
         "{addr}: run at element {index} ({}), k {k} halvings, first probe d {d}, length {}",
-        if index >= INLINE_TABLE_V4 {
-            format!("chunk {}", index / INLINE_TABLE_V4)
-        } else {
-            "inline".to_owned()
+        match index / INLINE_TABLE_V4 {
+            0 => "inline".to_owned(),
+            chunk if chunk < PREALLOCATED_VALUES_V4 => {
+                format!("chunk {chunk}, a preallocated value")
+            }
+            chunk => format!("chunk {chunk}, a chunk map"),
         },
         (1 << k) + d
     )

@@ -5,9 +5,9 @@
 //! loader that fills the inactive generation and then flips the word never exposes
 //! half a policy. A generation's settings, port tables and source classes
 //! are one value of `POLICY` (see [`GenPolicy`]): one lookup answers all. A
-//! source table is one
-//! value of a preallocated map per generation, or for a policy too large for it a
-//! run of chunk maps in an array of maps (see [`SourceRangeV4`]).
+//! source table is held by a preallocated map (one value per generation, two
+//! for IPv4), and for a policy too large for it continues in chunk maps in an
+//! array of maps (see [`SourceRangeV4`]).
 
 /// Number of policy copies: the one in force and the one being written.
 pub const GENERATIONS: u32 = 2;
@@ -37,17 +37,27 @@ pub const DIRECTORY_SHIFT_V4: u32 = 32 - DIRECTORY_BITS_V4;
 /// and each family's table is made on its own, in parallel.
 pub const MAX_CLASSES: u32 = 1 << 15;
 
-/// Elements per generation of the preallocated source tables (`SRC_V4_INLINE`,
+/// Elements of a value of the preallocated source tables (`SRC_V4_INLINE`,
 /// `SRC_V6_INLINE`), and of a chunk: 2^20 elements of 4 bytes for IPv4, 2^19
 /// words of 8 bytes for IPv6, 4 MiB each (the largest map value the kernel
 /// allows with 4 KiB pages: KMALLOC_MAX_SIZE); the program masks indices with
 /// the element count, so it is a power of two. Each value holds its family's
 /// directory and the first runs of ranges (IPv4: about 250,000 prefixes' worth;
 /// IPv6: about 60,000), a larger table's further runs are chunks 1, 2, ... of the
-/// same size (see [`CHUNKS_PER_GENERATION`]). Every read of either is inlined by
+/// same size (see [`CHUNKS_PER_GENERATION`]; IPv4's chunk 1 is a second
+/// preallocated value, [`PREALLOCATED_VALUES_V4`]). Every read of either is inlined by
 /// the verifier.
 pub const INLINE_TABLE_V4: u32 = 1 << 20;
 pub const INLINE_TABLE_V6: u32 = 1 << 19;
+
+/// Values of `SRC_V4_INLINE` per generation (layout 15): generation `g`'s IPv4
+/// elements `0 .. 2^20` (the directory and the first runs) are value `2g`, elements
+/// `2^20 .. 2^21` (chunk 1) value `2g + 1`, so a table of up to about 600,000
+/// IPv4 prefixes has every run in a plain array whose lookup the verifier inlines
+/// and whose key does not wait on the directory slot: no array of maps on its
+/// path. It costs 4 MiB of map memory per generation whatever the policy's size.
+/// Chunks 2 and up are in `SRC_V4`. IPv6 keeps one value per generation.
+pub const PREALLOCATED_VALUES_V4: u32 = 2;
 
 /// `GenConfig::inline_tables`: the generation's IPv4 / IPv6 table is all in the
 /// preallocated map (else it continues in chunks; the program does not read it).
@@ -57,7 +67,8 @@ pub const TABLE_INLINE_V6: u32 = 1 << 1;
 /// Chunk maps per generation and family for tables too large for the preallocated
 /// map (`SRC_V4`/`SRC_V6`, arrays of maps with `GENERATIONS *
 /// CHUNKS_PER_GENERATION` slots, generation `g`'s chunk `k` at `g *
-/// CHUNKS_PER_GENERATION + k`). Each chunk is a one-element array whose value holds
+/// CHUNKS_PER_GENERATION + k`; IPv4's chunk 1 is in the preallocated map, see
+/// [`PREALLOCATED_VALUES_V4`], and its slot stays empty). Each chunk is a one-element array whose value holds
 /// `INLINE_TABLE_V4` (or `_V6`) elements, 4 MiB (3 MiB): every chunk has the template's
 /// exact shape, so the verifier inlines reads of it as it does the preallocated
 /// map's (an inner map that may differ in size, `BPF_F_INNER_MAP`, makes every read
@@ -83,7 +94,7 @@ pub const META_BYTES: usize = 64 * 1024 - 8;
 
 /// Bumped whenever a map layout changes, so a loader never writes maps it does not
 /// understand into an older pinned program.
-pub const LAYOUT_VERSION: u32 = 14;
+pub const LAYOUT_VERSION: u32 = 15;
 
 // Map names (the kernel keeps at most 15 bytes of a map name).
 pub const MAP_ACTIVE_GEN: &str = "ACTIVE_GEN";
@@ -176,7 +187,8 @@ pub struct GenConfig {
     pub directory_bits_v4: u32,
     pub directory_bits_v6: u32,
     /// `TABLE_INLINE_V4` | `TABLE_INLINE_V6`: where the tables are (IPv4: all in
-    /// the preallocated value or not; the program does not read it for IPv4).
+    /// the generation's preallocated values or not; the program does not read it
+    /// for IPv4).
     pub inline_tables: u32,
     /// Elements of the IPv4 and IPv6 tables (directory and ranges).
     pub table_len_v4: u32,
@@ -422,6 +434,8 @@ const _: () = {
     assert!(POLICY_CLASSES_V6_OFFSET == POLICY_CLASSES_V4_OFFSET + MAX_CLASSES as usize * 16);
     assert!(MAX_CLASSES.is_power_of_two());
     assert!(INLINE_TABLE_V4.is_power_of_two() && INLINE_TABLE_V6.is_power_of_two());
+    // The program reads value `2g + 1` as chunk 1: exactly two values a generation.
+    assert!(PREALLOCATED_VALUES_V4 == 2);
     assert!(core::mem::size_of::<SourceRangeV4>() * INLINE_TABLE_V4 as usize == CHUNK_BYTES_V4);
     assert!(core::mem::size_of::<SourceRangeV6>() * INLINE_TABLE_V6 as usize == CHUNK_BYTES_V6);
     assert!(CHUNK_BYTES_V4 <= 4 << 20 && CHUNK_BYTES_V6 <= 4 << 20);
@@ -497,8 +511,9 @@ pub const RULE_BASE_SLOTS: u32 = GENERATIONS * 2 * MAX_RULES as u32;
 /// copies of its last range to the next length the slot can say (at most twice
 /// as long; only a slot with more than 16 ranges is). A run never straddles two
 /// 2^20-element chunks (padding moves it), so it is searched from one pointer:
-/// elements below 2^20 in the preallocated value, element `i` above that in chunk
-/// `i >> 20`.
+/// element `i` in chunk `i >> 20`, chunks 0 and 1 the generation's two
+/// preallocated values (see [`PREALLOCATED_VALUES_V4`]), chunks 2 and up in
+/// `SRC_V4`.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceRangeV4(pub u32);

@@ -5,9 +5,10 @@ use airlock_common::{
     CHUNKS_PER_GENERATION, Counter, DROP_SAMPLE_RING_BYTES, EGRESS_RECENT_SLOTS,
     FALLBACK_WINDOW_JIFFIES, FLOW_EPOCH_SLOTS, FLOW_PORT_BLOCK_BYTES, FLOW_PORT_BLOCKS,
     FLOW_TABLE_ENTRIES, FlowKey, FlowState, GENERATIONS, GRACE_DONE_SLOTS, GenPolicy,
-    INLINE_TABLE_V4, INLINE_TABLE_V6, PolicyMeta, PortSlot, REASON_STAT_SLOTS, REPLY_RECENT_SLOTS,
-    RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow, RecentReply, SAMPLE_STAT_SLOTS,
-    SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig, SourceRangeV4, SourceRangeV6,
+    INLINE_TABLE_V4, INLINE_TABLE_V6, PREALLOCATED_VALUES_V4, PolicyMeta, PortSlot,
+    REASON_STAT_SLOTS, REPLY_RECENT_SLOTS, RULE_BASE_SLOTS, RULE_STAT_SLOTS, RecentFlow,
+    RecentReply, SAMPLE_STAT_SLOTS, SOURCE_CHUNK_FLAGS, SampleWindow, SamplingConfig,
+    SourceRangeV4, SourceRangeV6,
 };
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
@@ -47,13 +48,14 @@ pub type ChunkV4 =
 pub type ChunkV6 =
     btf_maps::Array<[SourceRangeV6; INLINE_TABLE_V6 as usize], 1, { SOURCE_CHUNK_FLAGS as usize }>;
 
-/// Preallocated source tables: one map value per generation holding its whole
-/// table, so a search reads elements by offset from one pointer, the verifier
-/// checking each offset against the value's size (see
-/// `airlock_common::INLINE_TABLE_V4`).
+/// Preallocated source tables: map values holding a generation's directory and
+/// first runs (IPv4: two values, chunks 0 and 1, see
+/// `airlock_common::PREALLOCATED_VALUES_V4`), so a search reads elements by
+/// offset from one pointer, the verifier checking each offset against the
+/// value's size (see `airlock_common::INLINE_TABLE_V4`).
 #[map]
 pub static SRC_V4_INLINE: Array<[SourceRangeV4; INLINE_TABLE_V4 as usize]> =
-    Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);
+    Array::with_max_entries(GENERATIONS * PREALLOCATED_VALUES_V4, BPF_F_MMAPABLE);
 #[map]
 pub static SRC_V6_INLINE: Array<[SourceRangeV6; INLINE_TABLE_V6 as usize]> =
     Array::with_max_entries(GENERATIONS, BPF_F_MMAPABLE);

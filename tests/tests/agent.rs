@@ -466,12 +466,12 @@ fn agent_works_with_only_the_capabilities_the_systemd_unit_grants() {
 #[test]
 fn agent_reloads_a_policy_in_chunk_maps_with_only_the_units_capabilities() {
     let f = Fixture::new("achk");
-    // 300,000 hosts (outside the test bed's addresses; a few repeat or touch) make
-    // well over 524,288 ranges: more than the preallocated IPv4 table holds (2^19
-    // elements of 8 bytes, directory included).
+    // 600,000 hosts (outside the test bed's addresses; a few repeat or touch),
+    // about 290 a directory slot, make runs of 1,025 elements in 2,048 slots: more
+    // than the preallocated IPv4 values hold (2^21 elements, directory included).
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut hosts = String::new();
-    for _ in 0..300_000 {
+    for _ in 0..600_000 {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;

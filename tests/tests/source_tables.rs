@@ -3,9 +3,10 @@
 //! directory slot so the program's binary search takes its longest paths. Every
 //! prefix's first and last address and their neighbours, and random addresses, are
 //! run through the real program (BPF_PROG_TEST_RUN) and compared with the reference
-//! model, which knows nothing of tables (it loops over the policy's sets). Both
-//! places a table can live are covered: the preallocated maps and the chunk maps of
-//! larger tables, there also across the boundaries between chunks.
+//! model, which knows nothing of tables (it loops over the policy's sets). Every
+//! place a table can live is covered: the preallocated maps (for IPv4 both of a
+//! generation's values) and the chunk maps of larger tables, there also across
+//! the boundaries between chunks.
 //!
 //! Needs root; fails (never skips) without it.
 
@@ -18,8 +19,8 @@ use airlock::compile::{
 use airlock::loader::{LoaderError, PolicySummary};
 use airlock_common::{
     DIRECTORY_BITS_V6, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, INLINE_TABLE_V6, MAX_CLASSES,
-    RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, RUN_INDEX_MASK_V6,
-    SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceRangeV4, SourceRangeV6,
+    PREALLOCATED_VALUES_V4, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4,
+    RUN_INDEX_MASK_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SourceRangeV4, SourceRangeV6,
 };
 use airlock_integration::kernel::Harness;
 use airlock_integration::packet::{FrameSpec, Transport};
@@ -154,10 +155,11 @@ fn agree_at_every_edge(chunked_only: bool) {
     check_probes(&mut h, &probes);
 }
 
-/// An IPv4 table that fills the preallocated value and two chunks, and an IPv6
-/// table that fills its preallocated value and a chunk: the addresses of the ranges on either side of every
-/// chunk boundary, and their neighbours, are judged as the reference model says,
-/// and the tables read back as the policy's prefixes.
+/// An IPv4 table that fills both preallocated values of its generation and
+/// goes on in a chunk map, and an IPv6 table that fills its preallocated value
+/// and a chunk: the addresses of the ranges on either side of every chunk
+/// boundary, and their neighbours, are judged as the reference model says, and
+/// the tables read back as the policy's prefixes.
 #[test]
 fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let mut rng = StdRng::seed_from_u64(0x0c40_f7ab_1e00);
@@ -180,8 +182,8 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
     let chunk_v4 = INLINE_TABLE_V4 as usize;
     let chunk_v6 = INLINE_TABLE_V6 as usize;
     assert!(
-        table_v4.elements.len() > 2 * chunk_v4,
-        "IPv4 table spans the preallocated value and two chunks"
+        table_v4.elements.len() > PREALLOCATED_VALUES_V4 as usize * chunk_v4,
+        "IPv4 table spans both preallocated values and a chunk map"
     );
     assert!(
         table_v6.elements.len() > chunk_v6,
@@ -247,21 +249,64 @@ fn tables_spanning_several_chunks_agree_across_chunk_boundaries() {
 /// outcome and a search that lands one, two, four or eight ranges off is seen.
 /// The first address of every block, the address before it and the one after,
 /// and the slot's first and last addresses and their neighbours are run
-/// through the program, from the preallocated value and from a chunk.
+/// through the program, from each place a run can lie: the generation's first
+/// preallocated value (with the directory), its second (chunk 1, where a large
+/// policy's runs go next), and a chunk map.
 #[test]
 fn ipv4_runs_of_every_length_answer_at_every_boundary_inline() {
-    ipv4_runs_of_every_length(false);
+    ipv4_runs_of_every_length(RunsIn::FirstValue);
+}
+
+#[test]
+fn ipv4_runs_of_every_length_answer_at_every_boundary_in_the_second_value() {
+    ipv4_runs_of_every_length(RunsIn::SecondValue);
 }
 
 #[test]
 fn ipv4_runs_of_every_length_answer_at_every_boundary_in_a_chunk() {
-    ipv4_runs_of_every_length(true);
+    ipv4_runs_of_every_length(RunsIn::ChunkMap);
+}
+
+/// Where [`ipv4_runs_of_every_length`] puts its runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunsIn {
+    /// Chunk 0: the preallocated value `2g`, after the directory.
+    FirstValue,
+    /// Chunk 1: the preallocated value `2g + 1`. A production table, with
+    /// hosts in the slots before the runs' (below 10/8) filling the first.
+    SecondValue,
+    /// Chunk 2: the first chunk map (the tables of chunk maps only).
+    ChunkMap,
+}
+
+impl RunsIn {
+    fn chunk(self) -> u32 {
+        match self {
+            RunsIn::FirstValue => 0,
+            RunsIn::SecondValue => 1,
+            RunsIn::ChunkMap => PREALLOCATED_VALUES_V4,
+        }
+    }
 }
 
 /// Most ranges a run of [`ipv4_runs_of_every_length`] holds.
 const LONGEST_RUN: u32 = 26;
 
-fn ipv4_runs_of_every_length(chunked_only: bool) {
+/// Hosts in 1/8 to 9/8, 15 a directory slot (a run of 33 elements each, 31
+/// ranges padded), in a set of their own for another port: about 608,000
+/// elements, which push the runs of the slots after them (10/8) past the
+/// first preallocated value's 2^20.
+fn filler_hosts() -> Vec<IpNet> {
+    let (first, end) = (0x0100_0000u32, 0x0a00_0000u32);
+    let spacing = (1u32 << DIRECTORY_SHIFT_V4) / 15 + 1;
+    (first..end)
+        .step_by(spacing as usize)
+        .map(|a| v4(a, 32))
+        .collect()
+}
+
+fn ipv4_runs_of_every_length(place: RunsIn) {
+    let chunked_only = place == RunsIn::ChunkMap;
     let slot_span = 1u32 << DIRECTORY_SHIFT_V4;
     // Block `j` of every run is in set `j`: LONGEST_RUN - 1 sets at most.
     let mut sets: Vec<Vec<IpNet>> = vec![Vec::new(); LONGEST_RUN as usize - 1];
@@ -292,7 +337,13 @@ fn ipv4_runs_of_every_length(chunked_only: bool) {
     for (j, set) in sets.iter().enumerate() {
         yaml.push_str(&format!("  s{j}: {}\n", list(set)));
     }
+    if place == RunsIn::SecondValue {
+        yaml.push_str(&format!("  filler: {}\n", list(&filler_hosts())));
+    }
     yaml.push_str("rules:\n");
+    if place == RunsIn::SecondValue {
+        yaml.push_str("  - name: filler\n    ports: [8000/tcp]\n    from: [filler]\n");
+    }
     for j in 0..sets.len() {
         yaml.push_str(&format!(
             "  - name: r{j}\n    ports: [{PORT}/tcp]\n    from: [s{j}]\n"
@@ -301,7 +352,7 @@ fn ipv4_runs_of_every_length(chunked_only: bool) {
 
     // The table holds what the test means to exercise: every run a run of its
     // length (the written-out lengths exactly; longer ones possibly padded),
-    // in the preallocated value or in a chunk as asked.
+    // in the chunk asked for.
     let compiled =
         compile::compile(&airlock_integration::kernel::parse_policy(&yaml)).expect("compiles");
     let capacity = if chunked_only {
@@ -327,8 +378,8 @@ fn ipv4_runs_of_every_length(chunked_only: bool) {
                 "slot {slot:#x}: a written-out run is not padded"
             );
         }
-        let in_chunk = (value & RUN_INDEX_MASK_V4) >= INLINE_TABLE_V4;
-        assert_eq!(in_chunk, chunked_only, "slot {slot:#x}: where its run lies");
+        let chunk = (value & RUN_INDEX_MASK_V4) / INLINE_TABLE_V4;
+        assert_eq!(chunk, place.chunk(), "slot {slot:#x}: where its run lies");
         lengths_seen.insert((k, d));
     }
     for k in 0..=3 {
@@ -361,9 +412,9 @@ fn ipv4_runs_of_every_length(chunked_only: bool) {
 /// exactly the new policy's prefixes, with nothing left of the one before.
 #[test]
 fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
-    // Tables in chunks only: the IPv4 ranges begin in chunk 1 (the preallocated
-    // value holds the directory alone). Disjoint hosts make two ranges each: 650k
-    // hosts fill two chunks, 20k fit in one.
+    // Tables in chunks only: the IPv4 ranges begin in chunk 2, the first chunk
+    // map (the preallocated values hold the directory alone). Disjoint hosts
+    // make two ranges each: 650k hosts fill two chunks, 20k fit in one.
     let sizes: [(u64, usize); 5] = [
         (1, 650_000),
         (2, 20_000),
@@ -384,8 +435,9 @@ fn chunks_rewritten_in_place_by_later_applies_hold_exactly_the_new_policy() {
         let policy = h.apply(&yaml);
         let compiled = compile::compile(&policy).expect("compiles");
         let table_v4: SourceTable<SourceRangeV4> = ranges::table(&compiled.v4, 0).expect("classes");
-        // The first chunk's worth of elements is the preallocated value.
-        let chunks = table_v4.elements.len().div_ceil(INLINE_TABLE_V4 as usize) - 1;
+        // The first chunks' worth of elements are the preallocated values.
+        let chunks = table_v4.elements.len().div_ceil(INLINE_TABLE_V4 as usize)
+            - PREALLOCATED_VALUES_V4 as usize;
         assert_eq!(chunks, if hosts > 100_000 { 2 } else { 1 }, "policy {seed}");
         let maps = &h.filter.maps;
         let (shape_v4, _) = maps

@@ -78,16 +78,18 @@ impl MapSource<'_> {
         }
     }
 
-    /// One family's source tables: the preallocated map (`capacity` elements per
-    /// generation) and the array of chunk maps.
+    /// One family's source tables: the preallocated map (`capacity`: what the
+    /// table builder is told its first value holds) and the array of chunk maps.
     fn take_tables<R: aya::Pod>(
         &mut self,
         preallocated: &'static str,
         chunks: &'static str,
         capacity: u32,
     ) -> Result<Tables<R>, LoaderError> {
+        let map = self.take_array_data(preallocated)?;
         Ok(Tables {
-            preallocated: self.take_array_data(preallocated)?,
+            values: super::source_tables::values_per_generation(&map),
+            preallocated: map,
             chunks: self.take_map(chunks)?,
             capacity,
             names: (preallocated, chunks),

@@ -1,10 +1,11 @@
 //! Writes and reads the kernel's source tables. A table of either family always
-//! begins in its preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`, 4 MiB a
-//! generation: the directory and the first runs), and what does not fit there
-//! goes into chunk maps 1, 2, ... of the same size in the generation's slots of
-//! an array of maps (`SRC_V4`, `SRC_V6`; the program finds element `i` in chunk
-//! `i >> 20`, IPv6 word `i` in chunk `i >> 19`). The verifier inlines reads of
-//! both. Every map is filled
+//! begins in its preallocated map (`SRC_V4_INLINE`, `SRC_V6_INLINE`: values of
+//! 4 MiB, two a generation for IPv4 and one for IPv6, the directory and the first
+//! runs), and what does not fit there goes into the next chunk maps of the same
+//! size in the generation's slots of an array of maps (`SRC_V4`, `SRC_V6`; the
+//! program finds element `i` in chunk `i >> 20`, IPv6 word `i` in chunk `i >>
+//! 19`, chunk `k` in the generation's preallocated value `k` while there is
+//! one). The verifier inlines reads of both. Every map is filled
 //! through a memory mapping (one copy, no system call per entry) while its
 //! generation is inactive and no packet still reads it; a new chunk is put in its
 //! slot only once full, and chunks a smaller table no longer needs are released.
@@ -12,8 +13,8 @@
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use airlock_common::{
-    CHUNK_BYTES_V4, CHUNK_BYTES_V6, CHUNKS_PER_GENERATION, SOURCE_CHUNK_FLAGS, SourceRangeV4,
-    SourceRangeV6,
+    CHUNK_BYTES_V4, CHUNK_BYTES_V6, CHUNKS_PER_GENERATION, GENERATIONS, SOURCE_CHUNK_FLAGS,
+    SourceRangeV4, SourceRangeV6,
 };
 use aya::{
     Pod,
@@ -33,14 +34,19 @@ type Chunk = [u8; CHUNK_BYTES_V4];
 /// An array of chunk maps whose values are `C`.
 type ChunkSlots<T, C = Chunk> = ArrayOfMaps<T, Array<MapData, C>>;
 
-/// One family's tables: the preallocated map (one value per generation, holding
-/// `capacity` elements `R`) and the array of chunk maps.
+/// One family's tables: the preallocated map (`values` values per generation,
+/// each a chunk's worth of elements `R`) and the array of chunk maps.
 pub(crate) struct Tables<R: Pod> {
     pub preallocated: MapData,
     /// The array of chunk maps (`aya::maps::Map::ArrayOfMaps`).
     pub chunks: Map,
-    /// Elements per generation of `preallocated` used (its size, but for tests).
+    /// What the table builder is told the first preallocated value holds (its
+    /// size; 0 for tests, which puts the runs in chunk maps).
     pub capacity: u32,
+    /// Values of `preallocated` per generation: chunks 0 to `values - 1` of a
+    /// generation's table. Read from the map (its entries over the
+    /// generations), so the loader writes what the object it loaded reads.
+    pub values: usize,
     pub names: (&'static str, &'static str),
     pub element: std::marker::PhantomData<R>,
 }
@@ -85,8 +91,14 @@ pub struct TableShape {
 
 impl TableShape {
     /// The shape of a table of `elements` elements `R`, `directory_bits` of them a
-    /// directory, placed as `placement` says.
-    pub(crate) fn of<R: Element>(elements: u32, directory_bits: u32, placement: Placement) -> Self {
+    /// directory, placed as `placement` says, its first `values` chunks' worth in
+    /// the preallocated map.
+    pub(crate) fn of<R: Element>(
+        elements: u32,
+        directory_bits: u32,
+        placement: Placement,
+        values: usize,
+    ) -> Self {
         let directory_slots = 1u32.checked_shl(directory_bits).unwrap_or(0);
         let chunked = placement == Placement::Chunked;
         TableShape {
@@ -94,9 +106,9 @@ impl TableShape {
             directory_slots,
             placement: if chunked { "chunks" } else { "preallocated" },
             chunk_maps: if chunked {
-                // The first chunk's worth is the preallocated value.
+                // The first `values` chunks' worth are the preallocated values.
                 let held = (elements as usize).div_ceil(chunk_elements::<R>());
-                (held - 1) as u32
+                held.saturating_sub(values) as u32
             } else {
                 0
             },
@@ -107,23 +119,37 @@ impl TableShape {
 
 impl<R: Element> Tables<R> {
     /// Writes `table` as `generation`'s (inactive, no longer read) table: its
-    /// first chunk's worth into the preallocated map, the rest into chunk maps
-    /// 1, 2, ...
+    /// first `values` chunks' worth into the preallocated map, the rest into
+    /// chunk maps `values`, `values + 1`, ...
     pub(crate) fn write(
         &mut self,
         generation: u32,
         table: &SourceTable<R>,
     ) -> Result<Placement, LoaderError> {
-        let per_chunk = chunk_elements::<R>();
-        let (first, rest) = table.elements.split_at(table.elements.len().min(per_chunk));
-        write_elements_preallocated(&self.preallocated, generation, first, self.names.0)?;
+        let preallocated = self.values * chunk_elements::<R>();
+        let (first, rest) = table
+            .elements
+            .split_at(table.elements.len().min(preallocated));
+        write_elements_preallocated(
+            &self.preallocated,
+            generation,
+            self.values,
+            first,
+            self.names.0,
+        )?;
         if rest.is_empty() {
             // Chunks left from an earlier, larger policy would hold their memory
             // until this generation next needed them: give them back now.
-            release(&self.chunks, generation, 1, self.names.1)?;
+            release(&self.chunks, generation, self.values, self.names.1)?;
             return Ok(Placement::Preallocated);
         }
-        write_chunks(&mut self.chunks, generation, 1, rest, self.names.1)?;
+        write_chunks(
+            &mut self.chunks,
+            generation,
+            self.values,
+            rest,
+            self.names.1,
+        )?;
         Ok(Placement::Chunked)
     }
 
@@ -138,11 +164,11 @@ impl<R: Element> Tables<R> {
         if len == 0 {
             return Ok(None);
         }
-        let per_chunk = chunk_elements::<R>();
-        let first = (len as usize).min(per_chunk);
+        let preallocated = self.values * chunk_elements::<R>();
+        let first = (len as usize).min(preallocated);
         let mut elements = read_elements(
             self.preallocated.fd().as_fd(),
-            generation as usize * per_chunk,
+            generation as usize * preallocated,
             first,
         )
         .map_err(|e| LoaderError::io("reading a source table of", self.names.0, e))?;
@@ -150,7 +176,7 @@ impl<R: Element> Tables<R> {
             let Some(rest) = read_chunks::<R>(
                 &self.chunks,
                 generation,
-                1,
+                self.values,
                 len - first as u32,
                 self.names.1,
             )?
@@ -167,26 +193,36 @@ impl<R: Element> Tables<R> {
     }
 }
 
-/// Copies `elements` to the start of `generation`'s part of the preallocated map.
+/// Copies `elements` to the start of `generation`'s part of the preallocated map,
+/// its `values` values end to end (as the map's memory holds them).
 fn write_elements_preallocated<R: Element>(
     map: &MapData,
     generation: u32,
+    values: usize,
     elements: &[R],
     name: &'static str,
 ) -> Result<(), LoaderError> {
-    let stride = stride::<R>(map);
-    if elements.len() > stride {
+    let part = values * stride::<R>(map);
+    if elements.len() > part {
         return Err(LoaderError::Map {
             name,
             source: MapError::OutOfBounds {
                 index: elements.len() as u32,
-                max_entries: stride as u32,
+                max_entries: part as u32,
             },
         });
     }
     // Only the inactive generation's part is written, which no packet reads.
-    write_elements(map.fd().as_fd(), generation as usize * stride, elements)
+    write_elements(map.fd().as_fd(), generation as usize * part, elements)
         .map_err(|e| LoaderError::io("filling a source table of", name, e))
+}
+
+/// Values of a preallocated table map per generation (1 if it cannot say).
+pub(crate) fn values_per_generation(map: &MapData) -> usize {
+    map.info()
+        .map(|info| (info.max_entries() / GENERATIONS) as usize)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Elements `R` per generation of a preallocated table map (its value size).

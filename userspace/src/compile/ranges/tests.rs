@@ -1,8 +1,8 @@
 use airlock_common::{
     DIRECTORY_BITS_V4, DIRECTORY_BITS_V6, DIRECTORY_SHIFT_V4, DIRECTORY_WORDS_V6, INLINE_TABLE_V4,
-    INLINE_TABLE_V6, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_HALVINGS_SHIFT_V6,
-    RUN_INDEX_MASK_V4, RUN_INDEX_MASK_V6, RUN_WIDE_V6, SLOT_ANSWER_V4, SLOT_ANSWER_V6, SRC_DENY,
-    SourceEntry, SourceRangeV4, SourceRangeV6,
+    INLINE_TABLE_V6, PREALLOCATED_VALUES_V4, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4,
+    RUN_HALVINGS_SHIFT_V6, RUN_INDEX_MASK_V4, RUN_INDEX_MASK_V6, RUN_WIDE_V6, SLOT_ANSWER_V4,
+    SLOT_ANSWER_V6, SRC_DENY, SourceEntry, SourceRangeV4, SourceRangeV6,
 };
 
 use proptest::prelude::*;
@@ -405,15 +405,19 @@ fn a_slot_of_alternating_hosts_is_searched_whole() {
 #[test]
 fn runs_never_straddle_a_chunk_and_answer_on_either_side_of_its_boundary() {
     // Enough hosts, one in every few slots, that the runs cross the end of the
-    // preallocated value (and, with the runs starting at the first chunk, the
-    // end of that chunk).
+    // first preallocated value (and, with the runs starting at the first chunk
+    // map, the end of that chunk).
     let entries: Vec<PrefixEntry<4>> = (0..600_000u128)
         .map(|i| entry::<4>(i * 7001, 32, (i % 3) as u64 + 1, 0))
         .collect();
     for capacity in [usize::MAX, 0] {
         let table = table_v4(&entries, capacity);
         let chunk = INLINE_TABLE_V4 as usize;
-        let boundary = if capacity == 0 { 2 * chunk } else { chunk };
+        let boundary = if capacity == 0 {
+            (PREALLOCATED_VALUES_V4 as usize + 1) * chunk
+        } else {
+            chunk
+        };
         assert!(
             table.elements.len() > boundary,
             "{capacity}: the table crosses"

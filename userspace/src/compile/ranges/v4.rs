@@ -3,9 +3,9 @@
 //! run searched by Shar's method (one probe, then halvings of a power of two).
 
 use airlock_common::{
-    DIRECTORY_BITS_V4, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, MAX_CLASSES, RANGE_OFFSET_SHIFT_V4,
-    RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4, SLOT_ANSWER_V4,
-    SourceRangeV4,
+    DIRECTORY_BITS_V4, DIRECTORY_SHIFT_V4, INLINE_TABLE_V4, MAX_CLASSES, PREALLOCATED_VALUES_V4,
+    RANGE_OFFSET_SHIFT_V4, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, RUN_INDEX_MASK_V4,
+    SLOT_ANSWER_V4, SourceRangeV4,
 };
 
 use super::{Classes, Directory, PrefixEntry, RangeItem, SourceTable, TooManyClasses};
@@ -71,9 +71,10 @@ fn element(piece: Piece) -> SourceRangeV4 {
 }
 
 /// The IPv4 table of `entries`: the directory, then the runs from element 2^19
-/// (right after it, in the preallocated value), or, with `capacity` below the
-/// preallocated value's elements (tests of chunks), from element 2^20 (the first
-/// chunk).
+/// (right after it, in the first preallocated value), or, with `capacity` below
+/// the preallocated value's elements (tests of chunk maps), from the first
+/// element past the generation's preallocated values (element 2^21, chunk 2:
+/// the first chunk map).
 pub(super) fn build<const N: usize>(
     entries: &[PrefixEntry<N>],
     capacity: usize,
@@ -82,7 +83,11 @@ pub(super) fn build<const N: usize>(
     let mut pieces: Vec<Piece> = Vec::new();
     super::ranges(entries, &mut pieces, |value| classes.intern(value));
     let classes = classes.into_entries("IPv4")?;
-    let first_run = if capacity >= CHUNK { SLOTS } else { CHUNK };
+    let first_run = if capacity >= CHUNK {
+        SLOTS
+    } else {
+        PREALLOCATED_VALUES_V4 as usize * CHUNK
+    };
     let mut elements = Vec::with_capacity(first_run + pieces.len() + pieces.len() / 2);
     elements.resize(first_run, SourceRangeV4::default());
     // `at`: the piece holding the slot's first address; `last`: the piece whose
@@ -135,8 +140,9 @@ pub(super) fn build<const N: usize>(
 /// chunk `c` from element `c * 2^20`), step for step as
 /// ebpf-programs/src/source.rs does: the element whose low 16 bits are the
 /// class. None where the program would read outside the table. (The program
-/// writes out the search of a run of up to 16 elements, and looks up chunk 1
-/// before the directory: it reads the same elements in the same order.)
+/// writes out the search of a run of up to 16 elements, and finds chunk 1 in
+/// its generation's second preallocated value: it reads the same elements in
+/// the same order.)
 pub(super) fn find(elements: &[SourceRangeV4], key: u32) -> Option<u32> {
     let slot = elements.get((key >> DIRECTORY_SHIFT_V4) as usize)?.0;
     if slot & SLOT_ANSWER_V4 != 0 {

@@ -68,11 +68,13 @@ impl PolicyMaps {
                 config.table_len_v4,
                 config.directory_bits_v4,
                 placement(TABLE_INLINE_V4),
+                self.src_v4.values,
             ),
             TableShape::of::<SourceRangeV6>(
                 config.table_len_v6,
                 config.directory_bits_v6,
                 placement(TABLE_INLINE_V6),
+                self.src_v6.values,
             ),
         )))
     }
