@@ -52,8 +52,8 @@ pub const INLINE_TABLE_V6: u32 = 1 << 19;
 
 /// Values of `SRC_V4_INLINE` per generation (layout 15): generation `g`'s IPv4
 /// elements `0 .. 2^20` (the directory and the first runs) are value `2g`, elements
-/// `2^20 .. 2^21` (chunk 1) value `2g + 1`, so a table of up to about 600,000
-/// IPv4 prefixes has every run in a plain array whose lookup the verifier inlines
+/// `2^20 .. 2^21` (chunk 1) value `2g + 1`, so a table of up to 2^21 elements
+/// (about 700,000 IPv4 prefixes) has every run in a plain array whose lookup the verifier inlines
 /// and whose key does not wait on the directory slot: no array of maps on its
 /// path. It costs 4 MiB of map memory per generation whatever the policy's size.
 /// Chunks 2 and up are in `SRC_V4`. IPv6 keeps one value per generation.

@@ -36,11 +36,11 @@ type TableV4 = [SourceRangeV4; INLINE_TABLE_V4 as usize];
 /// The second value's lookup is a plain array lookup the verifier inlines,
 /// its key the generation's alone: behind the predicted branch on the slot's
 /// chunk the processor runs it without waiting for the slot, so the runs of a
-/// table of up to about 600,000 IPv4 prefixes never wait on a lookup (nor on
-/// an array of maps). Looked up before the directory read instead, it cost a
-/// table whose runs are all in the first value (100k prefixes) 0.2-1 ns on
-/// refused packets and gained nothing at 1M (measured, session 21). Further
-/// chunks are looked up from the slot.
+/// table of up to 2^21 elements (about 700,000 IPv4 prefixes) never wait on
+/// a lookup (nor on an array of maps). Looked up before the directory read
+/// instead, it cost a table whose runs are all in the first value (100k
+/// prefixes) 0.2-1 ns on refused packets and gained nothing over this at 1M
+/// (measured, session 21). Further chunks are looked up from the slot.
 #[inline(always)]
 fn class_v4(generation: u32, key: u32) -> Option<u32> {
     let first = SRC_V4_INLINE.get(generation * PREALLOCATED_VALUES_V4)?;
