@@ -376,7 +376,9 @@ pub trait Out<R>: std::ops::DerefMut<Target = [R]> {
     fn full(&self) -> bool {
         false
     }
-    fn extend(&mut self, values: impl IntoIterator<Item = R>) {
+    /// Pushes each of `values` (not `extend`: a vector's own would be
+    /// ambiguous wherever this trait is in scope).
+    fn push_all(&mut self, values: impl IntoIterator<Item = R>) {
         for value in values {
             self.push(value);
         }
@@ -398,7 +400,7 @@ impl<R: Copy> Out<R> for Vec<R> {
     fn reserve(&mut self, more: usize) {
         Vec::reserve(self, more);
     }
-    fn extend(&mut self, values: impl IntoIterator<Item = R>) {
+    fn push_all(&mut self, values: impl IntoIterator<Item = R>) {
         Extend::extend(self, values);
     }
 }

@@ -113,7 +113,7 @@ pub(super) fn lay_out(
             }
             elements.push(element(pieces[at]));
         }
-        elements.extend(pieces[at + 1..end].iter().map(|&p| element(p)));
+        elements.push_all(pieces[at + 1..end].iter().map(|&p| element(p)));
         let padding = element(pieces[end - 1]);
         elements.resize(start + length, padding);
         last = Some(end - 1);

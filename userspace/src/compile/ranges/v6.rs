@@ -161,7 +161,7 @@ pub(super) fn lay_out<E: Out<SourceRangeV6>>(
         let push = |elements: &mut E, piece: Piece| {
             if is_wide {
                 let [high, low] = wide(piece, prefix);
-                elements.extend([SourceRangeV6(high), SourceRangeV6(low)]);
+                elements.push_all([SourceRangeV6(high), SourceRangeV6(low)]);
             } else {
                 elements.push(SourceRangeV6(compact(piece, prefix)));
             }
