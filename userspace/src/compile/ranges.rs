@@ -367,6 +367,9 @@ impl<R: Element> Plan<R> {
 pub trait Out<R>: std::ops::DerefMut<Target = [R]> {
     /// Elements put in so far (past what fixed memory holds, counted all the same).
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn push(&mut self, value: R);
     /// Puts in copies of `value` up to `len` elements (never fewer).
     fn resize(&mut self, len: usize, value: R);
