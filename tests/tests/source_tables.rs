@@ -620,7 +620,8 @@ fn tables_laid_out_in_the_map_are_those_built_from_scratch() {
         let maps = &h.filter.maps;
         let generation = maps.active_generation().expect("readable");
         let (v4, v6) = maps.generation_tables(generation).expect("read back");
-        let (v4, v6) = (v4.expect("IPv4 table"), v6.expect("IPv6 table"));
+        let v4 = v4.unwrap_or_else(|| panic!("round {round}: no IPv4 table read back"));
+        let v6 = v6.unwrap_or_else(|| panic!("round {round}: no IPv6 table read back"));
         assert_eq!(
             v4.elements.len(),
             want_v4.elements.len(),
