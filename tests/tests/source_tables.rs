@@ -635,3 +635,91 @@ fn check_probes(h: &mut Harness, probes: &[IpAddr]) {
         probes.len()
     );
 }
+
+/// The source tables an apply lays out straight into the inactive copy's
+/// preallocated maps are, element for element, the tables built from scratch
+/// (`ranges::table`), with the directory and classes its config records; so
+/// are the tables of a policy too large for those maps (laid out there first,
+/// then built and written to chunks) and of one applied after it (built, as
+/// the policy in force is in chunks). The copy the apply did not write keeps
+/// the policy before, element for element.
+#[test]
+fn tables_laid_out_in_the_map_are_those_built_from_scratch() {
+    let mut rng = StdRng::seed_from_u64(0x1a1d_0000);
+    let mut h = Harness::new();
+    // Disjoint hosts make two ranges each: 20k fit the preallocated values;
+    // 800k look as if they might (their ranges past the directory are fewer
+    // than IPv4's two values per generation hold, 2^21 elements) until the
+    // runs are laid out.
+    let mut before: Option<(SourceTable<SourceRangeV4>, SourceTable<SourceRangeV6>)> = None;
+    for (round, hosts, placement) in [
+        (0, 20_000, "preallocated"),
+        (1, 15_000, "preallocated"),
+        (2, 800_000, "chunks"),
+        (3, 20_000, "preallocated"),
+        (4, 18_000, "preallocated"),
+    ] {
+        let mut allowed: Vec<IpNet> = (0..hosts)
+            .map(|_| v4(rng.random_range(0x0b00_0000..0xdf00_0000), 32))
+            .collect();
+        allowed.extend(prefixes(&mut rng, 300, 200));
+        allowed.extend((0..hosts / 10).map(|_| v6((rng.random::<u128>() >> 3) | (1 << 125), 128)));
+        let policy = h.apply(&allowing(&allowed));
+        let compiled = compile::compile(&policy).expect("compiles");
+        let want_v4: SourceTable<SourceRangeV4> =
+            ranges::table(&compiled.v4, INLINE_TABLE_V4 as usize).expect("classes");
+        let want_v6: SourceTable<SourceRangeV6> =
+            ranges::table(&compiled.v6, INLINE_TABLE_V6 as usize).expect("classes");
+        let maps = &h.filter.maps;
+        let generation = maps.active_generation().expect("readable");
+        let (v4, v6) = maps.generation_tables(generation).expect("read back");
+        let v4 = v4.unwrap_or_else(|| panic!("round {round}: no IPv4 table read back"));
+        let v6 = v6.unwrap_or_else(|| panic!("round {round}: no IPv6 table read back"));
+        assert_eq!(
+            v4.elements.len(),
+            want_v4.elements.len(),
+            "round {round}: IPv4 length"
+        );
+        assert!(
+            v4 == want_v4,
+            "round {round}: the IPv4 table is the one built from scratch"
+        );
+        assert_eq!(
+            v6.elements.len(),
+            want_v6.elements.len(),
+            "round {round}: IPv6 length"
+        );
+        assert!(
+            v6 == want_v6,
+            "round {round}: the IPv6 table is the one built from scratch"
+        );
+        let (shape_v4, _) = maps
+            .table_shapes(generation)
+            .expect("config readable")
+            .expect("a policy in force");
+        assert_eq!(
+            shape_v4.placement, placement,
+            "round {round}: IPv4 placement"
+        );
+        if let Some((before_v4, before_v6)) = &before {
+            let (v4, v6) = maps.generation_tables(1 - generation).expect("read back");
+            assert!(
+                v4.as_ref() == Some(before_v4) && v6.as_ref() == Some(before_v6),
+                "round {round}: the copy not written still holds the policy before"
+            );
+        }
+        let probes: Vec<IpAddr> = allowed
+            .iter()
+            .step_by(hosts / 400)
+            .flat_map(|net| {
+                [
+                    net.network(),
+                    step(net.network(), -1),
+                    step(net.broadcast(), 1),
+                ]
+            })
+            .collect();
+        check_probes(&mut h, &probes);
+        before = Some((want_v4, want_v6));
+    }
+}

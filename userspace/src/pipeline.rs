@@ -32,8 +32,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use airlock_common::{INLINE_TABLE_V4, INLINE_TABLE_V6};
-
 use crate::{
     compile::{self, CompileError, Compiled, Prebuilt},
     interfaces::{self, InterfaceError},
@@ -371,11 +369,10 @@ pub fn compile(policy: &Policy) -> Result<Compiled, PolicyError> {
         .map_err(|error| PolicyError::Invalid(vec![capacity_diagnostic(&error, &policy.origin)]))
 }
 
-/// [`compile`], with the source tables for the preallocated maps built as the
-/// families are folded (`compile::compile_for_apply`), for the write to take.
+/// [`compile`], with the source tables planned as the families are folded
+/// (`compile::compile_for_apply`), for the write to lay out.
 fn compile_for_apply(policy: &Policy) -> Result<Compiled, PolicyError> {
-    let capacity = (INLINE_TABLE_V4 as usize, INLINE_TABLE_V6 as usize);
-    compile::compile_for_apply(policy, capacity)
+    compile::compile_for_apply(policy)
         .map_err(|error| PolicyError::Invalid(vec![capacity_diagnostic(&error, &policy.origin)]))
 }
 
@@ -427,7 +424,7 @@ impl Prepared {
         if grace_record == GraceRecord::Process {
             start_grace_record(&root);
         }
-        // The source tables were built with the compile (`compile_for_apply`).
+        // The source tables were planned with the compile (`compile_for_apply`).
         let outcomes = loader::apply_all(&writer, &root, &plan.ifaces, &plan.compiled, &summary);
         // Tables no write took (an apply that failed before one) are not kept.
         Prebuilt::close(&plan.compiled);

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::policy::{AddrSet, DefaultAction, Mode, Policy, Proto, SourceGroup};
 pub use ports::PortMap;
-pub use prebuilt::{Prebuilt, Tables, build_tables};
+pub use prebuilt::{Plans, Prebuilt, Tables, build_tables, plan_tables};
 
 /// One compiled prefix: `addr/prefix_len` → `value`, matched longest-first (the
 /// loader lowers these into source tables, see [`ranges`]).
@@ -186,26 +186,20 @@ pub fn compile_unpruned(policy: &Policy) -> Result<Compiled, CompileError> {
 }
 
 /// [`compile`] for an apply about to write the policy: each family's source
-/// table for `capacity` (what [`build_tables`] would make) is built on the
-/// thread that folded the family, as soon as it is folded, and kept in the
-/// result for the loader to take ([`Prebuilt`]). The smaller family's table is
-/// then made while the larger one still folds, instead of both after both folds.
-pub fn compile_for_apply(
-    policy: &Policy,
-    capacity: (usize, usize),
-) -> Result<Compiled, CompileError> {
-    compile_with_tables(policy, true, Some(capacity))
+/// table is planned (its ranges and classes, what [`plan_tables`] would make) on
+/// the thread that folded the family, as soon as it is folded, and kept in the
+/// result for the loader to take and lay out ([`Prebuilt`]). The smaller
+/// family's plan is then made while the larger one still folds, instead of both
+/// after both folds.
+pub fn compile_for_apply(policy: &Policy) -> Result<Compiled, CompileError> {
+    compile_with_tables(policy, true, true)
 }
 
 fn compile_with(policy: &Policy, prune: bool) -> Result<Compiled, CompileError> {
-    compile_with_tables(policy, prune, None)
+    compile_with_tables(policy, prune, false)
 }
 
-fn compile_with_tables(
-    policy: &Policy,
-    prune: bool,
-    capacity: Option<(usize, usize)>,
-) -> Result<Compiled, CompileError> {
+fn compile_with_tables(policy: &Policy, prune: bool, plan: bool) -> Result<Compiled, CompileError> {
     if policy.rules.len() > MAX_RULES {
         return Err(CompileError::TooManyRules {
             count: policy.rules.len(),
@@ -217,14 +211,12 @@ fn compile_with_tables(
         policy,
         prune,
         |v4| {
-            capacity
-                .filter(|_| v4.len() <= MAX_PREFIXES_V4 as usize)
-                .map(|(v4_capacity, _)| ranges::table::<SourceRangeV4, 4>(v4, v4_capacity))
+            (plan && v4.len() <= MAX_PREFIXES_V4 as usize)
+                .then(|| ranges::plan::<SourceRangeV4, 4>(v4))
         },
         |v6| {
-            capacity
-                .filter(|_| v6.len() <= MAX_PREFIXES_V6 as usize)
-                .map(|(_, v6_capacity)| ranges::table::<SourceRangeV6, 16>(v6, v6_capacity))
+            (plan && v6.len() <= MAX_PREFIXES_V6 as usize)
+                .then(|| ranges::plan::<SourceRangeV6, 16>(v6))
         },
     );
     check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
@@ -292,8 +284,8 @@ fn compile_with_tables(
         rule_names: policy.rules.iter().map(|r| r.name.clone()).collect(),
         stats,
         flagged: (folded.flagged_v4, folded.flagged_v6),
-        prebuilt: match (capacity, table_v4, table_v6) {
-            (Some(capacity), Some(v4), Some(v6)) => Prebuilt::ready(capacity, v4, v6),
+        prebuilt: match (table_v4, table_v6) {
+            (Some(v4), Some(v6)) => Prebuilt::ready(v4, v6),
             _ => Prebuilt::default(),
         },
     })

@@ -1,23 +1,28 @@
-//! A compiled policy's source tables, built ahead of the write that needs them.
+//! A compiled policy's source tables, planned ahead of the write that lays
+//! them out.
 //!
-//! An apply's compile ([`super::compile_for_apply`]) builds each family's table
-//! on the thread that folded it, as soon as it is folded; the loader takes them
-//! ([`Prebuilt::take_or_build`]) where it would build them. Nothing else
-//! changes: the tables are a pure function of the compiled entries and the
-//! capacity, a build that failed fails the write at the same point (before its
-//! first write), and a loader that finds none (a dry run's compile, a policy
-//! kept after its apply, a copy), or one for another capacity, builds its own.
+//! An apply's compile ([`super::compile_for_apply`]) plans each family's table
+//! (its ranges and classes, [`ranges::plan`]) on the thread that folded it, as
+//! soon as it is folded; the loader takes the plans ([`Prebuilt::take_or_plan`])
+//! and lays the elements out, straight into the map where they fit. Nothing else
+//! changes: a plan is a pure function of the compiled entries, a plan that
+//! failed fails the write at the same point (before its first write), and a
+//! loader that finds none (a dry run's compile, a policy kept after its apply, a
+//! copy) plans its own.
 
 use std::sync::{Mutex, PoisonError};
 
 use airlock_common::{SourceRangeV4, SourceRangeV6};
 
-use super::ranges::{self, SourceTable, TooManyClasses};
+use super::ranges::{self, Plan, SourceTable, TooManyClasses};
 
 use super::{Compiled, PrefixEntry};
 
 /// Both families' tables, as one build of [`build_tables`] makes them.
 pub type Tables = Result<(SourceTable<SourceRangeV4>, SourceTable<SourceRangeV6>), TooManyClasses>;
+
+/// Both families' plans, as [`plan_tables`] makes them.
+pub type Plans = Result<(Plan<SourceRangeV4>, Plan<SourceRangeV6>), TooManyClasses>;
 
 /// Both families' tables of `v4` and `v6`, each made to fit `capacity` elements
 /// of its preallocated map if it can, built side by side.
@@ -33,50 +38,46 @@ pub fn build_tables(
     Ok((v4?, v6?))
 }
 
-/// The slot the tables go into: a cache of a pure function of the policy it
-/// belongs to, so it takes no part in comparing or copying one. Taken once: a
-/// policy kept after its apply (the agent's) holds no tables.
-#[derive(Default)]
-pub struct Prebuilt {
-    slot: Mutex<Option<Built>>,
+/// Both families' plans of `v4` and `v6`, made side by side.
+pub fn plan_tables(v4: &[PrefixEntry<4>], v6: &[PrefixEntry<16>]) -> Plans {
+    let (v4, v6) = crate::parallel::join(|| ranges::plan(v4), || ranges::plan(v6));
+    Ok((v4?, v6?))
 }
 
-struct Built {
-    capacity: (usize, usize),
-    tables: Box<Tables>,
+/// The slot the plans go into: a cache of a pure function of the policy it
+/// belongs to, so it takes no part in comparing or copying one. Taken once: a
+/// policy kept after its apply (the agent's) holds no plans.
+#[derive(Default)]
+pub struct Prebuilt {
+    slot: Mutex<Option<Box<Plans>>>,
 }
 
 impl Prebuilt {
-    /// Tables already made for `capacity` (`compile_for_apply`), for the
-    /// loader to take.
+    /// Plans already made (`compile_for_apply`), for the loader to take.
     pub(super) fn ready(
-        capacity: (usize, usize),
-        v4: Result<SourceTable<SourceRangeV4>, TooManyClasses>,
-        v6: Result<SourceTable<SourceRangeV6>, TooManyClasses>,
+        v4: Result<Plan<SourceRangeV4>, TooManyClasses>,
+        v6: Result<Plan<SourceRangeV6>, TooManyClasses>,
     ) -> Prebuilt {
-        let tables = Box::new(v4.and_then(|v4| Ok((v4, v6?))));
+        let plans = Box::new(v4.and_then(|v4| Ok((v4, v6?))));
         Prebuilt {
-            slot: Mutex::new(Some(Built { capacity, tables })),
+            slot: Mutex::new(Some(plans)),
         }
     }
 
-    /// `compiled`'s tables for `capacity`: those built ahead, or built here.
-    pub fn take_or_build(compiled: &Compiled, capacity: (usize, usize)) -> Tables {
+    /// `compiled`'s plans: those made ahead, or made here.
+    pub fn take_or_plan(compiled: &Compiled) -> Plans {
         match compiled.prebuilt.take() {
-            Some(Built {
-                capacity: built_for,
-                tables,
-            }) if built_for == capacity => *tables,
-            _ => build_tables(&compiled.v4, &compiled.v6, capacity),
+            Some(plans) => *plans,
+            None => plan_tables(&compiled.v4, &compiled.v6),
         }
     }
 
-    /// Drops whatever was built and not taken.
+    /// Drops whatever was made and not taken.
     pub fn close(compiled: &Compiled) {
         drop(compiled.prebuilt.take());
     }
 
-    fn take(&self) -> Option<Built> {
+    fn take(&self) -> Option<Box<Plans>> {
         self.slot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -93,7 +94,7 @@ impl Prebuilt {
 }
 
 impl Clone for Prebuilt {
-    /// A copy of a policy starts with no tables: they are made again on demand.
+    /// A copy of a policy starts with no plans: they are made again on demand.
     fn clone(&self) -> Self {
         Prebuilt::default()
     }
@@ -124,37 +125,36 @@ mod tests {
         policy::parse_str(text, std::path::Path::new("p.yaml")).unwrap()
     }
 
-    /// The tables taken are those a build in place makes, whether built ahead,
-    /// built ahead for another capacity, or not built ahead at all; once taken,
-    /// or closed, nothing is held any more.
+    /// The plans taken are those planned in place, whether made ahead or not,
+    /// and lay out the tables a build in place makes; once taken, or closed,
+    /// nothing is held any more.
     #[test]
-    fn tables_taken_are_the_tables_built_in_place() {
+    fn plans_taken_are_the_plans_made_in_place() {
         const CAPACITY: (usize, usize) = (1 << 20, 1 << 17);
-        let want = |c: &Compiled, capacity| build_tables(&c.v4, &c.v6, capacity).unwrap();
+        let want = |c: &Compiled| plan_tables(&c.v4, &c.v6).unwrap();
         let plain = || super::super::compile(&policy()).unwrap();
-        let ahead = || super::super::compile_for_apply(&policy(), CAPACITY).unwrap();
-        // Not built ahead: built here.
+        let ahead = || super::super::compile_for_apply(&policy()).unwrap();
+        // Not made ahead: made here.
         let c = plain();
         assert!(!c.prebuilt.holds_tables());
-        assert_eq!(
-            Prebuilt::take_or_build(&c, CAPACITY).unwrap(),
-            want(&c, CAPACITY)
-        );
-        // Built ahead: taken, and not held after.
+        assert_eq!(Prebuilt::take_or_plan(&c).unwrap(), want(&c));
+        // Made ahead: taken, and not held after.
         let c = ahead();
         assert!(c.prebuilt.holds_tables());
-        assert_eq!(
-            Prebuilt::take_or_build(&c, CAPACITY).unwrap(),
-            want(&c, CAPACITY)
-        );
+        let (v4, v6) = Prebuilt::take_or_plan(&c).unwrap();
+        assert_eq!((v4.clone(), v6.clone()), want(&c));
         assert!(!c.prebuilt.holds_tables(), "nothing held after the take");
-        // Built for another capacity (a test's chunked tables): built again.
-        let c = ahead();
-        assert_eq!(
-            Prebuilt::take_or_build(&c, (0, 0)).unwrap(),
-            want(&c, (0, 0))
-        );
-        // Built and never taken: closing lets it go.
+        // Laid out, for either capacity, they are the tables built in place.
+        for capacity in [CAPACITY, (0, 0)] {
+            assert_eq!(
+                (
+                    v4.clone().into_table(capacity.0),
+                    v6.clone().into_table(capacity.1)
+                ),
+                build_tables(&c.v4, &c.v6, capacity).unwrap()
+            );
+        }
+        // Made and never taken: closing lets it go.
         let c = ahead();
         Prebuilt::close(&c);
         assert!(!c.prebuilt.holds_tables());

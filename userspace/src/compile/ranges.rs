@@ -227,12 +227,14 @@ pub(super) fn host_mask(width: u32, prefix_len: u8) -> u128 {
 pub trait Element: Copy + Default {
     /// Address bits of the family.
     const WIDTH: u32;
-    /// The table of `entries` (`N`: the family's address bytes), made to fit in
-    /// `capacity` elements if it can.
-    fn build<const N: usize>(
-        entries: &[PrefixEntry<N>],
-        capacity: usize,
-    ) -> Result<SourceTable<Self>, TooManyClasses>;
+    /// "IPv4" or "IPv6".
+    const FAMILY: &'static str;
+    /// Directory slots.
+    const SLOTS: usize;
+    /// A range while the table is made: first address and class.
+    type Piece: RangeItem<Answer = u32> + std::fmt::Debug + Eq;
+    /// Lays the table of `pieces` out into `out` (see [`Plan::lay_out`]).
+    fn lay_out(pieces: &[Self::Piece], capacity: usize, out: &mut impl Out<Self>) -> Directory;
     /// The class the program finds for `key` (in the low bits; masked where it
     /// is read), None where it would read outside the table.
     fn find(table: &SourceTable<Self>, key: u128) -> Option<u32>;
@@ -243,12 +245,12 @@ pub trait Element: Copy + Default {
 
 impl Element for SourceRangeV4 {
     const WIDTH: u32 = 32;
+    const FAMILY: &'static str = "IPv4";
+    const SLOTS: usize = v4::SLOTS;
+    type Piece = v4::Piece;
 
-    fn build<const N: usize>(
-        entries: &[PrefixEntry<N>],
-        capacity: usize,
-    ) -> Result<SourceTable<Self>, TooManyClasses> {
-        v4::build(entries, capacity)
+    fn lay_out(pieces: &[v4::Piece], capacity: usize, out: &mut impl Out<Self>) -> Directory {
+        v4::lay_out(pieces, capacity, out)
     }
 
     fn find(table: &SourceTable<Self>, key: u128) -> Option<u32> {
@@ -262,12 +264,12 @@ impl Element for SourceRangeV4 {
 
 impl Element for SourceRangeV6 {
     const WIDTH: u32 = 128;
+    const FAMILY: &'static str = "IPv6";
+    const SLOTS: usize = v6::SLOTS;
+    type Piece = v6::Piece;
 
-    fn build<const N: usize>(
-        entries: &[PrefixEntry<N>],
-        capacity: usize,
-    ) -> Result<SourceTable<Self>, TooManyClasses> {
-        v6::build(entries, capacity)
+    fn lay_out(pieces: &[v6::Piece], capacity: usize, out: &mut impl Out<Self>) -> Directory {
+        v6::lay_out(pieces, capacity, out)
     }
 
     fn find(table: &SourceTable<Self>, key: u128) -> Option<u32> {
@@ -300,8 +302,110 @@ pub fn table<R: Element, const N: usize>(
     entries: &[PrefixEntry<N>],
     capacity: usize,
 ) -> Result<SourceTable<R>, TooManyClasses> {
+    Ok(plan::<R, N>(entries)?.into_table(capacity))
+}
+
+/// A table's ranges and classes, made before any element is laid out: all a
+/// build can fail on, so a write that lays the elements out straight into the
+/// map ([`Plan::lay_out`]) has nothing left to fail on once it has begun.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<R: Element> {
+    pieces: Vec<R::Piece>,
+    classes: Vec<SourceEntry>,
+}
+
+/// The plan of `entries`' table (`N`: address bytes, matching `R`'s family);
+/// an error if its answers are more classes than the kernel holds.
+pub fn plan<R: Element, const N: usize>(
+    entries: &[PrefixEntry<N>],
+) -> Result<Plan<R>, TooManyClasses> {
     debug_assert_eq!(8 * N as u32, R::WIDTH);
-    R::build(entries, capacity)
+    let mut classes = Classes::default();
+    let mut pieces = Vec::new();
+    ranges(entries, &mut pieces, |value| classes.intern(value));
+    Ok(Plan {
+        pieces,
+        classes: classes.into_entries(R::FAMILY)?,
+    })
+}
+
+impl<R: Element> Plan<R> {
+    /// The answers by class, class 0 first (`SourceTable::classes`).
+    pub fn classes(&self) -> &[SourceEntry] {
+        &self.classes
+    }
+
+    /// Ranges after the directory a table of this plan holds at least (a range
+    /// that does not begin its slot takes an element of a run): more than
+    /// `room` says the table cannot fit in `room` elements.
+    pub fn least_ranges(&self) -> usize {
+        self.pieces.len().saturating_sub(R::SLOTS + 1)
+    }
+
+    /// Lays the table out into `out` (empty), made to fit in `capacity`
+    /// elements if it can, as [`table`] makes it; its directory. Stops early
+    /// where `out` is full (`Out::full`): what it holds is then no table.
+    pub fn lay_out(&self, capacity: usize, out: &mut impl Out<R>) -> Directory {
+        R::lay_out(&self.pieces, capacity, out)
+    }
+
+    /// The table, its elements in a vector.
+    pub fn into_table(self, capacity: usize) -> SourceTable<R> {
+        let mut elements = Vec::new();
+        let directory = self.lay_out(capacity, &mut elements);
+        SourceTable {
+            directory,
+            elements,
+            classes: self.classes,
+        }
+    }
+}
+
+/// Where a table's elements are laid out, one after the other: a vector, or
+/// memory of a fixed size (the map's own, through a mapping), which is `full`
+/// once more was put in than it holds. Indexing reaches what it holds.
+pub trait Out<R>: std::ops::DerefMut<Target = [R]> {
+    /// Elements put in so far (past what fixed memory holds, counted all the same).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn push(&mut self, value: R);
+    /// Puts in copies of `value` up to `len` elements (never fewer).
+    fn resize(&mut self, len: usize, value: R);
+    /// Makes room for `more` elements, where that is a thing.
+    fn reserve(&mut self, _more: usize) {}
+    /// Whether more was put in than it holds (a vector never is).
+    fn full(&self) -> bool {
+        false
+    }
+    /// Pushes each of `values` (not `extend`: a vector's own would be
+    /// ambiguous wherever this trait is in scope).
+    fn push_all(&mut self, values: impl IntoIterator<Item = R>) {
+        for value in values {
+            self.push(value);
+        }
+    }
+}
+
+impl<R: Copy> Out<R> for Vec<R> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn push(&mut self, value: R) {
+        Vec::push(self, value);
+    }
+    fn resize(&mut self, len: usize, value: R) {
+        if len > Vec::len(self) {
+            Vec::resize(self, len, value);
+        }
+    }
+    fn reserve(&mut self, more: usize) {
+        Vec::reserve(self, more);
+    }
+    fn push_all(&mut self, values: impl IntoIterator<Item = R>) {
+        Extend::extend(self, values);
+    }
 }
 
 /// The prefixes of a table read back: each range with a nonzero answer as the

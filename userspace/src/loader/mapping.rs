@@ -6,6 +6,8 @@ use std::{num::NonZeroUsize, os::fd::BorrowedFd, ptr::NonNull};
 
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 
+use crate::compile::ranges::Out;
+
 /// Runs `f` on a shared mapping of the first `bytes` bytes of an mmapable array map.
 pub(crate) fn with_mapping(
     fd: BorrowedFd<'_>,
@@ -130,4 +132,62 @@ pub(crate) fn read_at<T: Copy + Default>(
         }
     })?;
     Ok(values)
+}
+
+/// A table's elements laid out straight into fixed memory (a mapping of the map
+/// that holds them, `compile::ranges::Plan::lay_out`), no copy built first.
+/// What does not fit is counted, not written, and makes it `full`: the memory
+/// then holds no table.
+pub(crate) struct Fixed<'a, R> {
+    memory: &'a mut [R],
+    /// Elements put in, written or not.
+    len: usize,
+}
+
+impl<'a, R> Fixed<'a, R> {
+    /// Nothing laid out yet into `memory`.
+    pub(crate) fn new(memory: &'a mut [R]) -> Self {
+        Fixed { memory, len: 0 }
+    }
+}
+
+impl<R> std::ops::Deref for Fixed<'_, R> {
+    type Target = [R];
+    fn deref(&self) -> &[R] {
+        &self.memory[..self.len.min(self.memory.len())]
+    }
+}
+
+impl<R> std::ops::DerefMut for Fixed<'_, R> {
+    fn deref_mut(&mut self) -> &mut [R] {
+        let held = self.len.min(self.memory.len());
+        &mut self.memory[..held]
+    }
+}
+
+impl<R: Copy> Out<R> for Fixed<'_, R> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, value: R) {
+        if let Some(slot) = self.memory.get_mut(self.len) {
+            *slot = value;
+        }
+        self.len += 1;
+    }
+
+    fn resize(&mut self, len: usize, value: R) {
+        if len > self.len {
+            let held = self.memory.len();
+            if let Some(gap) = self.memory.get_mut(self.len.min(held)..len.min(held)) {
+                gap.fill(value);
+            }
+            self.len = len;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.len > self.memory.len()
+    }
 }

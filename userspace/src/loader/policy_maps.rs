@@ -269,7 +269,6 @@ impl PolicyMaps {
         grace: Grace<'_>,
     ) -> Result<(), LoaderError> {
         let started = std::time::Instant::now();
-        let (v4_capacity, v6_capacity) = (self.src_v4.capacity, self.src_v6.capacity);
         // Packets that read the generation number before the last flip may still be
         // reading this copy (its config too, which the program reads in place): wait
         // them out (one RCU grace period, or the end of one begun under the
@@ -285,11 +284,10 @@ impl PolicyMaps {
         if on_record {
             tracing::debug!("a grace period since the last flip is on record: no wait");
         }
-        // The tables, built here or ahead, beside the steps before this one
-        // (`Prebuilt`).
-        let capacity = (v4_capacity as usize, v6_capacity as usize);
-        let (tables, waited) = crate::parallel::join(
-            || Prebuilt::take_or_build(compiled, capacity),
+        // The tables' plans, made here or ahead, beside the steps before this
+        // one (`Prebuilt`).
+        let (plans, waited) = crate::parallel::join(
+            || Prebuilt::take_or_plan(compiled),
             || match grace {
                 Grace::Early(writer, dir) if writer.grace_covers(dir, on_record, word) => Ok(()),
                 Grace::Own if on_record => Ok(()),
@@ -297,35 +295,46 @@ impl PolicyMaps {
             },
         );
         waited?;
-        // Before the first write: a policy the kernel cannot hold changes nothing.
-        let (v4, v6) = tables?;
+        // Before the first write: a policy the kernel cannot hold changes
+        // nothing. The plan is all a table's build can fail on: laying it out
+        // cannot.
+        let (v4, v6) = plans?;
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
-            v4 = v4.elements.len(),
-            v6 = v6.elements.len(),
-            classes_v4 = v4.classes.len(),
-            classes_v6 = v6.classes.len(),
-            "source tables built"
+            classes_v4 = v4.classes().len(),
+            classes_v6 = v6.classes().len(),
+            "source tables planned"
         );
+        // A family the policy in force had to put in chunks is laid out in a
+        // vector, not tried in the preallocated map first (a table that size
+        // rarely shrinks below it in one apply).
+        let in_force = self
+            .config(1 - generation)
+            .ok()
+            .filter(|config| config.valid != 0);
+        let direct = |flag| in_force.is_none_or(|config| config.inline_tables & flag != 0);
+        let direct = (direct(TABLE_INLINE_V4), direct(TABLE_INLINE_V6));
         // First write: from here until the end the copy is not a complete policy, so
         // nothing (a rollback, `status`) may take it for one, even if this process dies.
         self.invalidate(generation)?;
-        // Separate maps: the families are written (and new chunks published, each
-        // publish waiting out a grace period) side by side.
-        let placed = crate::parallel::join(
-            || self.src_v4.write(generation, &v4),
-            || self.src_v6.write(generation, &v6),
+        // Separate maps: the families are laid out (and new chunks published,
+        // each publish waiting out a grace period) side by side.
+        let laid = crate::parallel::join(
+            || self.src_v4.write_plan(generation, &v4, direct.0),
+            || self.src_v6.write_plan(generation, &v6, direct.1),
         );
-        let placed = (placed.0?, placed.1?);
+        let laid = (laid.0?, laid.1?);
         crate::test_hook::stop_at("tables-written");
         tracing::debug!(
             ms = started.elapsed().as_millis() as u64,
+            v4 = laid.0.len,
+            v6 = laid.1.len,
             "source tables written"
         );
         write_ports(&self.policy, generation, compiled)?;
         for (offset, classes) in [
-            (POLICY_CLASSES_V4_OFFSET, &v4.classes),
-            (POLICY_CLASSES_V6_OFFSET, &v6.classes),
+            (POLICY_CLASSES_V4_OFFSET, v4.classes()),
+            (POLICY_CLASSES_V6_OFFSET, v6.classes()),
         ] {
             write_at(
                 self.policy.fd().as_fd(),
@@ -363,18 +372,20 @@ impl PolicyMaps {
             }
         };
         let mut config = GenConfig {
-            unflagged: unflagged(&v4.classes, UNFLAGGED_V4) | unflagged(&v6.classes, UNFLAGGED_V6),
-            directory_bits_v4: v4.directory.bits,
-            directory_bits_v6: v6.directory.bits,
-            directory_shift_v4: v4.directory.shift,
-            directory_shift_v6: v6.directory.shift,
-            directory_base_v4: v4.directory.base,
-            directory_base_v6: v6.directory.base,
-            inline_tables: inline(placed.0, TABLE_INLINE_V4) | inline(placed.1, TABLE_INLINE_V6),
-            table_len_v4: v4.elements.len() as u32,
-            table_len_v6: v6.elements.len() as u32,
-            classes_v4: v4.classes.len() as u32,
-            classes_v6: v6.classes.len() as u32,
+            unflagged: unflagged(v4.classes(), UNFLAGGED_V4)
+                | unflagged(v6.classes(), UNFLAGGED_V6),
+            directory_bits_v4: laid.0.directory.bits,
+            directory_bits_v6: laid.1.directory.bits,
+            directory_shift_v4: laid.0.directory.shift,
+            directory_shift_v6: laid.1.directory.shift,
+            directory_base_v4: laid.0.directory.base,
+            directory_base_v6: laid.1.directory.base,
+            inline_tables: inline(laid.0.placement, TABLE_INLINE_V4)
+                | inline(laid.1.placement, TABLE_INLINE_V6),
+            table_len_v4: laid.0.len as u32,
+            table_len_v6: laid.1.len as u32,
+            classes_v4: v4.classes().len() as u32,
+            classes_v6: v6.classes().len() as u32,
             ..compiled.config
         };
         // From the prefixes the tables were made of, by the same cut.

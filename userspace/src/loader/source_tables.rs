@@ -24,9 +24,9 @@ use aya::{
 
 use super::{
     LoaderError, batch,
-    mapping::{read_elements, write_elements},
+    mapping::{Fixed, read_elements, with_range, write_elements},
 };
-use crate::compile::ranges::{self, Directory, SourceTable};
+use crate::compile::ranges::{self, Directory, Plan, SourceTable};
 
 /// An IPv4 chunk map's one value, as bytes (the program sees
 /// `[SourceRangeV4; INLINE_TABLE_V4]`); a family's is its [`Element::Chunk`].
@@ -49,6 +49,15 @@ pub(crate) struct Tables<R: Pod> {
     pub values: usize,
     pub names: (&'static str, &'static str),
     pub element: std::marker::PhantomData<R>,
+}
+
+/// Where a generation's table went, and what its config says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Laid {
+    pub placement: Placement,
+    pub directory: Directory,
+    /// Elements written.
+    pub len: usize,
 }
 
 /// Where a generation's table was written.
@@ -151,6 +160,80 @@ impl<R: Element> Tables<R> {
             self.names.1,
         )?;
         Ok(Placement::Chunked)
+    }
+
+    /// Lays `plan`'s table out as `generation`'s (inactive, no longer read):
+    /// where it fits in the preallocated map (and `direct`), straight into the
+    /// map's memory, with no copy built first and no chunk; otherwise built,
+    /// then written as [`write`](Self::write) writes it. Either way the
+    /// elements written are those [`ranges::table`] makes. A layout that finds
+    /// it does not fit leaves a half-written table in a generation its caller
+    /// marked invalid, and the built one overwrites it.
+    pub(crate) fn write_plan(
+        &mut self,
+        generation: u32,
+        plan: &Plan<R>,
+        direct: bool,
+    ) -> Result<Laid, LoaderError> {
+        let capacity = self.capacity as usize;
+        // The generation's preallocated values, end to end in the map's memory
+        // as a table's first chunks are in its elements.
+        let part = self.values * stride::<R>(&self.preallocated);
+        let room = part.min(self.values * chunk_elements::<R>());
+        // The first run follows the directory only for a table given the room
+        // of a whole chunk (a smaller capacity is a test's: chunks only).
+        let may_fit = capacity >= chunk_elements::<R>()
+            && R::directory_elements(R::SLOTS as u32) as usize + plan.least_ranges() <= room;
+        if direct && may_fit {
+            let mut laid = None;
+            let offset = generation as usize * part * size_of::<R>();
+            with_range(
+                self.preallocated.fd().as_fd(),
+                offset,
+                room * size_of::<R>(),
+                true,
+                |memory| {
+                    // SAFETY: the mapping holds `room` elements from `memory`,
+                    // aligned for `R` (a generation's part starts at a multiple of
+                    // the value size, a multiple of 8, from a page), and no
+                    // program reads this generation while it is written.
+                    let memory =
+                        unsafe { std::slice::from_raw_parts_mut(memory.cast::<R>(), room) };
+                    let mut out = Fixed::new(memory);
+                    let directory = plan.lay_out(capacity, &mut out);
+                    if !ranges::Out::full(&out) {
+                        laid = Some((directory, ranges::Out::len(&out)));
+                    }
+                },
+            )
+            .map_err(|e| LoaderError::io("filling a source table of", self.names.0, e))?;
+            if let Some((directory, len)) = laid {
+                // As `write` does when the table fits here.
+                release(&self.chunks, generation, self.values, self.names.1)?;
+                return Ok(Laid {
+                    placement: Placement::Preallocated,
+                    directory,
+                    len,
+                });
+            }
+            tracing::debug!(
+                family = R::FAMILY,
+                "source table past the preallocated map: built"
+            );
+        }
+        let mut elements = Vec::new();
+        let directory = plan.lay_out(capacity, &mut elements);
+        let len = elements.len();
+        let table = SourceTable {
+            directory,
+            elements,
+            classes: Vec::new(),
+        };
+        Ok(Laid {
+            placement: self.write(generation, &table)?,
+            directory,
+            len,
+        })
     }
 
     /// `generation`'s table, `len` elements indexed by `directory` (None: chunks

@@ -8,9 +8,9 @@ use airlock_common::{
     SLOT_ANSWER_V4, SourceRangeV4,
 };
 
-use super::{Classes, Directory, PrefixEntry, RangeItem, SourceTable, TooManyClasses};
+use super::{Directory, Out, RangeItem};
 
-const SLOTS: usize = 1 << DIRECTORY_BITS_V4;
+pub(super) const SLOTS: usize = 1 << DIRECTORY_BITS_V4;
 /// Addresses per slot.
 const SPAN: u32 = 1 << DIRECTORY_SHIFT_V4;
 /// Elements per chunk (and in the preallocated value).
@@ -28,7 +28,7 @@ pub(super) const DIRECTORY: Directory = Directory {
 
 /// A range while the table is made: first address and class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Piece {
+pub struct Piece {
     start: u32,
     class: u32,
 }
@@ -70,31 +70,31 @@ fn element(piece: Piece) -> SourceRangeV4 {
     SourceRangeV4(((piece.start & (SPAN - 1)) << RANGE_OFFSET_SHIFT_V4) | piece.class)
 }
 
-/// The IPv4 table of `entries`: the directory, then the runs from element 2^19
-/// (right after it, in the first preallocated value), or, with `capacity` below
-/// the preallocated value's elements (tests of chunk maps), from the first
-/// element past the generation's preallocated values (element 2^21, chunk 2:
-/// the first chunk map).
-pub(super) fn build<const N: usize>(
-    entries: &[PrefixEntry<N>],
+/// The IPv4 table of `pieces` laid out into `elements`: the directory, then the
+/// runs from element 2^19 (right after it, in the first preallocated value), or,
+/// with `capacity` below the preallocated value's elements (tests of chunk maps),
+/// from the first element past the generation's preallocated values (element
+/// 2^21, chunk 2: the first chunk map).
+pub(super) fn lay_out(
+    pieces: &[Piece],
     capacity: usize,
-) -> Result<SourceTable<SourceRangeV4>, TooManyClasses> {
-    let mut classes = Classes::default();
-    let mut pieces: Vec<Piece> = Vec::new();
-    super::ranges(entries, &mut pieces, |value| classes.intern(value));
-    let classes = classes.into_entries("IPv4")?;
+    elements: &mut impl Out<SourceRangeV4>,
+) -> Directory {
     let first_run = if capacity >= CHUNK {
         SLOTS
     } else {
         PREALLOCATED_VALUES_V4 as usize * CHUNK
     };
-    let mut elements = Vec::with_capacity(first_run + pieces.len() + pieces.len() / 2);
+    elements.reserve(first_run + pieces.len() + pieces.len() / 2);
     elements.resize(first_run, SourceRangeV4::default());
     // `at`: the piece holding the slot's first address; `last`: the piece whose
     // element ends `elements`, if any (a run may begin with it).
     let mut at = 0;
     let mut last = None;
     for slot in 0..SLOTS {
+        if elements.full() {
+            break;
+        }
         let first = (slot as u32) << DIRECTORY_SHIFT_V4;
         while at + 1 < pieces.len() && pieces[at + 1].start <= first {
             at += 1;
@@ -118,7 +118,7 @@ pub(super) fn build<const N: usize>(
             }
             elements.push(element(pieces[at]));
         }
-        elements.extend(pieces[at + 1..end].iter().map(|&p| element(p)));
+        elements.push_all(pieces[at + 1..end].iter().map(|&p| element(p)));
         let padding = element(pieces[end - 1]);
         elements.resize(start + length, padding);
         last = Some(end - 1);
@@ -129,11 +129,7 @@ pub(super) fn build<const N: usize>(
                 | (((d - 1) as u32) << RUN_FIRST_PROBE_SHIFT_V4),
         );
     }
-    Ok(SourceTable {
-        directory: DIRECTORY,
-        elements,
-        classes,
-    })
+    DIRECTORY
 }
 
 /// What the program finds for `key` in `elements` (a table's elements end to end,

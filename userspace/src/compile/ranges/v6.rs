@@ -9,9 +9,9 @@ use airlock_common::{
     SourceRangeV6,
 };
 
-use super::{Classes, Directory, PrefixEntry, RangeItem, SourceTable, TooManyClasses};
+use super::{Directory, Out, RangeItem};
 
-const SLOTS: usize = 1 << DIRECTORY_BITS_V6;
+pub(super) const SLOTS: usize = 1 << DIRECTORY_BITS_V6;
 /// Words per chunk (and in the preallocated value).
 const CHUNK: usize = INLINE_TABLE_V6 as usize;
 const MASK: u64 = INLINE_TABLE_V6 as u64 - 1;
@@ -20,7 +20,7 @@ const CLASS_MASK: u64 = (1 << RANGE_CLASS_BITS_V6) - 1;
 
 /// A range while the table is made: first address and class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct Piece {
+pub struct Piece {
     start: u128,
     class: u32,
 }
@@ -95,19 +95,16 @@ fn set_slot(elements: &mut [SourceRangeV6], slot: usize, value: u32) {
     *word = (*word & !(0xffff_ffff << shift)) | (u64::from(value) << shift);
 }
 
-/// The IPv6 table of `entries`: the directory and its two slots outside the
-/// window, then the runs (from word 2^18 + 1, right after them in the
-/// preallocated value, or, with `capacity` below the preallocated value's words
-/// (tests of chunks), from the first chunk).
-pub(super) fn build<const N: usize>(
-    entries: &[PrefixEntry<N>],
+/// The IPv6 table of `pieces` laid out into `elements`: the directory and its
+/// two slots outside the window, then the runs (from word 2^18 + 1, right after
+/// them in the preallocated value, or, with `capacity` below the preallocated
+/// value's words (tests of chunks), from the first chunk).
+pub(super) fn lay_out<E: Out<SourceRangeV6>>(
+    pieces: &[Piece],
     capacity: usize,
-) -> Result<SourceTable<SourceRangeV6>, TooManyClasses> {
-    let mut classes = Classes::default();
-    let mut pieces: Vec<Piece> = Vec::new();
-    super::ranges(entries, &mut pieces, |value| classes.intern(value));
-    let classes = classes.into_entries("IPv6")?;
-    let (start, shared) = window(&pieces);
+    elements: &mut E,
+) -> Directory {
+    let (start, shared) = window(pieces);
     let prefix = shared + DIRECTORY_BITS_V6;
     // Address bits below a slot's prefix.
     let span = 128 - prefix;
@@ -117,22 +114,22 @@ pub(super) fn build<const N: usize>(
     } else {
         CHUNK
     };
-    let mut elements = Vec::with_capacity(first_run + 2 * pieces.len());
+    elements.reserve(first_run + 2 * pieces.len());
     elements.resize(first_run, SourceRangeV6::default());
     // Below the window, and above it (when the window is everything, neither
     // slot is read).
     let end = start | !keep(shared);
-    let below = class_at(&pieces, start.wrapping_sub(1));
-    let above = class_at(&pieces, end.wrapping_add(1));
-    set_slot(&mut elements, SLOTS, SLOT_ANSWER_V6 | below);
-    set_slot(&mut elements, SLOTS + 1, SLOT_ANSWER_V6 | above);
+    let below = class_at(pieces, start.wrapping_sub(1));
+    let above = class_at(pieces, end.wrapping_add(1));
+    set_slot(elements, SLOTS, SLOT_ANSWER_V6 | below);
+    set_slot(elements, SLOTS + 1, SLOT_ANSWER_V6 | above);
     // `at`: the piece holding the slot's first address; `last`: the piece whose
     // range ends `elements`, and whether it is wide, if any (a run may begin
     // with it).
     let mut at = 0;
     let mut last = None;
     let mut slot = 0;
-    while slot < SLOTS {
+    while slot < SLOTS && !elements.full() {
         let first = start + ((slot as u128) << span);
         let slot_last = first + ((1u128 << span) - 1);
         while at + 1 < pieces.len() && pieces[at + 1].start <= first {
@@ -151,7 +148,7 @@ pub(super) fn build<const N: usize>(
             });
             let answer = SLOT_ANSWER_V6 | pieces[at].class;
             for within in slot..next.max(slot + 1) {
-                set_slot(&mut elements, within, answer);
+                set_slot(elements, within, answer);
             }
             slot = next.max(slot + 1);
             continue;
@@ -161,10 +158,10 @@ pub(super) fn build<const N: usize>(
         let is_wide = pieces[at + 1..end].iter().any(|p| p.start as u64 != 0);
         let width = if is_wide { 2 } else { 1 };
         let words = width << k;
-        let push = |elements: &mut Vec<SourceRangeV6>, piece: Piece| {
+        let push = |elements: &mut E, piece: Piece| {
             if is_wide {
                 let [high, low] = wide(piece, prefix);
-                elements.extend([SourceRangeV6(high), SourceRangeV6(low)]);
+                elements.push_all([SourceRangeV6(high), SourceRangeV6(low)]);
             } else {
                 elements.push(SourceRangeV6(compact(piece, prefix)));
             }
@@ -177,33 +174,29 @@ pub(super) fn build<const N: usize>(
                 run = (run / CHUNK + 1) * CHUNK;
                 elements.resize(run, SourceRangeV6::default());
             }
-            push(&mut elements, pieces[at]);
+            push(elements, pieces[at]);
         }
         for &piece in &pieces[at + 1..end] {
-            push(&mut elements, piece);
+            push(elements, piece);
         }
         while elements.len() < run + words {
-            push(&mut elements, pieces[end - 1]);
+            push(elements, pieces[end - 1]);
         }
         last = Some((end - 1, is_wide));
         debug_assert!(run as u32 <= RUN_INDEX_MASK_V6);
         let flag = if is_wide { RUN_WIDE_V6 } else { 0 };
         set_slot(
-            &mut elements,
+            elements,
             slot,
             run as u32 | (k << RUN_HALVINGS_SHIFT_V6) | flag,
         );
         slot += 1;
     }
-    Ok(SourceTable {
-        directory: Directory {
-            bits: DIRECTORY_BITS_V6,
-            base: (start >> 64) as u64,
-            shift: 64 - prefix,
-        },
-        elements,
-        classes,
-    })
+    Directory {
+        bits: DIRECTORY_BITS_V6,
+        base: (start >> 64) as u64,
+        shift: 64 - prefix,
+    }
 }
 
 /// What the program finds for `key` in `elements` (a table's words end to end,

@@ -12,7 +12,7 @@ use super::{LoaderError, PolicyMaps, map_err};
 use crate::{
     compile::{
         PrefixEntry,
-        ranges::{self, Directory},
+        ranges::{self, Directory, SourceTable},
     },
     loader::{
         meta::PolicySummary,
@@ -88,8 +88,43 @@ impl PolicyMaps {
     /// The source prefixes of `generation`, read back from its tables in canonical
     /// form, sorted by address: empty for a table never written.
     pub fn generation_prefixes(&self, generation: u32) -> Result<SourcePrefixes, LoaderError> {
+        let (v4, v6) = self.generation_tables(generation)?;
+        let v4 = match v4 {
+            Some(table) => {
+                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V4))?
+            }
+            None => Vec::new(),
+        };
+        let v6 = match v6 {
+            Some(table) => {
+                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V6))?
+            }
+            None => Vec::new(),
+        };
+        Ok((v4, v6))
+    }
+
+    /// `generation`'s IPv4 and IPv6 source tables as the kernel holds them: the
+    /// elements its config counts, its directory and its classes (None for a
+    /// table never written).
+    #[allow(clippy::type_complexity)]
+    pub fn generation_tables(
+        &self,
+        generation: u32,
+    ) -> Result<
+        (
+            Option<SourceTable<SourceRangeV4>>,
+            Option<SourceTable<SourceRangeV6>>,
+        ),
+        LoaderError,
+    > {
         let generation = generation & 1;
         let config = self.config(generation)?;
+        let classes = |offset, count: u32| {
+            let count = (count as usize).min(MAX_CLASSES as usize);
+            self.read_policy::<SourceEntry>(generation, offset, count)
+                .map_err(|e| LoaderError::io("reading the source classes in", MAP_POLICY, e))
+        };
         let v4 = match self.src_v4.read(
             generation,
             Directory {
@@ -100,13 +135,10 @@ impl PolicyMaps {
             config.table_len_v4,
         )? {
             Some(mut table) => {
-                let count = (config.classes_v4 as usize).min(MAX_CLASSES as usize);
-                table.classes = self
-                    .read_policy::<SourceEntry>(generation, POLICY_CLASSES_V4_OFFSET, count)
-                    .map_err(|e| LoaderError::io("reading the source classes in", MAP_POLICY, e))?;
-                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V4))?
+                table.classes = classes(POLICY_CLASSES_V4_OFFSET, config.classes_v4)?;
+                Some(table)
             }
-            None => Vec::new(),
+            None => None,
         };
         let v6 = match self.src_v6.read(
             generation,
@@ -118,13 +150,10 @@ impl PolicyMaps {
             config.table_len_v6,
         )? {
             Some(mut table) => {
-                let count = (config.classes_v6 as usize).min(MAX_CLASSES as usize);
-                table.classes = self
-                    .read_policy::<SourceEntry>(generation, POLICY_CLASSES_V6_OFFSET, count)
-                    .map_err(|e| LoaderError::io("reading the source classes in", MAP_POLICY, e))?;
-                ranges::prefixes(&table).ok_or(LoaderError::MalformedSourceTable(MAP_SRC_V6))?
+                table.classes = classes(POLICY_CLASSES_V6_OFFSET, config.classes_v6)?;
+                Some(table)
             }
-            None => Vec::new(),
+            None => None,
         };
         Ok((v4, v6))
     }
