@@ -648,14 +648,14 @@ fn tables_laid_out_in_the_map_are_those_built_from_scratch() {
     let mut rng = StdRng::seed_from_u64(0x1a1d_0000);
     let mut h = Harness::new();
     // Disjoint hosts make two ranges each: 20k fit the preallocated values;
-    // 800k look as if they might (their ranges past the directory are fewer
+    // 950k look as if they might (their ranges past the directory are fewer
     // than IPv4's two values per generation hold, 2^21 elements) until the
     // runs are laid out.
     let mut before: Option<(SourceTable<SourceRangeV4>, SourceTable<SourceRangeV6>)> = None;
     for (round, hosts, placement) in [
         (0, 20_000, "preallocated"),
         (1, 15_000, "preallocated"),
-        (2, 800_000, "chunks"),
+        (2, 950_000, "chunks"),
         (3, 20_000, "preallocated"),
         (4, 18_000, "preallocated"),
     ] {
