@@ -88,7 +88,7 @@ impl MapSource<'_> {
     ) -> Result<Tables<R>, LoaderError> {
         let map = self.take_array_data(preallocated)?;
         Ok(Tables {
-            values: super::source_tables::values_per_generation(&map),
+            values: super::source_tables::values_per_generation(&map, preallocated)?,
             preallocated: map,
             chunks: self.take_map(chunks)?,
             capacity,

@@ -300,12 +300,27 @@ fn write_elements_preallocated<R: Element>(
         .map_err(|e| LoaderError::io("filling a source table of", name, e))
 }
 
-/// Values of a preallocated table map per generation (1 if it cannot say).
-pub(crate) fn values_per_generation(map: &MapData) -> usize {
-    map.info()
-        .map(|info| (info.max_entries() / GENERATIONS) as usize)
-        .unwrap_or(1)
-        .max(1)
+/// Values of a preallocated table map per generation. An error, not a guess,
+/// when the kernel cannot say: a wrong count would put one generation's table
+/// in the other's values.
+pub(crate) fn values_per_generation(
+    map: &MapData,
+    name: &'static str,
+) -> Result<usize, LoaderError> {
+    let entries = map
+        .info()
+        .map_err(|source| LoaderError::Map { name, source })?
+        .max_entries();
+    if entries == 0 || entries % GENERATIONS != 0 {
+        return Err(LoaderError::Map {
+            name,
+            source: MapError::OutOfBounds {
+                index: GENERATIONS,
+                max_entries: entries,
+            },
+        });
+    }
+    Ok((entries / GENERATIONS) as usize)
 }
 
 /// Elements `R` per generation of a preallocated table map (its value size).
