@@ -22,7 +22,9 @@ use serde::Serialize;
 
 use crate::policy::{AddrSet, DefaultAction, Mode, Policy, Proto, SourceGroup};
 pub use ports::PortMap;
-pub use prebuilt::{Plans, Prebuilt, Tables, build_tables, plan_tables};
+#[cfg(test)]
+use prebuilt::build_tables;
+pub use prebuilt::{Plans, Prebuilt, plan_tables};
 
 /// One compiled prefix: `addr/prefix_len` → `value`, matched longest-first (the
 /// loader lowers these into source tables, see [`ranges`]).

@@ -14,28 +14,32 @@ use std::sync::{Mutex, PoisonError};
 
 use airlock_common::{SourceRangeV4, SourceRangeV6};
 
-use super::ranges::{self, Plan, SourceTable, TooManyClasses};
+use super::ranges::{self, Plan, TooManyClasses};
 
 use super::{Compiled, PrefixEntry};
-
-/// Both families' tables, as one build of [`build_tables`] makes them.
-pub type Tables = Result<(SourceTable<SourceRangeV4>, SourceTable<SourceRangeV6>), TooManyClasses>;
 
 /// Both families' plans, as [`plan_tables`] makes them.
 pub type Plans = Result<(Plan<SourceRangeV4>, Plan<SourceRangeV6>), TooManyClasses>;
 
-/// Both families' tables of `v4` and `v6`, each made to fit `capacity` elements
-/// of its preallocated map if it can, built side by side.
-pub fn build_tables(
+/// Both families' tables of `v4` and `v6` built from scratch, each made to fit
+/// `capacity` elements of its preallocated map if it can: what the plans must
+/// lay out (tests only; an apply lays out its plans, [`Prebuilt::take_or_plan`]).
+#[cfg(test)]
+pub(crate) fn build_tables(
     v4: &[PrefixEntry<4>],
     v6: &[PrefixEntry<16>],
     capacity: (usize, usize),
-) -> Tables {
-    let (v4, v6) = crate::parallel::join(
-        || ranges::table(v4, capacity.0),
-        || ranges::table(v6, capacity.1),
-    );
-    Ok((v4?, v6?))
+) -> Result<
+    (
+        ranges::SourceTable<SourceRangeV4>,
+        ranges::SourceTable<SourceRangeV6>,
+    ),
+    TooManyClasses,
+> {
+    Ok((
+        ranges::table(v4, capacity.0)?,
+        ranges::table(v6, capacity.1)?,
+    ))
 }
 
 /// Both families' plans of `v4` and `v6`, made side by side.

@@ -307,7 +307,8 @@ impl PolicyMaps {
         );
         // A family the policy in force had to put in chunks is laid out in a
         // vector, not tried in the preallocated map first (a table that size
-        // rarely shrinks below it in one apply).
+        // rarely shrinks below it in one apply). Only a shortcut: a config that
+        // cannot be read costs a try that overflows and falls back the same way.
         let in_force = self
             .config(1 - generation)
             .ok()
