@@ -98,6 +98,12 @@ pub enum TunnelError {
 /// The tunnel devices of this network namespace that would carry decapsulated
 /// traffic past the filters on `filtered` under `policy`.
 pub fn uncovered(policy: &Policy, filtered: &[String]) -> Result<Vec<TunnelWarning>, TunnelError> {
+    // Under `default: drop` every tunnel's outer packets are restricted
+    // (`outer_restricted`), so no device can be uncovered: the link dump, a
+    // netlink round trip on the apply's main thread, would find nothing to say.
+    if policy.default == DefaultAction::Drop {
+        return Ok(Vec::new());
+    }
     Ok(uncovered_among(policy, filtered, &tunnels()?))
 }
 
