@@ -2,130 +2,89 @@
 //! connection hash table. A `SOCK_DIAG_BY_FAMILY` dump names one family, and the
 //! kernel walks the whole table (shared by IPv4 and IPv6, and by every namespace)
 //! for each; the older `TCPDIAG_GETSOCK` request, which the kernel still answers
-//! through the same code, dumps every family at once. Neither message is in the
-//! netlink crates, so both are laid out here (`linux/inet_diag.h`).
+//! through the same code, dumps every family at once (`inet_diag_dump_compat`
+//! asks for `AF_UNSPEC`). netlink-packet-sock-diag has the answer's layout, not
+//! that request: [`Compat`] lays the request out (`struct inet_diag_req`,
+//! `linux/inet_diag.h`) and hands the answers to the crate's parser.
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+use std::io;
+
+use netlink_packet_core::{
+    DecodeError, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, Parseable,
 };
+use netlink_packet_sock_diag::inet::InetResponseHeader;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use super::{TcpSocket, canonical, listeners};
 
-use super::{ESTABLISHED, TcpSocket, canonical};
-
-/// `TCPDIAG_GETSOCK`: the request, and the type of each socket's answer.
+/// `TCPDIAG_GETSOCK`: the request's message type, and each answer's.
 const TCPDIAG_GETSOCK: u16 = 18;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_HEADER: usize = 16;
-/// `struct inet_diag_req`: family, two prefix lengths and the extensions (a
-/// byte each), the socket id (48 bytes), the state mask and `idiag_dbs`.
-const REQUEST: usize = 4 + SOCKET_ID + 4 + 4;
-/// `struct inet_diag_sockid`: ports (big-endian), source and destination
-/// address (16 bytes each), interface, cookie.
+/// `struct inet_diag_sockid`: ports, source and destination address (16 bytes
+/// each), interface, cookie.
 const SOCKET_ID: usize = 2 + 2 + 16 + 16 + 4 + 8;
-/// `struct inet_diag_msg` up to the end of its socket id: family, state, timer,
-/// retransmits (a byte each), then the id.
-const ANSWER: usize = 4 + SOCKET_ID;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
+/// `struct inet_diag_req`: family, the two prefix lengths and the extensions (a
+/// byte each), the socket id (zeros: any), the state mask and `idiag_dbs`.
+const REQUEST: usize = 4 + SOCKET_ID + 4 + 4;
 /// `1 << TCP_ESTABLISHED`.
 const ESTABLISHED_MASK: u32 = 1 << 1;
+const AF_INET: u8 = 2;
+
+/// A `TCPDIAG_GETSOCK` message: the dump request, or one socket's answer.
+#[derive(Debug)]
+enum Compat {
+    Request,
+    Socket(InetResponseHeader),
+}
+
+impl NetlinkSerializable for Compat {
+    fn message_type(&self) -> u16 {
+        TCPDIAG_GETSOCK
+    }
+
+    fn buffer_len(&self) -> usize {
+        REQUEST
+    }
+
+    /// Only the request is ever sent. Its family is not looked at by a dump;
+    /// established connections only.
+    fn serialize(&self, buffer: &mut [u8]) {
+        buffer.fill(0);
+        buffer[0] = AF_INET;
+        buffer[4 + SOCKET_ID..][..4].copy_from_slice(&ESTABLISHED_MASK.to_ne_bytes());
+    }
+}
+
+impl NetlinkDeserializable for Compat {
+    type Error = DecodeError;
+
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
+        if header.message_type != TCPDIAG_GETSOCK {
+            return Err(DecodeError::from(format!(
+                "sock_diag answered a message of type {}",
+                header.message_type
+            )));
+        }
+        InetResponseHeader::parse(payload).map(Compat::Socket)
+    }
+}
 
 /// Every established TCP connection of this network namespace, IPv4 and IPv6,
 /// from one `TCPDIAG_GETSOCK` dump.
 pub(super) fn both_families() -> io::Result<Vec<TcpSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    socket.send(&request(), 0)?;
-    let mut found = Vec::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let size = socket.recv(&mut &mut buffer[..], 0)?;
-        if size == 0 {
-            return Ok(found);
+    listeners::dump_with(Compat::Request, |answer| match answer {
+        Compat::Socket(header) => {
+            let id = header.socket_id;
+            Some(TcpSocket {
+                local: canonical(id.source_address),
+                local_port: id.source_port,
+                peer: canonical(id.destination_address),
+                peer_port: id.destination_port,
+                // The kernel's own state, which the request's mask asked to be
+                // established (the test holds it to that).
+                state: header.state,
+            })
         }
-        let mut messages = &buffer[..size];
-        while messages.len() >= NLMSG_HEADER {
-            let length = u32::from_ne_bytes(messages[0..4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(messages[4..6].try_into().expect("2 bytes"));
-            if length < NLMSG_HEADER || length > messages.len() {
-                return Err(invalid("a message longer than the datagram"));
-            }
-            let payload = &messages[NLMSG_HEADER..length];
-            match kind {
-                NLMSG_DONE => return Ok(found),
-                NLMSG_ERROR => {
-                    let code = payload
-                        .get(0..4)
-                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                        .ok_or_else(|| invalid("a short error message"))?;
-                    return match code {
-                        0 => Ok(found),
-                        code => Err(io::Error::from_raw_os_error(-code)),
-                    };
-                }
-                TCPDIAG_GETSOCK => found.push(answer(payload)?),
-                _ => {}
-            }
-            // Messages are 4-byte aligned.
-            messages = messages
-                .get(length.next_multiple_of(4)..)
-                .unwrap_or_default();
-        }
-    }
-}
-
-/// The dump request: every family (the request's own is not looked at by a
-/// dump), established connections only.
-fn request() -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(NLMSG_HEADER + REQUEST);
-    bytes.extend_from_slice(&((NLMSG_HEADER + REQUEST) as u32).to_ne_bytes());
-    bytes.extend_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
-    bytes.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    bytes.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    bytes.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
-    bytes.extend_from_slice(&[AF_INET, 0, 0, 0]);
-    bytes.extend_from_slice(&[0; SOCKET_ID]);
-    bytes.extend_from_slice(&ESTABLISHED_MASK.to_ne_bytes());
-    bytes.extend_from_slice(&0u32.to_ne_bytes());
-    bytes
-}
-
-/// One socket's `struct inet_diag_msg`.
-fn answer(payload: &[u8]) -> io::Result<TcpSocket> {
-    let message = payload
-        .get(..ANSWER)
-        .ok_or_else(|| invalid("a short socket message"))?;
-    let port = |at: usize| u16::from_be_bytes([message[at], message[at + 1]]);
-    let address = |at: usize| -> io::Result<IpAddr> {
-        let bytes: [u8; 16] = message[at..at + 16].try_into().expect("16 bytes");
-        match message[0] {
-            AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ))),
-            AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
-            _ => Err(invalid("a socket of neither IPv4 nor IPv6")),
-        }
-    };
-    Ok(TcpSocket {
-        local: canonical(address(8)?),
-        local_port: port(4),
-        peer: canonical(address(24)?),
-        peer_port: port(6),
-        state: ESTABLISHED,
+        Compat::Request => None,
     })
-}
-
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("sock_diag answered {what}"),
-    )
 }
 
 #[cfg(test)]
@@ -133,6 +92,7 @@ mod tests {
     use std::net::{SocketAddr, TcpListener, TcpStream};
 
     use super::*;
+    use crate::sockets::ESTABLISHED;
 
     /// Connections this process holds over loopback, one per family (sock_diag
     /// lists the caller's namespace to anyone): the one dump finds each with

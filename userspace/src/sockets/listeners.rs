@@ -7,7 +7,8 @@
 use std::{io, net::IpAddr};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,
@@ -97,27 +98,39 @@ fn listener_of(proto: Proto, response: &InetResponse) -> Listener {
 
 /// One sock_diag dump: the sockets of `family` and `protocol` in `states`.
 pub(super) fn dump(family: u8, protocol: u8, states: StateFlags) -> io::Result<Vec<InetResponse>> {
+    let request = SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol,
+        extensions: ExtensionFlags::empty(),
+        states,
+        socket_id: if family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        },
+    });
+    dump_with(request, |answer| match answer {
+        SockDiagMessage::InetResponse(response) => Some(*response),
+        _ => None,
+    })
+}
+
+/// Sends `request` as a sock_diag dump and keeps what `keep` makes of each
+/// answer, until the kernel says the dump is done.
+pub(super) fn dump_with<M, T>(
+    request: M,
+    mut keep: impl FnMut(M) -> Option<T>,
+) -> io::Result<Vec<T>>
+where
+    M: NetlinkSerializable + NetlinkDeserializable,
+{
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = 1;
-    let mut message = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol,
-            extensions: ExtensionFlags::empty(),
-            states,
-            socket_id: if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            },
-        })
-        .into(),
-    );
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
     message.finalize();
     let mut bytes = vec![0; message.buffer_len()];
     message.serialize(&mut bytes);
@@ -132,14 +145,11 @@ pub(super) fn dump(family: u8, protocol: u8, states: StateFlags) -> io::Result<V
         }
         let mut offset = 0;
         while offset < size {
-            let reply: NetlinkMessage<SockDiagMessage> =
-                NetlinkMessage::deserialize(&buffer[offset..size])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let reply: NetlinkMessage<M> = NetlinkMessage::deserialize(&buffer[offset..size])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             let length = reply.header.length as usize;
             match reply.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    found.push(*response);
-                }
+                NetlinkPayload::InnerMessage(answer) => found.extend(keep(answer)),
                 NetlinkPayload::Done(_) => return Ok(found),
                 NetlinkPayload::Error(error) => {
                     return match error.code {
