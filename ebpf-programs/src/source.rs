@@ -71,9 +71,12 @@ fn class_v4(generation: u32, key: u32) -> Option<u32> {
 /// table's runs) is searched by the same steps written out, from its first
 /// element checked once to leave room for the run in the value: each load is
 /// then at an offset from that one pointer, not masked and scaled on its own,
-/// and no loop counter is kept (as IPv6's runs of four, session 18). Longer
-/// runs, and the rare run too close to the end of its value for the check,
-/// take the loop; both read the same elements in the same order.
+/// and no loop counter is kept (as IPv6's runs of four, session 18). Its last
+/// step loads the element it stands on beside the one it compares and keeps
+/// one of the two by a mask (`last_step`): the answer is not one more load
+/// waiting on that comparison, `k + 1` dependent loads from the slot, not
+/// `k + 2`. Longer runs, and the rare run too close to the end of its value
+/// for the check, take the loop; both find the same element.
 #[inline(always)]
 fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
     let mask = u64::from(INLINE_TABLE_V4 - 1);
@@ -96,6 +99,9 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
         unsafe {
             let mut at: *const u32 = table.as_ptr().add(base as usize).cast();
             let probe_bytes = first_probe * 4;
+            if halvings == 0 {
+                return last_step(*at, *at.byte_add(probe_bytes as usize), bound);
+            }
             at = at.byte_add(
                 (before_mask(u64::from(*at.byte_add(probe_bytes as usize)), bound) & probe_bytes)
                     as usize,
@@ -106,10 +112,7 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
             if halvings >= 2 {
                 at = at.byte_add((before_mask(u64::from(*at.add(2)), bound) & 8) as usize);
             }
-            if halvings >= 1 {
-                at = at.byte_add((before_mask(u64::from(*at.add(1)), bound) & 4) as usize);
-            }
-            return *at;
+            return last_step(*at, *at.add(1), bound);
         }
     }
     base += step_if_before(
@@ -123,6 +126,17 @@ fn search_v4(table: &TableV4, slot: u64, key: u32) -> u32 {
         step >>= 1;
     }
     table[(base & mask) as usize].0
+}
+
+/// The last step of a written-out search: `after` if it starts at or before
+/// the address (below `bound`), else `at`. Both are loaded together and one
+/// chosen by a mask, so the answer is not a further load that waits on the
+/// step's comparison.
+#[inline(always)]
+fn last_step(at: u32, after: u32, bound: u64) -> u32 {
+    let at = u64::from(at);
+    let after = u64::from(after);
+    (at ^ ((at ^ after) & before_mask(after, bound))) as u32
 }
 
 /// Elements the written-out IPv4 search may read from a run's first: the

@@ -136,9 +136,10 @@ pub(super) fn lay_out(
 /// chunk `c` from element `c * 2^20`), step for step as
 /// ebpf-programs/src/source.rs does: the element whose low 16 bits are the
 /// class. None where the program would read outside the table. (The program
-/// writes out the search of a run of up to 16 elements, and finds chunk 1 in
-/// its generation's second preallocated value: it reads the same elements in
-/// the same order.)
+/// writes out the search of a run of up to 16 elements, its last step choosing
+/// between two elements it loads together rather than loading the one chosen,
+/// and finds chunk 1 in its generation's second preallocated value: it compares
+/// the same elements in the same order.)
 pub(super) fn find(elements: &[SourceRangeV4], key: u32) -> Option<u32> {
     let slot = elements.get((key >> DIRECTORY_SHIFT_V4) as usize)?.0;
     if slot & SLOT_ANSWER_V4 != 0 {
