@@ -138,30 +138,34 @@ fn sets_in_use(policy: &Policy) -> Vec<(&AddrSet, u128)> {
     out
 }
 
-/// Prefix counts per family of each of the given sets, by identity.
-fn count(sets: &[(&AddrSet, u128)]) -> HashMap<*const AddrSet, FamilyCounts> {
-    sets.iter()
-        .map(|(set, _)| (std::ptr::from_ref(*set), FamilyCounts::of_set(set)))
-        .collect()
-}
-
-/// Every (cidr or except) occurrence of the sets in one family, as keys: `key`
-/// makes one from a network of that family, and answers None for the other's.
+/// Every (cidr or except) occurrence of the sets in one family, as keys, and
+/// how many of them each set has: `key` makes one from a network of that
+/// family, and answers None for the other's. The counts are those of the pass
+/// that makes the keys (a pass of their own over a large list cost 2-3 ms
+/// before both folds could start).
 fn keys<K: Key>(
     sets: &[(&AddrSet, u128)],
-    capacity: usize,
     key: impl Fn(&IpNet, usize, bool) -> Option<K>,
-) -> Vec<K> {
+) -> (Vec<K>, Vec<usize>) {
+    // Room for every network of every set: the other family's share is
+    // reserved but never written, so it never becomes resident.
+    let capacity = sets
+        .iter()
+        .map(|(set, _)| set.cidrs.len() + set.except.len())
+        .sum();
     let mut out = Vec::with_capacity(capacity);
+    let mut counts = Vec::with_capacity(sets.len());
     for (id, (set, _)) in sets.iter().enumerate() {
+        let before = out.len();
         let tagged = set
             .cidrs
             .iter()
             .map(|n| (n, false))
             .chain(set.except.iter().map(|n| (n, true)));
         out.extend(tagged.filter_map(|(net, except)| key(net, id, except)));
+        counts.push(out.len() - before);
     }
-    out
+    (out, counts)
 }
 
 fn packed_v4(net: &IpNet, set: usize, except: bool) -> Option<u64> {
@@ -208,10 +212,10 @@ pub(crate) fn fold_then<A: Send, B: Send>(
 ) -> (Folded, A, B) {
     let sets = sets_in_use(policy);
     let masks: Vec<u128> = sets.iter().map(|(_, m)| *m).collect();
-    let set_counts = count(&sets);
-    let (n4, n6) = set_counts
-        .values()
-        .fold((0, 0), |(v4, v6), c| (v4 + c.v4, v6 + c.v6));
+    let networks: usize = sets
+        .iter()
+        .map(|(set, _)| set.cidrs.len() + set.except.len())
+        .sum();
     let (sets, masks) = (&sets, &masks);
     // Each family's keys are made on the thread that folds them: one pass over the
     // lists per family, but none ahead of both folds.
@@ -221,14 +225,16 @@ pub(crate) fn fold_then<A: Send, B: Send>(
             prefix_len: len,
             value,
         };
-        let folded = if sets.len() as u64 <= V4_SET_MAX {
-            fold_family(keys(sets, n4, packed_v4), 32, masks, prune, entry)
+        let (folded, counts) = if sets.len() as u64 <= V4_SET_MAX {
+            let (keys, counts) = keys(sets, packed_v4);
+            (fold_family(keys, 32, masks, prune, entry), counts)
         } else {
             // Millions of sets: never in practice, but still correct.
-            fold_family(keys(sets, n4, wide_v4), 32, masks, prune, entry)
+            let (keys, counts) = keys(sets, wide_v4);
+            (fold_family(keys, 32, masks, prune, entry), counts)
         };
         let after = then_v4(&folded.0);
-        (folded, after)
+        (folded, after, counts)
     };
     let fold_v6 = || {
         let entry = |a: u128, len, value| PrefixEntry {
@@ -236,19 +242,27 @@ pub(crate) fn fold_then<A: Send, B: Send>(
             prefix_len: len,
             value,
         };
-        let folded = fold_family(keys(sets, n6, wide_v6), 128, masks, prune, entry);
+        let (keys, counts) = keys(sets, wide_v6);
+        let folded = fold_family(keys, 128, masks, prune, entry);
         let after = then_v6(&folded.0);
-        (folded, after)
+        (folded, after, counts)
     };
-    // The families are independent: fold a large IPv6 table on a second thread.
+    // The families are independent: fold a large policy's on two threads (each
+    // reads every list for its family's networks, so a policy of one family
+    // still has its pass over the lists shared out).
     let (
-        ((v4, distinct_v4, classes_v4, flagged_v4), after_v4),
-        ((v6, distinct_v6, classes_v6, flagged_v6), after_v6),
-    ) = if n6 < 10_000 {
+        ((v4, distinct_v4, classes_v4, flagged_v4), after_v4, counts_v4),
+        ((v6, distinct_v6, classes_v6, flagged_v6), after_v6, counts_v6),
+    ) = if networks < 10_000 {
         (fold_v4(), fold_v6())
     } else {
         crate::parallel::join(fold_v4, fold_v6)
     };
+    let set_counts = sets
+        .iter()
+        .zip(counts_v4.iter().zip(&counts_v6))
+        .map(|((set, _), (&v4, &v6))| (std::ptr::from_ref(*set), FamilyCounts { v4, v6 }))
+        .collect();
     let folded = Folded {
         v4,
         v6,

@@ -18,12 +18,17 @@ const MASK: u64 = INLINE_TABLE_V6 as u64 - 1;
 /// A range's class bits.
 const CLASS_MASK: u64 = (1 << RANGE_CLASS_BITS_V6) - 1;
 
-/// A range while the table is made: first address and class.
+/// A range while the table is made: first address and class. Aligned to 8,
+/// not to the address's 16: 24 bytes, not 32 (a plan at a million prefixes
+/// holds half a million of them, each new memory on every apply).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, packed(8))]
 pub struct Piece {
     start: u128,
     class: u32,
 }
+
+const _: () = assert!(size_of::<Piece>() == 24);
 
 impl RangeItem for Piece {
     type Answer = u32;
@@ -114,7 +119,12 @@ pub(super) fn lay_out<E: Out<SourceRangeV6>>(
     } else {
         CHUNK
     };
-    elements.reserve(first_run + 2 * pieces.len());
+    // Room for the worst case (each run padded to twice its ranges, two words
+    // each), so a vector never regrows: regrowing copies the table into fresh
+    // memory, about 10 MiB more zeroed and copied at a million prefixes (the
+    // fresh pages are most of a re-apply's variance, docs/performance.md).
+    // Memory reserved and never written costs nothing.
+    elements.reserve(first_run + 4 * pieces.len() + CHUNK);
     elements.resize(first_run, SourceRangeV6::default());
     // Below the window, and above it (when the window is everything, neither
     // slot is read).
