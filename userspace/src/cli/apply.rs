@@ -103,6 +103,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )?;
         return Ok(ExitCode::SUCCESS);
     }
+    // Nothing reads the policy's networks any more (the compile, the checks,
+    // the summary and the tunnel warning are done): the write reads the compiled
+    // entries alone. They go now, not at exit, and the heap's free memory with
+    // them (mimalloc keeps what the parse, the fold and these networks freed for
+    // reuse), so the write's peak does not stack on them: at a million prefixes,
+    // the first apply's peak RSS fell from 139-179 to 106-132 MiB.
+    let mut prepared = prepared;
+    release_networks(&mut prepared.plan.policy);
+    // SAFETY: mi_collect only returns memory mimalloc holds free.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
     let applied = prepared.commit()?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
     if let Some(pending) = &applied.pending {
@@ -120,4 +132,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.output,
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Drops `policy`'s sets, and every group's references to them so that the
+/// shared sets are freed; its rules keep their names and ports.
+fn release_networks(policy: &mut policy::Policy) {
+    policy.sets.clear();
+    policy.management.sets.clear();
+    policy.deny.sets.clear();
+    for rule in &mut policy.rules {
+        rule.from.sets.clear();
+    }
 }
