@@ -119,11 +119,13 @@ pub(super) fn lay_out<E: Out<SourceRangeV6>>(
     } else {
         CHUNK
     };
-    // Room for the worst case (each run padded to twice its ranges, two words
-    // each), so a vector never regrows: regrowing copies the table into fresh
-    // memory, about 10 MiB more zeroed and copied at a million prefixes (the
-    // fresh pages are most of a re-apply's variance, docs/performance.md).
-    // Memory reserved and never written costs nothing.
+    // Room for a run padded to twice its ranges at two words each, so that a
+    // vector does not regrow at the sizes measured: regrowing copies the table
+    // into fresh memory, about 10 MiB more zeroed and copied at a million
+    // prefixes (fresh pages are most of a re-apply's variance,
+    // docs/performance.md). Not a bound: runs that repeat a range of the slot
+    // before, or skip to a chunk's start, can take more, and the vector then
+    // grows as it did. Memory reserved and never written costs nothing.
     elements.reserve(first_run + 4 * pieces.len() + CHUNK);
     elements.resize(first_run, SourceRangeV6::default());
     // Below the window, and above it (when the window is everything, neither
