@@ -66,9 +66,17 @@ impl Drop for Session {
 /// Waits for the entries being written.
 pub(crate) fn wait_for_writers() {
     let writers = std::mem::take(&mut *WRITERS.lock().unwrap_or_else(|e| e.into_inner()));
+    if writers.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
     for writer in writers {
         let _ = writer.join();
     }
+    tracing::debug!(
+        us = started.elapsed().as_micros() as u64,
+        "import cache writers joined"
+    );
 }
 
 /// No cache for this thread's policy loads (tests).
@@ -261,6 +269,7 @@ impl EntryWriter {
     fn start(dir: PathBuf, key: String, text: Arc<String>, v4: usize, v6: usize) -> EntryWriter {
         let (sender, receiver) = std::sync::mpsc::channel();
         let (give_back, returned) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
         spawn(move || {
             let result = (|| {
                 let mut file = EntryFile::create(&dir, &key, &text, (v4, v6))?;
@@ -277,6 +286,10 @@ impl EntryWriter {
                 Ok(false)
             })();
             log_written(result);
+            tracing::debug!(
+                us = started.elapsed().as_micros() as u64,
+                "import cache entry written"
+            );
         });
         EntryWriter {
             sender: Some(sender),
@@ -285,10 +298,17 @@ impl EntryWriter {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
-        self.chunk.extend_from_slice(bytes);
-        if self.chunk.len() >= CHUNK {
-            self.send();
+    /// Queues `bytes` (a key, or a run of the old entry's keys), sent a
+    /// [`CHUNK`] at a time.
+    fn push(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let room = CHUNK.saturating_sub(self.chunk.len()).max(1);
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            self.chunk.extend_from_slice(now);
+            bytes = later;
+            if self.chunk.len() >= CHUNK {
+                self.send();
+            }
         }
     }
 
@@ -410,8 +430,9 @@ impl Changes {
     }
 
     /// The new text's networks, in order: `entry`'s sorted ones less those gone
-    /// plus the new ones; each one's key bytes handed to `keys` as well (IPv4,
-    /// then IPv6), as the next entry stores them.
+    /// plus the new ones; their key bytes handed to `keys` as well (IPv4, then
+    /// IPv6), as the next entry stores them: a run of the entry's keys that
+    /// stays goes as one slice of the entry, a new key as its own bytes.
     fn apply(
         &self,
         entry: &Entry,
@@ -419,50 +440,97 @@ impl Changes {
         keys: &mut impl FnMut(&[u8]),
     ) -> Option<Vec<IpNet>> {
         let mut nets = Vec::with_capacity(count4 + count6);
-        let old4 = entry
-            .v4()
+        let stored4 = entry.v4();
+        let old4 = stored4
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
-        merge(old4, &self.gone4, &self.new4, |k| {
-            let len = (k & 0xff) as u8;
-            let net = Ipv4Net::new(Ipv4Addr::from((k >> 8) as u32), len).ok()?;
-            // A stored network is canonical, as the parse gives them.
-            if k >> 40 != 0 || net.trunc() != net {
+        let mut kept = Kept::default();
+        merge(old4, &self.gone4, &self.new4, |k, from| {
+            let len = (k & 0xff) as u32;
+            let addr = (k >> 8) as u32;
+            // A stored network is canonical, as the parse gives them: a length
+            // of at most 32, no address bit past it, nothing above the address.
+            if k >> 40 != 0 || len > 32 || u64::from(addr) << len & 0xffff_ffff != 0 {
                 return None;
             }
-            nets.push(IpNet::V4(net));
-            keys(&k.to_le_bytes());
+            nets.push(IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), len as u8).ok()?));
+            kept.key(from, &k.to_le_bytes(), stored4, 8, keys);
             Some(())
         })?;
-        let old6 = entry.v6().chunks_exact(V6_BYTES).map(|c| {
+        kept.flush(stored4, 8, keys);
+        let stored6 = entry.v6();
+        let old6 = stored6.chunks_exact(V6_BYTES).map(|c| {
             let addr = u128::from_be_bytes(c[..16].try_into().unwrap_or_default());
             (addr, c[16])
         });
-        merge(old6, &self.gone6, &self.new6, |(addr, len)| {
+        let mut kept = Kept::default();
+        merge(old6, &self.gone6, &self.new6, |(addr, len), from| {
             let net = Ipv6Net::new(Ipv6Addr::from(addr), len).ok()?;
             if net.trunc() != net {
                 return None;
             }
             nets.push(IpNet::V6(net));
-            keys(&v6_stored((addr, len)));
+            kept.key(from, &v6_stored((addr, len)), stored6, V6_BYTES, keys);
             Some(())
         })?;
+        kept.flush(stored6, V6_BYTES, keys);
         (nets.len() == count4 + count6).then_some(nets)
     }
 }
 
+/// The run of an entry's keys (by index) merged since the last new one, not yet
+/// handed on: handed on as one slice of the stored keys when a key that is not
+/// the next of the run comes, or at the end.
+#[derive(Default)]
+struct Kept {
+    run: std::ops::Range<usize>,
+}
+
+impl Kept {
+    /// Hands on a merged key: `from` its index among `stored`'s keys (of `size`
+    /// bytes each) if it is one of them, `bytes` its bytes.
+    fn key(
+        &mut self,
+        from: Option<usize>,
+        bytes: &[u8],
+        stored: &[u8],
+        size: usize,
+        keys: &mut impl FnMut(&[u8]),
+    ) {
+        match from {
+            Some(i) if i == self.run.end => self.run.end += 1,
+            Some(i) => {
+                self.flush(stored, size, keys);
+                self.run = i..i + 1;
+            }
+            None => {
+                self.flush(stored, size, keys);
+                keys(bytes);
+            }
+        }
+    }
+
+    fn flush(&mut self, stored: &[u8], size: usize, keys: &mut impl FnMut(&[u8])) {
+        if !self.run.is_empty() {
+            keys(&stored[self.run.start * size..self.run.end * size]);
+        }
+        self.run = self.run.end..self.run.end;
+    }
+}
+
 /// `old` (sorted) less `gone` plus `new` (both sorted), as a multiset, handed
-/// to `emit` in order. None if `old` is out of order, holds a key of `gone`
-/// fewer times than `gone` does, or `emit` refuses one.
+/// to `emit` in order, each with its index in `old` if it comes from there.
+/// None if `old` is out of order, holds a key of `gone` fewer times than `gone`
+/// does, or `emit` refuses one.
 fn merge<K: Copy + Ord>(
     old: impl Iterator<Item = K>,
     gone: &[K],
     new: &[K],
-    mut emit: impl FnMut(K) -> Option<()>,
+    mut emit: impl FnMut(K, Option<usize>) -> Option<()>,
 ) -> Option<()> {
     let (mut g, mut n) = (0, 0);
     let mut previous = None;
-    for key in old {
+    for (index, key) in old.enumerate() {
         if previous.is_some_and(|p| key < p) {
             return None;
         }
@@ -480,16 +548,16 @@ fn merge<K: Copy + Ord>(
         while let Some(&next) = new.get(n)
             && next <= key
         {
-            emit(next)?;
+            emit(next, None)?;
             n += 1;
         }
-        emit(key)?;
+        emit(key, Some(index))?;
     }
     if g < gone.len() {
         return None;
     }
     for &key in &new[n..] {
-        emit(key)?;
+        emit(key, None)?;
     }
     Some(())
 }

@@ -107,7 +107,7 @@ pub(super) fn changed_lines<'a>(
 }
 
 /// How many bytes `a` and `b` begin with alike: compared a block at a time.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+pub(super) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     const BLOCK: usize = 64;
     let n = a.len().min(b.len());
     let mut k = 0;

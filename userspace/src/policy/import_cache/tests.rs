@@ -314,3 +314,55 @@ fn old_entries_and_stale_temporary_files_are_removed() {
     expected.sort();
     assert_eq!(left, expected);
 }
+
+/// Timing of the comparison and the merge at a million lines with 1% changed
+/// (not a check: run by hand with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn timing_at_a_million_lines() {
+    let mut next = xorshift(0x2468_ace0_1357_9bdf);
+    let net = |next: &mut dyn FnMut() -> u64| {
+        let r = next();
+        if r % 5 == 0 {
+            let addr = (u128::from(r) << 64) & (u128::MAX << 80);
+            format!("{}/48", Ipv6Addr::from(addr))
+        } else {
+            let len = [16u8, 20, 24, 28, 32][(r >> 8) as usize % 5];
+            let addr = (r >> 16) as u32 & (u32::MAX << (32 - u32::from(len)));
+            format!("{}/{len}", Ipv4Addr::from(addr))
+        }
+    };
+    let mut lines: Vec<String> = (0..1_000_000).map(|_| net(&mut next)).collect();
+    let old = text_of(&lines, true);
+    for i in (0..lines.len()).step_by(100) {
+        lines[i] = net(&mut next);
+    }
+    let new = text_of(&lines, true);
+    let entry = entry_of(&old);
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let changes = Changes::of(&entry, new.as_bytes()).unwrap();
+        let compared = t.elapsed();
+        let counts = changes.counts(&entry).unwrap();
+        let mut keys = Vec::with_capacity(1 << 16);
+        let nets = changes
+            .apply(&entry, counts, &mut |b: &[u8]| {
+                keys.extend_from_slice(b);
+                if keys.len() >= 1 << 16 {
+                    keys.clear();
+                }
+            })
+            .unwrap();
+        let merged = t.elapsed() - compared;
+        let t2 = std::time::Instant::now();
+        let n = changed_lines(entry.text(), new.as_bytes()).unwrap().0.len();
+        let diff = t2.elapsed();
+        let t3 = std::time::Instant::now();
+        let common = diff::common_prefix(entry.text(), entry.text());
+        let prefix = t3.elapsed();
+        eprintln!(
+            "compare {compared:?} (lines {diff:?}, {n} changed; whole-text prefix {prefix:?} for {common}) merge {merged:?} ({} nets)",
+            nets.len()
+        );
+    }
+}
