@@ -161,29 +161,44 @@ fn enabled_dir() -> Option<PathBuf> {
     DIR.with(|d| d.borrow().clone())
 }
 
-/// The networks of `text` (the list read from `path`) from the cached entry of
-/// `path`, parsing only the lines that changed; the new entry is written on a
-/// thread of its own as they are merged. None (nothing to use) sends the
-/// caller to the full parse.
-pub(crate) fn networks(path: &Path, text: &Arc<String>) -> Option<Vec<IpNet>> {
+/// The networks of the list at `path` (at most `limit` bytes) from its cached
+/// entry, read and compared with the entry's text as it comes (no copy of it
+/// whole), parsing only the lines that changed; the new entry (the text as
+/// read) is written on a thread of its own as they are merged. None (nothing to
+/// use, or the list not readable as [`import_file::read`] would give it) sends
+/// the caller to the full read and parse, which says what is wrong.
+///
+/// [`import_file::read`]: super::import_file::read
+pub(crate) fn networks(path: &Path, limit: u64) -> Option<Vec<IpNet>> {
     let dir = enabled_dir()?;
     let key = key_of(path)?;
     let started = std::time::Instant::now();
-    let entry = read_entry(&dir.join(&key), &key, text.len());
+    let (file, meta) = super::import_file::open_checked(path, limit).ok()?;
+    let size = usize::try_from(meta.len()).ok()?;
+    let entry = Arc::new(read_entry(&dir.join(&key), &key, size));
     let read = started.elapsed();
-    let nets = entry.and_then(|entry| {
-        let changes = Changes::of(&entry, text.as_bytes())?;
+    let nets = entry.as_ref().as_ref().and_then(|old| {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let changes = Changes::of(old, &mut diff::Window::new(file, limit))?;
         let compared = started.elapsed();
-        let (count4, count6) = changes.counts(&entry)?;
-        let mut writer =
-            EntryWriter::start(dir, key, Arc::clone(text), count4 * 8, count6 * V6_BYTES);
-        let nets = changes.apply(&entry, (count4, count6), &mut |bytes| writer.push(bytes))?;
+        let (count4, count6) = changes.counts(old)?;
+        let mut writer = EntryWriter::start(
+            dir,
+            key,
+            Arc::clone(&entry),
+            changes.diff,
+            count4 * 8,
+            count6 * V6_BYTES,
+        );
+        let nets = changes
+            .parsed
+            .apply(old, (count4, count6), &mut |bytes| writer.push(bytes))?;
         writer.finish();
         tracing::debug!(
             compare_us = (compared - read).as_micros() as u64,
             merge_us = (started.elapsed() - compared).as_micros() as u64,
-            removed = changes.removed,
-            added = changes.added,
+            removed = changes.parsed.removed,
+            added = changes.parsed.added,
             "import cache updated"
         );
         Some(nets)
@@ -216,7 +231,7 @@ pub(crate) fn store(path: &Path, text: Arc<String>, nets: &[IpNet]) {
         let lengths = (v4.len() * 8, v6.len() * V6_BYTES);
         let result = (|| {
             // The text first, so that it can go before the sort.
-            let mut file = EntryFile::create(&dir, &key, &text, lengths)?;
+            let mut file = EntryFile::create(&dir, &key, &[text.as_bytes()], lengths)?;
             drop(text);
             v4.sort_unstable();
             v6.sort_unstable();
@@ -266,14 +281,26 @@ struct EntryWriter {
 }
 
 impl EntryWriter {
-    fn start(dir: PathBuf, key: String, text: Arc<String>, v4: usize, v6: usize) -> EntryWriter {
+    /// `old` the entry read (shared: its text is most of the new one), `diff`
+    /// how the new text differs from it.
+    fn start(
+        dir: PathBuf,
+        key: String,
+        old: Arc<Option<Entry>>,
+        diff: TextDiff,
+        v4: usize,
+        v6: usize,
+    ) -> EntryWriter {
         let (sender, receiver) = std::sync::mpsc::channel();
         let (give_back, returned) = std::sync::mpsc::channel();
         let started = std::time::Instant::now();
         spawn(move || {
             let result = (|| {
-                let mut file = EntryFile::create(&dir, &key, &text, (v4, v6))?;
-                drop(text);
+                let Some(old) = old.as_ref() else {
+                    return Ok(false);
+                };
+                let pieces = diff.pieces(old.text());
+                let mut file = EntryFile::create(&dir, &key, &pieces, (v4, v6))?;
                 for piece in receiver {
                     match piece {
                         Piece::Keys(bytes) => {
@@ -394,8 +421,66 @@ fn parse_lines(lines: &[&[u8]]) -> Option<FamilyKeys> {
     Some((v4, v6))
 }
 
-/// The networks a changed text loses and gains, per family, sorted.
+/// How the new text differs from an entry's, as the writer keeps it: the
+/// edits and the new lines' bytes, with nothing borrowed from the entry.
+struct TextDiff {
+    edits: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    added: Vec<u8>,
+}
+
+impl TextDiff {
+    /// The new text, in pieces: ranges of the old text `old` and new bytes.
+    fn pieces<'a>(&'a self, old: &'a [u8]) -> Vec<&'a [u8]> {
+        let mut pieces = Vec::with_capacity(self.edits.len() * 2 + 1);
+        let mut at = 0;
+        for (gone, came) in &self.edits {
+            pieces.push(&old[at..gone.start]);
+            pieces.push(&self.added[came.clone()]);
+            at = gone.end;
+        }
+        pieces.push(&old[at..]);
+        pieces.retain(|p| !p.is_empty());
+        pieces
+    }
+}
+
+/// A changed text: how it differs, and what its changed lines parse to.
 struct Changes {
+    diff: TextDiff,
+    parsed: Parsed,
+}
+
+impl Changes {
+    /// From `entry`'s text to the text `new` reads: None if a changed line is
+    /// not a good one, too much changed, or the text is not one
+    /// [`super::import_file::read`] would give.
+    fn of<R: std::io::Read>(entry: &Entry, new: &mut diff::Window<R>) -> Option<Changes> {
+        let diff = changed_lines(entry.text(), new)?;
+        let (gone4, gone6) = parse_lines(&diff.removed)?;
+        let (new4, new6) = parse_lines(&diff.added_lines())?;
+        Some(Changes {
+            parsed: Parsed {
+                gone4,
+                new4,
+                gone6,
+                new6,
+                removed: diff.removed.len(),
+                added: diff.added_lines.len(),
+            },
+            diff: TextDiff {
+                edits: diff.edits,
+                added: diff.added,
+            },
+        })
+    }
+
+    fn counts(&self, entry: &Entry) -> Option<(usize, usize)> {
+        self.parsed.counts(entry)
+    }
+}
+
+/// The networks a changed text loses and gains, per family, sorted.
+struct Parsed {
     gone4: Vec<u64>,
     new4: Vec<u64>,
     gone6: Vec<(u128, u8)>,
@@ -405,23 +490,7 @@ struct Changes {
     added: usize,
 }
 
-impl Changes {
-    /// From `entry`'s text to `new`: None if a changed line is not a good one, or
-    /// too much changed.
-    fn of(entry: &Entry, new: &[u8]) -> Option<Changes> {
-        let (removed, added) = changed_lines(entry.text(), new)?;
-        let (gone4, gone6) = parse_lines(&removed)?;
-        let (new4, new6) = parse_lines(&added)?;
-        Some(Changes {
-            gone4,
-            new4,
-            gone6,
-            new6,
-            removed: removed.len(),
-            added: added.len(),
-        })
-    }
-
+impl Parsed {
     /// How many networks of each family the new text has.
     fn counts(&self, entry: &Entry) -> Option<(usize, usize)> {
         let v4 = (entry.v4().len() / 8 + self.new4.len()).checked_sub(self.gone4.len())?;
@@ -453,7 +522,9 @@ impl Changes {
             if k >> 40 != 0 || len > 32 || u64::from(addr) << len & 0xffff_ffff != 0 {
                 return None;
             }
-            nets.push(IpNet::V4(Ipv4Net::new(Ipv4Addr::from(addr), len as u8).ok()?));
+            nets.push(IpNet::V4(
+                Ipv4Net::new(Ipv4Addr::from(addr), len as u8).ok()?,
+            ));
             kept.key(from, &k.to_le_bytes(), stored4, 8, keys);
             Some(())
         })?;

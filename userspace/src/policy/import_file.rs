@@ -112,10 +112,17 @@ pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), ReadError> {
     Ok((file, opened))
 }
 
-/// The text of the regular file at `path`, at most `limit` bytes.
-pub(crate) fn read(path: &Path, limit: u64) -> Result<String, ReadError> {
+/// The regular file at `path`, opened for reading as [`read`] reads it: refused
+/// as it would be (world-writable, claiming more than `limit` bytes).
+pub(crate) fn open_checked(path: &Path, limit: u64) -> Result<(File, Metadata), ReadError> {
     let (file, opened) = open_regular(path)?;
     check(&opened, limit)?;
+    Ok((file, opened))
+}
+
+/// The text of the regular file at `path`, at most `limit` bytes.
+pub(crate) fn read(path: &Path, limit: u64) -> Result<String, ReadError> {
+    let (file, opened) = open_checked(path, limit)?;
     let mut bytes = Vec::new();
     // The claimed size, checked against the limit just above, plus one byte to see
     // the end; try_reserve: a policy error, never an abort.

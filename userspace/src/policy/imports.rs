@@ -46,6 +46,14 @@ pub(crate) fn import(
 ) -> Vec<IpNet> {
     let path = resolve(origin, relative);
     let started = std::time::Instant::now();
+    if let Some(nets) = import_cache::networks(&path, max_size) {
+        tracing::debug!(
+            us = started.elapsed().as_micros() as u64,
+            networks = nets.len(),
+            "list imported through the cache"
+        );
+        return nets;
+    }
     let text = match import_file::read(&path, max_size) {
         Ok(t) => t,
         Err(e @ ReadError::NotText { line, column }) => {
@@ -78,17 +86,11 @@ pub(crate) fn import(
     let read = started.elapsed();
     // Shared with the thread writing the import cache's entry.
     let text = std::sync::Arc::new(text);
-    let nets = match import_cache::networks(&path, &text) {
-        Some(nets) => nets,
-        None => {
-            let problems = ctx.diags.len();
-            let nets = parse_list(ctx, pos, &path, &text, field);
-            if ctx.diags.len() == problems {
-                import_cache::store(&path, text, &nets);
-            }
-            nets
-        }
-    };
+    let problems = ctx.diags.len();
+    let nets = parse_list(ctx, pos, &path, &text, field);
+    if ctx.diags.len() == problems {
+        import_cache::store(&path, text, &nets);
+    }
     tracing::debug!(
         read_us = read.as_micros() as u64,
         parse_us = (started.elapsed() - read).as_micros() as u64,

@@ -45,6 +45,12 @@ impl Mapped {
     }
 }
 
+// SAFETY: the mapping is read-only and private, and never changes while mapped
+// (see the type's comment): its bytes may be read from any thread (the writer
+// of the next entry copies the text from it while the merge reads its keys).
+unsafe impl Send for Mapped {}
+unsafe impl Sync for Mapped {}
+
 impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: mapped in `of` with this length; no slice of it outlives `self`.
@@ -175,22 +181,24 @@ pub(super) struct EntryFile {
 }
 
 impl EntryFile {
-    /// Begins the entry: its header and text.
+    /// Begins the entry: its header and text (`text`'s pieces, in order).
     pub(super) fn create(
         dir: &Path,
         key: &str,
-        text: &str,
+        text: &[&[u8]],
         (v4, v6): (usize, usize),
     ) -> std::io::Result<Self> {
         let mut file = tempfile::Builder::new()
             .prefix(".import-")
             .tempfile_in(dir)?;
-        let head = header(key, text.len(), v4, v6);
+        let head = header(key, text.iter().map(|p| p.len()).sum(), v4, v6);
         let mut crc = crc32fast::Hasher::new();
-        for part in [&head[..], text.as_bytes()] {
+        crc.update(&head);
+        file.write_all(&head)?;
+        for part in text {
             crc.update(part);
-            file.write_all(part)?;
         }
+        write_pieces(file.as_file_mut(), text)?;
         Ok(EntryFile {
             file,
             crc,
@@ -216,6 +224,26 @@ impl EntryFile {
         self.file.persist(dir.join(key)).map_err(|e| e.error)?;
         Ok(true)
     }
+}
+
+/// Writes `pieces` in order, many to a system call (a changed text is
+/// thousands of pieces).
+fn write_pieces(file: &mut std::fs::File, pieces: &[&[u8]]) -> std::io::Result<()> {
+    const AT_ONCE: usize = 512;
+    for group in pieces.chunks(AT_ONCE) {
+        let mut slices: Vec<std::io::IoSlice<'_>> =
+            group.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match file.write_vectored(left) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => std::io::IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn log_written(result: std::io::Result<bool>) {

@@ -62,13 +62,26 @@ fn entry_from(text: &[u8], v4: &[u8], v6: &[u8]) -> Entry {
     }
 }
 
-/// The new networks and the new entry's key bytes, from `entry` and `new`.
-fn update(entry: &Entry, new: &[u8]) -> Option<(Vec<IpNet>, Vec<u8>)> {
-    let changes = Changes::of(entry, new)?;
+/// The new networks and the new entry's key bytes, from `entry` and `new`,
+/// read `read` bytes at a time; the new entry's text made from the old one and
+/// the edits is checked to be `new`, byte for byte.
+fn update_reading(entry: &Entry, new: &[u8], read: usize) -> Option<(Vec<IpNet>, Vec<u8>)> {
+    let changes = Changes::of(entry, &mut diff::Window::reading(new, usize::MAX, read))?;
+    assert_eq!(
+        changes.diff.pieces(entry.text()).concat(),
+        new,
+        "the new entry's text is the text read"
+    );
     let counts = changes.counts(entry)?;
     let mut keys = Vec::new();
-    let nets = changes.apply(entry, counts, &mut |b: &[u8]| keys.extend_from_slice(b))?;
+    let nets = changes
+        .parsed
+        .apply(entry, counts, &mut |b: &[u8]| keys.extend_from_slice(b))?;
     Some((nets, keys))
+}
+
+fn update(entry: &Entry, new: &[u8]) -> Option<(Vec<IpNet>, Vec<u8>)> {
+    update_reading(entry, new, 1 << 18)
 }
 
 /// What the full parse gives, sorted as the cache gives it.
@@ -90,8 +103,9 @@ fn sorted_parse(text: &str) -> Vec<IpNet> {
 }
 
 /// Random lists, changed in every way a list changes (lines replaced, inserted
-/// alone or in runs, removed, appended, the last newline added or dropped):
-/// the cache answers, and answers what the full parse does.
+/// alone or in runs, removed, appended, the last newline added or dropped),
+/// read a few bytes at a time or whole: the cache answers, and answers what the
+/// full parse does, and the new entry's text is the new text.
 #[test]
 fn an_updated_entry_gives_what_the_full_parse_gives() {
     let mut next = xorshift(0x1abc_2def_3456_7891);
@@ -130,7 +144,8 @@ fn an_updated_entry_gives_what_the_full_parse_gives() {
         };
         let new = text_of(&changed, new_newline);
         let entry = entry_of(&old);
-        match update(&entry, new.as_bytes()) {
+        let read = [1, 2, 3, 7, 40, 1 << 18][(round / 7) % 6];
+        match update_reading(&entry, new.as_bytes(), read) {
             Some((nets, keys)) => {
                 answered += 1;
                 assert_eq!(nets, sorted_parse(&new), "round {round}");
@@ -158,6 +173,55 @@ fn a_bad_changed_line_is_left_to_the_full_parse() {
         let new = old.replace("198.51.100.0/24", bad);
         assert!(update(&entry, new.as_bytes()).is_none(), "{bad}");
     }
+    // Not UTF-8 where the entry's text has the same bytes (a text no apply
+    // stores, but the entry is only trusted for its keys): the full read says
+    // where, wherever the reads end.
+    let odd = b"192.0.2.0/24\n# \xff\n198.51.100.0/24\n203.0.113.0/24\n";
+    let odd_entry = entry_from(odd, entry.v4(), entry.v6());
+    for read in [1, 2, 5, 1 << 18] {
+        assert!(update_reading(&odd_entry, odd, read).is_none(), "{read}");
+        let mut changed = odd.to_vec();
+        changed.extend_from_slice(b"192.0.2.128/25\n");
+        assert!(
+            update_reading(&odd_entry, &changed, read).is_none(),
+            "{read}"
+        );
+    }
+    // Longer than its limit: left to the full read, which says so.
+    for (limit, answered) in [(old.len() - 1, false), (old.len(), true)] {
+        for read in [1, 3, 1 << 18] {
+            let mut window = diff::Window::reading(old.as_bytes(), limit, read);
+            assert_eq!(
+                Changes::of(&entry, &mut window).is_some(),
+                answered,
+                "limit {limit}, reads of {read}"
+            );
+        }
+    }
+    // A stored key no parse gives (host bits set, a length past the family's,
+    // bits above the address): the entry is not used.
+    // (A line added: the entry's keys are merged, none removed.)
+    let one_change = format!("{old}10.0.0.0/8\n");
+    let v4 = |key: u64| entry_from(old.as_bytes(), &key.to_le_bytes(), &[]);
+    let addr = u64::from(u32::from(Ipv4Addr::new(192, 0, 2, 0)));
+    for bad in [
+        (addr | 1) << 8 | 24,
+        addr << 8 | 33,
+        1 << 40 | addr << 8 | 24,
+        (addr | 0x80) << 8,
+    ] {
+        assert!(update(&v4(bad), one_change.as_bytes()).is_none(), "{bad:x}");
+    }
+    assert!(update(&v4(addr << 8 | 24), one_change.as_bytes()).is_some());
+    let v6 = |addr: u128, len: u8| entry_from(old.as_bytes(), &[], &v6_bytes(&[(addr, len)]));
+    let net6 = 0x2001_0db8_u128 << 96;
+    for (addr, len) in [(net6 | 1, 32), (net6, 129), (net6 | 1 << 63, 64)] {
+        assert!(
+            update(&v6(addr, len), one_change.as_bytes()).is_none(),
+            "{addr:x}/{len}"
+        );
+    }
+    assert!(update(&v6(net6, 32), one_change.as_bytes()).is_some());
     // A network to remove that the entry does not hold: the entry is not the
     // text's, so it is not used.
     let fewer = entry_of("192.0.2.0/24\n203.0.113.0/24\n");
@@ -180,7 +244,7 @@ fn a_damaged_or_foreign_entry_is_not_read() {
     let entry = entry_of(text);
     let lengths = (entry.v4().len(), entry.v6().len());
     let write = |complete: bool| {
-        let mut file = EntryFile::create(dir.path(), "k", text, lengths).unwrap();
+        let mut file = EntryFile::create(dir.path(), "k", &[text.as_bytes()], lengths).unwrap();
         file.keys(entry.v4()).unwrap();
         if complete {
             file.keys(entry.v6()).unwrap();
@@ -341,11 +405,13 @@ fn timing_at_a_million_lines() {
     let entry = entry_of(&old);
     for _ in 0..5 {
         let t = std::time::Instant::now();
-        let changes = Changes::of(&entry, new.as_bytes()).unwrap();
+        let changes =
+            Changes::of(&entry, &mut diff::Window::new(new.as_bytes(), usize::MAX)).unwrap();
         let compared = t.elapsed();
         let counts = changes.counts(&entry).unwrap();
         let mut keys = Vec::with_capacity(1 << 16);
         let nets = changes
+            .parsed
             .apply(&entry, counts, &mut |b: &[u8]| {
                 keys.extend_from_slice(b);
                 if keys.len() >= 1 << 16 {
@@ -355,7 +421,13 @@ fn timing_at_a_million_lines() {
             .unwrap();
         let merged = t.elapsed() - compared;
         let t2 = std::time::Instant::now();
-        let n = changed_lines(entry.text(), new.as_bytes()).unwrap().0.len();
+        let n = changed_lines(
+            entry.text(),
+            &mut diff::Window::new(new.as_bytes(), usize::MAX),
+        )
+        .unwrap()
+        .removed
+        .len();
         let diff = t2.elapsed();
         let t3 = std::time::Instant::now();
         let common = diff::common_prefix(entry.text(), entry.text());
