@@ -3,9 +3,12 @@
 //! only the lines that changed. Justified by speed alone: at a million lines the
 //! parse and the compiler's sort of a list in no order are each a pass over a
 //! million items (docs/performance.md, "Where the time goes"); from the cache a
-//! re-apply compares the two texts (memory speed), parses the changed lines,
-//! and merges their networks into the sorted ones, which the compiler then
-//! sorts in one pass (a single run).
+//! re-apply compares the list, as it reads it a window at a time, with the
+//! entry's text (no copy of the list whole: 20 MB of fresh memory at a million
+//! lines), parses the changed lines, and merges their networks into the sorted
+//! ones, which the compiler then sorts in one pass (a single run). The new
+//! entry's text is the old one with the changed lines' bytes put in: exactly
+//! the text read, compared and parsed, whoever writes the list meanwhile.
 //!
 //! What it holds is a pure function of the text: the networks its lines parse
 //! to, as a multiset (each line gives at most one, whatever the others say). So

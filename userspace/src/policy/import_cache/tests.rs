@@ -176,16 +176,20 @@ fn a_bad_changed_line_is_left_to_the_full_parse() {
     // Not UTF-8 where the entry's text has the same bytes (a text no apply
     // stores, but the entry is only trusted for its keys): the full read says
     // where, wherever the reads end.
-    let odd = b"192.0.2.0/24\n# \xff\n198.51.100.0/24\n203.0.113.0/24\n";
-    let odd_entry = entry_from(odd, entry.v4(), entry.v6());
-    for read in [1, 2, 5, 1 << 18] {
-        assert!(update_reading(&odd_entry, odd, read).is_none(), "{read}");
-        let mut changed = odd.to_vec();
-        changed.extend_from_slice(b"192.0.2.128/25\n");
-        assert!(
-            update_reading(&odd_entry, &changed, read).is_none(),
-            "{read}"
-        );
+    // (On a line of its own, and on the last line, which has no line end.)
+    let odd_texts: [&[u8]; 2] = [
+        b"192.0.2.0/24\n# \xff\n198.51.100.0/24\n203.0.113.0/24\n",
+        b"192.0.2.0/24\n198.51.100.0/24\n203.0.113.0/24\n# \xff",
+    ];
+    for odd in odd_texts {
+        let odd_entry = entry_from(odd, entry.v4(), entry.v6());
+        for read in [1, 2, 5, 1 << 18] {
+            assert!(update_reading(&odd_entry, odd, read).is_none(), "{read}");
+            let mut changed = b"192.0.2.128/25\n".to_vec();
+            changed.extend_from_slice(odd);
+            let answer = update_reading(&odd_entry, &changed, read);
+            assert!(answer.is_none(), "{read}");
+        }
     }
     // Longer than its limit: left to the full read, which says so.
     for (limit, answered) in [(old.len() - 1, false), (old.len(), true)] {
