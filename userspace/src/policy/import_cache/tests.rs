@@ -391,7 +391,7 @@ fn timing_at_a_million_lines() {
     let mut next = xorshift(0x2468_ace0_1357_9bdf);
     let net = |next: &mut dyn FnMut() -> u64| {
         let r = next();
-        if r % 5 == 0 {
+        if r.is_multiple_of(5) {
             let addr = (u128::from(r) << 64) & (u128::MAX << 80);
             format!("{}/48", Ipv6Addr::from(addr))
         } else {
