@@ -442,3 +442,72 @@ fn timing_at_a_million_lines() {
         );
     }
 }
+
+/// The list read and compared at a million lines with 1% changed, from a file:
+/// read whole first (`S23N_WHOLE=1`, as before the window) or through the
+/// window; wall and thread CPU time, page faults (not a check: run by hand in
+/// fresh processes, `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn timing_of_the_list_read_from_a_file() {
+    let cpu = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let faults = || {
+        // SAFETY: a valid rusage to write.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+        u.ru_minflt
+    };
+    let dir = Path::new("/tmp/s23n-timing");
+    let list = dir.join("list.txt");
+    let entry_file = dir.join("entry");
+    if !entry_file.exists() {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut next = xorshift(0x2468_ace0_1357_9bdf);
+        let mut lines: Vec<String> = (0..1_000_000)
+            .map(|_| {
+                let r = next();
+                let len = [16u8, 20, 24, 28, 32][(r >> 8) as usize % 5];
+                let addr = (r >> 16) as u32 & (u32::MAX << (32 - u32::from(len)));
+                format!("{}/{len}", Ipv4Addr::from(addr))
+            })
+            .collect();
+        let old = text_of(&lines, true);
+        let entry = entry_of(&old);
+        let mut file =
+            EntryFile::create(dir, "k", &[old.as_bytes()], (entry.v4().len(), 0)).unwrap();
+        file.keys(entry.v4()).unwrap();
+        file.finish(dir, "entry").unwrap();
+        for i in (0..lines.len()).step_by(100) {
+            lines[i] = "198.51.100.0/24".into();
+        }
+        std::fs::write(&list, text_of(&lines, true)).unwrap();
+    }
+    let (t, c, f) = (std::time::Instant::now(), cpu(), faults());
+    let entry = read_entry(&entry_file, "entry", 30 << 20);
+    let entry = entry
+        .or_else(|| read_entry(&entry_file, "k", 30 << 20))
+        .unwrap();
+    let whole = std::env::var_os("S23N_WHOLE").is_some();
+    let changes = if whole {
+        let text = crate::policy::import_file::read(&list, 1 << 30).unwrap();
+        Changes::of(&entry, &mut diff::Window::new(text.as_bytes(), usize::MAX)).unwrap()
+    } else {
+        let (file, _) = crate::policy::import_file::open_checked(&list, 1 << 30).unwrap();
+        Changes::of(&entry, &mut diff::Window::new(file, 1 << 30)).unwrap()
+    };
+    eprintln!(
+        "whole={whole} wall {:?} cpu {:?} faults {} ({} lines changed)",
+        t.elapsed(),
+        cpu() - c,
+        faults() - f,
+        changes.parsed.removed
+    );
+}
