@@ -678,13 +678,10 @@ fn ipv6_runs_never_straddle_a_chunk_and_answer_on_either_side_of_its_boundary() 
 /// `entries`' tables laid out now and as before the pieces were read once per
 /// slot (`lay_out_before`), element for element and with the same directory,
 /// for both the preallocated start and the chunk maps' (capacity 0).
-fn same_layout_as_before<R: Element, const N: usize>(
+fn same_layout_as_before<R: Element + PartialEq + std::fmt::Debug, const N: usize>(
     entries: &[PrefixEntry<N>],
     before: fn(&[R::Piece], usize, &mut Vec<R>) -> Directory,
-) -> Result<(), TestCaseError>
-where
-    R: PartialEq + std::fmt::Debug,
-{
+) -> Result<(), TestCaseError> {
     let plan = plan::<R, N>(entries).expect("classes fit");
     for capacity in [usize::MAX, 0] {
         let (mut now, mut then) = (Vec::new(), Vec::new());
