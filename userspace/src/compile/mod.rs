@@ -209,26 +209,18 @@ fn compile_with_tables(policy: &Policy, prune: bool, plan: bool) -> Result<Compi
         });
     }
     // A family over its prefix limit is refused below: no table is made of it.
-    // The tables' plans are made on the folds' threads as the entries are kept
-    // (`ranges::Planner`), then finished here (the prefixes still open closed:
-    // a few). A family over its prefix limit is refused below: no table is
-    // made of it.
-    let (folded, planner_v4, planner_v6) = prefixes::fold_then(
+    let (folded, table_v4, table_v6) = prefixes::fold_then(
         policy,
         prune,
-        plan.then(ranges::Planner::<SourceRangeV4>::default),
-        plan.then(ranges::Planner::<SourceRangeV6>::default),
+        |v4| {
+            (plan && v4.len() <= MAX_PREFIXES_V4 as usize)
+                .then(|| ranges::plan::<SourceRangeV4, 4>(v4))
+        },
+        |v6| {
+            (plan && v6.len() <= MAX_PREFIXES_V6 as usize)
+                .then(|| ranges::plan::<SourceRangeV6, 16>(v6))
+        },
     );
-    let started = std::time::Instant::now();
-    let table_v4 = planner_v4
-        .filter(|_| folded.v4.len() <= MAX_PREFIXES_V4 as usize)
-        .map(ranges::Planner::finish);
-    let table_v6 = planner_v6
-        .filter(|_| folded.v6.len() <= MAX_PREFIXES_V6 as usize)
-        .map(ranges::Planner::finish);
-    if plan {
-        tracing::debug!(us = started.elapsed().as_micros() as u64, "plans finished");
-    }
     check_limit("IPv4", folded.v4.len(), MAX_PREFIXES_V4)?;
     check_limit("IPv6", folded.v6.len(), MAX_PREFIXES_V6)?;
     let (v4, v6) = (folded.v4, folded.v6);

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use airlock_common::maps::{SRC_DENY, SRC_MANAGEMENT, SourceEntry};
 use ipnet::IpNet;
 
-use super::ranges::{Element, Planner};
 use super::{ClassCount, FamilyCounts, PrefixEntry};
 use crate::policy::{AddrSet, Policy};
 
@@ -205,11 +204,11 @@ fn wide_v6(net: &IpNet, set: usize, except: bool) -> Option<Wide> {
 /// both forms). Then `then_v4` and `then_v6` run each on its family's entries,
 /// on the thread that folded them, as soon as that family is folded (an apply's
 /// source tables: the smaller family's is built while the larger still folds).
-pub(crate) fn fold_then<A: Kept + Send, B: Kept + Send>(
+pub(crate) fn fold_then<A: Send, B: Send>(
     policy: &Policy,
     prune: bool,
-    mut kept_v4: A,
-    mut kept_v6: B,
+    then_v4: impl FnOnce(&[PrefixEntry<4>]) -> A + Send,
+    then_v6: impl FnOnce(&[PrefixEntry<16>]) -> B + Send,
 ) -> (Folded, A, B) {
     let sets = sets_in_use(policy);
     let masks: Vec<u128> = sets.iter().map(|(_, m)| *m).collect();
@@ -228,19 +227,14 @@ pub(crate) fn fold_then<A: Kept + Send, B: Kept + Send>(
         };
         let (folded, counts) = if sets.len() as u64 <= V4_SET_MAX {
             let (keys, counts) = keys(sets, packed_v4);
-            (
-                fold_family(keys, 32, masks, prune, entry, &mut kept_v4),
-                counts,
-            )
+            (fold_family(keys, 32, masks, prune, entry), counts)
         } else {
             // Millions of sets: never in practice, but still correct.
             let (keys, counts) = keys(sets, wide_v4);
-            (
-                fold_family(keys, 32, masks, prune, entry, &mut kept_v4),
-                counts,
-            )
+            (fold_family(keys, 32, masks, prune, entry), counts)
         };
-        (folded, kept_v4, counts)
+        let after = then_v4(&folded.0);
+        (folded, after, counts)
     };
     let fold_v6 = || {
         let entry = |a: u128, len, value| PrefixEntry {
@@ -249,8 +243,9 @@ pub(crate) fn fold_then<A: Kept + Send, B: Kept + Send>(
             value,
         };
         let (keys, counts) = keys(sets, wide_v6);
-        let folded = fold_family(keys, 128, masks, prune, entry, &mut kept_v6);
-        (folded, kept_v6, counts)
+        let folded = fold_family(keys, 128, masks, prune, entry);
+        let after = then_v6(&folded.0);
+        (folded, after, counts)
     };
     // The families are independent: fold a large policy's on two threads (each
     // reads every list for its family's networks, so a policy of one family
@@ -485,50 +480,19 @@ struct Frame {
     counted: bool,
 }
 
-/// What the fold hands each entry it keeps, in order, as it keeps it: nothing
-/// (`()`), or an apply's table plan ([`Planner`], made while the entry is in
-/// hand rather than from the entries read back after the fold).
-pub(crate) trait Kept {
-    /// At most `keys` entries are coming.
-    fn expect(&mut self, _keys: usize) {}
-    /// The next entry kept: address (low bits), prefix length, answer.
-    fn add(&mut self, addr: u128, prefix_len: u8, value: SourceEntry);
-}
-
-impl Kept for () {
-    fn add(&mut self, _: u128, _: u8, _: SourceEntry) {}
-}
-
-impl<R: Element> Kept for Option<Planner<R>> {
-    fn expect(&mut self, keys: usize) {
-        if let Some(planner) = self {
-            planner.expect(keys);
-        }
-    }
-
-    fn add(&mut self, addr: u128, prefix_len: u8, value: SourceEntry) {
-        if let Some(planner) = self {
-            planner.add(addr, prefix_len, value);
-        }
-    }
-}
-
 /// Folds one family; returns the pruned entries (sorted by address, then length,
-/// each made by `entry` and handed to `kept` in that order), the number of
-/// distinct prefixes, the classes the entries' table numbers (`ClassCount`) and
-/// whether one of them is flagged.
+/// each made by `entry`), the number of distinct prefixes, the classes the
+/// entries' table numbers (`ClassCount`) and whether one of them is flagged.
 fn fold_family<K: Key, E>(
     keys: Vec<K>,
     width: u32,
     masks: &[u128],
     prune: bool,
     entry: impl Fn(u128, u8, SourceEntry) -> E,
-    kept: &mut impl Kept,
 ) -> (Vec<E>, usize, usize, bool) {
     let started = std::time::Instant::now();
     let tags = sort_keys(keys, BUCKET_FROM);
     let sorted = started.elapsed();
-    kept.expect(tags.len());
     let mut state = State::new(masks);
     let mut stack: Vec<Frame> = Vec::new();
     // At most one entry per key: reserving that avoids regrowing a large table.
@@ -575,7 +539,6 @@ fn fold_family<K: Key, E>(
         if value != inherited || !prune {
             classes.see(value);
             out.push(entry(addr, len, value));
-            kept.add(addr, len, value);
         }
         stack.push(Frame {
             addr,
@@ -733,7 +696,7 @@ mod tests {
             .map(|&(a, l, s, e)| Wide::new(u128::from(a), l, s, e))
             .collect();
         let (unpruned, distinct, classes, flagged) =
-            fold_family(packed.clone(), 32, &masks, false, entry, &mut ());
+            fold_family(packed.clone(), 32, &masks, false, entry);
         assert_eq!(flagged, expected.iter().any(|e| e.2.flags != 0));
         let distinct_answers = |entries: &[(u128, u8, SourceEntry)]| {
             let mut answers: std::collections::HashSet<_> =
@@ -744,7 +707,7 @@ mod tests {
         assert_eq!(classes, distinct_answers(&expected));
         assert_eq!(distinct, expected.len());
         assert!(unpruned == expected);
-        assert!(fold_family(wide.clone(), 32, &masks, false, entry, &mut ()).0 == expected);
+        assert!(fold_family(wide.clone(), 32, &masks, false, entry).0 == expected);
         // Pruned: exactly the entries whose nearest listed ancestor answers otherwise.
         let kept: Vec<_> = expected
             .iter()
@@ -759,10 +722,10 @@ mod tests {
             })
             .copied()
             .collect();
-        let pruned = fold_family(packed, 32, &masks, true, entry, &mut ());
+        let pruned = fold_family(packed, 32, &masks, true, entry);
         assert!(pruned.0 == kept);
         assert_eq!(pruned.2, distinct_answers(&kept));
-        assert!(fold_family(wide, 32, &masks, true, entry, &mut ()).0 == kept);
+        assert!(fold_family(wide, 32, &masks, true, entry).0 == kept);
     }
 
     #[test]

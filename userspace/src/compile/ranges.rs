@@ -146,66 +146,26 @@ pub(super) fn ranges<T: RangeItem, const N: usize>(
     out: &mut Vec<T>,
     mut answer: impl FnMut(SourceEntry) -> T::Answer,
 ) {
+    let width = 8 * N as u32;
     // A prefix starts at most one range and ends at most one.
     out.reserve(2 * entries.len() + 1);
-    let mut steps = Steps::new(8 * N as u32, out);
+    let mut ranges = Ranges {
+        first: out.len(),
+        out,
+    };
+    ranges.out.push(T::range(0, T::Answer::default()));
+    // Open prefixes, outermost first: (last address, answer). Prefixes nest or are
+    // disjoint, and sorted by address then length each one's parents come first.
+    let mut open: Vec<(u128, T::Answer)> = Vec::new();
     for entry in entries {
-        steps.add(
-            out,
-            address(&entry.addr),
-            entry.prefix_len,
-            answer(entry.value),
-        );
-    }
-    steps.finish(out);
-}
-
-/// [`ranges`] one prefix at a time: what it does for each entry, for a caller
-/// that has the prefixes one by one (the fold, as it makes them) rather than
-/// in a slice.
-struct Steps<T: RangeItem> {
-    width: u32,
-    /// Where the ranges begin in the vector they are made in.
-    first: usize,
-    /// Open prefixes, outermost first: (last address, answer). Prefixes nest or
-    /// are disjoint, and sorted by address then length each one's parents come
-    /// first.
-    open: Vec<(u128, T::Answer)>,
-}
-
-impl<T: RangeItem> Steps<T> {
-    /// Begins the ranges of a `width`-bit family at the end of `out`.
-    fn new(width: u32, out: &mut Vec<T>) -> Self {
-        let first = out.len();
-        out.push(T::range(0, T::Answer::default()));
-        Steps {
-            width,
-            first,
-            open: Vec::new(),
-        }
-    }
-
-    /// The prefix `first`/`prefix_len` answering `value`, after every prefix
-    /// before it in address then length order.
-    fn add(&mut self, out: &mut Vec<T>, first: u128, prefix_len: u8, value: T::Answer) {
-        let last = first | host_mask(self.width, prefix_len);
-        let mut ranges = Ranges {
-            first: self.first,
-            out,
-        };
-        ranges.close(&mut self.open, Some(first), self.width);
+        let first = address(&entry.addr);
+        let last = first | host_mask(width, entry.prefix_len);
+        let value = answer(entry.value);
+        ranges.close(&mut open, Some(first), width);
         ranges.set(first, value);
-        self.open.push((last, value));
+        open.push((last, value));
     }
-
-    /// Closes every prefix still open: the ranges are complete.
-    fn finish(&mut self, out: &mut Vec<T>) {
-        let mut ranges = Ranges {
-            first: self.first,
-            out,
-        };
-        ranges.close(&mut self.open, None, self.width);
-    }
+    ranges.close(&mut open, None, width);
 }
 
 /// The ranges being made: `out[first..]`.
@@ -360,61 +320,13 @@ pub fn plan<R: Element, const N: usize>(
     entries: &[PrefixEntry<N>],
 ) -> Result<Plan<R>, TooManyClasses> {
     debug_assert_eq!(8 * N as u32, R::WIDTH);
-    let mut planner = Planner::<R>::default();
-    planner.expect(entries.len());
-    for entry in entries {
-        planner.add(address(&entry.addr), entry.prefix_len, entry.value);
-    }
-    planner.finish()
-}
-
-/// A table's plan made one prefix at a time, as the prefixes are made (the
-/// fold hands each entry it keeps here while it is still in hand, rather than
-/// the plan reading the whole table of entries back afterwards: at a million
-/// prefixes that read was most of the plan's time, waiting on memory). Given
-/// the entries of [`plan`] in their order, it makes [`plan`]'s plan: [`plan`]
-/// is made with it.
-pub struct Planner<R: Element> {
-    pieces: Vec<R::Piece>,
-    classes: Classes,
-    steps: Steps<R::Piece>,
-}
-
-impl<R: Element> Default for Planner<R> {
-    fn default() -> Self {
-        let mut pieces = Vec::new();
-        let steps = Steps::new(R::WIDTH, &mut pieces);
-        Planner {
-            pieces,
-            classes: Classes::default(),
-            steps,
-        }
-    }
-}
-
-impl<R: Element> Planner<R> {
-    /// About `entries` prefixes are coming (at most): room for their ranges.
-    pub fn expect(&mut self, entries: usize) {
-        // A prefix starts at most one range and ends at most one.
-        self.pieces.reserve(2 * entries + 1);
-    }
-
-    /// The next prefix (address in the low `R::WIDTH` bits, sorted by address
-    /// then length after those before) and its answer.
-    pub fn add(&mut self, first: u128, prefix_len: u8, value: SourceEntry) {
-        let class = self.classes.intern(value);
-        self.steps.add(&mut self.pieces, first, prefix_len, class);
-    }
-
-    /// The plan of the prefixes added; an error if their answers are more
-    /// classes than the kernel holds.
-    pub fn finish(mut self) -> Result<Plan<R>, TooManyClasses> {
-        self.steps.finish(&mut self.pieces);
-        Ok(Plan {
-            pieces: self.pieces,
-            classes: self.classes.into_entries(R::FAMILY)?,
-        })
-    }
+    let mut classes = Classes::default();
+    let mut pieces = Vec::new();
+    ranges(entries, &mut pieces, |value| classes.intern(value));
+    Ok(Plan {
+        pieces,
+        classes: classes.into_entries(R::FAMILY)?,
+    })
 }
 
 impl<R: Element> Plan<R> {
