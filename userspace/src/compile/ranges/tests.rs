@@ -674,3 +674,140 @@ fn ipv6_runs_never_straddle_a_chunk_and_answer_on_either_side_of_its_boundary() 
         assert_eq!(prefixes::<_, 16>(&table), Some(canonical(&entries)));
     }
 }
+
+/// `entries`' tables laid out now and as before the pieces were read once per
+/// slot (`lay_out_before`), element for element and with the same directory,
+/// for both the preallocated start and the chunk maps' (capacity 0).
+fn same_layout_as_before<R: Element + PartialEq + std::fmt::Debug, const N: usize>(
+    entries: &[PrefixEntry<N>],
+    before: fn(&[R::Piece], usize, &mut Vec<R>) -> Directory,
+) -> Result<(), TestCaseError> {
+    let plan = plan::<R, N>(entries).expect("classes fit");
+    for capacity in [usize::MAX, 0] {
+        let (mut now, mut then) = (Vec::new(), Vec::new());
+        let directory = plan.lay_out(capacity, &mut now);
+        prop_assert_eq!(directory, before(&plan.pieces, capacity, &mut then));
+        prop_assert_eq!(now.len(), then.len(), "capacity {}", capacity);
+        if let Some(at) = (0..now.len()).find(|&i| now[i] != then[i]) {
+            prop_assert!(
+                false,
+                "capacity {capacity}: element {at}: {:?} against {:?}",
+                now[at],
+                then[at]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn v4_before(pieces: &[v4::Piece], capacity: usize, out: &mut Vec<SourceRangeV4>) -> Directory {
+    v4::lay_out_before(pieces, capacity, out)
+}
+
+fn v6_before(pieces: &[v6::Piece], capacity: usize, out: &mut Vec<SourceRangeV6>) -> Directory {
+    v6::lay_out_before(pieces, capacity, out)
+}
+
+proptest! {
+    #[test]
+    fn layouts_are_what_they_were_before_one_read_per_piece(
+        v4 in v4_entries(),
+        v6 in v6_entries(),
+        (dense4, _) in dense_v4(),
+        (dense6, _) in dense_v6(),
+        window4 in windowed_v4(),
+        window6 in windowed_v6(),
+    ) {
+        for entries in [v4, dense4, window4] {
+            same_layout_as_before::<SourceRangeV4, 4>(&entries, v4_before)?;
+        }
+        for entries in [v6, dense6, window6] {
+            same_layout_as_before::<SourceRangeV6, 16>(&entries, v6_before)?;
+        }
+    }
+}
+
+/// `cargo test --release -p airlock --lib -- --ignored layout_timing --nocapture`:
+/// the large tables below laid out now and as before, best of 15 each, into
+/// memory already touched (as the map's is).
+#[test]
+#[ignore]
+fn layout_timing() {
+    let (v4, v6) = large_entries();
+    fn best<R: Copy>(mut lay: impl FnMut(&mut Vec<R>)) -> std::time::Duration {
+        let mut out = Vec::new();
+        (0..15)
+            .map(|_| {
+                out.clear();
+                let t = std::time::Instant::now();
+                lay(&mut out);
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    }
+    let p4 = plan::<SourceRangeV4, 4>(&v4).unwrap();
+    let p6 = plan::<SourceRangeV6, 16>(&v6).unwrap();
+    println!(
+        "v4: now {:?}, before {:?}; v6: now {:?}, before {:?}",
+        best(|out| {
+            p4.lay_out(usize::MAX, out);
+        }),
+        best(|out| {
+            v4::lay_out_before(&p4.pieces, usize::MAX, out);
+        }),
+        best(|out| {
+            p6.lay_out(usize::MAX, out);
+        }),
+        best(|out| {
+            v6::lay_out_before(&p6.pieces, usize::MAX, out);
+        }),
+    );
+}
+
+/// At the size the layouts were changed for: a million-line list's shape
+/// (mostly hosts and small subnets anywhere, some nesting, a few wide
+/// prefixes), so slots with no piece, one, and long padded runs, runs across
+/// chunk boundaries, and the stretches of one answer between them.
+#[test]
+fn large_layouts_are_what_they_were_before_one_read_per_piece() {
+    let (v4, v6) = large_entries();
+    same_layout_as_before::<SourceRangeV4, 4>(&v4, v4_before).unwrap();
+    same_layout_as_before::<SourceRangeV6, 16>(&v6, v6_before).unwrap();
+}
+
+fn large_entries() -> (Vec<PrefixEntry<4>>, Vec<PrefixEntry<16>>) {
+    let mut next = crate::test_rng::xorshift(0x5eed_2300_0000_0001);
+    let mut draw = |count: usize, width: u32| {
+        (0..count)
+            .map(|_| {
+                let r = next();
+                let len = match r % 16 {
+                    0 => 8 + (r >> 8) as u32 % 16,
+                    1..=3 => width - 8 + (r >> 8) as u32 % 8,
+                    _ => width,
+                };
+                let addr = if width == 32 {
+                    u128::from((next() >> 32) as u32)
+                } else {
+                    // Inside 2001:db8::/32's neighbours, as lists sit in 2000::/3.
+                    (0x2001_0db8u128 << 96) | (u128::from(next()) << 32) | u128::from(next())
+                };
+                (addr, len as u8, (r >> 40) % 3 + 1)
+            })
+            .collect::<Vec<_>>()
+    };
+    let v4 = sorted(
+        draw(700_000, 32)
+            .into_iter()
+            .map(|(a, l, rules)| entry::<4>(a, l, rules, 0))
+            .collect(),
+    );
+    let v6 = sorted(
+        draw(250_000, 128)
+            .into_iter()
+            .map(|(a, l, rules)| entry::<16>(a, l.min(128), rules, 0))
+            .collect(),
+    );
+    (v4, v6)
+}

@@ -26,11 +26,24 @@ pub(super) const DIRECTORY: Directory = Directory {
     shift: 64 - DIRECTORY_BITS_V4,
 };
 
-/// A range while the table is made: first address and class.
+/// A range while the table is made: first address and class. Six bytes, not
+/// eight: a plan at a million prefixes holds over a million of them, each new
+/// memory on every apply (fresh pages are most of a re-apply's variance,
+/// docs/performance.md). A class fits in 16 bits (`MAX_CLASSES`); a plan with
+/// more classes is refused whatever its pieces hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, packed(2))]
 pub struct Piece {
     start: u32,
-    class: u32,
+    class: u16,
+}
+
+const _: () = assert!(size_of::<Piece>() == 6 && MAX_CLASSES <= 1 << 16);
+
+impl Piece {
+    fn class(&self) -> u32 {
+        u32::from(self.class)
+    }
 }
 
 impl RangeItem for Piece {
@@ -39,7 +52,7 @@ impl RangeItem for Piece {
     fn range(start: u128, class: u32) -> Self {
         Piece {
             start: start as u32,
-            class,
+            class: u16::try_from(class).unwrap_or(u16::MAX),
         }
     }
 
@@ -48,7 +61,7 @@ impl RangeItem for Piece {
     }
 
     fn answer(&self) -> u32 {
-        self.class
+        self.class()
     }
 }
 
@@ -67,7 +80,7 @@ pub(super) fn shape(n: usize) -> (u32, usize, usize) {
 
 /// A range as a run holds it: its first address's offset in its slot, its class.
 fn element(piece: Piece) -> SourceRangeV4 {
-    SourceRangeV4(((piece.start & (SPAN - 1)) << RANGE_OFFSET_SHIFT_V4) | piece.class)
+    SourceRangeV4(((piece.start & (SPAN - 1)) << RANGE_OFFSET_SHIFT_V4) | piece.class())
 }
 
 /// The IPv4 table of `pieces` laid out into `elements`: the directory, then the
@@ -76,6 +89,84 @@ fn element(piece: Piece) -> SourceRangeV4 {
 /// from the first element past the generation's preallocated values (element
 /// 2^21, chunk 2: the first chunk map).
 pub(super) fn lay_out(
+    pieces: &[Piece],
+    capacity: usize,
+    elements: &mut impl Out<SourceRangeV4>,
+) -> Directory {
+    let first_run = if capacity >= CHUNK {
+        SLOTS
+    } else {
+        PREALLOCATED_VALUES_V4 as usize * CHUNK
+    };
+    elements.reserve(first_run + pieces.len() + pieces.len() / 2);
+    elements.resize(first_run, SourceRangeV4::default());
+    // `at`: the piece holding the slot's first address; `next`: the first piece
+    // starting after the slot before (so at or after this slot's first address);
+    // `last`: the piece whose element ends `elements`, if any (a run may begin
+    // with it).
+    let mut next = 0;
+    let mut last = None;
+    let mut slot = 0;
+    while slot < SLOTS {
+        if elements.full() {
+            break;
+        }
+        let first = (slot as u32) << DIRECTORY_SHIFT_V4;
+        // Starts strictly increase, and the piece before `next` starts in an
+        // earlier slot: the slot's first address is in `next` if it starts
+        // there, else in the one before. No piece is read twice to find it.
+        let at = match pieces.get(next) {
+            Some(piece) if piece.start == first => next,
+            _ => next.saturating_sub(1),
+        };
+        let mut end = at + 1;
+        while end < pieces.len() && pieces[end].start <= first | (SPAN - 1) {
+            end += 1;
+        }
+        if end - at == 1 {
+            // Every slot before the one the next piece starts in lies inside
+            // this piece too: filled as one stretch, without a search of the
+            // pieces for each.
+            let stretch = pieces
+                .get(end)
+                .map_or(SLOTS, |p| (p.start >> DIRECTORY_SHIFT_V4) as usize);
+            let answer = SourceRangeV4(SLOT_ANSWER_V4 | pieces[at].class());
+            elements[slot..stretch.max(slot + 1)].fill(answer);
+            slot = stretch.max(slot + 1);
+            next = end;
+            continue;
+        }
+        let (k, d, length) = shape(end - at);
+        let mut start = elements.len() - 1;
+        if last != Some(at) || start / CHUNK != (start + length - 1) / CHUNK {
+            start = elements.len();
+            if start / CHUNK != (start + length - 1) / CHUNK {
+                // Never read: the run moves to the next chunk, searched from one pointer.
+                start = (start / CHUNK + 1) * CHUNK;
+                elements.resize(start, element(pieces[at]));
+            }
+            elements.push(element(pieces[at]));
+        }
+        elements.push_all(pieces[at + 1..end].iter().map(|&p| element(p)));
+        let padding = element(pieces[end - 1]);
+        elements.resize(start + length, padding);
+        last = Some(end - 1);
+        debug_assert!(start as u32 <= RUN_INDEX_MASK_V4);
+        elements[slot] = SourceRangeV4(
+            start as u32
+                | (k << RUN_HALVINGS_SHIFT_V4)
+                | (((d - 1) as u32) << RUN_FIRST_PROBE_SHIFT_V4),
+        );
+        slot += 1;
+        next = end;
+    }
+    DIRECTORY
+}
+
+/// The layout as it was made before the pieces were read once per slot
+/// (session 23): what [`lay_out`] must still make, element for element.
+#[cfg(test)]
+pub(super) fn lay_out_before(
     pieces: &[Piece],
     capacity: usize,
     elements: &mut impl Out<SourceRangeV4>,
@@ -104,7 +195,7 @@ pub(super) fn lay_out(
             end += 1;
         }
         if end - at == 1 {
-            elements[slot] = SourceRangeV4(SLOT_ANSWER_V4 | pieces[at].class);
+            elements[slot] = SourceRangeV4(SLOT_ANSWER_V4 | pieces[at].class());
             continue;
         }
         let (k, d, length) = shape(end - at);

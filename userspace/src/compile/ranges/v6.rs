@@ -18,23 +18,34 @@ const MASK: u64 = INLINE_TABLE_V6 as u64 - 1;
 /// A range's class bits.
 const CLASS_MASK: u64 = (1 << RANGE_CLASS_BITS_V6) - 1;
 
-/// A range while the table is made: first address and class. Aligned to 8,
-/// not to the address's 16: 24 bytes, not 32 (a plan at a million prefixes
-/// holds half a million of them, each new memory on every apply).
+/// A range while the table is made: first address and class. Aligned to 2,
+/// not to the address's 16: 18 bytes, not 32 (a plan at a million prefixes
+/// holds half a million of them, each new memory on every apply). A class fits
+/// in 16 bits (`MAX_CLASSES`); a plan with more classes is refused whatever its
+/// pieces hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C, packed(8))]
+#[repr(C, packed(2))]
 pub struct Piece {
     start: u128,
-    class: u32,
+    class: u16,
 }
 
-const _: () = assert!(size_of::<Piece>() == 24);
+const _: () = assert!(size_of::<Piece>() == 18 && MAX_CLASSES <= 1 << 16);
+
+impl Piece {
+    fn class(&self) -> u32 {
+        u32::from(self.class)
+    }
+}
 
 impl RangeItem for Piece {
     type Answer = u32;
 
     fn range(start: u128, class: u32) -> Self {
-        Piece { start, class }
+        Piece {
+            start,
+            class: u16::try_from(class).unwrap_or(u16::MAX),
+        }
     }
 
     fn start(&self) -> u128 {
@@ -42,7 +53,7 @@ impl RangeItem for Piece {
     }
 
     fn answer(&self) -> u32 {
-        self.class
+        self.class()
     }
 }
 
@@ -66,14 +77,14 @@ fn keep(bits: u32) -> u128 {
 /// The class of the piece `address` falls in.
 fn class_at(pieces: &[Piece], address: u128) -> u32 {
     let at = pieces.partition_point(|p| p.start <= address);
-    pieces[at.saturating_sub(1)].class
+    pieces[at.saturating_sub(1)].class()
 }
 
 /// A range of a compact run: its first address's top 64 bits after the slot's
 /// prefix (`prefix` bits), shifted right once (the sign bit stays clear for the
 /// program's subtraction), its class below.
 fn compact(piece: Piece, prefix: u32) -> u64 {
-    ((((piece.start >> 64) as u64) << prefix) >> 1) | u64::from(piece.class)
+    ((((piece.start >> 64) as u64) << prefix) >> 1) | u64::from(piece.class())
 }
 
 /// A range of a wide run: its first address after the slot's prefix, as 128
@@ -82,7 +93,7 @@ fn wide(piece: Piece, prefix: u32) -> [u64; 2] {
     let shifted = piece.start << prefix;
     [
         (shifted >> 64) as u64,
-        shifted as u64 | u64::from(piece.class),
+        shifted as u64 | u64::from(piece.class()),
     ]
 }
 
@@ -138,6 +149,124 @@ pub(super) fn lay_out<E: Out<SourceRangeV6>>(
     // `at`: the piece holding the slot's first address; `last`: the piece whose
     // range ends `elements`, and whether it is wide, if any (a run may begin
     // with it).
+    // `next`: the first piece starting after the slot before (so at or after
+    // this slot's first address), or the first inside the window.
+    let mut next = pieces.partition_point(|p| p.start <= start);
+    let mut last = None;
+    let mut slot = 0;
+    while slot < SLOTS && !elements.full() {
+        let first = start + ((slot as u128) << span);
+        let slot_last = first + ((1u128 << span) - 1);
+        // Starts strictly increase, and the piece before `next` starts before
+        // this slot: the slot's first address is in `next` if it starts there,
+        // else in the one before. No piece is read twice to find it.
+        let at = match pieces.get(next) {
+            Some(piece) if piece.start == first => next,
+            _ => next.saturating_sub(1),
+        };
+        let mut end = at + 1;
+        while end < pieces.len() && pieces[end].start <= slot_last {
+            end += 1;
+        }
+        if end - at == 1 {
+            // Every slot before the one the next piece starts in lies inside
+            // this piece too: most of a directory, filled without its
+            // addresses worked out slot by slot.
+            let stretch = pieces.get(at + 1).map_or(SLOTS, |p| {
+                usize::try_from((p.start - start) >> span).map_or(SLOTS, |s| s.min(SLOTS))
+            });
+            let answer = SLOT_ANSWER_V6 | pieces[at].class();
+            for within in slot..stretch.max(slot + 1) {
+                set_slot(elements, within, answer);
+            }
+            slot = stretch.max(slot + 1);
+            next = end;
+            continue;
+        }
+        // Padded to 2^k ranges; compared, the ranges after the first.
+        let k = usize::BITS - (end - at - 1).leading_zeros();
+        let is_wide = pieces[at + 1..end].iter().any(|p| p.start as u64 != 0);
+        let width = if is_wide { 2 } else { 1 };
+        let words = width << k;
+        let push = |elements: &mut E, piece: Piece| {
+            if is_wide {
+                let [high, low] = wide(piece, prefix);
+                elements.push_all([SourceRangeV6(high), SourceRangeV6(low)]);
+            } else {
+                elements.push(SourceRangeV6(compact(piece, prefix)));
+            }
+        };
+        let mut run = elements.len() - width;
+        if last != Some((at, is_wide)) || run / CHUNK != (run + words - 1) / CHUNK {
+            run = elements.len();
+            if run / CHUNK != (run + words - 1) / CHUNK {
+                // Never read: the run moves to the next chunk, searched from one pointer.
+                run = (run / CHUNK + 1) * CHUNK;
+                elements.resize(run, SourceRangeV6::default());
+            }
+            push(elements, pieces[at]);
+        }
+        for &piece in &pieces[at + 1..end] {
+            push(elements, piece);
+        }
+        while elements.len() < run + words {
+            push(elements, pieces[end - 1]);
+        }
+        last = Some((end - 1, is_wide));
+        debug_assert!(run as u32 <= RUN_INDEX_MASK_V6);
+        let flag = if is_wide { RUN_WIDE_V6 } else { 0 };
+        set_slot(
+            elements,
+            slot,
+            run as u32 | (k << RUN_HALVINGS_SHIFT_V6) | flag,
+        );
+        slot += 1;
+        next = end;
+    }
+    Directory {
+        bits: DIRECTORY_BITS_V6,
+        base: (start >> 64) as u64,
+        shift: 64 - prefix,
+    }
+}
+
+/// The layout as it was made before the pieces were read once per slot
+/// (session 23): what [`lay_out`] must still make, element for element.
+#[cfg(test)]
+pub(super) fn lay_out_before<E: Out<SourceRangeV6>>(
+    pieces: &[Piece],
+    capacity: usize,
+    elements: &mut E,
+) -> Directory {
+    let (start, shared) = window(pieces);
+    let prefix = shared + DIRECTORY_BITS_V6;
+    // Address bits below a slot's prefix.
+    let span = 128 - prefix;
+    let outside = DIRECTORY_WORDS_V6 as usize;
+    let first_run = if capacity >= CHUNK {
+        outside + 1
+    } else {
+        CHUNK
+    };
+    // Room for a run padded to twice its ranges at two words each, so that a
+    // vector does not regrow at the sizes measured: regrowing copies the table
+    // into fresh memory, about 10 MiB more zeroed and copied at a million
+    // prefixes (fresh pages are most of a re-apply's variance,
+    // docs/performance.md). Not a bound: runs that repeat a range of the slot
+    // before, or skip to a chunk's start, can take more, and the vector then
+    // grows as it did. Memory reserved and never written costs nothing.
+    elements.reserve(first_run + 4 * pieces.len() + CHUNK);
+    elements.resize(first_run, SourceRangeV6::default());
+    // Below the window, and above it (when the window is everything, neither
+    // slot is read).
+    let end = start | !keep(shared);
+    let below = class_at(pieces, start.wrapping_sub(1));
+    let above = class_at(pieces, end.wrapping_add(1));
+    set_slot(elements, SLOTS, SLOT_ANSWER_V6 | below);
+    set_slot(elements, SLOTS + 1, SLOT_ANSWER_V6 | above);
+    // `at`: the piece holding the slot's first address; `last`: the piece whose
+    // range ends `elements`, and whether it is wide, if any (a run may begin
+    // with it).
     let mut at = 0;
     let mut last = None;
     let mut slot = 0;
@@ -158,7 +287,7 @@ pub(super) fn lay_out<E: Out<SourceRangeV6>>(
             let next = pieces.get(at + 1).map_or(SLOTS, |p| {
                 usize::try_from((p.start - start) >> span).map_or(SLOTS, |s| s.min(SLOTS))
             });
-            let answer = SLOT_ANSWER_V6 | pieces[at].class;
+            let answer = SLOT_ANSWER_V6 | pieces[at].class();
             for within in slot..next.max(slot + 1) {
                 set_slot(elements, within, answer);
             }
