@@ -25,7 +25,7 @@ const BIT_DENY: u32 = 65;
 /// One prefix occurrence (`set` lists it as a cidr or as an except), packed for
 /// sorting: keys order by (address, length) first, so a sort puts every ancestor
 /// before its descendants. The order among one prefix's occurrences is irrelevant.
-trait Key: Copy + Ord + Send {
+pub(in crate::compile) trait Key: Copy + Ord + Send {
     /// Right-aligned network address and prefix length.
     fn prefix(self) -> (u128, u8);
     /// The set's index and whether this is one of its excepts.
@@ -51,7 +51,7 @@ impl Key for u64 {
 /// Largest set index a packed IPv4 key holds.
 const V4_SET_MAX: u64 = (1 << 23) - 1;
 
-fn v4_key(addr: u32, len: u8, set: usize, except: bool) -> u64 {
+pub(in crate::compile) fn v4_key(addr: u32, len: u8, set: usize, except: bool) -> u64 {
     u64::from(addr) << 32 | u64::from(len) << 24 | (set as u64) << 1 | u64::from(except)
 }
 
@@ -278,7 +278,7 @@ pub(crate) fn fold_then<A: Send, B: Send>(
 }
 
 /// Network mask of a `len`-bit prefix in a `width`-bit family, right-aligned.
-fn mask(len: u8, width: u32) -> u128 {
+pub(in crate::compile) fn mask(len: u8, width: u32) -> u128 {
     let full = if width == 128 {
         u128::MAX
     } else {
@@ -483,7 +483,7 @@ struct Frame {
 /// Folds one family; returns the pruned entries (sorted by address, then length,
 /// each made by `entry`), the number of distinct prefixes, the classes the
 /// entries' table numbers (`ClassCount`) and whether one of them is flagged.
-fn fold_family<K: Key, E>(
+pub(in crate::compile) fn fold_family<K: Key, E>(
     keys: Vec<K>,
     width: u32,
     masks: &[u128],
