@@ -493,12 +493,38 @@ pub(in crate::compile) fn fold_family<K: Key, E>(
     let started = std::time::Instant::now();
     let tags = sort_keys(keys, BUCKET_FROM);
     let sorted = started.elapsed();
-    let mut state = State::new(masks);
-    let mut stack: Vec<Frame> = Vec::new();
     // At most one entry per key: reserving that avoids regrowing a large table.
     let mut out = Vec::with_capacity(tags.len());
-    let mut distinct = 0;
     let mut classes = ClassCount::default();
+    let distinct = fold_sorted(&tags, width, masks, prune, entry, &mut out, |value| {
+        classes.see(value)
+    });
+    // Where a re-apply's compile goes, per family (`AIRLOCK_LOG=airlock=debug`).
+    tracing::debug!(
+        width,
+        keys = tags.len(),
+        sort_us = sorted.as_micros() as u64,
+        fold_us = (started.elapsed() - sorted).as_micros() as u64,
+        "family folded"
+    );
+    (out, distinct, classes.count(), classes.flagged())
+}
+
+/// The fold of `tags` (sorted) appended to `out`, each kept entry's answer
+/// shown to `see`; the number of distinct prefixes. Its own function so a
+/// slot refolded alone (`ranges::patch`) pays neither a sort nor a class count.
+pub(in crate::compile) fn fold_sorted<K: Key, E>(
+    tags: &[K],
+    width: u32,
+    masks: &[u128],
+    prune: bool,
+    entry: impl Fn(u128, u8, SourceEntry) -> E,
+    out: &mut Vec<E>,
+    mut see: impl FnMut(SourceEntry),
+) -> usize {
+    let mut state = State::new(masks);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut distinct = 0;
     let mut i = 0;
     while i < tags.len() {
         let (addr, len) = tags[i].prefix();
@@ -537,7 +563,7 @@ pub(in crate::compile) fn fold_family<K: Key, E>(
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
         if value != inherited || !prune {
-            classes.see(value);
+            see(value);
             out.push(entry(addr, len, value));
         }
         stack.push(Frame {
@@ -550,15 +576,7 @@ pub(in crate::compile) fn fold_family<K: Key, E>(
         distinct += 1;
         i = j;
     }
-    // Where a re-apply's compile goes, per family (`AIRLOCK_LOG=airlock=debug`).
-    tracing::debug!(
-        width,
-        keys = tags.len(),
-        sort_us = sorted.as_micros() as u64,
-        fold_us = (started.elapsed() - sorted).as_micros() as u64,
-        "family folded"
-    );
-    (out, distinct, classes.count(), classes.flagged())
+    distinct
 }
 
 #[cfg(test)]

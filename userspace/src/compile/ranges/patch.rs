@@ -29,7 +29,7 @@ use airlock_common::{
 
 use super::v4::{self, CHUNK, Piece, SLOTS, SPAN};
 use super::{Classes, PrefixEntry, RangeItem, SourceTable, ranges};
-use crate::compile::prefixes::fold_family;
+use crate::compile::prefixes::fold_sorted;
 
 /// Beyond this many slots to refold, laying the whole table out is about as
 /// fast (a slot refolded costs some microseconds, the whole layout some tens
@@ -169,6 +169,7 @@ fn stage(
     let mut chain: Vec<u64> = Vec::new();
     let mut next_short = 0;
     let mut local: Vec<u64> = Vec::new();
+    let mut entries: Vec<PrefixEntry<4>> = Vec::new();
     let mut pieces: Vec<Piece> = Vec::new();
     let mut from = 0;
     for &slot in slots {
@@ -189,8 +190,8 @@ fn stage(
         // its first address among them), in key order.
         local.clear();
         local.extend(chain.iter().take_while(|&&k| covers(k, first)));
-        let start = from + keys[from..].partition_point(|&k| key_addr(k) < first);
-        let end = start + keys[start..].partition_point(|&k| key_addr(k) <= last);
+        let start = from + gallop(&keys[from..], |&k| key_addr(k) < first);
+        let end = start + gallop(&keys[start..], |&k| key_addr(k) <= last);
         from = end;
         local.extend_from_slice(&keys[start..end]);
         let entry = |a: u128, len, value| PrefixEntry {
@@ -198,7 +199,8 @@ fn stage(
             prefix_len: len,
             value,
         };
-        let (entries, ..) = fold_family(std::mem::take(&mut local), 32, masks, true, entry);
+        entries.clear();
+        fold_sorted(&local, 32, masks, true, entry, &mut entries, |_| {});
         pieces.clear();
         ranges(&entries, &mut pieces, |value| classes.intern(value));
         let at = pieces.partition_point(|p| p.start() <= u128::from(first)) - 1;
@@ -239,6 +241,19 @@ fn stage(
         ));
     }
     staged
+}
+
+/// How many of `items` (partitioned by `before`: true, then false) come
+/// before the first false, searched from the start doubling the step: the
+/// slots come in address order, so the keys of the next are usually near.
+pub(crate) fn gallop<T>(items: &[T], before: impl Fn(&T) -> bool) -> usize {
+    let mut bound = 1;
+    while bound < items.len() && before(&items[bound - 1]) {
+        bound *= 2;
+    }
+    let low = bound / 2;
+    let high = bound.min(items.len());
+    low + items[low..high].partition_point(before)
 }
 
 #[cfg(test)]
