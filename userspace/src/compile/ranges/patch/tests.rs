@@ -84,11 +84,18 @@ fn assert_same_answers(
 fn network(next: &mut impl FnMut() -> u64, centres: &[u32]) -> (u32, u8) {
     let r = next();
     let len = [11, 14, 16, 18, 19, 20, 22, 24, 26, 28, 30, 31, 32, 32, 32][(r % 15) as usize];
-    let addr = if r >> 60 == 0 {
+    let mut addr = if r >> 60 == 0 {
         (next() >> 32) as u32
     } else {
         centres[((r >> 8) as usize) % centres.len()] ^ ((next() >> 40) as u32 & 0x0003_ffff)
     };
+    // Now and then at a slot's first or last address, where a slot's keys
+    // and ranges end.
+    match (r >> 56) & 7 {
+        0 => addr |= SPAN - 1,
+        1 => addr &= !(SPAN - 1),
+        _ => {}
+    }
     (addr & mask(len, 32) as u32, len)
 }
 
@@ -179,20 +186,22 @@ fn runs_appended_near_a_chunk_boundary_move_past_it() {
     let mut next = xorshift(0x5eed_0023_0f0f_0002);
     let masks = [1u128, 2];
     let centres = [0x0b00_0000u32];
-    let mut keys: Vec<u64> = (0..400).map(|_| key(&mut next, &centres, 2)).collect();
-    keys.sort_unstable();
-    let mut copy = full(&keys, &masks);
-    let pad = copy.elements[SLOTS];
-    copy.elements.resize(CHUNK - 3, pad);
-    let mut new = keys.clone();
-    new.extend((0..200).map(|_| key(&mut next, &centres, 2)));
-    new.sort_unstable();
-    let slots = dirty_slots(&changed(&keys, &new)).expect("few slots");
-    let patched = patch(&mut copy, 4 * CHUNK, &new, &short_keys(&new), &masks, &slots)
-        .expect("room enough");
-    assert!(patched.runs > 0 && copy.elements.len() > CHUNK);
-    let expected = full(&new, &masks);
-    assert_same_answers(&copy, &expected, &probes(&expected, &mut next));
+    for gap in 1..=4 {
+        let mut keys: Vec<u64> = (0..400).map(|_| key(&mut next, &centres, 2)).collect();
+        keys.sort_unstable();
+        let mut copy = full(&keys, &masks);
+        let pad = copy.elements[SLOTS];
+        copy.elements.resize(CHUNK - gap, pad);
+        let mut new = keys.clone();
+        new.extend((0..200).map(|_| key(&mut next, &centres, 2)));
+        new.sort_unstable();
+        let slots = dirty_slots(&changed(&keys, &new)).expect("few slots");
+        let patched = patch(&mut copy, 4 * CHUNK, &new, &short_keys(&new), &masks, &slots)
+            .expect("room enough");
+        assert!(patched.runs > 0 && copy.elements.len() > CHUNK);
+        let expected = full(&new, &masks);
+        assert_same_answers(&copy, &expected, &probes(&expected, &mut next));
+    }
 }
 
 /// Lines shaped like the bench's generated IPv4 prefixes (bench/src/bench/
