@@ -204,6 +204,33 @@ fn runs_appended_near_a_chunk_boundary_move_past_it() {
     }
 }
 
+/// Slots of every run length up to 2^7 + 1 ranges, padded or not (a run
+/// whose length the slot cannot name is padded with its last range), each
+/// changed by one host: alternate hosts in one slot, under a /18 of another
+/// set reaching in from the slot before.
+#[test]
+fn slots_of_every_run_shape_are_refolded() {
+    let mut next = xorshift(0x5eed_0023_0f0f_0004);
+    let masks = [1u128, 2];
+    let slot_first = 0xc633_6000u32; // 198.51.96.0/19
+    for hosts in 1..64u32 {
+        let mut keys: Vec<u64> = (0..hosts)
+            .map(|h| v4_key(slot_first + 8 + 2 * h, 32, 0, false))
+            .chain([v4_key(slot_first - SPAN, 18, 1, false)])
+            .collect();
+        keys.sort_unstable();
+        let mut copy = full(&keys, &masks);
+        let mut new = keys.clone();
+        new.push(v4_key(slot_first + 3, 32, 0, false));
+        new.sort_unstable();
+        let slots = dirty_slots(&changed(&keys, &new)).expect("one slot");
+        assert_eq!(slots, [slot_first >> DIRECTORY_SHIFT_V4]);
+        patch(&mut copy, 4 * CHUNK, &new, &short_keys(&new), &masks, &slots).expect("patched");
+        let expected = full(&new, &masks);
+        assert_same_answers(&copy, &expected, &probes(&expected, &mut next));
+    }
+}
+
 /// Lines shaped like the bench's generated IPv4 prefixes (bench/src/bench/
 /// policies.rs: /32 55%, /24 25%, /25-/31 15%, /18-/23 5%, in 11/8 to 223/8).
 fn bench_like(count: usize, next: &mut impl FnMut() -> u64) -> Vec<(u32, u8)> {
