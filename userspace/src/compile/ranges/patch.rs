@@ -79,7 +79,9 @@ pub(crate) fn dirty_slots(changed: &[(u32, u8)]) -> Result<Vec<u32>, Declined> {
         let first = addr >> DIRECTORY_SHIFT_V4;
         let last = (addr | host) >> DIRECTORY_SHIFT_V4;
         if slots.len() + (last - first) as usize >= 2 * MAX_DIRTY_SLOTS {
-            return Err(Declined::TooManySlots(slots.len() + (last - first) as usize));
+            return Err(Declined::TooManySlots(
+                slots.len() + (last - first) as usize,
+            ));
         }
         slots.extend(first..=last);
     }
@@ -115,7 +117,14 @@ pub(crate) fn patch(
 ) -> Result<Patched, Declined> {
     let old_classes = table.classes.len();
     let mut classes = Classes::from_entries(std::mem::take(&mut table.classes));
-    let staged = stage(table.elements.len(), keys, short, masks, slots, &mut classes);
+    let staged = stage(
+        table.elements.len(),
+        keys,
+        short,
+        masks,
+        slots,
+        &mut classes,
+    );
     let classes = classes.entries;
     let needed = table.elements.len() + staged.elements.len();
     let declined = if needed > room || needed > RUN_INDEX_MASK_V4 as usize {
@@ -229,9 +238,7 @@ fn stage(
             .elements
             .extend(pieces[at..stop].iter().map(|&p| v4::element(p)));
         let padding = v4::element(pieces[stop - 1]);
-        staged
-            .elements
-            .resize(start + length - free, padding);
+        staged.elements.resize(start + length - free, padding);
         staged.runs += 1;
         staged.directory.push((
             slot,

@@ -1,6 +1,8 @@
 use std::time::{Duration, Instant};
 
-use airlock_common::{SourceEntry, SourceRangeV4};
+use airlock_common::{
+    RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, SLOT_ANSWER_V4, SourceEntry, SourceRangeV4,
+};
 
 use super::*;
 use crate::compile::prefixes::{fold_family, mask, v4_key};
@@ -49,7 +51,10 @@ fn probes(full: &SourceTable<SourceRangeV4>, next: &mut impl FnMut() -> u64) -> 
     let mut out: Vec<u32> = Vec::new();
     for entry in prefixes::<SourceRangeV4, 4>(full).expect("well formed") {
         let first = u32::from_be_bytes(entry.addr);
-        let last = first | (u32::MAX.checked_shr(u32::from(entry.prefix_len)).unwrap_or(0));
+        let last = first
+            | (u32::MAX
+                .checked_shr(u32::from(entry.prefix_len))
+                .unwrap_or(0));
         out.extend([first, first.wrapping_sub(1), last, last.wrapping_add(1)]);
     }
     out.extend((0..200).map(|_| (next() >> 32) as u32));
@@ -102,7 +107,12 @@ fn network(next: &mut impl FnMut() -> u64, centres: &[u32]) -> (u32, u8) {
 fn key(next: &mut impl FnMut() -> u64, centres: &[u32], sets: usize) -> u64 {
     let (addr, len) = network(next, centres);
     let r = next();
-    v4_key(addr, len, (r % sets as u64) as usize, (r >> 32) % 6 == 0)
+    v4_key(
+        addr,
+        len,
+        (r % sets as u64) as usize,
+        (r >> 32).is_multiple_of(6),
+    )
 }
 
 /// Random policies, each changed three times in a row, the table patched
@@ -119,7 +129,8 @@ fn a_patched_table_answers_as_the_full_build() {
         let masks: Vec<u128> = (0..sets)
             .map(|_| {
                 let r = next();
-                u128::from(r & 0xf | 1) | if r >> 62 == 1 { MANAGEMENT } else { 0 }
+                u128::from(r & 0xf | 1)
+                    | if r >> 62 == 1 { MANAGEMENT } else { 0 }
                     | if r >> 62 == 2 { DENY } else { 0 }
             })
             .collect();
@@ -132,7 +143,7 @@ fn a_patched_table_answers_as_the_full_build() {
             let mut new: Vec<u64> = keys
                 .iter()
                 .copied()
-                .filter(|_| next() % 10 != 0)
+                .filter(|_| !next().is_multiple_of(10))
                 .collect();
             let added = 1 + (next() % (size as u64 / 5 + 2)) as usize;
             new.extend((0..added).map(|_| key(&mut next, &centres, sets)));
@@ -154,7 +165,10 @@ fn a_patched_table_answers_as_the_full_build() {
                     assert_eq!(copy.elements[slot], before.elements[slot], "slot {slot}");
                 }
             }
-            assert_eq!(copy.elements[..before.elements.len()][SLOTS..], before.elements[SLOTS..]);
+            assert_eq!(
+                copy.elements[..before.elements.len()][SLOTS..],
+                before.elements[SLOTS..]
+            );
             // Refused for want of room: nothing changes.
             let mut refused = copy.clone();
             let room = refused.elements.len();
@@ -167,16 +181,25 @@ fn a_patched_table_answers_as_the_full_build() {
             keys = new;
         }
     }
-    assert!(patched_runs > 1000, "the rounds laid out runs: {patched_runs}");
+    assert!(
+        patched_runs > 1000,
+        "the rounds laid out runs: {patched_runs}"
+    );
 }
 
 #[test]
 fn a_change_over_too_many_slots_is_declined() {
-    assert_eq!(dirty_slots(&[(0, 0)]), Err(Declined::TooManySlots(SLOTS - 1)));
+    assert_eq!(
+        dirty_slots(&[(0, 0)]),
+        Err(Declined::TooManySlots(SLOTS - 1))
+    );
     let slots = dirty_slots(&[(0x0a00_0000, 8), (0x0a01_0000, 32)]).expect("2048 slots");
     assert_eq!(slots.len(), 2048);
     assert_eq!(slots[0], 0x0a00_0000 >> DIRECTORY_SHIFT_V4);
-    assert_eq!(dirty_slots(&[(0xffff_ffff, 32)]), Ok(vec![SLOTS as u32 - 1]));
+    assert_eq!(
+        dirty_slots(&[(0xffff_ffff, 32)]),
+        Ok(vec![SLOTS as u32 - 1])
+    );
 }
 
 /// Runs straddling a chunk boundary move to the next chunk, as the full
@@ -196,8 +219,15 @@ fn runs_appended_near_a_chunk_boundary_move_past_it() {
         new.extend((0..200).map(|_| key(&mut next, &centres, 2)));
         new.sort_unstable();
         let slots = dirty_slots(&changed(&keys, &new)).expect("few slots");
-        let patched = patch(&mut copy, 4 * CHUNK, &new, &short_keys(&new), &masks, &slots)
-            .expect("room enough");
+        let patched = patch(
+            &mut copy,
+            4 * CHUNK,
+            &new,
+            &short_keys(&new),
+            &masks,
+            &slots,
+        )
+        .expect("room enough");
         assert!(patched.runs > 0 && copy.elements.len() > CHUNK);
         let expected = full(&new, &masks);
         assert_same_answers(&copy, &expected, &probes(&expected, &mut next));
@@ -225,7 +255,15 @@ fn slots_of_every_run_shape_are_refolded() {
         new.sort_unstable();
         let slots = dirty_slots(&changed(&keys, &new)).expect("one slot");
         assert_eq!(slots, [slot_first >> DIRECTORY_SHIFT_V4]);
-        patch(&mut copy, 4 * CHUNK, &new, &short_keys(&new), &masks, &slots).expect("patched");
+        patch(
+            &mut copy,
+            4 * CHUNK,
+            &new,
+            &short_keys(&new),
+            &masks,
+            &slots,
+        )
+        .expect("patched");
         let expected = full(&new, &masks);
         assert_same_answers(&copy, &expected, &probes(&expected, &mut next));
     }
@@ -346,12 +384,23 @@ fn patch_timing_at_a_million() {
         let started = Instant::now();
         figures = patch(&mut scratch, 2 * CHUNK, &merged, &short, &masks, &slots).expect("patched");
         t_patch.push(started.elapsed());
-        let kept = if run == RUNS - 1 { Some(scratch.clone()) } else { None };
+        let kept = if run == RUNS - 1 {
+            Some(scratch.clone())
+        } else {
+            None
+        };
         reset(&mut scratch, &copy);
         let staged_copy = &mut scratch;
         let started = Instant::now();
         let mut classes = Classes::from_entries(staged_copy.classes.clone());
-        let staged = stage(staged_copy.elements.len(), &merged, &short, &masks, &slots, &mut classes);
+        let staged = stage(
+            staged_copy.elements.len(),
+            &merged,
+            &short,
+            &masks,
+            &slots,
+            &mut classes,
+        );
         t_stage.push(started.elapsed());
         let started = Instant::now();
         staged_copy.elements.extend_from_slice(&staged.elements);
@@ -360,6 +409,28 @@ fn patch_timing_at_a_million() {
         }
         t_commit.push(started.elapsed());
         if let Some(patched) = kept {
+            // How many new runs would fit where the slot's old run was.
+            let run_length = |value: u32| {
+                (value & SLOT_ANSWER_V4 == 0).then(|| {
+                    (1usize << ((value >> RUN_HALVINGS_SHIFT_V4) & 15))
+                        + ((value >> RUN_FIRST_PROBE_SHIFT_V4) & 7) as usize
+                        + 1
+                })
+            };
+            let (mut fit, mut runs, mut were_runs) = (0, 0, 0);
+            for &(slot, value) in &staged.directory {
+                let old = run_length(copy.elements[slot as usize].0);
+                were_runs += usize::from(old.is_some());
+                if let Some(new) = run_length(value) {
+                    runs += 1;
+                    fit += usize::from(old.is_some_and(|old| old >= new));
+                }
+            }
+            println!(
+                "runs {runs}, slots that were runs {were_runs}, new runs no longer than the \
+                 slot's old run {fit}, free room before the patch {}",
+                2 * CHUNK - copy.elements.len()
+            );
             assert_same_answers(&patched, &expected, &[]);
             println!(
                 "keys {} (short {}), changed {}, slots {}, keys in them {found}, {figures:?}, \
