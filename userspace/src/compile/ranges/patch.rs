@@ -45,7 +45,10 @@ pub(crate) const MAX_DIRTY_SLOTS: usize = SLOTS / 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Declined {
     TooManySlots(usize),
-    NoRoom { needed: usize, room: usize },
+    NoRoom {
+        needed: usize,
+        room: usize,
+    },
     TooManyClasses(usize),
     /// An IPv6 change outside the table's directory window.
     OutsideWindow,

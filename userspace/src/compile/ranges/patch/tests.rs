@@ -1,12 +1,12 @@
 use std::time::{Duration, Instant};
 
 use airlock_common::{
-    RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, SLOT_ANSWER_V4, SourceEntry, SourceRangeV4,
-    INLINE_TABLE_V6, SourceRangeV6,
+    INLINE_TABLE_V6, RUN_FIRST_PROBE_SHIFT_V4, RUN_HALVINGS_SHIFT_V4, SLOT_ANSWER_V4, SourceEntry,
+    SourceRangeV4, SourceRangeV6,
 };
 
 use super::*;
-use crate::compile::prefixes::{Key as _, Wide, fold_family, mask, v4_key};
+use crate::compile::prefixes::{Wide, fold_family, mask, v4_key};
 use crate::compile::ranges::{lookup, prefixes, table};
 use crate::test_rng::xorshift;
 
@@ -530,12 +530,18 @@ fn changed_v6(old: &[Wide], new: &[Wide]) -> Vec<(u128, u8)> {
 /// slots) to /128.
 fn key_v6(next: &mut impl FnMut() -> u64, centres: &[u128], sets: usize) -> Wide {
     let r = next();
-    let len = [46u8, 48, 48, 50, 51, 52, 56, 60, 64, 64, 80, 96, 112, 127, 128, 128]
-        [(r % 16) as usize];
+    let len = [
+        46u8, 48, 48, 50, 51, 52, 56, 60, 64, 64, 80, 96, 112, 127, 128, 128,
+    ][(r % 16) as usize];
     let noise = (u128::from(next() >> 44) << 76) | u128::from(next());
     let addr = centres[((r >> 8) as usize) % centres.len()] ^ noise;
     let addr = addr & !(u128::MAX.checked_shr(u32::from(len)).unwrap_or(0));
-    Wide::new(addr, len, (r >> 20) as usize % sets, (r >> 40).is_multiple_of(6))
+    Wide::new(
+        addr,
+        len,
+        (r >> 20) as usize % sets,
+        (r >> 40).is_multiple_of(6),
+    )
 }
 
 /// The IPv6 table patched as the IPv4 one, its window kept: the same answers
@@ -548,14 +554,16 @@ fn a_patched_ipv6_table_answers_as_the_full_build() {
     for _ in 0..30 {
         let sets = 1 + (next() % 4) as usize;
         let masks: Vec<u128> = (0..sets)
-            .map(|_| u128::from(next() & 0xf | 1) | if next() % 4 == 0 { DENY } else { 0 })
+            .map(|_| u128::from(next() & 0xf | 1) | if next().is_multiple_of(4) { DENY } else { 0 })
             .collect();
         let doc = 0x2001_0db8u128 << 96;
         let centres: Vec<u128> = (0..3)
             .map(|_| doc | (u128::from(next() >> 40) << 72))
             .collect();
         let size = 20 + (next() % 1500) as usize;
-        let mut keys: Vec<Wide> = (0..size).map(|_| key_v6(&mut next, &centres, sets)).collect();
+        let mut keys: Vec<Wide> = (0..size)
+            .map(|_| key_v6(&mut next, &centres, sets))
+            .collect();
         keys.sort_unstable();
         let mut copy = full_v6(&keys, &masks);
         for _ in 0..3 {
@@ -576,7 +584,10 @@ fn a_patched_ipv6_table_answers_as_the_full_build() {
                     assert!(read == prefixes::<SourceRangeV6, 16>(&expected).expect("ok"));
                     for entry in &read {
                         let first = u128::from_be_bytes(entry.addr);
-                        let last = first | u128::MAX.checked_shr(u32::from(entry.prefix_len)).unwrap_or(0);
+                        let last = first
+                            | u128::MAX
+                                .checked_shr(u32::from(entry.prefix_len))
+                                .unwrap_or(0);
                         for key in [first, first.wrapping_sub(1), last, last.wrapping_add(1)] {
                             assert_eq!(lookup(&copy, key), lookup(&expected, key));
                         }
@@ -595,10 +606,112 @@ fn a_patched_ipv6_table_answers_as_the_full_build() {
         let mut outside = keys.clone();
         outside.push(Wide::new(0x2001_0db9u128 << 96, 48, 0, false));
         let before = copy.clone();
-        let result = patch_v6(&mut copy, 8 * CHUNK, &outside, &masks, &changed_v6(&keys, &outside));
+        let result = patch_v6(
+            &mut copy,
+            8 * CHUNK,
+            &outside,
+            &masks,
+            &changed_v6(&keys, &outside),
+        );
         assert_eq!(result, Err(Declined::OutsideWindow));
         assert!(copy == before);
     }
     assert!(patched > 40, "patched {patched}, declined {declined}");
     println!("patched {patched}, declined {declined}");
+}
+
+/// IPv6 lines shaped like the bench's (/128 30%, /64 30%, /48 28%, /36-/47 7%,
+/// /49-/63 5%, in 2000::/3).
+fn bench_like_v6(count: usize, next: &mut impl FnMut() -> u64) -> Vec<(u128, u8)> {
+    (0..count)
+        .map(|_| {
+            let r = next();
+            let len = match r % 100 {
+                0..30 => 128,
+                30..60 => 64,
+                60..88 => 48,
+                88..95 => 36 + ((r >> 8) % 12) as u8,
+                _ => 49 + ((r >> 8) % 15) as u8,
+            };
+            let addr = ((u128::from(next()) << 64 | u128::from(next())) >> 3) | (1u128 << 125);
+            (
+                addr & !(u128::MAX.checked_shr(u32::from(len)).unwrap_or(0)),
+                len,
+            )
+        })
+        .collect()
+}
+
+/// `patch_timing_at_a_million`'s IPv6 share: 250,000 lines, the same 1%
+/// replaced twice. By hand:
+/// `cargo test -p airlock --release --lib patch_timing_v6 -- --ignored --nocapture`
+#[test]
+#[ignore = "timing, by hand"]
+fn patch_timing_v6_at_a_million() {
+    const RUNS: usize = 9;
+    let mut next = xorshift(0x5eed_0023_0f0f_0007);
+    let lines = bench_like_v6(250_000, &mut next);
+    let masks = [1u128];
+    let as_keys = |lines: &[(u128, u8)]| -> Vec<Wide> {
+        let mut keys: Vec<Wide> = lines
+            .iter()
+            .map(|&(a, l)| Wide::new(a, l, 0, false))
+            .collect();
+        keys.sort_unstable();
+        keys
+    };
+    let stride = 100;
+    let mutate = |lines: &[(u128, u8)], next: &mut dyn FnMut() -> u64| {
+        let mut out = lines.to_vec();
+        for (i, net) in bench_like_v6(lines.len() / stride, &mut || next())
+            .into_iter()
+            .enumerate()
+        {
+            out[i * stride] = net;
+        }
+        out
+    };
+    let before_last = mutate(&lines, &mut next);
+    let copy = full_v6(&as_keys(&before_last), &masks);
+    let mut scratch = copy.clone();
+    scratch.elements.reserve(2 * v6::CHUNK);
+    let (mut t_full, mut t_patch) = (vec![], vec![]);
+    for run in 0..RUNS {
+        let now = mutate(&lines, &mut next);
+        let keys = as_keys(&now);
+        let started = Instant::now();
+        let expected = full_v6(&keys, &masks);
+        t_full.push(started.elapsed());
+        let changed: Vec<(u128, u8)> = (0..lines.len())
+            .step_by(stride)
+            .flat_map(|i| [before_last[i], now[i]])
+            .collect();
+        scratch.elements.clear();
+        scratch.elements.extend_from_slice(&copy.elements);
+        scratch.classes.clone_from(&copy.classes);
+        let started = Instant::now();
+        let figures = patch_v6(&mut scratch, 4 * v6::CHUNK, &keys, &masks, &changed);
+        t_patch.push(started.elapsed());
+        let figures = figures.expect("patched");
+        if run == RUNS - 1 {
+            assert!(
+                prefixes::<SourceRangeV6, 16>(&scratch) == prefixes::<SourceRangeV6, 16>(&expected)
+            );
+            println!(
+                "keys {}, changed {}, {figures:?}, full table {} words, copy {} -> {}, window /{}",
+                keys.len(),
+                changed.len(),
+                expected.elements.len(),
+                copy.elements.len(),
+                scratch.elements.len(),
+                64 - copy.directory.shift - airlock_common::DIRECTORY_BITS_V6,
+            );
+        }
+    }
+    println!(
+        "IPv6 medians of {RUNS}, ms: full fold+plan+layout {:.2} | patch_v6 whole (slots, \
+         short keys, refold, layout, commit) {:.2}",
+        ms(median(t_full)),
+        ms(median(t_patch)),
+    );
 }
