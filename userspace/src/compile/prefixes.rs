@@ -25,7 +25,7 @@ const BIT_DENY: u32 = 65;
 /// One prefix occurrence (`set` lists it as a cidr or as an except), packed for
 /// sorting: keys order by (address, length) first, so a sort puts every ancestor
 /// before its descendants. The order among one prefix's occurrences is irrelevant.
-pub(in crate::compile) trait Key: Copy + Ord + Send {
+trait Key: Copy + Ord + Send {
     /// Right-aligned network address and prefix length.
     fn prefix(self) -> (u128, u8);
     /// The set's index and whether this is one of its excepts.
@@ -51,21 +51,21 @@ impl Key for u64 {
 /// Largest set index a packed IPv4 key holds.
 const V4_SET_MAX: u64 = (1 << 23) - 1;
 
-pub(in crate::compile) fn v4_key(addr: u32, len: u8, set: usize, except: bool) -> u64 {
+fn v4_key(addr: u32, len: u8, set: usize, except: bool) -> u64 {
     u64::from(addr) << 32 | u64::from(len) << 24 | (set as u64) << 1 | u64::from(except)
 }
 
 /// Any family, any set: the address in two words, then length << 56 | set << 1 |
 /// except. Derived ordering compares the fields in this order.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(in crate::compile) struct Wide {
+struct Wide {
     hi: u64,
     lo: u64,
     meta: u64,
 }
 
 impl Wide {
-    pub(in crate::compile) fn new(addr: u128, len: u8, set: usize, except: bool) -> Wide {
+    fn new(addr: u128, len: u8, set: usize, except: bool) -> Wide {
         Wide {
             hi: (addr >> 64) as u64,
             lo: addr as u64,
@@ -278,7 +278,7 @@ pub(crate) fn fold_then<A: Send, B: Send>(
 }
 
 /// Network mask of a `len`-bit prefix in a `width`-bit family, right-aligned.
-pub(in crate::compile) fn mask(len: u8, width: u32) -> u128 {
+fn mask(len: u8, width: u32) -> u128 {
     let full = if width == 128 {
         u128::MAX
     } else {
@@ -483,7 +483,7 @@ struct Frame {
 /// Folds one family; returns the pruned entries (sorted by address, then length,
 /// each made by `entry`), the number of distinct prefixes, the classes the
 /// entries' table numbers (`ClassCount`) and whether one of them is flagged.
-pub(in crate::compile) fn fold_family<K: Key, E>(
+fn fold_family<K: Key, E>(
     keys: Vec<K>,
     width: u32,
     masks: &[u128],
@@ -493,38 +493,12 @@ pub(in crate::compile) fn fold_family<K: Key, E>(
     let started = std::time::Instant::now();
     let tags = sort_keys(keys, BUCKET_FROM);
     let sorted = started.elapsed();
-    // At most one entry per key: reserving that avoids regrowing a large table.
-    let mut out = Vec::with_capacity(tags.len());
-    let mut classes = ClassCount::default();
-    let distinct = fold_sorted(&tags, width, masks, prune, entry, &mut out, |value| {
-        classes.see(value)
-    });
-    // Where a re-apply's compile goes, per family (`AIRLOCK_LOG=airlock=debug`).
-    tracing::debug!(
-        width,
-        keys = tags.len(),
-        sort_us = sorted.as_micros() as u64,
-        fold_us = (started.elapsed() - sorted).as_micros() as u64,
-        "family folded"
-    );
-    (out, distinct, classes.count(), classes.flagged())
-}
-
-/// The fold of `tags` (sorted) appended to `out`, each kept entry's answer
-/// shown to `see`; the number of distinct prefixes. Its own function so a
-/// slot refolded alone (`ranges::patch`) pays neither a sort nor a class count.
-pub(in crate::compile) fn fold_sorted<K: Key, E>(
-    tags: &[K],
-    width: u32,
-    masks: &[u128],
-    prune: bool,
-    entry: impl Fn(u128, u8, SourceEntry) -> E,
-    out: &mut Vec<E>,
-    mut see: impl FnMut(SourceEntry),
-) -> usize {
     let mut state = State::new(masks);
     let mut stack: Vec<Frame> = Vec::new();
+    // At most one entry per key: reserving that avoids regrowing a large table.
+    let mut out = Vec::with_capacity(tags.len());
     let mut distinct = 0;
+    let mut classes = ClassCount::default();
     let mut i = 0;
     while i < tags.len() {
         let (addr, len) = tags[i].prefix();
@@ -563,7 +537,7 @@ pub(in crate::compile) fn fold_sorted<K: Key, E>(
         // the LPM lookup falls through to that ancestor (or to "no match" = zero).
         let inherited = stack.last().map(|f| f.value).unwrap_or_default();
         if value != inherited || !prune {
-            see(value);
+            classes.see(value);
             out.push(entry(addr, len, value));
         }
         stack.push(Frame {
@@ -576,7 +550,15 @@ pub(in crate::compile) fn fold_sorted<K: Key, E>(
         distinct += 1;
         i = j;
     }
-    distinct
+    // Where a re-apply's compile goes, per family (`AIRLOCK_LOG=airlock=debug`).
+    tracing::debug!(
+        width,
+        keys = tags.len(),
+        sort_us = sorted.as_micros() as u64,
+        fold_us = (started.elapsed() - sorted).as_micros() as u64,
+        "family folded"
+    );
+    (out, distinct, classes.count(), classes.flagged())
 }
 
 #[cfg(test)]

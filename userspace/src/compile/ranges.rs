@@ -10,10 +10,6 @@ use airlock_common::{MAX_CLASSES, SourceEntry, SourceRangeV4, SourceRangeV6};
 
 use super::PrefixEntry;
 
-// A prototype (session 23, part O), proven against the full build by its
-// tests but not wired into the apply: nothing keeps a copy's keys yet.
-#[cfg_attr(not(test), allow(dead_code))]
-mod patch;
 mod v4;
 mod v6;
 
@@ -70,21 +66,6 @@ impl Default for Classes {
 }
 
 impl Classes {
-    /// The classes a table already numbers (`entries[0]` the empty answer),
-    /// kept as they are: a patched table's unchanged runs still name them.
-    fn from_entries(entries: Vec<SourceEntry>) -> Self {
-        let numbers = entries
-            .iter()
-            .enumerate()
-            .map(|(class, &value)| (value, class as u32))
-            .collect();
-        Classes {
-            last: (SourceEntry::default(), 0),
-            entries,
-            numbers,
-        }
-    }
-
     /// The class of `value`, numbered now if it is new.
     fn intern(&mut self, value: SourceEntry) -> u32 {
         if value == self.last.0 {

@@ -12,9 +12,9 @@ use super::{Directory, Out, RangeItem};
 
 pub(super) const SLOTS: usize = 1 << DIRECTORY_BITS_V4;
 /// Addresses per slot.
-pub(super) const SPAN: u32 = 1 << DIRECTORY_SHIFT_V4;
+const SPAN: u32 = 1 << DIRECTORY_SHIFT_V4;
 /// Elements per chunk (and in the preallocated value).
-pub(super) const CHUNK: usize = INLINE_TABLE_V4 as usize;
+const CHUNK: usize = INLINE_TABLE_V4 as usize;
 const MASK: u32 = INLINE_TABLE_V4 - 1;
 /// Largest first probe a slot can name.
 const MOST_FIRST_PROBE: usize = 8;
@@ -66,7 +66,7 @@ pub(super) fn shape(n: usize) -> (u32, usize, usize) {
 }
 
 /// A range as a run holds it: its first address's offset in its slot, its class.
-pub(super) fn element(piece: Piece) -> SourceRangeV4 {
+fn element(piece: Piece) -> SourceRangeV4 {
     SourceRangeV4(((piece.start & (SPAN - 1)) << RANGE_OFFSET_SHIFT_V4) | piece.class)
 }
 

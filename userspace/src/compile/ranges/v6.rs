@@ -13,7 +13,7 @@ use super::{Directory, Out, RangeItem};
 
 pub(super) const SLOTS: usize = 1 << DIRECTORY_BITS_V6;
 /// Words per chunk (and in the preallocated value).
-pub(super) const CHUNK: usize = INLINE_TABLE_V6 as usize;
+const CHUNK: usize = INLINE_TABLE_V6 as usize;
 const MASK: u64 = INLINE_TABLE_V6 as u64 - 1;
 /// A range's class bits.
 const CLASS_MASK: u64 = (1 << RANGE_CLASS_BITS_V6) - 1;
@@ -59,7 +59,7 @@ fn window(pieces: &[Piece]) -> (u128, u32) {
 }
 
 /// The top `bits` bits of an address.
-pub(super) fn keep(bits: u32) -> u128 {
+fn keep(bits: u32) -> u128 {
     u128::MAX.checked_shl(128 - bits).unwrap_or(0)
 }
 
@@ -72,13 +72,13 @@ fn class_at(pieces: &[Piece], address: u128) -> u32 {
 /// A range of a compact run: its first address's top 64 bits after the slot's
 /// prefix (`prefix` bits), shifted right once (the sign bit stays clear for the
 /// program's subtraction), its class below.
-pub(super) fn compact(piece: Piece, prefix: u32) -> u64 {
+fn compact(piece: Piece, prefix: u32) -> u64 {
     ((((piece.start >> 64) as u64) << prefix) >> 1) | u64::from(piece.class)
 }
 
 /// A range of a wide run: its first address after the slot's prefix, as 128
 /// bits, its class in the low bits (which `prefix >= 19` leaves zero).
-pub(super) fn wide(piece: Piece, prefix: u32) -> [u64; 2] {
+fn wide(piece: Piece, prefix: u32) -> [u64; 2] {
     let shifted = piece.start << prefix;
     [
         (shifted >> 64) as u64,
@@ -94,7 +94,7 @@ fn slot_value(elements: &[SourceRangeV6], slot: usize) -> Option<u32> {
         .map(|word| (word.0 >> (32 * (slot % 2))) as u32)
 }
 
-pub(super) fn set_slot(elements: &mut [SourceRangeV6], slot: usize, value: u32) {
+fn set_slot(elements: &mut [SourceRangeV6], slot: usize, value: u32) {
     let shift = 32 * (slot % 2);
     let word = &mut elements[slot / 2].0;
     *word = (*word & !(0xffff_ffff << shift)) | (u64::from(value) << shift);
