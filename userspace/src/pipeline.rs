@@ -388,6 +388,7 @@ fn capacity_diagnostic(error: &CompileError, origin: &Path) -> Diagnostic {
         ),
         // Its message says what to do.
         CompileError::TooManyClasses(_) => ("rules", None),
+        CompileError::OverfullSlot(_) => ("sets", None),
     };
     // The policy as a whole is too large: its first line.
     Diagnostic {

@@ -103,6 +103,11 @@ pub enum CompileError {
     /// and `--dry-run` refuse it too).
     #[error(transparent)]
     TooManyClasses(#[from] ranges::TooManyClasses),
+    /// An IPv6 directory slot cut into more ranges than its run holds (refused
+    /// with the plan; `validate` and `--dry-run` plan a family large enough
+    /// for it to check).
+    #[error(transparent)]
+    OverfullSlot(#[from] ranges::OverfullSlot),
 }
 
 /// Prefix counts of one source group, per family, as written (before folding).
@@ -226,6 +231,21 @@ fn compile_with_tables(policy: &Policy, prune: bool, plan: bool) -> Result<Compi
     let (v4, v6) = (folded.v4, folded.v6);
     check_classes("IPv4", folded.classes_v4)?;
     check_classes("IPv6", folded.classes_v6)?;
+    // An IPv6 slot denser than its run holds: found by the plan, made here
+    // without one (`validate`, `--dry-run`) when the family is large enough.
+    let overfull = match &table_v6 {
+        Some(Err(ranges::PlanError::OverfullSlot(overfull))) => Some(overfull.clone()),
+        None if ranges::ipv6_slot_may_overfill(v6.len()) => {
+            match ranges::plan::<SourceRangeV6, 16>(&v6) {
+                Err(ranges::PlanError::OverfullSlot(overfull)) => Some(overfull),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some(overfull) = overfull {
+        return Err(overfull.into());
+    }
     let ports_of = |proto: Proto| {
         PortMap::build(policy.rules.iter().enumerate().flat_map(move |(i, r)| {
             r.ports

@@ -14,12 +14,12 @@ use std::sync::{Mutex, PoisonError};
 
 use airlock_common::{SourceRangeV4, SourceRangeV6};
 
-use super::ranges::{self, Plan, TooManyClasses};
+use super::ranges::{self, Plan, PlanError};
 
 use super::{Compiled, PrefixEntry};
 
 /// Both families' plans, as [`plan_tables`] makes them.
-pub type Plans = Result<(Plan<SourceRangeV4>, Plan<SourceRangeV6>), TooManyClasses>;
+pub type Plans = Result<(Plan<SourceRangeV4>, Plan<SourceRangeV6>), PlanError>;
 
 /// Both families' tables of `v4` and `v6` built from scratch, each made to fit
 /// `capacity` elements of its preallocated map if it can: what the plans must
@@ -34,7 +34,7 @@ pub(crate) fn build_tables(
         ranges::SourceTable<SourceRangeV4>,
         ranges::SourceTable<SourceRangeV6>,
     ),
-    TooManyClasses,
+    PlanError,
 > {
     Ok((
         ranges::table(v4, capacity.0)?,
@@ -59,8 +59,8 @@ pub struct Prebuilt {
 impl Prebuilt {
     /// Plans already made (`compile_for_apply`), for the loader to take.
     pub(super) fn ready(
-        v4: Result<Plan<SourceRangeV4>, TooManyClasses>,
-        v6: Result<Plan<SourceRangeV6>, TooManyClasses>,
+        v4: Result<Plan<SourceRangeV4>, PlanError>,
+        v6: Result<Plan<SourceRangeV6>, PlanError>,
     ) -> Prebuilt {
         let plans = Box::new(v4.and_then(|v4| Ok((v4, v6?))));
         Prebuilt {

@@ -45,6 +45,38 @@ pub struct TooManyClasses {
     pub max: u32,
 }
 
+/// A directory slot of the IPv6 table whose addresses the policy cuts into more
+/// ranges than one run holds: the program searches a run inside the chunk its
+/// first word is in, so a longer one would wrap and answer wrongly. (An IPv4
+/// slot spans 2^13 addresses: its run always fits.)
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the policy's IPv6 sources cut {slot} into {ranges} separate ranges, more than the \
+     {max} one slot of the datapath's IPv6 table holds: aggregate the prefixes listed \
+     inside it into fewer, larger ones"
+)]
+pub struct OverfullSlot {
+    /// The slot's addresses, as a prefix.
+    pub slot: ipnet::Ipv6Net,
+    pub ranges: usize,
+    pub max: usize,
+}
+
+/// Whether an IPv6 table of `entries` prefixes could hold a slot too dense for
+/// its run ([`OverfullSlot`]): only a plan tells, and below this size none can.
+pub fn ipv6_slot_may_overfill(entries: usize) -> bool {
+    v6::may_overfill(entries)
+}
+
+/// What a table's plan can be refused for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    TooManyClasses(#[from] TooManyClasses),
+    #[error(transparent)]
+    OverfullSlot(#[from] OverfullSlot),
+}
+
 /// A table's distinct answers, numbered in order of first appearance (class 0:
 /// the empty answer).
 struct Classes {
@@ -241,6 +273,9 @@ pub trait Element: Copy + Default {
     /// The table's ranges (first address, class), sorted, the first at 0; None if
     /// the table is not well formed.
     fn pieces(table: &SourceTable<Self>) -> Option<Vec<(u128, u32)>>;
+    /// The first directory slot whose run `pieces` would make longer than a
+    /// chunk, if any.
+    fn overfull_slot(pieces: &[Self::Piece]) -> Option<OverfullSlot>;
 }
 
 impl Element for SourceRangeV4 {
@@ -259,6 +294,11 @@ impl Element for SourceRangeV4 {
 
     fn pieces(table: &SourceTable<Self>) -> Option<Vec<(u128, u32)>> {
         v4::pieces(&table.elements)
+    }
+
+    fn overfull_slot(_: &[v4::Piece]) -> Option<OverfullSlot> {
+        // A slot's run fits a chunk whatever the pieces (asserted in `v4`).
+        None
     }
 }
 
@@ -279,6 +319,10 @@ impl Element for SourceRangeV6 {
     fn pieces(table: &SourceTable<Self>) -> Option<Vec<(u128, u32)>> {
         v6::pieces(&table.elements, &table.directory)
     }
+
+    fn overfull_slot(pieces: &[v6::Piece]) -> Option<OverfullSlot> {
+        v6::overfull_slot(pieces)
+    }
 }
 
 /// The search of a run of `n` ranges (at least 2): `(k, d)` with `n = 2^k + d`,
@@ -296,12 +340,12 @@ fn entry(class: u32, classes: &[SourceEntry]) -> Option<SourceEntry> {
 }
 
 /// The source table of `entries` (`N`: address bytes, matching `R`'s family),
-/// made to fit in `capacity` elements if it can; an error if its answers are
-/// more classes than the kernel holds.
+/// made to fit in `capacity` elements if it can; an error if the kernel's
+/// table cannot hold it ([`PlanError`]).
 pub fn table<R: Element, const N: usize>(
     entries: &[PrefixEntry<N>],
     capacity: usize,
-) -> Result<SourceTable<R>, TooManyClasses> {
+) -> Result<SourceTable<R>, PlanError> {
     Ok(plan::<R, N>(entries)?.into_table(capacity))
 }
 
@@ -315,14 +359,16 @@ pub struct Plan<R: Element> {
 }
 
 /// The plan of `entries`' table (`N`: address bytes, matching `R`'s family);
-/// an error if its answers are more classes than the kernel holds.
-pub fn plan<R: Element, const N: usize>(
-    entries: &[PrefixEntry<N>],
-) -> Result<Plan<R>, TooManyClasses> {
+/// an error if its answers are more classes than the kernel holds, or a slot's
+/// run would not fit a chunk.
+pub fn plan<R: Element, const N: usize>(entries: &[PrefixEntry<N>]) -> Result<Plan<R>, PlanError> {
     debug_assert_eq!(8 * N as u32, R::WIDTH);
     let mut classes = Classes::default();
     let mut pieces = Vec::new();
     ranges(entries, &mut pieces, |value| classes.intern(value));
+    if let Some(overfull) = R::overfull_slot(&pieces) {
+        return Err(overfull.into());
+    }
     Ok(Plan {
         pieces,
         classes: classes.into_entries(R::FAMILY)?,

@@ -368,3 +368,48 @@ fn tables_built_with_the_fold_and_flag_tables_are_those_made_from_scratch() {
         assert_eq!(applied.flagged, (flagged, flagged), "seed {seed}");
     }
 }
+
+/// One rule from `hosts` IPv6 hosts at every other address of 2001:db8::/64:
+/// `2 * hosts + 1` ranges in one slot of the IPv6 table.
+fn hosts_every_other_address(hosts: u128) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::from(
+        "version: 1\ninterfaces: [eth0]\nrules:\n  - name: dense\n    ports: [22]\n    from: [",
+    );
+    for i in 1..=hosts {
+        let host = std::net::Ipv6Addr::from((0x2001_0db8u128 << 96) + 2 * i);
+        let _ = write!(text, "\"{host}/128\",");
+    }
+    text.push_str("]\n");
+    text
+}
+
+/// A slot of the IPv6 table cut into more ranges than its run holds is refused
+/// by `validate`'s compile (no plan made otherwise) and by the apply's, naming
+/// the slot; one range under the most a run holds compiles.
+#[test]
+fn an_ipv6_slot_denser_than_its_run_holds_is_refused() {
+    let parse = |text: &str| parse_str(text, Path::new("p.yaml")).unwrap();
+    let most = airlock_common::INLINE_TABLE_V6 as u128 / 2;
+    let fits = parse(&hosts_every_other_address((most - 2) / 2));
+    compile(&fits).unwrap();
+    compile_for_apply(&fits).unwrap();
+    let dense = parse(&hosts_every_other_address(most / 2));
+    for (path, result) in [
+        ("validate", compile(&dense)),
+        ("apply", compile_for_apply(&dense)),
+    ] {
+        // Not `unwrap_err`: a compiled policy this size prints for minutes.
+        let Err(error) = result else {
+            panic!("{path}: compiled");
+        };
+        let CompileError::OverfullSlot(overfull) = &error else {
+            panic!("{error}");
+        };
+        assert_eq!(
+            (overfull.ranges, overfull.max),
+            (most as usize + 1, most as usize)
+        );
+        assert!(error.to_string().contains("cut 2001:db8::/"), "{error}");
+    }
+}

@@ -108,7 +108,7 @@ pub enum LoaderError {
     MalformedSourceTable(&'static str),
     /// Found while building the tables, before anything is written.
     #[error(transparent)]
-    TooManyClasses(#[from] crate::compile::ranges::TooManyClasses),
+    Plan(#[from] crate::compile::ranges::PlanError),
     #[error(transparent)]
     LinkType(Box<crate::link_type::LinkTypeError>),
     #[error(

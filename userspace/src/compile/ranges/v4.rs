@@ -16,6 +16,9 @@ const SPAN: u32 = 1 << DIRECTORY_SHIFT_V4;
 /// Elements per chunk (and in the preallocated value).
 const CHUNK: usize = INLINE_TABLE_V4 as usize;
 const MASK: u32 = INLINE_TABLE_V4 - 1;
+/// A slot's run, of at most `SPAN + 1` ranges padded to at most twice that and
+/// one, always fits a chunk: no IPv4 policy is refused for a dense slot.
+const _: () = assert!(2 * (SPAN as usize + 1) < CHUNK);
 /// Largest first probe a slot can name.
 const MOST_FIRST_PROBE: usize = 8;
 
@@ -159,66 +162,6 @@ pub(super) fn lay_out(
         );
         slot += 1;
         next = end;
-    }
-    DIRECTORY
-}
-
-/// The layout as it was made before the pieces were read once per slot
-/// (session 23): what [`lay_out`] must still make, element for element.
-#[cfg(test)]
-pub(super) fn lay_out_before(
-    pieces: &[Piece],
-    capacity: usize,
-    elements: &mut impl Out<SourceRangeV4>,
-) -> Directory {
-    let first_run = if capacity >= CHUNK {
-        SLOTS
-    } else {
-        PREALLOCATED_VALUES_V4 as usize * CHUNK
-    };
-    elements.reserve(first_run + pieces.len() + pieces.len() / 2);
-    elements.resize(first_run, SourceRangeV4::default());
-    // `at`: the piece holding the slot's first address; `last`: the piece whose
-    // element ends `elements`, if any (a run may begin with it).
-    let mut at = 0;
-    let mut last = None;
-    for slot in 0..SLOTS {
-        if elements.full() {
-            break;
-        }
-        let first = (slot as u32) << DIRECTORY_SHIFT_V4;
-        while at + 1 < pieces.len() && pieces[at + 1].start <= first {
-            at += 1;
-        }
-        let mut end = at + 1;
-        while end < pieces.len() && pieces[end].start <= first | (SPAN - 1) {
-            end += 1;
-        }
-        if end - at == 1 {
-            elements[slot] = SourceRangeV4(SLOT_ANSWER_V4 | pieces[at].class());
-            continue;
-        }
-        let (k, d, length) = shape(end - at);
-        let mut start = elements.len() - 1;
-        if last != Some(at) || start / CHUNK != (start + length - 1) / CHUNK {
-            start = elements.len();
-            if start / CHUNK != (start + length - 1) / CHUNK {
-                // Never read: the run moves to the next chunk, searched from one pointer.
-                start = (start / CHUNK + 1) * CHUNK;
-                elements.resize(start, element(pieces[at]));
-            }
-            elements.push(element(pieces[at]));
-        }
-        elements.push_all(pieces[at + 1..end].iter().map(|&p| element(p)));
-        let padding = element(pieces[end - 1]);
-        elements.resize(start + length, padding);
-        last = Some(end - 1);
-        debug_assert!(start as u32 <= RUN_INDEX_MASK_V4);
-        elements[slot] = SourceRangeV4(
-            start as u32
-                | (k << RUN_HALVINGS_SHIFT_V4)
-                | (((d - 1) as u32) << RUN_FIRST_PROBE_SHIFT_V4),
-        );
     }
     DIRECTORY
 }

@@ -69,6 +69,68 @@ fn window(pieces: &[Piece]) -> (u128, u32) {
     (first.start & keep(shared), shared)
 }
 
+/// Whether a table of `entries` prefixes can have an [`overfull_slot`]: each
+/// prefix adds at most two pieces (its start and the address after it).
+pub(super) fn may_overfill(entries: usize) -> bool {
+    entries.saturating_mul(2).saturating_add(1) > CHUNK / 2
+}
+
+/// The first slot whose run (the range holding the slot's first address, then
+/// one for each piece starting inside it, padded as [`lay_out`] pads it) would
+/// be longer than a chunk: [`lay_out`] would lay it across the chunk's end,
+/// where the program's search, which stays inside one chunk, wraps.
+pub(super) fn overfull_slot(pieces: &[Piece]) -> Option<super::OverfullSlot> {
+    // No run takes more ranges than there are pieces (a wide run of `CHUNK / 2`
+    // fills a chunk).
+    if pieces.len() <= CHUNK / 2 {
+        return None;
+    }
+    let (start, shared) = window(pieces);
+    let prefix = shared + DIRECTORY_BITS_V6;
+    let span = 128 - prefix;
+    let end = start | !keep(shared);
+    let words = |ranges: usize, wide: bool| {
+        let k = usize::BITS - (ranges - 1).leading_zeros();
+        (if wide { 2usize } else { 1 }) << k
+    };
+    // The slot being counted, its ranges so far, and whether a range after its
+    // first is wide (as `lay_out` decides it).
+    let mut current: Option<(u128, usize, bool)> = None;
+    let overfull = |(slot, ranges, wide): (u128, usize, bool)| {
+        (words(ranges, wide) > CHUNK).then(|| super::OverfullSlot {
+            slot: ipnet::Ipv6Net::new((start + (slot << span)).into(), prefix as u8)
+                .unwrap_or_default(),
+            ranges,
+            max: if wide { CHUNK / 2 } else { CHUNK },
+        })
+    };
+    for piece in pieces {
+        if piece.start < start || piece.start > end {
+            continue;
+        }
+        let offset = piece.start - start;
+        if offset & ((1u128 << span) - 1) == 0 {
+            // Starts its slot: the first range of that slot's run.
+            continue;
+        }
+        let slot = offset >> span;
+        let wide = piece.start as u64 != 0;
+        match &mut current {
+            Some((at, ranges, any_wide)) if *at == slot => {
+                *ranges += 1;
+                *any_wide |= wide;
+            }
+            _ => {
+                if let Some(found) = current.and_then(overfull) {
+                    return Some(found);
+                }
+                current = Some((slot, 2, wide));
+            }
+        }
+    }
+    current.and_then(overfull)
+}
+
 /// The top `bits` bits of an address.
 fn keep(bits: u32) -> u128 {
     u128::MAX.checked_shl(128 - bits).unwrap_or(0)
@@ -222,116 +284,6 @@ pub(super) fn lay_out<E: Out<SourceRangeV6>>(
         );
         slot += 1;
         next = end;
-    }
-    Directory {
-        bits: DIRECTORY_BITS_V6,
-        base: (start >> 64) as u64,
-        shift: 64 - prefix,
-    }
-}
-
-/// The layout as it was made before the pieces were read once per slot
-/// (session 23): what [`lay_out`] must still make, element for element.
-#[cfg(test)]
-pub(super) fn lay_out_before<E: Out<SourceRangeV6>>(
-    pieces: &[Piece],
-    capacity: usize,
-    elements: &mut E,
-) -> Directory {
-    let (start, shared) = window(pieces);
-    let prefix = shared + DIRECTORY_BITS_V6;
-    // Address bits below a slot's prefix.
-    let span = 128 - prefix;
-    let outside = DIRECTORY_WORDS_V6 as usize;
-    let first_run = if capacity >= CHUNK {
-        outside + 1
-    } else {
-        CHUNK
-    };
-    // Room for a run padded to twice its ranges at two words each, so that a
-    // vector does not regrow at the sizes measured: regrowing copies the table
-    // into fresh memory, about 10 MiB more zeroed and copied at a million
-    // prefixes (fresh pages are most of a re-apply's variance,
-    // docs/performance.md). Not a bound: runs that repeat a range of the slot
-    // before, or skip to a chunk's start, can take more, and the vector then
-    // grows as it did. Memory reserved and never written costs nothing.
-    elements.reserve(first_run + 4 * pieces.len() + CHUNK);
-    elements.resize(first_run, SourceRangeV6::default());
-    // Below the window, and above it (when the window is everything, neither
-    // slot is read).
-    let end = start | !keep(shared);
-    let below = class_at(pieces, start.wrapping_sub(1));
-    let above = class_at(pieces, end.wrapping_add(1));
-    set_slot(elements, SLOTS, SLOT_ANSWER_V6 | below);
-    set_slot(elements, SLOTS + 1, SLOT_ANSWER_V6 | above);
-    // `at`: the piece holding the slot's first address; `last`: the piece whose
-    // range ends `elements`, and whether it is wide, if any (a run may begin
-    // with it).
-    let mut at = 0;
-    let mut last = None;
-    let mut slot = 0;
-    while slot < SLOTS && !elements.full() {
-        let first = start + ((slot as u128) << span);
-        let slot_last = first + ((1u128 << span) - 1);
-        while at + 1 < pieces.len() && pieces[at + 1].start <= first {
-            at += 1;
-        }
-        let mut end = at + 1;
-        while end < pieces.len() && pieces[end].start <= slot_last {
-            end += 1;
-        }
-        if end - at == 1 {
-            // Every slot before the one the next piece starts in lies inside
-            // this piece too: most of a directory, filled without its
-            // addresses worked out slot by slot.
-            let next = pieces.get(at + 1).map_or(SLOTS, |p| {
-                usize::try_from((p.start - start) >> span).map_or(SLOTS, |s| s.min(SLOTS))
-            });
-            let answer = SLOT_ANSWER_V6 | pieces[at].class();
-            for within in slot..next.max(slot + 1) {
-                set_slot(elements, within, answer);
-            }
-            slot = next.max(slot + 1);
-            continue;
-        }
-        // Padded to 2^k ranges; compared, the ranges after the first.
-        let k = usize::BITS - (end - at - 1).leading_zeros();
-        let is_wide = pieces[at + 1..end].iter().any(|p| p.start as u64 != 0);
-        let width = if is_wide { 2 } else { 1 };
-        let words = width << k;
-        let push = |elements: &mut E, piece: Piece| {
-            if is_wide {
-                let [high, low] = wide(piece, prefix);
-                elements.push_all([SourceRangeV6(high), SourceRangeV6(low)]);
-            } else {
-                elements.push(SourceRangeV6(compact(piece, prefix)));
-            }
-        };
-        let mut run = elements.len() - width;
-        if last != Some((at, is_wide)) || run / CHUNK != (run + words - 1) / CHUNK {
-            run = elements.len();
-            if run / CHUNK != (run + words - 1) / CHUNK {
-                // Never read: the run moves to the next chunk, searched from one pointer.
-                run = (run / CHUNK + 1) * CHUNK;
-                elements.resize(run, SourceRangeV6::default());
-            }
-            push(elements, pieces[at]);
-        }
-        for &piece in &pieces[at + 1..end] {
-            push(elements, piece);
-        }
-        while elements.len() < run + words {
-            push(elements, pieces[end - 1]);
-        }
-        last = Some((end - 1, is_wide));
-        debug_assert!(run as u32 <= RUN_INDEX_MASK_V6);
-        let flag = if is_wide { RUN_WIDE_V6 } else { 0 };
-        set_slot(
-            elements,
-            slot,
-            run as u32 | (k << RUN_HALVINGS_SHIFT_V6) | flag,
-        );
-        slot += 1;
     }
     Directory {
         bits: DIRECTORY_BITS_V6,

@@ -127,14 +127,19 @@ impl<R: std::io::Read> Window<R> {
     /// Reads until the window holds `lines` line ends after `from`, or the
     /// text's end.
     fn lines_ahead(&mut self, from: usize, lines: usize) -> Option<()> {
-        while !self.eof
-            && memchr::memchr_iter(b'\n', &self.buf[from - self.base..])
-                .nth(lines - 1)
-                .is_none()
-        {
+        // Line ends counted in the bytes read since the last count only: a long
+        // line is searched once, not again after every read.
+        let (mut found, mut searched) = (0, from);
+        loop {
+            found += memchr::memchr_iter(b'\n', &self.buf[searched - self.base..])
+                .take(lines - found)
+                .count();
+            if found == lines || self.eof {
+                return Some(());
+            }
+            searched = self.end();
             self.fill(from)?;
         }
-        Some(())
     }
 
     /// The text's length, once it is all read and checked to be UTF-8.
@@ -201,14 +206,21 @@ pub(super) fn changed_lines<'a, R: std::io::Read>(
     let mut changed_bytes = 0;
     loop {
         let mut common = 0;
+        // The last line start seen in the common bytes, searched for only in
+        // those compared since (a line with no end in sight is not searched
+        // again at every read).
+        let mut line_start = j;
         loop {
+            let before = common;
             common += common_prefix(&old[i + common..], &new.buf[j + common - new.base..]);
+            if let Some(p) = memchr::memrchr(b'\n', &old[i + before..i + common]) {
+                line_start = j + before + p + 1;
+            }
             if j + common < new.end() || new.eof {
                 break;
             }
             // The window's end: read on, from the last line start seen.
-            let keep = memchr::memrchr(b'\n', &old[i..i + common]).map_or(j, |p| j + p + 1);
-            new.fill(keep.max(new.base))?;
+            new.fill(line_start.max(new.base))?;
         }
         if i + common == old.len() && j + common == new.end() && new.eof {
             diff.len = new.finish()?;
