@@ -561,7 +561,9 @@ fn a_policy_with_more_source_classes_than_fit_changes_nothing() {
             .apply(&compiled, &PolicySummary::default())
             .expect_err("more classes than fit");
         match &error {
-            LoaderError::TooManyClasses(e) => assert_eq!(e.family, family, "{error}"),
+            LoaderError::Plan(compile::ranges::PlanError::TooManyClasses(e)) => {
+                assert_eq!(e.family, family, "{error}")
+            }
             _ => panic!("{family}: refused for its classes: {error:?}"),
         }
     }
