@@ -69,6 +69,13 @@ fn window(pieces: &[Piece]) -> (u128, u32) {
     (first.start & keep(shared), shared)
 }
 
+/// A run of `ranges` ranges (at least 2), `wide` or compact: its halvings `k`
+/// (padded to 2^k ranges; compared, the ranges after the first) and its words.
+fn run_shape(ranges: usize, wide: bool) -> (u32, usize) {
+    let k = usize::BITS - (ranges - 1).leading_zeros();
+    (k, (if wide { 2 } else { 1 }) << k)
+}
+
 /// Whether a table of `entries` prefixes can have an [`overfull_slot`]: each
 /// prefix adds at most two pieces (its start and the address after it).
 pub(super) fn may_overfill(entries: usize) -> bool {
@@ -89,15 +96,11 @@ pub(super) fn overfull_slot(pieces: &[Piece]) -> Option<super::OverfullSlot> {
     let prefix = shared + DIRECTORY_BITS_V6;
     let span = 128 - prefix;
     let end = start | !keep(shared);
-    let words = |ranges: usize, wide: bool| {
-        let k = usize::BITS - (ranges - 1).leading_zeros();
-        (if wide { 2usize } else { 1 }) << k
-    };
     // The slot being counted, its ranges so far, and whether a range after its
     // first is wide (as `lay_out` decides it).
     let mut current: Option<(u128, usize, bool)> = None;
     let overfull = |(slot, ranges, wide): (u128, usize, bool)| {
-        (words(ranges, wide) > CHUNK).then(|| super::OverfullSlot {
+        (run_shape(ranges, wide).1 > CHUNK).then(|| super::OverfullSlot {
             slot: ipnet::Ipv6Net::new((start + (slot << span)).into(), prefix as u8)
                 .unwrap_or_default(),
             ranges,
@@ -245,11 +248,11 @@ pub(super) fn lay_out<E: Out<SourceRangeV6>>(
             next = end;
             continue;
         }
-        // Padded to 2^k ranges; compared, the ranges after the first.
-        let k = usize::BITS - (end - at - 1).leading_zeros();
         let is_wide = pieces[at + 1..end].iter().any(|p| p.start as u64 != 0);
         let width = if is_wide { 2 } else { 1 };
-        let words = width << k;
+        // At most a chunk: a longer run is refused with the plan
+        // (`overfull_slot`), as the program's search stays in one chunk.
+        let (k, words) = run_shape(end - at, is_wide);
         let push = |elements: &mut E, piece: Piece| {
             if is_wide {
                 let [high, low] = wide(piece, prefix);

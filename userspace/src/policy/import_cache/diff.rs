@@ -142,14 +142,14 @@ impl<R: std::io::Read> Window<R> {
         }
     }
 
-    /// The text's length, once it is all read and checked to be UTF-8.
-    fn finish(&mut self) -> Option<usize> {
+    /// Some once the text is all read and checked to be UTF-8.
+    fn finish(&mut self) -> Option<()> {
         if !self.eof {
             return None;
         }
         std::str::from_utf8(&self.buf[self.checked - self.base..]).ok()?;
         self.checked = self.end();
-        Some(self.end())
+        Some(())
     }
 }
 
@@ -165,8 +165,6 @@ pub(super) struct Diff<'a> {
     pub(super) removed: Vec<&'a [u8]>,
     /// The new text's lines added, as ranges of `added` (without line ends).
     pub(super) added_lines: Vec<std::ops::Range<usize>>,
-    /// The new text's length.
-    pub(super) len: usize,
 }
 
 impl Diff<'_> {
@@ -200,7 +198,6 @@ pub(super) fn changed_lines<'a, R: std::io::Read>(
         added: Vec::new(),
         removed: Vec::new(),
         added_lines: Vec::new(),
-        len: 0,
     };
     let (mut i, mut j) = (0, 0);
     let mut changed_bytes = 0;
@@ -223,7 +220,7 @@ pub(super) fn changed_lines<'a, R: std::io::Read>(
             new.fill(line_start.max(new.base))?;
         }
         if i + common == old.len() && j + common == new.end() && new.eof {
-            diff.len = new.finish()?;
+            new.finish()?;
             return Some(diff);
         }
         // Back to the start of the line that differs.

@@ -174,8 +174,8 @@ fn a_bad_changed_line_is_left_to_the_full_parse() {
         assert!(update(&entry, new.as_bytes()).is_none(), "{bad}");
     }
     // Not UTF-8 where the entry's text has the same bytes (a text no apply
-    // stores, but the entry is only trusted for its keys): the full read says
-    // where, wherever the reads end.
+    // stores; an entry's text is trusted as stored, so this is the reading's
+    // own check): the full read says where, wherever the reads end.
     // (On a line of its own, and on the last line, which has no line end.)
     let odd_texts: [&[u8]; 2] = [
         b"192.0.2.0/24\n# \xff\n198.51.100.0/24\n203.0.113.0/24\n",
@@ -444,7 +444,7 @@ fn timing_at_a_million_lines() {
 }
 
 /// The list read and compared at a million lines with 1% changed, from a file:
-/// read whole first (`S23N_WHOLE=1`, as before the window) or through the
+/// read whole first (`AIRLOCK_TIMING_WHOLE_READ=1`, as before the window) or through the
 /// window; wall and thread CPU time, page faults (not a check: run by hand in
 /// fresh processes, `--ignored --nocapture`).
 #[test]
@@ -465,7 +465,10 @@ fn timing_of_the_list_read_from_a_file() {
         unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
         u.ru_minflt
     };
-    let dir = Path::new("/tmp/s23n-timing");
+    // Made once and kept for the next process (making it there would touch
+    // the memory whose first touch is measured), in the build's own directory:
+    // not a fixed name in /tmp another user could make first.
+    let dir = &Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/timing-list-read");
     let list = dir.join("list.txt");
     let entry_file = dir.join("entry");
     if !entry_file.exists() {
@@ -495,7 +498,7 @@ fn timing_of_the_list_read_from_a_file() {
     let entry = entry
         .or_else(|| read_entry(&entry_file, "k", 30 << 20))
         .unwrap();
-    let whole = std::env::var_os("S23N_WHOLE").is_some();
+    let whole = std::env::var_os("AIRLOCK_TIMING_WHOLE_READ").is_some();
     let changes = if whole {
         let text = crate::policy::import_file::read(&list, 1 << 30).unwrap();
         Changes::of(&entry, &mut diff::Window::new(text.as_bytes(), usize::MAX)).unwrap()
